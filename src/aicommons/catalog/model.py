@@ -1,0 +1,116 @@
+"""The catalog's data model: what one service or per-user app is, as data.
+
+One YAML file per service under `services/` (shared services and Traefik) and one per
+per-user app under `apps/`. Loaded once and validated by these models.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+Protocol = Literal["http", "tcp", "udp", "grpc"]
+BackupMethod = Literal[
+    "none", "pg_dump", "redis_rdb", "qdrant_snapshot", "s3_mirror", "gitea_dump", "volume", "config"
+]
+# What a per-user app can need from the shared layer.
+Need = Literal[
+    "postgres", "redis", "qdrant", "object_storage", "ollama", "searxng", "langfuse", "authentik"
+]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Port(Strict):
+    name: str
+    port: int = Field(ge=1, le=65535)
+    protocol: Protocol = "http"
+
+
+class Health(Strict):
+    """How to tell the service is up. `http` checks path + status; the others are protocol checks."""
+
+    type: Literal["http", "tcp", "postgres", "redis", "none"] = "http"
+    port: int | None = None
+    path: str = "/"
+    expect_status: int = 200
+    reason: str = ""  # why `none` (e.g. an embedded library)
+
+
+class Resources(Strict):
+    memory_mb: int = Field(ge=64)
+    cores: int = Field(ge=1)
+    disk_gb: int = Field(ge=1)
+    gpu: Literal["none", "optional", "required"] = "none"
+
+
+class Install(Strict):
+    """How the service gets into its container.
+
+    `apt`: Debian packages (works offline from a mirror; LXC driver brings these up for real).
+    `compose`: Docker Compose inside the container (image pinned below).
+    `script`: a shell recipe run inside the container (e.g. upstream's release binary).
+    """
+
+    method: Literal["apt", "compose", "script", "none"]
+    packages: list[str] = Field(default_factory=list)
+    image: str = ""  # registry/name:tag, pinned
+    script: str = ""  # shell, run as root inside the container
+    needs_download: bool = False  # needs hosts beyond Debian's mirror (upstream binaries/images)
+
+
+class Route(Strict):
+    """A public HTTP route through Traefik: `<prefix>.<domain>` (shared) or `<prefix>-<user>.<domain>`."""
+
+    prefix: str
+    port: int
+    operator_only: bool = False  # allow-list operator addresses (Portainer, Prometheus, ...)
+
+
+class Service(Strict):
+    """A shared service: one LXC container (or several instances) in the shared range."""
+
+    name: str
+    title: str
+    category: Literal["core", "devops", "business", "media", "proxy"]
+    phase: int = Field(ge=1, le=5)
+    octet: int | None = Field(default=None, ge=2, le=254)  # default last octet in the shared subnet
+    seed_fixed: bool = False  # the seed itself fixes this address
+    version: str
+    install: Install
+    ports: list[Port]
+    route: Route | None = None
+    health: Health
+    resources: Resources
+    depends_on: list[str] = Field(default_factory=list)
+    backup: BackupMethod = "none"
+    # Environment variables per-user apps use to reach it; `{ip}`/`{host}` are filled in.
+    app_env: dict[str, str] = Field(default_factory=dict)
+    scalable: bool = False  # may run several instances behind one Traefik load balancer
+    alternative_of: str | None = None  # e.g. minio is an alternative of the object_storage role
+    role: str | None = None  # abstract role this service fills (object_storage)
+    notes: str = ""
+
+
+class App(Strict):
+    """A per-user app: one Docker container inside each user's LXC container."""
+
+    name: str
+    title: str
+    image: str  # pinned
+    version: str
+    container_port: int
+    port: int  # port on the user container (distinct per app)
+    route_prefix: str  # ai -> ai-user1.<domain>
+    health: Health
+    data_path: str | None
+    needs: list[Need] = Field(default_factory=list)
+    databases: list[str] = Field(default_factory=list)  # postgres databases: <db>_<user>
+    buckets: list[str] = Field(default_factory=list)  # buckets: <user>-<bucket>
+    qdrant_collections: list[str] = Field(default_factory=list)  # <user>_<suffix>
+    own_login: bool  # False: never routed without forward-auth
+    memory_mb: int = Field(ge=64)
+    notes: str = ""

@@ -1,0 +1,146 @@
+"""The resolved site: every container, route and tenant slice, computed from site.yaml.
+
+Plain frozen dataclasses (not pydantic): a 5,000-user plan builds ~45,000 of these and must
+stay fast. `to_dict()` gives the JSON shape `aicommons plan --json` prints.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Literal
+
+from aicommons.spec.models import Site
+
+Role = Literal["shared", "user"]
+
+
+@dataclass(frozen=True, slots=True)
+class Container:
+    ctid: int
+    ip: str
+    prefixlen: int
+    gateway: str
+    hostname: str
+    role: Role
+    name: str  # service name (shared) or user name (user)
+    services: tuple[str, ...]
+    phase: int
+    memory_mb: int
+    cores: int
+    disk_gb: int
+    traefik_file: str
+    node: str | None = None
+    instance: int = 1  # 1-based instance number of a scaled shared service
+    gpu: str = "none"
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    host: str
+    url: str  # first backend
+    urls: tuple[str, ...]  # every backend (load balanced when > 1)
+    service: str  # catalog service or app name
+    ctid: int  # container whose traefik file holds the route
+    traefik_file: str
+    kind: Literal["http", "tcp"] = "http"
+    owner: str | None = None  # user name for per-user routes
+    # owner: forward-auth admitting only the owner; sso: any site user; operator: address allow-list
+    access: Literal["owner", "sso", "operator", "public"] = "public"
+    health_path: str = "/"
+
+
+@dataclass(frozen=True, slots=True)
+class Tenant:
+    """One user's isolated slice of every shared back end (names only, never secrets)."""
+
+    user: str
+    email: str | None
+    ctid: int
+    ip: str
+    postgres_role: str
+    databases: tuple[str, ...]
+    redis_user: str
+    redis_prefix: str
+    redis_db: int | None  # only with the seed's (non-)isolation by DB number
+    qdrant_prefix: str
+    qdrant_collections: tuple[str, ...]
+    buckets: tuple[str, ...]
+    s3_key_name: str
+    apps: tuple[str, ...]
+    ports: dict[str, int]
+    hosts: dict[str, str]
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    """Where a shared service is reached: a container of the site or an `external:` server."""
+
+    service: str
+    host: str
+    ports: dict[str, int]
+    external: bool = False
+
+
+@dataclass
+class Totals:
+    containers: int
+    shared_containers: int
+    user_containers: int
+    service_instances: int
+    app_instances: int
+    memory_gb: float
+    disk_tb: float
+    cores: int
+
+
+SEED_FIGURES = {
+    "containers": "~86 (36 shared + 50 users)",
+    "shared_containers": "~36 (33 unique: faster-whisper and openedai-speech are listed twice)",
+    "user_containers": "50",
+    "service_instances": "~436 (36 shared + 50 x 8)",
+    "app_instances": "400 (8 per user)",
+    "memory_gb": "512-912",
+    "disk_tb": "6.3-11.3",
+    "cores": "not stated",
+}
+
+
+@dataclass
+class ResolvedSite:
+    site: Site
+    containers: list[Container]
+    routes: list[Route]
+    tenants: list[Tenant]
+    endpoints: dict[str, Endpoint]
+    totals: Totals
+    proxy_ip: str
+    proxy_file: str
+    notes: list[str] = field(default_factory=list)
+
+    def container(self, ctid: int) -> Container:
+        for c in self.containers:
+            if c.ctid == ctid:
+                return c
+        raise KeyError(ctid)
+
+    def tenant(self, user: str) -> Tenant:
+        for t in self.tenants:
+            if t.user == user:
+                return t
+        raise KeyError(user)
+
+    def to_dict(self) -> dict:
+        return {
+            "site": self.site.name,
+            "domain": self.site.domain,
+            "driver": self.site.driver.kind,
+            "proxy": {"ip": self.proxy_ip, "traefik_file": self.proxy_file,
+                      "dynamic_dir": self.site.network.traefik.dynamic_dir},
+            "containers": [asdict(c) for c in self.containers],
+            "routes": [asdict(r) for r in self.routes],
+            "tenants": [asdict(t) for t in self.tenants],
+            "endpoints": {k: asdict(v) for k, v in self.endpoints.items()},
+            "totals": asdict(self.totals),
+            "seed_figures": SEED_FIGURES,
+            "notes": list(self.notes),
+        }

@@ -1,0 +1,104 @@
+"""`aicommons init`: a commented site.yaml that reproduces the seed (33 shared services, N users)."""
+
+from __future__ import annotations
+
+from aicommons.catalog import Catalog, load_catalog
+
+SEED_DOMAIN = "valuechainhackers.xyz"
+
+# The seed's "lite" core for the LXC default: what a single Debian host can really run.
+LXC_CORE = ["postgres", "redis", "prometheus"]
+
+
+def user_ranges_for(n: int) -> list[str]:
+    """The seed's 10.0.5.200-249, then the same 50 slots in each following /24."""
+    ranges = ["10.0.5.200-10.0.5.249"]
+    k = 6
+    while 50 * len(ranges) < n:
+        ranges.append(f"10.0.{k}.200-10.0.{k}.249")
+        k += 1
+    return ranges
+
+
+def _services_block(cat: Catalog, only: list[str] | None) -> list[str]:
+    lines = ["services:"]
+    phase = None
+    chosen = [s for s in cat.services.values() if s.name != "traefik" and s.alternative_of is None]
+    chosen.sort(key=lambda s: (s.phase, s.octet or 999))
+    if only is not None:
+        chosen = [s for s in chosen if s.name in only]
+    for s in chosen:
+        if s.phase != phase:
+            phase = s.phase
+            lines.append(f"  # --- phase {phase} ---")
+        where = f"10.0.5.{s.octet}" if s.octet else "allocated"
+        fixed = " (fixed by the seed)" if s.seed_fixed else ""
+        lines.append(f"  {s.name}: {{}}  # {s.title}, {where}{fixed}")
+    return lines
+
+
+def render_site_yaml(users: int = 50, domain: str = SEED_DOMAIN, driver: str = "proxmox",
+                     name: str | None = None, services: list[str] | None = None) -> str:
+    cat = load_catalog()
+    site_name = name or domain.split(".")[0].replace("_", "-")[:32].strip("-") or "site"
+    out = [
+        "# aicommons site file. `aicommons validate` checks it; `aicommons plan` shows what it makes.",
+        "# Secrets may be literals, env:VAR or file:PATH. Schema: `aicommons schema`.",
+        "version: 1",
+        f"name: {site_name}",
+        f"domain: {domain}",
+        "",
+        "network:",
+        "  subnet: 10.0.5.0/24",
+        "  gateway: 10.0.5.1",
+        "  bridge: vmbr0",
+        "  shared_range: 10.0.5.100-10.0.5.199   # one container per shared service, CTID = last octet",
+        "  user_ranges:                           # one container per user, filled in order",
+    ]
+    out += [f"    - {r}" for r in user_ranges_for(users)]
+    out += [
+        "  traefik:",
+        "    address: 10.0.4.10",
+        "    dynamic_dir: /opt/traefik-stack/dynamic",
+        "    file_pattern: '2{o3:02d}{o4:03d}.yml'   # 10.0.5.100 -> 205100.yml, as in the seed",
+        "",
+    ]
+    if driver == "proxmox":
+        out += [
+            "driver:",
+            "  kind: proxmox",
+            "  api_url: https://pve1.example.org:8006",
+            "  token_id: aicommons@pve!apply         # see docs/proxmox.md for its least-privilege role",
+            "  token_secret: env:PVE_TOKEN_SECRET",
+            "  verify_tls: true",
+            "  nodes: [pve1]",
+            "  storage: local-lvm",
+            "  template: local:vztmpl/debian-12-standard_12.12-1_amd64.tar.zst",
+        ]
+    else:
+        out += [
+            "driver:",
+            "  kind: lxc                                # plain LXC on this Debian host, in its own netns",
+            "  netns: aicommons",
+        ]
+    out += [
+        "",
+        "object_storage: garage   # MinIO's community edition is archived; `minio` only for existing sites",
+        "",
+    ]
+    out += _services_block(cat, services)
+    out += [
+        "",
+        "user_template:",
+        "  apps: [" + ", ".join(cat.apps) + "]",
+        "  resources: {memory_mb: 8192, cores: 4, disk_gb: 100}",
+        "",
+        "redis:",
+        "  isolation: acl   # an ACL user + key prefix per user; the seed's DB numbers isolate nothing",
+        "",
+        "users:",
+    ]
+    out += [f"  - {{name: user{i}, email: user{i}@{domain}}}" for i in range(1, users + 1)]
+    if users == 0:
+        out[-1] = "users: []"
+    return "\n".join(out) + "\n"

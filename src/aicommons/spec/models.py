@@ -1,0 +1,255 @@
+"""site.yaml, as pydantic models. The JSON Schema (`aicommons schema`) is generated from these.
+
+Secret-bearing fields accept a literal, `env:VAR` or `file:PATH`; they are resolved only when a
+driver or back end needs them (`aicommons.spec.secrets.resolve_ref`), never while planning.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+NAME_RE = r"^[a-z][a-z0-9-]*[a-z0-9]$|^[a-z]$"
+SITE_NAME_RE = r"^[a-z][a-z0-9-]{0,30}[a-z0-9]$"
+DOMAIN_RE = r"^([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]{2,63}$"
+
+
+class Model(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+SecretRef = Annotated[
+    str,
+    Field(
+        description="A literal value, `env:VAR` (read from the environment) or `file:PATH` "
+        "(read from a file). Prefer references: the site file is often committed.",
+        min_length=1,
+    ),
+]
+
+
+def parse_range(text: str) -> tuple[ipaddress.IPv4Address, ipaddress.IPv4Address]:
+    """`10.0.5.200-10.0.5.249` -> (start, end). Raises ValueError with a readable message."""
+    parts = [p.strip() for p in str(text).split("-")]
+    if len(parts) != 2:
+        raise ValueError(f"{text!r} is not a range; write it as FIRST-LAST, e.g. 10.0.5.200-10.0.5.249")
+    start, end = (ipaddress.IPv4Address(p) for p in parts)
+    if int(end) < int(start):
+        raise ValueError(f"range {text!r} ends before it starts")
+    return start, end
+
+
+class Traefik(Model):
+    address: ipaddress.IPv4Address = Field(
+        ipaddress.IPv4Address("10.0.4.10"), description="Where Traefik runs (the seed: 10.0.4.10)."
+    )
+    dynamic_dir: str = Field("/opt/traefik-stack/dynamic", description="Traefik's file-provider directory.")
+    file_pattern: str = Field(
+        "2{o3:02d}{o4:03d}.yml",
+        description="Dynamic file name per container; o3/o4 are the container IP's 3rd/4th octets. "
+        "The default reproduces the seed's 205{last octet}.yml and stays unique in other /24s.",
+    )
+    acme_email: str | None = None
+    dns_provider: str | None = Field(
+        None, description="Lego DNS provider name (e.g. cloudflare): enables DNS-01 and a wildcard certificate."
+    )
+    operator_allow: list[str] = Field(
+        default_factory=lambda: ["10.0.0.0/16"],
+        description="Source ranges allowed to reach operator tools (Portainer, Prometheus, Traefik API).",
+    )
+
+    @field_validator("file_pattern")
+    @classmethod
+    def _pattern(cls, v: str) -> str:
+        try:
+            name = v.format(o3=5, o4=100)
+        except (KeyError, IndexError, ValueError) as exc:
+            raise ValueError(f"bad pattern ({exc}); use the fields o3 and o4, e.g. 2{{o3:02d}}{{o4:03d}}.yml") from None
+        if not name.endswith((".yml", ".yaml")) or "/" in name:
+            raise ValueError("must name a .yml file in the dynamic directory (Traefik reads only .yml/.yaml/.toml)")
+        if "{o4" not in v:
+            raise ValueError("must contain {o4...}: every container needs its own file")
+        return v
+
+
+class Network(Model):
+    subnet: ipaddress.IPv4Network = Field(ipaddress.IPv4Network("10.0.5.0/24"))
+    gateway: ipaddress.IPv4Address = Field(ipaddress.IPv4Address("10.0.5.1"))
+    bridge: str = Field("vmbr0", pattern=r"^[a-zA-Z][a-zA-Z0-9_.-]{0,14}$")
+    shared_range: str = Field("10.0.5.100-10.0.5.199", description="Shared-service addresses; CTID = last octet.")
+    user_ranges: list[str] = Field(
+        default_factory=lambda: ["10.0.5.200-10.0.5.249"],
+        description="User-container addresses, filled in order. Ranges outside `subnet` live in their own "
+        "/24 (gateway .1) and get CTID = third octet * 1000 + last octet.",
+        min_length=1,
+    )
+    traefik: Traefik = Field(default_factory=Traefik)
+
+    @field_validator("shared_range")
+    @classmethod
+    def _shared(cls, v: str) -> str:
+        parse_range(v)
+        return v
+
+    @field_validator("user_ranges")
+    @classmethod
+    def _users(cls, v: list[str]) -> list[str]:
+        for item in v:
+            parse_range(item)
+        return v
+
+
+class Ssh(Model):
+    user: str = "root"
+    key_file: str = "~/.ssh/id_ed25519"
+    known_hosts: str = "~/.ssh/known_hosts"
+    port: int = Field(22, ge=1, le=65535)
+
+
+class ProxmoxDriver(Model):
+    kind: Literal["proxmox"] = "proxmox"
+    api_url: str = Field(..., pattern=r"^https?://", description="e.g. https://pve1.example.org:8006")
+    token_id: str = Field(..., pattern=r"^[^@\s]+@[^!\s]+![A-Za-z][A-Za-z0-9._-]*$", description="USER@REALM!TOKENID")
+    token_secret: SecretRef
+    verify_tls: bool = True
+    ca_file: str | None = None
+    nodes: list[str] = Field(..., min_length=1)
+    storage: str = "local-lvm"
+    template: str = Field(
+        "local:vztmpl/debian-12-standard_12.12-1_amd64.tar.zst", description="ostemplate volume id"
+    )
+    template_ctid: int = Field(9000, ge=100, le=999999999, description="CTID of the prepared user template")
+    pool: str | None = "aicommons"
+    ssh: Ssh = Field(default_factory=Ssh)
+    pinned: dict[str, str] = Field(default_factory=dict, description="container name or CTID -> node")
+
+
+class LxcDriver(Model):
+    kind: Literal["lxc"] = "lxc"
+    lxcpath: str = "/var/lib/aicommons/lxc"
+    netns: str = Field("aicommons", pattern=r"^[a-z][a-z0-9-]{0,14}$")
+    cache_dir: str = "/var/cache/aicommons"
+    mirror: str = "http://deb.debian.org/debian"
+    nat: bool = True
+
+
+class External(Model):
+    """An existing server the site adopts instead of creating a container."""
+
+    host: str
+    port: int = Field(..., ge=1, le=65535)
+    admin_user: str | None = None
+    admin_password: SecretRef | None = None
+    tls: bool = False
+
+
+class ResourceOverride(Model):
+    memory_mb: int | None = Field(None, ge=64)
+    cores: int | None = Field(None, ge=1)
+    disk_gb: int | None = Field(None, ge=1)
+
+
+class ServiceOverride(Model):
+    enabled: bool = True
+    address: ipaddress.IPv4Address | None = None
+    addresses: list[ipaddress.IPv4Address] | None = Field(
+        None, description="Explicit addresses when instances > 1 (first = primary)."
+    )
+    instances: int = Field(1, ge=1, le=16)
+    resources: ResourceOverride | None = None
+    version: str | None = None
+    node: str | None = None
+    external: External | None = None
+    expose_tcp: bool = Field(False, description="Expose a non-HTTP service through Traefik as TCP with TLS.")
+
+
+class UserResources(Model):
+    memory_mb: int = Field(8192, ge=512)
+    cores: int = Field(4, ge=1)
+    disk_gb: int = Field(100, ge=4)
+
+
+class UserTemplate(Model):
+    apps: list[str] = Field(
+        default_factory=lambda: [
+            "openwebui", "n8n", "jupyter", "code-server", "big-agi", "kotaemon", "chainforge", "flowise",
+        ]
+    )
+    resources: UserResources = Field(default_factory=UserResources)
+
+
+class User(Model):
+    name: str = Field(
+        ..., description="Lower-case letters, digits and '-', starting with a letter.", max_length=40
+    )
+    email: str | None = Field(None, pattern=r"^[^@\s'\"`;\\]+@[^@\s'\"`;\\]+\.[^@\s'\"`;\\]+$")
+    slot: ipaddress.IPv4Address | None = Field(None, description="Fixed address in a user range.")
+    resources: UserResources | None = None
+    node: str | None = None
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if not re.fullmatch(NAME_RE, v) or "--" in v:
+            raise ValueError(
+                f"{v!r} is not a valid user name: use lower-case letters, digits and single '-' "
+                "(start with a letter, end with a letter or digit)"
+            )
+        return v
+
+
+class RedisTenancy(Model):
+    isolation: Literal["acl", "db"] = Field(
+        "acl",
+        description="`acl` (default): an ACL user and key prefix per user in DB 0. `db`: the seed's DB "
+        "numbers — NOT isolation (any client may SELECT); kept only for existing sites.",
+    )
+    databases: int = Field(16, ge=1, le=100000, description="The server's `databases` setting.")
+    first_db: int = Field(2, ge=0, description="With isolation=db, user N gets first_db + N - 1 (seed: user1=DB2).")
+
+
+class Secrets(Model):
+    store: Literal["state"] = Field("state", description="Secrets live encrypted in the state store.")
+    key_file: str = Field(".aicommons/secret.key", description="0600 key file (relative to the site file).")
+    key_env: str = Field("AICOMMONS_SECRET_KEY", description="Environment variable that may hold the key.")
+
+
+class Backups(Model):
+    dir: str = "/var/backups/aicommons"
+    daily: int = Field(7, ge=0)
+    weekly: int = Field(4, ge=0)
+    s3_url: str | None = None
+
+
+class Site(Model):
+    version: Literal[1] = 1
+    name: str = Field(..., pattern=SITE_NAME_RE)
+    domain: str = Field(..., pattern=DOMAIN_RE, max_length=200)
+    network: Network = Field(default_factory=Network)
+    driver: ProxmoxDriver | LxcDriver = Field(..., discriminator="kind")
+    object_storage: Literal["garage", "minio"] = "garage"
+    services: dict[str, ServiceOverride] = Field(
+        default_factory=dict, description="Shared services enabled (by catalog name), each with overrides."
+    )
+    user_template: UserTemplate = Field(default_factory=UserTemplate)
+    users: list[User] = Field(default_factory=list)
+    redis: RedisTenancy = Field(default_factory=RedisTenancy)
+    secrets: Secrets = Field(default_factory=Secrets)
+    backups: Backups = Field(default_factory=Backups)
+    models: list[str] = Field(default_factory=list, description="Ollama models pulled once for the site.")
+    operator_email: str | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _services_shorthand(cls, data):
+        # `services: {ollama: , qdrant: }` or a list of names both mean "enabled with defaults".
+        if isinstance(data, dict):
+            svc = data.get("services")
+            if isinstance(svc, list) and all(isinstance(s, str) for s in svc):
+                data = {**data, "services": {s: {} for s in svc}}
+            elif isinstance(svc, dict):
+                data = {**data, "services": {k: ({} if v is None else v) for k, v in svc.items()}}
+        return data

@@ -1,0 +1,148 @@
+"""Real PostgreSQL 15 and Redis 7 servers for tests, started on loopback in temporary directories.
+
+Nothing here is simulated: these are the Debian packages' binaries. Used by conftest fixtures
+and by benchmarks.
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+PG_BIN = Path(os.environ.get("AICOMMONS_PG_BIN", "/usr/lib/postgresql/15/bin"))
+PG_SUPERPASS = "test-superuser-password"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_port(port: int, timeout: float = 30) -> None:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.05)
+    raise TimeoutError(f"nothing listens on 127.0.0.1:{port}")
+
+
+def _as_postgres(argv: list[str], **kw) -> subprocess.CompletedProcess:
+    if os.geteuid() == 0:
+        argv = ["runuser", "-u", "postgres", "--", *argv]
+    return subprocess.run(argv, check=True, capture_output=True, text=True, **kw)
+
+
+@dataclass
+class PgServer:
+    """A throwaway PostgreSQL cluster: superuser `postgres` with a password, scram auth on TCP."""
+
+    dir: Path
+    port: int
+    host: str = "127.0.0.1"
+    user: str = "postgres"
+    password: str = PG_SUPERPASS
+
+    @property
+    def admin_dsn(self) -> str:
+        return f"host={self.host} port={self.port} user={self.user} password={self.password} dbname=postgres"
+
+    def ctl(self, *args: str) -> None:
+        _as_postgres([str(PG_BIN / "pg_ctl"), "-D", str(self.dir / "data"), "-w", *args])
+
+    def stop(self) -> None:
+        try:
+            self.ctl("stop", "-m", "fast")
+        except subprocess.CalledProcessError:
+            pass
+
+    def start(self) -> None:
+        self.ctl("-l", str(self.dir / "log"), "start")
+        _wait_port(self.port)
+
+    def reload(self) -> None:
+        self.ctl("reload")
+
+    def cleanup(self) -> None:
+        self.stop()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def start_postgres(port: int | None = None) -> PgServer:
+    port = port or free_port()
+    root = Path(tempfile.mkdtemp(prefix="aic-pg-"))
+    os.chmod(root, 0o755)
+    if os.geteuid() == 0:
+        pw = pwd.getpwnam("postgres")
+        os.chown(root, pw.pw_uid, pw.pw_gid)
+    pwfile = root / "pw"
+    pwfile.write_text(PG_SUPERPASS + "\n")
+    if os.geteuid() == 0:
+        os.chown(pwfile, pw.pw_uid, pw.pw_gid)
+    _as_postgres([str(PG_BIN / "initdb"), "-D", str(root / "data"), "-U", "postgres", "-A", "scram-sha-256",
+                  "--pwfile", str(pwfile), "-E", "UTF8", "--locale=C", "--no-sync"])
+    conf = root / "data" / "postgresql.conf"
+    with conf.open("a") as f:
+        f.write(f"\nport = {port}\nlisten_addresses = '127.0.0.1'\nunix_socket_directories = '{root}'\n"
+                "fsync = off\nsynchronous_commit = off\nfull_page_writes = off\nmax_connections = 300\n")
+    srv = PgServer(dir=root, port=port)
+    srv.start()
+    return srv
+
+
+@dataclass
+class RedisServer:
+    """A throwaway Redis with an ACL file: `default` is off; the admin is `admin`."""
+
+    dir: Path
+    port: int
+    proc: subprocess.Popen | None = None
+    host: str = "127.0.0.1"
+    admin_user: str = "admin"
+    admin_password: str = "test-redis-admin-password"
+
+    @property
+    def aclfile(self) -> Path:
+        return self.dir / "users.acl"
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(
+            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--aclfile", str(self.aclfile),
+             "--dir", str(self.dir), "--save", "", "--appendonly", "no", "--daemonize", "no",
+             "--logfile", str(self.dir / "redis.log")],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        _wait_port(self.port)
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+        self.proc = None
+
+    def cleanup(self) -> None:
+        self.stop()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def start_redis(port: int | None = None) -> RedisServer:
+    port = port or free_port()
+    root = Path(tempfile.mkdtemp(prefix="aic-redis-"))
+    srv = RedisServer(dir=root, port=port)
+    srv.aclfile.write_text(
+        f"user default off\nuser {srv.admin_user} on >{srv.admin_password} ~* &* +@all\n"
+    )
+    srv.start()
+    return srv

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 from aicommons.catalog import Catalog, load_catalog
+from aicommons.spec.models import UserTemplate
 
 SEED_DOMAIN = "valuechainhackers.xyz"
 
-# The seed's "lite" core for the LXC default: what a single Debian host can really run.
-LXC_CORE = ["postgres", "redis", "prometheus"]
+# The LXC default (`aicommons up` with no site file): the seed's phase-1 and phase-2 core.
+# Services whose recipe needs downloads this host cannot make are reported as skipped.
+LXC_CORE = ["ollama", "qdrant", "postgres", "redis", "garage", "searxng", "langfuse", "gitea",
+            "prometheus", "grafana", "loki", "authentik"]
 
 
 def user_ranges_for(n: int) -> list[str]:
@@ -90,7 +93,7 @@ def render_site_yaml(users: int = 50, domain: str = SEED_DOMAIN, driver: str = "
     out += [
         "",
         "user_template:",
-        "  apps: [" + ", ".join(cat.apps) + "]",
+        "  apps: [" + ", ".join(UserTemplate().apps) + "]",
         "  resources: {memory_mb: 8192, cores: 4, disk_gb: 100}",
         "",
         "redis:",

@@ -1,0 +1,235 @@
+"""Proxmox VE firewall rules as pure data: security groups, ipsets and per-container rules.
+
+What the rules guarantee (every container NIC carries `firewall=1`, policy_in DROP):
+- only Traefik reaches user app ports; users cannot reach each other (no IN rule admits them,
+  and an OUT rule drops user -> user traffic before it leaves);
+- user containers reach shared services only on the ports their apps use (postgres 5432, ...);
+- shared services reach each other (Langfuse -> PostgreSQL) and Prometheus scrapes everything;
+- operators (network.traefik.operator_allow, minus the user ranges) reach shared containers.
+Nothing else reaches the site's containers: the only way in from outside is through Traefik.
+
+The Proxmox driver applies `FirewallPlan` through the API (`api_calls()`); `cluster_fw()` and
+`container_fw(ctid)` give the same rules as /etc/pve/firewall/*.fw files for applying by hand.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass, field
+from typing import Literal
+
+from aicommons.catalog import load_catalog
+from aicommons.plan.model import ResolvedSite
+
+Action = Literal["ACCEPT", "DROP", "REJECT"]
+Direction = Literal["in", "out", "group"]
+
+PROXY_SET = "aic-proxy"
+USERS_SET = "aic-users"
+SHARED_SET = "aic-shared"
+OPERATORS_SET = "aic-operators"
+MONITOR_SET = "aic-monitor"
+GROUP_USER = "aic-user"
+GROUP_SHARED = "aic-shared"
+NODE_EXPORTER = 9100
+# Ports a service keeps to itself and the operators (admin APIs, cluster RPC, consoles).
+PRIVATE_PORTS = {"admin", "rpc", "console", "edge", "ssh", "worker", "node-exporter"}
+# What a per-user app's `needs` entry maps to (object_storage is the site's chosen store).
+APP_NEED_SERVICES = ("postgres", "redis", "qdrant", "ollama", "searxng", "langfuse", "authentik")
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    """One PVE firewall rule. `type=group` references a security group by `action`."""
+
+    type: Direction
+    action: str  # ACCEPT / DROP / REJECT, or the group name when type == "group"
+    source: str | None = None  # IP, CIDR or `+ipset`
+    dest: str | None = None
+    proto: str | None = None
+    dport: str | None = None  # "5432" or "80,443" (PVE's dport list syntax)
+    comment: str = ""
+
+    def to_api(self) -> dict[str, str | int]:
+        """Body of POST …/firewall/rules or /cluster/firewall/groups/{group}."""
+        body: dict[str, str | int] = {"type": self.type, "action": self.action, "enable": 1}
+        for key in ("source", "dest", "proto", "dport", "comment"):
+            val = getattr(self, key)
+            if val:
+                body[key] = val
+        return body
+
+    def to_fw_line(self) -> str:
+        """The same rule as a line of a .fw file."""
+        if self.type == "group":
+            out = f"GROUP {self.action}"
+        else:
+            out = f"{self.type.upper()} {self.action}"
+            for flag, val in (("-source", self.source), ("-dest", self.dest), ("-p", self.proto),
+                              ("-dport", self.dport)):
+                if val:
+                    out += f" {flag} {val}"
+        return out + (f" # {self.comment}" if self.comment else "")
+
+
+@dataclass(frozen=True, slots=True)
+class IpSet:
+    name: str
+    cidrs: tuple[str, ...]
+    nomatch: tuple[str, ...] = ()  # entries excluded from the set (`!cidr`)
+    comment: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class SecurityGroup:
+    name: str  # PVE limits group names to 18 characters
+    rules: tuple[Rule, ...]
+    comment: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class ContainerFirewall:
+    ctid: int
+    node: str | None
+    role: str
+    options: dict[str, str | int] = field(default_factory=dict)
+    rules: tuple[Rule, ...] = ()  # first match wins: group reference first, then own rules
+
+
+@dataclass(frozen=True, slots=True)
+class FirewallPlan:
+    ipsets: tuple[IpSet, ...]
+    groups: tuple[SecurityGroup, ...]
+    containers: tuple[ContainerFirewall, ...]
+
+    def container(self, ctid: int) -> ContainerFirewall:
+        for c in self.containers:
+            if c.ctid == ctid:
+                return c
+        raise KeyError(ctid)
+
+    def cluster_fw(self) -> str:
+        """/etc/pve/firewall/cluster.fw: the ipsets and security groups (cluster firewall stays as is)."""
+        out: list[str] = []
+        for s in self.ipsets:
+            out.append(f"[IPSET {s.name}]" + (f" # {s.comment}" if s.comment else ""))
+            out += list(s.cidrs) + [f"!{c}" for c in s.nomatch]
+            out.append("")
+        for g in self.groups:
+            out.append(f"[group {g.name}]" + (f" # {g.comment}" if g.comment else ""))
+            out += [r.to_fw_line() for r in g.rules]
+            out.append("")
+        return "\n".join(out)
+
+    def container_fw(self, ctid: int) -> str:
+        """/etc/pve/firewall/<ctid>.fw for one container."""
+        c = self.container(ctid)
+        out = ["[OPTIONS]"] + [f"{k}: {v}" for k, v in c.options.items()] + ["", "[RULES]"]
+        out += [r.to_fw_line() for r in c.rules]
+        return "\n".join(out) + "\n"
+
+    def api_calls(self) -> list[tuple[str, str, dict]]:
+        """(method, path, body) in apply order; node paths use `{node}` when a container has none."""
+        calls: list[tuple[str, str, dict]] = []
+        for s in self.ipsets:
+            calls.append(("POST", "/cluster/firewall/ipset", {"name": s.name, "comment": s.comment}))
+            calls += [("POST", f"/cluster/firewall/ipset/{s.name}", {"cidr": c}) for c in s.cidrs]
+            calls += [("POST", f"/cluster/firewall/ipset/{s.name}", {"cidr": c, "nomatch": 1}) for c in s.nomatch]
+        for g in self.groups:
+            calls.append(("POST", "/cluster/firewall/groups", {"group": g.name, "comment": g.comment}))
+            # POST inserts at position 0: add in reverse so the final order is the listed one.
+            calls += [("POST", f"/cluster/firewall/groups/{g.name}", r.to_api()) for r in reversed(g.rules)]
+        for c in self.containers:
+            base = f"/nodes/{c.node or '{node}'}/lxc/{c.ctid}/firewall"
+            calls += [("POST", f"{base}/rules", r.to_api()) for r in reversed(c.rules)]
+            calls.append(("PUT", f"{base}/options", dict(c.options)))
+        return calls
+
+
+def _cidrs_of_range(first: str, last: str) -> list[str]:
+    nets = ipaddress.summarize_address_range(ipaddress.IPv4Address(first), ipaddress.IPv4Address(last))
+    return [str(n) for n in nets]
+
+
+def _user_facing_ports(resolved: ResolvedSite) -> dict[str, list[int]]:
+    """Shared service -> TCP ports user containers may open (only services their apps need)."""
+    cat = load_catalog()
+    wanted: set[str] = set()
+    for a in resolved.site.user_template.apps:
+        for need in cat.apps[a].needs if a in cat.apps else ():
+            wanted.add(resolved.site.object_storage if need == "object_storage" else need)
+    out: dict[str, list[int]] = {}
+    for n in sorted(wanted):
+        if n in resolved.endpoints and n in cat.services and not resolved.endpoints[n].external:
+            out[n] = [p.port for p in cat.services[n].ports if p.name not in PRIVATE_PORTS and p.protocol != "udp"]
+    return out
+
+
+def firewall_plan(resolved: ResolvedSite) -> FirewallPlan:
+    """Every firewall object the site needs, as data (pure)."""
+    site = resolved.site
+    net = site.network
+    users = [c for c in resolved.containers if c.role == "user"]
+    shared = [c for c in resolved.containers if c.role == "shared"]
+    user_ranges = [cidr for r in net.user_ranges for cidr in _cidrs_of_range(*[p.strip() for p in r.split("-")])]
+    monitor = [c.ip for c in shared if c.name == "prometheus"]
+    ipsets = [
+        IpSet(PROXY_SET, (str(net.traefik.address),), comment="Traefik: the only way in"),
+        IpSet(USERS_SET, tuple(c.ip for c in users), comment="user containers"),
+        IpSet(SHARED_SET, tuple(c.ip for c in shared), comment="shared-service containers"),
+        IpSet(OPERATORS_SET, tuple(net.traefik.operator_allow), nomatch=tuple(user_ranges),
+              comment="operator addresses, never a user container"),
+        IpSet(MONITOR_SET, tuple(monitor), comment="Prometheus"),
+    ]
+    cat = load_catalog()
+    app_ports = sorted({cat.apps[a].port for a in site.user_template.apps if a in cat.apps})
+    facing = _user_facing_ports(resolved)
+    user_out = [
+        Rule("out", "ACCEPT", dest=c.ip, proto="tcp", dport=",".join(map(str, facing[c.name])),
+             comment=f"to {c.hostname}")
+        for c in shared if facing.get(c.name)
+    ]
+    site_nets = [str(net.subnet)] + [c for c in user_ranges if not ipaddress.ip_network(c).subnet_of(net.subnet)]
+    user_out += [Rule("out", "DROP", dest=n, comment="no other container of the site") for n in site_nets]
+    groups = [
+        SecurityGroup(GROUP_USER, tuple([
+            Rule("in", "ACCEPT", source=f"+{PROXY_SET}", proto="tcp", dport=",".join(map(str, app_ports)),
+                 comment="Traefik to the user's apps"),
+            Rule("in", "ACCEPT", source=f"+{MONITOR_SET}", proto="tcp", dport=str(NODE_EXPORTER),
+                 comment="Prometheus scrapes node exporter"),
+            *user_out,
+        ]), comment="user containers"),
+        SecurityGroup(GROUP_SHARED, (
+            # Prometheus is a shared container, so this also lets it scrape every shared service.
+            Rule("in", "ACCEPT", source=f"+{SHARED_SET}", comment="shared services use each other"),
+            Rule("in", "ACCEPT", source=f"+{OPERATORS_SET}", comment="operators and the control plane"),
+        ), comment="shared-service containers"),
+    ]
+    routed: dict[int, set[int]] = {}
+    for r in resolved.routes:
+        if r.owner is None:
+            for url in r.urls:
+                host_port = url.split("://", 1)[1]
+                ip, port = host_port.rsplit(":", 1)
+                routed.setdefault(_ctid_by_ip(resolved, ip), set()).add(int(port))
+    options = {"enable": 1, "policy_in": "DROP", "policy_out": "ACCEPT"}
+    fws = []
+    for c in users:
+        fws.append(ContainerFirewall(c.ctid, c.node, "user", dict(options), (Rule("group", GROUP_USER),)))
+    for c in shared:
+        rules = [Rule("group", GROUP_SHARED)]
+        if routed.get(c.ctid):
+            rules.append(Rule("in", "ACCEPT", source=f"+{PROXY_SET}", proto="tcp",
+                              dport=",".join(map(str, sorted(routed[c.ctid]))), comment="Traefik route"))
+        if facing.get(c.name):
+            rules.append(Rule("in", "ACCEPT", source=f"+{USERS_SET}", proto="tcp",
+                              dport=",".join(map(str, facing[c.name])), comment="user apps"))
+        fws.append(ContainerFirewall(c.ctid, c.node, "shared", dict(options), tuple(rules)))
+    return FirewallPlan(tuple(ipsets), tuple(groups), tuple(fws))
+
+
+def _ctid_by_ip(resolved: ResolvedSite, ip: str) -> int:
+    for c in resolved.containers:
+        if c.ip == ip:
+            return c.ctid
+    return -1

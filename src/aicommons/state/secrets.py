@@ -1,0 +1,170 @@
+"""Secrets: generated once, encrypted at rest (Fernet), rotated on request, never printed.
+
+The key comes from, in order: the environment variable (AICOMMONS_SECRET_KEY: a Fernet key),
+a passphrase (AICOMMONS_SECRET_PASSPHRASE, stretched with scrypt and a salt kept in the state),
+or a 0600 key file created on first use (`.aicommons/secret.key`). A check token in the state
+makes a wrong key fail loudly instead of silently generating new secrets.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import secrets as pysecrets
+import stat
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography.fernet import Fernet, InvalidToken
+from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
+
+from aicommons.errors import AicError
+
+ENV_KEY = "AICOMMONS_SECRET_KEY"
+ENV_PASSPHRASE = "AICOMMONS_SECRET_PASSPHRASE"
+KEY_FILE = "secret.key"
+_CHECK = b"aicommons-key-check"
+
+
+class SecretKeyError(AicError):
+    """The secrets key is missing, unreadable or not the one the state was written with."""
+
+
+@dataclass
+class KeySource:
+    env: str | None = ENV_KEY
+    passphrase_env: str | None = ENV_PASSPHRASE
+    key_file: Path | None = None
+    passphrase: str | None = None
+
+    @classmethod
+    def default(cls, state_dir: Path, key_file: str | None = None, key_env: str | None = None) -> KeySource:
+        kf = Path(key_file) if key_file else state_dir / KEY_FILE
+        if not kf.is_absolute():
+            kf = state_dir.parent / kf if key_file else kf
+        return cls(env=key_env or ENV_KEY, key_file=kf)
+
+    def fernet(self, store) -> Fernet:
+        if self.env and os.environ.get(self.env):
+            return _fernet(os.environ[self.env].strip().encode(), f"${self.env}")
+        phrase = self.passphrase or (os.environ.get(self.passphrase_env) if self.passphrase_env else None)
+        if phrase:
+            salt = store.set_meta("scrypt_salt", base64.b64encode(os.urandom(16)).decode(), only_if_missing=True)
+            kdf = Scrypt(salt=base64.b64decode(salt), length=32, n=2**15, r=8, p=1)
+            return Fernet(base64.urlsafe_b64encode(kdf.derive(phrase.encode())))
+        if self.key_file is None:
+            raise SecretKeyError(f"no secrets key: set {self.env} or a passphrase")
+        return _fernet(_key_from_file(self.key_file, create=store.meta("key_check") is None), str(self.key_file))
+
+
+def _fernet(raw: bytes, where: str) -> Fernet:
+    try:
+        return Fernet(raw)
+    except ValueError:
+        raise SecretKeyError(f"{where} is not a valid key (32 url-safe base64 bytes; make one with "
+                             f"`python -c 'from cryptography.fernet import Fernet; print(Fernet.generate_key().decode())'`)") from None
+
+
+def _key_from_file(path: Path, *, create: bool) -> bytes:
+    if not path.exists():
+        if not create:
+            raise SecretKeyError(f"secrets key file {path} is missing but the state holds secrets encrypted with it; "
+                                 f"restore the key file (or set {ENV_KEY})")
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+        except FileExistsError:
+            return _key_from_file(path, create=False)
+        with os.fdopen(fd, "wb") as f:
+            f.write(Fernet.generate_key())
+            f.flush()
+            os.fsync(f.fileno())
+    mode = stat.S_IMODE(path.stat().st_mode)
+    if mode & 0o077:
+        raise SecretKeyError(f"secrets key file {path} is readable by others (mode {mode:o}); run chmod 600 {path}")
+    return path.read_bytes().strip()
+
+
+def generate(key: str) -> str:
+    """A fresh value; 32 random bytes, URL-safe (fits env files, URLs and YAML unquoted)."""
+    return pysecrets.token_urlsafe(32)
+
+
+class SecretStore:
+    """SecretLookup-compatible: `store(scope, key)` and `store.get(scope, key)` both work."""
+
+    def __init__(self, state, key_source: KeySource):
+        self._state = state
+        self._source = key_source
+        self._f: Fernet | None = None
+        self._cache: dict[tuple[str, str], tuple[int, str]] = {}
+
+    def _fernet(self) -> Fernet:
+        if self._f is None:
+            f = self._source.fernet(self._state)
+            check = self._state.set_meta("key_check", f.encrypt(_CHECK).decode(), only_if_missing=True)
+            try:
+                if f.decrypt(check.encode()) != _CHECK:
+                    raise InvalidToken
+            except InvalidToken:
+                raise SecretKeyError("the secrets key does not match the one this state was written with; "
+                                     "use the original key file / AICOMMONS_SECRET_KEY / passphrase") from None
+            self._f = f
+        return self._f
+
+    def __call__(self, scope: str, key: str) -> str:
+        return self.get(scope, key)
+
+    def get(self, scope: str, key: str) -> str:
+        """The value, generated and stored on first use (never regenerated: INSERT OR IGNORE)."""
+        hit = self._cache.get((scope, key))
+        if hit:
+            return hit[1]
+        f = self._fernet()
+        row = self._state._read("SELECT token, version FROM secrets WHERE scope = ? AND key = ?", (scope, key))
+        if not row:
+            token = f.encrypt(generate(key).encode())
+            with self._state.tx() as c:
+                c.execute("INSERT OR IGNORE INTO secrets VALUES (?, ?, ?, 1, ?, NULL)", (scope, key, token, time.time()))
+                row = c.execute("SELECT token, version FROM secrets WHERE scope = ? AND key = ?", (scope, key)).fetchall()
+        value = self._decrypt(f, row[0][0], scope, key)
+        self._cache[(scope, key)] = (row[0][1], value)
+        return value
+
+    def version(self, scope: str, key: str) -> int:
+        """1 for a never-rotated secret; 0 if it does not exist yet."""
+        row = self._state._read("SELECT version FROM secrets WHERE scope = ? AND key = ?", (scope, key))
+        return row[0][0] if row else 0
+
+    def versions(self) -> dict[tuple[str, str], int]:
+        return {(s, k): v for s, k, v in self._state._read("SELECT scope, key, version FROM secrets")}
+
+    def rotate(self, scope: str, key: str) -> int:
+        """Store a new value; the next apply pushes it to the back end and every consumer. Returns the version."""
+        f = self._fernet()
+        token = f.encrypt(generate(key).encode())
+        with self._state.tx() as c:
+            cur = c.execute("UPDATE secrets SET token = ?, version = version + 1, rotated_at = ? WHERE scope = ? AND key = ?",
+                            (token, time.time(), scope, key))
+            if not cur.rowcount:
+                raise AicError(f"no secret {key!r} in scope {scope!r}; see `aicommons state show`")
+            self._state._bump(c)
+            version = c.execute("SELECT version FROM secrets WHERE scope = ? AND key = ?", (scope, key)).fetchone()[0]
+        self._cache.pop((scope, key), None)
+        return version
+
+    def known(self) -> list[tuple[str, str, int]]:
+        return self._state._read("SELECT scope, key, version FROM secrets ORDER BY scope, key")
+
+    def values(self) -> list[str]:
+        """Every stored value (for redaction filters only)."""
+        f = self._fernet()
+        return [self._decrypt(f, t, s, k) for s, k, t in self._state._read("SELECT scope, key, token FROM secrets")]
+
+    def _decrypt(self, f: Fernet, token: bytes, scope: str, key: str) -> str:
+        try:
+            return f.decrypt(token).decode()
+        except InvalidToken:
+            raise SecretKeyError(f"secret {scope}/{key} cannot be decrypted with this key; "
+                                 f"use the key the state was written with") from None

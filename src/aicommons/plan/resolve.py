@@ -283,6 +283,10 @@ def _allocate_users(
             continue
         if ctx.take(ip, f"user {u.name}", ("users", i, "slot")):
             assigned[u.name] = ip
+    # Slots of users no longer in the file stay reserved until state says their data is purged.
+    for name, ip_text in held.items():
+        if name not in seen_names:
+            ctx.taken.setdefault(IP(ip_text), f"removed user {name} (kept until purged)")
     # 2. the rest, in file order, lowest free address first.
     free = (ip for ip in user_ips if ip not in ctx.taken)
     for i, u in valid_users:

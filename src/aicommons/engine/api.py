@@ -1,0 +1,241 @@
+"""plan_site / apply_site: the services the CLI, `up`, `down` and `secrets rotate` call.
+
+plan = load site -> resolve with the state's held slots -> render -> refresh reality -> diff.
+apply = lock -> (check a saved plan is not stale) -> journal each step before it runs -> walk
+the DAG -> record outcomes. Driver and back ends are injected in tests; otherwise they come from
+the registries (`AICOMMONS_FAKE_DIR` selects the file-backed fakes, for demos and tests).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+from aicommons.engine.model import PLAN_FORMAT, ApplyResult, Plan
+from aicommons.engine.planner import Planner, Reality
+from aicommons.errors import AicError
+from aicommons.state.store import StateStore, default_path
+
+
+class StalePlan(AicError):
+    exit_code = 1
+
+
+def open_state(site_file, state_path=None) -> StateStore:
+    return StateStore.open(state_path or default_path(site_file))
+
+
+def key_source(site, state: StateStore, site_file):
+    from aicommons.state.secrets import KeySource
+
+    base = Path(site_file).resolve().parent
+    kf = Path(site.secrets.key_file)
+    return KeySource(env=site.secrets.key_env, key_file=kf if kf.is_absolute() else base / kf)
+
+
+def fingerprint(site_file, state: StateStore) -> str:
+    site_sha = hashlib.sha256(Path(site_file).read_bytes()).hexdigest()[:16]
+    return f"{site_sha}-{state.serial()}"
+
+
+def default_driver(site):
+    if os.environ.get("AICOMMONS_FAKE_DIR"):
+        from aicommons.drivers.fake import FakeDriver
+
+        return FakeDriver(os.environ["AICOMMONS_FAKE_DIR"])
+    try:
+        from aicommons.drivers.registry import driver_for
+
+        return driver_for(site)
+    except ImportError as exc:
+        raise AicError(f"driver.kind {site.driver.kind}: the driver is not available in this build ({exc})") from None
+
+
+def default_backends(resolved, secrets, base_dir, notes: list[str]) -> list:
+    if os.environ.get("AICOMMONS_FAKE_DIR"):
+        from aicommons.tenancy.fake import fake_backends
+
+        return fake_backends(os.environ["AICOMMONS_FAKE_DIR"])
+    try:
+        from aicommons.tenancy.registry import backends_for
+
+        return list(backends_for(resolved, secrets, base_dir))
+    except ImportError:
+        notes.append("tenancy back ends are not available in this build; tenant slices were not planned")
+    except AicError as exc:
+        notes.append(f"tenancy back ends: {exc}")
+    return []
+
+
+def default_target(site, driver):
+    make = getattr(driver, "traefik_target", None)
+    if callable(make):
+        return make()
+    from aicommons.engine.targets import LocalDirTarget
+
+    return LocalDirTarget(site.network.traefik.dynamic_dir)
+
+
+def default_renderer(resolved, secrets) -> dict:
+    from aicommons.render import render_site
+
+    return render_site(resolved, secrets)
+
+
+class Session:
+    """Everything one plan/apply works with (kept together so apply reuses what plan built)."""
+
+    def __init__(self, site_file, *, state_path=None, driver=None, backends=None, renderer=None, target=None):
+        from aicommons.cli.common import load
+        from aicommons.plan import resolve
+
+        self.site_file = Path(site_file)
+        if not self.site_file.exists():
+            raise AicError(f"{site_file}: no such site file; `aicommons init` writes one")
+        self.site, index = load(self.site_file)
+        self.state = open_state(site_file, state_path)
+        self.secrets = self.state.secrets(key_source(self.site, self.state, site_file))
+        self.resolved = resolve(self.site, held=self.state.held_slots(), index=index)
+        self.notes: list[str] = list(self.resolved.notes)
+        self.driver = driver if driver is not None else default_driver(self.site)
+        base = self.site_file.resolve().parent
+        self.backends = backends if backends is not None else default_backends(self.resolved, self.secrets, base, self.notes)
+        self.renderer = renderer or default_renderer
+        self.target = target if target is not None else default_target(self.site, self.driver)
+
+    def close(self) -> None:
+        self.state.close()
+
+
+def _refresh(s: Session) -> Reality:
+    containers = {c.ctid: c for c in s.driver.list_containers()}
+    tenants = {}
+    for b in s.backends:
+        try:
+            tenants[b.name] = b.observe()
+        except AicError as exc:
+            s.notes.append(f"could not read {b.name} ({exc}); planning as if it held nothing")
+            tenants[b.name] = {}
+    allocations = {a.ctid: a.user for a in s.state.allocations() if a.status != "purged"}
+    return Reality(containers, tenants, s.target.list(), s.state.applied(), allocations)
+
+
+def build_plan(s: Session, *, destroy: bool = False) -> Plan:
+    from aicommons.plan.secrets import tenant_keys
+
+    for t in s.resolved.tenants:  # generate-once: every value a render or back end needs exists now
+        for k in tenant_keys(t):
+            s.secrets.get(t.user, k)
+    files = {} if destroy else s.renderer(s.resolved, s.secrets)
+    planner = Planner(s.resolved, files, s.secrets.versions(), _refresh(s), s.backends, destroy=destroy)
+    changes, steps, notes = planner.run()
+    return Plan(str(s.site_file), fingerprint(s.site_file, s.state), s.resolved, changes, steps,
+                s.notes + notes, destroy)
+
+
+def plan_site(site_file, *, state_path=None, driver=None, backends=None, renderer=None, target=None,
+              destroy: bool = False) -> Plan:
+    s = Session(site_file, state_path=state_path, driver=driver, backends=backends, renderer=renderer, target=target)
+    try:
+        return build_plan(s, destroy=destroy)
+    finally:
+        s.close()
+
+
+def save_plan(plan: Plan, path) -> None:
+    Path(path).write_text(json.dumps(plan.to_dict(), indent=1, sort_keys=True))
+
+
+def select(plan: Plan, targets) -> Plan:
+    """Limit a plan to the named addresses / users / steps, plus what they depend on."""
+    if not targets:
+        return plan
+    targets = set(targets)
+    keep = {i for i, s in plan.steps.items() if i in targets or s.owner in targets or targets & set(s.addresses)}
+    todo = list(keep)
+    while todo:
+        for d in plan.steps[todo.pop()].deps:
+            if d not in keep:
+                keep.add(d)
+                todo.append(d)
+    plan.steps = {i: s for i, s in plan.steps.items() if i in keep}
+    plan.changes = [c for c in plan.changes if c.step in keep or c.action == "no-op"]
+    return plan
+
+
+def check_saved(saved: dict, plan: Plan) -> None:
+    if saved.get("format") != PLAN_FORMAT:
+        raise StalePlan(f"plan file format {saved.get('format')!r} is not {PLAN_FORMAT}; run `aicommons plan --out` again")
+    if saved.get("fingerprint") != plan.fingerprint:
+        raise StalePlan("the saved plan is stale: the site file or the state changed since it was made; "
+                        "run `aicommons plan --out FILE` again")
+    want = {s["id"]: s["action"] for s in saved.get("steps", [])}
+    have = {i: s.action for i, s in plan.steps.items()}
+    extra = {i: a for i, a in have.items() if i not in want}
+    differ = {i: (a, have.get(i)) for i, a in want.items() if have.get(i) != a}
+    if differ:
+        i, (a, b) = next(iter(differ.items()))
+        raise StalePlan(f"the saved plan is stale: reality changed ({i} was planned as {a}, now {b or 'no-op'}); "
+                        f"run `aicommons plan --out FILE` again")
+    plan.steps = {i: s for i, s in plan.steps.items() if i not in extra}
+
+
+def apply_site(site_file, *, state_path=None, targets=None, yes: bool = True, driver=None, backends=None,
+               out=None, plan_file=None, parallelism: int = 4, lock_timeout: float = 0.0, purge: bool = False,
+               destroy: bool = False, renderer=None, target=None, confirm: Callable[[Plan], bool] | None = None,
+               step_timeout: float | None = 1800, command: str = "apply") -> ApplyResult:
+    from aicommons.engine.report import Reporter, Redactor
+    from aicommons.engine.runner import run_dag
+    from aicommons.engine.steps import Context, execute
+    from aicommons.state.lock import StateLock
+
+    saved = json.loads(Path(plan_file).read_text()) if plan_file else None
+    if saved is not None:
+        destroy = bool(saved.get("destroy"))
+    s = Session(site_file, state_path=state_path, driver=driver, backends=backends, renderer=renderer, target=target)
+    lock = StateLock(s.state, command)
+    try:
+        lock.acquire(timeout=lock_timeout)
+        redact = Redactor(s.secrets)
+        rep = Reporter(out, redact, s.state.path.parent / "logs")
+        if lock.broken:
+            rep.line(f"note: broke the lock of a dead process ({lock.broken.describe()})")
+        plan = select(build_plan(s, destroy=destroy), targets)
+        redact.refresh()
+        if saved is not None:
+            check_saved(saved, plan)
+        elif plan.steps and not yes and not (confirm and confirm(plan)):
+            raise AicError("apply cancelled; nothing was changed")
+        result = ApplyResult(None, plan)
+        if plan.empty:
+            rep.line("no changes: the site matches the plan")
+            return result
+        run_id = result.run_id = s.state.begin_run(command)
+        rep.open_log(run_id)
+        ctx = Context(s.state, s.secrets, s.driver, s.target, redact, purge=purge)
+
+        def step_fn(step):
+            s.state.journal(run_id, step.id, step.action, "started", step.reason)
+            execute(ctx, step)
+
+        def on_event(step, status, detail):
+            detail = redact(detail)
+            if status != "start":
+                s.state.journal(run_id, step.id, step.action, status, detail)
+            rep.event(step, status, detail)
+
+        rep.begin(plan)
+        result.outcomes = run_dag(plan.steps, step_fn, parallelism=parallelism, step_timeout=step_timeout,
+                                  on_event=on_event)
+        for o in result.outcomes.values():
+            o.detail = redact(o.detail)
+        counts = {st: sum(o.status == st for o in result.outcomes.values()) for st in ("ok", "failed", "skipped")}
+        s.state.finish_run(run_id, "ok" if result.ok else "failed", {**counts, "changes": plan.counts()})
+        rep.end(result)
+        return result
+    finally:
+        lock.release()
+        s.close()

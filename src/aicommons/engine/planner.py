@@ -1,0 +1,236 @@
+"""Diff the wish (resolved site + rendered files + secret versions) against reality and state.
+
+Reality is read through the driver (`list_containers`), the tenancy back ends (`observe`) and the
+Traefik file target (`list`); what this site applied before comes from the state. The result is
+one change per address and one step per unit of work, wired into a DAG: a step waits for the
+steps it needs, and every step of phase N waits for the shared containers of earlier phases.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+
+from aicommons.drivers.base import ContainerState
+from aicommons.engine import addresses as A
+from aicommons.engine.model import Change, Step
+from aicommons.engine.targets import digest
+from aicommons.plan.model import Container, ResolvedSite, Tenant
+
+TRAEFIK_DIR = "traefik/dynamic/"
+
+
+@dataclass
+class Reality:
+    containers: dict[int, ContainerState]
+    tenants: dict[str, dict[str, set[str]]]  # backend name -> user -> addresses
+    traefik: dict[str, str]  # file name -> sha256
+    applied: dict  # address -> state.store.Applied
+    allocations: dict[str, int] = field(default_factory=dict)  # ctid -> user (from state)
+
+
+def fp(*parts) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:20]
+
+
+def container_spec(c: Container) -> dict:
+    return {"hostname": c.hostname, "ip": c.ip, "memory_mb": c.memory_mb, "cores": c.cores, "disk_gb": c.disk_gb}
+
+
+def tenant_from(attrs: dict) -> Tenant:
+    d = dict(attrs)
+    for k in ("databases", "qdrant_collections", "buckets", "apps"):
+        d[k] = tuple(d.get(k, ()))
+    return Tenant(**d)
+
+
+class Planner:
+    def __init__(self, resolved: ResolvedSite | None, files: dict, versions: dict, reality: Reality,
+                 backends: list, destroy: bool = False):
+        self.r = resolved
+        self.files = files
+        self.versions = versions  # (scope, key) -> version
+        self.real = reality
+        self.backends = backends
+        self.destroy = destroy
+        self.changes: list[Change] = []
+        self.steps: dict[str, Step] = {}
+        self.notes: list[str] = []
+
+    def add(self, step: Step, addresses: list[str] | None = None) -> None:
+        for a in addresses or step.addresses or [step.id]:
+            self.changes.append(Change(a, step.action, step.reason, step.id))
+        if step.action != "no-op":
+            self.steps[step.id] = step
+
+    def run(self) -> tuple[list[Change], dict[str, Step], list[str]]:
+        containers = [] if self.destroy or self.r is None else self.r.containers
+        tenants = [] if self.destroy or self.r is None else self.r.tenants
+        self._containers(containers)
+        self._tenants(tenants)
+        self._traefik(containers)
+        self._bundles(tenants)
+        self._gates()
+        return self.changes, self.steps, self.notes
+
+    # ---- containers ----------------------------------------------------------------------------
+
+    def _containers(self, wanted: list[Container]) -> None:
+        by_ctid = {c.ctid: c for c in wanted}
+        for c in wanted:
+            addr = A.container(c.ctid)
+            have = self.real.containers.get(c.ctid)
+            owner = c.name if c.role == "user" else None
+            spec = container_spec(c)
+            step = Step(addr, "container", "no-op", "exists as planned", c.phase, owner, [addr],
+                        fingerprint=fp(spec), payload=c)
+            if have is None or have.status == "missing":
+                step.action, step.reason = "create", "does not exist"
+            elif have.ip and have.ip.split("/")[0] != c.ip:
+                step.action, step.reason = "replace", f"address is {have.ip}, planned {c.ip}"
+            else:
+                diffs = [f"{k} {getattr(have, k)} -> {v}" for k, v in spec.items()
+                         if k != "ip" and getattr(have, k, None) not in (None, v)]
+                if diffs:
+                    step.action, step.reason = "update", ", ".join(diffs)
+                elif have.status != "running":
+                    step.action, step.reason = "update", f"is {have.status}; start it"
+            self.add(step)
+        for ctid, have in sorted(self.real.containers.items()):
+            if ctid in by_ctid:
+                continue
+            user = self.real.allocations.get(ctid)
+            addr = A.container(ctid)
+            why = f"user {user} is no longer in the site" if user else f"{have.hostname} is no longer in the site"
+            if self.destroy:
+                why = "site is being taken down"
+            step = Step(addr, "container", "delete", why, 0, user, [addr], payload=have)
+            extra = [A.bundle(user)] if user and A.bundle(user) in self.real.applied else []
+            self.add(step, [addr, *extra])
+
+    # ---- tenancy -------------------------------------------------------------------------------
+
+    def _tenant_fp(self, t: Tenant, prefix: str) -> str:
+        keys = A.BACKEND_KEYS.get(prefix)
+        keys = keys if keys is not None else ()
+        return fp(asdict(t), [(k, self.versions.get((t.user, k), 0)) for k in keys])
+
+    def _tenants(self, wanted: list[Tenant]) -> None:
+        names = {t.user for t in wanted}
+        for b in self.backends:
+            prefix = A.prefix_of(b.name)
+            seen = self.real.tenants.get(b.name, {})
+            for t in wanted:
+                addrs = A.tenant_addresses(t).get(prefix, [])
+                if not addrs:
+                    continue
+                sid = f"tenant.{prefix}.{t.user}"
+                have = seen.get(t.user, set())
+                missing = [a for a in addrs if a not in have]
+                f = self._tenant_fp(t, prefix)
+                rec = self.real.applied.get(sid)
+                step = Step(sid, "tenant", "no-op", "exists as planned", 0, t.user, addrs, fingerprint=f,
+                            payload=(b, t))
+                if missing and len(missing) == len(addrs):
+                    step.action, step.reason = "create", "does not exist"
+                elif missing:
+                    step.action, step.reason = "update", "missing " + ", ".join(missing)
+                elif rec is None:
+                    step.action, step.reason = "update", "exists but was not applied by this state; adopt it"
+                elif rec.fingerprint != f:
+                    rotated = rec.attrs.get("versions") != self._versions_of(t, prefix)
+                    step.action = "update"
+                    step.reason = "secret rotated" if rotated else "tenant slice changed"
+                if step.action == "no-op":
+                    self.add(step)
+                    continue
+                self.add(step, missing if step.action == "update" and missing else addrs)
+            for user, have in sorted(seen.items()):
+                if user in names:
+                    continue
+                sid = f"tenant.{prefix}.{user}"
+                rec = self.real.applied.get(sid)
+                if rec is None or "tenant" not in rec.attrs:
+                    self.notes.append(f"{b.name} holds {len(have)} resources of {user}, which this state did not "
+                                      f"create; left alone")
+                    continue
+                why = "site is being taken down" if self.destroy else f"user {user} is no longer in the site"
+                self.add(Step(sid, "tenant", "delete", why, 0, user, sorted(have),
+                              payload=(b, tenant_from(rec.attrs["tenant"]))))
+
+    def _versions_of(self, t: Tenant, prefix: str) -> dict:
+        return {k: self.versions.get((t.user, k), 0) for k in A.BACKEND_KEYS.get(prefix, ())}
+
+    # ---- traefik files -------------------------------------------------------------------------
+
+    def _traefik(self, containers: list[Container]) -> None:
+        by_file = {c.traefik_file: c for c in containers}
+        wanted = {p[len(TRAEFIK_DIR):]: f for p, f in self.files.items() if p.startswith(TRAEFIK_DIR)}
+        for name, f in sorted(wanted.items()):
+            addr = A.traefik_file(name)
+            sha = digest(f.content)
+            have = self.real.traefik.get(name)
+            c = by_file.get(name)
+            step = Step(addr, "traefik", "no-op", "content as planned", c.phase if c else 0,
+                        c.name if c is not None and c.role == "user" else None, [addr], fingerprint=sha,
+                        payload=(name, f))
+            if have is None:
+                step.action, step.reason = "create", "file missing"
+            elif have != sha:
+                step.action, step.reason = "update", "content differs"
+            if c is not None:
+                step.deps.add(A.container(c.ctid))
+            self.add(step)
+        for name in sorted(self.real.traefik):
+            addr = A.traefik_file(name)
+            if name in wanted or addr not in self.real.applied:
+                continue  # files this site never wrote are not ours to delete
+            rec = self.real.applied[addr]
+            self.add(Step(addr, "traefik", "delete", "route no longer in the site", 0, rec.owner, [addr],
+                          payload=(name, None)))
+
+    # ---- user bundles --------------------------------------------------------------------------
+
+    def _bundles(self, tenants: list[Tenant]) -> None:
+        for t in tenants:
+            prefix = f"users/{t.user}/"
+            files = {p[len(prefix):]: f for p, f in self.files.items() if p.startswith(prefix)}
+            if not files:
+                continue
+            addr = A.bundle(t.user)
+            f = fp(sorted((p, x.mode, digest(x.content)) for p, x in files.items()))
+            rec = self.real.applied.get(addr)
+            cstep = self.steps.get(A.container(t.ctid))
+            step = Step(addr, "bundle", "no-op", "pushed as planned", 0, t.user, [addr], fingerprint=f,
+                        payload=(t, files))
+            if cstep is not None and cstep.action in ("create", "replace"):
+                step.action, step.reason = ("create" if rec is None else "update"), "container is new"
+            elif rec is None:
+                step.action, step.reason = "create", "never pushed"
+            elif rec.fingerprint != f:
+                step.action, step.reason = "update", "files changed (configuration or a rotated secret)"
+            step.phase = self.r.container(t.ctid).phase
+            step.deps.add(A.container(t.ctid))
+            step.deps.update(s for s in self.steps if s.startswith("tenant.") and s.endswith(f".{t.user}"))
+            self.add(step)
+
+    # ---- ordering ------------------------------------------------------------------------------
+
+    def _gates(self) -> None:
+        """Phase gates (shared containers of earlier phases) and delete ordering."""
+        for s in self.steps.values():
+            if s.kind == "tenant" and s.action != "delete" and self.r is not None:
+                s.phase = self.r.container(self.r.tenant(s.owner).ctid).phase
+        shared = [s for s in self.steps.values() if s.kind == "container" and s.owner is None
+                  and s.action != "delete"]
+        for s in self.steps.values():
+            if s.action == "delete":
+                continue
+            s.deps.update(g.id for g in shared if g.phase < s.phase)
+        deletes = [s for s in self.steps.values() if s.action == "delete"]
+        for s in deletes:  # routes and tenant data go before the container
+            if s.kind == "container" and s.owner:
+                s.deps.update(d.id for d in deletes if d.owner == s.owner and d.kind != "container")
+        for s in self.steps.values():
+            s.deps = {d for d in s.deps if d in self.steps and d != s.id}

@@ -1,0 +1,107 @@
+"""What each kind of step does. Every step is idempotent: re-running it after a crash at any
+point converges (create tolerates an existing container, back ends `ensure`, files are written
+whole or not at all), and the state records it only after it succeeded.
+"""
+
+from __future__ import annotations
+
+import posixpath
+from dataclasses import asdict, dataclass
+
+from aicommons.engine import addresses as A
+from aicommons.engine.planner import container_spec
+from aicommons.errors import PermanentError
+from aicommons.plan.model import Container
+from aicommons.plan.secrets import tenant_keys
+
+BUNDLE_ROOT = "/opt/aicommons"
+
+
+@dataclass
+class Context:
+    store: object  # StateStore
+    secrets: object  # SecretStore
+    driver: object
+    target: object  # FileTarget for Traefik's dynamic files
+    redact: object  # callable str -> str
+    purge: bool = False
+    ready_timeout: float = 120
+
+    def tenant_secrets(self, t) -> dict[str, str]:
+        return {k: self.secrets.get(t.user, k) for k in tenant_keys(t)}
+
+
+def execute(ctx: Context, step) -> None:
+    {"container": _container, "tenant": _tenant, "traefik": _traefik, "bundle": _bundle}[step.kind](ctx, step)
+
+
+def _container(ctx: Context, step) -> None:
+    d = ctx.driver
+    if step.action == "delete":
+        have = step.payload
+        if have.status == "running":
+            d.stop(have.ctid)
+        if not ctx.purge and hasattr(d, "archive"):
+            d.archive(have.ctid)
+        d.destroy(have.ctid)
+        if step.owner:
+            ctx.store.set_allocation_status(step.owner, "purged" if ctx.purge else "removed")
+            ctx.store.forget_applied(A.bundle(step.owner))
+        ctx.store.forget_applied(step.id)
+        return
+    c: Container = step.payload
+    if c.role == "user":  # the slot is the state's before anything exists in the world
+        ctx.store.allocate(c.name, c.ip, c.ctid)
+    if step.action == "replace":
+        have = d.get(c.ctid)
+        if have is not None:
+            if have.status == "running":
+                d.stop(c.ctid)
+            d.destroy(c.ctid)
+    have = d.get(c.ctid)
+    if have is None:
+        d.create(c)
+    elif any(getattr(have, k, None) not in (None, v) for k, v in container_spec(c).items() if k != "ip"):
+        d.update(c)
+    if (d.get(c.ctid) or have).status != "running":
+        d.start(c.ctid)
+    d.wait_ready(c.ctid, timeout=ctx.ready_timeout)
+    ctx.store.record_applied(step.id, "container", step.owner, step.fingerprint, {"ctid": c.ctid, "ip": c.ip})
+
+
+def _tenant(ctx: Context, step) -> None:
+    backend, t = step.payload
+    if step.action == "delete":
+        backend.remove(t, purge=ctx.purge)
+        ctx.store.forget_applied(step.id)
+        return
+    backend.ensure(t, ctx.tenant_secrets(t))
+    prefix = A.prefix_of(backend.name)
+    versions = {k: ctx.secrets.version(t.user, k) for k in A.BACKEND_KEYS.get(prefix, ())}
+    ctx.store.record_applied(step.id, "tenant", t.user, step.fingerprint,
+                             {"tenant": asdict(t), "versions": versions})
+
+
+def _traefik(ctx: Context, step) -> None:
+    name, f = step.payload
+    if step.action == "delete":
+        ctx.target.delete(name)
+        ctx.store.forget_applied(step.id)
+        return
+    ctx.target.write(name, f.content, f.mode)
+    ctx.store.record_applied(step.id, "traefik", step.owner, step.fingerprint, {"file": name})
+
+
+def _bundle(ctx: Context, step) -> None:
+    t, files = step.payload
+    root = posixpath.join(BUNDLE_ROOT, t.user)
+    for rel, f in sorted(files.items()):
+        ctx.driver.push(t.ctid, f.content.encode(), posixpath.join(root, rel), f.mode)
+    if "docker-compose.yml" in files or "compose.yaml" in files:
+        name = "docker-compose.yml" if "docker-compose.yml" in files else "compose.yaml"
+        res = ctx.driver.exec(t.ctid, ["docker", "compose", "--project-directory", root, "-f",
+                                       posixpath.join(root, name), "up", "-d", "--remove-orphans"], timeout=900)
+        if not res.ok:
+            raise PermanentError(f"`docker compose up -d` in container {t.ctid} failed (rc {res.rc}): "
+                                 f"{ctx.redact((res.stderr or res.stdout).strip()[-500:])}")
+    ctx.store.record_applied(step.id, "bundle", t.user, step.fingerprint, {"files": sorted(files)})

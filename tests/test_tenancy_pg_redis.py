@@ -11,7 +11,7 @@ import redis as redislib
 from aicommons.errors import TemporaryError
 from aicommons.tenancy.postgres import PostgresBackend, hba_lines, scram_verifier, verifier_matches
 from aicommons.tenancy.redis import RedisBackend
-from tests.tenancy_helpers import DictSecrets, resolved_site
+from tests.standins.helpers import DictSecrets, resolved_site
 
 
 @pytest.fixture

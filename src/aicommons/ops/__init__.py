@@ -1,0 +1,1 @@
+"""Operations: status checks, backups and restores."""

@@ -1,0 +1,158 @@
+"""`aicommons status`: which checks the plan implies, the verdict, and the table.
+
+Exit codes: 0 healthy, 1 degraded (something down or slow), 2 critical (a phase-1 service down).
+`targets` maps a plan address (`10.0.5.103:6379`) to where it is really reached
+(`127.0.0.1:6380`): tests point checks at loopback servers, operators at SSH tunnels.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Mapping
+from pathlib import Path
+
+from rich.table import Table
+
+from aicommons.catalog import load_catalog
+from aicommons.ops.checks import Check, Result, sweep
+from aicommons.plan.model import ResolvedSite
+from aicommons.spec.secretref import resolve_ref
+
+HEALTHY, DEGRADED, CRITICAL = 0, 1, 2
+TRAEFIK_API_PORT = 8080
+# Admin logins used by the control plane when the site made the server itself.
+DEFAULT_ADMIN = {"postgres": "postgres", "redis": "admin"}
+ADMIN_SECRET = {"postgres": "postgres_admin_password", "redis": "redis_admin_password"}
+
+Lookup = Callable[[str, str], str]
+
+
+def _retarget(host: str, port: int, targets: Mapping[str, str]) -> tuple[str, int]:
+    actual = targets.get(f"{host}:{port}")
+    if actual is None:
+        return host, port
+    h, _, p = actual.rpartition(":")
+    return h, int(p)
+
+
+def _credentials(resolved: ResolvedSite, service: str, secrets: Lookup | None,
+                 base_dir: Path | None) -> tuple[str | None, str | None]:
+    """Admin login for postgres/redis: the `external:` block's, else the site secret."""
+    override = resolved.site.services.get(service)
+    ext = override.external if override else None
+    if ext is not None:
+        pw = resolve_ref(ext.admin_password, f"services.{service}.external.admin_password", base_dir) \
+            if ext.admin_password else None
+        return ext.admin_user or DEFAULT_ADMIN[service], pw
+    if secrets is None:
+        return DEFAULT_ADMIN[service], None
+    return DEFAULT_ADMIN[service], secrets("site", ADMIN_SECRET[service])
+
+
+def plan_checks(resolved: ResolvedSite, *, secrets: Lookup | None = None,
+                targets: Mapping[str, str] | None = None, base_dir: Path | None = None) -> list[Check]:
+    """One check per shared service (and instance), per user app, and Traefik."""
+    cat = load_catalog()
+    targets = targets or {}
+    out: list[Check] = []
+
+    def add(name: str, kind: str, host: str, port: int, phase: int, **kw) -> None:
+        h, p = _retarget(host, port, targets)
+        out.append(Check(name=name, kind=kind, host=h, port=p, phase=phase, **kw))
+
+    shared = [c for c in resolved.containers if c.role == "shared"]
+    hosts: dict[str, list[tuple[str, str]]] = {}
+    for c in shared:
+        for svc in c.services:
+            hosts.setdefault(svc, []).append((c.ip, c.hostname if c.instance > 1 else svc))
+    for name, ep in resolved.endpoints.items():
+        if ep.external:
+            hosts.setdefault(name, []).append((ep.host, name))
+    for svc, where in hosts.items():
+        spec = cat.services[svc]
+        h = spec.health
+        crit = spec.phase == 1
+        for ip, label in where:
+            ep = resolved.endpoints.get(svc)
+            port = h.port or (spec.ports[0].port if spec.ports else 0)
+            if ep is not None and ep.external and ip == ep.host:
+                port = next(iter(ep.ports.values()), port)
+            if h.type == "none":
+                add(label, "tcp", ip, port, spec.phase, skip_reason=h.reason or "no health check")
+            elif h.type in ("postgres", "redis"):
+                user, pw = _credentials(resolved, svc, secrets, base_dir)
+                add(label, h.type, ip, port, spec.phase, critical=crit, username=user, password=pw)
+            elif svc == "ollama":
+                add(label, "ollama", ip, port, spec.phase, critical=crit,
+                    expect_models=tuple(resolved.site.models))
+            else:
+                add(label, h.type, ip, port, spec.phase, critical=crit, path=h.path,
+                    expect_status=h.expect_status)
+    proxy = str(resolved.proxy_ip)
+    add("traefik", "traefik", proxy, TRAEFIK_API_PORT, 1, critical=True)
+    for t in resolved.tenants:
+        phase = resolved.container(t.ctid).phase
+        for app in t.apps:
+            spec = cat.apps[app]
+            if spec.health.type == "none":
+                continue
+            kind = "http" if spec.health.type == "http" else "tcp"
+            add(f"{t.user}/{app}", kind, t.ip, t.ports[app], phase, user=t.user, path=spec.health.path,
+                expect_status=spec.health.expect_status)
+    return out
+
+
+def verdict(results: list[Result]) -> int:
+    if any(r.state == "down" and r.check.critical for r in results):
+        return CRITICAL
+    if any(r.state in ("down", "slow") for r in results):
+        return DEGRADED
+    return HEALTHY
+
+
+VERDICT_WORD = {HEALTHY: "healthy", DEGRADED: "degraded", CRITICAL: "critical"}
+
+
+def run_status(resolved: ResolvedSite, *, secrets: Lookup | None = None,
+               targets: Mapping[str, str] | None = None, timeout: float = 3.0, slow_ms: float = 1000.0,
+               base_dir: Path | None = None) -> tuple[int, list[Result]]:
+    checks = plan_checks(resolved, secrets=secrets, targets=targets, base_dir=base_dir)
+    results = asyncio.run(sweep(checks, timeout=timeout, slow_ms=slow_ms))
+    return verdict(results), results
+
+
+def to_json(code: int, results: list[Result]) -> dict:
+    return {
+        "verdict": VERDICT_WORD[code], "exit_code": code,
+        "checks": [{"name": r.check.name, "kind": r.check.kind, "address": r.check.address,
+                    "phase": r.check.phase, "user": r.check.user, "critical": r.check.critical,
+                    "state": r.state, "latency_ms": round(r.latency_ms, 1), "reason": r.reason}
+                   for r in results],
+    }
+
+
+STYLE = {"ok": "green", "slow": "yellow", "down": "red", "skipped": "dim"}
+
+
+def table(code: int, results: list[Result]) -> Table:
+    """Shared services by phase; users one row each unless an app of theirs is unhealthy."""
+    t = Table(title=f"site {VERDICT_WORD[code]}", title_justify="left")
+    for col in ("phase", "check", "state", "latency", "reason"):
+        t.add_column(col, justify="right" if col == "latency" else "left")
+    shared = sorted((r for r in results if r.check.user is None), key=lambda r: (r.check.phase, r.check.name))
+    for r in shared:
+        t.add_row(str(r.check.phase), r.check.name, f"[{STYLE[r.state]}]{r.state}[/]",
+                  f"{r.latency_ms:.0f} ms", r.reason)
+    users: dict[str, list[Result]] = {}
+    for r in results:
+        if r.check.user is not None:
+            users.setdefault(r.check.user, []).append(r)
+    for user, rs in users.items():
+        bad = [r for r in rs if r.state in ("down", "slow")]
+        slowest = max((r.latency_ms for r in rs), default=0.0)
+        if not bad:
+            t.add_row(str(rs[0].check.phase), f"{user} ({len(rs)} apps)", "[green]ok[/]", f"{slowest:.0f} ms", "")
+        for r in bad:
+            t.add_row(str(r.check.phase), r.check.name, f"[{STYLE[r.state]}]{r.state}[/]",
+                      f"{r.latency_ms:.0f} ms", r.reason)
+    return t

@@ -1,0 +1,156 @@
+"""`aicommons status`: real PostgreSQL 15 (the `pg` fixture) and a real Redis 7 started here;
+Ollama, Traefik's API and the per-user apps are loopback HTTP stand-ins (aicommons.ops.loopback).
+Every plan address is mapped to a loopback port: no traffic leaves 127.0.0.1."""
+
+from __future__ import annotations
+
+import json
+import threading
+
+import pytest
+
+from aicommons.ops.checks import Check
+from aicommons.ops.loopback import LoopbackHttp
+from aicommons.ops.status import CRITICAL, DEGRADED, HEALTHY, plan_checks, run_status, table, to_json
+from aicommons.plan.resolve import resolve
+from aicommons.spec.default import render_site_yaml
+from aicommons.spec.load import load_text
+from tests.servers import free_port, start_redis
+
+
+@pytest.fixture(scope="module")
+def resolved():
+    text = render_site_yaml(users=3).replace("models: []", "")
+    site, _ = load_text(text)
+    site = site.model_copy(update={"models": ["llama3.2"]})
+    return resolve(site)
+
+
+@pytest.fixture(scope="module")
+def redis_own():
+    srv = start_redis()
+    yield srv
+    srv.cleanup()
+
+
+@pytest.fixture(scope="module")
+def stand_ins():
+    ollama = LoopbackHttp({"/": (200, "Ollama is running"),
+                           "/api/tags": (200, {"models": [{"name": "llama3.2:latest"}]})}).start()
+    traefik = LoopbackHttp({"/api/http/routers": (200, [{"name": "a@file", "status": "enabled"}])}).start()
+    generic = LoopbackHttp().start()  # answers 200 on any path
+    hang = LoopbackHttp(hang=True).start()
+    yield {"ollama": ollama, "traefik": traefik, "generic": generic, "hang": hang}
+    for s in (ollama, traefik, generic, hang):
+        s.stop()
+
+
+def _targets(resolved, pg, redis_srv, stand_ins, *, slow_check: str | None = None) -> dict[str, str]:
+    out = {}
+    for c in plan_checks(resolved):
+        if c.kind == "postgres":
+            port = pg.port
+        elif c.kind == "redis":
+            port = redis_srv.port
+        elif c.kind in ("ollama", "traefik"):
+            port = stand_ins[c.kind].ports[0]
+        elif c.name == slow_check:
+            port = stand_ins["hang"].ports[0]
+        else:
+            port = stand_ins["generic"].ports[0]
+        out[c.address] = f"127.0.0.1:{port}"
+    return out
+
+
+def _secrets(pg, redis_srv):
+    values = {("site", "postgres_admin_password"): pg.password,
+              ("site", "redis_admin_password"): redis_srv.admin_password}
+    return lambda scope, key: values[(scope, key)]
+
+
+def _by_name(results):
+    return {r.check.name: r for r in results}
+
+
+def test_every_check_is_retargeted_to_loopback(resolved, pg, redis_own, stand_ins):
+    checks = plan_checks(resolved, targets=_targets(resolved, pg, redis_own, stand_ins))
+    assert all(c.host == "127.0.0.1" for c in checks if not c.skip_reason)
+    names = {c.name for c in checks}
+    assert {"postgres", "redis", "qdrant", "ollama", "traefik", "user1/openwebui", "user3/flowise"} <= names
+    assert next(c for c in checks if c.name == "qdrant").path == "/readyz"
+
+
+def test_healthy_site(resolved, pg, redis_own, stand_ins):
+    code, results = run_status(resolved, secrets=_secrets(pg, redis_own),
+                               targets=_targets(resolved, pg, redis_own, stand_ins), timeout=5)
+    bad = [(r.check.name, r.state, r.reason) for r in results if r.state not in ("ok", "skipped")]
+    assert bad == [] and code == HEALTHY
+    doc = to_json(code, results)
+    assert doc["verdict"] == "healthy" and json.dumps(doc)
+    assert "password" not in json.dumps(doc).lower() or pg.password not in json.dumps(doc)
+
+
+def test_wrong_password_is_down_with_reason(resolved, pg, redis_own, stand_ins):
+    wrong = lambda scope, key: "wrong"  # noqa: E731
+    code, results = run_status(resolved, secrets=wrong, targets=_targets(resolved, pg, redis_own, stand_ins))
+    r = _by_name(results)
+    assert r["postgres"].state == "down" and "password" in r["postgres"].reason
+    assert r["redis"].state == "down" and code == CRITICAL
+
+
+def test_missing_model_degrades_ollama(resolved, pg, redis_own, stand_ins):
+    site = resolved.site.model_copy(update={"models": ["llama3.2", "qwen3:8b"]})
+    code, results = run_status(resolve(site), secrets=_secrets(pg, redis_own),
+                               targets=_targets(resolved, pg, redis_own, stand_ins))
+    assert _by_name(results)["ollama"].reason == "models not pulled: qwen3:8b"
+
+
+def test_stopped_redis_is_critical(resolved, pg, stand_ins):
+    srv = start_redis()
+    targets = _targets(resolved, pg, srv, stand_ins)
+    srv.cleanup()  # stopped: nothing listens on its port any more
+    code, results = run_status(resolved, secrets=_secrets(pg, srv), targets=targets, timeout=2)
+    assert code == CRITICAL
+    r = _by_name(results)["redis"]
+    assert r.state == "down" and r.check.critical and "127.0.0.1" in r.reason
+
+
+def test_slow_endpoint_is_slow_not_a_hang(resolved, pg, redis_own, stand_ins):
+    targets = _targets(resolved, pg, redis_own, stand_ins, slow_check="user2/n8n")
+    out: dict = {}
+
+    def run():
+        out["v"] = run_status(resolved, secrets=_secrets(pg, redis_own), targets=targets, timeout=0.5)
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    t.join(60)  # the stand-in never answers; the sweep must come back on its own
+    assert "v" in out, "status sweep hung on a slow endpoint"
+    code, results = out["v"]
+    r = _by_name(results)
+    assert r["user2/n8n"].state == "slow" and "no answer within 0.5s" in r["user2/n8n"].reason
+    assert r["user1/n8n"].state == "ok" and code == DEGRADED
+    rows = table(code, results).row_count
+    assert rows < len(results)  # healthy users fold into one row each
+
+
+def test_traefik_router_errors_are_reported():
+    import asyncio
+
+    from aicommons.ops.checks import sweep
+
+    bad = [{"name": "a@file", "status": "enabled"}, {"name": "b@file", "status": "disabled", "error": "bad rule"}]
+    with LoopbackHttp({"/api/http/routers": (200, bad)}) as srv:
+        c = Check(name="traefik", kind="traefik", host="127.0.0.1", port=srv.ports[0], phase=1, critical=True)
+        (r,) = asyncio.run(sweep([c]))
+    assert r.state == "down" and "b@file: bad rule" in r.reason
+
+
+def test_refused_port_is_down():
+    import asyncio
+
+    from aicommons.ops.checks import sweep
+
+    c = Check(name="x", kind="http", host="127.0.0.1", port=free_port(), phase=2)
+    (r,) = asyncio.run(sweep([c], timeout=1))
+    assert r.state == "down" and "refused" in r.reason.lower()

@@ -1,9 +1,58 @@
-"""Commands of this area are registered here (see cli/__init__.py)."""
+"""`aicommons render`: write every file the site's data plane runs on (atomically, unchanged skipped)."""
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Annotated
+
 import typer
+
+from aicommons.cli.common import SiteFile, console, load
+from aicommons.errors import AicError
 
 
 def register(app: typer.Typer) -> None:
-    """Add this module's commands to the root app."""
+    app.command()(render)
+
+
+class RenderUsageError(AicError):
+    """Bad arguments to `aicommons render`."""
+
+
+def _state_secrets(site_file: Path, site):
+    """(held slots, secret lookup) from the state store beside the site file."""
+    from aicommons.state.secrets import KeySource
+    from aicommons.state.store import StateStore, default_path
+
+    path = default_path(site_file)
+    store = StateStore.open(path)
+    source = KeySource.default(path.parent, site.secrets.key_file, site.secrets.key_env)
+    return store.held_slots(), store.secrets(source)
+
+
+def render(
+    file: Path = SiteFile,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output directory (created if missing).")] = Path("rendered"),
+    user: Annotated[str | None, typer.Option("--user", help="Render only this user's files.")] = None,
+) -> None:
+    """Render Traefik, user bundles, shared-service configs, Authentik blueprints and the firewall."""
+    from aicommons.plan import resolve
+    from aicommons.render import render_site, render_user
+    from aicommons.render.write import write_tree
+
+    site, index = load(file)
+    held, secrets = _state_secrets(file, site)
+    resolved = resolve(site, held=held, index=index)
+    if user is not None:
+        if user not in {t.user for t in resolved.tenants}:
+            raise RenderUsageError(f"--user {user}: no such user in {file} (users: "
+                                   f"{', '.join(t.user for t in resolved.tenants[:5])}...)")
+        files = render_user(resolved, user, secrets)
+    else:
+        files = render_site(resolved, secrets)
+    result = write_tree(files, out)
+    console.print(f"{len(result.written)} written, {len(result.unchanged)} unchanged in {out}")
+    for p in result.written[:20]:
+        console.print(f"  {p}")
+    if len(result.written) > 20:
+        console.print(f"  ... and {len(result.written) - 20} more")

@@ -1,0 +1,223 @@
+"""One user's Docker Compose bundle: the 8 apps wired to that user's slice of the shared layer.
+
+Names come from the Tenant (plan/names.py made them); secrets are `${VAR}` references to the
+bundle's `.env` (0600). Values that embed a secret (database and Redis URLs, the Qdrant JWT)
+are whole `.env` entries, so the compose file itself never holds one.
+"""
+
+from __future__ import annotations
+
+from urllib.parse import quote as urlquote
+
+import jwt
+
+from aicommons.catalog.model import App
+from aicommons.plan.model import ResolvedSite, Tenant
+from aicommons.plan.secrets import SITE_SCOPE, SecretLookup
+from aicommons.render.common import catalog, dump_yaml, endpoint_host, endpoint_url, port_of
+
+HEADER = "# Rendered by aicommons for {user}: do not edit by hand. Secrets are in .env (0600).\n"
+LOG_MAX = {"max-size": "10m", "max-file": "3"}
+CHAINFORGE_DOCKERFILE = """\
+# ChainForge has no upstream image: built here (`docker compose build chainforge`).
+FROM python:3.12-slim
+RUN pip install --no-cache-dir chainforge=={version}
+EXPOSE {port}
+CMD ["chainforge", "serve", "--host", "0.0.0.0", "--port", "{port}", "--dir", "/data"]
+"""
+
+
+def qdrant_token(t: Tenant, api_key: str) -> str:
+    """HS256 JWT signed with the Qdrant API key, read-write on the tenant's collections only.
+
+    No `exp`: the token lives as long as the API key; rotating the key revokes every token.
+    """
+    claims = {"access": [{"collection": c, "access": "rw"} for c in t.qdrant_collections]}
+    return jwt.encode(claims, api_key, algorithm="HS256")
+
+
+def _pg_url(resolved: ResolvedSite, t: Tenant, db: str, password: str) -> str | None:
+    host, port = endpoint_host(resolved, "postgres"), port_of(resolved, "postgres")
+    if host is None:
+        return None
+    return f"postgresql://{urlquote(t.postgres_role)}:{urlquote(password, safe='')}@{host}:{port}/{db}"
+
+
+def _redis_url(resolved: ResolvedSite, t: Tenant, password: str) -> str | None:
+    host, port = endpoint_host(resolved, "redis"), port_of(resolved, "redis")
+    if host is None:
+        return None
+    db = t.redis_db if t.redis_db is not None else 0
+    return f"redis://{urlquote(t.redis_user)}:{urlquote(password, safe='')}@{host}:{port}/{db}"
+
+
+def _db(t: Tenant, app_db: str) -> str:
+    """The tenant's database for an app (from Tenant.databases: never re-derived)."""
+    for d in t.databases:
+        if d.startswith(app_db + "_"):
+            return d
+    raise KeyError(app_db)
+
+
+def _bucket(t: Tenant, app: str) -> str:
+    for b in t.buckets:
+        if b.endswith("-" + app):
+            return b
+    raise KeyError(app)
+
+
+class _Wiring:
+    """Collects environment (plain) and .env entries (secret) per app."""
+
+    def __init__(self, resolved: ResolvedSite, t: Tenant, secrets: SecretLookup) -> None:
+        self.r, self.t, self.secrets = resolved, t, secrets
+        self.env: dict[str, str] = {}  # .env content
+
+    def secret(self, var: str, key: str, scope: str | None = None) -> str:
+        self.env[var] = self.secrets(scope or self.t.user, key)
+        return f"${{{var}}}"
+
+    def put(self, var: str, value: str) -> str:
+        self.env[var] = value
+        return f"${{{var}}}"
+
+    def s3(self) -> dict[str, str]:
+        store = self.r.site.object_storage
+        svc = catalog().services.get(store)
+        url = endpoint_url(self.r, store, "s3")
+        if not url or not svc:
+            return {}
+        return {"endpoint": url, "region": svc.app_env.get("S3_REGION_NAME", "us-east-1"),
+                "access": self.secret("S3_ACCESS_KEY", "s3_access_key"),
+                "secret": self.secret("S3_SECRET_KEY", "s3_secret_key")}
+
+    def app_env(self, app: App) -> dict[str, str]:
+        r, t = self.r, self.t
+        host = t.hosts.get(app.name, "")
+        ollama = endpoint_url(r, "ollama", "api")
+        e: dict[str, str] = {}
+        if app.name == "openwebui":
+            e["ENABLE_PERSISTENT_CONFIG"] = "False"
+            e["WEBUI_URL"] = f"https://{host}"
+            e["WEBUI_SECRET_KEY"] = self.secret("WEBUI_SECRET_KEY", "webui_secret_key")
+            pw = self.secrets(t.user, "postgres_password")
+            if url := _pg_url(r, t, _db(t, "openwebui"), pw):
+                e["DATABASE_URL"] = self.put("OPENWEBUI_DATABASE_URL", url)
+            if url := _redis_url(r, t, self.secrets(t.user, "redis_password")):
+                e["REDIS_URL"] = self.put("REDIS_URL", url)
+                e["REDIS_KEY_PREFIX"] = t.redis_prefix.rstrip(":")  # Open WebUI adds the ':' itself
+            if q := endpoint_url(r, "qdrant", "http"):
+                e.update(VECTOR_DB="qdrant", QDRANT_URI=q, ENABLE_QDRANT_MULTITENANCY_MODE="true",
+                         QDRANT_COLLECTION_PREFIX=t.qdrant_prefix)
+                e["QDRANT_API_KEY"] = self.put("QDRANT_API_KEY",
+                                               qdrant_token(t, self.secrets(SITE_SCOPE, "qdrant_api_key")))
+            if (s3 := self.s3()) and app.buckets:
+                e.update(STORAGE_PROVIDER="s3", S3_ENDPOINT_URL=s3["endpoint"], S3_REGION_NAME=s3["region"],
+                         S3_BUCKET_NAME=_bucket(t, "openwebui"), S3_ACCESS_KEY_ID=s3["access"],
+                         S3_SECRET_ACCESS_KEY=s3["secret"], S3_ADDRESSING_STYLE="path")
+            if ollama:
+                e["OLLAMA_BASE_URL"] = ollama
+            if sx := endpoint_url(r, "searxng", "http"):
+                e.update(ENABLE_WEB_SEARCH="true", WEB_SEARCH_ENGINE="searxng",
+                         SEARXNG_QUERY_URL=f"{sx}/search?q=<query>")
+            if "authentik" in r.endpoints:
+                # Forward-auth already proved who this is: sign them in by Authentik's header.
+                e["WEBUI_AUTH_TRUSTED_EMAIL_HEADER"] = "X-authentik-email"
+        elif app.name == "n8n":
+            e.update(DB_TYPE="postgresdb", DB_POSTGRESDB_HOST=endpoint_host(r, "postgres") or "",
+                     DB_POSTGRESDB_PORT=str(port_of(r, "postgres") or 5432), DB_POSTGRESDB_DATABASE=_db(t, "n8n"),
+                     DB_POSTGRESDB_USER=t.postgres_role)
+            e["DB_POSTGRESDB_PASSWORD"] = self.secret("POSTGRES_PASSWORD", "postgres_password")
+            e["N8N_ENCRYPTION_KEY"] = self.secret("N8N_ENCRYPTION_KEY", "n8n_encryption_key")
+            e.update(N8N_HOST=host, N8N_PROTOCOL="https", N8N_PORT=str(app.container_port),
+                     WEBHOOK_URL=f"https://{host}/", N8N_PROXY_HOPS="1")
+            if ollama:
+                e["OLLAMA_HOST"] = ollama
+        elif app.name == "jupyter":
+            e["JUPYTER_TOKEN"] = self.secret("JUPYTER_TOKEN", "jupyter_token")
+            if ollama:
+                e["OLLAMA_HOST"] = ollama
+        elif app.name == "code-server":
+            e["PASSWORD"] = self.secret("CODE_SERVER_PASSWORD", "code_server_password")
+        elif app.name == "big-agi":
+            if ollama:
+                e["OLLAMA_API_HOST"] = ollama
+        elif app.name == "kotaemon":
+            e.update(GRADIO_SERVER_NAME="0.0.0.0", GRADIO_SERVER_PORT=str(app.container_port),
+                     KH_FEATURE_USER_MANAGEMENT_ADMIN="admin")
+            e["KH_FEATURE_USER_MANAGEMENT_PASSWORD"] = self.secret("KOTAEMON_ADMIN_PASSWORD", "kotaemon_admin_password")
+            if ollama:
+                e.update(KH_OLLAMA_URL=f"{ollama}/v1/", OPENAI_API_BASE=f"{ollama}/v1")
+        elif app.name == "chainforge":
+            if ollama:
+                e["OPENAI_BASE_URL"] = f"{ollama}/v1"
+        elif app.name == "flowise":
+            e.update(PORT=str(app.container_port), DATABASE_TYPE="postgres",
+                     DATABASE_HOST=endpoint_host(r, "postgres") or "", DATABASE_PORT=str(port_of(r, "postgres") or 5432),
+                     DATABASE_NAME=_db(t, "flowise"), DATABASE_USER=t.postgres_role)
+            e["DATABASE_PASSWORD"] = self.secret("POSTGRES_PASSWORD", "postgres_password")
+            e["SECRETKEY_PATH"] = app.data_path or "/root/.flowise"
+            e["FLOWISE_SECRETKEY_OVERWRITE"] = self.secret("FLOWISE_SECRET_KEY", "flowise_secret_key")
+            e["FLOWISE_USERNAME"] = "admin"
+            e["FLOWISE_PASSWORD"] = self.secret("FLOWISE_ADMIN_PASSWORD", "flowise_admin_password")
+            if (s3 := self.s3()) and app.buckets:
+                e.update(STORAGE_TYPE="s3", S3_STORAGE_BUCKET_NAME=_bucket(t, "flowise"),
+                         S3_STORAGE_ACCESS_KEY_ID=s3["access"], S3_STORAGE_SECRET_ACCESS_KEY=s3["secret"],
+                         S3_STORAGE_REGION=s3["region"], S3_ENDPOINT_URL=s3["endpoint"], S3_FORCE_PATH_STYLE="true")
+        if "langfuse" in r.endpoints and app.name == "openwebui":
+            e["LANGFUSE_HOST"] = endpoint_url(r, "langfuse", "web") or ""
+        return e
+
+
+def _healthcheck(app: App) -> dict:
+    url = f"http://127.0.0.1:{app.container_port}{app.health.path}"
+    # Images differ in what they ship: try wget, then curl, then Python.
+    probe = (f"wget -qO- {url} >/dev/null 2>&1 || curl -fsS {url} >/dev/null 2>&1 || "
+             f"python3 -c \"import urllib.request; urllib.request.urlopen('{url}', timeout=5)\"")
+    return {"test": ["CMD-SHELL", probe], "interval": "30s", "timeout": "10s", "retries": 5,
+            "start_period": "120s"}
+
+
+def compose_bundle(resolved: ResolvedSite, t: Tenant, secrets: SecretLookup) -> tuple[dict, dict[str, str]]:
+    """(compose document, .env values) for one tenant."""
+    cat = catalog()
+    w = _Wiring(resolved, t, secrets)
+    services: dict[str, dict] = {}
+    volumes: dict[str, dict] = {}
+    for name in t.apps:
+        app = cat.apps[name]
+        svc: dict = {}
+        if name == "chainforge":
+            svc["build"] = {"context": "./chainforge"}
+        svc["image"] = app.image
+        svc["container_name"] = f"{name}-{t.user}"
+        svc["restart"] = "unless-stopped"
+        env = w.app_env(app)
+        if env:
+            svc["environment"] = env
+        svc["ports"] = [f"{t.ip}:{t.ports[name]}:{app.container_port}"]
+        if app.data_path:
+            vol = f"{name}-data"
+            volumes[vol] = {}
+            svc["volumes"] = [f"{vol}:{app.data_path}"]
+        svc["mem_limit"] = f"{app.memory_mb}m"
+        svc["healthcheck"] = _healthcheck(app)
+        labels = {"aicommons.site": resolved.site.name, "aicommons.user": t.user, "aicommons.app": name}
+        svc["labels"] = labels
+        svc["logging"] = {"driver": "json-file",
+                          "options": {**LOG_MAX, "labels": "aicommons.site,aicommons.user,aicommons.app"}}
+        services[name] = svc
+    doc: dict = {"name": f"aicommons-{t.user}", "services": services}
+    if volumes:
+        doc["volumes"] = volumes
+    return doc, w.env
+
+
+def render_compose(resolved: ResolvedSite, t: Tenant, secrets: SecretLookup) -> tuple[str, dict[str, str]]:
+    doc, env = compose_bundle(resolved, t, secrets)
+    return dump_yaml(doc, HEADER.format(user=t.user)), env
+
+
+def chainforge_dockerfile() -> str:
+    app = catalog().apps["chainforge"]
+    return CHAINFORGE_DOCKERFILE.format(version=app.version, port=app.container_port)

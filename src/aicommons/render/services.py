@@ -1,0 +1,201 @@
+"""Configuration of the shared back ends the tenants use: PostgreSQL, Redis, Qdrant, SearXNG,
+Ollama and the object store (Garage, or MinIO on existing sites)."""
+
+from __future__ import annotations
+
+import hashlib
+
+from aicommons.plan.model import Container, ResolvedSite
+from aicommons.plan.secrets import SITE_SCOPE, SecretLookup
+from aicommons.render.common import catalog, db_ident, dump_yaml, hex_key, svc_dir
+from aicommons.render.files import SECRET_MODE, RenderedFile
+
+HEAD = "# Rendered by aicommons: do not edit by hand.\n"
+# Shared services with their own database and role in the shared PostgreSQL.
+REDIS_ADMIN = "admin"
+REDIS_LANGFUSE = "langfuse"
+
+
+def pg_clients(resolved: ResolvedSite) -> list[Container]:
+    """Shared containers whose service keeps its data in the shared PostgreSQL."""
+    cat = catalog()
+    return [c for c in resolved.containers
+            if c.role == "shared" and "postgres" in cat.services[c.name].depends_on]
+
+
+def postgresql_conf(resolved: ResolvedSite, c: Container) -> str:
+    """conf.d fragment: listen on the container's address, scram, enough connections for the tenants."""
+    mem = c.memory_mb
+    conns = 100 + 10 * len(resolved.tenants)
+    return HEAD + "\n".join([
+        f"listen_addresses = 'localhost,{c.ip}'",
+        "port = 5432",
+        "password_encryption = 'scram-sha-256'",
+        f"max_connections = {conns}",
+        f"shared_buffers = '{max(128, mem // 4)}MB'",
+        f"effective_cache_size = '{max(256, mem // 2)}MB'",
+        "log_connections = on",
+        "log_disconnections = on",
+        "",
+    ])
+
+
+def pg_hba(resolved: ResolvedSite) -> str:
+    """One scram-sha-256 line per tenant database, from that tenant's own container address."""
+    lines = [HEAD.rstrip(), "# TYPE  DATABASE  USER  ADDRESS  METHOD",
+             "local   all  postgres  peer",
+             "host    all  postgres  127.0.0.1/32  scram-sha-256"]
+    for cidr in resolved.site.network.traefik.operator_allow:
+        lines.append(f"host    all  postgres  {cidr}  scram-sha-256  # operators / control plane")
+    for c in pg_clients(resolved):
+        ident = db_ident(c.name)
+        lines.append(f"host    {ident}  {ident}  {c.ip}/32  scram-sha-256  # {c.hostname}")
+    for t in resolved.tenants:
+        for db in t.databases:
+            lines.append(f"host    {db}  {t.postgres_role}  {t.ip}/32  scram-sha-256  # {t.user}")
+    return "\n".join(lines) + "\n"
+
+
+def _redis_hash(password: str) -> str:
+    return "#" + hashlib.sha256(password.encode()).hexdigest()
+
+
+def tenant_acl(t, password: str) -> str:
+    """The facts file's ACL line: own key prefix and channel pattern in DB 0, keyless commands denied."""
+    db = t.redis_db if t.redis_db is not None else 0
+    prefix = t.redis_prefix
+    return (f"user {t.redis_user} reset on {_redis_hash(password)} ~{prefix}* resetchannels &{prefix}* "
+            f"+@all -@dangerous -scan -randomkey -move -copy -select +select|{db}")
+
+
+def redis_acl(resolved: ResolvedSite, secrets: SecretLookup) -> str:
+    """users.acl: passwords only as SHA-256 hashes."""
+    lines = ["user default off",
+             f"user {REDIS_ADMIN} on {_redis_hash(secrets(SITE_SCOPE, 'redis_admin_password'))} ~* &* +@all"]
+    if "langfuse" in resolved.endpoints:
+        lines.append(f"user {REDIS_LANGFUSE} on {_redis_hash(secrets(SITE_SCOPE, 'langfuse_redis_password'))} "
+                     "~* &* +@all -@dangerous +info")
+    lines += [tenant_acl(t, secrets(t.user, "redis_password")) for t in resolved.tenants]
+    return "\n".join(lines) + "\n"
+
+
+def redis_conf(resolved: ResolvedSite, c: Container, aclfile: str = "/etc/redis/users.acl") -> str:
+    maxmem = max(64, c.memory_mb * 3 // 4)
+    return HEAD + "\n".join([
+        f"bind 127.0.0.1 {c.ip}",
+        "port 6379",
+        "protected-mode yes",
+        f"aclfile {aclfile}",
+        f"databases {resolved.site.redis.databases}",
+        "dir /var/lib/redis",
+        "# Persistence: RDB snapshots plus an append-only file.",
+        "save 900 1 300 10 60 10000",
+        "appendonly yes",
+        "appendfsync everysec",
+        f"maxmemory {maxmem}mb",
+        "# Langfuse's queues refuse any eviction policy but noeviction.",
+        "maxmemory-policy noeviction",
+        "",
+    ])
+
+
+def qdrant_config(resolved: ResolvedSite, secrets: SecretLookup) -> str:
+    doc = {"service": {"host": "0.0.0.0", "http_port": 6333, "grpc_port": 6334,
+                       "api_key": secrets(SITE_SCOPE, "qdrant_api_key"), "jwt_rbac": True},
+           "storage": {"storage_path": "/var/lib/qdrant/storage", "snapshots_path": "/var/lib/qdrant/snapshots"},
+           "telemetry_disabled": True}
+    return dump_yaml(doc, HEAD)
+
+
+def searxng_settings(resolved: ResolvedSite, secrets: SecretLookup) -> str:
+    doc = {"use_default_settings": True,
+           "server": {"secret_key": secrets(SITE_SCOPE, "searxng_secret"), "limiter": False,
+                      "image_proxy": False, "bind_address": "0.0.0.0", "port": 8080,
+                      "base_url": f"https://searxng.{resolved.site.domain}/"},
+           # JSON is what the apps ask for; without it SearXNG answers 403.
+           "search": {"formats": ["html", "json"], "safe_search": 0}}
+    return dump_yaml(doc, HEAD)
+
+
+def ollama_override(resolved: ResolvedSite, c: Container) -> str:
+    env = {"OLLAMA_HOST": "0.0.0.0:11434", "OLLAMA_MODELS": "/var/lib/ollama/models",
+           "OLLAMA_NUM_PARALLEL": "4", "OLLAMA_MAX_LOADED_MODELS": "2", "OLLAMA_KEEP_ALIVE": "30m"}
+    lines = ["# systemd drop-in: /etc/systemd/system/ollama.service.d/override.conf", "[Service]"]
+    lines += [f'Environment="{k}={v}"' for k, v in env.items()]
+    return "\n".join(lines) + "\n"
+
+
+def garage_toml(resolved: ResolvedSite, c: Container, secrets: SecretLookup) -> str:
+    rpc = hex_key(secrets(SITE_SCOPE, "garage_rpc_secret"))
+    token = secrets(SITE_SCOPE, "s3_admin_token")
+    return HEAD + "\n".join([
+        'metadata_dir = "/var/lib/garage/meta"',
+        'data_dir = "/var/lib/garage/data"',
+        'db_engine = "lmdb"',
+        "replication_factor = 1",
+        'rpc_bind_addr = "[::]:3901"',
+        f'rpc_public_addr = "{c.ip}:3901"',
+        f'rpc_secret = "{rpc}"',
+        "",
+        "[s3_api]",
+        'api_bind_addr = "[::]:3900"',
+        's3_region = "garage"',
+        'root_domain = ".s3.garage.localhost"',
+        "",
+        "[admin]",
+        'api_bind_addr = "[::]:3903"',
+        f'admin_token = "{token}"',
+        "",
+    ])
+
+
+GARAGE_UNIT = """\
+[Unit]
+Description=Garage S3 object store (aicommons)
+After=network-online.target
+Wants=network-online.target
+
+[Service]
+Environment=RUST_LOG=garage=info
+ExecStart=/usr/local/bin/garage -c /etc/garage.toml server
+Restart=always
+StateDirectory=garage
+
+[Install]
+WantedBy=multi-user.target
+"""
+
+
+def minio_env(secrets: SecretLookup) -> str:
+    from aicommons.render.envfile import render_env
+
+    return render_env({"MINIO_ROOT_USER": "aicommons-admin",
+                       "MINIO_ROOT_PASSWORD": secrets(SITE_SCOPE, "s3_admin_token"),
+                       "MINIO_VOLUMES": "/var/lib/minio", "MINIO_OPTS": "--console-address :9001"},
+                      "/etc/default/minio (0600)")
+
+
+def backend_files(resolved: ResolvedSite, secrets: SecretLookup) -> list[RenderedFile]:
+    out: list[RenderedFile] = []
+    for c in resolved.containers:
+        if c.role != "shared":
+            continue
+        d = svc_dir(c.hostname)
+        if c.name == "postgres":
+            out += [RenderedFile(f"{d}/conf.d/aicommons.conf", postgresql_conf(resolved, c)),
+                    RenderedFile(f"{d}/pg_hba.conf", pg_hba(resolved))]
+        elif c.name == "redis":
+            out += [RenderedFile(f"{d}/redis.conf", redis_conf(resolved, c)),
+                    RenderedFile(f"{d}/users.acl", redis_acl(resolved, secrets), SECRET_MODE)]
+        elif c.name == "qdrant":
+            out.append(RenderedFile(f"{d}/config.yaml", qdrant_config(resolved, secrets), SECRET_MODE))
+        elif c.name == "searxng":
+            out.append(RenderedFile(f"{d}/settings.yml", searxng_settings(resolved, secrets), SECRET_MODE))
+        elif c.name == "ollama":
+            out.append(RenderedFile(f"{d}/systemd/override.conf", ollama_override(resolved, c)))
+        elif c.name == "garage":
+            out += [RenderedFile(f"{d}/garage.toml", garage_toml(resolved, c, secrets), SECRET_MODE),
+                    RenderedFile(f"{d}/systemd/garage.service", GARAGE_UNIT)]
+        elif c.name == "minio":
+            out.append(RenderedFile(f"{d}/minio.env", minio_env(secrets), SECRET_MODE))
+    return out

@@ -1,0 +1,201 @@
+"""Compose projects and install recipes of the shared containers.
+
+Langfuse (web + worker + ClickHouse on the shared PostgreSQL/Redis/S3) and Authentik (server +
+worker, blueprints mounted) are wired in full; every other `install.method: compose` service gets
+a pinned, health-checked, memory-limited project. Secrets go to the project's `.env` (0600).
+"""
+
+from __future__ import annotations
+
+from urllib.parse import quote as urlquote
+
+from aicommons.catalog.model import Service
+from aicommons.plan.model import Container, ResolvedSite
+from aicommons.plan.secrets import SITE_SCOPE, SecretLookup
+from aicommons.render.common import catalog, db_ident, dump_yaml, endpoint_host, endpoint_url, hex_key, port_of, svc_dir
+from aicommons.render.envfile import render_env
+from aicommons.render.files import SECRET_MODE, RenderedFile
+from aicommons.render.services import REDIS_LANGFUSE
+
+HEAD = "# Rendered by aicommons: do not edit by hand. Secrets are in .env (0600).\n"
+CLICKHOUSE_IMAGE = "clickhouse/clickhouse-server:25.12"
+LOGGING = {"driver": "json-file", "options": {"max-size": "10m", "max-file": "3"}}
+# Where known images keep their data (a named volume is mounted there).
+DATA_PATHS = {
+    "gitea": "/data", "neo4j": "/data", "loki": "/loki", "portainer": "/data", "bookstack": "/config",
+    "espocrm": "/var/www/html", "matrix": "/data", "metabase": "/metabase-data", "superset": "/app/superset_home",
+    "formbricks": "/home/nextjs/apps/web/uploads", "libretranslate": "/home/libretranslate/.local",
+    "faster-whisper": "/home/ubuntu/.cache/huggingface", "openedai-speech": "/app/voices",
+    "whisper": "/root/.cache", "docling": "/opt/app-root/src/.cache",
+}
+
+
+def _svc_entry(svc: Service, c: Container, image: str | None = None, env: dict | None = None) -> dict:
+    entry: dict = {"image": image or svc.install.image, "restart": "unless-stopped"}
+    if env:
+        entry["environment"] = env
+    entry["ports"] = [f"{c.ip}:{p.port}:{p.port}" + ("/udp" if p.protocol == "udp" else "") for p in svc.ports]
+    if svc.name in DATA_PATHS:
+        entry["volumes"] = [f"data:{DATA_PATHS[svc.name]}"]
+    entry["mem_limit"] = f"{c.memory_mb}m"
+    if svc.health.type == "http":
+        url = f"http://127.0.0.1:{svc.health.port or svc.ports[0].port}{svc.health.path}"
+        entry["healthcheck"] = {"test": ["CMD-SHELL", f"wget -qO- {url} >/dev/null 2>&1 || curl -fsS {url} >/dev/null"],
+                                "interval": "30s", "timeout": "10s", "retries": 5, "start_period": "120s"}
+    entry["labels"] = {"aicommons.service": svc.name}
+    entry["logging"] = LOGGING
+    return entry
+
+
+def _doc(name: str, services: dict, volumes: list[str]) -> str:
+    doc: dict = {"name": name, "services": services}
+    if volumes:
+        doc["volumes"] = {v: {} for v in volumes}
+    return dump_yaml(doc, HEAD)
+
+
+def _pg_url(resolved: ResolvedSite, service: str, password: str) -> str:
+    ident = db_ident(service)
+    return (f"postgresql://{ident}:{urlquote(password, safe='')}@{endpoint_host(resolved, 'postgres')}:"
+            f"{port_of(resolved, 'postgres')}/{ident}")
+
+
+def langfuse(resolved: ResolvedSite, c: Container, secrets: SecretLookup) -> list[RenderedFile]:
+    svc = catalog().services["langfuse"]
+    s = lambda key: secrets(SITE_SCOPE, key)  # noqa: E731
+    dotenv = {
+        "DATABASE_URL": _pg_url(resolved, "langfuse", s("langfuse_db_password")),
+        "SALT": s("langfuse_salt"),
+        "ENCRYPTION_KEY": hex_key(s("langfuse_encryption_key")),  # Langfuse wants 64 hex characters
+        "NEXTAUTH_SECRET": s("langfuse_nextauth_secret"),
+        "CLICKHOUSE_PASSWORD": s("clickhouse_password"),
+        "REDIS_CONNECTION_STRING": (f"redis://{REDIS_LANGFUSE}:{urlquote(s('langfuse_redis_password'), safe='')}@"
+                                    f"{endpoint_host(resolved, 'redis')}:{port_of(resolved, 'redis')}/0"),
+        "S3_ACCESS_KEY_ID": s("langfuse_s3_access_key"),
+        "S3_SECRET_ACCESS_KEY": s("langfuse_s3_secret_key"),
+        "LANGFUSE_INIT_PROJECT_PUBLIC_KEY": "pk-lf-" + hex_key(s("langfuse_public_key"), 16),
+        "LANGFUSE_INIT_PROJECT_SECRET_KEY": "sk-lf-" + hex_key(s("langfuse_secret_key"), 16),
+        "LANGFUSE_INIT_USER_PASSWORD": s("langfuse_init_user_password"),
+    }
+    store = resolved.site.object_storage
+    s3 = endpoint_url(resolved, store, "s3") or ""
+    region = catalog().services[store].app_env.get("S3_REGION_NAME", "us-east-1")
+    env = {k: f"${{{k}}}" for k in ("DATABASE_URL", "SALT", "ENCRYPTION_KEY", "NEXTAUTH_SECRET",
+                                     "CLICKHOUSE_PASSWORD", "REDIS_CONNECTION_STRING")}
+    env.update(NEXTAUTH_URL=f"https://langfuse.{resolved.site.domain}", TELEMETRY_ENABLED="false",
+               CLICKHOUSE_MIGRATION_URL="clickhouse://clickhouse:9000", CLICKHOUSE_URL="http://clickhouse:8123",
+               CLICKHOUSE_USER="clickhouse", CLICKHOUSE_CLUSTER_ENABLED="false")
+    for kind in ("EVENT", "MEDIA"):
+        p = f"LANGFUSE_S3_{kind}_UPLOAD_"
+        env.update({p + "BUCKET": "langfuse", p + "REGION": region, p + "ENDPOINT": s3, p + "FORCE_PATH_STYLE": "true",
+                    p + "ACCESS_KEY_ID": "${S3_ACCESS_KEY_ID}", p + "SECRET_ACCESS_KEY": "${S3_SECRET_ACCESS_KEY}",
+                    p + "PREFIX": f"{kind.lower()}s/"})
+    env.update(LANGFUSE_INIT_ORG_ID="aicommons", LANGFUSE_INIT_ORG_NAME=resolved.site.name,
+               LANGFUSE_INIT_PROJECT_ID="aicommons", LANGFUSE_INIT_PROJECT_NAME="aicommons",
+               LANGFUSE_INIT_PROJECT_PUBLIC_KEY="${LANGFUSE_INIT_PROJECT_PUBLIC_KEY}",
+               LANGFUSE_INIT_PROJECT_SECRET_KEY="${LANGFUSE_INIT_PROJECT_SECRET_KEY}",
+               LANGFUSE_INIT_USER_EMAIL=resolved.site.operator_email or f"admin@{resolved.site.domain}",
+               LANGFUSE_INIT_USER_NAME="aicommons", LANGFUSE_INIT_USER_PASSWORD="${LANGFUSE_INIT_USER_PASSWORD}")
+    web = _svc_entry(svc, c, env=dict(env))
+    web["ports"] = [f"{c.ip}:3000:3000"]
+    web["depends_on"] = {"clickhouse": {"condition": "service_healthy"}}
+    worker = _svc_entry(svc, c, image=svc.install.image.replace("langfuse/langfuse:", "langfuse/langfuse-worker:"),
+                        env=dict(env))
+    worker["ports"] = [f"{c.ip}:3030:3030"]
+    worker["healthcheck"] = {"test": ["CMD-SHELL", "wget -qO- http://127.0.0.1:3030/api/health >/dev/null"],
+                             "interval": "30s", "timeout": "10s", "retries": 5, "start_period": "120s"}
+    worker["depends_on"] = {"clickhouse": {"condition": "service_healthy"}}
+    for x in (web, worker):
+        x["mem_limit"] = f"{c.memory_mb // 4}m"
+    clickhouse = {"image": CLICKHOUSE_IMAGE, "restart": "unless-stopped", "user": "101:101",
+                  "environment": {"CLICKHOUSE_DB": "default", "CLICKHOUSE_USER": "clickhouse",
+                                  "CLICKHOUSE_PASSWORD": "${CLICKHOUSE_PASSWORD}"},
+                  "volumes": ["clickhouse-data:/var/lib/clickhouse", "clickhouse-logs:/var/log/clickhouse-server"],
+                  "mem_limit": f"{c.memory_mb // 2}m",
+                  "healthcheck": {"test": ["CMD-SHELL", "wget -qO- http://127.0.0.1:8123/ping >/dev/null"],
+                                  "interval": "10s", "timeout": "5s", "retries": 10, "start_period": "30s"},
+                  "logging": LOGGING}
+    d = svc_dir(c.hostname)
+    return [RenderedFile(f"{d}/docker-compose.yml", _doc("langfuse", {"langfuse-web": web, "langfuse-worker": worker,
+                                                                      "clickhouse": clickhouse},
+                                                         ["clickhouse-data", "clickhouse-logs"])),
+            RenderedFile(f"{d}/.env", render_env(dotenv, "Langfuse secrets"), SECRET_MODE)]
+
+
+def authentik(resolved: ResolvedSite, c: Container, secrets: SecretLookup) -> list[RenderedFile]:
+    svc = catalog().services["authentik"]
+    s = lambda key: secrets(SITE_SCOPE, key)  # noqa: E731
+    dotenv = {"AUTHENTIK_SECRET_KEY": s("authentik_secret_key"),
+              "AUTHENTIK_POSTGRESQL__PASSWORD": s("authentik_db_password"),
+              "AUTHENTIK_BOOTSTRAP_TOKEN": s("authentik_bootstrap_token"),
+              "AUTHENTIK_BOOTSTRAP_PASSWORD": s("authentik_bootstrap_password")}
+    env = {k: f"${{{k}}}" for k in dotenv}
+    env.update(AUTHENTIK_POSTGRESQL__HOST=endpoint_host(resolved, "postgres") or "",
+               AUTHENTIK_POSTGRESQL__PORT=str(port_of(resolved, "postgres") or 5432),
+               AUTHENTIK_POSTGRESQL__NAME=db_ident("authentik"), AUTHENTIK_POSTGRESQL__USER=db_ident("authentik"),
+               AUTHENTIK_BOOTSTRAP_EMAIL=resolved.site.operator_email or f"admin@{resolved.site.domain}",
+               # X-Forwarded-* are believed only from Traefik.
+               AUTHENTIK_LISTEN__TRUSTED_PROXY_CIDRS=f"{resolved.proxy_ip}/32")
+    vols = ["media:/media", "certs:/certs", "./blueprints:/blueprints/aicommons:ro"]
+    server = _svc_entry(svc, c, env=dict(env))
+    server["command"] = "server"
+    server["volumes"] = vols
+    worker = _svc_entry(svc, c, env=dict(env))
+    worker["command"] = "worker"
+    worker["volumes"] = list(vols)
+    del worker["ports"], worker["healthcheck"]
+    for x in (server, worker):
+        x["mem_limit"] = f"{c.memory_mb // 2}m"
+    d = svc_dir(c.hostname)
+    return [RenderedFile(f"{d}/docker-compose.yml", _doc("authentik", {"server": server, "worker": worker},
+                                                         ["media", "certs"])),
+            RenderedFile(f"{d}/.env", render_env(dotenv, "Authentik secrets"), SECRET_MODE)]
+
+
+def searxng(resolved: ResolvedSite, c: Container) -> list[RenderedFile]:
+    svc = catalog().services["searxng"]
+    entry = _svc_entry(svc, c, env={"SEARXNG_BASE_URL": f"https://searxng.{resolved.site.domain}/"})
+    entry["volumes"] = ["./settings.yml:/etc/searxng/settings.yml:ro"]
+    return [RenderedFile(f"{svc_dir(c.hostname)}/docker-compose.yml", _doc("searxng", {"searxng": entry}, []))]
+
+
+def generic(resolved: ResolvedSite, c: Container) -> list[RenderedFile]:
+    svc = catalog().services[c.name]
+    entry = _svc_entry(svc, c)
+    vols = ["data"] if "volumes" in entry else []
+    return [RenderedFile(f"{svc_dir(c.hostname)}/docker-compose.yml", _doc(c.name, {c.name: entry}, vols))]
+
+
+def install_script(c: Container) -> str:
+    """The container's install recipe, from the catalog (run as root inside the container)."""
+    svc = catalog().services[c.name]
+    lines = ["#!/bin/sh", f"# Install {svc.title} {svc.version} in CT {c.ctid} ({c.ip}). Rendered by aicommons.",
+             "set -eu"]
+    m = svc.install
+    if m.method == "apt":
+        lines += ["apt-get update", "DEBIAN_FRONTEND=noninteractive apt-get install -y " + " ".join(m.packages)]
+    elif m.method == "script":
+        lines += [m.script.rstrip()]
+    elif m.method == "compose":
+        lines += [f"cd /opt/aicommons/{c.hostname}", "docker compose pull", "docker compose up -d --wait"]
+    return "\n".join(lines) + "\n"
+
+
+def shared_files(resolved: ResolvedSite, secrets: SecretLookup) -> list[RenderedFile]:
+    out: list[RenderedFile] = []
+    for c in resolved.containers:
+        if c.role != "shared":
+            continue
+        svc = catalog().services[c.name]
+        out.append(RenderedFile(f"{svc_dir(c.hostname)}/install.sh", install_script(c), 0o755))
+        if svc.install.method != "compose":
+            continue
+        if c.name == "langfuse":
+            out += langfuse(resolved, c, secrets)
+        elif c.name == "authentik":
+            out += authentik(resolved, c, secrets)
+        elif c.name == "searxng":
+            out += searxng(resolved, c)
+        else:
+            out += generic(resolved, c)
+    return out

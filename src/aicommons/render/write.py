@@ -1,0 +1,109 @@
+"""Write rendered files safely: check every file parses, then write each atomically.
+
+A temporary name Traefik ignores (`.205200.yml.tmp`: it reads only .yml/.yaml/.toml), fsync,
+rename in the same directory, fsync the directory. Unchanged files are not touched, so a
+watcher sees only real changes. One unparsable file in Traefik's directory freezes every update
+of the whole directory, so nothing is written unless every file parses.
+"""
+
+from __future__ import annotations
+
+import configparser
+import json
+import os
+import tomllib
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+
+import yaml
+
+from aicommons.render.authentik import TagLoader
+from aicommons.render.envfile import RenderError, parse_env
+from aicommons.render.files import RenderedFile
+
+
+@dataclass
+class WriteResult:
+    written: list[str] = field(default_factory=list)
+    unchanged: list[str] = field(default_factory=list)
+
+
+def _is_ini(path: str) -> bool:
+    name = PurePosixPath(path).name
+    return name.endswith((".ini", ".service")) or (name.endswith(".conf") and "/systemd/" in f"/{path}")
+
+
+def parse_problem(path: str, content: str) -> str | None:
+    """Why `content` would not parse as the kind of file `path` names (None when it parses)."""
+    name = PurePosixPath(path).name
+    try:
+        if name.endswith((".yml", ".yaml")):
+            yaml.load(content, Loader=TagLoader)  # noqa: S506 - a SafeLoader that also accepts !tags
+        elif name.endswith(".json"):
+            json.loads(content)
+        elif name.endswith(".toml"):
+            tomllib.loads(content)
+        elif name == ".env" or name.endswith(".env"):
+            parse_env(content)
+        elif _is_ini(path):
+            configparser.ConfigParser(interpolation=None, strict=False).read_string(content)
+    except (yaml.YAMLError, ValueError, tomllib.TOMLDecodeError, configparser.Error) as exc:
+        return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    return None
+
+
+def _safe_rel(path: str) -> PurePosixPath:
+    p = PurePosixPath(path)
+    if p.is_absolute() or ".." in p.parts or not p.parts:
+        raise RenderError(f"refusing to write {path!r}: rendered paths must be relative and stay in the output")
+    return p
+
+
+def check_all(files: Iterable[RenderedFile]) -> None:
+    bad = [f"{f.path}: {msg}" for f in files if (msg := parse_problem(f.path, f.content))]
+    if bad:
+        raise RenderError("refusing to write files that do not parse (nothing was written):\n  " + "\n  ".join(bad))
+
+
+def write_file(out_dir: Path, f: RenderedFile) -> bool:
+    """Write one file atomically; False when it already holds this content and mode."""
+    target = out_dir / Path(*_safe_rel(f.path).parts)
+    data = f.content.encode()
+    try:
+        st = target.stat()
+        if st.st_mode & 0o7777 == f.mode and st.st_size == len(data) and target.read_bytes() == data:
+            return False
+    except FileNotFoundError:
+        pass
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, f.mode)
+    try:
+        os.fchmod(fd, f.mode)  # the umask must not widen or narrow it
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, target)
+    dfd = os.open(target.parent, os.O_RDONLY)
+    try:
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)
+    return True
+
+
+def write_tree(files: Mapping[str, RenderedFile] | Iterable[RenderedFile], out_dir: str | os.PathLike) -> WriteResult:
+    """Check every file parses, then write the changed ones atomically."""
+    items = list(files.values()) if isinstance(files, Mapping) else list(files)
+    for f in items:
+        _safe_rel(f.path)
+    check_all(items)
+    out = Path(out_dir)
+    result = WriteResult()
+    for f in items:
+        (result.written if write_file(out, f) else result.unchanged).append(f.path)
+    return result

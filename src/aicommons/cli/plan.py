@@ -1,16 +1,20 @@
-"""`aicommons plan`: the resolved site (and, with state, the diff against reality)."""
+"""`aicommons plan`: the resolved site and the diff against the state and reality."""
 
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.table import Table
 
-from aicommons.cli.common import SiteFile, console, load_resolved
+from aicommons.cli.common import SiteFile, console, err_console, load_resolved
+from aicommons.errors import AicError, SiteInvalid
 from aicommons.plan.model import SEED_FIGURES, ResolvedSite
+
+StateOpt = typer.Option("--state", help="State file (default: .aicommons/state.db beside the site file).")
 
 
 def register(app: typer.Typer) -> None:
@@ -19,15 +23,85 @@ def register(app: typer.Typer) -> None:
 
 def plan(
     file: Path = SiteFile,
-    as_json: Annotated[bool, typer.Option("--json", help="Print the resolved site as JSON.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the plan as JSON (no secrets).")] = False,
+    out: Annotated[Path | None, typer.Option("--out", help="Save the plan for `aicommons apply FILE`.")] = None,
+    detailed: Annotated[bool, typer.Option("--detailed-exitcode", help="Exit 0: no changes, 2: changes, 1: error.")] = False,
+    destroy: Annotated[bool, typer.Option("--destroy", help="Plan removing everything the site created.")] = False,
+    state: Annotated[Path | None, StateOpt] = None,
     users_shown: Annotated[int, typer.Option("--show-users", help="User rows to print (0 = all).")] = 5,
+    changes_shown: Annotated[int, typer.Option("--show-changes", help="Change rows to print (0 = all).")] = 40,
 ) -> None:
-    """Show everything the site resolves to: containers, routes, tenant slices, totals."""
-    resolved = load_resolved(file)
-    if as_json:
-        print(json.dumps(resolved.to_dict(), indent=1))
+    """Show what the site resolves to and what apply would change (create/update/replace/delete, with reasons)."""
+    from aicommons.engine.api import plan_site, save_plan
+
+    strict = detailed or out is not None
+    try:
+        p = plan_site(file, state_path=state, destroy=destroy)
+    except SiteInvalid as exc:
+        if detailed:
+            exc.exit_code = 1
+        raise
+    except (AicError, ImportError, OSError) as exc:
+        if strict or destroy:
+            if isinstance(exc, AicError):
+                exc.exit_code = 1
+                raise
+            raise AicError(f"cannot read the site's reality: {exc}") from None
+        # Reality unreadable (no driver here, API down): still show what the site resolves to.
+        err_console.print(f"[yellow]warning:[/] reality not read ({exc}); showing the resolved site only",
+                          soft_wrap=True)
+        resolved = load_resolved(file, held=_held(file, state))
+        if as_json:
+            print(json.dumps({**resolved.to_dict(), "changes": None, "reality": str(exc)}, indent=1))
+        else:
+            print_plan(resolved, users_shown)
         return
-    print_plan(resolved, users_shown)
+    if out is not None:
+        save_plan(p, out)
+    if as_json:
+        print(json.dumps(p.to_dict(), indent=1, sort_keys=True))
+    else:
+        if not destroy:
+            print_plan(p.resolved, users_shown)
+        print_changes(p, changes_shown)
+        if out is not None:
+            console.print(f"saved the plan to {out}; `aicommons apply {out}` carries it out")
+    if detailed and not p.empty:
+        raise SystemExit(2)  # typer.Exit is swallowed by main(standalone_mode=False)
+
+
+def _held(file: Path, state: Path | None) -> dict[str, str]:
+    from aicommons.state.store import StateStore, default_path
+
+    path = state or default_path(file)
+    if not Path(path).exists():
+        return {}
+    s = StateStore.open(path, create=False)
+    try:
+        return s.held_slots()
+    finally:
+        s.close()
+
+
+def print_changes(p, shown: int = 40) -> None:
+    c = p.counts()
+    pending = [x for x in p.changes if x.action != "no-op"]
+    if not pending:
+        console.print(f"[green]no changes[/]: {c['no-op']} resources match the site")
+    else:
+        t = Table("action", "address", "reason", title=f"changes ({len(p.steps)} steps)")
+        rows = pending if shown <= 0 else pending[:shown]
+        colour = {"create": "green", "update": "yellow", "replace": "magenta", "delete": "red"}
+        for x in rows:
+            t.add_row(f"[{colour[x.action]}]{x.action}[/]", x.address, x.reason)
+        if len(rows) < len(pending):
+            t.add_row("...", f"{len(pending) - len(rows)} more", "--show-changes 0 lists all")
+        console.print(t)
+        console.print("plan: " + ", ".join(f"{n} to {a}" for a, n in c.items() if a != "no-op")
+                      + f", {c['no-op']} unchanged")
+    for n in p.notes:
+        console.print(f"[yellow]note:[/] {n}", soft_wrap=True)
+    sys.stdout.flush()
 
 
 def print_plan(r: ResolvedSite, users_shown: int = 5) -> None:

@@ -1,0 +1,104 @@
+"""Object storage tenancy. REAL: moto's S3 server (bucket data: put/get/list/delete, archive
+downloads) on 127.0.0.1, boto3, httpx. SIMULATED: Garage's admin API v2 (tests/standins/garage.py,
+following Garage's documented wire format). moto does not enforce per-key bucket permissions,
+so cross-user refusal is audited on the admin side's permission table (which is what Garage
+enforces); own-key data access is exercised for real against moto.
+"""
+
+from __future__ import annotations
+
+import boto3
+import pytest
+from botocore.config import Config
+from moto.server import ThreadedMotoServer
+
+from aicommons.errors import PermanentError
+from aicommons.tenancy.objectstore import GarageAdmin, ObjectStoreBackend, s3_credentials, tenant_credentials
+from tests.servers import free_port
+from tests.standins.garage import GarageStandin
+from tests.standins.helpers import DictSecrets, resolved_site
+
+TOKEN = "garage-admin-token"
+
+
+@pytest.fixture(scope="module")
+def moto():
+    port = free_port()
+    srv = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    srv.start()
+    yield f"http://127.0.0.1:{port}"
+    srv.stop()
+
+
+@pytest.fixture
+def store(moto, tmp_path):
+    s3 = boto3.client("s3", endpoint_url=moto, aws_access_key_id="x", aws_secret_access_key="y",
+                      region_name="us-east-1", config=Config(s3={"addressing_style": "path"}))
+    garage = GarageStandin(TOKEN, s3)
+    secrets = DictSecrets()
+    admin_key = s3_credentials(secrets("site", "s3_admin_access_key"), secrets("site", "s3_admin_token"))
+    garage.state.keys[admin_key[0]] = {"name": "aicommons-admin", "secret": admin_key[1]}
+    b = ObjectStoreBackend(GarageAdmin(garage.url, TOKEN), moto, admin_key, tmp_path / "archive")
+    yield b, garage, secrets, s3
+    garage.stop()
+    for bk in s3.list_buckets().get("Buckets", []):
+        for o in s3.list_objects_v2(Bucket=bk["Name"]).get("Contents", []):
+            s3.delete_object(Bucket=bk["Name"], Key=o["Key"])
+        s3.delete_bucket(Bucket=bk["Name"])
+
+
+def test_credentials_have_garage_format():
+    kid, sec = s3_credentials("a", "b")
+    assert kid.startswith("GK") and len(kid) == 26 and len(sec) == 64
+    assert s3_credentials("a", "b") == (kid, sec) and s3_credentials("a2", "b")[0] != kid
+
+
+def test_ensure_audit_remove(store, tmp_path):
+    b, garage, secrets, s3 = store
+    tenants = resolved_site(3).tenants
+    for t in tenants:
+        b.ensure(t, secrets.for_tenant(t))
+        b.ensure(t, secrets.for_tenant(t))  # idempotent: no second key, bucket or grant
+        assert b.verify(t, secrets.for_tenant(t)) == []
+    assert garage.state.calls.count("ImportKey") == 3 and garage.state.calls.count("CreateBucket") == 6
+    assert sorted(x["Name"] for x in s3.list_buckets()["Buckets"]) == sorted(a for t in tenants for a in t.buckets)
+    checks = b.audit(tenants, secrets.by_user(tenants))
+    assert [c for c in checks if not c.ok] == []
+    assert sum(c.resource.startswith("objects in") and c.observed == "allow" for c in checks) == 3
+
+    # weaken: user3's key gets read on user1's bucket -> the audit fails, ensure repairs it
+    t1, t2, t3 = tenants
+    bid = garage.state.by_alias("user1-openwebui")["id"]
+    kid3 = tenant_credentials(secrets.for_tenant(t3))[0]
+    GarageAdmin(garage.url, TOKEN).set_access(bid, kid3, True, False)
+    bad = [c for c in b.audit(tenants, secrets.by_user(tenants)) if not c.ok]
+    assert [(c.actor, c.resource) for c in bad] == [("user3", "bucket user1-openwebui")]
+    assert b.verify(t1, secrets.for_tenant(t1))
+    b.ensure(t1, secrets.for_tenant(t1))
+    assert [c for c in b.audit(tenants, secrets.by_user(tenants)) if not c.ok] == []
+
+    # remove user1 with data: archived, buckets and key gone, others intact
+    s3.put_object(Bucket="user1-openwebui", Key="uploads/a.txt", Body=b"hello")
+    b.remove(t1)
+    assert (tmp_path / "archive" / "user1").exists()
+    archived = list((tmp_path / "archive" / "user1").rglob("a.txt"))
+    assert archived and archived[0].read_bytes() == b"hello"
+    assert all(garage.state.by_alias(a) is None for a in t1.buckets)
+    assert tenant_credentials(secrets.for_tenant(t1))[0] not in garage.state.keys
+    assert b.verify(t2, secrets.for_tenant(t2)) == []
+
+
+def test_suspend_and_resume(store):
+    b, garage, secrets, _ = store
+    t = resolved_site(1).tenants[0]
+    b.ensure(t, secrets.for_tenant(t))
+    b.suspend(t)
+    assert all(not garage.state.by_alias(a)["keys"] for a in t.buckets)
+    b.resume(t, secrets.for_tenant(t))
+    assert b.verify(t, secrets.for_tenant(t)) == []
+
+
+def test_wrong_admin_token_is_a_clear_error(store):
+    _, garage, _, _ = store
+    with pytest.raises(PermanentError, match="admin token"):
+        GarageAdmin(garage.url, "wrong").buckets()

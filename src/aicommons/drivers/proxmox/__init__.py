@@ -1,0 +1,1 @@
+"""Proxmox VE driver: typed API adapter, placement, SSH into containers, firewall."""

@@ -1,0 +1,323 @@
+"""ProxmoxDriver: the ComputeDriver for a Proxmox VE cluster (API token + SSH to the nodes).
+
+- User containers, and shared services that run Docker (catalog install.method: compose), are
+  linked clones of the node's user template (features nesting=1,keyctl=1 — keyctl is root-only,
+  so the template is prepared once by root; see docs/proxmox.md). Other shared services are
+  created from the Debian 12 ostemplate with nesting=1, which a token may set.
+- Templates live on local storage, so each node that takes clones holds its own template:
+  `template_ctid` on the first node, `template_ctid + i` on node i (or any template CT tagged
+  `aicommons-template`). Clones of one template run one at a time (PVE locks the source for
+  the clone's duration); clones of different templates, and everything else, run in parallel.
+- Containers are the site's when tagged `aicommons` and the site's tag; identity is the CTID.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Callable
+
+from aicommons.catalog import load_catalog
+from aicommons.drivers.base import ContainerState, ExecResult
+from aicommons.drivers.proxmox import ctconfig
+from aicommons.drivers.proxmox.api import ApiError, CtConfig, Guest, PveApi, RetryPolicy
+from aicommons.drivers.proxmox.placement import NodeCapacity, Placement, Want
+from aicommons.drivers.proxmox.shell import NodeShell, ParamikoShell, pct_exec, pct_push
+from aicommons.errors import PermanentError, TemporaryError
+from aicommons.plan.model import Container
+
+log = logging.getLogger(__name__)
+Probe = Callable[[str, str], bool]  # (node, ip) -> answers?
+
+
+class ProxmoxDriver:
+    kind = "proxmox"
+
+    def __init__(self, api: PveApi, shell: NodeShell, *, site_name: str, bridge: str = "vmbr0",
+                 storage: str = "local-lvm", ostemplate: str, template_ctid: int = 9000,
+                 pool: str | None = "aicommons", nodes: list[str] | None = None, pinned: dict[str, str] | None = None,
+                 probe: Probe | None = None, reserve_mb: int = 2048, cpu_ratio: float = 1.0, workers: int = 8,
+                 docker_services: set[str] | None = None, ready_poll: float = 0.5):
+        self.api, self.shell = api, shell
+        self.site_tag = ctconfig.site_tag(site_name)
+        self.site_name, self.bridge, self.storage, self.ostemplate = site_name, bridge, storage, ostemplate
+        self.template_ctid, self.pool, self.allowed_nodes = template_ctid, pool, nodes
+        self.pinned = dict(pinned or {})
+        self.probe = probe or self._ping
+        self.reserve_mb, self.cpu_ratio, self.workers, self.ready_poll = reserve_mb, cpu_ratio, workers, ready_poll
+        if docker_services is None:
+            docker_services = {n for n, s in load_catalog().services.items() if s.install.method == "compose"}
+        self.docker_services = docker_services
+        self._where: dict[int, str] = {}  # ctid -> node (cache; verified on use)
+        self._assigned: dict[int, str] = {}  # ctid -> node chosen but not yet created
+        self._assigned_want: dict[int, Want] = {}
+        self._lock = threading.Lock()
+        self._source_locks: dict[int, threading.Lock] = {}
+        self._pool_ok = False
+
+    @classmethod
+    def from_site(cls, site, *, api: PveApi | None = None, shell: NodeShell | None = None,
+                  ssh_address: Callable[[str], tuple[str, int]] | None = None, base_dir=None,
+                  task_timeout: float = 600, retry: RetryPolicy | None = None, **options) -> "ProxmoxDriver":
+        from urllib.parse import urlsplit
+
+        from aicommons.spec.secretref import resolve_ref
+
+        d = site.driver
+        if api is None:
+            url = urlsplit(d.api_url)
+            if url.scheme != "https":
+                raise PermanentError("driver.api_url: proxmoxer speaks HTTPS only; use https://HOST:8006")
+            verify: bool | str = (d.ca_file or True) if d.verify_tls else False
+            secret = resolve_ref(d.token_secret, "driver.token_secret", base_dir)
+            api = PveApi(url.netloc, d.token_id, secret, verify=verify, task_timeout=task_timeout, retry=retry)
+        if shell is None:
+            if ssh_address is None:
+                ips: dict[str, str] = {}
+
+                def ssh_address(node: str) -> tuple[str, int]:
+                    if not ips:
+                        ips.update({n.name: n.ip or n.name for n in api.nodes()})
+                    return ips.get(node, node), d.ssh.port
+            shell = ParamikoShell(ssh_address, d.ssh.user, d.ssh.key_file, d.ssh.known_hosts)
+        pinned = dict(d.pinned)
+        for u in site.users:
+            if u.node:
+                pinned[u.name] = u.node
+        for name, ov in site.services.items():
+            if ov.node:
+                pinned[name] = ov.node
+        return cls(api, shell, site_name=site.name, bridge=site.network.bridge, storage=d.storage,
+                   ostemplate=d.template, template_ctid=d.template_ctid, pool=d.pool, nodes=list(d.nodes),
+                   pinned=pinned, **options)
+
+    # ---- reading ------------------------------------------------------------------------
+    def _ours(self, g: Guest) -> bool:
+        return not g.template and "aicommons" in g.tags and self.site_tag in g.tags
+
+    def _state(self, g: Guest, cfg: CtConfig | None) -> ContainerState:
+        ip = None
+        if cfg is not None:
+            ip = (cfg.prop("net0").get("ip") or "").split("/")[0] or None
+        status = g.status if g.status in ("running", "stopped") else "stopped"
+        return ContainerState(
+            ctid=g.vmid, hostname=(cfg.get("hostname") if cfg else None) or g.name, status=status, ip=ip,
+            node=g.node, memory_mb=int(cfg.get("memory", g.maxmem_mb)) if cfg else g.maxmem_mb,
+            cores=int(cfg.get("cores", g.maxcpu)) if cfg else g.maxcpu,
+            disk_gb=(cfg.rootfs_gb if cfg else None) or g.maxdisk_gb, tags=g.tags,
+            digest=cfg.digest if cfg else None)
+
+    def list_containers(self) -> list[ContainerState]:
+        mine = [g for g in self.api.guests() if self._ours(g)]
+        with self._lock:
+            self._where.update({g.vmid: g.node for g in mine})
+        with ThreadPoolExecutor(self.workers) as pool:
+            cfgs = list(pool.map(lambda g: self.api.config(g.node, g.vmid), mine))
+        return [self._state(g, c) for g, c in zip(mine, cfgs)]
+
+    def _guest(self, ctid: int) -> Guest | None:
+        return next((g for g in self.api.guests() if g.vmid == ctid), None)
+
+    def get(self, ctid: int) -> ContainerState | None:
+        g = self._guest(ctid)
+        if g is None or g.template:
+            return None
+        with self._lock:
+            self._where[ctid] = g.node
+        return self._state(g, self.api.config(g.node, ctid))
+
+    def node_of(self, ctid: int) -> str:
+        with self._lock:
+            node = self._where.get(ctid)
+        if node is None:
+            g = self._guest(ctid)
+            if g is None:
+                raise PermanentError(f"container {ctid} does not exist on the cluster")
+            node = g.node
+            with self._lock:
+                self._where[ctid] = node
+        return node
+
+    # ---- placement ----------------------------------------------------------------------
+    def templates(self, guests: list[Guest] | None = None) -> dict[str, int]:
+        """node -> CTID of the user template on it."""
+        out: dict[str, int] = {}
+        for g in sorted(guests if guests is not None else self.api.guests(), key=lambda g: g.vmid):
+            if g.template and (ctconfig.TEMPLATE_TAG in g.tags or
+                               self.template_ctid <= g.vmid < self.template_ctid + 100):
+                out.setdefault(g.node, g.vmid)
+        return out
+
+    def needs_template(self, c: Container) -> bool:
+        return c.role == "user" or c.name in self.docker_services
+
+    def _want(self, c: Container) -> Want:
+        pin = c.node or self.pinned.get(c.name) or self.pinned.get(str(c.ctid))
+        return Want(c.ctid, c.hostname, c.memory_mb, c.cores, pin, c.gpu, self.needs_template(c))
+
+    def capacities(self) -> dict[str, NodeCapacity]:
+        guests = self.api.guests()
+        tpl = self.templates(guests)
+        gpu_nodes = {n for m in self.api.pci_mappings() for n in m.nodes}
+        caps = {n.name: NodeCapacity(n.name, n.maxmem_mb, n.maxcpu, gpu=n.name in gpu_nodes, has_template=n.name in tpl)
+                for n in self.api.nodes() if n.online and (not self.allowed_nodes or n.name in self.allowed_nodes)}
+        existing = set()
+        for g in guests:
+            existing.add(g.vmid)
+            if not g.template and g.node in caps:
+                caps[g.node].used_mem_mb += g.maxmem_mb
+                caps[g.node].used_cores += g.maxcpu
+        with self._lock:
+            for ctid, node in list(self._assigned.items()):
+                if ctid in existing:
+                    continue
+                want = self._assigned_want.get(ctid)
+                if want and node in caps:
+                    caps[node].used_mem_mb += want.mem_mb
+                    caps[node].used_cores += want.cores
+        return caps
+
+    def place(self, containers: list[Container]) -> dict[int, str]:
+        """Choose nodes for every container that does not exist yet; refuse a plan that does not fit."""
+        existing = {g.vmid for g in self.api.guests()}
+        wants = [self._want(c) for c in containers if c.ctid not in existing and c.ctid not in self._assigned]
+        if not wants:
+            return {}
+        caps = self.capacities()
+        got = Placement(caps, self.reserve_mb, self.cpu_ratio).place(wants)
+        with self._lock:
+            self._assigned.update(got)
+            self._assigned_want.update({w.ctid: w for w in wants})
+        return got
+
+    # ---- lifecycle ----------------------------------------------------------------------
+    def _ensure_pool(self) -> None:
+        if self.pool and not self._pool_ok:
+            with self._lock:
+                if self.pool not in self.api.pools():
+                    try:
+                        self.api.create_pool(self.pool)
+                    except ApiError as exc:
+                        if "already exists" not in str(exc):
+                            raise
+                self._pool_ok = True
+
+    def create(self, container: Container) -> None:
+        c = container
+        if self._guest(c.ctid) is not None:  # a retry after a crash: converge instead
+            self.update(c)
+            return
+        self._ensure_pool()
+        node = self._assigned.get(c.ctid) or self.place([c])[c.ctid]
+        want = ctconfig.desired(c, self.site_name, self.bridge)
+        if self.needs_template(c):
+            src = self.templates().get(node)
+            if src is None:
+                raise PermanentError(f"node {node} has no user template (CT {self.template_ctid}+ tagged "
+                                     f"{ctconfig.TEMPLATE_TAG}); prepare it once as root (docs/proxmox.md)")
+            with self._lock:
+                lock = self._source_locks.setdefault(src, threading.Lock())
+            with lock:  # PVE locks the source for the whole clone: one clone per source at a time
+                self.api.clone(node, src, c.ctid, hostname=c.hostname, pool=self.pool, full=0)
+            with self._lock:
+                self._where[c.ctid] = node
+            self._configure(c, node, want)
+        else:
+            self.api.create(node, c.ctid, ostemplate=self.ostemplate, storage=self.storage,
+                            rootfs=f"{self.storage}:{c.disk_gb}", features="nesting=1", unprivileged=1,
+                            pool=self.pool, **want.settable())
+            with self._lock:
+                self._where[c.ctid] = node
+        with self._lock:
+            self._assigned.pop(c.ctid, None)
+
+    def _config_unlocked(self, node: str, ctid: int, wait: float = 60) -> CtConfig:
+        """The config once no task holds it (a clone that timed out earlier may still be running)."""
+        deadline = time.monotonic() + wait
+        while True:
+            cfg = self.api.config(node, ctid)
+            if not cfg.lock:
+                return cfg
+            if time.monotonic() > deadline:
+                raise TemporaryError(f"container {ctid} on {node} is still locked ({cfg.lock}); "
+                                     "a task is running on it — retry when it has finished", delay=10)
+            self.api.sleep(min(2.0, self.ready_poll))
+
+    def _configure(self, c: Container, node: str, want: ctconfig.Desired) -> None:
+        cfg = self._config_unlocked(node, c.ctid)
+        diff = ctconfig.changes(want, cfg)
+        if diff:
+            self.api.set_config(node, c.ctid, digest=cfg.digest, **diff)
+        if cfg.rootfs_gb is not None and cfg.rootfs_gb > want.disk_gb:
+            raise PermanentError(f"container {c.ctid} ({c.hostname}): its disk is {cfg.rootfs_gb} GB and cannot "
+                                 f"shrink to the planned {want.disk_gb} GB; raise disk_gb in site.yaml")
+        if ctconfig.needs_resize(want, cfg):
+            self.api.resize(node, c.ctid, want.disk_gb)
+
+    def update(self, container: Container) -> None:
+        node = self.node_of(container.ctid)
+        self._configure(container, node, ctconfig.desired(container, self.site_name, self.bridge))
+
+    def needs_update(self, container: Container) -> bool:
+        node = self.node_of(container.ctid)
+        cfg = self.api.config(node, container.ctid)
+        want = ctconfig.desired(container, self.site_name, self.bridge)
+        return bool(cfg.lock) or bool(ctconfig.changes(want, cfg)) or ctconfig.needs_resize(want, cfg)
+
+    def start(self, ctid: int) -> None:
+        node = self.node_of(ctid)
+        try:
+            self.api.start(node, ctid)
+        except ApiError as exc:
+            if "already running" not in str(exc):
+                raise
+
+    def stop(self, ctid: int) -> None:
+        node = self.node_of(ctid)
+        try:
+            self.api.stop(node, ctid)
+        except ApiError as exc:
+            if "not running" not in str(exc):
+                raise
+
+    def destroy(self, ctid: int) -> None:
+        g = self._guest(ctid)
+        if g is None:
+            return
+        if not self._ours(g):
+            raise PermanentError(f"CT {ctid} is not tagged as this site's (aicommons;{self.site_tag}); not destroying it")
+        self.api.destroy(g.node, ctid)
+        with self._lock:
+            self._where.pop(ctid, None)
+
+    # ---- inside a container -------------------------------------------------------------
+    def exec(self, ctid: int, argv: list[str], *, stdin: bytes | None = None, timeout: float = 600) -> ExecResult:
+        return self.shell.run(self.node_of(ctid), pct_exec(ctid, argv), stdin=stdin, timeout=timeout)
+
+    def push(self, ctid: int, data: bytes, dest: str, mode: int = 0o644) -> None:
+        parent = dest.rsplit("/", 1)[0] or "/"
+        mk = self.exec(ctid, ["mkdir", "-p", parent], timeout=60)
+        res = self.shell.run(self.node_of(ctid), pct_push(ctid, dest, mode), stdin=data, timeout=300) if mk.ok else mk
+        if not res.ok:
+            raise PermanentError(f"pct push to CT {ctid}:{dest} failed (rc {res.rc}): {res.stderr.strip()[-300:]}")
+
+    def _ping(self, node: str, ip: str) -> bool:
+        # From the node: it sits on the containers' bridge, the control host may not.
+        return self.shell.run(node, ["ping", "-c", "1", "-W", "1", ip], timeout=10).ok
+
+    def wait_ready(self, ctid: int, timeout: float = 120) -> None:
+        node = self.node_of(ctid)
+        cfg = self.api.config(node, ctid)
+        ip = (cfg.prop("net0").get("ip") or "").split("/")[0]
+        if not ip:
+            raise PermanentError(f"container {ctid} has no static IP in net0; run update first")
+        deadline = time.monotonic() + timeout
+        while not self.probe(node, ip):
+            if time.monotonic() > deadline:
+                raise TemporaryError(f"container {ctid} ({ip}) on {node} did not answer within {timeout:g}s", delay=10)
+            self.api.sleep(self.ready_poll)
+
+    def close(self) -> None:
+        self.shell.close()

@@ -1,0 +1,500 @@
+"""What each modelled endpoint does to the simulated cluster. Keyed by (METHOD, schema path)."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+
+from tests.pvesim.state import GiB, Ct, Cluster, PveError
+
+HANDLERS: dict[tuple[str, str], callable] = {}
+LXC = "/nodes/{node}/lxc/{vmid}"
+FW_CT = LXC + "/firewall"
+CONF_KEYS = {"hostname", "memory", "swap", "cores", "onboot", "startup", "tags", "description", "features",
+             "unprivileged", "arch", "ostype", "nameserver", "searchdomain", "cpulimit", "cpuunits",
+             "protection", "timezone", "hookscript", "tty", "cmode", "console"}
+
+
+def route(method: str, path: str):
+    def deco(fn):
+        HANDLERS[(method, path)] = fn
+        return fn
+    return deco
+
+
+class Ctx:
+    """One request: the cluster, its parameters and who asks."""
+
+    def __init__(self, cl: Cluster, p: dict[str, str], user: str, root: bool):
+        self.cl, self.p, self.user, self.root = cl, p, user, root
+
+    def int(self, key: str, default: int | None = None) -> int | None:
+        return int(self.p[key]) if key in self.p else default
+
+    def bool(self, key: str) -> bool:
+        return str(self.p.get(key, "0")).lower() in ("1", "true", "yes", "on")
+
+    def ct(self) -> Ct:
+        return self.cl.ct(self.p["node"], int(self.p["vmid"]))
+
+
+def _root_only(ctx: Ctx, old: dict[str, str], new: dict[str, str]) -> None:
+    """Settings PVE lets only root@pam change (a token, even root's, is refused)."""
+    if ctx.root:
+        return
+    for key in new:
+        if re.fullmatch(r"dev\d+", key) or key == "hookscript":
+            raise PveError(403, f"Permission check failed (changing '{key}' is only allowed for root@pam)")
+        if re.fullmatch(r"mp\d+|rootfs", key) and re.match(r"^/", new[key].split(",")[0]):
+            raise PveError(403, "Permission check failed (bind mounts are only allowed for root@pam)")
+    if "features" in new:
+        def flags(text):
+            return {k: v for k, v in (i.split("=", 1) for i in text.split(",") if "=" in i)}
+        before, after = flags(old.get("features", "")), flags(new["features"])
+        changed = {k for k in set(before) | set(after) if before.get(k, "0") != after.get(k, "0")}
+        if changed - {"nesting"}:
+            raise PveError(403, "Permission check failed (changing feature flags (except nesting) is only allowed for root@pam)")
+
+
+def _rootfs(storage: str, vmid: int, size_gb: int, base: int | None = None) -> str:
+    vol = f"vm-{vmid}-disk-0" if base is None else f"base-{base}-disk-0/vm-{vmid}-disk-0"
+    return f"{storage}:{vol},size={size_gb}G"
+
+
+def _full_fail(cl: Cluster, node: str, vmid: int) -> None:
+    if cl.node_full(node):
+        raise PveError(500, f"lvcreate 'pve/vm-{vmid}-disk-0' error:   Volume group \"pve\" has insufficient free space")
+
+
+# ---- cluster, nodes, version ----------------------------------------------------------------
+@route("GET", "/version")
+def version(ctx):
+    return {"version": "9.1.3", "release": "9.1", "repoid": "pvesim"}
+
+
+@route("GET", "/cluster/status")
+def cluster_status(ctx):
+    out = [{"type": "cluster", "id": "cluster", "name": "pvesim", "nodes": len(ctx.cl.nodes), "quorate": 1, "version": 3}]
+    for i, n in enumerate(ctx.cl.nodes.values(), 1):
+        out.append({"type": "node", "id": f"node/{n.name}", "name": n.name, "ip": n.ip, "online": 1,
+                    "local": int(i == 1), "nodeid": i, "level": ""})
+    return out
+
+
+@route("GET", "/cluster/resources")
+def cluster_resources(ctx):
+    return ctx.cl.resources(ctx.p.get("type"))
+
+
+@route("GET", "/cluster/nextid")
+def nextid(ctx):
+    return str(next(i for i in range(100, 10**9) if i not in ctx.cl.cts))
+
+
+@route("GET", "/cluster/mapping/pci")
+def mapping_pci(ctx):
+    return [dict(m) for m in ctx.cl.pci_mappings]
+
+
+@route("GET", "/nodes")
+def nodes(ctx):
+    return [r for r in ctx.cl.resources("node")]
+
+
+@route("GET", "/nodes/{node}/status")
+def node_status(ctx):
+    n = ctx.cl.node(ctx.p["node"])
+    return {"memory": {"total": n.maxmem, "used": 2 * GiB, "free": n.maxmem - 2 * GiB},
+            "cpuinfo": {"cpus": n.maxcpu, "model": "pvesim"}, "uptime": 86400, "pveversion": "pve-manager/9.1.3"}
+
+
+@route("GET", "/pools")
+def pools(ctx):
+    return [{"poolid": k, **v} for k, v in sorted(ctx.cl.pools.items())]
+
+
+@route("POST", "/pools")
+def pool_create(ctx):
+    pid = ctx.p["poolid"]
+    if pid in ctx.cl.pools:
+        raise PveError(500, f"create pool failed: pool '{pid}' already exists")
+    ctx.cl.pools[pid] = {"comment": ctx.p.get("comment", "")}
+
+
+# ---- containers -----------------------------------------------------------------------------
+@route("GET", "/nodes/{node}/lxc")
+def lxc_list(ctx):
+    ctx.cl.node(ctx.p["node"])
+    return [{"vmid": str(r["vmid"]), "name": r["name"], "status": r["status"], "maxmem": r["maxmem"],
+             "cpus": r["maxcpu"], "tags": r.get("tags", ""), "template": r["template"]}
+            for r in ctx.cl.resources("vm") if r["node"] == ctx.p["node"]]
+
+
+def _check_pool(ctx, pool):
+    if pool and pool not in ctx.cl.pools:
+        raise PveError(500, f"pool '{pool}' does not exist")
+
+
+@route("POST", "/nodes/{node}/lxc")
+def lxc_create(ctx):
+    cl, node, vmid = ctx.cl, ctx.p["node"], int(ctx.p["vmid"])
+    cl.node(node)
+    if vmid in cl.cts:
+        raise PveError(500, f"unable to create CT {vmid} - CT {vmid} already exists on node '{cl.cts[vmid].node}'")
+    if "ostemplate" not in ctx.p:
+        raise PveError(400, "Parameter verification failed.", {"ostemplate": "property is missing and it is not optional"})
+    conf = {k: v for k, v in ctx.p.items() if k in CONF_KEYS or re.fullmatch(r"(net|dev|mp)\d+", k)}
+    _root_only(ctx, {}, conf)
+    _check_pool(ctx, ctx.p.get("pool"))
+    m = re.fullmatch(r"([\w\-.]+):(\d+)", ctx.p.get("rootfs", f"{cl.storage}:8"))
+    if not m:
+        raise PveError(400, "Parameter verification failed.", {"rootfs": "expected STORAGE:SIZE_GB"})
+    conf.setdefault("arch", "amd64")
+    conf.setdefault("ostype", "debian")
+    conf["rootfs"] = _rootfs(m.group(1), vmid, int(m.group(2)))
+    conf["lock"] = "create"
+    ct = Ct(vmid, node, conf, pool=ctx.p.get("pool"))
+    cl.cts[vmid] = ct
+    template = ctx.p["ostemplate"]
+
+    def work(task):
+        task.log.append(f"extracting archive '{template}'")
+        if template not in cl.templates_on_disk:
+            cl.cts.pop(vmid, None)
+            raise PveError(500, f"volume '{template}' does not exist")
+        try:
+            _full_fail(cl, node, vmid)
+        except PveError:
+            cl.cts.pop(vmid, None)
+            raise
+        ct.conf.pop("lock", None)
+        if ctx.bool("start"):
+            ct.status = "running"
+    return cl.start_task(node, "vzcreate", str(vmid), ctx.user, work)
+
+
+@route("POST", LXC + "/clone")
+def lxc_clone(ctx):
+    cl, node = ctx.cl, ctx.p["node"]
+    src = ctx.ct()
+    newid = int(ctx.p["newid"])
+    if newid in cl.cts:
+        raise PveError(500, f"unable to create CT {newid} - CT {newid} already exists on node '{cl.cts[newid].node}'")
+    target = ctx.p.get("target", node)
+    cl.node(target)
+    if target != node:
+        raise PveError(500, f"Can't clone to other node '{target}' - storage '{cl.storage}' is not shared")
+    _check_pool(ctx, ctx.p.get("pool"))
+    cl.check_lock(src)
+    full = ctx.bool("full") or not src.template
+    src.conf["lock"] = "disk"
+    conf = {k: v for k, v in src.conf.items() if k not in ("lock", "template")}
+    conf["rootfs"] = _rootfs(cl.storage, newid, src.disk_gb(), None if full else src.vmid)
+    if "hostname" in ctx.p:
+        conf["hostname"] = ctx.p["hostname"]
+    conf["lock"] = "create"
+    new = Ct(newid, target, conf, pool=ctx.p.get("pool"))
+    cl.cts[newid] = new
+
+    def work(task):
+        task.log.append(f"create {'full' if full else 'linked'} clone of mountpoint rootfs ({src.conf.get('rootfs')})")
+        src.conf.pop("lock", None)
+        try:
+            _full_fail(cl, target, newid)
+        except PveError:
+            cl.cts.pop(newid, None)
+            raise
+        new.conf.pop("lock", None)
+    return cl.start_task(node, "vzclone", str(src.vmid), ctx.user, work)
+
+
+@route("POST", LXC + "/template")
+def lxc_template(ctx):
+    ct = ctx.ct()
+    ctx.cl.check_lock(ct)
+    if ct.status == "running":
+        raise PveError(500, "CT is running - unable to convert to template")
+    ct.conf["template"] = "1"
+    ct.conf["rootfs"] = ct.conf["rootfs"].replace(f"vm-{ct.vmid}-disk", f"base-{ct.vmid}-disk")
+
+
+@route("GET", LXC + "/config")
+def lxc_config(ctx):
+    ct = ctx.ct()
+    out: dict = dict(ct.conf)
+    for k in ("memory", "swap", "cores", "onboot", "unprivileged", "template"):
+        if k in out and str(out[k]).isdigit():
+            out[k] = int(out[k])
+    out["digest"] = ct.digest()
+    return out
+
+
+@route("PUT", LXC + "/config")
+def lxc_config_put(ctx):
+    ct = ctx.ct()
+    ctx.cl.check_lock(ct)
+    if ctx.p.get("digest") and ctx.p["digest"] != ct.digest():
+        raise PveError(500, "detected modified configuration - file changed by other user? Try again.")
+    new = {k: v for k, v in ctx.p.items() if k in CONF_KEYS or re.fullmatch(r"(net|dev|mp)\d+", k)}
+    _root_only(ctx, ct.conf, new)
+    if "rootfs" in ctx.p:
+        raise PveError(400, "Parameter verification failed.", {"rootfs": "use the resize API to change the size"})
+    for key in re.split(r"[,;\s]+", ctx.p.get("delete", "")):
+        if key:
+            ct.conf.pop(key, None)
+    ct.conf.update(new)
+
+
+@route("PUT", LXC + "/resize")
+def lxc_resize(ctx):
+    ct = ctx.ct()
+    ctx.cl.check_lock(ct)
+    if ctx.p["disk"] != "rootfs":
+        raise PveError(500, f"disk '{ctx.p['disk']}' does not exist")
+    m = re.fullmatch(r"(\+?)(\d+)G", ctx.p["size"])
+    if not m:
+        raise PveError(400, "Parameter verification failed.", {"size": "unable to parse size (use e.g. 100G)"})
+    size = ct.disk_gb() + int(m.group(2)) if m.group(1) else int(m.group(2))
+    if size < ct.disk_gb():
+        raise PveError(500, "unable to shrink disk size")
+
+    def work(task):
+        ct.conf["rootfs"] = re.sub(r"size=\d+G", f"size={size}G", ct.conf["rootfs"])
+    return ctx.cl.start_task(ctx.p["node"], "resize", str(ct.vmid), ctx.user, work)
+
+
+def _power(ctx, want: str, ttype: str):
+    ct = ctx.ct()
+    if ct.template:
+        raise PveError(500, "you can't start a CT if it's a template")
+    if want == "running":
+        ctx.cl.check_lock(ct)
+        if ct.status == "running":
+            raise PveError(500, f"CT {ct.vmid} already running")
+    elif ct.status != "running":
+        raise PveError(500, f"CT {ct.vmid} not running")
+
+    def work(task):
+        ct.status = want
+    return ctx.cl.start_task(ctx.p["node"], ttype, str(ct.vmid), ctx.user, work)
+
+
+HANDLERS[("POST", LXC + "/status/start")] = lambda ctx: _power(ctx, "running", "vzstart")
+HANDLERS[("POST", LXC + "/status/stop")] = lambda ctx: _power(ctx, "stopped", "vzstop")
+HANDLERS[("POST", LXC + "/status/shutdown")] = lambda ctx: _power(ctx, "stopped", "vzshutdown")
+
+
+@route("GET", LXC + "/status/current")
+def lxc_current(ctx):
+    ct = ctx.ct()
+    out = {"vmid": ct.vmid, "name": ct.conf.get("hostname"), "status": ct.status, "maxmem": ct.mem_bytes(),
+           "cpus": int(ct.conf.get("cores", "1")), "uptime": 100 if ct.status == "running" else 0, "type": "lxc"}
+    if ct.lock:
+        out["lock"] = ct.lock
+    return out
+
+
+@route("GET", LXC + "/interfaces")
+def lxc_interfaces(ctx):
+    ct = ctx.ct()
+    if ct.status != "running":
+        raise PveError(500, f"CT {ct.vmid} not running")
+    m = re.search(r"ip=([\d./]+)", ct.conf.get("net0", ""))
+    return [{"name": "lo", "inet": "127.0.0.1/8"}] + ([{"name": "eth0", "inet": m.group(1)}] if m else [])
+
+
+@route("DELETE", LXC)
+def lxc_destroy(ctx):
+    cl, ct = ctx.cl, ctx.ct()
+    cl.check_lock(ct)
+    if ct.status == "running":
+        raise PveError(500, f"CT {ct.vmid} is running - destroy failed")
+    ct.conf["lock"] = "destroyed"
+
+    def work(task):
+        cl.cts.pop(ct.vmid, None)
+        cl.fw_rules.pop(ct.vmid, None)
+        cl.fw_options.pop(str(ct.vmid), None)
+        for key in [k for k in cl.fw_ipsets if k[0] == str(ct.vmid)]:
+            cl.fw_ipsets.pop(key)
+    return cl.start_task(ctx.p["node"], "vzdestroy", str(ct.vmid), ctx.user, work)
+
+
+# ---- tasks ----------------------------------------------------------------------------------
+def _task(ctx):
+    t = ctx.cl.tasks.get(ctx.p["upid"])
+    if t is None or t.node != ctx.p["node"]:
+        raise PveError(500, f"no such task '{ctx.p['upid']}'")
+    return t
+
+
+@route("GET", "/nodes/{node}/tasks/{upid}/status")
+def task_status(ctx):
+    t = _task(ctx)
+    out = {"upid": t.upid, "node": t.node, "pid": t.pid, "pstart": t.pstart, "starttime": t.starttime,
+           "type": t.type, "id": t.id, "user": t.user, "status": t.status}
+    if t.exitstatus is not None:
+        out["exitstatus"] = t.exitstatus
+    return out
+
+
+@route("GET", "/nodes/{node}/tasks/{upid}/log")
+def task_log(ctx):
+    t = _task(ctx)
+    lines = [f"starting task {t.upid}"] + t.log
+    return [{"n": i, "t": line} for i, line in enumerate(lines, 1)]
+
+
+# ---- firewall -------------------------------------------------------------------------------
+RULE_KEYS = ("type", "action", "source", "dest", "dport", "sport", "proto", "macro", "comment", "iface",
+             "enable", "log", "icmp-type")
+
+
+def _rules(ctx, scope: str) -> list[dict]:
+    if scope == "group":
+        if ctx.p["group"] not in ctx.cl.fw_groups:
+            raise PveError(500, f"no such security group '{ctx.p['group']}'")
+        return ctx.cl.fw_groups[ctx.p["group"]]
+    ctx.ct()
+    return ctx.cl.fw_rules.setdefault(int(ctx.p["vmid"]), [])
+
+
+def _digest(obj) -> str:
+    return hashlib.sha1(repr(obj).encode()).hexdigest()
+
+
+def _rule_list(rules):
+    return [{**r, "pos": i, "digest": _digest(rules)} for i, r in enumerate(rules)]
+
+
+def _rule_add(ctx, rules):
+    rule = {k: ctx.p[k] for k in RULE_KEYS if k in ctx.p}
+    if "enable" in rule:
+        rule["enable"] = int(rule["enable"])
+    pos = ctx.int("pos", 0)
+    rules.insert(min(pos, len(rules)), rule)
+
+
+def _rule_at(ctx, rules) -> int:
+    pos = int(ctx.p["pos"])
+    if pos >= len(rules):
+        raise PveError(500, f"no rule at position {pos}")
+    return pos
+
+
+def _rule_put(ctx, rules):
+    pos = _rule_at(ctx, rules)
+    for k in re.split(r"[,;\s]+", ctx.p.get("delete", "")):
+        rules[pos].pop(k, None)
+    rules[pos].update({k: ctx.p[k] for k in RULE_KEYS if k in ctx.p})
+    if "moveto" in ctx.p:
+        rules.insert(int(ctx.p["moveto"]), rules.pop(pos))
+
+
+def _rule_del(ctx, rules):
+    rules.pop(_rule_at(ctx, rules))
+
+
+for _scope, _base in (("group", "/cluster/firewall/groups/{group}"), ("ct", FW_CT + "/rules")):
+    HANDLERS[("GET", _base)] = (lambda s: lambda ctx: _rule_list(_rules(ctx, s)))(_scope)
+    HANDLERS[("POST", _base)] = (lambda s: lambda ctx: _rule_add(ctx, _rules(ctx, s)))(_scope)
+    HANDLERS[("PUT", _base + "/{pos}")] = (lambda s: lambda ctx: _rule_put(ctx, _rules(ctx, s)))(_scope)
+    HANDLERS[("DELETE", _base + "/{pos}")] = (lambda s: lambda ctx: _rule_del(ctx, _rules(ctx, s)))(_scope)
+    HANDLERS[("GET", _base + "/{pos}")] = (lambda s: lambda ctx: _rule_list(_rules(ctx, s))[_rule_at(ctx, _rules(ctx, s))])(_scope)
+
+
+@route("GET", "/cluster/firewall/groups")
+def fw_groups(ctx):
+    return [{"group": g, "digest": _digest(r)} for g, r in sorted(ctx.cl.fw_groups.items())]
+
+
+@route("POST", "/cluster/firewall/groups")
+def fw_group_create(ctx):
+    if ctx.p["group"] in ctx.cl.fw_groups:
+        raise PveError(500, f"security group '{ctx.p['group']}' already exists")
+    ctx.cl.fw_groups[ctx.p["group"]] = []
+
+
+@route("DELETE", "/cluster/firewall/groups/{group}")
+def fw_group_delete(ctx):
+    if ctx.cl.fw_groups.get(ctx.p["group"]):
+        raise PveError(500, "Security group is not empty")
+    ctx.cl.fw_groups.pop(ctx.p["group"], None)
+
+
+def _ipset_scope(ctx) -> str:
+    if "vmid" in ctx.p:
+        ctx.ct()
+        return ctx.p["vmid"]
+    return "cluster"
+
+
+def _ipset(ctx) -> list[dict]:
+    key = (_ipset_scope(ctx), ctx.p["name"])
+    if key not in ctx.cl.fw_ipsets:
+        raise PveError(500, f"no such IPSet '{ctx.p['name']}'")
+    return ctx.cl.fw_ipsets[key]
+
+
+def _ipset_list(ctx):
+    scope = _ipset_scope(ctx)
+    return [{"name": n, "digest": _digest(e)} for (s, n), e in sorted(ctx.cl.fw_ipsets.items()) if s == scope]
+
+
+def _ipset_create(ctx):
+    key = (_ipset_scope(ctx), ctx.p["name"])
+    if key in ctx.cl.fw_ipsets:
+        raise PveError(500, f"IPSet '{ctx.p['name']}' already exists")
+    ctx.cl.fw_ipsets[key] = []
+
+
+def _ipset_add(ctx):
+    entries = _ipset(ctx)
+    if any(e["cidr"] == ctx.p["cidr"] for e in entries):
+        raise PveError(500, f"entry '{ctx.p['cidr']}' already exists")
+    entries.append({"cidr": ctx.p["cidr"], **({"comment": ctx.p["comment"]} if "comment" in ctx.p else {})})
+
+
+def _ipset_delete(ctx):
+    if _ipset(ctx) and not ctx.bool("force"):
+        raise PveError(500, "IPSet is not empty")
+    ctx.cl.fw_ipsets.pop((_ipset_scope(ctx), ctx.p["name"]))
+
+
+def _ipset_entry_delete(ctx):
+    entries = _ipset(ctx)
+    entries[:] = [e for e in entries if e["cidr"] != ctx.p["cidr"]]
+
+
+for _base in ("/cluster/firewall/ipset", FW_CT + "/ipset"):
+    HANDLERS[("GET", _base)] = _ipset_list
+    HANDLERS[("POST", _base)] = _ipset_create
+    HANDLERS[("GET", _base + "/{name}")] = lambda ctx: [dict(e) for e in _ipset(ctx)]
+    HANDLERS[("POST", _base + "/{name}")] = _ipset_add
+    HANDLERS[("DELETE", _base + "/{name}")] = _ipset_delete
+    HANDLERS[("DELETE", _base + "/{name}/{cidr}")] = _ipset_entry_delete
+
+
+def _opt_scope(ctx) -> str:
+    if "vmid" in ctx.p:
+        ctx.ct()
+        return ctx.p["vmid"]
+    return "cluster"
+
+
+def _opt_get(ctx):
+    opts = dict(ctx.cl.fw_options.get(_opt_scope(ctx), {}))
+    return {**opts, "digest": _digest(sorted(opts.items()))}
+
+
+def _opt_put(ctx):
+    opts = ctx.cl.fw_options.setdefault(_opt_scope(ctx), {})
+    for k in re.split(r"[,;\s]+", ctx.p.get("delete", "")):
+        opts.pop(k, None)
+    opts.update({k: v for k, v in ctx.p.items() if k not in ("node", "vmid", "digest", "delete")})
+
+
+for _base in ("/cluster/firewall/options", FW_CT + "/options"):
+    HANDLERS[("GET", _base)] = _opt_get
+    HANDLERS[("PUT", _base)] = _opt_put
+

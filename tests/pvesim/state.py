@@ -1,0 +1,255 @@
+"""The simulated cluster's state: nodes, storages, containers, tasks, locks, pools, firewall.
+
+All methods are called with `Cluster.lock` held by the HTTP/SSH front ends; task workers take
+it themselves. Errors raise `PveError(status, message, errors)` which the server turns into
+PVE's reply (HTTP reason phrase = message, body {"data": null, "errors": ...}).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import os
+import re
+import threading
+import time
+from dataclasses import dataclass, field
+
+GiB = 1024**3
+MiB = 1024**2
+
+
+class PveError(Exception):
+    def __init__(self, status: int, message: str, errors: dict | None = None):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.errors = errors
+
+
+@dataclass
+class Node:
+    name: str
+    maxmem: int  # bytes
+    maxcpu: int
+    gpu: bool = False
+    ip: str = "127.0.0.1"
+    disk_free_gb: int = 100_000  # local-lvm thin pool free space
+
+
+@dataclass
+class Ct:
+    vmid: int
+    node: str
+    conf: dict[str, str]
+    status: str = "stopped"
+    pool: str | None = None
+    fs: dict[str, bytes] = field(default_factory=dict)  # files pushed into the CT
+
+    @property
+    def template(self) -> bool:
+        return self.conf.get("template") in ("1", "true")
+
+    @property
+    def lock(self) -> str | None:
+        return self.conf.get("lock")
+
+    def digest(self) -> str:
+        text = "\n".join(f"{k}: {v}" for k, v in sorted(self.conf.items()) if k != "lock")
+        return hashlib.sha1(text.encode()).hexdigest()
+
+    def mem_bytes(self) -> int:
+        return int(self.conf.get("memory", "512")) * MiB
+
+    def ip(self) -> str | None:
+        m = re.search(r"(?:^|,)ip=([\d.]+)/", self.conf.get("net0", ""))
+        return m.group(1) if m else None
+
+    def disk_gb(self) -> int:
+        m = re.search(r"size=(\d+)G", self.conf.get("rootfs", ""))
+        return int(m.group(1)) if m else 0
+
+
+@dataclass
+class Task:
+    upid: str
+    node: str
+    type: str
+    id: str
+    user: str
+    starttime: int
+    pid: int
+    pstart: int
+    status: str = "running"
+    exitstatus: str | None = None
+    log: list[str] = field(default_factory=list)
+    done: threading.Event = field(default_factory=threading.Event)
+
+
+@dataclass
+class Fault:
+    """An injected failure. kind: http (fail matching requests), task_hang, node_full."""
+
+    kind: str
+    method: str | None = None
+    path: re.Pattern | None = None
+    status: int = 500
+    message: str = "Internal Server Error"
+    times: int = 1
+    node: str | None = None
+    task_type: str | None = None
+
+
+class Cluster:
+    def __init__(self, nodes: list[Node], storage: str = "local-lvm", task_seconds: dict[str, float] | None = None):
+        self.lock = threading.RLock()
+        self.nodes = {n.name: n for n in nodes}
+        self.storage = storage
+        self.cts: dict[int, Ct] = {}
+        self.tasks: dict[str, Task] = {}
+        self.pools: dict[str, dict] = {}
+        self.fw_groups: dict[str, list[dict]] = {}
+        self.fw_ipsets: dict[tuple, list[dict]] = {}  # (scope, name) -> entries; scope "cluster" or vmid
+        self.fw_rules: dict[int, list[dict]] = {}
+        self.fw_options: dict[str, dict[str, str]] = {}  # "cluster" or str(vmid)
+        self.pci_mappings: list[dict] = []
+        self.task_seconds = dict(task_seconds or {})
+        self.faults: list[Fault] = []
+        self.hung: list[Task] = []
+        self._pid = itertools.count(0x1000)
+        self.templates_on_disk = {"local:vztmpl/debian-12-standard_12.12-1_amd64.tar.zst"}
+        for n in nodes:
+            if n.gpu:
+                self.pci_mappings.append({"id": f"gpu-{n.name}", "map": [f"node={n.name},path=0000:01:00.0,id=10de:2204"]})
+
+    # ---- helpers ------------------------------------------------------------------------
+    def node(self, name: str) -> Node:
+        if name not in self.nodes:
+            raise PveError(500, f"no such cluster node '{name}'")
+        return self.nodes[name]
+
+    def ct(self, node: str, vmid: int) -> Ct:
+        ct = self.cts.get(int(vmid))
+        if ct is None or ct.node != node:
+            raise PveError(500, f"Configuration file 'nodes/{node}/lxc/{vmid}.conf' does not exist")
+        return ct
+
+    def check_lock(self, ct: Ct) -> None:
+        if ct.lock:
+            raise PveError(500, f"CT is locked ({ct.lock})")
+
+    def committed(self, node: str) -> tuple[int, int]:
+        mem = sum(c.mem_bytes() for c in self.cts.values() if c.node == node and not c.template)
+        cores = sum(int(c.conf.get("cores", "1")) for c in self.cts.values() if c.node == node and not c.template)
+        return mem, cores
+
+    # ---- tasks --------------------------------------------------------------------------
+    def start_task(self, node: str, ttype: str, tid: str, user: str, work, seconds: float | None = None) -> str:
+        """Run `work(task)` after the task's simulated duration; it may raise PveError to fail."""
+        now = int(time.time())
+        pid = next(self._pid)
+        upid = f"UPID:{node}:{pid:08X}:{pid * 7:08X}:{now:08X}:{ttype}:{tid}:{user}:"
+        task = Task(upid, node, ttype, tid, user, now, pid, pid * 7)
+        self.tasks[upid] = task
+        hang = self._take_fault("task_hang", task_type=ttype)
+        delay = self.task_seconds.get(ttype, self.task_seconds.get("*", 0.0)) if seconds is None else seconds
+
+        def run():
+            if hang:
+                self.hung.append(task)
+                task.log.append("waiting for storage (simulated hang)")
+                task.done.wait()
+                task.done.clear()
+            elif delay:
+                time.sleep(delay)
+            with self.lock:
+                try:
+                    work(task)
+                    task.exitstatus = "OK"
+                    task.log.append("TASK OK")
+                except PveError as exc:
+                    task.exitstatus = exc.message
+                    task.log.append(f"TASK ERROR: {exc.message}")
+                task.status = "stopped"
+            task.done.set()
+
+        threading.Thread(target=run, daemon=True, name=f"pvesim-{ttype}-{tid}").start()
+        return upid
+
+    def release_hung(self) -> int:
+        hung, self.hung = self.hung, []
+        for t in hung:
+            t.done.set()
+        return len(hung)
+
+    # ---- faults -------------------------------------------------------------------------
+    def _take_fault(self, kind: str, **match) -> Fault | None:
+        with self.lock:
+            for f in self.faults:
+                if f.kind != kind or f.times <= 0:
+                    continue
+                if any(getattr(f, k) not in (None, v) for k, v in match.items()):
+                    continue
+                f.times -= 1
+                return f
+        return None
+
+    def http_fault(self, method: str, path: str) -> Fault | None:
+        with self.lock:
+            for f in self.faults:
+                if f.kind == "http" and f.times > 0 and (f.method in (None, method)) and (f.path is None or f.path.search(path)):
+                    f.times -= 1
+                    return f
+        return None
+
+    def node_full(self, node: str) -> bool:
+        return any(f.kind == "node_full" and f.node == node and f.times > 0 for f in self.faults)
+
+    # ---- resources ----------------------------------------------------------------------
+    def resources(self, rtype: str | None) -> list[dict]:
+        out: list[dict] = []
+        if rtype in (None, "node"):
+            for n in self.nodes.values():
+                mem, _ = self.committed(n.name)
+                used = sum(c.mem_bytes() // 4 for c in self.cts.values() if c.node == n.name and c.status == "running")
+                out.append({"id": f"node/{n.name}", "type": "node", "node": n.name, "status": "online",
+                            "maxmem": n.maxmem, "mem": 2 * GiB + used, "maxcpu": n.maxcpu,
+                            "cpu": 0.05, "maxdisk": 100 * GiB, "disk": 10 * GiB, "uptime": 86400, "level": ""})
+        if rtype in (None, "vm"):
+            for c in sorted(self.cts.values(), key=lambda c: c.vmid):
+                e = {"id": f"lxc/{c.vmid}", "type": "lxc", "vmid": c.vmid, "node": c.node,
+                     "name": c.conf.get("hostname", f"CT{c.vmid}"), "status": c.status,
+                     "maxmem": c.mem_bytes(), "mem": c.mem_bytes() // 4 if c.status == "running" else 0,
+                     "maxcpu": int(c.conf.get("cores", "1")), "cpu": 0.0,
+                     "maxdisk": c.disk_gb() * GiB, "disk": 0, "template": 1 if c.template else 0,
+                     "uptime": 100 if c.status == "running" else 0}
+                if c.conf.get("tags"):
+                    e["tags"] = c.conf["tags"]
+                if c.pool:
+                    e["pool"] = c.pool
+                if c.lock:
+                    e["lock"] = c.lock
+                out.append(e)
+        if rtype in (None, "storage"):
+            for n in self.nodes.values():
+                for sid, content, shared in ((self.storage, "rootdir,images", 0), ("local", "vztmpl,iso,backup", 0)):
+                    out.append({"id": f"storage/{n.name}/{sid}", "type": "storage", "storage": sid, "node": n.name,
+                                "status": "available", "content": content, "shared": shared,
+                                "maxdisk": 4000 * GiB, "disk": 100 * GiB, "plugintype": "lvmthin" if sid != "local" else "dir"})
+        return out
+
+    def stats(self) -> dict:
+        return {n: self.committed(n) for n in self.nodes}
+
+
+def token_ok(header: str, tokens: dict[str, str]) -> str | None:
+    """`PVEAPIToken=USER@REALM!NAME=SECRET` -> the token id, if it is known and the secret matches."""
+    m = re.fullmatch(r"PVEAPIToken=([^=]+)=(.+)", header or "")
+    if not m:
+        return None
+    tid, secret = m.groups()
+    return tid if tokens.get(tid) == secret else None
+
+
+def new_secret() -> str:
+    return os.urandom(16).hex()

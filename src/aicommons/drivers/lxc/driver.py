@@ -1,0 +1,323 @@
+"""LxcDriver: the ComputeDriver protocol on Debian's `lxc-*` tools, one container per CTID.
+
+Containers live under `driver.lxcpath` as `<ctid>/config`, each an overlay snapshot of the
+cached Debian 12 template (lower = template rootfs, upper = `<ctid>/delta`). Every `lxc-*`
+command runs under `ip netns exec NS`: a container's monitor socket is abstract and therefore
+per network namespace, so run elsewhere `lxc-info` would report a running container STOPPED.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+import shutil
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+from aicommons.drivers.base import ContainerState, DriverInfo, ExecResult
+from aicommons.catalog import load_catalog
+from aicommons.drivers.lxc import config, limits, netns, services, template
+from aicommons.drivers.lxc.services import ServiceOutcome
+from aicommons.drivers.lxc.traefik import TraefikRunner
+from aicommons.drivers.lxc.run import run
+from aicommons.errors import PermanentError, TemporaryError
+from aicommons.plan.model import Container
+from aicommons.plan.secrets import SecretLookup
+from aicommons.spec.models import Site
+
+PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+
+class LxcDriver:
+    kind = "lxc"
+
+    def __init__(self, *, site: str, net: netns.NetPlan, lxcpath: str, cache_dir: str,
+                 log=None, secrets: SecretLookup | None = None, traefik_dir: str | None = None,
+                 traefik_ip: str | None = None) -> None:
+        self.site = site
+        self.secrets = secrets
+        self.outcomes: dict[str, ServiceOutcome] = {}
+        self.net = net
+        self.ns = net.ns
+        self.lxcpath = Path(lxcpath)
+        self.cache_dir = cache_dir
+        self.log = log or (lambda msg: None)
+        self.traefik = (TraefikRunner(net.ns, traefik_ip, traefik_dir, self.lxcpath / "_traefik")
+                        if traefik_dir and traefik_ip else None)
+
+    @classmethod
+    def from_site(cls, site: Site, **options) -> LxcDriver:
+        d, n = site.driver, site.network
+        if d.kind != "lxc":
+            raise PermanentError("driver.kind: LxcDriver needs `kind: lxc`")
+        net = netns.NetPlan(
+            ns=options.get("netns", d.netns), bridge=n.bridge, gateway=str(n.gateway),
+            prefixlen=n.subnet.prefixlen, subnet=str(n.subnet), extra=(str(n.traefik.address),),
+            nat=d.nat, mirror=d.mirror)
+        return cls(site=site.name, net=net, lxcpath=options.get("lxcpath", d.lxcpath),
+                   cache_dir=options.get("cache_dir", d.cache_dir), log=options.get("log"),
+                   secrets=options.get("secrets"), traefik_ip=str(n.traefik.address),
+                   traefik_dir=options.get("traefik_dir", n.traefik.dynamic_dir))
+
+    def info(self) -> DriverInfo:
+        return DriverInfo("lxc", {"netns": self.ns, "lxcpath": str(self.lxcpath), "cache_dir": self.cache_dir})
+
+    # ---- network ---------------------------------------------------------------------------
+
+    def ensure_network(self) -> None:
+        """The namespace, bridge and NAT, and Traefik at its address inside."""
+        netns.ensure(self.net)
+        if self.traefik:
+            self.traefik.ensure()
+
+    def join_network(self) -> None:
+        """Put the calling thread in the site's namespace (to reach 10.0.5.x as a host on the bridge)."""
+        netns.join(self.ns)
+
+    def ensure_template(self) -> Path:
+        return template.ensure(self.cache_dir, self.net.mirror, log=self.log)
+
+    def unavailable_packages(self) -> list[str]:
+        return template.unavailable(template.template_dir(self.cache_dir, self.net.mirror))
+
+    # ---- read back -------------------------------------------------------------------------
+
+    def _dir(self, ctid: int) -> Path:
+        return self.lxcpath / str(int(ctid))
+
+    def _meta(self, ctid: int) -> dict | None:
+        try:
+            meta = config.meta_of((self._dir(ctid) / "config").read_text())
+        except OSError:
+            return None
+        return meta if meta and meta.get("site") == self.site else None
+
+    def _lxc(self, tool: str, ctid: int, *args: str, **kw):
+        return netns.nsrun(self.ns, [tool, "-P", str(self.lxcpath), "-n", str(int(ctid)), *args], **kw)
+
+    def _status(self, ctid: int) -> str:
+        if not netns.exists(self.ns):
+            return "stopped"  # no namespace, no monitor: nothing can be running
+        proc = self._lxc("lxc-info", ctid, "-s", "-H", check=False)
+        return "running" if proc.stdout.decode().strip() == "RUNNING" else "stopped"
+
+    def _init_pid(self, ctid: int) -> int | None:
+        proc = self._lxc("lxc-info", ctid, "-p", "-H", check=False)
+        text = proc.stdout.decode().strip()
+        return int(text) if text.isdigit() else None
+
+    def get(self, ctid: int) -> ContainerState | None:
+        meta = self._meta(ctid)
+        if meta is None:
+            return None
+        status = self._status(ctid)
+        memory, cores = limits.read(self.ns, ctid) if status == "running" else (None, None)
+        return ContainerState(
+            ctid=int(ctid), hostname=meta["hostname"], status=status, ip=meta["ip"],
+            memory_mb=memory or meta["memory_mb"], cores=cores or meta["cores"], disk_gb=meta["disk_gb"],
+            tags=("aicommons", meta["role"], f"site-{self.site}"))
+
+    def list_containers(self) -> list[ContainerState]:
+        if not self.lxcpath.is_dir():
+            return []
+        states = [self.get(int(p.name)) for p in sorted(self.lxcpath.iterdir()) if p.name.isdigit()]
+        return [s for s in states if s is not None]
+
+    # ---- lifecycle -------------------------------------------------------------------------
+
+    def create(self, container: Container) -> None:
+        d = self._dir(container.ctid)
+        cfg = d / "config"
+        if cfg.exists() and self._meta(container.ctid) is None:
+            raise PermanentError(
+                f"container {container.ctid} exists in {self.lxcpath} but was not made by site "
+                f"{self.site!r}; aicommons leaves it alone — move it or choose another driver.lxcpath")
+        tdir = self.ensure_template()
+        if self._meta(container.ctid) is None:
+            (d / "delta").mkdir(parents=True, exist_ok=True)
+            self._seed_files(container, d / "delta")
+        self._write_config(container, tdir)
+        template.register_user(tdir, container.ctid, cfg)
+
+    def _write_config(self, c: Container, tdir: Path) -> bool:
+        cfg = self._dir(c.ctid) / "config"
+        text = config.render(c, site=self.site, bridge=self.net.bridge, lower=str(tdir / "rootfs"),
+                             upper=str(self._dir(c.ctid) / "delta"))
+        if cfg.exists() and cfg.read_text() == text:
+            return False
+        tmp = cfg.with_suffix(".tmp")
+        tmp.write_text(text)
+        tmp.rename(cfg)
+        return True
+
+    def _seed_files(self, c: Container, upper: Path) -> None:
+        """Files written into the overlay's upper dir before first boot (no one is using it yet)."""
+        (upper / "etc").mkdir(parents=True, exist_ok=True)
+        (upper / "etc/hostname").write_text(c.hostname + "\n")
+        hosts = [f"127.0.0.1 localhost", f"{c.ip} {c.hostname}"]
+        if self.net.nat:
+            host, addrs = netns.mirror_addresses(self.net.mirror)
+            hosts += [f"{a} {host}" for a in addrs[:1]]  # no DNS inside: apt reaches the mirror by name
+        (upper / "etc/hosts").write_text("\n".join(hosts) + "\n")
+
+    def update(self, container: Container) -> None:
+        meta = self._meta(container.ctid)
+        if meta is None:
+            raise PermanentError(f"container {container.ctid} does not exist; create it first")
+        changed = self._write_config(container, self.ensure_template())
+        if self._status(container.ctid) != "running":
+            return
+        if meta["ip"] != container.ip or meta["hostname"] != container.hostname:
+            self.stop(container.ctid)
+            self.start(container.ctid)
+        elif changed:
+            pid = self._init_pid(container.ctid)
+            if pid:
+                limits.apply(self.ns, container.ctid, pid, container.memory_mb, container.cores)
+
+    def start(self, ctid: int) -> None:
+        meta = self._meta(ctid)
+        if meta is None:
+            raise PermanentError(f"container {ctid} does not exist; create it first")
+        self.ensure_network()
+        if self._status(ctid) == "running":
+            return
+        problem = template.check(template.template_dir(self.cache_dir, self.net.mirror))
+        if problem:
+            raise PermanentError(f"cannot start container {ctid}: {problem}. Re-run to rebuild it "
+                                 "(after `aicommons down` if containers still use it)")
+        log = self._dir(ctid) / "start.log"
+        proc = self._lxc("lxc-start", ctid, "-l", "ERROR", "-o", str(log), check=False, timeout=120)
+        if proc.returncode != 0:
+            tail = log.read_text(errors="replace").strip().splitlines()[-3:] if log.exists() else []
+            raise TemporaryError(f"lxc-start of container {ctid} failed: {' | '.join(tail) or proc.stderr.decode()}",
+                                 delay=2)
+        pid = self._init_pid(ctid)
+        if pid:
+            limits.apply(self.ns, ctid, pid, meta["memory_mb"], meta["cores"])
+
+    def stop(self, ctid: int) -> None:
+        if self._meta(ctid) is None or self._status(ctid) != "running":
+            return
+        # A clean shutdown first (systemd stops PostgreSQL properly), then a kill.
+        if self._lxc("lxc-stop", ctid, "-t", "30", check=False, timeout=60).returncode != 0:
+            self._lxc("lxc-stop", ctid, "-k", check=False, timeout=30)
+        if self._status(ctid) == "running":
+            raise TemporaryError(f"container {ctid} did not stop", delay=2)
+
+    def destroy(self, ctid: int) -> None:
+        d = self._dir(ctid)
+        if not d.exists():
+            return
+        if self._meta(ctid) is None:
+            raise PermanentError(f"container {ctid} in {self.lxcpath} was not made by site {self.site!r}; not touching it")
+        if self._status(ctid) == "running":
+            self._lxc("lxc-stop", ctid, "-k", check=False, timeout=30)
+        busy = [line.split()[1] for line in Path("/proc/mounts").read_text().splitlines()
+                if line.split()[1].startswith(str(d))]
+        if busy:
+            raise TemporaryError(f"container {ctid} still has mounts ({', '.join(busy)}); retry", delay=2)
+        limits.remove(self.ns, ctid)
+        shutil.rmtree(d)
+        for reg in Path(self.cache_dir, "templates").glob(f"*/users/{int(ctid)}"):
+            reg.unlink(missing_ok=True)
+
+    # ---- inside ----------------------------------------------------------------------------
+
+    def exec(self, ctid: int, argv: list[str], *, stdin: bytes | None = None,
+             timeout: float = 600) -> ExecResult:
+        if self._status(ctid) != "running":
+            raise PermanentError(f"container {ctid} is not running; start it before running commands in it")
+        proc = self._lxc("lxc-attach", ctid, "--clear-env", "-v", f"PATH={PATH}", "-v", "LANG=C.UTF-8",
+                         "--", *argv, input=stdin, check=False, timeout=timeout)
+        return ExecResult(proc.returncode, proc.stdout.decode(errors="replace"),
+                          proc.stderr.decode(errors="replace"))
+
+    def sh(self, ctid: int, script: str, *, stdin: bytes | None = None, timeout: float = 600) -> str:
+        """Run a shell script inside; raise with its stderr if it fails."""
+        res = self.exec(ctid, ["sh", "-ec", script], stdin=stdin, timeout=timeout)
+        if not res.ok:
+            raise PermanentError(f"in container {ctid}: {script.splitlines()[0][:80]!r} failed "
+                                 f"(exit {res.rc}): {(res.stderr or res.stdout).strip()[-800:]}")
+        return res.stdout
+
+    def push(self, ctid: int, data: bytes, dest: str, mode: int = 0o644) -> None:
+        if not dest.startswith("/"):
+            raise PermanentError(f"push: destination {dest!r} must be an absolute path")
+        q = shlex.quote(dest)
+        # Written beside the target and renamed: a reader never sees half a file.
+        self.sh(ctid, f'mkdir -p "$(dirname {q})"; umask 077; cat > {q}.aic-tmp; '
+                      f"chmod {mode:o} {q}.aic-tmp; mv {q}.aic-tmp {q}", stdin=data)
+
+    def wait_ready(self, ctid: int, timeout: float = 120) -> None:
+        meta = self._meta(ctid)
+        if meta is None:
+            raise PermanentError(f"container {ctid} does not exist")
+        deadline = time.monotonic() + timeout
+        last = "not running"
+        while time.monotonic() < deadline:
+            if self._status(ctid) == "running":
+                res = self.exec(ctid, ["sh", "-c", "systemctl is-system-running; ip -4 -o addr show eth0"],
+                                timeout=30)
+                state = res.stdout.split("\n", 1)[0].strip()
+                if state in ("running", "degraded") and f" {meta['ip']}/" in res.stdout:
+                    self._ensure_services(ctid, meta)
+                    return
+                last = f"systemd is {state or 'not answering'}"
+            time.sleep(0.5)
+        raise TemporaryError(f"container {ctid} not ready after {timeout:.0f}s ({last})", delay=5)
+
+    def _ensure_services(self, ctid: int, meta: dict) -> None:
+        """Shared containers: install and start their services by catalog recipe (see services.py)."""
+        if meta["role"] != "shared":
+            return
+        if self.secrets is None:
+            self.log(f"container {ctid}: services not installed (the driver was given no secrets)")
+            return
+        cat = load_catalog()
+        for name in meta.get("services", []):
+            svc = cat.services.get(name)
+            if svc is None:
+                continue
+            c = Container(ctid=int(ctid), ip=meta["ip"], prefixlen=self.net.prefixlen, gateway=self.net.gateway,
+                          hostname=meta["hostname"], role="shared", name=meta["name"], services=(name,),
+                          phase=0, memory_mb=meta["memory_mb"], cores=meta["cores"], disk_gb=meta["disk_gb"],
+                          traefik_file="")
+            out = services.ensure(self, c, svc, self.secrets)
+            self.outcomes[name] = out
+            (self._dir(ctid) / f"service-{name}.json").write_text(json.dumps(asdict(out)))
+            if out.status == "skipped":
+                self.log(f"{name} (CT {ctid}): skipped — {out.reason}")
+            elif out.status == "failed":
+                raise TemporaryError(f"{name} (CT {ctid}) did not come up: {out.reason}", delay=5)
+            else:
+                self.log(f"{name} (CT {ctid}): running{' ' + out.reason if out.reason else ''}")
+
+    def service_outcomes(self) -> list[ServiceOutcome]:
+        """What each shared service's recipe did last (installed / skipped with reason / failed)."""
+        found = []
+        for f in sorted(self.lxcpath.glob("*/service-*.json")):
+            try:
+                found.append(ServiceOutcome(**json.loads(f.read_text())))
+            except (OSError, ValueError, TypeError):
+                continue
+        return found
+
+    # ---- the whole site --------------------------------------------------------------------
+
+    def down(self) -> list[int]:
+        """Destroy every container of this site, then the namespace, host veth and rules."""
+        gone = []
+        if self.traefik:
+            self.traefik.stop()
+            shutil.rmtree(self.traefik.state_dir, ignore_errors=True)
+        for st in self.list_containers():
+            self.destroy(st.ctid)
+            gone.append(st.ctid)
+        netns.teardown(self.net)
+        try:
+            self.lxcpath.rmdir()  # only if empty: someone else's containers stay
+        except OSError:
+            pass
+        return gone

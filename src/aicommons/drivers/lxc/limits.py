@@ -1,0 +1,80 @@
+"""Memory and CPU limits, applied by the driver itself.
+
+LXC 5.0.2 on this kind of host (cgroup v1 + an empty v2 hierarchy) sets up no cgroups of its own
+and refuses to start a container whose config has `lxc.cgroup.*` limit keys ("Failed to setup
+cgroup limits"). So after start the driver puts every process of the container's PID namespace
+into /sys/fs/cgroup/{memory,cpu}/aicommons/<netns>/<ctid> and writes the limits there. Processes
+the container starts later inherit the group.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+ROOT = Path("/sys/fs/cgroup")
+PERIOD = 100000
+
+
+def group(controller: str, ns: str, ctid: int) -> Path:
+    return ROOT / controller / "aicommons" / ns / str(ctid)
+
+
+def available() -> bool:
+    return (ROOT / "memory" / "memory.limit_in_bytes").exists() and (ROOT / "cpu" / "cpu.cfs_quota_us").exists()
+
+
+def _pids_in_pidns(init_pid: int) -> list[int]:
+    target = os.readlink(f"/proc/{init_pid}/ns/pid")
+    pids = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                if os.readlink(f"/proc/{entry}/ns/pid") == target:
+                    pids.append(int(entry))
+            except OSError:
+                continue
+    return pids
+
+
+def apply(ns: str, ctid: int, init_pid: int, memory_mb: int, cores: int) -> None:
+    if not available():
+        return
+    mem, cpu = group("memory", ns, ctid), group("cpu", ns, ctid)
+    for g in (mem, cpu):
+        g.mkdir(parents=True, exist_ok=True)
+    (mem / "memory.limit_in_bytes").write_text(str(memory_mb * 1024 * 1024))
+    (cpu / "cpu.cfs_period_us").write_text(str(PERIOD))
+    (cpu / "cpu.cfs_quota_us").write_text(str(cores * PERIOD))
+    for _ in range(3):  # processes forked while moving are caught on the next pass
+        for pid in _pids_in_pidns(init_pid):
+            for g in (mem, cpu):
+                try:
+                    (g / "cgroup.procs").write_text(str(pid))
+                except OSError:
+                    pass
+
+
+def read(ns: str, ctid: int) -> tuple[int | None, int | None]:
+    """(memory_mb, cores) as the kernel has them, None where unset."""
+    try:
+        mem = int((group("memory", ns, ctid) / "memory.limit_in_bytes").read_text()) // (1024 * 1024)
+        quota = int((group("cpu", ns, ctid) / "cpu.cfs_quota_us").read_text())
+        return mem, (quota // PERIOD if quota > 0 else None)
+    except (OSError, ValueError):
+        return None, None
+
+
+def remove(ns: str, ctid: int) -> None:
+    for controller in ("memory", "cpu"):
+        g = group(controller, ns, ctid)
+        if g.exists():
+            try:
+                g.rmdir()
+            except OSError:
+                pass
+        for parent in (g.parent, g.parent.parent):
+            try:
+                parent.rmdir()  # only succeeds once empty
+            except OSError:
+                pass

@@ -1,0 +1,192 @@
+"""The site's network, kept inside a network namespace the driver owns.
+
+Inside namespace NS: the site bridge (e.g. vmbr0) carrying the gateway (10.0.5.1/24) and the
+Traefik address (10.0.4.10/32), and one end of a veth pair. The other end is the only thing the
+site adds to the host's network: a link-local /30 that the host masquerades, with FORWARD rules
+that let it reach the Debian mirror's addresses on ports 80/443 and nothing else. So
+10.0.5.0/24 never appears on the host, and containers can still `apt-get install`.
+Every host iptables rule carries the comment `aicommons:NS`, which is how `down` finds them.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import ipaddress
+import os
+import shlex
+import signal
+import socket
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlparse
+
+from aicommons.drivers.lxc.run import out, run
+from aicommons.errors import PermanentError
+
+CLONE_NEWNET = 0x40000000
+STATE_DIR = Path("/run/aicommons")
+
+
+@dataclass(frozen=True)
+class NetPlan:
+    ns: str
+    bridge: str
+    gateway: str
+    prefixlen: int
+    subnet: str
+    extra: tuple[str, ...] = ()  # more addresses on the bridge (Traefik's), as /32
+    nat: bool = True
+    mirror: str = "http://deb.debian.org/debian"
+
+    @property
+    def host_veth(self) -> str:
+        return f"{self.ns[:10]}-out"
+
+    @property
+    def ns_veth(self) -> str:
+        return "out0"
+
+    @property
+    def link(self) -> ipaddress.IPv4Network:
+        # One /30 per namespace name, in 169.254.0.0/16: never routed, never clashes with a LAN.
+        k = int.from_bytes(hashlib.sha256(self.ns.encode()).digest()[:2], "big") % 16000 + 100
+        return ipaddress.IPv4Network((0xA9FE0000 + k * 4, 30))
+
+    @property
+    def comment(self) -> str:
+        return f"aicommons:{self.ns}"
+
+
+def exists(ns: str) -> bool:
+    return Path("/run/netns", ns).exists()
+
+
+def nsrun(ns: str, argv: list[str], **kw):
+    return run(["ip", "netns", "exec", ns, *argv], **kw)
+
+
+def _link_exists(name: str, ns: str | None = None) -> bool:
+    argv = ["ip", "link", "show", name]
+    if ns:
+        argv = ["ip", "netns", "exec", ns, *argv]
+    return run(argv, check=False).returncode == 0
+
+
+def mirror_addresses(mirror: str) -> tuple[str, list[str]]:
+    host = urlparse(mirror).hostname or ""
+    try:
+        infos = socket.getaddrinfo(host, 80, socket.AF_INET, socket.SOCK_STREAM)
+    except OSError as exc:
+        raise PermanentError(f"driver.mirror: cannot resolve {host!r} ({exc}); set driver.mirror to a "
+                             "reachable Debian mirror or driver.nat: false") from None
+    return host, sorted({i[4][0] for i in infos})
+
+
+def _ipt(argv: list[str], table: str = "filter", ns: str | None = None) -> None:
+    """Add a rule once (-C first), at the top of its chain."""
+    base = ["iptables", "-w", "-t", table]
+    if ns:
+        base = ["ip", "netns", "exec", ns, *base]
+    chain, rest = argv[0], argv[1:]
+    if run([*base, "-C", chain, *rest], check=False).returncode != 0:
+        run([*base, "-I", chain, "1", *rest])
+
+
+def ensure(p: NetPlan) -> None:
+    """Create what is missing; safe to call on every run."""
+    if not exists(p.ns):
+        run(["ip", "netns", "add", p.ns])
+    nsrun(p.ns, ["ip", "link", "set", "lo", "up"])
+    if not _link_exists(p.bridge, p.ns):
+        nsrun(p.ns, ["ip", "link", "add", p.bridge, "type", "bridge"])
+    nsrun(p.ns, ["ip", "addr", "replace", f"{p.gateway}/{p.prefixlen}", "dev", p.bridge])
+    for addr in p.extra:
+        nsrun(p.ns, ["ip", "addr", "replace", f"{addr}/32", "dev", p.bridge])
+    nsrun(p.ns, ["ip", "link", "set", p.bridge, "up"])
+    if p.nat:
+        _ensure_nat(p)
+
+
+def _ensure_nat(p: NetPlan) -> None:
+    host_ip, ns_ip = (str(a) for a in list(p.link.hosts())[:2])
+    if not _link_exists(p.host_veth):
+        run(["ip", "link", "add", p.host_veth, "type", "veth", "peer", "name", p.ns_veth, "netns", p.ns])
+    run(["ip", "addr", "replace", f"{host_ip}/30", "dev", p.host_veth])
+    run(["ip", "link", "set", p.host_veth, "up"])
+    nsrun(p.ns, ["ip", "addr", "replace", f"{ns_ip}/30", "dev", p.ns_veth])
+    nsrun(p.ns, ["ip", "link", "set", p.ns_veth, "up"])
+    nsrun(p.ns, ["ip", "route", "replace", "default", "via", host_ip])
+    nsrun(p.ns, ["sysctl", "-qw", "net.ipv4.ip_forward=1"])
+    _ipt(["POSTROUTING", "-s", p.subnet, "-o", p.ns_veth, "-j", "MASQUERADE"], "nat", ns=p.ns)
+    # Host side: remember ip_forward as it was, so `down` can put it back.
+    STATE_DIR.mkdir(parents=True, exist_ok=True)
+    saved = STATE_DIR / f"{p.ns}.ip_forward"
+    fwd = Path("/proc/sys/net/ipv4/ip_forward")
+    if not saved.exists():
+        saved.write_text(fwd.read_text().strip())
+    fwd.write_text("1")
+    c = ["-m", "comment", "--comment", p.comment]
+    _ipt(["POSTROUTING", "-s", str(p.link), "!", "-o", p.host_veth, "-j", "MASQUERADE", *c], "nat")
+    # Order matters: each -I goes to the top, so the DROP is inserted first and ends up last.
+    _ipt(["FORWARD", "-i", p.host_veth, "-j", "DROP", *c])
+    _, addrs = mirror_addresses(p.mirror)
+    for a in addrs:
+        _ipt(["FORWARD", "-i", p.host_veth, "-d", a, "-p", "tcp", "-m", "multiport",
+              "--dports", "80,443", "-j", "ACCEPT", *c])
+    _ipt(["FORWARD", "-o", p.host_veth, "-m", "conntrack", "--ctstate", "ESTABLISHED,RELATED",
+          "-j", "ACCEPT", *c])
+
+
+def _drop_host_rules(comment: str) -> None:
+    for table in ("filter", "nat"):
+        for line in out(["iptables", "-w", "-t", table, "-S"]).splitlines():
+            words = shlex.split(line)
+            if words[:1] == ["-A"] and comment in words:
+                run(["iptables", "-w", "-t", table, "-D", *words[1:]], check=False)
+
+
+def teardown(p: NetPlan) -> None:
+    """Remove the namespace (its bridge and container veths go with it), the host veth and rules."""
+    if exists(p.ns):
+        for pid in out(["ip", "netns", "pids", p.ns], check=False).split():
+            try:
+                os.kill(int(pid), signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+        for _ in range(50):
+            if not out(["ip", "netns", "pids", p.ns], check=False).split():
+                break
+            time.sleep(0.1)
+        for pid in out(["ip", "netns", "pids", p.ns], check=False).split():
+            try:
+                os.kill(int(pid), signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        run(["ip", "netns", "del", p.ns])
+    if _link_exists(p.host_veth):
+        run(["ip", "link", "del", p.host_veth])
+    _drop_host_rules(p.comment)
+    saved = STATE_DIR / f"{p.ns}.ip_forward"
+    if saved.exists():
+        others = [f for f in STATE_DIR.glob("*.ip_forward") if f != saved]
+        if not others:
+            Path("/proc/sys/net/ipv4/ip_forward").write_text(saved.read_text().strip() or "0")
+        saved.unlink()
+
+
+def join(ns: str) -> None:
+    """Move the calling thread (and threads it starts later) into the namespace.
+
+    The control plane then reaches 10.0.5.x as it would from a host on vmbr0 (Python 3.11 has no
+    os.setns, hence libc).
+    """
+    libc = ctypes.CDLL(None, use_errno=True)
+    fd = os.open(f"/run/netns/{ns}", os.O_RDONLY)
+    try:
+        if libc.setns(fd, CLONE_NEWNET) != 0:
+            err = ctypes.get_errno()
+            raise PermanentError(f"cannot join network namespace {ns!r}: {os.strerror(err)}")
+    finally:
+        os.close(fd)

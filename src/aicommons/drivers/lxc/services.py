@@ -1,0 +1,157 @@
+"""Shared services by catalog recipe, inside their LXC containers.
+
+`apt` recipes run for real: the packages are in the cached template already (installed there
+once with chroot) or are installed now with apt through the namespace's NAT. Then the service
+is configured to listen on its container IP and started with systemd. A recipe that needs
+downloads from outside Debian's mirror (upstream binaries, container images) cannot run on this
+host: it is reported as `skipped` with that reason, never left silently missing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import shlex
+import time
+from dataclasses import dataclass
+from typing import Literal
+
+from aicommons.catalog.model import Service
+from aicommons.errors import AicError, PermanentError
+from aicommons.plan.model import Container
+from aicommons.plan.secrets import SITE_SCOPE, SecretLookup
+
+PG_CONF = "/etc/postgresql/15/main"
+
+
+@dataclass(frozen=True)
+class ServiceOutcome:
+    service: str
+    ctid: int
+    status: Literal["installed", "skipped", "failed"]
+    reason: str = ""
+
+
+def unsupported(svc: Service) -> str | None:
+    """Why this host cannot install the service (None = it can)."""
+    inst = svc.install
+    if inst.method == "apt" and not inst.needs_download:
+        return None
+    if inst.method == "none":
+        return "the catalog has no install recipe for it"
+    what = f"image {inst.image}" if inst.image else "an upstream release"
+    return (f"its {inst.method} recipe downloads {what} from outside Debian's mirror, which this "
+            "host cannot reach (only package registries are reachable); on a connected host the "
+            "same recipe runs")
+
+
+def ensure(driver, c: Container, svc: Service, secrets: SecretLookup) -> ServiceOutcome:
+    """Install, configure and start one service in its (running) container; idempotent."""
+    reason = unsupported(svc)
+    if reason:
+        return ServiceOutcome(svc.name, c.ctid, "skipped", reason)
+    try:
+        # Packages the template build found missing from the mirror are not asked for again.
+        known = set(driver.unavailable_packages()) & set(svc.install.packages)
+        absent = sorted(known) + _apt(driver, c.ctid, [p for p in svc.install.packages if p not in known])
+        CONFIGURE.get(svc.name, _nothing)(driver, c, secrets)
+        _wait_listening(driver, c, [p.port for p in svc.ports])
+    except AicError as exc:
+        return ServiceOutcome(svc.name, c.ctid, "failed", str(exc))
+    note = f"without {', '.join(absent)} (not in this Debian mirror)" if absent else ""
+    return ServiceOutcome(svc.name, c.ctid, "installed", note)
+
+
+def _apt(driver, ctid: int, packages: list[str]) -> list[str]:
+    """Install what is missing; return the packages this Debian mirror does not have."""
+    names = " ".join(shlex.quote(p) for p in packages)
+    missing = driver.exec(ctid, ["sh", "-c", f"for p in {names}; do dpkg-query -W -f='${{Status}}\\n' $p "
+                                 "2>/dev/null | grep -q 'ok installed' || echo $p; done"]).stdout.split()
+    if not missing:
+        return []
+    # Not in the template: apt inside the container, through the namespace's NAT to the mirror.
+    driver.sh(ctid, "apt-get update -qq", timeout=600)
+    have = driver.exec(ctid, ["sh", "-c", "for p; do apt-cache show --no-all-versions \"$p\" >/dev/null 2>&1 "
+                                          "&& echo \"$p\"; done", "-", *missing]).stdout.split()
+    if have:
+        driver.sh(ctid, "export DEBIAN_FRONTEND=noninteractive; apt-get install -y -qq --no-install-recommends "
+                        + " ".join(map(shlex.quote, have)), timeout=1200)
+    return [p for p in missing if p not in have]
+
+
+def _put_if_changed(driver, ctid: int, path: str, text: str, mode: int = 0o644, owner: str = "") -> bool:
+    want = hashlib.sha256(text.encode()).hexdigest()
+    have = driver.exec(ctid, ["sh", "-c", f"sha256sum {shlex.quote(path)} 2>/dev/null | cut -d' ' -f1"]).stdout.strip()
+    if have == want:
+        return False
+    driver.push(ctid, text.encode(), path, mode)
+    if owner:
+        driver.sh(ctid, f"chown {shlex.quote(owner)} {shlex.quote(path)}")
+    return True
+
+
+def _start(driver, ctid: int, units: list[str], restart: bool) -> None:
+    u = " ".join(units)
+    driver.sh(ctid, f"systemctl enable --quiet {u}; systemctl {'restart' if restart else 'start'} {u}", timeout=120)
+
+
+def _nothing(driver, c: Container, secrets: SecretLookup) -> None:
+    pass
+
+
+def _postgres(driver, c: Container, secrets: SecretLookup) -> None:
+    subnet = ipaddress.ip_interface(f"{c.ip}/{c.prefixlen}").network
+    conf = (f"listen_addresses = 'localhost,{c.ip}'\npassword_encryption = 'scram-sha-256'\n"
+            "max_connections = 300\n")
+    hba = ("# aicommons: the superuser only from the control plane (the gateway); tenants by password.\n"
+           "local all postgres peer\n"
+           "local all all peer\n"
+           "host all all 127.0.0.1/32 scram-sha-256\n"
+           f"host all postgres {c.gateway}/32 scram-sha-256\n"
+           f"host all postgres {subnet} reject\n"
+           f"host all all {subnet} scram-sha-256\n")
+    changed = _put_if_changed(driver, c.ctid, f"{PG_CONF}/conf.d/aicommons.conf", conf)
+    changed |= _put_if_changed(driver, c.ctid, f"{PG_CONF}/pg_hba.conf", hba, 0o640, "postgres:postgres")
+    _start(driver, c.ctid, ["postgresql"], changed)
+    _wait_listening(driver, c, [5432])
+    pw = secrets(SITE_SCOPE, "postgres_admin_password").replace("'", "''")
+    # Through stdin, so the password is never on a command line.
+    driver.sh(c.ctid, "runuser -u postgres -- psql -q -v ON_ERROR_STOP=1 -f -",
+              stdin=f"ALTER ROLE postgres PASSWORD '{pw}';\n".encode())
+
+
+def _redis(driver, c: Container, secrets: SecretLookup) -> None:
+    conf = (f"bind {c.ip} 127.0.0.1\naclfile /etc/redis/users.acl\nmaxmemory-policy noeviction\n")
+    digest = hashlib.sha256(secrets(SITE_SCOPE, "redis_admin_password").encode()).hexdigest()
+    admin = f"user admin on #{digest} ~* &* +@all"
+    current = driver.exec(c.ctid, ["sh", "-c", "cat /etc/redis/users.acl 2>/dev/null"]).stdout.splitlines()
+    # Keep the tenants' users (the tenancy back end saves them with ACL SAVE); own only these two.
+    kept = [ln for ln in current if ln.strip() and ln.split()[:2] not in (["user", "default"], ["user", "admin"])]
+    acl = "\n".join(["user default off", admin, *kept]) + "\n"
+    changed = _put_if_changed(driver, c.ctid, "/etc/redis/aicommons.conf", conf, 0o640, "redis:redis")
+    changed |= _put_if_changed(driver, c.ctid, "/etc/redis/users.acl", acl, 0o640, "redis:redis")
+    driver.sh(c.ctid, "grep -qx 'include /etc/redis/aicommons.conf' /etc/redis/redis.conf || "
+                      "echo 'include /etc/redis/aicommons.conf' >> /etc/redis/redis.conf")
+    _start(driver, c.ctid, ["redis-server"], changed)
+
+
+def _prometheus(driver, c: Container, secrets: SecretLookup) -> None:
+    _start(driver, c.ctid, ["prometheus", "prometheus-node-exporter"], False)
+
+
+CONFIGURE = {"postgres": _postgres, "redis": _redis, "prometheus": _prometheus}
+
+
+def _wait_listening(driver, c: Container, ports: list[int], timeout: float = 90) -> None:
+    probe = ("import socket,sys\nfor p in sys.argv[2:]:\n"
+             "    socket.create_connection((sys.argv[1], int(p)), timeout=2).close()\n")
+    deadline = time.monotonic() + timeout
+    while True:
+        res = driver.exec(c.ctid, ["python3", "-c", probe, c.ip, *map(str, ports)], timeout=30)
+        if res.ok:
+            return
+        if time.monotonic() > deadline:
+            raise PermanentError(f"container {c.ctid} ({c.name}): nothing listens on {c.ip} port(s) "
+                                 f"{', '.join(map(str, ports))} after {timeout:.0f}s; see `journalctl` inside "
+                                 f"(lxc-attach -n {c.ctid})")
+        time.sleep(1)

@@ -203,3 +203,28 @@ class Traefik:
         self.stop()
         if not os.environ.get("AICOMMONS_KEEP_TMP"):
             shutil.rmtree(self.root, ignore_errors=True)
+
+
+class FakeSecrets:
+    """A SecretLookup: random per run, stable within it (the state store does this for real)."""
+
+    def __init__(self) -> None:
+        self.values: dict[tuple[str, str], str] = {}
+
+    def __call__(self, scope: str, key: str) -> str:
+        import secrets
+
+        return self.values.setdefault((scope, key), secrets.token_urlsafe(32))
+
+
+def make_site(users: int = 50, tweak=None) -> ResolvedSite:
+    """The seed site (init's default) with `users` users, optionally changed by tweak(dict)."""
+    from aicommons.plan import resolve
+    from aicommons.spec.default import render_site_yaml
+    from aicommons.spec.models import Site
+
+    data = yaml.safe_load(render_site_yaml(users=users))
+    data["services"] = {k: (v or {}) for k, v in data["services"].items()}
+    if tweak:
+        tweak(data)
+    return resolve(Site.model_validate(data))

@@ -9,12 +9,11 @@ from __future__ import annotations
 
 from urllib.parse import quote as urlquote
 
-import jwt
-
 from aicommons.catalog.model import App
 from aicommons.plan.model import ResolvedSite, Tenant
 from aicommons.plan.secrets import SITE_SCOPE, SecretLookup
 from aicommons.render.common import catalog, dump_yaml, endpoint_host, endpoint_url, port_of
+from aicommons.tenancy.qdrant import user_token
 
 HEADER = "# Rendered by aicommons for {user}: do not edit by hand. Secrets are in .env (0600).\n"
 LOG_MAX = {"max-size": "10m", "max-file": "3"}
@@ -28,12 +27,8 @@ CMD ["chainforge", "serve", "--host", "0.0.0.0", "--port", "{port}", "--dir", "/
 
 
 def qdrant_token(t: Tenant, api_key: str) -> str:
-    """HS256 JWT signed with the Qdrant API key, read-write on the tenant's collections only.
-
-    No `exp`: the token lives as long as the API key; rotating the key revokes every token.
-    """
-    claims = {"access": [{"collection": c, "access": "rw"} for c in t.qdrant_collections]}
-    return jwt.encode(claims, api_key, algorithm="HS256")
+    """The user's Qdrant JWT: the tenancy back end's own (rw on the user's collections, revocable)."""
+    return user_token(t, api_key)
 
 
 def _pg_url(resolved: ResolvedSite, t: Tenant, db: str, password: str) -> str | None:

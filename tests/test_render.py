@@ -1,0 +1,340 @@
+"""Render: Traefik files, user bundles, blueprints, shared configs, firewall, safe writes.
+
+Real: PyYAML/tomllib/json/configparser parse every file, jsonschema checks every compose file
+against the Compose spec, files are written to a real directory. Simulated: secrets come from
+a per-run random lookup instead of the state store. Traefik, PostgreSQL and Redis load the
+files in test_traefik_routes.py and test_render_servers.py.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import stat
+from pathlib import Path
+
+import jsonschema
+import pytest
+import yaml
+
+from aicommons.catalog import load_catalog
+from aicommons.render import render_site, render_user
+from aicommons.render.authentik import TagLoader
+from aicommons.render.envfile import RenderError, parse_env
+from aicommons.render.files import RenderedFile
+from aicommons.render.firewall import firewall_plan
+from aicommons.render.write import parse_problem, write_tree
+from tests.test_traefik_harness import FakeSecrets, make_site
+
+SCHEMA = Path("/work/shared/data/compose-spec.schema.json")
+if not SCHEMA.exists():
+    SCHEMA = Path(__file__).resolve().parents[2] / "shared" / "data" / "compose-spec.schema.json"
+
+
+@pytest.fixture(scope="module")
+def site():
+    return make_site(50)
+
+
+@pytest.fixture(scope="module")
+def secrets():
+    return FakeSecrets()
+
+
+@pytest.fixture(scope="module")
+def files(site, secrets):
+    return render_site(site, secrets)
+
+
+def _yaml(f: RenderedFile):
+    return yaml.load(f.content, Loader=TagLoader)  # noqa: S506
+
+
+def test_every_file_parses(files):
+    kinds = {p.rsplit(".", 1)[-1] for p in files}
+    assert {"yml", "yaml", "toml", "json", "env", "fw"} <= kinds
+    bad = {p: parse_problem(p, f.content) for p, f in files.items() if parse_problem(p, f.content)}
+    assert bad == {}
+    for p, f in files.items():
+        if p.endswith("systemd/override.conf") or p.endswith(".service"):
+            import configparser
+            cp = configparser.ConfigParser(interpolation=None, strict=False)
+            cp.read_string(f.content)
+            assert cp.sections()
+
+
+def test_compose_files_match_the_compose_spec(files):
+    validator = jsonschema.Draft7Validator(json.loads(SCHEMA.read_text()))
+    composes = [p for p in files if p.endswith("docker-compose.yml")]
+    assert len([p for p in composes if p.startswith("users/")]) == 50
+    assert "services/langfuse/docker-compose.yml" in composes
+    assert "services/authentik/docker-compose.yml" in composes
+    for p in composes:
+        errors = [e.message for e in validator.iter_errors(yaml.safe_load(files[p].content))]
+        assert errors == [], p
+    # every catalog service installed with compose has a project
+    cat = load_catalog()
+    for c in make_site(1).containers:
+        if c.role == "shared" and cat.services[c.name].install.method == "compose":
+            assert f"services/{c.hostname}/docker-compose.yml" in files
+
+
+def test_secrets_only_in_env_files(files, secrets):
+    values = [v for v in secrets.values.values()]
+    assert len(values) > 100
+    for p, f in files.items():
+        if any(v in f.content for v in values):
+            assert f.mode == 0o600, f"{p} holds a secret but is mode {f.mode:o}"
+    assert not any(v in files["users/user1/docker-compose.yml"].content for v in values)
+    assert not any(v in files["services/redis/users.acl"].content for v in values)  # hashes only
+    for p, f in files.items():
+        if p.endswith(".env") or p.endswith(("config.yaml", "settings.yml", "garage.toml")):
+            assert f.mode == 0o600, p
+
+
+def test_compose_references_resolve_in_env(files, site):
+    for t in site.tenants:
+        compose = files[f"users/{t.user}/docker-compose.yml"].content
+        env = parse_env(files[f"users/{t.user}/.env"].content)
+        refs = set(re.findall(r"\$\{([A-Z0-9_]+)\}", compose))
+        assert refs and refs <= set(env), t.user
+        assert files[f"users/{t.user}/.env"].mode == 0o600
+
+
+def test_user_bundle_wiring_uses_the_tenant_names(files, site, secrets):
+    cat = load_catalog()
+    t = site.tenant("user7")
+    doc = yaml.safe_load(files["users/user7/docker-compose.yml"].content)
+    env = parse_env(files["users/user7/.env"].content)
+    svcs = doc["services"]
+    assert set(svcs) == set(site.site.user_template.apps)
+    for name, svc in svcs.items():
+        app = cat.apps[name]
+        assert svc["image"] == app.image
+        assert svc["restart"] == "unless-stopped"
+        assert svc["mem_limit"] == f"{app.memory_mb}m"
+        assert svc["ports"] == [f"{t.ip}:{app.port}:{app.container_port}"]
+        assert "healthcheck" in svc and svc["labels"]["aicommons.user"] == "user7"
+        assert svc["logging"]["options"]["labels"]
+        if app.data_path:
+            assert svc["volumes"][0].endswith(":" + app.data_path)
+    ow = svcs["openwebui"]["environment"]
+    assert ow["S3_BUCKET_NAME"] in t.buckets and ow["S3_ADDRESSING_STYLE"] == "path"
+    assert ow["QDRANT_COLLECTION_PREFIX"] == t.qdrant_prefix
+    assert ow["REDIS_KEY_PREFIX"] + ":" == t.redis_prefix
+    assert ow["SEARXNG_QUERY_URL"].endswith("/search?q=<query>")
+    assert env["OPENWEBUI_DATABASE_URL"].startswith(f"postgresql://{t.postgres_role}:")
+    assert env["OPENWEBUI_DATABASE_URL"].endswith("/openwebui_user7") and "openwebui_user7" in t.databases
+    assert env["REDIS_URL"].startswith(f"redis://{t.redis_user}:")
+    assert env["POSTGRES_PASSWORD"] == secrets("user7", "postgres_password")
+    n8n = svcs["n8n"]["environment"]
+    assert n8n["DB_POSTGRESDB_DATABASE"] in t.databases and n8n["DB_POSTGRESDB_USER"] == t.postgres_role
+    assert n8n["WEBHOOK_URL"] == f"https://{t.hosts['n8n']}/"
+    fl = svcs["flowise"]["environment"]
+    assert fl["S3_FORCE_PATH_STYLE"] == "true" and fl["DATABASE_NAME"] in t.databases
+    # the Qdrant key is a JWT limited to the user's own collections
+    import jwt
+    claims = jwt.decode(env["QDRANT_API_KEY"], secrets("site", "qdrant_api_key"), algorithms=["HS256"])
+    assert {a["collection"] for a in claims["access"]} == set(t.qdrant_collections)
+
+
+def _dyn(files, name):
+    return yaml.safe_load(files[f"traefik/dynamic/{name}"].content)
+
+
+def test_user_file_routes_every_app_behind_its_owner(files, site):
+    for t in site.tenants:
+        c = site.container(t.ctid)
+        doc = _dyn(files, c.traefik_file)
+        routers = doc["http"]["routers"]
+        assert {r["rule"] for r in routers.values()} == {f"Host(`{h}`)" for h in t.hosts.values()}
+        for name, r in routers.items():
+            assert r["entryPoints"] == ["websecure"] and r["tls"] == {"certResolver": "letsencrypt"}
+            assert r["middlewares"] == ["secure-headers", f"authentik-{t.user}"]
+            assert doc["http"]["services"][r["service"]]["loadBalancer"]["servers"][0]["url"].startswith(f"http://{t.ip}:")
+        fa = doc["http"]["middlewares"][f"authentik-{t.user}"]["forwardAuth"]
+        assert fa["address"] == "http://10.0.5.146:9000/outpost.goauthentik.io/auth/traefik"
+
+
+def test_shared_routes_headers_operator_and_no_database_router(files, site):
+    routers, tcp = {}, {}
+    for p, f in files.items():
+        if p.startswith("traefik/dynamic/"):
+            doc = yaml.safe_load(f.content) or {}
+            routers.update(doc.get("http", {}).get("routers", {}))
+            tcp.update(doc.get("tcp", {}).get("routers", {}) or {})
+    assert all("secure-headers" in r["middlewares"] for r in routers.values())
+    assert not any(n.startswith(("postgres", "redis")) for n in routers) and not tcp
+    for name in ("portainer", "prometheus", "traefik-api"):
+        assert "operator-allow" in routers[name]["middlewares"]
+    proxy = yaml.safe_load(files[f"traefik/dynamic/{site.proxy_file}"].content)
+    assert proxy["http"]["middlewares"]["operator-allow"]["ipAllowList"]["sourceRange"] == ["10.0.0.0/16"]
+    assert routers["ollama"]["middlewares"] == ["secure-headers", "authentik-sso"]
+
+
+def test_two_ollamas_one_balancer_and_tcp_opt_in():
+    def tweak(d):
+        d["services"]["ollama"] = {"instances": 2}
+        d["services"]["postgres"] = {"expose_tcp": True}
+    s = make_site(2, tweak)
+    files = render_site(s, FakeSecrets())
+    ollama = [c for c in s.containers if c.name == "ollama"]
+    assert len(ollama) == 2
+    doc = _dyn(files, ollama[0].traefik_file)
+    lb = doc["http"]["services"]["ollama"]["loadBalancer"]
+    assert [x["url"] for x in lb["servers"]] == [f"http://{c.ip}:11434" for c in ollama]
+    assert lb["healthCheck"]["path"] == "/"
+    pg = next(c for c in s.containers if c.name == "postgres")
+    tcp = _dyn(files, pg.traefik_file)["tcp"]
+    assert tcp["routers"]["postgres"]["rule"].startswith("HostSNI(") and tcp["routers"]["postgres"]["tls"]
+    assert tcp["services"]["postgres"]["loadBalancer"]["servers"] == [{"address": f"{pg.ip}:5432"}]
+    assert "http" not in _dyn(files, pg.traefik_file)
+
+
+def test_static_config_http01_by_default_dns01_with_wildcard():
+    from aicommons.render.traefik import static_config
+    s = make_site(1)
+    st = static_config(s)
+    assert st["providers"]["file"] == {"directory": "/opt/traefik-stack/dynamic", "watch": True}
+    assert st["certificatesResolvers"]["letsencrypt"]["acme"]["httpChallenge"] == {"entryPoint": "web"}
+    assert st["entryPoints"]["web"]["http"]["redirections"]["entryPoint"]["to"] == "websecure"
+    assert "insecure" not in st["api"] and st["ping"] == {"entryPoint": "ping"}
+    s2 = make_site(1, lambda d: d["network"]["traefik"].update(dns_provider="cloudflare"))
+    st2 = static_config(s2)
+    acme = st2["certificatesResolvers"]["letsencrypt"]["acme"]
+    assert acme["dnsChallenge"] == {"provider": "cloudflare"} and "httpChallenge" not in acme
+    assert st2["entryPoints"]["websecure"]["http"]["tls"]["domains"][0]["sans"] == ["*.valuechainhackers.xyz"]
+
+
+def test_without_authentik_loginless_apps_are_not_routed():
+    s = make_site(1, lambda d: d["services"].pop("authentik"))
+    files = render_site(s, FakeSecrets())
+    routers = _dyn(files, s.container(s.tenants[0].ctid).traefik_file)["http"]["routers"]
+    assert not any(n.startswith(("bigagi-", "chainforge-")) for n in routers)
+    assert "ai-user1" in routers and "ollama" not in _dyn(files, "205100.yml").get("http", {}).get("routers", {})
+
+
+def test_blueprints_bind_each_app_to_its_owner(files, site):
+    bp = _yaml(files["services/authentik/blueprints/user-user3.yaml"])
+    assert bp["version"] == 1
+    models = [e["model"] for e in bp["entries"]]
+    assert models[:2] == ["authentik_core.user", "authentik_core.group"]
+    providers = [e for e in bp["entries"] if e["model"] == "authentik_providers_proxy.proxyprovider"]
+    apps = [e for e in bp["entries"] if e["model"] == "authentik_core.application"]
+    binds = [e for e in bp["entries"] if e["model"] == "authentik_policies.policybinding"]
+    assert len(providers) == len(apps) == len(binds) == 8
+    assert {p["attrs"]["mode"] for p in providers} == {"forward_single"}
+    assert all(p["attrs"]["invalidation_flow"] for p in providers)
+    assert {a["identifiers"]["slug"] for a in apps} == {h.split(".")[0] for h in site.tenant("user3").hosts.values()}
+    assert {b["attrs"]["group"] for b in binds} == {"group"}  # !KeyOf group: the owner's group only
+    site_bp = _yaml(files["services/authentik/blueprints/site.yaml"])
+    outpost = site_bp["entries"][-1]
+    assert outpost["model"] == "authentik_outposts.outpost" and len(outpost["attrs"]["providers"]) == 50 * 8 + 1
+
+
+def test_firewall_plan(site):
+    fw = firewall_plan(site)
+    users = [c for c in site.containers if c.role == "user"]
+    shared = [c for c in site.containers if c.role == "shared"]
+    assert len(fw.containers) == len(users) + len(shared)
+    assert all(c.options["policy_in"] == "DROP" and c.options["enable"] == 1 for c in fw.containers)
+    group = {g.name: g for g in fw.groups}["aic-user"]
+    ins = [r for r in group.rules if r.type == "in"]
+    assert ins[0].source == "+aic-proxy" and set(ins[0].dport.split(",")) == {
+        str(p) for p in site.tenants[0].ports.values()}
+    assert all(r.source != "+aic-users" for r in ins)  # users never admit each other
+    outs = [r for r in group.rules if r.type == "out"]
+    assert outs[-1].action == "DROP" and outs[-1].dest == "10.0.5.0/24"
+    assert {r.dest for r in outs[:-1]} <= {c.ip for c in shared}
+    pg = next(c for c in shared if c.name == "postgres")
+    rules = fw.container(pg.ctid).rules
+    assert any(r.source == "+aic-users" and r.dport == "5432" for r in rules)
+    gitea = next(c for c in shared if c.name == "gitea")
+    assert not any(r.source == "+aic-users" for r in fw.container(gitea.ctid).rules)
+    assert "IN ACCEPT -source +aic-users -p tcp -dport 5432" in fw.container_fw(pg.ctid)
+    ops = {s.name: s for s in fw.ipsets}["aic-operators"]
+    assert "10.0.5.200/29" in ops.nomatch
+    calls = fw.api_calls()
+    assert ("PUT", f"/nodes/{{node}}/lxc/{pg.ctid}/firewall/options",
+            {"enable": 1, "policy_in": "DROP", "policy_out": "ACCEPT"}) in calls
+
+
+def test_render_user_matches_render_site(files, site, secrets):
+    mine = render_user(site, "user9", secrets)
+    assert "users/user9/docker-compose.yml" in mine and "users/user9/.env" in mine
+    assert all(files[p] == f for p, f in mine.items())
+    assert all("user9" in p or p.endswith(f"{site.tenant('user9').ctid}.fw") or p.endswith("205208.yml")
+               for p in mine)
+
+
+def _tree(out: Path) -> dict[str, tuple[float, int]]:
+    return {str(p.relative_to(out)): (p.stat().st_mtime_ns, p.stat().st_ino) for p in out.rglob("*") if p.is_file()}
+
+
+def test_write_tree_atomic_skips_unchanged_and_rewrites_one_user(tmp_path, site, secrets, files):
+    res = write_tree(files, tmp_path)
+    assert len(res.written) == len(files) and not res.unchanged
+    assert stat.S_IMODE((tmp_path / "users/user1/.env").stat().st_mode) == 0o600
+    assert stat.S_IMODE((tmp_path / "services/postgres/pg_hba.conf").stat().st_mode) == 0o644
+    assert not [p for p in tmp_path.rglob("*.tmp")]
+    before = _tree(tmp_path)
+    assert write_tree(files, tmp_path).written == []
+    # change one user's email: only that user's files change
+    def tweak(d):
+        d["users"][4]["email"] = "someone.else@example.org"
+    changed = render_site(make_site(50, tweak), secrets)
+    res = write_tree(changed, tmp_path)
+    assert res.written == ["services/authentik/blueprints/user-user5.yaml"]
+    after = _tree(tmp_path)
+    assert {p for p in before if before[p] != after[p]} == {"services/authentik/blueprints/user-user5.yaml"}
+
+
+def test_write_tree_refuses_unparsable_files_and_writes_nothing(tmp_path):
+    good = RenderedFile("traefik/dynamic/205200.yml", "http: {}\n")
+    for bad in (RenderedFile("traefik/dynamic/205201.yml", "http: [unclosed\n"),
+                RenderedFile("x/garage.toml", "a = \n"), RenderedFile("x/api.json", "{"),
+                RenderedFile("users/u/.env", "NOT A LINE\n")):
+        with pytest.raises(RenderError, match=re.escape(bad.path)):
+            write_tree([good, bad], tmp_path)
+        assert not list(tmp_path.rglob("*"))
+    with pytest.raises(RenderError, match="relative"):
+        write_tree([RenderedFile("../escape.yml", "a: 1\n")], tmp_path)
+
+
+def test_write_replaces_a_file_in_place_without_partial_reads(tmp_path):
+    """A reader polling the file never sees anything but a whole old or whole new version."""
+    import threading
+    target = tmp_path / "traefik/dynamic/205200.yml"
+    versions = [yaml.safe_dump({"http": {"routers": {f"r{i}": {"rule": "Host(`x`)" * 200}}}}) for i in range(40)]
+    write_tree([RenderedFile("traefik/dynamic/205200.yml", versions[0])], tmp_path)
+    seen, stop = set(), threading.Event()
+
+    def reader():
+        while not stop.is_set():
+            seen.add(target.read_text())
+    th = threading.Thread(target=reader)
+    th.start()
+    for v in versions[1:]:
+        write_tree([RenderedFile("traefik/dynamic/205200.yml", v)], tmp_path)
+    stop.set()
+    th.join()
+    assert seen and seen <= set(versions)
+    assert sorted(os.listdir(target.parent)) == ["205200.yml"]
+
+
+def test_cli_render_writes_the_tree(tmp_path, monkeypatch):
+    from cryptography.fernet import Fernet
+
+    from aicommons.cli import main
+    from aicommons.spec.default import render_site_yaml
+    monkeypatch.setenv("AICOMMONS_SECRET_KEY", Fernet.generate_key().decode())
+    site_file = tmp_path / "site.yaml"
+    site_file.write_text(render_site_yaml(users=3))
+    out = tmp_path / "out"
+    assert main(["render", "-f", str(site_file), "--out", str(out)]) == 0
+    env1 = (out / "users/user2/.env").read_text()
+    assert main(["render", "-f", str(site_file), "--out", str(out), "--user", "user2"]) == 0
+    assert (out / "users/user2/.env").read_text() == env1  # secrets come from the state: stable
+    assert (out / "traefik/dynamic/205201.yml").exists() and (out / "firewall/cluster.fw").exists()
+    assert main(["render", "-f", str(site_file), "--out", str(out), "--user", "nobody"]) == 1

@@ -6,6 +6,7 @@ import os
 import sys
 
 import typer
+from rich.markup import escape
 
 from aicommons.cli import engine, ops, plan, render, site, users
 from aicommons.cli.common import err_console
@@ -28,7 +29,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         app(args=argv, standalone_mode=False)
     except AicError as exc:
-        err_console.print(f"[red]error:[/] {exc}", markup=True, soft_wrap=True)
+        err_console.print(f"[red]error:[/] {escape(str(exc))}", soft_wrap=True)
         return getattr(exc, "exit_code", 1)
     except KeyboardInterrupt:
         err_console.print("interrupted")
@@ -48,7 +49,8 @@ def main(argv: list[str] | None = None) -> int:
             return exc.exit_code
         if os.environ.get("AICOMMONS_DEBUG"):
             raise
-        err_console.print(f"[red]internal error:[/] {type(exc).__name__}: {exc} (AICOMMONS_DEBUG=1 shows the traceback)")
+        err_console.print(f"[red]internal error:[/] {type(exc).__name__}: {escape(str(exc))} "
+                          "(AICOMMONS_DEBUG=1 shows the traceback)")
         return 70
     return 0
 

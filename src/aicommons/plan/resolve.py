@@ -110,8 +110,12 @@ def _allocate_shared(ctx: _Ctx, shared_range: list[IP]) -> tuple[list[Container]
     pending_extra: list[tuple[str, int]] = []
     placed: dict[str, list[IP]] = {}
     svc_names = enabled_services(site, cat)
+    # Catalog defaults first, overrides second: a clash is then reported where the edit was made
+    # (the seed's second Ollama at .101 is flagged on ollama, not on Qdrant).
+    overridden = [n for n in svc_names if site.services[n].address or site.services[n].addresses]
+    order = [n for n in svc_names if n not in overridden] + overridden
 
-    for n in svc_names:
+    for n in order:
         svc, ov = cat.services[n], site.services[n]
         loc = ("services", n)
         if ov.external is not None:

@@ -67,7 +67,7 @@ def problems_from_validation(exc: ValidationError, index: LineIndex) -> list[Pro
     out = []
     for err in exc.errors(include_url=False):
         loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p in ("proxmox", "lxc")))
-        msg = err["msg"]
+        msg = err["msg"].removeprefix("Value error, ")
         if err["type"] == "string_pattern_mismatch":
             msg = f"{msg}; got {err.get('input')!r}"
         out.append(

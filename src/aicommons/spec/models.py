@@ -183,7 +183,7 @@ class UserTemplate(Model):
 
 class User(Model):
     name: str = Field(
-        ..., description="Lower-case letters, digits and '-', starting with a letter.", max_length=40
+        ..., description="Lower-case letters, digits and '-', starting with a letter.", max_length=63
     )
     email: str | None = Field(None, pattern=r"^[^@\s'\"`;\\]+@[^@\s'\"`;\\]+\.[^@\s'\"`;\\]+$")
     slot: ipaddress.IPv4Address | None = Field(None, description="Fixed address in a user range.")

@@ -1,0 +1,5 @@
+import sys
+
+from aicommons.cli import main
+
+sys.exit(main())

@@ -1,0 +1,1 @@
+"""Backups that restore: run, list, verify, restore (see docs/operations.md)."""

@@ -72,14 +72,20 @@ def _key_from_file(path: Path, *, create: bool) -> bytes:
             raise SecretKeyError(f"secrets key file {path} is missing but the state holds secrets encrypted with it; "
                                  f"restore the key file (or set {ENV_KEY})")
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        try:
-            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
-        except FileExistsError:
-            return _key_from_file(path, create=False)
+        # Write a temp file, then link it in: a kill -9 never leaves an empty key file behind,
+        # and of two racing processes the second uses the first one's key.
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        fd = os.open(tmp, os.O_CREAT | os.O_TRUNC | os.O_WRONLY, 0o600)
         with os.fdopen(fd, "wb") as f:
             f.write(Fernet.generate_key())
             f.flush()
             os.fsync(f.fileno())
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            pass
+        finally:
+            tmp.unlink(missing_ok=True)
     mode = stat.S_IMODE(path.stat().st_mode)
     if mode & 0o077:
         raise SecretKeyError(f"secrets key file {path} is readable by others (mode {mode:o}); run chmod 600 {path}")

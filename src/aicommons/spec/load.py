@@ -11,6 +11,7 @@ from pydantic import ValidationError
 from aicommons.errors import Problem, SiteInvalid
 from aicommons.spec.models import Site
 
+_Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 MAX_BYTES = 4 * 1024 * 1024  # a site file is a few hundred KB even at 5,000 users
 
 
@@ -83,9 +84,12 @@ def problems_from_validation(exc: ValidationError, index: LineIndex) -> list[Pro
 
 def parse_text(text: str) -> tuple[Any, LineIndex]:
     """YAML text -> (plain data, line index). Raises SiteInvalid on any YAML error."""
+    # One pass with libyaml (when present): the node tree keeps line marks, and the data is
+    # constructed from that same tree rather than parsing the text twice.
+    loader = _Loader(text)
     try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
-        data = yaml.safe_load(text)
+        node = loader.get_single_node()
+        data = loader.construct_document(node) if node is not None else None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         raise SiteInvalid(
@@ -100,6 +104,8 @@ def parse_text(text: str) -> tuple[Any, LineIndex]:
         ) from None
     except RecursionError:
         raise SiteInvalid([Problem("", "YAML nests too deeply", "flatten the file")]) from None
+    finally:
+        loader.dispose()
     return data, LineIndex(node)
 
 

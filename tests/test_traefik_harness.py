@@ -116,14 +116,19 @@ def loopback_site(resolved: ResolvedSite, backends: Backends) -> ResolvedSite:
         return mapped[url]
 
     routes = [dataclasses.replace(r, urls=tuple(move(u) for u in r.urls), url=move(r.url)) for r in resolved.routes]
+    moved = dataclasses.replace(resolved, routes=routes)
+    return with_auth_server(moved, backends) if "authentik" in resolved.endpoints else moved
+
+
+def with_auth_server(resolved: ResolvedSite, backends: Backends) -> ResolvedSite:
+    """Point the site's Authentik outpost at a new loopback auth server (same owners)."""
+    owners = {r.host: r.owner for r in resolved.routes if r.owner}
+    addr = backends.add(f"authentik-outpost-{len(backends.servers)}", _auth_handler(owners))
+    host, port = addr.rsplit(":", 1)
     endpoints = dict(resolved.endpoints)
-    if "authentik" in endpoints:
-        owners = {r.host: r.owner for r in resolved.routes if r.owner}
-        addr = backends.add("authentik-outpost", _auth_handler(owners))
-        host, port = addr.rsplit(":", 1)
-        endpoints["authentik"] = dataclasses.replace(endpoints["authentik"], host=host,
-                                                     ports={**endpoints["authentik"].ports, "http": int(port)})
-    return dataclasses.replace(resolved, routes=routes, endpoints=endpoints)
+    endpoints["authentik"] = dataclasses.replace(endpoints["authentik"], host=host,
+                                                 ports={**endpoints["authentik"].ports, "http": int(port)})
+    return dataclasses.replace(resolved, endpoints=endpoints)
 
 
 class Traefik:
@@ -131,7 +136,7 @@ class Traefik:
 
     def __init__(self, resolved: ResolvedSite, root: Path | None = None) -> None:
         self.root = root or Path(tempfile.mkdtemp(prefix="aic-traefik-"))
-        self.dynamic = self.root / "dynamic"
+        self.dynamic = self.root / "traefik" / "dynamic"  # where write_tree puts traefik/dynamic/*
         self.dynamic.mkdir(parents=True, exist_ok=True)
         self.web, self.https, self.api, self.ping = (free_port() for _ in range(4))
         static = tr.static_config(resolved)
@@ -188,8 +193,10 @@ class Traefik:
             time.sleep(0.1)
         return got
 
-    def client(self) -> httpx.Client:
-        return httpx.Client(base_url=f"https://127.0.0.1:{self.https}", verify=False, timeout=10)
+    def client(self, source: str | None = None) -> httpx.Client:
+        """An HTTPS client (Traefik's default certificate); `source` picks the loopback source address."""
+        transport = httpx.HTTPTransport(local_address=source, verify=False) if source else None
+        return httpx.Client(base_url=f"https://127.0.0.1:{self.https}", verify=False, timeout=10, transport=transport)
 
     def stop(self) -> None:
         if self.proc and self.proc.poll() is None:

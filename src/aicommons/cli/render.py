@@ -50,8 +50,11 @@ def render(
         files = render_user(resolved, user, secrets)
     else:
         files = render_site(resolved, secrets)
-    result = write_tree(files, out)
-    console.print(f"{len(result.written)} written, {len(result.unchanged)} unchanged in {out}")
+    # A full render owns these directories: a removed user's files must go (routes, blueprint).
+    prune = () if user else ("traefik/dynamic", "services/authentik/blueprints")
+    result = write_tree(files, out, prune=prune)
+    console.print(f"{len(result.written)} written, {len(result.unchanged)} unchanged, "
+                  f"{len(result.removed)} removed in {out}")
     for p in result.written[:20]:
         console.print(f"  {p}")
     if len(result.written) > 20:

@@ -27,6 +27,7 @@ from aicommons.render.files import RenderedFile
 class WriteResult:
     written: list[str] = field(default_factory=list)
     unchanged: list[str] = field(default_factory=list)
+    removed: list[str] = field(default_factory=list)
 
 
 def _is_ini(path: str) -> bool:
@@ -96,8 +97,13 @@ def write_file(out_dir: Path, f: RenderedFile) -> bool:
     return True
 
 
-def write_tree(files: Mapping[str, RenderedFile] | Iterable[RenderedFile], out_dir: str | os.PathLike) -> WriteResult:
-    """Check every file parses, then write the changed ones atomically."""
+def write_tree(files: Mapping[str, RenderedFile] | Iterable[RenderedFile], out_dir: str | os.PathLike,
+               prune: Iterable[str] = ()) -> WriteResult:
+    """Check every file parses, then write the changed ones atomically.
+
+    `prune`: directories (relative) where files that were not rendered are removed, e.g.
+    `traefik/dynamic` so a removed user's routes disappear. Only regular files directly inside.
+    """
     items = list(files.values()) if isinstance(files, Mapping) else list(files)
     for f in items:
         _safe_rel(f.path)
@@ -106,4 +112,14 @@ def write_tree(files: Mapping[str, RenderedFile] | Iterable[RenderedFile], out_d
     result = WriteResult()
     for f in items:
         (result.written if write_file(out, f) else result.unchanged).append(f.path)
+    keep = {f.path for f in items}
+    for d in prune:
+        folder = out / Path(*_safe_rel(d).parts)
+        if not folder.is_dir():
+            continue
+        for p in sorted(folder.iterdir()):
+            rel = f"{PurePosixPath(d)}/{p.name}"
+            if p.is_file() and not p.name.startswith(".") and rel not in keep:
+                p.unlink()
+                result.removed.append(rel)
     return result

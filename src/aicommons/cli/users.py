@@ -1,9 +1,154 @@
-"""Commands of this area are registered here (see cli/__init__.py)."""
+"""`users add|remove|list|show|suspend|resume` and `audit isolation`: thin shells over tenancy.manage."""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+from typing import Annotated
+
 import typer
+from rich.table import Table
+
+from aicommons.cli.common import SiteFile, console, err_console
+from aicommons.errors import AicError
+
+users_app = typer.Typer(help="Add, remove, suspend and inspect users.", no_args_is_help=True)
+audit_app = typer.Typer(help="Prove properties of the running site.", no_args_is_help=True)
+StateOpt = typer.Option("--state", help="State file (default: .aicommons/state.db beside the site file).")
 
 
 def register(app: typer.Typer) -> None:
-    """Add this module's commands to the root app."""
+    app.add_typer(users_app, name="users")
+    app.add_typer(audit_app, name="audit")
+
+
+def _result(result, what: str, retry: str) -> None:
+    for o in result.errors:
+        err_console.print(f"  {o.status}: {getattr(o, 'step', '')} {o.detail}".rstrip(), soft_wrap=True)
+    if not result.ok:
+        raise AicError(f"{what} did not finish; nothing done is lost. Fix the cause and run `{retry}` again "
+                       f"(or `aicommons apply`)")
+
+
+@users_app.command("add")
+def add(name: Annotated[str, typer.Argument(help="Lower-case letters, digits and '-'.")],
+        email: Annotated[str | None, typer.Option("--email", help="The user's e-mail (for SSO).")] = None,
+        file: Path = SiteFile, state: Annotated[Path | None, StateOpt] = None) -> None:
+    """Add a user to site.yaml and provision them (allocation, back ends, files, container)."""
+    from aicommons.tenancy.manage import add_user
+
+    added, result = add_user(file, name, email, state_path=state)
+    if not added:
+        console.print(f"{name} is already in {file}; completing its provisioning")
+    _result(result, f"adding {name}", f"aicommons users add {name}")
+    console.print(f"user {name} is ready; `aicommons users show {name}` lists its URLs and credentials")
+
+
+@users_app.command("remove")
+def remove(name: str, file: Path = SiteFile, state: Annotated[Path | None, StateOpt] = None,
+           keep_data: Annotated[bool, typer.Option("--keep-data", help="Revoke logins, keep every byte.")] = False,
+           purge: Annotated[bool, typer.Option("--purge", help="Drop data WITHOUT archiving it first.")] = False) -> None:
+    """Remove a user: archive (unless --purge) and drop their data, container and site.yaml entry."""
+    from aicommons.tenancy.manage import remove_user
+
+    result = remove_user(file, name, keep_data=keep_data, purge=purge, state_path=state)
+    _result(result, f"removing {name}", f"aicommons users remove {name}")
+    how = "data kept, logins revoked" if keep_data else ("purged" if purge else "data archived")
+    console.print(f"user {name} removed ({how})")
+
+
+@users_app.command("list")
+def list_(file: Path = SiteFile, state: Annotated[Path | None, StateOpt] = None,
+          as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """Users of the site with their address and slot status."""
+    from aicommons.tenancy.manage import Context
+
+    with Context(file, state_path=state, backends=[]) as ctx:
+        status = {a.user: a.status for a in ctx.session.state.allocations()}
+        rows = [{"user": t.user, "email": t.email, "ip": t.ip, "ctid": t.ctid,
+                 "status": status.get(t.user, "planned")} for t in ctx.resolved.tenants]
+    if as_json:
+        print(json.dumps(rows, indent=1))
+        return
+    t = Table("user", "email", "ip", "ctid", "slot")
+    for r in rows:
+        t.add_row(r["user"], r["email"] or "", r["ip"], str(r["ctid"]), r["status"])
+    console.print(t)
+
+
+@users_app.command("show")
+def show(name: str, file: Path = SiteFile, state: Annotated[Path | None, StateOpt] = None,
+         secrets: Annotated[bool, typer.Option("--secrets", help="Print secret values (default: redacted).")] = False,
+         as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """The URLs and credentials a user needs."""
+    from aicommons.tenancy.manage import show_user
+
+    info = show_user(file, name, reveal=secrets, state_path=state)
+    if as_json:
+        print(json.dumps(info, indent=1))
+        return
+    console.print(f"[bold]{info['user']}[/] {info.get('email') or ''}  {info['ip']} (CT {info['ctid']})")
+    for k, v in info.items():
+        if isinstance(v, dict) and v:
+            console.print(f"[bold]{k}[/]")
+            for kk, vv in v.items():
+                console.print(f"  {kk}: {', '.join(vv) if isinstance(vv, list) else vv}", soft_wrap=True)
+
+
+@users_app.command("suspend")
+def suspend(name: str, file: Path = SiteFile, state: Annotated[Path | None, StateOpt] = None) -> None:
+    """Revoke the user's logins in every back end; data is kept."""
+    from aicommons.tenancy.manage import set_suspended
+
+    done = set_suspended(file, name, True, state_path=state)
+    console.print(f"{name} suspended in: {', '.join(done) or 'no back ends'}")
+
+
+@users_app.command("resume")
+def resume(name: str, file: Path = SiteFile, state: Annotated[Path | None, StateOpt] = None) -> None:
+    """Restore the user's logins."""
+    from aicommons.tenancy.manage import set_suspended
+
+    done = set_suspended(file, name, False, state_path=state)
+    console.print(f"{name} resumed in: {', '.join(done) or 'no back ends'}")
+
+
+@audit_app.command("isolation")
+def isolation(file: Path = SiteFile, state: Annotated[Path | None, StateOpt] = None,
+              as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """With each user's own credentials, try every other user's data; exit 1 on any leak."""
+    from dataclasses import asdict
+
+    from aicommons.tenancy.manage import audit_site
+
+    checks, skipped = audit_site(file, state_path=state)
+    leaks = [c for c in checks if not c.ok]
+    if as_json:
+        print(json.dumps({"ok": not leaks and not skipped, "leaks": len(leaks), "skipped": skipped,
+                          "checks": [asdict(c) | {"ok": c.ok} for c in checks]}, indent=1))
+    else:
+        print_matrix(checks)
+        for s in skipped:
+            err_console.print(f"[yellow]not audited:[/] {s}", soft_wrap=True)
+        for c in leaks:
+            err_console.print(f"[red]LEAK[/] {c.backend}: {c.actor} -> {c.target} {c.resource}: expected "
+                              f"{c.expected}, got {c.observed} {c.detail}", soft_wrap=True)
+        verdict = "isolation holds" if not leaks and not skipped else f"{len(leaks)} leak(s), {len(skipped)} not audited"
+        console.print(f"{len(checks)} checks: {verdict}")
+    if leaks or skipped or not checks:
+        raise SystemExit(1)
+
+
+def print_matrix(checks) -> None:
+    """actor x target, one cell per pair: ok when every probe matched what isolation requires."""
+    actors = sorted({c.actor for c in checks})
+    targets = sorted({c.target for c in checks})
+    t = Table("actor \\ target", *targets, title="isolation (own = must work, others = must be refused)")
+    for a in actors:
+        cells = []
+        for tg in targets:
+            cs = [c for c in checks if c.actor == a and c.target == tg]
+            bad = [c for c in cs if not c.ok]
+            cells.append("-" if not cs else (f"[red]{len(bad)} LEAK[/]" if bad else f"ok ({len(cs)})"))
+        t.add_row(a, *cells)
+    console.print(t)

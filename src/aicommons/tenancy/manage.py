@@ -1,0 +1,274 @@
+"""User lifecycle as services the CLI calls: add, remove, suspend, resume, show, audit.
+
+site.yaml stays the truth: `add` appends the user (comments kept, via ruamel.yaml) after the new
+file has passed validation and resolution, then the engine applies only that user. Because the
+engine converges, a run stopped half-way (a back end down) is completed by the next `users add`
+of the same name or by `apply`, with nothing created twice.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+from pydantic import ValidationError
+
+from aicommons.errors import AicError, Problem, SiteInvalid
+from aicommons.plan.model import ResolvedSite, Tenant
+from aicommons.plan.secrets import SITE_SCOPE, tenant_keys
+from aicommons.spec.models import User
+from aicommons.tenancy.base import AuditCheck
+
+REDACTED = "********"
+
+
+class UnknownUser(AicError):
+    exit_code = 2
+
+
+# ---- site.yaml ---------------------------------------------------------------------------------
+
+def validate_new_user(name: str, email: str | None) -> User:
+    """The site model's own rules; quotes, unicode and shell/SQL metacharacters never pass."""
+    try:
+        return User(name=name, email=email)
+    except ValidationError as exc:
+        problems = [Problem(f"users[+].{'.'.join(str(p) for p in e['loc'])}", e["msg"].removeprefix("Value error, "),
+                            "user names are lower-case letters, digits and single '-' (e.g. alice, team-2)")
+                    for e in exc.errors(include_url=False)]
+        raise SiteInvalid(problems) from None
+
+
+def _yaml():
+    from ruamel.yaml import YAML
+
+    y = YAML()
+    y.preserve_quotes = True
+    y.width = 4096
+    y.indent(mapping=2, sequence=4, offset=2)  # the layout `aicommons init` writes
+    return y
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    mode = path.stat().st_mode & 0o777 if path.exists() else 0o644
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_CREAT | os.O_WRONLY | os.O_TRUNC, mode)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    tmp.replace(path)
+
+
+def _edit_users(site_file: Path, change) -> None:
+    """Round-trip site.yaml through ruamel, apply `change(users_seq)`, check the result, write it."""
+    from aicommons.plan import check
+    from aicommons.spec.load import load_text
+
+    y = _yaml()
+    data = y.load(site_file.read_text(encoding="utf-8"))
+    if data.get("users") is None:
+        data["users"] = []
+    change(data["users"])
+    buf = io.StringIO()
+    y.dump(data, buf)
+    text = buf.getvalue()
+    site, index = load_text(text)  # the new file must load and resolve before it replaces the old one
+    problems = check(site, index=index)
+    if problems:
+        raise SiteInvalid(problems)
+    _write_atomic(site_file, text)
+
+
+def user_names(site_file: Path) -> list[str]:
+    from aicommons.spec.load import load_site
+
+    site, _ = load_site(site_file)
+    return [u.name for u in site.users]
+
+
+def append_user(site_file: Path, user: User) -> bool:
+    """Add the user to site.yaml; False if it is already there (a re-run completes provisioning)."""
+    if user.name in user_names(site_file):
+        return False
+    entry = {"name": user.name}
+    if user.email:
+        entry["email"] = user.email
+    _edit_users(site_file, lambda users: users.append(entry))
+    return True
+
+
+def drop_user(site_file: Path, name: str) -> None:
+    def change(users):
+        for i, u in enumerate(list(users)):
+            if isinstance(u, Mapping) and u.get("name") == name:
+                del users[i]
+                return
+    _edit_users(site_file, change)
+
+
+def require_user(site_file: Path, name: str) -> None:
+    names = user_names(site_file)
+    if name not in names:
+        hint = f"known users: {', '.join(names[:10])}{' …' if len(names) > 10 else ''}" if names else "the site has no users"
+        raise UnknownUser(f"no user {name!r} in {site_file} ({hint}); `aicommons users list` shows them")
+
+
+# ---- the engine's session: resolved site, state, secrets, back ends -----------------------------
+
+class Context:
+    """What a user command works with; back ends may be injected (tests)."""
+
+    def __init__(self, site_file: Path, *, state_path=None, backends=None):
+        from aicommons.engine.api import Session
+
+        class _NoDriver:  # user commands on back ends never touch containers
+            def list_containers(self):
+                return []
+
+        self.session = Session(site_file, state_path=state_path, driver=_NoDriver(), backends=backends,
+                               target=object())
+        self.resolved: ResolvedSite = self.session.resolved
+        self.secrets = self.session.secrets
+        self.backends = self.session.backends
+
+    def close(self) -> None:
+        self.session.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def tenant(self, name: str) -> Tenant:
+        try:
+            return self.resolved.tenant(name)
+        except KeyError:
+            raise UnknownUser(f"user {name!r} has no slot in the resolved site") from None
+
+    def tenant_secrets(self, t: Tenant) -> dict[str, str]:
+        return {k: self.secrets.get(t.user, k) for k in tenant_keys(t)}
+
+
+def add_user(site_file: Path, name: str, email: str | None = None, *, state_path=None, driver=None,
+             backends=None, out=None):
+    """Validate, append to site.yaml, then let the engine create exactly this user."""
+    from aicommons.engine.api import apply_site
+
+    user = validate_new_user(name, email)
+    added = append_user(Path(site_file), user)
+    result = apply_site(site_file, state_path=state_path, targets={name}, yes=True, driver=driver,
+                        backends=backends, out=out, command=f"users add {name}")
+    return added, result
+
+
+def remove_user(site_file: Path, name: str, *, keep_data: bool = False, purge: bool = False, state_path=None,
+                driver=None, backends=None, out=None):
+    """Archive (unless purge) and drop the user's slices, then its container and its site.yaml entry.
+
+    keep_data: logins are revoked and the data left in place, forgotten by the state so later
+    applies leave it alone; adding the user again adopts it.
+    """
+    from aicommons.engine.api import apply_site, open_state
+
+    if keep_data and purge:
+        raise AicError("--keep-data and --purge contradict each other; pick one")
+    site_file = Path(site_file)
+    require_user(site_file, name)
+    if keep_data:
+        with Context(site_file, state_path=state_path, backends=backends) as ctx:
+            t = ctx.tenant(name)
+            for b in ctx.backends:
+                b.suspend(t)
+            for addr in [a for a in ctx.session.state.applied() if a.startswith("tenant.") and a.endswith(f".{name}")]:
+                ctx.session.state.forget_applied(addr)
+    drop_user(site_file, name)
+    result = apply_site(site_file, state_path=state_path, targets={name}, yes=True, driver=driver,
+                        backends=backends, out=out, purge=purge, command=f"users remove {name}")
+    if result.ok:
+        state = open_state(site_file, state_path)
+        try:
+            state.set_allocation_status(name, "purged" if purge else "removed")
+        finally:
+            state.close()
+    return result
+
+
+def set_suspended(site_file: Path, name: str, suspended: bool, *, state_path=None, backends=None) -> list[str]:
+    """Revoke (or restore) the user's logins in every back end; data is kept. Returns back-end names."""
+    require_user(Path(site_file), name)
+    with Context(Path(site_file), state_path=state_path, backends=backends) as ctx:
+        t = ctx.tenant(name)
+        done = []
+        for b in ctx.backends:
+            if suspended:
+                b.suspend(t)
+            else:
+                b.resume(t, ctx.tenant_secrets(t))
+            done.append(b.name)
+        return done
+
+
+def show_user(site_file: Path, name: str, *, reveal: bool = False, state_path=None) -> dict:
+    """URLs and credentials the user needs; secret values redacted unless `reveal`."""
+    from aicommons.tenancy.objectstore import tenant_credentials
+    from aicommons.tenancy.qdrant import user_token
+
+    require_user(Path(site_file), name)
+    with Context(Path(site_file), state_path=state_path, backends=[]) as ctx:
+        t, r = ctx.tenant(name), ctx.resolved
+        s = ctx.tenant_secrets(t)
+        hide = (lambda v: v) if reveal else (lambda v: REDACTED)
+        ep = r.endpoints
+
+        def hp(svc):
+            e = ep[svc]
+            return e.host, next(iter(e.ports.values()))
+
+        info: dict = {"user": t.user, "email": t.email, "ip": t.ip, "ctid": t.ctid,
+                      "urls": {app: f"https://{h}" for app, h in t.hosts.items()}}
+        if "postgres" in ep:
+            host, port = hp("postgres")
+            info["postgres"] = {"host": host, "port": port, "user": t.postgres_role, "databases": list(t.databases),
+                                "password": hide(s["postgres_password"])}
+        if "redis" in ep:
+            host, port = hp("redis")
+            info["redis"] = {"host": host, "port": port, "user": t.redis_user, "key_prefix": t.redis_prefix,
+                             "channels": f"{t.redis_prefix}*", "db": t.redis_db or 0,
+                             "password": hide(s["redis_password"])}
+        if "qdrant" in ep:
+            host, port = hp("qdrant")
+            info["qdrant"] = {"url": f"http://{host}:{port}", "collections": list(t.qdrant_collections),
+                              "api_key": hide(user_token(t, ctx.secrets.get(SITE_SCOPE, "qdrant_api_key")))}
+        store = next((x for x in ("garage", "minio") if x in ep), None)
+        if store and t.buckets:
+            kid, sec = tenant_credentials(s)
+            e = ep[store]
+            info["s3"] = {"endpoint": f"http://{e.host}:{e.ports.get('s3', next(iter(e.ports.values())))}",
+                          "buckets": list(t.buckets), "access_key_id": kid, "secret_access_key": hide(sec)}
+        if "langfuse" in ep:
+            host, port = hp("langfuse")
+            info["langfuse"] = {"url": f"http://{host}:{port}", "trace_tags": [f"user:{t.user}"],
+                                "user_id": t.user}
+        info["app_secrets"] = {k: hide(v) for k, v in s.items()
+                               if k not in ("postgres_password", "redis_password", "s3_access_key", "s3_secret_key")}
+        return info
+
+
+def audit_site(site_file: Path, *, state_path=None, backends=None) -> tuple[list[AuditCheck], list[str]]:
+    """Every back end's cross-user probes; (checks, back ends that could not be audited)."""
+    from aicommons.errors import TemporaryError
+
+    with Context(Path(site_file), state_path=state_path, backends=backends) as ctx:
+        tenants = ctx.resolved.tenants
+        secrets = {t.user: ctx.tenant_secrets(t) for t in tenants}
+        checks, skipped = [], list(ctx.session.notes if backends is None else [])
+        for b in ctx.backends:
+            try:
+                checks += b.audit(tenants, secrets)
+            except (TemporaryError, OSError) as exc:
+                skipped.append(f"{b.name}: {exc}")
+        return checks, skipped

@@ -1,0 +1,157 @@
+"""`users add/remove/show/list/suspend/resume` and `audit isolation`, end to end through the engine.
+
+REAL: PostgreSQL 15 and Redis 7 (fixtures `pg`, `redis_server`), adopted as `external:` servers
+with admin credentials from env: references; the state store (SQLite, encrypted secrets); the
+site.yaml round trip. SIMULATED: the container driver (the engine's FakeDriver, file-backed).
+"""
+
+from __future__ import annotations
+
+import json
+
+import psycopg
+import pytest
+import redis as redislib
+
+from aicommons.cli import main
+from aicommons.drivers.fake import FakeDriver
+from aicommons.errors import SiteInvalid
+from aicommons.tenancy import manage
+
+SITE = """\
+# a small site for the users tests
+version: 1
+name: testsite
+domain: example.org
+driver: {{kind: lxc}}
+services:
+  ollama: {{}}   # shared, nothing per user
+  postgres:
+    external: {{host: 127.0.0.1, port: {pg}, admin_user: postgres, admin_password: "env:AIC_TEST_PG"}}
+  redis:
+    external: {{host: 127.0.0.1, port: {redis}, admin_user: admin, admin_password: "env:AIC_TEST_REDIS"}}
+user_template:
+  apps: [n8n, jupyter]  # n8n keeps its data in PostgreSQL
+backups:
+  dir: backups
+users:
+  - name: alice   # the first user
+"""
+
+
+@pytest.fixture
+def site(pg, redis_server, tmp_path, monkeypatch):
+    monkeypatch.setenv("AIC_TEST_PG", pg.password)
+    monkeypatch.setenv("AIC_TEST_REDIS", redis_server.admin_password)
+    monkeypatch.delenv("AICOMMONS_FAKE_DIR", raising=False)
+    f = tmp_path / "site.yaml"
+    f.write_text(SITE.format(pg=pg.port, redis=redis_server.port))
+    yield f
+    with manage.Context(f) as ctx:  # leave the shared servers clean for other tests
+        for t in ctx.resolved.tenants:
+            for b in ctx.backends:
+                b.remove(t, purge=True)
+
+
+def add(site, name, tmp_path, **kw):
+    added, result = manage.add_user(site, name, driver=FakeDriver(tmp_path / "fake"), **kw)
+    return result
+
+
+def cli(*args):
+    return main(list(args))
+
+
+def test_add_three_users_audit_passes_then_weakened_grant_fails(site, tmp_path, pg, capsys):
+    assert add(site, "alice", tmp_path).ok  # already in the file: provisioning only
+    assert add(site, "bob", tmp_path).ok
+    assert add(site, "carol", tmp_path).ok
+    text = site.read_text()
+    assert "# the first user" in text and "# shared, nothing per user" in text  # comments survive
+    assert [" ".join(line.split()) for line in text.splitlines() if "name:" in line][-3:] == [
+        "- name: alice # the first user", "- name: bob", "- name: carol"]
+    capsys.readouterr()
+    assert cli("audit", "isolation", "-f", str(site)) == 0
+    assert "isolation holds" in capsys.readouterr().out
+    with psycopg.connect(pg.admin_dsn, autocommit=True) as c:
+        c.execute("GRANT CONNECT ON DATABASE n8n_alice TO PUBLIC")
+    assert cli("audit", "isolation", "-f", str(site), "--json") == 1
+    report = json.loads(capsys.readouterr().out)
+    assert report["leaks"] == 2 and {c["actor"] for c in report["checks"] if not c["ok"]} == {"bob", "carol"}
+
+
+def test_show_redacts_unless_asked_and_list(site, tmp_path, capsys):
+    assert add(site, "bob", tmp_path).ok
+    capsys.readouterr()
+    assert cli("users", "show", "bob", "-f", str(site), "--json") == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["postgres"]["password"] == manage.REDACTED and info["postgres"]["user"] == "u_bob"
+    assert info["redis"]["key_prefix"] == "bob:" and info["urls"]["n8n"] == "https://n8n-bob.example.org"
+    assert cli("users", "show", "bob", "-f", str(site), "--json", "--secrets") == 0
+    pw = json.loads(capsys.readouterr().out)["redis"]["password"]
+    assert pw != manage.REDACTED
+    r = redislib.Redis(port=info["redis"]["port"], username="u_bob", password=pw)
+    assert r.set("bob:x", "1")
+    assert cli("users", "list", "-f", str(site), "--json") == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [(x["user"], x["status"]) for x in rows] == [("alice", "planned"), ("bob", "active")]
+
+
+def test_remove_one_user_others_untouched(site, tmp_path, capsys):
+    for n in ("alice", "bob"):
+        assert add(site, n, tmp_path).ok
+    res = manage.remove_user(site, "bob", driver=FakeDriver(tmp_path / "fake"))
+    assert res.ok
+    assert "bob" not in manage.user_names(site)
+    assert list((tmp_path / "backups" / "removed" / "bob").glob("n8n_bob-*.dump"))
+    with manage.Context(site) as ctx:
+        t = ctx.tenant("alice")
+        for b in ctx.backends:
+            assert b.verify(t, ctx.tenant_secrets(t)) == []
+            assert "bob" not in b.observe()
+    capsys.readouterr()
+    assert cli("audit", "isolation", "-f", str(site)) == 0
+
+
+def test_redis_down_mid_add_is_completed_by_the_next_add(site, tmp_path, redis_server):
+    assert add(site, "alice", tmp_path).ok
+    redis_server.stop()
+    try:
+        res = add(site, "dave", tmp_path)
+        assert not res.ok
+    finally:
+        redis_server.start()
+    assert manage.user_names(site).count("dave") == 1
+    assert add(site, "dave", tmp_path).ok  # the re-run completes; nothing is added twice
+    assert manage.user_names(site).count("dave") == 1
+    with manage.Context(site) as ctx:
+        for name in ("alice", "dave"):
+            t = ctx.tenant(name)
+            for b in ctx.backends:
+                assert b.verify(t, ctx.tenant_secrets(t)) == []
+        assert sorted(ctx.backends[0].observe()) == ["alice", "dave"]
+
+
+def test_suspend_and_resume(site, tmp_path, capsys):
+    assert add(site, "alice", tmp_path).ok
+    assert cli("users", "suspend", "alice", "-f", str(site)) == 0
+    assert cli("audit", "isolation", "-f", str(site)) == 1  # own access no longer works
+    assert cli("users", "resume", "alice", "-f", str(site)) == 0
+    assert cli("audit", "isolation", "-f", str(site)) == 0
+
+
+@pytest.mark.parametrize("bad", ["Bob", "bob'; DROP ROLE postgres; --", "bob$(reboot)", "bøb", "bob name",
+                                 "bob\n", "-bob", "bob--x", "b\"o", "a" * 64, "bob;"])
+def test_bad_names_are_refused_before_anything_changes(site, bad, capsys):
+    before = site.read_bytes()
+    with pytest.raises(SiteInvalid, match="users"):
+        manage.validate_new_user(bad, None)
+    assert cli("users", "add", "-f", str(site), "--", bad) == 2
+    assert "users[+].name" in capsys.readouterr().err
+    assert site.read_bytes() == before
+
+
+def test_remove_unknown_user_is_a_clear_error(site, capsys):
+    assert cli("users", "remove", "zed", "-f", str(site)) == 2
+    err = capsys.readouterr().err
+    assert "no user 'zed'" in err and "users list" in err and "Traceback" not in err

@@ -7,10 +7,9 @@ import time
 from pathlib import Path
 
 import typer
-import yaml
-
 from aicommons.cli.common import SiteFile, console, load_resolved
 from aicommons.errors import PermanentError
+from aicommons.ops.targets import parse_targets
 
 TargetOpt = typer.Option(
     None, "--target", "-t", metavar="PLAN=ACTUAL",
@@ -18,34 +17,20 @@ TargetOpt = typer.Option(
 TargetsFile = typer.Option(None, "--targets", help="YAML mapping plan address -> actual host:port.")
 
 
-def _targets(pairs: list[str] | None, path: Path | None) -> dict[str, str]:
-    out: dict[str, str] = {}
-    if path is not None:
-        try:
-            data = yaml.safe_load(path.read_text()) or {}
-        except (OSError, yaml.YAMLError) as exc:
-            raise PermanentError(f"--targets {path}: cannot read it ({exc}); give a YAML mapping") from None
-        if not isinstance(data, dict):
-            raise PermanentError(f"--targets {path}: expected a mapping of 'host:port: host:port'")
-        out.update({str(k): str(v) for k, v in data.items()})
-    for pair in pairs or []:
-        plan, sep, actual = pair.partition("=")
-        if not sep or ":" not in plan or ":" not in actual:
-            raise PermanentError(f"--target {pair!r}: write PLAN_HOST:PORT=ACTUAL_HOST:PORT")
-        out[plan] = actual
-    for k, v in out.items():
-        if not v.rpartition(":")[2].isdigit():
-            raise PermanentError(f"target {k} -> {v!r}: the port must be a number")
-    return out
-
-
-def secrets_for(site_file: Path, site):
-    """The state store's secrets when the site has been applied, else None (checks log in without)."""
+def secrets_for(site_file: Path, site, required: bool = False):
+    """The state store's secrets when the site has been applied, else None (checks log in without);
+    with `required`, a lookup that explains what is missing when a secret is first needed."""
     from aicommons.state.store import StateStore, default_path
 
     path = default_path(site_file)
     if not path.exists():
-        return None
+        if not required:
+            return None
+
+        def missing(scope: str, key: str) -> str:
+            raise PermanentError(f"secret {scope}/{key} is needed but there is no state at {path}; run "
+                                 "`aicommons apply` first, or give the server as `external:` with admin_password")
+        return missing
     from aicommons.state.secrets import KeySource
 
     store = StateStore.open(path, create=False)
@@ -66,7 +51,7 @@ def status(
     from aicommons.ops.status import run_status, table, to_json
 
     resolved = load_resolved(file)
-    mapping = _targets(target, targets)
+    mapping = parse_targets(target, targets)
     secrets = secrets_for(file, resolved.site)
     while True:
         code, results = run_status(resolved, secrets=secrets, targets=mapping, timeout=timeout,
@@ -82,6 +67,155 @@ def status(
         time.sleep(watch)
 
 
+# ---- backups ---------------------------------------------------------------------------------
+
+backup_app = typer.Typer(help="Back up, list, verify and restore the site's data.", no_args_is_help=True)
+DirOpt = typer.Option(None, "--dir", help="Backup directory (default: site.yaml backups.dir).")
+KINDS = ("postgres", "redis", "qdrant", "s3")
+OnlyOpt = typer.Option(None, "--only", help=f"Limit to these back ends (comma list of {', '.join(KINDS)}).")
+
+
+def _context(file: Path, dir_: Path | None, only: str | None, target: list[str] | None, targets: Path | None):
+    from aicommons.ops.backup.repo import Repo
+    from aicommons.ops.backup.site import backup_dir, sources_for
+
+    resolved = load_resolved(file)
+    base = file.resolve().parent
+    src = sources_for(resolved, secrets_for(file, resolved.site, required=True), base,
+                      parse_targets(target, targets))
+    if only:
+        keep = {k.strip() for k in only.split(",") if k.strip()}
+        unknown = keep - set(KINDS)
+        if unknown:
+            raise PermanentError(f"--only {only!r}: unknown {', '.join(sorted(unknown))}; use {', '.join(KINDS)}")
+        for k in set(KINDS) - keep:
+            setattr(src, k, None)
+    return resolved, src, Repo(dir_ or backup_dir(resolved, base))
+
+
+def _user(resolved, user: str | None) -> str | None:
+    if user is not None and user not in {t.user for t in resolved.tenants}:
+        raise PermanentError(f"--user {user!r} is not a user of site {resolved.site.name}; see `aicommons users`")
+    return user
+
+
+@backup_app.command("run")
+def backup_run(
+    file: Path = SiteFile, user: str = typer.Option(None, "--user", help="Back up only this user's data."),
+    dir_: Path = DirOpt, only: str = OnlyOpt,
+    prune: bool = typer.Option(False, "--prune", help="Apply retention (backups.daily / backups.weekly)."),
+    upload: bool = typer.Option(True, help="Copy to backups.s3_url when it is set."),
+    textfile_dir: Path = typer.Option(
+        Path("/var/lib/prometheus/node-exporter"), help="node exporter textfile directory for the "
+        "last-good-backup metric (skipped when it does not exist)."),
+    target: list[str] = TargetOpt, targets: Path = TargetsFile,
+) -> None:
+    """Write one complete backup (or none: an interrupted run leaves the last good one as it was)."""
+    from aicommons.ops.backup import site as bsite
+    from aicommons.ops.backup.run import run_backup
+
+    resolved, src, repo = _context(file, dir_, only, target, targets)
+    m = run_backup(resolved, src, repo, user=_user(resolved, user), step=lambda w: console.print(f"  {w}"))
+    total = sum(i.size for i in m.items)
+    console.print(f"backup {m.id}: {len(m.items)} items, {total / 1e6:.1f} MB in {repo.root / m.id}")
+    for i in m.items:
+        if i.kind == "skipped":
+            console.print(f"  [yellow]skipped[/] {i.name}: {i.detail.get('reason')}")
+    if resolved.site.backups.s3_url and upload:
+        n = bsite.upload(repo, m.id, resolved.site.backups.s3_url)
+        console.print(f"copied {n} files to {resolved.site.backups.s3_url}")
+    if textfile_dir.is_dir():
+        bsite.record_success(m, textfile_dir)
+    if prune:
+        gone = bsite.apply_retention(repo, resolved.site.backups.daily, resolved.site.backups.weekly)
+        console.print(f"retention removed {len(gone)} old backups" + (f": {', '.join(gone)}" if gone else ""))
+
+
+@backup_app.command("list")
+def backup_list(file: Path = SiteFile, dir_: Path = DirOpt,
+                as_json: bool = typer.Option(False, "--json")) -> None:
+    """Complete backups, newest first."""
+    from rich.table import Table
+
+    from aicommons.ops.backup.repo import Repo
+    from aicommons.ops.backup.site import backup_dir
+
+    resolved = load_resolved(file)
+    repo = Repo(dir_ or backup_dir(resolved, file.resolve().parent))
+    items = repo.list()
+    if as_json:
+        console.print_json(json.dumps([{"id": m.id, "created": m.created, "user": m.user, "items": len(m.items),
+                                        "bytes": sum(i.size for i in m.items)} for m in items]))
+        return
+    t = Table("id", "created", "scope", "items", "size")
+    for m in items:
+        t.add_row(m.id, m.created, m.user or "site", str(len(m.items)), f"{sum(i.size for i in m.items) / 1e6:.1f} MB")
+    console.print(t)
+
+
+def _local(repo, backup_id: str, resolved) -> None:
+    """Fetch a backup from backups.s3_url when it is not in the local directory."""
+    from aicommons.ops.backup.site import fetch
+
+    if not (repo.root / backup_id / "manifest.json").exists() and resolved.site.backups.s3_url:
+        fetch(repo, backup_id, resolved.site.backups.s3_url)
+
+
+@backup_app.command("verify")
+def backup_verify(backup_id: str, file: Path = SiteFile, dir_: Path = DirOpt, only: str = OnlyOpt,
+                  target: list[str] = TargetOpt, targets: Path = TargetsFile) -> None:
+    """Check checksums and restore every database into a scratch database. Exit 1 on any problem."""
+    from aicommons.ops.backup.run import verify_backup
+
+    resolved, src, repo = _context(file, dir_, only, target, targets)
+    _local(repo, backup_id, resolved)
+    problems = verify_backup(repo, backup_id, src)
+    for p in problems:
+        console.print(f"[red]problem:[/] {p}")
+    if problems:
+        raise SystemExit(1)
+    console.print(f"backup {backup_id} is good: checksums match and it restores")
+
+
+@backup_app.command("restore")
+def backup_restore(backup_id: str, file: Path = SiteFile,
+                   user: str = typer.Option(None, "--user", help="Restore only this user; nobody else is touched."),
+                   dir_: Path = DirOpt, only: str = OnlyOpt,
+                   yes: bool = typer.Option(False, "--yes", help="Do not ask for confirmation."),
+                   target: list[str] = TargetOpt, targets: Path = TargetsFile) -> None:
+    """Put a backup's data back (replacing what is there now)."""
+    from aicommons.ops.backup.run import restore_backup
+
+    resolved, src, repo = _context(file, dir_, only, target, targets)
+    _user(resolved, user)
+    _local(repo, backup_id, resolved)
+    what = f"user {user}'s data" if user else "every user's data and the site's databases"
+    if not yes and not typer.confirm(f"Replace {what} with backup {backup_id}?"):
+        raise SystemExit(1)
+    done = restore_backup(resolved, repo, backup_id, src, user=user, step=lambda w: console.print(f"  {w}"))
+    console.print(f"restored {len(done)} items from {backup_id}")
+
+
+@backup_app.command("schedule")
+def backup_schedule(file: Path = SiteFile,
+                    out: Path = typer.Option(None, "--out", help="Write the files here (default: print them)."),
+                    exe: str = typer.Option("/usr/local/bin/aicommons", help="Path of aicommons on the host.")) -> None:
+    """Render the nightly backup: a systemd service + timer and a cron line, for the control host."""
+    from aicommons.ops.backup.schedule import render_schedule
+
+    resolved = load_resolved(file)
+    files = render_schedule(resolved.site.name, file.resolve(), exe)
+    if out is None:
+        for f in files.values():
+            typer.echo(f"# --- {f.path}\n{f.content}")
+        return
+    from aicommons.render.write import write_tree
+
+    res = write_tree(files, out)
+    console.print(f"wrote {len(res.written)} files to {out} ({len(res.unchanged)} unchanged)")
+
+
 def register(app: typer.Typer) -> None:
     """Add this module's commands to the root app."""
     app.command("status")(status)
+    app.add_typer(backup_app, name="backup")

@@ -15,24 +15,16 @@ from rich.table import Table
 
 from aicommons.catalog import load_catalog
 from aicommons.ops.checks import Check, Result, sweep
+from aicommons.ops.targets import retarget
 from aicommons.plan.model import ResolvedSite
 from aicommons.spec.secretref import resolve_ref
+from aicommons.tenancy.registry import DEFAULT_ADMIN
 
 HEALTHY, DEGRADED, CRITICAL = 0, 1, 2
 TRAEFIK_API_PORT = 8080
-# Admin logins used by the control plane when the site made the server itself.
-DEFAULT_ADMIN = {"postgres": "postgres", "redis": "admin"}
 ADMIN_SECRET = {"postgres": "postgres_admin_password", "redis": "redis_admin_password"}
 
 Lookup = Callable[[str, str], str]
-
-
-def _retarget(host: str, port: int, targets: Mapping[str, str]) -> tuple[str, int]:
-    actual = targets.get(f"{host}:{port}")
-    if actual is None:
-        return host, port
-    h, _, p = actual.rpartition(":")
-    return h, int(p)
 
 
 def _credentials(resolved: ResolvedSite, service: str, secrets: Lookup | None,
@@ -57,7 +49,7 @@ def plan_checks(resolved: ResolvedSite, *, secrets: Lookup | None = None,
     out: list[Check] = []
 
     def add(name: str, kind: str, host: str, port: int, phase: int, **kw) -> None:
-        h, p = _retarget(host, port, targets)
+        h, p = retarget(host, port, targets)
         out.append(Check(name=name, kind=kind, host=h, port=p, phase=phase, **kw))
 
     shared = [c for c in resolved.containers if c.role == "shared"]

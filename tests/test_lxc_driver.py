@@ -73,7 +73,7 @@ def drv(tmp_path_factory):
     site = Site.model_validate({"name": "lxctest", "domain": "example.org",
                                 "driver": {"kind": "lxc", "netns": NS,
                                            "lxcpath": str(tmp_path_factory.mktemp("lxc"))}})
-    d = LxcDriver.from_site(site, log=print, traefik_dir=None, secrets=lambda scope, key: SECRETS[(scope, key)])
+    d = LxcDriver.from_site(site, log=print, traefik_dir=None, join=False, secrets=lambda scope, key: SECRETS[(scope, key)])
     yield d
     d.down()
 

@@ -101,6 +101,8 @@ class Session:
         self.resolved = resolve(self.site, held=self.state.held_slots(), index=index)
         self.notes: list[str] = list(self.resolved.notes)
         self.driver = driver if driver is not None else default_driver(self.site)
+        if callable(getattr(self.driver, "bind_secrets", None)):  # LXC: admin passwords for its service recipes
+            self.driver.bind_secrets(self.secrets.get)
         base = self.site_file.resolve().parent
         self.backends = backends if backends is not None else default_backends(self.resolved, self.secrets, base, self.notes)
         self.renderer = renderer or default_renderer
@@ -112,15 +114,34 @@ class Session:
 
 def _refresh(s: Session) -> Reality:
     containers = {c.ctid: c for c in s.driver.list_containers()}
-    tenants = {}
+    tenants: dict = {}
+    unread: set[str] = set()
     for b in s.backends:
+        service = _service_of(s, b)
+        ep = s.resolved.endpoints.get(service)
+        running = {c.ctid for c in containers.values() if c.status == "running"}
+        site_made = [c.ctid for c in s.resolved.containers if c.role == "shared" and c.name == service]
+        if ep is not None and not ep.external and not (site_made and all(i in running for i in site_made)):
+            # Not running yet: nothing to read, and nothing to connect to (its tenants are all new).
+            s.notes.append(f"{service} is not running yet; its tenant slices are planned as new")
+            tenants[b.name] = {}
+            unread.add(b.name)
+            continue
         try:
             tenants[b.name] = b.observe()
         except AicError as exc:
             s.notes.append(f"could not read {b.name} ({exc}); planning as if it held nothing")
             tenants[b.name] = {}
+            unread.add(b.name)
     allocations = {a.ctid: a.user for a in s.state.allocations() if a.status != "purged"}
-    return Reality(containers, tenants, s.target.list(), s.state.applied(), allocations)
+    return Reality(containers, tenants, s.target.list(), s.state.applied(), allocations, unread)
+
+
+def _service_of(s: Session, backend) -> str:
+    from aicommons.engine.addresses import prefix_of
+
+    name = getattr(backend, "service", None) or backend.name
+    return s.site.object_storage if prefix_of(name) == "s3" and name == "s3" else name
 
 
 def build_plan(s: Session, *, destroy: bool = False) -> Plan:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import shlex
 import shutil
+import sys
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -27,6 +28,10 @@ from aicommons.plan.secrets import SecretLookup
 from aicommons.spec.models import Site
 
 PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+
+def _stderr(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
 
 
 class LxcDriver:
@@ -55,10 +60,31 @@ class LxcDriver:
             ns=options.get("netns", d.netns), bridge=n.bridge, gateway=str(n.gateway),
             prefixlen=n.subnet.prefixlen, subnet=str(n.subnet), extra=(str(n.traefik.address),),
             nat=d.nat, mirror=d.mirror)
-        return cls(site=site.name, net=net, lxcpath=options.get("lxcpath", d.lxcpath),
-                   cache_dir=options.get("cache_dir", d.cache_dir), log=options.get("log"),
-                   secrets=options.get("secrets"), traefik_ip=str(n.traefik.address),
-                   traefik_dir=options.get("traefik_dir", n.traefik.dynamic_dir))
+        drv = cls(site=site.name, net=net, lxcpath=options.get("lxcpath", d.lxcpath),
+                  cache_dir=options.get("cache_dir", d.cache_dir), log=options.get("log", _stderr),
+                  secrets=options.get("secrets"), traefik_ip=str(n.traefik.address),
+                  traefik_dir=options.get("traefik_dir", n.traefik.dynamic_dir))
+        if options.get("join", True):
+            # The control plane (this process) joins the site's network as a host on its bridge would,
+            # so the tenancy back ends reach 10.0.5.x. Done here, on the calling thread, before the
+            # engine starts its worker threads (they inherit the namespace).
+            netns.ensure(net)
+            if net.nat:
+                netns.mirror_addresses(net.mirror)  # resolved now, while DNS is still reachable
+            if drv.traefik and drv.list_containers():
+                drv.traefik.ensure()  # a Traefik that died is started again by any run
+            netns.join(net.ns)
+        return drv
+
+    def bind_secrets(self, lookup: SecretLookup) -> None:
+        """Admin passwords for the service recipes (the engine passes its secret store's `get`)."""
+        self.secrets = lookup
+
+    def traefik_target(self):
+        """Where the engine writes Traefik's dynamic files: the local directory our Traefik watches."""
+        from aicommons.engine.targets import LocalDirTarget
+
+        return LocalDirTarget(self.traefik.dynamic_dir) if self.traefik else None
 
     def info(self) -> DriverInfo:
         return DriverInfo("lxc", {"netns": self.ns, "lxcpath": str(self.lxcpath), "cache_dir": self.cache_dir})
@@ -222,6 +248,18 @@ class LxcDriver:
         shutil.rmtree(d)
         for reg in Path(self.cache_dir, "templates").glob(f"*/users/{int(ctid)}"):
             reg.unlink(missing_ok=True)
+        if not self.list_containers():
+            self._teardown()  # the namespace, NAT and Traefik live as long as the site has containers
+
+    def _teardown(self) -> None:
+        if self.traefik:
+            self.traefik.stop()
+            shutil.rmtree(self.traefik.state_dir, ignore_errors=True)
+        netns.teardown(self.net)
+        try:
+            self.lxcpath.rmdir()  # only if empty: someone else's containers stay
+        except OSError:
+            pass
 
     # ---- inside ----------------------------------------------------------------------------
 
@@ -309,15 +347,8 @@ class LxcDriver:
     def down(self) -> list[int]:
         """Destroy every container of this site, then the namespace, host veth and rules."""
         gone = []
-        if self.traefik:
-            self.traefik.stop()
-            shutil.rmtree(self.traefik.state_dir, ignore_errors=True)
         for st in self.list_containers():
             self.destroy(st.ctid)
             gone.append(st.ctid)
-        netns.teardown(self.net)
-        try:
-            self.lxcpath.rmdir()  # only if empty: someone else's containers stay
-        except OSError:
-            pass
+        self._teardown()
         return gone

@@ -11,6 +11,7 @@ Every host iptables rule carries the comment `aicommons:NS`, which is how `down`
 from __future__ import annotations
 
 import ctypes
+import functools
 import hashlib
 import ipaddress
 import os
@@ -59,6 +60,16 @@ class NetPlan:
         return f"aicommons:{self.ns}"
 
 
+_HOST_NS: int | None = None  # fd of the host's namespace, kept open once this process joined the site's
+
+
+def host(argv: list[str]) -> list[str]:
+    """argv to run in the host's network namespace, even after join() moved this process out of it."""
+    if _HOST_NS is None:
+        return argv
+    return ["nsenter", f"--net=/proc/{os.getpid()}/fd/{_HOST_NS}", *argv]
+
+
 def exists(ns: str) -> bool:
     return Path("/run/netns", ns).exists()
 
@@ -69,12 +80,14 @@ def nsrun(ns: str, argv: list[str], **kw):
 
 def _link_exists(name: str, ns: str | None = None) -> bool:
     argv = ["ip", "link", "show", name]
-    if ns:
-        argv = ["ip", "netns", "exec", ns, *argv]
+    argv = ["ip", "netns", "exec", ns, *argv] if ns else host(argv)
     return run(argv, check=False).returncode == 0
 
 
+@functools.lru_cache(maxsize=8)
 def mirror_addresses(mirror: str) -> tuple[str, list[str]]:
+    """(host, IPv4 addresses) of the mirror, resolved in the host's namespace and kept for the process
+    (inside the site's namespace there is no DNS: containers get the mirror in /etc/hosts)."""
     host = urlparse(mirror).hostname or ""
     try:
         infos = socket.getaddrinfo(host, 80, socket.AF_INET, socket.SOCK_STREAM)
@@ -87,8 +100,7 @@ def mirror_addresses(mirror: str) -> tuple[str, list[str]]:
 def _ipt(argv: list[str], table: str = "filter", ns: str | None = None) -> None:
     """Add a rule once (-C first), at the top of its chain."""
     base = ["iptables", "-w", "-t", table]
-    if ns:
-        base = ["ip", "netns", "exec", ns, *base]
+    base = ["ip", "netns", "exec", ns, *base] if ns else host(base)
     chain, rest = argv[0], argv[1:]
     if run([*base, "-C", chain, *rest], check=False).returncode != 0:
         run([*base, "-I", chain, "1", *rest])
@@ -112,9 +124,9 @@ def ensure(p: NetPlan) -> None:
 def _ensure_nat(p: NetPlan) -> None:
     host_ip, ns_ip = (str(a) for a in list(p.link.hosts())[:2])
     if not _link_exists(p.host_veth):
-        run(["ip", "link", "add", p.host_veth, "type", "veth", "peer", "name", p.ns_veth, "netns", p.ns])
-    run(["ip", "addr", "replace", f"{host_ip}/30", "dev", p.host_veth])
-    run(["ip", "link", "set", p.host_veth, "up"])
+        run(host(["ip", "link", "add", p.host_veth, "type", "veth", "peer", "name", p.ns_veth, "netns", p.ns]))
+    run(host(["ip", "addr", "replace", f"{host_ip}/30", "dev", p.host_veth]))
+    run(host(["ip", "link", "set", p.host_veth, "up"]))
     nsrun(p.ns, ["ip", "addr", "replace", f"{ns_ip}/30", "dev", p.ns_veth])
     nsrun(p.ns, ["ip", "link", "set", p.ns_veth, "up"])
     nsrun(p.ns, ["ip", "route", "replace", "default", "via", host_ip])
@@ -123,10 +135,9 @@ def _ensure_nat(p: NetPlan) -> None:
     # Host side: remember ip_forward as it was, so `down` can put it back.
     STATE_DIR.mkdir(parents=True, exist_ok=True)
     saved = STATE_DIR / f"{p.ns}.ip_forward"
-    fwd = Path("/proc/sys/net/ipv4/ip_forward")
     if not saved.exists():
-        saved.write_text(fwd.read_text().strip())
-    fwd.write_text("1")
+        saved.write_text(out(host(["sysctl", "-n", "net.ipv4.ip_forward"])).strip())
+    run(host(["sysctl", "-qw", "net.ipv4.ip_forward=1"]))
     c = ["-m", "comment", "--comment", p.comment]
     _ipt(["POSTROUTING", "-s", str(p.link), "!", "-o", p.host_veth, "-j", "MASQUERADE", *c], "nat")
     # Order matters: each -I goes to the top, so the DROP is inserted first and ends up last.
@@ -141,10 +152,10 @@ def _ensure_nat(p: NetPlan) -> None:
 
 def _drop_host_rules(comment: str) -> None:
     for table in ("filter", "nat"):
-        for line in out(["iptables", "-w", "-t", table, "-S"]).splitlines():
+        for line in out(host(["iptables", "-w", "-t", table, "-S"])).splitlines():
             words = shlex.split(line)
             if words[:1] == ["-A"] and comment in words:
-                run(["iptables", "-w", "-t", table, "-D", *words[1:]], check=False)
+                run(host(["iptables", "-w", "-t", table, "-D", *words[1:]]), check=False)
 
 
 def teardown(p: NetPlan) -> None:
@@ -166,13 +177,13 @@ def teardown(p: NetPlan) -> None:
                 pass
         run(["ip", "netns", "del", p.ns])
     if _link_exists(p.host_veth):
-        run(["ip", "link", "del", p.host_veth])
+        run(host(["ip", "link", "del", p.host_veth]))
     _drop_host_rules(p.comment)
     saved = STATE_DIR / f"{p.ns}.ip_forward"
     if saved.exists():
         others = [f for f in STATE_DIR.glob("*.ip_forward") if f != saved]
         if not others:
-            Path("/proc/sys/net/ipv4/ip_forward").write_text(saved.read_text().strip() or "0")
+            run(host(["sysctl", "-qw", f"net.ipv4.ip_forward={saved.read_text().strip() or '0'}"]))
         saved.unlink()
 
 
@@ -182,7 +193,10 @@ def join(ns: str) -> None:
     The control plane then reaches 10.0.5.x as it would from a host on vmbr0 (Python 3.11 has no
     os.setns, hence libc).
     """
+    global _HOST_NS
     libc = ctypes.CDLL(None, use_errno=True)
+    if _HOST_NS is None:
+        _HOST_NS = os.open("/proc/self/ns/net", os.O_RDONLY)
     fd = os.open(f"/run/netns/{ns}", os.O_RDONLY)
     try:
         if libc.setns(fd, CLONE_NEWNET) != 0:

@@ -141,10 +141,13 @@ class RetryPolicy:
 class PveApi:
     def __init__(self, host: str, token_id: str, token_secret: str, *, verify: bool | str = True,
                  timeout: float = 30, retry: RetryPolicy | None = None, task_timeout: float = 600,
-                 poll: tuple[float, float] = (0.05, 1.0), sleep: Callable[[float], None] = time.sleep):
+                 poll: tuple[float, float] = (0.05, 1.0), sleep: Callable[[float], None] = time.sleep,
+                 password: str | None = None):
+        """`token_id` is USER@REALM!NAME. With `password` (root's one-time template step only),
+        `token_id` is a plain USER@REALM and a ticket login is used instead."""
         user, _, token_name = token_id.partition("!")
-        self._args = dict(user=user, token_name=token_name, token_value=token_secret, verify_ssl=verify,
-                          timeout=timeout)
+        auth = dict(password=password) if password is not None else dict(token_name=token_name, token_value=token_secret)
+        self._args = dict(user=user, verify_ssl=verify, timeout=timeout, **auth)
         self.host = host
         self.retry = retry or RetryPolicy()
         self.task_timeout = task_timeout

@@ -21,7 +21,7 @@ from typing import Callable
 
 from aicommons.catalog import load_catalog
 from aicommons.drivers.base import ContainerState, ExecResult
-from aicommons.drivers.proxmox import ctconfig
+from aicommons.drivers.proxmox import ctconfig, provision
 from aicommons.drivers.proxmox.api import ApiError, CtConfig, Guest, PveApi, RetryPolicy
 from aicommons.drivers.proxmox.placement import NodeCapacity, Placement, Want
 from aicommons.drivers.proxmox.shell import NodeShell, ParamikoShell, pct_exec, pct_push
@@ -318,6 +318,13 @@ class ProxmoxDriver:
             if time.monotonic() > deadline:
                 raise TemporaryError(f"container {ctid} ({ip}) on {node} did not answer within {timeout:g}s", delay=10)
             self.api.sleep(self.ready_poll)
+        if self._runs_docker(cfg):  # ready = the bundle can run: Docker + compose are there
+            provision.ensure_docker(self, ctid)
+
+    def _runs_docker(self, cfg: CtConfig) -> bool:
+        tags = set(cfg.get("tags", "").split(";"))
+        host = cfg.get("hostname", "")
+        return "user" in tags or host in self.docker_services or host.rsplit("-", 1)[0] in self.docker_services
 
     def close(self) -> None:
         self.shell.close()

@@ -28,6 +28,7 @@ class Reality:
     traefik: dict[str, str]  # file name -> sha256
     applied: dict  # address -> state.store.Applied
     allocations: dict[str, int] = field(default_factory=dict)  # ctid -> user (from state)
+    unread: set[str] = field(default_factory=set)  # back ends that could not be read
 
 
 def fp(*parts) -> str:
@@ -132,7 +133,10 @@ class Planner:
                 rec = self.real.applied.get(sid)
                 step = Step(sid, "tenant", "no-op", "exists as planned", 0, t.user, addrs, fingerprint=f,
                             payload=(b, t))
-                if missing and len(missing) == len(addrs):
+                if b.name in self.real.unread:
+                    step.action = "update" if rec is not None else "create"
+                    step.reason = f"{b.name} cannot be read yet; ensure once it runs"
+                elif missing and len(missing) == len(addrs):
                     step.action, step.reason = "create", "does not exist"
                 elif missing:
                     step.action, step.reason = "update", "missing " + ", ".join(missing)

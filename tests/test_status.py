@@ -154,3 +154,24 @@ def test_refused_port_is_down():
     c = Check(name="x", kind="http", host="127.0.0.1", port=free_port(), phase=2)
     (r,) = asyncio.run(sweep([c], timeout=1))
     assert r.state == "down" and "refused" in r.reason.lower()
+
+
+def test_cli_exit_code_and_json(tmp_path, capsys):
+    """Through `aicommons status`: every address mapped to a closed loopback port -> critical (2)."""
+    import yaml
+
+    from aicommons.cli import main
+
+    site = tmp_path / "site.yaml"
+    site.write_text(render_site_yaml(users=2))
+    from aicommons.spec.load import load_site
+
+    dead = f"127.0.0.1:{free_port()}"
+    checks = plan_checks(resolve(load_site(site)[0]))
+    (tmp_path / "t.yaml").write_text(yaml.safe_dump({c.address: dead for c in checks}))
+    assert main(["status", "-f", str(site), "--targets", str(tmp_path / "t.yaml"), "--json", "--timeout", "1"]) == 2
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["verdict"] == "critical"
+    assert {c["address"] for c in doc["checks"] if c["state"] != "skipped"} == {dead}
+    assert main(["status", "-f", str(site), "--target", "nonsense"]) == 1
+    assert "PLAN_HOST:PORT=ACTUAL_HOST:PORT" in capsys.readouterr().err

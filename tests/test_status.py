@@ -1,4 +1,5 @@
-"""`aicommons status`: real PostgreSQL 15 (the `pg` fixture) and a real Redis 7 started here;
+"""`aicommons status`: real PostgreSQL 15 and Redis 7 (the `pg` and `redis_server` fixtures; the
+stopped-Redis test starts and stops its own real Redis);
 Ollama, Traefik's API and the per-user apps are loopback HTTP stand-ins (aicommons.ops.loopback).
 Every plan address is mapped to a loopback port: no traffic leaves 127.0.0.1."""
 
@@ -24,13 +25,6 @@ def resolved():
     site, _ = load_text(text)
     site = site.model_copy(update={"models": ["llama3.2"]})
     return resolve(site)
-
-
-@pytest.fixture(scope="module")
-def redis_own():
-    srv = start_redis()
-    yield srv
-    srv.cleanup()
 
 
 @pytest.fixture(scope="module")
@@ -72,17 +66,17 @@ def _by_name(results):
     return {r.check.name: r for r in results}
 
 
-def test_every_check_is_retargeted_to_loopback(resolved, pg, redis_own, stand_ins):
-    checks = plan_checks(resolved, targets=_targets(resolved, pg, redis_own, stand_ins))
+def test_every_check_is_retargeted_to_loopback(resolved, pg, redis_server, stand_ins):
+    checks = plan_checks(resolved, targets=_targets(resolved, pg, redis_server, stand_ins))
     assert all(c.host == "127.0.0.1" for c in checks if not c.skip_reason)
     names = {c.name for c in checks}
     assert {"postgres", "redis", "qdrant", "ollama", "traefik", "user1/openwebui", "user3/flowise"} <= names
     assert next(c for c in checks if c.name == "qdrant").path == "/readyz"
 
 
-def test_healthy_site(resolved, pg, redis_own, stand_ins):
-    code, results = run_status(resolved, secrets=_secrets(pg, redis_own),
-                               targets=_targets(resolved, pg, redis_own, stand_ins), timeout=5)
+def test_healthy_site(resolved, pg, redis_server, stand_ins):
+    code, results = run_status(resolved, secrets=_secrets(pg, redis_server),
+                               targets=_targets(resolved, pg, redis_server, stand_ins), timeout=5)
     bad = [(r.check.name, r.state, r.reason) for r in results if r.state not in ("ok", "skipped")]
     assert bad == [] and code == HEALTHY
     doc = to_json(code, results)
@@ -90,18 +84,18 @@ def test_healthy_site(resolved, pg, redis_own, stand_ins):
     assert "password" not in json.dumps(doc).lower() or pg.password not in json.dumps(doc)
 
 
-def test_wrong_password_is_down_with_reason(resolved, pg, redis_own, stand_ins):
+def test_wrong_password_is_down_with_reason(resolved, pg, redis_server, stand_ins):
     wrong = lambda scope, key: "wrong"  # noqa: E731
-    code, results = run_status(resolved, secrets=wrong, targets=_targets(resolved, pg, redis_own, stand_ins))
+    code, results = run_status(resolved, secrets=wrong, targets=_targets(resolved, pg, redis_server, stand_ins))
     r = _by_name(results)
     assert r["postgres"].state == "down" and "password" in r["postgres"].reason
     assert r["redis"].state == "down" and code == CRITICAL
 
 
-def test_missing_model_degrades_ollama(resolved, pg, redis_own, stand_ins):
+def test_missing_model_degrades_ollama(resolved, pg, redis_server, stand_ins):
     site = resolved.site.model_copy(update={"models": ["llama3.2", "qwen3:8b"]})
-    code, results = run_status(resolve(site), secrets=_secrets(pg, redis_own),
-                               targets=_targets(resolved, pg, redis_own, stand_ins))
+    code, results = run_status(resolve(site), secrets=_secrets(pg, redis_server),
+                               targets=_targets(resolved, pg, redis_server, stand_ins))
     assert _by_name(results)["ollama"].reason == "models not pulled: qwen3:8b"
 
 
@@ -115,12 +109,12 @@ def test_stopped_redis_is_critical(resolved, pg, stand_ins):
     assert r.state == "down" and r.check.critical and "127.0.0.1" in r.reason
 
 
-def test_slow_endpoint_is_slow_not_a_hang(resolved, pg, redis_own, stand_ins):
-    targets = _targets(resolved, pg, redis_own, stand_ins, slow_check="user2/n8n")
+def test_slow_endpoint_is_slow_not_a_hang(resolved, pg, redis_server, stand_ins):
+    targets = _targets(resolved, pg, redis_server, stand_ins, slow_check="user2/n8n")
     out: dict = {}
 
     def run():
-        out["v"] = run_status(resolved, secrets=_secrets(pg, redis_own), targets=targets, timeout=0.5)
+        out["v"] = run_status(resolved, secrets=_secrets(pg, redis_server), targets=targets, timeout=0.5)
 
     t = threading.Thread(target=run, daemon=True)
     t.start()

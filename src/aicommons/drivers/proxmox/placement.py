@@ -96,7 +96,7 @@ class Placement:
                 short_mem += w.mem_mb
                 short_cores += w.cores
                 continue
-            best = max(candidates, key=lambda n: (n.free(self.reserve_mb, self.cpu_ratio), n.name))
+            best = min(candidates, key=lambda n: (*(-x for x in n.free(self.reserve_mb, self.cpu_ratio)), n.name))
             best.used_mem_mb += w.mem_mb
             best.used_cores += w.cores
             self.assigned[w.ctid] = best.name

@@ -54,16 +54,18 @@ def site(tmp_path, monkeypatch):
     return write_site(tmp_path / "site.yaml", users=4)
 
 
-def wait_for_lock(site: Path) -> None:
+def wait_for(site: Path, query: str = "SELECT pid FROM lock") -> None:
+    """Until the child holds the lock (or, with another query, has got that far)."""
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
-        st = StateStore.open(default_path(site))
-        held = st._read("SELECT pid FROM lock")
-        st.close()
-        if held:
-            return
+        if default_path(site).exists():
+            st = StateStore.open(default_path(site))
+            held = st._read(query)
+            st.close()
+            if held:
+                return
         time.sleep(0.05)
-    raise AssertionError("the child never took the lock")
+    raise AssertionError("the child never got there")
 
 
 def check_converged(site: Path, world: Path, seen_secrets: dict) -> None:
@@ -120,7 +122,7 @@ def test_second_apply_is_refused_naming_the_holder_then_waits(site, tmp_path):
     world = tmp_path / "world"
     p = child(site, world, delay=0.05)
     try:
-        wait_for_lock(site)
+        wait_for(site)
         with pytest.raises(LockHeld, match=rf"pid {p.pid}"):
             apply(site, world, out=io.StringIO())
         r = apply(site, world, out=io.StringIO(), lock_timeout=120)  # waits for the first to finish
@@ -136,10 +138,14 @@ def test_second_apply_is_refused_naming_the_holder_then_waits(site, tmp_path):
 def test_dead_holders_lock_is_broken_and_said_so(site, tmp_path):
     world = tmp_path / "world"
     p = child(site, world, delay=0.05)
-    wait_for_lock(site)
+    wait_for(site, "SELECT 1 FROM journal")
     p.send_signal(signal.SIGKILL)
     p.wait()
     out = io.StringIO()
     r = apply(site, world, out=out)
     assert r.ok
     assert "broke the lock of a dead process" in out.getvalue() and f"pid {p.pid}" in out.getvalue()
+    assert "was interrupted during" in out.getvalue()
+    st = StateStore.open(default_path(site))
+    assert [r.outcome for r in st.runs()] == ["ok", "interrupted"]
+    assert st.unfinished_steps() and st.runs()[1].summary["interrupted_steps"]

@@ -224,6 +224,9 @@ def apply_site(site_file, *, state_path=None, targets=None, yes: bool = True, dr
         rep = Reporter(out, redact, s.state.path.parent / "logs")
         if lock.broken:
             rep.line(f"note: broke the lock of a dead process ({lock.broken.describe()})")
+        for run_id, cmd, cut in s.state.mark_interrupted():
+            rep.line(f"note: run {run_id} ({cmd}) was interrupted" + (f" during {', '.join(cut[:5])}" if cut else "")
+                     + "; this run redoes whatever is still needed")
         plan = select(build_plan(s, destroy=destroy), targets)
         redact.refresh()
         if saved is not None:

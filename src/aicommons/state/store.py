@@ -289,6 +289,15 @@ class StateStore:
         return self._read("SELECT run_id, address, action, status, detail FROM journal WHERE run_id = ? ORDER BY id",
                           (run_id,))
 
+    def mark_interrupted(self) -> list[tuple[int, str, list[str]]]:
+        """Close runs left 'running' by a dead process (call with the lock held): (id, command, steps cut short)."""
+        out = []
+        for run_id, command in self._read("SELECT id, command FROM runs WHERE outcome = 'running'"):
+            cut = [a for r, a, _ in self.unfinished_steps() if r == run_id]
+            self.finish_run(run_id, "interrupted", {"interrupted_steps": cut})
+            out.append((run_id, command, cut))
+        return out
+
     def unfinished_steps(self) -> list[tuple[int, str, str]]:
         """Steps journaled as started with no end: a run that died mid-step (the next apply redoes them)."""
         return self._read(

@@ -176,6 +176,9 @@ def test_destroy_then_restore_everything_is_identical(first_backup, src, resolve
     assert "database openwebui_bk2" in done and "redis user u_bk2" in done
     after = {t.user: fingerprint(src, t) for t in resolved.tenants}
     assert after == before
+    r = redis.Redis(host=src.redis.host, port=src.redis.port, username=src.redis.user, password=src.redis.password)
+    assert r.get("langfuse:queue") == b"site-0"  # shared services' keys come back too
+    r.close()
 
 
 def test_restore_one_user_leaves_the_others_alone(first_backup, src, resolved):

@@ -169,3 +169,23 @@ def test_cli_exit_code_and_json(tmp_path, capsys):
     assert {c["address"] for c in doc["checks"] if c["state"] != "skipped"} == {dead}
     assert main(["status", "-f", str(site), "--target", "nonsense"]) == 1
     assert "PLAN_HOST:PORT=ACTUAL_HOST:PORT" in capsys.readouterr().err
+
+
+def test_status_reads_secrets_but_never_creates_them(tmp_path):
+    """A real state store (issue 4) beside the site file: a missing admin secret is not generated."""
+    from aicommons.cli.ops import secrets_for
+    from aicommons.ops.status import _credentials
+    from aicommons.spec.load import load_site
+    from aicommons.state.store import StateStore, default_path
+
+    site_file = tmp_path / "site.yaml"
+    site_file.write_text(render_site_yaml(users=1))
+    site = load_site(site_file)[0]
+    store = StateStore.open(default_path(site_file))
+    store.secrets().get("site", "postgres_admin_password")  # applied once: this one exists
+    lookup = secrets_for(site_file, site)
+    res = resolve(site)
+    user, pw = _credentials(res, "postgres", lookup, tmp_path)
+    assert user == "postgres" and pw == store.secrets().get("site", "postgres_admin_password")
+    assert _credentials(res, "redis", lookup, tmp_path) == ("admin", None)
+    assert store.secrets().version("site", "redis_admin_password") == 0

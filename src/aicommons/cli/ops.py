@@ -35,7 +35,15 @@ def secrets_for(site_file: Path, site, required: bool = False):
 
     store = StateStore.open(path, create=False)
     ks = KeySource.default(path.parent, site.secrets.key_file, site.secrets.key_env)
-    return store.secrets(ks)
+    secrets = store.secrets(ks)
+    if required:
+        return secrets
+
+    def existing(scope: str, key: str) -> str:
+        if not secrets.version(scope, key):  # status only reads: it must not generate a secret
+            raise KeyError(f"{scope}/{key}")
+        return secrets.get(scope, key)
+    return existing
 
 
 def status(

@@ -38,7 +38,10 @@ def _credentials(resolved: ResolvedSite, service: str, secrets: Lookup | None,
         return ext.admin_user or DEFAULT_ADMIN[service], pw
     if secrets is None:
         return DEFAULT_ADMIN[service], None
-    return DEFAULT_ADMIN[service], secrets("site", ADMIN_SECRET[service])
+    try:
+        return DEFAULT_ADMIN[service], secrets("site", ADMIN_SECRET[service])
+    except KeyError:  # not generated yet: check without logging in
+        return DEFAULT_ADMIN[service], None
 
 
 def plan_checks(resolved: ResolvedSite, *, secrets: Lookup | None = None,

@@ -126,9 +126,18 @@ def restore_keys(r: redis.Redis, match: str, path: Path | None) -> int:
     entries = read_keys(path) if path is not None and path.exists() else []
     for batch in _scan(r, match):
         r.unlink(*batch)
+    return _restore(r, entries)
+
+
+def restore_site_keys(r: redis.Redis, path: Path) -> int:
+    """Put shared services' keys back (REPLACE); keys made since are left: no prefix bounds them."""
+    return _restore(r, read_keys(path))
+
+
+def _restore(r: redis.Redis, entries: list[tuple[bytes, int, bytes]]) -> int:
     pipe = r.pipeline(transaction=False)
     for key, ttl, data in entries:
-        pipe.restore(key, max(ttl, 0), data, replace=True)
+        pipe.restore(key, max(ttl, 0), data, replace=True)  # ttl: ms left at dump time, 0 = none
     pipe.execute()
     return len(entries)
 

@@ -203,7 +203,8 @@ def restore_backup(resolved: ResolvedSite, repo: Repo, backup_id: str, src: Sour
                     continue
                 say(f"redis {it.name}")
                 if it.name == rk.SITE_GROUP:
-                    continue  # shared services' keys: restored from dump.rdb (see docs/operations.md)
+                    done.append(f"redis {rk.restore_site_keys(r, root / it.path)} shared-service keys")
+                    continue
                 t = resolved.tenant(it.name)
                 n = rk.restore_keys(r, rk.glob_escape(t.redis_prefix) + "*", root / it.path)
                 if rk.restore_acl_user(r, acl, t.redis_user):

@@ -155,3 +155,18 @@ def test_remove_unknown_user_is_a_clear_error(site, capsys):
     assert cli("users", "remove", "zed", "-f", str(site)) == 2
     err = capsys.readouterr().err
     assert "no user 'zed'" in err and "users list" in err and "Traceback" not in err
+
+
+def test_append_keeps_layout_and_comments(tmp_path):
+    text = SITE.format(pg=5432, redis=6379).replace(
+        "  - name: alice   # the first user\n",
+        "  - name: alice   # the first user\n    email: alice@example.org\n# people above\nmodels: []\n")
+    out = manage._append_text(text, {"name": "bob", "email": "bob@example.org"})
+    assert out == text.replace("# people above", '  - name: bob\n    email: "bob@example.org"\n# people above')
+    # layouts the fast path does not handle fall back to the ruamel round trip, comments kept
+    for users in ("users: []  # none yet\n", "users: [{name: alice}]  # flow\n", ""):
+        f = tmp_path / "s.yaml"
+        f.write_text(SITE.format(pg=5432, redis=6379).split("users:")[0] + users)
+        assert manage.append_user(f, manage.validate_new_user("bob", None))
+        assert manage.user_names(f)[-1] == "bob" and "# a small site" in f.read_text()
+        assert not manage.append_user(f, manage.validate_new_user("bob", None))  # a re-run adds nothing

@@ -62,11 +62,19 @@ def _write_atomic(path: Path, text: str) -> None:
     tmp.replace(path)
 
 
-def _edit_users(site_file: Path, change) -> None:
-    """Round-trip site.yaml through ruamel, apply `change(users_seq)`, check the result, write it."""
+def _check_and_write(site_file: Path, text: str) -> None:
     from aicommons.plan import check
     from aicommons.spec.load import load_text
 
+    site, index = load_text(text)  # the new file must load and resolve before it replaces the old one
+    problems = check(site, index=index)
+    if problems:
+        raise SiteInvalid(problems)
+    _write_atomic(site_file, text)
+
+
+def _edit_users(site_file: Path, change) -> None:
+    """Round-trip site.yaml through ruamel, apply `change(users_seq)`, check the result, write it."""
     y = _yaml()
     data = y.load(site_file.read_text(encoding="utf-8"))
     if data.get("users") is None:
@@ -74,12 +82,42 @@ def _edit_users(site_file: Path, change) -> None:
     change(data["users"])
     buf = io.StringIO()
     y.dump(data, buf)
-    text = buf.getvalue()
-    site, index = load_text(text)  # the new file must load and resolve before it replaces the old one
-    problems = check(site, index=index)
-    if problems:
-        raise SiteInvalid(problems)
-    _write_atomic(site_file, text)
+    _check_and_write(site_file, buf.getvalue())
+
+
+def _append_text(text: str, entry: dict) -> str | None:
+    """Fast path: insert one entry after the last item of a block-style `users:` list, touching
+    nothing else. None when the layout is anything else (then ruamel does the edit)."""
+    import json
+
+    import yaml
+
+    try:
+        root = yaml.compose(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+    except yaml.YAMLError:
+        return None
+    node = next((v for k, v in getattr(root, "value", []) if getattr(k, "value", None) == "users"), None)
+    if not isinstance(node, yaml.SequenceNode) or node.flow_style or not node.value:
+        return None
+    lines = text.splitlines(keepends=True)
+    first = lines[node.value[0].start_mark.line]
+    dash = first.find("-")
+    if dash < 0 or first[:dash].strip():
+        return None
+    last = node.value[-1]
+    while isinstance(last, (yaml.MappingNode, yaml.SequenceNode)) and last.value and not last.flow_style:
+        last = last.value[-1][1] if isinstance(last, yaml.MappingNode) else last.value[-1]
+    end = last.end_mark  # a block node's own end runs on over following comments; a leaf's does not
+    at = end.line + (1 if end.column > 0 else 0)
+    if at > len(lines):
+        return None
+    pad = first[:dash]
+    new = f"{pad}- name: {entry['name']}\n"
+    if entry.get("email"):
+        new += f"{pad}  email: {json.dumps(entry['email'])}\n"
+    if at == len(lines) and lines and not lines[-1].endswith("\n"):
+        lines[-1] += "\n"
+    return "".join(lines[:at]) + new + "".join(lines[at:])
 
 
 def user_names(site_file: Path) -> list[str]:
@@ -96,7 +134,11 @@ def append_user(site_file: Path, user: User) -> bool:
     entry = {"name": user.name}
     if user.email:
         entry["email"] = user.email
-    _edit_users(site_file, lambda users: users.append(entry))
+    fast = _append_text(site_file.read_text(encoding="utf-8"), entry)
+    if fast is not None:
+        _check_and_write(site_file, fast)
+    else:
+        _edit_users(site_file, lambda users: users.append(entry))
     return True
 
 

@@ -1,0 +1,54 @@
+"""Which back ends a site gets and where their admin credentials come from. Pure: nothing is
+contacted (back ends connect lazily), no server is simulated."""
+
+from __future__ import annotations
+
+import pytest
+
+from aicommons.errors import PermanentError
+from aicommons.plan import resolve
+from aicommons.spec.load import load_text
+from aicommons.tenancy.registry import backends_for
+from tests.standins.helpers import DictSecrets, resolved_site
+
+
+def test_site_made_servers_use_site_secrets(tmp_path):
+    r = resolved_site(2)
+    s = DictSecrets()
+    bs = {b.name: b for b in backends_for(r, s, tmp_path)}
+    assert sorted(bs) == ["langfuse", "postgres", "qdrant", "redis", "s3"]
+    assert (bs["postgres"].host, bs["postgres"].port) == ("10.0.5.102", 5432)
+    assert bs["postgres"].admin_password == s("site", "postgres_admin_password")
+    assert bs["redis"].admin_user == "admin" and bs["redis"].admin_password == s("site", "redis_admin_password")
+    assert bs["qdrant"].api_key == s("site", "qdrant_api_key")
+    assert str(bs["postgres"].archive_dir) == "/var/backups/aicommons/removed"
+
+
+def _external_site(extra: str) -> str:
+    return f"""version: 1
+name: ext
+domain: example.org
+driver: {{kind: lxc}}
+services:
+  ollama: {{}}
+  postgres:
+    external: {{host: db.example.org, port: 6543, admin_user: boss{extra}}}
+user_template: {{apps: [n8n]}}
+backups: {{dir: bk}}
+users: [{{name: alice}}]
+"""
+
+
+def test_external_servers_use_site_yaml_refs(tmp_path, monkeypatch):
+    monkeypatch.setenv("AIC_EXT_PG", "from-env")
+    site, _ = load_text(_external_site(', admin_password: "env:AIC_EXT_PG"'))
+    (pgb,) = backends_for(resolve(site), DictSecrets(), tmp_path)
+    assert (pgb.host, pgb.port, pgb.admin_user, pgb.admin_password) == ("db.example.org", 6543, "boss", "from-env")
+    assert pgb.archive_dir == tmp_path / "bk" / "removed"
+    site, _ = load_text(_external_site(""))
+    with pytest.raises(PermanentError, match="services.postgres.external.admin_password"):
+        backends_for(resolve(site), DictSecrets(), tmp_path)
+    monkeypatch.delenv("AIC_EXT_PG")
+    site, _ = load_text(_external_site(', admin_password: "env:AIC_EXT_PG"'))
+    with pytest.raises(PermanentError, match="AIC_EXT_PG is not set"):
+        backends_for(resolve(site), DictSecrets(), tmp_path)

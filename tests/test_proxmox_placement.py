@@ -14,10 +14,17 @@ def cluster(gpu=("c",), mem=65536, cores=32, templates=("a", "b", "c")):
     return {n: NodeCapacity(n, mem, cores, gpu=n in gpu, has_template=n in templates) for n in ("a", "b", "c")}
 
 
-def test_spreads_by_free_memory_and_keeps_gpu_node_for_gpu_work():
+def test_spreads_clones_evenly_over_the_templates():
     wants = [Want(200 + i, f"u{i}", 8192, 4, needs_template=True) for i in range(6)]
     got = Placement(cluster(), reserve_mb=0).place(wants)
-    assert sorted(got.values()).count("a") == 3 and sorted(got.values()).count("b") == 3
+    assert sorted(got.values()) == ["a", "a", "b", "b", "c", "c"]
+
+
+def test_gpu_work_gets_the_gpu_node_first_whatever_the_order():
+    caps = cluster(mem=32768)
+    wants = [Want(200 + i, f"u{i}", 16384, 2) for i in range(5)] + [Want(100, "ollama", 32768, 8, gpu="optional")]
+    got = Placement(caps, reserve_mb=0).place(wants[:4] + wants[5:])  # 4 users + ollama: all fit
+    assert got[100] == "c" and "c" not in [got[w.ctid] for w in wants[:4]]
 
 
 @pytest.mark.parametrize("gpu,nodes,expect", [

@@ -4,9 +4,12 @@ Committed resources count, not momentary use: a node's free memory is its total 
 memory of every guest already on it (running or not) and a reserve for the host itself; cores
 likewise, times an allowed overcommit ratio. Rules, in order:
 1. a pinned container goes to its node (refused if it does not fit there);
-2. GPU `required` only on GPU nodes; GPU `optional` prefers GPU nodes; others prefer non-GPU nodes;
+2. GPU `required` only on GPU nodes; GPU `optional` prefers GPU nodes; both are placed before
+   everything else, so the GPU nodes' room goes to them first;
 3. user containers (cloned) only on nodes that hold a template, unless the template is on shared storage;
-4. among the allowed nodes, the one with the most free memory (spreads load, keeps big holes).
+4. among the allowed nodes, the one with the most free memory (spreads load, keeps big holes);
+   for cloned containers, first the node with the fewest clones queued: a template clones one at
+   a time, so even queues finish soonest.
 Big containers are placed first, so a plan that fits is not refused for the order it came in.
 """
 
@@ -26,6 +29,7 @@ class NodeCapacity:
     used_cores: int = 0
     gpu: bool = False
     has_template: bool = True
+    clones: int = 0  # clones assigned here in this placement (each node's template clones one at a time)
 
     def free(self, reserve_mb: int, cpu_ratio: float) -> tuple[int, float]:
         return self.mem_mb - reserve_mb - self.used_mem_mb, self.cores * cpu_ratio - self.used_cores
@@ -82,21 +86,22 @@ class Placement:
 
     def place(self, wants: list[Want]) -> dict[int, str]:
         """Assign every want to a node, or raise PermanentError listing all that do not fit."""
-        order = sorted(wants, key=lambda w: (w.pinned is None, w.gpu != "required", -w.mem_mb, -w.cores, w.ctid))
+        order = sorted(wants, key=lambda w: (w.pinned is None, w.gpu != "required", w.gpu != "optional",
+                                             -w.mem_mb, -w.cores, w.ctid))
         problems: list[str] = []
         short_mem = short_cores = 0
         for w in order:
             candidates = [n for n in self._allowed(w) if self._fits(n, w)]
             if w.gpu == "optional" and any(n.gpu for n in candidates):
                 candidates = [n for n in candidates if n.gpu]
-            elif w.gpu == "none" and any(not n.gpu for n in candidates):
-                candidates = [n for n in candidates if not n.gpu]
             if not candidates:
                 problems.append(f"{w.label} (CT {w.ctid}, {w.mem_mb} MiB, {w.cores} cores): {self._why_not(w)}")
                 short_mem += w.mem_mb
                 short_cores += w.cores
                 continue
-            best = min(candidates, key=lambda n: (*(-x for x in n.free(self.reserve_mb, self.cpu_ratio)), n.name))
+            best = min(candidates, key=lambda n: (n.clones if w.needs_template else 0,
+                                                  *(-x for x in n.free(self.reserve_mb, self.cpu_ratio)), n.name))
+            best.clones += int(w.needs_template)
             best.used_mem_mb += w.mem_mb
             best.used_cores += w.cores
             self.assigned[w.ctid] = best.name

@@ -197,6 +197,7 @@ def test_static_config_http01_by_default_dns01_with_wildcard():
     s = make_site(1)
     st = static_config(s)
     assert st["providers"]["file"] == {"directory": "/opt/traefik-stack/dynamic", "watch": True}
+    assert st["providers"]["providersThrottleDuration"] == "1s"
     assert st["certificatesResolvers"]["letsencrypt"]["acme"]["httpChallenge"] == {"entryPoint": "web"}
     assert st["entryPoints"]["web"]["http"]["redirections"]["entryPoint"]["to"] == "websecure"
     assert "insecure" not in st["api"] and st["ping"] == {"entryPoint": "ping"}

@@ -150,7 +150,9 @@ def static_config(resolved: ResolvedSite) -> dict:
             "websecure": websecure,
             "ping": {"address": ":8082"},
         },
-        "providers": {"file": {"directory": t.dynamic_dir, "watch": True}},
+        # Throttle 1s (default 2s): a new user's route is served sooner; write_tree renames each
+        # file once, so a burst of user files still lands in one or two reloads.
+        "providers": {"providersThrottleDuration": "1s", "file": {"directory": t.dynamic_dir, "watch": True}},
         "certificatesResolvers": {RESOLVER: {"acme": acme}},
         # No `insecure`: the API is reached only through the operator-only `traefik-api` router.
         "api": {"dashboard": True},

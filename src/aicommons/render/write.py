@@ -67,16 +67,20 @@ def check_all(files: Iterable[RenderedFile]) -> None:
         raise RenderError("refusing to write files that do not parse (nothing was written):\n  " + "\n  ".join(bad))
 
 
+def _same(target: Path, f: RenderedFile, data: bytes) -> bool:
+    try:
+        st = target.stat()
+    except FileNotFoundError:
+        return False
+    return st.st_mode & 0o7777 == f.mode and st.st_size == len(data) and target.read_bytes() == data
+
+
 def write_file(out_dir: Path, f: RenderedFile) -> bool:
     """Write one file atomically; False when it already holds this content and mode."""
     target = out_dir / Path(*_safe_rel(f.path).parts)
     data = f.content.encode()
-    try:
-        st = target.stat()
-        if st.st_mode & 0o7777 == f.mode and st.st_size == len(data) and target.read_bytes() == data:
-            return False
-    except FileNotFoundError:
-        pass
+    if _same(target, f, data):
+        return False
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_name(f".{target.name}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, f.mode)
@@ -105,12 +109,16 @@ def write_tree(files: Mapping[str, RenderedFile] | Iterable[RenderedFile], out_d
     `traefik/dynamic` so a removed user's routes disappear. Only regular files directly inside.
     """
     items = list(files.values()) if isinstance(files, Mapping) else list(files)
-    for f in items:
-        _safe_rel(f.path)
-    check_all(items)
     out = Path(out_dir)
     result = WriteResult()
+    changed = []
     for f in items:
+        if _same(out / Path(*_safe_rel(f.path).parts), f, f.content.encode()):
+            result.unchanged.append(f.path)
+        else:
+            changed.append(f)
+    check_all(changed)  # only what would be written; what is on disk already passed
+    for f in changed:
         (result.written if write_file(out, f) else result.unchanged).append(f.path)
     keep = {f.path for f in items}
     for d in prune:

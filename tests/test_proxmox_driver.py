@@ -15,7 +15,7 @@ import yaml
 from aicommons.drivers.proxmox.api import RetryPolicy
 from aicommons.drivers.proxmox.converge import converge
 from aicommons.drivers.proxmox.driver import ProxmoxDriver
-from aicommons.errors import PermanentError
+from aicommons.errors import PermanentError, TemporaryError
 from aicommons.plan.resolve import resolve
 from aicommons.spec.load import load_text
 from tests.pvesim import Simulator
@@ -101,8 +101,8 @@ def test_firewall_applied_then_unchanged(seeded):
 
     sim, site, resolved, driver, _ = seeded
     plan = firewall_plan(resolved)
-    first = apply_firewall(driver.api, plan, driver.node_of)
-    assert first.writes > 0
+    first = driver.apply_firewall(resolved)
+    assert first.writes > 0 and "datacenter firewall is disabled" in first.notes[0]
     assert [r["action"] for r in sim.cluster.fw_rules[200]] == ["aic-user"]
     assert sim.cluster.fw_options["200"]["policy_in"] == "DROP"
     users_set = sim.cluster.fw_ipsets[("cluster", "aic-users")]
@@ -232,3 +232,13 @@ def test_pinned_nodes_are_honoured():
         assert where[102] == "pve1" and where[103] == "pve3" and where[200] == "pve3" and where[201] == "pve2"
     finally:
         sim.close()
+
+
+def test_wait_ready_uses_the_injected_probe_and_times_out_clearly(seeded):
+    sim, site, resolved, _, _ = seeded
+    asked = []
+    driver = driver_of(sim, site, probe=lambda node, ip: asked.append((node, ip)) or False)
+    with pytest.raises(TemporaryError) as e:
+        driver.wait_ready(203, timeout=0.05)
+    assert "10.0.5.203" in str(e.value) and "did not answer" in str(e.value)
+    assert asked and set(asked) == {(sim.cluster.cts[203].node, "10.0.5.203")}

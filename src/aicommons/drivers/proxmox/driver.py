@@ -292,6 +292,18 @@ class ProxmoxDriver:
         with self._lock:
             self._where.pop(ctid, None)
 
+    def apply_firewall(self, resolved):
+        """The site's firewall (render.firewall.firewall_plan) through the API; only differences are written."""
+        from aicommons.drivers.proxmox.firewall import apply_firewall
+        from aicommons.render.firewall import firewall_plan
+
+        def node_or_none(ctid: int) -> str | None:
+            try:
+                return self.node_of(ctid)
+            except PermanentError:
+                return None
+        return apply_firewall(self.api, firewall_plan(resolved), node_or_none)
+
     # ---- inside a container -------------------------------------------------------------
     def exec(self, ctid: int, argv: list[str], *, stdin: bytes | None = None, timeout: float = 600) -> ExecResult:
         return self.shell.run(self.node_of(ctid), pct_exec(ctid, argv), stdin=stdin, timeout=timeout)

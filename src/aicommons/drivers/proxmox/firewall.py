@@ -18,6 +18,7 @@ RULE_KEYS = ("type", "action", "source", "dest", "proto", "dport", "comment", "e
 class FirewallReport:
     writes: int = 0
     changed: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
 
 
 def _norm(rule: dict) -> tuple:
@@ -61,6 +62,10 @@ def _sync_ipset(api: PveApi, base: str, s, existing: set[str], rep: FirewallRepo
 def apply_firewall(api: PveApi, plan, node_of) -> FirewallReport:
     """`node_of(ctid)` -> node; containers that do not exist yet are skipped (apply again later)."""
     rep = FirewallReport()
+    if str(api.get("cluster/firewall/options").get("enable", 0)) != "1":
+        # Enabling it is root's call: with policy_in DROP it can cut off the GUI (8006) and SSH.
+        rep.notes.append("the datacenter firewall is disabled, so these rules are not enforced yet: enable it "
+                         "(Datacenter > Firewall > Options) after allowing 8006 and 22 from your admin network")
     existing = {d["name"] for d in api.get("cluster/firewall/ipset")}
     for s in plan.ipsets:
         _sync_ipset(api, "cluster/firewall/ipset", s, existing, rep)

@@ -8,10 +8,12 @@ per network namespace, so run elsewhere `lxc-info` would report a running contai
 
 from __future__ import annotations
 
+import atexit
 import json
 import shlex
 import shutil
 import sys
+import threading
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -43,6 +45,7 @@ class LxcDriver:
         self.site = site
         self.secrets = secrets
         self.outcomes: dict[str, ServiceOutcome] = {}
+        self._net_lock = threading.Lock()  # the engine starts containers from several threads
         self.net = net
         self.ns = net.ns
         self.lxcpath = Path(lxcpath)
@@ -74,7 +77,17 @@ class LxcDriver:
             if drv.traefik and drv.list_containers():
                 drv.traefik.ensure()  # a Traefik that died is started again by any run
             netns.join(net.ns)
+            atexit.register(drv._teardown_if_empty)
         return drv
+
+    def _teardown_if_empty(self) -> None:
+        """At exit of a process that made the namespace only to join it (a `plan`, a `down` with
+        nothing left): a site without containers leaves no namespace, veth or rule behind."""
+        try:
+            if not self.list_containers():
+                self._teardown()
+        except Exception as exc:  # noqa: BLE001 - at exit, report and go
+            self.log(f"could not remove the empty site network: {exc}")
 
     def bind_secrets(self, lookup: SecretLookup) -> None:
         """Admin passwords for the service recipes (the engine passes its secret store's `get`)."""
@@ -93,9 +106,10 @@ class LxcDriver:
 
     def ensure_network(self) -> None:
         """The namespace, bridge and NAT, and Traefik at its address inside."""
-        netns.ensure(self.net)
-        if self.traefik:
-            self.traefik.ensure()
+        with self._net_lock:
+            netns.ensure(self.net)
+            if self.traefik:
+                self.traefik.ensure()
 
     def join_network(self) -> None:
         """Put the calling thread in the site's namespace (to reach 10.0.5.x as a host on the bridge)."""
@@ -138,6 +152,10 @@ class LxcDriver:
         if meta is None:
             return None
         status = self._status(ctid)
+        if status == "running" and meta["role"] == "shared" and not self._services_up(ctid):
+            # A shared container whose service is down reads as stopped, so the next apply
+            # "starts" it: start() and wait_ready() bring the service back by its recipe.
+            status = "stopped"
         memory, cores = limits.read(self.ns, ctid) if status == "running" else (None, None)
         return ContainerState(
             ctid=int(ctid), hostname=meta["hostname"], status=status, ip=meta["ip"],
@@ -332,10 +350,17 @@ class LxcDriver:
             else:
                 self.log(f"{name} (CT {ctid}): running{' ' + out.reason if out.reason else ''}")
 
-    def service_outcomes(self) -> list[ServiceOutcome]:
+    def _services_up(self, ctid: int) -> bool:
+        units = [services.UNITS[o.service] for o in self.service_outcomes(ctid)
+                 if o.status == "installed" and o.service in services.UNITS]
+        if not units:
+            return True
+        return self.exec(ctid, ["systemctl", "is-active", "--quiet", *units], timeout=30).ok
+
+    def service_outcomes(self, ctid: int | None = None) -> list[ServiceOutcome]:
         """What each shared service's recipe did last (installed / skipped with reason / failed)."""
         found = []
-        for f in sorted(self.lxcpath.glob("*/service-*.json")):
+        for f in sorted(self.lxcpath.glob(f"{'*' if ctid is None else int(ctid)}/service-*.json")):
             try:
                 found.append(ServiceOutcome(**json.loads(f.read_text())))
             except (OSError, ValueError, TypeError):

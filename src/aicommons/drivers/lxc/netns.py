@@ -158,23 +158,24 @@ def _drop_host_rules(comment: str) -> None:
                 run(host(["iptables", "-w", "-t", table, "-D", *words[1:]]), check=False)
 
 
+def _others(ns: str) -> list[int]:
+    """Processes in the namespace other than this one (which may have joined it)."""
+    return [int(x) for x in out(["ip", "netns", "pids", ns], check=False).split() if int(x) != os.getpid()]
+
+
 def teardown(p: NetPlan) -> None:
     """Remove the namespace (its bridge and container veths go with it), the host veth and rules."""
     if exists(p.ns):
-        for pid in out(["ip", "netns", "pids", p.ns], check=False).split():
-            try:
-                os.kill(int(pid), signal.SIGTERM)
-            except ProcessLookupError:
-                pass
-        for _ in range(50):
-            if not out(["ip", "netns", "pids", p.ns], check=False).split():
-                break
-            time.sleep(0.1)
-        for pid in out(["ip", "netns", "pids", p.ns], check=False).split():
-            try:
-                os.kill(int(pid), signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            for _ in range(50):
+                if not _others(p.ns):
+                    break
+                for pid in _others(p.ns):
+                    try:
+                        os.kill(pid, sig)
+                    except ProcessLookupError:
+                        pass
+                time.sleep(0.1)
         run(["ip", "netns", "del", p.ns])
     if _link_exists(p.host_veth):
         run(host(["ip", "link", "del", p.host_veth]))

@@ -112,7 +112,7 @@ def _postgres(driver, c: Container, secrets: SecretLookup) -> None:
            f"host all all {subnet} scram-sha-256\n")
     changed = _put_if_changed(driver, c.ctid, f"{PG_CONF}/conf.d/aicommons.conf", conf)
     changed |= _put_if_changed(driver, c.ctid, f"{PG_CONF}/pg_hba.conf", hba, 0o640, "postgres:postgres")
-    _start(driver, c.ctid, ["postgresql"], changed)
+    _start(driver, c.ctid, ["postgresql", UNITS["postgres"]], changed)
     _wait_listening(driver, c, [5432])
     pw = secrets(SITE_SCOPE, "postgres_admin_password").replace("'", "''")
     # Through stdin, so the password is never on a command line.
@@ -139,6 +139,8 @@ def _prometheus(driver, c: Container, secrets: SecretLookup) -> None:
     _start(driver, c.ctid, ["prometheus", "prometheus-node-exporter"], False)
 
 
+# The systemd unit that is the service (postgresql.service is a wrapper that stays "active").
+UNITS = {"postgres": "postgresql@15-main", "redis": "redis-server", "prometheus": "prometheus"}
 CONFIGURE = {"postgres": _postgres, "redis": _redis, "prometheus": _prometheus}
 
 

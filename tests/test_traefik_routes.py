@@ -36,7 +36,8 @@ def _tweak(d):
 @pytest.fixture(scope="module")
 def env():
     backends = Backends()
-    site51 = loopback_site(make_site(51, _tweak), backends)
+    planned = make_site(51, _tweak)
+    site51 = loopback_site(planned, backends)
     site50 = dataclasses.replace(
         site51, routes=[r for r in site51.routes if r.owner != "user51"],
         tenants=[t for t in site51.tenants if t.user != "user51"],
@@ -49,7 +50,7 @@ def env():
     expected = {router_name(r) for r in site50.routes if r.kind == "http" and routable(site50, r)} | {"traefik-api"}
     tr.wait_routers({f"{n}@file" for n in expected})
     yield {"tr": tr, "site": site50, "site51": site51, "backends": backends, "secrets": secrets,
-           "expected": expected}
+           "expected": expected, "original": {r.host: r.urls for r in planned.routes}}
     tr.cleanup()
     backends.close()
 
@@ -95,17 +96,7 @@ def test_each_host_reaches_its_backend(env):
 
 def _original(env, route):
     """The plan's backend URLs of a loopback route (the echo servers answer with those)."""
-    by_host = {r.host: r for r in make_site_cached()}
-    return by_host[route.host].urls
-
-
-_CACHE: list = []
-
-
-def make_site_cached():
-    if not _CACHE:
-        _CACHE.extend(make_site(51, _tweak).routes)
-    return _CACHE
+    return env["original"][route.host]
 
 
 def test_two_ollama_instances_share_the_load(env):

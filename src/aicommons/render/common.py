@@ -61,10 +61,6 @@ def port_of(resolved: ResolvedSite, service: str, port_name: str | None = None) 
     return ep.ports.get(port_name) if port_name else next(iter(ep.ports.values()))
 
 
-def object_store(resolved: ResolvedSite) -> str:
-    return resolved.site.object_storage
-
-
 def catalog():
     return load_catalog()
 

@@ -13,7 +13,3 @@ class RenderedFile:
     content: str
     mode: int = 0o644  # 0o600 for anything that holds a secret
 
-
-def collect(*files: RenderedFile) -> dict[str, RenderedFile]:
-    """Files keyed by path (the shape `render_site` returns)."""
-    return {f.path: f for f in files}

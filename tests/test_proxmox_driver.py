@@ -242,3 +242,34 @@ def test_wait_ready_uses_the_injected_probe_and_times_out_clearly(seeded):
         driver.wait_ready(203, timeout=0.05)
     assert "10.0.5.203" in str(e.value) and "did not answer" in str(e.value)
     assert asked and set(asked) == {(sim.cluster.cts[203].node, "10.0.5.203")}
+
+
+def test_foreign_container_on_a_planned_ctid_is_not_touched():
+    sim = new_sim(nodes=1)
+    try:
+        site, resolved = small_site(sim, users=1)
+        sim.add_template("pve1", 200)  # someone else's CT sits on user1's CTID
+        with sim.cluster.lock:
+            sim.cluster.cts[200].conf.update(template="0", tags="prod", hostname="payroll")
+        driver = driver_of(sim, site)
+        report = converge(driver, resolved.containers)
+        assert "not this site's" in report.errors[200] and "payroll" in report.errors[200]
+        assert sim.cluster.cts[200].conf["hostname"] == "payroll"
+    finally:
+        sim.close()
+
+
+def test_bad_token_and_untrusted_certificate_are_clear_errors():
+    from aicommons.drivers.proxmox.api import PveApi
+
+    sim = new_sim(nodes=1)
+    try:
+        host = f"127.0.0.1:{sim.api.port}"
+        with pytest.raises(PermanentError) as e:
+            PveApi(host, sim.token_id, "wrong", verify=sim.ca_file).guests()
+        assert "driver.token_secret" in str(e.value)
+        with pytest.raises(PermanentError) as e:
+            PveApi(host, sim.token_id, sim.token_secret, verify=True).guests()  # system CAs: self-signed refused
+        assert "driver.ca_file" in str(e.value)
+    finally:
+        sim.close()

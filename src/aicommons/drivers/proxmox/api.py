@@ -28,6 +28,12 @@ PERMANENT = re.compile(r"already exists|does not exist|not running|unable to shr
                        r"|no such|not allowed|insufficient free space|is a template", re.I)
 
 
+HINTS = {
+    401: "; check driver.token_id and driver.token_secret (USER@REALM!TOKEN and its secret)",
+    403: "; the API token lacks a privilege for this: docs/proxmox.md lists the role to grant",
+}
+
+
 class ApiError(PermanentError):
     """The API refused a request; `errors` holds PVE's per-parameter messages."""
 
@@ -179,9 +185,14 @@ class PveApi:
                 locked = "is locked" in message
                 if not transient or (not locked and n + 1 >= self.retry.attempts) or (
                         locked and time.monotonic() - started > self.retry.lock_wait):
-                    detail = "; ".join(f"{k}: {v}" for k, v in (exc.errors or {}).items()) if isinstance(exc.errors, dict) else ""
-                    raise ApiError(f"{method} {path}: {exc.content}" + (f" ({detail})" if detail else ""),
-                                   exc.status_code, exc.errors if isinstance(exc.errors, dict) else None) from None
+                    errors = exc.errors if isinstance(exc.errors, dict) else {}
+                    detail = "; ".join(f"{k}: {v}" for k, v in errors.items())
+                    raise ApiError(f"{method} {path}: {exc.content}" + (f" ({detail})" if detail else "")
+                                   + HINTS.get(exc.status_code, ""), exc.status_code, errors) from None
+            except requests.exceptions.SSLError as exc:
+                raise PermanentError(f"TLS verification of {self.host} failed ({exc.__class__.__name__}); set "
+                                     "driver.ca_file to the cluster's CA (/etc/pve/pve-root-ca.pem on a node) "
+                                     "rather than turning verify_tls off") from None
             except (requests.ConnectionError, requests.Timeout) as exc:
                 if n + 1 >= self.retry.attempts:
                     raise TemporaryError(f"{method} {path}: cannot reach the Proxmox API at {self.host}: {exc}") from None

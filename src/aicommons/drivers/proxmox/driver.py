@@ -204,9 +204,17 @@ class ProxmoxDriver:
                             raise
                 self._pool_ok = True
 
+    def _claim(self, g: Guest) -> None:
+        """Refuse to touch a CT that is neither this site's nor a fresh clone of its template."""
+        if g.template or not (self._ours(g) or ctconfig.TEMPLATE_TAG in g.tags):
+            raise PermanentError(f"CT {g.vmid} ({g.name}) on {g.node} exists and is not this site's (tags: "
+                                 f"{';'.join(g.tags) or 'none'}); free that CTID or move the container's address")
+
     def create(self, container: Container) -> None:
         c = container
-        if self._guest(c.ctid) is not None:  # a retry after a crash: converge instead
+        g = self._guest(c.ctid)
+        if g is not None:  # a retry after a crash: converge instead
+            self._claim(g)
             self.update(c)
             return
         self._ensure_pool()
@@ -257,7 +265,13 @@ class ProxmoxDriver:
             self.api.resize(node, c.ctid, want.disk_gb)
 
     def update(self, container: Container) -> None:
-        node = self.node_of(container.ctid)
+        g = self._guest(container.ctid)
+        if g is None:
+            raise PermanentError(f"container {container.ctid} does not exist on the cluster; create it first")
+        self._claim(g)
+        node = g.node
+        with self._lock:
+            self._where[container.ctid] = node
         self._configure(container, node, ctconfig.desired(container, self.site_name, self.bridge))
 
     def needs_update(self, container: Container) -> bool:

@@ -102,3 +102,46 @@ def test_wrong_admin_token_is_a_clear_error(store):
     _, garage, _, _ = store
     with pytest.raises(PermanentError, match="admin token"):
         GarageAdmin(garage.url, "wrong").buckets()
+
+
+# ---- MinIO (legacy sites): admin calls against tests/standins/minio.py (simulated MinIO admin
+# API v3 as minio-py speaks it), bucket calls against the REAL moto S3 server. ----
+
+def test_minio_users_policies_and_audit(moto, tmp_path):
+    from aicommons.tenancy.minio import MinioAdminAdapter
+    from tests.standins.minio import MinioAdminStandin
+
+    srv = MinioAdminStandin("aicommons-admin", "minio-root-password")
+    try:
+        adapter = MinioAdminAdapter(srv.endpoint, moto.removeprefix("http://"), "aicommons-admin",
+                                    "minio-root-password")
+        b = ObjectStoreBackend(adapter, moto, ("aicommons-admin", "minio-root-password"), tmp_path / "archive")
+        secrets = DictSecrets()
+        t1, t2 = resolved_site(2).tenants
+        for t in (t1, t2):
+            b.ensure(t, secrets.for_tenant(t))
+            b.ensure(t, secrets.for_tenant(t))
+            assert b.verify(t, secrets.for_tenant(t)) == []
+        assert srv.calls.count("add-user") == 2  # keys imported once
+        kid1 = tenant_credentials(secrets.for_tenant(t1))[0]
+        pol = srv.policies[f"aicommons-{kid1}"]
+        assert sorted(r for s in pol["Statement"] for r in s["Resource"]) == [
+            "arn:aws:s3:::user1-flowise", "arn:aws:s3:::user1-flowise/*",
+            "arn:aws:s3:::user1-openwebui", "arn:aws:s3:::user1-openwebui/*"]
+        assert all("s3:*" not in s["Action"] for s in pol["Statement"])
+        assert srv.quotas["user1-openwebui"] == b.quota_bytes
+        checks = b.audit([t1, t2], secrets.by_user([t1, t2]))
+        assert [c for c in checks if not c.ok and not c.resource.startswith("objects")] == []
+        # widen user2's policy to user1's bucket: the audit sees it, ensure takes it back
+        kid2 = tenant_credentials(secrets.for_tenant(t2))[0]
+        adapter.set_access("user1-openwebui", kid2, True, False)
+        bad = [c for c in b.audit([t1, t2], secrets.by_user([t1, t2])) if not c.ok and c.resource.startswith("bucket")]
+        assert [(c.actor, c.resource) for c in bad] == [("user2", "bucket user1-openwebui")]
+        b.ensure(t1, secrets.for_tenant(t1))
+        assert b.verify(t1, secrets.for_tenant(t1)) == []
+        b.remove(t1, purge=True)
+        assert kid1 not in srv.users and f"aicommons-{kid1}" not in srv.policies
+        assert b.verify(t2, secrets.for_tenant(t2)) == []
+        b.remove(t2, purge=True)
+    finally:
+        srv.stop()

@@ -2,7 +2,7 @@
 
 One interface, two admin APIs: Garage's admin API v2 (the default; `Authorization: Bearer`,
 POST /v2/ImportKey, CreateBucket, AllowBucketKey, DenyBucketKey, UpdateBucket for quotas) and
-MinIO's admin API through `minio.MinioAdmin` (existing sites). Bucket data (archive before
+MinIO's admin API through `minio.MinioAdmin` (existing sites; tenancy/minio.py). Bucket data (archive before
 delete) goes through plain S3 with the site's own admin key, which is granted access only for
 the moment of archiving.
 
@@ -113,60 +113,6 @@ class GarageAdmin:
         return [a for b in self._req("GET", "ListBuckets") or [] for a in b.get("globalAliases", [])]
 
 
-class MinioAdminAdapter:
-    """MinIO (legacy sites): users + one canned policy per user naming its buckets, via MinioAdmin.
-
-    Not exercised against a server here (MinIO's admin payloads are encrypted per request; no
-    stand-in yet): the calls are minio-py's documented ones.
-    """
-
-    def __init__(self, endpoint: str, access_key: str, secret_key: str, secure: bool = False):
-        from minio import Minio, MinioAdmin
-        from minio.credentials import StaticProvider
-
-        self.admin = MinioAdmin(endpoint, credentials=StaticProvider(access_key, secret_key), secure=secure)
-        self.s3 = Minio(endpoint, access_key=access_key, secret_key=secret_key, secure=secure)
-        self._grants: dict[str, dict[str, dict]] = {}
-
-    def import_key(self, key_id: str, secret: str, name: str) -> None:
-        self.admin.user_add(key_id, secret)
-
-    def delete_key(self, key_id: str) -> None:
-        self.admin.user_remove(key_id)
-        self.admin.policy_remove(f"aicommons-{key_id}")
-
-    def bucket(self, alias: str) -> dict | None:
-        if not self.s3.bucket_exists(alias):
-            return None
-        return {"id": alias, "keys": self._grants.get(alias, {}), "quota": None}
-
-    def create_bucket(self, alias: str) -> str:
-        self.s3.make_bucket(alias)
-        return alias
-
-    def delete_bucket(self, bucket_id: str) -> None:
-        self.s3.remove_bucket(bucket_id)
-
-    def set_access(self, bucket_id: str, key_id: str, read: bool, write: bool) -> None:
-        self._grants.setdefault(bucket_id, {})[key_id] = {"read": read, "write": write, "owner": False}
-        mine = [b for b, g in self._grants.items() if g.get(key_id, {}).get("read")]
-        actions = ["s3:GetObject", "s3:ListBucket", "s3:GetBucketLocation"]
-        if write:
-            actions += ["s3:PutObject", "s3:DeleteObject", "s3:AbortMultipartUpload", "s3:ListMultipartUploadParts"]
-        res = [f"arn:aws:s3:::{b}" for b in mine] + [f"arn:aws:s3:::{b}/*" for b in mine]
-        policy = {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": actions, "Resource": res}]}
-        name = f"aicommons-{key_id}"
-        self.admin.policy_add(name, policy=policy)
-        self.admin.attach_policy([name], user=key_id)
-
-    def set_quota(self, bucket_id: str, max_bytes: int | None) -> None:
-        if max_bytes:
-            self.admin.bucket_quota_set(bucket_id, max_bytes)
-
-    def buckets(self) -> list[str]:
-        return [b.name for b in self.s3.list_buckets()]
-
-
 @dataclass
 class ObjectStoreBackend:
     admin: StoreAdmin
@@ -188,8 +134,10 @@ class ObjectStoreBackend:
             admin = GarageAdmin(f"http://{host}:{ep.ports.get('admin', 3903)}", token)
             s3 = f"http://{host}:{ep.ports.get('s3', 3900)}"
         else:
+            from aicommons.tenancy.minio import MinioAdminAdapter
+
             host, port, user, pw = admin_credentials(resolved, store, secrets, base_dir, "s3_admin_token")
-            admin = MinioAdminAdapter(f"{host}:{port}", user, pw)
+            admin = MinioAdminAdapter(f"{host}:{port}", f"{host}:{port}", user, pw)
             s3 = f"http://{host}:{port}"
             admin_key = (user, pw)
         return cls(admin, s3, admin_key, archive)

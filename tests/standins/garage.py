@@ -15,8 +15,9 @@ from __future__ import annotations
 import json
 import secrets
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlparse
+
+from tests.standins.http import Server, _Base
 
 
 class GarageState:
@@ -38,17 +39,9 @@ class GarageState:
 
 
 def _handler(state: GarageState):
-    class H(BaseHTTPRequestHandler):
-        def log_message(self, *a):
-            pass
-
+    class H(_Base):
         def _send(self, code, obj=None):
-            data = json.dumps(obj).encode() if obj is not None else b""
-            self.send_response(code)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
+            self.send_json(code, obj)
 
         def _err(self, code, what, msg):
             self._send(code, {"code": what, "message": msg})
@@ -162,14 +155,7 @@ def _handler(state: GarageState):
     return H
 
 
-class GarageStandin:
+class GarageStandin(Server):
     def __init__(self, token: str, s3=None):
         self.state = GarageState(token, s3)
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self.state))
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
-
-    def stop(self):
-        self.server.shutdown()
-        self.server.server_close()
+        super().__init__(_handler(self.state))

@@ -168,9 +168,9 @@ def test_task_timeout_is_reported_with_its_log_then_converges():
     try:
         site, resolved = small_site(sim)
         sim.hang_next_task("vzclone")
-        driver = driver_of(sim, site, task_timeout=0.5, retry=RetryPolicy(base=0.01, cap=0.05, lock_wait=0.5))
+        driver = driver_of(sim, site, task_timeout=2, retry=RetryPolicy(base=0.01, cap=0.05, lock_wait=1))
         report = converge(driver, resolved.containers)
-        timed_out = [m for m in report.errors.values() if "did not finish within 0.5s" in m]
+        timed_out = [m for m in report.errors.values() if "did not finish within 2s" in m]
         assert len(timed_out) == 1 and "task log" in timed_out[0] and "simulated hang" in timed_out[0]
         # the hung clone still holds its template: other clones of it are refused, and say why
         assert all("CT is locked (disk)" in m for m in report.errors.values() if m not in timed_out)

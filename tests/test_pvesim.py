@@ -16,7 +16,7 @@ from tests.pvesim.schema import ApiSchema
 
 @pytest.fixture(scope="module")
 def sim():
-    with Simulator(task_seconds={"vzclone": 0.3}) as s:
+    with Simulator(task_seconds={"vzclone": 1.0}) as s:
         s.add_template("pve1", 9000)
         yield s
 

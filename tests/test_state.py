@@ -105,7 +105,7 @@ def test_truncated_sqlite_is_refused_and_untouched(tmp_path):
     p = tmp_path / "state.db"
     s = StateStore.open(p)
     s.allocate("user1", "10.0.5.200", 200)
-    s._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    s._db.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     s.close()
     data = p.read_bytes()
     p.write_bytes(data[:100] + b"\xff" * (len(data) - 100))
@@ -148,3 +148,30 @@ def test_lock_names_holder_and_breaks_dead_one(tmp_path):
     assert lock.holder().pid == os.getpid()
     lock.release()
     assert lock.holder() is None
+
+
+def test_v1_state_is_migrated_keeping_data_and_a_backup(tmp_path):
+    from aicommons.state.db import SQLITE_V1, statements
+
+    p = tmp_path / "state.db"
+    c = sqlite3.connect(p)
+    for stmt in statements(SQLITE_V1):
+        c.execute(stmt)
+    c.execute("INSERT INTO allocations VALUES ('user1', '10.0.5.200', 200, 'active', 0, 0)")
+    c.execute("PRAGMA user_version = 1")
+    c.commit()
+    c.close()
+    s = StateStore.open(p)
+    assert s.held_slots() == {"user1": "10.0.5.200"} and s.allocations()[0].ctid == 200
+    assert s._read("PRAGMA user_version")[0][0] == 2
+    assert (tmp_path / "state.db.v1.bak").exists()
+
+
+def test_processes_creating_one_state_at_once_do_not_clash(tmp_path):
+    code = ("import sys; from aicommons.state import StateStore\n"
+            "s = StateStore.open(sys.argv[1]); s.allocate(sys.argv[2], sys.argv[3], 1); print('ok')")
+    procs = [subprocess.Popen([sys.executable, "-c", code, str(tmp_path / "state.db"), f"u{i}", f"10.0.5.{200 + i}"],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(4)]
+    outs = [p.communicate(timeout=60) for p in procs]
+    assert all(o[0].strip() == "ok" for o in outs), outs
+    assert len(StateStore.open(tmp_path / "state.db").held_slots()) == 4

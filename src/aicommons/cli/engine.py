@@ -12,7 +12,7 @@ from rich.table import Table
 from aicommons.cli.common import SiteFile, console
 from aicommons.errors import AicError
 
-StateOpt = typer.Option("--state", help="State file (default: .aicommons/state.db beside the site file).")
+StateOpt = typer.Option("--state", help="State file or postgresql:// URL (default: $AICOMMONS_STATE, else .aicommons/state.db beside the site file).")
 Yes = typer.Option("--yes", "-y", help="Do not ask before changing anything.")
 Parallel = typer.Option("--parallelism", min=1, max=64, help="Steps run at once.")
 LockWait = typer.Option("--lock-timeout", min=0, help="Seconds to wait for another apply to finish.")
@@ -58,7 +58,7 @@ def apply(
     parallelism: Annotated[int, Parallel] = 4,
     lock_timeout: Annotated[float, LockWait] = 0.0,
     target: Annotated[list[str] | None, typer.Option("--target", help="Limit to a user or resource address.")] = None,
-    state: Annotated[Path | None, StateOpt] = None,
+    state: Annotated[str | None, StateOpt] = None,
 ) -> None:
     """Make the site real: carry out the saved plan, or plan now and ask first (unless --yes)."""
     if plan_file is not None and not plan_file.exists():
@@ -73,7 +73,7 @@ def up(
     users: Annotated[int, typer.Option(help="Users in a new site file.")] = 3,
     parallelism: Annotated[int, Parallel] = 4,
     lock_timeout: Annotated[float, LockWait] = 0.0,
-    state: Annotated[Path | None, StateOpt] = None,
+    state: Annotated[str | None, StateOpt] = None,
 ) -> None:
     """Write site.yaml if it is missing (LXC driver, the seed's core services, 3 users), then plan and apply."""
     if not file.exists():
@@ -92,7 +92,7 @@ def down(
     purge: Annotated[bool, typer.Option("--purge", help="Delete data instead of archiving it.")] = False,
     parallelism: Annotated[int, Parallel] = 4,
     lock_timeout: Annotated[float, LockWait] = 0.0,
-    state: Annotated[Path | None, StateOpt] = None,
+    state: Annotated[str | None, StateOpt] = None,
 ) -> None:
     """Remove what the site created: routes, tenant slices (archived unless --purge), containers."""
     q = "remove the site and DELETE its data?" if purge else "remove the site (data is archived)?"
@@ -108,7 +108,7 @@ def secrets_rotate(
     yes: Annotated[bool, Yes] = False,
     no_apply: Annotated[bool, typer.Option("--no-apply", help="Only store the new value; the next apply pushes it.")] = False,
     lock_timeout: Annotated[float, LockWait] = 0.0,
-    state: Annotated[Path | None, StateOpt] = None,
+    state: Annotated[str | None, StateOpt] = None,
 ) -> None:
     """New value for one secret; then one apply changes the back end and every file that uses it."""
     from aicommons.engine.api import key_source, open_state
@@ -130,7 +130,7 @@ def secrets_rotate(
 
 
 @secrets_app.command("list")
-def secrets_list(file: Path = SiteFile, state: Annotated[Path | None, StateOpt] = None) -> None:
+def secrets_list(file: Path = SiteFile, state: Annotated[str | None, StateOpt] = None) -> None:
     """Names and versions of the stored secrets (never their values)."""
     st = _open(file, state)
     t = Table("scope", "key", "version", title="secrets")
@@ -139,14 +139,14 @@ def secrets_list(file: Path = SiteFile, state: Annotated[Path | None, StateOpt] 
     console.print(t)
 
 
-def _open(file: Path, state: Path | None):
-    from aicommons.state.store import StateStore, default_path
+def _open(file: Path, state: str | None):
+    from aicommons.engine.api import open_state
 
-    return StateStore.open(state or default_path(file), create=False)
+    return open_state(file, state, create=False)
 
 
 @state_app.command("show")
-def state_show(file: Path = SiteFile, state: Annotated[Path | None, StateOpt] = None) -> None:
+def state_show(file: Path = SiteFile, state: Annotated[str | None, StateOpt] = None) -> None:
     """Allocations, what was applied, and who holds the lock."""
     from aicommons.state.lock import StateLock
 
@@ -166,7 +166,7 @@ def state_show(file: Path = SiteFile, state: Annotated[Path | None, StateOpt] = 
 
 
 @state_app.command("history")
-def state_history(file: Path = SiteFile, state: Annotated[Path | None, StateOpt] = None,
+def state_history(file: Path = SiteFile, state: Annotated[str | None, StateOpt] = None,
                   limit: Annotated[int, typer.Option(min=1)] = 20) -> None:
     """Past runs: who, when, what changed, outcome."""
     import time
@@ -181,7 +181,7 @@ def state_history(file: Path = SiteFile, state: Annotated[Path | None, StateOpt]
 
 
 @state_app.command("unlock")
-def state_unlock(file: Path = SiteFile, state: Annotated[Path | None, StateOpt] = None,
+def state_unlock(file: Path = SiteFile, state: Annotated[str | None, StateOpt] = None,
                  yes: Annotated[bool, Yes] = False) -> None:
     """Break the apply lock (only when its holder is really gone)."""
     from aicommons.state.lock import StateLock

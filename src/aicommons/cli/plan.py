@@ -14,7 +14,7 @@ from aicommons.cli.common import SiteFile, console, err_console, load_resolved
 from aicommons.errors import AicError, SiteInvalid
 from aicommons.plan.model import SEED_FIGURES, ResolvedSite
 
-StateOpt = typer.Option("--state", help="State file (default: .aicommons/state.db beside the site file).")
+StateOpt = typer.Option("--state", help="State file or postgresql:// URL (default: $AICOMMONS_STATE, else .aicommons/state.db beside the site file).")
 
 
 def register(app: typer.Typer) -> None:
@@ -27,7 +27,7 @@ def plan(
     out: Annotated[Path | None, typer.Option("--out", help="Save the plan for `aicommons apply FILE`.")] = None,
     detailed: Annotated[bool, typer.Option("--detailed-exitcode", help="Exit 0: no changes, 2: changes, 1: error.")] = False,
     destroy: Annotated[bool, typer.Option("--destroy", help="Plan removing everything the site created.")] = False,
-    state: Annotated[Path | None, StateOpt] = None,
+    state: Annotated[str | None, StateOpt] = None,
     users_shown: Annotated[int, typer.Option("--show-users", help="User rows to print (0 = all).")] = 5,
     changes_shown: Annotated[int, typer.Option("--show-changes", help="Change rows to print (0 = all).")] = 40,
 ) -> None:
@@ -70,13 +70,13 @@ def plan(
         raise SystemExit(2)  # typer.Exit is swallowed by main(standalone_mode=False)
 
 
-def _held(file: Path, state: Path | None) -> dict[str, str]:
-    from aicommons.state.store import StateStore, default_path
+def _held(file: Path, state: str | None) -> dict[str, str]:
+    from aicommons.engine.api import open_state
 
-    path = state or default_path(file)
-    if not Path(path).exists():
-        return {}
-    s = StateStore.open(path, create=False)
+    try:
+        s = open_state(file, state, create=False)
+    except AicError:
+        return {}  # no state yet: nothing is held
     try:
         return s.held_slots()
     finally:

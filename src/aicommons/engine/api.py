@@ -24,8 +24,9 @@ class StalePlan(AicError):
     exit_code = 1
 
 
-def open_state(site_file, state_path=None) -> StateStore:
-    return StateStore.open(state_path or default_path(site_file))
+def open_state(site_file, state_path=None, *, create: bool = True) -> StateStore:
+    """The state named by --state, else $AICOMMONS_STATE (a path or postgresql:// URL), else beside the site."""
+    return StateStore.open(state_path or os.environ.get("AICOMMONS_STATE") or default_path(site_file), create=create)
 
 
 def key_source(site, state: StateStore, site_file):
@@ -221,7 +222,7 @@ def apply_site(site_file, *, state_path=None, targets=None, yes: bool = True, dr
     try:
         lock.acquire(timeout=lock_timeout)
         redact = Redactor(s.secrets)
-        rep = Reporter(out, redact, s.state.path.parent / "logs")
+        rep = Reporter(out, redact, default_path(site_file).parent / "logs")
         if lock.broken:
             rep.line(f"note: broke the lock of a dead process ({lock.broken.describe()})")
         for run_id, cmd, cut in s.state.mark_interrupted():

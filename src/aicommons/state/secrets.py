@@ -123,7 +123,7 @@ class SecretStore:
         return self.get(scope, key)
 
     def get(self, scope: str, key: str) -> str:
-        """The value, generated and stored on first use (never regenerated: INSERT OR IGNORE)."""
+        """The value, generated and stored on first use (never regenerated: ON CONFLICT DO NOTHING)."""
         hit = self._cache.get((scope, key))
         if hit:
             return hit[1]
@@ -132,7 +132,7 @@ class SecretStore:
         if not row:
             token = f.encrypt(generate(key).encode())
             with self._state.tx() as c:
-                c.execute("INSERT OR IGNORE INTO secrets VALUES (?, ?, ?, 1, ?, NULL)", (scope, key, token, time.time()))
+                c.execute("INSERT INTO secrets VALUES (?, ?, ?, 1, ?, NULL) ON CONFLICT DO NOTHING", (scope, key, token, time.time()))
                 row = c.execute("SELECT token, version FROM secrets WHERE scope = ? AND key = ?", (scope, key)).fetchall()
         value = self._decrypt(f, row[0][0], scope, key)
         self._cache[(scope, key)] = (row[0][1], value)

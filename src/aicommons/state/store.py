@@ -1,8 +1,8 @@
 """The state store: allocations, secrets (encrypted), what was applied, runs and their journal.
 
-Embedded SQLite (`.aicommons/state.db` beside the site file). Every write is one transaction, so
-a kill -9 leaves the file at the last committed step. The schema carries a version
-(`PRAGMA user_version`); a file from a newer aicommons, or one that is not a state file, is
+Embedded SQLite (`.aicommons/state.db` beside the site file) or a postgresql:// URL (state/db.py).
+Every write is one transaction, so a kill -9 leaves the state at the last committed step. The
+schema carries a version; a state from a newer aicommons, or one that is not a state at all, is
 refused with a clear error and never written to.
 """
 
@@ -11,52 +11,20 @@ from __future__ import annotations
 import getpass
 import json
 import os
-import shutil
 import socket
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 from aicommons.errors import AicError
+from aicommons.state.db import TABLES, DbError, PgDb, SqliteDb, is_url, statements
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 DEFAULT_DIR = ".aicommons"
 DEFAULT_NAME = "state.db"
-
-# Index = version reached after running the script.
-MIGRATIONS: list[str] = [
-    "",  # 0: empty file
-    """
-    CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-    CREATE TABLE allocations (
-        user TEXT PRIMARY KEY, ip TEXT NOT NULL, ctid INTEGER NOT NULL,
-        status TEXT NOT NULL CHECK (status IN ('active', 'removed', 'purged')),
-        created_at REAL NOT NULL, updated_at REAL NOT NULL);
-    CREATE UNIQUE INDEX allocations_ip_held ON allocations(ip) WHERE status != 'purged';
-    CREATE TABLE secrets (
-        scope TEXT NOT NULL, key TEXT NOT NULL, token BLOB NOT NULL, version INTEGER NOT NULL,
-        created_at REAL NOT NULL, rotated_at REAL, PRIMARY KEY (scope, key));
-    CREATE TABLE resources (
-        address TEXT PRIMARY KEY, kind TEXT NOT NULL, owner TEXT, fingerprint TEXT NOT NULL,
-        attrs TEXT NOT NULL DEFAULT '{}', updated_at REAL NOT NULL);
-    CREATE TABLE runs (
-        id INTEGER PRIMARY KEY AUTOINCREMENT, command TEXT NOT NULL, who TEXT NOT NULL,
-        host TEXT NOT NULL, pid INTEGER NOT NULL, started_at REAL NOT NULL, finished_at REAL,
-        outcome TEXT NOT NULL DEFAULT 'running', summary TEXT NOT NULL DEFAULT '{}');
-    CREATE TABLE journal (
-        id INTEGER PRIMARY KEY AUTOINCREMENT, run_id INTEGER NOT NULL, address TEXT NOT NULL,
-        action TEXT NOT NULL, status TEXT NOT NULL, at REAL NOT NULL, detail TEXT NOT NULL DEFAULT '');
-    CREATE INDEX journal_run ON journal(run_id);
-    CREATE TABLE lock (
-        id INTEGER PRIMARY KEY CHECK (id = 1), host TEXT NOT NULL, pid INTEGER NOT NULL,
-        pid_start TEXT NOT NULL, who TEXT NOT NULL, command TEXT NOT NULL, since REAL NOT NULL);
-    INSERT INTO meta VALUES ('serial', '0');
-    """,
-]
 
 
 class StateError(AicError):
@@ -99,85 +67,86 @@ def default_path(site_file: str | os.PathLike) -> Path:
 class StateStore:
     """One site's state. Thread-safe: the engine's workers share one store."""
 
-    def __init__(self, path: Path, conn: sqlite3.Connection):
-        self.path = path
-        self._conn = conn
+    def __init__(self, path: Path | None, db):
+        self.path = path  # None for a PostgreSQL state
+        self._db = db
         self._mu = threading.RLock()
 
     # ---- opening ---------------------------------------------------------------------------
 
     @classmethod
-    def open(cls, path: str | os.PathLike, *, create: bool = True) -> StateStore:
-        path = Path(path)
+    def open(cls, target: str | os.PathLike, *, create: bool = True) -> StateStore:
+        """An SQLite file path, or a postgresql:// URL."""
+        if is_url(target):
+            try:
+                return cls._open_db(PgDb(str(target)), None)
+            except DbError as exc:
+                raise StateError(str(exc)) from None
+        path = Path(target)
         if not path.exists():
             if not create:
                 raise StateError(f"no state file at {path}; run `aicommons apply` first")
             path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-            fd = os.open(path, os.O_CREAT | os.O_WRONLY, 0o600)
-            os.close(fd)
-        elif path.stat().st_size and not _looks_like_sqlite(path):
+            os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
+        elif not SqliteDb.check_file(path):
             raise StateError(f"{path} is not an aicommons state file (corrupt or foreign); it was left untouched. "
                              f"Restore it from a backup, or move it aside to start a new state")
         try:
-            conn = sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=False)
-            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            db = SqliteDb(path)
         except sqlite3.DatabaseError as exc:
-            raise StateError(f"{path} cannot be read as a state file ({exc}); it was left untouched. "
-                             f"Restore it from a backup, or move it aside to start a new state") from None
-        if version > SCHEMA_VERSION:
-            conn.close()
-            raise StateError(f"{path} has state schema {version}, newer than this aicommons understands "
-                             f"({SCHEMA_VERSION}); upgrade aicommons. The file was left untouched")
-        store = cls(path, conn)
+            raise StateError(f"{path} cannot be read as a state file ({exc}); it was left untouched") from None
+        return cls._open_db(db, path)
+
+    @classmethod
+    def _open_db(cls, db, path: Path | None) -> StateStore:
         try:
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=NORMAL")
+            version = db.version()
+            if version > SCHEMA_VERSION:
+                raise StateError(f"{db.where} has state schema {version}, newer than this aicommons understands "
+                                 f"({SCHEMA_VERSION}); upgrade aicommons. The state was left untouched")
+            store = cls(path, db)
+            db.prepare()
             if version < SCHEMA_VERSION:
                 store._migrate(version)
-            store._check_integrity()
-        except sqlite3.DatabaseError as exc:
-            conn.close()
-            raise StateError(f"{path} is damaged ({exc}); it was left untouched. Restore it from a backup") from None
+            missing = TABLES - db.tables()
+            if missing:
+                raise StateError(f"{db.where} lacks tables {sorted(missing)}: not an aicommons state; "
+                                 f"it was left untouched")
+        except StateError:
+            db.close()
+            raise
+        except Exception as exc:  # sqlite3 / psycopg errors: a damaged or foreign database
+            db.close()
+            raise StateError(f"{db.where} cannot be read as a state ({exc}); it was left untouched. "
+                             f"Restore it from a backup") from None
         return store
 
     def _migrate(self, version: int) -> None:
         if version > 0:  # keep the old file: a failed migration must not lose state
-            shutil.copy2(self.path, self.path.with_name(f"{self.path.name}.v{version}.bak"))
+            self._db.backup(version)
         with self.tx() as c:
+            version = self._db.version()  # again, under the write lock: another process may have just done it
             for v in range(version + 1, SCHEMA_VERSION + 1):
-                for stmt in _statements(MIGRATIONS[v]):
+                for stmt in statements(self._db.migrations[v]):
                     c.execute(stmt)
-            c.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-
-    def _check_integrity(self) -> None:
-        tables = {r[0] for r in self._conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
-        missing = {"meta", "allocations", "secrets", "resources", "runs", "journal", "lock"} - tables
-        if missing:
-            raise StateError(f"{self.path} lacks tables {sorted(missing)}: not an aicommons state file; "
-                             f"it was left untouched")
+            self._db.set_version(c, SCHEMA_VERSION)
 
     def close(self) -> None:
         with self._mu:
-            self._conn.close()
+            self._db.close()
 
     @contextmanager
-    def tx(self) -> Iterator[sqlite3.Connection]:
-        """One write transaction (BEGIN IMMEDIATE: writers queue, never interleave)."""
-        with self._mu:
-            self._conn.execute("BEGIN IMMEDIATE")
-            try:
-                yield self._conn
-            except BaseException:
-                self._conn.execute("ROLLBACK")
-                raise
-            self._conn.execute("COMMIT")
+    def tx(self):
+        """One write transaction; writers queue, never interleave."""
+        with self._mu, self._db.transaction() as c:
+            yield c
 
     def _read(self, sql: str, args: tuple = ()) -> list[tuple]:
         with self._mu:
-            return self._conn.execute(sql, args).fetchall()
+            return [tuple(r) for r in self._db.execute(sql, args).fetchall()]
 
-    def _bump(self, c: sqlite3.Connection) -> None:
-        c.execute("UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key = 'serial'")
+    def _bump(self, c) -> None:
+        c.execute("UPDATE meta SET value = CAST(CAST(value AS INTEGER) + 1 AS TEXT) WHERE key = 'serial'")
 
     # ---- meta ------------------------------------------------------------------------------
 
@@ -191,34 +160,34 @@ class StateStore:
 
     def set_meta(self, key: str, value: str, *, only_if_missing: bool = False) -> str:
         with self.tx() as c:
-            verb = "INSERT OR IGNORE" if only_if_missing else "INSERT OR REPLACE"
-            c.execute(f"{verb} INTO meta VALUES (?, ?)", (key, value))
+            action = "NOTHING" if only_if_missing else "UPDATE SET value = excluded.value"
+            c.execute(f"INSERT INTO meta VALUES (?, ?) ON CONFLICT (key) DO {action}", (key, value))
             return c.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()[0]
 
     # ---- allocations -----------------------------------------------------------------------
 
     def allocations(self) -> list[Allocation]:
-        return [Allocation(*r) for r in self._read("SELECT user, ip, ctid, status FROM allocations ORDER BY ctid")]
+        return [Allocation(*r) for r in self._read('SELECT "user", ip, vmid, status FROM allocations ORDER BY vmid')]
 
     def held_slots(self) -> dict[str, str]:
         """user -> ip for every slot not yet purged (removed users keep theirs until purged)."""
-        return dict(self._read("SELECT user, ip FROM allocations WHERE status != 'purged'"))
+        return dict(self._read("SELECT \"user\", ip FROM allocations WHERE status != 'purged'"))
 
     def allocate(self, user: str, ip: str, ctid: int) -> Allocation:
         """Record (or re-activate) a user's slot. A live slot never moves; an address is never shared."""
         now = time.time()
         with self.tx() as c:
-            row = c.execute("SELECT ip, status FROM allocations WHERE user = ?", (user,)).fetchone()
+            row = c.execute('SELECT ip, status FROM allocations WHERE "user" = ?', (user,)).fetchone()
             if row and row[1] != "purged" and row[0] != ip:
                 raise StateError(f"user {user} holds {row[0]} in state; refusing to move it to {ip}")
-            other = c.execute("SELECT user FROM allocations WHERE ip = ? AND status != 'purged' AND user != ?",
+            other = c.execute("SELECT \"user\" FROM allocations WHERE ip = ? AND status != 'purged' AND \"user\" != ?",
                               (ip, user)).fetchone()
             if other:
                 raise StateError(f"address {ip} is held by user {other[0]} in state; it cannot go to {user}")
             if row is None:
                 c.execute("INSERT INTO allocations VALUES (?, ?, ?, 'active', ?, ?)", (user, ip, ctid, now, now))
             elif row[1] != "active" or row[0] != ip:
-                c.execute("UPDATE allocations SET ip = ?, ctid = ?, status = 'active', updated_at = ? WHERE user = ?",
+                c.execute("UPDATE allocations SET ip = ?, vmid = ?, status = 'active', updated_at = ? WHERE \"user\" = ?",
                           (ip, ctid, now, user))
             else:
                 return Allocation(user, ip, ctid, "active")
@@ -229,7 +198,7 @@ class StateStore:
         if status not in ("active", "removed", "purged"):
             raise ValueError(status)
         with self.tx() as c:
-            cur = c.execute("UPDATE allocations SET status = ?, updated_at = ? WHERE user = ? AND status != ?",
+            cur = c.execute("UPDATE allocations SET status = ?, updated_at = ? WHERE \"user\" = ? AND status != ?",
                             (status, time.time(), user, status))
             if cur.rowcount:
                 self._bump(c)
@@ -243,7 +212,9 @@ class StateStore:
     def record_applied(self, address: str, kind: str, owner: str | None, fingerprint: str,
                        attrs: dict | None = None) -> None:
         with self.tx() as c:
-            c.execute("INSERT OR REPLACE INTO resources VALUES (?, ?, ?, ?, ?, ?)",
+            c.execute("INSERT INTO resources VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (address) DO UPDATE SET "
+                      "kind = excluded.kind, owner = excluded.owner, fingerprint = excluded.fingerprint, "
+                      "attrs = excluded.attrs, updated_at = excluded.updated_at",
                       (address, kind, owner, fingerprint, json.dumps(attrs or {}, sort_keys=True), time.time()))
             self._bump(c)
 
@@ -258,15 +229,17 @@ class StateStore:
         """A SecretLookup-compatible object: `get(scope, key)` generate-once, `rotate(scope, key)`."""
         from aicommons.state.secrets import KeySource, SecretStore
 
-        return SecretStore(self, key_source or KeySource.default(self.path.parent))
+        if key_source is None:
+            key_source = KeySource.default(self.path.parent) if self.path else KeySource(key_file=None)
+        return SecretStore(self, key_source)
 
     # ---- runs and journal ------------------------------------------------------------------
 
     def begin_run(self, command: str) -> int:
         with self.tx() as c:
-            cur = c.execute("INSERT INTO runs (command, who, host, pid, started_at) VALUES (?, ?, ?, ?, ?)",
+            cur = c.execute("INSERT INTO runs (command, who, host, pid, started_at) VALUES (?, ?, ?, ?, ?) RETURNING id",
                             (command, _who(), socket.gethostname(), os.getpid(), time.time()))
-            return int(cur.lastrowid)
+            return int(cur.fetchone()[0])
 
     def finish_run(self, run_id: int, outcome: str, summary: dict) -> None:
         with self.tx() as c:
@@ -303,15 +276,6 @@ class StateStore:
         return self._read(
             "SELECT j.run_id, j.address, j.action FROM journal j WHERE j.status = 'started' AND NOT EXISTS "
             "(SELECT 1 FROM journal k WHERE k.run_id = j.run_id AND k.address = j.address AND k.id > j.id)")
-
-
-def _statements(script: str) -> list[str]:
-    return [s.strip() for s in script.split(";") if s.strip()]
-
-
-def _looks_like_sqlite(path: Path) -> bool:
-    with open(path, "rb") as f:
-        return f.read(16) == b"SQLite format 3\x00"
 
 
 def _who() -> str:

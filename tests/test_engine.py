@@ -170,6 +170,8 @@ def test_down_removes_what_the_site_created(site, fake_dir):
     assert driver.list_containers() == [] and all(b.observe() == {} for b in backends)
     assert [p.name for p in (fake_dir / "traefik").iterdir()] == ["other-tool.yml"]  # not ours: kept
     assert state_of(site).held_slots() == {}
+    done = [e[1] for e in state_of(site).journal_entries(r.run_id) if e[3] == "ok"]
+    assert done.index("container.102") > max(done.index(a) for a in done if a.startswith("tenant.postgres."))
 
 
 def test_targets_limit_the_run(site, fake_dir):

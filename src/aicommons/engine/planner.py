@@ -233,8 +233,12 @@ class Planner:
                 continue
             s.deps.update(g.id for g in shared if g.phase < s.phase)
         deletes = [s for s in self.steps.values() if s.action == "delete"]
-        for s in deletes:  # routes and tenant data go before the container
+        for s in deletes:  # routes and tenant data go before the container; shared services go last
             if s.kind == "container" and s.owner:
                 s.deps.update(d.id for d in deletes if d.owner == s.owner and d.kind != "container")
+            elif s.kind == "container":
+                s.deps.update(d.id for d in deletes if d.kind != "container" or d.owner)
+            elif s.kind == "container":  # a shared server goes only after the tenant slices it holds
+                s.deps.update(d.id for d in deletes if d.kind == "tenant")
         for s in self.steps.values():
             s.deps = {d for d in s.deps if d in self.steps and d != s.id}

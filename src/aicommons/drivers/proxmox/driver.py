@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -22,7 +23,7 @@ from typing import Callable
 from aicommons.catalog import load_catalog
 from aicommons.drivers.base import ContainerState, ExecResult
 from aicommons.drivers.proxmox import ctconfig, provision
-from aicommons.drivers.proxmox.api import ApiError, CtConfig, Guest, PveApi, RetryPolicy
+from aicommons.drivers.proxmox.api import ApiError, CtConfig, Guest, PveApi, RetryPolicy, TaskFailed
 from aicommons.drivers.proxmox.placement import NodeCapacity, Placement, Want
 from aicommons.drivers.proxmox.shell import NodeShell, ParamikoShell, pct_exec, pct_push
 from aicommons.errors import PermanentError, TemporaryError
@@ -30,6 +31,7 @@ from aicommons.plan.model import Container
 
 log = logging.getLogger(__name__)
 Probe = Callable[[str, str], bool]  # (node, ip) -> answers?
+FULL = re.compile(r"insufficient free space|no space left|out of space", re.I)
 
 
 class ProxmoxDriver:
@@ -56,6 +58,7 @@ class ProxmoxDriver:
         self._lock = threading.Lock()
         self._source_locks: dict[int, threading.Lock] = {}
         self._pool_ok = False
+        self.full_nodes: set[str] = set()  # nodes whose storage refused a disk in this run
 
     @classmethod
     def from_site(cls, site, *, api: PveApi | None = None, shell: NodeShell | None = None,
@@ -162,7 +165,8 @@ class ProxmoxDriver:
         tpl = self.templates(guests)
         gpu_nodes = {n for m in self.api.pci_mappings() for n in m.nodes}
         caps = {n.name: NodeCapacity(n.name, n.maxmem_mb, n.maxcpu, gpu=n.name in gpu_nodes, has_template=n.name in tpl)
-                for n in self.api.nodes() if n.online and (not self.allowed_nodes or n.name in self.allowed_nodes)}
+                for n in self.api.nodes() if n.online and n.name not in self.full_nodes
+                and (not self.allowed_nodes or n.name in self.allowed_nodes)}
         existing = set()
         for g in guests:
             existing.add(g.vmid)
@@ -219,6 +223,22 @@ class ProxmoxDriver:
             return
         self._ensure_pool()
         node = self._assigned.get(c.ctid) or self.place([c])[c.ctid]
+        try:
+            self._make(c, node)
+        except TaskFailed as exc:
+            if FULL.search(str(exc)):  # avoid the node for the rest of this run; the next placement skips it
+                with self._lock:
+                    self.full_nodes.add(node)
+                # Temporary: a retry (same driver) places the container on another node.
+                raise TemporaryError(f"container {c.ctid} ({c.hostname}): node {node}'s storage {self.storage} is "
+                                     f"full; this driver now avoids {node}, so a retry places it elsewhere "
+                                     f"(free space on {node} to use it again)\n{exc}", delay=1) from None
+            raise
+        finally:
+            with self._lock:  # placed or failed: a later attempt places it afresh
+                self._assigned.pop(c.ctid, None)
+
+    def _make(self, c: Container, node: str) -> None:
         want = ctconfig.desired(c, self.site_name, self.bridge)
         if self.needs_template(c):
             src = self.templates().get(node)
@@ -238,8 +258,6 @@ class ProxmoxDriver:
                             pool=self.pool, **want.settable())
             with self._lock:
                 self._where[c.ctid] = node
-        with self._lock:
-            self._assigned.pop(c.ctid, None)
 
     def _config_unlocked(self, node: str, ctid: int, wait: float = 60) -> CtConfig:
         """The config once no task holds it (a clone that timed out earlier may still be running)."""

@@ -52,3 +52,23 @@ def test_external_servers_use_site_yaml_refs(tmp_path, monkeypatch):
     site, _ = load_text(_external_site(', admin_password: "env:AIC_EXT_PG"'))
     with pytest.raises(PermanentError, match="AIC_EXT_PG is not set"):
         backends_for(resolve(site), DictSecrets(), tmp_path)
+
+
+def test_redis_db_isolation_is_warned_and_still_confined(tmp_path):
+    from aicommons.tenancy.redis import acl_rules
+
+    site, _ = load_text("""version: 1
+name: legacy
+domain: example.org
+driver: {kind: lxc}
+services: {ollama: {}, postgres: {}, redis: {}}
+user_template: {apps: [n8n]}
+redis: {isolation: db}
+users: [{name: alice}]
+""")
+    r = resolve(site)
+    rb = next(b for b in backends_for(r, DictSecrets(), tmp_path) if b.name == "redis")
+    assert rb.warnings and "isolate nothing" in rb.warnings[0]
+    t = r.tenants[0]
+    rules = acl_rules(t, "pw")
+    assert t.redis_db == 2 and "+select|2" in rules and "~alice:*" in rules and "-@dangerous" in rules

@@ -121,15 +121,18 @@ def isolation(file: Path = SiteFile, state: Annotated[Path | None, StateOpt] = N
 
     from aicommons.tenancy.manage import audit_site
 
-    checks, skipped = audit_site(file, state_path=state)
+    checks, skipped, warnings = audit_site(file, state_path=state)
     leaks = [c for c in checks if not c.ok]
     if as_json:
         print(json.dumps({"ok": not leaks and not skipped, "leaks": len(leaks), "skipped": skipped,
+                          "warnings": warnings,
                           "checks": [asdict(c) | {"ok": c.ok} for c in checks]}, indent=1))
     else:
         print_matrix(checks)
         for s in skipped:
             err_console.print(f"[yellow]not audited:[/] {s}", soft_wrap=True)
+        for w in warnings:
+            err_console.print(f"[yellow]warning:[/] {w}", soft_wrap=True)
         for c in leaks:
             err_console.print(f"[red]LEAK[/] {c.backend}: {c.actor} -> {c.target} {c.resource}: expected "
                               f"{c.expected}, got {c.observed} {c.detail}", soft_wrap=True)
@@ -143,7 +146,8 @@ def print_matrix(checks) -> None:
     """actor x target, one cell per pair: ok when every probe matched what isolation requires."""
     actors = sorted({c.actor for c in checks})
     targets = sorted({c.target for c in checks})
-    t = Table("actor \\ target", *targets, title="isolation (own = must work, others = must be refused)")
+    t = Table("actor \\ target", *targets, title="isolation (own = must work, others = must be refused)",
+              caption="* = server-wide commands (SCAN, KEYS, FLUSHALL, SELECT, …)" if "*" in targets else None)
     for a in actors:
         cells = []
         for tg in targets:

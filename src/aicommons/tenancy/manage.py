@@ -300,8 +300,9 @@ def show_user(site_file: Path, name: str, *, reveal: bool = False, state_path=No
         return info
 
 
-def audit_site(site_file: Path, *, state_path=None, backends=None) -> tuple[list[AuditCheck], list[str]]:
-    """Every back end's cross-user probes; (checks, back ends that could not be audited)."""
+def audit_site(site_file: Path, *, state_path=None, backends=None
+               ) -> tuple[list[AuditCheck], list[str], list[str]]:
+    """Every back end's cross-user probes: (checks, back ends that could not be audited, warnings)."""
     from aicommons.errors import TemporaryError
 
     with Context(Path(site_file), state_path=state_path, backends=backends) as ctx:
@@ -313,4 +314,5 @@ def audit_site(site_file: Path, *, state_path=None, backends=None) -> tuple[list
                 checks += b.audit(tenants, secrets)
             except (TemporaryError, OSError) as exc:
                 skipped.append(f"{b.name}: {exc}")
-        return checks, skipped
+        warnings = [w for b in ctx.backends for w in getattr(b, "warnings", [])]
+        return checks, skipped, warnings

@@ -180,3 +180,23 @@ def test_targets_limit_the_run(site, fake_dir):
     assert "user2" in owners and "user1" not in owners and "user3" not in owners
     assert r.ok
 
+
+
+def test_driver_hooks_secrets_binding_and_no_traefik_target(site, fake_dir):
+    from aicommons.drivers.fake import FakeDriver
+    from aicommons.engine.api import plan_site
+    from aicommons.tenancy.fake import fake_backends
+    from tests.test_engine_support import test_renderer
+
+    class NoTraefik(FakeDriver):
+        bound = None
+
+        def bind_secrets(self, lookup):
+            NoTraefik.bound = lookup
+
+        def traefik_target(self):
+            return None
+
+    p = plan_site(site, driver=NoTraefik(fake_dir), backends=fake_backends(fake_dir), renderer=test_renderer)
+    assert not [s for s in p.steps if s.startswith("traefik.")] and any("Traefik" in n for n in p.notes)
+    assert NoTraefik.bound("site", "postgres_admin_password") == NoTraefik.bound("site", "postgres_admin_password")

@@ -72,6 +72,7 @@ def default_backends(resolved, secrets, base_dir, notes: list[str]) -> list:
 
 
 def default_target(site, driver):
+    """The driver's Traefik target (None: it has none), else the dynamic dir on this host."""
     make = getattr(driver, "traefik_target", None)
     if callable(make):
         return make()
@@ -106,8 +107,12 @@ class Session:
             self.driver.bind_secrets(self.secrets.get)
         base = self.site_file.resolve().parent
         self.backends = backends if backends is not None else default_backends(self.resolved, self.secrets, base, self.notes)
+        if hasattr(self.driver, "bind_secrets"):  # drivers whose service recipes need admin passwords
+            self.driver.bind_secrets(self.secrets)
         self.renderer = renderer or default_renderer
         self.target = target if target is not None else default_target(self.site, self.driver)
+        if self.target is None:
+            self.notes.append("the driver has no place for Traefik's files; routes are not applied")
 
     def close(self) -> None:
         self.state.close()
@@ -135,7 +140,8 @@ def _refresh(s: Session) -> Reality:
             tenants[b.name] = {}
             unread.add(b.name)
     allocations = {a.ctid: a.user for a in s.state.allocations() if a.status != "purged"}
-    return Reality(containers, tenants, s.target.list(), s.state.applied(), allocations, unread)
+    traefik = s.target.list() if s.target is not None else {}
+    return Reality(containers, tenants, traefik, s.state.applied(), allocations, unread)
 
 
 def _service_of(s: Session, backend) -> str:
@@ -152,6 +158,8 @@ def build_plan(s: Session, *, destroy: bool = False) -> Plan:
         for k in tenant_keys(t):
             s.secrets.get(t.user, k)
     files = {} if destroy else s.renderer(s.resolved, s.secrets)
+    if s.target is None:
+        files = {p: f for p, f in files.items() if not p.startswith("traefik/")}
     planner = Planner(s.resolved, files, s.secrets.versions(), _refresh(s), s.backends, destroy=destroy)
     changes, steps, notes = planner.run()
     return Plan(str(s.site_file), fingerprint(s.site_file, s.state), s.resolved, changes, steps,

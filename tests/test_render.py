@@ -148,6 +148,9 @@ def test_user_file_routes_every_app_behind_its_owner(files, site):
         c = site.container(t.ctid)
         doc = _dyn(files, c.traefik_file)
         routers = doc["http"]["routers"]
+        hook = routers.pop(f"n8n-{t.user}-webhook")  # n8n's webhooks: the one path without forward-auth
+        assert hook["rule"] == f"Host(`{t.hosts['n8n']}`) && (PathPrefix(`/webhook/`))"
+        assert hook["middlewares"] == ["secure-headers"]
         assert {r["rule"] for r in routers.values()} == {f"Host(`{h}`)" for h in t.hosts.values()}
         for name, r in routers.items():
             assert r["entryPoints"] == ["websecure"] and r["tls"] == {"certResolver": "letsencrypt"}

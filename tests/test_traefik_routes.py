@@ -48,6 +48,7 @@ def env():
     write_tree(render_site(site50, secrets), tr.root, prune=PRUNE)
     tr.start()
     expected = {router_name(r) for r in site50.routes if r.kind == "http" and routable(site50, r)} | {"traefik-api"}
+    expected |= {f"n8n-{t.user}-webhook" for t in site50.tenants}
     tr.wait_routers({f"{n}@file" for n in expected})
     yield {"tr": tr, "site": site50, "site51": site51, "backends": backends, "secrets": secrets,
            "expected": expected, "original": {r.host: r.urls for r in planned.routes}}
@@ -66,7 +67,7 @@ def test_every_router_of_the_plan_is_enabled_without_error(env):
     routers = env["tr"].routers()
     mine = {n[:-5]: r for n, r in routers.items() if n.endswith("@file")}
     assert set(mine) == env["expected"]
-    assert len(mine) == 50 * 8 + len([r for r in env["site"].routes if r.owner is None and r.kind == "http"]) + 1
+    assert len(mine) == 50 * 9 + len([r for r in env["site"].routes if r.owner is None and r.kind == "http"]) + 1
     bad = {n: (r.get("status"), r.get("error")) for n, r in mine.items()
            if r.get("status") != "enabled" or r.get("error")}
     assert bad == {}
@@ -116,6 +117,10 @@ def test_forward_auth_admits_only_the_owner(env):
                 assert ok.status_code == 200 and ok.json()["user"] == owner
                 assert _get(c, r, other).status_code == 403, r.host
                 assert _get(c, r).status_code == 403, r.host
+            n8n = next(r for r in site.routes if r.owner == owner and r.service == "n8n")
+            hook = c.get("/webhook/abc", headers={"Host": n8n.host})  # no user at all
+            assert hook.status_code == 200 and hook.json()["backend"] in _original(env, n8n)
+            assert c.get("/webhook-test/abc", headers={"Host": n8n.host}).status_code == 403
 
 
 def test_rerendering_under_traffic_fails_no_request(env):

@@ -17,6 +17,9 @@ OPERATOR = "operator-allow"
 AUTH_HEADERS = ["X-authentik-username", "X-authentik-groups", "X-authentik-email", "X-authentik-name",
                 "X-authentik-uid"]
 HEALTH_INTERVAL = "10s"
+# Paths that outside callers must reach without a login: n8n's production webhooks (n8n checks
+# their own header/basic auth). Everything else of the app stays behind forward-auth.
+UNAUTHENTICATED_PATHS = {"n8n": ("/webhook/",)}
 HEADER = "# Rendered by aicommons: do not edit by hand (`aicommons render` rewrites it).\n"
 
 
@@ -91,6 +94,11 @@ def dynamic_file(resolved: ResolvedSite, routes: list[Route], owner: str | None 
             continue
         http["routers"][name] = _http_router(resolved, r)
         http["services"][name] = _http_service(r)
+        paths = UNAUTHENTICATED_PATHS.get(r.service, ()) if r.owner else ()
+        if paths:
+            rule = " || ".join(f"PathPrefix(`{p}`)" for p in paths)
+            http["routers"][f"{name}-webhook"] = {**_http_router(resolved, r), "rule": f"Host(`{r.host}`) && ({rule})",
+                                                  "middlewares": [HEADERS]}
     addr = forward_auth_address(resolved)
     if owner and addr and any(r.access == "owner" for r in routes):
         http["middlewares"] = {auth_middleware(owner): _forward_auth(addr)}

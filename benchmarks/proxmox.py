@@ -10,6 +10,7 @@ a single template's lock forces), the API calls per container, and the second ru
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 import time
 from pathlib import Path
@@ -32,6 +33,7 @@ def main() -> None:
     ap.add_argument("--scale", type=float, default=1.0, help="multiply every simulated task duration")
     ap.add_argument("--workers", type=int, default=8)
     args = ap.parse_args()
+    logging.getLogger("paramiko").addHandler(logging.NullHandler())  # quiet "connection reset" at teardown
     t = args.clone_seconds * args.scale
     tasks = {"vzclone": t, "vzcreate": t, "vzstart": 0.1 * t, "resize": 0.1 * t}
     with Simulator(task_seconds=tasks) as sim:

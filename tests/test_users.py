@@ -170,3 +170,27 @@ def test_append_keeps_layout_and_comments(tmp_path):
         assert manage.append_user(f, manage.validate_new_user("bob", None))
         assert manage.user_names(f)[-1] == "bob" and "# a small site" in f.read_text()
         assert not manage.append_user(f, manage.validate_new_user("bob", None))  # a re-run adds nothing
+
+
+def test_remove_keep_data_then_add_again_adopts_it(site, tmp_path, pg):
+    from aicommons.engine.api import apply_site
+
+    for n in ("alice", "bob"):
+        assert add(site, n, tmp_path).ok
+    with manage.Context(site) as ctx:
+        s = ctx.tenant_secrets(ctx.tenant("bob"))
+    dsn = dict(host=pg.host, port=pg.port, user="u_bob", password=s["postgres_password"], dbname="n8n_bob")
+    with psycopg.connect(**dsn, autocommit=True) as c:
+        c.execute("CREATE TABLE notes (t text)")
+        c.execute("INSERT INTO notes VALUES ('keep me')")
+    assert manage.remove_user(site, "bob", keep_data=True, driver=FakeDriver(tmp_path / "fake")).ok
+    assert "bob" not in manage.user_names(site)
+    with pytest.raises(psycopg.OperationalError, match="not permitted to log in"):
+        psycopg.connect(**dsn)
+    # a later apply of the whole site leaves the kept data alone
+    assert apply_site(site, driver=FakeDriver(tmp_path / "fake"), yes=True).ok
+    with psycopg.connect(pg.admin_dsn.replace("dbname=postgres", "dbname=n8n_bob")) as c:
+        assert c.execute("SELECT t FROM notes").fetchall() == [("keep me",)]
+    assert add(site, "bob", tmp_path).ok  # back, with data and logins
+    with psycopg.connect(**dsn) as c:
+        assert c.execute("SELECT t FROM notes").fetchall() == [("keep me",)]

@@ -198,12 +198,19 @@ class Context:
 def add_user(site_file: Path, name: str, email: str | None = None, *, state_path=None, driver=None,
              backends=None, out=None):
     """Validate, append to site.yaml, then let the engine create exactly this user."""
-    from aicommons.engine.api import apply_site
+    from aicommons.engine.api import apply_site, open_state
 
     user = validate_new_user(name, email)
+    state = open_state(site_file, state_path)
+    try:  # a user removed with --keep-data comes back with its data and its logins
+        returning = any(a.user == name and a.status == "removed" for a in state.allocations())
+    finally:
+        state.close()
     added = append_user(Path(site_file), user)
     result = apply_site(site_file, state_path=state_path, targets={name}, yes=True, driver=driver,
                         backends=backends, out=out, command=f"users add {name}")
+    if returning and result.ok:
+        set_suspended(Path(site_file), name, False, state_path=state_path, backends=backends)
     return added, result
 
 

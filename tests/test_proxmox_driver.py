@@ -273,3 +273,12 @@ def test_bad_token_and_untrusted_certificate_are_clear_errors():
         assert "driver.ca_file" in str(e.value)
     finally:
         sim.close()
+
+
+def test_registry_builds_the_driver_from_site_yaml(seeded):
+    from aicommons.drivers.registry import driver_for
+
+    sim, site, resolved, _, _ = seeded
+    d = driver_for(site)
+    assert isinstance(d, ProxmoxDriver) and d.kind == "proxmox"
+    assert {s.ctid for s in d.list_containers()} == {c.ctid for c in resolved.containers}

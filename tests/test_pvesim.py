@@ -144,3 +144,9 @@ def test_schema_covers_every_modelled_handler():
         concrete = concrete.replace("{group}", "g").replace("{pos}", "0").replace("{name}", "n").replace("{cidr}", "c")
         found = schema.endpoint(method, concrete)
         assert found is not None and found[0].path == path, (method, path)
+
+
+def test_raw_lxc_keys_cannot_travel_over_the_api(api):
+    with pytest.raises(ResourceException) as e:
+        api.nodes("pve1").lxc(9000).config.put(**{"lxc.cgroup2.devices.allow": "c 195:* rwm"})
+    assert e.value.status_code == 400 and "lxc.cgroup2.devices.allow" in e.value.errors

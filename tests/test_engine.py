@@ -132,6 +132,7 @@ def test_slots_are_stable_and_removed_users_keep_theirs(site, fake_dir):
     _, backends = fakes(fake_dir)
     assert "user1" not in backends[0].observe()
     assert "user1" in json.loads(backends[0].file.read_text())["archived"]  # archived, not purged
+    assert (fake_dir / "archive" / "200" / "files" / "opt/aicommons/user1/.env").exists()
     edit_site(site, lambda d: d["users"].append({"name": "erin"}))
     p = plan(site, fake_dir)
     assert p.resolved.tenant("erin").ip == "10.0.5.203"  # user1's slot is not reused before a purge
@@ -200,3 +201,22 @@ def test_driver_hooks_secrets_binding_and_no_traefik_target(site, fake_dir):
     p = plan_site(site, driver=NoTraefik(fake_dir), backends=fake_backends(fake_dir), renderer=test_renderer)
     assert not [s for s in p.steps if s.startswith("traefik.")] and any("Traefik" in n for n in p.notes)
     assert callable(NoTraefik.bound) and hasattr(NoTraefik.bound, "rotate")  # the state's secret store
+
+
+def test_container_data_is_never_destroyed_unarchived(site, fake_dir):
+    from aicommons.drivers.fake import FakeDriver
+    from aicommons.engine.api import apply_site
+    from aicommons.tenancy.fake import fake_backends
+    from tests.test_engine_support import test_renderer
+
+    class NoArchiveDriver(FakeDriver):
+        archive = None  # this driver cannot keep a copy
+
+    apply(site, fake_dir, out=io.StringIO())
+    edit_site(site, lambda d: d.update(users=d["users"][:2]))
+    kw = dict(backends=fake_backends(fake_dir), renderer=test_renderer, out=io.StringIO())
+    r = apply_site(site, driver=NoArchiveDriver(fake_dir), **kw)
+    assert r.outcomes["container.202"].status == "failed" and "--purge" in r.outcomes["container.202"].detail
+    assert FakeDriver(fake_dir).get(202).status == "stopped"  # kept
+    assert apply_site(site, driver=NoArchiveDriver(fake_dir), purge=True, **kw).ok
+    assert FakeDriver(fake_dir).get(202) is None

@@ -116,6 +116,22 @@ class FakeDriver:
         with self._db() as d:
             d["containers"].pop(str(ctid), None)
 
+    def archive(self, ctid: int) -> Path:
+        """Copy the container's record and files aside (a stand-in for vzdump / a rootfs tarball)."""
+        self._behave("archive", ctid)
+        import shutil
+
+        dest = self.dir / "archive" / str(ctid)
+        c = self.get(ctid)
+        if c is None:
+            raise PermanentError(f"container {ctid} does not exist")
+        dest.mkdir(parents=True, exist_ok=True)
+        (dest / "container.json").write_text(json.dumps(asdict(c), default=list))
+        files = self.dir / "ct" / str(ctid)
+        if files.exists():
+            shutil.copytree(files, dest / "files", dirs_exist_ok=True)
+        return dest
+
     def exec(self, ctid: int, argv: list[str], *, stdin: bytes | None = None, timeout: float = 600) -> ExecResult:
         self._behave("exec", ctid)
         with self._db() as d:

@@ -103,8 +103,6 @@ class Session:
         self.resolved = resolve(self.site, held=self.state.held_slots(), index=index)
         self.notes: list[str] = list(self.resolved.notes)
         self.driver = driver if driver is not None else default_driver(self.site)
-        if callable(getattr(self.driver, "bind_secrets", None)):  # LXC: admin passwords for its service recipes
-            self.driver.bind_secrets(self.secrets.get)
         base = self.site_file.resolve().parent
         self.backends = backends if backends is not None else default_backends(self.resolved, self.secrets, base, self.notes)
         if hasattr(self.driver, "bind_secrets"):  # drivers whose service recipes need admin passwords
@@ -115,6 +113,9 @@ class Session:
             self.notes.append("the driver has no place for Traefik's files; routes are not applied")
 
     def close(self) -> None:
+        closer = getattr(self.driver, "close", None)
+        if callable(closer):
+            closer()
         self.state.close()
 
 

@@ -41,7 +41,10 @@ def _container(ctx: Context, step) -> None:
         have = step.payload
         if have.status == "running":
             d.stop(have.ctid)
-        if not ctx.purge and hasattr(d, "archive"):
+        if not ctx.purge:
+            if not callable(getattr(d, "archive", None)):  # never destroy data nobody kept a copy of
+                raise PermanentError(f"container {have.ctid} is stopped but kept: the {d.kind} driver cannot archive "
+                                     f"its data; back it up, then remove it with --purge")
             d.archive(have.ctid)
         d.destroy(have.ctid)
         if step.owner:

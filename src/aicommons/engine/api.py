@@ -102,6 +102,7 @@ class Session:
         self.secrets = self.state.secrets(key_source(self.site, self.state, site_file))
         self.resolved = resolve(self.site, held=self.state.held_slots(), index=index)
         self.notes: list[str] = list(self.resolved.notes)
+        self._own_driver = driver is None
         self.driver = driver if driver is not None else default_driver(self.site)
         base = self.site_file.resolve().parent
         self.backends = backends if backends is not None else default_backends(self.resolved, self.secrets, base, self.notes)
@@ -114,7 +115,7 @@ class Session:
 
     def close(self) -> None:
         closer = getattr(self.driver, "close", None)
-        if callable(closer):
+        if self._own_driver and callable(closer):  # an injected driver is the caller's to close
             closer()
         self.state.close()
 

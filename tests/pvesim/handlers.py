@@ -181,7 +181,7 @@ def lxc_clone(ctx):
         raise PveError(500, f"unable to create CT {newid} - CT {newid} already exists on node '{cl.cts[newid].node}'")
     target = ctx.p.get("target", node)
     cl.node(target)
-    if target != node:
+    if target != node and not cl.shared:
         raise PveError(500, f"Can't clone to other node '{target}' - storage '{cl.storage}' is not shared")
     _check_pool(ctx, ctx.p.get("pool"))
     cl.check_lock(src)

@@ -101,8 +101,10 @@ class Fault:
 
 
 class Cluster:
-    def __init__(self, nodes: list[Node], storage: str = "local-lvm", task_seconds: dict[str, float] | None = None):
+    def __init__(self, nodes: list[Node], storage: str = "local-lvm", task_seconds: dict[str, float] | None = None,
+                 shared: bool = False):
         self.lock = threading.RLock()
+        self.shared = shared  # the container storage is shared (Ceph/NFS): clones may target other nodes
         self.nodes = {n.name: n for n in nodes}
         self.storage = storage
         self.cts: dict[int, Ct] = {}
@@ -232,7 +234,8 @@ class Cluster:
                 out.append(e)
         if rtype in (None, "storage"):
             for n in self.nodes.values():
-                for sid, content, shared in ((self.storage, "rootdir,images", 0), ("local", "vztmpl,iso,backup", 0)):
+                for sid, content, shared in ((self.storage, "rootdir,images", int(self.shared)),
+                                             ("local", "vztmpl,iso,backup", 0)):
                     out.append({"id": f"storage/{n.name}/{sid}", "type": "storage", "storage": sid, "node": n.name,
                                 "status": "available", "content": content, "shared": shared,
                                 "maxdisk": 4000 * GiB, "disk": 100 * GiB, "plugintype": "lvmthin" if sid != "local" else "dir"})

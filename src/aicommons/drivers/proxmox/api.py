@@ -116,6 +116,13 @@ class TaskStatus:
 
 
 @dataclass(frozen=True)
+class Storage:
+    storage: str
+    node: str
+    shared: bool
+
+
+@dataclass(frozen=True)
 class PciMapping:
     id: str
     nodes: tuple[str, ...]
@@ -270,6 +277,10 @@ class PveApi:
             nodes = tuple(parse_props(m).get("node", "") for m in d.get("map", []))
             out.append(PciMapping(d["id"], tuple(n for n in nodes if n)))
         return out
+
+    def storages(self) -> list[Storage]:
+        return [Storage(d["storage"], d["node"], bool(d.get("shared")))
+                for d in self.get("cluster/resources", type="storage")]
 
     def pools(self) -> set[str]:
         return {d["poolid"] for d in self.get("pools")}

@@ -4,9 +4,9 @@
   linked clones of the node's user template (features nesting=1,keyctl=1 — keyctl is root-only,
   so the template is prepared once by root; see docs/proxmox.md). Other shared services are
   created from the Debian 12 ostemplate with nesting=1, which a token may set.
-- Templates live on local storage, so each node that takes clones holds its own template:
-  `template_ctid` on the first node, `template_ctid + i` on node i (or any template CT tagged
-  `aicommons-template`). Clones of one template run one at a time (PVE locks the source for
+- On local storage each node that takes clones holds its own template: `template_ctid` on the
+  first node, `template_ctid + i` on node i (or any template CT tagged `aicommons-template`).
+  On shared storage one template serves all nodes (`clone … target=<node>`). Clones of one template run one at a time (PVE locks the source for
   the clone's duration); clones of different templates, and everything else, run in parallel.
 - Containers are the site's when tagged `aicommons` and the site's tag; identity is the CTID.
 """
@@ -59,6 +59,7 @@ class ProxmoxDriver:
         self._source_locks: dict[int, threading.Lock] = {}
         self._pool_ok = False
         self.full_nodes: set[str] = set()  # nodes whose storage refused a disk in this run
+        self._shared: bool | None = None  # is `storage` shared between nodes?
 
     @classmethod
     def from_site(cls, site, *, api: PveApi | None = None, shell: NodeShell | None = None,
@@ -144,14 +145,25 @@ class ProxmoxDriver:
         return node
 
     # ---- placement ----------------------------------------------------------------------
-    def templates(self, guests: list[Guest] | None = None) -> dict[str, int]:
-        """node -> CTID of the user template on it."""
-        out: dict[str, int] = {}
+    def templates(self, guests: list[Guest] | None = None) -> dict[str, tuple[str, int]]:
+        """node -> (node holding the template, its CTID) for every node that can take a linked clone.
+
+        On local storage a node clones only its own template; on shared storage (Ceph, NFS) one
+        template serves every node (`clone … target=node`)."""
+        found: dict[str, tuple[str, int]] = {}
         for g in sorted(guests if guests is not None else self.api.guests(), key=lambda g: g.vmid):
             if g.template and (ctconfig.TEMPLATE_TAG in g.tags or
                                self.template_ctid <= g.vmid < self.template_ctid + 100):
-                out.setdefault(g.node, g.vmid)
-        return out
+                found.setdefault(g.node, (g.node, g.vmid))
+        if found and self._shared_storage():
+            first = found[min(found, key=lambda n: found[n][1])]
+            return {n.name: found.get(n.name, first) for n in self.api.nodes()}
+        return found
+
+    def _shared_storage(self) -> bool:
+        if self._shared is None:
+            self._shared = any(s.shared for s in self.api.storages() if s.storage == self.storage)
+        return self._shared
 
     def needs_template(self, c: Container) -> bool:
         return c.role == "user" or c.name in self.docker_services
@@ -241,14 +253,16 @@ class ProxmoxDriver:
     def _make(self, c: Container, node: str) -> None:
         want = ctconfig.desired(c, self.site_name, self.bridge)
         if self.needs_template(c):
-            src = self.templates().get(node)
-            if src is None:
+            where = self.templates().get(node)
+            if where is None:
                 raise PermanentError(f"node {node} has no user template (CT {self.template_ctid}+ tagged "
                                      f"{ctconfig.TEMPLATE_TAG}); prepare it once as root (docs/proxmox.md)")
+            src_node, src = where
             with self._lock:
                 lock = self._source_locks.setdefault(src, threading.Lock())
             with lock:  # PVE locks the source for the whole clone: one clone per source at a time
-                self.api.clone(node, src, c.ctid, hostname=c.hostname, pool=self.pool, full=0)
+                self.api.clone(src_node, src, c.ctid, hostname=c.hostname, pool=self.pool, full=0,
+                               target=node if node != src_node else None)
             with self._lock:
                 self._where[c.ctid] = node
             self._configure(c, node, want)

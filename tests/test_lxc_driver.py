@@ -208,3 +208,27 @@ def test_down_leaves_nothing(drv: LxcDriver):
     assert f"aicommons:{NS}" not in rules
     assert str(drv.lxcpath) not in Path("/proc/mounts").read_text()
     assert drv.list_containers() == []
+
+
+def test_a_damaged_template_under_live_containers_is_a_clear_error(tmp_path):
+    from aicommons.drivers.lxc import template
+
+    tdir = template.template_dir(str(tmp_path), "http://deb.debian.org/debian")
+    (tdir / "rootfs" / "sbin").mkdir(parents=True)
+    (tdir / "ready").write_text("{not json")  # a broken cache
+    cfg = tmp_path / "200.config"
+    cfg.write_text(f"lxc.rootfs.path = overlay:{tdir / 'rootfs'}:/x\n")
+    template.register_user(tdir, 200, cfg)
+    assert "damaged" in template.check(tdir)
+    with pytest.raises(PermanentError, match=r"containers 200 are overlays of it.*aicommons down"):
+        template.ensure(str(tmp_path), "http://deb.debian.org/debian")
+    assert (tdir / "rootfs").exists()  # nothing under a live overlay was deleted
+
+
+def test_recipes_that_download_are_skipped_with_a_reason():
+    from aicommons.drivers.lxc.services import unsupported
+
+    cat = load_catalog()
+    assert unsupported(cat.services["postgres"]) is None and unsupported(cat.services["redis"]) is None
+    for name in ("ollama", "qdrant", "garage", "authentik"):
+        assert "outside Debian's mirror" in unsupported(cat.services[name])

@@ -26,7 +26,7 @@ domain: bench.example.org
 network:
   traefik: {{dynamic_dir: {d}/dynamic}}
 driver: {{kind: lxc, netns: aicbench, lxcpath: {d}/lxc, cache_dir: {cache}}}
-services: {{postgres: {{}}, redis: {{}}}}
+services: {{postgres: {{}}, redis: {{}}, ollama: {{}}}}  # n8n needs ollama: its recipe is skipped here
 user_template: {{apps: [n8n]}}
 users: [{{name: user1}}]
 """
@@ -49,6 +49,8 @@ def works(d: Path, user: str, ctid: int) -> bool:
     finally:
         st.close()
     drv = LxcDriver.from_site(site, join=False)
+    if drv._status(ctid) != "running":
+        return False
     db = f"n8n_{user.replace('-', '_')}"
     res = drv.exec(ctid, ["env", f"PGPASSWORD={pw}", "psql", "-h", "10.0.5.102", "-U", f"u_{user}", "-d", db,
                           "-Atc", "select 1"])
@@ -61,9 +63,9 @@ def run(cache: str, users: int) -> tuple[float, list[float]]:
         (d / "site.yaml").write_text(SITE.format(d=d, cache=cache))
         try:
             t0 = time.monotonic()
-            cli(d, "up", "--yes")  # exits 1 here: the Docker bundle step cannot run on this host
+            r = cli(d, "up", "--yes")  # exits 1 here: the Docker bundle step cannot run on this host
             if not works(d, "user1", 200):
-                raise SystemExit("user1 does not work after `up`; see `aicommons up` output")
+                raise SystemExit(f"user1 does not work after `up`:\n{(r.stdout + r.stderr)[-2000:]}")
             first = time.monotonic() - t0
             more = []
             for i in range(2, users + 1):

@@ -23,7 +23,6 @@ from aicommons.catalog import load_catalog
 from aicommons.drivers.lxc import config, limits, netns, services, template
 from aicommons.drivers.lxc.services import ServiceOutcome
 from aicommons.drivers.lxc.traefik import TraefikRunner
-from aicommons.drivers.lxc.run import run
 from aicommons.errors import PermanentError, TemporaryError
 from aicommons.plan.model import Container
 from aicommons.plan.secrets import SecretLookup

@@ -66,10 +66,11 @@ class LxcDriver:
                   cache_dir=options.get("cache_dir", d.cache_dir), log=options.get("log", _stderr),
                   secrets=options.get("secrets"), traefik_ip=str(n.traefik.address),
                   traefik_dir=options.get("traefik_dir", n.traefik.dynamic_dir))
-        if options.get("join", True):
-            # The control plane (this process) joins the site's network as a host on its bridge would,
-            # so the tenancy back ends reach 10.0.5.x. Done here, on the calling thread, before the
-            # engine starts its worker threads (they inherit the namespace).
+        if options.get("join", Path(sys.argv[0]).name == "aicommons"):
+            # The control plane (the `aicommons` command) joins the site's network as a host on its
+            # bridge would, so the tenancy back ends reach 10.0.5.x. Done here, on the calling thread,
+            # before the engine starts its worker threads (they inherit the namespace). In-process
+            # callers (tests, libraries) opt in with join=True: joining moves their 127.0.0.1 too.
             netns.ensure(net)
             if net.nat:
                 netns.mirror_addresses(net.mirror)  # resolved now, while DNS is still reachable

@@ -124,6 +124,8 @@ class SecretStore:
 
     def get(self, scope: str, key: str) -> str:
         """The value, generated and stored on first use (never regenerated: ON CONFLICT DO NOTHING)."""
+        if not self._cache:
+            self._load_all()
         hit = self._cache.get((scope, key))
         if hit:
             return hit[1]
@@ -163,10 +165,17 @@ class SecretStore:
     def known(self) -> list[tuple[str, str, int]]:
         return self._state._read("SELECT scope, key, version FROM secrets ORDER BY scope, key")
 
+    def _load_all(self) -> None:
+        """Decrypt every stored secret once (a plan reads hundreds; one query beats one per key)."""
+        f = self._fernet()
+        for scope, key, token, version in self._state._read("SELECT scope, key, token, version FROM secrets"):
+            if self._cache.get((scope, key), (None,))[0] != version:
+                self._cache[(scope, key)] = (version, self._decrypt(f, token, scope, key))
+
     def values(self) -> list[str]:
         """Every stored value (for redaction filters only)."""
-        f = self._fernet()
-        return [self._decrypt(f, t, s, k) for s, k, t in self._state._read("SELECT scope, key, token FROM secrets")]
+        self._load_all()
+        return [v for _, v in self._cache.values()]
 
     def _decrypt(self, f: Fernet, token: bytes, scope: str, key: str) -> str:
         try:

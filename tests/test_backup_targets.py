@@ -17,6 +17,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import boto3
+import httpx
 import pytest
 from moto.server import ThreadedMotoServer
 
@@ -46,7 +47,10 @@ def moto_url():
     port = free_port()
     srv = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     srv.start()
-    yield f"http://127.0.0.1:{port}"
+    url = f"http://127.0.0.1:{port}"
+    yield url
+    # moto keeps buckets in process-wide memory: leave none behind for other test modules
+    httpx.post(f"{url}/moto-api/reset", trust_env=False)
     srv.stop()
 
 

@@ -16,7 +16,8 @@ from pathlib import Path
 
 from aicommons.ops.backup import objects, postgres as pgb, redis_keys as rk
 from aicommons.ops.backup.postgres import Server
-from aicommons.ops.backup.repo import BackupError, Item, Manifest, Repo, file_item, new_id, sha256_file
+from aicommons.ops.backup.repo import (BackupError, Item, Manifest, Repo, file_item, new_id, sha256_file,
+                                       write_private)
 from aicommons.plan.model import ResolvedSite, Tenant
 
 Step = Callable[[str], None]
@@ -92,9 +93,7 @@ def run_backup(resolved: ResolvedSite, src: Sources, repo: Repo, *, user: str | 
                 acl = rk.acl_lines(r)
                 mine = {t.redis_user for t in tenants}
                 if user:
-                    acl = [ln for ln in acl if ln.split(" ")[1:2] and ln.split(" ")[1] in mine]
-                from aicommons.ops.backup.repo import write_private
-
+                    acl = [ln for ln in acl if (ln.split(" ") + [""])[1] in mine]
                 write_private(tmp / "redis/acl.txt", "\n".join(acl) + "\n")
                 items.append(file_item(tmp, "redis/acl.txt", "redis_acl", "acl", user, users=len(acl)))
                 match = rk.glob_escape(tenants[0].redis_prefix) + "*" if user else "*"

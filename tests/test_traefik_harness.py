@@ -183,12 +183,13 @@ class Traefik:
                 return out
             page = int(nxt)
 
-    def wait_routers(self, names: set[str], timeout: float = 30) -> dict[str, dict]:
+    def wait_routers(self, names: set[str], timeout: float = 30, absent: set[str] = frozenset()) -> dict[str, dict]:
+        """Routers once every name in `names` is there and none of `absent` (or at the timeout)."""
         end = time.monotonic() + timeout
         got: dict[str, dict] = {}
         while time.monotonic() < end:
             got = self.routers()
-            if names <= set(got):
+            if names <= set(got) and not absent & set(got):
                 return got
             time.sleep(0.1)
         return got

@@ -342,3 +342,25 @@ def test_cli_render_writes_the_tree(tmp_path, monkeypatch):
     assert (out / "users/user2/.env").read_text() == env1  # secrets come from the state: stable
     assert (out / "traefik/dynamic/205201.yml").exists() and (out / "firewall/cluster.fw").exists()
     assert main(["render", "-f", str(site_file), "--out", str(out), "--user", "nobody"]) == 1
+
+
+def test_variants_minio_db_isolation_external_postgres_parse_and_wire():
+    def tweak(d):
+        d["object_storage"] = "minio"
+        for name in ("garage", "langfuse", "formbricks"):  # the last two name garage in the catalog
+            d["services"].pop(name)
+        d["services"]["minio"] = {}
+        d["redis"] = {"isolation": "db", "databases": 16, "first_db": 2}
+        d["services"]["postgres"] = {"external": {"host": "db.example.org", "port": 5433}}
+    s = make_site(3, tweak)
+    files = render_site(s, FakeSecrets())
+    assert {p: parse_problem(p, f.content) for p, f in files.items() if parse_problem(p, f.content)} == {}
+    assert files["services/minio/minio.env"].mode == 0o600 and "services/garage/garage.toml" not in files
+    acl = files["services/redis/users.acl"].content
+    assert "+select|2" in acl and "+select|4" in acl
+    env = parse_env(files["users/user2/.env"].content)
+    assert env["REDIS_URL"].endswith(":6379/3")
+    assert "@db.example.org:5433/openwebui_user2" in env["OPENWEBUI_DATABASE_URL"]
+    assert not any(p.startswith("services/postgres/") for p in files)  # not ours to configure
+    ow = yaml.safe_load(files["users/user2/docker-compose.yml"].content)["services"]["openwebui"]["environment"]
+    assert ow["S3_ENDPOINT_URL"].endswith(":9000") and ow["S3_REGION_NAME"] == "us-east-1"

@@ -364,3 +364,56 @@ def test_variants_minio_db_isolation_external_postgres_parse_and_wire():
     assert not any(p.startswith("services/postgres/") for p in files)  # not ours to configure
     ow = yaml.safe_load(files["users/user2/docker-compose.yml"].content)["services"]["openwebui"]["environment"]
     assert ow["S3_ENDPOINT_URL"].endswith(":9000") and ow["S3_REGION_NAME"] == "us-east-1"
+
+
+def _pve_params():
+    """(method, templated path) -> parameter schema, from the PVE 9.1.3 API schema."""
+    import gzip
+    path = SCHEMA.parent / "pve-api-schema-9.1.3.json.gz"
+    out = {}
+
+    def walk(nodes):
+        for n in nodes:
+            for method, info in n.get("info", {}).items():
+                out[(method, n["path"])] = info.get("parameters", {}).get("properties", {})
+            walk(n.get("children", []))
+    walk(json.load(gzip.open(path)))
+    return out
+
+
+def _template(path: str) -> str:
+    parts = path.split("/")
+    if parts[1] == "nodes":  # /nodes/{node}/lxc/{vmid}/firewall/...
+        parts[2], parts[4] = "{node}", "{vmid}"
+    elif parts[1:3] == ["cluster", "firewall"] and len(parts) > 4:
+        parts[4] = "{group}" if parts[3] == "groups" else "{name}"
+    return "/".join(parts)
+
+
+def test_firewall_api_calls_match_the_pve_schema(site):
+    params = _pve_params()
+    calls = firewall_plan(site).api_calls()
+    assert calls
+    for method, path, body in calls:
+        spec = params.get((method, _template(path)))
+        assert spec is not None, (method, path)
+        for key, value in body.items():
+            assert key in spec, (path, key)
+            p = spec[key]
+            if "enum" in p:
+                assert value in p["enum"], (path, key, value)
+            if "pattern" in p:
+                assert re.fullmatch(p["pattern"], str(value)), (path, key, value)
+        required = {k for k, p in spec.items() if not p.get("optional") and k not in ("node", "vmid", "name", "group")}
+        assert required <= set(body), (path, required - set(body))
+    # group names fit PVE's limit and rules reference only defined groups and ipsets
+    fw = firewall_plan(site)
+    names = {g.name for g in fw.groups}
+    sets = {f"+{s.name}" for s in fw.ipsets}
+    assert all(len(n) <= 18 for n in names)
+    for c in fw.containers:
+        for r in c.rules:
+            assert r.action in names if r.type == "group" else r.action in ("ACCEPT", "DROP", "REJECT")
+    for r in [r for g in fw.groups for r in g.rules] + [r for c in fw.containers for r in c.rules]:
+        for ref in (r.source, r.dest):
+            assert not (ref or "").startswith("+") or ref in sets, r

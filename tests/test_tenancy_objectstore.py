@@ -145,3 +145,11 @@ def test_minio_users_policies_and_audit(moto, tmp_path):
         b.remove(t2, purge=True)
     finally:
         srv.stop()
+
+
+def test_observe_reports_only_tenant_buckets(store):
+    b, garage, secrets, _ = store
+    t = resolved_site(1).tenants[0]
+    b.ensure(t, secrets.for_tenant(t))
+    GarageAdmin(garage.url, TOKEN).create_bucket("langfuse-events")  # a shared service's bucket
+    assert b.observe() == {"user1": {"s3.bucket.user1-openwebui", "s3.bucket.user1-flowise"}}

@@ -151,10 +151,15 @@ class ObjectStoreBackend:
                             config=Config(s3={"addressing_style": "path"}, retries={"max_attempts": 2}))
 
     def observe(self) -> dict[str, set[str]]:
+        """Buckets named <user>-<purpose> for a purpose some app declares; others are not tenants'."""
+        from aicommons.catalog import load_catalog
+
+        purposes = {p for app in load_catalog().apps.values() for p in app.buckets}
         out: dict[str, set[str]] = {}
         for b in self.admin.buckets():
-            user = b.rsplit("-", 1)[0]
-            out.setdefault(user, set()).add(f"s3.bucket.{b}")
+            user, _, purpose = b.rpartition("-")
+            if user and purpose in purposes:
+                out.setdefault(user, set()).add(f"s3.bucket.{b}")
         return out
 
     def ensure(self, t: Tenant, secrets: Secrets) -> None:

@@ -155,7 +155,7 @@ def test_rerendering_under_traffic_fails_no_request(env):
             site = with_auth_server(base, backends)
             res = write_tree(render_site(site, secrets), tr.root, prune=PRUNE)
             written += len([p for p in res.written if p.startswith("traefik/dynamic/")])
-            time.sleep(0.3)
+            time.sleep(0.1)
         # let Traefik apply the last one while traffic continues
         last = with_auth_server(env["site"], backends)
         write_tree(render_site(last, secrets), tr.root, prune=PRUNE)

@@ -18,14 +18,18 @@ import time
 from pathlib import Path
 
 from aicommons.catalog import load_catalog
+from aicommons.drivers.lxc import netns
 from aicommons.drivers.lxc.run import run
-from aicommons.errors import PermanentError
+from aicommons.errors import AicError, PermanentError
 
 SUITE = "bookworm"
 # What every container gets: systemd as init, the tools the control plane and the tests use.
 BASE = ["systemd-sysv", "iproute2", "procps", "netbase", "ca-certificates", "python3",
         "postgresql-client-15", "redis-tools", "less"]
-PRIVATE = ["unshare", "--mount", "--propagation", "private"]
+def _private(argv: list[str]) -> list[str]:
+    """In the host's network (DNS, the mirror: this process may have joined the site's namespace)
+    and a private mount namespace (debootstrap's /proc and /sys mounts vanish with it, even if killed)."""
+    return netns.host(["unshare", "--mount", "--propagation", "private", *argv])
 SERVICE_UNITS = ["postgresql", "redis-server", "prometheus", "prometheus-node-exporter"]
 
 
@@ -58,11 +62,16 @@ def check(tdir: Path) -> str | None:
     return None
 
 
+_FAILED: dict[Path, str] = {}  # a build that failed in this process is not retried by every thread
+
+
 def ensure(cache_dir: str, mirror: str, log=print) -> Path:
     """Return the template directory, building it first if needed (one builder at a time)."""
     tdir = template_dir(cache_dir, mirror)
     if check(tdir) is None:
         return tdir
+    if tdir in _FAILED:
+        raise PermanentError(f"the template build failed earlier in this run: {_FAILED[tdir]}")
     tdir.parent.mkdir(parents=True, exist_ok=True)
     with open(tdir.parent / ".build.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
@@ -76,7 +85,12 @@ def ensure(cache_dir: str, mirror: str, log=print) -> Path:
                     f"{check(tdir)}; containers {', '.join(users)} are overlays of it. Run "
                     "`aicommons down` (or destroy those containers), then re-run to rebuild it.")
             shutil.rmtree(tdir)
-        _build(tdir, mirror, log)
+        try:
+            _build(tdir, mirror, log)
+        except AicError as exc:
+            _FAILED[tdir] = str(exc)
+            raise PermanentError(f"building the Debian 12 template in {tdir.parent} failed (a re-run resumes "
+                                 f"it): {exc}") from None
     return tdir
 
 
@@ -104,16 +118,14 @@ def _build(tdir: Path, mirror: str, log) -> None:
         if tmp.exists():
             shutil.rmtree(tmp)
         log(f"building the Debian 12 template with debootstrap from {mirror} (once; cached in {tdir})")
-        # In a private mount namespace: the /proc and /sys debootstrap mounts inside the target
-        # vanish with it, even if the build is killed.
-        run([*PRIVATE, "debootstrap", "--variant=minbase", f"--include={','.join(BASE)}", SUITE, str(rootfs),
-             mirror], timeout=1800, temporary=True)
+        run(_private(["debootstrap", "--variant=minbase", f"--include={','.join(BASE)}", SUITE, str(rootfs),
+                      mirror]), timeout=1800, temporary=True)
         (tmp / "debootstrap.done").write_text("")
     wanted = apt_packages()
     policy = rootfs / "usr/sbin/policy-rc.d"
     policy.write_text("#!/bin/sh\nexit 101\n")  # no service starts inside the chroot
     policy.chmod(0o755)
-    chroot = [*PRIVATE, "sh", "-c", f"mount -t proc proc {rootfs}/proc && exec chroot {rootfs} \"$@\"", "-"]
+    chroot = _private(["sh", "-c", f"mount -t proc proc {rootfs}/proc && exec chroot {rootfs} \"$@\"", "-"])
     run([*chroot, "apt-get", "update", "-qq"], timeout=600, temporary=True)
     have = run([*chroot, "sh", "-c", "for p; do apt-cache show --no-all-versions \"$p\" >/dev/null 2>&1 "
                 "&& echo \"$p\"; done", "-", *wanted]).stdout.decode().split()

@@ -30,17 +30,23 @@ sys.path.insert(0, {root!r})
 from pathlib import Path
 from tests.test_engine_support import apply
 print("ready", flush=True)
-r = apply(Path({site!r}), Path({world!r}), driver_variants={{"*": "slow"}}, delay={delay},
-          backend_variants={{n: {{"*": "slow"}} for n in ("postgres", "redis", "qdrant", "s3")}},
+r = apply(Path({site!r}), Path({world!r}), driver_variants={driver_variants}, delay={delay},
+          backend_variants={backend_variants},
           out=sys.stdout, parallelism=3, lock_timeout={lock_timeout})
 print("finished", r.ok, flush=True)
 """
 
 
-def child(site: Path, world: Path, delay: float = 0.03, lock_timeout: float = 0.0) -> subprocess.Popen:
+SLOW_BACKENDS = {n: {"*": "slow"} for n in ("postgres", "redis", "qdrant", "s3")}
+
+
+def child(site: Path, world: Path, delay: float = 0.02, lock_timeout: float = 0.0, driver_variants=None,
+          backend_variants=None) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     env.pop("AICOMMONS_SECRET_KEY", None)
-    code = CHILD.format(root=str(ROOT), site=str(site), world=str(world), delay=delay, lock_timeout=lock_timeout)
+    code = CHILD.format(root=str(ROOT), site=str(site), world=str(world), delay=delay, lock_timeout=lock_timeout,
+                        driver_variants=driver_variants or {"*": "slow"},
+                        backend_variants=SLOW_BACKENDS if backend_variants is None else backend_variants)
     p = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                          env=env)
     assert p.stdout.readline().strip() == "ready"
@@ -79,6 +85,9 @@ def check_converged(site: Path, world: Path, seen_secrets: dict) -> None:
     users = {t.user for t in p.resolved.tenants}
     for b in backends:
         assert set(b.observe()) <= users
+    files = {p.name for p in (world / "traefik").iterdir() if not p.name.startswith(".")}
+    assert files == {c.traefik_file for c in p.resolved.containers
+                     if any(r.traefik_file == c.traefik_file for r in p.resolved.routes)}
     st = StateStore.open(default_path(site))
     try:
         allocs = [a for a in st.allocations() if a.status == "active"]
@@ -101,14 +110,16 @@ def test_sigkill_at_random_points_then_apply_converges(site, tmp_path):
                  ["user1", "user2", "user3", "user4", "ann", "bob"], ["user2", "bob"]]
     killed_mid_run = mid_step = 0
     for i in range(20):
-        names = user_sets[i % len(user_sets)]
+        names = user_sets[i % len(user_sets)] + [f"new{i}"]  # a user this very run creates
         edit_site(site, lambda d: d.update(users=[{"name": n} for n in names]))
         p = child(site, world)
-        time.sleep(rng.uniform(0.0, 1.2))
+        time.sleep(rng.uniform(0.0, 1.0))
         finished = p.poll() is not None
         p.send_signal(signal.SIGKILL)
         p.wait()
         killed_mid_run += not finished
+        if i % 2:  # the operator drops the new user before anything converged: its leftovers must go
+            edit_site(site, lambda d: d.update(users=[u for u in d["users"] if u["name"] != f"new{i}"]))
         st = StateStore.open(default_path(site))
         mid_step += bool(st.unfinished_steps())  # killed between "started" and its outcome
         st.close()
@@ -149,3 +160,22 @@ def test_dead_holders_lock_is_broken_and_said_so(site, tmp_path):
     st = StateStore.open(default_path(site))
     assert [r.outcome for r in st.runs()] == ["ok", "interrupted"]
     assert st.unfinished_steps() and st.runs()[1].summary["interrupted_steps"]
+
+
+@pytest.mark.parametrize("where", ["container", "postgres", "redis"])
+def test_killed_right_after_the_world_changed_then_user_dropped(site, tmp_path, where):
+    """Deterministic kill points: the world changed, the state never heard, and the user is gone next."""
+    world = tmp_path / "world"
+    assert apply(site, world, out=io.StringIO()).ok
+    edit_site(site, lambda d: d["users"].append({"name": "late"}))
+    ctid = plan(site, world).resolved.tenant("late").ctid
+    driver_variants = {ctid: "crash"} if where == "container" else {}
+    backend_variants = {where: {"late": "crash"}} if where != "container" else {}
+    p = child(site, world, driver_variants=driver_variants, backend_variants=backend_variants)
+    assert p.wait(timeout=120) == -signal.SIGKILL
+    edit_site(site, lambda d: d.update(users=[u for u in d["users"] if u["name"] != "late"]))
+    out = io.StringIO()
+    r = apply(site, world, out=out)
+    assert r.ok, [(o.step, o.detail) for o in r.errors]
+    assert "was interrupted" in out.getvalue()
+    check_converged(site, world, {})

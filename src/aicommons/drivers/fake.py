@@ -1,7 +1,7 @@
 """A fake compute driver that keeps its containers in a JSON file, with failure variants.
 
 Like JupyterHub's MockSpawner family: `slow` (sleeps), `fail` (PermanentError), `flaky`
-(TemporaryError the first time), `never` (blocks forever). State lives in a file, written
+(TemporaryError the first time), `never` (blocks forever), `crash` (SIGKILL right after creating). State lives in a file, written
 atomically under a file lock, so it survives a kill -9 of the process driving it — which is
 what the engine's crash tests need. Pushed files land under `<dir>/ct/<ctid>/`.
 """
@@ -11,6 +11,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import signal
 import threading
 import time
 from contextlib import contextmanager
@@ -86,6 +87,11 @@ class FakeDriver:
                 ctid=container.ctid, hostname=container.hostname, status="stopped", ip=container.ip,
                 node=container.node, memory_mb=container.memory_mb, cores=container.cores,
                 disk_gb=container.disk_gb, tags=("aicommons",)))
+        v = self.variants.get(container.ctid, self.variants.get("*"))
+        if v == "slow":
+            time.sleep(self.delay or 0.2)  # answers late: created, but the caller does not know yet
+        elif v == "crash":
+            os.kill(os.getpid(), signal.SIGKILL)  # dies right after creating it
 
     def update(self, container: Container) -> None:
         self._behave("update", container.ctid)

@@ -141,9 +141,11 @@ def _refresh(s: Session) -> Reality:
             s.notes.append(f"could not read {b.name} ({exc}); planning as if it held nothing")
             tenants[b.name] = {}
             unread.add(b.name)
-    allocations = {a.ctid: a.user for a in s.state.allocations() if a.status != "purged"}
+    allocs = s.state.allocations()
+    allocations = {a.ctid: a.user for a in allocs if a.status != "purged"}
+    active = {a.user: a.ctid for a in allocs if a.status == "active"}
     traefik = s.target.list() if s.target is not None else {}
-    return Reality(containers, tenants, traefik, s.state.applied(), allocations, unread)
+    return Reality(containers, tenants, traefik, s.state.applied(), allocations, unread, active)
 
 
 def _service_of(s: Session, backend) -> str:

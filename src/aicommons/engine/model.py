@@ -29,7 +29,7 @@ class Change:
 @dataclass
 class Step:
     id: str
-    kind: Literal["container", "tenant", "traefik", "bundle"]
+    kind: Literal["container", "tenant", "traefik", "bundle", "allocation"]
     action: Action
     reason: str
     phase: int = 0

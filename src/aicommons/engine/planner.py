@@ -29,6 +29,7 @@ class Reality:
     applied: dict  # address -> state.store.Applied
     allocations: dict[str, int] = field(default_factory=dict)  # ctid -> user (from state)
     unread: set[str] = field(default_factory=set)  # back ends that could not be read
+    active: dict[str, int] = field(default_factory=dict)  # user -> ctid of active allocations
 
 
 def fp(*parts) -> str:
@@ -72,6 +73,7 @@ class Planner:
         self._tenants(tenants)
         self._traefik(containers)
         self._bundles(tenants)
+        self._allocations(tenants)
         self._gates()
         return self.changes, self.steps, self.notes
 
@@ -142,6 +144,8 @@ class Planner:
                     step.action, step.reason = "update", "missing " + ", ".join(missing)
                 elif rec is None:
                     step.action, step.reason = "update", "exists but was not applied by this state; adopt it"
+                elif rec.fingerprint == "pending":
+                    step.action, step.reason = "update", "an earlier apply stopped during this step"
                 elif rec.fingerprint != f:
                     rotated = rec.attrs.get("versions") != self._versions_of(t, prefix)
                     step.action = "update"
@@ -150,7 +154,8 @@ class Planner:
                     self.add(step)
                     continue
                 self.add(step, missing if step.action == "update" and missing else addrs)
-            for user, have in sorted(seen.items()):
+            recorded = {a.split(".", 2)[2]: set() for a in self.real.applied if a.startswith(f"tenant.{prefix}.")}
+            for user, have in sorted({**recorded, **seen}.items()):
                 if user in names:
                     continue
                 sid = f"tenant.{prefix}.{user}"
@@ -160,7 +165,7 @@ class Planner:
                                       f"create; left alone")
                     continue
                 why = "site is being taken down" if self.destroy else f"user {user} is no longer in the site"
-                self.add(Step(sid, "tenant", "delete", why, 0, user, sorted(have),
+                self.add(Step(sid, "tenant", "delete", why, 0, user, sorted(have) or [sid],
                               payload=(b, tenant_from(rec.attrs["tenant"]))))
 
     def _versions_of(self, t: Tenant, prefix: str) -> dict:
@@ -186,7 +191,8 @@ class Planner:
             if c is not None:
                 step.deps.add(A.container(c.ctid))
             self.add(step)
-        for name in sorted(self.real.traefik):
+        recorded = {r.attrs.get("file"): r for r in self.real.applied.values() if r.kind == "traefik"}
+        for name in sorted(set(self.real.traefik) | set(recorded) - {None}):
             addr = A.traefik_file(name)
             if name in wanted or addr not in self.real.applied:
                 continue  # files this site never wrote are not ours to delete
@@ -218,6 +224,18 @@ class Planner:
             step.deps.add(A.container(t.ctid))
             step.deps.update(s for s in self.steps if s.startswith("tenant.") and s.endswith(f".{t.user}"))
             self.add(step)
+
+    # ---- slots of users gone before their container existed ----------------------------------
+
+    def _allocations(self, tenants: list[Tenant]) -> None:
+        """An active slot whose user left the site and has no container: mark it removed (kept until purge)."""
+        names = {t.user for t in tenants}
+        for user, ctid in sorted(self.real.active.items()):
+            if user in names or ctid in self.real.containers:
+                continue
+            addr = f"allocation.{user}"
+            self.add(Step(addr, "allocation", "delete", f"user {user} is no longer in the site; the slot is kept "
+                          "until purged", 0, user, [addr]))
 
     # ---- ordering ------------------------------------------------------------------------------
 

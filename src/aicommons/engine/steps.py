@@ -32,7 +32,15 @@ class Context:
 
 
 def execute(ctx: Context, step) -> None:
-    {"container": _container, "tenant": _tenant, "traefik": _traefik, "bundle": _bundle}[step.kind](ctx, step)
+    {"container": _container, "tenant": _tenant, "traefik": _traefik, "bundle": _bundle,
+     "allocation": _allocation}[step.kind](ctx, step)
+
+
+PENDING = "pending"  # recorded before acting, so a kill mid-step leaves a record the next plan sees
+
+
+def _allocation(ctx: Context, step) -> None:
+    ctx.store.set_allocation_status(step.owner, "purged" if ctx.purge else "removed")
 
 
 def _container(ctx: Context, step) -> None:
@@ -78,8 +86,10 @@ def _tenant(ctx: Context, step) -> None:
         backend.remove(t, purge=ctx.purge)
         ctx.store.forget_applied(step.id)
         return
-    backend.ensure(t, ctx.tenant_secrets(t))
     prefix = A.prefix_of(backend.name)
+    if not ctx.store.is_applied(step.id):  # first touch: record intent (with the tenant) before acting
+        ctx.store.record_applied(step.id, "tenant", t.user, PENDING, {"tenant": asdict(t)})
+    backend.ensure(t, ctx.tenant_secrets(t))
     versions = {k: ctx.secrets.version(t.user, k) for k in A.BACKEND_KEYS.get(prefix, ())}
     ctx.store.record_applied(step.id, "tenant", t.user, step.fingerprint,
                              {"tenant": asdict(t), "versions": versions})
@@ -91,6 +101,8 @@ def _traefik(ctx: Context, step) -> None:
         ctx.target.delete(name)
         ctx.store.forget_applied(step.id)
         return
+    if not ctx.store.is_applied(step.id):
+        ctx.store.record_applied(step.id, "traefik", step.owner, PENDING, {"file": name})
     ctx.target.write(name, f.content, f.mode)
     ctx.store.record_applied(step.id, "traefik", step.owner, step.fingerprint, {"file": name})
 

@@ -209,6 +209,9 @@ class StateStore:
         rows = self._read("SELECT address, kind, owner, fingerprint, attrs FROM resources")
         return {r[0]: Applied(r[0], r[1], r[2], r[3], json.loads(r[4])) for r in rows}
 
+    def is_applied(self, address: str) -> bool:
+        return bool(self._read("SELECT 1 FROM resources WHERE address = ?", (address,)))
+
     def record_applied(self, address: str, kind: str, owner: str | None, fingerprint: str,
                        attrs: dict | None = None) -> None:
         with self.tx() as c:

@@ -3,7 +3,7 @@
 One `FakeBackend(name, dir)` stands in for postgres / redis / qdrant / s3: it records which
 addresses exist per user and a digest of the secrets it was last given (so a test can check
 that a rotation reached the back end without the value being stored). Variants per user:
-`slow`, `fail`, `flaky`, `never`. Archives on remove unless purging. Survives kill -9.
+`slow` (before and after acting), `fail`, `flaky`, `never`, `crash` (SIGKILL right after acting). Archives on remove unless purging. Survives kill -9.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import fcntl
 import hashlib
 import json
 import os
+import signal
 import threading
 import time
 from collections.abc import Mapping
@@ -77,6 +78,15 @@ class FakeBackend:
         with self._db() as d:
             d["tenants"][tenant.user] = {"addresses": sorted(addrs), "suspended": False,
                                          "secret": secret_digest(secrets, BACKEND_KEYS.get(self.prefix, ()))}
+        self._after(tenant.user)
+
+    def _after(self, user: str) -> None:
+        """`slow` answers late too, `crash` kills the process: the world changed, the caller never heard."""
+        v = self.variants.get(user, self.variants.get("*"))
+        if v == "slow":
+            time.sleep(self.delay or 0.2)
+        elif v == "crash":
+            os.kill(os.getpid(), signal.SIGKILL)
 
     def verify(self, tenant: Tenant, secrets: Secrets) -> list[str]:
         rec = self.observe_record(tenant.user)
@@ -96,6 +106,7 @@ class FakeBackend:
             rec = d["tenants"].pop(tenant.user, None)
             if rec is not None and not purge:
                 d["archived"][tenant.user] = rec
+        self._after(tenant.user)
 
     def suspend(self, tenant: Tenant) -> None:
         with self._db() as d:

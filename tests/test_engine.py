@@ -220,3 +220,14 @@ def test_container_data_is_never_destroyed_unarchived(site, fake_dir):
     assert FakeDriver(fake_dir).get(202).status == "stopped"  # kept
     assert apply_site(site, driver=NoArchiveDriver(fake_dir), purge=True, **kw).ok
     assert FakeDriver(fake_dir).get(202) is None
+
+
+def test_slot_of_a_user_gone_before_its_container_existed_is_released(site, fake_dir):
+    apply(site, fake_dir, out=io.StringIO())
+    st = state_of(site)
+    st.allocate("ghost", "10.0.5.240", 240)  # as a run killed between allocating and creating leaves it
+    p = plan(site, fake_dir)
+    assert {s.id: s.action for s in p.steps.values()} == {"allocation.ghost": "delete"}
+    assert apply(site, fake_dir, out=io.StringIO()).ok
+    assert {a.user: a.status for a in st.allocations()}["ghost"] == "removed"
+    assert plan(site, fake_dir).empty

@@ -194,3 +194,19 @@ def test_remove_keep_data_then_add_again_adopts_it(site, tmp_path, pg):
     assert add(site, "bob", tmp_path).ok  # back, with data and logins
     with psycopg.connect(**dsn) as c:
         assert c.execute("SELECT t FROM notes").fetchall() == [("keep me",)]
+
+
+def test_suspend_with_a_back_end_down_reports_it_and_does_the_rest(site, tmp_path, redis_server, pg):
+    from aicommons.errors import AicError
+
+    assert add(site, "alice", tmp_path).ok
+    redis_server.stop()
+    try:
+        with pytest.raises(AicError, match=r"finished in postgres but not in: redis"):
+            manage.set_suspended(site, "alice", True)
+    finally:
+        redis_server.start()
+    with psycopg.connect(pg.admin_dsn) as c:
+        assert c.execute("SELECT rolcanlogin FROM pg_roles WHERE rolname = 'u_alice'").fetchone() == (False,)
+    assert manage.set_suspended(site, "alice", True) == ["postgres", "redis"]
+    assert manage.set_suspended(site, "alice", False) == ["postgres", "redis"]

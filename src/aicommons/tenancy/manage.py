@@ -247,17 +247,27 @@ def remove_user(site_file: Path, name: str, *, keep_data: bool = False, purge: b
 
 
 def set_suspended(site_file: Path, name: str, suspended: bool, *, state_path=None, backends=None) -> list[str]:
-    """Revoke (or restore) the user's logins in every back end; data is kept. Returns back-end names."""
+    """Revoke (or restore) the user's logins in every back end; data is kept. Returns back-end names.
+
+    Every back end is tried even when one fails; the failures are reported together (re-running
+    is safe: suspend and resume are idempotent)."""
     require_user(Path(site_file), name)
     with Context(Path(site_file), state_path=state_path, backends=backends) as ctx:
         t = ctx.tenant(name)
-        done = []
+        done, failed = [], []
         for b in ctx.backends:
-            if suspended:
-                b.suspend(t)
-            else:
-                b.resume(t, ctx.tenant_secrets(t))
-            done.append(b.name)
+            try:
+                if suspended:
+                    b.suspend(t)
+                else:
+                    b.resume(t, ctx.tenant_secrets(t))
+                done.append(b.name)
+            except AicError as exc:
+                failed.append(f"{b.name}: {exc}")
+        if failed:
+            verb = "suspend" if suspended else "resume"
+            raise AicError(f"{verb} {name} finished in {', '.join(done) or 'no back end'} but not in: "
+                           + "; ".join(failed) + f". Fix it and run `aicommons users {verb} {name}` again")
         return done
 
 

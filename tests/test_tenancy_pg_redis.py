@@ -9,7 +9,7 @@ import pytest
 import redis as redislib
 
 from aicommons.errors import TemporaryError
-from aicommons.tenancy.postgres import PostgresBackend, hba_lines, scram_verifier, verifier_matches
+from aicommons.tenancy.postgres import PostgresBackend, scram_verifier, verifier_matches
 from aicommons.tenancy.redis import RedisBackend
 from tests.standins.helpers import DictSecrets, resolved_site
 
@@ -97,6 +97,11 @@ def test_weakened_acl_fails_the_audit(world, redis_server):
     admin.execute_command("ACL", "SETUSER", "u_user1", "+keys")
     bad = leaks(rb.audit(tenants, secrets.by_user(tenants)))
     assert ("user1", "keyless KEYS") in {(c.actor, c.resource) for c in bad}
+    admin.execute_command("ACL", "SETUSER", "u_user3", "allchannels")
+    bad = leaks(rb.audit(tenants, secrets.by_user(tenants)))
+    assert ("user3", "user1", "channel user1:aic-audit") in {(c.actor, c.target, c.resource) for c in bad}
+    rb.ensure(tenants[2], secrets.for_tenant(tenants[2]))  # ensure takes the widening back
+    assert not [c for c in leaks(rb.audit(tenants, secrets.by_user(tenants))) if c.actor == "user3"]
 
 
 def test_remove_one_user_keeps_others_and_archives(world, pg, redis_server, tmp_path):
@@ -157,11 +162,3 @@ def test_redis_down_is_temporary_and_next_ensure_completes(world, redis_server):
     assert leaks(pgb.audit(everyone, secrets.by_user(everyone)) + rb.audit(everyone, secrets.by_user(everyone))) == []
     pgb.remove(t4, purge=True)
     rb.remove(t4, purge=True)
-
-
-def test_hba_lines_pin_each_role_to_its_container():
-    site = resolved_site(2)
-    assert hba_lines(site.tenants) == [
-        "host openwebui_user1,n8n_user1,flowise_user1 u_user1 10.0.5.200/32 scram-sha-256",
-        "host openwebui_user2,n8n_user2,flowise_user2 u_user2 10.0.5.201/32 scram-sha-256",
-    ]

@@ -53,15 +53,6 @@ def verifier_matches(verifier: str | None, password: str) -> bool:
     return hmac.compare_digest(again, verifier)
 
 
-def hba_lines(tenants: list[Tenant], method: str = "scram-sha-256") -> list[str]:
-    """pg_hba.conf lines: each role may reach only its own databases, only from its own container."""
-    lines = []
-    for t in tenants:
-        if t.databases:
-            lines.append(f"host {','.join(t.databases)} {t.postgres_role} {t.ip}/32 {method}")
-    return lines
-
-
 def role_statements(t: Tenant, password: str, limit: int) -> list[sql.Composed]:
     """The statements that create a tenant from nothing (also what the benchmark pipes to psql)."""
     role = sql.Identifier(t.postgres_role)

@@ -18,7 +18,7 @@ from pathlib import Path
 from aicommons.errors import PermanentError
 from aicommons.state import StateStore, default_path
 from aicommons.tenancy.fake import FakeBackend
-from tests.test_engine_support import apply, write_site
+from tests.test_engine_support import write_site
 
 ROOT = Path(__file__).resolve().parents[1]
 AIC = [sys.executable, "-c", "import sys; from aicommons.cli import main; sys.exit(main())"]

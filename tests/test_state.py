@@ -127,24 +127,28 @@ def test_newer_schema_is_refused_and_untouched(tmp_path):
     assert p.read_bytes() == before
 
 
-def test_lock_names_holder_and_breaks_dead_one(tmp_path):
-    p = tmp_path / "state.db"
-    StateStore.open(p).close()
+def check_lock_names_holder(target: str) -> tuple[StateLock, int]:
+    """A real second process takes the lock and dies; returns a lock on `target` and its pid."""
+    StateStore.open(target).close()
     holder = subprocess.Popen([sys.executable, "-c", (
-        "import sys,time; from aicommons.state import StateStore; from aicommons.state.lock import StateLock\n"
-        f"s=StateStore.open({str(p)!r}); StateLock(s,'apply').acquire(); print('ok', flush=True); time.sleep(60)")],
+        "import time; from aicommons.state import StateStore; from aicommons.state.lock import StateLock\n"
+        f"s=StateStore.open({target!r}); StateLock(s,'apply').acquire(); print('ok', flush=True); time.sleep(60)")],
         stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "ok"
-        s = StateStore.open(p)
-        lock = StateLock(s)
+        lock = StateLock(StateStore.open(target))
         with pytest.raises(LockHeld, match=f"pid {holder.pid}"):
             lock.acquire(timeout=0.3)
     finally:
         holder.kill()
         holder.wait()
+    return lock, holder.pid
+
+
+def test_lock_names_holder_and_breaks_dead_one(tmp_path):
+    lock, pid = check_lock_names_holder(str(tmp_path / "state.db"))
     lock.acquire()
-    assert lock.broken is not None and lock.broken.pid == holder.pid
+    assert lock.broken is not None and lock.broken.pid == pid
     assert lock.holder().pid == os.getpid()
     lock.release()
     assert lock.holder() is None

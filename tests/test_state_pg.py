@@ -8,16 +8,14 @@ from __future__ import annotations
 import io
 import os
 import secrets as pysecrets
-import subprocess
-import sys
 
 import psycopg
 import pytest
 
 from aicommons.state import StateError, StateStore
-from aicommons.state.lock import LockHeld, StateLock
 from aicommons.state.secrets import KeySource
 from tests.test_engine_support import apply, plan, write_site
+from tests.test_state import check_lock_names_holder
 
 
 @pytest.fixture
@@ -66,21 +64,9 @@ def test_unreachable_postgres_state_is_a_clear_error(pg):
 
 
 def test_lock_across_processes_in_postgres(url):
-    StateStore.open(url).close()
-    holder = subprocess.Popen([sys.executable, "-c", (
-        "import time; from aicommons.state import StateStore; from aicommons.state.lock import StateLock\n"
-        f"s=StateStore.open({url!r}); StateLock(s,'apply').acquire(); print('ok', flush=True); time.sleep(60)")],
-        stdout=subprocess.PIPE, text=True)
-    try:
-        assert holder.stdout.readline().strip() == "ok"
-        with pytest.raises(LockHeld, match=f"pid {holder.pid}"):
-            StateLock(StateStore.open(url)).acquire(timeout=0.2)
-    finally:
-        holder.kill()
-        holder.wait()
-    lock = StateLock(StateStore.open(url))
+    lock, pid = check_lock_names_holder(url)
     lock.acquire()
-    assert lock.broken is not None
+    assert lock.broken is not None and lock.broken.pid == pid
 
 
 def test_engine_converges_with_postgres_state(url, tmp_path, monkeypatch):

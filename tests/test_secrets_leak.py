@@ -18,7 +18,7 @@ from pathlib import Path
 from aicommons.errors import PermanentError
 from aicommons.state import StateStore, default_path
 from aicommons.tenancy.fake import FakeBackend
-from tests.test_engine_support import write_site
+from tests.test_engine_support import edit_site, write_site
 
 ROOT = Path(__file__).resolve().parents[1]
 AIC = [sys.executable, "-c", "import sys; from aicommons.cli import main; sys.exit(main())"]
@@ -80,8 +80,17 @@ def test_errors_carrying_a_secret_are_redacted_everywhere(tmp_path, monkeypatch)
     from aicommons.engine.api import apply_site
     from tests.test_engine_support import test_renderer
 
-    r = apply_site(site, driver=FakeDriver(world), backends=[LeakyBackend("postgres", world)], out=out,
-                   renderer=test_renderer)
+    monkeypatch.setenv("EXT_REDIS_PW", "external-redis-admin-pw-123")
+    edit_site(site, lambda d: d["services"].update(
+        redis={"external": {"host": "127.0.0.1", "port": 6379, "admin_password": "env:EXT_REDIS_PW"}}))
+
+    class LeakyRedis(FakeBackend):
+        def ensure(self, tenant, secrets):
+            raise PermanentError("AUTH failed with external-redis-admin-pw-123")
+
+    r = apply_site(site, driver=FakeDriver(world), out=out, renderer=test_renderer,
+                   backends=[LeakyBackend("postgres", world), LeakyRedis("redis", world)])
+    assert "external-redis-admin-pw-123" not in out.getvalue() and "AUTH failed with [redacted]" in out.getvalue()
     assert r.outcomes["tenant.postgres.user2"].status == "failed"
     st = StateStore.open(default_path(site))
     password = st.secrets().get("user2", "postgres_password")

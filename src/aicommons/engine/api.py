@@ -87,6 +87,21 @@ def default_renderer(resolved, secrets) -> dict:
     return render_site(resolved, secrets)
 
 
+def external_secrets(site, site_file) -> list[str]:
+    """Admin passwords of `external:` servers (from site.yaml refs), so they are redacted too."""
+    from aicommons.spec.secretref import resolve_ref
+
+    out = []
+    for name, ov in site.services.items():
+        if ov.external is not None and ov.external.admin_password:
+            try:
+                out.append(resolve_ref(ov.external.admin_password, f"services.{name}.external.admin_password",
+                                       Path(site_file).resolve().parent))
+            except AicError:
+                pass  # unresolvable here: the back end reports it when it needs it
+    return out
+
+
 class Session:
     """Everything one plan/apply works with (kept together so apply reuses what plan built)."""
 
@@ -233,7 +248,7 @@ def apply_site(site_file, *, state_path=None, targets=None, yes: bool = True, dr
     lock = StateLock(s.state, command)
     try:
         lock.acquire(timeout=lock_timeout)
-        redact = Redactor(s.secrets)
+        redact = Redactor(s.secrets, external_secrets(s.site, s.site_file))
         rep = Reporter(out, redact, default_path(site_file).parent / "logs")
         if lock.broken:
             rep.line(f"note: broke the lock of a dead process ({lock.broken.describe()})")

@@ -16,13 +16,15 @@ MASK = "[redacted]"
 
 
 class Redactor:
-    def __init__(self, secrets):
+    def __init__(self, secrets, extra: list[str] | None = None):
         self._secrets = secrets
+        self._extra = list(extra or [])  # e.g. admin passwords of external servers named in site.yaml
         self._values: list[str] = []
         self.refresh()
 
     def refresh(self) -> None:
-        self._values = sorted({v for v in self._secrets.values() if len(v) >= 6}, key=len, reverse=True)
+        values = {*self._secrets.values(), *self._extra}
+        self._values = sorted({v for v in values if len(v) >= 6}, key=len, reverse=True)
 
     def __call__(self, text: str) -> str:
         if not text:

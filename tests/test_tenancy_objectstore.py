@@ -37,7 +37,6 @@ def store(moto, tmp_path):
     garage = GarageStandin(TOKEN, s3)
     secrets = DictSecrets()
     admin_key = s3_credentials(secrets("site", "s3_admin_access_key"), secrets("site", "s3_admin_token"))
-    garage.state.keys[admin_key[0]] = {"name": "aicommons-admin", "secret": admin_key[1]}
     b = ObjectStoreBackend(GarageAdmin(garage.url, TOKEN), moto, admin_key, tmp_path / "archive")
     yield b, garage, secrets, s3
     garage.stop()
@@ -88,6 +87,7 @@ def test_ensure_audit_remove(store, tmp_path):
     assert archived and archived[0].read_bytes() == b"hello"
     assert all(garage.state.by_alias(a) is None for a in t1.buckets)
     assert tenant_credentials(secrets.for_tenant(t1))[0] not in garage.state.keys
+    assert garage.state.keys[b.admin_key[0]]["name"] == "aicommons-admin"  # imported for the archive
     assert b.verify(t2, secrets.for_tenant(t2)) == []
 
 

@@ -51,6 +51,7 @@ class StoreAdmin(Protocol):
     def set_access(self, bucket_id: str, key_id: str, read: bool, write: bool) -> None: ...
     def set_quota(self, bucket_id: str, max_bytes: int | None) -> None: ...
     def buckets(self) -> list[str]: ...
+    def ensure_admin_key(self, key_id: str, secret: str) -> None: ...  # the key archiving uses
 
 
 class GarageAdmin:
@@ -111,6 +112,9 @@ class GarageAdmin:
 
     def buckets(self) -> list[str]:
         return [a for b in self._req("GET", "ListBuckets") or [] for a in b.get("globalAliases", [])]
+
+    def ensure_admin_key(self, key_id: str, secret: str) -> None:
+        self.import_key(key_id, secret, ADMIN_KEY_NAME)
 
 
 @dataclass
@@ -203,6 +207,7 @@ class ObjectStoreBackend:
             if info is None:
                 continue
             user_keys |= set(info["keys"]) - {self.admin_key[0]}
+            self.admin.ensure_admin_key(*self.admin_key)
             self.admin.set_access(info["id"], self.admin_key[0], True, True)
             s3 = self._s3(self.admin_key)
             keys = [o["Key"] for page in s3.get_paginator("list_objects_v2").paginate(Bucket=alias)

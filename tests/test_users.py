@@ -210,3 +210,9 @@ def test_suspend_with_a_back_end_down_reports_it_and_does_the_rest(site, tmp_pat
         assert c.execute("SELECT rolcanlogin FROM pg_roles WHERE rolname = 'u_alice'").fetchone() == (False,)
     assert manage.set_suspended(site, "alice", True) == ["postgres", "redis"]
     assert manage.set_suspended(site, "alice", False) == ["postgres", "redis"]
+
+
+def test_usage_errors_are_clean(capsys):
+    assert cli("users", "add", "-bob") == 2  # an option-like name: click's usage error, not a traceback
+    err = capsys.readouterr().err
+    assert "No such option" in err and "internal error" not in err

@@ -39,13 +39,20 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:  # noqa: BLE001 - the last line of defence against tracebacks
         import click
 
-        if isinstance(exc, click.exceptions.ClickException):
+        kinds = [click.exceptions]
+        try:  # recent typer raises the exceptions of its own vendored click
+            from typer._click import exceptions as typer_click
+
+            kinds.append(typer_click)
+        except ImportError:
+            pass
+        if any(isinstance(exc, k.ClickException) for k in kinds):
             exc.show()
             return exc.exit_code
-        if isinstance(exc, click.exceptions.Abort):
+        if any(isinstance(exc, k.Abort) for k in kinds):
             err_console.print("aborted")
             return 1
-        if isinstance(exc, click.exceptions.Exit):
+        if any(isinstance(exc, k.Exit) for k in kinds):
             return exc.exit_code
         if os.environ.get("AICOMMONS_DEBUG"):
             raise

@@ -46,13 +46,13 @@ def main(argv: list[str] | None = None) -> int:
             kinds.append(typer_click)
         except ImportError:
             pass
-        if any(isinstance(exc, k.ClickException) for k in kinds):
+        if any(isinstance(exc, getattr(k, "ClickException", ())) for k in kinds):
             exc.show()
             return exc.exit_code
-        if any(isinstance(exc, k.Abort) for k in kinds):
+        if any(isinstance(exc, getattr(k, "Abort", ())) for k in kinds):
             err_console.print("aborted")
             return 1
-        if any(isinstance(exc, k.Exit) for k in kinds):
+        if any(isinstance(exc, getattr(k, "Exit", ())) for k in kinds):
             return exc.exit_code
         if os.environ.get("AICOMMONS_DEBUG"):
             raise

@@ -126,6 +126,7 @@ def test_sigkill_at_random_points_then_apply_converges(site, tmp_path):
         r = apply(site, world, out=io.StringIO())
         assert r.ok, [(o.step, o.detail) for o in r.errors]
         check_converged(site, world, seen)
+    print(f"killed mid-run {killed_mid_run}/20, mid-step {mid_step}/20")
     assert killed_mid_run >= 15 and mid_step >= 5  # the kills really landed during applies, mid-step
 
 

@@ -106,14 +106,25 @@ class Session:
     """Everything one plan/apply works with (kept together so apply reuses what plan built)."""
 
     def __init__(self, site_file, *, state_path=None, driver=None, backends=None, renderer=None, target=None):
-        from aicommons.cli.common import load
-        from aicommons.plan import resolve
+        from aicommons.spec import load_site
 
         self.site_file = Path(site_file)
         if not self.site_file.exists():
             raise AicError(f"{site_file}: no such site file; `aicommons init` writes one")
-        self.site, index = load(self.site_file)
+        self.site, index = load_site(self.site_file)
         self.state = open_state(site_file, state_path)
+        self._own_driver = False
+        try:
+            self._setup(index, state_path, driver, backends, renderer, target)
+        except BaseException:
+            self.close()
+            raise
+
+    def _setup(self, index, state_path, driver, backends, renderer, target) -> None:
+        from aicommons.plan import resolve
+
+        site_file = self.site_file
+        self.driver = None
         self.secrets = self.state.secrets(key_source(self.site, self.state, site_file))
         self.resolved = resolve(self.site, held=self.state.held_slots(), index=index)
         self.notes: list[str] = list(self.resolved.notes)
@@ -129,7 +140,7 @@ class Session:
             self.notes.append("the driver has no place for Traefik's files; routes are not applied")
 
     def close(self) -> None:
-        closer = getattr(self.driver, "close", None)
+        closer = getattr(getattr(self, "driver", None), "close", None)
         if self._own_driver and callable(closer):  # an injected driver is the caller's to close
             closer()
         self.state.close()

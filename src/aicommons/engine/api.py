@@ -115,12 +115,12 @@ class Session:
         self.state = open_state(site_file, state_path)
         self._own_driver = False
         try:
-            self._setup(index, state_path, driver, backends, renderer, target)
+            self._setup(index, driver, backends, renderer, target)
         except BaseException:
             self.close()
             raise
 
-    def _setup(self, index, state_path, driver, backends, renderer, target) -> None:
+    def _setup(self, index, driver, backends, renderer, target) -> None:
         from aicommons.plan import resolve
 
         site_file = self.site_file
@@ -132,6 +132,13 @@ class Session:
         self.driver = driver if driver is not None else default_driver(self.site)
         base = self.site_file.resolve().parent
         self.backends = backends if backends is not None else default_backends(self.resolved, self.secrets, base, self.notes)
+        skipped = getattr(self.driver, "skipped_services", None)
+        if backends is None and callable(skipped):  # a service the driver cannot install holds no tenants
+            gone = skipped(self.resolved)
+            for b in [b for b in self.backends if _service_of(self, b) in gone]:
+                self.notes.append(f"{_service_of(self, b)} is skipped by the {self.driver.kind} driver "
+                                  f"({gone[_service_of(self, b)]}); its tenant slices are not planned")
+            self.backends = [b for b in self.backends if _service_of(self, b) not in gone]
         if hasattr(self.driver, "bind_secrets"):  # drivers whose service recipes need admin passwords
             self.driver.bind_secrets(self.secrets)
         self.renderer = renderer or default_renderer

@@ -110,6 +110,10 @@ def test_lifecycle_exec_push_limits(drv: LxcDriver):
     assert "10.0.5." not in addrs and "10.0.4.10" not in addrs and "vmbr0" not in links
     drv.stop(200)
     assert drv.get(200).status == "stopped"
+    tar = drv.archive(200)  # the container's own data, before a destroy without --purge
+    names = subprocess.run(["tar", "-tzf", str(tar)], capture_output=True, text=True).stdout.split()
+    assert "delta/etc/aic/x.env" in names and "config" in names and tar.stat().st_mode & 0o777 == 0o600
+    tar.unlink()
     with pytest.raises(PermanentError, match="not running"):
         drv.exec(200, ["true"])
 
@@ -223,6 +227,14 @@ def test_a_damaged_template_under_live_containers_is_a_clear_error(tmp_path):
     with pytest.raises(PermanentError, match=r"containers 200 are overlays of it.*aicommons down"):
         template.ensure(str(tmp_path), "http://deb.debian.org/debian")
     assert (tdir / "rootfs").exists()  # nothing under a live overlay was deleted
+
+
+def test_skipped_services_of_a_site(drv: LxcDriver):
+    from aicommons.plan import resolve
+
+    site = Site.model_validate({"name": "site1", "domain": "example.org", "driver": {"kind": "lxc"},
+                                "services": ["postgres", "redis", "ollama", "qdrant"], "user_template": {"apps": []}})
+    assert set(drv.skipped_services(resolve(site))) == {"ollama", "qdrant"}
 
 
 def test_recipes_that_download_are_skipped_with_a_reason():

@@ -21,6 +21,7 @@ from pathlib import Path
 from aicommons.drivers.base import ContainerState, DriverInfo, ExecResult
 from aicommons.catalog import load_catalog
 from aicommons.drivers.lxc import config, limits, netns, services, template
+from aicommons.drivers.lxc.run import run
 from aicommons.drivers.lxc.services import ServiceOutcome
 from aicommons.drivers.lxc.traefik import TraefikRunner
 from aicommons.errors import PermanentError, TemporaryError
@@ -249,6 +250,33 @@ class LxcDriver:
             self._lxc("lxc-stop", ctid, "-k", check=False, timeout=30)
         if self._status(ctid) == "running":
             raise TemporaryError(f"container {ctid} did not stop", delay=2)
+
+    def archive(self, ctid: int) -> Path:
+        """Keep a stopped container's own data (its overlay upper dir and config) before destroy."""
+        d = self._dir(ctid)
+        if self._meta(ctid) is None:
+            raise PermanentError(f"container {ctid} was not made by site {self.site!r}; not archiving it")
+        if self._status(ctid) == "running":
+            raise PermanentError(f"container {ctid} is running; stop it before archiving")
+        dest_dir = self.lxcpath.parent / "archive"
+        dest_dir.mkdir(parents=True, exist_ok=True)
+        dest = dest_dir / f"{self.site}-{int(ctid)}-{time.strftime('%Y%m%dT%H%M%S')}.tar.gz"
+        run(["tar", "-C", str(d), "-czf", str(dest), "config", "delta"], timeout=1800)
+        dest.chmod(0o600)
+        self.log(f"container {ctid}: data archived to {dest}")
+        return dest
+
+    def skipped_services(self, resolved) -> dict[str, str]:
+        """Services of the site this host cannot install (recipe needs downloads), with the reason.
+        The engine plans no tenant slices for them."""
+        cat = load_catalog()
+        out = {}
+        for c in resolved.containers:
+            for name in c.services if c.role == "shared" else ():
+                reason = services.unsupported(cat.services[name]) if name in cat.services else None
+                if reason:
+                    out[name] = reason
+        return out
 
     def destroy(self, ctid: int) -> None:
         d = self._dir(ctid)

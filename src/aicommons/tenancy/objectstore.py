@@ -230,7 +230,9 @@ class ObjectStoreBackend:
             dest.parent.mkdir(parents=True, exist_ok=True)
             s3.download_file(alias, k, str(dest))
             os.chmod(dest, 0o600)
-        (out / ".keys.json").write_text(json.dumps(keys))
+        fd = os.open(out / ".keys.json", os.O_CREAT | os.O_WRONLY | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            json.dump(keys, f)
         return out
 
     def suspend(self, t: Tenant) -> None:

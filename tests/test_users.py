@@ -216,3 +216,11 @@ def test_usage_errors_are_clean(capsys):
     assert cli("users", "add", "-bob") == 2  # an option-like name: click's usage error, not a traceback
     err = capsys.readouterr().err
     assert "No such option" in err and "internal error" not in err
+
+
+@pytest.mark.parametrize("email", ["bob'@example.org", "bob@example.org; rm -rf /", "bob", "b\"@x.org"])
+def test_bad_emails_are_refused(site, email, capsys):
+    before = site.read_bytes()
+    assert cli("users", "add", "bob", "--email", email, "-f", str(site)) == 2
+    assert "users[+].email" in capsys.readouterr().err
+    assert site.read_bytes() == before

@@ -149,7 +149,11 @@ def test_traefik_routes_ai_user1_to_ct200(site: Path):
     d.push(200, b"open-webui stand-in in CT 200\n", "/srv/www/index.html")
     d.exec(200, ["sh", "-c", "cd /srv/www && setsid python3 -m http.server 8080 --bind 10.0.5.200 "
                              ">/dev/null 2>&1 </dev/null &"])
-    routers = tr.routers()
+    for _ in range(100):  # the file provider applies new files after a short throttle
+        routers = tr.routers()
+        if "ai-user1@file" in routers:
+            break
+        time.sleep(0.2)
     assert routers["ai-user1@file"]["status"] == "enabled"
     # Authentik is skipped here, so the owner-only route admits no one
     status, body = tr.get("/", host=host, https=True)

@@ -73,6 +73,9 @@ def site(tmp_path_factory):
         LxcDriver.from_site(load_site(where / "site.yaml")[0], join=False).down()
     for f in started_archives.symmetric_difference(set(Path("/var/lib/aicommons/archive").glob("*.tar.gz"))):
         f.unlink()  # the archives this test made (`users remove` keeps data)
+    for d in (Path("/var/lib/aicommons/archive"), Path("/var/lib/aicommons")):
+        if d.exists() and not any(d.iterdir()):
+            d.rmdir()
 
 
 def driver(where: Path):

@@ -289,7 +289,7 @@ def apply_site(site_file, *, state_path=None, targets=None, yes: bool = True, dr
 
         def step_fn(step):
             s.state.journal(run_id, step.id, step.action, "started", step.reason)
-            execute(ctx, step)
+            return execute(ctx, step)
 
         def on_event(step, status, detail):
             detail = redact(detail)

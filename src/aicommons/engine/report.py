@@ -97,6 +97,9 @@ class Reporter:
                   f"{sum(o.status == 'skipped' for o in errs)} skipped")
         for o in errs:
             self.line(f"  {o.status}: {o.step}: {o.detail}")
+        for o in result.outcomes.values():
+            if o.status == "ok" and o.detail:
+                self.line(f"  note: {o.step}: {o.detail}")
         if self.log:
             self.log.close()
             self.log = None

@@ -12,6 +12,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable
+from typing import Any
 
 from aicommons.engine.model import Outcome, Step
 from aicommons.errors import AicError, TemporaryError
@@ -19,13 +20,13 @@ from aicommons.errors import AicError, TemporaryError
 Event = Callable[[Step, str, str], None]  # (step, "start" | "ok" | "failed" | "skipped", detail)
 
 
-def _attempt(step: Step, execute: Callable[[Step], None], retries: int, max_delay: float) -> tuple[str, str, int]:
+def _attempt(step: Step, execute: Callable[[Step], Any], retries: int, max_delay: float) -> tuple[str, str, int]:
     n = 0
     while True:
         n += 1
         try:
-            execute(step)
-            return "ok", "", n
+            note = execute(step)
+            return "ok", note or "", n
         except TemporaryError as exc:
             if n > retries:
                 return "failed", f"{exc} (gave up after {n} attempts)", n
@@ -36,7 +37,7 @@ def _attempt(step: Step, execute: Callable[[Step], None], retries: int, max_dela
             return "failed", f"{type(exc).__name__}: {exc}", n
 
 
-def run_dag(steps: dict[str, Step], execute: Callable[[Step], None], *, parallelism: int = 4,
+def run_dag(steps: dict[str, Step], execute: Callable[[Step], Any], *, parallelism: int = 4,
             step_timeout: float | None = None, retries: int = 3, max_delay: float = 5.0,
             on_event: Event | None = None) -> dict[str, Outcome]:
     on_event = on_event or (lambda *_: None)

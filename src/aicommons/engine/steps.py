@@ -31,9 +31,10 @@ class Context:
         return {k: self.secrets.get(t.user, k) for k in tenant_keys(t)}
 
 
-def execute(ctx: Context, step) -> None:
-    {"container": _container, "tenant": _tenant, "traefik": _traefik, "bundle": _bundle,
-     "allocation": _allocation}[step.kind](ctx, step)
+def execute(ctx: Context, step) -> str | None:
+    """Carry out one step; a returned string is a note for the operator (e.g. what was not run)."""
+    return {"container": _container, "tenant": _tenant, "traefik": _traefik, "bundle": _bundle,
+            "allocation": _allocation}[step.kind](ctx, step)
 
 
 PENDING = "pending"  # recorded before acting, so a kill mid-step leaves a record the next plan sees
@@ -107,11 +108,18 @@ def _traefik(ctx: Context, step) -> None:
     ctx.store.record_applied(step.id, "traefik", step.owner, step.fingerprint, {"file": name})
 
 
-def _bundle(ctx: Context, step) -> None:
+def _bundle(ctx: Context, step) -> str | None:
     t, files = step.payload
     root = posixpath.join(BUNDLE_ROOT, t.user)
     for rel, f in sorted(files.items()):
         ctx.driver.push(t.ctid, f.content.encode(), posixpath.join(root, rel), f.mode)
+    # A driver that cannot run the apps here says why (LXC on a host that reaches no image
+    # registry); the bundle is in place and the reason is reported, never silently dropped.
+    reason = getattr(ctx.driver, "compose_skip_reason", lambda _t: None)(t)
+    if reason:
+        ctx.store.record_applied(step.id, "bundle", t.user, step.fingerprint,
+                                 {"files": sorted(files), "compose": "not run", "reason": reason})
+        return f"bundle pushed to {root}; `docker compose up` not run: {reason}"
     if "docker-compose.yml" in files or "compose.yaml" in files:
         name = "docker-compose.yml" if "docker-compose.yml" in files else "compose.yaml"
         res = ctx.driver.exec(t.ctid, ["docker", "compose", "--project-directory", root, "-f",

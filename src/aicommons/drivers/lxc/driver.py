@@ -266,6 +266,12 @@ class LxcDriver:
         self.log(f"container {ctid}: data archived to {dest}")
         return dest
 
+    def compose_skip_reason(self, tenant) -> str | None:
+        """Why a user's Docker apps cannot start here. This driver installs only what Debian's
+        mirror provides, and the apps are images from registries outside it."""
+        return ("its apps are container images from registries outside Debian's mirror, which this "
+                "driver does not fetch; the Proxmox driver runs the same bundle")
+
     def skipped_services(self, resolved) -> dict[str, str]:
         """Services of the site this host cannot install (recipe needs downloads), with the reason.
         The engine plans no tenant slices for them."""

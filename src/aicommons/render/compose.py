@@ -13,6 +13,7 @@ from aicommons.catalog.model import App
 from aicommons.plan.model import ResolvedSite, Tenant
 from aicommons.plan.secrets import SITE_SCOPE, SecretLookup
 from aicommons.render.common import catalog, dump_yaml, endpoint_host, endpoint_url, port_of
+from aicommons.tenancy.objectstore import tenant_credentials
 from aicommons.tenancy.qdrant import user_token
 
 HEADER = "# Rendered by aicommons for {user}: do not edit by hand. Secrets are in .env (0600).\n"
@@ -82,9 +83,10 @@ class _Wiring:
         url = endpoint_url(self.r, store, "s3")
         if not url or not svc:
             return {}
+        # The key the object store really holds: tenancy imports keys derived from these secrets.
+        kid, sec = tenant_credentials({k: self.secrets(self.t.user, k) for k in ("s3_access_key", "s3_secret_key")})
         return {"endpoint": url, "region": svc.app_env.get("S3_REGION_NAME", "us-east-1"),
-                "access": self.secret("S3_ACCESS_KEY", "s3_access_key"),
-                "secret": self.secret("S3_SECRET_KEY", "s3_secret_key")}
+                "access": self.put("S3_ACCESS_KEY", kid), "secret": self.put("S3_SECRET_KEY", sec)}
 
     def app_env(self, app: App) -> dict[str, str]:
         r, t = self.r, self.t

@@ -9,6 +9,7 @@ from aicommons.plan.model import Container, ResolvedSite
 from aicommons.plan.secrets import SITE_SCOPE, SecretLookup
 from aicommons.render.common import catalog, db_ident, dump_yaml, hex_key, svc_dir
 from aicommons.render.files import SECRET_MODE, RenderedFile
+from aicommons.tenancy.redis import acl_rules
 
 HEAD = "# Rendered by aicommons: do not edit by hand.\n"
 # Shared services with their own database and role in the shared PostgreSQL.
@@ -61,11 +62,8 @@ def _redis_hash(password: str) -> str:
 
 
 def tenant_acl(t, password: str) -> str:
-    """The facts file's ACL line: own key prefix and channel pattern in DB 0, keyless commands denied."""
-    db = t.redis_db if t.redis_db is not None else 0
-    prefix = t.redis_prefix
-    return (f"user {t.redis_user} reset on {_redis_hash(password)} ~{prefix}* resetchannels &{prefix}* "
-            f"+@all -@dangerous -scan -randomkey -move -copy -select +select|{db}")
+    """A tenant's aclfile line: exactly the rules tenancy's `ACL SETUSER` applies (one source)."""
+    return " ".join(["user", t.redis_user, *acl_rules(t, password)])
 
 
 def redis_acl(resolved: ResolvedSite, secrets: SecretLookup) -> str:

@@ -10,8 +10,9 @@ What it does:
   refused to tokens with 403, as PVE does.
 - Keeps nodes (memory, cores, a GPU advertised as a /cluster/mapping/pci entry), one container
   storage (local to each node, or shared with `shared_storage=True`), pools, containers (config +
-  digest + lock + status), tasks with realistic UPIDs and logs, and the firewall (security
-  groups, rules, ipsets, options).
+  digest + lock + status), tasks with realistic UPIDs and logs, the firewall (security
+  groups, rules, ipsets, options), and backups: `vzdump` (a task) writes an archive volume into
+  a storage holding `backup` content (`local`), listed by the storage content endpoint.
 - Clone locks its source (`lock: disk`) for the task's duration: a second clone of the same
   source gets HTTP 500 `CT is locked (disk)`. The new container carries `lock: create` meanwhile.
 - Injectable faults: HTTP errors on matching requests (500, "got timeout"), a task that hangs
@@ -21,9 +22,10 @@ What it does:
   answering `pct exec`, `pct push` and `ping`, recording every command.
 
 What it does NOT model: real containers, processes, networking or storage; qemu VMs; HA,
-replication, migration, backups, snapshots; the permission system beyond token vs root; most of
-the ~400 schema paths (they answer 501 "not modelled"); memory enforcement (starting a CT never
-fails for lack of memory); the exact wording of every PVE error message.
+replication, migration, snapshots, restoring or pruning backups; the permission system beyond
+token vs root; most of the ~400 schema paths (they answer 501 "not modelled"); memory
+enforcement (starting a CT never fails for lack of memory); the exact wording of every PVE
+error message.
 """
 
 from __future__ import annotations

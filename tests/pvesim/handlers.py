@@ -344,5 +344,5 @@ def task_log(ctx):
     return [{"n": i, "t": line} for i, line in enumerate(lines, 1)]
 
 
-# The firewall endpoints live in their own module; importing it registers them.
-from tests.pvesim import fw_handlers  # noqa: E402,F401
+# The firewall and backup endpoints live in their own modules; importing them registers them.
+from tests.pvesim import fw_handlers, storage_handlers  # noqa: E402,F401

@@ -1,4 +1,4 @@
-"""The simulated cluster's state: nodes, storages, containers, tasks, locks, pools, firewall.
+"""The simulated cluster's state: nodes, storages, containers, tasks, locks, pools, firewall, backups.
 
 All methods are called with `Cluster.lock` held by the HTTP/SSH front ends; task workers take
 it themselves. Errors raise `PveError(status, message, errors)` which the server turns into
@@ -115,6 +115,7 @@ class Cluster:
         self.fw_rules: dict[int, list[dict]] = {}
         self.fw_options: dict[str, dict[str, str]] = {}  # "cluster" or str(vmid)
         self.pci_mappings: list[dict] = []
+        self.volumes: dict[tuple[str, str], dict[str, dict]] = {}  # (node, storage) -> volid -> backup entry
         self.task_seconds = dict(task_seconds or {})
         self.faults: list[Fault] = []
         self.hung: list[Task] = []

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from aicommons.engine.model import PLAN_FORMAT, ApplyResult, Plan
-from aicommons.engine.planner import Planner, Reality
+from aicommons.engine.planner import FIREWALL, Planner, Reality
 from aicommons.errors import AicError
 from aicommons.state.store import StateStore, default_path
 
@@ -178,7 +178,22 @@ def _refresh(s: Session) -> Reality:
     allocations = {a.ctid: a.user for a in allocs if a.status != "purged"}
     active = {a.user: a.ctid for a in allocs if a.status == "active"}
     traefik = s.target.list() if s.target is not None else {}
-    return Reality(containers, tenants, traefik, s.state.applied(), allocations, unread, active)
+    return Reality(containers, tenants, traefik, s.state.applied(), allocations, unread, active,
+                   _firewall_diff(s))
+
+
+def _firewall_diff(s: Session) -> list[str] | None:
+    """What the driver's firewall differs in (None: the driver applies none)."""
+    if not callable(getattr(s.driver, "apply_firewall", None)):
+        return None
+    diff = getattr(s.driver, "firewall_diff", None)
+    if not callable(diff):
+        return ["site"]  # the driver cannot say: apply it every run (it writes only what differs)
+    try:
+        return list(diff(s.resolved))
+    except AicError as exc:
+        s.notes.append(f"could not read the firewall ({exc}); planning to apply it")
+        return ["site"]
 
 
 def _service_of(s: Session, backend) -> str:
@@ -228,6 +243,10 @@ def select(plan: Plan, targets) -> Plan:
             if d not in keep:
                 keep.add(d)
                 todo.append(d)
+    fw = plan.steps.get(FIREWALL)
+    if fw is not None and any(plan.steps[i].kind == "container" for i in keep):
+        keep.add(fw.id)  # the site-wide firewall follows the containers it covers
+        fw.deps &= keep
     plan.steps = {i: s for i, s in plan.steps.items() if i in keep}
     plan.changes = [c for c in plan.changes if c.step in keep or c.action == "no-op"]
     return plan

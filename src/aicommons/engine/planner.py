@@ -19,6 +19,7 @@ from aicommons.engine.targets import digest
 from aicommons.plan.model import Container, ResolvedSite, Tenant
 
 TRAEFIK_DIR = "traefik/dynamic/"
+FIREWALL = "firewall"  # the one site-wide firewall step (address and step id)
 
 
 @dataclass
@@ -30,6 +31,8 @@ class Reality:
     allocations: dict[str, int] = field(default_factory=dict)  # ctid -> user (from state)
     unread: set[str] = field(default_factory=set)  # back ends that could not be read
     active: dict[str, int] = field(default_factory=dict)  # user -> ctid of active allocations
+    # None: the driver applies no firewall. Else what differs now (`ipset.X`, `group.X`, `container.N`).
+    firewall: list[str] | None = None
 
 
 def fp(*parts) -> str:
@@ -74,6 +77,7 @@ class Planner:
         self._traefik(containers)
         self._bundles(tenants)
         self._allocations(tenants)
+        self._firewall()
         self._gates()
         return self.changes, self.steps, self.notes
 
@@ -236,6 +240,27 @@ class Planner:
             addr = f"allocation.{user}"
             self.add(Step(addr, "allocation", "delete", f"user {user} is no longer in the site; the slot is kept "
                           "until purged", 0, user, [addr]))
+
+    # ---- firewall ------------------------------------------------------------------------------
+
+    def _firewall(self) -> None:
+        """One site-wide step once the containers exist; the driver writes only what differs.
+
+        New containers' rules cannot be read before they exist, so a plan that creates one
+        always applies the firewall after it."""
+        if self.real.firewall is None or self.destroy or self.r is None:
+            return
+        made = [s for s in self.steps.values() if s.kind == "container" and s.action in ("create", "replace")]
+        addrs = list(dict.fromkeys([f"firewall.{x}" for x in self.real.firewall] +
+                                   [f"firewall.container.{s.payload.ctid}" for s in made]))
+        step = Step(FIREWALL, "firewall", "no-op", "rules as planned", 0, None, [FIREWALL],
+                    fingerprint=fp(sorted(self.real.firewall)), payload=self.r)
+        if addrs:
+            step.action = "update" if FIREWALL in self.real.applied else "create"
+            diff = f"{len(self.real.firewall)} firewall objects differ" if self.real.firewall else ""
+            step.reason = "; ".join(x for x in (diff, f"{len(made)} new containers need their rules" if made else "") if x)
+        step.deps.update(s.id for s in self.steps.values() if s.kind == "container" and s.action != "delete")
+        self.add(step, addrs or None)
 
     # ---- ordering ------------------------------------------------------------------------------
 

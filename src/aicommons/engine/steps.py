@@ -34,7 +34,7 @@ class Context:
 def execute(ctx: Context, step) -> str | None:
     """Carry out one step; a returned string is a note for the operator (e.g. what was not run)."""
     return {"container": _container, "tenant": _tenant, "traefik": _traefik, "bundle": _bundle,
-            "allocation": _allocation}[step.kind](ctx, step)
+            "allocation": _allocation, "firewall": _firewall}[step.kind](ctx, step)
 
 
 PENDING = "pending"  # recorded before acting, so a kill mid-step leaves a record the next plan sees
@@ -128,3 +128,11 @@ def _bundle(ctx: Context, step) -> str | None:
             raise PermanentError(f"`docker compose up -d` in container {t.ctid} failed (rc {res.rc}): "
                                  f"{ctx.redact((res.stderr or res.stdout).strip()[-500:])}")
     ctx.store.record_applied(step.id, "bundle", t.user, step.fingerprint, {"files": sorted(files)})
+
+
+def _firewall(ctx: Context, step) -> str | None:
+    rep = ctx.driver.apply_firewall(step.payload)  # reads first, writes only what differs
+    changed = list(getattr(rep, "changed", []) or [])
+    ctx.store.record_applied(step.id, "firewall", None, step.fingerprint, {"changed": changed[:100]})
+    notes = list(getattr(rep, "notes", []) or [])
+    return "; ".join(notes) or None

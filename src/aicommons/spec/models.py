@@ -123,6 +123,7 @@ class ProxmoxDriver(Model):
     )
     template_ctid: int = Field(9000, ge=100, le=999999999, description="CTID of the prepared user template")
     pool: str | None = "aicommons"
+    backup_storage: str = Field("local", description="storage (content: backup) for vzdump archives of removed containers")
     ssh: Ssh = Field(default_factory=Ssh)
     pinned: dict[str, str] = Field(default_factory=dict, description="container name or CTID -> node")
 

@@ -120,6 +120,17 @@ class Storage:
     storage: str
     node: str
     shared: bool
+    content: tuple[str, ...] = ()  # what it may hold: rootdir, images, backup, vztmpl, ...
+
+
+@dataclass(frozen=True)
+class Volume:
+    """One row of a storage's content listing."""
+
+    volid: str
+    vmid: int | None
+    ctime: int
+    size: int
 
 
 @dataclass(frozen=True)
@@ -279,8 +290,14 @@ class PveApi:
         return out
 
     def storages(self) -> list[Storage]:
-        return [Storage(d["storage"], d["node"], bool(d.get("shared")))
+        return [Storage(d["storage"], d["node"], bool(d.get("shared")),
+                        tuple(c for c in str(d.get("content", "")).split(",") if c))
                 for d in self.get("cluster/resources", type="storage")]
+
+    def backups(self, node: str, storage: str, vmid: int) -> list[Volume]:
+        rows = self.get(f"nodes/{node}/storage/{storage}/content", content="backup", vmid=vmid)
+        return [Volume(d["volid"], int(d["vmid"]) if d.get("vmid") is not None else None, int(d.get("ctime", 0)),
+                       int(d.get("size", 0))) for d in rows]
 
     def pools(self) -> set[str]:
         return {d["poolid"] for d in self.get("pools")}
@@ -309,6 +326,11 @@ class PveApi:
 
     def destroy(self, node: str, vmid: int) -> None:
         self.run("DELETE", f"nodes/{node}/lxc/{vmid}", node, f"destroy CT {vmid}", purge=1)
+
+    def vzdump(self, node: str, vmid: int, storage: str, *, mode: str = "stop", timeout: float | None = None,
+               **params: Any) -> None:
+        self.run("POST", f"nodes/{node}/vzdump", node, f"back up CT {vmid}", timeout, vmid=str(vmid),
+                 storage=storage, mode=mode, compress="zstd", **params)
 
     def make_template(self, node: str, vmid: int) -> None:
         self.run("POST", f"nodes/{node}/lxc/{vmid}/template", node, f"convert CT {vmid} to a template")

@@ -41,7 +41,8 @@ class ProxmoxDriver:
                  storage: str = "local-lvm", ostemplate: str, template_ctid: int = 9000,
                  pool: str | None = "aicommons", nodes: list[str] | None = None, pinned: dict[str, str] | None = None,
                  probe: Probe | None = None, reserve_mb: int = 2048, cpu_ratio: float = 1.0, workers: int = 8,
-                 docker_services: set[str] | None = None, ready_poll: float = 0.5):
+                 docker_services: set[str] | None = None, ready_poll: float = 0.5, backup_storage: str = "local",
+                 archive_timeout: float = 1800):
         self.api, self.shell = api, shell
         self.site_tag = ctconfig.site_tag(site_name)
         self.site_name, self.bridge, self.storage, self.ostemplate = site_name, bridge, storage, ostemplate
@@ -49,6 +50,7 @@ class ProxmoxDriver:
         self.pinned = dict(pinned or {})
         self.probe = probe or self._ping
         self.reserve_mb, self.cpu_ratio, self.workers, self.ready_poll = reserve_mb, cpu_ratio, workers, ready_poll
+        self.backup_storage, self.archive_timeout = backup_storage, archive_timeout
         if docker_services is None:
             docker_services = {n for n, s in load_catalog().services.items() if s.install.method == "compose"}
         self.docker_services = docker_services
@@ -95,7 +97,7 @@ class ProxmoxDriver:
                 pinned[name] = ov.node
         return cls(api, shell, site_name=site.name, bridge=site.network.bridge, storage=d.storage,
                    ostemplate=d.template, template_ctid=d.template_ctid, pool=d.pool, nodes=list(d.nodes),
-                   pinned=pinned, **options)
+                   pinned=pinned, backup_storage=d.backup_storage, **options)
 
     # ---- reading ------------------------------------------------------------------------
     def _ours(self, g: Guest) -> bool:
@@ -335,17 +337,42 @@ class ProxmoxDriver:
         with self._lock:
             self._where.pop(ctid, None)
 
-    def apply_firewall(self, resolved):
-        """The site's firewall (render.firewall.firewall_plan) through the API; only differences are written."""
+    def archive(self, ctid: int) -> str:
+        """Keep a container's data before destroy: vzdump (stop mode, zstd, protected from pruning)
+        to `backup_storage`. Returns the archive's volume id (restore: `pct restore CTID VOLID`)."""
+        g = self._guest(ctid)
+        if g is None:
+            raise PermanentError(f"container {ctid} does not exist on the cluster; there is nothing to archive")
+        if not self._ours(g):
+            raise PermanentError(f"CT {ctid} is not tagged as this site's (aicommons;{self.site_tag}); not archiving it")
+        st = self.backup_storage
+        if not any(s.storage == st and s.node == g.node and "backup" in s.content for s in self.api.storages()):
+            raise PermanentError(f"driver.backup_storage: storage {st!r} on node {g.node} does not exist or does not "
+                                 f"hold backups (content 'backup'); name one that does, or remove with --purge")
+        before = {v.volid for v in self.api.backups(g.node, st, ctid)}
+        self.api.vzdump(g.node, ctid, st, mode="stop", timeout=self.archive_timeout, protected=1,
+                        **{"notes-template": f"aicommons {self.site_name}: {{{{guestname}}}} archived before removal"})
+        new = sorted((v for v in self.api.backups(g.node, st, ctid) if v.volid not in before), key=lambda v: v.ctime)
+        if not new:
+            raise PermanentError(f"vzdump of CT {ctid} on {g.node} finished but no new archive is in storage {st!r}; "
+                                 "not destroying the container")
+        log.info("container %s: archived to %s", ctid, new[-1].volid)
+        return new[-1].volid
+
+    def apply_firewall(self, resolved, *, dry_run: bool = False):
+        """The site's firewall (render.firewall.firewall_plan) through the API; only differences are written.
+        Containers that do not exist yet (or are not this site's) are left for a later run."""
         from aicommons.drivers.proxmox.firewall import apply_firewall
         from aicommons.render.firewall import firewall_plan
 
-        def node_or_none(ctid: int) -> str | None:
-            try:
-                return self.node_of(ctid)
-            except PermanentError:
-                return None
-        return apply_firewall(self.api, firewall_plan(resolved), node_or_none)
+        where = {g.vmid: g.node for g in self.api.guests() if self._ours(g)}
+        return apply_firewall(self.api, firewall_plan(resolved), where.get, dry_run=dry_run)
+
+    def firewall_diff(self, resolved) -> list[str]:
+        """What apply_firewall would change, read only: `ipset.NAME`, `group.NAME`, `container.CTID`."""
+        from aicommons.drivers.proxmox.firewall import object_names
+
+        return object_names(self.apply_firewall(resolved, dry_run=True).changed)
 
     # ---- inside a container -------------------------------------------------------------
     def exec(self, ctid: int, argv: list[str], *, stdin: bytes | None = None, timeout: float = 600) -> ExecResult:

@@ -150,3 +150,24 @@ def test_raw_lxc_keys_cannot_travel_over_the_api(api):
     with pytest.raises(ResourceException) as e:
         api.nodes("pve1").lxc(9000).config.put(**{"lxc.cgroup2.devices.allow": "c 195:* rwm"})
     assert e.value.status_code == 400 and "lxc.cgroup2.devices.allow" in e.value.errors
+
+
+def test_vzdump_is_a_task_whose_archive_is_listed_and_outlives_the_ct(api):
+    upid = api.nodes("pve1").lxc.post(vmid=520, ostemplate="local:vztmpl/debian-12-standard_12.12-1_amd64.tar.zst",
+                                      hostname="arch", rootfs="local-lvm:4")
+    assert wait(api, "pve1", upid)["exitstatus"] == "OK"
+    with pytest.raises(ResourceException) as e:  # schema-checked like every call
+        api.nodes("pve1").vzdump.post(vmid="520", storage="local", compress="brotli")
+    assert e.value.status_code == 400 and "compress" in e.value.errors
+    bad = api.nodes("pve1").vzdump.post(vmid="520", storage="local-lvm", mode="stop", compress="zstd")
+    st = wait(api, "pve1", bad)
+    assert "does not support backups" in st["exitstatus"]
+    upid = api.nodes("pve1").vzdump.post(vmid="520", storage="local", mode="stop", compress="zstd", protected=1)
+    assert ":vzdump:520:" in upid and wait(api, "pve1", upid)["exitstatus"] == "OK"
+    assert any("creating vzdump archive" in x["t"] for x in api.nodes("pve1").tasks(upid).log.get())
+    listed = api.nodes("pve1").storage("local").content.get(content="backup", vmid=520)
+    assert [(v["vmid"], v["protected"]) for v in listed] == [(520, 1)]
+    assert listed[0]["volid"].startswith("local:backup/vzdump-lxc-520-") and listed[0]["format"] == "tar.zst"
+    assert api.nodes("pve1").storage("local").content.get(content="backup", vmid=521) == []
+    assert wait(api, "pve1", api.nodes("pve1").lxc(520).delete())["exitstatus"] == "OK"
+    assert api.nodes("pve1").storage("local").content.get(content="backup", vmid=520) == listed

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import yaml
 
 from aicommons.plan.model import ResolvedSite, Route, Tenant
-from aicommons.render.common import catalog
+from aicommons.render.common import FastDumper, catalog, memo_dump
 from aicommons.render.traefik import routable
 
 AUTH_FLOW = "default-provider-authorization-implicit-consent"
@@ -30,7 +30,7 @@ class Tag:
     value: object
 
 
-class _Dumper(getattr(yaml, "CSafeDumper", yaml.SafeDumper)):
+class _Dumper(FastDumper):
     pass
 
 
@@ -134,4 +134,4 @@ def blueprint_path(user: str) -> str:
 
 def dump(doc: dict) -> str:
     head = "# yaml-language-server: $schema=https://goauthentik.io/blueprints/schema.json\n"
-    return head + yaml.dump(doc, Dumper=_Dumper, sort_keys=False, default_flow_style=False, width=120)
+    return head + memo_dump(doc, _Dumper, sort_keys=False, default_flow_style=False, width=120)

@@ -10,23 +10,76 @@ from aicommons.catalog import load_catalog
 from aicommons.plan.model import ResolvedSite
 
 
-class _Dumper(getattr(yaml, "CSafeDumper", yaml.SafeDumper)):  # libyaml: ~10x faster
+_TAG = "tag:yaml.org,2002:"
+_RESOLVED: dict = {}  # (dumper class, value, implicit) -> tag; stays in this process
+
+
+class FastDumper(getattr(yaml, "CSafeDumper", yaml.SafeDumper)):  # libyaml emits
+    """SafeDumper output, cheaper: plain dicts/lists/scalars become nodes directly and scalar tag
+    resolution is memoized (PyYAML's generic representer and resolver were most of render's time).
+    Containers never get anchors; anything else goes through the usual safe representers."""
+
+    literal_block = False  # multi-line strings as `|` blocks
+
+    def represent_data(self, data):
+        t = type(data)
+        if t is str:
+            return yaml.ScalarNode(_TAG + "str", data, style="|" if self.literal_block and "\n" in data else None)
+        if self.default_flow_style is not False or self.sort_keys:
+            return super().represent_data(data)
+        if t is dict:
+            rd = self.represent_data
+            return yaml.MappingNode(_TAG + "map", [(rd(k), rd(v)) for k, v in data.items()], flow_style=False)
+        if t is list:
+            return yaml.SequenceNode(_TAG + "seq", [self.represent_data(x) for x in data], flow_style=False)
+        if t is bool:
+            return yaml.ScalarNode(_TAG + "bool", "true" if data else "false")
+        if t is int:
+            return yaml.ScalarNode(_TAG + "int", str(data))
+        if data is None:
+            return yaml.ScalarNode(_TAG + "null", "null")
+        return super().represent_data(data)
+
+    def resolve(self, kind, value, implicit):
+        if kind is not yaml.ScalarNode:
+            return super().resolve(kind, value, implicit)
+        key = (type(self), value, implicit)
+        tag = _RESOLVED.get(key)
+        if tag is None:
+            tag = super().resolve(kind, value, implicit)
+            if len(_RESOLVED) > 200_000:  # bounded: a long-lived process renders many sites
+                _RESOLVED.clear()
+            _RESOLVED[key] = tag
+        return tag
+
+
+class _Dumper(FastDumper):
+    literal_block = True
+
     def ignore_aliases(self, data):  # no &id001 anchors: every file reads plainly
         return True
 
 
-def _str(dumper: yaml.SafeDumper, data: str):
-    style = "|" if "\n" in data else None
-    return dumper.represent_scalar("tag:yaml.org,2002:str", data, style=style)
+_DUMPED: dict = {}  # (dumper, options, repr(document)) -> text
 
 
-_Dumper.add_representer(str, _str)
+def memo_dump(data, dumper: type, **options) -> str:
+    """yaml.dump remembered by the document's repr: every plan renders the whole site, and an
+    unchanged document then costs a repr (C speed) instead of an emit. repr tells 1 from '1' and
+    True from 1, so equal keys mean equal documents."""
+    key = (dumper, tuple(sorted(options.items())), repr(data))
+    text = _DUMPED.get(key)
+    if text is None:
+        text = yaml.dump(data, Dumper=dumper, **options)
+        if len(_DUMPED) >= 4096:  # bounded: a few sites' worth of files
+            _DUMPED.clear()
+        _DUMPED[key] = text
+    return text
 
 
 def dump_yaml(data, header: str = "") -> str:
     """Block-style YAML in insertion order; safe_dump semantics (no Python objects)."""
-    text = yaml.dump(data, Dumper=_Dumper, sort_keys=False, default_flow_style=False, width=120,
-                     allow_unicode=True)
+    text = memo_dump(data, _Dumper, sort_keys=False, default_flow_style=False, width=120, allow_unicode=True)
     return (header + text) if header else text
 
 

@@ -1,8 +1,9 @@
 """Plans as data: a closed set of actions, each change with a reason, grouped into steps.
 
 A change is what the operator reads (one per resource address); a step is what the engine runs
-(one container, one back end's slice of one user, one Traefik file, one user bundle). The JSON
-form carries no secret and a fingerprint of site file + state, so a stale plan is refused.
+(one container, one back end's slice of one user, one Traefik file, one user bundle, the site's
+firewall). The JSON form carries no secret and a fingerprint of site file + state, so a stale
+plan is refused.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ class Change:
 @dataclass
 class Step:
     id: str
-    kind: Literal["container", "tenant", "traefik", "bundle", "allocation"]
+    kind: Literal["container", "tenant", "traefik", "bundle", "allocation", "firewall"]
     action: Action
     reason: str
     phase: int = 0

@@ -48,6 +48,8 @@ def test_plan_table_is_readable(tmp_path: Path):
     assert p.returncode == 0, p.stderr
     assert "ai-user1.example.org" in p.stdout and "totals" in p.stdout
     assert "Traceback" not in p.stderr
+    # init's placeholder Proxmox host is never dialled: reality is not read, and the plan says why
+    assert "placeholder" in p.stderr and "driver.api_url" in p.stderr
 
 
 def test_init_refuses_to_overwrite(tmp_path: Path):

@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import json
 
-import yaml
-
 from aicommons.plan.model import Container, ResolvedSite
 from aicommons.render.files import RenderedFile
 
@@ -38,7 +36,10 @@ DASHBOARD_DIR = "/var/lib/grafana/dashboards/aicommons"
 
 
 def _yaml(data) -> str:
-    return yaml.safe_dump(data, sort_keys=False, default_flow_style=False)
+    # safe_dump's text through libyaml and render's memo (pure-Python safe_dump was most of a render)
+    from aicommons.render.common import FastDumper, memo_dump
+
+    return memo_dump(data, FastDumper, sort_keys=False, default_flow_style=False)
 
 
 def _labels(c: Container) -> dict[str, str]:

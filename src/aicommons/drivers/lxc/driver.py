@@ -300,8 +300,12 @@ class LxcDriver:
         shutil.rmtree(d)
         for reg in Path(self.cache_dir, "templates").glob(f"*/users/{int(ctid)}"):
             reg.unlink(missing_ok=True)
-        if not self.list_containers():
-            self._teardown()  # the namespace, NAT and Traefik live as long as the site has containers
+        # The namespace, NAT and Traefik live as long as the site has containers. Under the
+        # network lock, from metadata only: the engine deletes containers in parallel, and the
+        # last two must not both tear down (nor read live status of a container being stopped).
+        with self._net_lock:
+            if not any(self._meta(int(p.name)) for p in self.lxcpath.iterdir() if p.name.isdigit()):
+                self._teardown()
 
     def _teardown(self) -> None:
         if self.traefik:
@@ -389,7 +393,10 @@ class LxcDriver:
                  if o.status != "skipped" and o.service in services.UNITS]
         if not units:
             return True
-        return self.exec(ctid, ["systemctl", "is-active", "--quiet", *units], timeout=30).ok
+        try:
+            return self.exec(ctid, ["systemctl", "is-active", "--quiet", *units], timeout=30).ok
+        except PermanentError:  # stopped between the status read and this check (a parallel delete)
+            return False
 
     def service_outcomes(self, ctid: int | None = None) -> list[ServiceOutcome]:
         """What each shared service's recipe did last (installed / skipped with reason / failed)."""

@@ -26,7 +26,7 @@ import yaml
 
 from aicommons.plan.model import ResolvedSite
 from aicommons.render import traefik as tr
-from tests.servers import free_port
+from tests.servers import free_port, stop_process
 
 TRAEFIK = Path(__file__).resolve().parents[1] / ".venv" / "bin" / "traefik"
 
@@ -200,12 +200,7 @@ class Traefik:
         return httpx.Client(base_url=f"https://127.0.0.1:{self.https}", verify=False, timeout=10, transport=transport)
 
     def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
+        stop_process(self.proc)
 
     def cleanup(self) -> None:
         self.stop()

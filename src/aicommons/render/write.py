@@ -18,6 +18,7 @@ from pathlib import Path, PurePosixPath
 
 import yaml
 
+from aicommons.fsutil import fsync_dir
 from aicommons.render.authentik import TagLoader
 from aicommons.render.envfile import RenderError, parse_env
 from aicommons.render.files import RenderedFile
@@ -93,11 +94,7 @@ def write_file(out_dir: Path, f: RenderedFile) -> bool:
     finally:
         os.close(fd)
     os.replace(tmp, target)
-    dfd = os.open(target.parent, os.O_RDONLY)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
+    fsync_dir(target.parent)
     return True
 
 

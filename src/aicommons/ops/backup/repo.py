@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from aicommons.errors import PermanentError
+from aicommons.fsutil import fsync_dir
 
 MANIFEST = "manifest.json"
 PARTIAL = ".partial-"
@@ -111,11 +112,7 @@ class Repo:
                     os.fsync(f.fileno())
         final = self.root / manifest.id
         os.rename(tmp, final)
-        fd = os.open(self.root, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        fsync_dir(self.root)
         return final
 
     def abort(self, tmp: Path) -> None:

@@ -28,8 +28,13 @@ _NEVER = threading.Event()  # never set: a `never` call waits on it forever
 class FakeDriver:
     kind = "fake"
 
-    def __init__(self, directory: str | os.PathLike, variants: dict | None = None, delay: float = 0.0):
-        """variants: {ctid or "*": "slow" | "fail" | "flaky" | "never"}; delay: seconds per call for `slow`."""
+    def __init__(self, directory: str | os.PathLike, variants: dict | None = None, delay: float = 0.0,
+                 urls: dict[str, str] | None = None, exec_rc: dict[str, int] | None = None):
+        """variants: {ctid or "*": "slow" | "fail" | "flaky" | "never"}; delay: seconds per call for `slow`;
+        urls: {service: URL} where the control plane reaches it (loopback stand-ins in tests);
+        exec_rc: {substring of a command: exit code} to make matching `exec` calls fail."""
+        self.urls = dict(urls or {})
+        self.exec_rc = dict(exec_rc or {})
         self.dir = Path(directory)
         self.dir.mkdir(parents=True, exist_ok=True)
         self.file = self.dir / "containers.json"
@@ -144,7 +149,8 @@ class FakeDriver:
             if str(ctid) not in d["containers"]:
                 return ExecResult(1, "", f"container {ctid} does not exist")
             d["exec"].append([ctid, argv])
-        return ExecResult(0, "", "")
+        rc = next((v for k, v in self.exec_rc.items() if k in " ".join(argv)), 0)
+        return ExecResult(rc, "", f"fake failure of {argv[0]}" if rc else "")
 
     def push(self, ctid: int, data: bytes, dest: str, mode: int = 0o644) -> None:
         self._behave("push", ctid)
@@ -168,6 +174,10 @@ class FakeDriver:
     def exec_log(self) -> list:
         with self._db(write=False) as d:
             return list(d["exec"])
+
+    def service_url(self, service: str) -> str | None:
+        """Where a shared service answers (None: nowhere this process may dial; 10.x exists only in namespaces)."""
+        return self.urls.get(service)
 
     def traefik_target(self):
         from aicommons.engine.targets import LocalDirTarget

@@ -179,7 +179,42 @@ def _refresh(s: Session) -> Reality:
     active = {a.user: a.ctid for a in allocs if a.status == "active"}
     traefik = s.target.list() if s.target is not None else {}
     return Reality(containers, tenants, traefik, s.state.applied(), allocations, unread, active,
-                   _firewall_diff(s))
+                   _firewall_diff(s), services=not configures_services(s.driver),
+                   ollama=_ollama_reality(s, containers))
+
+
+def configures_services(driver) -> bool:
+    """Does the driver install and configure shared services itself (then the engine delivers no service files)?
+
+    Said by `configures_services`; without it, a driver that reports services it skips
+    (`skipped_services`, the LXC driver) is one that installs the others by its own recipes."""
+    said = getattr(driver, "configures_services", None)
+    return bool(said) if said is not None else callable(getattr(driver, "skipped_services", None))
+
+
+def _ollama_reality(s: Session, containers: dict) -> dict | None:
+    """What of site.models Ollama lacks (None: no `ollama.models` step for this site and driver)."""
+    from aicommons.engine.services import missing_models, ollama_url
+
+    wanted = list(s.site.models)
+    skipped = getattr(s.driver, "skipped_services", None)
+    if not wanted or "ollama" not in s.resolved.endpoints or (callable(skipped) and "ollama" in skipped(s.resolved)):
+        return None
+    service_url = getattr(s.driver, "service_url", None)  # a driver may say where the control plane reaches it
+    url = service_url("ollama") if callable(service_url) else ollama_url(s.resolved)
+    if url is None:
+        s.notes.append(f"the {s.driver.kind} driver gives no address for Ollama; site models are not pulled")
+        return None
+    ep = s.resolved.endpoints["ollama"]
+    mine = [c.ctid for c in s.resolved.containers if c.role == "shared" and c.name == "ollama"]
+    if not ep.external and not all(getattr(containers.get(i), "status", "") == "running" for i in mine):
+        return {"url": url, "wanted": wanted, "missing": None, "why": "Ollama is not running yet; pull "
+                f"{', '.join(wanted)} once it runs"}
+    try:
+        return {"url": url, "wanted": wanted, "missing": missing_models(url, wanted), "why": ""}
+    except AicError as exc:
+        return {"url": url, "wanted": wanted, "missing": None, "why": f"Ollama cannot be read yet ({exc}); pull "
+                f"{', '.join(wanted)} once it runs"}
 
 
 def _firewall_diff(s: Session) -> list[str] | None:
@@ -237,6 +272,8 @@ def select(plan: Plan, targets) -> Plan:
         return plan
     targets = set(targets)
     keep = {i for i, s in plan.steps.items() if i in targets or s.owner in targets or targets & set(s.addresses)}
+    if keep:  # shared configuration lists every user (pg_hba, users.acl, blueprints): it follows them
+        keep |= {i for i, s in plan.steps.items() if s.kind == "service"}
     todo = list(keep)
     while todo:
         for d in plan.steps[todo.pop()].deps:

@@ -2,8 +2,8 @@
 
 A change is what the operator reads (one per resource address); a step is what the engine runs
 (one container, one back end's slice of one user, one Traefik file, one user bundle, the site's
-firewall). The JSON form carries no secret and a fingerprint of site file + state, so a stale
-plan is refused.
+firewall, one shared container's configuration, the site's Ollama models). The JSON form
+carries no secret and a fingerprint of site file + state, so a stale plan is refused.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ class Change:
 @dataclass
 class Step:
     id: str
-    kind: Literal["container", "tenant", "traefik", "bundle", "allocation", "firewall"]
+    kind: Literal["container", "tenant", "traefik", "bundle", "allocation", "firewall", "service", "ollama"]
     action: Action
     reason: str
     phase: int = 0

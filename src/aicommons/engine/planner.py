@@ -33,6 +33,9 @@ class Reality:
     active: dict[str, int] = field(default_factory=dict)  # user -> ctid of active allocations
     # None: the driver applies no firewall. Else what differs now (`ipset.X`, `group.X`, `container.N`).
     firewall: list[str] | None = None
+    services: bool = False  # deliver shared containers' rendered files (the driver does not configure them)
+    # Site models to pull: {"url", "wanted", "missing" (None: Ollama could not be read), "why"}; None: no step.
+    ollama: dict | None = None
 
 
 def fp(*parts) -> str:
@@ -77,6 +80,8 @@ class Planner:
         self._traefik(containers)
         self._bundles(tenants)
         self._allocations(tenants)
+        self._services(containers)
+        self._ollama(containers)
         self._firewall()
         self._gates()
         return self.changes, self.steps, self.notes
@@ -241,6 +246,53 @@ class Planner:
             self.add(Step(addr, "allocation", "delete", f"user {user} is no longer in the site; the slot is kept "
                           "until purged", 0, user, [addr]))
 
+    # ---- shared containers' configuration and the site's models -------------------------------
+
+    def _services(self, containers: list[Container]) -> None:
+        from aicommons.engine.services import digests, files_of
+
+        if not self.real.services:
+            return
+        for c in containers:
+            files = files_of(self.files, c.hostname) if c.role == "shared" else {}
+            if not files:
+                continue
+            addr = f"service.{c.hostname}"
+            f = fp(digests(files))
+            rec = self.real.applied.get(addr)
+            cstep = self.steps.get(A.container(c.ctid))
+            fresh = cstep is not None and cstep.action in ("create", "replace")
+            step = Step(addr, "service", "no-op", "configured as planned", c.phase, None, [addr], fingerprint=f,
+                        payload=(c, files, fresh))
+            if fresh:
+                step.action, step.reason = ("create" if rec is None else "update"), "container is new"
+            elif rec is None:
+                step.action, step.reason = "create", "never configured"
+            elif rec.fingerprint != f:
+                old = rec.attrs.get("files", {})
+                diff = sorted(r for r, h in digests(files).items() if old.get(r) != h) + sorted(set(old) - set(files))
+                step.action, step.reason = "update", "changed: " + ", ".join(diff[:5])
+            step.deps.add(A.container(c.ctid))
+            self.add(step)
+
+    def _ollama(self, containers: list[Container]) -> None:
+        from aicommons.engine.services import OLLAMA_MODELS
+
+        o = self.real.ollama
+        if o is None or self.destroy:
+            return
+        step = Step(OLLAMA_MODELS, "ollama", "no-op", "every model is present", 0, None, [OLLAMA_MODELS],
+                    fingerprint=fp(sorted(o["wanted"])), payload=(o["url"], tuple(o["wanted"])))
+        if o["missing"] is None:
+            step.action, step.reason = "update", o["why"]
+        elif o["missing"]:
+            step.action, step.reason = "update", "missing " + ", ".join(o["missing"])
+        for c in containers:
+            if c.role == "shared" and c.name == "ollama":
+                step.phase = max(step.phase, c.phase)
+                step.deps.update({A.container(c.ctid), f"service.{c.hostname}"})
+        self.add(step)
+
     # ---- firewall ------------------------------------------------------------------------------
 
     def _firewall(self) -> None:
@@ -269,7 +321,7 @@ class Planner:
         for s in self.steps.values():
             if s.kind == "tenant" and s.action != "delete" and self.r is not None:
                 s.phase = self.r.container(self.r.tenant(s.owner).ctid).phase
-        shared = [s for s in self.steps.values() if s.kind == "container" and s.owner is None
+        shared = [s for s in self.steps.values() if (s.kind == "service" or s.kind == "container" and s.owner is None)
                   and s.action != "delete"]
         for s in self.steps.values():
             if s.action == "delete":

@@ -33,8 +33,11 @@ class Context:
 
 def execute(ctx: Context, step) -> str | None:
     """Carry out one step; a returned string is a note for the operator (e.g. what was not run)."""
+    from aicommons.engine.services import run_models, run_service
+
     return {"container": _container, "tenant": _tenant, "traefik": _traefik, "bundle": _bundle,
-            "allocation": _allocation, "firewall": _firewall}[step.kind](ctx, step)
+            "allocation": _allocation, "firewall": _firewall, "service": run_service,
+            "ollama": run_models}[step.kind](ctx, step)
 
 
 PENDING = "pending"  # recorded before acting, so a kill mid-step leaves a record the next plan sees
@@ -59,6 +62,8 @@ def _container(ctx: Context, step) -> None:
         if step.owner:
             ctx.store.set_allocation_status(step.owner, "purged" if ctx.purge else "removed")
             ctx.store.forget_applied(A.bundle(step.owner))
+        else:  # its configuration went with it
+            ctx.store.forget_applied(f"service.{have.hostname}")
         ctx.store.forget_applied(step.id)
         return
     c: Container = step.payload

@@ -1,0 +1,126 @@
+"""Shared containers' rendered configuration, delivered: one `service.<hostname>` step each,
+plus the site's Ollama model list (`ollama.models`).
+
+A service step pushes everything render_site made under `services/<hostname>/` to
+/opt/aicommons/<hostname>/ (modes kept: secrets stay 0600), then inside the container runs
+`install.sh` (the catalog recipe; for compose services it *is* the apply: `docker compose up`)
+when it is new or changed, and copies the system config files to where the service reads
+them and restarts it (SYSTEM below) when any of them changed. A driver that configures shared
+services itself (`configures_services = True`, the LXC driver) gets no service steps.
+"""
+
+from __future__ import annotations
+
+import posixpath
+import shlex
+
+from aicommons.engine.targets import digest
+from aicommons.errors import PermanentError
+
+SERVICE_ROOT = "/opt/aicommons"
+SERVICES_DIR = "services/"
+OLLAMA_MODELS = "ollama.models"
+
+# Service -> ({rendered path under services/<host>/: (system path, owner)}, command after copying).
+SYSTEM: dict[str, tuple[dict[str, tuple[str, str]], str]] = {
+    "postgres": ({"conf.d/aicommons.conf": ("/etc/postgresql/15/main/conf.d/aicommons.conf", "postgres:postgres"),
+                  "pg_hba.conf": ("/etc/postgresql/15/main/pg_hba.conf", "postgres:postgres")},
+                 "systemctl restart postgresql"),  # listen_addresses needs a restart, not a reload
+    "redis": ({"redis.conf": ("/etc/redis/redis.conf", "redis:redis"),
+               "users.acl": ("/etc/redis/users.acl", "redis:redis")}, "systemctl restart redis-server"),
+    "qdrant": ({"config.yaml": ("/etc/qdrant/config.yaml", "")}, "systemctl restart qdrant"),
+    "ollama": ({"systemd/override.conf": ("/etc/systemd/system/ollama.service.d/override.conf", "")},
+               "systemctl daemon-reload && systemctl restart ollama"),
+    "garage": ({"garage.toml": ("/etc/garage.toml", ""),
+                "systemd/garage.service": ("/etc/systemd/system/garage.service", "")},
+               "systemctl daemon-reload && systemctl enable garage && systemctl restart garage"),
+    "minio": ({"minio.env": ("/etc/default/minio", "")}, "systemctl restart minio"),
+}
+
+
+def files_of(files: dict, hostname: str) -> dict:
+    """{path relative to the container's directory: RenderedFile} of one shared container."""
+    prefix = f"{SERVICES_DIR}{hostname}/"
+    return {p[len(prefix):]: f for p, f in files.items() if p.startswith(prefix)}
+
+
+def digests(files: dict) -> dict[str, str]:
+    return {rel: f"{f.mode:o}:{digest(f.content)}" for rel, f in sorted(files.items())}
+
+
+def apply_script(service: str, root: str, changed: set[str]) -> str | None:
+    """Copy the changed system config files into place and restart the service (None: nothing to do)."""
+    dests, after = SYSTEM.get(service, ({}, ""))
+    todo = [(rel, *dests[rel]) for rel in sorted(changed) if rel in dests]
+    if not todo:
+        return None
+    lines = ["set -eu"]
+    for rel, dest, owner in todo:
+        src = shlex.quote(posixpath.join(root, rel))
+        own = f" -o {shlex.quote(owner.split(':')[0])} -g {shlex.quote(owner.split(':')[1])}" if owner else ""
+        lines.append(f'install -D -m "$(stat -c %a {src})"{own} {src} {shlex.quote(dest)}')
+    lines.append(after)
+    return "\n".join(lines) + "\n"
+
+
+def run_service(ctx, step) -> str | None:
+    c, files, fresh = step.payload
+    d, root = ctx.driver, posixpath.join(SERVICE_ROOT, c.hostname)
+    rec = None if fresh else ctx.store.applied().get(step.id)  # a new container has none of the files
+    before = rec.attrs.get("files", {}) if rec is not None else {}
+    now = digests(files)
+    changed = {rel for rel, h in now.items() if before.get(rel) != h}
+    for rel in sorted(changed):
+        f = files[rel]
+        d.push(c.ctid, f.content.encode(), posixpath.join(root, rel), f.mode)
+    ran = []
+    if "install.sh" in files and "install.sh" in changed | _compose_changed(files, changed):
+        _run(ctx, c, ["sh", "-eu", posixpath.join(root, "install.sh")], "install.sh")
+        ran.append("install.sh")
+    script = apply_script(c.name, root, changed)
+    if script:
+        _run(ctx, c, ["sh", "-c", script], "config apply")
+        ran.append("config apply")
+    ctx.store.record_applied(step.id, "service", None, step.fingerprint,
+                             {"ctid": c.ctid, "files": now, "ran": ran})
+    return None
+
+
+def _compose_changed(files: dict, changed: set[str]) -> set[str]:
+    """For a compose project any file change is applied by re-running install.sh (`compose up`)."""
+    return {"install.sh"} if "docker-compose.yml" in files and changed else set()
+
+
+def _run(ctx, c, argv: list[str], what: str) -> None:
+    res = ctx.driver.exec(c.ctid, argv, timeout=3600)
+    if not res.ok:
+        raise PermanentError(f"{what} in container {c.ctid} ({c.hostname}) failed (rc {res.rc}): "
+                             f"{ctx.redact((res.stderr or res.stdout).strip()[-500:])}")
+
+
+def ollama_url(resolved) -> str | None:
+    ep = resolved.endpoints.get("ollama")
+    if ep is None or not ep.ports:
+        return None
+    return f"http://{ep.host}:{ep.ports.get('api') or next(iter(ep.ports.values()))}"
+
+
+def missing_models(url: str, models: list[str]) -> list[str]:
+    """Models of the site Ollama does not have (raises TemporaryError when unreachable)."""
+    from aicommons.tenancy.ollama import _same, list_models
+
+    have = list_models(url)
+    return [m for m in models if not any(_same(m, h) for h in have)]
+
+
+def run_models(ctx, step) -> str | None:
+    from aicommons.tenancy.ollama import pull_models
+
+    url, models = step.payload
+    results = pull_models(url, list(models))
+    failed = [f"{r.model} ({r.status})" for r in results if r.status.startswith("failed")]
+    if failed:
+        raise PermanentError(f"Ollama at {url} could not pull: {', '.join(failed)}")
+    ctx.store.record_applied(step.id, "ollama", None, step.fingerprint,
+                             {"models": list(models), "pulled": [r.model for r in results if r.status == "pulled"]})
+    return None

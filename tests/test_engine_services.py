@@ -1,0 +1,220 @@
+"""Shared containers' rendered configuration (`service.<host>` steps) and the site's Ollama
+models (`ollama.models`), applied by the engine.
+
+Real: the engine, state store, the real renderer (render_site), HTTP to a loopback Ollama
+stand-in. Simulated: the compute driver (the file-backed FakeDriver: pushed files land under
+its directory, exec calls are recorded), tenancy back ends (file-backed fakes), Ollama
+(tests/standins/http.py).
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from aicommons.drivers.fake import FakeDriver
+from aicommons.engine.api import apply_site, plan_site
+from aicommons.render import render_site
+from aicommons.tenancy.fake import fake_backends
+from tests.standins.http import ollama
+from tests.test_engine_support import edit_site, write_site
+
+
+def _site(tmp_path, models=()):
+    site = write_site(tmp_path / "site.yaml", users=2)
+
+    def fn(d):
+        d.setdefault("services", {})["ollama"] = {}
+        d["models"] = list(models)
+    edit_site(site, fn)
+    return site
+
+
+def _kw(tmp_path, renderer=render_site, **drv):
+    return dict(driver=FakeDriver(tmp_path / "fake", **drv), backends=fake_backends(tmp_path / "fake"),
+                renderer=renderer)
+
+
+def _pushed(tmp_path, ctid: int, host: str) -> dict[str, int]:
+    root = tmp_path / "fake" / "ct" / str(ctid) / "opt" / "aicommons" / host
+    return {str(p.relative_to(root)): p.stat().st_mode & 0o777 for p in root.rglob("*") if p.is_file()}
+
+
+def _runs(driver, ctid: int) -> list[str]:
+    """What ran in one container: `install.sh` or the config-apply script's last line."""
+    out = []
+    for c, argv in driver.exec_log():
+        if c == ctid:
+            out.append("install.sh" if argv[-1].endswith("/install.sh") else argv[-1].strip().splitlines()[-1])
+    return out
+
+
+def test_service_files_are_pushed_installed_and_a_second_plan_is_a_noop(tmp_path):
+    site, kw = _site(tmp_path), _kw(tmp_path)
+    first = plan_site(site, **kw)
+    shared = {c.hostname: c for c in first.resolved.containers if c.role == "shared"}
+    services = {i: s for i, s in first.steps.items() if s.kind == "service"}
+    assert set(services) == {f"service.{h}" for h in shared}
+    pg = shared["postgres"]
+    assert f"container.{pg.ctid}" in services["service.postgres"].deps
+    assert all(s.action == "create" for s in services.values())
+
+    result = apply_site(site, **kw)
+    assert result.ok, [(o.step, o.detail) for o in result.errors]
+    files = _rendered(site, tmp_path)
+    for host, c in shared.items():
+        want = {p.split("/", 2)[2]: f.mode for p, f in files.items() if p.startswith(f"services/{host}/")}
+        assert _pushed(tmp_path, c.ctid, host) == want  # every rendered file, with its mode
+    assert _pushed(tmp_path, shared["redis"].ctid, "redis")["users.acl"] == 0o600
+    assert _runs(kw["driver"], pg.ctid) == ["install.sh", "systemctl restart postgresql"]
+    hba = (tmp_path / "fake/ct" / str(pg.ctid) / "opt/aicommons/postgres/pg_hba.conf").read_text()
+    assert hba == files["services/postgres/pg_hba.conf"].content
+
+    again = plan_site(site, **kw)
+    assert again.empty, {i: s.reason for i, s in again.steps.items()}
+
+
+def _rendered(site, tmp_path) -> dict:
+    """The site's files, rendered with the secrets the state holds (independently of the engine)."""
+    from aicommons.engine.api import Session
+
+    s = Session(site, driver=FakeDriver(tmp_path / "fake"), backends=[])
+    try:
+        return render_site(s.resolved, s.secrets)
+    finally:
+        s.close()
+
+
+def test_a_changed_pg_hba_updates_only_postgres_and_reapplies_only_it(tmp_path):
+    site, kw = _site(tmp_path), _kw(tmp_path)
+    assert apply_site(site, **kw).ok
+    pg = next(c for c in plan_site(site, **kw).resolved.containers if c.hostname == "postgres")
+    before = len(kw["driver"].exec_log())
+
+    def renderer(resolved, secrets):
+        files = render_site(resolved, secrets)
+        f = files["services/postgres/pg_hba.conf"]
+        files[f.path] = type(f)(f.path, f.content + "host all x 10.0.5.7/32 scram-sha-256\n", f.mode)
+        return files
+
+    kw2 = {**kw, "renderer": renderer}
+    plan = plan_site(site, **kw2)
+    assert {c.address: c.action for c in plan.changes if c.action != "no-op"} == {"service.postgres": "update"}
+    assert "pg_hba.conf" in plan.steps["service.postgres"].reason
+    result = apply_site(site, **kw2)
+    assert result.ok and set(result.outcomes) == {"service.postgres"}
+    ran = kw["driver"].exec_log()[before:]
+    assert len(ran) == 1 and ran[0][0] == pg.ctid  # no install.sh again, only the config apply
+    script = ran[0][1][-1]
+    assert "pg_hba.conf" in script and "aicommons.conf" not in script and "restart postgresql" in script
+    assert "10.0.5.7/32" in (tmp_path / "fake/ct" / str(pg.ctid) / "opt/aicommons/postgres/pg_hba.conf").read_text()
+    assert plan_site(site, **kw2).empty
+
+
+def test_a_driver_that_configures_services_gets_no_service_steps(tmp_path):
+    class Configuring(FakeDriver):
+        configures_services = True
+
+    site = _site(tmp_path)
+    kw = {**_kw(tmp_path), "driver": Configuring(tmp_path / "fake")}
+    plan = plan_site(site, **kw)
+    assert plan.steps and not [s for s in plan.steps.values() if s.kind == "service"]
+
+
+def test_a_failing_install_fails_the_step_and_is_planned_again(tmp_path):
+    site = _site(tmp_path)
+    kw = _kw(tmp_path, exec_rc={"/opt/aicommons/qdrant/install.sh": 3})
+    result = apply_site(site, **kw)
+    assert [o.step for o in result.errors if o.status == "failed"] == ["service.qdrant"]
+    assert "rc 3" in result.outcomes["service.qdrant"].detail
+    skipped = {o.step for o in result.errors if o.status == "skipped"}
+    assert skipped and all(result.plan.steps[i].phase > 1 for i in skipped)  # later phases wait for it
+    kw["driver"].exec_rc.clear()
+    again = plan_site(site, **kw)
+    assert set(again.steps) == skipped | {"service.qdrant"}
+    assert apply_site(site, **kw).ok and plan_site(site, **kw).empty
+
+
+@pytest.fixture
+def olla():
+    models, pulls = ["llama3.2:latest"], []
+    srv = ollama(models, pulls, missing={"no-such-model"})
+    srv.models, srv.pulls = models, pulls
+    yield srv
+    srv.stop()
+
+
+def test_ollama_models_are_pulled_once_after_ollama_is_up(tmp_path, olla):
+    site = _site(tmp_path, models=["llama3.2", "qwen3:8b"])
+    kw = _kw(tmp_path, urls={"ollama": olla.url})
+    first = plan_site(site, **kw)
+    step = first.steps["ollama.models"]
+    assert "not running yet" in step.reason and olla.pulls == []  # not dialled before the container runs
+    oll = next(c for c in first.resolved.containers if c.name == "ollama")
+    assert {f"container.{oll.ctid}", f"service.{oll.hostname}"} <= step.deps
+    result = apply_site(site, **kw)
+    assert result.ok, [(o.step, o.detail) for o in result.errors]
+    assert [p["model"] for p in olla.pulls] == ["qwen3:8b"]  # llama3.2 was there already
+    assert plan_site(site, **kw).empty
+
+    olla.models.remove("qwen3:8b")  # removed by hand: planned again, pulled again
+    plan = plan_site(site, **kw)
+    assert plan.steps["ollama.models"].reason == "missing qwen3:8b"
+    assert apply_site(site, **kw).ok and [p["model"] for p in olla.pulls] == ["qwen3:8b", "qwen3:8b"]
+
+
+def test_ollama_unreachable_is_planned_with_a_reason_and_a_failed_pull_fails_the_step(tmp_path, olla):
+    site = _site(tmp_path, models=["no-such-model"])
+    kw = _kw(tmp_path, urls={"ollama": olla.url})
+    result = apply_site(site, **kw)
+    assert [o.step for o in result.errors] == ["ollama.models"]
+    assert "no-such-model" in result.outcomes["ollama.models"].detail
+    olla.stop()
+    plan = plan_site(site, **kw)
+    assert "cannot be read yet" in plan.steps["ollama.models"].reason
+
+
+def test_no_models_or_a_driver_skipping_ollama_gives_no_models_step(tmp_path, olla):
+    site = _site(tmp_path)
+    assert "ollama.models" not in plan_site(site, **_kw(tmp_path, urls={"ollama": olla.url})).steps
+
+    class Skipping(FakeDriver):
+        def skipped_services(self, resolved):
+            return {"ollama": "no image registry here"}
+
+    site = _site(tmp_path, models=["llama3.2"])
+    kw = {**_kw(tmp_path), "driver": Skipping(tmp_path / "fake", urls={"ollama": olla.url})}
+    plan = plan_site(site, **kw)
+    assert "ollama.models" not in plan.steps and olla.pulls == []
+    assert not [s for s in plan.steps.values() if s.kind == "service"]  # it configures the rest itself
+
+
+
+def test_proxmox_simulator_gets_the_rendered_files_over_pct_push_and_runs_install_sh(tmp_path):
+    """Against the simulated Proxmox VE (API over HTTPS + SSH `pct push`/`pct exec`)."""
+    import yaml
+
+    from aicommons.engine.targets import LocalDirTarget
+    from tests.test_proxmox_driver import driver_of, new_sim
+
+    sim = new_sim()
+    try:
+        data = yaml.safe_load(sim.site_yaml(1))
+        data["services"] = {"postgres": {}, "redis": {}, "qdrant": {}, "ollama": {}, "garage": {}, "searxng": {}}
+        site = tmp_path / "site.yml"
+        site.write_text(yaml.safe_dump(data, sort_keys=False))
+        from aicommons.spec.load import load_site
+
+        kw = dict(driver=driver_of(sim, load_site(site)[0]), backends=[], target=LocalDirTarget(tmp_path / "t"))
+        result = apply_site(site, **kw)
+        assert result.ok, [(o.step, o.detail) for o in result.errors]
+        files = _rendered(site, tmp_path)
+        ctid = next(c.ctid for c in result.plan.resolved.containers if c.name == "redis")
+        ct = sim.cluster.cts[ctid]
+        assert ct.fs["/opt/aicommons/redis/users.acl"].decode() == files["services/redis/users.acl"].content
+        assert ct.fs["/opt/aicommons/redis/users.acl:mode"] == b"0600"
+        runs = [r.argv for r in sim.records if r.ctid == ctid and r.argv[:2] == ["sh", "-eu"]]
+        assert runs == [["sh", "-eu", "/opt/aicommons/redis/install.sh"]]  # installed once
+        sim.reset_counts()
+        assert plan_site(site, **kw).empty and apply_site(site, **kw).ok and sim.writes() == 0
+    finally:
+        sim.close()

@@ -218,3 +218,26 @@ def test_proxmox_simulator_gets_the_rendered_files_over_pct_push_and_runs_instal
         assert plan_site(site, **kw).empty and apply_site(site, **kw).ok and sim.writes() == 0
     finally:
         sim.close()
+
+
+def test_a_removed_shared_container_takes_its_service_record_with_it(tmp_path):
+    site, kw = _site(tmp_path), _kw(tmp_path)
+    edit_site(site, lambda d: d["services"].__setitem__("tika", {}))
+    assert apply_site(site, **kw).ok
+    from aicommons.engine.api import open_state
+
+    with_tika = open_state(site)
+    try:
+        assert "service.tika" in with_tika.applied()
+    finally:
+        with_tika.close()
+    edit_site(site, lambda d: d["services"].pop("tika"))
+    plan = plan_site(site, **kw)
+    assert [s.kind for s in plan.steps.values() if s.action == "delete"] == ["container"]
+    assert apply_site(site, **kw).ok
+    state = open_state(site)
+    try:
+        assert "service.tika" not in state.applied()
+    finally:
+        state.close()
+    assert plan_site(site, **kw).empty

@@ -38,6 +38,7 @@ def _stderr(msg: str) -> None:
 
 class LxcDriver:
     kind = "lxc"
+    configures_services = True  # PostgreSQL/Redis/Prometheus by its own recipes (services.py)
 
     def __init__(self, *, site: str, net: netns.NetPlan, lxcpath: str, cache_dir: str,
                  log=None, secrets: SecretLookup | None = None, traefik_dir: str | None = None,

@@ -178,6 +178,16 @@ def test_traefik_routes_ai_user1_to_ct200(site: Path):
         d.exec(146, ["pkill", "-f", "/srv/fa.py"])
 
 
+def test_status_and_audit_run_inside_the_site_network(site: Path):
+    # The site's 10.0.5.x exists only in the namespace: the commands join it to dial the site.
+    r = cli(site, "audit", "isolation")
+    assert r.returncode == 0 and "isolation holds" in r.stdout, (r.stdout + r.stderr)[-2000:]
+    assert "garage is skipped by the lxc driver" in r.stderr  # no tenants there: said, not a gap
+    r = cli(site, "status")
+    for svc in ("postgres", "redis", "prometheus"):
+        assert re.search(rf"│ {svc} +│ ok ", r.stdout), r.stdout[-3000:]
+
+
 def test_users_add_and_remove(site: Path):
     from aicommons.plan import names
 

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import typer
 from aicommons.cli.common import SiteFile, console, load_resolved
+from aicommons.drivers.registry import enter_site_network
 from aicommons.errors import PermanentError
 from aicommons.ops.targets import parse_targets
 
@@ -59,6 +60,7 @@ def status(
     from aicommons.ops.status import run_status, table, to_json
 
     resolved = load_resolved(file)
+    enter_site_network(resolved.site)
     mapping = parse_targets(target, targets)
     secrets = secrets_for(file, resolved.site)
     while True:
@@ -88,6 +90,7 @@ def _context(file: Path, dir_: Path | None, only: str | None, target: list[str] 
     from aicommons.ops.backup.site import backup_dir, sources_for
 
     resolved = load_resolved(file)
+    enter_site_network(resolved.site)
     base = file.resolve().parent
     src = sources_for(resolved, secrets_for(file, resolved.site, required=True), base,
                       parse_targets(target, targets))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
 from urllib.parse import urlparse
 
 from aicommons.drivers.base import ComputeDriver
@@ -32,3 +34,21 @@ def driver_for(site: Site, **options) -> ComputeDriver:
 
         return LxcDriver.from_site(site, **options)
     raise PermanentError(f"driver.kind: unknown driver {kind!r}; use proxmox or lxc")
+
+
+def enter_site_network(site: Site) -> None:
+    """Run the calling command where the site's addresses exist, before it dials them.
+
+    An LXC site's 10.0.5.0/24 lives only inside the driver's network namespace: `status`,
+    `backup` and `audit` join it, as `up` does. With no namespace the site is not up, and
+    dialling its addresses from the host would send them out of this machine: refuse instead.
+    Only the `aicommons` command itself joins (in-process callers keep their loopback).
+    """
+    if site.driver.kind != "lxc" or Path(sys.argv[0]).name != "aicommons":
+        return
+    from aicommons.drivers.lxc import netns
+
+    if not netns.exists(site.driver.netns):
+        raise PermanentError(f"the LXC site is not up: network namespace {site.driver.netns!r} does not exist "
+                             "(its addresses exist only there); run `aicommons up`")
+    netns.join(site.driver.netns)

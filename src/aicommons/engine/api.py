@@ -128,6 +128,7 @@ class Session:
         self.secrets = self.state.secrets(key_source(self.site, self.state, site_file))
         self.resolved = resolve(self.site, held=self.state.held_slots(), index=index)
         self.notes: list[str] = list(self.resolved.notes)
+        self.skip_notes: list[str] = []  # services the driver does not run: no tenants there
         self._own_driver = driver is None
         self.driver = driver if driver is not None else default_driver(self.site)
         base = self.site_file.resolve().parent
@@ -136,8 +137,10 @@ class Session:
         if backends is None and callable(skipped):  # a service the driver cannot install holds no tenants
             gone = skipped(self.resolved)
             for b in [b for b in self.backends if _service_of(self, b) in gone]:
-                self.notes.append(f"{_service_of(self, b)} is skipped by the {self.driver.kind} driver "
-                                  f"({gone[_service_of(self, b)]}); its tenant slices are not planned")
+                note = (f"{_service_of(self, b)} is skipped by the {self.driver.kind} driver "
+                        f"({gone[_service_of(self, b)]}); its tenant slices are not planned")
+                self.notes.append(note)
+                self.skip_notes.append(note)
             self.backends = [b for b in self.backends if _service_of(self, b) not in gone]
         if hasattr(self.driver, "bind_secrets"):  # drivers whose service recipes need admin passwords
             self.driver.bind_secrets(self.secrets)

@@ -165,10 +165,21 @@ class Context:
 
     def __init__(self, site_file: Path, *, state_path=None, backends=None):
         from aicommons.engine.api import Session
+        from aicommons.spec.load import load_site
 
         class _NoDriver:  # user commands on back ends never touch containers
+            kind = load_site(site_file)[0].driver.kind  # named in notes; never driven
+            configures_services = False
+
             def list_containers(self):
                 return []
+
+            def skipped_services(self, resolved):  # the LXC driver holds no tenants in what it skips
+                if resolved.site.driver.kind != "lxc":
+                    return {}
+                from aicommons.drivers.lxc.services import skipped_services
+
+                return skipped_services(resolved)
 
         self.session = Session(site_file, state_path=state_path, driver=_NoDriver(), backends=backends,
                                target=object())
@@ -325,11 +336,14 @@ def audit_site(site_file: Path, *, state_path=None, backends=None
     with Context(Path(site_file), state_path=state_path, backends=backends) as ctx:
         tenants = ctx.resolved.tenants
         secrets = {t.user: ctx.tenant_secrets(t) for t in tenants}
-        checks, skipped = [], list(ctx.session.notes if backends is None else [])
+        notes = ctx.session.notes if backends is None else []
+        # A service the driver does not run holds no tenant slices: nothing to audit, not a gap.
+        checks, skipped = [], [n for n in notes if n not in ctx.session.skip_notes]
         for b in ctx.backends:
             try:
                 checks += b.audit(tenants, secrets)
             except (TemporaryError, OSError) as exc:
                 skipped.append(f"{b.name}: {exc}")
-        warnings = [w for b in ctx.backends for w in getattr(b, "warnings", [])]
+        warnings = [w for b in ctx.backends for w in getattr(b, "warnings", [])] + [
+            n for n in notes if n in ctx.session.skip_notes]
         return checks, skipped, warnings

@@ -276,14 +276,7 @@ class LxcDriver:
     def skipped_services(self, resolved) -> dict[str, str]:
         """Services of the site this host cannot install (recipe needs downloads), with the reason.
         The engine plans no tenant slices for them."""
-        cat = load_catalog()
-        out = {}
-        for c in resolved.containers:
-            for name in c.services if c.role == "shared" else ():
-                reason = services.unsupported(cat.services[name]) if name in cat.services else None
-                if reason:
-                    out[name] = reason
-        return out
+        return services.skipped_services(resolved)
 
     def destroy(self, ctid: int) -> None:
         d = self._dir(ctid)

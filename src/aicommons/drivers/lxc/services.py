@@ -40,9 +40,22 @@ def unsupported(svc: Service) -> str | None:
     if inst.method == "none":
         return "the catalog has no install recipe for it"
     what = f"image {inst.image}" if inst.image else "an upstream release"
-    return (f"its {inst.method} recipe downloads {what} from outside Debian's mirror, which this "
-            "host cannot reach (only package registries are reachable); on a connected host the "
-            "same recipe runs")
+    return (f"its {inst.method} recipe downloads {what} from outside Debian's mirror, and this "
+            "driver installs only from the mirror; the Proxmox driver runs this recipe")
+
+
+def skipped_services(resolved) -> dict[str, str]:
+    """Services of the site this driver cannot install, with the reason (pure: catalog only)."""
+    from aicommons.catalog import load_catalog
+
+    cat = load_catalog()
+    out = {}
+    for c in resolved.containers:
+        for name in c.services if c.role == "shared" else ():
+            reason = unsupported(cat.services[name]) if name in cat.services else None
+            if reason:
+                out[name] = reason
+    return out
 
 
 def ensure(driver, c: Container, svc: Service, secrets: SecretLookup) -> ServiceOutcome:

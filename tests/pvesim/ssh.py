@@ -113,13 +113,16 @@ class NodeSsh:
             rc, out, err = self.answer(self.node, command, data)
         except Exception as exc:  # a bug in a test's handler must not hang the client
             rc, out, err = 255, b"", f"pvesim: {exc}\n".encode()
-        if out:
-            chan.sendall(out)
-        if err:
-            chan.sendall_stderr(err)
-        chan.send_exit_status(rc)
-        chan.shutdown_write()
-        chan.close()
+        try:
+            if out:
+                chan.sendall(out)
+            if err:
+                chan.sendall_stderr(err)
+            chan.send_exit_status(rc)
+            chan.shutdown_write()
+            chan.close()
+        except (EOFError, OSError):  # the client hung up first (it had its answer or gave up)
+            pass
 
     def stop(self) -> None:
         self._stop = True

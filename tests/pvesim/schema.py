@@ -83,7 +83,7 @@ def _check_format(fmt: str, value: str) -> str | None:
     elif fmt == "mac-addr":
         ok = re.match(r"^([0-9a-f]{2}:){5}[0-9a-f]{2}$", value, re.I) is not None
     if ok is False:
-        return f"value does not match the regex pattern" if fmt.startswith("pve-") else f"invalid format - value '{value}' is not a valid {fmt}"
+        return "value does not match the regex pattern" if fmt.startswith("pve-") else f"invalid format - value '{value}' is not a valid {fmt}"
     return None  # formats we do not model are accepted
 
 
@@ -140,7 +140,7 @@ def _check_propstring(fmt: dict, value: str) -> str | None:
     for key, val in _split_propstring(value):
         if key is None:
             if default_key is None or default_key in seen:
-                return f"format error - value without key, but schema does not define a default key"
+                return "format error - value without key, but schema does not define a default key"
             key = default_key
         sub = fmt.get(key)
         if sub is None:

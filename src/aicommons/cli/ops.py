@@ -9,6 +9,7 @@ from pathlib import Path
 import typer
 from aicommons.cli.common import SiteFile, console, load_resolved
 from aicommons.drivers.registry import enter_site_network
+from aicommons.render.monitoring import TEXTFILE_DIR
 from aicommons.errors import PermanentError
 from aicommons.ops.targets import parse_targets
 
@@ -117,7 +118,7 @@ def backup_run(
     prune: bool = typer.Option(False, "--prune", help="Apply retention (backups.daily / backups.weekly)."),
     upload: bool = typer.Option(True, help="Copy to backups.s3_url when it is set."),
     textfile_dir: Path = typer.Option(
-        Path("/var/lib/prometheus/node-exporter"), help="node exporter textfile directory for the "
+        Path(TEXTFILE_DIR), help="node exporter textfile directory for the "
         "last-good-backup metric (skipped when it does not exist)."),
     target: list[str] = TargetOpt, targets: Path = TargetsFile,
 ) -> None:

@@ -137,7 +137,7 @@ class Session:
         if backends is None and callable(skipped):  # a service the driver cannot install holds no tenants
             gone = skipped(self.resolved)
             for b in [b for b in self.backends if _service_of(self, b) in gone]:
-                note = (f"{_service_of(self, b)} is skipped by the {self.driver.kind} driver "
+                note = (f"{_service_of(self, b)} is skipped by the {self.site.driver.kind} driver "
                         f"({gone[_service_of(self, b)]}); its tenant slices are not planned")
                 self.notes.append(note)
                 self.skip_notes.append(note)

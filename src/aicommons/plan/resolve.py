@@ -81,7 +81,8 @@ def _check_network(ctx: _Ctx) -> tuple[list[IP], list[IP]]:
             ctx.problem(loc + ("user_ranges", i), f"{text} crosses a /24 boundary",
                         "split it into one range per /24")
             continue
-        if r[0] not in net.subnet and r[0].packed[3] in (0, 1, 255) or r[-1].packed[3] == 255:
+        reserved = {0, 255} | ({1} if r[0] not in net.subnet else set())
+        if r[0].packed[3] in reserved or r[-1].packed[3] == 255:
             ctx.problem(loc + ("user_ranges", i), f"{text} includes a network, gateway or broadcast address",
                         "start at .2 or above and end at .254 or below")
             continue
@@ -119,10 +120,10 @@ def _allocate_shared(ctx: _Ctx, shared_range: list[IP]) -> tuple[list[Container]
         svc, ov = cat.services[n], site.services[n]
         loc = ("services", n)
         if ov.external is not None:
-            endpoints[n] = Endpoint(n, ov.external.host, {p.name: p.port for p in svc.ports}, external=True)
-            if ov.external.port:
-                first = svc.ports[0].name
-                endpoints[n] = Endpoint(n, ov.external.host, {**endpoints[n].ports, first: ov.external.port}, True)
+            ports = {p.name: p.port for p in svc.ports}
+            if svc.ports:  # the adopted server's port replaces the service's main one
+                ports[svc.ports[0].name] = ov.external.port
+            endpoints[n] = Endpoint(n, ov.external.host, ports, external=True)
             continue
         wanted: list[IP] = []
         if ov.addresses:
@@ -255,7 +256,7 @@ def _check_apps(ctx: _Ctx) -> list[str]:
 
 
 def _allocate_users(
-    ctx: _Ctx, user_ips: list[IP], apps: list[str], held: dict[str, str], endpoints: dict[str, Endpoint]
+    ctx: _Ctx, user_ips: list[IP], apps: list[str], held: dict[str, str]
 ) -> tuple[list[Container], list[Tenant], list[Route]]:
     site, cat = ctx.site, ctx.catalog
     net, domain = site.network, site.domain
@@ -424,7 +425,7 @@ def _resolve(site: Site, catalog: Catalog, held: dict[str, str]) -> tuple[Resolv
     _check_driver(ctx)
     apps = _check_apps(ctx)
     shared, endpoints = _allocate_shared(ctx, shared_range)
-    users, tenants, user_routes = _allocate_users(ctx, user_ips, apps, held, endpoints)
+    users, tenants, user_routes = _allocate_users(ctx, user_ips, apps, held)
     routes = _shared_routes(ctx, shared) + user_routes
     _check_hosts(ctx, routes)
     if ctx.problems:

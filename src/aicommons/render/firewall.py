@@ -35,9 +35,6 @@ NODE_EXPORTER = 9100
 # Ports a service keeps to itself and the operators (admin APIs, cluster RPC, consoles).
 PRIVATE_PORTS = {"admin", "rpc", "console", "edge", "ssh", "worker", "node-exporter"}
 # What a per-user app's `needs` entry maps to (object_storage is the site's chosen store).
-APP_NEED_SERVICES = ("postgres", "redis", "qdrant", "ollama", "searxng", "langfuse", "authentik")
-
-
 @dataclass(frozen=True, slots=True)
 class Rule:
     """One PVE firewall rule. `type=group` references a security group by `action`."""

@@ -26,7 +26,6 @@ CADVISOR_PORT = 9280  # cAdvisor's default 8080 is Open WebUI's port on user con
 POSTGRES_EXPORTER_PORT = 9187
 REDIS_EXPORTER_PORT = 9121
 LOKI_PORT = 3100
-PROMETHEUS_PORT = 9090
 # Debian's prometheus-node-exporter reads *.prom files from here (--collector.textfile.directory).
 TEXTFILE_DIR = "/var/lib/prometheus/node-exporter"
 BACKUP_METRIC = "aicommons_backup_last_success_timestamp_seconds"

@@ -113,10 +113,6 @@ class LxcDriver:
             if self.traefik:
                 self.traefik.ensure()
 
-    def join_network(self) -> None:
-        """Put the calling thread in the site's namespace (to reach 10.0.5.x as a host on the bridge)."""
-        netns.join(self.ns)
-
     def ensure_template(self) -> Path:
         return template.ensure(self.cache_dir, self.net.mirror, log=self.log)
 
@@ -201,7 +197,7 @@ class LxcDriver:
         """Files written into the overlay's upper dir before first boot (no one is using it yet)."""
         (upper / "etc").mkdir(parents=True, exist_ok=True)
         (upper / "etc/hostname").write_text(c.hostname + "\n")
-        hosts = [f"127.0.0.1 localhost", f"{c.ip} {c.hostname}"]
+        hosts = ["127.0.0.1 localhost", f"{c.ip} {c.hostname}"]
         if self.net.nat:
             host, addrs = netns.mirror_addresses(self.net.mirror)
             hosts += [f"{a} {host}" for a in addrs[:1]]  # no DNS inside: apt reaches the mirror by name

@@ -124,8 +124,3 @@ def install_service(driver, ctid: int, svc: Service, files: dict | None = None) 
             compose_up(driver, ctid, root)
 
 
-def service_checks(svc: Service) -> list[Check]:
-    h = svc.health
-    if h.type == "none" or h.port is None:
-        return []
-    return [Check(svc.name, "http" if h.type == "http" else "tcp", h.port, h.path)]

@@ -11,7 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import platform
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from aicommons.ops.backup import objects, postgres as pgb, redis_keys as rk
@@ -34,7 +34,6 @@ class Sources:
     qdrant: objects.Qdrant | None = None
     s3: objects.S3 | None = None
     gitea_ctid: int | None = None
-    tenant_secret: Callable[[str, str], str] | None = field(default=None, repr=False)
 
 
 def _version() -> str:

@@ -27,9 +27,7 @@ from aicommons.render.firewall import firewall_plan
 from aicommons.render.write import parse_problem, write_tree
 from tests.test_traefik_harness import FakeSecrets, make_site
 
-SCHEMA = Path("/work/shared/data/compose-spec.schema.json")
-if not SCHEMA.exists():
-    SCHEMA = Path(__file__).resolve().parents[2] / "shared" / "data" / "compose-spec.schema.json"
+SCHEMA = Path(__file__).resolve().parent / "data" / "compose-spec.schema.json"
 
 
 @pytest.fixture(scope="module")

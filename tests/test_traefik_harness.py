@@ -25,10 +25,12 @@ import httpx
 import yaml
 
 from aicommons.plan.model import ResolvedSite
+from aicommons.drivers.lxc.traefik import binary as traefik_binary
 from aicommons.render import traefik as tr
 from tests.servers import free_port, stop_process
 
-TRAEFIK = Path(__file__).resolve().parents[1] / ".venv" / "bin" / "traefik"
+# Found the way the LXC driver finds it: beside this interpreter (a venv's bin/), else on PATH.
+TRAEFIK = traefik_binary()
 
 
 class _Server(ThreadingMixIn, HTTPServer):

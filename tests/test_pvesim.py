@@ -171,3 +171,199 @@ def test_vzdump_is_a_task_whose_archive_is_listed_and_outlives_the_ct(api):
     assert api.nodes("pve1").storage("local").content.get(content="backup", vmid=521) == []
     assert wait(api, "pve1", api.nodes("pve1").lxc(520).delete())["exitstatus"] == "OK"
     assert api.nodes("pve1").storage("local").content.get(content="backup", vmid=520) == listed
+
+
+# ---- behaviour the driver relies on, as upstream has it (each traced in pvesim's comments) ----
+
+def _api(sim):
+    user, name = sim.token_id.split("!")
+    return ProxmoxAPI(f"127.0.0.1:{sim.api.port}", user=user, token_name=name, token_value=sim.token_secret,
+                      verify_ssl=sim.ca_file)
+
+
+def test_created_rules_go_to_the_top_whatever_pos_says_and_moveto_moves(api, sim):
+    rules = api.nodes("pve1").lxc(500).firewall.rules
+    for i in range(3):
+        rules.post(type="in", action="ACCEPT", dport=str(1000 + i), enable=1, pos=i)
+    rules.post(type="in", action="DROP", dport="9")  # no `enable`: created disabled
+    got = rules.get()
+    assert [(r["dport"], r["enable"]) for r in got] == [("9", 0), ("1002", 1), ("1001", 1), ("1000", 1)]
+    api.nodes("pve1").lxc(500).firewall.rules(0).put(moveto=3)  # lands before the rule that was at 3
+    assert [r["dport"] for r in rules.get()] == ["1002", "1001", "9", "1000"]
+    api.nodes("pve1").lxc(500).firewall.rules(2).put(moveto=9)  # past the end: appended
+    assert [r["dport"] for r in rules.get()] == ["1002", "1001", "1000", "9"]
+    api.nodes("pve1").lxc(500).firewall.rules(3).put(dport="10", enable=1)
+    assert rules.get()[3]["dport"] == "10" and rules.get()[3]["enable"] == 1
+
+
+def test_ipset_entries_are_normalised_on_read_back(api):
+    api.cluster.firewall.ipset.post(name="norm")
+    api.cluster.firewall.ipset("norm").post(cidr="10.0.5.7/24")
+    api.cluster.firewall.ipset("norm").post(cidr="192.168.1.10/32")
+    assert sorted(e["cidr"] for e in api.cluster.firewall.ipset("norm").get()) == ["10.0.5.0/24", "192.168.1.10"]
+    with pytest.raises(ResourceException) as e:
+        api.cluster.firewall.ipset("norm").post(cidr="192.168.1.10")
+    assert e.value.status_code == 400 and "already exists" in e.value.errors["cidr"]
+
+
+def test_task_with_warnings_ends_warnings_n_and_did_its_work(api, sim):
+    sim.warn_next_task("vzstart", "systemd-networkd: could not set MTU")
+    upid = api.nodes("pve1").lxc(500).status.start.post() if sim.cluster.cts[500].status != "running" else None
+    if upid is None:
+        wait(api, "pve1", api.nodes("pve1").lxc(500).status.stop.post())
+        upid = api.nodes("pve1").lxc(500).status.start.post()
+    st = wait(api, "pve1", upid)
+    assert st["exitstatus"] == "WARNINGS: 1" and sim.cluster.cts[500].status == "running"
+    lines = [x["t"] for x in api.nodes("pve1").tasks(upid).log.get()]
+    assert "WARN: systemd-networkd: could not set MTU" in lines and lines[-1] == "TASK WARNINGS: 1"
+
+
+def test_next_id_follows_the_datacenter_range(api, sim):
+    sim.cluster.datacenter["next-id"] = "lower=7000,upper=7002"
+    try:
+        assert api.cluster.nextid.get() == "7000"
+        assert api.cluster.options.get()["next-id"] == "lower=7000,upper=7002"
+        with pytest.raises(ResourceException) as e:
+            api.cluster.nextid.get(vmid=9000)
+        assert e.value.status_code == 400
+    finally:
+        sim.cluster.datacenter.clear()
+
+
+def test_a_stopped_task_releases_the_clone_lock_and_leaves_no_half_clone():
+    with Simulator(nodes=1) as sim:
+        sim.add_template("pve1", 9000)
+        api = _api(sim)
+        sim.hang_next_task("vzclone")
+        upid = api.nodes("pve1").lxc(9000).clone.post(newid=600, hostname="x")
+        assert sim.cluster.cts[9000].lock == "disk" and sim.cluster.cts[600].lock == "create"
+        api.nodes("pve1").tasks(upid).delete()
+        st = api.nodes("pve1").tasks(upid).status.get()
+        assert st["status"] == "stopped" and st["exitstatus"] == "interrupted by signal"
+        assert sim.cluster.cts[9000].lock is None and 600 not in sim.cluster.cts
+
+
+def test_linked_clones_only_where_the_storage_type_allows_them():
+    from tests.pvesim.state import Storage
+
+    for store, ok in ((Storage("nfs-ct", "nfs", "rootdir,images", shared=True), False),
+                      (Storage("dir-ct", "dir", "rootdir,images"), False),
+                      (Storage("zfs-ct", "zfspool", "rootdir,images"), True),
+                      (Storage("ceph-ct", "rbd", "rootdir,images", shared=True), True)):
+        with Simulator(nodes=1, storage=store) as sim:
+            sim.add_template("pve1", 9000)
+            api = _api(sim)
+            if ok:
+                assert wait(api, "pve1", api.nodes("pve1").lxc(9000).clone.post(newid=601))["exitstatus"] == "OK"
+                continue
+            with pytest.raises(ResourceException) as e:
+                api.nodes("pve1").lxc(9000).clone.post(newid=601)
+            assert "Linked clone feature" in e.value.content and "not available" in e.value.content
+            assert 601 not in sim.cluster.cts and sim.cluster.cts[9000].lock is None
+            types = {r["storage"]: r["plugintype"] for r in api.cluster.resources.get(type="storage")}
+            assert types[store.id] == store.plugintype
+
+
+ROLE = "VM.Allocate VM.Clone VM.Audit VM.PowerMgmt VM.Config.Network VM.Config.Options VM.Config.Memory " \
+       "VM.Config.CPU VM.Config.Disk Pool.Audit"
+
+
+def _limited(**kw) -> Simulator:
+    sim = Simulator(nodes=2, acl=None, **kw).__enter__()
+    sim.add_template("pve1", 9000)
+    for line in (f'role add Compute -privs "{ROLE}"', 'role add Store -privs "Datastore.AllocateSpace Datastore.Audit"',
+                 'role add Net -privs "SDN.Use"', 'role add Audit -privs "Sys.Audit"',
+                 "acl modify /pool/aicommons -user aicommons@pve -role Compute",
+                 "acl modify /storage -user aicommons@pve -role Store",
+                 "acl modify /sdn/zones/localnetwork -user aicommons@pve -role Net",
+                 "user token add aicommons@pve apply --privsep 0"):
+        sim.pveum(line)
+    return sim
+
+
+def test_node_sizes_need_sys_audit_on_the_node_path_not_on_slash_alone():
+    sim = _limited()
+    try:
+        api = _api(sim)
+        sim.pveum("acl modify / -user aicommons@pve -role Audit -propagate 0")
+        nodes = api.cluster.resources.get(type="node")
+        assert [sorted(n) for n in nodes] == [["id", "node", "status", "type"]] * 2  # no maxmem, no maxcpu
+        assert api.cluster.status.get()  # Sys.Audit on / itself is enough for this one
+        sim.pveum("acl modify /nodes -user aicommons@pve -role Audit")
+        assert all(n["maxmem"] > 0 and n["maxcpu"] > 0 for n in api.cluster.resources.get(type="node"))
+        # guests outside the token's pool are invisible
+        sim.add_template("pve2", 9001, pool=None)
+        assert {r["vmid"] for r in api.cluster.resources.get(type="vm")} == {9000}
+    finally:
+        sim.close()
+
+
+def test_tags_at_create_are_checked_on_the_vm_path_before_it_joins_the_pool():
+    sim = _limited()
+    try:
+        api = _api(sim)
+        params = dict(vmid=700, ostemplate="local:vztmpl/debian-12-standard_12.12-1_amd64.tar.zst", pool="aicommons",
+                      rootfs="local-lvm:4", hostname="t", unprivileged=1, features="nesting=1", memory=512,
+                      net0="name=eth0,bridge=vmbr0,ip=10.0.5.9/24,firewall=1")
+        with pytest.raises(ResourceException) as e:
+            api.nodes("pve1").lxc.post(tags="aicommons;shared", **params)
+        assert e.value.status_code == 403 and "/vms/700" in e.value.content and "VM.Config.Options" in e.value.content
+        assert 700 not in sim.cluster.cts
+        assert wait(api, "pve1", api.nodes("pve1").lxc.post(**params))["exitstatus"] == "OK"
+        api.nodes("pve1").lxc(700).config.put(tags="aicommons;shared")  # in the pool now: allowed
+        assert sim.cluster.cts[700].conf["tags"] == "aicommons;shared"
+        with pytest.raises(ResourceException) as e:  # and a token may still not set root-only features
+            api.nodes("pve1").lxc(700).config.put(features="nesting=1,keyctl=1")
+        assert e.value.status_code == 403
+    finally:
+        sim.close()
+
+
+def test_clone_needs_the_template_in_the_pool_and_privsep_tokens_get_the_intersection():
+    sim = _limited()
+    try:
+        api = _api(sim)
+        sim.cluster.cts[9000].pool = None  # a template outside the pool: VM.Clone is not granted on it
+        with pytest.raises(ResourceException) as e:
+            api.nodes("pve1").lxc(9000).clone.post(newid=701, pool="aicommons")
+        assert e.value.status_code == 403
+        sim.cluster.cts[9000].pool = "aicommons"
+        assert wait(api, "pve1", api.nodes("pve1").lxc(9000).clone.post(newid=701, pool="aicommons"))["exitstatus"] == "OK"
+        # privilege separation: the token's own ACL, intersected with the user's
+        sim.pveum("user token add aicommons@pve apply --privsep 1")
+        with pytest.raises(ResourceException):
+            api.nodes("pve1").lxc(701).status.current.get()  # no token ACL: nothing
+        sim.pveum('role add ReadOnly -privs "VM.Audit Sys.Modify"')
+        sim.pveum("acl modify /pool/aicommons -token aicommons@pve!apply -role ReadOnly")
+        assert api.nodes("pve1").lxc(701).status.current.get()["status"] == "stopped"
+        with pytest.raises(ResourceException):
+            api.nodes("pve1").lxc(701).status.start.post()  # the user may, the token may not
+        perms = api.access.permissions.get(path="/vms/701")["/vms/701"]
+        assert set(perms) == {"VM.Audit"}  # Sys.Modify: the token's role has it, the user has not
+    finally:
+        sim.close()
+
+
+def test_ping_from_the_node_is_dropped_by_a_policy_in_drop_firewall(api, sim):
+    c = paramiko.SSHClient()
+    c.load_host_keys(str(sim.known_hosts))
+    host, port = sim.ssh_address("pve1")
+    c.connect(host, port=port, username="root", key_filename=str(sim.key_file), look_for_keys=False, allow_agent=False)
+    ct = sim.cluster.cts[500]
+    if ct.status != "running":
+        wait(api, "pve1", api.nodes("pve1").lxc(500).status.start.post())
+    api.nodes("pve1").lxc(500).config.put(net0="name=eth0,bridge=vmbr0,ip=10.0.5.50/24,firewall=1")
+
+    def ping():
+        _, out, _ = c.exec_command("ping -c 1 -W 1 10.0.5.50")
+        return out.channel.recv_exit_status()
+
+    assert ping() == 0
+    api.nodes("pve1").lxc(500).firewall.options.put(enable=1, policy_in="DROP")
+    assert ping() == 0  # the datacenter firewall is still off
+    api.cluster.firewall.options.put(enable=1)
+    try:
+        assert ping() == 1
+    finally:
+        api.cluster.firewall.options.put(enable=0)
+        c.close()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import re
 
 from tests.pvesim.handlers import FW_CT, HANDLERS, route
@@ -26,16 +27,48 @@ def _digest(obj) -> str:
     return hashlib.sha1(repr(obj).encode()).hexdigest()
 
 
+def _digest_of(rules) -> str:
+    # Firewall.pm `copy_list_with_digest`: one SHA-1 over every rule's sorted key: value lines.
+    h = hashlib.sha1()
+    for r in rules:
+        for k in sorted(r):
+            h.update(f"{k}:{r[k]}\n".encode())
+    return h.hexdigest()
+
+
 def _rule_list(rules):
-    return [{**r, "pos": i, "digest": _digest(rules)} for i, r in enumerate(rules)]
+    d = _digest_of(rules)
+    return [{**r, "pos": i, "digest": d} for i, r in enumerate(rules)]
+
+
+def _copy_rule_data(rule: dict, p: dict) -> None:
+    """pve-firewall src/PVE/Firewall.pm `copy_rule_data`: given keys are set, '' or '-' deletes."""
+    for k in RULE_KEYS:
+        if k in p:
+            if p[k] in ("", "-"):
+                rule.pop(k, None)
+            else:
+                rule[k] = int(p[k]) if k in ("enable", "log") and str(p[k]).isdigit() else p[k]
+
+
+def _verify(rule: dict) -> None:
+    # `verify_rule` records the address family of IP sources/destinations (returned on read).
+    for k in ("source", "dest"):
+        v = rule.get(k, "")
+        if v and not v.startswith("+"):
+            rule["ipversion"] = ipaddress.ip_network(v.split(",")[0], strict=False).version
 
 
 def _rule_add(ctx, rules):
-    rule = {k: ctx.p[k] for k in RULE_KEYS if k in ctx.p}
-    if "enable" in rule:
-        rule["enable"] = int(rule["enable"])
-    pos = ctx.int("pos", 0)
-    rules.insert(min(pos, len(rules)), rule)
+    """pve-firewall src/PVE/API2/Firewall/Rules.pm `create_rule`: the new rule goes to the TOP of
+    the list (`unshift @$rules, $rule`) - `pos` is accepted by the schema but ignored - and a rule
+    created without `enable` is disabled (`$rule->{enable} = 0 if !defined($param->{enable})`)."""
+    rule: dict = {}
+    _copy_rule_data(rule, ctx.p)
+    _verify(rule)
+    if "enable" not in ctx.p:
+        rule["enable"] = 0
+    rules.insert(0, rule)
 
 
 def _rule_at(ctx, rules) -> int:
@@ -46,12 +79,32 @@ def _rule_at(ctx, rules) -> int:
 
 
 def _rule_put(ctx, rules):
+    """Rules.pm `update_rule`: with `moveto` the rule is only moved - it lands just before the rule
+    that was at index `moveto` (at the end when moveto >= the list's length); otherwise the given
+    keys are copied (`copy_rule_data`) and `delete` removes keys. `digest` guards the whole list."""
+    if ctx.p.get("digest") and ctx.p["digest"] != _digest_of(rules):
+        raise PveError(500, "detected modified configuration - file changed by other user? Try again.")
     pos = _rule_at(ctx, rules)
+    rule = rules[pos]
+    moveto = ctx.int("moveto")
+    if moveto is not None and moveto != pos:
+        new = []
+        for i, r in enumerate(rules):
+            if i == pos:
+                continue
+            if i == moveto:
+                new.append(rule)
+            new.append(r)
+        if moveto >= len(rules):
+            new.append(rule)
+        rules[:] = new
+        return
+    _copy_rule_data(rule, ctx.p)
     for k in re.split(r"[,;\s]+", ctx.p.get("delete", "")):
-        rules[pos].pop(k, None)
-    rules[pos].update({k: ctx.p[k] for k in RULE_KEYS if k in ctx.p})
-    if "moveto" in ctx.p:
-        rules.insert(int(ctx.p["moveto"]), rules.pop(pos))
+        if k:
+            rule.pop(k, None)
+    rule.pop("ipversion", None)
+    _verify(rule)
 
 
 def _rule_del(ctx, rules):
@@ -111,11 +164,23 @@ def _ipset_create(ctx):
     ctx.cl.fw_ipsets[key] = []
 
 
+def normalize_cidr(cidr: str) -> str:
+    """pve-firewall src/PVE/API2/Firewall/IPSet.pm `create_ip`: `clean_cidr` clears host bits
+    (10.0.5.7/24 -> 10.0.5.0/24, IPv6 compressed), then `parse_ip_or_cidr` drops a /32 (/128)."""
+    if "/" in cidr:
+        net = ipaddress.ip_network(cidr, strict=False)
+        cidr = f"{net.network_address}/{net.prefixlen}"
+    return re.sub(r"/32$" if ":" not in cidr else r"/128$", "", cidr)
+
+
 def _ipset_add(ctx):
     entries = _ipset(ctx)
-    if any(e["cidr"] == ctx.p["cidr"] for e in entries):
-        raise PveError(500, f"entry '{ctx.p['cidr']}' already exists")
-    entry = {"cidr": ctx.p["cidr"], **({"comment": ctx.p["comment"]} if "comment" in ctx.p else {})}
+    cidr = normalize_cidr(ctx.p["cidr"])
+    if any(e["cidr"] == cidr for e in entries):
+        raise PveError(400, "Parameter verification failed.", {"cidr": f"address '{cidr}' already exists"})
+    if re.search(r"/0+$", cidr):
+        raise PveError(400, "Parameter verification failed.", {"cidr": "a zero prefix is not allowed in ipset entries"})
+    entry = {"cidr": cidr, **({"comment": ctx.p["comment"]} if "comment" in ctx.p else {})}
     if ctx.bool("nomatch"):
         entry["nomatch"] = 1
     entries.append(entry)

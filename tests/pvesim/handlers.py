@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import re
 
-from tests.pvesim.state import GiB, Ct, Cluster, PveError
+from tests.pvesim.access import check, check_vm
+from tests.pvesim.state import LINKED_CLONE_TYPES, GiB, Ct, Cluster, PveError
 
 HANDLERS: dict[tuple[str, str], callable] = {}
 LXC = "/nodes/{node}/lxc/{vmid}"
@@ -35,6 +36,51 @@ class Ctx:
 
     def ct(self) -> Ct:
         return self.cl.ct(self.p["node"], int(self.p["vmid"]))
+
+    def can(self, path: str, priv: str) -> bool:
+        return self.root or check(self, path, [priv], noerr=True)
+
+
+def _split_tags(text: str | None) -> list[str]:
+    return [t for t in re.split(r"[;, ]+", text or "") if t]
+
+
+def _modify_perm(ctx: Ctx, vmid: int, pool: str | None, old: dict[str, str], new: dict[str, str]) -> None:
+    """pve-container src/PVE/LXC.pm `check_ct_modify_config_perm`, per key, for a token or user:
+    CPU / Memory / Network / Disk / Options privileges via `check_vm_perm` (the pool first when one
+    is given: create and clone pass it, a config update does not); a NIC also needs SDN.Use on its
+    bridge (`check_bridge_access` -> pve-guest-common `check_vnet_access`: /sdn/zones/localnetwork/<bridge>);
+    a new disk Datastore.AllocateSpace on its storage; nesting needs VM.Allocate. Tags go through
+    pve-guest-common src/PVE/GuestHelpers.pm `assert_tag_permissions`, which calls
+    `check_vm_perm($authuser, $vmid, undef, ['VM.Config.Options'])`: /vms/<vmid> only, never the
+    pool given to create - a new container is not in its pool yet, so a pool-only ACL refuses
+    tags at create. Free-form tags (datacenter `user-tag-access` default) need nothing more."""
+    if ctx.root:
+        return
+    for key, value in new.items():
+        if key in ("cores", "cpuunits", "cpulimit"):
+            check_vm(ctx, vmid, pool, ["VM.Config.CPU"])
+        elif key in ("memory", "swap"):
+            check_vm(ctx, vmid, pool, ["VM.Config.Memory"])
+        elif re.fullmatch(r"net\d+", key):
+            check_vm(ctx, vmid, pool, ["VM.Config.Network"])
+            bridge = dict(i.split("=", 1) for i in value.split(",") if "=" in i).get("bridge")
+            if bridge:
+                check(ctx, f"/sdn/zones/localnetwork/{bridge}", ["SDN.Use"])
+        elif key in ("hostname", "nameserver", "searchdomain"):
+            check_vm(ctx, vmid, pool, ["VM.Config.Network"])
+        elif key == "rootfs" or re.fullmatch(r"mp\d+", key):
+            check_vm(ctx, vmid, pool, ["VM.Config.Disk"])
+            check(ctx, f"/storage/{value.split(':', 1)[0]}", ["Datastore.AllocateSpace"])
+        elif key == "features":
+            if "nesting" in value and "nesting" not in old.get("features", ""):
+                check_vm(ctx, vmid, pool, ["VM.Allocate"])
+        elif key == "tags":
+            check_vm(ctx, vmid, None, ["VM.Config.Options"])
+        elif key in ("unprivileged", "arch", "ostype"):
+            continue
+        else:
+            check_vm(ctx, vmid, pool, ["VM.Config.Options"])
 
 
 def _root_only(ctx: Ctx, old: dict[str, str], new: dict[str, str]) -> None:
@@ -82,17 +128,44 @@ def cluster_status(ctx):
 
 @route("GET", "/cluster/resources")
 def cluster_resources(ctx):
-    return ctx.cl.resources(ctx.p.get("type"))
+    return ctx.cl.resources(ctx.p.get("type"), ctx.can)
+
+
+def next_id_range(cl: Cluster) -> tuple[int, int]:
+    """datacenter.cfg `next-id: lower=N,upper=M` (defaults 100 and 1000000)."""
+    props = dict(i.split("=", 1) for i in cl.datacenter.get("next-id", "").split(",") if "=" in i)
+    return int(props.get("lower", 100)), int(props.get("upper", 1000 * 1000))
 
 
 @route("GET", "/cluster/nextid")
 def nextid(ctx):
-    return str(next(i for i in range(100, 10**9) if i not in ctx.cl.cts))
+    """pve-manager PVE/API2/Cluster.pm `nextid`: with `vmid`, that id if free (else 400); otherwise
+    the first free id in datacenter.cfg's next-id range. It reserves nothing."""
+    if "vmid" in ctx.p:
+        if int(ctx.p["vmid"]) in ctx.cl.cts:
+            raise PveError(400, "Parameter verification failed.", {"vmid": f"VM {ctx.p['vmid']} already exists"})
+        return ctx.p["vmid"]
+    lower, upper = next_id_range(ctx.cl)
+    for i in range(lower, upper):
+        if i not in ctx.cl.cts:
+            return str(i)
+    raise PveError(500, f"unable to get any free VMID in range [{lower}, {upper}]")
+
+
+@route("GET", "/cluster/options")
+def cluster_options(ctx):
+    """pve-manager PVE/API2/Cluster.pm `get_options`: all of datacenter.cfg with Sys.Audit on /."""
+    if not ctx.can("/", "Sys.Audit"):
+        return {}
+    return dict(ctx.cl.datacenter)
 
 
 @route("GET", "/cluster/mapping/pci")
 def mapping_pci(ctx):
-    return [dict(m) for m in ctx.cl.pci_mappings]
+    """pve-manager PVE/API2/Cluster/Mapping/PCI.pm `index`: entries with Mapping.Audit/Use/Modify on
+    /mapping/pci/<id> only."""
+    return [dict(m) for m in ctx.cl.pci_mappings
+            if any(ctx.can(f"/mapping/pci/{m['id']}", p) for p in ("Mapping.Audit", "Mapping.Use", "Mapping.Modify"))]
 
 
 @route("GET", "/nodes")
@@ -109,7 +182,8 @@ def node_status(ctx):
 
 @route("GET", "/pools")
 def pools(ctx):
-    return [{"poolid": k, **v} for k, v in sorted(ctx.cl.pools.items())]
+    """pve-access-control src/PVE/API2/Pool.pm `index`: only pools with Pool.Audit on /pool/<id>."""
+    return [{"poolid": k, **v} for k, v in sorted(ctx.cl.pools.items()) if ctx.can(f"/pool/{k}", "Pool.Audit")]
 
 
 @route("POST", "/pools")
@@ -126,12 +200,19 @@ def lxc_list(ctx):
     ctx.cl.node(ctx.p["node"])
     return [{"vmid": str(r["vmid"]), "name": r["name"], "status": r["status"], "maxmem": r["maxmem"],
              "cpus": r["maxcpu"], "tags": r.get("tags", ""), "template": r["template"]}
-            for r in ctx.cl.resources("vm") if r["node"] == ctx.p["node"]]
+            for r in ctx.cl.resources("vm", ctx.can) if r["node"] == ctx.p["node"]]
 
 
 def _check_pool(ctx, pool):
     if pool and pool not in ctx.cl.pools:
         raise PveError(500, f"pool '{pool}' does not exist")
+
+
+def _linked_clone_ok(cl: Cluster, volid: str) -> None:
+    """pve-container `clone_vm` -> pve-storage `volume_has_feature('clone')` (see LINKED_CLONE_TYPES)."""
+    st = cl.storage_of(volid)
+    if st.plugintype not in LINKED_CLONE_TYPES:
+        raise PveError(500, f"Linked clone feature for '{volid}' is not available")
 
 
 @route("POST", "/nodes/{node}/lxc")
@@ -145,6 +226,18 @@ def lxc_create(ctx):
     conf = {k: v for k, v in ctx.p.items() if k in CONF_KEYS or re.fullmatch(r"(net|dev|mp)\d+", k)}
     _root_only(ctx, {}, conf)
     _check_pool(ctx, ctx.p.get("pool"))
+    # pve-container src/PVE/API2/LXC.pm `create_vm`: VM.Allocate on /vms/<vmid>, else on the pool
+    # given; the ostemplate readable (pve-storage `check_volume_access`); then each key as above.
+    pool = ctx.p.get("pool")
+    if not ctx.root:
+        if not (check(ctx, f"/vms/{vmid}", ["VM.Allocate"], noerr=True)
+                or (pool and check(ctx, f"/pool/{pool}", ["VM.Allocate"], noerr=True))):
+            raise PveError(403, f"Permission check failed (/vms/{vmid}, VM.Allocate)")
+        check(ctx, f"/storage/{ctx.p['ostemplate'].split(':', 1)[0]}", ["Datastore.AllocateSpace", "Datastore.Audit"],
+              any_=True)
+        if not ctx.bool("unprivileged"):
+            check(ctx, "/", ["Sys.Modify"])  # privileged containers
+        _modify_perm(ctx, vmid, pool, {}, {**conf, **({"rootfs": ctx.p["rootfs"]} if "rootfs" in ctx.p else {})})
     m = re.fullmatch(r"([\w\-.]+):(\d+)", ctx.p.get("rootfs", f"{cl.storage}:8"))
     if not m:
         raise PveError(400, "Parameter verification failed.", {"rootfs": "expected STORAGE:SIZE_GB"})
@@ -184,8 +277,16 @@ def lxc_clone(ctx):
     if target != node and not cl.shared:
         raise PveError(500, f"Can't clone to other node '{target}' - storage '{cl.storage}' is not shared")
     _check_pool(ctx, ctx.p.get("pool"))
-    cl.check_lock(src)
     full = ctx.bool("full") or not src.template
+    if not ctx.root:  # beyond the schema's check: the disk's storage and the NIC's bridge
+        check(ctx, f"/storage/{cl.storage_of(src.conf['rootfs']).id}", ["Datastore.AllocateSpace"])
+        if "net0" in src.conf:
+            _modify_perm(ctx, newid, ctx.p.get("pool"), {}, {"net0": src.conf["net0"]})
+    if not full:
+        _linked_clone_ok(cl, src.conf["rootfs"])
+    # `clone_vm` sets the 'disk' lock on the source for the whole clone (set_lock($vmid, 'disk')),
+    # and the new CT is written with a 'create' lock; both go when the worker ends, however it ends.
+    cl.check_lock(src)
     src.conf["lock"] = "disk"
     conf = {k: v for k, v in src.conf.items() if k not in ("lock", "template")}
     conf["rootfs"] = _rootfs(cl.storage, newid, src.disk_gb(), None if full else src.vmid)
@@ -194,6 +295,10 @@ def lxc_clone(ctx):
     conf["lock"] = "create"
     new = Ct(newid, target, conf, pool=ctx.p.get("pool"))
     cl.cts[newid] = new
+
+    def undo():  # the worker's error path: source unlocked, the half-made CT removed
+        src.conf.pop("lock", None)
+        cl.cts.pop(newid, None)
 
     def work(task):
         task.log.append(f"create {'full' if full else 'linked'} clone of mountpoint rootfs ({src.conf.get('rootfs')})")
@@ -204,7 +309,9 @@ def lxc_clone(ctx):
             cl.cts.pop(newid, None)
             raise
         new.conf.pop("lock", None)
-    return cl.start_task(node, "vzclone", str(src.vmid), ctx.user, work)
+    upid = cl.start_task(node, "vzclone", str(src.vmid), ctx.user, work)
+    cl.tasks[upid].undo = undo
+    return upid
 
 
 @route("POST", LXC + "/template")
@@ -236,6 +343,7 @@ def lxc_config_put(ctx):
         raise PveError(500, "detected modified configuration - file changed by other user? Try again.")
     new = {k: v for k, v in ctx.p.items() if k in CONF_KEYS or re.fullmatch(r"(net|dev|mp)\d+", k)}
     _root_only(ctx, ct.conf, new)
+    _modify_perm(ctx, ct.vmid, None, ct.conf, new)
     if "rootfs" in ctx.p:
         raise PveError(400, "Parameter verification failed.", {"rootfs": "use the resize API to change the size"})
     for key in re.split(r"[,;\s]+", ctx.p.get("delete", "")):
@@ -256,6 +364,8 @@ def lxc_resize(ctx):
     size = ct.disk_gb() + int(m.group(2)) if m.group(1) else int(m.group(2))
     if size < ct.disk_gb():
         raise PveError(500, "unable to shrink disk size")
+    if not ctx.root:  # pve-container `resize_vm`: Datastore.AllocateSpace on the volume's storage
+        check(ctx, f"/storage/{ctx.cl.storage_of(ct.conf['rootfs']).id}", ["Datastore.AllocateSpace"])
 
     def work(task):
         ct.conf["rootfs"] = re.sub(r"size=\d+G", f"size={size}G", ct.conf["rootfs"])
@@ -320,11 +430,30 @@ def lxc_destroy(ctx):
 
 
 # ---- tasks ----------------------------------------------------------------------------------
-def _task(ctx):
+def _task(ctx, priv: str = "Sys.Audit"):
+    """pve-manager PVE/API2/Tasks.pm: a task's owner (a token counts as its user's) reads and stops
+    it; anyone else needs Sys.Audit (read) or Sys.Modify (stop) on /nodes/<node>."""
     t = ctx.cl.tasks.get(ctx.p["upid"])
     if t is None or t.node != ctx.p["node"]:
         raise PveError(500, f"no such task '{ctx.p['upid']}'")
+    if not ctx.root and t.user.split("!")[0] != ctx.user.split("!")[0]:
+        check(ctx, f"/nodes/{t.node}", [priv])
     return t
+
+
+@route("DELETE", "/nodes/{node}/tasks/{upid}")
+def task_stop(ctx):
+    """Stop a running task (its worker gets SIGTERM and runs its error path)."""
+    t = _task(ctx, "Sys.Modify")
+    if t.status == "running":
+        t.status, t.exitstatus = "stopped", "interrupted by signal"
+        t.log.append("received interrupt")
+        t.log.append("TASK ERROR: interrupted by signal")
+        if callable(t.undo):
+            t.undo()
+        if t in ctx.cl.hung:
+            ctx.cl.hung.remove(t)
+            t.done.set()
 
 
 @route("GET", "/nodes/{node}/tasks/{upid}/status")
@@ -342,6 +471,19 @@ def task_log(ctx):
     t = _task(ctx)
     lines = [f"starting task {t.upid}"] + t.log
     return [{"n": i, "t": line} for i, line in enumerate(lines, 1)]
+
+
+@route("GET", "/access/permissions")
+def access_permissions(ctx):
+    """pve-access-control src/PVE/API2/AccessControl.pm `permissions`: one's own privileges, for
+    `path` or for every path of interest (`get_effective_permissions`)."""
+    who = ctx.p.get("userid", ctx.user)
+    if who.split("!")[0] != ctx.user.split("!")[0] and not ctx.root:
+        check(ctx, "/access", ["Sys.Audit"])
+    if "path" in ctx.p:
+        return {ctx.p["path"]: {p: 1 for p in sorted(ctx.cl.access.privileges(who, ctx.p["path"], ctx.cl.pool_of))}}
+    pool_paths = [f"/vms/{c.vmid}" for c in ctx.cl.cts.values() if c.pool]
+    return ctx.cl.access.effective(who, pool_paths, ctx.cl.pool_of)
 
 
 # The firewall and backup endpoints live in their own modules; importing them registers them.

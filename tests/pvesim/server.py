@@ -19,6 +19,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from tests.pvesim.access import enforce
 from tests.pvesim.handlers import HANDLERS, Ctx
 from tests.pvesim.schema import ApiSchema
 from tests.pvesim.state import Cluster, PveError, token_ok
@@ -57,6 +58,7 @@ class ApiServer:
     """Serves /api2/json on 127.0.0.1: auth, schema check, fault injection, then the handler."""
 
     def __init__(self, cluster: Cluster, tokens: dict[str, str], root_password: str, tls_dir: Path):
+        # `tokens`: token id -> secret; what each may do is `cluster.access` (pvesim.access)
         self.cluster = cluster
         self.tokens = tokens
         self.root_password = root_password
@@ -147,7 +149,9 @@ class ApiServer:
         if handler is None:
             raise PveError(501, f"Method '{method} {ep.path}' is in the schema but not modelled by pvesim")
         with self.cluster.lock:
-            return handler(Ctx(self.cluster, merged, user, root))
+            ctx = Ctx(self.cluster, merged, user, root)
+            enforce(ctx, ep.info, merged)
+            return handler(ctx)
 
     def _auth(self, headers, method: str) -> tuple[str, bool]:
         tid = token_ok(headers.get("Authorization", ""), self.tokens)

@@ -84,11 +84,32 @@ class Task:
     exitstatus: str | None = None
     log: list[str] = field(default_factory=list)
     done: threading.Event = field(default_factory=threading.Event)
+    undo: object = None
+
+
+@dataclass(frozen=True)
+class Storage:
+    """One storage.cfg entry, present on every node. `plugintype` decides its features (below)."""
+
+    id: str
+    plugintype: str  # lvmthin, zfspool, rbd, btrfs, dir, nfs, cifs, lvm, cephfs, ...
+    content: str  # rootdir,images / vztmpl,iso,backup / ...
+    shared: bool = False
+
+
+# Which storage types can make a *linked* clone of a container template's volume.
+# pve-container src/PVE/API2/LXC.pm `clone_vm` asks pve-storage `volume_has_feature('clone', ...,
+# {valid_target_formats => ['raw', 'subvol']})`; pve-storage src/PVE/Storage/Plugin.pm
+# `volume_has_feature` (the base class of dir, nfs, cifs, cephfs, glusterfs) returns 0 for that
+# because its clone_image makes a qcow2, which a container cannot use; LVMPlugin.pm has no clone
+# feature at all; LvmThinPlugin.pm, ZFSPoolPlugin.pm, RBDPlugin.pm (`clone => {base => 1}`) and
+# BTRFSPlugin.pm (`clone => {base => {subvol => 1, raw => 1, ...}}`) allow it.
+LINKED_CLONE_TYPES = frozenset({"lvmthin", "zfspool", "rbd", "btrfs"})
 
 
 @dataclass
 class Fault:
-    """An injected failure. kind: http (fail matching requests), task_hang, node_full."""
+    """An injected failure. kind: http (fail matching requests), task_hang, task_warn, node_full."""
 
     kind: str
     method: str | None = None
@@ -101,12 +122,18 @@ class Fault:
 
 
 class Cluster:
-    def __init__(self, nodes: list[Node], storage: str = "local-lvm", task_seconds: dict[str, float] | None = None,
-                 shared: bool = False):
+    def __init__(self, nodes: list[Node], storage: Storage | None = None,
+                 task_seconds: dict[str, float] | None = None):
+        from tests.pvesim.access import Access
+
         self.lock = threading.RLock()
-        self.shared = shared  # the container storage is shared (Ceph/NFS): clones may target other nodes
+        ct_store = storage or Storage("local-lvm", "lvmthin", "rootdir,images")
+        self.storages = {ct_store.id: ct_store, "local": Storage("local", "dir", "vztmpl,iso,backup")}
+        self.storage = ct_store.id  # the container storage
+        self.shared = ct_store.shared  # shared (Ceph RBD, NFS): clones may target other nodes
         self.nodes = {n.name: n for n in nodes}
-        self.storage = storage
+        self.access = Access()
+        self.datacenter: dict[str, str] = {}  # datacenter.cfg, e.g. {"next-id": "lower=1000,upper=2000"}
         self.cts: dict[int, Ct] = {}
         self.tasks: dict[str, Task] = {}
         self.pools: dict[str, dict] = {}
@@ -141,6 +168,16 @@ class Cluster:
         if ct.lock:
             raise PveError(500, f"CT is locked ({ct.lock})")
 
+    def pool_of(self, vmid: int) -> str | None:
+        ct = self.cts.get(int(vmid))
+        return ct.pool if ct is not None else None
+
+    def storage_of(self, volid_or_id: str) -> Storage:
+        sid = volid_or_id.split(":", 1)[0]
+        if sid not in self.storages:
+            raise PveError(500, f"storage '{sid}' does not exist")
+        return self.storages[sid]
+
     def committed(self, node: str) -> tuple[int, int]:
         mem = sum(c.mem_bytes() for c in self.cts.values() if c.node == node and not c.template)
         cores = sum(int(c.conf.get("cores", "1")) for c in self.cts.values() if c.node == node and not c.template)
@@ -155,6 +192,7 @@ class Cluster:
         task = Task(upid, node, ttype, tid, user, now, pid, pid * 7)
         self.tasks[upid] = task
         hang = self._take_fault("task_hang", task_type=ttype)
+        warn = self._take_fault("task_warn", task_type=ttype)
         delay = self.task_seconds.get(ttype, self.task_seconds.get("*", 0.0)) if seconds is None else seconds
 
         def run():
@@ -166,10 +204,19 @@ class Cluster:
             elif delay:
                 time.sleep(delay)
             with self.lock:
+                if task.status == "stopped":  # stopped by DELETE /nodes/{node}/tasks/{upid}
+                    task.done.set()
+                    return
+                # pve-common src/PVE/RESTEnvironment.pm `fork_worker`: a worker that warned ends
+                # "TASK WARNINGS: N" and its exit status is "WARNINGS: N"; src/PVE/UPID.pm
+                # `status_is_error` counts only statuses other than OK and WARNINGS: N as failures.
                 try:
+                    if warn:
+                        task.log.append(f"WARN: {warn.message}")
                     work(task)
-                    task.exitstatus = "OK"
-                    task.log.append("TASK OK")
+                    warned = sum(1 for line in task.log if line.startswith("WARN: "))
+                    task.exitstatus = f"WARNINGS: {warned}" if warned else "OK"
+                    task.log.append(f"TASK {task.exitstatus}")
                 except PveError as exc:
                     task.exitstatus = exc.message
                     task.log.append(f"TASK ERROR: {exc.message}")
@@ -209,17 +256,26 @@ class Cluster:
         return any(f.kind == "node_full" and f.node == node and f.times > 0 for f in self.faults)
 
     # ---- resources ----------------------------------------------------------------------
-    def resources(self, rtype: str | None) -> list[dict]:
+    def resources(self, rtype: str | None, can=lambda path, priv: True) -> list[dict]:
+        """GET /cluster/resources as `can(path, priv)` may see it (pve-manager PVE/API2/Cluster.pm
+        `resources`): guests need VM.Audit on /vms/<id> (pool ACLs count), storages Datastore.Audit
+        on /storage/<id>; nodes are always listed, but without Sys.Audit on /nodes/<node>
+        (PVE/API2Tools.pm `extract_node_stats` with $removeStats) only id, node, type and status:
+        no maxmem, maxcpu, mem, cpu, disk."""
         out: list[dict] = []
         if rtype in (None, "node"):
             for n in self.nodes.values():
-                mem, _ = self.committed(n.name)
                 used = sum(c.mem_bytes() // 4 for c in self.cts.values() if c.node == n.name and c.status == "running")
-                out.append({"id": f"node/{n.name}", "type": "node", "node": n.name, "status": "online",
-                            "maxmem": n.maxmem, "mem": 2 * GiB + used, "maxcpu": n.maxcpu,
-                            "cpu": 0.05, "maxdisk": 100 * GiB, "disk": 10 * GiB, "uptime": 86400, "level": ""})
+                e = {"id": f"node/{n.name}", "type": "node", "node": n.name, "status": "online",
+                     "maxmem": n.maxmem, "mem": 2 * GiB + used, "maxcpu": n.maxcpu,
+                     "cpu": 0.05, "maxdisk": 100 * GiB, "disk": 10 * GiB, "uptime": 86400, "level": ""}
+                if not can(f"/nodes/{n.name}", "Sys.Audit"):
+                    e = {k: e[k] for k in ("id", "type", "node", "status")}
+                out.append(e)
         if rtype in (None, "vm"):
             for c in sorted(self.cts.values(), key=lambda c: c.vmid):
+                if not can(f"/vms/{c.vmid}", "VM.Audit"):
+                    continue
                 e = {"id": f"lxc/{c.vmid}", "type": "lxc", "vmid": c.vmid, "node": c.node,
                      "name": c.conf.get("hostname", f"CT{c.vmid}"), "status": c.status,
                      "maxmem": c.mem_bytes(), "mem": c.mem_bytes() // 4 if c.status == "running" else 0,
@@ -228,18 +284,20 @@ class Cluster:
                      "uptime": 100 if c.status == "running" else 0}
                 if c.conf.get("tags"):
                     e["tags"] = c.conf["tags"]
-                if c.pool:
+                if c.pool and can(f"/pool/{c.pool}", "Pool.Audit"):
                     e["pool"] = c.pool
                 if c.lock:
                     e["lock"] = c.lock
                 out.append(e)
         if rtype in (None, "storage"):
-            for n in self.nodes.values():
-                for sid, content, shared in ((self.storage, "rootdir,images", int(self.shared)),
-                                             ("local", "vztmpl,iso,backup", 0)):
-                    out.append({"id": f"storage/{n.name}/{sid}", "type": "storage", "storage": sid, "node": n.name,
-                                "status": "available", "content": content, "shared": shared,
-                                "maxdisk": 4000 * GiB, "disk": 100 * GiB, "plugintype": "lvmthin" if sid != "local" else "dir"})
+            for st in self.storages.values():
+                if not can(f"/storage/{st.id}", "Datastore.Audit"):
+                    continue
+                for n in self.nodes.values():
+                    out.append({"id": f"storage/{n.name}/{st.id}", "type": "storage", "storage": st.id,
+                                "node": n.name, "status": "available", "content": st.content,
+                                "shared": int(st.shared), "maxdisk": 4000 * GiB, "disk": 100 * GiB,
+                                "plugintype": st.plugintype})
         return out
 
     def stats(self) -> dict:

@@ -9,20 +9,15 @@ from __future__ import annotations
 import re
 import time
 
+from tests.pvesim.access import check
 from tests.pvesim.handlers import route
 from tests.pvesim.state import PveError
-
-STORAGE_CONTENT = {"local": "vztmpl,iso,backup"}  # anything else is the container storage: rootdir,images
 
 
 def _storage(ctx, name: str) -> str:
     """The storage's content types on this node, or PVE's error when it has none by that name."""
     ctx.cl.node(ctx.p["node"])
-    if name == ctx.cl.storage:
-        return "rootdir,images"
-    if name not in STORAGE_CONTENT:
-        raise PveError(500, f"storage '{name}' does not exist")
-    return STORAGE_CONTENT[name]
+    return ctx.cl.storage_of(name).content
 
 
 def _notes(template: str, ct, node: str) -> str:
@@ -38,6 +33,10 @@ def vzdump(ctx):
     if "vmid" not in ctx.p or ctx.bool("all"):
         raise PveError(400, "Parameter verification failed.", {"vmid": "pvesim models backups of named CTs only"})
     vmids = [int(v) for v in re.split(r"[,;\s]+", ctx.p["vmid"]) if v]
+    if not ctx.root:  # pve-manager PVE/API2/VZDump.pm: VM.Backup on each guest, space on the storage
+        for vmid in vmids:
+            check(ctx, f"/vms/{vmid}", ["VM.Backup"])
+        check(ctx, f"/storage/{storage}", ["Datastore.AllocateSpace"])
     mode, compress = ctx.p.get("mode", "snapshot"), ctx.p.get("compress", "0")
     ext = {"zstd": ".zst", "gzip": ".gz", "1": ".lzo", "lzo": ".lzo"}.get(compress, "")
     notes = ctx.p.get("notes-template")

@@ -290,8 +290,9 @@ def lxc_clone(ctx):
     src.conf["lock"] = "disk"
     conf = {k: v for k, v in src.conf.items() if k not in ("lock", "template")}
     conf["rootfs"] = _rootfs(cl.storage, newid, src.disk_gb(), None if full else src.vmid)
-    if "hostname" in ctx.p:
-        conf["hostname"] = ctx.p["hostname"]
+    for key in ("hostname", "description"):  # `clone_vm`: both taken from the request when given
+        if ctx.p.get(key):
+            conf[key] = ctx.p[key]
     conf["lock"] = "create"
     new = Ct(newid, target, conf, pool=ctx.p.get("pool"))
     cl.cts[newid] = new

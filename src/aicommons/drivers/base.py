@@ -2,7 +2,17 @@
 
 Shaped like JupyterHub's Spawner: a narrow lifecycle plus read-back. Every method is
 idempotent where it can be (creating an existing container with the same spec is a no-op),
-and raises `aicommons.errors.TemporaryError` (retry) or `PermanentError` (don't).
+and raises `aicommons.errors.TemporaryError` (retry) or `PermanentError` (don't). A driver that
+retries its own calls raises PermanentError once it gives up: the engine retries only
+TemporaryError, so retries never nest.
+
+Optional capabilities the engine uses when a driver has them:
+- `check(plan) -> None`: called by `apply` after the plan is made and before anything changes;
+  raises PermanentError to refuse the whole plan (e.g. Proxmox: the token lacks a privilege,
+  the storage cannot hold linked clones, or the containers to create do not all fit the nodes
+  - it places them all here, so a plan that does not fit is refused before any change).
+- `take_notes(ctid) -> list[str]`: warnings gathered while creating/updating that container
+  (e.g. a Proxmox task that ended `WARNINGS: N`); the engine reports them with the step.
 """
 
 from __future__ import annotations

@@ -47,7 +47,7 @@ def _allocation(ctx: Context, step) -> None:
     ctx.store.set_allocation_status(step.owner, "purged" if ctx.purge else "removed")
 
 
-def _container(ctx: Context, step) -> None:
+def _container(ctx: Context, step) -> str | None:
     d = ctx.driver
     if step.action == "delete":
         have = step.payload
@@ -84,6 +84,8 @@ def _container(ctx: Context, step) -> None:
         d.start(c.ctid)
     d.wait_ready(c.ctid, timeout=ctx.ready_timeout)
     ctx.store.record_applied(step.id, "container", step.owner, step.fingerprint, {"ctid": c.ctid, "ip": c.ip})
+    take = getattr(d, "take_notes", None)  # e.g. Proxmox tasks that ended with warnings (drivers/base.py)
+    return ("; ".join(take(c.ctid)) or None) if callable(take) else None
 
 
 def _tenant(ctx: Context, step) -> None:

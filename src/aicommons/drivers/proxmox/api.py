@@ -2,6 +2,18 @@
 
 Nothing past this module sees a raw dict from the API: reads come back as the dataclasses
 below, writes return once their task has finished (or raise with the task's log attached).
+
+Retry policy (the only retries of an API call; the engine does not retry what this raised):
+- GET is retried on transport errors and 5xx, a bounded number of times.
+- A write is retried only when PVE refused it before changing anything: the config lock is held
+  (`CT is locked (...)`, `can't lock file ... got timeout`; pve-guest-common
+  `AbstractConfig::check_lock` / pve-common `lock_file` run before the change). A write whose
+  answer was lost is never repeated: it may have happened, so the error says so and the next
+  plan reads what exists.
+- 400 (validation), 401, 403 and the known-permanent 500s are never retried.
+- A task that outlives its timeout is stopped (DELETE /nodes/{node}/tasks/{upid}) and reported,
+  never left running unseen. A task ending `WARNINGS: N` succeeded (pve-common `PVE::UPID::
+  status_is_error`); its warnings are logged and returned to the caller.
 """
 
 from __future__ import annotations
@@ -28,6 +40,9 @@ PERMANENT = re.compile(r"already exists|does not exist|not running|unable to shr
                        r"|no such|not allowed|insufficient free space|is a template", re.I)
 
 
+LOCKED = re.compile(r"is locked|can't lock file .* got timeout", re.I)
+WARNINGS = re.compile(r"^WARNINGS: \d+$")
+
 HINTS = {
     401: "; check driver.token_id and driver.token_secret (USER@REALM!TOKEN and its secret)",
     403: "; the API token lacks a privilege for this: docs/proxmox.md lists the role to grant",
@@ -48,9 +63,19 @@ class TaskFailed(PermanentError):
         self.upid, self.log = upid, log_text
 
 
-class TaskTimeout(TemporaryError):
+class TaskLocked(TemporaryError):
+    """A task that failed because something else held a lock: worth one more attempt later."""
+
     def __init__(self, message: str, upid: str, log_text: str):
-        super().__init__(f"{message}\n--- task log so far ({upid}) ---\n{log_text}", delay=5)
+        super().__init__(f"{message}\n--- task log ({upid}) ---\n{log_text}", delay=5)
+        self.upid, self.log = upid, log_text
+
+
+class TaskTimeout(PermanentError):
+    """The task did not finish in time; it was stopped (or the message says it could not be)."""
+
+    def __init__(self, message: str, upid: str, log_text: str):
+        super().__init__(f"{message}\n--- task log so far ({upid}) ---\n{log_text}")
         self.upid, self.log = upid, log_text
 
 
@@ -121,6 +146,7 @@ class Storage:
     node: str
     shared: bool
     content: tuple[str, ...] = ()  # what it may hold: rootdir, images, backup, vztmpl, ...
+    plugintype: str = ""  # lvmthin, zfspool, rbd, btrfs, dir, nfs, ...
 
 
 @dataclass(frozen=True)
@@ -188,37 +214,46 @@ class PveApi:
         return api
 
     # ---- the one place requests happen --------------------------------------------------
-    def call(self, method: str, path: str, **params: Any) -> Any:
+    def call(self, method: str, path: str, /, **params: Any) -> Any:
         res = self._api
         for seg in path.strip("/").split("/"):
             res = res(seg)
         fn = getattr(res, method.lower())
         started, n = time.monotonic(), 0
+        read = method.upper() == "GET"
         while True:
             try:
                 return fn(**_flat(params))
             except ResourceException as exc:
                 message = str(exc.content)
-                transient = exc.status_code >= 500 and not PERMANENT.search(message)
-                locked = "is locked" in message
-                if not transient or (not locked and n + 1 >= self.retry.attempts) or (
-                        locked and time.monotonic() - started > self.retry.lock_wait):
+                if LOCKED.search(message) and exc.status_code >= 500:
+                    retry = time.monotonic() - started <= self.retry.lock_wait  # refused before any change
+                else:
+                    retry = (read and exc.status_code >= 500 and not PERMANENT.search(message)
+                             and n + 1 < self.retry.attempts)
+                if not retry:
                     errors = exc.errors if isinstance(exc.errors, dict) else {}
                     detail = "; ".join(f"{k}: {v}" for k, v in errors.items())
-                    raise ApiError(f"{method} {path}: {exc.content}" + (f" ({detail})" if detail else "")
+                    tries = f" (gave up after {n + 1} attempts)" if n else ""
+                    raise ApiError(f"{method} {path}: {exc.content}" + (f" ({detail})" if detail else "") + tries
                                    + HINTS.get(exc.status_code, ""), exc.status_code, errors) from None
             except requests.exceptions.SSLError as exc:
                 raise PermanentError(f"TLS verification of {self.host} failed ({exc.__class__.__name__}); set "
                                      "driver.ca_file to the cluster's CA (/etc/pve/pve-root-ca.pem on a node) "
                                      "rather than turning verify_tls off") from None
             except (requests.ConnectionError, requests.Timeout) as exc:
+                if not read:
+                    raise PermanentError(f"{method} {path}: the connection to the Proxmox API at {self.host} failed "
+                                         f"({exc}); PVE may or may not have carried it out, so it is not repeated: "
+                                         "the next plan reads what exists") from None
                 if n + 1 >= self.retry.attempts:
-                    raise TemporaryError(f"{method} {path}: cannot reach the Proxmox API at {self.host}: {exc}") from None
+                    raise PermanentError(f"{method} {path}: cannot reach the Proxmox API at {self.host} "
+                                         f"(gave up after {n + 1} attempts): {exc}") from None
             log.info("retrying %s %s (attempt %d)", method, path, n + 2)
             self.sleep(self.retry.delay(n))
             n += 1
 
-    def get(self, path: str, **params: Any) -> Any:
+    def get(self, path: str, /, **params: Any) -> Any:
         return self.call("GET", path, **params)
 
     # ---- tasks --------------------------------------------------------------------------
@@ -233,28 +268,43 @@ class PveApi:
             return f"(task log unavailable: {exc})"
         return "\n".join(str(x.get("t", "")) for x in lines)
 
-    def wait(self, node: str, upid: str, what: str, timeout: float | None = None) -> None:
-        """Poll the task until it stops; raise TaskFailed / TaskTimeout with its log attached."""
+    def wait(self, node: str, upid: str, what: str, timeout: float | None = None) -> str | None:
+        """Poll the task until it stops. Returns its warnings (None when it ended OK); raises
+        TaskFailed / TaskLocked with its log attached, or TaskTimeout once it has been stopped."""
         timeout = self.task_timeout if timeout is None else timeout
         deadline = time.monotonic() + timeout
         interval = self.poll[0]
         while True:
             st = self.task_status(node, upid)
             if not st.running:
-                if st.exitstatus != "OK":
-                    text = self.task_log(node, upid)
-                    cls = TaskTimeout if re.search(r"is locked|got timeout", st.exitstatus or "") else TaskFailed
-                    raise cls(f"{what} failed on {node}: {st.exitstatus}", upid, text)
-                return
+                if st.exitstatus == "OK":
+                    return None
+                text = self.task_log(node, upid, limit=500)
+                if WARNINGS.match(st.exitstatus or ""):
+                    warned = [x[len("WARN: "):] for x in text.splitlines() if x.startswith("WARN: ")]
+                    note = f"{what} on {node} ended with {st.exitstatus.lower()}: " + "; ".join(warned or ["see the task log"])
+                    log.warning("%s (task %s)", note, upid)
+                    return note
+                cls = TaskLocked if re.search(r"is locked|got timeout", st.exitstatus or "") else TaskFailed
+                raise cls(f"{what} failed on {node}: {st.exitstatus}", upid, text)
             if time.monotonic() >= deadline:
-                raise TaskTimeout(f"{what} did not finish within {timeout:g}s on {node}", upid, self.task_log(node, upid))
+                text = self.task_log(node, upid)
+                try:
+                    self.call("DELETE", f"nodes/{node}/tasks/{upid}")
+                    fate = "it was stopped, so nothing keeps running unseen; apply again once the cause is fixed"
+                except (ApiError, PermanentError) as exc:
+                    fate = f"stopping it failed ({exc}): it may still be running - look at the task on {node}"
+                raise TaskTimeout(f"{what} did not finish within {timeout:g}s on {node}; {fate}", upid, text)
             self.sleep(interval)
             interval = min(self.poll[1], interval * 1.5)
 
-    def run(self, method: str, path: str, node: str, what: str, timeout: float | None = None, **params: Any) -> None:
+    def run(self, method: str, path: str, node: str, what: str, timeout: float | None = None,
+            **params: Any) -> str | None:
+        """A write whose answer is a task: wait for it; returns its warnings, if any."""
         upid = self.call(method, path, **params)
         if isinstance(upid, str) and upid.startswith("UPID:"):
-            self.wait(node, upid, what, timeout)
+            return self.wait(node, upid, what, timeout)
+        return None
 
     # ---- reads --------------------------------------------------------------------------
     def nodes(self) -> list[NodeInfo]:
@@ -291,8 +341,15 @@ class PveApi:
 
     def storages(self) -> list[Storage]:
         return [Storage(d["storage"], d["node"], bool(d.get("shared")),
-                        tuple(c for c in str(d.get("content", "")).split(",") if c))
+                        tuple(c for c in str(d.get("content", "")).split(",") if c), str(d.get("plugintype", "")))
                 for d in self.get("cluster/resources", type="storage")]
+
+    def permissions(self, path: str) -> set[str]:
+        """What this token may do on `path` (GET /access/permissions: one's own, no privilege needed)."""
+        return set((self.get("access/permissions", path=path) or {}).get(path, {}))
+
+    def interfaces(self, node: str, vmid: int) -> list[dict]:
+        return list(self.get(f"nodes/{node}/lxc/{vmid}/interfaces") or [])
 
     def backups(self, node: str, storage: str, vmid: int) -> list[Volume]:
         rows = self.get(f"nodes/{node}/storage/{storage}/content", content="backup", vmid=vmid)
@@ -306,30 +363,30 @@ class PveApi:
     def create_pool(self, pool: str) -> None:
         self.call("POST", "pools", poolid=pool, comment="aicommons")
 
-    def create(self, node: str, vmid: int, **params: Any) -> None:
-        self.run("POST", f"nodes/{node}/lxc", node, f"create CT {vmid}", vmid=vmid, **params)
+    def create(self, node: str, vmid: int, **params: Any) -> str | None:
+        return self.run("POST", f"nodes/{node}/lxc", node, f"create CT {vmid}", vmid=vmid, **params)
 
-    def clone(self, node: str, source: int, newid: int, **params: Any) -> None:
-        self.run("POST", f"nodes/{node}/lxc/{source}/clone", node, f"clone CT {source} -> {newid}", newid=newid, **params)
+    def clone(self, node: str, source: int, newid: int, **params: Any) -> str | None:
+        return self.run("POST", f"nodes/{node}/lxc/{source}/clone", node, f"clone CT {source} -> {newid}", newid=newid, **params)
 
     def set_config(self, node: str, vmid: int, digest: str | None = None, **params: Any) -> None:
         self.call("PUT", f"nodes/{node}/lxc/{vmid}/config", digest=digest, **params)
 
-    def resize(self, node: str, vmid: int, size_gb: int) -> None:
-        self.run("PUT", f"nodes/{node}/lxc/{vmid}/resize", node, f"resize CT {vmid}", disk="rootfs", size=f"{size_gb}G")
+    def resize(self, node: str, vmid: int, size_gb: int) -> str | None:
+        return self.run("PUT", f"nodes/{node}/lxc/{vmid}/resize", node, f"resize CT {vmid}", disk="rootfs", size=f"{size_gb}G")
 
-    def start(self, node: str, vmid: int) -> None:
-        self.run("POST", f"nodes/{node}/lxc/{vmid}/status/start", node, f"start CT {vmid}")
+    def start(self, node: str, vmid: int) -> str | None:
+        return self.run("POST", f"nodes/{node}/lxc/{vmid}/status/start", node, f"start CT {vmid}")
 
-    def stop(self, node: str, vmid: int) -> None:
-        self.run("POST", f"nodes/{node}/lxc/{vmid}/status/stop", node, f"stop CT {vmid}")
+    def stop(self, node: str, vmid: int) -> str | None:
+        return self.run("POST", f"nodes/{node}/lxc/{vmid}/status/stop", node, f"stop CT {vmid}")
 
-    def destroy(self, node: str, vmid: int) -> None:
-        self.run("DELETE", f"nodes/{node}/lxc/{vmid}", node, f"destroy CT {vmid}", purge=1)
+    def destroy(self, node: str, vmid: int) -> str | None:
+        return self.run("DELETE", f"nodes/{node}/lxc/{vmid}", node, f"destroy CT {vmid}", purge=1)
 
     def vzdump(self, node: str, vmid: int, storage: str, *, mode: str = "stop", timeout: float | None = None,
-               **params: Any) -> None:
-        self.run("POST", f"nodes/{node}/vzdump", node, f"back up CT {vmid}", timeout, vmid=str(vmid),
+               **params: Any) -> str | None:
+        return self.run("POST", f"nodes/{node}/vzdump", node, f"back up CT {vmid}", timeout, vmid=str(vmid),
                  storage=storage, mode=mode, compress="zstd", **params)
 
     def make_template(self, node: str, vmid: int) -> None:

@@ -9,6 +9,15 @@
   On shared storage one template serves all nodes (`clone … target=<node>`). Clones of one template run one at a time (PVE locks the source for
   the clone's duration); clones of different templates, and everything else, run in parallel.
 - Containers are the site's when tagged `aicommons` and the site's tag; identity is the CTID.
+  Tags are set right after create/clone, not with it: PVE checks tags at create on /vms/<id>,
+  before the container is in the pool whose ACL the token has (pve-guest-common
+  `assert_tag_permissions`). The claim survives a crash in between: create and clone write a
+  description marker, and an untagged CT carrying the site's marker is finished, not refused.
+- Before the engine changes anything, `check(plan)` runs the preflight (privileges, storage
+  types, templates) and places every container the plan creates; a plan that does not fit, or
+  that this token cannot carry out, is refused whole.
+- Ready = the container reports its planned address (GET …/interfaces); no ICMP, which the
+  containers' own firewall (policy_in DROP) drops.
 """
 
 from __future__ import annotations
@@ -22,7 +31,7 @@ from typing import Callable
 
 from aicommons.catalog import load_catalog
 from aicommons.drivers.base import ContainerState, ExecResult
-from aicommons.drivers.proxmox import ctconfig, provision
+from aicommons.drivers.proxmox import ctconfig, preflight, provision
 from aicommons.drivers.proxmox.api import ApiError, CtConfig, Guest, PveApi, RetryPolicy, TaskFailed
 from aicommons.drivers.proxmox.placement import NodeCapacity, Placement, Want
 from aicommons.drivers.proxmox.shell import NodeShell, ParamikoShell, pct_exec, pct_push
@@ -30,7 +39,7 @@ from aicommons.errors import PermanentError, TemporaryError
 from aicommons.plan.model import Container
 
 log = logging.getLogger(__name__)
-Probe = Callable[[str, str], bool]  # (node, ip) -> answers?
+Probe = Callable[[str, int, str], bool]  # (node, ctid, ip) -> up with that address?
 FULL = re.compile(r"insufficient free space|no space left|out of space", re.I)
 
 
@@ -48,7 +57,7 @@ class ProxmoxDriver:
         self.site_name, self.bridge, self.storage, self.ostemplate = site_name, bridge, storage, ostemplate
         self.template_ctid, self.pool, self.allowed_nodes = template_ctid, pool, nodes
         self.pinned = dict(pinned or {})
-        self.probe = probe or self._ping
+        self.probe = probe or self._has_address
         self.reserve_mb, self.cpu_ratio, self.workers, self.ready_poll = reserve_mb, cpu_ratio, workers, ready_poll
         self.backup_storage, self.archive_timeout = backup_storage, archive_timeout
         if docker_services is None:
@@ -62,6 +71,7 @@ class ProxmoxDriver:
         self._pool_ok = False
         self.full_nodes: set[str] = set()  # nodes whose storage refused a disk in this run
         self._shared: bool | None = None  # is `storage` shared between nodes?
+        self._notes: dict[int, list[str]] = {}  # ctid -> task warnings, for the engine's step report
 
     @classmethod
     def from_site(cls, site, *, api: PveApi | None = None, shell: NodeShell | None = None,
@@ -127,8 +137,9 @@ class ProxmoxDriver:
         return next((g for g in self.api.guests() if g.vmid == ctid), None)
 
     def get(self, ctid: int) -> ContainerState | None:
+        """This site's container (None for none, a template, or someone else's: `create` says why)."""
         g = self._guest(ctid)
-        if g is None or g.template:
+        if g is None or not self._ours(g):
             return None
         with self._lock:
             self._where[ctid] = g.node
@@ -210,7 +221,44 @@ class ProxmoxDriver:
             self._assigned_want.update({w.ctid: w for w in wants})
         return got
 
+    # ---- before any change --------------------------------------------------------------
+    def preflight(self, containers: list[Container] | None = None) -> preflight.Report:
+        """What this token cannot do, and storage that cannot hold the site (reads only)."""
+        cs = containers or []
+        return preflight.run(self.api, pool=self.pool or "", storage=self.storage, template=self.ostemplate,
+                             backup_storage=self.backup_storage, bridge=self.bridge, nodes=self.allowed_nodes,
+                             needs_clones=not cs or any(self.needs_template(c) for c in cs),
+                             template_ctid=self.template_ctid, planned_ctids=[c.ctid for c in cs])
+
+    def check(self, plan) -> None:
+        """The engine's hook before any change (drivers/base.py): refuse a plan this token cannot
+        carry out, then place every container it creates - the whole plan fits, or nothing starts."""
+        made = [s.payload for s in plan.steps.values()
+                if s.kind == "container" and s.action in ("create", "replace")]
+        if not made and not any(s.kind == "firewall" for s in plan.steps.values()):
+            return
+        rep = self.preflight(made or list(getattr(plan.resolved, "containers", [])))
+        if rep.problems:
+            raise PermanentError("the Proxmox cluster cannot carry out this plan; nothing was changed:\n  - "
+                                 + "\n  - ".join(rep.problems)
+                                 + "\n  (docs/proxmox.md lists the ACL and storage the site needs; "
+                                 "`aicommons proxmox check` reports the same)")
+        self.place([c for c in made if c.ctid not in self._assigned])
+
+    def take_notes(self, ctid: int) -> list[str]:
+        """Warnings of the tasks run for this container since last asked (engine: shown with the step)."""
+        with self._lock:
+            return self._notes.pop(ctid, [])
+
+    def _note(self, ctid: int, warning: str | None) -> None:
+        if warning:
+            with self._lock:
+                self._notes.setdefault(ctid, []).append(warning)
+
     # ---- lifecycle ----------------------------------------------------------------------
+    def _marker(self) -> str:
+        return f"aicommons site {self.site_tag}"
+
     def _ensure_pool(self) -> None:
         if self.pool and not self._pool_ok:
             with self._lock:
@@ -223,8 +271,14 @@ class ProxmoxDriver:
                 self._pool_ok = True
 
     def _claim(self, g: Guest) -> None:
-        """Refuse to touch a CT that is neither this site's nor a fresh clone of its template."""
-        if g.template or not (self._ours(g) or ctconfig.TEMPLATE_TAG in g.tags):
+        """Refuse to touch a CT that is neither this site's nor one it began making (a clone still
+        tagged as the template, or an untagged CT with this site's description marker)."""
+        if not g.template and not self._ours(g):
+            if ctconfig.TEMPLATE_TAG in g.tags:
+                return  # cloned from the template, not configured yet
+            if not g.tags and (self.api.config(g.node, g.vmid).get("description") or "").strip() == self._marker():
+                return  # created by this site, stopped before its tags were set
+        if g.template or not self._ours(g):
             raise PermanentError(f"CT {g.vmid} ({g.name}) on {g.node} exists and is not this site's (tags: "
                                  f"{';'.join(g.tags) or 'none'}); free that CTID or move the container's address")
 
@@ -263,17 +317,22 @@ class ProxmoxDriver:
             with self._lock:
                 lock = self._source_locks.setdefault(src, threading.Lock())
             with lock:  # PVE locks the source for the whole clone: one clone per source at a time
-                self.api.clone(src_node, src, c.ctid, hostname=c.hostname, pool=self.pool, full=0,
-                               target=node if node != src_node else None)
+                self._note(c.ctid, self.api.clone(src_node, src, c.ctid, hostname=c.hostname, pool=self.pool, full=0,
+                                                  target=node if node != src_node else None,
+                                                  description=self._marker()))
             with self._lock:
                 self._where[c.ctid] = node
             self._configure(c, node, want)
         else:
-            self.api.create(node, c.ctid, ostemplate=self.ostemplate, storage=self.storage,
-                            rootfs=f"{self.storage}:{c.disk_gb}", features="nesting=1", unprivileged=1,
-                            pool=self.pool, **want.settable())
+            settable = want.settable()
+            tags = settable.pop("tags")  # after create: see the module docstring
+            self._note(c.ctid, self.api.create(node, c.ctid, ostemplate=self.ostemplate, storage=self.storage,
+                                               rootfs=f"{self.storage}:{c.disk_gb}", features="nesting=1",
+                                               unprivileged=1, pool=self.pool, description=self._marker(), **settable))
             with self._lock:
                 self._where[c.ctid] = node
+            cfg = self.api.config(node, c.ctid)
+            self.api.set_config(node, c.ctid, digest=cfg.digest, tags=tags)
 
     def _config_unlocked(self, node: str, ctid: int, wait: float = 60) -> CtConfig:
         """The config once no task holds it (a clone that timed out earlier may still be running)."""
@@ -296,7 +355,7 @@ class ProxmoxDriver:
             raise PermanentError(f"container {c.ctid} ({c.hostname}): its disk is {cfg.rootfs_gb} GB and cannot "
                                  f"shrink to the planned {want.disk_gb} GB; raise disk_gb in site.yaml")
         if ctconfig.needs_resize(want, cfg):
-            self.api.resize(node, c.ctid, want.disk_gb)
+            self._note(c.ctid, self.api.resize(node, c.ctid, want.disk_gb))
 
     def update(self, container: Container) -> None:
         g = self._guest(container.ctid)
@@ -308,15 +367,9 @@ class ProxmoxDriver:
             self._where[container.ctid] = node
         self._configure(container, node, ctconfig.desired(container, self.site_name, self.bridge))
 
-    def needs_update(self, container: Container) -> bool:
-        node = self.node_of(container.ctid)
-        cfg = self.api.config(node, container.ctid)
-        want = ctconfig.desired(container, self.site_name, self.bridge)
-        return bool(cfg.lock) or bool(ctconfig.changes(want, cfg)) or ctconfig.needs_resize(want, cfg)
-
     def _power(self, ctid: int, action, already: str) -> None:
         try:
-            action(self.node_of(ctid), ctid)
+            self._note(ctid, action(self.node_of(ctid), ctid))
         except ApiError as exc:  # already in the wanted state: done
             if already not in str(exc):
                 raise
@@ -385,9 +438,13 @@ class ProxmoxDriver:
         if not res.ok:
             raise PermanentError(f"pct push to CT {ctid}:{dest} failed (rc {res.rc}): {res.stderr.strip()[-300:]}")
 
-    def _ping(self, node: str, ip: str) -> bool:
-        # From the node: it sits on the containers' bridge, the control host may not.
-        return self.shell.run(node, ["ping", "-c", "1", "-W", "1", ip], timeout=10).ok
+    def _has_address(self, node: str, ctid: int, ip: str) -> bool:
+        # PVE reads the running container's interfaces (VM.Audit): no ICMP, which the containers'
+        # firewall drops (policy_in DROP), and no route from this host to the bridge needed.
+        try:
+            return any((i.get("inet") or "").split("/")[0] == ip for i in self.api.interfaces(node, ctid))
+        except ApiError:
+            return False  # not running yet
 
     def wait_ready(self, ctid: int, timeout: float = 120) -> None:
         node = self.node_of(ctid)
@@ -396,7 +453,7 @@ class ProxmoxDriver:
         if not ip:
             raise PermanentError(f"container {ctid} has no static IP in net0; run update first")
         deadline = time.monotonic() + timeout
-        while not self.probe(node, ip):
+        while not self.probe(node, ctid, ip):
             if time.monotonic() > deadline:
                 raise TemporaryError(f"container {ctid} ({ip}) on {node} did not answer within {timeout:g}s", delay=10)
             self.api.sleep(self.ready_poll)

@@ -1,13 +1,20 @@
 """Apply `aicommons.render.firewall.FirewallPlan` through the PVE API, changing only what differs.
 
 Read each object first (cluster ipsets, security groups, per-container rules and options) and
-write only the difference, so a second run makes no writing call. A rule list that differs is
-rewritten whole (delete from the bottom, add in order): rule order is meaning in a firewall.
-`dry_run=True` only reads and reports what would change (the engine's plan uses it).
+write only the difference, so a second run makes no writing call. Rule lists are edited, not
+rewritten: a rule that changed is updated in place (PUT …/{pos}), a rule that is gone is deleted,
+a new one is created and moved to its place. PVE creates every rule at the TOP of the list,
+whatever `pos` says (pve-firewall API2/Firewall/Rules.pm `create_rule`: `unshift @$rules`), and
+`moveto` puts a rule just before the one at that index (`update_rule`); the edit below relies on
+exactly that. IPSet entries are compared as PVE stores them (API2/Firewall/IPSet.pm `create_ip`:
+host bits cleared, /32 dropped). `dry_run=True` only reads and reports what would change.
 """
 
 from __future__ import annotations
 
+import difflib
+import ipaddress
+import re
 from dataclasses import dataclass, field
 
 from aicommons.drivers.proxmox.api import PveApi
@@ -34,13 +41,36 @@ def _norm(rule: dict) -> tuple:
 
 def _sync_rules(api: PveApi, path: str, want: list[dict], rep: FirewallReport, exists: bool = True) -> None:
     have = sorted(api.get(path), key=lambda r: int(r.get("pos", 0))) if exists else []
-    if exists and [_norm(r) for r in have] == [_norm(r) for r in want]:
+    a, b = [_norm(r) for r in have], [_norm(r) for r in want]
+    if a == b:
         return
-    for r in reversed(have):
-        rep.write(api, "DELETE", f"{path}/{int(r['pos'])}")
-    for pos, r in enumerate(want):
-        rep.write(api, "POST", path, pos=pos, **r)
+    # Bottom-up, so the positions of the part above stay valid while the part below is edited.
+    ops = difflib.SequenceMatcher(a=a, b=b, autojunk=False).get_opcodes()
+    for tag, i1, i2, j1, j2 in reversed(ops):
+        if tag == "equal":
+            continue
+        both = min(i2 - i1, j2 - j1)
+        for k in range(both):  # changed in place: only these rules are touched
+            rule = want[j1 + k]
+            gone = [key for key in RULE_KEYS if key in have[i1 + k] and key not in rule]
+            rep.write(api, "PUT", f"{path}/{i1 + k}", **rule, delete=",".join(gone) or None)
+        for pos in range(i2 - 1, i1 + both - 1, -1):  # surplus: delete from the bottom
+            rep.write(api, "DELETE", f"{path}/{pos}")
+        at = i1 + both
+        for k in range(j2 - 1, j1 + both - 1, -1):  # new: created at the top, then moved to `at`
+            rep.write(api, "POST", path, **want[k])
+            if at:
+                rep.write(api, "PUT", f"{path}/0", moveto=at + 1)
     rep.changed.append(path)
+
+
+def stored_cidr(cidr: str) -> str:
+    """An ipset entry as PVE stores it: host bits cleared, a single-address prefix dropped."""
+    if "/" in cidr:
+        net = ipaddress.ip_network(cidr, strict=False)
+        cidr = f"{net.network_address}/{net.prefixlen}"
+        cidr = re.sub(r"/128$" if net.version == 6 else r"/32$", "", cidr)
+    return cidr
 
 
 def _sync_ipset(api: PveApi, base: str, s, existing: set[str], rep: FirewallReport) -> None:
@@ -50,7 +80,7 @@ def _sync_ipset(api: PveApi, base: str, s, existing: set[str], rep: FirewallRepo
         have: dict[str, bool] = {}
     else:
         have = {e["cidr"]: bool(e.get("nomatch")) for e in api.get(f"{base}/{s.name}")}
-    want = {c: False for c in s.cidrs} | {c: True for c in s.nomatch}
+    want = {stored_cidr(c): False for c in s.cidrs} | {stored_cidr(c): True for c in s.nomatch}
     for cidr in [c for c in have if c not in want or have[c] != want[c]]:
         rep.write(api, "DELETE", f"{base}/{s.name}/{cidr.replace('/', '%2F')}")
         have.pop(cidr)

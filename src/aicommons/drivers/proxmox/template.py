@@ -34,9 +34,12 @@ def check_template(api: PveApi, node: str, vmid: int) -> list[str]:
 
 
 def build_template(root: PveApi, node: str, vmid: int, *, ostemplate: str, storage: str, bridge: str = "vmbr0",
-                   disk_gb: int = 4, prepare=None) -> None:
-    """Create the template with root@pam's API session. `prepare(ctid)` (optional) runs while it is
-    started, e.g. `provision.ensure_docker` over SSH, so clones come with Docker installed."""
+                   disk_gb: int = 4, prepare=None, pool: str | None = "aicommons") -> None:
+    """Create the template with root@pam's API session, in the site's pool: the token sees and
+    clones only what the pool's ACL covers. `prepare(ctid)` (optional) runs while it is started,
+    e.g. `provision.ensure_docker` over SSH, so clones come with Docker installed."""
+    if pool and pool not in root.pools():
+        root.create_pool(pool)
     if any(g.vmid == vmid for g in root.guests()):
         problems = check_template(root, node, vmid)
         if problems:
@@ -44,7 +47,7 @@ def build_template(root: PveApi, node: str, vmid: int, *, ostemplate: str, stora
         return
     root.create(node, vmid, ostemplate=ostemplate, hostname="aicommons-template", storage=storage,
                 rootfs=f"{storage}:{disk_gb}", features="nesting=1,keyctl=1", unprivileged=1, memory=1024,
-                swap=512, cores=2, net0=f"name=eth0,bridge={bridge},ip=dhcp", tags=TEMPLATE_TAG)
+                swap=512, cores=2, net0=f"name=eth0,bridge={bridge},ip=dhcp", tags=TEMPLATE_TAG, pool=pool)
     if prepare is not None:
         root.start(node, vmid)
         try:

@@ -1,0 +1,146 @@
+"""Before any change: can this token do what the site needs, on storage that can hold it?
+
+Reads only. Asks PVE what the token may do on each path (`GET /access/permissions?path=…`, which
+any token may ask about itself, with pools, propagation and privilege separation already
+applied by PVE) and compares it with `required()`; reads the storages' plugin types and content
+from `/cluster/resources`; finds the templates. Every problem is reported, not only the first.
+`aicommons proxmox check` prints the report; `ProxmoxDriver.check(plan)` refuses a plan with
+problems before the engine changes anything. The ACL that satisfies `required()` is the one
+docs/proxmox.md gives as pveum commands (tests run those commands against pvesim).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+# pve-container clone_vm -> pve-storage volume_has_feature('clone', …, valid_target_formats raw/subvol):
+# only these storage types can hold a linked clone of a container (Plugin.pm refuses it for every
+# file-based type - dir, nfs, cifs, cephfs, glusterfs - because its clone is a qcow2 image).
+LINKED_CLONE_TYPES = ("lvmthin", "zfspool", "rbd", "btrfs")
+
+VM_PRIVS = ("VM.Allocate", "VM.Clone", "VM.Audit", "VM.PowerMgmt", "VM.Config.Disk", "VM.Config.CPU",
+            "VM.Config.Memory", "VM.Config.Network", "VM.Config.Options", "VM.Backup", "Pool.Audit")
+
+
+@dataclass(frozen=True)
+class Need:
+    path: str
+    priv: str
+    why: str
+    optional: bool = False  # missing: a note, not a refusal
+
+
+@dataclass
+class Report:
+    problems: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def text(self) -> str:
+        lines = [f"problem: {p}" for p in self.problems] + [f"note: {n}" for n in self.notes]
+        return "\n".join(lines) or "ok: the token can do everything the site needs"
+
+
+def required(*, pool: str, storage: str, template_storage: str, backup_storage: str, bridge: str,
+             nodes: list[str]) -> list[Need]:
+    """(path, privilege, why) for everything the driver does; docs/proxmox.md grants exactly these."""
+    why_vm = {"VM.Allocate": "create, clone into and destroy containers of the pool",
+              "VM.Clone": "clone the user templates (they sit in the pool)",
+              "VM.Audit": "see the pool's containers and read their configs",
+              "VM.PowerMgmt": "start and stop containers", "VM.Config.Disk": "size root disks",
+              "VM.Config.CPU": "set cores", "VM.Config.Memory": "set memory and swap",
+              "VM.Config.Network": "set net0, hostname and the containers' firewall",
+              "VM.Config.Options": "set tags, onboot and startup order",
+              "VM.Backup": "archive a container before it is removed",
+              "Pool.Audit": "see the pool and the pool field of its guests"}
+    out = [Need(f"/pool/{pool}", p, why_vm[p]) for p in VM_PRIVS]
+    out += [Need(f"/storage/{storage}", "Datastore.AllocateSpace", "put container disks on it"),
+            Need(f"/storage/{storage}", "Datastore.Audit", "see its type and content"),
+            Need(f"/storage/{template_storage}", "Datastore.Audit", "read the OS template"),
+            Need(f"/storage/{backup_storage}", "Datastore.AllocateSpace", "write archives of removed containers"),
+            Need(f"/storage/{backup_storage}", "Datastore.Audit", "list those archives"),
+            Need(f"/sdn/zones/localnetwork/{bridge}", "SDN.Use", f"attach containers to {bridge}"),
+            Need("/", "Sys.Audit", "read the cluster's nodes and addresses and the datacenter firewall"),
+            Need("/", "Sys.Modify", "write the site's cluster ipsets and security groups (the cluster "
+                 "firewall needs Sys.Modify on / exactly; grant it without propagation)")]
+    out += [Need(f"/nodes/{n}", "Sys.Audit", f"read {n}'s memory and cores for placement") for n in nodes]
+    out += [Need("/mapping/pci", "Mapping.Audit", "find GPU nodes (PCI resource mappings)", optional=True)]
+    return out
+
+
+def run(api, *, pool: str, storage: str, template: str, backup_storage: str, bridge: str,
+        nodes: list[str] | None, needs_clones: bool, template_ctid: int, planned_ctids: list[int] = ()) -> Report:
+    rep = Report()
+    all_nodes = [n.name for n in api.nodes()]
+    use = [n for n in all_nodes if not nodes or n in nodes]
+    for n in nodes or ():
+        if n not in all_nodes:
+            rep.problems.append(f"driver.nodes: {n} is not a node of this cluster (nodes: {', '.join(all_nodes)})")
+    have: dict[str, set[str]] = {}
+    for need in required(pool=pool, storage=storage, template_storage=template.split(":", 1)[0],
+                         backup_storage=backup_storage, bridge=bridge, nodes=use):
+        if need.path not in have:
+            have[need.path] = api.permissions(need.path)
+        if need.priv not in have[need.path]:
+            msg = f"missing {need.priv} on {need.path}: needed to {need.why}"
+            (rep.notes if need.optional else rep.problems).append(msg)
+    _storages(api, rep, storage=storage, backup_storage=backup_storage, nodes=use, needs_clones=needs_clones)
+    if needs_clones:
+        _templates(api, rep, pool=pool, template_ctid=template_ctid, nodes=use)
+    _next_id(api, rep, planned_ctids)
+    return rep
+
+
+def _storages(api, rep: Report, *, storage: str, backup_storage: str, nodes: list[str], needs_clones: bool) -> None:
+    rows = api.storages()
+    for n in nodes:
+        st = next((s for s in rows if s.storage == storage and s.node == n), None)
+        if st is None:
+            rep.problems.append(f"driver.storage: storage '{storage}' is not visible on node {n} (it does not exist "
+                                "there, or the token lacks Datastore.Audit on it)")
+            continue
+        if "rootdir" not in st.content:
+            rep.problems.append(f"driver.storage: storage '{storage}' ({st.plugintype}) does not hold container disks "
+                                "(content 'rootdir'); enable it or name another storage")
+        if needs_clones and st.plugintype and st.plugintype not in LINKED_CLONE_TYPES:
+            rep.problems.append(
+                f"driver.storage: storage '{storage}' is of type {st.plugintype}, which cannot hold linked clones of a "
+                f"container template (Proxmox allows them for containers only on {', '.join(LINKED_CLONE_TYPES)}); "
+                "put the containers on such a storage (local-lvm, ZFS, Ceph RBD)")
+        if not any(s.storage == backup_storage and s.node == n and "backup" in s.content for s in rows):
+            rep.problems.append(f"driver.backup_storage: storage '{backup_storage}' on node {n} is not visible or does "
+                                "not hold backups (content 'backup')")
+        if needs_clones:
+            break  # storage type and content are the same on every node
+
+
+def _templates(api, rep: Report, *, pool: str, template_ctid: int, nodes: list[str]) -> None:
+    guests = api.guests()
+    found = [g for g in guests if g.template and ("aicommons-template" in g.tags
+                                                  or template_ctid <= g.vmid < template_ctid + 100)]
+    if not found:
+        rep.problems.append(f"no user template is visible to the token: make it once as root (docs/proxmox.md) and put "
+                            f"it in the pool (`pveum pool modify {pool} --vms {template_ctid}`): a guest outside the pool is "
+                            "invisible to the token")
+        return
+    for g in found:
+        if g.pool not in (None, pool):
+            rep.problems.append(f"template CT {g.vmid} on {g.node} is in pool {g.pool}, not {pool}: the token cannot "
+                                "clone it")
+        if "VM.Clone" not in api.permissions(f"/vms/{g.vmid}"):
+            rep.problems.append(f"missing VM.Clone on /vms/{g.vmid} (template on {g.node}): add it to pool {pool}")
+
+
+def _next_id(api, rep: Report, ctids) -> None:
+    opts = api.get("cluster/options") or {}
+    props = dict(i.split("=", 1) for i in str(opts.get("next-id", "")).split(",") if "=" in i)
+    lower, upper = int(props.get("lower", 100)), int(props.get("upper", 1_000_000))
+    inside = sorted(c for c in ctids if lower <= c < upper)
+    if inside:
+        rep.notes.append(f"CTIDs {inside[0]}–{inside[-1]} of this site lie in the cluster's next-id range "
+                         f"[{lower}, {upper}): the GUI offers free ids there, so someone may take one before the site "
+                         f"creates it; move the range past them (pvesh set /cluster/options --next-id "
+                         f"lower={max(ctids) + 1})")

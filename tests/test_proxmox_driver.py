@@ -254,6 +254,36 @@ def test_registry_builds_the_driver_from_site_yaml(seeded):
     assert {s.ctid for s in d.list_containers()} == {c.ctid for c in result.plan.resolved.containers}
 
 
+def test_rule_sync_edits_any_list_into_any_other_with_pve_insert_at_top_semantics():
+    """Random rule lists: after one sync PVE holds exactly the wanted order; a second sync writes nothing;
+    a sync writes no more than rewriting the list would."""
+    import random
+
+    from aicommons.drivers.proxmox.api import PveApi
+    from aicommons.drivers.proxmox.firewall import FirewallReport, _sync_rules
+
+    sim = new_sim(nodes=1, acl="admin", templates=False)
+    try:
+        api = PveApi(f"127.0.0.1:{sim.api.port}", sim.token_id, sim.token_secret, verify=sim.ca_file)
+        api.call("POST", "cluster/firewall/groups", group="gg")
+        path = "cluster/firewall/groups/gg"
+        pool = [{"type": "in", "action": a, "dport": str(p), "enable": 1} for a in ("ACCEPT", "DROP") for p in range(8)]
+        rng = random.Random(17)
+        for _ in range(25):
+            want = rng.sample(pool, rng.randint(0, 7))
+            before = len(api.get(path))
+            rep = FirewallReport()
+            _sync_rules(api, path, want, rep)
+            got = [{k: r[k] for k in ("type", "action", "dport", "enable")} for r in api.get(path)]
+            assert got == want
+            assert rep.writes <= before + 2 * len(want)
+            again = FirewallReport()
+            _sync_rules(api, path, want, again)
+            assert again.writes == 0
+    finally:
+        sim.close()
+
+
 # ---- refused before any change ---------------------------------------------------------------
 
 def test_plan_that_does_not_fit_is_refused_by_the_engine_before_any_change(tmp_path):

@@ -182,7 +182,7 @@ def node_status(ctx):
 
 @route("GET", "/pools")
 def pools(ctx):
-    """pve-access-control src/PVE/API2/Pool.pm `index`: only pools with Pool.Audit on /pool/<id>."""
+    """pve-manager PVE/API2/Pool.pm `index`: only pools with Pool.Audit on /pool/<id>."""
     return [{"poolid": k, **v} for k, v in sorted(ctx.cl.pools.items()) if ctx.can(f"/pool/{k}", "Pool.Audit")]
 
 
@@ -406,6 +406,7 @@ def lxc_current(ctx):
 
 @route("GET", LXC + "/interfaces")
 def lxc_interfaces(ctx):
+    """pve-container src/PVE/API2/LXC.pm `ip` -> PVE::LXC::get_interfaces: a running CT's addresses."""
     ct = ctx.ct()
     if ct.status != "running":
         raise PveError(500, f"CT {ct.vmid} not running")

@@ -189,9 +189,14 @@ class ProxmoxDriver:
         guests = self.api.guests()
         tpl = self.templates(guests)
         gpu_nodes = {n for m in self.api.pci_mappings() for n in m.nodes}
+        nodes = [n for n in self.api.nodes() if n.online and n.name not in self.full_nodes
+                 and (not self.allowed_nodes or n.name in self.allowed_nodes)]
+        blind = [n.name for n in nodes if not n.maxmem_mb or not n.maxcpu]
+        if blind:  # PVE omits node sizes from /cluster/resources without Sys.Audit on /nodes/<node>
+            raise PermanentError(f"the token cannot read the size of node(s) {', '.join(blind)}: grant Sys.Audit on "
+                                 "/nodes (docs/proxmox.md, `pveum acl modify /nodes ...`)")
         caps = {n.name: NodeCapacity(n.name, n.maxmem_mb, n.maxcpu, gpu=n.name in gpu_nodes, has_template=n.name in tpl)
-                for n in self.api.nodes() if n.online and n.name not in self.full_nodes
-                and (not self.allowed_nodes or n.name in self.allowed_nodes)}
+                for n in nodes}
         existing = set()
         for g in guests:
             existing.add(g.vmid)

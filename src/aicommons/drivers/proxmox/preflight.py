@@ -113,8 +113,7 @@ def _storages(api, rep: Report, *, storage: str, backup_storage: str, nodes: lis
         if not any(s.storage == backup_storage and s.node == n and "backup" in s.content for s in rows):
             rep.problems.append(f"driver.backup_storage: storage '{backup_storage}' on node {n} is not visible or does "
                                 "not hold backups (content 'backup')")
-        if needs_clones:
-            break  # storage type and content are the same on every node
+    rep.problems[:] = list(dict.fromkeys(rep.problems))  # a storage's type is the same on every node: say it once
 
 
 def _templates(api, rep: Report, *, pool: str, template_ctid: int, nodes: list[str]) -> None:

@@ -42,6 +42,15 @@ class ExecResult:
         return self.rc == 0
 
 
+@dataclass(frozen=True)
+class Usage:
+    """A running container's resource use now (drivers that can read it offer `usage(ctid)`)."""
+
+    memory_mb: float
+    memory_limit_mb: int | None = None
+    cpu_percent: float | None = None  # of the container's cores, averaged over the driver's sample
+
+
 @dataclass
 class DriverInfo:
     kind: str

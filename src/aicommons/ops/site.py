@@ -33,11 +33,13 @@ def secrets_for(site_file: Path, site, required: bool = False):
     store = StateStore.open(path, create=False)
     ks = KeySource.default(path.parent, site.secrets.key_file, site.secrets.key_env)
     secrets = store.secrets(ks)
-    if required:
-        return secrets
+    return secrets if required else existing_only(secrets)
 
+
+def existing_only(secrets):
+    """A lookup that never generates: status only reads (KeyError for a secret not made yet)."""
     def existing(scope: str, key: str) -> str:
-        if not secrets.version(scope, key):  # status only reads: it must not generate a secret
+        if not secrets.version(scope, key):
             raise KeyError(f"{scope}/{key}")
         return secrets.get(scope, key)
     return existing

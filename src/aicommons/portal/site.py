@@ -74,14 +74,14 @@ class SiteView:
 
     async def status(self, fresh: bool = False) -> tuple[float, int, list]:
         """(when, verdict, results) of the last sweep; a new sweep when it is older than refresh_seconds."""
-        from aicommons.ops.site import secrets_for
+        from aicommons.ops.site import existing_only
         from aicommons.ops.status import status_async
 
         async with self._sweep_lock:  # one sweep at a time; waiters reuse its result
             if fresh or self._status is None or time.time() - self._status[0] > self.cfg.refresh_seconds:
                 r = self.resolved()
                 code, results = await status_async(
-                    r, secrets=secrets_for(self.site_file, r.site), targets=self.cfg.targets,
+                    r, secrets=existing_only(self.secrets()), targets=self.cfg.targets,
                     timeout=self.cfg.status_timeout, base_dir=self.site_file.resolve().parent)
                 self._status = (time.time(), code, results)
             return self._status

@@ -81,6 +81,7 @@ async function userAction(action, name, email) {
     const url = action === "add" ? "/api/users" : `/api/users/${encodeURIComponent(name)}/${action}`;
     const body = action === "add" ? {name, email: email || null} : (action === "remove" ? {} : undefined);
     watchJob(await api("POST", url, body));
+    if (action === "add") document.getElementById("add-form")?.reset();
   } catch (err) { failed(err); }
 }
 

@@ -153,6 +153,8 @@ def _world(pg, redis_server):
 
     r = cli("apply", "--yes")
     assert r.returncode == 0, r.stdout + r.stderr
+    r = cli("backup", "run", "--user", "alice", "--only", "redis")  # the real Redis (her databases are simulated)
+    assert r.returncode == 0, r.stdout + r.stderr
     driver = FakeDriver(tmp / "world")
     driver.set_usage(200, memory_mb=2150, cpu_percent=12.5)  # alice's container
     driver.set_usage(201, memory_mb=640, cpu_percent=1.5)
@@ -256,6 +258,8 @@ def test_a_person_sees_only_their_own_workbench(world, browser):
     body = page.inner_text("body")
     assert "bob" not in body and "Console" not in body
     assert "2150 MB" in body and "CPU 12.5 %" in body  # the driver's numbers for her container
+    backup = json.loads(world["cli"]("backup", "list", "--json").stdout)[0]
+    assert backup["user"] == "alice" and backup["created"][:10] in page.inner_text(".hero")
 
     shown = json.loads(world["cli"]("users", "show", "alice", "--secrets", "--json").stdout)
     secret = shown["postgres"]["password"]
@@ -330,6 +334,13 @@ def test_the_operator_adds_a_user_and_watches_it_become_ready(world, browser):
         world["dir"] / "site.yaml").read_text()
     history = world["cli"]("state", "history").stdout
     assert "users add dave" in history  # the same run history as the CLI's
+    page.click("#job-close")
+    page.click("#run-audit")  # as `aicommons audit isolation`, its verdict recorded in the state
+    page.wait_for_selector("#job[data-done=failed]")  # the fake back ends offer nothing to probe:
+    assert "0 checks" in page.inner_text("#job-log")  # no checks is a failed audit, as in the CLI
+    page.wait_for_selector("#audit >> text=0 checks")
+    backups = page.inner_text("#backups")
+    assert json.loads(world["cli"]("backup", "list", "--json").stdout)[0]["id"] in backups and "alice" in backups
     page.click("#job-close")
     page.wait_for_selector(".checks li")
     shots(page, "console")

@@ -44,7 +44,8 @@ class ExecResult:
 
 @dataclass(frozen=True)
 class Usage:
-    """A running container's resource use now (drivers that can read it offer `usage(ctid)`)."""
+    """A running container's resource use now. Drivers that can read it offer
+    `usage(ctids) -> dict[ctid, Usage]` (one call for many: Proxmox's /cluster/resources has all)."""
 
     memory_mb: float
     memory_limit_mb: int | None = None

@@ -176,14 +176,16 @@ class FakeDriver:
         with self._db() as d:
             d.setdefault("usage", {})[str(ctid)] = {"memory_mb": memory_mb, "cpu_percent": cpu_percent}
 
-    def usage(self, ctid: int) -> Usage | None:
-        """None when the container is not running or nothing was recorded for it."""
+    def usage(self, ctids) -> dict[int, Usage]:
+        """Running containers' recorded use, in one read (nothing for a stopped or unrecorded one)."""
         with self._db(write=False) as d:
-            c = d["containers"].get(str(ctid))
-            u = d.get("usage", {}).get(str(ctid))
-        if c is None or c["status"] != "running" or u is None:
-            return None
-        return Usage(memory_mb=u["memory_mb"], memory_limit_mb=c.get("memory_mb"), cpu_percent=u["cpu_percent"])
+            out = {}
+            for ctid in ctids:
+                c, u = d["containers"].get(str(ctid)), d.get("usage", {}).get(str(ctid))
+                if c is not None and c["status"] == "running" and u is not None:
+                    out[ctid] = Usage(memory_mb=u["memory_mb"], memory_limit_mb=c.get("memory_mb"),
+                                      cpu_percent=u["cpu_percent"])
+            return out
 
     def exec_log(self) -> list:
         with self._db(write=False) as d:

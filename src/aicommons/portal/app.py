@@ -49,7 +49,11 @@ def create_app(cfg: PortalConfig, *, driver=None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
+        import asyncio
+
+        sweeper = asyncio.create_task(view.keep_fresh())
         yield
+        sweeper.cancel()
         view.close()
 
     app = FastAPI(title="aicommons portal", version="1", lifespan=lifespan,

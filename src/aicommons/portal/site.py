@@ -32,6 +32,7 @@ class SiteView:
         self._resolved_key = None
         self._mu = threading.Lock()
         self._status: tuple[float, int, list] | None = None  # (when, verdict, results)
+        self.sweep_ms: float | None = None  # how long the last sweep took
         self._sweep_lock = asyncio.Lock()
         self.catalog = load_catalog()
 
@@ -73,18 +74,32 @@ class SiteView:
     # ---- live status -----------------------------------------------------------------------
 
     async def status(self, fresh: bool = False) -> tuple[float, int, list]:
-        """(when, verdict, results) of the last sweep; a new sweep when it is older than refresh_seconds."""
+        """(when, verdict, results) of the last sweep; a new one when asked, when there is none (or a
+        change invalidated it), or when the background sweeper has fallen behind."""
         from aicommons.ops.site import existing_only
         from aicommons.ops.status import status_async
 
         async with self._sweep_lock:  # one sweep at a time; waiters reuse its result
-            if fresh or self._status is None or time.time() - self._status[0] > self.cfg.refresh_seconds:
+            stale = 2 * max(1.0, self.cfg.refresh_seconds) + self.cfg.status_timeout  # the sweeper is late
+            if fresh or self._status is None or time.time() - self._status[0] > stale:
                 r = self.resolved()
+                t0 = time.perf_counter()
                 code, results = await status_async(
                     r, secrets=existing_only(self.secrets()), targets=self.cfg.targets,
                     timeout=self.cfg.status_timeout, base_dir=self.site_file.resolve().parent)
+                self.sweep_ms = (time.perf_counter() - t0) * 1000
                 self._status = (time.time(), code, results)
             return self._status
+
+    async def keep_fresh(self) -> None:
+        """The background sweeper (started by the app): pages read its last result and never
+        wait for a sweep unless there is none yet or a change just invalidated it."""
+        while True:
+            try:
+                await self.status(fresh=True)
+            except Exception as exc:  # noqa: BLE001 - the next round tries again; pages say how old it is
+                log.warning("status sweep failed: %s", exc)
+            await asyncio.sleep(max(1.0, self.cfg.refresh_seconds))
 
     def cached_status(self) -> tuple[float, int, list] | None:
         return self._status
@@ -98,15 +113,16 @@ class SiteView:
             log.warning("driver read failed: %s", exc)
             return {}
 
-    def usage(self, ctid: int):
+    def usage(self, ctids: list[int]) -> dict:
+        """{ctid: Usage} from the driver, if it can read use at all (else nothing is shown)."""
         read = getattr(self.driver, "usage", None)
         if not callable(read):
-            return None
+            return {}
         try:
-            return read(ctid)
-        except Exception as exc:  # noqa: BLE001
-            log.warning("usage of %s failed: %s", ctid, exc)
-            return None
+            return read(ctids)
+        except Exception as exc:  # noqa: BLE001 - the page shows "not reported" instead
+            log.warning("usage read failed: %s", exc)
+            return {}
 
     def backups(self) -> list:
         from aicommons.ops.site import backup_repo

@@ -28,16 +28,19 @@ def _app_states(results, user: str) -> dict[str, dict]:
             for r in results if r.check.user == user}
 
 
-def person(view: SiteView, name: str, status, *, backups: list | None = None,
-           containers: dict | None = None) -> dict | None:
-    """One person's workbench: None when the site has no slot for them."""
+def person(view: SiteView, name: str, status, *, backups: list | None = None, containers: dict | None = None,
+           allocs: dict | None = None, suspended: set | None = None, usage: dict | None = None) -> dict | None:
+    """One person's workbench: None when the site has no slot for them (the keyword arguments
+    let the console read the state, driver and backups once for every row)."""
     r = view.resolved()
     t = next((x for x in r.tenants if x.user == name), None)
     if t is None:
         return None
-    allocs = {a.user: a.status for a in view.state.allocations()}
+    allocs = allocs if allocs is not None else {a.user: a.status for a in view.state.allocations()}
+    suspended = suspended if suspended is not None else view.suspended()
     containers = containers if containers is not None else view.containers()
     c = containers.get(t.ctid)
+    usage = usage if usage is not None else view.usage([t.ctid])
     states = _app_states(status[2], name) if status else {}
     apps = []
     for app in t.apps:
@@ -47,19 +50,19 @@ def person(view: SiteView, name: str, status, *, backups: list | None = None,
     last = view.last_backup(name, backups)
     return {
         "user": name, "email": t.email, "ip": t.ip, "ctid": t.ctid,
-        "slot": allocs.get(name, "planned"), "suspended": name in view.suspended(),
+        "slot": allocs.get(name, "planned"), "suspended": name in suspended,
         "container": c.status if c else "missing",
-        "usage": _usage(view.usage(t.ctid)) if c is not None and c.status == "running" else None,
+        "usage": _usage(usage.get(t.ctid)) if c is not None and c.status == "running" else None,
         "apps": apps, "apps_ok": sum(a["state"] == "ok" for a in apps),
         "last_backup": {"id": last.id, "at": _when(last.created), "scope": last.user or "site"} if last else None,
         "checked_at": _when(status[0]) if status else None,
     }
 
 
-def health(status) -> dict:
+def health(status, sweep_ms: float | None = None) -> dict:
     """The sweep for the console: shared services by phase, one line per user."""
     if status is None:
-        return {"verdict": "unknown", "checked_at": None, "shared": [], "users": {}}
+        return {"verdict": "unknown", "checked_at": None, "sweep_ms": None, "shared": [], "users": {}}
     when, code, results = status
     shared = sorted((r for r in results if r.check.user is None), key=lambda r: (r.check.phase, r.check.name))
     users: dict[str, dict] = {}
@@ -71,20 +74,22 @@ def health(status) -> dict:
             if r.state in ("down", "slow"):
                 u["bad"].append(f"{r.check.name.split('/', 1)[1]} {r.state}")
     return {"verdict": VERDICT_WORD[code], "exit_code": code, "checked_at": _when(when),
+            "sweep_ms": None if sweep_ms is None else round(sweep_ms),
             "shared": [{"name": r.check.name, "phase": r.check.phase, "state": r.state, "critical": r.check.critical,
                         "latency_ms": round(r.latency_ms), "reason": r.reason} for r in shared],
             "users": users}
 
 
 def users(view: SiteView, status) -> list[dict]:
-    backups = view.backups()
-    containers = view.containers()
-    return [person(view, t.user, status, backups=backups, containers=containers)
-            for t in view.resolved().tenants]
+    tenants = view.resolved().tenants
+    common = {"backups": view.backups(), "containers": view.containers(), "suspended": view.suspended(),
+              "allocs": {a.user: a.status for a in view.state.allocations()},
+              "usage": view.usage([t.ctid for t in tenants])}
+    return [person(view, t.user, status, **common) for t in tenants]
 
 
 def backups(view: SiteView) -> list[dict]:
-    return [{"id": m.id, "created": _when(m.created), "scope": m.user or "site", "items": len(m.items),
+    return [{"id": m.id, "created": _when(m.created), "scope": m.user or "site", "item_count": len(m.items),
              "bytes": sum(i.size for i in m.items),
              "skipped": [i.name for i in m.items if i.kind == "skipped"]} for m in view.backups()]
 

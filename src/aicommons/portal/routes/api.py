@@ -130,7 +130,8 @@ async def job_events(job_id: int, request: Request, ident: Identity = Depends(id
 
 @router.get("/status", summary="Site health: every service by its own protocol (as `aicommons status --json`)")
 async def status(request: Request, fresh: bool = False, ident: Identity = Depends(operator)):
-    return views.health(await _view(request).status(fresh=fresh))
+    view = _view(request)
+    return views.health(await view.status(fresh=fresh), view.sweep_ms)
 
 
 @router.get("/users", summary="Every user with slot, container, apps, resource use and last backup")

@@ -49,13 +49,15 @@ async def me_fragment(request: Request, ident: Identity = Depends(identity)):
 async def console(request: Request, ident: Identity = Depends(operator)):
     view = request.app.state.view
     st = await view.status()
-    return _page(request, "console.html", ident, health=views.health(st), users=views.users(view, st),
+    return _page(request, "console.html", ident, health=views.health(st, view.sweep_ms),
+                 users=views.users(view, st),
                  backups=views.backups(view), audit=views.audit(view), jobs=request.app.state.jobs.recent(8))
 
 
 @router.get("/fragments/health")
 async def health_fragment(request: Request, ident: Identity = Depends(operator)):
-    return _page(request, "_health.html", ident, health=views.health(await request.app.state.view.status()))
+    view = request.app.state.view
+    return _page(request, "_health.html", ident, health=views.health(await view.status(), view.sweep_ms))
 
 
 @router.get("/fragments/users")

@@ -366,6 +366,44 @@ def test_a_suspended_person_is_told_so(world, browser):
     listed = json.loads(world["cli"]("users", "list", "--json").stdout)
     assert {r["user"] for r in listed} == {"alice", "bob", "dave"}
 
+    page = as_person(browser, "ops")
+    page.goto(f"{world['via_traefik']}/console")
+    page.click("tr[data-user=bob] [data-user-action=resume]")
+    page.wait_for_selector("#confirm[open]")
+    page.click("#confirm-ok")
+    page.wait_for_selector("#job[data-done=ok]")
+    page.wait_for_selector("tr[data-user=bob] .pill.active")
+    page.close()
+
+
+def test_the_operator_applies_the_pending_plan_and_removes_a_user(world, browser):
+    site = world["dir"] / "site.yaml"
+    site.write_text(site.read_text().replace("  apps: [openwebui, n8n, jupyter]\n",
+                                             "  apps: [openwebui, n8n, jupyter]\n"
+                                             "  resources: {memory_mb: 4096, cores: 2, disk_gb: 20}\n"))
+    page = as_person(browser, "ops")
+    page.goto(f"{world['via_traefik']}/console")
+    page.click("#load-plan")
+    page.wait_for_selector("#plan-body .changes")
+    assert "container.200" in page.inner_text("#plan-body") and "update" in page.inner_text("#plan-body")
+    page.click("#apply")
+    page.wait_for_selector("#confirm[open]")
+    page.click("#confirm-ok")
+    page.wait_for_selector("#job[data-done=ok]", timeout=120000)
+    assert "update container.200" in page.inner_text("#job-log") and "done:" in page.inner_text("#job-log")
+    page.wait_for_selector("tr[data-user=alice] >> text=4096 MB")  # the new limit, read back from the driver
+    page.click("#load-plan")
+    page.wait_for_selector("#plan-body >> text=Nothing to change")
+
+    page.click("tr[data-user=dave] [data-user-action=remove]")
+    page.wait_for_selector("#confirm[open]")
+    assert "archived first" in page.inner_text("#confirm-body") and "container.202" in page.inner_text("#confirm-body")
+    page.click("#confirm-ok")
+    page.wait_for_selector("#job[data-done=ok]", timeout=120000)
+    page.wait_for_selector("tr[data-user=dave]", state="detached")
+    assert "dave" not in site.read_text()
+    page.close()
+
 
 def test_the_operator_token_signs_in_without_sso(world, browser):
     token = world["cli"]("portal", "admin-token").stdout.strip()

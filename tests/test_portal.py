@@ -421,3 +421,29 @@ def test_the_operator_token_signs_in_without_sso(world, browser):
     cookie = next(c for c in browser.cookies() if c["name"] == "aicommons_operator")
     assert cookie["httpOnly"] and token not in cookie["value"]
     page.close()
+
+
+def test_no_secret_in_any_page_log_or_answer_unless_revealed(world, browser):
+    from aicommons.state.secrets import KeySource
+    from aicommons.state.store import StateStore
+
+    state_dir = world["dir"] / ".aicommons"
+    store = StateStore.open(state_dir / "state.db", create=False)
+    values = [v for v in store.secrets(KeySource.default(state_dir)).values() if len(v) >= 8]
+    store.close()
+    assert len(values) > 10
+    page = as_person(browser, "ops")
+    page.goto(f"{world['via_traefik']}/console")
+    seen = [page.content(), (world["dir"] / "serve.log").read_text()]
+    for url in ("/api/me", "/api/status", "/api/users", "/api/users/alice", "/api/plan", "/api/backups",
+                "/api/audit", "/api/jobs", "/openapi.json"):
+        status, body = fetch(page, "GET", url)
+        assert status == 200, url
+        seen.append(json.dumps(body))
+    for job in fetch(page, "GET", "/api/jobs")[1]:
+        seen.append(json.dumps(fetch(page, "GET", f"/api/jobs/{job['id']}")[1]))
+    page.goto(f"{world['via_traefik']}/me")
+    seen.append(page.content())
+    page.close()
+    leaked = [v[:4] + "…" for v in values if any(v in text for text in seen)]
+    assert not leaked

@@ -42,6 +42,13 @@ def _status_of(exc: AicError) -> int:
     return 400
 
 
+def _redactor(view: SiteView, secrets):
+    from aicommons.engine.api import external_secrets
+    from aicommons.engine.report import Redactor
+
+    return Redactor(secrets, external_secrets(view.resolved().site, view.site_file))
+
+
 def create_app(cfg: PortalConfig, *, driver=None) -> FastAPI:
     view = SiteView(cfg, driver=driver)
     secrets = view.secrets()
@@ -61,7 +68,7 @@ def create_app(cfg: PortalConfig, *, driver=None) -> FastAPI:
                               "the same service functions as the `aicommons` command.")
     app.state.cfg = cfg
     app.state.view = view
-    app.state.jobs = Jobs()
+    app.state.jobs = Jobs(_redactor(view, secrets))
     app.state.session_key = session_key
     app.state.admin_token = (lambda: secrets.get(PORTAL_SCOPE, "admin_token")) if cfg.admin_token else None
     templates = Jinja2Templates(directory=str(HERE / "templates"))

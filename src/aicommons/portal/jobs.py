@@ -36,15 +36,15 @@ class Job:
 
 
 class _Out:
-    """A file the engine's reporter prints to: every line lands in the job."""
+    """A file the engine's reporter prints to: every line lands in the job, redacted again."""
 
-    def __init__(self, job: Job):
-        self.job, self._buf = job, ""
+    def __init__(self, job: Job, redact: Callable[[str], str]):
+        self.job, self._buf, self.redact = job, "", redact
 
     def write(self, text: str) -> int:
         self._buf += text
         *done, self._buf = self._buf.split("\n")
-        self.job.lines.extend(done)
+        self.job.lines.extend(self.redact(line) for line in done)
         return len(text)
 
     def flush(self) -> None:
@@ -55,7 +55,9 @@ class _Out:
 
 
 class Jobs:
-    def __init__(self):
+    def __init__(self, redactor=None):
+        """redactor: the engine's Redactor over the state's secrets (every line passes through it)."""
+        self.redactor = redactor
         self._jobs: dict[int, Job] = {}
         self._ids = itertools.count(1)
         self._mu = threading.Lock()
@@ -73,21 +75,26 @@ class Jobs:
         threading.Thread(target=self._run, args=(job, fn), daemon=True, name=f"job-{job.id}").start()
         return job
 
+    def _redact(self, text: str) -> str:
+        return self.redactor(text) if self.redactor is not None else text
+
     def _run(self, job: Job, fn) -> None:
-        out = _Out(job)
+        if self.redactor is not None:
+            self.redactor.refresh()  # secrets made since (a user added by the last job)
+        out = _Out(job, self._redact)
         try:
             last = fn(out)
             if out._buf:
-                job.lines.append(out._buf)
+                job.lines.append(self._redact(out._buf))
             if last:
-                job.lines.append(last)
+                job.lines.append(self._redact(last))
             job.status = "ok"
         except AicError as exc:
-            job.lines.append(f"error: {exc}")
+            job.lines.append(self._redact(f"error: {exc}"))
             job.status = "failed"
         except Exception as exc:  # noqa: BLE001 - a job must end, and say so, whatever happened
-            log.exception("job %d failed", job.id)
-            job.lines.append(f"internal error: {type(exc).__name__}: {exc}")
+            log.error("job %d failed: %s", job.id, self._redact(f"{type(exc).__name__}: {exc}"))
+            job.lines.append(self._redact(f"internal error: {type(exc).__name__}: {exc}"))
             job.status = "failed"
         job.finished = time.time()
         log.info("job %d %s", job.id, job.status)

@@ -316,6 +316,10 @@ def test_the_operator_adds_a_user_and_watches_it_become_ready(world, browser):
     page = as_person(browser, "ops")
     page.goto(f"{world['via_traefik']}/console")
     page.wait_for_selector("tr[data-user=alice]")
+    csrf = page.get_attribute('meta[name="csrf"]', "content")
+    status, body = fetch(page, "POST", "/api/users/preview", {"X-CSRF-Token": csrf, "Content-Type": "application/json"},
+                         {"action": "add", "name": "Dave; DROP"})
+    assert status == 400 and "lower-case letters, digits" in body["error"]  # the site model's own refusal
     page.fill("#add-form input[name=name]", "dave")
     page.fill("#add-form input[name=email]", "dave@example.org")
     page.click("#add-form button")

@@ -14,32 +14,12 @@ from fastapi.templating import Jinja2Templates
 
 from aicommons.errors import AicError
 from aicommons.portal.config import PortalConfig
+from aicommons.portal.errors import http_status
 from aicommons.portal.jobs import Jobs
 from aicommons.portal.site import SiteView
 
 HERE = Path(__file__).parent
 PORTAL_SCOPE = "portal"  # secrets: admin_token (the operator's sign-in), session_key (cookies, CSRF)
-
-
-class Forbidden(AicError):
-    status = 403
-
-
-class NotSignedIn(AicError):
-    status = 401
-
-
-def _status_of(exc: AicError) -> int:
-    from aicommons.state.lock import LockHeld
-    from aicommons.tenancy.manage import UnknownUser
-
-    if isinstance(exc, (Forbidden, NotSignedIn)):
-        return exc.status
-    if isinstance(exc, UnknownUser):
-        return 404
-    if isinstance(exc, LockHeld):
-        return 409
-    return 400
 
 
 def _redactor(view: SiteView, secrets):
@@ -89,7 +69,7 @@ def create_app(cfg: PortalConfig, *, driver=None) -> FastAPI:
 
     @app.exception_handler(AicError)
     async def aic_error(request: Request, exc: AicError):
-        code = _status_of(exc)
+        code = http_status(exc)
         if request.url.path.startswith("/api/") or request.method != "GET":
             return JSONResponse({"error": str(exc)}, status_code=code)
         from aicommons.portal.routes.pages import render_error

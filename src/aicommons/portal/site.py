@@ -101,8 +101,9 @@ class SiteView:
                 log.warning("status sweep failed: %s", exc)
             await asyncio.sleep(max(1.0, self.cfg.refresh_seconds))
 
-    def cached_status(self) -> tuple[float, int, list] | None:
-        return self._status
+    def invalidate_status(self) -> None:
+        """After a change (a user added, a container restarted): the next read sweeps again."""
+        self._status = None
 
     # ---- containers, backups, audit --------------------------------------------------------
 

@@ -13,6 +13,7 @@ from pydantic import BaseModel
 
 from aicommons.errors import AicError
 from aicommons.portal import views
+from aicommons.portal.errors import Forbidden
 from aicommons.portal.identity import Identity
 from aicommons.portal.routes.deps import acting, identity, operator
 
@@ -54,7 +55,7 @@ def _start(request: Request, ident: Identity, kind: str, title: str, fn, subject
         try:
             return fn(out)
         finally:
-            view._status = None  # the next read sweeps again: the change shows at once
+            view.invalidate_status()  # the next read sweeps again: the change shows at once
 
     return request.app.state.jobs.start(kind, title, ident.name, run, subject=subject).to_dict()
 
@@ -97,8 +98,6 @@ def job(job_id: int, request: Request, since: int = 0, ident: Identity = Depends
 
 
 def _job(request: Request, job_id: int, ident: Identity):
-    from aicommons.portal.app import Forbidden
-
     j = request.app.state.jobs.get(job_id)
     if j is None or not (ident.operator or j.subject == ident.name):
         raise Forbidden(f"no job {job_id} of yours")

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 from fastapi import Request
 
+from aicommons.portal.errors import Forbidden, NotSignedIn
 from aicommons.portal.identity import Identity, csrf_ok, identify
 
 SAFE = ("GET", "HEAD", "OPTIONS")
 
 
 def identity(request: Request) -> Identity:
-    from aicommons.portal.app import NotSignedIn
-
     app = request.app
     peer = request.client.host if request.client else None
     ident = identify(peer, request.headers, request.cookies, app.state.cfg, app.state.session_key)
@@ -23,8 +22,6 @@ def identity(request: Request) -> Identity:
 
 async def acting(request: Request) -> Identity:
     """A signed-in person whose change carries the CSRF token of their own page."""
-    from aicommons.portal.app import Forbidden
-
     ident = identity(request)
     if request.method not in SAFE:
         sent = request.headers.get("x-csrf-token")
@@ -36,8 +33,6 @@ async def acting(request: Request) -> Identity:
 
 
 async def operator(request: Request) -> Identity:
-    from aicommons.portal.app import Forbidden
-
     ident = await acting(request)
     if not ident.operator:
         raise Forbidden(f"{ident.name} is not an operator of this site "

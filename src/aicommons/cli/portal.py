@@ -55,7 +55,7 @@ def serve(
     target: list[str] = TargetOpt,
     targets: Path = TargetsFile,
 ) -> None:
-    """Serve each person's workbench page and the operator's console (JSON API at /docs)."""
+    """Serve each person's workbench page and the operator's console (JSON API described at /openapi.json)."""
     import uvicorn
 
     from aicommons.drivers.registry import enter_site_network

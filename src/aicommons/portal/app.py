@@ -43,7 +43,8 @@ def create_app(cfg: PortalConfig, *, driver=None) -> FastAPI:
         sweeper.cancel()
         view.close()
 
-    app = FastAPI(title="aicommons portal", version="1", lifespan=lifespan,
+    # /openapi.json only: FastAPI's /docs and /redoc pages would load their scripts from a CDN.
+    app = FastAPI(title="aicommons portal", version="1", lifespan=lifespan, docs_url=None, redoc_url=None,
                   description="Each person's workbench and the operator's console; every action goes through "
                               "the same service functions as the `aicommons` command.")
     app.state.cfg = cfg
@@ -61,6 +62,8 @@ def create_app(cfg: PortalConfig, *, driver=None) -> FastAPI:
         t0 = time.perf_counter()
         response = await call_next(request)
         response.headers["Server-Timing"] = f"app;dur={(time.perf_counter() - t0) * 1000:.1f}"
+        response.headers["Content-Security-Policy"] = ("default-src 'self'; style-src 'self' 'unsafe-inline'; "
+                                                       "img-src 'self' data:; frame-ancestors 'none'")
         response.headers["X-Frame-Options"] = "DENY"
         response.headers["X-Content-Type-Options"] = "nosniff"
         response.headers["Referrer-Policy"] = "same-origin"

@@ -1,4 +1,4 @@
-"""The JSON API (OpenAPI at /docs): everything the pages do. Reads return what the pages show;
+"""The JSON API (described at /openapi.json): everything the pages do. Reads return what the pages show;
 changes start a job and return it (`GET /api/jobs/{id}` and `/events` follow its progress)."""
 
 from __future__ import annotations

@@ -337,7 +337,7 @@ def test_the_operator_adds_a_user_and_watches_it_become_ready(world, browser):
     assert "- {name: dave" in (world["dir"] / "site.yaml").read_text() or "name: dave" in (
         world["dir"] / "site.yaml").read_text()
     history = world["cli"]("state", "history").stdout
-    assert "users add dave" in history  # the same run history as the CLI's
+    assert "users add dave (by ops via portal)" in history  # the same run history as the CLI's, with who
     page.click("#job-close")
     page.click("#run-audit")  # as `aicommons audit isolation`, its verdict recorded in the state
     page.wait_for_selector("#job[data-done=failed]")  # the fake back ends offer nothing to probe:

@@ -71,6 +71,10 @@ def serve(
                        operator_group=operator_group, targets=parse_targets(target, targets),
                        refresh_seconds=refresh, status_timeout=timeout, admin_token=not no_admin_token)
     socks = [_socket(x) for x in (listen or ["127.0.0.1:8080"])]
+    import logging  # who did what (job start/end), refused headers: to stderr, never a secret
+
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("aicommons.portal").setLevel(logging.INFO)
     app = create_app(cfg)
     console.print(f"portal of {site.name} on " + ", ".join(listen or ["127.0.0.1:8080"])
                   + f"; trusting forward-auth from {', '.join(str(n) for n in cfg.trusted_proxies)}")

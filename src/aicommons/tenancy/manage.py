@@ -205,9 +205,14 @@ class Context:
         return {k: self.secrets.get(t.user, k) for k in tenant_keys(t)}
 
 
+def _by(command: str, actor: str | None) -> str:
+    return f"{command} (by {actor})" if actor else command
+
+
 def add_user(site_file: Path, name: str, email: str | None = None, *, state_path=None, driver=None,
-             backends=None, out=None):
-    """Validate, append to site.yaml, then let the engine create exactly this user."""
+             backends=None, out=None, actor: str | None = None):
+    """Validate, append to site.yaml, then let the engine create exactly this user.
+    actor: who asked, when not the OS user (the portal's signed-in operator), for the run history."""
     from aicommons.engine.api import apply_site, open_state
 
     user = validate_new_user(name, email)
@@ -218,14 +223,14 @@ def add_user(site_file: Path, name: str, email: str | None = None, *, state_path
         state.close()
     added = append_user(Path(site_file), user)
     result = apply_site(site_file, state_path=state_path, targets={name}, yes=True, driver=driver,
-                        backends=backends, out=out, command=f"users add {name}")
+                        backends=backends, out=out, command=_by(f"users add {name}", actor))
     if returning and result.ok:
         set_suspended(Path(site_file), name, False, state_path=state_path, backends=backends)
     return added, result
 
 
 def remove_user(site_file: Path, name: str, *, keep_data: bool = False, purge: bool = False, state_path=None,
-                driver=None, backends=None, out=None):
+                driver=None, backends=None, out=None, actor: str | None = None):
     """Archive (unless purge) and drop the user's slices, then its container and its site.yaml entry.
 
     keep_data: logins are revoked and the data left in place, forgotten by the state so later
@@ -246,7 +251,7 @@ def remove_user(site_file: Path, name: str, *, keep_data: bool = False, purge: b
                 ctx.session.state.forget_applied(addr)
     drop_user(site_file, name)
     result = apply_site(site_file, state_path=state_path, targets={name}, yes=True, driver=driver,
-                        backends=backends, out=out, purge=purge, command=f"users remove {name}")
+                        backends=backends, out=out, purge=purge, command=_by(f"users remove {name}", actor))
     if result.ok:
         state = open_state(site_file, state_path)
         try:
@@ -289,7 +294,8 @@ def suspended_users(state) -> set[str]:
     return {k.removeprefix("suspended.") for k, v in rows if v == "1"}
 
 
-def restart_user(site_file: Path, name: str, *, state_path=None, driver=None, out=None) -> None:
+def restart_user(site_file: Path, name: str, *, state_path=None, driver=None, out=None,
+                 actor: str | None = None) -> None:
     """Stop and start the user's container (every app of theirs restarts), under the site's lock
     and recorded as a run like any apply."""
     from aicommons.engine.api import default_driver
@@ -299,10 +305,11 @@ def restart_user(site_file: Path, name: str, *, state_path=None, driver=None, ou
     require_user(Path(site_file), name)
     with Context(Path(site_file), state_path=state_path, backends=[]) as ctx:
         t, state = ctx.tenant(name), ctx.session.state
-        lock = StateLock(state, f"users restart {name}")
+        command = _by(f"users restart {name}", actor)
+        lock = StateLock(state, command)
         lock.acquire()
         drv = driver if driver is not None else default_driver(ctx.session.site)
-        run_id = state.begin_run(f"users restart {name}")
+        run_id = state.begin_run(command)
         outcome = "failed"
         try:
             c = drv.get(t.ctid)

@@ -60,6 +60,11 @@ def _start(request: Request, ident: Identity, kind: str, title: str, fn, subject
     return request.app.state.jobs.start(kind, title, ident.name, run, subject=subject).to_dict()
 
 
+def _actor(ident: Identity) -> str:
+    """Who, in the run history: the signed-in name, or the operator token's session."""
+    return f"{ident.name} via portal" if ident.via == "sso" else "operator token via portal"
+
+
 def _result(result, what: str):
     if not result.ok:
         raise AicError(f"{what} did not finish; nothing done is lost. Fix the cause and run it again")
@@ -88,8 +93,8 @@ def my_restart(request: Request, ident: Identity = Depends(acting)):
 
     cfg = _cfg(request)
     return _start(request, ident, "users restart", f"restart {ident.name}'s workbench",
-                  lambda out: restart_user(cfg.site_file, ident.name, state_path=cfg.state_path, out=out),
-                  subject=ident.name)
+                  lambda out: restart_user(cfg.site_file, ident.name, state_path=cfg.state_path, out=out,
+                                           actor=_actor(ident)), subject=ident.name)
 
 
 @router.get("/jobs/{job_id}", summary="A job's progress (lines from `since`)")
@@ -175,7 +180,8 @@ def add(body: NewUser, request: Request, ident: Identity = Depends(operator)):
     validate_new_user(body.name, body.email)  # a bad name is refused now, not in the job
 
     def run(out):
-        added, result = add_user(cfg.site_file, body.name, body.email, state_path=cfg.state_path, out=out)
+        added, result = add_user(cfg.site_file, body.name, body.email, state_path=cfg.state_path, out=out,
+                                 actor=_actor(ident))
         _result(result, f"adding {body.name}")
         return f"user {body.name} is ready"
 
@@ -217,7 +223,7 @@ def remove(name: str, body: Removal, request: Request, ident: Identity = Depends
 
     def run(out):
         result = remove_user(cfg.site_file, name, keep_data=body.keep_data, purge=body.purge,
-                             state_path=cfg.state_path, out=out)
+                             state_path=cfg.state_path, out=out, actor=_actor(ident))
         _result(result, f"removing {name}")
         return f"user {name} removed"
 
@@ -230,7 +236,8 @@ def restart(name: str, request: Request, ident: Identity = Depends(operator)):
 
     cfg = _cfg(request)
     return _start(request, ident, "users restart", f"restart {name}'s workbench",
-                  lambda out: restart_user(cfg.site_file, name, state_path=cfg.state_path, out=out), subject=name)
+                  lambda out: restart_user(cfg.site_file, name, state_path=cfg.state_path, out=out,
+                                           actor=_actor(ident)), subject=name)
 
 
 @router.get("/plan", summary="The pending plan for the whole site (as `aicommons plan`)")
@@ -250,7 +257,8 @@ def apply(request: Request, ident: Identity = Depends(operator)):
     cfg = _cfg(request)
 
     def run(out):
-        result = apply_site(cfg.site_file, state_path=cfg.state_path, yes=True, out=out, command="apply (portal)")
+        result = apply_site(cfg.site_file, state_path=cfg.state_path, yes=True, out=out,
+                            command=f"apply (by {_actor(ident)})")
         _result(result, "apply")
         return "the site matches the plan"
 

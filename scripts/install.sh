@@ -11,6 +11,7 @@ want_test=0
 apt_pkgs=(python3 python3-venv python3-pip ca-certificates lxc debootstrap iproute2 iptables rsync curl util-linux
           postgresql-client-15 redis-tools)
 [ $want_test = 1 ] && apt_pkgs+=(postgresql-15 redis-server prometheus)
+[ $want_test = 1 ] && apt_pkgs+=(chromium)  # the portal's browser tests (Playwright drives it)
 
 missing=()
 for p in "${apt_pkgs[@]}"; do dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p"); done

@@ -232,7 +232,7 @@ def test_blueprints_bind_each_app_to_its_owner(files, site):
     assert {b["attrs"]["group"] for b in binds} == {"group"}  # !KeyOf group: the owner's group only
     site_bp = _yaml(files["services/authentik/blueprints/site.yaml"])
     outpost = site_bp["entries"][-1]
-    assert outpost["model"] == "authentik_outposts.outpost" and len(outpost["attrs"]["providers"]) == 50 * 8 + 1
+    assert outpost["model"] == "authentik_outposts.outpost" and len(outpost["attrs"]["providers"]) == 50 * 8 + 2  # + ollama, portal
 
 
 def test_firewall_plan(site):

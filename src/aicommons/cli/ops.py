@@ -10,42 +10,13 @@ import typer
 from aicommons.cli.common import SiteFile, console, load_resolved
 from aicommons.drivers.registry import enter_site_network
 from aicommons.render.monitoring import TEXTFILE_DIR
-from aicommons.errors import PermanentError
+from aicommons.ops.site import KINDS, backup_repo, check_user, fetch_if_remote, secrets_for
 from aicommons.ops.targets import parse_targets
 
 TargetOpt = typer.Option(
     None, "--target", "-t", metavar="PLAN=ACTUAL",
     help="Reach a plan address elsewhere, e.g. 10.0.5.103:6379=127.0.0.1:16379 (an SSH tunnel). Repeatable.")
 TargetsFile = typer.Option(None, "--targets", help="YAML mapping plan address -> actual host:port.")
-
-
-def secrets_for(site_file: Path, site, required: bool = False):
-    """The state store's secrets when the site has been applied, else None (checks log in without);
-    with `required`, a lookup that explains what is missing when a secret is first needed."""
-    from aicommons.state.store import StateStore, default_path
-
-    path = default_path(site_file)
-    if not path.exists():
-        if not required:
-            return None
-
-        def missing(scope: str, key: str) -> str:
-            raise PermanentError(f"secret {scope}/{key} is needed but there is no state at {path}; run "
-                                 "`aicommons apply` first, or give the server as `external:` with admin_password")
-        return missing
-    from aicommons.state.secrets import KeySource
-
-    store = StateStore.open(path, create=False)
-    ks = KeySource.default(path.parent, site.secrets.key_file, site.secrets.key_env)
-    secrets = store.secrets(ks)
-    if required:
-        return secrets
-
-    def existing(scope: str, key: str) -> str:
-        if not secrets.version(scope, key):  # status only reads: it must not generate a secret
-            raise KeyError(f"{scope}/{key}")
-        return secrets.get(scope, key)
-    return existing
 
 
 def status(
@@ -82,33 +53,20 @@ def status(
 
 backup_app = typer.Typer(help="Back up, list, verify and restore the site's data.", no_args_is_help=True)
 DirOpt = typer.Option(None, "--dir", help="Backup directory (default: site.yaml backups.dir).")
-KINDS = ("postgres", "redis", "qdrant", "s3")
 OnlyOpt = typer.Option(None, "--only", help=f"Limit to these back ends (comma list of {', '.join(KINDS)}).")
 
 
 def _context(file: Path, dir_: Path | None, only: str | None, target: list[str] | None, targets: Path | None):
-    from aicommons.ops.backup.repo import Repo
-    from aicommons.ops.backup.site import backup_dir, sources_for
+    from aicommons.ops.site import backup_context
 
     resolved = load_resolved(file)
     enter_site_network(resolved.site)
-    base = file.resolve().parent
-    src = sources_for(resolved, secrets_for(file, resolved.site, required=True), base,
-                      parse_targets(target, targets))
-    if only:
-        keep = {k.strip() for k in only.split(",") if k.strip()}
-        unknown = keep - set(KINDS)
-        if unknown:
-            raise PermanentError(f"--only {only!r}: unknown {', '.join(sorted(unknown))}; use {', '.join(KINDS)}")
-        for k in set(KINDS) - keep:
-            setattr(src, k, None)
-    return resolved, src, Repo(dir_ or backup_dir(resolved, base))
+    src, repo = backup_context(file, resolved, dir_, only, parse_targets(target, targets))
+    return resolved, src, repo
 
 
 def _user(resolved, user: str | None) -> str | None:
-    if user is not None and user not in {t.user for t in resolved.tenants}:
-        raise PermanentError(f"--user {user!r} is not a user of site {resolved.site.name}; see `aicommons users`")
-    return user
+    return check_user(resolved, user)
 
 
 @backup_app.command("run")
@@ -149,11 +107,8 @@ def backup_list(file: Path = SiteFile, dir_: Path = DirOpt,
     """Complete backups, newest first."""
     from rich.table import Table
 
-    from aicommons.ops.backup.repo import Repo
-    from aicommons.ops.backup.site import backup_dir
-
     resolved = load_resolved(file)
-    repo = Repo(dir_ or backup_dir(resolved, file.resolve().parent))
+    repo = backup_repo(file, resolved, dir_)
     items = repo.list()
     if as_json:
         console.print_json(json.dumps([{"id": m.id, "created": m.created, "user": m.user, "items": len(m.items),
@@ -166,11 +121,7 @@ def backup_list(file: Path = SiteFile, dir_: Path = DirOpt,
 
 
 def _local(repo, backup_id: str, resolved) -> None:
-    """Fetch a backup from backups.s3_url when it is not in the local directory."""
-    from aicommons.ops.backup.site import fetch
-
-    if not (repo.root / backup_id / "manifest.json").exists() and resolved.site.backups.s3_url:
-        fetch(repo, backup_id, resolved.site.backups.s3_url)
+    fetch_if_remote(repo, backup_id, resolved)
 
 
 @backup_app.command("verify")

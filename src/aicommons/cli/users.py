@@ -113,6 +113,17 @@ def resume(name: str, file: Path = SiteFile, state: Annotated[Path | None, State
     console.print(f"{name} resumed in: {', '.join(done) or 'no back ends'}")
 
 
+@users_app.command("restart")
+def restart(name: str, file: Path = SiteFile, state: Annotated[Path | None, StateOpt] = None) -> None:
+    """Restart the user's container (all their apps), under the site's lock."""
+    import sys
+
+    from aicommons.tenancy.manage import restart_user
+
+    restart_user(file, name, state_path=state, out=sys.stdout)
+    console.print(f"{name}'s workbench restarted")
+
+
 @audit_app.command("isolation")
 def isolation(file: Path = SiteFile, state: Annotated[Path | None, StateOpt] = None,
               as_json: Annotated[bool, typer.Option("--json")] = False) -> None:

@@ -52,6 +52,16 @@ class ExecResult:
         return self.rc == 0
 
 
+@dataclass(frozen=True)
+class Usage:
+    """A running container's resource use now. Drivers that can read it offer
+    `usage(ctids) -> dict[ctid, Usage]` (one call for many: Proxmox's /cluster/resources has all)."""
+
+    memory_mb: float
+    memory_limit_mb: int | None = None
+    cpu_percent: float | None = None  # of the container's cores, averaged over the driver's sample
+
+
 @dataclass
 class DriverInfo:
     kind: str

@@ -18,7 +18,7 @@ from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
 
-from aicommons.drivers.base import ContainerState, ExecResult
+from aicommons.drivers.base import ContainerState, ExecResult, Usage
 from aicommons.errors import PermanentError, TemporaryError
 from aicommons.plan.model import Container
 
@@ -170,6 +170,22 @@ class FakeDriver:
         c = self.get(ctid)
         if c is None or c.status != "running":
             raise TemporaryError(f"container {ctid} is not running")
+
+    def set_usage(self, ctid: int, memory_mb: float, cpu_percent: float) -> None:
+        """What `usage` reports for a container (a test's stand-in for its cgroup counters)."""
+        with self._db() as d:
+            d.setdefault("usage", {})[str(ctid)] = {"memory_mb": memory_mb, "cpu_percent": cpu_percent}
+
+    def usage(self, ctids) -> dict[int, Usage]:
+        """Running containers' recorded use, in one read (nothing for a stopped or unrecorded one)."""
+        with self._db(write=False) as d:
+            out = {}
+            for ctid in ctids:
+                c, u = d["containers"].get(str(ctid)), d.get("usage", {}).get(str(ctid))
+                if c is not None and c["status"] == "running" and u is not None:
+                    out[ctid] = Usage(memory_mb=u["memory_mb"], memory_limit_mb=c.get("memory_mb"),
+                                      cpu_percent=u["cpu_percent"])
+            return out
 
     def exec_log(self) -> list:
         with self._db(write=False) as d:

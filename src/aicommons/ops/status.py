@@ -111,8 +111,16 @@ VERDICT_WORD = {HEALTHY: "healthy", DEGRADED: "degraded", CRITICAL: "critical"}
 def run_status(resolved: ResolvedSite, *, secrets: Lookup | None = None,
                targets: Mapping[str, str] | None = None, timeout: float = 3.0, slow_ms: float = 1000.0,
                base_dir: Path | None = None) -> tuple[int, list[Result]]:
+    return asyncio.run(status_async(resolved, secrets=secrets, targets=targets, timeout=timeout,
+                                    slow_ms=slow_ms, base_dir=base_dir))
+
+
+async def status_async(resolved: ResolvedSite, *, secrets: Lookup | None = None,
+                       targets: Mapping[str, str] | None = None, timeout: float = 3.0, slow_ms: float = 1000.0,
+                       base_dir: Path | None = None) -> tuple[int, list[Result]]:
+    """The same sweep for a caller that already runs an event loop (the portal)."""
     checks = plan_checks(resolved, secrets=secrets, targets=targets, base_dir=base_dir)
-    results = asyncio.run(sweep(checks, timeout=timeout, slow_ms=slow_ms))
+    results = await sweep(checks, timeout=timeout, slow_ms=slow_ms)
     return verdict(results), results
 
 

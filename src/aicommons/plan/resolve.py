@@ -380,7 +380,7 @@ def _shared_routes(ctx: _Ctx, containers: list[Container]) -> list[Route]:
         first = cs[0]
         if svc.route is not None:
             urls = tuple(f"http://{c.ip}:{svc.route.port}" for c in cs)
-            access = "operator" if svc.route.operator_only else ("sso" if n in ("ollama",) else "public")
+            access = "operator" if svc.route.operator_only else ("sso" if n in ("ollama", "portal") else "public")
             routes.append(Route(host=names.shared_host(svc.route.prefix, site.domain), url=urls[0], urls=urls,
                                 service=n, ctid=first.ctid, traefik_file=first.traefik_file, access=access,
                                 health_path=svc.health.path if svc.health.type == "http" else "/"))

@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import shutil
 import sqlite3
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -58,6 +59,14 @@ class DbError(Exception):
     """The database cannot be opened or read as a state."""
 
 
+# Files this process has open as a state, by (device, inode). POSIX drops every lock a process
+# holds on a file when it closes *any* descriptor of it: reading the header of a file SQLite
+# already has open would drop SQLite's locks, and another process would then delete the WAL
+# index under the open connection. Such a file was checked when it was first opened.
+_HELD: dict[tuple[int, int], int] = {}
+_HELD_MU = threading.Lock()
+
+
 class SqliteDb:
     migrations = ["", SQLITE_V1, SQLITE_V2]
 
@@ -65,11 +74,18 @@ class SqliteDb:
         self.path = path
         self.where = str(path)
         self.conn = sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=False)
+        st = os.stat(path)
+        self._key = (st.st_dev, st.st_ino)
+        with _HELD_MU:
+            _HELD[self._key] = _HELD.get(self._key, 0) + 1
 
     @staticmethod
     def check_file(path: Path) -> bool:
         """False if the file exists, is not empty and is not SQLite (never opened then)."""
         if not path.exists() or not path.stat().st_size:
+            return True
+        st = path.stat()
+        if (st.st_dev, st.st_ino) in _HELD:
             return True
         with open(path, "rb") as f:
             return f.read(16) == b"SQLite format 3\x00"
@@ -105,6 +121,15 @@ class SqliteDb:
 
     def close(self) -> None:
         self.conn.close()
+        if self._key is None:
+            return
+        key, self._key = self._key, None
+        with _HELD_MU:
+            left = _HELD.get(key, 0) - 1
+            if left > 0:
+                _HELD[key] = left
+            else:
+                _HELD.pop(key, None)
 
 
 class PgDb:

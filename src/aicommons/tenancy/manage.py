@@ -205,9 +205,14 @@ class Context:
         return {k: self.secrets.get(t.user, k) for k in tenant_keys(t)}
 
 
+def _by(command: str, actor: str | None) -> str:
+    return f"{command} (by {actor})" if actor else command
+
+
 def add_user(site_file: Path, name: str, email: str | None = None, *, state_path=None, driver=None,
-             backends=None, out=None):
-    """Validate, append to site.yaml, then let the engine create exactly this user."""
+             backends=None, out=None, actor: str | None = None):
+    """Validate, append to site.yaml, then let the engine create exactly this user.
+    actor: who asked, when not the OS user (the portal's signed-in operator), for the run history."""
     from aicommons.engine.api import apply_site, open_state
 
     user = validate_new_user(name, email)
@@ -218,14 +223,14 @@ def add_user(site_file: Path, name: str, email: str | None = None, *, state_path
         state.close()
     added = append_user(Path(site_file), user)
     result = apply_site(site_file, state_path=state_path, targets={name}, yes=True, driver=driver,
-                        backends=backends, out=out, command=f"users add {name}")
+                        backends=backends, out=out, command=_by(f"users add {name}", actor))
     if returning and result.ok:
         set_suspended(Path(site_file), name, False, state_path=state_path, backends=backends)
     return added, result
 
 
 def remove_user(site_file: Path, name: str, *, keep_data: bool = False, purge: bool = False, state_path=None,
-                driver=None, backends=None, out=None):
+                driver=None, backends=None, out=None, actor: str | None = None):
     """Archive (unless purge) and drop the user's slices, then its container and its site.yaml entry.
 
     keep_data: logins are revoked and the data left in place, forgotten by the state so later
@@ -246,7 +251,7 @@ def remove_user(site_file: Path, name: str, *, keep_data: bool = False, purge: b
                 ctx.session.state.forget_applied(addr)
     drop_user(site_file, name)
     result = apply_site(site_file, state_path=state_path, targets={name}, yes=True, driver=driver,
-                        backends=backends, out=out, purge=purge, command=f"users remove {name}")
+                        backends=backends, out=out, purge=purge, command=_by(f"users remove {name}", actor))
     if result.ok:
         state = open_state(site_file, state_path)
         try:
@@ -274,11 +279,107 @@ def set_suspended(site_file: Path, name: str, suspended: bool, *, state_path=Non
                 done.append(b.name)
             except AicError as exc:
                 failed.append(f"{b.name}: {exc}")
+        if done and not failed:  # what the portal and `users list` show; the back ends stay the truth
+            ctx.session.state.set_meta(f"suspended.{name}", "1" if suspended else "0")
         if failed:
             verb = "suspend" if suspended else "resume"
             raise AicError(f"{verb} {name} finished in {', '.join(done) or 'no back end'} but not in: "
                            + "; ".join(failed) + f". Fix it and run `aicommons users {verb} {name}` again")
         return done
+
+
+def suspended_users(state) -> set[str]:
+    """Users whose last suspend/resume was a suspend (recorded by set_suspended)."""
+    rows = state._read("SELECT key, value FROM meta WHERE key LIKE 'suspended.%'")
+    return {k.removeprefix("suspended.") for k, v in rows if v == "1"}
+
+
+def restart_user(site_file: Path, name: str, *, state_path=None, driver=None, out=None,
+                 actor: str | None = None) -> None:
+    """Stop and start the user's container (every app of theirs restarts), under the site's lock
+    and recorded as a run like any apply."""
+    from aicommons.engine.api import default_driver
+    from aicommons.state.lock import StateLock
+
+    say = (lambda line: print(line, file=out, flush=True)) if out is not None else (lambda line: None)
+    require_user(Path(site_file), name)
+    with Context(Path(site_file), state_path=state_path, backends=[]) as ctx:
+        t, state = ctx.tenant(name), ctx.session.state
+        command = _by(f"users restart {name}", actor)
+        lock = StateLock(state, command)
+        lock.acquire()
+        drv = driver if driver is not None else default_driver(ctx.session.site)
+        run_id = state.begin_run(command)
+        outcome = "failed"
+        try:
+            c = drv.get(t.ctid)
+            if c is None:
+                raise AicError(f"{name}'s container {t.ctid} does not exist yet; `aicommons users add {name}` "
+                               "finishes provisioning it")
+            if c.status == "running":
+                say(f"stopping container {t.ctid}")
+                drv.stop(t.ctid)
+            say(f"starting container {t.ctid}")
+            drv.start(t.ctid)
+            drv.wait_ready(t.ctid)
+            say(f"container {t.ctid} is running")
+            outcome = "ok"
+        finally:
+            state.finish_run(run_id, outcome, {"ok": 1 if outcome == "ok" else 0, "failed": int(outcome != "ok")})
+            lock.release()
+            closer = getattr(drv, "close", None)
+            if driver is None and callable(closer):
+                closer()
+
+
+def preview_user(site_file: Path, name: str, action: str, email: str | None = None, *, state_path=None,
+                 driver=None, backends=None) -> list[dict]:
+    """What `users add|remove|suspend|resume NAME` will do, before it does it (nothing is changed;
+    add/remove plan against a copy of site.yaml with the user added or dropped)."""
+    from aicommons.engine.api import plan_site, select
+    from aicommons.state.store import default_path
+
+    site_file = Path(site_file)
+    if action in ("suspend", "resume"):
+        require_user(site_file, name)
+        with Context(site_file, state_path=state_path, backends=backends) as ctx:
+            verb = "revoke" if action == "suspend" else "restore"
+            return [{"action": "update", "address": f"{b.name}.{name}", "reason": f"{verb} {name}'s logins; data kept"}
+                    for b in ctx.backends]
+    if action == "add":
+        user = validate_new_user(name, email)
+        if name in user_names(site_file):
+            return [{"action": "no-op", "address": name, "reason": f"{name} is already in {site_file.name}; "
+                     "adding completes its provisioning"}]
+        text = site_file.read_text(encoding="utf-8")
+        entry = {"name": user.name, **({"email": user.email} if user.email else {})}
+        new = _append_text(text, entry)
+        if new is None:
+            y = _yaml()
+            data = y.load(text)
+            data["users"] = (data.get("users") or []) + [entry]
+            buf = io.StringIO()
+            y.dump(data, buf)
+            new = buf.getvalue()
+    elif action == "remove":
+        require_user(site_file, name)
+        y = _yaml()
+        data = y.load(site_file.read_text(encoding="utf-8"))
+        data["users"] = [u for u in data["users"] if not (isinstance(u, Mapping) and u.get("name") == name)]
+        buf = io.StringIO()
+        y.dump(data, buf)
+        new = buf.getvalue()
+    else:
+        raise AicError(f"action {action!r}: use add, remove, suspend or resume")
+    copy = site_file.with_name(f".{site_file.stem}.preview-{os.getpid()}.yaml")  # beside it: same key file
+    copy.write_text(new, encoding="utf-8")
+    try:
+        plan = plan_site(copy, state_path=state_path or os.environ.get("AICOMMONS_STATE") or default_path(site_file),
+                         driver=driver, backends=backends)
+    finally:
+        copy.unlink(missing_ok=True)
+    plan = select(plan, {name})
+    return [c.to_dict() for c in plan.changes if c.action != "no-op"]
 
 
 def show_user(site_file: Path, name: str, *, reveal: bool = False, state_path=None) -> dict:
@@ -345,4 +446,24 @@ def audit_site(site_file: Path, *, state_path=None, backends=None
                 skipped.append(f"{b.name}: {exc}")
         warnings = [w for b in ctx.backends for w in getattr(b, "warnings", [])] + [
             n for n in notes if n in ctx.session.skip_notes]
+        record_audit(ctx.session.state, checks, skipped, warnings)
         return checks, skipped, warnings
+
+
+def record_audit(state, checks: list[AuditCheck], skipped: list[str], warnings: list[str]) -> None:
+    """Keep the last audit's verdict in the state (no secret: actors, targets, resources only)."""
+    import json
+    import time
+    from dataclasses import asdict
+
+    leaks = [asdict(c) for c in checks if not c.ok]
+    state.set_meta("audit.last", json.dumps({
+        "at": time.time(), "checks": len(checks), "leaks": leaks, "skipped": skipped, "warnings": warnings,
+        "ok": bool(checks) and not leaks and not skipped}))
+
+
+def last_audit(state) -> dict | None:
+    import json
+
+    raw = state.meta("audit.last")
+    return json.loads(raw) if raw else None

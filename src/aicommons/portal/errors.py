@@ -1,0 +1,26 @@
+"""The portal's own refusals, as AicErrors with the HTTP status they answer with."""
+
+from __future__ import annotations
+
+from aicommons.errors import AicError
+
+
+class Forbidden(AicError):
+    status = 403
+
+
+class NotSignedIn(AicError):
+    status = 401
+
+
+def http_status(exc: AicError) -> int:
+    from aicommons.state.lock import LockHeld
+    from aicommons.tenancy.manage import UnknownUser
+
+    if isinstance(exc, (Forbidden, NotSignedIn)):
+        return exc.status
+    if isinstance(exc, UnknownUser):
+        return 404
+    if isinstance(exc, LockHeld):
+        return 409  # another apply holds the site: try again when it is done
+    return 400

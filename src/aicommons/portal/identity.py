@@ -1,0 +1,78 @@
+"""Who is asking: Authentik's forward-auth headers from a trusted proxy, or the operator token.
+
+Traefik's forwardAuth copies `X-authentik-*` from Authentik's answer onto the request. Anyone
+else can send the same headers, so they are believed only when the TCP peer is one of the
+configured proxies (uvicorn runs with proxy_headers off: X-Forwarded-For cannot fake the peer).
+A site without SSO signs the operator in with the local admin token instead; the browser then
+holds a signed, expiring cookie, never the token.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+import secrets
+import time
+from dataclasses import dataclass
+
+from aicommons.portal.config import PortalConfig
+
+log = logging.getLogger("aicommons.portal")
+
+USER_HEADER, EMAIL_HEADER, GROUPS_HEADER = "x-authentik-username", "x-authentik-email", "x-authentik-groups"
+COOKIE = "aicommons_operator"
+SESSION_SECONDS = 8 * 3600
+
+
+@dataclass(frozen=True)
+class Identity:
+    name: str
+    email: str | None
+    groups: tuple[str, ...]
+    operator: bool
+    via: str  # "sso" (forward-auth headers) or "token" (the local operator token)
+    session: str = ""  # the token session's nonce (CSRF tokens are bound to it)
+
+
+def _sign(key: str, text: str) -> str:
+    return hmac.new(key.encode(), text.encode(), hashlib.sha256).hexdigest()
+
+
+def session_cookie(key: str, now: float | None = None) -> str:
+    """`nonce.expiry.signature` for a freshly signed-in operator."""
+    body = f"{secrets.token_urlsafe(12)}.{int((now or time.time()) + SESSION_SECONDS)}"
+    return f"{body}.{_sign(key, 'session|' + body)}"
+
+
+def _from_cookie(value: str, key: str) -> Identity | None:
+    try:
+        nonce, expiry, sig = value.split(".")
+        live = int(expiry) > time.time()
+    except ValueError:
+        return None
+    if not live or not hmac.compare_digest(sig, _sign(key, f"session|{nonce}.{expiry}")):
+        return None
+    return Identity("operator", None, (), True, "token", nonce)
+
+
+def identify(peer: str | None, headers, cookies, cfg: PortalConfig, session_key: str) -> Identity | None:
+    name = (headers.get(USER_HEADER) or "").strip()
+    if name:
+        if cfg.trusts(peer):
+            groups = tuple(g for g in (headers.get(GROUPS_HEADER) or "").split("|") if g)
+            return Identity(name, (headers.get(EMAIL_HEADER) or "").strip() or None, groups,
+                            cfg.operator_group in groups, "sso")
+        log.warning("ignored forward-auth headers from %s: not a trusted proxy", peer)
+    if cfg.admin_token and (value := cookies.get(COOKIE)):
+        return _from_cookie(value, session_key)
+    return None
+
+
+def csrf_token(ident: Identity, key: str) -> str:
+    """Bound to the person (and to the token session): a page of one cannot act for another."""
+    return _sign(key, f"csrf|{ident.via}|{ident.name}|{ident.session}")
+
+
+def csrf_ok(ident: Identity, key: str, sent: str | None) -> bool:
+    return bool(sent) and hmac.compare_digest(sent, csrf_token(ident, key))

@@ -1,0 +1,1 @@
+"""Pages (HTML) and the JSON API; both call the same functions."""

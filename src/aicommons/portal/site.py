@@ -1,0 +1,146 @@
+"""The portal's window on the site: the resolved site, live status, containers, backups, audit.
+
+Every number comes from the functions the CLI uses (plan.resolve with the state's held slots,
+ops.status's sweep, the driver's read-back, the backup repository, the recorded audit). What is
+costly is cached and invalidated by what it depends on: the resolved site by site.yaml's
+mtime/size and the state's serial; the status sweep by age (`refresh_seconds`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from pathlib import Path
+
+from aicommons.catalog import load_catalog
+from aicommons.portal.config import PortalConfig
+
+log = logging.getLogger("aicommons.portal")
+
+
+class SiteView:
+    def __init__(self, cfg: PortalConfig, driver=None):
+        from aicommons.engine.api import open_state
+
+        self.cfg = cfg
+        self.site_file = Path(cfg.site_file)
+        self.state = open_state(self.site_file, cfg.state_path)
+        self._driver = driver
+        self._resolved = None
+        self._resolved_key = None
+        self._mu = threading.Lock()
+        self._status: tuple[float, int, list] | None = None  # (when, verdict, results)
+        self.sweep_ms: float | None = None  # how long the last sweep took
+        self._sweep_lock = asyncio.Lock()
+        self.catalog = load_catalog()
+
+    def close(self) -> None:
+        closer = getattr(self._driver, "close", None)
+        if callable(closer):
+            closer()
+        self.state.close()
+
+    # ---- the site --------------------------------------------------------------------------
+
+    def resolved(self):
+        """The resolved site with the state's held slots (what `plan` resolves), cached."""
+        from aicommons.plan import resolve
+        from aicommons.spec import load_site
+
+        st = self.site_file.stat()
+        key = (st.st_mtime_ns, st.st_size, self.state.serial())
+        with self._mu:
+            if key != self._resolved_key:
+                site, index = load_site(self.site_file)
+                self._resolved = resolve(site, held=self.state.held_slots(), index=index)
+                self._resolved_key = key
+            return self._resolved
+
+    @property
+    def driver(self):
+        if self._driver is None:
+            from aicommons.engine.api import default_driver
+
+            self._driver = default_driver(self.resolved().site)
+        return self._driver
+
+    def secrets(self):
+        from aicommons.engine.api import key_source
+
+        return self.state.secrets(key_source(self.resolved().site, self.state, self.site_file))
+
+    # ---- live status -----------------------------------------------------------------------
+
+    async def status(self, fresh: bool = False) -> tuple[float, int, list]:
+        """(when, verdict, results) of the last sweep; a new one when asked, when there is none (or a
+        change invalidated it), or when the background sweeper has fallen behind."""
+        from aicommons.ops.site import existing_only
+        from aicommons.ops.status import status_async
+
+        async with self._sweep_lock:  # one sweep at a time; waiters reuse its result
+            stale = 2 * max(1.0, self.cfg.refresh_seconds) + self.cfg.status_timeout  # the sweeper is late
+            if fresh or self._status is None or time.time() - self._status[0] > stale:
+                r = self.resolved()
+                t0 = time.perf_counter()
+                code, results = await status_async(
+                    r, secrets=existing_only(self.secrets()), targets=self.cfg.targets,
+                    timeout=self.cfg.status_timeout, base_dir=self.site_file.resolve().parent)
+                self.sweep_ms = (time.perf_counter() - t0) * 1000
+                self._status = (time.time(), code, results)
+            return self._status
+
+    async def keep_fresh(self) -> None:
+        """The background sweeper (started by the app): pages read its last result and never
+        wait for a sweep unless there is none yet or a change just invalidated it."""
+        while True:
+            try:
+                await self.status(fresh=True)
+            except Exception as exc:  # noqa: BLE001 - the next round tries again; pages say how old it is
+                log.warning("status sweep failed: %s", exc)
+            await asyncio.sleep(max(1.0, self.cfg.refresh_seconds))
+
+    def invalidate_status(self) -> None:
+        """After a change (a user added, a container restarted): the next read sweeps again."""
+        self._status = None
+
+    # ---- containers, backups, audit --------------------------------------------------------
+
+    def containers(self) -> dict[int, object]:
+        try:
+            return {c.ctid: c for c in self.driver.list_containers()}
+        except Exception as exc:  # noqa: BLE001 - a page still shows the rest when the driver is down
+            log.warning("driver read failed: %s", exc)
+            return {}
+
+    def usage(self, ctids: list[int]) -> dict:
+        """{ctid: Usage} from the driver, if it can read use at all (else nothing is shown)."""
+        read = getattr(self.driver, "usage", None)
+        if not callable(read):
+            return {}
+        try:
+            return read(ctids)
+        except Exception as exc:  # noqa: BLE001 - the page shows "not reported" instead
+            log.warning("usage read failed: %s", exc)
+            return {}
+
+    def backups(self) -> list:
+        from aicommons.ops.site import backup_repo
+
+        return backup_repo(self.site_file, self.resolved()).list()
+
+    def last_backup(self, user: str, backups: list | None = None):
+        """The newest backup that holds this user's data (a whole-site one or theirs alone)."""
+        return next((m for m in (backups if backups is not None else self.backups())
+                     if m.user in (None, user)), None)
+
+    def suspended(self) -> set[str]:
+        from aicommons.tenancy.manage import suspended_users
+
+        return suspended_users(self.state)
+
+    def last_audit(self) -> dict | None:
+        from aicommons.tenancy.manage import last_audit
+
+        return last_audit(self.state)

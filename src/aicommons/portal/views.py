@@ -1,0 +1,101 @@
+"""The data each page shows, as plain dicts: the HTML templates and the JSON API render the same."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from aicommons.ops.status import VERDICT_WORD
+from aicommons.portal.site import SiteView
+
+
+def _when(ts: float | str | None) -> str | None:
+    if ts is None:
+        return None
+    t = dt.datetime.fromisoformat(ts) if isinstance(ts, str) else dt.datetime.fromtimestamp(ts, dt.timezone.utc)
+    return t.astimezone(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+
+
+def _usage(u) -> dict | None:
+    if u is None:
+        return None
+    return {"memory_mb": round(u.memory_mb), "memory_limit_mb": u.memory_limit_mb,
+            "memory_percent": round(100 * u.memory_mb / u.memory_limit_mb) if u.memory_limit_mb else None,
+            "cpu_percent": None if u.cpu_percent is None else round(u.cpu_percent, 1)}
+
+
+def _app_states(results, user: str) -> dict[str, dict]:
+    return {r.check.name.split("/", 1)[1]: {"state": r.state, "latency_ms": round(r.latency_ms), "reason": r.reason}
+            for r in results if r.check.user == user}
+
+
+def person(view: SiteView, name: str, status, *, backups: list | None = None, containers: dict | None = None,
+           allocs: dict | None = None, suspended: set | None = None, usage: dict | None = None) -> dict | None:
+    """One person's workbench: None when the site has no slot for them (the keyword arguments
+    let the console read the state, driver and backups once for every row)."""
+    r = view.resolved()
+    t = next((x for x in r.tenants if x.user == name), None)
+    if t is None:
+        return None
+    allocs = allocs if allocs is not None else {a.user: a.status for a in view.state.allocations()}
+    suspended = suspended if suspended is not None else view.suspended()
+    containers = containers if containers is not None else view.containers()
+    c = containers.get(t.ctid)
+    usage = usage if usage is not None else view.usage([t.ctid])
+    states = _app_states(status[2], name) if status else {}
+    apps = []
+    for app in t.apps:
+        spec = view.catalog.apps[app]
+        s = states.get(app, {"state": "unchecked", "latency_ms": None, "reason": "not checked yet"})
+        apps.append({"name": app, "title": spec.title, "url": f"https://{t.hosts[app]}", **s})
+    last = view.last_backup(name, backups)
+    return {
+        "user": name, "email": t.email, "ip": t.ip, "ctid": t.ctid,
+        "slot": allocs.get(name, "planned"), "suspended": name in suspended,
+        "container": c.status if c else "missing",
+        "usage": _usage(usage.get(t.ctid)) if c is not None and c.status == "running" else None,
+        "apps": apps, "apps_ok": sum(a["state"] == "ok" for a in apps),
+        "last_backup": {"id": last.id, "at": _when(last.created), "scope": last.user or "site"} if last else None,
+        "checked_at": _when(status[0]) if status else None,
+    }
+
+
+def health(status, sweep_ms: float | None = None) -> dict:
+    """The sweep for the console: shared services by phase, one line per user."""
+    if status is None:
+        return {"verdict": "unknown", "checked_at": None, "sweep_ms": None, "shared": [], "users": {}}
+    when, code, results = status
+    shared = sorted((r for r in results if r.check.user is None), key=lambda r: (r.check.phase, r.check.name))
+    users: dict[str, dict] = {}
+    for r in results:
+        if r.check.user is not None:
+            u = users.setdefault(r.check.user, {"ok": 0, "total": 0, "bad": []})
+            u["total"] += 1
+            u["ok"] += r.state == "ok"
+            if r.state in ("down", "slow"):
+                u["bad"].append(f"{r.check.name.split('/', 1)[1]} {r.state}")
+    return {"verdict": VERDICT_WORD[code], "exit_code": code, "checked_at": _when(when),
+            "sweep_ms": None if sweep_ms is None else round(sweep_ms),
+            "shared": [{"name": r.check.name, "phase": r.check.phase, "state": r.state, "critical": r.check.critical,
+                        "latency_ms": round(r.latency_ms), "reason": r.reason} for r in shared],
+            "users": users}
+
+
+def users(view: SiteView, status) -> list[dict]:
+    tenants = view.resolved().tenants
+    common = {"backups": view.backups(), "containers": view.containers(), "suspended": view.suspended(),
+              "allocs": {a.user: a.status for a in view.state.allocations()},
+              "usage": view.usage([t.ctid for t in tenants])}
+    return [person(view, t.user, status, **common) for t in tenants]
+
+
+def backups(view: SiteView) -> list[dict]:
+    return [{"id": m.id, "created": _when(m.created), "scope": m.user or "site", "item_count": len(m.items),
+             "bytes": sum(i.size for i in m.items),
+             "skipped": [i.name for i in m.items if i.kind == "skipped"]} for m in view.backups()]
+
+
+def audit(view: SiteView) -> dict | None:
+    a = view.last_audit()
+    if a is None:
+        return None
+    return {**a, "at": _when(a["at"])}

@@ -30,13 +30,17 @@ class UnknownUser(AicError):
 
 # ---- site.yaml ---------------------------------------------------------------------------------
 
+_FIXES = {"name": "user names are lower-case letters, digits and single '-' (e.g. alice, team-2), not a reserved name",
+          "email": "give a plain address such as alice@example.org (letters, digits and . _ % + - before the @)"}
+
+
 def validate_new_user(name: str, email: str | None) -> User:
     """The site model's own rules; quotes, unicode and shell/SQL metacharacters never pass."""
     try:
         return User(name=name, email=email)
     except ValidationError as exc:
         problems = [Problem(f"users[+].{'.'.join(str(p) for p in e['loc'])}", e["msg"].removeprefix("Value error, "),
-                            "user names are lower-case letters, digits and single '-' (e.g. alice, team-2)")
+                            _FIXES.get(str(e["loc"][0]) if e["loc"] else "", _FIXES["name"]))
                     for e in exc.errors(include_url=False)]
         raise SiteInvalid(problems) from None
 

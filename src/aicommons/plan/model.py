@@ -132,6 +132,7 @@ class ResolvedSite:
     # line and the firewall's operator set (one list for all three).
     operator_sources: tuple[str, ...] = ()
     certificates: tuple[Certificate, ...] = ()
+    certificate_changes: dict[str, str] = field(default_factory=dict)  # name -> new/changed/removed
 
     def container(self, ctid: int) -> Container:
         for c in self.containers:
@@ -158,7 +159,8 @@ class ResolvedSite:
             "endpoints": {k: asdict(v) for k, v in self.endpoints.items()},
             "totals": asdict(self.totals),
             "operator_sources": list(self.operator_sources),
-            "certificates": [asdict(c) for c in self.certificates],
+            "certificates": [{**asdict(c), "change": self.certificate_changes.get(c.name, "kept")}
+                             for c in self.certificates],
             "seed_figures": SEED_FIGURES,
             "notes": list(self.notes),
         }

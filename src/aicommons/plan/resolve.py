@@ -471,14 +471,16 @@ def _resolve(site: Site, catalog: Catalog, held: dict[str, str],
     if site.object_storage == "minio":
         notes.append("MinIO's community edition is archived (Feb 2026); plan a move to Garage.")
     certs = _certificates(site, routes, current_certs)
-    issued = [n for n, what in certs_plan.changes(current_certs, certs).items() if what != "removed"]
+    cert_changes = certs_plan.changes(current_certs, certs)
+    issued = [n for n, what in cert_changes.items() if what != "removed"]
     if len(issued) > certs_plan.WEEKLY_LIMIT:
         notes.append(f"certificates: this change asks Let's Encrypt for {len(issued)} certificates; it issues at most "
                      f"{certs_plan.WEEKLY_LIMIT} per registered domain per week, so the rest would wait "
                      "(set network.traefik.dns_provider for one wildcard, or add users in smaller steps)")
     return ResolvedSite(site=site, containers=containers, routes=routes, tenants=tenants, endpoints=endpoints,
                         totals=totals, proxy_ip=str(net.traefik.address), proxy_file=proxy_file, notes=notes,
-                        operator_sources=operator_sources(site), certificates=certs), ctx
+                        operator_sources=operator_sources(site), certificates=certs,
+                        certificate_changes=cert_changes), ctx
 
 
 def to_problems(ctx: _Ctx, index: LineIndex | None) -> list[Problem]:

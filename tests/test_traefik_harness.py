@@ -139,23 +139,33 @@ def with_auth_server(resolved: ResolvedSite, backends: Backends) -> ResolvedSite
     return _point_at(resolved, addr)
 
 
-class _ToTraefik(httpx.HTTPTransport):
+class _ToTraefik(httpx.BaseTransport):
     """Sends every https request to Traefik's loopback port, keeping the URL's host as SNI and Host
     header (what DNS pointing at Traefik does); the response keeps the URL, so cookies and
-    redirects behave as in a browser."""
+    redirects behave as in a browser. One connection pool per host, as a browser has: a TLS
+    connection is never reused for another host (its SNI picked the route)."""
 
     def __init__(self, port: int, source: str | None = None) -> None:
-        super().__init__(verify=False, local_address=source)
-        self.port = port
+        self.port, self.source = port, source
+        self.pools: dict[str, httpx.HTTPTransport] = {}
+        self.lock = threading.Lock()
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
         original = request.url
+        with self.lock:
+            pool = self.pools.get(original.host)
+            if pool is None:
+                pool = self.pools[original.host] = httpx.HTTPTransport(verify=False, local_address=self.source)
         request.extensions = {**request.extensions, "sni_hostname": original.host}
         request.url = original.copy_with(host="127.0.0.1", port=self.port)
         try:
-            return super().handle_request(request)
+            return pool.handle_request(request)
         finally:
             request.url = original
+
+    def close(self) -> None:
+        for p in self.pools.values():
+            p.close()
 
 
 class Traefik:
@@ -179,7 +189,8 @@ class Traefik:
         # A dead loopback CA: Traefik never talks to Let's Encrypt from a test.
         acme["caServer"] = f"http://127.0.0.1:{free_port()}/directory"
         static["api"] = {"dashboard": True, "insecure": True}
-        static["log"] = {"level": "ERROR", "filePath": str(self.root / "traefik.log")}
+        # JSON, so tests can read what the ACME resolver asked for (`domains` of each failure)
+        static["log"] = {"level": "ERROR", "format": "json", "filePath": str(self.root / "traefik.log")}
         static.pop("accessLog", None)
         (self.root / "traefik.yml").write_text(yaml.safe_dump(static))
         self.proc: subprocess.Popen | None = None
@@ -252,8 +263,9 @@ class FakeSecrets:
         return self.values.setdefault((scope, key), secrets.token_urlsafe(32))
 
 
-def make_site(users: int = 50, tweak=None) -> ResolvedSite:
-    """The seed site (init's default) with `users` users, optionally changed by tweak(dict)."""
+def make_site(users: int = 50, tweak=None, certificates: dict | None = None) -> ResolvedSite:
+    """The seed site (init's default) with `users` users, optionally changed by tweak(dict);
+    `certificates`: the assignment in force (as the state keeps it)."""
     from aicommons.plan import resolve
     from aicommons.spec.default import render_site_yaml
     from aicommons.spec.models import Site
@@ -262,4 +274,4 @@ def make_site(users: int = 50, tweak=None) -> ResolvedSite:
     data["services"] = {k: (v or {}) for k, v in data["services"].items()}
     if tweak:
         tweak(data)
-    return resolve(Site.model_validate(data))
+    return resolve(Site.model_validate(data), certificates=certificates)

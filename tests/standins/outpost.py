@@ -273,6 +273,8 @@ class Outpost:
                     sid = secrets.token_urlsafe(16)
                     outpost.ak_sessions[sid] = user
                     return self._send(200, body=b"signed in", cookies=[f"{AK_SESSION}={sid}; Path=/; HttpOnly; Secure"])
+                if path == "/-/health/live/":
+                    return self._send(200, {"Content-Type": "application/json"}, b"{}")
                 if path == "/":  # Authentik's root sends a browser to sign in
                     return self._send(302, {"Location": LOGIN_FLOW})
                 if path == LOGIN_FLOW:

@@ -281,6 +281,10 @@ def select(plan: Plan, targets) -> Plan:
     keep = {i for i, s in plan.steps.items() if i in targets or s.owner in targets or targets & set(s.addresses)}
     if keep:  # shared configuration lists every user (pg_hba, users.acl, blueprints): it follows them
         keep |= {i for i, s in plan.steps.items() if s.kind == "service"}
+        if plan.resolved is not None:  # so does the proxy's file: its certificate holders name users' hosts
+            from aicommons.engine import addresses
+
+            keep |= {addresses.traefik_file(plan.resolved.proxy_file)} & set(plan.steps)
     todo = list(keep)
     while todo:
         for d in plan.steps[todo.pop()].deps:

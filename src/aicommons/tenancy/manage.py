@@ -229,7 +229,7 @@ def add_user(site_file: Path, name: str, email: str | None = None, *, state_path
 
 
 def remove_user(site_file: Path, name: str, *, keep_data: bool = False, purge: bool = False, state_path=None,
-                driver=None, backends=None, out=None):
+                driver=None, backends=None, out=None, target=None):
     """Archive (unless purge) and drop the user's slices, then its container and its site.yaml entry.
 
     keep_data: logins are revoked and the data left in place, forgotten by the state so later
@@ -250,7 +250,7 @@ def remove_user(site_file: Path, name: str, *, keep_data: bool = False, purge: b
                 ctx.session.state.forget_applied(addr)
     drop_user(site_file, name)
     result = apply_site(site_file, state_path=state_path, targets={name}, yes=True, driver=driver,
-                        backends=backends, out=out, purge=purge, command=f"users remove {name}")
+                        backends=backends, out=out, purge=purge, command=f"users remove {name}", target=target)
     if result.ok:
         state = open_state(site_file, state_path)
         try:

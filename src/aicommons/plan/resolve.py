@@ -470,6 +470,11 @@ def _resolve(site: Site, catalog: Catalog, held: dict[str, str],
         notes.append("redis.isolation=db: Redis DB numbers do not isolate users (any client may SELECT).")
     if site.object_storage == "minio":
         notes.append("MinIO's community edition is archived (Feb 2026); plan a move to Garage.")
+    if "authentik" not in endpoints:
+        hidden = sorted({r.service for r in routes if r.access in ("owner", "site-users") and not r.own_login})
+        if hidden:
+            notes.append(f"without Authentik these have no sign-in and no login of their own, so they are not "
+                         f"published: {', '.join(hidden)} (enable authentik to publish them)")
     certs = _certificates(site, routes, current_certs)
     cert_changes = certs_plan.changes(current_certs, certs)
     issued = [n for n, what in cert_changes.items() if what != "removed"]

@@ -22,8 +22,8 @@ import json
 import os
 import time
 from collections import Counter, defaultdict
-from contextlib import closing
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import closing
 from pathlib import Path
 from urllib.parse import urlsplit
 

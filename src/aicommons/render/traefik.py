@@ -14,7 +14,7 @@ forward-auth also gets a higher-priority router sending /outpost.goauthentik.io/
 from __future__ import annotations
 
 from aicommons.plan.model import ResolvedSite, Route
-from aicommons.render.common import catalog, dump_yaml
+from aicommons.render.common import dump_yaml
 
 RESOLVER = "letsencrypt"
 HEADERS = "secure-headers"

@@ -33,8 +33,9 @@ AUTH_HEADERS = ["X-authentik-username", "X-authentik-groups", "X-authentik-entit
 # external_host + /outpost.goauthentik.io/callback). Authentik's own Traefik guide
 # (website/docs/.../_traefik_standalone.md) routes that prefix to the outpost with a higher priority.
 OUTPOST_PREFIX = "/outpost.goauthentik.io/"
-# Explicit priorities (Traefik's default is the rule's length): the outpost's paths first, then an
-# app's public paths, then the app; certificate holders never win.
+# Explicit priorities (Traefik v3 routers: the default priority is the rule's length, higher wins;
+# doc.traefik.io routing/routers "priority"): the outpost's paths first, then an app's public
+# paths, then the app; certificate holders never win.
 PRIORITY_OUTPOST, PRIORITY_PUBLIC, PRIORITY_APP, PRIORITY_CERT = 300, 200, 100, 1
 HEALTH_INTERVAL = "10s"
 HEADER = "# Rendered by aicommons: do not edit by hand (`aicommons render` rewrites it).\n"
@@ -97,7 +98,9 @@ def middlewares(resolved: ResolvedSite, route: Route) -> list[str]:
 
 def _http_router(resolved: ResolvedSite, route: Route) -> dict:
     # `tls: {}` without a resolver: certificates are asked for by the certificate holders in the
-    # proxy's file (one per SAN certificate), never one per router.
+    # proxy's file (one per SAN certificate), never one per router. A router's tls section replaces
+    # the entry point's entirely (doc.traefik.io v3 routing-configuration/http/tls/overview), and
+    # the ACME provider only watches routers naming its resolver (pkg/provider/acme/provider.go).
     return {"rule": f"Host(`{route.host}`)", "service": router_name(route), "entryPoints": ["websecure"],
             "middlewares": middlewares(resolved, route), "priority": PRIORITY_APP, "tls": {}}
 
@@ -148,7 +151,9 @@ def certificate_routers(resolved: ResolvedSite) -> dict[str, dict]:
     """One router per certificate: it names the certificate's domains for the ACME resolver.
 
     Traefik's ACME provider asks for `tls.domains` (main + sans) of every router that names the
-    resolver, and skips names a certificate it holds or is resolving already covers. Routers that
+    resolver, and skips names a certificate it holds or is resolving already covers
+    (pkg/provider/acme/provider.go: watchNewDomains, resolveCertificate, getUncheckedDomains; the
+    file provider's syntax is `tls: {certResolver, domains: [{main, sans}]}` on the router). Routers that
     serve traffic carry `tls: {}` (router TLS replaces the entry point's), so only these ask.
     The holder matches its main host at the lowest priority: the host's own router always wins.
     """

@@ -264,6 +264,15 @@ def test_blueprints_bind_each_app_to_its_owner(files, site):
     assert len(outpost["attrs"]["providers"]) == 50 * 8 + len(shared_guarded)
     assert outpost["identifiers"] == {"managed": "goauthentik.io/outposts/embedded"}
     assert outpost["attrs"]["config"]["authentik_host"] == "https://auth.valuechainhackers.xyz/"
+    # a blueprint replaces the whole config: every key Authentik documents for it is rendered
+    # (goauthentik/authentik website/docs/add-secure-apps/outposts/_config.md, OutpostConfig)
+    assert set(outpost["attrs"]["config"]) == {
+        "log_level", "refresh_interval", "authentik_host", "authentik_host_insecure", "authentik_host_browser",
+        "object_naming_template", "container_image", "session_backend", "kubernetes_postgresql_secret_name",
+        "kubernetes_postgresql_credentials_secret_name", "docker_network", "docker_map_ports", "docker_labels",
+        "kubernetes_replicas", "kubernetes_namespace", "kubernetes_ingress_annotations",
+        "kubernetes_ingress_secret_name", "kubernetes_service_type", "kubernetes_disabled_components",
+        "kubernetes_image_pull_secrets", "kubernetes_ingress_class_name", "kubernetes_json_patches"}
     site_binds = [e for e in site_bp["entries"] if e["model"] == "authentik_policies.policybinding"]
     assert len(site_binds) == len(shared_guarded) and {b["attrs"]["group"] for b in site_binds} == {"site-users"}
 

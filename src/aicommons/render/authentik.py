@@ -49,6 +49,9 @@ def outpost_config(resolved: ResolvedSite) -> dict:
         "refresh_interval": "minutes=5",
         "object_naming_template": "ak-outpost-%(name)s",
         "container_image": None,
+        "session_backend": "",  # embedded outposts keep sessions in Authentik's PostgreSQL regardless
+        "kubernetes_postgresql_secret_name": "",
+        "kubernetes_postgresql_credentials_secret_name": "",
         "docker_network": None,
         "docker_map_ports": True,
         "docker_labels": None,

@@ -79,12 +79,13 @@ def _time_to_serve(with_site: bool) -> float:
         time.sleep(2.5)  # past Traefik's provider throttle, so the write starts a fresh cycle
         new = {p: f for p, f in render_user(s51, "user51", secrets).items() if p.startswith("traefik/")}
         route = next(r for r in s51.routes if r.owner == "user51")
+        name, value = s51.outpost.session_for("user51", route.host)  # user51 signed in (the stand-in's cookie)
         with tr.client() as c:
             t0 = time.perf_counter()
             write_tree(new, tr.root)
             while time.perf_counter() - t0 < 30:
                 try:
-                    if c.get("/", headers={"Host": route.host, "X-Test-User": "user51"}).status_code == 200:
+                    if c.get("/", headers={"Host": route.host, "Cookie": f"{name}={value}"}).status_code == 200:
                         return time.perf_counter() - t0
                 except httpx.HTTPError:
                     pass

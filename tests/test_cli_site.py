@@ -39,6 +39,11 @@ def test_init_then_plan_json_has_the_seed(tmp_path: Path):
     assert urls["n8n-user2.valuechainhackers.xyz"] == "http://10.0.5.201:5678"
     assert urls["ollama.valuechainhackers.xyz"] == "http://10.0.5.100:11434"
     assert sum(len(c["services"]) for c in data["containers"] if c["role"] == "user") == 400
+    # the certificates Let's Encrypt is asked for: 5 SAN certificates, all new (no state yet)
+    certs = data["certificates"]
+    assert len(certs) == 5 and {c["change"] for c in certs} == {"new"} and all(len(c["hosts"]) <= 100 for c in certs)
+    assert sum(len(c["hosts"]) for c in certs) == len({r["host"] for r in data["routes"]}) + 1  # + traefik.<domain>
+    assert data["operator_sources"] and "10.0.0.0/16" not in data["operator_sources"]
 
 
 def test_plan_table_is_readable(tmp_path: Path):
@@ -47,6 +52,7 @@ def test_plan_table_is_readable(tmp_path: Path):
     p = run("plan", "-f", str(site))
     assert p.returncode == 0, p.stderr
     assert "ai-user1.example.org" in p.stdout and "totals" in p.stdout
+    assert "certificates (1)" in p.stdout and "cert-1" in p.stdout
     assert "Traceback" not in p.stderr
     # init's placeholder Proxmox host is never dialled: reality is not read, and the plan says why
     assert "placeholder" in p.stderr and "driver.api_url" in p.stderr

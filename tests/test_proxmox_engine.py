@@ -110,7 +110,7 @@ def test_users_remove_archives_with_vzdump_unless_purged(sim, tmp_path):
     ctids = {c.name: c.ctid for c in plan_site(site_file, **kw).resolved.containers if c.role == "user"}
     kept, purged = sorted(ctids)[:2]
 
-    result = remove_user(site_file, kept, driver=kw["driver"], backends=[])
+    result = remove_user(site_file, kept, driver=kw["driver"], backends=[], target=kw["target"])
     assert result.ok, [(o.step, o.detail) for o in result.errors]
     assert ctids[kept] not in sim.cluster.cts  # container gone ...
     (arch,) = _archives(sim, ctids[kept])  # ... its data kept as one protected vzdump archive
@@ -122,7 +122,7 @@ def test_users_remove_archives_with_vzdump_unless_purged(sim, tmp_path):
     ips = {e["cidr"] for e in sim.cluster.fw_ipsets[("cluster", "aic-users")]}  # the firewall followed
     assert ips == {c.ip for c in plan_site(site_file, **kw).resolved.containers if c.role == "user"}
 
-    result = remove_user(site_file, purged, purge=True, driver=kw["driver"], backends=[])
+    result = remove_user(site_file, purged, purge=True, driver=kw["driver"], backends=[], target=kw["target"])
     assert result.ok, [(o.step, o.detail) for o in result.errors]
     assert ctids[purged] not in sim.cluster.cts and _archives(sim, ctids[purged]) == []
     assert len([t for t in sim.cluster.tasks.values() if t.type == "vzdump"]) == 1

@@ -8,6 +8,8 @@ files in test_traefik_routes.py and test_render_servers.py.
 
 from __future__ import annotations
 
+import ipaddress
+
 import json
 import os
 import re
@@ -146,12 +148,19 @@ def test_user_file_routes_every_app_behind_its_owner(files, site):
         c = site.container(t.ctid)
         doc = _dyn(files, c.traefik_file)
         routers = doc["http"]["routers"]
-        hook = routers.pop(f"n8n-{t.user}-webhook")  # n8n's webhooks: the one path without forward-auth
-        assert hook["rule"] == f"Host(`{t.hosts['n8n']}`) && (PathPrefix(`/webhook/`))"
-        assert hook["middlewares"] == ["secure-headers"]
+        # n8n's production webhooks, Wait-node resume URLs and forms: the paths without forward-auth
+        hook = routers.pop(f"n8n-{t.user}-public")
+        assert hook["rule"] == (f"Host(`{t.hosts['n8n']}`) && (PathPrefix(`/webhook/`) || "
+                                "PathPrefix(`/webhook-waiting/`) || PathPrefix(`/form/`) || PathPrefix(`/form-waiting/`))")
+        assert hook["middlewares"] == ["secure-headers"] and hook["priority"] == 200
+        outposts = {n: routers.pop(n) for n in [n for n in routers if n.endswith("-outpost")]}
+        assert {r["rule"] for r in outposts.values()} == {
+            f"Host(`{h}`) && PathPrefix(`/outpost.goauthentik.io/`)" for h in t.hosts.values()}
+        assert all(r["service"] == "authentik-outpost" and r["middlewares"] == ["secure-headers"]
+                   and r["priority"] == 300 for r in outposts.values())
         assert {r["rule"] for r in routers.values()} == {f"Host(`{h}`)" for h in t.hosts.values()}
         for name, r in routers.items():
-            assert r["entryPoints"] == ["websecure"] and r["tls"] == {"certResolver": "letsencrypt"}
+            assert r["entryPoints"] == ["websecure"] and r["tls"] == {} and r["priority"] == 100
             assert r["middlewares"] == ["secure-headers", f"authentik-{t.user}"]
             assert doc["http"]["services"][r["service"]]["loadBalancer"]["servers"][0]["url"].startswith(f"http://{t.ip}:")
         fa = doc["http"]["middlewares"][f"authentik-{t.user}"]["forwardAuth"]
@@ -170,8 +179,14 @@ def test_shared_routes_headers_operator_and_no_database_router(files, site):
     for name in ("portainer", "prometheus", "traefik-api"):
         assert "operator-allow" in routers[name]["middlewares"]
     proxy = yaml.safe_load(files[f"traefik/dynamic/{site.proxy_file}"].content)
-    assert proxy["http"]["middlewares"]["operator-allow"]["ipAllowList"]["sourceRange"] == ["10.0.0.0/16"]
-    assert routers["ollama"]["middlewares"] == ["secure-headers", "authentik-sso"]
+    allow = proxy["http"]["middlewares"]["operator-allow"]["ipAllowList"]["sourceRange"]
+    assert allow == list(site.operator_sources) and "10.0.5.192/29" in allow and "10.0.5.250/31" in allow
+    assert proxy["http"]["services"]["authentik-outpost"]["loadBalancer"]["servers"] == [{"url": "http://10.0.5.146:9000"}]
+    # no login of their own: signed-in site users only (the catalog says so, not code)
+    for name in ("ollama", "comfyui", "sd", "searxng", "translate"):
+        assert routers[name]["middlewares"] == ["secure-headers", "authentik-sso"], name
+        assert routers[f"{name}-outpost"]["service"] == "authentik-outpost"
+    assert routers["git"]["middlewares"] == ["secure-headers"]  # Gitea signs people in itself
 
 
 def test_two_ollamas_one_balancer_and_tcp_opt_in():
@@ -188,7 +203,8 @@ def test_two_ollamas_one_balancer_and_tcp_opt_in():
     assert lb["healthCheck"]["path"] == "/"
     pg = next(c for c in s.containers if c.name == "postgres")
     tcp = _dyn(files, pg.traefik_file)["tcp"]
-    assert tcp["routers"]["postgres"]["rule"].startswith("HostSNI(") and tcp["routers"]["postgres"]["tls"]
+    assert tcp["routers"]["postgres"]["rule"].startswith("HostSNI(") and tcp["routers"]["postgres"]["tls"] == {}
+    assert tcp["routers"]["postgres"]["middlewares"] == ["operator-allow-tcp"]
     assert tcp["services"]["postgres"]["loadBalancer"]["servers"] == [{"address": f"{pg.ip}:5432"}]
     assert "http" not in _dyn(files, pg.traefik_file)
 
@@ -206,7 +222,9 @@ def test_static_config_http01_by_default_dns01_with_wildcard():
     st2 = static_config(s2)
     acme = st2["certificatesResolvers"]["letsencrypt"]["acme"]
     assert acme["dnsChallenge"] == {"provider": "cloudflare"} and "httpChallenge" not in acme
-    assert st2["entryPoints"]["websecure"]["http"]["tls"]["domains"][0]["sans"] == ["*.valuechainhackers.xyz"]
+    assert st2["entryPoints"]["websecure"]["http"]["tls"] == {}  # the certificate holders ask, not the entry point
+    assert [(c.name, c.hosts) for c in s2.certificates] == [
+        ("wildcard", ("valuechainhackers.xyz", "*.valuechainhackers.xyz"))]
 
 
 def test_without_authentik_loginless_apps_are_not_routed():
@@ -215,13 +233,19 @@ def test_without_authentik_loginless_apps_are_not_routed():
     routers = _dyn(files, s.container(s.tenants[0].ctid).traefik_file)["http"]["routers"]
     assert not any(n.startswith(("bigagi-", "chainforge-")) for n in routers)
     assert "ai-user1" in routers and "ollama" not in _dyn(files, "205100.yml").get("http", {}).get("routers", {})
+    assert not any(n.endswith("-outpost") for n in routers)  # no outpost to send sign-in to
+    (note,) = [n for n in s.notes if "without Authentik" in n]
+    assert "big-agi" in note and "comfyui" in note and "ollama" in note and "openwebui" not in note
 
 
 def test_blueprints_bind_each_app_to_its_owner(files, site):
     bp = _yaml(files["services/authentik/blueprints/user-user3.yaml"])
     assert bp["version"] == 1
     models = [e["model"] for e in bp["entries"]]
-    assert models[:2] == ["authentik_core.user", "authentik_core.group"]
+    assert models[:2] == ["authentik_core.group", "authentik_core.user"]
+    user = bp["entries"][1]
+    assert user["identifiers"] == {"username": "user3", "path": "aicommons/users"}  # never someone else's user
+    assert user["attrs"]["groups"] == ["group", ["authentik_core.group", ["name", "aicommons-users"]]]
     providers = [e for e in bp["entries"] if e["model"] == "authentik_providers_proxy.proxyprovider"]
     apps = [e for e in bp["entries"] if e["model"] == "authentik_core.application"]
     binds = [e for e in bp["entries"] if e["model"] == "authentik_policies.policybinding"]
@@ -232,7 +256,25 @@ def test_blueprints_bind_each_app_to_its_owner(files, site):
     assert {b["attrs"]["group"] for b in binds} == {"group"}  # !KeyOf group: the owner's group only
     site_bp = _yaml(files["services/authentik/blueprints/site.yaml"])
     outpost = site_bp["entries"][-1]
-    assert outpost["model"] == "authentik_outposts.outpost" and len(outpost["attrs"]["providers"]) == 50 * 8 + 2  # + ollama, portal
+    shared_guarded = [r for r in site.routes if r.owner is None and r.access == "site-users"]
+    # no login of their own (ollama, comfyui, sd, searxng, translate) and Qdrant's API (key auth, kept off the open net)
+    assert {r.service for r in shared_guarded} == {"ollama", "comfyui", "automatic1111", "searxng", "libretranslate",
+                                                    "qdrant"}
+    assert outpost["model"] == "authentik_outposts.outpost"
+    assert len(outpost["attrs"]["providers"]) == 50 * 8 + len(shared_guarded)
+    assert outpost["identifiers"] == {"managed": "goauthentik.io/outposts/embedded"}
+    assert outpost["attrs"]["config"]["authentik_host"] == "https://auth.valuechainhackers.xyz/"
+    # a blueprint replaces the whole config: every key Authentik documents for it is rendered
+    # (goauthentik/authentik website/docs/add-secure-apps/outposts/_config.md, OutpostConfig)
+    assert set(outpost["attrs"]["config"]) == {
+        "log_level", "refresh_interval", "authentik_host", "authentik_host_insecure", "authentik_host_browser",
+        "object_naming_template", "container_image", "session_backend", "kubernetes_postgresql_secret_name",
+        "kubernetes_postgresql_credentials_secret_name", "docker_network", "docker_map_ports", "docker_labels",
+        "kubernetes_replicas", "kubernetes_namespace", "kubernetes_ingress_annotations",
+        "kubernetes_ingress_secret_name", "kubernetes_service_type", "kubernetes_disabled_components",
+        "kubernetes_image_pull_secrets", "kubernetes_ingress_class_name", "kubernetes_json_patches"}
+    site_binds = [e for e in site_bp["entries"] if e["model"] == "authentik_policies.policybinding"]
+    assert len(site_binds) == len(shared_guarded) and {b["attrs"]["group"] for b in site_binds} == {"site-users"}
 
 
 def test_firewall_plan(site):
@@ -256,7 +298,9 @@ def test_firewall_plan(site):
     assert not any(r.source == "+aic-users" for r in fw.container(gitea.ctid).rules)
     assert "IN ACCEPT -source +aic-users -p tcp -dport 5432" in fw.container_fw(pg.ctid)
     ops = {s.name: s for s in fw.ipsets}["aic-operators"]
-    assert "10.0.5.200/29" in ops.nomatch
+    assert ops.cidrs == site.operator_sources and not ops.nomatch
+    users_net = [ipaddress.ip_network(f"{c.ip}/32") for c in users]
+    assert not any(u.subnet_of(ipaddress.ip_network(o)) for u in users_net for o in ops.cidrs)
     calls = fw.api_calls()
     assert ("PUT", f"/nodes/{{node}}/lxc/{pg.ctid}/firewall/options",
             {"enable": 1, "policy_in": "DROP", "policy_out": "ACCEPT"}) in calls

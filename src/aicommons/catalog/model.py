@@ -6,9 +6,10 @@ per-user app under `apps/`. Loaded once and validated by these models.
 
 from __future__ import annotations
 
+import re
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 Protocol = Literal["http", "tcp", "udp", "grpc"]
 BackupMethod = Literal[
@@ -18,6 +19,10 @@ BackupMethod = Literal[
 Need = Literal[
     "postgres", "redis", "qdrant", "object_storage", "ollama", "searxng", "langfuse", "authentik"
 ]
+# Who may open a route (docs/security.md has the matrix): anyone (`public`, only for software
+# with a login of its own), any signed-in site user (`site-users`), the app's owner (`owner`,
+# per-user apps) or operator addresses only (`operator`).
+Access = Literal["public", "site-users", "owner", "operator"]
 
 
 class Strict(BaseModel):
@@ -67,7 +72,6 @@ class Route(Strict):
 
     prefix: str
     port: int
-    operator_only: bool = False  # allow-list operator addresses (Portainer, Prometheus, ...)
 
 
 class Service(Strict):
@@ -83,6 +87,8 @@ class Service(Strict):
     install: Install
     ports: list[Port]
     route: Route | None = None
+    access: Access | None = None  # required with a route (checked below)
+    own_login: bool = False  # the software signs people in itself (else never `public`)
     health: Health
     resources: Resources
     depends_on: list[str] = Field(default_factory=list)
@@ -93,6 +99,17 @@ class Service(Strict):
     alternative_of: str | None = None  # e.g. minio is an alternative of the object_storage role
     role: str | None = None  # abstract role this service fills (object_storage)
     notes: str = ""
+
+    @model_validator(mode="after")
+    def _access(self) -> Service:
+        if self.route is not None and self.access is None:
+            raise ValueError(f"{self.name}: a routed service declares `access` (public, site-users or operator)")
+        if self.access == "owner":
+            raise ValueError(f"{self.name}: `owner` is for per-user apps; a shared service is site-users or operator")
+        if self.access == "public" and not self.own_login:
+            raise ValueError(f"{self.name}: without a login of its own a service is never public; "
+                             "use site-users (forward-auth) or operator")
+        return self
 
 
 class Native(Strict):
@@ -126,6 +143,9 @@ class App(Strict):
     container_port: int
     port: int  # port on the user container (distinct per app)
     route_prefix: str  # ai -> ai-user1.<domain>
+    access: Literal["owner"]  # a per-user app is its owner's alone (forward-auth admits only them)
+    # Paths outside callers reach without signing in (the app checks them itself), e.g. n8n's webhooks.
+    public_paths: list[str] = Field(default_factory=list)
     health: Health
     data_path: str | None
     needs: list[Need] = Field(default_factory=list)
@@ -138,3 +158,11 @@ class App(Strict):
     env: dict[str, str] = Field(default_factory=dict)
     native: Native | None = None
     notes: str = ""
+
+    @field_validator("public_paths")
+    @classmethod
+    def _paths(cls, v: list[str]) -> list[str]:
+        for p in v:
+            if not re.fullmatch(r"/[a-z0-9][a-z0-9._-]*/", p):
+                raise ValueError(f"public path {p!r}: write one path segment between slashes, e.g. /webhook/")
+        return v

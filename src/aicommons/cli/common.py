@@ -27,12 +27,12 @@ def load(path: Path) -> tuple[Site, LineIndex]:
     return load_site(path)
 
 
-def load_resolved(path: Path, held: dict[str, str] | None = None):
+def load_resolved(path: Path, held: dict[str, str] | None = None, certificates: dict | None = None):
     """Load the site file and resolve it; SiteInvalid lists every problem."""
     from aicommons.plan import resolve
 
     site, index = load(path)
-    return resolve(site, held=held, index=index)
+    return resolve(site, held=held, index=index, certificates=certificates)
 
 
 __all__ = ["console", "err_console", "load", "load_resolved", "SiteFile", "SiteInvalid"]

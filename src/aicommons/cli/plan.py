@@ -50,7 +50,8 @@ def plan(
         # Reality unreadable (no driver here, API down): still show what the site resolves to.
         err_console.print(f"[yellow]warning:[/] reality not read ({exc}); showing the resolved site only",
                           soft_wrap=True)
-        resolved = load_resolved(file, held=_held(file, state))
+        held, certs = _held(file, state)
+        resolved = load_resolved(file, held=held, certificates=certs)
         if as_json:
             print(json.dumps({**resolved.to_dict(), "changes": None, "reality": str(exc)}, indent=1))
         else:
@@ -70,15 +71,17 @@ def plan(
         raise SystemExit(2)  # typer.Exit is swallowed by main(standalone_mode=False)
 
 
-def _held(file: Path, state: str | None) -> dict[str, str]:
-    from aicommons.engine.api import open_state
+def _held(file: Path, state: str | None) -> tuple[dict[str, str], dict]:
+    """(held slots, certificate assignment) from the state, if there is one."""
+    from aicommons.engine.api import CERTS_META, open_state
+    from aicommons.plan import certificates as certs_plan
 
     try:
         s = open_state(file, state, create=False)
     except AicError:
-        return {}  # no state yet: nothing is held
+        return {}, {}  # no state yet: nothing is held
     try:
-        return s.held_slots()
+        return s.held_slots(), certs_plan.from_json(s.meta(CERTS_META))
     finally:
         s.close()
 
@@ -135,6 +138,13 @@ def print_plan(r: ResolvedSite, users_shown: int = 5) -> None:
     shared_routes = [x for x in r.routes if x.owner is None]
     console.print("shared routes: " + ", ".join(f"{x.host}" + (f" (x{len(x.urls)})" if len(x.urls) > 1 else "")
                                                for x in shared_routes))
+    t = Table("certificate", "names", "first name", "change", title=f"certificates ({len(r.certificates)})")
+    for c in r.certificates:
+        t.add_row(c.name, str(len(c.hosts)), c.hosts[0], r.certificate_changes.get(c.name, "kept"))
+    for name, what in r.certificate_changes.items():
+        if what == "removed":
+            t.add_row(name, "0", "-", "removed")
+    console.print(t)
     t = Table("total", "this plan", "seed", title="totals")
     tot = r.totals
     for key, val in (("containers", tot.containers), ("shared_containers", tot.shared_containers),

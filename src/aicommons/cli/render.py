@@ -20,14 +20,14 @@ class RenderUsageError(AicError):
 
 
 def _state_secrets(site_file: Path, site):
-    """(held slots, secret lookup) from the state store beside the site file."""
+    """(held slots, secret lookup, the store) from the state store beside the site file."""
     from aicommons.state.secrets import KeySource
     from aicommons.state.store import StateStore, default_path
 
     path = default_path(site_file)
     store = StateStore.open(path)
     source = KeySource.default(path.parent, site.secrets.key_file, site.secrets.key_env)
-    return store.held_slots(), store.secrets(source)
+    return store.held_slots(), store.secrets(source), store
 
 
 def render(
@@ -40,9 +40,12 @@ def render(
     from aicommons.render import render_site, render_user
     from aicommons.render.write import write_tree
 
+    from aicommons.engine.api import CERTS_META
+    from aicommons.plan import certificates as certs_plan
+
     site, index = load(file)
-    held, secrets = _state_secrets(file, site)
-    resolved = resolve(site, held=held, index=index)
+    held, secrets, store = _state_secrets(file, site)
+    resolved = resolve(site, held=held, index=index, certificates=certs_plan.from_json(store.meta(CERTS_META)))
     if user is not None:
         if user not in {t.user for t in resolved.tenants}:
             raise RenderUsageError(f"--user {user}: no such user in {file} (users: "
@@ -53,6 +56,8 @@ def render(
     # A full render owns these directories: a removed user's files must go (routes, blueprint).
     prune = () if user else ("traefik/dynamic", "services/authentik/blueprints")
     result = write_tree(files, out, prune=prune)
+    if user is None:  # the rendered proxy file names these certificates: keep the assignment stable
+        store.set_meta(CERTS_META, certs_plan.to_json(resolved.certificates))
     console.print(f"{len(result.written)} written, {len(result.unchanged)} unchanged, "
                   f"{len(result.removed)} removed in {out}")
     for p in result.written[:20]:

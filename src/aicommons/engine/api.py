@@ -17,7 +17,10 @@ from pathlib import Path
 from aicommons.engine.model import PLAN_FORMAT, ApplyResult, Plan
 from aicommons.engine.planner import FIREWALL, Planner, Reality
 from aicommons.errors import AicError
+from aicommons.plan import certificates as certs_plan
 from aicommons.state.store import StateStore, default_path
+
+CERTS_META = "certificates"  # state meta: certificate name -> hosts (JSON), the assignment in force
 
 
 class StalePlan(AicError):
@@ -126,7 +129,8 @@ class Session:
         site_file = self.site_file
         self.driver = None
         self.secrets = self.state.secrets(key_source(self.site, self.state, site_file))
-        self.resolved = resolve(self.site, held=self.state.held_slots(), index=index)
+        self.resolved = resolve(self.site, held=self.state.held_slots(), index=index,
+                                certificates=certs_plan.from_json(self.state.meta(CERTS_META)))
         self.notes: list[str] = list(self.resolved.notes)
         self.skip_notes: list[str] = []  # services the driver does not run: no tenants there
         self._own_driver = driver is None
@@ -277,6 +281,10 @@ def select(plan: Plan, targets) -> Plan:
     keep = {i for i, s in plan.steps.items() if i in targets or s.owner in targets or targets & set(s.addresses)}
     if keep:  # shared configuration lists every user (pg_hba, users.acl, blueprints): it follows them
         keep |= {i for i, s in plan.steps.items() if s.kind == "service"}
+        if plan.resolved is not None:  # so does the proxy's file: its certificate holders name users' hosts
+            from aicommons.engine import addresses
+
+            keep |= {addresses.traefik_file(plan.resolved.proxy_file)} & set(plan.steps)
     todo = list(keep)
     while todo:
         for d in plan.steps[todo.pop()].deps:
@@ -365,6 +373,8 @@ def apply_site(site_file, *, state_path=None, targets=None, yes: bool = True, dr
         for o in result.outcomes.values():
             o.detail = redact(o.detail)
         counts = {st: sum(o.status == st for o in result.outcomes.values()) for st in ("ok", "failed", "skipped")}
+        if result.ok:  # the certificate assignment now in force: the next plan keeps it stable
+            s.state.set_meta(CERTS_META, certs_plan.to_json(s.resolved.certificates))
         s.state.finish_run(run_id, "ok" if result.ok else "failed", {**counts, "changes": plan.counts()})
         rep.end(result)
         return result

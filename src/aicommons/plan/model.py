@@ -44,9 +44,12 @@ class Route:
     traefik_file: str
     kind: Literal["http", "tcp"] = "http"
     owner: str | None = None  # user name for per-user routes
-    # owner: forward-auth admitting only the owner; sso: any site user; operator: address allow-list
-    access: Literal["owner", "sso", "operator", "public"] = "public"
+    # From the catalog: owner (forward-auth admitting only the owner), site-users (forward-auth,
+    # any site user), operator (operator sources only), public (software with its own login).
+    access: Literal["owner", "site-users", "operator", "public"] = "public"
     health_path: str = "/"
+    own_login: bool = True  # False: never routed unless forward-auth protects it
+    public_paths: tuple[str, ...] = ()  # paths that skip sign-in (the app checks them itself)
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,6 +108,15 @@ SEED_FIGURES = {
 }
 
 
+@dataclass(frozen=True, slots=True)
+class Certificate:
+    """One Let's Encrypt certificate: `name` is stable (cert-1, ...), `hosts` its names (main first)."""
+
+    name: str
+    hosts: tuple[str, ...]
+    wildcard: bool = False
+
+
 @dataclass
 class ResolvedSite:
     site: Site
@@ -116,6 +128,11 @@ class ResolvedSite:
     proxy_ip: str
     proxy_file: str
     notes: list[str] = field(default_factory=list)
+    # operator_allow minus every user range: who may reach operator routes, pg_hba's superuser
+    # line and the firewall's operator set (one list for all three).
+    operator_sources: tuple[str, ...] = ()
+    certificates: tuple[Certificate, ...] = ()
+    certificate_changes: dict[str, str] = field(default_factory=dict)  # name -> new/changed/removed
 
     def container(self, ctid: int) -> Container:
         for c in self.containers:
@@ -141,6 +158,9 @@ class ResolvedSite:
             "tenants": [asdict(t) for t in self.tenants],
             "endpoints": {k: asdict(v) for k, v in self.endpoints.items()},
             "totals": asdict(self.totals),
+            "operator_sources": list(self.operator_sources),
+            "certificates": [{**asdict(c), "change": self.certificate_changes.get(c.name, "kept")}
+                             for c in self.certificates],
             "seed_figures": SEED_FIGURES,
             "notes": list(self.notes),
         }

@@ -16,9 +16,11 @@ from typing import Any
 
 from aicommons.catalog import Catalog, load_catalog
 from aicommons.errors import Problem, SiteInvalid
-from aicommons.plan import names
+from aicommons.plan import certificates as certs_plan, names
+from aicommons.plan.access import operator_sources
 from aicommons.plan.model import Container, Endpoint, ResolvedSite, Route, Tenant, Totals
 from aicommons.spec.load import LineIndex, format_path
+from aicommons.spec.identity import email_key
 from aicommons.spec.models import Site, parse_range
 
 SCALE_POOL = range(108, 120)
@@ -263,6 +265,7 @@ def _allocate_users(
     user_set = set(user_ips)
     assigned: dict[str, IP] = {}
     seen_names: dict[str, int] = {}
+    seen_emails: dict[str, str] = {}
     valid_users = []
     for i, u in enumerate(site.users):
         if u.name in seen_names:
@@ -270,6 +273,13 @@ def _allocate_users(
                         "remove the duplicate or rename one")
             continue
         seen_names[u.name] = i
+        if u.email:
+            key = email_key(u.email)
+            if key in seen_emails:
+                ctx.problem(("users", i, "email"), f"e-mail {u.email} is already {seen_emails[key]}'s",
+                            "give every user their own address (apps sign people in by e-mail)")
+                continue
+            seen_emails[key] = u.name
         valid_users.append((i, u))
     # 1. slots already held (state) and fixed slots (file) first, so free allocation cannot steal them.
     for i, u in valid_users:
@@ -363,8 +373,9 @@ def _allocate_users(
         for app in app_objs:
             url = f"http://{ip}:{app.port}"
             routes.append(Route(host=hosts[app.name], url=url, urls=(url,), service=app.name, ctid=ctid,
-                                traefik_file=tfile, owner=u.name, access="owner",
-                                health_path=app.health.path))
+                                traefik_file=tfile, owner=u.name, access=app.access,
+                                health_path=app.health.path, own_login=app.own_login,
+                                public_paths=tuple(app.public_paths)))
     return containers, tenants, routes
 
 
@@ -380,15 +391,16 @@ def _shared_routes(ctx: _Ctx, containers: list[Container]) -> list[Route]:
         first = cs[0]
         if svc.route is not None:
             urls = tuple(f"http://{c.ip}:{svc.route.port}" for c in cs)
-            access = "operator" if svc.route.operator_only else ("sso" if n in ("ollama", "portal") else "public")
             routes.append(Route(host=names.shared_host(svc.route.prefix, site.domain), url=urls[0], urls=urls,
-                                service=n, ctid=first.ctid, traefik_file=first.traefik_file, access=access,
-                                health_path=svc.health.path if svc.health.type == "http" else "/"))
+                                service=n, ctid=first.ctid, traefik_file=first.traefik_file, access=svc.access,
+                                health_path=svc.health.path if svc.health.type == "http" else "/",
+                                own_login=svc.own_login))
         elif ov.expose_tcp and svc.ports:
             p = svc.ports[0]
             urls = tuple(f"tcp://{c.ip}:{p.port}" for c in cs)
             routes.append(Route(host=names.shared_host(n, site.domain), url=urls[0], urls=urls, service=n,
-                                ctid=first.ctid, traefik_file=first.traefik_file, kind="tcp", access="operator"))
+                                ctid=first.ctid, traefik_file=first.traefik_file, kind="tcp", access="operator",
+                                own_login=svc.own_login))
     return routes
 
 
@@ -418,7 +430,19 @@ def _check_driver(ctx: _Ctx) -> None:
             ctx.problem(("services", n, "node"), f"node {ov.node!r} is not in driver.nodes", "add the node or fix the name")
 
 
-def _resolve(site: Site, catalog: Catalog, held: dict[str, str]) -> tuple[ResolvedSite | None, _Ctx]:
+def _certificates(site: Site, routes: list[Route], current: dict[str, tuple[str, ...]] | None):
+    """Certificate units: the site's own hosts (Traefik's API included) first, then one per user."""
+    shared = tuple([names.shared_host("traefik", site.domain)] + [r.host for r in routes if r.owner is None])
+    units: dict[str, list[str]] = {}
+    for r in routes:
+        if r.owner is not None:
+            units.setdefault(r.owner, []).append(r.host)
+    return certs_plan.plan_certificates([shared] + [tuple(u) for u in units.values()], current,
+                                          site.domain if site.network.traefik.dns_provider else None)
+
+
+def _resolve(site: Site, catalog: Catalog, held: dict[str, str],
+             current_certs: dict[str, tuple[str, ...]] | None = None) -> tuple[ResolvedSite | None, _Ctx]:
     ctx = _Ctx(site, catalog)
     shared_range, user_ips = _check_network(ctx)
     _check_services(ctx)
@@ -446,8 +470,22 @@ def _resolve(site: Site, catalog: Catalog, held: dict[str, str]) -> tuple[Resolv
         notes.append("redis.isolation=db: Redis DB numbers do not isolate users (any client may SELECT).")
     if site.object_storage == "minio":
         notes.append("MinIO's community edition is archived (Feb 2026); plan a move to Garage.")
+    if "authentik" not in endpoints:
+        hidden = sorted({r.service for r in routes if r.access in ("owner", "site-users") and not r.own_login})
+        if hidden:
+            notes.append(f"without Authentik these have no sign-in and no login of their own, so they are not "
+                         f"published: {', '.join(hidden)} (enable authentik to publish them)")
+    certs = _certificates(site, routes, current_certs)
+    cert_changes = certs_plan.changes(current_certs, certs)
+    issued = [n for n, what in cert_changes.items() if what != "removed"]
+    if len(issued) > certs_plan.WEEKLY_LIMIT:
+        notes.append(f"certificates: this change asks Let's Encrypt for {len(issued)} certificates; it issues at most "
+                     f"{certs_plan.WEEKLY_LIMIT} per registered domain per week, so the rest would wait "
+                     "(set network.traefik.dns_provider for one wildcard, or add users in smaller steps)")
     return ResolvedSite(site=site, containers=containers, routes=routes, tenants=tenants, endpoints=endpoints,
-                        totals=totals, proxy_ip=str(net.traefik.address), proxy_file=proxy_file, notes=notes), ctx
+                        totals=totals, proxy_ip=str(net.traefik.address), proxy_file=proxy_file, notes=notes,
+                        operator_sources=operator_sources(site), certificates=certs,
+                        certificate_changes=cert_changes), ctx
 
 
 def to_problems(ctx: _Ctx, index: LineIndex | None) -> list[Problem]:
@@ -456,9 +494,11 @@ def to_problems(ctx: _Ctx, index: LineIndex | None) -> list[Problem]:
 
 
 def resolve(site: Site, catalog: Catalog | None = None, held: dict[str, str] | None = None,
-            index: LineIndex | None = None) -> ResolvedSite:
-    """The resolved site, or SiteInvalid listing every problem. `held`: user -> IP kept from state."""
-    resolved, ctx = _resolve(site, catalog or load_catalog(), held or {})
+            index: LineIndex | None = None,
+            certificates: dict[str, tuple[str, ...]] | None = None) -> ResolvedSite:
+    """The resolved site, or SiteInvalid listing every problem. `held`: user -> IP kept from state;
+    `certificates`: the certificate assignment in force (state meta `certificates`), kept stable."""
+    resolved, ctx = _resolve(site, catalog or load_catalog(), held or {}, certificates)
     if resolved is None:
         raise SiteInvalid(to_problems(ctx, index))
     return resolved

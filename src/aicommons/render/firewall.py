@@ -5,7 +5,7 @@ What the rules guarantee (every container NIC carries `firewall=1`, policy_in DR
   and an OUT rule drops user -> user traffic before it leaves);
 - user containers reach shared services only on the ports their apps use (postgres 5432, ...);
 - shared services reach each other (Langfuse -> PostgreSQL) and Prometheus scrapes everything;
-- operators (network.traefik.operator_allow, minus the user ranges) reach shared containers.
+- operators (resolved.operator_sources: operator_allow minus the user ranges) reach shared containers.
 Nothing else reaches the site's containers: the only way in from outside is through Traefik.
 
 The Proxmox driver applies `FirewallPlan` through the API (`api_calls()`); `cluster_fw()` and
@@ -174,8 +174,8 @@ def firewall_plan(resolved: ResolvedSite) -> FirewallPlan:
         IpSet(PROXY_SET, (str(net.traefik.address),), comment="Traefik: the only way in"),
         IpSet(USERS_SET, tuple(c.ip for c in users), comment="user containers"),
         IpSet(SHARED_SET, tuple(c.ip for c in shared), comment="shared-service containers"),
-        IpSet(OPERATORS_SET, tuple(net.traefik.operator_allow), nomatch=tuple(user_ranges),
-              comment="operator addresses, never a user container"),
+        # operator_allow minus every user range, the same list Traefik and pg_hba use (plan/access.py)
+        IpSet(OPERATORS_SET, resolved.operator_sources, comment="operator addresses, never a user container"),
         IpSet(MONITOR_SET, tuple(monitor), comment="Prometheus"),
     ]
     cat = load_catalog()

@@ -46,7 +46,7 @@ def pg_hba(resolved: ResolvedSite) -> str:
     lines = [HEAD.rstrip(), "# TYPE  DATABASE  USER  ADDRESS  METHOD",
              "local   all  postgres  peer",
              "host    all  postgres  127.0.0.1/32  scram-sha-256"]
-    for cidr in resolved.site.network.traefik.operator_allow:
+    for cidr in resolved.operator_sources:  # operator_allow minus every user range (plan/access.py)
         lines.append(f"host    all  postgres  {cidr}  scram-sha-256  # operators / control plane")
     for c in pg_clients(resolved):
         ident = db_ident(c.name)

@@ -1,25 +1,43 @@
 """Traefik: the static configuration and one dynamic file per container (the seed's 205<octet>.yml).
 
-Shared middlewares (security headers, site-wide SSO, operator allow-list) and the API router
-live in the proxy's own file; every other file holds only its own routers, services and, for a
-user, the forward-auth middleware of that user. So adding or changing one user touches one file.
+Shared middlewares (security headers, site-wide SSO, operator allow-list), the outpost service,
+the API router and the certificate holders live in the proxy's own file; every other file holds
+only its own routers, services and, for a user, the forward-auth middleware of that user. So
+adding a user touches the user's file and, when the user joins a certificate, the proxy's file.
+
+A route's middlewares follow from its access class alone (catalog data, docs/security.md):
+public -> headers; site-users -> forward-auth (any site user); owner -> forward-auth (Authentik
+admits only the owner's group); operator -> allow-list of the operator sources. Every host behind
+forward-auth also gets a higher-priority router sending /outpost.goauthentik.io/ to the outpost.
 """
 
 from __future__ import annotations
 
 from aicommons.plan.model import ResolvedSite, Route
-from aicommons.render.common import catalog, dump_yaml
+from aicommons.render.common import dump_yaml
 
 RESOLVER = "letsencrypt"
 HEADERS = "secure-headers"
 SSO = "authentik-sso"
 OPERATOR = "operator-allow"
-AUTH_HEADERS = ["X-authentik-username", "X-authentik-groups", "X-authentik-email", "X-authentik-name",
-                "X-authentik-uid"]
+OUTPOST_SERVICE = "authentik-outpost"
+# Every header the proxy provider sets on an admitted request (Authentik
+# internal/outpost/proxyv2/application/mode_common.go, addHeaders). Traefik deletes each listed
+# header from the client's request before copying the outpost's value, so a client cannot forge one.
+AUTH_HEADERS = ["X-authentik-username", "X-authentik-groups", "X-authentik-entitlements", "X-authentik-email",
+                "X-authentik-name", "X-authentik-uid", "X-authentik-jwt", "X-authentik-meta-jwks",
+                "X-authentik-meta-outpost", "X-authentik-meta-provider", "X-authentik-meta-app",
+                "X-authentik-meta-version"]
+# The outpost serves /outpost.goauthentik.io/{start,callback,sign_out} on the *app's* host
+# (application.go: mux.HandleFunc("/outpost.goauthentik.io/start" ...); the OAuth redirect URI is
+# external_host + /outpost.goauthentik.io/callback). Authentik's own Traefik guide
+# (website/docs/.../_traefik_standalone.md) routes that prefix to the outpost with a higher priority.
+OUTPOST_PREFIX = "/outpost.goauthentik.io/"
+# Explicit priorities (Traefik v3 routers: the default priority is the rule's length, higher wins;
+# doc.traefik.io routing/routers "priority"): the outpost's paths first, then an app's public
+# paths, then the app; certificate holders never win.
+PRIORITY_OUTPOST, PRIORITY_PUBLIC, PRIORITY_APP, PRIORITY_CERT = 300, 200, 100, 1
 HEALTH_INTERVAL = "10s"
-# Paths that outside callers must reach without a login: n8n's production webhooks (n8n checks
-# their own header/basic auth). Everything else of the app stays behind forward-auth.
-UNAUTHENTICATED_PATHS = {"n8n": ("/webhook/",)}
 HEADER = "# Rendered by aicommons: do not edit by hand (`aicommons render` rewrites it).\n"
 
 
@@ -32,41 +50,59 @@ def auth_middleware(owner: str) -> str:
     return f"authentik-{owner}"
 
 
-def forward_auth_address(resolved: ResolvedSite) -> str | None:
+def outpost_url(resolved: ResolvedSite) -> str | None:
+    """Authentik's server (the embedded outpost runs in it) on its HTTP port, or None without Authentik."""
     ep = resolved.endpoints.get("authentik")
     if ep is None:
         return None
-    return f"http://{ep.host}:{ep.ports.get('http', 9000)}/outpost.goauthentik.io/auth/traefik"
+    return f"http://{ep.host}:{ep.ports.get('http', 9000)}"
+
+
+def forward_auth_address(resolved: ResolvedSite) -> str | None:
+    base = outpost_url(resolved)
+    return f"{base}/outpost.goauthentik.io/auth/traefik" if base else None
 
 
 def _forward_auth(address: str) -> dict:
+    # trustForwardHeader false: Traefik sends the outpost its own X-Forwarded-Host/Proto/Uri
+    # (what getTraefikForwardUrl reads), never ones a client made up.
     return {"forwardAuth": {"address": address, "trustForwardHeader": False,
                             "authResponseHeaders": list(AUTH_HEADERS)}}
 
 
+def needs_sign_in(route: Route) -> bool:
+    return route.access in ("owner", "site-users")
+
+
 def routable(resolved: ResolvedSite, route: Route) -> bool:
-    """Apps without a login of their own are never routed unless forward-auth protects them."""
-    if route.access in ("owner", "sso") and forward_auth_address(resolved) is None:
-        app = catalog().apps.get(route.service)
-        return bool(app and app.own_login) if route.owner else False
+    """A route that needs sign-in is published without Authentik only if the software has its own login."""
+    if needs_sign_in(route) and forward_auth_address(resolved) is None:
+        return route.own_login
     return True
 
 
-def _middlewares(resolved: ResolvedSite, route: Route) -> list[str]:
+def guarded(resolved: ResolvedSite, route: Route) -> bool:
+    """Does the route carry forward-auth (and so need the outpost's paths on its host)?"""
+    return needs_sign_in(route) and forward_auth_address(resolved) is not None
+
+
+def middlewares(resolved: ResolvedSite, route: Route) -> list[str]:
+    """The route's middlewares, from its access class alone."""
     chain = [HEADERS]
-    has_auth = forward_auth_address(resolved) is not None
-    if route.access == "owner" and has_auth and route.owner:
-        chain.append(auth_middleware(route.owner))
-    elif route.access == "sso" and has_auth:
-        chain.append(SSO)
+    if guarded(resolved, route):
+        chain.append(auth_middleware(route.owner) if route.access == "owner" and route.owner else SSO)
     elif route.access == "operator":
         chain.append(OPERATOR)
     return chain
 
 
 def _http_router(resolved: ResolvedSite, route: Route) -> dict:
+    # `tls: {}` without a resolver: certificates are asked for by the certificate holders in the
+    # proxy's file (one per SAN certificate), never one per router. A router's tls section replaces
+    # the entry point's entirely (doc.traefik.io v3 routing-configuration/http/tls/overview), and
+    # the ACME provider only watches routers naming its resolver (pkg/provider/acme/provider.go).
     return {"rule": f"Host(`{route.host}`)", "service": router_name(route), "entryPoints": ["websecure"],
-            "middlewares": _middlewares(resolved, route), "tls": {"certResolver": RESOLVER}}
+            "middlewares": middlewares(resolved, route), "priority": PRIORITY_APP, "tls": {}}
 
 
 def _http_service(route: Route) -> dict:
@@ -86,21 +122,22 @@ def dynamic_file(resolved: ResolvedSite, routes: list[Route], owner: str | None 
         name = router_name(r)
         if r.kind == "tcp":
             tcp["routers"][name] = {"rule": f"HostSNI(`{r.host}`)", "service": name, "entryPoints": ["websecure"],
-                                    "tls": {"certResolver": RESOLVER}}
-            if r.access == "operator":
-                tcp["routers"][name]["middlewares"] = [f"{OPERATOR}-tcp"]
+                                    "middlewares": [f"{OPERATOR}-tcp"], "tls": {}}
             tcp["services"][name] = {"loadBalancer": {"servers": [{"address": u.split("://", 1)[1]}
                                                                   for u in r.urls]}}
             continue
         http["routers"][name] = _http_router(resolved, r)
         http["services"][name] = _http_service(r)
-        paths = UNAUTHENTICATED_PATHS.get(r.service, ()) if r.owner else ()
-        if paths:
-            rule = " || ".join(f"PathPrefix(`{p}`)" for p in paths)
-            http["routers"][f"{name}-webhook"] = {**_http_router(resolved, r), "rule": f"Host(`{r.host}`) && ({rule})",
-                                                  "middlewares": [HEADERS]}
+        if guarded(resolved, r):
+            http["routers"][f"{name}-outpost"] = {
+                **_http_router(resolved, r), "rule": f"Host(`{r.host}`) && PathPrefix(`{OUTPOST_PREFIX}`)",
+                "service": OUTPOST_SERVICE, "middlewares": [HEADERS], "priority": PRIORITY_OUTPOST}
+        if r.public_paths and guarded(resolved, r):
+            rule = " || ".join(f"PathPrefix(`{p}`)" for p in r.public_paths)
+            http["routers"][f"{name}-public"] = {**_http_router(resolved, r), "rule": f"Host(`{r.host}`) && ({rule})",
+                                                 "middlewares": [HEADERS], "priority": PRIORITY_PUBLIC}
     addr = forward_auth_address(resolved)
-    if owner and addr and any(r.access == "owner" for r in routes):
+    if owner and addr and any(r.access == "owner" and routable(resolved, r) for r in routes):
         http["middlewares"] = {auth_middleware(owner): _forward_auth(addr)}
     out: dict = {}
     if http["routers"]:
@@ -110,10 +147,31 @@ def dynamic_file(resolved: ResolvedSite, routes: list[Route], owner: str | None 
     return out
 
 
+def certificate_routers(resolved: ResolvedSite) -> dict[str, dict]:
+    """One router per certificate: it names the certificate's domains for the ACME resolver.
+
+    Traefik's ACME provider asks for `tls.domains` (main + sans) of every router that names the
+    resolver, and skips names a certificate it holds or is resolving already covers
+    (pkg/provider/acme/provider.go: watchNewDomains, resolveCertificate, getUncheckedDomains; the
+    file provider's syntax is `tls: {certResolver, domains: [{main, sans}]}` on the router). Routers that
+    serve traffic carry `tls: {}` (router TLS replaces the entry point's), so only these ask.
+    The holder matches its main host at the lowest priority: the host's own router always wins.
+    """
+    out = {}
+    for c in resolved.certificates:
+        main, *sans = c.hosts
+        domains = {"main": main, "sans": sans} if sans else {"main": main}
+        rule_host = resolved.site.domain if c.wildcard else main
+        out[c.name] = {"rule": f"Host(`{rule_host}`)", "service": "noop@internal", "entryPoints": ["websecure"],
+                       "middlewares": [HEADERS, OPERATOR], "priority": PRIORITY_CERT,
+                       "tls": {"certResolver": RESOLVER, "domains": [domains]}}
+    return out
+
+
 def proxy_file(resolved: ResolvedSite) -> dict:
     """The proxy's own file: shared middlewares and the operator-only API/dashboard router."""
     site = resolved.site
-    allow = list(site.network.traefik.operator_allow)
+    allow = list(resolved.operator_sources)
     mws: dict = {
         HEADERS: {"headers": {
             "stsSeconds": 31536000, "stsIncludeSubdomains": True, "stsPreload": True,
@@ -125,18 +183,20 @@ def proxy_file(resolved: ResolvedSite) -> dict:
         OPERATOR: {"ipAllowList": {"sourceRange": allow}},
     }
     addr = forward_auth_address(resolved)
+    services: dict = {}
     if addr:
         mws[SSO] = _forward_auth(addr)
+        services[OUTPOST_SERVICE] = {"loadBalancer": {"servers": [{"url": outpost_url(resolved)}],
+                                                      "passHostHeader": True}}
     host = f"traefik.{site.domain}"
-    return {
-        "http": {
-            "routers": {"traefik-api": {
-                "rule": f"Host(`{host}`)", "service": "api@internal", "entryPoints": ["websecure"],
-                "middlewares": [HEADERS, OPERATOR], "tls": {"certResolver": RESOLVER}}},
-            "middlewares": mws,
-        },
-        "tcp": {"middlewares": {f"{OPERATOR}-tcp": {"ipAllowList": {"sourceRange": allow}}}},
-    }
+    routers = {"traefik-api": {
+        "rule": f"Host(`{host}`)", "service": "api@internal", "entryPoints": ["websecure"],
+        "middlewares": [HEADERS, OPERATOR], "priority": PRIORITY_APP, "tls": {}}}
+    routers.update(certificate_routers(resolved))
+    http: dict = {"routers": routers, "middlewares": mws}
+    if services:
+        http["services"] = services
+    return {"http": http, "tcp": {"middlewares": {f"{OPERATOR}-tcp": {"ipAllowList": {"sourceRange": allow}}}}}
 
 
 def static_config(resolved: ResolvedSite) -> dict:
@@ -144,11 +204,10 @@ def static_config(resolved: ResolvedSite) -> dict:
     t = resolved.site.network.traefik
     acme: dict = {"email": t.acme_email or resolved.site.operator_email or f"admin@{resolved.site.domain}",
                   "storage": "/etc/traefik/acme.json"}
-    websecure: dict = {"address": ":443", "http": {"tls": {"certResolver": RESOLVER}},
-                       "forwardedHeaders": {"trustedIPs": []}}
+    # No certResolver on the entry point: the certificate holders ask for every certificate.
+    websecure: dict = {"address": ":443", "http": {"tls": {}}, "forwardedHeaders": {"trustedIPs": []}}
     if t.dns_provider:
         acme["dnsChallenge"] = {"provider": t.dns_provider}
-        websecure["http"]["tls"]["domains"] = [{"main": resolved.site.domain, "sans": [f"*.{resolved.site.domain}"]}]
     else:
         acme["httpChallenge"] = {"entryPoint": "web"}
     return {

@@ -12,6 +12,8 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from aicommons.spec import identity
+
 NAME_RE = r"^[a-z][a-z0-9-]*[a-z0-9]$|^[a-z]$"
 SITE_NAME_RE = r"^[a-z][a-z0-9-]{0,30}[a-z0-9]$"
 DOMAIN_RE = r"^([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]{2,63}$"
@@ -186,7 +188,7 @@ class User(Model):
     name: str = Field(
         ..., description="Lower-case letters, digits and '-', starting with a letter.", max_length=63
     )
-    email: str | None = Field(None, pattern=r"^[^@\s'\"`;\\]+@[^@\s'\"`;\\]+\.[^@\s'\"`;\\]+$")
+    email: str | None = Field(None, description="Unique across users; letters, digits and . _ % + - before the @.")
     slot: ipaddress.IPv4Address | None = Field(None, description="Fixed address in a user range.")
     resources: UserResources | None = None
     node: str | None = None
@@ -199,6 +201,15 @@ class User(Model):
                 f"{v!r} is not a valid user name: use lower-case letters, digits and single '-' "
                 "(start with a letter, end with a letter or digit)"
             )
+        if msg := identity.name_problem(v):
+            raise ValueError(f"{msg}; pick another name")
+        return v
+
+    @field_validator("email")
+    @classmethod
+    def _email(cls, v: str | None) -> str | None:
+        if v is not None and (msg := identity.email_problem(v)):
+            raise ValueError(f"{v[:80]!r}{'...' if len(v) > 80 else ''} is not accepted: {msg}")
         return v
 
 

@@ -30,13 +30,17 @@ class UnknownUser(AicError):
 
 # ---- site.yaml ---------------------------------------------------------------------------------
 
+_FIXES = {"name": "user names are lower-case letters, digits and single '-' (e.g. alice, team-2), not a reserved name",
+          "email": "give a plain address such as alice@example.org (letters, digits and . _ % + - before the @)"}
+
+
 def validate_new_user(name: str, email: str | None) -> User:
     """The site model's own rules; quotes, unicode and shell/SQL metacharacters never pass."""
     try:
         return User(name=name, email=email)
     except ValidationError as exc:
         problems = [Problem(f"users[+].{'.'.join(str(p) for p in e['loc'])}", e["msg"].removeprefix("Value error, "),
-                            "user names are lower-case letters, digits and single '-' (e.g. alice, team-2)")
+                            _FIXES.get(str(e["loc"][0]) if e["loc"] else "", _FIXES["name"]))
                     for e in exc.errors(include_url=False)]
         raise SiteInvalid(problems) from None
 
@@ -230,7 +234,7 @@ def add_user(site_file: Path, name: str, email: str | None = None, *, state_path
 
 
 def remove_user(site_file: Path, name: str, *, keep_data: bool = False, purge: bool = False, state_path=None,
-                driver=None, backends=None, out=None, actor: str | None = None):
+                driver=None, backends=None, out=None, target=None, actor: str | None = None):
     """Archive (unless purge) and drop the user's slices, then its container and its site.yaml entry.
 
     keep_data: logins are revoked and the data left in place, forgotten by the state so later
@@ -251,7 +255,8 @@ def remove_user(site_file: Path, name: str, *, keep_data: bool = False, purge: b
                 ctx.session.state.forget_applied(addr)
     drop_user(site_file, name)
     result = apply_site(site_file, state_path=state_path, targets={name}, yes=True, driver=driver,
-                        backends=backends, out=out, purge=purge, command=_by(f"users remove {name}", actor))
+                        backends=backends, out=out, purge=purge, command=_by(f"users remove {name}", actor),
+                        target=target)
     if result.ok:
         state = open_state(site_file, state_path)
         try:

@@ -174,7 +174,7 @@ def _world(pg, redis_server):
     eps["authentik"] = dataclasses.replace(eps["authentik"], host="127.0.0.1",
                                            ports={**eps["authentik"].ports, "http": outpost.server_address[1]})
     proxied = dataclasses.replace(planned, routes=routes, endpoints=eps)
-    assert [r.access for r in routes] == ["sso"]  # every signed-in site user; operator actions gated inside
+    assert [r.access for r in routes] == ["site-users"]  # every signed-in site user; operator actions gated inside
     tr = Traefik(proxied)
     write_tree(render_site(proxied, FakeSecrets()), tr.root, prune=("traefik/dynamic",))
     tr.start()

@@ -257,9 +257,9 @@ def test_blueprints_bind_each_app_to_its_owner(files, site):
     site_bp = _yaml(files["services/authentik/blueprints/site.yaml"])
     outpost = site_bp["entries"][-1]
     shared_guarded = [r for r in site.routes if r.owner is None and r.access == "site-users"]
-    # no login of their own (ollama, comfyui, sd, searxng, translate) and Qdrant's API (key auth, kept off the open net)
+    # no login of their own (ollama, comfyui, sd, searxng, translate, the portal) and Qdrant's API (key auth, kept off the open net)
     assert {r.service for r in shared_guarded} == {"ollama", "comfyui", "automatic1111", "searxng", "libretranslate",
-                                                    "qdrant"}
+                                                    "qdrant", "portal"}
     assert outpost["model"] == "authentik_outposts.outpost"
     assert len(outpost["attrs"]["providers"]) == 50 * 8 + len(shared_guarded)
     assert outpost["identifiers"] == {"managed": "goauthentik.io/outposts/embedded"}

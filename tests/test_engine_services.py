@@ -110,14 +110,24 @@ def test_a_changed_pg_hba_updates_only_postgres_and_reapplies_only_it(tmp_path):
     assert plan_site(site, **kw2).empty
 
 
-def test_a_driver_that_configures_services_gets_no_service_steps(tmp_path):
+def test_a_driver_that_installs_services_gets_only_their_rendered_config(tmp_path):
+    """One pg_hba.conf / users.acl for every driver: the LXC driver installs PostgreSQL and Redis
+    by its own recipes, the engine still delivers the site's rendered config files to them (and
+    nothing to the services the driver skips, and never install.sh)."""
     class Configuring(FakeDriver):
         configures_services = True
+
+        def skipped_services(self, resolved):
+            return {"qdrant": "not from the mirror"}
 
     site = _site(tmp_path)
     kw = {**_kw(tmp_path), "driver": Configuring(tmp_path / "fake")}
     plan = plan_site(site, **kw)
-    assert plan.steps and not [s for s in plan.steps.values() if s.kind == "service"]
+    svc = {s.id: s for s in plan.steps.values() if s.kind == "service"}
+    assert {"service.postgres", "service.redis"} <= set(svc) and "service.qdrant" not in svc
+    assert sorted(svc["service.postgres"].payload[1]) == ["conf.d/aicommons.conf", "pg_hba.conf"]
+    assert sorted(svc["service.redis"].payload[1]) == ["redis.conf", "users.acl"]
+    assert not [s for s in svc.values() if "install.sh" in s.payload[1]]
 
 
 def test_a_failing_install_fails_the_step_and_is_planned_again(tmp_path):
@@ -185,7 +195,9 @@ def test_no_models_or_a_driver_skipping_ollama_gives_no_models_step(tmp_path, ol
     kw = {**_kw(tmp_path), "driver": Skipping(tmp_path / "fake", urls={"ollama": olla.url})}
     plan = plan_site(site, **kw)
     assert "ollama.models" not in plan.steps and olla.pulls == []
-    assert not [s for s in plan.steps.values() if s.kind == "service"]  # it configures the rest itself
+    # it installs the rest itself; the engine delivers only their rendered system config
+    assert "service.ollama" not in plan.steps
+    assert not [s for s in plan.steps.values() if s.kind == "service" and "install.sh" in s.payload[1]]
 
 
 

@@ -33,7 +33,9 @@ class Reality:
     active: dict[str, int] = field(default_factory=dict)  # user -> ctid of active allocations
     # None: the driver applies no firewall. Else what differs now (`ipset.X`, `group.X`, `container.N`).
     firewall: list[str] | None = None
-    services: bool = False  # deliver shared containers' rendered files (the driver does not configure them)
+    # Deliver shared containers' rendered files: all (True), or only the system config files of
+    # these services (a driver that installs them by its own recipes).
+    services: bool | frozenset = False
     # Site models to pull: {"url", "wanted", "missing" (None: Ollama could not be read), "why"}; None: no step.
     ollama: dict | None = None
 
@@ -249,12 +251,15 @@ class Planner:
     # ---- shared containers' configuration and the site's models -------------------------------
 
     def _services(self, containers: list[Container]) -> None:
-        from aicommons.engine.services import digests, files_of
+        from aicommons.engine.services import SYSTEM, digests, files_of
 
         if not self.real.services:
             return
+        only = None if self.real.services is True else self.real.services
         for c in containers:
             files = files_of(self.files, c.hostname) if c.role == "shared" else {}
+            if only is not None:
+                files = {r: f for r, f in files.items() if c.name in only and r in SYSTEM[c.name][0]}
             if not files:
                 continue
             addr = f"service.{c.hostname}"

@@ -333,6 +333,12 @@ class Planner:
                 continue
             s.deps.update(g.id for g in shared if g.phase < s.phase)
         deletes = [s for s in self.steps.values() if s.action == "delete"]
+        # A user's PostgreSQL slice goes first: it is the one a tenant can try to make fail (objects
+        # elsewhere, grants), and a failure there must leave the rest of the user untouched.
+        pg_first = {d.owner: d.id for d in deletes if d.kind == "tenant" and d.id.startswith("tenant.postgres.")}
+        for s in deletes:
+            if s.owner in pg_first and s.id != pg_first[s.owner]:
+                s.deps.add(pg_first[s.owner])
         for s in deletes:  # routes and tenant data go before the container; shared services go last
             if s.kind == "container" and s.owner:
                 s.deps.update(d.id for d in deletes if d.owner == s.owner and d.kind != "container")

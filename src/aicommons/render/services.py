@@ -56,7 +56,8 @@ def pg_hba(resolved: ResolvedSite, sources: list[str] | None = None) -> str:
     Each tenant role reaches only its own databases, only from its own container; a tenant
     container matches nothing else (not `postgres`, `template1` or another tenant's database,
     and not the superuser even where an operator range covers it); shared services reach their
-    own database from their own container; the superuser comes from `sources`."""
+    own database from their own container; the superuser comes from `sources`, and so do the
+    audit's logins as each tenant (to that tenant's databases only)."""
     lines = [HEAD.rstrip(), "# TYPE  DATABASE  USER  ADDRESS  METHOD",
              "local   all  postgres  peer",
              "host    all  postgres  127.0.0.1/32  scram-sha-256"]
@@ -68,6 +69,11 @@ def pg_hba(resolved: ResolvedSite, sources: list[str] | None = None) -> str:
         ident = db_ident(c.name)
         lines.append(f"host    {ident}  {ident}  {c.ip}/32  scram-sha-256  # {c.hostname}")
     for cidr in admin_sources(resolved) if sources is None else sources:
+        # `audit isolation` logs in from the control plane with each tenant's own password: there
+        # too a tenant role reaches only its own databases.
+        for t in resolved.tenants:
+            if t.databases:
+                lines.append(f"host    {','.join(t.databases)}  {t.postgres_role}  {cidr}  scram-sha-256")
         lines.append(f"host    all  postgres  {cidr}  scram-sha-256  # operators / control plane")
     return "\n".join(lines) + "\n"
 

@@ -253,3 +253,28 @@ def test_a_removed_shared_container_takes_its_service_record_with_it(tmp_path):
     finally:
         state.close()
     assert plan_site(site, **kw).empty
+
+
+def test_langfuse_gets_its_key_and_bucket_at_apply_before_it_starts(tmp_path):
+    """Issue 14: no code created Langfuse's S3 key or bucket. SIMULATED: the object store (a fake
+    back end recording the call); what the real stores do with it: test_tenancy_objectstore.py."""
+    from aicommons.tenancy.fake import FakeBackend
+    made = []
+
+    class Store(FakeBackend):
+        def ensure_service(self, service, kid, sec):
+            made.append((service, kid, len(sec)))
+
+    site = _site(tmp_path)
+    kw = _kw(tmp_path)
+    kw["backends"] = [*fake_backends(tmp_path / "fake", names=("postgres", "redis", "qdrant")),
+                      Store("s3", tmp_path / "fake")]
+    plan = plan_site(site, **kw)
+    step = plan.steps["s3.service.langfuse"]
+    lf = next(i for i, s in plan.steps.items() if s.kind == "service" and s.payload[0].name == "langfuse")
+    assert "s3.service.langfuse" in plan.steps[lf].deps
+    assert any(d.startswith("service.") and "garage" in d for d in step.deps)
+    result = apply_site(site, **kw)
+    assert result.ok, [o.detail for o in result.errors]
+    assert [m[0] for m in made] == ["langfuse"] and made[0][1].startswith("GK") and made[0][2] == 64
+    assert "s3.service.langfuse" not in plan_site(site, **kw).steps  # done: a no-op next time

@@ -83,6 +83,7 @@ class Planner:
         self._bundles(tenants)
         self._allocations(tenants)
         self._services(containers)
+        self._service_buckets(containers)
         self._ollama(containers)
         self._firewall()
         self._gates()
@@ -279,6 +280,36 @@ class Planner:
                 step.action, step.reason = "update", "changed: " + ", ".join(diff[:5])
             step.deps.add(A.container(c.ctid))
             self.add(step)
+
+    def _service_buckets(self, containers: list[Container]) -> None:
+        """A shared service's own object-store key and bucket (Langfuse's), made at apply time."""
+        from aicommons.plan.secrets import SITE_SCOPE
+        from aicommons.tenancy.objectstore import SERVICE_BUCKETS
+
+        store = next((b for b in self.backends if callable(getattr(b, "ensure_service", None))), None)
+        if store is None or self.destroy:
+            return
+        by_name = {c.name: c for c in containers if c.role == "shared"}
+        for service, (bucket, *keys) in sorted(SERVICE_BUCKETS.items()):
+            c = by_name.get(service)
+            if c is None:
+                continue
+            addr = f"s3.service.{service}"
+            f = fp(bucket, [(k, self.versions.get((SITE_SCOPE, k), 0)) for k in keys])
+            rec = self.real.applied.get(addr)
+            step = Step(addr, "s3service", "no-op", "key and bucket as planned", 0, None,
+                        [addr, f"s3.bucket.{bucket}"], fingerprint=f, payload=(store, service))
+            if rec is None:
+                step.action, step.reason = "create", f"{service} needs its bucket {bucket} and key"
+            elif rec.fingerprint != f:
+                step.action, step.reason = "update", "key rotated"
+            for other in containers:  # after the object store is up; before the service starts
+                if other.role == "shared" and other.name in ("garage", "minio"):
+                    step.phase = max(step.phase, other.phase)
+                    step.deps.update({A.container(other.ctid), f"service.{other.hostname}"})
+            self.add(step)
+            if step.action != "no-op" and f"service.{c.hostname}" in self.steps:
+                self.steps[f"service.{c.hostname}"].deps.add(addr)
 
     def _ollama(self, containers: list[Container]) -> None:
         from aicommons.engine.services import OLLAMA_MODELS

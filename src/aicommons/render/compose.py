@@ -106,6 +106,8 @@ class _Wiring:
             if q := endpoint_url(r, "qdrant", "http"):
                 e.update(VECTOR_DB="qdrant", QDRANT_URI=q, ENABLE_QDRANT_MULTITENANCY_MODE="true",
                          QDRANT_COLLECTION_PREFIX=t.qdrant_prefix)
+                # The model the collections are sized for (site.embedding).
+                e.update(RAG_EMBEDDING_ENGINE=r.site.embedding.engine, RAG_EMBEDDING_MODEL=r.site.embedding.model)
                 e["QDRANT_API_KEY"] = self.put("QDRANT_API_KEY",
                                                qdrant_token(t, self.secrets(SITE_SCOPE, "qdrant_api_key")))
             if (s3 := self.s3()) and app.buckets:

@@ -215,7 +215,7 @@ def test_audit_fails_when_any_hole_is_reopened_by_hand(site: Path):
         assert reopen().returncode == 0
         try:
             r = cli(site, "audit", "isolation")
-            assert r.returncode == 1 and "user1" in r.stdout, (r.stdout + r.stderr)[-2000:]
+            assert r.returncode == 1 and "LEAK" in r.stderr and "user1" in r.stderr, (r.stdout + r.stderr)[-2000:]
         finally:
             assert close().returncode == 0
     r = cli(site, "audit", "isolation")

@@ -127,11 +127,14 @@ def test_memory_stats_and_server_wide_counts_leaked_and_are_now_refused(world, a
     for cmd in (("MEMORY", "STATS"), ("MEMORY", "DOCTOR"), ("MEMORY", "MALLOC-STATS"), ("DBSIZE",),
                 ("PUBSUB", "CHANNELS"), ("CLIENT", "LIST"), ("INFO", "keyspace"), ("LATENCY", "LATEST"),
                 ("SLOWLOG", "GET"), ("FUNCTION", "LIST"), ("SCRIPT", "EXISTS", "0" * 40), ("WAIT", "0", "0"),
-                ("ACL", "LOG"), ("ACL", "USERS"), ("SORT", "user1:l", "BY", "user2:*"), ("LASTSAVE",)):
+                ("ACL", "LOG"), ("ACL", "USERS"), ("SORT", "user1:l", "BY", "user2:*"), ("LASTSAVE",),
+                ("ACL", "LIST"), ("CLIENT", "NO-EVICT", "ON"), ("CLIENT", "PAUSE", "10"),
+                ("SPUBLISH", "user2:ch", "x"), ("PUBLISH", "user2:ch", "x"), ("OBJECT", "FREQ", "user2:k")):
         with pytest.raises(redislib.exceptions.NoPermissionError):
             r1.execute_command(*cmd)
     # what stays: the caller's own connection, and scripts, which are key-checked per call
     assert r1.execute_command("ACL", "WHOAMI") == t1.redis_user
+    assert r1.execute_command("SPUBLISH", "user1:ch", "x") == 0  # shard channels are channel-checked too
     assert r1.execute_command("CLIENT", "INFO").startswith("id=")
     assert r1.eval("return redis.call('SET', KEYS[1], 'x')", 1, "user1:k") == "OK"
     with pytest.raises(redislib.exceptions.ResponseError, match="can't access at least one of the keys"):

@@ -278,3 +278,33 @@ def test_langfuse_gets_its_key_and_bucket_at_apply_before_it_starts(tmp_path):
     assert result.ok, [o.detail for o in result.errors]
     assert [m[0] for m in made] == ["langfuse"] and made[0][1].startswith("GK") and made[0][2] == 64
     assert "s3.service.langfuse" not in plan_site(site, **kw).steps  # done: a no-op next time
+
+
+def test_delivering_users_acl_keeps_a_suspended_user_off(tmp_path):
+    """The rendered users.acl has every tenant `on`; copying it over the server's file must not
+    resume a user `users suspend` turned off. REAL: sh and awk run the generated script."""
+    import subprocess
+
+    from aicommons.engine.services import apply_script
+
+    root, etc = tmp_path / "opt", tmp_path / "etc"
+    root.mkdir()
+    etc.mkdir()
+    live = etc / "users.acl"
+    live.write_text("user admin on #aa ~* &* +@all\nuser u_user1 off sanitize-payload #bb ~user1:* +@all\n"
+                    "user u_user2 on #cc ~user2:* +@all\n")
+    import os
+
+    (root / "users.acl").write_text("user default off\nuser admin on #aa ~* &* +@all\n"
+                                    "user u_user1 reset on #bb ~user1:* +@all\nuser u_user2 reset on #cc ~user2:* +@all\n"
+                                    "user u_user3 reset on #dd ~user3:* +@all\n")
+    os.chmod(root / "users.acl", 0o600)
+    script = apply_script("redis", str(root), {"users.acl"})
+    script = script.replace("/etc/redis/users.acl", str(live)).replace(" -o redis -g redis", "")
+    script = script.replace("systemctl restart redis-server", "true")
+    res = subprocess.run(["sh", "-c", script], capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    lines = {ln.split()[1]: ln for ln in live.read_text().splitlines()}
+    assert " off " in lines["u_user1"] and " on " not in lines["u_user1"]
+    assert " on " in lines["u_user2"] and " on " in lines["u_user3"] and " on " in lines["admin"]
+    assert oct(live.stat().st_mode & 0o777) == "0o600"  # hashes stay private

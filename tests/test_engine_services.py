@@ -308,3 +308,17 @@ def test_delivering_users_acl_keeps_a_suspended_user_off(tmp_path):
     assert " off " in lines["u_user1"] and " on " not in lines["u_user1"]
     assert " on " in lines["u_user2"] and " on " in lines["u_user3"] and " on " in lines["admin"]
     assert oct(live.stat().st_mode & 0o777) == "0o600"  # hashes stay private
+
+
+def test_changed_isolation_rules_ensure_every_tenant_again(tmp_path):
+    """An upgrade that tightens the Redis deny list or the PostgreSQL hardening must reach sites
+    whose tenants already exist: the back end's `rules` are part of each slice's fingerprint."""
+    site = _site(tmp_path)
+    kw = _kw(tmp_path)
+    redis_fake = next(b for b in kw["backends"] if b.name == "redis")
+    redis_fake.rules = "v1"
+    assert apply_site(site, **kw).ok
+    assert not [s for s in plan_site(site, **kw).steps.values() if s.kind == "tenant"]
+    redis_fake.rules = "v2"
+    again = [s for s in plan_site(site, **kw).steps.values() if s.kind == "tenant"]
+    assert again and {s.id.split(".")[1] for s in again} == {"redis"} and all(s.action == "update" for s in again)

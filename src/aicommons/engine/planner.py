@@ -126,10 +126,13 @@ class Planner:
 
     # ---- tenancy -------------------------------------------------------------------------------
 
-    def _tenant_fp(self, t: Tenant, prefix: str) -> str:
+    def _tenant_fp(self, t: Tenant, prefix: str, rules: str = "") -> str:
         keys = A.BACKEND_KEYS.get(prefix)
         keys = keys if keys is not None else ()
-        return fp(asdict(t), [(k, self.versions.get((t.user, k), 0)) for k in keys])
+        parts = [asdict(t), [(k, self.versions.get((t.user, k), 0)) for k in keys]]
+        # A back end's isolation rules (Redis deny list, PostgreSQL hardening) are part of every slice:
+        # when they change, every tenant is ensured again.
+        return fp(*parts, rules) if rules else fp(*parts)
 
     def _tenants(self, wanted: list[Tenant]) -> None:
         names = {t.user for t in wanted}
@@ -143,7 +146,7 @@ class Planner:
                 sid = f"tenant.{prefix}.{t.user}"
                 have = seen.get(t.user, set())
                 missing = [a for a in addrs if a not in have]
-                f = self._tenant_fp(t, prefix)
+                f = self._tenant_fp(t, prefix, getattr(b, "rules", ""))
                 rec = self.real.applied.get(sid)
                 step = Step(sid, "tenant", "no-op", "exists as planned", 0, t.user, addrs, fingerprint=f,
                             payload=(b, t))

@@ -96,6 +96,10 @@ def _grantees(acl: list[str] | None) -> set[str]:
     return {item.split("=", 1)[0].strip('"') for item in acl}
 
 
+# Changes when the cluster-wide hardening does: the engine then ensures every tenant again.
+RULES = hashlib.sha256(repr(harden_statements()).encode()).hexdigest()[:12]
+
+
 @dataclass
 class PostgresBackend:
     host: str
@@ -106,6 +110,7 @@ class PostgresBackend:
     connection_limit: int = 30
     workers: int = 2  # CREATE DATABASE copies template1 and syncs; two connections roughly halve it
     name: str = "postgres"
+    rules: str = RULES
 
     # ---- connections ---------------------------------------------------------------------------
 

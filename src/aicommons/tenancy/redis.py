@@ -46,6 +46,10 @@ def acl_rules(t: Tenant, password: str, *, enabled: bool = True) -> list[str]:
             "resetchannels", f"&{t.redis_prefix}*", "+@all", *DENIED, "+select|0", *([db] if db != "+select|0" else [])]
 
 
+# Changes when the deny list does: the engine then ensures every tenant's ACL user again.
+RULES = hashlib.sha256(" ".join(DENIED).encode()).hexdigest()[:12]
+
+
 @dataclass
 class RedisBackend:
     host: str
@@ -55,6 +59,7 @@ class RedisBackend:
     archive_dir: Path
     warnings: list[str] = field(default_factory=list)
     name: str = "redis"
+    rules: str = RULES
 
     def _client(self, user: str | None = None, password: str | None = None) -> redis.Redis:
         return redis.Redis(host=self.host, port=self.port, username=user or self.admin_user,

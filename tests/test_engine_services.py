@@ -110,14 +110,24 @@ def test_a_changed_pg_hba_updates_only_postgres_and_reapplies_only_it(tmp_path):
     assert plan_site(site, **kw2).empty
 
 
-def test_a_driver_that_configures_services_gets_no_service_steps(tmp_path):
+def test_a_driver_that_installs_services_gets_only_their_rendered_config(tmp_path):
+    """One pg_hba.conf / users.acl for every driver: the LXC driver installs PostgreSQL and Redis
+    by its own recipes, the engine still delivers the site's rendered config files to them (and
+    nothing to the services the driver skips, and never install.sh)."""
     class Configuring(FakeDriver):
         configures_services = True
+
+        def skipped_services(self, resolved):
+            return {"qdrant": "not from the mirror"}
 
     site = _site(tmp_path)
     kw = {**_kw(tmp_path), "driver": Configuring(tmp_path / "fake")}
     plan = plan_site(site, **kw)
-    assert plan.steps and not [s for s in plan.steps.values() if s.kind == "service"]
+    svc = {s.id: s for s in plan.steps.values() if s.kind == "service"}
+    assert {"service.postgres", "service.redis"} <= set(svc) and "service.qdrant" not in svc
+    assert sorted(svc["service.postgres"].payload[1]) == ["conf.d/aicommons.conf", "pg_hba.conf"]
+    assert sorted(svc["service.redis"].payload[1]) == ["redis.conf", "users.acl"]
+    assert not [s for s in svc.values() if "install.sh" in s.payload[1]]
 
 
 def test_a_failing_install_fails_the_step_and_is_planned_again(tmp_path):
@@ -185,7 +195,9 @@ def test_no_models_or_a_driver_skipping_ollama_gives_no_models_step(tmp_path, ol
     kw = {**_kw(tmp_path), "driver": Skipping(tmp_path / "fake", urls={"ollama": olla.url})}
     plan = plan_site(site, **kw)
     assert "ollama.models" not in plan.steps and olla.pulls == []
-    assert not [s for s in plan.steps.values() if s.kind == "service"]  # it configures the rest itself
+    # it installs the rest itself; the engine delivers only their rendered system config
+    assert "service.ollama" not in plan.steps
+    assert not [s for s in plan.steps.values() if s.kind == "service" and "install.sh" in s.payload[1]]
 
 
 
@@ -241,3 +253,72 @@ def test_a_removed_shared_container_takes_its_service_record_with_it(tmp_path):
     finally:
         state.close()
     assert plan_site(site, **kw).empty
+
+
+def test_langfuse_gets_its_key_and_bucket_at_apply_before_it_starts(tmp_path):
+    """Issue 14: no code created Langfuse's S3 key or bucket. SIMULATED: the object store (a fake
+    back end recording the call); what the real stores do with it: test_tenancy_objectstore.py."""
+    from aicommons.tenancy.fake import FakeBackend
+    made = []
+
+    class Store(FakeBackend):
+        def ensure_service(self, service, kid, sec):
+            made.append((service, kid, len(sec)))
+
+    site = _site(tmp_path)
+    kw = _kw(tmp_path)
+    kw["backends"] = [*fake_backends(tmp_path / "fake", names=("postgres", "redis", "qdrant")),
+                      Store("s3", tmp_path / "fake")]
+    plan = plan_site(site, **kw)
+    step = plan.steps["s3.service.langfuse"]
+    lf = next(i for i, s in plan.steps.items() if s.kind == "service" and s.payload[0].name == "langfuse")
+    assert "s3.service.langfuse" in plan.steps[lf].deps
+    assert any(d.startswith("service.") and "garage" in d for d in step.deps)
+    result = apply_site(site, **kw)
+    assert result.ok, [o.detail for o in result.errors]
+    assert [m[0] for m in made] == ["langfuse"] and made[0][1].startswith("GK") and made[0][2] == 64
+    assert "s3.service.langfuse" not in plan_site(site, **kw).steps  # done: a no-op next time
+
+
+def test_delivering_users_acl_keeps_a_suspended_user_off(tmp_path):
+    """The rendered users.acl has every tenant `on`; copying it over the server's file must not
+    resume a user `users suspend` turned off. REAL: sh and awk run the generated script."""
+    import subprocess
+
+    from aicommons.engine.services import apply_script
+
+    root, etc = tmp_path / "opt", tmp_path / "etc"
+    root.mkdir()
+    etc.mkdir()
+    live = etc / "users.acl"
+    live.write_text("user admin on #aa ~* &* +@all\nuser u_user1 off sanitize-payload #bb ~user1:* +@all\n"
+                    "user u_user2 on #cc ~user2:* +@all\n")
+    import os
+
+    (root / "users.acl").write_text("user default off\nuser admin on #aa ~* &* +@all\n"
+                                    "user u_user1 reset on #bb ~user1:* +@all\nuser u_user2 reset on #cc ~user2:* +@all\n"
+                                    "user u_user3 reset on #dd ~user3:* +@all\n")
+    os.chmod(root / "users.acl", 0o600)
+    script = apply_script("redis", str(root), {"users.acl"})
+    script = script.replace("/etc/redis/users.acl", str(live)).replace(" -o redis -g redis", "")
+    script = script.replace("systemctl restart redis-server", "true")
+    res = subprocess.run(["sh", "-c", script], capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    lines = {ln.split()[1]: ln for ln in live.read_text().splitlines()}
+    assert " off " in lines["u_user1"] and " on " not in lines["u_user1"]
+    assert " on " in lines["u_user2"] and " on " in lines["u_user3"] and " on " in lines["admin"]
+    assert oct(live.stat().st_mode & 0o777) == "0o600"  # hashes stay private
+
+
+def test_changed_isolation_rules_ensure_every_tenant_again(tmp_path):
+    """An upgrade that tightens the Redis deny list or the PostgreSQL hardening must reach sites
+    whose tenants already exist: the back end's `rules` are part of each slice's fingerprint."""
+    site = _site(tmp_path)
+    kw = _kw(tmp_path)
+    redis_fake = next(b for b in kw["backends"] if b.name == "redis")
+    redis_fake.rules = "v1"
+    assert apply_site(site, **kw).ok
+    assert not [s for s in plan_site(site, **kw).steps.values() if s.kind == "tenant"]
+    redis_fake.rules = "v2"
+    again = [s for s in plan_site(site, **kw).steps.values() if s.kind == "tenant"]
+    assert again and {s.id.split(".")[1] for s in again} == {"redis"} and all(s.action == "update" for s in again)

@@ -130,7 +130,7 @@ def test_user_bundle_wiring_uses_the_tenant_names(files, site, secrets):
     assert env["POSTGRES_PASSWORD"] == secrets("user7", "postgres_password")
     n8n = svcs["n8n"]["environment"]
     assert n8n["DB_POSTGRESDB_DATABASE"] in t.databases and n8n["DB_POSTGRESDB_USER"] == t.postgres_role
-    assert n8n["WEBHOOK_URL"] == f"https://{t.hosts['n8n']}/"
+    assert n8n["N8N_WEBHOOK_URL"] == f"https://{t.hosts['n8n']}/"
     fl = svcs["flowise"]["environment"]
     assert fl["S3_FORCE_PATH_STYLE"] == "true" and fl["DATABASE_NAME"] in t.databases
     # the Qdrant key is a JWT limited to the user's own collections

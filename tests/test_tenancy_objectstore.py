@@ -160,3 +160,67 @@ def test_observe_reports_only_tenant_buckets(store):
         assert b.observe() == {"user1": {"s3.bucket.user1-openwebui", "s3.bucket.user1-flowise"}}
     finally:
         admin.delete_bucket(bid)
+
+
+# ---- Langfuse's own key and bucket (issue 14): Garage's key format is GK + 24 hex and a 64-hex
+# secret (deuxfleurs-org/garage src/model/key_table.rs `Key::new`; ImportKey refuses other
+# formats); MinIO requires an access key of >= 3 and a secret of >= 8 characters without `=`/`,`
+# (minio internal/auth/credentials.go). The stand-ins enforce those formats. ----
+
+def _rendered_langfuse_key(site, secrets):
+    from aicommons.render.shared_compose import langfuse
+    from aicommons.render.envfile import parse_env
+
+    c = next(c for c in site.containers if c.role == "shared" and c.name == "langfuse")
+    env = parse_env(next(f for f in langfuse(site, c, secrets) if f.path.endswith("/.env")).content)
+    return env["S3_ACCESS_KEY_ID"], env["S3_SECRET_ACCESS_KEY"]
+
+
+def test_langfuse_key_is_in_the_stores_format_imported_and_its_bucket_granted(store):
+    import re
+
+    from aicommons.tenancy.objectstore import service_credentials
+
+    b, garage, secrets, s3 = store
+    site = resolved_site(2)
+    kid, sec = _rendered_langfuse_key(site, secrets)
+    assert re.fullmatch(r"GK[0-9a-f]{24}", kid) and re.fullmatch(r"[0-9a-f]{64}", sec)
+    assert (kid, sec) == service_credentials("langfuse", secrets)
+    t1 = site.tenants[0]
+    b.ensure(t1, secrets.for_tenant(t1))
+    for _ in range(2):  # idempotent
+        b.ensure_service("langfuse", kid, sec)
+    assert garage.state.calls.count("ImportKey") == 2  # user1's key and Langfuse's, once each
+    info = GarageAdmin(garage.url, TOKEN).bucket("langfuse")
+    assert {k for k, p in info["keys"].items() if p.get("read") or p.get("write")} == {kid}
+    # a key someone added by hand is taken off again
+    tenant_kid = tenant_credentials(secrets.for_tenant(t1))[0]
+    GarageAdmin(garage.url, TOKEN).set_access(info["id"], tenant_kid, True, True)
+    b.ensure_service("langfuse", kid, sec)
+    info = GarageAdmin(garage.url, TOKEN).bucket("langfuse")
+    assert {k for k, p in info["keys"].items() if p.get("read") or p.get("write")} == {kid}
+    s3.put_object(Bucket="langfuse", Key="events/x.json", Body=b"{}")  # the bucket exists for S3 clients
+    s3.delete_object(Bucket="langfuse", Key="events/x.json")
+    GarageAdmin(garage.url, TOKEN).delete_bucket(info["id"])
+
+
+def test_langfuse_key_is_accepted_by_minio(moto, tmp_path):
+    from aicommons.tenancy.minio import MinioAdminAdapter
+    from aicommons.tenancy.objectstore import service_credentials
+    from tests.standins.minio import MinioAdminStandin
+
+    srv = MinioAdminStandin("aicommons-admin", "minio-root-password")
+    try:
+        adapter = MinioAdminAdapter(srv.endpoint, moto.removeprefix("http://"), "aicommons-admin",
+                                    "minio-root-password")
+        b = ObjectStoreBackend(adapter, moto, ("aicommons-admin", "minio-root-password"), tmp_path / "archive")
+        kid, sec = service_credentials("langfuse", DictSecrets())
+        b.ensure_service("langfuse", kid, sec)
+        b.ensure_service("langfuse", kid, sec)
+        assert srv.calls.count("add-user") == 1 and kid in srv.users
+        pol = srv.policies[f"aicommons-{kid}"]
+        assert sorted(r for s in pol["Statement"] for r in s["Resource"]) == [
+            "arn:aws:s3:::langfuse", "arn:aws:s3:::langfuse/*"]
+        adapter.delete_bucket("langfuse")
+    finally:
+        srv.stop()

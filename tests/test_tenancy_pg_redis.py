@@ -74,7 +74,8 @@ def test_weakened_grant_fails_the_audit(world, pg):
     with psycopg.connect(pg.admin_dsn, autocommit=True) as c:
         c.execute("GRANT CONNECT ON DATABASE n8n_user2 TO u_user3")
     bad = leaks(pgb.audit(tenants, secrets.by_user(tenants)))
-    assert [(c.actor, c.target, c.resource) for c in bad] == [("user3", "user2", "database n8n_user2")]
+    assert sorted((c.actor, c.target, c.resource) for c in bad) == [
+        ("user3", "user2", "CONNECT on database n8n_user2 (granted)"), ("user3", "user2", "database n8n_user2")]
     with psycopg.connect(pg.admin_dsn, autocommit=True) as c:
         c.execute("GRANT CONNECT ON DATABASE flowise_user1 TO PUBLIC")
         c.execute("GRANT u_user1 TO u_user2")

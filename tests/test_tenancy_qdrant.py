@@ -6,6 +6,7 @@ RBAC reads exactly these claims); collections are created and removed in qdrant-
 from __future__ import annotations
 
 import jwt
+import pytest
 from qdrant_client import QdrantClient, models
 
 from aicommons.tenancy.qdrant import CONTROL, QdrantBackend, _point_id, check_token, token_claims, user_token
@@ -66,3 +67,52 @@ def test_ensure_remove_suspend_in_local_mode(tmp_path):
     archived = list((tmp_path / "archive" / "user1").glob("qdrant-*.json"))
     assert len(archived) == 1 and '"doc": "a"' in archived[0].read_text()
     assert "user1" not in b.observe()
+
+
+def test_collections_follow_the_sites_embedding_model(tmp_path):
+    """Issue 14: collections were made at a fixed 384 dimensions whatever the model."""
+    import dataclasses
+
+    from qdrant_client import models
+
+    from aicommons.errors import PermanentError
+    from aicommons.spec.load import load_text
+    from aicommons.spec.default import render_site_yaml
+    from aicommons.plan import resolve
+
+    text = render_site_yaml(users=1, services=["ollama", "qdrant", "postgres", "redis", "garage", "searxng", "langfuse"])
+    site, _ = load_text(text + "embedding: {model: nomic-embed-text, engine: ollama}\n")
+    t = resolve(site).tenants[0]
+    assert t.qdrant_vector_size == 768
+    b = _backend(tmp_path)
+    b.ensure(t, {})
+    c = b._c()
+    assert {b._size(c, n) for n in t.qdrant_collections} == {768}
+    # the model changes: empty collections are recreated at the new size
+    t2 = dataclasses.replace(t, qdrant_vector_size=1024)
+    assert any("dimensions" in p for p in b.verify(t2, {}))
+    b.ensure(t2, {})
+    assert {b._size(c, n) for n in t.qdrant_collections} == {1024} and b.verify(t2, {}) == []
+    # one holding vectors is refused by name, unless the site says recreate (archived first)
+    full = t.qdrant_collections[0]
+    c.upsert(full, [models.PointStruct(id=1, vector=[0.1] * 1024, payload={"x": 1})])
+    t3 = dataclasses.replace(t, qdrant_vector_size=384)
+    with pytest.raises(PermanentError, match=f"{full} holds 1 vectors.*recreate_nonempty"):
+        b.ensure(t3, {})
+    assert b._size(c, full) == 1024
+    b.recreate_nonempty = True
+    b.ensure(t3, {})
+    assert {b._size(c, n) for n in t.qdrant_collections} == {384}
+    assert list((tmp_path / "archive" / t.user).glob("*.json"))
+
+
+def test_an_unknown_embedding_model_needs_its_dimensions():
+    from aicommons.errors import SiteInvalid
+    from aicommons.spec.load import load_text
+    from aicommons.spec.default import render_site_yaml
+
+    text = render_site_yaml(users=1, services=["qdrant"])
+    with pytest.raises(SiteInvalid, match="embedding"):
+        load_text(text + "embedding: {model: my-own-embedder}\n")
+    site, _ = load_text(text + "embedding: {model: my-own-embedder, dimensions: 512}\n")
+    assert site.embedding.size == 512

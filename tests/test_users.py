@@ -77,7 +77,7 @@ def test_add_three_users_audit_passes_then_weakened_grant_fails(site, tmp_path, 
         c.execute("GRANT CONNECT ON DATABASE n8n_alice TO PUBLIC")
     assert cli("audit", "isolation", "-f", str(site), "--json") == 1
     report = json.loads(capsys.readouterr().out)
-    assert report["leaks"] == 2 and {c["actor"] for c in report["checks"] if not c["ok"]} == {"bob", "carol"}
+    assert report["leaks"] == 4 and {c["actor"] for c in report["checks"] if not c["ok"]} == {"bob", "carol"}  # login + grant
 
 
 def test_show_redacts_unless_asked_and_list(site, tmp_path, capsys):
@@ -258,3 +258,56 @@ def test_an_email_already_in_use_is_refused(site, tmp_path, capsys):
     assert site.read_bytes() == before
     with manage.Context(site) as ctx:
         assert "bob" not in {a.user for a in ctx.session.state.allocations()}
+
+
+def test_removal_cannot_be_blocked_by_a_tenant_and_a_blocked_one_changes_nothing(site, tmp_path, pg, redis_server):
+    """Issue 14: a large object in `postgres` and a grant on another user's database used to make
+    `users remove` fail half-way (Redis data gone, user out of site.yaml, role and container kept)."""
+    for n in ("alice", "bob"):
+        assert add(site, n, tmp_path).ok
+    with manage.Context(site) as ctx:
+        sec = {n: ctx.tenant_secrets(ctx.tenant(n)) for n in ("alice", "bob")}
+    r_bob = redislib.Redis(port=redis_server.port, username="u_bob", password=sec["bob"]["redis_password"])
+    r_bob.set("bob:session", "kept")
+    dsn = f"host={pg.host} port={pg.port} user=u_bob password={sec['bob']['postgres_password']}"
+    # 1) something the removal cannot clear by itself: refused before anything changes
+    with psycopg.connect(pg.admin_dsn, autocommit=True) as c:
+        c.execute("CREATE DATABASE closed_db")
+    with psycopg.connect(pg.admin_dsn.replace("dbname=postgres", "dbname=closed_db"), autocommit=True) as c:
+        oid = c.execute("SELECT lo_from_bytea(0, 'x')").fetchone()[0]
+        c.execute(f"ALTER LARGE OBJECT {oid} OWNER TO u_bob")
+    with psycopg.connect(pg.admin_dsn, autocommit=True) as c:
+        c.execute("ALTER DATABASE closed_db ALLOW_CONNECTIONS false")
+    try:
+        with pytest.raises(manage.AicError, match="bob was not removed.*closed_db"):
+            manage.remove_user(site, "bob", driver=FakeDriver(tmp_path / "fake"))
+        assert "bob" in manage.user_names(site) and r_bob.get("bob:session") == b"kept"
+        with manage.Context(site) as ctx:
+            t = ctx.tenant("bob")
+            assert all(b.verify(t, ctx.tenant_secrets(t)) == [] for b in ctx.backends)
+    finally:
+        with psycopg.connect(pg.admin_dsn, autocommit=True) as c:
+            c.execute("DROP DATABASE closed_db")
+    # 2) what a tenant can plant: a large object in `postgres` (before this fix PUBLIC could connect)
+    #    and grants between users' databases, both ways
+    with psycopg.connect(pg.admin_dsn, autocommit=True) as c:
+        c.execute("GRANT CONNECT ON DATABASE postgres TO PUBLIC")
+    with psycopg.connect(dsn + " dbname=postgres", autocommit=True) as c:
+        c.execute("SELECT lo_from_bytea(0, 'planted')")
+    with psycopg.connect(pg.admin_dsn, autocommit=True) as c:
+        c.execute("REVOKE CONNECT ON DATABASE postgres FROM PUBLIC")
+    alice = f"host={pg.host} port={pg.port} user=u_alice password={sec['alice']['postgres_password']}"
+    with psycopg.connect(alice + " dbname=n8n_alice", autocommit=True) as c:
+        c.execute("GRANT CONNECT ON DATABASE n8n_alice TO u_bob")
+    with psycopg.connect(dsn + " dbname=n8n_bob", autocommit=True) as c:
+        c.execute("GRANT CONNECT ON DATABASE n8n_bob TO u_alice")
+    res = manage.remove_user(site, "bob", driver=FakeDriver(tmp_path / "fake"))
+    assert res.ok, [o.detail for o in res.errors]
+    assert "tenant.postgres.bob" in res.plan.steps["tenant.redis.bob"].deps  # PostgreSQL first
+    with psycopg.connect(pg.admin_dsn, autocommit=True) as c:
+        assert c.execute("SELECT 1 FROM pg_roles WHERE rolname = 'u_bob'").fetchone() is None
+        c.execute("SELECT lo_unlink(oid) FROM pg_largeobject_metadata WHERE lomowner = 'postgres'::regrole")
+    with manage.Context(site) as ctx:
+        t = ctx.tenant("alice")
+        assert all(b.verify(t, ctx.tenant_secrets(t)) == [] for b in ctx.backends)
+    assert manage.remove_user(site, "alice", driver=FakeDriver(tmp_path / "fake")).ok

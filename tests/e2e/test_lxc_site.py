@@ -188,6 +188,40 @@ def test_status_and_audit_run_inside_the_site_network(site: Path):
         assert re.search(rf"│ {svc} +│ ok ", r.stdout), r.stdout[-3000:]
 
 
+def test_audit_fails_when_any_hole_is_reopened_by_hand(site: Path):
+    """Issue 14: each channel closed by the tenant ACL / grants, reopened by hand, fails the audit."""
+    admin_pg = secret(site, "site", "postgres_admin_password")
+    admin_rd = secret(site, "site", "redis_admin_password")
+
+    def pg(sql: str):
+        return sh(["ip", "netns", "exec", NS, "env", f"PGPASSWORD={admin_pg}", "psql", "-h", "10.0.5.102", "-U",
+                   "postgres", "-d", "postgres", "-v", "ON_ERROR_STOP=1", "-Atc", sql])
+
+    def rd(*cmd: str):
+        return sh(["ip", "netns", "exec", NS, "redis-cli", "-h", "10.0.5.103", "--user", "admin", "--pass", admin_rd,
+                   "--no-auth-warning", *cmd])
+
+    holes = [
+        (lambda: pg("GRANT CONNECT, TEMPORARY ON DATABASE postgres TO PUBLIC"),
+         lambda: pg("REVOKE CONNECT, TEMPORARY ON DATABASE postgres FROM PUBLIC")),
+        (lambda: pg("GRANT CONNECT ON DATABASE n8n_user2 TO u_user1"),
+         lambda: pg("REVOKE CONNECT ON DATABASE n8n_user2 FROM u_user1")),
+        (lambda: rd("ACL", "SETUSER", "u_user1", "+client|tracking"),
+         lambda: rd("ACL", "SETUSER", "u_user1", "-client|tracking")),
+        (lambda: rd("ACL", "SETUSER", "u_user1", "+memory|stats"),
+         lambda: rd("ACL", "SETUSER", "u_user1", "-memory|stats")),
+    ]
+    for reopen, close in holes:
+        assert reopen().returncode == 0
+        try:
+            r = cli(site, "audit", "isolation")
+            assert r.returncode == 1 and "LEAK" in r.stderr and "user1" in r.stderr, (r.stdout + r.stderr)[-2000:]
+        finally:
+            assert close().returncode == 0
+    r = cli(site, "audit", "isolation")
+    assert r.returncode == 0, (r.stdout + r.stderr)[-2000:]
+
+
 def test_users_add_and_remove(site: Path):
     from aicommons.plan import names
 

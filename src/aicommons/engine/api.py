@@ -186,7 +186,7 @@ def _refresh(s: Session) -> Reality:
     active = {a.user: a.ctid for a in allocs if a.status == "active"}
     traefik = s.target.list() if s.target is not None else {}
     return Reality(containers, tenants, traefik, s.state.applied(), allocations, unread, active,
-                   _firewall_diff(s), services=not configures_services(s.driver),
+                   _firewall_diff(s), services=_delivered_services(s),
                    ollama=_ollama_reality(s, containers))
 
 
@@ -197,6 +197,19 @@ def configures_services(driver) -> bool:
     (`skipped_services`, the LXC driver) is one that installs the others by its own recipes."""
     said = getattr(driver, "configures_services", None)
     return bool(said) if said is not None else callable(getattr(driver, "skipped_services", None))
+
+
+def _delivered_services(s: Session) -> bool | frozenset[str]:
+    """Which shared services get their rendered files from the engine: all (True), or, for a driver
+    that installs services by its own recipes, the system config files (pg_hba.conf, users.acl, …)
+    of those it runs: one rendered configuration for every driver."""
+    if not configures_services(s.driver):
+        return True
+    from aicommons.engine.services import SYSTEM
+
+    skip = getattr(s.driver, "skipped_services", None)
+    skipped = skip(s.resolved) if callable(skip) else {}
+    return frozenset(n for n in SYSTEM if n not in skipped)
 
 
 def _ollama_reality(s: Session, containers: dict) -> dict | None:

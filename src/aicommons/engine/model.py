@@ -30,7 +30,7 @@ class Change:
 @dataclass
 class Step:
     id: str
-    kind: Literal["container", "tenant", "traefik", "bundle", "allocation", "firewall", "service", "ollama"]
+    kind: Literal["container", "tenant", "traefik", "bundle", "allocation", "firewall", "service", "ollama", "s3service"]
     action: Action
     reason: str
     phase: int = 0

@@ -33,7 +33,9 @@ class Reality:
     active: dict[str, int] = field(default_factory=dict)  # user -> ctid of active allocations
     # None: the driver applies no firewall. Else what differs now (`ipset.X`, `group.X`, `container.N`).
     firewall: list[str] | None = None
-    services: bool = False  # deliver shared containers' rendered files (the driver does not configure them)
+    # Deliver shared containers' rendered files: all (True), or only the system config files of
+    # these services (a driver that installs them by its own recipes).
+    services: bool | frozenset = False
     # Site models to pull: {"url", "wanted", "missing" (None: Ollama could not be read), "why"}; None: no step.
     ollama: dict | None = None
 
@@ -81,6 +83,7 @@ class Planner:
         self._bundles(tenants)
         self._allocations(tenants)
         self._services(containers)
+        self._service_buckets(containers)
         self._ollama(containers)
         self._firewall()
         self._gates()
@@ -123,10 +126,13 @@ class Planner:
 
     # ---- tenancy -------------------------------------------------------------------------------
 
-    def _tenant_fp(self, t: Tenant, prefix: str) -> str:
+    def _tenant_fp(self, t: Tenant, prefix: str, rules: str = "") -> str:
         keys = A.BACKEND_KEYS.get(prefix)
         keys = keys if keys is not None else ()
-        return fp(asdict(t), [(k, self.versions.get((t.user, k), 0)) for k in keys])
+        parts = [asdict(t), [(k, self.versions.get((t.user, k), 0)) for k in keys]]
+        # A back end's isolation rules (Redis deny list, PostgreSQL hardening) are part of every slice:
+        # when they change, every tenant is ensured again.
+        return fp(*parts, rules) if rules else fp(*parts)
 
     def _tenants(self, wanted: list[Tenant]) -> None:
         names = {t.user for t in wanted}
@@ -140,7 +146,7 @@ class Planner:
                 sid = f"tenant.{prefix}.{t.user}"
                 have = seen.get(t.user, set())
                 missing = [a for a in addrs if a not in have]
-                f = self._tenant_fp(t, prefix)
+                f = self._tenant_fp(t, prefix, getattr(b, "rules", ""))
                 rec = self.real.applied.get(sid)
                 step = Step(sid, "tenant", "no-op", "exists as planned", 0, t.user, addrs, fingerprint=f,
                             payload=(b, t))
@@ -249,12 +255,15 @@ class Planner:
     # ---- shared containers' configuration and the site's models -------------------------------
 
     def _services(self, containers: list[Container]) -> None:
-        from aicommons.engine.services import digests, files_of
+        from aicommons.engine.services import SYSTEM, digests, files_of
 
         if not self.real.services:
             return
+        only = None if self.real.services is True else self.real.services
         for c in containers:
             files = files_of(self.files, c.hostname) if c.role == "shared" else {}
+            if only is not None:
+                files = {r: f for r, f in files.items() if c.name in only and r in SYSTEM[c.name][0]}
             if not files:
                 continue
             addr = f"service.{c.hostname}"
@@ -274,6 +283,36 @@ class Planner:
                 step.action, step.reason = "update", "changed: " + ", ".join(diff[:5])
             step.deps.add(A.container(c.ctid))
             self.add(step)
+
+    def _service_buckets(self, containers: list[Container]) -> None:
+        """A shared service's own object-store key and bucket (Langfuse's), made at apply time."""
+        from aicommons.plan.secrets import SITE_SCOPE
+        from aicommons.tenancy.objectstore import SERVICE_BUCKETS
+
+        store = next((b for b in self.backends if callable(getattr(b, "ensure_service", None))), None)
+        if store is None or self.destroy:
+            return
+        by_name = {c.name: c for c in containers if c.role == "shared"}
+        for service, (bucket, *keys) in sorted(SERVICE_BUCKETS.items()):
+            c = by_name.get(service)
+            if c is None:
+                continue
+            addr = f"s3.service.{service}"
+            f = fp(bucket, [(k, self.versions.get((SITE_SCOPE, k), 0)) for k in keys])
+            rec = self.real.applied.get(addr)
+            step = Step(addr, "s3service", "no-op", "key and bucket as planned", 0, None,
+                        [addr, f"s3.bucket.{bucket}"], fingerprint=f, payload=(store, service))
+            if rec is None:
+                step.action, step.reason = "create", f"{service} needs its bucket {bucket} and key"
+            elif rec.fingerprint != f:
+                step.action, step.reason = "update", "key rotated"
+            for other in containers:  # after the object store is up; before the service starts
+                if other.role == "shared" and other.name in ("garage", "minio"):
+                    step.phase = max(step.phase, other.phase)
+                    step.deps.update({A.container(other.ctid), f"service.{other.hostname}"})
+            self.add(step)
+            if step.action != "no-op" and f"service.{c.hostname}" in self.steps:
+                self.steps[f"service.{c.hostname}"].deps.add(addr)
 
     def _ollama(self, containers: list[Container]) -> None:
         from aicommons.engine.services import OLLAMA_MODELS
@@ -328,6 +367,12 @@ class Planner:
                 continue
             s.deps.update(g.id for g in shared if g.phase < s.phase)
         deletes = [s for s in self.steps.values() if s.action == "delete"]
+        # A user's PostgreSQL slice goes first: it is the one a tenant can try to make fail (objects
+        # elsewhere, grants), and a failure there must leave the rest of the user untouched.
+        pg_first = {d.owner: d.id for d in deletes if d.kind == "tenant" and d.id.startswith("tenant.postgres.")}
+        for s in deletes:
+            if s.owner in pg_first and s.id != pg_first[s.owner]:
+                s.deps.add(pg_first[s.owner])
         for s in deletes:  # routes and tenant data go before the container; shared services go last
             if s.kind == "container" and s.owner:
                 s.deps.update(d.id for d in deletes if d.owner == s.owner and d.kind != "container")

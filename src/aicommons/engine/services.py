@@ -48,6 +48,13 @@ def digests(files: dict) -> dict[str, str]:
     return {rel: f"{f.mode:o}:{digest(f.content)}" for rel, f in sorted(files.items())}
 
 
+# A suspended user is `off` in the server's aclfile (ACL SAVE); the rendered file cannot know it,
+# so a user the live file has `off` stays `off` in the copy that replaces it.
+KEEP_ACL_OFF = ("awk 'NR==FNR {{ if ($1 == \"user\" && / off( |$)/) off[$2] = 1; next }} "
+                "$1 == \"user\" && ($2 in off) {{ sub(/ on /, \" off \") }} 1' {live} {src} > {src}.merged "
+                "&& cat {src}.merged > {src} && rm -f {src}.merged")  # cat keeps the 0600 file's mode
+
+
 def apply_script(service: str, root: str, changed: set[str]) -> str | None:
     """Copy the changed system config files into place and restart the service (None: nothing to do)."""
     dests, after = SYSTEM.get(service, ({}, ""))
@@ -57,6 +64,9 @@ def apply_script(service: str, root: str, changed: set[str]) -> str | None:
     lines = ["set -eu"]
     for rel, dest, owner in todo:
         src = shlex.quote(posixpath.join(root, rel))
+        if rel == "users.acl":
+            lines.append(f"if [ -f {shlex.quote(dest)} ]; then umask 077; "
+                         + KEEP_ACL_OFF.format(live=shlex.quote(dest), src=src) + "; fi")
         own = f" -o {shlex.quote(owner.split(':')[0])} -g {shlex.quote(owner.split(':')[1])}" if owner else ""
         lines.append(f'install -D -m "$(stat -c %a {src})"{own} {src} {shlex.quote(dest)}')
     lines.append(after)

@@ -37,7 +37,16 @@ def execute(ctx: Context, step) -> str | None:
 
     return {"container": _container, "tenant": _tenant, "traefik": _traefik, "bundle": _bundle,
             "allocation": _allocation, "firewall": _firewall, "service": run_service,
-            "ollama": run_models}[step.kind](ctx, step)
+            "ollama": run_models, "s3service": _service_bucket}[step.kind](ctx, step)
+
+
+def _service_bucket(ctx: Context, step) -> None:
+    from aicommons.tenancy.objectstore import service_credentials
+
+    store, service = step.payload
+    kid, sec = service_credentials(service, ctx.secrets.get)
+    store.ensure_service(service, kid, sec)
+    ctx.store.record_applied(step.id, "s3service", None, step.fingerprint, {"service": service, "key": kid})
 
 
 PENDING = "pending"  # recorded before acting, so a kill mid-step leaves a record the next plan sees

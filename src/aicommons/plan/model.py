@@ -72,6 +72,7 @@ class Tenant:
     apps: tuple[str, ...]
     ports: dict[str, int]
     hosts: dict[str, str]
+    qdrant_vector_size: int = 384  # the site's embedding dimensions (state records before it had none)
 
 
 @dataclass(frozen=True, slots=True)

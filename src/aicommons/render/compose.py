@@ -106,6 +106,8 @@ class _Wiring:
             if q := endpoint_url(r, "qdrant", "http"):
                 e.update(VECTOR_DB="qdrant", QDRANT_URI=q, ENABLE_QDRANT_MULTITENANCY_MODE="true",
                          QDRANT_COLLECTION_PREFIX=t.qdrant_prefix)
+                # The model the collections are sized for (site.embedding).
+                e.update(RAG_EMBEDDING_ENGINE=r.site.embedding.engine, RAG_EMBEDDING_MODEL=r.site.embedding.model)
                 e["QDRANT_API_KEY"] = self.put("QDRANT_API_KEY",
                                                qdrant_token(t, self.secrets(SITE_SCOPE, "qdrant_api_key")))
             if (s3 := self.s3()) and app.buckets:
@@ -127,9 +129,8 @@ class _Wiring:
             e["DB_POSTGRESDB_PASSWORD"] = self.secret("POSTGRES_PASSWORD", "postgres_password")
             e["N8N_ENCRYPTION_KEY"] = self.secret("N8N_ENCRYPTION_KEY", "n8n_encryption_key")
             e.update(N8N_HOST=host, N8N_PROTOCOL="https", N8N_PORT=str(app.container_port),
-                     WEBHOOK_URL=f"https://{host}/", N8N_PROXY_HOPS="1")
-            if ollama:
-                e["OLLAMA_HOST"] = ollama
+                     N8N_WEBHOOK_URL=f"https://{host}/", N8N_PROXY_HOPS="1")  # WEBHOOK_URL is deprecated
+            # No OLLAMA_HOST: n8n does not read it (its Ollama credential holds the URL; catalog verify).
         elif app.name == "jupyter":
             e["JUPYTER_TOKEN"] = self.secret("JUPYTER_TOKEN", "jupyter_token")
             if ollama:
@@ -155,14 +156,14 @@ class _Wiring:
             e["DATABASE_PASSWORD"] = self.secret("POSTGRES_PASSWORD", "postgres_password")
             e["SECRETKEY_PATH"] = app.data_path or "/root/.flowise"
             e["FLOWISE_SECRETKEY_OVERWRITE"] = self.secret("FLOWISE_SECRET_KEY", "flowise_secret_key")
-            e["FLOWISE_USERNAME"] = "admin"
-            e["FLOWISE_PASSWORD"] = self.secret("FLOWISE_ADMIN_PASSWORD", "flowise_admin_password")
+            # Flowise 3 reads no FLOWISE_USERNAME/PASSWORD: the first visitor (the owner, behind
+            # forward-auth) creates the admin at /organization-setup (catalog verify).
             if (s3 := self.s3()) and app.buckets:
                 e.update(STORAGE_TYPE="s3", S3_STORAGE_BUCKET_NAME=_bucket(t, "flowise"),
                          S3_STORAGE_ACCESS_KEY_ID=s3["access"], S3_STORAGE_SECRET_ACCESS_KEY=s3["secret"],
                          S3_STORAGE_REGION=s3["region"], S3_ENDPOINT_URL=s3["endpoint"], S3_FORCE_PATH_STYLE="true")
-        if "langfuse" in r.endpoints and app.name == "openwebui":
-            e["LANGFUSE_HOST"] = endpoint_url(r, "langfuse", "web") or ""
+        # No LANGFUSE_HOST for Open WebUI: 0.6.41 does not read it (tracing goes through its
+        # Pipelines, configured in the app; catalog verify).
         return e
 
 

@@ -41,19 +41,41 @@ def postgresql_conf(resolved: ResolvedSite, c: Container) -> str:
     ])
 
 
-def pg_hba(resolved: ResolvedSite) -> str:
-    """One scram-sha-256 line per tenant database, from that tenant's own container address."""
+def admin_sources(resolved: ResolvedSite) -> list[str]:
+    """Where the superuser may log in from over TCP: the operator sources (operator_allow minus
+    every user range, plan/access.py), and on the LXC driver the host itself (the control plane
+    joins the site's network as its gateway)."""
+    out = list(resolved.operator_sources)
+    if resolved.site.driver.kind == "lxc":
+        out.insert(0, f"{resolved.site.network.gateway}/32")
+    return out
+
+
+def pg_hba(resolved: ResolvedSite, sources: list[str] | None = None) -> str:
+    """The one pg_hba.conf of every driver: first match wins, anything unmatched is refused.
+
+    Each tenant role reaches only its own databases, only from its own container; a tenant
+    container matches nothing else (not `postgres`, `template1` or another tenant's database,
+    and not the superuser even where an operator range covers it); shared services reach their
+    own database from their own container; the superuser comes from `sources`, and so do the
+    audit's logins as each tenant (to that tenant's databases only)."""
     lines = [HEAD.rstrip(), "# TYPE  DATABASE  USER  ADDRESS  METHOD",
              "local   all  postgres  peer",
              "host    all  postgres  127.0.0.1/32  scram-sha-256"]
-    for cidr in resolved.operator_sources:  # operator_allow minus every user range (plan/access.py)
-        lines.append(f"host    all  postgres  {cidr}  scram-sha-256  # operators / control plane")
-    for c in pg_clients(resolved):
-        ident = db_ident(c.name)
-        lines.append(f"host    {ident}  {ident}  {c.ip}/32  scram-sha-256  # {c.hostname}")
     for t in resolved.tenants:
         for db in t.databases:
             lines.append(f"host    {db}  {t.postgres_role}  {t.ip}/32  scram-sha-256  # {t.user}")
+        lines.append(f"host    all  all  {t.ip}/32  reject  # {t.user}: nothing else")
+    for c in pg_clients(resolved):
+        ident = db_ident(c.name)
+        lines.append(f"host    {ident}  {ident}  {c.ip}/32  scram-sha-256  # {c.hostname}")
+    for cidr in admin_sources(resolved) if sources is None else sources:
+        # `audit isolation` logs in from the control plane with each tenant's own password: there
+        # too a tenant role reaches only its own databases.
+        for t in resolved.tenants:
+            if t.databases:
+                lines.append(f"host    {','.join(t.databases)}  {t.postgres_role}  {cidr}  scram-sha-256")
+        lines.append(f"host    all  postgres  {cidr}  scram-sha-256  # operators / control plane")
     return "\n".join(lines) + "\n"
 
 
@@ -83,6 +105,7 @@ def redis_conf(resolved: ResolvedSite, c: Container, aclfile: str = "/etc/redis/
         f"bind 127.0.0.1 {c.ip}",
         "port 6379",
         "protected-mode yes",
+        "pidfile /run/redis/redis-server.pid",  # the Debian unit's PIDFile
         f"aclfile {aclfile}",
         f"databases {resolved.site.redis.databases}",
         "dir /var/lib/redis",

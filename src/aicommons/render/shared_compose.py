@@ -16,6 +16,7 @@ from aicommons.render.common import catalog, db_ident, dump_yaml, endpoint_host,
 from aicommons.render.envfile import render_env
 from aicommons.render.files import SECRET_MODE, RenderedFile
 from aicommons.render.services import REDIS_LANGFUSE
+from aicommons.tenancy.objectstore import service_credentials
 
 HEAD = "# Rendered by aicommons: do not edit by hand. Secrets are in .env (0600).\n"
 CLICKHOUSE_IMAGE = "clickhouse/clickhouse-server:25.12"
@@ -71,8 +72,9 @@ def langfuse(resolved: ResolvedSite, c: Container, secrets: SecretLookup) -> lis
         "CLICKHOUSE_PASSWORD": s("clickhouse_password"),
         "REDIS_CONNECTION_STRING": (f"redis://{REDIS_LANGFUSE}:{urlquote(s('langfuse_redis_password'), safe='')}@"
                                     f"{endpoint_host(resolved, 'redis')}:{port_of(resolved, 'redis')}/0"),
-        "S3_ACCESS_KEY_ID": s("langfuse_s3_access_key"),
-        "S3_SECRET_ACCESS_KEY": s("langfuse_s3_secret_key"),
+        # In the object store's own key format (Garage: GK + 24 hex, 64 hex): the apply imports it.
+        "S3_ACCESS_KEY_ID": service_credentials("langfuse", secrets)[0],
+        "S3_SECRET_ACCESS_KEY": service_credentials("langfuse", secrets)[1],
         "LANGFUSE_INIT_PROJECT_PUBLIC_KEY": "pk-lf-" + hex_key(s("langfuse_public_key"), 16),
         "LANGFUSE_INIT_PROJECT_SECRET_KEY": "sk-lf-" + hex_key(s("langfuse_secret_key"), 16),
         "LANGFUSE_INIT_USER_PASSWORD": s("langfuse_init_user_password"),

@@ -223,6 +223,49 @@ class RedisTenancy(Model):
     first_db: int = Field(2, ge=0, description="With isolation=db, user N gets first_db + N - 1 (seed: user1=DB2).")
 
 
+# Output dimensions of embedding models, from each model's own card (sentence-transformers config
+# / Ollama library page). A model not listed needs `embedding.dimensions`.
+EMBEDDING_DIMENSIONS = {
+    "sentence-transformers/all-MiniLM-L6-v2": 384,  # Open WebUI's default RAG_EMBEDDING_MODEL
+    "sentence-transformers/all-mpnet-base-v2": 768,
+    "BAAI/bge-m3": 1024,
+    "nomic-embed-text": 768,
+    "mxbai-embed-large": 1024,
+    "all-minilm": 384,
+    "bge-m3": 1024,
+    "snowflake-arctic-embed": 1024,
+    "text-embedding-3-small": 1536,
+    "text-embedding-3-large": 3072,
+}
+
+
+class Embedding(Model):
+    """The site's embedding model: the apps embed with it and each user's Qdrant collections are
+    created at its dimensions. A collection's dimensions are fixed when it is made: after a change,
+    `apply` recreates the users' empty collections; one that already holds vectors is refused
+    (named in the error) unless `recreate_nonempty` is set, which archives its points (JSON, as
+    `users remove` does) and recreates it empty; the app then re-embeds (Open WebUI: Admin >
+    Documents > Reindex)."""
+
+    model: str = Field("sentence-transformers/all-MiniLM-L6-v2", min_length=1, max_length=200,
+                       pattern=r"^[A-Za-z0-9._:/-]+$", description="Model name as the app's engine knows it.")
+    engine: Literal["", "ollama", "openai"] = Field(
+        "", description="Open WebUI's RAG_EMBEDDING_ENGINE: '' (built-in sentence-transformers), ollama, openai.")
+    dimensions: int | None = Field(None, ge=1, le=65536, description="Needed for a model not in the known list.")
+    recreate_nonempty: bool = False
+
+    @model_validator(mode="after")
+    def _known(self):
+        if self.dimensions is None and self.model not in EMBEDDING_DIMENSIONS:
+            raise ValueError(f"the dimensions of {self.model!r} are not known; set embedding.dimensions "
+                             f"(known models: {', '.join(sorted(EMBEDDING_DIMENSIONS))})")
+        return self
+
+    @property
+    def size(self) -> int:
+        return self.dimensions or EMBEDDING_DIMENSIONS[self.model]
+
+
 class Secrets(Model):
     store: Literal["state"] = Field("state", description="Secrets live encrypted in the state store.")
     key_file: str = Field(".aicommons/secret.key", description="0600 key file (relative to the site file).")
@@ -249,6 +292,7 @@ class Site(Model):
     user_template: UserTemplate = Field(default_factory=UserTemplate)
     users: list[User] = Field(default_factory=list)
     redis: RedisTenancy = Field(default_factory=RedisTenancy)
+    embedding: Embedding = Field(default_factory=Embedding)
     secrets: Secrets = Field(default_factory=Secrets)
     backups: Backups = Field(default_factory=Backups)
     models: list[str] = Field(default_factory=list, description="Ollama models pulled once for the site.")

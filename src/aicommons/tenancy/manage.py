@@ -245,7 +245,13 @@ def remove_user(site_file: Path, name: str, *, keep_data: bool = False, purge: b
     if keep_data and purge:
         raise AicError("--keep-data and --purge contradict each other; pick one")
     site_file = Path(site_file)
+    if name not in user_names(site_file) and _left_behind(site_file, name, state_path):
+        # An earlier removal stopped after site.yaml was edited (a back end down): finish it.
+        return apply_site(site_file, state_path=state_path, targets={name}, yes=True, driver=driver,
+                          backends=backends, out=out, purge=purge, command=f"users remove {name}")
     require_user(site_file, name)
+    if not keep_data:
+        _refuse_if_blocked(site_file, name, state_path, backends)
     if keep_data:
         with Context(site_file, state_path=state_path, backends=backends) as ctx:
             t = ctx.tenant(name)
@@ -264,6 +270,28 @@ def remove_user(site_file: Path, name: str, *, keep_data: bool = False, purge: b
         finally:
             state.close()
     return result
+
+
+def _refuse_if_blocked(site_file: Path, name: str, state_path, backends) -> None:
+    """Ask every back end what would stop the removal before anything is changed: a refusal
+    leaves the user whole in site.yaml, the state and every back end, and names the cause."""
+    with Context(site_file, state_path=state_path, backends=backends) as ctx:
+        t = ctx.tenant(name)
+        found = [f"{b.name}: {why}" for b in ctx.backends
+                 for why in (b.removal_blockers(t) if callable(getattr(b, "removal_blockers", None)) else [])]
+    if found:
+        raise AicError(f"user {name} was not removed (nothing changed): " + "; ".join(found)
+                       + f". Fix it, then run `aicommons users remove {name}` again")
+
+
+def _left_behind(site_file: Path, name: str, state_path) -> bool:
+    from aicommons.engine.api import open_state
+
+    state = open_state(site_file, state_path)
+    try:
+        return any(a.startswith("tenant.") and a.endswith(f".{name}") for a in state.applied())
+    finally:
+        state.close()
 
 
 def set_suspended(site_file: Path, name: str, suspended: bool, *, state_path=None, backends=None) -> list[str]:

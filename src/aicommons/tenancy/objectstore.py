@@ -42,6 +42,20 @@ def tenant_credentials(secrets: Secrets) -> tuple[str, str]:
     return s3_credentials(secrets["s3_access_key"], secrets["s3_secret_key"])
 
 
+# Shared services with a bucket of their own: service -> (bucket, site secrets its key derives from).
+# The control plane imports the key and creates and grants the bucket at apply time (the
+# `s3.service.<name>` step); render/shared_compose.py gives the service the same key.
+SERVICE_BUCKETS = {"langfuse": ("langfuse", "langfuse_s3_access_key", "langfuse_s3_secret_key")}
+
+
+def service_credentials(service: str, secrets) -> tuple[str, str]:
+    """(access key id, secret) of a shared service's own key; `secrets` is a SecretLookup."""
+    from aicommons.plan.secrets import SITE_SCOPE
+
+    _bucket, a, b = SERVICE_BUCKETS[service]
+    return s3_credentials(secrets(SITE_SCOPE, a), secrets(SITE_SCOPE, b))
+
+
 class StoreAdmin(Protocol):
     def import_key(self, key_id: str, secret: str, name: str) -> None: ...
     def delete_key(self, key_id: str) -> None: ...
@@ -182,6 +196,19 @@ class ObjectStoreBackend:
                 self.admin.set_access(bid, other, False, False)
             if self.quota_bytes and (not info or info.get("quota") != self.quota_bytes):
                 self.admin.set_quota(bid, self.quota_bytes)
+
+    def ensure_service(self, service: str, kid: str, sec: str) -> None:
+        """A shared service's key, and its bucket readable and writable by that key only (no quota:
+        the service's own retention settings bound it)."""
+        alias = SERVICE_BUCKETS[service][0]
+        self.admin.import_key(kid, sec, f"aicommons-{service}")
+        info = self.admin.bucket(alias)
+        bid = info["id"] if info else self.admin.create_bucket(alias)
+        keys = info["keys"] if info else {}
+        if not (keys.get(kid, {}).get("read") and keys.get(kid, {}).get("write")):
+            self.admin.set_access(bid, kid, True, True)
+        for other in set(keys) - {kid}:
+            self.admin.set_access(bid, other, False, False)
 
     def verify(self, t: Tenant, secrets: Secrets) -> list[str]:
         kid, _ = tenant_credentials(secrets) if t.buckets else ("", "")

@@ -70,11 +70,34 @@ def database_statements(t: Tenant, db: str) -> list[sql.Composed]:
             sql.SQL("COMMENT ON DATABASE {} IS {}").format(ident, sql.Literal(COMMENT.format(user=t.user)))]
 
 
+# Databases every cluster has: PUBLIC may connect to them and make temporary tables by default,
+# and once in, large objects and LISTEN/NOTIFY channels need no further privilege. Tenants lose both.
+SHARED_DATABASES = ("postgres", "template1")
+
+
+def harden_statements() -> list[sql.Composed]:
+    return [sql.SQL("REVOKE CONNECT, TEMPORARY ON DATABASE {} FROM PUBLIC").format(sql.Identifier(db))
+            for db in SHARED_DATABASES]
+
+
+# What a role that got into a shared database can do there with no privilege of its own beyond
+# CONNECT/TEMP: the audit tries each (inside a transaction it rolls back: nothing stays).
+SHARED_PROBES = (
+    ("temporary table", "BEGIN; CREATE TEMP TABLE aic_audit (x int); ROLLBACK"),
+    ("large object", "BEGIN; SELECT lo_create(0); ROLLBACK"),
+    ("LISTEN/NOTIFY", "LISTEN aic_audit; NOTIFY aic_audit; UNLISTEN *"),
+)
+
+
 def _grantees(acl: list[str] | None) -> set[str]:
     """Roles named in a datacl (PUBLIC as ''); None means the default ACL, which includes PUBLIC."""
     if acl is None:
         return {""}
     return {item.split("=", 1)[0].strip('"') for item in acl}
+
+
+# Changes when the cluster-wide hardening does: the engine then ensures every tenant again.
+RULES = hashlib.sha256(repr(harden_statements()).encode()).hexdigest()[:12]
 
 
 @dataclass
@@ -87,6 +110,7 @@ class PostgresBackend:
     connection_limit: int = 30
     workers: int = 2  # CREATE DATABASE copies template1 and syncs; two connections roughly halve it
     name: str = "postgres"
+    rules: str = RULES
 
     # ---- connections ---------------------------------------------------------------------------
 
@@ -122,6 +146,19 @@ class PostgresBackend:
                          "OR rolreplication OR rolbypassrls, rolpassword FROM pg_authid WHERE rolname = %s",
                          (t.postgres_role,)).fetchone()
 
+    @staticmethod
+    def _public_on_shared(c) -> list[str]:
+        """`postgres`/`template1` privileges PUBLIC still has (empty = hardened)."""
+        rows = c.execute("SELECT d, p FROM unnest(%s::text[]) d, unnest(ARRAY['CONNECT','TEMPORARY']) p "
+                         "WHERE d IN (SELECT datname FROM pg_database) AND has_database_privilege('public', d, p)",
+                         (list(SHARED_DATABASES),)).fetchall()
+        return [f"{p} on {d}" for d, p in rows]
+
+    def _harden(self, c) -> None:
+        if self._public_on_shared(c):
+            for stmt in harden_statements():
+                c.execute(stmt)
+
     def _databases(self, c, t: Tenant) -> dict[str, tuple[str, list[str] | None]]:
         rows = c.execute("SELECT d.datname, r.rolname, d.datacl::text[] FROM pg_database d "
                          "JOIN pg_roles r ON r.oid = d.datdba WHERE d.datname = ANY(%s)", (list(t.databases),))
@@ -140,6 +177,8 @@ class PostgresBackend:
                 problems.append(f"role {t.postgres_role} connection limit is {limit}, not {self.connection_limit}")
             if not verifier_matches(verifier, secrets["postgres_password"]):
                 problems.append(f"role {t.postgres_role} password differs from the stored secret")
+            for what in self._public_on_shared(c):
+                problems.append(f"PUBLIC has {what}: every tenant can reach it")
             dbs = self._databases(c, t)
             for db in t.databases:
                 if db not in dbs:
@@ -160,6 +199,7 @@ class PostgresBackend:
         password = secrets["postgres_password"]
         role = sql.Identifier(t.postgres_role)
         with self._admin() as c:
+            self._harden(c)
             row = self._role(c, t)
             if row is None:
                 for stmt in role_statements(t, password, self.connection_limit):
@@ -204,15 +244,73 @@ class PostgresBackend:
         with ThreadPoolExecutor(n) as pool:
             list(pool.map(run, chunks))
 
+    # ---- removal -------------------------------------------------------------------------------
+
+    def _dependencies(self, c, role: str, own: list[str]) -> dict[str, int]:
+        """Databases (name -> count) holding objects the role owns or privileges granted to it,
+        outside its own databases (pg_shdepend; '' = shared objects such as another tenant's
+        database). These are what make DROP ROLE fail."""
+        rows = c.execute(
+            "SELECT coalesce(d.datname, ''), count(*) FROM pg_shdepend s JOIN pg_roles r ON r.oid = s.refobjid "
+            "LEFT JOIN pg_database d ON d.oid = s.dbid "
+            "WHERE r.rolname = %s AND s.refclassid = 'pg_authid'::regclass AND s.deptype IN ('o', 'a', 'i', 'r') "
+            "AND NOT (s.classid = 'pg_database'::regclass AND s.deptype = 'o' "
+            "         AND s.objid IN (SELECT oid FROM pg_database WHERE datname = ANY(%s))) "
+            "AND coalesce(d.datname, '') <> ALL(%s) GROUP BY 1", (role, own, own)).fetchall()
+        return dict(rows)
+
+    def removal_blockers(self, t: Tenant) -> list[str]:
+        """What would stop `remove` from finishing, found without changing anything: dependencies in
+        a database nobody can connect to (REASSIGN/DROP OWNED must run inside it)."""
+        with self._admin() as c:
+            if self._role(c, t) is None:
+                return []
+            deps = self._dependencies(c, t.postgres_role, list(t.databases))
+            closed = {n for (n,) in c.execute("SELECT datname FROM pg_database WHERE NOT datallowconn")}
+        return [f"role {t.postgres_role} owns or holds {n} objects in database {db}, which does not accept "
+                f"connections; connect it (ALTER DATABASE {db} ALLOW_CONNECTIONS true) or clear them by hand"
+                for db, n in sorted(deps.items()) if db in closed]
+
     def remove(self, t: Tenant, *, purge: bool = False) -> None:
+        """Archive, then drop the databases and the role, in an order a failure cannot strand.
+
+        Refused before anything changes if something would block it (removal_blockers). Logins are
+        revoked first, so the tenant cannot create new dependencies meanwhile. Whatever the role
+        owns elsewhere is reassigned to that database's owner (a large object in `postgres` to the
+        admin), privileges other tenants granted to it are revoked (DROP OWNED), then DROP ROLE.
+        Every step tolerates having run before: a re-run after a crash completes."""
+        blockers = self.removal_blockers(t)
+        if blockers:
+            raise PermanentError(f"cannot remove {t.user} from PostgreSQL, nothing was changed: " + "; ".join(blockers))
+        role = sql.Identifier(t.postgres_role)
         with self._admin() as c:
             present = [db for db in t.databases if db in self._databases(c, t)]
         if not purge and present:
             self.archive(t, present)
         with self._admin() as c:
+            if self._role(c, t) is not None:
+                c.execute(sql.SQL("ALTER ROLE {} NOLOGIN").format(role))
+                c.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = %s",
+                          (t.postgres_role,))
             for db in present:
                 c.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(db)))
-            c.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(t.postgres_role)))
+            if self._role(c, t) is None:
+                return
+            deps = self._dependencies(c, t.postgres_role, list(t.databases))
+            owners = dict(c.execute("SELECT d.datname, r.rolname FROM pg_database d JOIN pg_roles r ON r.oid = d.datdba"))
+        # Shared objects ('' in deps) are handled from any database: `postgres` always runs.
+        for db in sorted({db for db in deps if db} | {"postgres"}):
+            heir = owners.get(db, self.admin_user)
+            heir = self.admin_user if heir == t.postgres_role else heir
+            with self._connect(dbname=db) as c:
+                c.execute(sql.SQL("REASSIGN OWNED BY {} TO {}").format(role, sql.Identifier(heir)))
+                c.execute(sql.SQL("DROP OWNED BY {}").format(role))
+        with self._admin() as c:
+            try:
+                c.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(role))
+            except psycopg.errors.DependentObjectsStillExist as exc:
+                raise PermanentError(f"role {t.postgres_role} could not be dropped: {str(exc).strip()}; "
+                                     "run the removal again") from None
 
     def archive(self, t: Tenant, dbs: list[str]) -> list[Path]:
         """pg_dump -Fc each database into archive_dir/<user>/ before anything is dropped."""
@@ -264,9 +362,60 @@ class PostgresBackend:
         # Each probe is a full login (SCRAM); a few at once keep a 50-user audit in seconds, not minutes.
         with ThreadPoolExecutor(4) as pool:
             checks = list(pool.map(probe, probes))
+            shared = self._shared_databases(tenants)
+            for got in pool.map(lambda a: self._shared_probes(a, secrets[a.user]["postgres_password"], shared),
+                                tenants):
+                checks += got
         for actor in tenants:
             checks += self._membership(actor, secrets[actor.user]["postgres_password"], tenants)
+        checks += self._privileges(tenants, shared)
         return checks
+
+    def _shared_databases(self, tenants: list[Tenant]) -> list[str]:
+        """Every database that is no tenant's and accepts connections (postgres, template1, services')."""
+        theirs = {db for t in tenants for db in t.databases}
+        with self._admin() as c:
+            names = [n for (n,) in c.execute("SELECT datname FROM pg_database WHERE datallowconn ORDER BY 1")]
+        return [n for n in names if n not in theirs]
+
+    def _shared_probes(self, actor: Tenant, pw: str, dbs: list[str]) -> list[AuditCheck]:
+        """Log in to each shared database as the tenant; where that works, try what a shared database
+        offers every role that gets in: temp tables, large objects, LISTEN/NOTIFY (all tenants meet there)."""
+        out = []
+        for db in dbs:
+            observed, detail = self._try_connect(actor, pw, db)
+            out.append(AuditCheck(self.name, actor.user, "*", f"database {db}", "deny", observed, detail))
+            if observed != "allow":
+                continue
+            for what, stmt in SHARED_PROBES:
+                try:
+                    with self._connect(actor.postgres_role, pw, db) as c:
+                        c.execute(stmt)
+                    got, why = "allow", "ran"
+                except psycopg.errors.InsufficientPrivilege as exc:
+                    got, why = "deny", str(exc).strip()[:160]
+                except psycopg.Error as exc:
+                    got, why = "error", str(exc).strip()[:160]
+                out.append(AuditCheck(self.name, actor.user, "*", f"{what} in {db}", "deny", got, why))
+        return out
+
+    def _privileges(self, tenants: list[Tenant], shared: list[str]) -> list[AuditCheck]:
+        """What the catalog grants, asked as the admin: a privilege reopened by hand shows here even
+        where pg_hba keeps the login out (the hole is one pg_hba edit away)."""
+        rows = [(a, t.user, db, p) for a in tenants for t in tenants if t.user != a.user
+                for db in t.databases for p in ("CONNECT", "CREATE", "TEMPORARY")]
+        rows += [(a, "*", db, p) for a in tenants for db in shared for p in ("CONNECT", "TEMPORARY")]
+        if not rows:
+            return []
+        with self._admin() as c:
+            have = c.execute(
+                "SELECT r, d, p, has_database_privilege(r, d, p) FROM unnest(%s::text[], %s::text[], %s::text[]) "
+                "AS x(r, d, p) WHERE r IN (SELECT rolname FROM pg_roles) AND d IN (SELECT datname FROM pg_database)",
+                ([a.postgres_role for a, *_ in rows], [db for _, _, db, _ in rows], [p for *_, p in rows])).fetchall()
+        granted = {(r, d, p): g for r, d, p, g in have}
+        return [AuditCheck(self.name, a.user, target, f"{p} on database {db} (granted)", "deny",
+                           "allow" if granted.get((a.postgres_role, db, p)) else "deny")
+                for a, target, db, p in rows]
 
     def _try_connect(self, actor: Tenant, pw: str, db: str) -> tuple[str, str]:
         try:

@@ -20,13 +20,12 @@ from typing import Any
 
 import jwt
 
-from aicommons.errors import TemporaryError
+from aicommons.errors import PermanentError, TemporaryError
 from aicommons.plan.model import Tenant
 from aicommons.tenancy.base import AuditCheck, Secrets
 
 CONTROL = "aicommons_tenants"  # one point per user: {"user", "active"}
 TOKEN_EXP = 2051222400  # 2035-01-01: tokens are long-lived; rotating qdrant_api_key revokes all
-VECTOR_SIZE = 384  # Open WebUI's default embedding model (all-MiniLM-L6-v2)
 
 
 def token_claims(t: Tenant, exp: int = TOKEN_EXP) -> dict[str, Any]:
@@ -81,7 +80,7 @@ class QdrantBackend:
     api_key: str
     archive_dir: Path
     client: Any = None  # a QdrantClient; tests pass one in local mode (path= or ":memory:")
-    vector_size: int = VECTOR_SIZE
+    recreate_nonempty: bool = False  # site.embedding.recreate_nonempty
     name: str = "qdrant"
     _ready: bool = field(default=False, repr=False)
 
@@ -143,14 +142,36 @@ class QdrantBackend:
             return out
         return self._call(go)
 
+    @staticmethod
+    def _size(c, name: str) -> int | None:
+        vectors = c.get_collection(name).config.params.vectors
+        return getattr(vectors, "size", None)  # None: named vectors, not ours to judge
+
     def ensure(self, t: Tenant, secrets: Secrets) -> None:
+        """Collections at the site's embedding dimensions. A collection made for another model is
+        recreated when empty; one holding vectors only with embedding.recreate_nonempty (its points
+        archived first), else the error names it."""
+        size = t.qdrant_vector_size
+
         def go(c):
             from qdrant_client import models
 
             for name in t.qdrant_collections:
-                if not c.collection_exists(name):
-                    c.create_collection(name, vectors_config=models.VectorParams(
-                        size=self.vector_size, distance=models.Distance.COSINE))
+                if c.collection_exists(name):
+                    have = self._size(c, name)
+                    if have is None or have == size:
+                        continue
+                    n = c.count(name, exact=True).count
+                    if n and not self.recreate_nonempty:
+                        raise PermanentError(
+                            f"Qdrant collection {name} holds {n} vectors of {have} dimensions; the site's "
+                            f"embedding model makes {size}. Set embedding.recreate_nonempty: true to archive "
+                            f"and recreate it (then re-embed in the app), or set embedding back")
+                    if n:
+                        self._archive(c, t, [name])
+                    c.delete_collection(name)
+                c.create_collection(name, vectors_config=models.VectorParams(
+                    size=size, distance=models.Distance.COSINE))
             if self._active(c, t) is None:  # keep a suspension; only resume re-activates
                 self._set_active(c, t, True)
         self._call(go)
@@ -159,6 +180,10 @@ class QdrantBackend:
         def go(c):
             missing = [n for n in t.qdrant_collections if not c.collection_exists(n)]
             problems = [f"collection {n} is missing" for n in missing]
+            for n in t.qdrant_collections:
+                if n not in missing and self._size(c, n) not in (None, t.qdrant_vector_size):
+                    problems.append(f"collection {n} has {self._size(c, n)} dimensions, the site's "
+                                    f"embedding model {t.qdrant_vector_size}")
             if self._active(c, t) is None:
                 problems.append(f"no control row for {t.user} in {CONTROL}: its token is refused")
             return problems

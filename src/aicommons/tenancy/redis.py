@@ -26,11 +26,11 @@ from redis.exceptions import NoPermissionError, ResponseError, TimeoutError as R
 from aicommons.errors import PermanentError, TemporaryError
 from aicommons.plan.model import Tenant
 from aicommons.tenancy.base import AuditCheck, Secrets
+from aicommons.tenancy.redis_commands import DENY, denied_rules, probe_argv
 
-# Beyond the facts file's line: PUBSUB (lists every channel), DBSIZE, FUNCTION and SCRIPT FLUSH/KILL
-# act on the whole server rather than on the user's keys.
-DENIED = ["-@dangerous", "-scan", "-randomkey", "-move", "-copy", "-pubsub", "-dbsize", "-function",
-          "-script|flush", "-script|kill", "-select"]
+# Keyless commands that reveal or change other tenants' data or the whole server: the table with
+# the reason for each is data in redis_commands.DENY (read from Redis 7.0's command table).
+DENIED = denied_rules()
 PROBE = "aic-audit"
 _NO_RETRY = Retry(NoBackoff(), 0)
 
@@ -46,6 +46,10 @@ def acl_rules(t: Tenant, password: str, *, enabled: bool = True) -> list[str]:
             "resetchannels", f"&{t.redis_prefix}*", "+@all", *DENIED, "+select|0", *([db] if db != "+select|0" else [])]
 
 
+# Changes when the deny list does: the engine then ensures every tenant's ACL user again.
+RULES = hashlib.sha256(" ".join(DENIED).encode()).hexdigest()[:12]
+
+
 @dataclass
 class RedisBackend:
     host: str
@@ -55,6 +59,7 @@ class RedisBackend:
     archive_dir: Path
     warnings: list[str] = field(default_factory=list)
     name: str = "redis"
+    rules: str = RULES
 
     def _client(self, user: str | None = None, password: str | None = None) -> redis.Redis:
         return redis.Redis(host=self.host, port=self.port, username=user or self.admin_user,
@@ -211,18 +216,28 @@ class RedisBackend:
         for resource, cmd in (("keyless SCAN", ("SCAN", "0")), ("keyless KEYS", ("KEYS", "*")),
                               ("keyless RANDOMKEY", ("RANDOMKEY",)), ("SELECT 1", ("SELECT", "1"))):
             probe("*", resource, lambda c=cmd: r.execute_command(*c))
-        for resource, cmd in (("FLUSHALL", ("FLUSHALL",)), ("FLUSHDB", ("FLUSHDB",))):
-            out.append(self._dryrun(actor, resource, cmd))
+        # Server-wide channels, tried for real: both only read (tracking is switched off again).
+        probe("*", "CLIENT TRACKING ON BCAST", lambda: _track_once(r))
+        probe("*", "MEMORY STATS", lambda: r.execute_command("MEMORY", "STATS"))
+        # Every keyless command of the table is asked about (ACL DRYRUN, as admin), never run.
+        table = [("FLUSHALL", ("FLUSHALL",)), ("FLUSHDB", ("FLUSHDB",))]
+        own = f"{actor.redis_prefix}{PROBE}"
+        table += [(f"{d.rule}: {' '.join(d.probe)}", probe_argv(d, own)) for d in DENY]
+        out += self._admin(lambda a: [self._dryrun(a, actor, res, cmd) for res, cmd in table])
         return out
 
-    def _dryrun(self, actor: Tenant, resource: str, cmd: tuple[str, ...]) -> AuditCheck:
-        """Destructive commands are asked about (ACL DRYRUN, as admin), never run."""
+    def _dryrun(self, a: redis.Redis, actor: Tenant, resource: str, cmd: tuple[str, ...]) -> AuditCheck:
         try:
-            res = self._admin(lambda r: r.execute_command("ACL", "DRYRUN", actor.redis_user, *cmd))
+            res = a.execute_command("ACL", "DRYRUN", actor.redis_user, *cmd)
             observed = "allow" if str(res) == "OK" else "deny"
             return AuditCheck(self.name, actor.user, "*", resource, "deny", observed, str(res)[:120])
         except ResponseError as exc:
             return AuditCheck(self.name, actor.user, "*", resource, "deny", "error", str(exc)[:120])
+
+
+def _track_once(r: redis.Redis) -> None:
+    r.execute_command("CLIENT", "TRACKING", "ON", "BCAST")
+    r.execute_command("CLIENT", "TRACKING", "OFF")
 
 
 def _glob_escape(text: str) -> str:

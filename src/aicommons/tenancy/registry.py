@@ -66,7 +66,8 @@ def backends_for(resolved: ResolvedSite, secrets: SecretLookup, base_dir: Path |
         from aicommons.tenancy.qdrant import QdrantBackend
 
         host, port, _user, key = admin_credentials(resolved, "qdrant", secrets, base_dir, "qdrant_api_key")
-        out.append(QdrantBackend(url=f"http://{host}:{port}", api_key=key, archive_dir=archive))
+        out.append(QdrantBackend(url=f"http://{host}:{port}", api_key=key, archive_dir=archive,
+                                 recreate_nonempty=resolved.site.embedding.recreate_nonempty))
     store = "minio" if "minio" in enabled else ("garage" if "garage" in enabled else None)
     if store:
         from aicommons.tenancy.objectstore import ObjectStoreBackend

@@ -10,7 +10,6 @@ host: it is reported as `skipped` with that reason, never left silently missing.
 from __future__ import annotations
 
 import hashlib
-import ipaddress
 import shlex
 import time
 from dataclasses import dataclass
@@ -22,6 +21,7 @@ from aicommons.plan.model import Container
 from aicommons.plan.secrets import SITE_SCOPE, SecretLookup
 
 PG_CONF = "/etc/postgresql/15/main"
+RENDERED_HEAD = "# Rendered by aicommons"  # render/services.py HEAD
 
 
 @dataclass(frozen=True)
@@ -112,19 +112,26 @@ def _nothing(driver, c: Container, secrets: SecretLookup) -> None:
     pass
 
 
+def _rendered(driver, ctid: int, path: str) -> bool:
+    """The engine has delivered the site's rendered file there (it then owns it, not this recipe)."""
+    head = driver.exec(ctid, ["sh", "-c", f"head -c 200 {shlex.quote(path)} 2>/dev/null"]).stdout
+    return head.startswith(RENDERED_HEAD)
+
+
 def _postgres(driver, c: Container, secrets: SecretLookup) -> None:
-    subnet = ipaddress.ip_interface(f"{c.ip}/{c.prefixlen}").network
-    conf = (f"listen_addresses = 'localhost,{c.ip}'\npassword_encryption = 'scram-sha-256'\n"
-            "max_connections = 300\n")
-    hba = ("# aicommons: the superuser only from the control plane (the gateway); tenants by password.\n"
+    """Start PostgreSQL reachable by the control plane only. Tenants and shared services are let in
+    by the site's rendered pg_hba.conf (render/services.py), which the engine delivers next, as on
+    every driver; this recipe never writes over it."""
+    conf = (f"listen_addresses = 'localhost,{c.ip}'\npassword_encryption = 'scram-sha-256'\n")
+    hba = ("# aicommons bootstrap: the superuser only; replaced by the site's rendered pg_hba.conf.\n"
            "local all postgres peer\n"
-           "local all all peer\n"
-           "host all all 127.0.0.1/32 scram-sha-256\n"
-           f"host all postgres {c.gateway}/32 scram-sha-256\n"
-           f"host all postgres {subnet} reject\n"
-           f"host all all {subnet} scram-sha-256\n")
-    changed = _put_if_changed(driver, c.ctid, f"{PG_CONF}/conf.d/aicommons.conf", conf)
-    changed |= _put_if_changed(driver, c.ctid, f"{PG_CONF}/pg_hba.conf", hba, 0o640, "postgres:postgres")
+           "host all postgres 127.0.0.1/32 scram-sha-256\n"
+           f"host all postgres {c.gateway}/32 scram-sha-256\n")
+    changed = False
+    for path, text, mode, owner in ((f"{PG_CONF}/conf.d/aicommons.conf", conf, 0o644, ""),
+                                    (f"{PG_CONF}/pg_hba.conf", hba, 0o640, "postgres:postgres")):
+        if not _rendered(driver, c.ctid, path):
+            changed |= _put_if_changed(driver, c.ctid, path, text, mode, owner)
     _start(driver, c.ctid, ["postgresql", UNITS["postgres"]], changed)
     _wait_listening(driver, c, [5432])
     pw = secrets(SITE_SCOPE, "postgres_admin_password").replace("'", "''")
@@ -134,15 +141,18 @@ def _postgres(driver, c: Container, secrets: SecretLookup) -> None:
 
 
 def _redis(driver, c: Container, secrets: SecretLookup) -> None:
+    """Start Redis with the admin user only; the rendered redis.conf and users.acl (tenants'
+    rules from tenancy/redis.py) are delivered by the engine, as on every driver."""
+    if _rendered(driver, c.ctid, "/etc/redis/redis.conf"):
+        _start(driver, c.ctid, ["redis-server"], False)
+        return
     conf = (f"bind {c.ip} 127.0.0.1\naclfile /etc/redis/users.acl\nmaxmemory-policy noeviction\n")
     digest = hashlib.sha256(secrets(SITE_SCOPE, "redis_admin_password").encode()).hexdigest()
-    admin = f"user admin on #{digest} ~* &* +@all"
-    current = driver.exec(c.ctid, ["sh", "-c", "cat /etc/redis/users.acl 2>/dev/null"]).stdout.splitlines()
-    # Keep the tenants' users (the tenancy back end saves them with ACL SAVE); own only these two.
-    kept = [ln for ln in current if ln.strip() and ln.split()[:2] not in (["user", "default"], ["user", "admin"])]
-    acl = "\n".join(["user default off", admin, *kept]) + "\n"
+    acl = f"user default off\nuser admin on #{digest} ~* &* +@all\n"
+    have = driver.exec(c.ctid, ["sh", "-c", "test -s /etc/redis/users.acl && echo yes"]).stdout.strip()
     changed = _put_if_changed(driver, c.ctid, "/etc/redis/aicommons.conf", conf, 0o640, "redis:redis")
-    changed |= _put_if_changed(driver, c.ctid, "/etc/redis/users.acl", acl, 0o640, "redis:redis")
+    if have != "yes":  # users saved since (ACL SAVE) are the server's; the bootstrap only starts it
+        changed |= _put_if_changed(driver, c.ctid, "/etc/redis/users.acl", acl, 0o640, "redis:redis")
     driver.sh(c.ctid, "grep -qx 'include /etc/redis/aicommons.conf' /etc/redis/redis.conf || "
                       "echo 'include /etc/redis/aicommons.conf' >> /etc/redis/redis.conf")
     _start(driver, c.ctid, ["redis-server"], changed)

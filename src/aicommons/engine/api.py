@@ -133,10 +133,12 @@ class Session:
                                 certificates=certs_plan.from_json(self.state.meta(CERTS_META)))
         self.notes: list[str] = list(self.resolved.notes)
         self.skip_notes: list[str] = []  # services the driver does not run: no tenants there
+        self.backend_notes: list[str] = []  # back ends that could not be built: audit gaps
         self._own_driver = driver is None
         self.driver = driver if driver is not None else default_driver(self.site)
         base = self.site_file.resolve().parent
-        self.backends = backends if backends is not None else default_backends(self.resolved, self.secrets, base, self.notes)
+        self.backends = backends if backends is not None else default_backends(self.resolved, self.secrets, base, self.backend_notes)
+        self.notes += self.backend_notes
         skipped = getattr(self.driver, "skipped_services", None)
         if backends is None and callable(skipped):  # a service the driver cannot install holds no tenants
             gone = skipped(self.resolved)

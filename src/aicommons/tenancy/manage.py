@@ -469,16 +469,16 @@ def audit_site(site_file: Path, *, state_path=None, backends=None
     with Context(Path(site_file), state_path=state_path, backends=backends) as ctx:
         tenants = ctx.resolved.tenants
         secrets = {t.user: ctx.tenant_secrets(t) for t in tenants}
-        notes = ctx.session.notes if backends is None else []
-        # A service the driver does not run holds no tenant slices: nothing to audit, not a gap.
-        checks, skipped = [], [n for n in notes if n not in ctx.session.skip_notes]
+        # Gaps are back ends that could not be built or reached; a service the driver does not run
+        # holds no tenant slices (a warning, not a gap), and plan notes are no back end's slices.
+        checks, skipped = [], list(ctx.session.backend_notes) if backends is None else []
         for b in ctx.backends:
             try:
                 checks += b.audit(tenants, secrets)
             except (TemporaryError, OSError) as exc:
                 skipped.append(f"{b.name}: {exc}")
-        warnings = [w for b in ctx.backends for w in getattr(b, "warnings", [])] + [
-            n for n in notes if n in ctx.session.skip_notes]
+        warnings = [w for b in ctx.backends for w in getattr(b, "warnings", [])] + (
+            list(ctx.session.skip_notes) if backends is None else [])
         record_audit(ctx.session.state, checks, skipped, warnings)
         return checks, skipped, warnings
 

@@ -30,19 +30,16 @@ PY=${PYTHON:-/usr/bin/python3}
 "$PY" -c 'import sys; assert sys.version_info[:2] >= (3, 11), sys.version' \
   || { echo "aicommons needs Python 3.11 or newer (found $("$PY" --version))" >&2; exit 1; }
 
+# Every dependency, transitive ones included, pinned with hashes (scripts/lock.sh regenerates them).
+lock=requirements.lock
+[ $want_test = 1 ] && lock=requirements-test.lock
 stamp=.venv/.aicommons-installed
-sum=$( (cat requirements.lock pyproject.toml; echo $want_test) | sha256sum | cut -c1-16)
+sum=$( (cat "$lock" pyproject.toml; echo $want_test) | sha256sum | cut -c1-16)
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$sum" ]; then
   exit 0
 fi
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
-.venv/bin/pip install -q --disable-pip-version-check --upgrade pip >/dev/null
-if [ $want_test = 1 ]; then
-  .venv/bin/pip install -q --disable-pip-version-check -r requirements.lock
-else
-  grep -v -E '^(moto|hypothesis|pytest)' requirements.lock > .venv/req-runtime.txt
-  .venv/bin/pip install -q --disable-pip-version-check -r .venv/req-runtime.txt
-fi
+.venv/bin/pip install -q --disable-pip-version-check --require-hashes -r "$lock"
 .venv/bin/pip install -q --disable-pip-version-check --no-deps -e .
 echo "$sum" > "$stamp"
 echo "installed: $(.venv/bin/aicommons --help >/dev/null && echo .venv/bin/aicommons)"

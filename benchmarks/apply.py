@@ -71,7 +71,7 @@ def main() -> None:
                 ("one-user change plan+apply", one, 1.0)]
         print(f"50-user seed site, fake driver/back ends, {os.cpu_count()} cores")
         for name, t, goal in rows:
-            verdict = "" if goal is None else (" goal < %.0f s: %s" % (goal, "met" if t < goal else "MISSED"))
+            verdict = "" if goal is None else (f" goal < {goal:.0f} s: " + ("met" if t < goal else "MISSED"))
             print(f"  {name:<34} {t * 1000:8.1f} ms  x{t / base:6.1f} baseline{verdict}")
 
 

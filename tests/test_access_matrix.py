@@ -132,7 +132,6 @@ def test_anonymous_browser_signs_in_as_user1_and_user2_is_refused(env, start_hop
 # ---- the access matrix --------------------------------------------------------------------------
 
 def _probe(env, route, path: str, identity: str, browsers) -> str:
-    site = env["site"]
     owner = route.owner or "user1"
     other = "user2" if owner == "user1" else "user1"
     user, source = {"anonymous": (None, OUTSIDE), "owner": (owner, OUTSIDE), "another site user": (other, OUTSIDE),
@@ -207,7 +206,7 @@ def test_access_matrix_every_router_every_identity(env):
     for b in cache.values():
         b.close()
     observed: dict[tuple[str, str, str], dict[str, str]] = defaultdict(dict)
-    for (row, r, path, name, ident), outcome in zip(jobs, got):
+    for (row, _r, path, name, ident), outcome in zip(jobs, got, strict=True):
         observed[(row, name, path)][ident] = outcome
     wrong = []
     rows: dict[str, Counter] = defaultdict(Counter)
@@ -216,7 +215,7 @@ def test_access_matrix_every_router_every_identity(env):
         want = EXPECTED[row.split(":")[0]] if ":" in row else EXPECTED[row]
         have = tuple(cells[i] for i in IDENTITIES)
         if have != want:
-            wrong.append((f"{name} {path}", dict(zip(IDENTITIES, have))))
+            wrong.append((f"{name} {path}", dict(zip(IDENTITIES, have, strict=True))))
         rows[row][have] += 1
         names[row].add(name)
     assert wrong == [], "\n".join(f"{n}: {c}" for n, c in wrong[:12])
@@ -317,4 +316,4 @@ def test_fifty_users_ask_for_at_most_ten_certificates_and_a_new_user_changes_one
     assert after == {frozenset(c.hosts) for c in site51.certificates}
     assert len(after - first) == 1 and len(first - after) == 1  # one certificate grew; the rest as issued
     (grown,) = after - first
-    assert {h for h in grown} - set().union(*first) == set(site51.tenant("user51").hosts.values())
+    assert set(grown) - set().union(*first) == set(site51.tenant("user51").hosts.values())

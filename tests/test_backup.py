@@ -29,7 +29,7 @@ from aicommons.tenancy.postgres import PostgresBackend
 from aicommons.tenancy.redis import RedisBackend
 from tests.servers import start_postgres, start_redis
 
-T0 = dt.datetime(2026, 11, 20, 3, 0, tzinfo=dt.timezone.utc)
+T0 = dt.datetime(2026, 11, 20, 3, 0, tzinfo=dt.UTC)
 USERS = ("bk1", "bk2", "bk3")
 
 

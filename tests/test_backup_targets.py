@@ -31,7 +31,7 @@ from aicommons.spec.default import render_site_yaml
 from aicommons.spec.load import load_text
 from tests.servers import free_port
 
-T0 = dt.datetime(2026, 11, 20, 3, 0, tzinfo=dt.timezone.utc)
+T0 = dt.datetime(2026, 11, 20, 3, 0, tzinfo=dt.UTC)
 
 
 @pytest.fixture(scope="module")

@@ -79,7 +79,7 @@ def test_never_overcommits(sizes, reserve):
         got = p.place(wants)
     except PermanentError:
         got = p.assigned  # what was placed before the refusal must still fit
-    for name, node in caps.items():
+    for name in caps:
         placed = [w for w in wants if got.get(w.ctid) == name]
         assert sum(w.mem_mb for w in placed) <= 131072 - reserve
         assert sum(w.cores for w in placed) <= 48

@@ -13,8 +13,8 @@ import pytest
 from aicommons.drivers.proxmox import provision
 from aicommons.drivers.proxmox.api import ApiError, PveApi, RetryPolicy
 from aicommons.drivers.proxmox.template import build_template, check_template
-from tests.pvesim import TEMPLATE, Simulator
 from aicommons.engine.api import apply_site
+from tests.pvesim import TEMPLATE, Simulator
 from tests.test_proxmox_driver import driver_of, new_sim, site_of, small
 
 

@@ -89,7 +89,7 @@ def _pushed(s: socket.socket) -> bytes:
     s.settimeout(1)
     try:
         return s.recv(65536)
-    except socket.timeout:
+    except TimeoutError:
         return b""
 
 

@@ -168,8 +168,8 @@ def test_observe_reports_only_tenant_buckets(store):
 # (minio internal/auth/credentials.go). The stand-ins enforce those formats. ----
 
 def _rendered_langfuse_key(site, secrets):
-    from aicommons.render.shared_compose import langfuse
     from aicommons.render.envfile import parse_env
+    from aicommons.render.shared_compose import langfuse
 
     c = next(c for c in site.containers if c.role == "shared" and c.name == "langfuse")
     env = parse_env(next(f for f in langfuse(site, c, secrets) if f.path.endswith("/.env")).content)

@@ -76,9 +76,9 @@ def test_collections_follow_the_sites_embedding_model(tmp_path):
     from qdrant_client import models
 
     from aicommons.errors import PermanentError
-    from aicommons.spec.load import load_text
-    from aicommons.spec.default import render_site_yaml
     from aicommons.plan import resolve
+    from aicommons.spec.default import render_site_yaml
+    from aicommons.spec.load import load_text
 
     text = render_site_yaml(users=1, services=["ollama", "qdrant", "postgres", "redis", "garage", "searxng", "langfuse"])
     site, _ = load_text(text + "embedding: {model: nomic-embed-text, engine: ollama}\n")
@@ -108,8 +108,8 @@ def test_collections_follow_the_sites_embedding_model(tmp_path):
 
 def test_an_unknown_embedding_model_needs_its_dimensions():
     from aicommons.errors import SiteInvalid
-    from aicommons.spec.load import load_text
     from aicommons.spec.default import render_site_yaml
+    from aicommons.spec.load import load_text
 
     text = render_site_yaml(users=1, services=["qdrant"])
     with pytest.raises(SiteInvalid, match="embedding"):

@@ -25,8 +25,8 @@ from socketserver import ThreadingMixIn
 import httpx
 import yaml
 
-from aicommons.plan.model import ResolvedSite
 from aicommons.drivers.lxc.traefik import binary as traefik_binary
+from aicommons.plan.model import ResolvedSite
 from aicommons.render import authentik
 from aicommons.render import traefik as tr
 from tests.servers import free_port, stop_process

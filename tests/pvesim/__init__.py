@@ -52,7 +52,7 @@ from pathlib import Path
 
 from tests.pvesim.server import ApiServer
 from tests.pvesim.ssh import ExecRecord, NodeSsh, new_key, parse
-from tests.pvesim.state import GiB, Cluster, Ct, Fault, Node, Storage, new_secret
+from tests.pvesim.state import Cluster, Ct, Fault, GiB, Node, Storage, new_secret
 
 TEMPLATE = "local:vztmpl/debian-12-standard_12.12-1_amd64.tar.zst"
 
@@ -85,7 +85,7 @@ class Simulator:
             f"[127.0.0.1]:{s.port} {s.host_key.get_name()} {s.host_key.get_base64()}\n" for s in self.ssh.values()))
 
     # ---- lifecycle ----------------------------------------------------------------------
-    def __enter__(self) -> "Simulator":
+    def __enter__(self) -> Simulator:
         self.api.start()
         return self
 

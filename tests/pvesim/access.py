@@ -98,7 +98,7 @@ class Access:
         for p in sorted(paths):
             privs = self.privileges(who, p, pool_of)
             if privs:
-                out[p] = {x: 1 for x in sorted(privs)}
+                out[p] = dict.fromkeys(sorted(privs), 1)
         return out
 
 
@@ -128,7 +128,7 @@ def schema_check(ctx, expr, params: dict[str, str]) -> bool:
     if op == "or":
         return any(schema_check(ctx, e, params) for e in expr[1:])
     if op == "perm":
-        path, privs, opts = expr[1], expr[2], dict(zip(expr[3::2], expr[4::2]))
+        path, privs, opts = expr[1], expr[2], dict(zip(expr[3::2], expr[4::2], strict=False))
         need = opts.get("require_param")
         if need and need not in params:
             return False

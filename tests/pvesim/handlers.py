@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 
 from tests.pvesim.access import check, check_vm
-from tests.pvesim.state import LINKED_CLONE_TYPES, GiB, Ct, Cluster, PveError
+from tests.pvesim.state import LINKED_CLONE_TYPES, Cluster, Ct, GiB, PveError
 
 HANDLERS: dict[tuple[str, str], callable] = {}
 LXC = "/nodes/{node}/lxc/{vmid}"
@@ -94,7 +94,7 @@ def _root_only(ctx: Ctx, old: dict[str, str], new: dict[str, str]) -> None:
             raise PveError(403, "Permission check failed (bind mounts are only allowed for root@pam)")
     if "features" in new:
         def flags(text):
-            return {k: v for k, v in (i.split("=", 1) for i in text.split(",") if "=" in i)}
+            return dict(i.split("=", 1) for i in text.split(",") if "=" in i)
         before, after = flags(old.get("features", "")), flags(new["features"])
         changed = {k for k in set(before) | set(after) if before.get(k, "0") != after.get(k, "0")}
         if changed - {"nesting"}:
@@ -170,7 +170,7 @@ def mapping_pci(ctx):
 
 @route("GET", "/nodes")
 def nodes(ctx):
-    return [r for r in ctx.cl.resources("node")]
+    return list(ctx.cl.resources("node"))
 
 
 @route("GET", "/nodes/{node}/status")
@@ -483,7 +483,7 @@ def access_permissions(ctx):
     if who.split("!")[0] != ctx.user.split("!")[0] and not ctx.root:
         check(ctx, "/access", ["Sys.Audit"])
     if "path" in ctx.p:
-        return {ctx.p["path"]: {p: 1 for p in sorted(ctx.cl.access.privileges(who, ctx.p["path"], ctx.cl.pool_of))}}
+        return {ctx.p["path"]: dict.fromkeys(sorted(ctx.cl.access.privileges(who, ctx.p["path"], ctx.cl.pool_of)), 1)}
     pool_paths = [f"/vms/{c.vmid}" for c in ctx.cl.cts.values() if c.pool]
     return ctx.cl.access.effective(who, pool_paths, ctx.cl.pool_of)
 

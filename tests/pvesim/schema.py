@@ -83,7 +83,9 @@ def _check_format(fmt: str, value: str) -> str | None:
     elif fmt == "mac-addr":
         ok = re.match(r"^([0-9a-f]{2}:){5}[0-9a-f]{2}$", value, re.I) is not None
     if ok is False:
-        return "value does not match the regex pattern" if fmt.startswith("pve-") else f"invalid format - value '{value}' is not a valid {fmt}"
+        if fmt.startswith("pve-"):
+            return "value does not match the regex pattern"
+        return f"invalid format - value '{value}' is not a valid {fmt}"
     return None  # formats we do not model are accepted
 
 
@@ -181,7 +183,7 @@ class ApiSchema:
 
     @classmethod
     @lru_cache(maxsize=1)
-    def load(cls, path: str | None = None) -> "ApiSchema":
+    def load(cls, path: str | None = None) -> ApiSchema:
         with gzip.open(path or SCHEMA_FILE) as fh:
             return cls(json.load(fh))
 

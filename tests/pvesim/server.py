@@ -29,7 +29,7 @@ API = "/api2/json"
 
 def make_tls(dirpath: Path) -> tuple[Path, Path, Path]:
     """A CA and a server certificate for 127.0.0.1; returns (ca.pem, cert.pem, key.pem)."""
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
 
     def cert(subject, issuer, pub, signer, ca: bool, san=None):
         b = (x509.CertificateBuilder().subject_name(subject).issuer_name(issuer).public_key(pub)

@@ -111,7 +111,7 @@ class NodeSsh:
             data += chunk
         try:
             rc, out, err = self.answer(self.node, command, data)
-        except Exception as exc:  # a bug in a test's handler must not hang the client
+        except Exception as exc:  # noqa: BLE001 - a bug in a test's handler must not hang the client
             rc, out, err = 255, b"", f"pvesim: {exc}\n".encode()
         try:
             if out:

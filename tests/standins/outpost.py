@@ -94,7 +94,7 @@ class Directory:
                 if "id" in e:
                     ids[e["id"]] = e
 
-            def group_of(ref):
+            def group_of(ref, ids=ids):
                 # !KeyOf id (a string) or !Find [authentik_core.group, [name, NAME]]
                 if isinstance(ref, str):
                     return ids[ref]["identifiers"]["name"]

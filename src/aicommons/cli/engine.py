@@ -12,7 +12,8 @@ from rich.table import Table
 from aicommons.cli.common import SiteFile, console
 from aicommons.errors import AicError
 
-StateOpt = typer.Option("--state", help="State file or postgresql:// URL (default: $AICOMMONS_STATE, else .aicommons/state.db beside the site file).")
+StateOpt = typer.Option("--state", help="State file or postgresql:// URL "
+                         "(default: $AICOMMONS_STATE, else .aicommons/state.db beside the site file).")
 Yes = typer.Option("--yes", "-y", help="Do not ask before changing anything.")
 Parallel = typer.Option("--parallelism", min=1, max=64, help="Steps run at once.")
 LockWait = typer.Option("--lock-timeout", min=0, help="Seconds to wait for another apply to finish.")

@@ -7,11 +7,12 @@ import time
 from pathlib import Path
 
 import typer
+
 from aicommons.cli.common import SiteFile, console, load_resolved
 from aicommons.drivers.registry import enter_site_network
-from aicommons.render.monitoring import TEXTFILE_DIR
 from aicommons.ops.site import KINDS, backup_repo, check_user, fetch_if_remote, secrets_for
 from aicommons.ops.targets import parse_targets
+from aicommons.render.monitoring import TEXTFILE_DIR
 
 TargetOpt = typer.Option(
     None, "--target", "-t", metavar="PLAN=ACTUAL",

@@ -14,7 +14,8 @@ from aicommons.cli.common import SiteFile, console, err_console, load_resolved
 from aicommons.errors import AicError, SiteInvalid
 from aicommons.plan.model import SEED_FIGURES, ResolvedSite
 
-StateOpt = typer.Option("--state", help="State file or postgresql:// URL (default: $AICOMMONS_STATE, else .aicommons/state.db beside the site file).")
+StateOpt = typer.Option("--state", help="State file or postgresql:// URL "
+                         "(default: $AICOMMONS_STATE, else .aicommons/state.db beside the site file).")
 
 
 def register(app: typer.Typer) -> None:

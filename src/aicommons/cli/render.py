@@ -36,12 +36,11 @@ def render(
     user: Annotated[str | None, typer.Option("--user", help="Render only this user's files.")] = None,
 ) -> None:
     """Render Traefik, user bundles, shared-service configs, Authentik blueprints and the firewall."""
+    from aicommons.engine.api import CERTS_META
+    from aicommons.plan import certificates as certs_plan
     from aicommons.plan import resolve
     from aicommons.render import render_site, render_user
     from aicommons.render.write import write_tree
-
-    from aicommons.engine.api import CERTS_META
-    from aicommons.plan import certificates as certs_plan
 
     site, index = load(file)
     held, secrets, store = _state_secrets(file, site)

@@ -60,7 +60,7 @@ class Plan:
         return not self.steps
 
     def counts(self) -> dict[str, int]:
-        out = {a: 0 for a in ACTIONS}
+        out = dict.fromkeys(ACTIONS, 0)
         for c in self.changes:
             out[c.action] += 1
         return out

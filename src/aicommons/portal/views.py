@@ -11,8 +11,8 @@ from aicommons.portal.site import SiteView
 def _when(ts: float | str | None) -> str | None:
     if ts is None:
         return None
-    t = dt.datetime.fromisoformat(ts) if isinstance(ts, str) else dt.datetime.fromtimestamp(ts, dt.timezone.utc)
-    return t.astimezone(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    t = dt.datetime.fromisoformat(ts) if isinstance(ts, str) else dt.datetime.fromtimestamp(ts, dt.UTC)
+    return t.astimezone(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
 
 
 def _usage(u) -> dict | None:

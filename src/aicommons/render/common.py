@@ -9,7 +9,6 @@ import yaml
 from aicommons.catalog import load_catalog
 from aicommons.plan.model import ResolvedSite
 
-
 _TAG = "tag:yaml.org,2002:"
 _RESOLVED: dict = {}  # (dumper class, value, implicit) -> tag; stays in this process
 

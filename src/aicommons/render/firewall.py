@@ -189,13 +189,13 @@ def firewall_plan(resolved: ResolvedSite) -> FirewallPlan:
     site_nets = [str(net.subnet)] + [c for c in user_ranges if not ipaddress.ip_network(c).subnet_of(net.subnet)]
     user_out += [Rule("out", "DROP", dest=n, comment="no other container of the site") for n in site_nets]
     groups = [
-        SecurityGroup(GROUP_USER, tuple([
+        SecurityGroup(GROUP_USER, (
             Rule("in", "ACCEPT", source=f"+{PROXY_SET}", proto="tcp", dport=",".join(map(str, app_ports)),
                  comment="Traefik to the user's apps"),
             Rule("in", "ACCEPT", source=f"+{MONITOR_SET}", proto="tcp", dport=str(NODE_EXPORTER),
                  comment="Prometheus scrapes node exporter"),
             *user_out,
-        ]), comment="user containers"),
+        ), comment="user containers"),
         SecurityGroup(GROUP_SHARED, (
             # Prometheus is a shared container, so this also lets it scrape every shared service.
             Rule("in", "ACCEPT", source=f"+{SHARED_SET}", comment="shared services use each other"),

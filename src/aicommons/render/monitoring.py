@@ -73,7 +73,7 @@ def scrape_configs(resolved: ResolvedSite, control_host: str) -> list[dict]:
     ]
     exporters = [("postgres", "postgres", "postgres", POSTGRES_EXPORTER_PORT),
                  ("redis", "redis", "redis", REDIS_EXPORTER_PORT)]
-    for job, service, port, exporter_port in exporters:
+    for job, service, _port, exporter_port in exporters:
         ep = resolved.endpoints.get(service)
         if ep is not None and not ep.external:
             jobs.append({"job_name": job, "static_configs": [

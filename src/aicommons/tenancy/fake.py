@@ -3,7 +3,8 @@
 One `FakeBackend(name, dir)` stands in for postgres / redis / qdrant / s3: it records which
 addresses exist per user and a digest of the secrets it was last given (so a test can check
 that a rotation reached the back end without the value being stored). Variants per user:
-`slow` (before and after acting), `fail`, `flaky`, `never`, `crash` (SIGKILL right after acting). Archives on remove unless purging. Survives kill -9.
+`slow` (before and after acting), `fail`, `flaky`, `never`, `crash` (SIGKILL right after acting).
+Archives on remove unless purging. Survives kill -9.
 """
 
 from __future__ import annotations

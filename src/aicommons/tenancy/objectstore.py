@@ -116,7 +116,7 @@ class GarageAdmin:
         allow = {"read": read, "write": write, "owner": False}
         if read or write:
             self._req("POST", "AllowBucketKey", body={"bucketId": bucket_id, "accessKeyId": key_id,
-                                                      "permissions": {k: v for k, v in allow.items()}})
+                                                      "permissions": dict(allow)})
         deny = {"read": not read, "write": not write, "owner": True}
         self._req("POST", "DenyBucketKey", body={"bucketId": bucket_id, "accessKeyId": key_id, "permissions": deny})
 

@@ -19,9 +19,10 @@ from pathlib import Path
 
 import redis
 from redis.backoff import NoBackoff
-from redis.retry import Retry
 from redis.exceptions import ConnectionError as RedisConnError
-from redis.exceptions import NoPermissionError, ResponseError, TimeoutError as RedisTimeout
+from redis.exceptions import NoPermissionError, ResponseError
+from redis.exceptions import TimeoutError as RedisTimeout
+from redis.retry import Retry
 
 from aicommons.errors import PermanentError, TemporaryError
 from aicommons.plan.model import Tenant

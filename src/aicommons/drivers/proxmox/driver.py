@@ -6,8 +6,9 @@
   created from the Debian 12 ostemplate with nesting=1, which a token may set.
 - On local storage each node that takes clones holds its own template: `template_ctid` on the
   first node, `template_ctid + i` on node i (or any template CT tagged `aicommons-template`).
-  On shared storage one template serves all nodes (`clone … target=<node>`). Clones of one template run one at a time (PVE locks the source for
-  the clone's duration); clones of different templates, and everything else, run in parallel.
+  On shared storage one template serves all nodes (`clone … target=<node>`). Clones of one
+  template run one at a time (PVE locks the source for the clone's duration); clones of
+  different templates, and everything else, run in parallel.
 - Containers are the site's when tagged `aicommons` and the site's tag; identity is the CTID.
   Tags are set right after create/clone, not with it: PVE checks tags at create on /vms/<id>,
   before the container is in the pool whose ACL the token has (pve-guest-common
@@ -26,8 +27,8 @@ import logging
 import re
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Callable
 
 from aicommons.catalog import load_catalog
 from aicommons.drivers.base import ContainerState, ExecResult
@@ -76,7 +77,7 @@ class ProxmoxDriver:
     @classmethod
     def from_site(cls, site, *, api: PveApi | None = None, shell: NodeShell | None = None,
                   ssh_address: Callable[[str], tuple[str, int]] | None = None, base_dir=None,
-                  task_timeout: float = 600, retry: RetryPolicy | None = None, **options) -> "ProxmoxDriver":
+                  task_timeout: float = 600, retry: RetryPolicy | None = None, **options) -> ProxmoxDriver:
         from urllib.parse import urlsplit
 
         from aicommons.spec.secretref import resolve_ref
@@ -131,7 +132,7 @@ class ProxmoxDriver:
             self._where.update({g.vmid: g.node for g in mine})
         with ThreadPoolExecutor(self.workers) as pool:
             cfgs = list(pool.map(lambda g: self.api.config(g.node, g.vmid), mine))
-        return [self._state(g, c) for g, c in zip(mine, cfgs)]
+        return [self._state(g, c) for g, c in zip(mine, cfgs, strict=True)]
 
     def _guest(self, ctid: int) -> Guest | None:
         return next((g for g in self.api.guests() if g.vmid == ctid), None)

@@ -11,7 +11,8 @@ import os
 import shlex
 import threading
 import time
-from typing import Callable, Protocol
+from collections.abc import Callable
+from typing import Protocol
 
 import paramiko
 

@@ -14,6 +14,8 @@ from typing import Literal, Protocol, runtime_checkable
 from aicommons.plan.model import Tenant
 
 Secrets = Mapping[str, str]
+Expected = Literal["allow", "deny"]
+Observed = Literal["allow", "deny", "error"]
 
 
 @dataclass(frozen=True)
@@ -22,8 +24,8 @@ class AuditCheck:
     actor: str            # user whose credentials were used
     target: str           # user whose data was tried
     resource: str         # e.g. database openwebui_user2, key user2:*, bucket user2-openwebui
-    expected: Literal["allow", "deny"]
-    observed: Literal["allow", "deny", "error"]
+    expected: Expected
+    observed: Observed
     detail: str = ""
 
     @property

@@ -41,7 +41,10 @@ class LangfuseBackend:
 
         ep = resolved.endpoints["langfuse"]
         org = os.environ.get(ORG_KEY_ENV)
-        org_key = tuple(org.split(":", 1)) if org and ":" in org else None
+        org_key: tuple[str, str] | None = None
+        if org and ":" in org:
+            public, secret = org.split(":", 1)
+            org_key = (public, secret)
         return cls(f"http://{ep.host}:{next(iter(ep.ports.values()))}", secrets(SITE_SCOPE, "langfuse_public_key"),
                    secrets(SITE_SCOPE, "langfuse_secret_key"), org_key)
 

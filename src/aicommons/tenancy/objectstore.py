@@ -25,7 +25,7 @@ import httpx
 
 from aicommons.errors import PermanentError, TemporaryError
 from aicommons.plan.model import Tenant
-from aicommons.tenancy.base import AuditCheck, Secrets
+from aicommons.tenancy.base import AuditCheck, Expected, Observed, Secrets
 
 QUOTA_BYTES = 50 * 1024**3
 ADMIN_KEY_NAME = "aicommons-admin"
@@ -147,6 +147,7 @@ class ObjectStoreBackend:
 
         admin_key = s3_credentials(secrets(SITE_SCOPE, "s3_admin_access_key"), secrets(SITE_SCOPE, "s3_admin_token"))
         ep = resolved.endpoints[store]
+        admin: StoreAdmin
         if store == "garage":
             host, _port, _u, token = admin_credentials(resolved, store, secrets, base_dir, "s3_admin_token")
             admin = GarageAdmin(f"http://{host}:{ep.ports.get('admin', 3903)}", token)
@@ -265,7 +266,9 @@ class ObjectStoreBackend:
     def suspend(self, t: Tenant) -> None:
         for alias in t.buckets:
             info = self.admin.bucket(alias)
-            for kid in (info or {}).get("keys", {}):
+            if info is None:
+                continue
+            for kid in info.get("keys", {}):
                 self.admin.set_access(info["id"], kid, False, False)
 
     def resume(self, t: Tenant, secrets: Secrets) -> None:
@@ -282,8 +285,8 @@ class ObjectStoreBackend:
             for target in tenants:
                 for alias in target.buckets:
                     p = tables[alias].get(kid, {})
-                    observed = "allow" if (p.get("read") or p.get("write") or p.get("owner")) else "deny"
-                    expected = "allow" if target.user == actor.user else "deny"
+                    observed: Observed = "allow" if (p.get("read") or p.get("write") or p.get("owner")) else "deny"
+                    expected: Expected = "allow" if target.user == actor.user else "deny"
                     out.append(AuditCheck(self.name, actor.user, target.user, f"bucket {alias}", expected, observed))
             out.append(self._own_data(actor, kid, sec))
         return out

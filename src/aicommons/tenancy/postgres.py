@@ -26,7 +26,7 @@ from psycopg import sql
 
 from aicommons.errors import PermanentError, TemporaryError
 from aicommons.plan.model import Tenant
-from aicommons.tenancy.base import AuditCheck, Secrets
+from aicommons.tenancy.base import AuditCheck, Expected, Observed, Secrets
 
 COMMENT = "aicommons user {user}"
 _COMMENT_RE = re.compile(r"^aicommons user ([a-z0-9-]+)$")
@@ -50,7 +50,7 @@ def verifier_matches(verifier: str | None, password: str) -> bool:
     if not m:
         return False
     again = scram_verifier(password, base64.b64decode(m.group(2)), int(m.group(1)))
-    return hmac.compare_digest(again, verifier)
+    return hmac.compare_digest(again, verifier or "")
 
 
 def role_statements(t: Tenant, password: str, limit: int) -> list[sql.Composed]:
@@ -356,7 +356,7 @@ class PostgresBackend:
         def probe(p) -> AuditCheck:
             actor, target, db = p
             observed, detail = self._try_connect(actor, secrets[actor.user]["postgres_password"], db)
-            expected = "allow" if target.user == actor.user else "deny"
+            expected: Expected = "allow" if target.user == actor.user else "deny"
             return AuditCheck(self.name, actor.user, target.user, f"database {db}", expected, observed, detail)
 
         # Each probe is a full login (SCRAM); a few at once keep a 50-user audit in seconds, not minutes.
@@ -388,6 +388,7 @@ class PostgresBackend:
             if observed != "allow":
                 continue
             for what, stmt in SHARED_PROBES:
+                got: Observed
                 try:
                     with self._connect(actor.postgres_role, pw, db) as c:
                         c.execute(stmt)
@@ -417,7 +418,7 @@ class PostgresBackend:
                            "allow" if granted.get((a.postgres_role, db, p)) else "deny")
                 for a, target, db, p in rows]
 
-    def _try_connect(self, actor: Tenant, pw: str, db: str) -> tuple[str, str]:
+    def _try_connect(self, actor: Tenant, pw: str, db: str) -> tuple[Observed, str]:
         try:
             with self._connect(actor.postgres_role, pw, db) as c:
                 c.execute("SELECT 1")

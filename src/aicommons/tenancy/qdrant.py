@@ -22,7 +22,7 @@ import jwt
 
 from aicommons.errors import PermanentError, TemporaryError
 from aicommons.plan.model import Tenant
-from aicommons.tenancy.base import AuditCheck, Secrets
+from aicommons.tenancy.base import AuditCheck, Expected, Observed, Secrets
 
 CONTROL = "aicommons_tenants"  # one point per user: {"user", "active"}
 TOKEN_EXP = 2051222400  # 2035-01-01: tokens are long-lived; rotating qdrant_api_key revokes all
@@ -60,13 +60,13 @@ def check_token(token: str, api_key: str, own: Tenant, tenants: list[Tenant], no
     granted = {a.get("collection"): a.get("access") for a in claims["access"] if isinstance(a, dict)}
     for target in tenants:
         for c in target.qdrant_collections:
-            expected = "allow" if target.user == own.user else "deny"
-            observed = "allow" if c in granted else "deny"
+            expected: Expected = "allow" if target.user == own.user else "deny"
+            observed: Observed = "allow" if c in granted else "deny"
             out.append(AuditCheck("qdrant", own.user, target.user, f"collection {c}", expected, observed,
                                   granted.get(c) or ""))
     known = {c for t in tenants for c in t.qdrant_collections}
-    for c in sorted(set(granted) - known):
-        out.append(AuditCheck("qdrant", own.user, "*", f"collection {c} (not a tenant's)", "deny", "allow"))
+    for extra in sorted(set(granted) - known, key=str):  # key=str: a grant may name no collection (None)
+        out.append(AuditCheck("qdrant", own.user, "*", f"collection {extra} (not a tenant's)", "deny", "allow"))
     ve = claims.get("value_exists") or {}
     bound = {m.get("key"): m.get("value") for m in ve.get("matches", [])} if ve.get("collection") == CONTROL else {}
     if bound.get("user") != own.user:

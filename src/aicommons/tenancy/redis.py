@@ -26,7 +26,7 @@ from redis.retry import Retry
 
 from aicommons.errors import PermanentError, TemporaryError
 from aicommons.plan.model import Tenant
-from aicommons.tenancy.base import AuditCheck, Secrets
+from aicommons.tenancy.base import AuditCheck, Expected, Observed, Secrets
 from aicommons.tenancy.redis_commands import DENY, denied_rules, probe_argv
 
 # Keyless commands that reveal or change other tenants' data or the whole server: the table with
@@ -195,7 +195,8 @@ class RedisBackend:
         out = []
 
         def probe(target: str, resource: str, fn) -> None:
-            expected = "allow" if target == actor.user else "deny"
+            expected: Expected = "allow" if target == actor.user else "deny"
+            observed: Observed
             try:
                 fn()
                 observed, detail = "allow", ""
@@ -221,7 +222,7 @@ class RedisBackend:
         probe("*", "CLIENT TRACKING ON BCAST", lambda: _track_once(r))
         probe("*", "MEMORY STATS", lambda: r.execute_command("MEMORY", "STATS"))
         # Every keyless command of the table is asked about (ACL DRYRUN, as admin), never run.
-        table = [("FLUSHALL", ("FLUSHALL",)), ("FLUSHDB", ("FLUSHDB",))]
+        table: list[tuple[str, tuple[str, ...]]] = [("FLUSHALL", ("FLUSHALL",)), ("FLUSHDB", ("FLUSHDB",))]
         own = f"{actor.redis_prefix}{PROBE}"
         table += [(f"{d.rule}: {' '.join(d.probe)}", probe_argv(d, own)) for d in DENY]
         out += self._admin(lambda a: [self._dryrun(a, actor, res, cmd) for res, cmd in table])
@@ -230,7 +231,7 @@ class RedisBackend:
     def _dryrun(self, a: redis.Redis, actor: Tenant, resource: str, cmd: tuple[str, ...]) -> AuditCheck:
         try:
             res = a.execute_command("ACL", "DRYRUN", actor.redis_user, *cmd)
-            observed = "allow" if str(res) == "OK" else "deny"
+            observed: Observed = "allow" if str(res) == "OK" else "deny"
             return AuditCheck(self.name, actor.user, "*", resource, "deny", observed, str(res)[:120])
         except ResponseError as exc:
             return AuditCheck(self.name, actor.user, "*", resource, "deny", "error", str(exc)[:120])

@@ -25,7 +25,7 @@ def user_networks(site: Site) -> list[Net]:
 
 def operator_sources(site: Site) -> tuple[str, ...]:
     """operator_allow minus every user range, as sorted, collapsed CIDRs."""
-    keep: list[Net] = [ipaddress.ip_network(c, strict=False) for c in site.network.traefik.operator_allow]
+    keep: list[Net] = [ipaddress.IPv4Network(c, strict=False) for c in site.network.traefik.operator_allow]
     for hole in user_networks(site):
         nxt: list[Net] = []
         for net in keep:

@@ -31,7 +31,8 @@ def plan_certificates(units: list[tuple[str, ...]], current: dict[str, tuple[str
         return (Certificate(WILDCARD, (wildcard_domain, f"*.{wildcard_domain}"), wildcard=True),)
     wanted = {h for u in units for h in u}
     certs: dict[str, list[str]] = {}
-    for name in sorted(current or {}, key=_number):
+    current = current or {}
+    for name in sorted(current, key=_number):
         if not _NAME.match(name):
             continue  # e.g. the wildcard of a site that moved to HTTP-01: planned afresh
         kept = [h for h in current[name] if h in wanted and not any(h in c for c in certs.values())]

@@ -95,7 +95,7 @@ def _tag(dumper: yaml.SafeDumper, data: Tag):
 _Dumper.add_representer(Tag, _tag)
 
 
-class TagLoader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):
+class TagLoader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # type: ignore[misc]  # libyaml if built
     """Loads blueprints back (tags kept as plain values) for the parse check before writing."""
 
 

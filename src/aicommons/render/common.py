@@ -13,7 +13,7 @@ _TAG = "tag:yaml.org,2002:"
 _RESOLVED: dict = {}  # (dumper class, value, implicit) -> tag; stays in this process
 
 
-class FastDumper(getattr(yaml, "CSafeDumper", yaml.SafeDumper)):  # libyaml emits
+class FastDumper(getattr(yaml, "CSafeDumper", yaml.SafeDumper)):  # type: ignore[misc]  # libyaml emits
     """SafeDumper output, cheaper: plain dicts/lists/scalars become nodes directly and scalar tag
     resolution is memoized (PyYAML's generic representer and resolver were most of render's time).
     Containers never get anchors; anything else goes through the usual safe representers."""

@@ -186,7 +186,7 @@ def firewall_plan(resolved: ResolvedSite) -> FirewallPlan:
              comment=f"to {c.hostname}")
         for c in shared if facing.get(c.name)
     ]
-    site_nets = [str(net.subnet)] + [c for c in user_ranges if not ipaddress.ip_network(c).subnet_of(net.subnet)]
+    site_nets = [str(net.subnet)] + [c for c in user_ranges if not ipaddress.IPv4Network(c).subnet_of(net.subnet)]
     user_out += [Rule("out", "DROP", dest=n, comment="no other container of the site") for n in site_nets]
     groups = [
         SecurityGroup(GROUP_USER, (
@@ -209,7 +209,7 @@ def firewall_plan(resolved: ResolvedSite) -> FirewallPlan:
                 host_port = url.split("://", 1)[1]
                 ip, port = host_port.rsplit(":", 1)
                 routed.setdefault(_ctid_by_ip(resolved, ip), set()).add(int(port))
-    options = {"enable": 1, "policy_in": "DROP", "policy_out": "ACCEPT"}
+    options: dict[str, str | int] = {"enable": 1, "policy_in": "DROP", "policy_out": "ACCEPT"}
     fws = []
     for c in users:
         fws.append(ContainerFirewall(c.ctid, c.node, "user", dict(options), (Rule("group", GROUP_USER),)))

@@ -92,10 +92,10 @@ def scrape_configs(resolved: ResolvedSite, control_host: str) -> list[dict]:
         target = _endpoint(resolved, service, port)
         if target:
             jobs.append({"job_name": job, "static_configs": [_static([target], {"service": service})]})
-    for job in jobs:
-        job.setdefault("scrape_interval", "30s")
-        job["static_configs"] = [s for s in job["static_configs"] if s["targets"]]
-        for s in job["static_configs"]:
+    for entry in jobs:
+        entry.setdefault("scrape_interval", "30s")
+        entry["static_configs"] = [s for s in entry["static_configs"] if s["targets"]]
+        for s in entry["static_configs"]:
             s["labels"] = {"site": site, **s["labels"]}
     return [j for j in jobs if j["static_configs"]]
 

@@ -75,7 +75,7 @@ class SqliteDb:
         self.where = str(path)
         self.conn = sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=False)
         st = os.stat(path)
-        self._key = (st.st_dev, st.st_ino)
+        self._key: tuple[int, int] | None = (st.st_dev, st.st_ino)
         with _HELD_MU:
             _HELD[self._key] = _HELD.get(self._key, 0) + 1
 

@@ -283,7 +283,7 @@ class PveApi:
                 text = self.task_log(node, upid, limit=500)
                 if WARNINGS.match(st.exitstatus or ""):
                     warned = [x[len("WARN: "):] for x in text.splitlines() if x.startswith("WARN: ")]
-                    note = f"{what} on {node} ended with {st.exitstatus.lower()}: " + "; ".join(warned or ["see the task log"])
+                    note = f"{what} on {node} ended with {(st.exitstatus or '').lower()}: " + "; ".join(warned or ["see the task log"])
                     log.warning("%s (task %s)", note, upid)
                     return note
                 cls = TaskLocked if re.search(r"is locked|got timeout", st.exitstatus or "") else TaskFailed

@@ -29,6 +29,7 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from typing import Literal
 
 from aicommons.catalog import load_catalog
 from aicommons.drivers.base import ContainerState, ExecResult
@@ -118,11 +119,11 @@ class ProxmoxDriver:
         ip = None
         if cfg is not None:
             ip = (cfg.prop("net0").get("ip") or "").split("/")[0] or None
-        status = g.status if g.status in ("running", "stopped") else "stopped"
+        status: Literal["running", "stopped"] = "running" if g.status == "running" else "stopped"
         return ContainerState(
             ctid=g.vmid, hostname=(cfg.get("hostname") if cfg else None) or g.name, status=status, ip=ip,
-            node=g.node, memory_mb=int(cfg.get("memory", g.maxmem_mb)) if cfg else g.maxmem_mb,
-            cores=int(cfg.get("cores", g.maxcpu)) if cfg else g.maxcpu,
+            node=g.node, memory_mb=int(cfg.get("memory") or g.maxmem_mb) if cfg else g.maxmem_mb,
+            cores=int(cfg.get("cores") or g.maxcpu) if cfg else g.maxcpu,
             disk_gb=(cfg.rootfs_gb if cfg else None) or g.maxdisk_gb, tags=g.tags,
             digest=cfg.digest if cfg else None)
 
@@ -467,8 +468,8 @@ class ProxmoxDriver:
             provision.ensure_docker(self, ctid)
 
     def _runs_docker(self, cfg: CtConfig) -> bool:
-        tags = set(cfg.get("tags", "").split(";"))
-        host = cfg.get("hostname", "")
+        tags = set((cfg.get("tags") or "").split(";"))
+        host = cfg.get("hostname") or ""
         return "user" in tags or host in self.docker_services or host.rsplit("-", 1)[0] in self.docker_services
 
     def close(self) -> None:

@@ -11,6 +11,7 @@ docs/proxmox.md gives as pveum commands (tests run those commands against pvesim
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 # pve-container clone_vm -> pve-storage volume_has_feature('clone', …, valid_target_formats raw/subvol):
@@ -72,7 +73,7 @@ def required(*, pool: str, storage: str, template_storage: str, backup_storage: 
 
 
 def run(api, *, pool: str, storage: str, template: str, backup_storage: str, bridge: str,
-        nodes: list[str] | None, needs_clones: bool, template_ctid: int, planned_ctids: list[int] = ()) -> Report:
+        nodes: list[str] | None, needs_clones: bool, template_ctid: int, planned_ctids: Sequence[int] = ()) -> Report:
     rep = Report()
     all_nodes = [n.name for n in api.nodes()]
     use = [n for n in all_nodes if not nodes or n in nodes]

@@ -49,7 +49,8 @@ class ParamikoShell:
     def _client(self, node: str) -> paramiko.SSHClient:
         with self._lock:
             c = self._clients.get(node)
-            if c is not None and c.get_transport() is not None and c.get_transport().is_active():
+            transport = c.get_transport() if c is not None else None
+            if c is not None and transport is not None and transport.is_active():
                 return c
             host, port = self.address(node)
             if not os.path.exists(self.known_hosts):
@@ -73,7 +74,10 @@ class ParamikoShell:
         client = self._client(node)
         command = shlex.join(argv)
         try:
-            chan = client.get_transport().open_session(timeout=self.connect_timeout)
+            transport = client.get_transport()
+            if transport is None:  # closed under us: dropped and retried like any broken connection
+                raise paramiko.SSHException("the connection has no transport")
+            chan = transport.open_session(timeout=self.connect_timeout)
             chan.settimeout(timeout)
             chan.exec_command(command)
             if stdin:

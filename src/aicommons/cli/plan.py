@@ -140,8 +140,8 @@ def print_plan(r: ResolvedSite, users_shown: int = 5) -> None:
     console.print("shared routes: " + ", ".join(f"{x.host}" + (f" (x{len(x.urls)})" if len(x.urls) > 1 else "")
                                                for x in shared_routes))
     t = Table("certificate", "names", "first name", "change", title=f"certificates ({len(r.certificates)})")
-    for c in r.certificates:
-        t.add_row(c.name, str(len(c.hosts)), c.hosts[0], r.certificate_changes.get(c.name, "kept"))
+    for cert in r.certificates:
+        t.add_row(cert.name, str(len(cert.hosts)), cert.hosts[0], r.certificate_changes.get(cert.name, "kept"))
     for name, what in r.certificate_changes.items():
         if what == "removed":
             t.add_row(name, "0", "-", "removed")

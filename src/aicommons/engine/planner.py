@@ -28,7 +28,7 @@ class Reality:
     tenants: dict[str, dict[str, set[str]]]  # backend name -> user -> addresses
     traefik: dict[str, str]  # file name -> sha256
     applied: dict  # address -> state.store.Applied
-    allocations: dict[str, int] = field(default_factory=dict)  # ctid -> user (from state)
+    allocations: dict[int, str] = field(default_factory=dict)  # ctid -> user (from state)
     unread: set[str] = field(default_factory=set)  # back ends that could not be read
     active: dict[str, int] = field(default_factory=dict)  # user -> ctid of active allocations
     # None: the driver applies no firewall. Else what differs now (`ipset.X`, `group.X`, `container.N`).
@@ -169,7 +169,7 @@ class Planner:
                     self.add(step)
                     continue
                 self.add(step, missing if step.action == "update" and missing else addrs)
-            recorded = {a.split(".", 2)[2]: set() for a in self.real.applied if a.startswith(f"tenant.{prefix}.")}
+            recorded: dict[str, set[str]] = {a.split(".", 2)[2]: set() for a in self.real.applied if a.startswith(f"tenant.{prefix}.")}
             for user, have in sorted({**recorded, **seen}.items()):
                 if user in names:
                     continue
@@ -218,6 +218,8 @@ class Planner:
     # ---- user bundles --------------------------------------------------------------------------
 
     def _bundles(self, tenants: list[Tenant]) -> None:
+        if self.r is None:  # tenants come from the resolved site: none without it
+            return
         for t in tenants:
             prefix = f"users/{t.user}/"
             files = {p[len(prefix):]: f for p, f in self.files.items() if p.startswith(prefix)}
@@ -358,7 +360,7 @@ class Planner:
     def _gates(self) -> None:
         """Phase gates (shared containers of earlier phases) and delete ordering."""
         for s in self.steps.values():
-            if s.kind == "tenant" and s.action != "delete" and self.r is not None:
+            if s.kind == "tenant" and s.action != "delete" and self.r is not None and s.owner is not None:
                 s.phase = self.r.container(self.r.tenant(s.owner).ctid).phase
         shared = [s for s in self.steps.values() if (s.kind == "service" or s.kind == "container" and s.owner is None)
                   and s.action != "delete"]

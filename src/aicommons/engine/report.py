@@ -9,8 +9,12 @@ import os
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING, TextIO
 
 from aicommons.engine.model import ApplyResult, Plan
+
+if TYPE_CHECKING:  # rich is imported only when a terminal shows progress
+    from rich.progress import Progress, TaskID
 
 MASK = "[redacted]"
 
@@ -40,9 +44,9 @@ class Reporter:
         self.out = out or sys.stdout
         self.redact = redact
         self.log_dir = log_dir
-        self.log = None
-        self.progress = None
-        self.task = None
+        self.log: TextIO | None = None
+        self.progress: Progress | None = None
+        self.task: TaskID | None = None
         self.tty = hasattr(self.out, "isatty") and self.out.isatty() and not os.environ.get("CI")
 
     def open_log(self, run_id: int) -> None:
@@ -79,12 +83,12 @@ class Reporter:
     def event(self, step, status: str, detail: str) -> None:
         if status == "start":
             self._log(f"start   {step.action} {step.id}: {self.redact(step.reason)}")
-            if self.progress is not None:
+            if self.progress is not None and self.task is not None:
                 self.progress.update(self.task, description=f"{step.action} {step.id}")
             return
         text = f"{status:<8}{step.action} {step.id}" + (f": {detail}" if detail else "")
         self.line(text)
-        if self.progress is not None:
+        if self.progress is not None and self.task is not None:
             self.progress.advance(self.task)
 
     def end(self, result: ApplyResult) -> None:

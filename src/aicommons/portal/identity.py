@@ -75,4 +75,6 @@ def csrf_token(ident: Identity, key: str) -> str:
 
 
 def csrf_ok(ident: Identity, key: str, sent: str | None) -> bool:
-    return bool(sent) and hmac.compare_digest(sent, csrf_token(ident, key))
+    if not sent:
+        return False
+    return hmac.compare_digest(sent, csrf_token(ident, key))

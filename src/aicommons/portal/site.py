@@ -15,6 +15,8 @@ import time
 from pathlib import Path
 
 from aicommons.catalog import load_catalog
+from aicommons.drivers.base import ContainerState
+from aicommons.plan.model import ResolvedSite
 from aicommons.portal.config import PortalConfig
 
 log = logging.getLogger("aicommons.portal")
@@ -28,8 +30,8 @@ class SiteView:
         self.site_file = Path(cfg.site_file)
         self.state = open_state(self.site_file, cfg.state_path)
         self._driver = driver
-        self._resolved = None
-        self._resolved_key = None
+        self._resolved: ResolvedSite | None = None
+        self._resolved_key: tuple[int, int, int] | None = None
         self._mu = threading.Lock()
         self._status: tuple[float, int, list] | None = None  # (when, verdict, results)
         self.sweep_ms: float | None = None  # how long the last sweep took
@@ -107,7 +109,7 @@ class SiteView:
 
     # ---- containers, backups, audit --------------------------------------------------------
 
-    def containers(self) -> dict[int, object]:
+    def containers(self) -> dict[int, ContainerState]:
         try:
             return {c.ctid: c for c in self.driver.list_containers()}
         except Exception as exc:  # noqa: BLE001 - a page still shows the rest when the driver is down

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+from typing import Any
 
 from aicommons.ops.status import VERDICT_WORD
 from aicommons.portal.site import SiteView
@@ -80,9 +81,9 @@ def health(status, sweep_ms: float | None = None) -> dict:
             "users": users}
 
 
-def users(view: SiteView, status) -> list[dict]:
+def users(view: SiteView, status) -> list[dict | None]:
     tenants = view.resolved().tenants
-    common = {"backups": view.backups(), "containers": view.containers(), "suspended": view.suspended(),
+    common: dict[str, Any] = {"backups": view.backups(), "containers": view.containers(), "suspended": view.suspended(),
               "allocs": {a.user: a.status for a in view.state.allocations()},
               "usage": view.usage([t.ctid for t in tenants])}
     return [person(view, t.user, status, **common) for t in tenants]

@@ -6,6 +6,7 @@ import hashlib
 import json
 import os
 import tarfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import quote
@@ -75,7 +76,7 @@ class S3:
     access_key: str | None = field(default=None, repr=False)
     secret_key: str | None = field(default=None, repr=False)
     region: str = "garage"
-    credentials_for: object = field(default=None, repr=False)  # user -> (access, secret)
+    credentials_for: Callable[[str], tuple[str, str]] | None = field(default=None, repr=False)  # user -> (access, secret)
 
     def client(self, user: str | None):
         import boto3

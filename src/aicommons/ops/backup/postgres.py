@@ -11,6 +11,7 @@ import shutil
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import psycopg
 from psycopg import sql
@@ -73,13 +74,21 @@ def list_databases(srv: Server) -> list[str]:
     return [r[0] for r in rows]
 
 
+def _scalar(cur: psycopg.Cursor) -> Any:
+    """The first column of the one row the query always returns (count(*), pg_export_snapshot())."""
+    row = cur.fetchone()
+    if row is None:
+        raise BackupError("PostgreSQL returned no row for a query that always returns one")
+    return row[0]
+
+
 def table_counts(c: psycopg.Connection) -> dict[str, int]:
     tables = c.execute(
         "SELECT n.nspname, r.relname FROM pg_class r JOIN pg_namespace n ON n.oid = r.relnamespace "
         "WHERE r.relkind IN ('r', 'p') AND n.nspname NOT IN ('pg_catalog', 'information_schema') "
         "AND n.nspname NOT LIKE 'pg_toast%' ORDER BY 1, 2").fetchall()
-    return {f"{s}.{t}": c.execute(sql.SQL("SELECT count(*) FROM {}.{}").format(
-        sql.Identifier(s), sql.Identifier(t))).fetchone()[0] for s, t in tables}
+    return {f"{s}.{t}": _scalar(c.execute(sql.SQL("SELECT count(*) FROM {}.{}").format(
+        sql.Identifier(s), sql.Identifier(t)))) for s, t in tables}
 
 
 def dump_database(srv: Server, db: str, out: Path) -> dict[str, int]:
@@ -87,7 +96,7 @@ def dump_database(srv: Server, db: str, out: Path) -> dict[str, int]:
     with connect(srv, db) as c:
         c.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
         c.read_only = True
-        snapshot = c.execute("SELECT pg_export_snapshot()").fetchone()[0]
+        snapshot = _scalar(c.execute("SELECT pg_export_snapshot()"))
         rows = table_counts(c)
         _run([tool("pg_dump"), "-Fc", f"--snapshot={snapshot}", "-f", str(out), *_conn_args(srv), "-d", db],
              srv, f"pg_dump of {db}")

@@ -14,6 +14,7 @@ import shutil
 import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TextIO
 
 import redis
 
@@ -81,7 +82,7 @@ def _scan(r: redis.Redis, match: str) -> Iterator[list[bytes]]:
 def dump_keys(r: redis.Redis, match: str, route: Callable[[bytes], str | None], out_dir: Path) -> dict[str, int]:
     """Write `<group>.jsonl` per group (route(key) names it; None skips). Returns keys per group."""
     out_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    files: dict[str, object] = {}
+    files: dict[str, TextIO] = {}
     counts: dict[str, int] = {}
     try:
         for batch in _scan(r, match):

@@ -136,7 +136,7 @@ class Repo:
 
     def list(self) -> list[Manifest]:
         """Complete backups, newest first (a directory without a readable manifest is not one)."""
-        out = []
+        out: list[Manifest] = []
         if not self.root.is_dir():
             return out
         for d in self.root.iterdir():
@@ -189,7 +189,7 @@ def to_prune(backups: list[Manifest], daily: int, weekly: int) -> list[str]:
         for m in items:
             d = m.created_at.date()
             days.setdefault(d, m.id)
-            weeks.setdefault(tuple(d.isocalendar())[:2], m.id)
+            weeks.setdefault((d.isocalendar().year, d.isocalendar().week), m.id)
         keep |= set(list(days.values())[:daily])
         keep |= set(list(weeks.values())[:weekly])
     return [m.id for m in backups if m.id not in keep]

@@ -26,7 +26,8 @@ async def acting(request: Request) -> Identity:
     if request.method not in SAFE:
         sent = request.headers.get("x-csrf-token")
         if sent is None and request.headers.get("content-type", "").startswith("application/x-www-form-urlencoded"):
-            sent = (await request.form()).get("csrf")
+            field = (await request.form()).get("csrf")
+            sent = field if isinstance(field, str) else None  # an uploaded file is no token
         if not csrf_ok(ident, request.app.state.session_key, sent):
             raise Forbidden("the request lacks this page's CSRF token; reload the page and try again")
     return ident

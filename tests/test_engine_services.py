@@ -205,7 +205,7 @@ def test_proxmox_simulator_gets_the_rendered_files_over_pct_push_and_runs_instal
     """Against the simulated Proxmox VE (API over HTTPS + SSH `pct push`/`pct exec`)."""
     import yaml
 
-    from aicommons.engine.targets import LocalDirTarget
+    from aicommons.drivers.targets import LocalDirTarget
     from tests.test_proxmox_driver import driver_of, new_sim
 
     sim = new_sim()

@@ -18,8 +18,8 @@ import yaml
 
 from aicommons.drivers.proxmox.api import RetryPolicy
 from aicommons.drivers.proxmox.driver import ProxmoxDriver
+from aicommons.drivers.targets import LocalDirTarget
 from aicommons.engine.api import apply_site, plan_site
-from aicommons.engine.targets import LocalDirTarget
 from aicommons.errors import PermanentError, TemporaryError
 from aicommons.plan.resolve import resolve
 from aicommons.spec.load import load_site, load_text

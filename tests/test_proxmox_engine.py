@@ -9,9 +9,9 @@ from __future__ import annotations
 import pytest
 import yaml
 
+from aicommons.drivers.targets import LocalDirTarget
 from aicommons.engine import addresses as A
 from aicommons.engine.api import apply_site, plan_site
-from aicommons.engine.targets import LocalDirTarget
 from tests.test_proxmox_driver import driver_of, new_sim
 
 

@@ -196,6 +196,6 @@ class FakeDriver:
         return self.urls.get(service)
 
     def traefik_target(self):
-        from aicommons.engine.targets import LocalDirTarget
+        from aicommons.drivers.targets import LocalDirTarget
 
         return LocalDirTarget(self.dir / "traefik")

@@ -13,9 +13,9 @@ import json
 from dataclasses import asdict, dataclass, field
 
 from aicommons.drivers.base import ContainerState
+from aicommons.drivers.targets import digest
 from aicommons.engine import addresses as A
 from aicommons.engine.model import Change, Step
-from aicommons.engine.targets import digest
 from aicommons.plan.model import Container, ResolvedSite, Tenant
 
 TRAEFIK_DIR = "traefik/dynamic/"

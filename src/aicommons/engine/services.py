@@ -14,7 +14,7 @@ from __future__ import annotations
 import posixpath
 import shlex
 
-from aicommons.engine.targets import digest
+from aicommons.drivers.targets import digest
 from aicommons.errors import PermanentError
 
 SERVICE_ROOT = "/opt/aicommons"

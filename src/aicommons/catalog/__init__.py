@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import cache
 from importlib import resources
+from typing import TypeVar
 
 import yaml
 
@@ -23,8 +24,11 @@ class Catalog:
         return self.apps[name]
 
 
-def _load_dir(folder: str, model):
-    out = {}
+M = TypeVar("M", Service, App)
+
+
+def _load_dir(folder: str, model: type[M]) -> dict[str, M]:
+    out: dict[str, M] = {}
     root = resources.files("aicommons.catalog") / folder
     for entry in sorted(root.iterdir(), key=lambda p: p.name):
         if not entry.name.endswith(".yaml"):

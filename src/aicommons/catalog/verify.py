@@ -22,6 +22,7 @@ import tomllib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -51,7 +52,7 @@ class Report:
         return not self.missing
 
 
-def _flatten(doc, prefix: str = "") -> list[str]:
+def _flatten(doc: object, prefix: str = "") -> list[str]:
     if not isinstance(doc, Mapping):
         return [prefix] if prefix else []
     out = []
@@ -76,7 +77,7 @@ def _config_keys(text: str, fmt: str) -> list[str]:
     return _flatten(yaml.safe_load(text) or {})
 
 
-def rendered_settings(files: Mapping) -> dict[str, set[str]]:
+def rendered_settings(files: Mapping[str, Any]) -> dict[str, set[str]]:
     """component -> the settings the rendered files give it (env names, config keys)."""
     out: dict[str, set[str]] = {}
     for path, f in files.items():
@@ -97,7 +98,8 @@ def rendered_settings(files: Mapping) -> dict[str, set[str]]:
     return out
 
 
-def grep_tree(root: Path, names: Iterable[str], suffixes=(".py", ".js", ".cjs", ".mjs", ".ts", ".json")) -> dict[str, str]:
+def grep_tree(root: Path, names: Iterable[str],
+              suffixes: tuple[str, ...] = (".py", ".js", ".cjs", ".mjs", ".ts", ".json")) -> dict[str, str]:
     """name -> first file (relative to root) that names it as a whole word: the package reads it there."""
     todo = set(names)
     found: dict[str, str] = {}
@@ -123,7 +125,7 @@ def _layer(app: str, version: str, layers: Path) -> Path | None:
     return hits[-1] if hits else None
 
 
-def load_evidence(path: Path = EVIDENCE) -> dict:
+def load_evidence(path: Path = EVIDENCE) -> dict[str, Any]:
     return yaml.safe_load(path.read_text(encoding="utf-8")) or {}
 
 
@@ -137,7 +139,7 @@ def _same_version(a: str, b: str) -> bool:
     return norm(a) == norm(b)
 
 
-def verify(files: Mapping, versions: Mapping[str, str], *, evidence: dict | None = None,
+def verify(files: Mapping[str, Any], versions: Mapping[str, str], *, evidence: dict[str, Any] | None = None,
            layers: Path = LAYERS) -> Report:
     """Check every rendered setting. `versions`: component -> the pinned version rendered."""
     ev = load_evidence() if evidence is None else evidence

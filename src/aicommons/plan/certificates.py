@@ -58,7 +58,7 @@ def _with_room(certs: dict[str, list[str]], unit: tuple[str, ...], size: int) ->
     return next((n for n in order if len(certs[n]) + size <= MAX_NAMES), None)
 
 
-def _next_name(certs: dict[str, list[str]], current: dict) -> str:
+def _next_name(certs: dict[str, list[str]], current: dict[str, tuple[str, ...]]) -> str:
     used = {_number(n) for n in list(certs) + list(current)}
     i = 1
     while i in used:

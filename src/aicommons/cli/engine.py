@@ -76,7 +76,7 @@ def up(
     lock_timeout: Annotated[float, LockWait] = 0.0,
     state: Annotated[str | None, StateOpt] = None,
 ) -> None:
-    """Write site.yaml if it is missing (LXC driver, the seed's core services, 3 users), then plan and apply."""
+    """Write site.yaml if it is missing (LXC driver, the reference architecture's core services, 3 users), then plan and apply."""
     if not file.exists():
         from aicommons.spec.default import LXC_CORE, render_site_yaml
 

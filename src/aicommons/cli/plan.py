@@ -146,7 +146,7 @@ def print_plan(r: ResolvedSite, users_shown: int = 5) -> None:
         if what == "removed":
             t.add_row(name, "0", "-", "removed")
     console.print(t)
-    t = Table("total", "this plan", "seed", title="totals")
+    t = Table("total", "this plan", "reference architecture", title="totals")
     tot = r.totals
     for key, val in (("containers", tot.containers), ("shared_containers", tot.shared_containers),
                      ("user_containers", tot.user_containers), ("service_instances", tot.service_instances),

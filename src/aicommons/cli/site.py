@@ -27,7 +27,7 @@ def init(
     out: Annotated[Path, typer.Option("--out", "-o", help="Where to write the site file.")] = Path("site.yaml"),
     force: Annotated[bool, typer.Option(help="Overwrite an existing file.")] = False,
 ) -> None:
-    """Write a commented site.yaml that reproduces the seed's site."""
+    """Write a commented site.yaml that reproduces the reference architecture's site."""
     from aicommons.spec.default import LXC_CORE, render_site_yaml
     from aicommons.spec.load import load_text
 

@@ -58,9 +58,9 @@ def user_hostname(user: str) -> str:
 
 
 def ctid_for(ip: ipaddress.IPv4Address, primary: ipaddress.IPv4Network) -> int:
-    """CTID = last octet in the primary /24 (the seed's rule); third octet * 1000 + last elsewhere.
+    """CTID = last octet in the primary /24 (the reference architecture's rule); third octet * 1000 + last elsewhere.
 
-    10.0.5.200 -> 200 (seed), 10.0.6.200 -> 6200. Primary CTIDs are < 256 and the others are
+    10.0.5.200 -> 200 (as in the reference architecture), 10.0.6.200 -> 6200. Primary CTIDs are < 256 and the others are
     >= 1000, so the two never meet; Proxmox accepts 100..999999999.
     """
     o = ip.packed

@@ -1,4 +1,4 @@
-"""SERVICE_IP_MAP.md: the document the seed refers to but never contained, generated from the plan.
+"""SERVICE_IP_MAP.md: the document the reference architecture refers to but never contained, generated from the plan.
 
 Per service: IP, CTID, ports, domain, health check and the environment variables apps use to
 reach it; then the per-user layout. Pure: returns text. Secrets appear only as `${VAR}` names.

@@ -1,4 +1,4 @@
-"""Traefik: the static configuration and one dynamic file per container (the seed's 205<octet>.yml).
+"""Traefik: the static configuration and one dynamic file per container (the reference architecture's 205<octet>.yml).
 
 Shared middlewares (security headers, site-wide SSO, operator allow-list), the outpost service,
 the API router and the certificate holders live in the proxy's own file; every other file holds

@@ -1,26 +1,58 @@
-"""The compute-driver protocol: what the engine needs from Proxmox VE or plain LXC.
+"""The compute-driver contract: what the engine needs from Proxmox VE or plain LXC.
 
-Shaped like JupyterHub's Spawner: a narrow lifecycle plus read-back. Every method is
-idempotent where it can be (creating an existing container with the same spec is a no-op),
-and raises `aicommons.errors.TemporaryError` (retry) or `PermanentError` (don't). A driver that
-retries its own calls raises PermanentError once it gives up: the engine retries only
-TemporaryError, so retries never nest.
+Shaped like JupyterHub's Spawner: a narrow lifecycle plus read-back (`ComputeDriver`, required).
+Every method is idempotent where it can be (creating an existing container with the same spec
+is a no-op), and raises `aicommons.errors.TemporaryError` (retry) or `PermanentError` (don't).
+A driver that retries its own calls raises PermanentError once it gives up: the engine retries
+only TemporaryError, so retries never nest.
 
-Optional capabilities the engine uses when a driver has them:
-- `check(plan) -> None`: called by `apply` after the plan is made and before anything changes;
-  raises PermanentError to refuse the whole plan (e.g. Proxmox: the token lacks a privilege,
-  the storage cannot hold linked clones, or the containers to create do not all fit the nodes
-  - it places them all here, so a plan that does not fit is refused before any change).
-- `take_notes(ctid) -> list[str]`: warnings gathered while creating/updating that container
-  (e.g. a Proxmox task that ended `WARNINGS: N`); the engine reports them with the step.
+Optional capabilities are the Protocols below, one per capability; a driver has one by defining
+its members (no registration). This is the one place a driver's author reads; docs/architecture.md
+has the same table. What the engine does with each, and without it:
+
+| Protocol            | member(s)                                | engine, when present / when absent            |
+|---------------------|------------------------------------------|-----------------------------------------------|
+| `ChecksPlans`       | `check(plan)`                            | called after planning, before any change;     |
+|                     |                                          | raises PermanentError to refuse the whole     |
+|                     |                                          | plan (Proxmox: ACL, storage, placement of     |
+|                     |                                          | every new container) / no pre-check           |
+| `TakesNotes`        | `take_notes(ctid) -> list[str]`          | warnings gathered while creating/updating a   |
+|                     |                                          | container, shown with its step / none         |
+| `Archives`          | `archive(ctid) -> location`              | a container's data kept before it is deleted /|
+|                     |                                          | deletes are refused unless `--purge`          |
+| `HasTraefikTarget`  | `traefik_target() -> FileTarget | None`  | where Traefik's dynamic files go (None: none) |
+|                     |                                          | / the site's `traefik.dynamic_dir` here       |
+| `ConfiguresServices`| `configures_services: bool`              | True: the driver installs shared services by  |
+|                     |                                          | its own recipes and the engine delivers only  |
+|                     |                                          | their system config files / all files         |
+| `SkipsServices`     | `skipped_services(resolved) -> {name: why}` | services it cannot run here: no tenant     |
+|                     |                                          | slices, no models, no files for them / none   |
+| `BindsSecrets`      | `bind_secrets(lookup)`                   | given the secret store's lookup before apply  |
+|                     |                                          | (service recipes need admin passwords)        |
+| `ServiceUrls`       | `service_url(service) -> str | None`     | where this process reaches a shared service   |
+|                     |                                          | (e.g. Ollama's pulls) / the planned address   |
+| `AppliesFirewall`   | `apply_firewall(resolved, *, dry_run)`   | a `firewall` step applies the rendered policy |
+|                     |                                          | / no firewall step                            |
+| `DiffsFirewall`     | `firewall_diff(resolved) -> list[str]`   | the step only when something differs / the    |
+|                     |                                          | firewall step runs on every apply             |
+| `SkipsCompose`      | `compose_skip_reason(tenant) -> str|None`| a bundle pushed but not started, with why /   |
+|                     |                                          | compose always runs                           |
+| `ReportsUsage`      | `usage(ctids) -> {ctid: Usage}`          | the portal shows memory/CPU / "not reported"  |
+| `Closes`            | `close()`                                | called when the engine/portal lets go of it   |
+
+Today the engine still finds these with getattr/hasattr (engine/api.py, engine/steps.py) and,
+for a driver without `configures_services`, infers it from `skipped_services`; it is to test
+`isinstance(driver, ChecksPlans)` etc. instead (see docs/architecture.md).
 """
-
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Literal, Protocol, runtime_checkable
+from typing import Any, Literal, Protocol, runtime_checkable
 
-from aicommons.plan.model import Container
+from aicommons.drivers.targets import FileTarget
+from aicommons.plan.model import Container, ResolvedSite, Tenant
+from aicommons.plan.secrets import SecretLookup
 
 Status = Literal["running", "stopped", "missing"]
 
@@ -97,3 +129,92 @@ class ComputeDriver(Protocol):
 
     def wait_ready(self, ctid: int, timeout: float = 120) -> None:
         """Return once the container answers at its IP; raise TemporaryError on timeout."""
+
+
+# ---- optional capabilities (see the table in the module docstring) ----------------------------
+
+
+@runtime_checkable
+class ChecksPlans(Protocol):
+    def check(self, plan: Any) -> None:
+        """Refuse (PermanentError) a plan the back end cannot carry out whole, before any change.
+        `plan` is the engine's Plan (engine/model.py; not imported: drivers sit below the engine)."""
+
+
+@runtime_checkable
+class TakesNotes(Protocol):
+    def take_notes(self, ctid: int) -> list[str]:
+        """Warnings gathered for this container since last asked."""
+
+
+@runtime_checkable
+class Archives(Protocol):
+    def archive(self, ctid: int) -> Any:
+        """Keep a copy of the container's data (before destroy); returns where it went."""
+
+
+@runtime_checkable
+class HasTraefikTarget(Protocol):
+    def traefik_target(self) -> FileTarget | None:
+        """Where the engine writes Traefik's dynamic files (None: this driver has no place)."""
+
+
+@runtime_checkable
+class ConfiguresServices(Protocol):
+    configures_services: bool
+
+
+@runtime_checkable
+class SkipsServices(Protocol):
+    def skipped_services(self, resolved: ResolvedSite) -> dict[str, str]:
+        """Shared services this driver cannot run here: name -> why."""
+
+
+@runtime_checkable
+class BindsSecrets(Protocol):
+    def bind_secrets(self, lookup: SecretLookup) -> None: ...
+
+
+@runtime_checkable
+class ServiceUrls(Protocol):
+    def service_url(self, service: str) -> str | None:
+        """Where this process reaches a shared service (None: nowhere it may dial)."""
+
+
+@runtime_checkable
+class AppliesFirewall(Protocol):
+    def apply_firewall(self, resolved: ResolvedSite, *, dry_run: bool = False) -> Any:
+        """Apply the rendered firewall policy, writing only what differs; returns a report."""
+
+
+@runtime_checkable
+class DiffsFirewall(Protocol):
+    def firewall_diff(self, resolved: ResolvedSite) -> list[str]:
+        """What apply_firewall would change (read only); [] when nothing."""
+
+
+@runtime_checkable
+class SkipsCompose(Protocol):
+    def compose_skip_reason(self, tenant: Tenant) -> str | None:
+        """Why a user's bundle cannot be started here (None: it can)."""
+
+
+@runtime_checkable
+class ReportsUsage(Protocol):
+    def usage(self, ctids: Iterable[int]) -> dict[int, Usage]: ...
+
+
+@runtime_checkable
+class Closes(Protocol):
+    def close(self) -> None: ...
+
+
+CAPABILITIES: tuple[type, ...] = (
+    ChecksPlans, TakesNotes, Archives, HasTraefikTarget, ConfiguresServices, SkipsServices, BindsSecrets,
+    ServiceUrls, AppliesFirewall, DiffsFirewall, SkipsCompose, ReportsUsage, Closes,
+)
+
+
+def capabilities(driver: object) -> list[str]:
+    """The optional capabilities `driver` has, by Protocol name (for reports and tests)."""
+    return [c.__name__ for c in CAPABILITIES if isinstance(driver, c)]

@@ -20,8 +20,9 @@ sys.path[:0] = [str(ROOT), str(ROOT / "src")]
 
 import psycopg  # noqa: E402
 
+from aicommons.plan.policy import acl_rules  # noqa: E402
 from aicommons.tenancy.postgres import PostgresBackend, database_statements, role_statements  # noqa: E402
-from aicommons.tenancy.redis import RedisBackend, acl_rules  # noqa: E402
+from aicommons.tenancy.redis import RedisBackend  # noqa: E402
 from tests.servers import PG_BIN, start_postgres, start_redis  # noqa: E402
 from tests.standins.helpers import DictSecrets, resolved_site  # noqa: E402
 

@@ -14,8 +14,9 @@ import time
 import pytest
 import redis as redislib
 
-from aicommons.tenancy.redis import RedisBackend, acl_rules, password_hash
-from aicommons.tenancy.redis_commands import ALLOW, DENY
+from aicommons.plan.policy import acl_rules, password_hash
+from aicommons.plan.redis_commands import ALLOW, DENY
+from aicommons.tenancy.redis import RedisBackend
 from tests.standins.helpers import DictSecrets, resolved_site
 
 OLD_DENIED = ["-@dangerous", "-scan", "-randomkey", "-move", "-copy", "-pubsub", "-dbsize", "-function",

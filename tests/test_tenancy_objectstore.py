@@ -13,7 +13,8 @@ from botocore.config import Config
 from moto.server import ThreadedMotoServer
 
 from aicommons.errors import PermanentError
-from aicommons.tenancy.objectstore import GarageAdmin, ObjectStoreBackend, s3_credentials, tenant_credentials
+from aicommons.plan.policy import s3_credentials, tenant_credentials
+from aicommons.tenancy.objectstore import GarageAdmin, ObjectStoreBackend
 from tests.servers import free_port
 from tests.standins.garage import GarageStandin
 from tests.standins.helpers import DictSecrets, resolved_site
@@ -179,7 +180,7 @@ def _rendered_langfuse_key(site, secrets):
 def test_langfuse_key_is_in_the_stores_format_imported_and_its_bucket_granted(store):
     import re
 
-    from aicommons.tenancy.objectstore import service_credentials
+    from aicommons.plan.policy import service_credentials
 
     b, garage, secrets, s3 = store
     site = resolved_site(2)
@@ -205,8 +206,8 @@ def test_langfuse_key_is_in_the_stores_format_imported_and_its_bucket_granted(st
 
 
 def test_langfuse_key_is_accepted_by_minio(moto, tmp_path):
+    from aicommons.plan.policy import service_credentials
     from aicommons.tenancy.minio import MinioAdminAdapter
-    from aicommons.tenancy.objectstore import service_credentials
     from tests.standins.minio import MinioAdminStandin
 
     srv = MinioAdminStandin("aicommons-admin", "minio-root-password")

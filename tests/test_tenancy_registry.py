@@ -55,7 +55,7 @@ def test_external_servers_use_site_yaml_refs(tmp_path, monkeypatch):
 
 
 def test_redis_db_isolation_is_warned_and_still_confined(tmp_path):
-    from aicommons.tenancy.redis import acl_rules
+    from aicommons.plan.policy import acl_rules
 
     site, _ = load_text("""version: 1
 name: legacy

@@ -288,8 +288,8 @@ class Planner:
 
     def _service_buckets(self, containers: list[Container]) -> None:
         """A shared service's own object-store key and bucket (Langfuse's), made at apply time."""
+        from aicommons.plan.policy import SERVICE_BUCKETS
         from aicommons.plan.secrets import SITE_SCOPE
-        from aicommons.tenancy.objectstore import SERVICE_BUCKETS
 
         store = next((b for b in self.backends if callable(getattr(b, "ensure_service", None))), None)
         if store is None or self.destroy:

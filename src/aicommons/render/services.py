@@ -6,10 +6,10 @@ from __future__ import annotations
 import hashlib
 
 from aicommons.plan.model import Container, ResolvedSite
+from aicommons.plan.policy import acl_rules
 from aicommons.plan.secrets import SITE_SCOPE, SecretLookup
 from aicommons.render.common import catalog, db_ident, dump_yaml, hex_key, svc_dir
 from aicommons.render.files import SECRET_MODE, RenderedFile
-from aicommons.tenancy.redis import acl_rules
 
 HEAD = "# Rendered by aicommons: do not edit by hand.\n"
 # Shared services with their own database and role in the shared PostgreSQL.

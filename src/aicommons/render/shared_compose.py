@@ -11,12 +11,12 @@ from urllib.parse import quote as urlquote
 
 from aicommons.catalog.model import Service
 from aicommons.plan.model import Container, ResolvedSite
+from aicommons.plan.policy import service_credentials
 from aicommons.plan.secrets import SITE_SCOPE, SecretLookup
 from aicommons.render.common import catalog, db_ident, dump_yaml, endpoint_host, endpoint_url, hex_key, port_of, svc_dir
 from aicommons.render.envfile import render_env
 from aicommons.render.files import SECRET_MODE, RenderedFile
 from aicommons.render.services import REDIS_LANGFUSE
-from aicommons.tenancy.objectstore import service_credentials
 
 HEAD = "# Rendered by aicommons: do not edit by hand. Secrets are in .env (0600).\n"
 CLICKHOUSE_IMAGE = "clickhouse/clickhouse-server:25.12"

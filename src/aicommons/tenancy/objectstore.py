@@ -25,35 +25,15 @@ import httpx
 
 from aicommons.errors import PermanentError, TemporaryError
 from aicommons.plan.model import Tenant
+from aicommons.plan.policy import SERVICE_BUCKETS, s3_credentials, tenant_credentials
+
+# Re-exported for engine/steps.py and tenancy/manage.py (being changed on other branches; they are
+# to import it from aicommons.plan.policy after the merge, and this line goes).
+from aicommons.plan.policy import service_credentials as service_credentials
 from aicommons.tenancy.base import AuditCheck, Expected, Observed, Secrets
 
 QUOTA_BYTES = 50 * 1024**3
 ADMIN_KEY_NAME = "aicommons-admin"
-
-
-def s3_credentials(access_secret: str, secret_secret: str) -> tuple[str, str]:
-    """(access key id, secret key) in Garage's format (GK + 24 hex, 64 hex); MinIO accepts it too."""
-    kid = "GK" + hashlib.sha256(b"aicommons-s3-id:" + access_secret.encode()).hexdigest()[:24]
-    sec = hashlib.sha256(b"aicommons-s3-secret:" + secret_secret.encode()).hexdigest()
-    return kid, sec
-
-
-def tenant_credentials(secrets: Secrets) -> tuple[str, str]:
-    return s3_credentials(secrets["s3_access_key"], secrets["s3_secret_key"])
-
-
-# Shared services with a bucket of their own: service -> (bucket, site secrets its key derives from).
-# The control plane imports the key and creates and grants the bucket at apply time (the
-# `s3.service.<name>` step); render/shared_compose.py gives the service the same key.
-SERVICE_BUCKETS = {"langfuse": ("langfuse", "langfuse_s3_access_key", "langfuse_s3_secret_key")}
-
-
-def service_credentials(service: str, secrets) -> tuple[str, str]:
-    """(access key id, secret) of a shared service's own key; `secrets` is a SecretLookup."""
-    from aicommons.plan.secrets import SITE_SCOPE
-
-    _bucket, a, b = SERVICE_BUCKETS[service]
-    return s3_credentials(secrets(SITE_SCOPE, a), secrets(SITE_SCOPE, b))
 
 
 class StoreAdmin(Protocol):

@@ -26,25 +26,12 @@ from redis.retry import Retry
 
 from aicommons.errors import PermanentError, TemporaryError
 from aicommons.plan.model import Tenant
+from aicommons.plan.policy import DENIED, acl_rules, password_hash
+from aicommons.plan.redis_commands import DENY, probe_argv
 from aicommons.tenancy.base import AuditCheck, Expected, Observed, Secrets
-from aicommons.tenancy.redis_commands import DENY, denied_rules, probe_argv
 
-# Keyless commands that reveal or change other tenants' data or the whole server: the table with
-# the reason for each is data in redis_commands.DENY (read from Redis 7.0's command table).
-DENIED = denied_rules()
 PROBE = "aic-audit"
 _NO_RETRY = Retry(NoBackoff(), 0)
-
-
-def password_hash(password: str) -> str:
-    return hashlib.sha256(password.encode()).hexdigest()
-
-
-def acl_rules(t: Tenant, password: str, *, enabled: bool = True) -> list[str]:
-    """ACL SETUSER arguments for a tenant (after the user name)."""
-    db = f"+select|{t.redis_db}" if t.redis_db is not None else "+select|0"
-    return ["reset", "on" if enabled else "off", "#" + password_hash(password), f"~{t.redis_prefix}*",
-            "resetchannels", f"&{t.redis_prefix}*", "+@all", *DENIED, "+select|0", *([db] if db != "+select|0" else [])]
 
 
 # Changes when the deny list does: the engine then ensures every tenant's ACL user again.

@@ -1,0 +1,57 @@
+"""Pure policy the renderer and the tenancy back ends share: derived credentials and ACL rules.
+
+Render writes these into config files; the back ends apply the same values through their admin
+APIs. Kept here (no network client) so importing render loads no back-end library.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping
+
+from aicommons.plan.model import Tenant
+from aicommons.plan.redis_commands import denied_rules
+from aicommons.plan.secrets import SITE_SCOPE, SecretLookup
+
+# ---- Redis ------------------------------------------------------------------------------------
+
+# Keyless commands that reveal or change other tenants' data or the whole server: the table with
+# the reason for each is data in redis_commands.DENY (read from Redis 7.0's command table).
+DENIED = denied_rules()
+
+
+def password_hash(password: str) -> str:
+    return hashlib.sha256(password.encode()).hexdigest()
+
+
+def acl_rules(t: Tenant, password: str, *, enabled: bool = True) -> list[str]:
+    """ACL SETUSER arguments for a tenant (after the user name)."""
+    db = f"+select|{t.redis_db}" if t.redis_db is not None else "+select|0"
+    return ["reset", "on" if enabled else "off", "#" + password_hash(password), f"~{t.redis_prefix}*",
+            "resetchannels", f"&{t.redis_prefix}*", "+@all", *DENIED, "+select|0", *([db] if db != "+select|0" else [])]
+
+
+# ---- S3 (Garage / MinIO) ------------------------------------------------------------------------
+
+
+def s3_credentials(access_secret: str, secret_secret: str) -> tuple[str, str]:
+    """(access key id, secret key) in Garage's format (GK + 24 hex, 64 hex); MinIO accepts it too."""
+    kid = "GK" + hashlib.sha256(b"aicommons-s3-id:" + access_secret.encode()).hexdigest()[:24]
+    sec = hashlib.sha256(b"aicommons-s3-secret:" + secret_secret.encode()).hexdigest()
+    return kid, sec
+
+
+def tenant_credentials(secrets: Mapping[str, str]) -> tuple[str, str]:
+    return s3_credentials(secrets["s3_access_key"], secrets["s3_secret_key"])
+
+
+# Shared services with a bucket of their own: service -> (bucket, site secrets its key derives from).
+# The control plane imports the key and creates and grants the bucket at apply time (the
+# `s3.service.<name>` step); render/shared_compose.py gives the service the same key.
+SERVICE_BUCKETS = {"langfuse": ("langfuse", "langfuse_s3_access_key", "langfuse_s3_secret_key")}
+
+
+def service_credentials(service: str, secrets: SecretLookup) -> tuple[str, str]:
+    """(access key id, secret) of a shared service's own key."""
+    _bucket, a, b = SERVICE_BUCKETS[service]
+    return s3_credentials(secrets(SITE_SCOPE, a), secrets(SITE_SCOPE, b))

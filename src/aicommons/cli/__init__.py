@@ -26,6 +26,9 @@ for module in (site, plan, render, engine, users, ops):
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point: every AicError becomes a clean message and its exit code, never a traceback."""
+    from aicommons.drivers.registry import allow_joining_site_networks
+
+    allow_joining_site_networks()  # the command reaches an LXC site's addresses from inside its namespace
     try:
         app(args=argv, standalone_mode=False)
     except AicError as exc:

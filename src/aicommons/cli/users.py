@@ -121,10 +121,6 @@ def isolation(file: Path = SiteFile, state: Annotated[Path | None, StateOpt] = N
 
     from aicommons.tenancy.manage import audit_site
 
-    from aicommons.cli.common import load
-    from aicommons.drivers.registry import enter_site_network
-
-    enter_site_network(load(file)[0])
     checks, skipped, warnings = audit_site(file, state_path=state)
     leaks = [c for c in checks if not c.ok]
     if as_json:

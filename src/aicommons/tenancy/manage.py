@@ -182,9 +182,25 @@ class Context:
 
         self.session = Session(site_file, state_path=state_path, driver=_NoDriver(), backends=backends,
                                target=object())
+        if backends is None and self._dials_site():  # reach the site's own servers only from inside it
+            from aicommons.drivers.registry import enter_site_network
+
+            try:
+                enter_site_network(self.session.site)
+            except BaseException:
+                self.session.close()
+                raise
         self.resolved: ResolvedSite = self.session.resolved
         self.secrets = self.session.secrets
         self.backends = self.session.backends
+
+    def _dials_site(self) -> bool:
+        """Does a back end talk to a server the site runs (not an `external:` one)?"""
+        from aicommons.engine.api import _service_of
+
+        eps = self.session.resolved.endpoints
+        return any((ep := eps.get(_service_of(self.session, b))) is not None and not ep.external
+                   for b in self.session.backends)
 
     def close(self) -> None:
         self.session.close()

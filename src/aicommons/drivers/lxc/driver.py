@@ -95,10 +95,13 @@ class LxcDriver:
             ns=options.get("netns", d.netns), bridge=n.bridge, gateway=str(n.gateway),
             prefixlen=n.subnet.prefixlen, subnet=str(n.subnet), extra=(str(n.traefik.address),),
             nat=d.nat, mirror=d.mirror)
-        drv = cls(site=site.name, net=net, lxcpath=options.get("lxcpath", d.lxcpath),
+        lxcpath = options.get("lxcpath", d.lxcpath)
+        # Traefik's dynamic files live with the site's containers: a host-wide directory (the
+        # Proxmox Traefik host's network.traefik.dynamic_dir) would be shared by every site here.
+        drv = cls(site=site.name, net=net, lxcpath=lxcpath,
                   cache_dir=options.get("cache_dir", d.cache_dir), log=options.get("log", _stderr),
                   secrets=options.get("secrets"), traefik_ip=str(n.traefik.address),
-                  traefik_dir=options.get("traefik_dir", n.traefik.dynamic_dir))
+                  traefik_dir=options.get("traefik_dir", str(Path(lxcpath) / "_traefik" / "dynamic")))
         drv.join = bool(options.get("join", False))
         return drv
 

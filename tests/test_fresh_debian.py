@@ -11,7 +11,9 @@ in a private mount and PID namespace (`unshare`) chroots into it and runs:
 
 Real: debootstrap, apt from the Debian mirror, pip from PyPI, the suite's real servers
 (PostgreSQL 15, Redis 7, Traefik 3, promtool) installed by the script inside the rootfs.
-Kept between runs, to stay quick: the rootfs itself (never written: runs write to the
+The chroot gets the host's resolv.conf and extra CA certificates
+(/usr/local/share/ca-certificates: the machine's network environment, e.g. a TLS-inspecting
+egress proxy), nothing else of it. Kept between runs, to stay quick: the rootfs itself (never written: runs write to the
 overlay), and the download caches of .deb files and wheels (downloads, not installs).
 NOT run inside: the LXC tests (`-m "not e2e"` and AICOMMONS_NO_LXC=1). A chroot shares the
 host's kernel: its LXC containers, network namespaces and iptables rules would be the host's,
@@ -128,6 +130,10 @@ mount -t overlay overlay -o lowerdir={base},upperdir={upper},workdir={work} {roo
 mkdir -p {root}/root/aicommons {root}/var/cache/pip-downloads
 cp -a {tmp_path}/repo/. {root}/root/aicommons/
 cp /etc/resolv.conf {root}/etc/resolv.conf
+# the machine's own trust: where egress passes a TLS-inspecting proxy, its CA is added here
+# (ca-certificates, installed by install.sh, picks it up); a machine without one adds nothing
+mkdir -p {root}/usr/local/share/ca-certificates
+cp /usr/local/share/ca-certificates/*.crt {root}/usr/local/share/ca-certificates/ 2>/dev/null || true
 printf '#!/bin/sh\\nexit 101\\n' > {root}/usr/sbin/policy-rc.d && chmod +x {root}/usr/sbin/policy-rc.d
 mount --bind {dl}/apt-archives {root}/var/cache/apt/archives
 mount --bind {dl}/pip {root}/var/cache/pip-downloads

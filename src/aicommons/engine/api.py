@@ -330,8 +330,6 @@ def apply_site(site_file, *, state_path=None, targets=None, yes: bool = True, dr
     try:
         lock.acquire(timeout=lock_timeout)
         locked = True
-        if not destroy and callable(getattr(s.driver, "open_network", None)):
-            s.driver.open_network()  # host networking is made here, under the lock, never by a plan
         redact = Redactor(s.secrets, external_secrets(s.site, s.site_file))
         rep = Reporter(out, redact, default_path(site_file).parent / "logs")
         if lock.broken:
@@ -345,6 +343,10 @@ def apply_site(site_file, *, state_path=None, targets=None, yes: bool = True, dr
             check_saved(saved, plan)
         elif plan.steps and not yes and not (confirm and confirm(plan)):
             raise AicError("apply cancelled; nothing was changed")
+        if not destroy and callable(getattr(s.driver, "open_network", None)):
+            # Host networking is made here, under the lock, once the run is confirmed, never by a
+            # plan (even an empty run restarts a Traefik that died).
+            s.driver.open_network()
         result = ApplyResult(None, plan)
         if plan.empty:
             rep.line("no changes: the site matches the plan")

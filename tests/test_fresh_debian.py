@@ -110,6 +110,7 @@ step done
 """
 
 
+@pytest.mark.timeout(3600)  # debootstrap once, then apt, pip and the suite inside: tens of minutes
 def test_readme_commands_on_a_fresh_debian(tmp_path: Path):
     started = time.monotonic()
     base = base_rootfs()
@@ -147,9 +148,12 @@ exec chroot {root} /usr/bin/env -i PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin
 """
     (tmp_path / "repo").mkdir()
     copy_repo(tmp_path / "repo")
-    r = subprocess.run(["unshare", "--mount", "--propagation", "private", "--pid", "--fork", "--kill-child",
-                        "sh", "-c", outer], capture_output=True, text=True, timeout=3600)
-    out = r.stdout + r.stderr
+    log = Path(os.environ.get("AICOMMONS_FRESH_LOG", tmp_path / "fresh.log"))
+    print(f"output of the run inside: {log}")
+    with open(log, "w") as f:
+        r = subprocess.run(["unshare", "--mount", "--propagation", "private", "--pid", "--fork", "--kill-child",
+                            "sh", "-c", outer], stdout=f, stderr=subprocess.STDOUT, text=True, timeout=3500)
+    out = log.read_text()
     print(f"rootfs: {'built' if built > 5 else 'cached'} in {built:.0f}s")
     marks = {m.split()[1]: int(m.split()[2]) for m in out.splitlines() if m.startswith("=== ")}
     steps = list(marks)

@@ -19,6 +19,7 @@ an unchanged recipe costs nothing.
 
 from __future__ import annotations
 
+import base64
 import fcntl
 import hashlib
 import json
@@ -293,8 +294,6 @@ def _fetch_npm_tarball(name: str, version: str, downloads: Path, logf) -> Path:
 
 
 def _sri(path: Path) -> str:
-    import base64
-
     h = hashlib.sha512()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):

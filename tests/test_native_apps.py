@@ -408,8 +408,9 @@ def test_no_app_looked_up_an_outside_host_at_start(apps):
     own = {socket.gethostname(), socket.getfqdn(), "localhost"}
     outside = sorted({n for n in apps["dns"].names if n and n not in own})
     assert not outside, f"looked up while starting: {outside}"
+    # Connection errors in the logs (names looked up are the recorder's; links in messages are not calls).
     pattern = re.compile(r"ENETUNREACH|Network is unreachable|EAI_AGAIN|getaddrinfo|Temporary failure in name "
-                         r"resolution|huggingface\.co|api\.github\.com|open-vsx|n8n\.io|posthog", re.I)
+                         r"resolution|Name or service not known|ENOTFOUND", re.I)
     for r in started:
         hits = [line for line in r.text().splitlines() if pattern.search(line)]
         assert not hits, f"{r.name} tried to reach outside: {hits[:5]}"

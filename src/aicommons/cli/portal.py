@@ -64,8 +64,7 @@ def serve(
     from aicommons.portal.config import PortalConfig, parse_proxies
 
     site, _ = load(file)
-    if not os.environ.get("AICOMMONS_FAKE_DIR"):  # the file-backed fake world has no namespace to join
-        enter_site_network(site)  # status and back ends are dialled where the site's addresses exist
+    enter_site_network(site)  # status and back ends are dialled where the site's addresses exist
     cfg = PortalConfig(site_file=file, state_path=state,
                        trusted_proxies=parse_proxies(trusted_proxy or [str(site.network.traefik.address)]),
                        operator_group=operator_group, targets=parse_targets(target, targets),

@@ -37,6 +37,12 @@ has the same table. What the engine does with each, and without it:
 |                     |                                          | firewall step runs on every apply             |
 | `SkipsCompose`      | `compose_skip_reason(tenant) -> str|None`| a bundle pushed but not started, with why /   |
 |                     |                                          | compose always runs                           |
+| `ManagesNetwork`    | `attach()`, `open_network()`,            | attach: on opening a session, reach a running |
+|                     | `close_network()`                        | site's addresses; open: under the lock once   |
+|                     |                                          | an apply is confirmed (host network, NAT,     |
+|                     |                                          | Traefik); close: after the apply, under the   |
+|                     |                                          | lock (tears down a site with no container) /  |
+|                     |                                          | the network exists outside the control plane  |
 | `ReportsUsage`      | `usage(ctids) -> {ctid: Usage}`          | the portal shows memory/CPU / "not reported"  |
 | `Closes`            | `close()`                                | called when the engine/portal lets go of it   |
 
@@ -200,6 +206,20 @@ class SkipsCompose(Protocol):
 
 
 @runtime_checkable
+class ManagesNetwork(Protocol):
+    """A driver that makes the site's network on the host itself (LXC: a namespace, NAT, Traefik)."""
+
+    def attach(self) -> None:
+        """Make the site's addresses reachable from this process if the site is up (never creates)."""
+
+    def open_network(self) -> None:
+        """Create what the site's network needs; apply calls it under the lock, once confirmed."""
+
+    def close_network(self) -> None:
+        """After an apply: remove the network once no container of the site is left."""
+
+
+@runtime_checkable
 class ReportsUsage(Protocol):
     def usage(self, ctids: Iterable[int]) -> dict[int, Usage]: ...
 
@@ -211,7 +231,7 @@ class Closes(Protocol):
 
 CAPABILITIES: tuple[type, ...] = (
     ChecksPlans, TakesNotes, Archives, HasTraefikTarget, ConfiguresServices, SkipsServices, BindsSecrets,
-    ServiceUrls, AppliesFirewall, DiffsFirewall, SkipsCompose, ReportsUsage, Closes,
+    ServiceUrls, AppliesFirewall, DiffsFirewall, SkipsCompose, ManagesNetwork, ReportsUsage, Closes,
 )
 
 

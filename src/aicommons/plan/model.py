@@ -116,6 +116,11 @@ class ResolvedSite:
     proxy_ip: str
     proxy_file: str
     notes: list[str] = field(default_factory=list)
+    # What the driver does not deploy (service -> reason), what the runtime cannot run (app ->
+    # reason) and each app's fallback for a missing back end (app -> service -> fallback).
+    undeployed: dict[str, str] = field(default_factory=dict)
+    unavailable: dict[str, str] = field(default_factory=dict)
+    fallbacks: dict[str, dict[str, str]] = field(default_factory=dict)
 
     def container(self, ctid: int) -> Container:
         for c in self.containers:
@@ -143,4 +148,8 @@ class ResolvedSite:
             "totals": asdict(self.totals),
             "seed_figures": SEED_FIGURES,
             "notes": list(self.notes),
+            "runtime": self.site.user_template.runtime,
+            "undeployed": dict(self.undeployed),
+            "unavailable_apps": dict(self.unavailable),
+            "fallbacks": {k: dict(v) for k, v in self.fallbacks.items()},
         }

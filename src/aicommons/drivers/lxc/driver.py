@@ -239,7 +239,11 @@ class LxcDriver:
             raise PermanentError(f"cannot start container {ctid}: {problem}. Re-run to rebuild it "
                                  "(after `aicommons down` if containers still use it)")
         log = self._dir(ctid) / "start.log"
-        proc = self._lxc("lxc-start", ctid, "-l", "ERROR", "-o", str(log), check=False, timeout=120)
+        # Started from inside the container's own cgroups, so its cgroup namespace is rooted there.
+        # (Joined before `ip netns exec`, which mounts a fresh /sys without the cgroup hierarchies.)
+        proc = run(["sh", "-c", limits.enter_script(self.ns, ctid) + '; exec "$@"', "-", "ip", "netns", "exec",
+                    self.ns, "lxc-start", "-P", str(self.lxcpath), "-n", str(int(ctid)), "-l", "ERROR",
+                    "-o", str(log)], check=False, timeout=120)
         if proc.returncode != 0:
             tail = log.read_text(errors="replace").strip().splitlines()[-3:] if log.exists() else []
             raise TemporaryError(f"lxc-start of container {ctid} failed: {' | '.join(tail) or proc.stderr.decode()}",

@@ -11,6 +11,8 @@ want_test=0
 apt_pkgs=(python3 python3-venv python3-pip ca-certificates lxc debootstrap iproute2 iptables rsync curl util-linux
           postgresql-client-15 redis-tools)
 [ $want_test = 1 ] && apt_pkgs+=(postgresql-15 redis-server prometheus)
+# Native app layers: what their builds compile with (the catalog's native.build_packages; applayers checks too).
+apt_pkgs+=(build-essential pkg-config libkrb5-dev)
 
 missing=()
 for p in "${apt_pkgs[@]}"; do dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p"); done

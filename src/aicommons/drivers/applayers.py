@@ -204,8 +204,13 @@ def _sh(argv: list[str], logf, env: dict[str, str] | None = None, cwd: Path | No
         raise PermanentError(f"`{' '.join(argv[:6])}` failed (exit {proc.returncode}); log {logf.name}:\n{tail}")
 
 
+# A caller's virtualenv or Node settings must not leak into a layer; the host's CA and proxy
+# settings (NODE_EXTRA_CA_CERTS, PIP_CERT, https_proxy, ...) must reach the installers.
+_NOT_PASSED = ("VIRTUAL_ENV", "PYTHONHOME", "PYTHONPATH", "NODE_OPTIONS", "NODE_PATH", "npm_config_prefix")
+
+
 def _build_env(n: Native, path_prefix: list[str]) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("npm_", "NPM_", "PIP_", "VIRTUAL_ENV", "NODE"))}
+    env = {k: v for k, v in os.environ.items() if k not in _NOT_PASSED}
     env["PATH"] = os.pathsep.join([*path_prefix, env.get("PATH", "/usr/bin:/bin")])
     env.update(n.build_env)
     return env
@@ -231,6 +236,11 @@ def _build_npm(n: Native, tmp: Path, node: Path | None, logf) -> None:
                npm_config_build_from_source="true",  # prebuild-install: no GitHub release download
                npm_config_update_notifier="false", npm_config_fund="false", npm_config_audit="false",
                npm_config_registry=REGISTRY)
+    # This npm's own global npmrc would be inside the Node layer: use the host's (its cafile, proxy).
+    for rc in ("/etc/npmrc", "/usr/etc/npmrc"):
+        if Path(rc).is_file():
+            env["npm_config_globalconfig"] = rc
+            break
     npm = [str(node / "bin" / "node"), str(node / "lib" / "node_modules" / "npm" / "bin" / "npm-cli.js")]
     install = [*npm, "install", "--prefix", str(tmp), "--omit=dev", "--no-save", f"{n.package}@{n.version}"]
     if n.npm_scripts == "install":
@@ -247,7 +257,9 @@ def _packages_with_scripts(node_modules: Path) -> list[str]:
     """Names of installed packages that have install scripts (or a binding.gyp npm would build)."""
     names: set[str] = set()
     for pj in node_modules.rglob("package.json"):
-        if pj.parent.parent.name != "node_modules" and pj.parent.parent.parent.name != "node_modules":
+        d = pj.parent  # a package is node_modules/<name> or node_modules/@scope/<name>
+        if not (d.parent.name == "node_modules" or (d.parent.name.startswith("@")
+                                                    and d.parent.parent.name == "node_modules")):
             continue
         try:
             data = json.loads(pj.read_text())

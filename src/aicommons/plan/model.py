@@ -121,6 +121,7 @@ class ResolvedSite:
     undeployed: dict[str, str] = field(default_factory=dict)
     unavailable: dict[str, str] = field(default_factory=dict)
     fallbacks: dict[str, dict[str, str]] = field(default_factory=dict)
+    runtime_notes: list[str] = field(default_factory=list)  # the above, as notes (also in `notes`)
 
     def container(self, ctid: int) -> Container:
         for c in self.containers:

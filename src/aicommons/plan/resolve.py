@@ -450,11 +450,12 @@ def _resolve(site: Site, catalog: Catalog, held: dict[str, str]) -> tuple[Resolv
     gone = deployed.undeployed(site, catalog)
     unavailable = deployed.unavailable_apps(site, apps, catalog)
     fallbacks = deployed.fallbacks(site, [a for a in apps if a not in unavailable], catalog, gone)
-    if users:
-        notes += _runtime_notes(site, unavailable, fallbacks, gone)
+    runtime_notes = _runtime_notes(site, unavailable, fallbacks, gone) if users else []
+    notes += runtime_notes
     return ResolvedSite(site=site, containers=containers, routes=routes, tenants=tenants, endpoints=endpoints,
                         totals=totals, proxy_ip=str(net.traefik.address), proxy_file=proxy_file, notes=notes,
-                        undeployed=gone, unavailable=unavailable, fallbacks=fallbacks), ctx
+                        undeployed=gone, unavailable=unavailable, fallbacks=fallbacks,
+                        runtime_notes=runtime_notes), ctx
 
 
 def _runtime_notes(site: Site, unavailable: dict[str, str], fallbacks: dict[str, dict[str, str]],

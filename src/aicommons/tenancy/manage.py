@@ -337,7 +337,9 @@ def audit_site(site_file: Path, *, state_path=None, backends=None
         secrets = {t.user: ctx.tenant_secrets(t) for t in tenants}
         notes = ctx.session.notes if backends is None else []
         # A service the driver does not run holds no tenant slices: nothing to audit, not a gap.
-        checks, skipped = [], [n for n in notes if n not in ctx.session.skip_notes]
+        # How apps run and their fallbacks are no back end's slices either.
+        info = set(ctx.session.skip_notes) | set(ctx.resolved.runtime_notes)
+        checks, skipped = [], [n for n in notes if n not in info]
         for b in ctx.backends:
             try:
                 checks += b.audit(tenants, secrets)

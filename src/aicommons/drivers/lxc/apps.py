@@ -23,6 +23,7 @@ from aicommons.drivers.lxc.run import run
 from aicommons.errors import AicError, PermanentError, TemporaryError
 from aicommons.plan.model import Container
 
+_FAILED: dict[str, str] = {}  # layer builds that failed in this process: not retried per container
 READY_TIMEOUT = 420  # first start of Open WebUI runs its migrations; npm apps theirs
 STATE = "state"  # <root>/state/<app>.sha: what the running unit was started from
 
@@ -41,6 +42,8 @@ def layer_mounts(c: Container, cache_dir: str, log) -> list[tuple[str, str]]:
         app = cat.apps.get(name)
         if app is None or app.native is None or app.native.source == "none":
             continue
+        if name in _FAILED:
+            continue
         try:
             out.append((str(applayers.ensure_layer(app, cache_dir, log)), applayers.mount_point(app)))
             if app.native.node and app.native.node not in nodes:
@@ -48,6 +51,7 @@ def layer_mounts(c: Container, cache_dir: str, log) -> list[tuple[str, str]]:
                 out.append((str(applayers.ensure_node(app.native.node, cache_dir, log)),
                             applayers.node_mount_point(app.native.node)))
         except AicError as exc:
+            _FAILED[name] = str(exc)
             log(f"{name}: no layer, the app will not start ({exc})")
     return out
 
@@ -111,6 +115,10 @@ def run_native(driver, t, root: str, files: dict) -> str:
     apps = manifest["apps"]
     ctid = t.ctid
     q = shlex.quote
+    missing = [a["name"] for a in apps if a["name"] in _FAILED]
+    if missing:
+        raise PermanentError(f"user {t.user}: no layer for {', '.join(missing)}: "
+                             + "; ".join(f"{m}: {_FAILED[m][-300:]}" for m in missing))
     if apps and not _layers_mounted(driver, ctid, apps):
         # A layer built after the container started: update() writes its mount and restarts it.
         driver.update(_container_of(driver, ctid))

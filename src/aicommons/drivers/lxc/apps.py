@@ -95,8 +95,12 @@ while len(done) < len(apps) and time.monotonic() < deadline:
             code = 0
         if code == a["expect"]:
             done[a["name"]] = round(time.monotonic() - start, 1)
-        elif subprocess.run(["systemctl", "is-failed", "--quiet", a["unit"]]).returncode == 0:
-            done[a["name"]] = None  # failed for good (Restart=on-failure gave up)
+        else:
+            restarts = subprocess.run(["systemctl", "show", "-p", "NRestarts", "--value", a["unit"]],
+                                      capture_output=True, text=True).stdout.strip()
+            failed = subprocess.run(["systemctl", "is-failed", "--quiet", a["unit"]]).returncode == 0
+            if failed or (restarts.isdigit() and int(restarts) >= 3):
+                done[a["name"]] = None  # failed for good, or keeps failing at start
     time.sleep(1)
 print(json.dumps(done))
 """
@@ -121,7 +125,7 @@ def run_native(driver, t, root: str, files: dict) -> str:
                              + "; ".join(f"{m}: {_FAILED[m][-300:]}" for m in missing))
     if apps and not _layers_mounted(driver, ctid, apps):
         # A layer built after the container started: update() writes its mount and restarts it.
-        driver.update(_container_of(driver, ctid))
+        driver.update(_container_of(driver, ctid, tuple(a["name"] for a in apps) + tuple(manifest["unavailable"])))
         driver.wait_ready(ctid)
     script = [f"chmod 0700 {q(root)}/env 2>/dev/null || true"]
     for a in apps:
@@ -167,7 +171,7 @@ def run_native(driver, t, root: str, files: dict) -> str:
             state = "failed" if a["name"] in ready else f"not answering after {READY_TIMEOUT}s"
             tail = driver.exec(ctid, ["journalctl", "-u", a["unit"], "-n", "6", "--no-pager", "-o", "cat"]).stdout
             why.append(f"{a['name']} {state} ({' | '.join(tail.strip().splitlines()[-6:])[-600:]})")
-        raise TemporaryError(f"user {t.user}: apps did not come up: " + "; ".join(why), delay=5)
+        raise PermanentError(f"user {t.user}: apps did not come up: " + "; ".join(why))
     took = time.monotonic() - began
     return (f"{len(apps)} apps answer ({', '.join(f'{n} {s}s' for n, s in ready.items())}; all within "
             f"{took:.0f}s)" + (f"; not available natively: {', '.join(manifest['unavailable'])}"
@@ -180,11 +184,13 @@ def _layers_mounted(driver, ctid: int, apps: list[dict]) -> bool:
     return res.ok
 
 
-def _container_of(driver, ctid: int) -> Container:
+def _container_of(driver, ctid: int, apps: tuple[str, ...]) -> Container:
+    """The container as its config says, with the user's apps of now (the config keeps those of
+    its creation: the engine does not replace a container for a changed app list)."""
     meta = driver._meta(ctid)
     if meta is None:
         raise PermanentError(f"container {ctid} does not exist")
     return Container(ctid=int(ctid), ip=meta["ip"], prefixlen=driver.net.prefixlen, gateway=driver.net.gateway,
                      hostname=meta["hostname"], role=meta["role"], name=meta["name"],
-                     services=tuple(meta.get("services", [])), phase=0, memory_mb=meta["memory_mb"],
+                     services=apps, phase=0, memory_mb=meta["memory_mb"],
                      cores=meta["cores"], disk_gb=meta["disk_gb"], traefik_file="")

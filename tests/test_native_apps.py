@@ -130,14 +130,25 @@ def _site():
     return resolve(Site.model_validate(data))
 
 
-def _rendered_env(resolved, t, secrets, name: str, pg, rd) -> dict[str, str]:
-    """What compose.py renders for the app, the .env references filled in, mapped to loopback."""
+def _rendered_env(resolved, t, secrets, name: str, pg, rd, port: int, data: Path) -> dict[str, str]:
+    """What the project renders for the app, the secret references filled in, mapped to loopback."""
+    from aicommons.render import compose
     from aicommons.render.common import endpoint_host, port_of
-    from aicommons.render.compose import _Wiring
 
-    w = _Wiring(resolved, t, secrets)
-    env = w.app_env(CAT.apps[name])
-    env = {k: re.sub(r"\$\{(\w+)\}", lambda m: w.env[m.group(1)], v) for k, v in env.items()}
+    app = CAT.apps[name]
+    if hasattr(compose, "app_environment"):  # the native runtime's one source of the environment
+        env, secret = compose.app_environment(resolved, t, app, secrets, port=port, data=str(data))
+    else:  # before it: the compose wiring, with the runtime's port and data dir put in by hand
+        w = compose._Wiring(resolved, t, secrets)
+        env, secret = {**app.env, **w.app_env(app)}, w.env
+        if app.data_path:
+            env = {k: v.replace(app.data_path, str(data)) for k, v in env.items()}
+        if name == "openwebui":
+            env["DATA_DIR"] = str(data)
+        for k in ("PORT", "N8N_PORT"):  # it listens on the app's port in the user container
+            if k in env:
+                env[k] = str(port)
+    env = {k: re.sub(r"\$\{(\w+)\}", lambda m: secret[m.group(1)], v) for k, v in env.items()}
     env = {k: v for k, v in env.items() if not k.startswith(BACKENDS_NOT_RUN)}
     mapping = {f"{endpoint_host(resolved, 'postgres')}:{port_of(resolved, 'postgres')}": f"127.0.0.1:{pg.port}",
                f"{endpoint_host(resolved, 'redis')}:{port_of(resolved, 'redis')}": f"127.0.0.1:{rd.port}"}
@@ -173,6 +184,7 @@ class Running:
 
 
 def _start(name: str, workdir: Path, env: dict[str, str], resolv: Path) -> Running:
+    """Start the app as its unit will (the driver's mounts, its user, HOME and data dir)."""
     app = CAT.apps[name]
     n = app.native
     layer = applayers.layer_dir(app, CACHE_DIR)
@@ -180,18 +192,12 @@ def _start(name: str, workdir: Path, env: dict[str, str], resolv: Path) -> Runni
     if n.node:
         mounts.append((str(applayers.ensure_node(n.node, CACHE_DIR)), applayers.node_mount_point(n.node)))
     data = workdir / name
-    data.mkdir()
-    os.chown(data, APP_UID, APP_UID)
     port = app.port
     values = {"layer": applayers.mount_point(app), "node": applayers.node_mount_point(n.node) if n.node else "",
               "port": str(port), "data": str(data), "host": "127.0.0.1"}
     argv = [a.format(**values) for a in n.command]
     full_env = {"PATH": (f"{values['node']}/bin:" if n.node else "") + "/usr/local/bin:/usr/bin:/bin",
                 "HOME": str(data), "LANG": "C.UTF-8", **app.env, **env}
-    # The port the unit listens on is the app's port in the user container.
-    for k in ("PORT", "N8N_PORT"):
-        if k in full_env:
-            full_env[k] = str(port)
     # A private mount namespace: /opt replaced by a tmpfs holding the read-only layer mounts,
     # resolv.conf pointing at the recording DNS listener; then drop to the app's user.
     script = ["set -e", "mount -t tmpfs -o mode=0755 aic-apps /opt"]
@@ -265,7 +271,11 @@ def apps(site, tmp_path_factory):
         RedisBackend("127.0.0.1", rd.port, rd.admin_user, rd.admin_password, workdir / "archive").ensure(t, user_secrets)
         started = time.monotonic()
         for name in wanted:
-            running[name] = _start(name, workdir, _rendered_env(resolved, t, secrets, name, pg, rd), resolv)
+            data = workdir / name
+            data.mkdir()
+            os.chown(data, APP_UID, APP_UID)
+            env = _rendered_env(resolved, t, secrets, name, pg, rd, CAT.apps[name].port, data)
+            running[name] = _start(name, workdir, env, resolv)
         waiters = [threading.Thread(target=_wait_healthy, args=(r, started)) for r in running.values()]
         for w in waiters:
             w.start()

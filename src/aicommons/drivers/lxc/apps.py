@@ -169,8 +169,11 @@ def run_native(driver, t, root: str, files: dict) -> str:
         why = []
         for a in bad:
             state = "failed" if a["name"] in ready else f"not answering after {READY_TIMEOUT}s"
-            tail = driver.exec(ctid, ["journalctl", "-u", a["unit"], "-n", "6", "--no-pager", "-o", "cat"]).stdout
-            why.append(f"{a['name']} {state} ({' | '.join(tail.strip().splitlines()[-6:])[-600:]})")
+            # The app's own last words, not systemd's restart lines.
+            tail = driver.exec(ctid, ["journalctl", f"_SYSTEMD_UNIT={a['unit']}", "-n", "40", "--no-pager", "-o",
+                                      "cat"]).stdout
+            lines = [ln for ln in tail.strip().splitlines() if ln.strip() and not ln.startswith(("│", "╭", "╰"))]
+            why.append(f"{a['name']} {state} ({' | '.join(lines[-6:])[-600:]})")
         raise PermanentError(f"user {t.user}: apps did not come up: " + "; ".join(why))
     took = time.monotonic() - began
     return (f"{len(apps)} apps answer ({', '.join(f'{n} {s}s' for n, s in ready.items())}; all within "

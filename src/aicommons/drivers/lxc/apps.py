@@ -123,9 +123,12 @@ def run_native(driver, t, root: str, files: dict) -> str:
     if missing:
         raise PermanentError(f"user {t.user}: no layer for {', '.join(missing)}: "
                              + "; ".join(f"{m}: {_FAILED[m][-300:]}" for m in missing))
-    if apps and not _layers_mounted(driver, ctid, apps):
-        # A layer built after the container started: update() writes its mount and restarts it.
-        driver.update(_container_of(driver, ctid, tuple(a["name"] for a in apps) + tuple(manifest["unavailable"])))
+    # The layers of now (a pin changed, or a layer was built after the container started): the
+    # config is rewritten and, where its mounts changed, update() restarts the container.
+    cfg = driver._dir(ctid) / "config"
+    before = mount_lines(cfg.read_text())
+    driver.update(_container_of(driver, ctid, tuple(a["name"] for a in apps) + tuple(manifest["unavailable"])))
+    if mount_lines(cfg.read_text()) != before:
         driver.wait_ready(ctid)
     script = [f"chmod 0700 {q(root)}/env 2>/dev/null || true"]
     for a in apps:
@@ -179,12 +182,6 @@ def run_native(driver, t, root: str, files: dict) -> str:
     return (f"{len(apps)} apps answer ({', '.join(f'{n} {s}s' for n, s in ready.items())}; all within "
             f"{took:.0f}s)" + (f"; not available natively: {', '.join(manifest['unavailable'])}"
                                 if manifest.get("unavailable") else ""))
-
-
-def _layers_mounted(driver, ctid: int, apps: list[dict]) -> bool:
-    paths = sorted({a["layer"] for a in apps} | {f"/opt/aicommons/apps/node-{a['node']}" for a in apps if a["node"]})
-    res = driver.exec(ctid, ["sh", "-c", "for p; do mountpoint -q \"$p\" || exit 1; done", "-", *paths])
-    return res.ok
 
 
 def _container_of(driver, ctid: int, apps: tuple[str, ...]) -> Container:

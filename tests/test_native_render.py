@@ -61,11 +61,13 @@ def test_plan_says_what_is_not_deployed_and_each_fallback():
     assert r.fallbacks["openwebui"]["qdrant"].startswith("its own local vector store")
     assert any(re.match(r"openwebui: qdrant is not deployed here -> its own local vector store", n) for n in r.notes)
     assert any(n.startswith("openwebui: garage is not deployed here -> local files") for n in r.notes)
-    # An external server is the operator's: used as given, no fallback.
-    ext = _site("lxc", extra="")  # the default site
-    assert "qdrant" in ext.undeployed
+    # An external server is the operator's: deployed, used as given, no fallback.
+    text = render_site_yaml(users=2, driver="lxc", services=SERVICES).replace(
+        "  qdrant: {}", "  qdrant: {external: {host: qdrant.lan, port: 6333}}")
+    ext = resolve(load_text(text)[0])
+    assert "qdrant" not in ext.undeployed and "qdrant" not in ext.fallbacks.get("openwebui", {})
     p = _site("proxmox")
-    assert p.undeployed == {} and p.fallbacks.get("openwebui", {}) == {}
+    assert p.undeployed == {} and set(p.fallbacks.get("openwebui", {})) == {"redis"}  # only the version's own
 
 
 def test_proxmox_native_says_layers_are_not_delivered():
@@ -110,7 +112,10 @@ def test_native_bundle_units_env_and_secrets():
     owui_env = parse_env(files["users/user1/env/openwebui.env"].content)
     assert owui_env["DATABASE_URL"].startswith("postgresql://u_user1:") and "@10.0.5.102:5432/openwebui_user1" in \
         owui_env["DATABASE_URL"]
-    assert owui_env["REDIS_URL"].startswith("redis://u_user1:")
+    # 0.6.41 writes an unprefixed Redis key (found with ACL LOG against the running app): no Redis
+    assert "REDIS_URL" not in owui_env and "REDIS_KEY_PREFIX" not in owui
+    assert any(n.startswith("openwebui: redis not used: Open WebUI 0.6.41 writes the unprefixed key(s) tool_servers")
+               for n in r.notes)
     manifest = files["users/user1/native.json"].content
     assert '"big-agi"' in manifest and "no published package" in manifest.lower() or "not published" in manifest
 

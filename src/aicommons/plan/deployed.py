@@ -30,6 +30,26 @@ FALLBACK: dict[tuple[str, str], str] = {
 }
 
 
+# Redis keys an app version writes without its REDIS_KEY_PREFIX, found by running it against a
+# per-user ACL (`~<user>:* &<user>:*`) and reading `ACL LOG`. A per-user ACL cannot admit such a key
+# without sharing it between users (one tenant could rewrite what another's instance reads), so
+# that version gets no Redis: one process per user needs none (tasks, config cache and token
+# revocation then live in the process).
+UNPREFIXED_REDIS_KEYS: dict[tuple[str, str], tuple[str, ...]] = {
+    # open_webui/utils/tools.py set_tool_servers/get_tool_servers: redis.set("tool_servers", ...)
+    ("openwebui", "0.6.41"): ("tool_servers",),
+}
+
+
+def redis_refused(app: App) -> str | None:
+    """Why this app version is not given Redis (None = it is)."""
+    keys = UNPREFIXED_REDIS_KEYS.get((app.name, app.version))
+    if not keys:
+        return None
+    return (f"not used: {app.title} {app.version} writes the unprefixed key(s) {', '.join(keys)}, which a "
+            "per-user ACL cannot admit without sharing them between users; one process per user needs no Redis")
+
+
 def lxc_unsupported(svc: Service) -> str | None:
     """Why the LXC driver cannot install this service (None = it can)."""
     inst = svc.install
@@ -82,6 +102,8 @@ def fallbacks(site, apps: list[str], catalog: Catalog, gone: dict[str, str]) -> 
     out: dict[str, dict[str, str]] = {}
     for a in apps:
         app = catalog.apps.get(a)
+        if app and "redis" in app.needs and (why := redis_refused(app)):
+            out.setdefault(a, {})["redis"] = why
         for need in app.needs if app else ():
             svc = need_service(site, need)
             ov = site.services.get(svc)

@@ -468,6 +468,7 @@ def _runtime_notes(site: Site, unavailable: dict[str, str], fallbacks: dict[str,
                    "units are pushed but the apps are not started (use runtime: docker there)")
     out += [f"{app}: not available in the native runtime ({why})" for app, why in unavailable.items()]
     out += [f"{app}: {svc} {'is not deployed here' if svc in gone else 'is not enabled'} -> {fb}"
+            if not fb.startswith("not used:") else f"{app}: {svc} {fb}"
             for app, fbs in fallbacks.items() for svc, fb in fbs.items()]
     return out
 

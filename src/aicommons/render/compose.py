@@ -10,6 +10,7 @@ from __future__ import annotations
 from urllib.parse import quote as urlquote
 
 from aicommons.catalog.model import App
+from aicommons.plan.deployed import redis_refused
 from aicommons.plan.model import ResolvedSite, Tenant
 from aicommons.plan.secrets import SITE_SCOPE, SecretLookup
 from aicommons.render.common import catalog, dump_yaml, endpoint_host, endpoint_url, port_of
@@ -115,7 +116,7 @@ class _Wiring:
             pw = self.secrets(t.user, "postgres_password")
             if url := _pg_url(r, t, _db(t, "openwebui"), pw):
                 e["DATABASE_URL"] = self.put("OPENWEBUI_DATABASE_URL", url)
-            if url := _redis_url(r, t, self.secrets(t.user, "redis_password")):
+            if redis_refused(app) is None and (url := _redis_url(r, t, self.secrets(t.user, "redis_password"))):
                 e["REDIS_URL"] = self.put("REDIS_URL", url)
                 e["REDIS_KEY_PREFIX"] = t.redis_prefix.rstrip(":")  # Open WebUI adds the ':' itself
             if q := _url(r, "qdrant", "http"):

@@ -8,8 +8,18 @@ cd "$(dirname "$0")/.."
 want_test=0
 [ "${1:-}" = "--test" ] && want_test=1
 
-apt_pkgs=(python3 python3-venv python3-pip ca-certificates lxc debootstrap iproute2 iptables rsync curl util-linux
-          postgresql-client-15 redis-tools)
+# Everything the code runs, named here: a bare Debian 12 installed without Recommends has none of
+# it (tests/test_fresh_debian.py proves this list in a fresh debootstrap rootfs).
+#   lxc + lxc-templates   lxc-start/attach/info/stop; lxc-templates ships the debian.common.conf
+#                         every container config includes (only a Recommends of lxc)
+#   debootstrap           builds the container template; iproute2: ip netns/link/addr/route
+#   iptables              the site's NAT and FORWARD rules; procps: sysctl (ip_forward)
+#   util-linux            unshare, nsenter, mount; systemd: systemctl --root on the template
+#   curl                  Traefik's /ping and API from inside the namespace
+#   postgresql-client-15, redis-tools   pg_dump/pg_restore/psql and redis-cli (backups, checks)
+apt_pkgs=(python3 python3-venv ca-certificates lxc lxc-templates debootstrap iproute2 iptables procps util-linux
+          systemd curl postgresql-client-15 redis-tools)
+# The suite also starts real servers and checks rules with these.
 [ $want_test = 1 ] && apt_pkgs+=(postgresql-15 redis-server prometheus)
 # Native app layers: what their builds compile with (the catalog's native.build_packages; applayers checks too).
 apt_pkgs+=(build-essential pkg-config libkrb5-dev)

@@ -28,6 +28,8 @@ from aicommons.spec.models import Site
 
 
 def lxc_unavailable() -> str | None:
+    if os.environ.get("AICOMMONS_NO_LXC") == "1":
+        return "inside the fresh-Debian check (a chroot shares the host's kernel namespaces: LXC runs outside)"
     if os.geteuid() != 0:
         return "LXC needs root"
     for tool in ("lxc-start", "lxc-attach", "debootstrap", "ip", "iptables", "unshare", "curl"):
@@ -63,6 +65,35 @@ def test_link_net_is_link_local_and_per_namespace():
     b = netns.NetPlan(ns="other", bridge="b", gateway="10.0.5.1", prefixlen=24, subnet="10.0.5.0/24")
     assert a.link.subnet_of(__import__("ipaddress").IPv4Network("169.254.0.0/16"))
     assert a.link != b.link and len(a.host_veth) <= 15
+
+
+def test_two_sites_never_share_host_names():
+    """Per-site defaults (namespace, lxcpath) and the host-side names derived from the namespace
+    differ between sites, even for long names that share a prefix; explicit overrides stay."""
+    def lxc(name, **drv):
+        return Site.model_validate({"name": name, "domain": "example.org", "driver": {"kind": "lxc", **drv}}).driver
+
+    a, b = lxc("i11-averylongsitename-a"), lxc("i11-averylongsitename-b")
+    assert a.netns != b.netns and a.lxcpath != b.lxcpath
+    assert all(len(d.netns) <= 15 for d in (a, b))
+    plans = [netns.NetPlan(ns=d.netns, bridge="vmbr0", gateway="10.0.5.1", prefixlen=24, subnet="10.0.5.0/24")
+             for d in (a, b)]
+    assert plans[0].host_veth != plans[1].host_veth and plans[0].comment != plans[1].comment
+    assert all(len(p.host_veth) <= 15 for p in plans)
+    assert lxc("x1", netns="mine", lxcpath="/srv/x").netns == "mine"
+
+
+def test_link_net_skips_a_subnet_the_host_already_uses(monkeypatch):
+    p = netns.NetPlan(ns="aic-one", bridge="b", gateway="10.0.5.1", prefixlen=24, subnet="10.0.5.0/24")
+    import ipaddress
+
+    taken = ipaddress.IPv4Interface(f"{list(p.link.hosts())[0]}/30")
+    monkeypatch.setattr(netns, "_host_links", lambda: {"other-veth": [taken]})
+    got = netns.link_for(p)
+    assert got != p.link and not got.overlaps(taken.network) and got.prefixlen == 30
+    mine = ipaddress.IPv4Interface("169.254.9.1/30")
+    monkeypatch.setattr(netns, "_host_links", lambda: {p.host_veth: [mine], "other-veth": [taken]})
+    assert netns.link_for(p) == mine.network  # an existing link keeps its /30
 
 
 pytestmark_real = pytest.mark.skipif(lxc_unavailable() is not None, reason=str(lxc_unavailable()))

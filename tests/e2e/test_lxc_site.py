@@ -76,8 +76,8 @@ def site(tmp_path_factory):
     assert r.returncode == 0, r.stderr
     text = (where / "site.yaml").read_text()
     text = text.replace("name: valuechainhackers", f"name: {PREFIX}", 1)
-    text = text.replace("  netns: aicommons", f"  netns: {NS}\n  lxcpath: {LXCPATH}", 1)
-    text = text.replace("dynamic_dir: /opt/traefik-stack/dynamic", f"dynamic_dir: {where / 'dynamic'}", 1)
+    text = re.sub(r"^  netns: .*\n", "", text, flags=re.M)
+    text = re.sub(r"^  kind: lxc(.*)$", rf"  kind: lxc\1\n  netns: {NS}\n  lxcpath: {LXCPATH}", text, count=1, flags=re.M)
     assert f"netns: {NS}" in text and f"lxcpath: {LXCPATH}" in text
     (where / "site.yaml").write_text(text + f"backups:\n  dir: {where / 'backups'}\n")
     yield where

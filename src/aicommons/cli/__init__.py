@@ -26,6 +26,9 @@ for module in (site, plan, render, engine, users, ops, apps):
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point: every AicError becomes a clean message and its exit code, never a traceback."""
+    from aicommons.drivers.registry import allow_joining_site_networks
+
+    allow_joining_site_networks()  # the command reaches an LXC site's addresses from inside its namespace
     try:
         app(args=argv, standalone_mode=False)
     except AicError as exc:
@@ -36,6 +39,15 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except SystemExit as exc:  # typer.Exit inside commands
         return int(exc.code or 0)
+    except OSError as exc:  # a full disk, an unwritable --out, a missing directory: say which and why
+        import errno
+
+        where = f"{exc.filename}: " if exc.filename else ""
+        hint = (" (free space or fix the permissions and run again; files are written whole or not at all)"
+                if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM,
+                                 errno.EIO, errno.ENOTDIR, errno.EISDIR) else "")
+        err_console.print(f"[red]error:[/] {escape(where)}{escape(exc.strerror or str(exc))}{hint}", soft_wrap=True)
+        return 74  # EX_IOERR
     except Exception as exc:  # noqa: BLE001 - the last line of defence against tracebacks
         import click
 

@@ -15,6 +15,7 @@ from aicommons.errors import AicError
 users_app = typer.Typer(help="Add, remove, suspend and inspect users.", no_args_is_help=True)
 audit_app = typer.Typer(help="Prove properties of the running site.", no_args_is_help=True)
 StateOpt = typer.Option("--state", help="State file (default: .aicommons/state.db beside the site file).")
+LockWait = typer.Option("--lock-timeout", min=0, help="Seconds to wait for another run on this site to finish.")
 
 
 def register(app: typer.Typer) -> None:
@@ -33,11 +34,12 @@ def _result(result, what: str, retry: str) -> None:
 @users_app.command("add")
 def add(name: Annotated[str, typer.Argument(help="Lower-case letters, digits and '-'.")],
         email: Annotated[str | None, typer.Option("--email", help="The user's e-mail (for SSO).")] = None,
-        file: Path = SiteFile, state: Annotated[Path | None, StateOpt] = None) -> None:
+        file: Path = SiteFile, state: Annotated[Path | None, StateOpt] = None,
+        lock_timeout: Annotated[float, LockWait] = 0.0) -> None:
     """Add a user to site.yaml and provision them (allocation, back ends, files, container)."""
     from aicommons.tenancy.manage import add_user
 
-    added, result = add_user(file, name, email, state_path=state)
+    added, result = add_user(file, name, email, state_path=state, lock_timeout=lock_timeout)
     if not added:
         console.print(f"{name} is already in {file}; completing its provisioning")
     _result(result, f"adding {name}", f"aicommons users add {name}")
@@ -47,11 +49,12 @@ def add(name: Annotated[str, typer.Argument(help="Lower-case letters, digits and
 @users_app.command("remove")
 def remove(name: str, file: Path = SiteFile, state: Annotated[Path | None, StateOpt] = None,
            keep_data: Annotated[bool, typer.Option("--keep-data", help="Revoke logins, keep every byte.")] = False,
-           purge: Annotated[bool, typer.Option("--purge", help="Drop data WITHOUT archiving it first.")] = False) -> None:
+           purge: Annotated[bool, typer.Option("--purge", help="Drop data WITHOUT archiving it first.")] = False,
+           lock_timeout: Annotated[float, LockWait] = 0.0) -> None:
     """Remove a user: archive (unless --purge) and drop their data, container and site.yaml entry."""
     from aicommons.tenancy.manage import remove_user
 
-    result = remove_user(file, name, keep_data=keep_data, purge=purge, state_path=state)
+    result = remove_user(file, name, keep_data=keep_data, purge=purge, state_path=state, lock_timeout=lock_timeout)
     _result(result, f"removing {name}", f"aicommons users remove {name}")
     how = "data kept, logins revoked" if keep_data else ("purged" if purge else "data archived")
     console.print(f"user {name} removed ({how})")
@@ -121,10 +124,6 @@ def isolation(file: Path = SiteFile, state: Annotated[Path | None, StateOpt] = N
 
     from aicommons.tenancy.manage import audit_site
 
-    from aicommons.cli.common import load
-    from aicommons.drivers.registry import enter_site_network
-
-    enter_site_network(load(file)[0])
     checks, skipped, warnings = audit_site(file, state_path=state)
     leaks = [c for c in checks if not c.ok]
     if as_json:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
 from urllib.parse import urlparse
 
 from aicommons.drivers.base import ComputeDriver
@@ -20,6 +18,17 @@ def placeholder_host(url: str) -> str | None:
     return host if any(host == r.lstrip(".") or host.endswith("." + r.lstrip(".")) for r in _RESERVED) else None
 
 
+_JOIN = False
+
+
+def allow_joining_site_networks() -> None:
+    """Said once by the `aicommons` command: it may move into an LXC site's network namespace to
+    reach the site's addresses. Library callers (tests) do not by default: joining moves their
+    own 127.0.0.1 too."""
+    global _JOIN
+    _JOIN = True
+
+
 def driver_for(site: Site, **options) -> ComputeDriver:
     kind = site.driver.kind
     if kind == "proxmox" and (host := placeholder_host(site.driver.api_url)):
@@ -32,7 +41,7 @@ def driver_for(site: Site, **options) -> ComputeDriver:
     if kind == "lxc":
         from aicommons.drivers.lxc.driver import LxcDriver
 
-        return LxcDriver.from_site(site, **options)
+        return LxcDriver.from_site(site, **{"join": _JOIN, **options})
     raise PermanentError(f"driver.kind: unknown driver {kind!r}; use proxmox or lxc")
 
 
@@ -42,13 +51,17 @@ def enter_site_network(site: Site) -> None:
     An LXC site's 10.0.5.0/24 lives only inside the driver's network namespace: `status`,
     `backup` and `audit` join it, as `up` does. With no namespace the site is not up, and
     dialling its addresses from the host would send them out of this machine: refuse instead.
-    Only the `aicommons` command itself joins (in-process callers keep their loopback).
+    Only a caller that allowed it joins (the `aicommons` command); any other is refused rather
+    than let dial the site's addresses from the host.
     """
-    if site.driver.kind != "lxc" or Path(sys.argv[0]).name != "aicommons":
-        return
+    if site.driver.kind != "lxc" or all(ov.external is not None for ov in site.services.values()):
+        return  # nothing of the site's own to dial: `external:` servers are reached from here
     from aicommons.drivers.lxc import netns
 
     if not netns.exists(site.driver.netns):
         raise PermanentError(f"the LXC site is not up: network namespace {site.driver.netns!r} does not exist "
                              "(its addresses exist only there); run `aicommons up`")
+    if not _JOIN:
+        raise PermanentError(f"the LXC site's addresses exist only in network namespace {site.driver.netns!r}; "
+                             "run this through the `aicommons` command, which joins it")
     netns.join(site.driver.netns)

@@ -142,6 +142,9 @@ class Session:
                 self.notes.append(note)
                 self.skip_notes.append(note)
             self.backends = [b for b in self.backends if _service_of(self, b) not in gone]
+        attach = getattr(self.driver, "attach", None)
+        if self._own_driver and callable(attach):  # reach a running site's addresses where they exist
+            attach()
         if hasattr(self.driver, "bind_secrets"):  # drivers whose service recipes need admin passwords
             self.driver.bind_secrets(self.secrets)
         self.renderer = renderer or default_renderer
@@ -323,8 +326,10 @@ def apply_site(site_file, *, state_path=None, targets=None, yes: bool = True, dr
         destroy = bool(saved.get("destroy"))
     s = Session(site_file, state_path=state_path, driver=driver, backends=backends, renderer=renderer, target=target)
     lock = StateLock(s.state, command)
+    locked = False
     try:
         lock.acquire(timeout=lock_timeout)
+        locked = True
         redact = Redactor(s.secrets, external_secrets(s.site, s.site_file))
         rep = Reporter(out, redact, default_path(site_file).parent / "logs")
         if lock.broken:
@@ -338,6 +343,10 @@ def apply_site(site_file, *, state_path=None, targets=None, yes: bool = True, dr
             check_saved(saved, plan)
         elif plan.steps and not yes and not (confirm and confirm(plan)):
             raise AicError("apply cancelled; nothing was changed")
+        if not destroy and callable(getattr(s.driver, "open_network", None)):
+            # Host networking is made here, under the lock, once the run is confirmed, never by a
+            # plan (even an empty run restarts a Traefik that died).
+            s.driver.open_network()
         result = ApplyResult(None, plan)
         if plan.empty:
             rep.line("no changes: the site matches the plan")
@@ -366,5 +375,9 @@ def apply_site(site_file, *, state_path=None, targets=None, yes: bool = True, dr
         rep.end(result)
         return result
     finally:
-        lock.release()
-        s.close()
+        try:
+            if locked and callable(getattr(s.driver, "close_network", None)):
+                s.driver.close_network()  # only once no container of the site is left
+        finally:
+            lock.release()
+            s.close()

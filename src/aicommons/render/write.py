@@ -76,23 +76,45 @@ def _same(target: Path, f: RenderedFile, data: bytes) -> bool:
     return st.st_mode & 0o7777 == f.mode and st.st_size == len(data) and target.read_bytes() == data
 
 
-def write_file(out_dir: Path, f: RenderedFile) -> bool:
-    """Write one file atomically; False when it already holds this content and mode."""
+def _stage(out_dir: Path, f: RenderedFile, made: list[Path]) -> tuple[Path, Path]:
+    """Write one file's content beside its target under a temporary name: (tmp, target)."""
     target = out_dir / Path(*_safe_rel(f.path).parts)
-    data = f.content.encode()
-    if _same(target, f, data):
-        return False
+    missing = [d for d in (target.parent, *target.parent.parents) if not d.exists()]
     target.parent.mkdir(parents=True, exist_ok=True)
+    made.extend(reversed(missing))  # outermost first; undone innermost first
     tmp = target.with_name(f".{target.name}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, f.mode)
+    made.append(tmp)
     try:
         os.fchmod(fd, f.mode)  # the umask must not widen or narrow it
-        view = memoryview(data)
+        view = memoryview(f.content.encode())
         while view:
             view = view[os.write(fd, view):]
         os.fsync(fd)
     finally:
         os.close(fd)
+    return tmp, target
+
+
+def _undo(made: list[Path]) -> None:
+    for p in reversed(made):
+        try:
+            p.rmdir() if p.is_dir() else p.unlink()
+        except OSError:
+            pass
+
+
+def write_file(out_dir: Path, f: RenderedFile) -> bool:
+    """Write one file atomically; False when it already holds this content and mode."""
+    target = out_dir / Path(*_safe_rel(f.path).parts)
+    if _same(target, f, f.content.encode()):
+        return False
+    made: list[Path] = []
+    try:
+        tmp, target = _stage(out_dir, f, made)
+    except BaseException:
+        _undo(made)
+        raise
     os.replace(tmp, target)
     fsync_dir(target.parent)
     return True
@@ -115,8 +137,22 @@ def write_tree(files: Mapping[str, RenderedFile] | Iterable[RenderedFile], out_d
         else:
             changed.append(f)
     check_all(changed)  # only what would be written; what is on disk already passed
-    for f in changed:
-        (result.written if write_file(out, f) else result.unchanged).append(f.path)
+    # Every changed file is staged first; only when all are on disk are they renamed into place.
+    # A failure while staging (a full disk, an unwritable directory) removes what was staged and
+    # the directories made for it: the tree is as it was, with no temporary files left.
+    made: list[Path] = []
+    staged = []
+    try:
+        for f in changed:
+            staged.append((f, *_stage(out, f, made)))
+    except BaseException:
+        _undo(made)
+        raise
+    for f, tmp, target in staged:
+        os.replace(tmp, target)
+        result.written.append(f.path)
+    for d in {target.parent for _, _, target in staged}:
+        fsync_dir(d)
     keep = {f.path for f in items}
     for d in prune:
         folder = out / Path(*_safe_rel(d).parts)

@@ -82,7 +82,7 @@ def render_site_yaml(users: int = 50, domain: str = SEED_DOMAIN, driver: str = "
         out += [
             "driver:",
             "  kind: lxc                                # plain LXC on this Debian host, in its own netns",
-            "  netns: aicommons",
+            "  # netns: aic-<name>, lxcpath: /var/lib/aicommons/lxc-<name> (per site, so sites can share a host)",
         ]
     out += [
         "",

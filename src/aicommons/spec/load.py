@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -82,13 +83,72 @@ def problems_from_validation(exc: ValidationError, index: LineIndex) -> list[Pro
     return out
 
 
+MAX_DEPTH = 64  # a site file nests about 6 deep; libyaml's C parser recurses and can crash past ~30,000
+_BRACKETS = re.compile(r"[\[\]{}]")
+_INLINE = re.compile(r"(?:^|\s)(?:- |\? |-$)|: ")
+
+
+def nesting_bound(text: str) -> int:
+    """An upper bound of how deep the YAML nests, counted without parsing it (so libyaml never
+    sees a document that would exhaust its stack): open flow brackets, plus per line the block
+    levels its indentation is under and the inline `- ` / `key: ` indicators on it. Brackets in
+    quoted text only raise the bound."""
+    flow, worst, levels = 0, 0, []
+    for line in text.splitlines():
+        body = line.lstrip(" ")
+        if not body or body.startswith("#"):
+            continue
+        indent = len(line) - len(body)
+        if flow == 0:
+            while levels and levels[-1] >= indent:
+                levels.pop()
+            levels.append(indent)
+        peak = flow
+        for m in _BRACKETS.finditer(body):
+            flow = flow + 1 if m.group() in "[{" else max(0, flow - 1)
+            peak = max(peak, flow)
+        worst = max(worst, len(levels) + len(_INLINE.findall(body)) + peak)
+    return worst
+
+
+def _duplicate_keys(root: yaml.Node | None) -> list[Problem]:
+    """Every mapping key written twice: YAML loaders keep the last silently (a second `users:`
+    would replace the first, and the next apply delete those users)."""
+    problems, todo = [], [((), root)] if root is not None else []
+    while todo:
+        loc, node = todo.pop()
+        if isinstance(node, yaml.MappingNode):
+            seen: dict[str, int] = {}
+            for k, v in node.value:
+                key = getattr(k, "value", None)
+                if isinstance(key, str):
+                    line = k.start_mark.line + 1
+                    if key in seen:
+                        problems.append(Problem(format_path((*loc, key)), f"duplicate key {key!r} (lines {seen[key]} and "
+                                                f"{line}); YAML would silently keep only the last",
+                                                "merge the two into one key", line=line))
+                    else:
+                        seen[key] = line
+                todo.append(((*loc, key), v))
+        elif isinstance(node, yaml.SequenceNode):
+            todo.extend(((*loc, i), v) for i, v in enumerate(node.value))
+    return sorted(problems, key=lambda p: p.line or 0)
+
+
 def parse_text(text: str) -> tuple[Any, LineIndex]:
     """YAML text -> (plain data, line index). Raises SiteInvalid on any YAML error."""
+    depth = nesting_bound(text)
+    if depth > MAX_DEPTH:
+        raise SiteInvalid([Problem("", f"the YAML nests deeper than {MAX_DEPTH} levels (about {depth}); a site "
+                                   "file nests a few levels", "is this the right file? flatten it")])
     # One pass with libyaml (when present): the node tree keeps line marks, and the data is
     # constructed from that same tree rather than parsing the text twice.
     loader = _Loader(text)
     try:
         node = loader.get_single_node()
+        dups = _duplicate_keys(node)
+        if dups:
+            raise SiteInvalid(dups)
         data = loader.construct_document(node) if node is not None else None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)

@@ -6,6 +6,7 @@ driver or back end needs them (`aicommons.spec.secrets.resolve_ref`), never whil
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 import re
 from typing import Annotated, Literal
@@ -128,10 +129,21 @@ class ProxmoxDriver(Model):
     pinned: dict[str, str] = Field(default_factory=dict, description="container name or CTID -> node")
 
 
+def default_netns(site_name: str) -> str:
+    """`aic-<name>`, or past the 15 characters a Linux name may have, a prefix and a hash of the whole."""
+    full = f"aic-{site_name}"
+    if len(full) <= 15:
+        return full
+    return f"aic-{site_name[:5].rstrip('-')}-{hashlib.sha256(site_name.encode()).hexdigest()[:5]}"
+
+
 class LxcDriver(Model):
     kind: Literal["lxc"] = "lxc"
-    lxcpath: str = "/var/lib/aicommons/lxc"
-    netns: str = Field("aicommons", pattern=r"^[a-z][a-z0-9-]{0,14}$")
+    lxcpath: str | None = Field(None, description="Where the site's containers live; default "
+                                "/var/lib/aicommons/lxc-<site name>, so sites on one host never share it")
+    netns: str | None = Field(None, pattern=r"^[a-z][a-z0-9-]{0,14}$",
+                              description="The site's network namespace; default aic-<site name> (shortened with "
+                                          "a hash past 15 characters), so sites on one host never share it")
     cache_dir: str = "/var/cache/aicommons"
     mirror: str = "http://deb.debian.org/debian"
     nat: bool = True
@@ -250,7 +262,14 @@ class Site(Model):
     operator_email: str | None = None
 
     @model_validator(mode="after")
-    def _runtime_default(self) -> Site:
+    def _lxc_names(self):
+        # Per-site defaults: two LXC sites on one host never share a namespace or a container dir.
+        d = self.driver
+        if d.kind == "lxc":
+            if d.netns is None:
+                d.netns = default_netns(self.name)
+            if d.lxcpath is None:
+                d.lxcpath = f"/var/lib/aicommons/lxc-{self.name}"
         if self.user_template.runtime is None:  # the driver decides: LXC hosts reach no image registry
             self.user_template.runtime = "native" if self.driver.kind == "lxc" else "docker"
         return self

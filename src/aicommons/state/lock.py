@@ -53,6 +53,7 @@ class StateLock:
         self.store = store
         self.command = command
         self.broken: LockInfo | None = None  # a dead holder's lock that acquire() broke
+        self.nested = False  # this process held it already (a `users add` editing site.yaml, then applying)
 
     def holder(self) -> LockInfo | None:
         rows = self.store._read("SELECT host, pid, pid_start, who, command, since FROM lock WHERE id = 1")
@@ -67,6 +68,9 @@ class StateLock:
             row = c.execute("SELECT host, pid, pid_start, who, command, since FROM lock WHERE id = 1").fetchone()
             if row:
                 info = LockInfo(*row)
+                if (info.host, info.pid, info.pid_start) == me[:3]:
+                    self.nested = True  # held by this very process: the outer holder releases it
+                    return None
                 if info.alive() is False:
                     self.broken = info
                     c.execute("DELETE FROM lock WHERE id = 1")
@@ -89,6 +93,8 @@ class StateLock:
             time.sleep(poll)
 
     def release(self) -> None:
+        if self.nested:
+            return
         with self.store.tx() as c:
             c.execute("DELETE FROM lock WHERE id = 1 AND host = ? AND pid = ?", (socket.gethostname(), os.getpid()))
 

@@ -138,12 +138,24 @@ class StateStore:
     @contextmanager
     def tx(self):
         """One write transaction; writers queue, never interleave."""
-        with self._mu, self._db.transaction() as c:
+        with self._damaged(), self._mu, self._db.transaction() as c:
             yield c
 
     def _read(self, sql: str, args: tuple = ()) -> list[tuple]:
-        with self._mu:
+        with self._damaged(), self._mu:
             return [tuple(r) for r in self._db.execute(sql, args).fetchall()]
+
+    @contextmanager
+    def _damaged(self):
+        """A damaged page or a full disk met mid-way is a clear StateError, never a DatabaseError
+        (the transaction it broke was rolled back: nothing half-written stays)."""
+        try:
+            yield
+        except sqlite3.IntegrityError:
+            raise  # a constraint the caller handles (not damage)
+        except sqlite3.DatabaseError as exc:
+            raise StateError(f"the state {self._db.where} cannot be used: {exc}. If it is damaged, restore it "
+                             "from a backup; if the disk is full, free space and run again") from None
 
     def _bump(self, c) -> None:
         c.execute("UPDATE meta SET value = CAST(CAST(value AS INTEGER) + 1 AS TEXT) WHERE key = 'serial'")

@@ -62,7 +62,13 @@ def _write_atomic(path: Path, text: str) -> None:
     tmp.replace(path)
 
 
-def _check_and_write(site_file: Path, text: str) -> None:
+class SiteChanged(AicError):
+    """site.yaml changed between reading it and writing the edit (by someone not holding the lock)."""
+
+
+def _check_and_write(site_file: Path, text: str, before: str) -> None:
+    """Replace site.yaml with `text` only if it still holds `before` (compare-and-swap; callers
+    hold the site's lock, so only an edit made outside aicommons can interleave)."""
     from aicommons.plan import check
     from aicommons.spec.load import load_text
 
@@ -70,19 +76,46 @@ def _check_and_write(site_file: Path, text: str) -> None:
     problems = check(site, index=index)
     if problems:
         raise SiteInvalid(problems)
+    if site_file.read_text(encoding="utf-8") != before:
+        raise SiteChanged(f"{site_file} changed while this edit was being made; nothing was written. "
+                          "Run the command again")
     _write_atomic(site_file, text)
 
 
 def _edit_users(site_file: Path, change) -> None:
     """Round-trip site.yaml through ruamel, apply `change(users_seq)`, check the result, write it."""
     y = _yaml()
-    data = y.load(site_file.read_text(encoding="utf-8"))
+    before = site_file.read_text(encoding="utf-8")
+    data = y.load(before)
     if data.get("users") is None:
         data["users"] = []
     change(data["users"])
     buf = io.StringIO()
     y.dump(data, buf)
-    _check_and_write(site_file, buf.getvalue())
+    _check_and_write(site_file, buf.getvalue(), before)
+
+
+def site_lock(site_file, state_path=None, command: str = "edit", timeout: float = 0.0):
+    """The site's lock (the one apply takes), held for an edit of site.yaml and the apply after it:
+    a second editor waits (up to `timeout`) or is refused before it changed anything."""
+    import contextlib
+
+    from aicommons.engine.api import open_state
+    from aicommons.state.lock import StateLock
+
+    @contextlib.contextmanager
+    def held():
+        state = open_state(site_file, state_path)
+        lock = StateLock(state, command)
+        try:
+            lock.acquire(timeout=timeout)
+            try:
+                yield state
+            finally:
+                lock.release()
+        finally:
+            state.close()
+    return held()
 
 
 def _append_text(text: str, entry: dict) -> str | None:
@@ -129,14 +162,17 @@ def user_names(site_file: Path) -> list[str]:
 
 def append_user(site_file: Path, user: User) -> bool:
     """Add the user to site.yaml; False if it is already there (a re-run completes provisioning)."""
-    if user.name in user_names(site_file):
+    from aicommons.spec.load import load_text, read_site_text
+
+    before = read_site_text(site_file)
+    if user.name in [u.name for u in load_text(before)[0].users]:
         return False
     entry = {"name": user.name}
     if user.email:
         entry["email"] = user.email
-    fast = _append_text(site_file.read_text(encoding="utf-8"), entry)
+    fast = _append_text(before, entry)
     if fast is not None:
-        _check_and_write(site_file, fast)
+        _check_and_write(site_file, fast, before)
     else:
         _edit_users(site_file, lambda users: users.append(entry))
     return True
@@ -182,9 +218,25 @@ class Context:
 
         self.session = Session(site_file, state_path=state_path, driver=_NoDriver(), backends=backends,
                                target=object())
+        if backends is None and self._dials_site():  # reach the site's own servers only from inside it
+            from aicommons.drivers.registry import enter_site_network
+
+            try:
+                enter_site_network(self.session.site)
+            except BaseException:
+                self.session.close()
+                raise
         self.resolved: ResolvedSite = self.session.resolved
         self.secrets = self.session.secrets
         self.backends = self.session.backends
+
+    def _dials_site(self) -> bool:
+        """Does a back end talk to a server the site runs (not an `external:` one)?"""
+        from aicommons.engine.api import _service_of
+
+        eps = self.session.resolved.endpoints
+        return any((ep := eps.get(_service_of(self.session, b))) is not None and not ep.external
+                   for b in self.session.backends)
 
     def close(self) -> None:
         self.session.close()
@@ -206,26 +258,32 @@ class Context:
 
 
 def add_user(site_file: Path, name: str, email: str | None = None, *, state_path=None, driver=None,
-             backends=None, out=None):
+             backends=None, out=None, lock_timeout: float = 0.0):
     """Validate, append to site.yaml, then let the engine create exactly this user."""
-    from aicommons.engine.api import apply_site, open_state
+    from aicommons.engine.api import apply_site
 
     user = validate_new_user(name, email)
-    state = open_state(site_file, state_path)
-    try:  # a user removed with --keep-data comes back with its data and its logins
+    # Under the site's lock from the edit to the end of the apply: a parallel `users add` waits
+    # or is refused before it wrote anything, and no apply sees a half-made edit.
+    with site_lock(site_file, state_path, f"users add {name}", lock_timeout) as state:
+        # a user removed with --keep-data comes back with its data and its logins
         returning = any(a.user == name and a.status == "removed" for a in state.allocations())
-    finally:
-        state.close()
-    added = append_user(Path(site_file), user)
-    result = apply_site(site_file, state_path=state_path, targets={name}, yes=True, driver=driver,
-                        backends=backends, out=out, command=f"users add {name}")
-    if returning and result.ok:
-        set_suspended(Path(site_file), name, False, state_path=state_path, backends=backends)
+        added = append_user(Path(site_file), user)
+        result = apply_site(site_file, state_path=state_path, targets={name}, yes=True, driver=driver,
+                            backends=backends, out=out, command=f"users add {name}")
+        if returning and result.ok:
+            set_suspended(Path(site_file), name, False, state_path=state_path, backends=backends)
     return added, result
 
 
-def remove_user(site_file: Path, name: str, *, keep_data: bool = False, purge: bool = False, state_path=None,
-                driver=None, backends=None, out=None):
+def remove_user(site_file: Path, name: str, *, lock_timeout: float = 0.0, state_path=None, **kw):
+    """remove_user under the site's lock, from the site.yaml edit to the end of the apply."""
+    with site_lock(site_file, state_path, f"users remove {name}", lock_timeout):
+        return _remove_user(site_file, name, state_path=state_path, **kw)
+
+
+def _remove_user(site_file: Path, name: str, *, keep_data: bool = False, purge: bool = False, state_path=None,
+                 driver=None, backends=None, out=None):
     """Archive (unless purge) and drop the user's slices, then its container and its site.yaml entry.
 
     keep_data: logins are revoked and the data left in place, forgotten by the state so later

@@ -8,7 +8,6 @@ per network namespace, so run elsewhere `lxc-info` would report a running contai
 
 from __future__ import annotations
 
-import atexit
 import json
 import shlex
 import shutil
@@ -57,6 +56,38 @@ class LxcDriver:
         self.log = log or (lambda msg: None)
         self.traefik = (TraefikRunner(net.ns, traefik_ip, traefik_dir, self.lxcpath / "_traefik")
                         if traefik_dir and traefik_ip else None)
+        self.join = False  # may this process join the namespace (the `aicommons` command does)
+
+    # Building the driver changes nothing on the host: `plan` and the other read-only commands
+    # only attach() to a namespace that exists. apply/up open_network() under the site's lock,
+    # and close_network() removes it, under that lock, once the site has no container left.
+
+    def attach(self) -> None:
+        """Join the site's namespace if it exists (the site is up), so its addresses are reachable.
+        Without one nothing of the site runs and nothing needs dialling."""
+        if not netns.exists(self.ns):
+            return
+        if not self.join:
+            raise PermanentError(f"the LXC site's addresses exist only in network namespace {self.ns!r}; "
+                                 "this caller did not allow joining it (join=True; the `aicommons` command does)")
+        if self.net.nat:
+            netns.mirror_addresses(self.net.mirror)  # resolved now, while the host's DNS is reachable
+        netns.join(self.ns)
+
+    def open_network(self) -> None:
+        """apply/up: the namespace, NAT and Traefik, then join it (before the engine's threads start)."""
+        if self.net.nat:
+            netns.mirror_addresses(self.net.mirror)
+        self.ensure_network()
+        self.attach()
+
+    def close_network(self) -> None:
+        """After an apply: a site with no container left keeps no namespace, veth, rule or Traefik."""
+        if not any(self._meta(int(p.name)) for p in self._ctids()):
+            self._teardown()
+
+    def _ctids(self) -> list[Path]:
+        return [p for p in self.lxcpath.iterdir() if p.name.isdigit()] if self.lxcpath.is_dir() else []
 
     @classmethod
     def from_site(cls, site: Site, **options) -> LxcDriver:
@@ -67,33 +98,16 @@ class LxcDriver:
             ns=options.get("netns", d.netns), bridge=n.bridge, gateway=str(n.gateway),
             prefixlen=n.subnet.prefixlen, subnet=str(n.subnet), extra=(str(n.traefik.address),),
             nat=d.nat, mirror=d.mirror)
-        drv = cls(site=site.name, net=net, lxcpath=options.get("lxcpath", d.lxcpath),
+        lxcpath = options.get("lxcpath", d.lxcpath)
+        # Traefik's dynamic files live with the site's containers: a host-wide directory (the
+        # Proxmox Traefik host's network.traefik.dynamic_dir) would be shared by every site here.
+        drv = cls(site=site.name, net=net, lxcpath=lxcpath,
                   cache_dir=options.get("cache_dir", d.cache_dir), log=options.get("log", _stderr),
                   secrets=options.get("secrets"), traefik_ip=str(n.traefik.address),
-                  traefik_dir=options.get("traefik_dir", n.traefik.dynamic_dir),
+                  traefik_dir=options.get("traefik_dir", str(Path(lxcpath) / "_traefik" / "dynamic")),
                   runtime=site.user_template.runtime or "docker", user_ranges=tuple(n.user_ranges))
-        if options.get("join", Path(sys.argv[0]).name == "aicommons"):
-            # The control plane (the `aicommons` command) joins the site's network as a host on its
-            # bridge would, so the tenancy back ends reach 10.0.5.x. Done here, on the calling thread,
-            # before the engine starts its worker threads (they inherit the namespace). In-process
-            # callers (tests, libraries) opt in with join=True: joining moves their 127.0.0.1 too.
-            netns.ensure(net)
-            if net.nat:
-                netns.mirror_addresses(net.mirror)  # resolved now, while DNS is still reachable
-            if drv.traefik and drv.list_containers():
-                drv.traefik.ensure()  # a Traefik that died is started again by any run
-            netns.join(net.ns)
-            atexit.register(drv._teardown_if_empty)
+        drv.join = bool(options.get("join", False))
         return drv
-
-    def _teardown_if_empty(self) -> None:
-        """At exit of a process that made the namespace only to join it (a `plan`, a `down` with
-        nothing left): a site without containers leaves no namespace, veth or rule behind."""
-        try:
-            if not self.list_containers():
-                self._teardown()
-        except Exception as exc:  # noqa: BLE001 - at exit, report and go
-            self.log(f"could not remove the empty site network: {exc}")
 
     def bind_secrets(self, lookup: SecretLookup) -> None:
         """Admin passwords for the service recipes (the engine passes its secret store's `get`)."""
@@ -308,12 +322,8 @@ class LxcDriver:
         shutil.rmtree(d)
         for reg in Path(self.cache_dir, "templates").glob(f"*/users/{int(ctid)}"):
             reg.unlink(missing_ok=True)
-        # The namespace, NAT and Traefik live as long as the site has containers. Under the
-        # network lock, from metadata only: the engine deletes containers in parallel, and the
-        # last two must not both tear down (nor read live status of a container being stopped).
-        with self._net_lock:
-            if not any(self._meta(int(p.name)) for p in self.lxcpath.iterdir() if p.name.isdigit()):
-                self._teardown()
+        # The namespace, NAT and Traefik outlive the last container: close_network() removes them
+        # once the whole apply is done (parallel deletes never race to tear down).
 
     def _teardown(self) -> None:
         if self.traefik:

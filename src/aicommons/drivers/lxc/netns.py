@@ -6,19 +6,25 @@ site adds to the host's network: a link-local /30 that the host masquerades, wit
 that let it reach the Debian mirror's addresses on ports 80/443 and nothing else. So
 10.0.5.0/24 never appears on the host, and containers can still `apt-get install`.
 Every host iptables rule carries the comment `aicommons:NS`, which is how `down` finds them.
+
+Several sites share one host: each has its own namespace, so the names derived from it (host
+veth, rule comment) differ, and the link /30 is the first one no host interface already uses.
+Creating and removing host-side pieces is serialized across processes by a host-wide lock.
+Nothing here stops or kills a process: `down` stops what the site started (containers, its
+Traefik) and `ip netns del` only unmounts the namespace.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
+import fcntl
 import functools
 import hashlib
 import ipaddress
 import os
 import shlex
-import signal
 import socket
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
@@ -43,7 +49,8 @@ class NetPlan:
 
     @property
     def host_veth(self) -> str:
-        return f"{self.ns[:10]}-out"
+        # <= 15 characters, and distinct for namespaces that share a prefix.
+        return f"{self.ns[:6]}-{hashlib.sha256(self.ns.encode()).hexdigest()[:8]}"
 
     @property
     def ns_veth(self) -> str:
@@ -51,7 +58,7 @@ class NetPlan:
 
     @property
     def link(self) -> ipaddress.IPv4Network:
-        # One /30 per namespace name, in 169.254.0.0/16: never routed, never clashes with a LAN.
+        """Where this namespace's search for a free /30 starts, in 169.254.0.0/16 (never routed)."""
         k = int.from_bytes(hashlib.sha256(self.ns.encode()).digest()[:2], "big") % 16000 + 100
         return ipaddress.IPv4Network((0xA9FE0000 + k * 4, 30))
 
@@ -106,8 +113,46 @@ def _ipt(argv: list[str], table: str = "filter", ns: str | None = None) -> None:
         run([*base, "-I", chain, "1", *rest])
 
 
+@contextlib.contextmanager
+def _host_lock():
+    """One process at a time changes host-side networking (link /30s, rules, ip_forward)."""
+    STATE_DIR.mkdir(parents=True, exist_ok=True)
+    with open(STATE_DIR / "net.lock", "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        yield
+
+
+def _host_links() -> dict[str, list[ipaddress.IPv4Interface]]:
+    found: dict[str, list[ipaddress.IPv4Interface]] = {}
+    for line in out(host(["ip", "-4", "-o", "addr", "show"])).splitlines():
+        words = line.split()
+        if len(words) >= 4 and words[2] == "inet":
+            found.setdefault(words[1].split("@")[0], []).append(ipaddress.IPv4Interface(words[3]))
+    return found
+
+
+def link_for(p: NetPlan) -> ipaddress.IPv4Network:
+    """The /30 of this namespace's veth: the one it has, else the first free one from p.link on."""
+    addrs = _host_links()
+    mine = [a.network for a in addrs.get(p.host_veth, []) if a.network.prefixlen == 30]
+    if mine:
+        return mine[0]
+    used = [a.network for nets in addrs.values() for a in nets]
+    first = (int(p.link.network_address) - 0xA9FE0000) // 4 - 100
+    for i in range(16000):  # /30 number k in 100..16099: 169.254.1.144 up to 169.254.251.x
+        cand = ipaddress.IPv4Network((0xA9FE0000 + ((first + i) % 16000 + 100) * 4, 30))
+        if not any(cand.overlaps(u) for u in used):
+            return cand
+    raise PermanentError("no free /30 left in 169.254.0.0/16 for the site's link to the host")
+
+
 def ensure(p: NetPlan) -> None:
     """Create what is missing; safe to call on every run."""
+    with _host_lock():
+        _ensure(p)
+
+
+def _ensure(p: NetPlan) -> None:
     if not exists(p.ns):
         run(["ip", "netns", "add", p.ns])
     nsrun(p.ns, ["ip", "link", "set", "lo", "up"])
@@ -122,7 +167,8 @@ def ensure(p: NetPlan) -> None:
 
 
 def _ensure_nat(p: NetPlan) -> None:
-    host_ip, ns_ip = (str(a) for a in list(p.link.hosts())[:2])
+    link = link_for(p)
+    host_ip, ns_ip = (str(a) for a in list(link.hosts())[:2])
     if not _link_exists(p.host_veth):
         run(host(["ip", "link", "add", p.host_veth, "type", "veth", "peer", "name", p.ns_veth, "netns", p.ns]))
     run(host(["ip", "addr", "replace", f"{host_ip}/30", "dev", p.host_veth]))
@@ -139,7 +185,7 @@ def _ensure_nat(p: NetPlan) -> None:
         saved.write_text(out(host(["sysctl", "-n", "net.ipv4.ip_forward"])).strip())
     run(host(["sysctl", "-qw", "net.ipv4.ip_forward=1"]))
     c = ["-m", "comment", "--comment", p.comment]
-    _ipt(["POSTROUTING", "-s", str(p.link), "!", "-o", p.host_veth, "-j", "MASQUERADE", *c], "nat")
+    _ipt(["POSTROUTING", "-s", str(link), "!", "-o", p.host_veth, "-j", "MASQUERADE", *c], "nat")
     # Order matters: each -I goes to the top, so the DROP is inserted first and ends up last.
     _ipt(["FORWARD", "-i", p.host_veth, "-j", "DROP", *c])
     _, addrs = mirror_addresses(p.mirror)
@@ -158,24 +204,17 @@ def _drop_host_rules(comment: str) -> None:
                 run(host(["iptables", "-w", "-t", table, "-D", *words[1:]]), check=False)
 
 
-def _others(ns: str) -> list[int]:
-    """Processes in the namespace other than this one (which may have joined it)."""
-    return [int(x) for x in out(["ip", "netns", "pids", ns], check=False).split() if int(x) != os.getpid()]
-
-
 def teardown(p: NetPlan) -> None:
-    """Remove the namespace (its bridge and container veths go with it), the host veth and rules."""
+    """Remove the namespace (its bridge and container veths go with it), the host veth and rules.
+
+    Kills nothing: a process still inside (one that joined to read the site) keeps the old
+    namespace alive until it exits, detached from every name and route."""
+    with _host_lock():
+        _teardown(p)
+
+
+def _teardown(p: NetPlan) -> None:
     if exists(p.ns):
-        for sig in (signal.SIGTERM, signal.SIGKILL):
-            for _ in range(50):
-                if not _others(p.ns):
-                    break
-                for pid in _others(p.ns):
-                    try:
-                        os.kill(pid, sig)
-                    except ProcessLookupError:
-                        pass
-                time.sleep(0.1)
         run(["ip", "netns", "del", p.ns])
     if _link_exists(p.host_veth):
         run(host(["ip", "link", "del", p.host_veth]))

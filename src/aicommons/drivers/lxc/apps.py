@@ -24,7 +24,7 @@ from aicommons.errors import AicError, PermanentError, TemporaryError
 from aicommons.plan.model import Container
 
 _FAILED: dict[str, str] = {}  # layer builds that failed in this process: not retried per container
-READY_TIMEOUT = 420  # first start of Open WebUI runs its migrations; npm apps theirs
+READY_TIMEOUT = 900  # first start runs every migration; three users start at once on two cores
 STATE = "state"  # <root>/state/<app>.sha: what the running unit was started from
 
 

@@ -147,6 +147,7 @@ def via_traefik(prefix: str, user: str, path: str, method: str = "GET", **kw) ->
 APPS = ("openwebui", "n8n", "jupyter", "code-server", "chainforge", "flowise")
 
 
+@pytest.mark.timeout(5400)  # builds any app layer not yet cached (tens of minutes on two cores)
 def test_up_from_nothing(site: Path):
     started = time.monotonic()
     r = cli(site, "up", "--yes", timeout=5400)
@@ -339,6 +340,7 @@ def test_status_and_audit_run_inside_the_site_network(site: Path):
     assert "garage is skipped by the lxc driver" in r.stderr  # no tenants there: said, not a gap
 
 
+@pytest.mark.timeout(2400)
 def test_users_add_and_remove(site: Path):
     from aicommons.plan import names
 

@@ -182,6 +182,7 @@ class _Wiring:
                          DATABASE_NAME=_db(t, "flowise"), DATABASE_USER=t.postgres_role)
                 e["DATABASE_PASSWORD"] = self.secret("POSTGRES_PASSWORD", "postgres_password")
             e["SECRETKEY_PATH"] = data or "/root/.flowise"
+            e["LOG_PATH"] = f"{data or '/root/.flowise'}/logs"  # default: inside the (read-only) package
             e["FLOWISE_SECRETKEY_OVERWRITE"] = self.secret("FLOWISE_SECRET_KEY", "flowise_secret_key")
             e["FLOWISE_USERNAME"] = "admin"
             e["FLOWISE_PASSWORD"] = self.secret("FLOWISE_ADMIN_PASSWORD", "flowise_admin_password")

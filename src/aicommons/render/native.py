@@ -120,6 +120,9 @@ def _unit(app: App, t: Tenant, plain: dict[str, str], env_file: str) -> str:
         f"WorkingDirectory={d}",
         f'Environment="HOME={_unit_value(d)}"',
         'Environment="PYTHONDONTWRITEBYTECODE=1"',  # the layer is read-only
+        # npm apps spawn `node` by name (n8n's task runners): their Node layer first on PATH
+        *([f'Environment="PATH={node_mount(app.native.node)}/bin:/usr/local/bin:/usr/bin:/bin"']
+          if app.native.node else []),
         *(f'Environment="{k}={_unit_value(v)}"' for k, v in plain.items()),
         f"EnvironmentFile={env_file}",
         "ExecStart=" + " ".join(_exec_arg(a) for a in command(app, t)),

@@ -134,7 +134,7 @@ def test_one_source_of_env_for_both_runtimes():
                        for k, v in doc["services"][a].get("environment", {}).items()}
         native_env, secret = app_environment(r, t, app, secrets, port=t.ports[a], data=b.apps[0].data_dir)
         native_env = {k: re.sub(r"\$\{(\w+)\}", lambda m: secret[m.group(1)], v) for k, v in native_env.items()}
-        runtime_keys = {"DATA_DIR", "SECRETKEY_PATH", "N8N_PORT", "PORT", "GRADIO_SERVER_PORT"}
+        runtime_keys = {"DATA_DIR", "SECRETKEY_PATH", "LOG_PATH", "N8N_PORT", "PORT", "GRADIO_SERVER_PORT"}
         assert {k: v for k, v in compose_env.items() if k not in runtime_keys} == \
             {k: v for k, v in native_env.items() if k not in runtime_keys}, a
         for k, v in app.env.items():  # the catalog's fixed settings reach both

@@ -162,8 +162,11 @@ def test_up_from_nothing(site: Path):
         m = re.search(rf"note: bundle\.{u}: {u}: 6 apps answer \(.*\); not available natively: big-agi, kotaemon", out)
         assert m, out[-3000:]
     assert "docker compose" not in out  # one path: the native units, no compose bundle
-    assert "big-agi: not available in the native runtime" in out
-    assert re.search(r"openwebui: qdrant is not deployed here -> its own local vector store", out)
+    plan = cli(site, "plan")
+    notes = plan.stdout + plan.stderr
+    (site / "plan.log").write_text(notes)
+    assert "big-agi: not available in the native runtime" in notes, notes[-2000:]
+    assert re.search(r"openwebui: qdrant is not deployed here -> its own local vector store", notes)
     assert "postgres (CT 102): running" in out and "redis (CT 103): running" in out
     assert "prometheus (CT 121): running" in out
     assert re.search(r"ollama \(CT 100\): skipped — .*outside Debian's mirror", out)
@@ -266,7 +269,7 @@ def test_openwebui_signs_in_the_owner_and_keeps_a_chat_in_postgres(site: Path, f
     status, body = via_traefik("ai", "user1", "/api/v1/tools/", headers=auth)
     assert status == 200, body[:300]
     assert "openwebui: redis not used: Open WebUI 0.6.41 writes the unprefixed key(s) tool_servers" in \
-        (site / "up.log").read_text()
+        (site / "plan.log").read_text()
     admin = secret(site, "site", "redis_admin_password")
     log = d.exec(103, ["env", f"REDISCLI_AUTH={admin}", "redis-cli", "--user", "admin", "acl", "log"]).stdout
     assert acl_denials(log, "u_user1") == [], log

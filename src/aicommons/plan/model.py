@@ -134,6 +134,12 @@ class ResolvedSite:
     operator_sources: tuple[str, ...] = ()
     certificates: tuple[Certificate, ...] = ()
     certificate_changes: dict[str, str] = field(default_factory=dict)  # name -> new/changed/removed
+    # What the driver does not deploy (service -> reason), what the runtime cannot run (app ->
+    # reason) and each app's fallback for a missing back end (app -> service -> fallback).
+    undeployed: dict[str, str] = field(default_factory=dict)
+    unavailable: dict[str, str] = field(default_factory=dict)
+    fallbacks: dict[str, dict[str, str]] = field(default_factory=dict)
+    runtime_notes: list[str] = field(default_factory=list)  # the above, as notes (also in `notes`)
 
     def container(self, ctid: int) -> Container:
         for c in self.containers:
@@ -164,4 +170,8 @@ class ResolvedSite:
                              for c in self.certificates],
             "seed_figures": SEED_FIGURES,
             "notes": list(self.notes),
+            "runtime": self.site.user_template.runtime,
+            "undeployed": dict(self.undeployed),
+            "unavailable_apps": dict(self.unavailable),
+            "fallbacks": {k: dict(v) for k, v in self.fallbacks.items()},
         }

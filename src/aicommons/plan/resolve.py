@@ -16,7 +16,7 @@ from typing import Any
 
 from aicommons.catalog import Catalog, load_catalog
 from aicommons.errors import Problem, SiteInvalid
-from aicommons.plan import certificates as certs_plan, names
+from aicommons.plan import certificates as certs_plan, deployed, names
 from aicommons.plan.access import operator_sources
 from aicommons.plan.model import Container, Endpoint, ResolvedSite, Route, Tenant, Totals
 from aicommons.spec.load import LineIndex, format_path
@@ -483,10 +483,31 @@ def _resolve(site: Site, catalog: Catalog, held: dict[str, str],
         notes.append(f"certificates: this change asks Let's Encrypt for {len(issued)} certificates; it issues at most "
                      f"{certs_plan.WEEKLY_LIMIT} per registered domain per week, so the rest would wait "
                      "(set network.traefik.dns_provider for one wildcard, or add users in smaller steps)")
+    gone = deployed.undeployed(site, catalog)
+    unavailable = deployed.unavailable_apps(site, apps, catalog)
+    fallbacks = deployed.fallbacks(site, [a for a in apps if a not in unavailable], catalog, gone)
+    runtime_notes = _runtime_notes(site, unavailable, fallbacks, gone) if users else []
+    notes += runtime_notes
     return ResolvedSite(site=site, containers=containers, routes=routes, tenants=tenants, endpoints=endpoints,
                         totals=totals, proxy_ip=str(net.traefik.address), proxy_file=proxy_file, notes=notes,
                         operator_sources=operator_sources(site), certificates=certs,
-                        certificate_changes=cert_changes), ctx
+                        certificate_changes=cert_changes, undeployed=gone, unavailable=unavailable,
+                        fallbacks=fallbacks, runtime_notes=runtime_notes), ctx
+
+
+def _runtime_notes(site: Site, unavailable: dict[str, str], fallbacks: dict[str, dict[str, str]],
+                   gone: dict[str, str]) -> list[str]:
+    rt = site.user_template.runtime
+    out = [f"apps run {'natively (published packages as systemd services)' if rt == 'native' else 'in Docker'}"
+           f" (user_template.runtime: {rt})"]
+    if rt == "native" and site.driver.kind == "proxmox":
+        out.append("runtime native on proxmox: the Proxmox driver does not deliver the app layers yet; the "
+                   "units are pushed but the apps are not started (use runtime: docker there)")
+    out += [f"{app}: not available in the native runtime ({why})" for app, why in unavailable.items()]
+    out += [f"{app}: {svc} {'is not deployed here' if svc in gone else 'is not enabled'} -> {fb}"
+            if not fb.startswith("not used:") else f"{app}: {svc} {fb}"
+            for app, fbs in fallbacks.items() for svc, fb in fbs.items()]
+    return out
 
 
 def to_problems(ctx: _Ctx, index: LineIndex | None) -> list[Problem]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 from urllib.parse import quote as urlquote
 
 from aicommons.catalog.model import App
+from aicommons.plan.deployed import redis_refused
 from aicommons.plan.model import ResolvedSite, Tenant
 from aicommons.plan.secrets import SITE_SCOPE, SecretLookup
 from aicommons.render.common import catalog, dump_yaml, endpoint_host, endpoint_url, port_of
@@ -32,16 +33,26 @@ def qdrant_token(t: Tenant, api_key: str) -> str:
     return user_token(t, api_key)
 
 
+def _reachable(resolved: ResolvedSite, service: str) -> bool:
+    """Enabled and really running: a service the driver does not deploy gets the app's fallback
+    (plan/deployed.py), never an address where nothing listens."""
+    return service in resolved.endpoints and service not in resolved.undeployed
+
+
+def _url(resolved: ResolvedSite, service: str, port_name: str | None = None) -> str | None:
+    return endpoint_url(resolved, service, port_name) if _reachable(resolved, service) else None
+
+
 def _pg_url(resolved: ResolvedSite, t: Tenant, db: str, password: str) -> str | None:
     host, port = endpoint_host(resolved, "postgres"), port_of(resolved, "postgres")
-    if host is None:
+    if host is None or not _reachable(resolved, "postgres"):
         return None
     return f"postgresql://{urlquote(t.postgres_role)}:{urlquote(password, safe='')}@{host}:{port}/{db}"
 
 
 def _redis_url(resolved: ResolvedSite, t: Tenant, password: str) -> str | None:
     host, port = endpoint_host(resolved, "redis"), port_of(resolved, "redis")
-    if host is None:
+    if host is None or not _reachable(resolved, "redis"):
         return None
     db = t.redis_db if t.redis_db is not None else 0
     return f"redis://{urlquote(t.redis_user)}:{urlquote(password, safe='')}@{host}:{port}/{db}"
@@ -80,7 +91,7 @@ class _Wiring:
     def s3(self) -> dict[str, str]:
         store = self.r.site.object_storage
         svc = catalog().services.get(store)
-        url = endpoint_url(self.r, store, "s3")
+        url = _url(self.r, store, "s3")
         if not url or not svc:
             return {}
         # The key the object store really holds: tenancy imports keys derived from these secrets.
@@ -88,47 +99,58 @@ class _Wiring:
         return {"endpoint": url, "region": svc.app_env.get("S3_REGION_NAME", "us-east-1"),
                 "access": self.put("S3_ACCESS_KEY", kid), "secret": self.put("S3_SECRET_KEY", sec)}
 
-    def app_env(self, app: App) -> dict[str, str]:
+    def app_env(self, app: App, port: int, data: str | None) -> dict[str, str]:
+        """The app's environment, the same for every runtime: the catalog's fixed settings
+        (`App.env`: offline, no telemetry), then its wiring to this user's slice. `port` and
+        `data` are where it listens and keeps its data in the runtime at hand."""
         r, t = self.r, self.t
         host = t.hosts.get(app.name, "")
-        ollama = endpoint_url(r, "ollama", "api")
-        e: dict[str, str] = {}
+        ollama = _url(r, "ollama", "api")
+        e: dict[str, str] = dict(app.env)
         if app.name == "openwebui":
             e["ENABLE_PERSISTENT_CONFIG"] = "False"
             e["WEBUI_URL"] = f"https://{host}"
+            if data:
+                e["DATA_DIR"] = data
             e["WEBUI_SECRET_KEY"] = self.secret("WEBUI_SECRET_KEY", "webui_secret_key")
             pw = self.secrets(t.user, "postgres_password")
             if url := _pg_url(r, t, _db(t, "openwebui"), pw):
                 e["DATABASE_URL"] = self.put("OPENWEBUI_DATABASE_URL", url)
-            if url := _redis_url(r, t, self.secrets(t.user, "redis_password")):
+            if redis_refused(app) is None and (url := _redis_url(r, t, self.secrets(t.user, "redis_password"))):
                 e["REDIS_URL"] = self.put("REDIS_URL", url)
                 e["REDIS_KEY_PREFIX"] = t.redis_prefix.rstrip(":")  # Open WebUI adds the ':' itself
-            if q := endpoint_url(r, "qdrant", "http"):
+            if q := _url(r, "qdrant", "http"):
                 e.update(VECTOR_DB="qdrant", QDRANT_URI=q, ENABLE_QDRANT_MULTITENANCY_MODE="true",
                          QDRANT_COLLECTION_PREFIX=t.qdrant_prefix)
                 # The model the collections are sized for (site.embedding).
                 e.update(RAG_EMBEDDING_ENGINE=r.site.embedding.engine, RAG_EMBEDDING_MODEL=r.site.embedding.model)
                 e["QDRANT_API_KEY"] = self.put("QDRANT_API_KEY",
                                                qdrant_token(t, self.secrets(SITE_SCOPE, "qdrant_api_key")))
+            else:  # its own local store in its data dir
+                e["VECTOR_DB"] = "chroma"
             if (s3 := self.s3()) and app.buckets:
                 e.update(STORAGE_PROVIDER="s3", S3_ENDPOINT_URL=s3["endpoint"], S3_REGION_NAME=s3["region"],
                          S3_BUCKET_NAME=_bucket(t, "openwebui"), S3_ACCESS_KEY_ID=s3["access"],
                          S3_SECRET_ACCESS_KEY=s3["secret"], S3_ADDRESSING_STYLE="path")
             if ollama:
-                e["OLLAMA_BASE_URL"] = ollama
-            if sx := endpoint_url(r, "searxng", "http"):
+                e.update(ENABLE_OLLAMA_API="true", OLLAMA_BASE_URL=ollama)
+            else:  # nothing listens at its default (localhost:11434): do not dial it
+                e["ENABLE_OLLAMA_API"] = "false"
+            if sx := _url(r, "searxng", "http"):
                 e.update(ENABLE_WEB_SEARCH="true", WEB_SEARCH_ENGINE="searxng",
                          SEARXNG_QUERY_URL=f"{sx}/search?q=<query>")
             if "authentik" in r.endpoints:
-                # Forward-auth already proved who this is: sign them in by Authentik's header.
+                # The route admits only the owner through forward-auth (Traefik refuses everyone
+                # while Authentik is not there): sign them in by Authentik's header.
                 e["WEBUI_AUTH_TRUSTED_EMAIL_HEADER"] = "X-authentik-email"
         elif app.name == "n8n":
-            e.update(DB_TYPE="postgresdb", DB_POSTGRESDB_HOST=endpoint_host(r, "postgres") or "",
-                     DB_POSTGRESDB_PORT=str(port_of(r, "postgres") or 5432), DB_POSTGRESDB_DATABASE=_db(t, "n8n"),
-                     DB_POSTGRESDB_USER=t.postgres_role)
-            e["DB_POSTGRESDB_PASSWORD"] = self.secret("POSTGRES_PASSWORD", "postgres_password")
+            if _reachable(r, "postgres"):
+                e.update(DB_TYPE="postgresdb", DB_POSTGRESDB_HOST=endpoint_host(r, "postgres") or "",
+                         DB_POSTGRESDB_PORT=str(port_of(r, "postgres") or 5432),
+                         DB_POSTGRESDB_DATABASE=_db(t, "n8n"), DB_POSTGRESDB_USER=t.postgres_role)
+                e["DB_POSTGRESDB_PASSWORD"] = self.secret("POSTGRES_PASSWORD", "postgres_password")
             e["N8N_ENCRYPTION_KEY"] = self.secret("N8N_ENCRYPTION_KEY", "n8n_encryption_key")
-            e.update(N8N_HOST=host, N8N_PROTOCOL="https", N8N_PORT=str(app.container_port),
+            e.update(N8N_HOST=host, N8N_PROTOCOL="https", N8N_PORT=str(port),
                      N8N_WEBHOOK_URL=f"https://{host}/", N8N_PROXY_HOPS="1")  # WEBHOOK_URL is deprecated
             # No OLLAMA_HOST: n8n does not read it (its Ollama credential holds the URL; catalog verify).
         elif app.name == "jupyter":
@@ -141,20 +163,24 @@ class _Wiring:
             if ollama:
                 e["OLLAMA_API_HOST"] = ollama
         elif app.name == "kotaemon":
-            e.update(GRADIO_SERVER_NAME="0.0.0.0", GRADIO_SERVER_PORT=str(app.container_port),
+            e.update(GRADIO_SERVER_NAME="0.0.0.0", GRADIO_SERVER_PORT=str(port),
                      KH_FEATURE_USER_MANAGEMENT_ADMIN="admin")
             e["KH_FEATURE_USER_MANAGEMENT_PASSWORD"] = self.secret("KOTAEMON_ADMIN_PASSWORD", "kotaemon_admin_password")
             if ollama:
                 e.update(KH_OLLAMA_URL=f"{ollama}/v1/", OPENAI_API_BASE=f"{ollama}/v1")
         elif app.name == "chainforge":
+            # 0.3.6 has no Host check (CHAINFORGE_ALLOWED_HOSTS arrives in 0.3.7: catalog verify).
             if ollama:
                 e["OPENAI_BASE_URL"] = f"{ollama}/v1"
         elif app.name == "flowise":
-            e.update(PORT=str(app.container_port), DATABASE_TYPE="postgres",
-                     DATABASE_HOST=endpoint_host(r, "postgres") or "", DATABASE_PORT=str(port_of(r, "postgres") or 5432),
-                     DATABASE_NAME=_db(t, "flowise"), DATABASE_USER=t.postgres_role)
-            e["DATABASE_PASSWORD"] = self.secret("POSTGRES_PASSWORD", "postgres_password")
-            e["SECRETKEY_PATH"] = app.data_path or "/root/.flowise"
+            e["PORT"] = str(port)
+            if _reachable(r, "postgres"):
+                e.update(DATABASE_TYPE="postgres", DATABASE_HOST=endpoint_host(r, "postgres") or "",
+                         DATABASE_PORT=str(port_of(r, "postgres") or 5432),
+                         DATABASE_NAME=_db(t, "flowise"), DATABASE_USER=t.postgres_role)
+                e["DATABASE_PASSWORD"] = self.secret("POSTGRES_PASSWORD", "postgres_password")
+            e["SECRETKEY_PATH"] = data or "/root/.flowise"
+            e["LOG_PATH"] = f"{data or '/root/.flowise'}/logs"  # default: inside the (read-only) package
             e["FLOWISE_SECRETKEY_OVERWRITE"] = self.secret("FLOWISE_SECRET_KEY", "flowise_secret_key")
             # Flowise 3 reads no FLOWISE_USERNAME/PASSWORD: the first visitor (the owner, behind
             # forward-auth) creates the admin at /organization-setup (catalog verify).
@@ -165,6 +191,14 @@ class _Wiring:
         # No LANGFUSE_HOST for Open WebUI: 0.6.41 does not read it (tracing goes through its
         # Pipelines, configured in the app; catalog verify).
         return e
+
+
+def app_environment(resolved: ResolvedSite, t: Tenant, app: App, secrets: SecretLookup, *, port: int,
+                    data: str | None) -> tuple[dict[str, str], dict[str, str]]:
+    """(environment, secrets) of one app: the one source both runtimes render from. Secret values
+    appear in the environment only as `${VAR}`, their values in the second dict."""
+    w = _Wiring(resolved, t, secrets)
+    return w.app_env(app, port, data), w.env
 
 
 def _healthcheck(app: App) -> dict:
@@ -190,7 +224,7 @@ def compose_bundle(resolved: ResolvedSite, t: Tenant, secrets: SecretLookup) -> 
         svc["image"] = app.image
         svc["container_name"] = f"{name}-{t.user}"
         svc["restart"] = "unless-stopped"
-        env = w.app_env(app)
+        env = w.app_env(app, app.container_port, app.data_path)
         if env:
             svc["environment"] = env
         svc["ports"] = [f"{t.ip}:{t.ports[name]}:{app.container_port}"]

@@ -2,7 +2,8 @@
 
 Layout of the output tree (docs/render.md says where each part goes on a real site):
   traefik/traefik.yml, traefik/dynamic/<205xxx>.yml     Traefik static + one file per container
-  users/<user>/docker-compose.yml, .env (0600)          each user's app bundle
+  users/<user>/docker-compose.yml, .env (0600)          each user's app bundle (runtime docker)
+  users/<user>/native.json, units/*.service, env/ (0600)  or its native units (runtime native)
   services/<host>/...                                   each shared container's config + install.sh
   services/authentik/blueprints/*.yaml                  SSO: users, groups, providers, bindings
   firewall/cluster.fw, firewall/<ctid>.fw, api.json     Proxmox VE firewall
@@ -15,13 +16,14 @@ import json
 
 from aicommons.plan.model import ResolvedSite, Tenant
 from aicommons.plan.secrets import SecretLookup
-from aicommons.render import authentik, compose, firewall, traefik
+from aicommons.render import authentik, compose, firewall, native, traefik
 from aicommons.render.envfile import render_env
 from aicommons.render.files import SECRET_MODE, RenderedFile
 from aicommons.render.services import backend_files
 from aicommons.render.shared_compose import shared_files
 
 AUTHENTIK_DIR = "services/authentik/blueprints"
+USER_ROOT = "/opt/aicommons"  # where a user's bundle lands in its container (users/<user>/ -> <root>/<user>/)
 
 
 def _lookup(secrets) -> SecretLookup:
@@ -29,14 +31,25 @@ def _lookup(secrets) -> SecretLookup:
     return secrets if callable(secrets) else secrets.get
 
 
-def _user_files(resolved: ResolvedSite, t: Tenant, secrets: SecretLookup, routes, fw) -> list[RenderedFile]:
+def _app_files(resolved: ResolvedSite, t: Tenant, secrets: SecretLookup) -> list[RenderedFile]:
+    """The user's apps in the site's runtime: a compose bundle, or native units (one source of env)."""
     base = f"users/{t.user}"
+    if resolved.site.user_template.runtime == "native":
+        b = native.native_bundle(resolved, t, secrets, f"{USER_ROOT}/{t.user}/env")
+        return ([RenderedFile(f"{base}/{native.MANIFEST}", b.manifest(t.user))]
+                + [RenderedFile(f"{base}/units/{u}", text) for u, text in b.units.items()]
+                + [RenderedFile(f"{base}/env/{a}.env", text, SECRET_MODE) for a, text in b.env_files.items()])
     text, env = compose.render_compose(resolved, t, secrets)
     out = [RenderedFile(f"{base}/docker-compose.yml", text),
            RenderedFile(f"{base}/.env", render_env(env, f"Secrets of {t.user}'s apps. Mode 0600; never commit."),
                         SECRET_MODE)]
     if "chainforge" in t.apps:
         out.append(RenderedFile(f"{base}/chainforge/Dockerfile", compose.chainforge_dockerfile()))
+    return out
+
+
+def _user_files(resolved: ResolvedSite, t: Tenant, secrets: SecretLookup, routes, fw) -> list[RenderedFile]:
+    out = _app_files(resolved, t, secrets)
     c = resolved.container(t.ctid)
     if routes:
         out.append(RenderedFile(f"traefik/dynamic/{c.traefik_file}", traefik.render_dynamic(resolved, routes, t.user)))

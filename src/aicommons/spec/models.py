@@ -194,6 +194,12 @@ class UserTemplate(Model):
         ]
     )
     resources: UserResources = Field(default_factory=UserResources)
+    runtime: Literal["docker", "native"] | None = Field(
+        None,
+        description="How each user's apps run: `docker` (the compose bundle, the reference design) or "
+        "`native` (each app's published package as a systemd service under its own system user, from a "
+        "shared read-only layer). Default: `native` on the lxc driver, `docker` on proxmox.",
+    )
 
 
 class User(Model):
@@ -319,6 +325,8 @@ class Site(Model):
                 d.netns = default_netns(self.name)
             if d.lxcpath is None:
                 d.lxcpath = f"/var/lib/aicommons/lxc-{self.name}"
+        if self.user_template.runtime is None:  # the driver decides: LXC hosts reach no image registry
+            self.user_template.runtime = "native" if self.driver.kind == "lxc" else "docker"
         return self
 
     @model_validator(mode="before")

@@ -15,7 +15,9 @@ from aicommons.plan.model import Container
 MARK = "# aicommons:"
 
 
-def render(c: Container, *, site: str, bridge: str, lower: str, upper: str) -> str:
+def render(c: Container, *, site: str, bridge: str, lower: str, upper: str,
+           mounts: list[tuple[str, str]] = ()) -> str:
+    """`mounts`: (host directory, path inside) bound read-only (the shared app layers)."""
     meta = {"site": site, "role": c.role, "name": c.name, "ip": c.ip, "hostname": c.hostname,
             "memory_mb": c.memory_mb, "cores": c.cores, "disk_gb": c.disk_gb,
             "services": list(c.services)}
@@ -36,6 +38,10 @@ def render(c: Container, *, site: str, bridge: str, lower: str, upper: str) -> s
         f"lxc.net.0.ipv4.address = {c.ip}/{c.prefixlen}",
         f"lxc.net.0.ipv4.gateway = {c.gateway}",
     ]
+    for host, inside in mounts:  # read-only: one layer serves every user's container
+        if any(ch.isspace() for ch in host + inside):
+            raise ValueError(f"mount path with whitespace: {host!r} -> {inside!r}")
+        lines.append(f"lxc.mount.entry = {host} {inside.lstrip('/')} none bind,ro,create=dir 0 0")
     return "\n".join(lines) + "\n"
 
 

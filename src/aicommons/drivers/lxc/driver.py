@@ -19,7 +19,7 @@ from pathlib import Path
 
 from aicommons.drivers.base import ContainerState, DriverInfo, ExecResult
 from aicommons.catalog import load_catalog
-from aicommons.drivers.lxc import config, limits, netns, services, template
+from aicommons.drivers.lxc import apps, config, limits, netns, services, template
 from aicommons.drivers.lxc.run import run
 from aicommons.drivers.lxc.services import ServiceOutcome
 from aicommons.drivers.lxc.traefik import TraefikRunner
@@ -41,8 +41,11 @@ class LxcDriver:
 
     def __init__(self, *, site: str, net: netns.NetPlan, lxcpath: str, cache_dir: str,
                  log=None, secrets: SecretLookup | None = None, traefik_dir: str | None = None,
-                 traefik_ip: str | None = None) -> None:
+                 traefik_ip: str | None = None, runtime: str = "docker",
+                 user_ranges: tuple[str, ...] = ()) -> None:
         self.site = site
+        self.runtime = runtime  # native: users' apps run from shared layers (apps.py)
+        self.user_ranges = user_ranges
         self.secrets = secrets
         self.outcomes: dict[str, ServiceOutcome] = {}
         self._net_lock = threading.Lock()  # the engine starts containers from several threads
@@ -101,7 +104,8 @@ class LxcDriver:
         drv = cls(site=site.name, net=net, lxcpath=lxcpath,
                   cache_dir=options.get("cache_dir", d.cache_dir), log=options.get("log", _stderr),
                   secrets=options.get("secrets"), traefik_ip=str(n.traefik.address),
-                  traefik_dir=options.get("traefik_dir", str(Path(lxcpath) / "_traefik" / "dynamic")))
+                  traefik_dir=options.get("traefik_dir", str(Path(lxcpath) / "_traefik" / "dynamic")),
+                  runtime=site.user_template.runtime or "docker", user_ranges=tuple(n.user_ranges))
         drv.join = bool(options.get("join", False))
         return drv
 
@@ -124,6 +128,7 @@ class LxcDriver:
         """The namespace, bridge and NAT, and Traefik at its address inside."""
         with self._net_lock:
             netns.ensure(self.net)
+            apps.isolate_users(self.net, self.user_ranges)
             if self.traefik:
                 self.traefik.ensure()
 
@@ -198,8 +203,9 @@ class LxcDriver:
 
     def _write_config(self, c: Container, tdir: Path) -> bool:
         cfg = self._dir(c.ctid) / "config"
+        mounts = apps.layer_mounts(c, self.cache_dir, self.log) if c.role == "user" and self.runtime == "native" else []
         text = config.render(c, site=self.site, bridge=self.net.bridge, lower=str(tdir / "rootfs"),
-                             upper=str(self._dir(c.ctid) / "delta"))
+                             upper=str(self._dir(c.ctid) / "delta"), mounts=mounts)
         if cfg.exists() and cfg.read_text() == text:
             return False
         tmp = cfg.with_suffix(".tmp")
@@ -221,10 +227,13 @@ class LxcDriver:
         meta = self._meta(container.ctid)
         if meta is None:
             raise PermanentError(f"container {container.ctid} does not exist; create it first")
+        cfg = self._dir(container.ctid) / "config"
+        mounts_before = apps.mount_lines(cfg.read_text())
         changed = self._write_config(container, self.ensure_template())
         if self._status(container.ctid) != "running":
             return
-        if meta["ip"] != container.ip or meta["hostname"] != container.hostname:
+        if (meta["ip"] != container.ip or meta["hostname"] != container.hostname
+                or apps.mount_lines(cfg.read_text()) != mounts_before):  # mounts are set at start
             self.stop(container.ctid)
             self.start(container.ctid)
         elif changed:
@@ -244,14 +253,23 @@ class LxcDriver:
             raise PermanentError(f"cannot start container {ctid}: {problem}. Re-run to rebuild it "
                                  "(after `aicommons down` if containers still use it)")
         log = self._dir(ctid) / "start.log"
-        proc = self._lxc("lxc-start", ctid, "-l", "ERROR", "-o", str(log), check=False, timeout=120)
+        # Started from inside the container's own cgroups, so its cgroup namespace is rooted there.
+        # (Joined before `ip netns exec`, which mounts a fresh /sys without the cgroup hierarchies.)
+        proc = run(["sh", "-c", limits.enter_script(self.ns, ctid) + '; exec "$@"', "-", "ip", "netns", "exec",
+                    self.ns, "lxc-start", "-P", str(self.lxcpath), "-n", str(int(ctid)), "-l", "ERROR",
+                    "-o", str(log)], check=False, timeout=120)
         if proc.returncode != 0:
             tail = log.read_text(errors="replace").strip().splitlines()[-3:] if log.exists() else []
             raise TemporaryError(f"lxc-start of container {ctid} failed: {' | '.join(tail) or proc.stderr.decode()}",
                                  delay=2)
         pid = self._init_pid(ctid)
         if pid:
-            limits.apply(self.ns, ctid, pid, meta["memory_mb"], meta["cores"])
+            try:
+                limits.apply(self.ns, ctid, pid, meta["memory_mb"], meta["cores"])
+            except FileNotFoundError:  # its init is gone: the container stopped right after starting
+                tail = log.read_text(errors="replace").strip().splitlines()[-3:] if log.exists() else []
+                raise TemporaryError(f"container {ctid} stopped right after it started"
+                                     f"{': ' + ' | '.join(tail) if tail else ''}; retrying", delay=2) from None
 
     def stop(self, ctid: int) -> None:
         if self._meta(ctid) is None or self._status(ctid) != "running":
@@ -282,6 +300,11 @@ class LxcDriver:
         mirror provides, and the apps are images from registries outside it."""
         return ("its apps are container images from registries outside Debian's mirror, which this "
                 "driver does not fetch; the Proxmox driver runs the same bundle")
+
+    def run_native(self, t, root: str, files: dict) -> str:
+        """Run a user's native bundle (pushed to `root`): system users, data dirs, units, started in
+        parallel; returns when every app answers its health check (see apps.py)."""
+        return apps.run_native(self, t, root, files)
 
     def skipped_services(self, resolved) -> dict[str, str]:
         """Services of the site this host cannot install (recipe needs downloads), with the reason.

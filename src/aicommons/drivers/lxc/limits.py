@@ -20,6 +20,21 @@ def group(controller: str, ns: str, ctid: int) -> Path:
     return ROOT / controller / "aicommons" / ns / str(ctid)
 
 
+# Hierarchies a container's own cgroups are rooted in (cpuset is left alone: a new cpuset group
+# needs its cpus/mems copied before anyone may join it, and systemd does not use it).
+HIERARCHIES = ("systemd", "unified", "memory", "cpu", "cpuacct", "pids", "blkio", "devices", "freezer")
+
+
+def enter_script(ns: str, ctid: int) -> str:
+    """Shell run before `exec lxc-start`: join `aicommons/<ns>/<ctid>` in every hierarchy, so the
+    container's cgroup namespace is rooted there. Without it every container's systemd shares the
+    host's `system.slice/<unit>` groups (same unit names in each user container: aic-openwebui...)
+    and its services escape the memory limit."""
+    dirs = " ".join(str(ROOT / h / "aicommons" / ns / str(int(ctid))) for h in HIERARCHIES)
+    return (f"for g in {dirs}; do [ -d \"${{g%/aicommons/*}}\" ] || continue; mkdir -p \"$g\" && "
+            "echo $$ > \"$g/cgroup.procs\" || true; done")
+
+
 def available() -> bool:
     return (ROOT / "memory" / "memory.limit_in_bytes").exists() and (ROOT / "cpu" / "cpu.cfs_quota_us").exists()
 
@@ -49,10 +64,25 @@ def apply(ns: str, ctid: int, init_pid: int, memory_mb: int, cores: int) -> None
     for _ in range(3):  # processes forked while moving are caught on the next pass
         for pid in _pids_in_pidns(init_pid):
             for g in (mem, cpu):
+                if _inside(pid, g):  # already in the group or a child of it (the container's systemd's)
+                    continue
                 try:
                     (g / "cgroup.procs").write_text(str(pid))
                 except OSError:
                     pass
+
+
+def _inside(pid: int, g: Path) -> bool:
+    controller, *rest = g.relative_to(ROOT).parts
+    want = "/" + "/".join(rest)
+    try:
+        for line in Path(f"/proc/{pid}/cgroup").read_text().splitlines():
+            _, ctrls, path = line.split(":", 2)
+            if controller in ctrls.split(","):
+                return path == want or path.startswith(want + "/")
+    except (OSError, ValueError):
+        pass
+    return False
 
 
 def read(ns: str, ctid: int) -> tuple[int | None, int | None]:
@@ -66,9 +96,14 @@ def read(ns: str, ctid: int) -> tuple[int | None, int | None]:
 
 
 def remove(ns: str, ctid: int) -> None:
-    for controller in ("memory", "cpu"):
+    for controller in HIERARCHIES:
         g = group(controller, ns, ctid)
         if g.exists():
+            for sub in sorted((p for p in g.rglob("*") if p.is_dir()), key=lambda p: len(p.parts), reverse=True):
+                try:
+                    sub.rmdir()  # what the container's systemd left (empty once it stopped)
+                except OSError:
+                    pass
             try:
                 g.rmdir()
             except OSError:

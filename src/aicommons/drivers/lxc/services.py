@@ -17,6 +17,7 @@ from typing import Literal
 
 from aicommons.catalog.model import Service
 from aicommons.errors import AicError, PermanentError
+from aicommons.plan.deployed import lxc_unsupported
 from aicommons.plan.model import Container
 from aicommons.plan.secrets import SITE_SCOPE, SecretLookup
 
@@ -34,14 +35,7 @@ class ServiceOutcome:
 
 def unsupported(svc: Service) -> str | None:
     """Why this host cannot install the service (None = it can)."""
-    inst = svc.install
-    if inst.method == "apt" and not inst.needs_download:
-        return None
-    if inst.method == "none":
-        return "the catalog has no install recipe for it"
-    what = f"image {inst.image}" if inst.image else "an upstream release"
-    return (f"its {inst.method} recipe downloads {what} from outside Debian's mirror, and this "
-            "driver installs only from the mirror; the Proxmox driver runs this recipe")
+    return lxc_unsupported(svc)
 
 
 def skipped_services(resolved) -> dict[str, str]:

@@ -11,7 +11,8 @@ from __future__ import annotations
 import datetime as dt
 import platform
 from collections.abc import Callable
-from dataclasses import dataclass
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from aicommons.ops.backup import objects, postgres as pgb, redis_keys as rk
@@ -34,6 +35,22 @@ class Sources:
     qdrant: objects.Qdrant | None = None
     s3: objects.S3 | None = None
     gitea_ctid: int | None = None
+    skipped: dict[str, str] = field(default_factory=dict)  # back end -> why it is not covered
+
+
+@contextmanager
+def _reaching(what: str, address: str):
+    """A back end that does not answer is a clear error naming it, never an internal error."""
+    import httpx
+    import psycopg
+    import redis
+
+    try:
+        yield
+    except (OSError, httpx.TransportError, psycopg.OperationalError, redis.exceptions.ConnectionError,
+            redis.exceptions.TimeoutError) as exc:
+        raise BackupError(f"{what} at {address} cannot be reached ({str(exc).strip() or type(exc).__name__}); "
+                          "is it running? `aicommons status` shows what answers") from None
 
 
 def _version() -> str:
@@ -73,52 +90,59 @@ def run_backup(resolved: ResolvedSite, src: Sources, repo: Repo, *, user: str | 
     items = manifest.items
     say = step or (lambda _m: None)
     try:
+        for name, why in sorted(src.skipped.items()):
+            say(f"{name}: {why}; skipped")
+            items.append(Item(kind="skipped", name=name, detail={"reason": why}))
         if src.postgres is not None:
-            (tmp / "postgres").mkdir(mode=0o700)
-            owner = {db: t.user for t in resolved.tenants for db in t.databases}
-            dbs = [db for t in tenants for db in t.databases] if user else pgb.list_databases(src.postgres)
-            if user is None:
-                pgb.dump_globals(src.postgres, tmp / "postgres/globals.sql")
-                items.append(file_item(tmp, "postgres/globals.sql", "postgres_globals", "globals"))
-            for db in dbs:
-                say(f"postgres {db}")
-                rel = f"postgres/{db}.dump"
-                rows = pgb.dump_database(src.postgres, db, tmp / rel)
-                items.append(file_item(tmp, rel, "postgres_db", db, owner.get(db), rows=rows))
+            with _reaching("PostgreSQL", f"{src.postgres.host}:{src.postgres.port}"):
+                (tmp / "postgres").mkdir(mode=0o700)
+                owner = {db: t.user for t in resolved.tenants for db in t.databases}
+                dbs = [db for t in tenants for db in t.databases] if user else pgb.list_databases(src.postgres)
+                if user is None:
+                    pgb.dump_globals(src.postgres, tmp / "postgres/globals.sql")
+                    items.append(file_item(tmp, "postgres/globals.sql", "postgres_globals", "globals"))
+                for db in dbs:
+                    say(f"postgres {db}")
+                    rel = f"postgres/{db}.dump"
+                    rows = pgb.dump_database(src.postgres, db, tmp / rel)
+                    items.append(file_item(tmp, rel, "postgres_db", db, owner.get(db), rows=rows))
         if src.redis is not None:
-            say("redis")
-            r = rk.client(src.redis)
-            try:
-                acl = rk.acl_lines(r)
-                mine = {t.redis_user for t in tenants}
-                if user:
-                    acl = [ln for ln in acl if (ln.split(" ") + [""])[1] in mine]
-                write_private(tmp / "redis/acl.txt", "\n".join(acl) + "\n")
-                items.append(file_item(tmp, "redis/acl.txt", "redis_acl", "acl", user, users=len(acl)))
-                match = rk.glob_escape(tenants[0].redis_prefix) + "*" if user else "*"
-                counts = rk.dump_keys(r, match, _route(tenants), tmp / "redis/keys")
-            finally:
-                r.close()
-            for group in [t.user for t in tenants] + ([] if user else [rk.SITE_GROUP]):
-                rel = f"redis/keys/{group}.jsonl"
-                if not (tmp / rel).exists():
-                    write_private(tmp / rel, "")
-                items.append(file_item(tmp, rel, "redis_keys", group, None if group == rk.SITE_GROUP else group,
-                                       keys=counts.get(group, 0)))
-            if user is None:
-                rk.dump_rdb(src.redis, tmp / "redis/dump.rdb")
-                items.append(file_item(tmp, "redis/dump.rdb", "redis_rdb", "dump.rdb"))
+            with _reaching("Redis", f"{src.redis.host}:{src.redis.port}"):
+                say("redis")
+                r = rk.client(src.redis)
+                try:
+                    acl = rk.acl_lines(r)
+                    mine = {t.redis_user for t in tenants}
+                    if user:
+                        acl = [ln for ln in acl if (ln.split(" ") + [""])[1] in mine]
+                    write_private(tmp / "redis/acl.txt", "\n".join(acl) + "\n")
+                    items.append(file_item(tmp, "redis/acl.txt", "redis_acl", "acl", user, users=len(acl)))
+                    match = rk.glob_escape(tenants[0].redis_prefix) + "*" if user else "*"
+                    counts = rk.dump_keys(r, match, _route(tenants), tmp / "redis/keys")
+                finally:
+                    r.close()
+                for group in [t.user for t in tenants] + ([] if user else [rk.SITE_GROUP]):
+                    rel = f"redis/keys/{group}.jsonl"
+                    if not (tmp / rel).exists():
+                        write_private(tmp / rel, "")
+                    items.append(file_item(tmp, rel, "redis_keys", group, None if group == rk.SITE_GROUP else group,
+                                           keys=counts.get(group, 0)))
+                if user is None:
+                    rk.dump_rdb(src.redis, tmp / "redis/dump.rdb")
+                    items.append(file_item(tmp, "redis/dump.rdb", "redis_rdb", "dump.rdb"))
         if src.qdrant is not None:
-            for t in tenants:
-                for coll in t.qdrant_collections:
-                    say(f"qdrant {coll}")
-                    items.append(src.qdrant.snapshot(coll, tmp, t.user))
+            with _reaching("Qdrant", src.qdrant.url):
+                for t in tenants:
+                    for coll in t.qdrant_collections:
+                        say(f"qdrant {coll}")
+                        items.append(src.qdrant.snapshot(coll, tmp, t.user))
         if src.s3 is not None:
-            for t in tenants:
-                for bucket in t.buckets:
-                    say(f"s3 {bucket}")
-                    items.append(src.s3.mirror(bucket, tmp, t.user))
-        if user is None and "gitea" in resolved.endpoints:
+            with _reaching("the object store", src.s3.endpoint):
+                for t in tenants:
+                    for bucket in t.buckets:
+                        say(f"s3 {bucket}")
+                        items.append(src.s3.mirror(bucket, tmp, t.user))
+        if user is None and "gitea" in resolved.endpoints and "gitea" not in src.skipped:
             items.append(Item(kind="skipped", name="gitea", detail={
                 "reason": "Gitea's dump runs inside its container; run the recipe on the node",
                 "recipe": GITEA_RECIPE.format(ctid=src.gitea_ctid or 120)}))
@@ -181,37 +205,44 @@ def restore_backup(resolved: ResolvedSite, repo: Repo, backup_id: str, src: Sour
     if bad:
         raise BackupError(f"backup {backup_id} is damaged, nothing was restored: " + "; ".join(p[0] for p in bad))
     wanted = [it for it in manifest.items if scope is None or it.user == scope]
+    for name, why in sorted(src.skipped.items()):
+        say(f"{name}: {why}; skipped")
     if src.postgres is not None:
-        glob = root / "postgres/globals.sql"
-        if glob.exists():
-            only = {resolved.tenant(scope).postgres_role} if scope else None
-            done += [f"role {r}" for r in pgb.restore_roles(src.postgres, glob, only)]
-        for it in wanted:
-            if it.kind == "postgres_db":
-                say(f"postgres {it.name}")
-                pgb.restore_database(src.postgres, it.name, root / it.path)
-                done.append(f"database {it.name}")
+        with _reaching("PostgreSQL", f"{src.postgres.host}:{src.postgres.port}"):
+            glob = root / "postgres/globals.sql"
+            if glob.exists():
+                only = {resolved.tenant(scope).postgres_role} if scope else None
+                done += [f"role {r}" for r in pgb.restore_roles(src.postgres, glob, only)]
+            for it in wanted:
+                if it.kind == "postgres_db":
+                    say(f"postgres {it.name}")
+                    pgb.restore_database(src.postgres, it.name, root / it.path)
+                    done.append(f"database {it.name}")
     if src.redis is not None:
-        r = rk.client(src.redis)
-        try:
-            acl_file = root / "redis/acl.txt"
-            acl = acl_file.read_text().splitlines() if acl_file.exists() else []
-            for it in wanted if scope else manifest.items:
-                if it.kind != "redis_keys":
-                    continue
-                say(f"redis {it.name}")
-                if it.name == rk.SITE_GROUP:
-                    done.append(f"redis {rk.restore_site_keys(r, root / it.path)} shared-service keys")
-                    continue
-                t = resolved.tenant(it.name)
-                n = rk.restore_keys(r, rk.glob_escape(t.redis_prefix) + "*", root / it.path)
-                if rk.restore_acl_user(r, acl, t.redis_user):
-                    done.append(f"redis user {t.redis_user}")
-                done.append(f"redis {n} keys of {it.name}")
-        finally:
-            r.close()
+        with _reaching("Redis", f"{src.redis.host}:{src.redis.port}"):
+            r = rk.client(src.redis)
+            try:
+                acl_file = root / "redis/acl.txt"
+                acl = acl_file.read_text().splitlines() if acl_file.exists() else []
+                for it in wanted if scope else manifest.items:
+                    if it.kind != "redis_keys":
+                        continue
+                    say(f"redis {it.name}")
+                    if it.name == rk.SITE_GROUP:
+                        done.append(f"redis {rk.restore_site_keys(r, root / it.path)} shared-service keys")
+                        continue
+                    t = resolved.tenant(it.name)
+                    n = rk.restore_keys(r, rk.glob_escape(t.redis_prefix) + "*", root / it.path)
+                    if rk.restore_acl_user(r, acl, t.redis_user):
+                        done.append(f"redis user {t.redis_user}")
+                    done.append(f"redis {n} keys of {it.name}")
+            finally:
+                r.close()
     for it in wanted:
-        if it.kind == "qdrant_snapshot" and src.qdrant is not None:
+        if it.kind in ("qdrant_snapshot", "s3_bucket") and (src.qdrant if it.kind == "qdrant_snapshot" else src.s3) is None:
+            what = "qdrant" if it.kind == "qdrant_snapshot" else "object storage"
+            done.append(f"skipped {it.name}: no {what} to restore into here")
+        elif it.kind == "qdrant_snapshot" and src.qdrant is not None:
             say(f"qdrant {it.name}")
             src.qdrant.recover(it.name, root / it.path)
             done.append(f"collection {it.name}")

@@ -25,7 +25,10 @@ def sources_for(resolved: ResolvedSite, secrets: Lookup, base_dir: Path,
 
     targets = targets or {}
     src = Sources()
-    eps = resolved.endpoints
+    # What the driver does not run is skipped (and said so), never dialled.
+    src.skipped = {n: f"not deployed here ({why})" for n, why in resolved.undeployed.items()
+                   if n in ("postgres", "redis", "qdrant", "garage", "minio", "gitea")}
+    eps = {k: v for k, v in resolved.endpoints.items() if k not in src.skipped}
 
     def server(service: str, key: str) -> Server:
         host, port, user, pw = admin_credentials(resolved, service, secrets, base_dir, key)

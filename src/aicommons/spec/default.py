@@ -1,4 +1,4 @@
-"""`aicommons init`: a commented site.yaml that reproduces the seed (33 shared services, N users)."""
+"""`aicommons init`: a commented site.yaml that reproduces the reference architecture (33 shared services, N users)."""
 
 from __future__ import annotations
 
@@ -7,14 +7,14 @@ from aicommons.spec.models import UserTemplate
 
 SEED_DOMAIN = "valuechainhackers.xyz"
 
-# The LXC default (`aicommons up` with no site file): the seed's phase-1 and phase-2 core.
+# The LXC default (`aicommons up` with no site file): the reference architecture's phase-1 and phase-2 core.
 # Services whose recipe needs downloads this host cannot make are reported as skipped.
 LXC_CORE = ["ollama", "qdrant", "postgres", "redis", "garage", "searxng", "langfuse", "gitea",
             "prometheus", "grafana", "loki", "authentik"]
 
 
 def user_ranges_for(n: int) -> list[str]:
-    """The seed's 10.0.5.200-249, then the same 50 slots in each following /24."""
+    """The reference architecture's 10.0.5.200-249, then the same 50 slots in each following /24."""
     ranges = ["10.0.5.200-10.0.5.249"]
     k = 6
     while 50 * len(ranges) < n:
@@ -63,7 +63,7 @@ def render_site_yaml(users: int = 50, domain: str = SEED_DOMAIN, driver: str = "
         "  traefik:",
         "    address: 10.0.4.10",
         "    dynamic_dir: /opt/traefik-stack/dynamic",
-        "    file_pattern: '2{o3:02d}{o4:03d}.yml'   # 10.0.5.100 -> 205100.yml, as in the seed",
+        "    file_pattern: '2{o3:02d}{o4:03d}.yml'   # 10.0.5.100 -> 205100.yml, as in the reference architecture",
         "",
     ]
     if driver == "proxmox":
@@ -97,7 +97,7 @@ def render_site_yaml(users: int = 50, domain: str = SEED_DOMAIN, driver: str = "
         "  resources: {memory_mb: 8192, cores: 4, disk_gb: 100}",
         "",
         "redis:",
-        "  isolation: acl   # an ACL user + key prefix per user; the seed's DB numbers isolate nothing",
+        "  isolation: acl   # an ACL user + key prefix per user; the reference architecture's DB numbers isolate nothing",
         "",
         "users:",
     ]

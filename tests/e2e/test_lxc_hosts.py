@@ -6,8 +6,8 @@ containers from the cached Debian 12 template, each site's own network namespace
 NAT veth and iptables rules, PostgreSQL 15 / Redis 7 installed in their containers, Traefik.
 The guard (tests/guard/sitecustomize.py, loaded through PYTHONPATH) logs and refuses any
 connection to 10.0.0.0/8 made from the host's network namespace: Python sockets, libpq, and
-subprocesses naming a site address. Sites are tiny (PostgreSQL, Redis, one or two users; user
-apps are container images this host cannot pull, reported as not run). Names start with `i11`.
+subprocesses naming a site address. Sites are tiny (PostgreSQL, Redis, one or two users running
+Jupyter, the quickest app to start, from its cached native layer). Names start with `i11`.
 Skipped only when LXC cannot run here.
 """
 
@@ -33,7 +33,7 @@ AIC = str(Path(sys.executable).parent / "aicommons")
 GUARD = str(Path(__file__).resolve().parents[1] / "guard")
 
 
-def write_site(where: Path, name: str, users: int = 1, services=("ollama", "postgres", "redis"), apps=("n8n",)) -> Path:
+def write_site(where: Path, name: str, users: int = 1, services=("ollama", "postgres", "redis"), apps=("jupyter",)) -> Path:
     where.mkdir(parents=True, exist_ok=True)
     text = render_site_yaml(users=users, driver="lxc", name=name, services=list(services), domain="example.org")
     text = text.replace("  apps: [openwebui, n8n, jupyter, code-server, big-agi, kotaemon, chainforge, flowise]",
@@ -171,7 +171,7 @@ def test_every_command_reaches_the_site_only_from_inside(two_sites, tmp_path):
         codes[" ".join(args)] = r.returncode
         assert "internal error" not in r.stderr, (args, r.stderr[-2000:])
         assert not log.exists(), (args, log.read_text(), r.stderr[-1500:])
-    # status/audit say 1 for what this host cannot run (user apps); nothing else may fail
+    # status/audit may say 1 for what this host cannot run; nothing else may fail
     bad = {c: rc for c, rc in codes.items() if rc != 0 and not c.startswith(("status", "audit"))}
     assert not bad, bad
     # the guard is live: the same dial from the host is caught

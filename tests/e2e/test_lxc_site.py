@@ -206,7 +206,9 @@ def test_tenants_isolated_from_inside_ct200(site: Path):
     r = psql(d, 200, names.pg_role("user1"), pw1, db1, "select current_user")
     assert r.ok and r.stdout.strip() == "u_user1", r.stderr
     r = psql(d, 200, names.pg_role("user2"), pw2, db1, "select 1")
-    assert not r.ok and "permission denied" in r.stderr
+    # refused at the door (the rendered pg_hba admits a role only to its own databases) or, were
+    # the door open, by the missing CONNECT grant
+    assert not r.ok and ("pg_hba.conf rejects connection" in r.stderr or "permission denied" in r.stderr), r.stderr
     rp1, rp2 = (secret(site, u, "redis_password") for u in ("user1", "user2"))
     assert redis(d, 200, "u_user1", rp1, "set", "user1:k", "v").stdout.strip() == "OK"
     assert redis(d, 200, "u_user1", rp1, "get", "user1:k").stdout.strip() == "v"
@@ -240,7 +242,9 @@ def forward_auth(site: Path):
             break
         time.sleep(0.2)
     yield
-    d.exec(146, ["pkill", "-f", "/srv/fa.py"])
+    st = d.get(146)
+    if st is not None and st.status == "running":  # test_down_leaves_nothing may have removed the site
+        d.exec(146, ["pkill", "-f", "/srv/fa.py"])
 
 
 def test_openwebui_signs_in_the_owner_and_keeps_a_chat_in_postgres(site: Path, forward_auth):
@@ -414,7 +418,8 @@ def test_backup_and_restore_one_users_table(site: Path, forward_auth):
     r = cli(site, "backup", "run", "--user", "user1")
     out = r.stdout + r.stderr
     assert r.returncode == 0 and "internal error" not in out, out[-2000:]
-    assert re.search(r"qdrant: not deployed here \(.*\); skipped", out), out[-2000:]
+    flat = " ".join(out.split())  # the terminal wraps long lines
+    assert re.search(r"qdrant: not deployed here \([^)]*\); skipped", flat), out[-2000:]
     backup_id = re.search(r"^backup (\S+): \d+ items", out, re.M).group(1)
     d = driver(site)
     pw = secret(site, "user1", "postgres_password")

@@ -43,6 +43,8 @@ has the same table. What the engine does with each, and without it:
 |                     |                                          | Traefik); close: after the apply, under the   |
 |                     |                                          | lock (tears down a site with no container) /  |
 |                     |                                          | the network exists outside the control plane  |
+| `RunsNativeApps`    | `run_native(tenant, root, files) -> str` | a native user bundle (runtime: native) is     |
+|                     |                                          | started and waited for / pushed, not started  |
 | `ReportsUsage`      | `usage(ctids) -> {ctid: Usage}`          | the portal shows memory/CPU / "not reported"  |
 | `Closes`            | `close()`                                | called when the engine/portal lets go of it   |
 
@@ -220,6 +222,15 @@ class ManagesNetwork(Protocol):
 
 
 @runtime_checkable
+class RunsNativeApps(Protocol):
+    """A driver that runs a user's native bundle (systemd units on the shared app layers)."""
+
+    def run_native(self, t: Any, root: str, files: dict[str, Any]) -> str:
+        """Install and start the bundle pushed to `root`; return when every app answers (a note)."""
+        ...
+
+
+@runtime_checkable
 class ReportsUsage(Protocol):
     def usage(self, ctids: Iterable[int]) -> dict[int, Usage]: ...
 
@@ -231,7 +242,8 @@ class Closes(Protocol):
 
 CAPABILITIES: tuple[type, ...] = (
     ChecksPlans, TakesNotes, Archives, HasTraefikTarget, ConfiguresServices, SkipsServices, BindsSecrets,
-    ServiceUrls, AppliesFirewall, DiffsFirewall, SkipsCompose, ManagesNetwork, ReportsUsage, Closes,
+    ServiceUrls, AppliesFirewall, DiffsFirewall, SkipsCompose, ManagesNetwork, RunsNativeApps, ReportsUsage,
+    Closes,
 )
 
 

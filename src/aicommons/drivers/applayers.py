@@ -34,10 +34,10 @@ from pathlib import Path
 from aicommons.catalog.model import App, Native
 from aicommons.drivers.lxc import netns
 from aicommons.errors import PermanentError
+from aicommons.render.native import layer_mount, node_mount
 
 # Bump when the build steps below change what ends up in a layer: every layer is rebuilt.
 BUILD_VERSION = "1"
-MOUNT_ROOT = "/opt/aicommons/apps"
 # npm line 11 (the one Node 24 ships): npm 12 skips dependency install scripts not listed under
 # `allowScripts`, which the native modules (sqlite3, node-pty, ...) need.
 NPM_VERSION = "11.21.2"
@@ -67,8 +67,9 @@ def layer_name(app: App) -> str:
 
 
 def mount_point(app: App) -> str:
-    """Where the layer is mounted in a user's container (`{layer}` in the command)."""
-    return f"{MOUNT_ROOT}/{app.name}-{_native(app).version}"
+    """Where the layer is mounted in a user's container (`{layer}` in the command): the units'
+    own path (render/native.py), one definition for both."""
+    return layer_mount(app)
 
 
 def node_name(version: str) -> str:
@@ -77,7 +78,7 @@ def node_name(version: str) -> str:
 
 def node_mount_point(version: str) -> str:
     """Where the Node layer is mounted in a user's container (`{node}` in the command)."""
-    return f"{MOUNT_ROOT}/{node_name(version)}"
+    return node_mount(version)
 
 
 def layer_dir(app: App, cache_dir: str | Path) -> Path:

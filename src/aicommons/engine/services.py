@@ -55,12 +55,23 @@ KEEP_ACL_OFF = ("awk 'NR==FNR {{ if ($1 == \"user\" && / off( |$)/) off[$2] = 1;
                 "&& cat {src}.merged > {src} && rm -f {src}.merged")  # cat keeps the 0600 file's mode
 
 
+# Files a reload applies: a changed pg_hba.conf alone (every users add/remove) must not restart
+# PostgreSQL, which would cut every tenant's connections, a removal's own pg_dump among them.
+RELOAD: dict[str, tuple[frozenset[str], str]] = {
+    "postgres": (frozenset({"pg_hba.conf"}), "systemctl reload postgresql"),
+}
+
+
 def apply_script(service: str, root: str, changed: set[str]) -> str | None:
-    """Copy the changed system config files into place and restart the service (None: nothing to do)."""
+    """Copy the changed system config files into place, then reload the service if a reload
+    applies all of them, else restart it (None: nothing to do)."""
     dests, after = SYSTEM.get(service, ({}, ""))
     todo = [(rel, *dests[rel]) for rel in sorted(changed) if rel in dests]
     if not todo:
         return None
+    reloadable, reload = RELOAD.get(service, (frozenset(), ""))
+    if reload and {rel for rel, *_ in todo} <= reloadable:
+        after = reload
     lines = ["set -eu"]
     for rel, dest, owner in todo:
         src = shlex.quote(posixpath.join(root, rel))

@@ -27,7 +27,9 @@ def pg_clients(resolved: ResolvedSite) -> list[Container]:
 def postgresql_conf(resolved: ResolvedSite, c: Container) -> str:
     """conf.d fragment: listen on the container's address, scram, enough connections for the tenants."""
     mem = c.memory_mb
-    conns = 100 + 10 * len(resolved.tenants)
+    # In steps of 50 users, so adding or removing one user does not change it (a change needs
+    # a restart, which cuts every tenant's connections).
+    conns = 100 + 10 * 50 * max(1, -(-len(resolved.tenants) // 50))
     return HEAD + "\n".join([
         f"listen_addresses = 'localhost,{c.ip}'",
         "port = 5432",

@@ -51,7 +51,8 @@ def test_postgres_loads_the_rendered_conf_and_hba(own_pg, rendered):
     own_pg.start()
     with psycopg.connect(own_pg.admin_dsn, autocommit=True) as c:
         assert c.execute("SHOW password_encryption").fetchone()[0] == "scram-sha-256"
-        assert int(c.execute("SHOW max_connections").fetchone()[0]) == 100 + 10 * 50 * max(1, -(-len(site.tenants) // 50))  # steps of 50 users
+        steps = max(1, -(-len(site.tenants) // 50))  # in steps of 50 users
+        assert int(c.execute("SHOW max_connections").fetchone()[0]) == 100 + 10 * 50 * steps
         assert c.execute("SELECT count(*) FROM pg_hba_file_rules WHERE error IS NOT NULL").fetchone()[0] == 0
         rules = c.execute("SELECT database, user_name, address, auth_method FROM pg_hba_file_rules "
                           "WHERE type = 'host'").fetchall()

@@ -217,7 +217,11 @@ def _teardown(p: NetPlan) -> None:
     if exists(p.ns):
         run(["ip", "netns", "del", p.ns])
     if _link_exists(p.host_veth):
-        run(host(["ip", "link", "del", p.host_veth]))
+        # The kernel deletes this end by itself once the namespace above is really gone (which
+        # may be just now): a link that vanished in between is what we wanted.
+        r = run(host(["ip", "link", "del", p.host_veth]), check=False)
+        if r.returncode != 0 and _link_exists(p.host_veth):
+            raise PermanentError(f"`ip link del {p.host_veth}` failed: {r.stderr.decode(errors='replace').strip()}")
     _drop_host_rules(p.comment)
     saved = STATE_DIR / f"{p.ns}.ip_forward"
     if saved.exists():

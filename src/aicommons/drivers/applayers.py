@@ -34,7 +34,7 @@ from pathlib import Path
 from aicommons.catalog.model import App, Native
 from aicommons.drivers.lxc import netns
 from aicommons.errors import PermanentError
-from aicommons.render.native import layer_mount, node_mount
+from aicommons.render.native import layer_mount, native_of, node_mount
 
 # Bump when the build steps below change what ends up in a layer: every layer is rebuilt.
 BUILD_VERSION = "1"
@@ -51,7 +51,7 @@ Log = Callable[[str], None]
 
 
 def recipe(app: App) -> dict:
-    n = _native(app)
+    n = native_of(app)
     return {"build": BUILD_VERSION, "source": n.source, "package": n.package, "version": n.version,
             "requirements": n.requirements, "node": n.node, "npm": NPM_VERSION if n.source == "npm" else "",
             "pip": PIP_VERSION if n.source == "pypi" else "", "build_env": n.build_env,
@@ -63,7 +63,7 @@ def recipe_hash(app: App) -> str:
 
 
 def layer_name(app: App) -> str:
-    return f"{app.name}-{_native(app).version}-{recipe_hash(app)}"
+    return f"{app.name}-{native_of(app).version}-{recipe_hash(app)}"
 
 
 def mount_point(app: App) -> str:
@@ -91,7 +91,7 @@ def is_ready(path: Path) -> bool:
 
 def ensure_layer(app: App, cache_dir: str | Path, log: Log = print) -> Path:
     """The app's layer directory, built first if it is not there yet."""
-    n = _native(app)
+    n = native_of(app)
     if n.source == "none":
         raise PermanentError(f"{app.name} has no published package: {n.unavailable}")
     path = layer_dir(app, cache_dir)
@@ -152,12 +152,6 @@ def ensure_build_packages(packages: list[str], log: Log = print) -> None:
 
 
 # --- building ---------------------------------------------------------------------------------
-
-
-def _native(app: App) -> Native:
-    if app.native is None:
-        raise PermanentError(f"catalog app {app.name} has no `native:` recipe")
-    return app.native
 
 
 def _locked_build(path: Path, what: str, build: Callable[[Path, object], None], log: Log, stamp: dict) -> Path:

@@ -48,7 +48,7 @@ class NativeApp:
 def native_of(app: App) -> Native:
     """The app's native recipe (only apps that have one reach the renderers below)."""
     if app.native is None:
-        raise ValueError(f"{app.name} has no native recipe")
+        raise RenderError(f"catalog app {app.name} has no `native:` recipe")
     return app.native
 
 

@@ -79,7 +79,7 @@ def default_target(site, driver):
     make = getattr(driver, "traefik_target", None)
     if callable(make):
         return make()
-    from aicommons.engine.targets import LocalDirTarget
+    from aicommons.drivers.targets import LocalDirTarget
 
     return LocalDirTarget(site.network.traefik.dynamic_dir)
 

@@ -115,7 +115,7 @@ class LxcDriver:
 
     def traefik_target(self):
         """Where the engine writes Traefik's dynamic files: the local directory our Traefik watches."""
-        from aicommons.engine.targets import LocalDirTarget
+        from aicommons.drivers.targets import LocalDirTarget
 
         return LocalDirTarget(self.traefik.dynamic_dir) if self.traefik else None
 

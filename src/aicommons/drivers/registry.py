@@ -68,11 +68,4 @@ def enter_site_network(site: Site) -> None:
     if not _JOIN:
         raise PermanentError(f"the LXC site's addresses exist only in network namespace {site.driver.netns!r}; "
                              "run this through the `aicommons` command, which joins it")
-    if site.driver.nat:
-        # Inside the namespace there is no DNS: an apply later in this process (users remove after
-        # its blocker check) needs the mirror resolved now, as the driver's own attach() does.
-        try:
-            netns.mirror_addresses(site.driver.mirror)
-        except PermanentError:
-            pass  # only an apply needs it, and it says so then
-    netns.join(site.driver.netns)
+    netns.enter(site.driver.netns, site.driver.mirror, site.driver.nat)

@@ -70,9 +70,7 @@ class LxcDriver:
         if not self.join:
             raise PermanentError(f"the LXC site's addresses exist only in network namespace {self.ns!r}; "
                                  "this caller did not allow joining it (join=True; the `aicommons` command does)")
-        if self.net.nat:
-            netns.mirror_addresses(self.net.mirror)  # resolved now, while the host's DNS is reachable
-        netns.join(self.ns)
+        netns.enter(self.ns, self.net.mirror, self.net.nat)
 
     def open_network(self) -> None:
         """apply/up: the namespace, NAT and Traefik, then join it (before the engine's threads start)."""

@@ -231,6 +231,18 @@ def _teardown(p: NetPlan) -> None:
         saved.unlink()
 
 
+def enter(ns: str, mirror: str, nat: bool) -> None:
+    """Join the site's namespace, resolving the mirror first while the host's DNS is reachable
+    (inside there is none; an apply later in this process needs it). A mirror that does not
+    resolve is said by the apply that needs it (open_network resolves again, and raises)."""
+    if nat:
+        try:
+            mirror_addresses(mirror)
+        except PermanentError:
+            pass
+    join(ns)
+
+
 def join(ns: str) -> None:
     """Move the calling thread (and threads it starts later) into the namespace.
 

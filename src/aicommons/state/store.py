@@ -8,6 +8,7 @@ refused with a clear error and never written to.
 
 from __future__ import annotations
 
+import fcntl
 import getpass
 import json
 import os
@@ -15,6 +16,7 @@ import socket
 import sqlite3
 import threading
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -60,6 +62,20 @@ class Run:
     summary: dict
 
 
+@contextmanager
+def _opening(path: Path) -> Iterator[None]:
+    """Processes open one SQLite state in turn. Switching a new file to WAL and migrating it take
+    locks SQLite will not wait for (it answers "database is locked" at once), so two commands
+    started together could fail on a fresh state. The lock is a sidecar file: SQLite's own POSIX
+    locks on the database would be dropped by any other descriptor of it being closed."""
+    fd = os.open(path.with_name(path.name + ".open-lock"), os.O_CREAT | os.O_RDWR, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the flock
+
+
 def default_path(site_file: str | os.PathLike) -> Path:
     return Path(site_file).resolve().parent / DEFAULT_DIR / DEFAULT_NAME
 
@@ -91,11 +107,12 @@ class StateStore:
         elif not SqliteDb.check_file(path):
             raise StateError(f"{path} is not an aicommons state file (corrupt or foreign); it was left untouched. "
                              f"Restore it from a backup, or move it aside to start a new state")
-        try:
-            db = SqliteDb(path)
-        except sqlite3.DatabaseError as exc:
-            raise StateError(f"{path} cannot be read as a state file ({exc}); it was left untouched") from None
-        return cls._open_db(db, path)
+        with _opening(path):
+            try:
+                db = SqliteDb(path)
+            except sqlite3.DatabaseError as exc:
+                raise StateError(f"{path} cannot be read as a state file ({exc}); it was left untouched") from None
+            return cls._open_db(db, path)
 
     @classmethod
     def _open_db(cls, db, path: Path | None) -> StateStore:

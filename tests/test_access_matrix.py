@@ -312,8 +312,13 @@ def test_fifty_users_ask_for_at_most_ten_certificates_and_a_new_user_changes_one
     mark = len(_asked(tr))
     write_tree(render_site(site51, FakeSecrets()), tr.root, prune=PRUNE)
     tr.wait_routers({"ai-user51@file"})
-    after = _wait_asked(tr, mark, {frozenset(c.hosts) for c in site51.certificates})
-    assert after == {frozenset(c.hosts) for c in site51.certificates}
-    assert len(after - first) == 1 and len(first - after) == 1  # one certificate grew; the rest as issued
-    (grown,) = after - first
+    want51 = {frozenset(c.hosts) for c in site51.certificates}
+    after = _wait_asked(tr, mark, want51)
+    # The dead CA never issues, so each reload re-asks every certificate Traefik lacks, and a reload
+    # between two of write_tree's files can re-ask an old set (CI saw user46-50's once). With a real
+    # CA that set is held and never asked again. What must hold: all of site51's sets were asked,
+    # nothing outside site51's and the first ones was, and only one set is new.
+    assert want51 <= after and after <= want51 | first, (after - want51 - first, want51 - after)
+    assert len(want51 - first) == 1 and len(first - want51) == 1  # one certificate grew; the rest as issued
+    (grown,) = want51 - first
     assert set(grown) - set().union(*first) == set(site51.tenant("user51").hosts.values())

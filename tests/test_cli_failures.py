@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from aicommons.spec.default import render_site_yaml
+from aicommons.state import StateStore
 
 AIC = str(Path(sys.executable).parent / "aicommons")
 
@@ -85,8 +86,11 @@ def test_a_full_disk_leaves_no_partial_tree(site: Path):
 
 
 def test_a_damaged_state_database_is_a_clear_error(site: Path):
-    assert cli(site, "users", "list").returncode == 0  # makes the state
     db = site / ".aicommons" / "state.db"
+    store = StateStore.open(db)  # an applied site's state (read-only commands make none)
+    store.allocate("user1", "10.0.5.200", 200)
+    store.close()
+    assert cli(site, "users", "list").returncode == 0
     with sqlite3.connect(db) as c:
         c.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         pages = c.execute("PRAGMA page_count").fetchone()[0]

@@ -379,6 +379,8 @@ def test_cli_render_writes_the_tree(tmp_path, monkeypatch):
     site_file = tmp_path / "site.yaml"
     site_file.write_text(render_site_yaml(users=3))
     out = tmp_path / "out"
+    monkeypatch.setenv("AICOMMONS_FAKE_DIR", str(tmp_path / "world"))
+    assert main(["apply", "--yes", "-f", str(site_file)]) == 0  # the state holds the secrets now
     assert main(["render", "-f", str(site_file), "--out", str(out)]) == 0
     env1 = (out / "users/user2/.env").read_text()
     assert main(["render", "-f", str(site_file), "--out", str(out), "--user", "user2"]) == 0

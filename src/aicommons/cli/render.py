@@ -20,14 +20,15 @@ class RenderUsageError(AicError):
 
 
 def _state_secrets(site_file: Path, site):
-    """(held slots, secret lookup, the store) from the state store beside the site file."""
+    """(held slots, secret lookup, the store) from the state beside the site file, read only: render
+    writes --out and nothing else (secrets not generated yet are throwaway values, said so)."""
     from aicommons.state.secrets import KeySource
     from aicommons.state.store import StateStore, default_path
 
     path = default_path(site_file)
-    store = StateStore.open(path)
+    store = StateStore.open(path, read_only=True)
     source = KeySource.default(path.parent, site.secrets.key_file, site.secrets.key_env)
-    return store.held_slots(), store.secrets(source), store
+    return store.held_slots(), store.secrets(source, read_only=True), store
 
 
 def render(
@@ -55,11 +56,14 @@ def render(
     # A full render owns these directories: a removed user's files must go (routes, blueprint).
     prune = () if user else ("traefik/dynamic", "services/authentik/blueprints")
     result = write_tree(files, out, prune=prune)
-    if user is None:  # the rendered proxy file names these certificates: keep the assignment stable
-        store.set_meta(CERTS_META, certs_plan.to_json(resolved.certificates))
+    store.close()
     console.print(f"{len(result.written)} written, {len(result.unchanged)} unchanged, "
                   f"{len(result.removed)} removed in {out}")
     for p in result.written[:20]:
         console.print(f"  {p}")
     if len(result.written) > 20:
         console.print(f"  ... and {len(result.written) - 20} more")
+    if secrets.throwaway:
+        console.print(f"[yellow]note:[/] {len(secrets.throwaway)} secrets do not exist yet (the site was never "
+                      "applied): the files hold throwaway values; `aicommons apply` generates the real ones",
+                      soft_wrap=True)

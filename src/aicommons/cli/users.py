@@ -66,7 +66,7 @@ def list_(file: Path = SiteFile, state: Annotated[Path | None, StateOpt] = None,
     """Users of the site with their address and slot status."""
     from aicommons.tenancy.manage import Context
 
-    with Context(file, state_path=state, backends=[]) as ctx:
+    with Context(file, state_path=state, backends=[], read_only=True) as ctx:
         status = {a.user: a.status for a in ctx.session.state.allocations()}
         rows = [{"user": t.user, "email": t.email, "ip": t.ip, "ctid": t.ctid,
                  "status": status.get(t.user, "planned")} for t in ctx.resolved.tenants]

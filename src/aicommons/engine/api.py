@@ -27,9 +27,10 @@ class StalePlan(AicError):
     exit_code = 1
 
 
-def open_state(site_file, state_path=None, *, create: bool = True) -> StateStore:
+def open_state(site_file, state_path=None, *, create: bool = True, read_only: bool = False) -> StateStore:
     """The state named by --state, else $AICOMMONS_STATE (a path or postgresql:// URL), else beside the site."""
-    return StateStore.open(state_path or os.environ.get("AICOMMONS_STATE") or default_path(site_file), create=create)
+    return StateStore.open(state_path or os.environ.get("AICOMMONS_STATE") or default_path(site_file),
+                           create=create, read_only=read_only)
 
 
 def key_source(site, state: StateStore, site_file):
@@ -108,14 +109,18 @@ def external_secrets(site, site_file) -> list[str]:
 class Session:
     """Everything one plan/apply works with (kept together so apply reuses what plan built)."""
 
-    def __init__(self, site_file, *, state_path=None, driver=None, backends=None, renderer=None, target=None):
+    def __init__(self, site_file, *, state_path=None, driver=None, backends=None, renderer=None, target=None,
+                 read_only: bool = False):
         from aicommons.spec import load_site
 
         self.site_file = Path(site_file)
         if not self.site_file.exists():
             raise AicError(f"{site_file}: no such site file; `aicommons init` writes one")
         self.site, index = load_site(self.site_file)
-        self.state = open_state(site_file, state_path)
+        # Read-only (plan, users list/show): no state file, key file or secret is made (Terraform's
+        # contract for plan); values not generated yet are throwaway ones (SecretStore).
+        self.read_only = read_only
+        self.state = open_state(site_file, state_path, read_only=read_only)
         self._own_driver = False
         try:
             self._setup(index, driver, backends, renderer, target)
@@ -128,7 +133,7 @@ class Session:
 
         site_file = self.site_file
         self.driver = None
-        self.secrets = self.state.secrets(key_source(self.site, self.state, site_file))
+        self.secrets = self.state.secrets(key_source(self.site, self.state, site_file), read_only=self.read_only)
         self.resolved = resolve(self.site, held=self.state.held_slots(), index=index,
                                 certificates=certs_plan.from_json(self.state.meta(CERTS_META)))
         self.notes: list[str] = list(self.resolved.notes)
@@ -280,7 +285,8 @@ def build_plan(s: Session, *, destroy: bool = False) -> Plan:
 
 def plan_site(site_file, *, state_path=None, driver=None, backends=None, renderer=None, target=None,
               destroy: bool = False) -> Plan:
-    s = Session(site_file, state_path=state_path, driver=driver, backends=backends, renderer=renderer, target=target)
+    s = Session(site_file, state_path=state_path, driver=driver, backends=backends, renderer=renderer, target=target,
+                read_only=True)
     try:
         return build_plan(s, destroy=destroy)
     finally:

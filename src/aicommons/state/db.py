@@ -70,12 +70,16 @@ _HELD_MU = threading.Lock()
 class SqliteDb:
     migrations = ["", SQLITE_V1, SQLITE_V2]
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path | None):
+        """A file, or None: an empty state in memory (a read-only command on a site never applied)."""
         self.path = path
-        self.where = str(path)
-        self.conn = sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=False)
+        self.where = str(path) if path else "(no state yet)"
+        self.conn = sqlite3.connect(path or ":memory:", timeout=30, isolation_level=None, check_same_thread=False)
+        self._key: tuple[int, int] | None = None
+        if path is None:
+            return
         st = os.stat(path)
-        self._key: tuple[int, int] | None = (st.st_dev, st.st_ino)
+        self._key = (st.st_dev, st.st_ino)
         with _HELD_MU:
             _HELD[self._key] = _HELD.get(self._key, 0) + 1
 
@@ -98,6 +102,8 @@ class SqliteDb:
         self.conn.execute("PRAGMA synchronous=NORMAL")
 
     def backup(self, version: int) -> None:
+        if self.path is None:
+            return
         shutil.copy2(self.path, self.path.with_name(f"{self.path.name}.v{version}.bak"))
 
     def set_version(self, c, version: int) -> None:

@@ -100,11 +100,16 @@ def generate(key: str) -> str:
 class SecretStore:
     """SecretLookup-compatible: `store(scope, key)` and `store.get(scope, key)` both work."""
 
-    def __init__(self, state, key_source: KeySource):
+    def __init__(self, state, key_source: KeySource, *, read_only: bool = False):
         self._state = state
         self._source = key_source
         self._f: Fernet | None = None
         self._cache: dict[tuple[str, str], tuple[int, str]] = {}
+        # Read-only (plan, render, users show): a value not stored yet is made up for this process
+        # only, so files render whole; nothing is written and no key file is made. The next apply
+        # generates the real one.
+        self._read_only = read_only
+        self.throwaway: set[tuple[str, str]] = set()
 
     def _fernet(self) -> Fernet:
         if self._f is None:
@@ -129,8 +134,12 @@ class SecretStore:
         hit = self._cache.get((scope, key))
         if hit:
             return hit[1]
-        f = self._fernet()
         row = self._state._read("SELECT token, version FROM secrets WHERE scope = ? AND key = ?", (scope, key))
+        if not row and self._read_only:
+            self.throwaway.add((scope, key))
+            self._cache[(scope, key)] = (1, generate(key))  # version 1: what the apply will store
+            return self._cache[(scope, key)][1]
+        f = self._fernet()
         if not row:
             token = f.encrypt(generate(key).encode())
             with self._state.tx() as c:
@@ -146,10 +155,13 @@ class SecretStore:
         return row[0][0] if row else 0
 
     def versions(self) -> dict[tuple[str, str], int]:
-        return {(s, k): v for s, k, v in self._state._read("SELECT scope, key, version FROM secrets")}
+        stored = {(s, k): v for s, k, v in self._state._read("SELECT scope, key, version FROM secrets")}
+        return {**dict.fromkeys(self.throwaway, 1), **stored}
 
     def rotate(self, scope: str, key: str) -> int:
         """Store a new value; the next apply pushes it to the back end and every consumer. Returns the version."""
+        if self._read_only:
+            raise AicError("internal: rotate on a read-only secret store")
         f = self._fernet()
         token = f.encrypt(generate(key).encode())
         with self._state.tx() as c:
@@ -167,8 +179,11 @@ class SecretStore:
 
     def _load_all(self) -> None:
         """Decrypt every stored secret once (a plan reads hundreds; one query beats one per key)."""
+        rows = self._state._read("SELECT scope, key, token, version FROM secrets")
+        if not rows:
+            return  # nothing to decrypt: the key is not needed (and not made) yet
         f = self._fernet()
-        for scope, key, token, version in self._state._read("SELECT scope, key, token, version FROM secrets"):
+        for scope, key, token, version in rows:
             if self._cache.get((scope, key), (None,))[0] != version:
                 self._cache[(scope, key)] = (version, self._decrypt(f, token, scope, key))
 

@@ -91,14 +91,17 @@ class StateStore:
     # ---- opening ---------------------------------------------------------------------------
 
     @classmethod
-    def open(cls, target: str | os.PathLike, *, create: bool = True) -> StateStore:
-        """An SQLite file path, or a postgresql:// URL."""
+    def open(cls, target: str | os.PathLike, *, create: bool = True, read_only: bool = False) -> StateStore:
+        """An SQLite file path, or a postgresql:// URL. `read_only` (plan, render, users list/show):
+        a missing file is not created; the command reads an empty state held in memory."""
         if is_url(target):
             try:
                 return cls._open_db(PgDb(str(target)), None)
             except DbError as exc:
                 raise StateError(str(exc)) from None
         path = Path(target)
+        if read_only and not path.exists():
+            return cls._open_db(SqliteDb(None), None)
         if not path.exists():
             if not create:
                 raise StateError(f"no state file at {path}; run `aicommons apply` first")
@@ -257,13 +260,14 @@ class StateStore:
 
     # ---- secrets ---------------------------------------------------------------------------
 
-    def secrets(self, key_source=None):
-        """A SecretLookup-compatible object: `get(scope, key)` generate-once, `rotate(scope, key)`."""
+    def secrets(self, key_source=None, *, read_only: bool = False):
+        """A SecretLookup-compatible object: `get(scope, key)` generate-once, `rotate(scope, key)`.
+        `read_only`: a value not stored yet is a throwaway one, never stored (see SecretStore)."""
         from aicommons.state.secrets import KeySource, SecretStore
 
         if key_source is None:
             key_source = KeySource.default(self.path.parent) if self.path else KeySource(key_file=None)
-        return SecretStore(self, key_source)
+        return SecretStore(self, key_source, read_only=read_only)
 
     # ---- runs and journal ------------------------------------------------------------------
 

@@ -22,6 +22,7 @@ from aicommons.spec.models import User
 from aicommons.tenancy.base import AuditCheck
 
 REDACTED = "********"
+NOT_YET = "(not made yet: `aicommons apply` generates it)"
 
 
 class UnknownUser(AicError):
@@ -203,7 +204,7 @@ def require_user(site_file: Path, name: str) -> None:
 class Context:
     """What a user command works with; back ends may be injected (tests)."""
 
-    def __init__(self, site_file: Path, *, state_path=None, backends=None):
+    def __init__(self, site_file: Path, *, state_path=None, backends=None, read_only: bool = False):
         from aicommons.engine.api import Session
 
         class _NoDriver:  # user commands on back ends never touch containers
@@ -221,7 +222,7 @@ class Context:
                 return skipped_services(resolved)
 
         self.session = Session(site_file, state_path=state_path, driver=_NoDriver(), backends=backends,
-                               target=object())
+                               target=object(), read_only=read_only)
         if backends is None and self._dials_site():  # reach the site's own servers only from inside it
             from aicommons.drivers.registry import enter_site_network
 
@@ -433,7 +434,7 @@ def preview_user(site_file: Path, name: str, action: str, email: str | None = No
     site_file = Path(site_file)
     if action in ("suspend", "resume"):
         require_user(site_file, name)
-        with Context(site_file, state_path=state_path, backends=backends) as ctx:
+        with Context(site_file, state_path=state_path, backends=backends, read_only=True) as ctx:
             verb = "revoke" if action == "suspend" else "restore"
             return [{"action": "update", "address": f"{b.name}.{name}", "reason": f"{verb} {name}'s logins; data kept"}
                     for b in ctx.backends]
@@ -479,10 +480,16 @@ def show_user(site_file: Path, name: str, *, reveal: bool = False, state_path=No
     from aicommons.tenancy.qdrant import user_token
 
     require_user(Path(site_file), name)
-    with Context(Path(site_file), state_path=state_path, backends=[]) as ctx:
+    with Context(Path(site_file), state_path=state_path, backends=[], read_only=True) as ctx:
         t, r = ctx.tenant(name), ctx.resolved
         s = ctx.tenant_secrets(t)
-        hide = (lambda v: v) if reveal else (lambda v: REDACTED)
+        site_key = ctx.secrets.get(SITE_SCOPE, "qdrant_api_key")
+        made_up = ctx.secrets.throwaway  # not applied yet: the read-only store made these up
+
+        def hide(v: str, scope: str = t.user, *keys: str) -> str:
+            if any((scope, k) in made_up for k in keys):
+                return NOT_YET  # no one's credential: never shown as one
+            return v if reveal else REDACTED
         ep = r.endpoints
 
         def hp(svc):
@@ -494,27 +501,28 @@ def show_user(site_file: Path, name: str, *, reveal: bool = False, state_path=No
         if "postgres" in ep:
             host, port = hp("postgres")
             info["postgres"] = {"host": host, "port": port, "user": t.postgres_role, "databases": list(t.databases),
-                                "password": hide(s["postgres_password"])}
+                                "password": hide(s["postgres_password"], t.user, "postgres_password")}
         if "redis" in ep:
             host, port = hp("redis")
             info["redis"] = {"host": host, "port": port, "user": t.redis_user, "key_prefix": t.redis_prefix,
                              "channels": f"{t.redis_prefix}*", "db": t.redis_db or 0,
-                             "password": hide(s["redis_password"])}
+                             "password": hide(s["redis_password"], t.user, "redis_password")}
         if "qdrant" in ep:
             host, port = hp("qdrant")
             info["qdrant"] = {"url": f"http://{host}:{port}", "collections": list(t.qdrant_collections),
-                              "api_key": hide(user_token(t, ctx.secrets.get(SITE_SCOPE, "qdrant_api_key")))}
+                              "api_key": hide(user_token(t, site_key), SITE_SCOPE, "qdrant_api_key")}
         store = next((x for x in ("garage", "minio") if x in ep), None)
         if store and t.buckets:
             kid, sec = tenant_credentials(s)
             e = ep[store]
             info["s3"] = {"endpoint": f"http://{e.host}:{e.ports.get('s3', next(iter(e.ports.values())))}",
-                          "buckets": list(t.buckets), "access_key_id": kid, "secret_access_key": hide(sec)}
+                          "buckets": list(t.buckets), "access_key_id": kid if (t.user, "s3_access_key") not in made_up
+                          else NOT_YET, "secret_access_key": hide(sec, t.user, "s3_access_key", "s3_secret_key")}
         if "langfuse" in ep:
             host, port = hp("langfuse")
             info["langfuse"] = {"url": f"http://{host}:{port}", "trace_tags": [f"user:{t.user}"],
                                 "user_id": t.user}
-        info["app_secrets"] = {k: hide(v) for k, v in s.items()
+        info["app_secrets"] = {k: hide(v, t.user, k) for k, v in s.items()
                                if k not in ("postgres_password", "redis_password", "s3_access_key", "s3_secret_key")}
         return info
 

@@ -83,6 +83,25 @@ def test_two_sites_never_share_host_names():
     assert lxc("x1", netns="mine", lxcpath="/srv/x").netns == "mine"
 
 
+def test_a_second_site_of_the_same_name_is_refused_before_it_touches_anything(tmp_path, monkeypatch):
+    """Two site directories with one site.name get one namespace and lxcpath; the second would take
+    the first one's containers for its own. Refused by apply, plan and the commands that join,
+    before any host change (the check comes first; no namespace of this name is made here)."""
+    from aicommons.drivers.registry import enter_site_network
+
+    site = Site.model_validate({"name": "i11same", "domain": "example.org",
+                                "driver": {"kind": "lxc", "lxcpath": str(tmp_path / "lxc"), "netns": "aic-i11-nope"}})
+    (tmp_path / "lxc").mkdir()
+    (tmp_path / "lxc" / ".site").write_text("/srv/first\n")
+    drv = LxcDriver.from_site(site, owner="/srv/second", join=True)
+    for call in (drv.open_network, drv.list_containers, drv.attach,
+                 lambda: enter_site_network(site, "/srv/second")):
+        with pytest.raises(PermanentError, match="belong to the site in /srv/first, another site with this name"):
+            call()
+    assert not netns.exists("aic-i11-nope")
+    LxcDriver.from_site(site, owner="/srv/first").list_containers()  # its own site goes on
+
+
 def test_link_net_skips_a_subnet_the_host_already_uses(monkeypatch):
     p = netns.NetPlan(ns="aic-one", bridge="b", gateway="10.0.5.1", prefixlen=24, subnet="10.0.5.0/24")
     import ipaddress

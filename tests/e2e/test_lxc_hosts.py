@@ -156,6 +156,22 @@ def test_two_sites_side_by_side_while_plans_run(two_sites):
     assert host_state() == before and ns_pids(da.ns) == pids
 
 
+def test_a_second_site_of_the_same_name_cannot_take_the_first_ones_containers(two_sites, tmp_path):
+    """A copy of site A in another directory, same name: same namespace and lxcpath by default.
+    Its `up` and strict `plan` are refused before any change; A keeps running as it was."""
+    a, _ = two_sites
+    copy = write_site(tmp_path / "copy", "i11a")
+    da = driver_of(a)
+    before, pids = {c.ctid: c.status for c in da.list_containers()}, ns_pids(da.ns)
+    for args in (("up", "--yes"), ("plan", "--detailed-exitcode"), ("users", "list")):
+        r = cli(copy, *args, timeout=600)
+        if args[0] == "users":  # reads site.yaml and the state only: allowed, changes nothing
+            assert r.returncode == 0, r.stderr[-2000:]
+            continue
+        assert r.returncode == 1 and f"belong to the site in {a.resolve()}" in r.stderr, (args, r.stderr[-2000:])
+    assert {c.ctid: c.status for c in da.list_containers()} == before and ns_pids(da.ns) == pids
+
+
 def test_every_command_reaches_the_site_only_from_inside(two_sites, tmp_path):
     a, b = two_sites
     log = tmp_path / "guard.log"

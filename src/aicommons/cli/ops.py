@@ -9,7 +9,7 @@ from pathlib import Path
 import typer
 
 from aicommons.cli.common import SiteFile, console, load_resolved
-from aicommons.drivers.registry import enter_site_network
+from aicommons.drivers.registry import enter_site_network, site_owner
 from aicommons.ops.site import KINDS, backup_repo, check_user, fetch_if_remote, secrets_for
 from aicommons.ops.targets import parse_targets
 from aicommons.render.monitoring import TEXTFILE_DIR
@@ -33,7 +33,7 @@ def status(
     from aicommons.ops.status import run_status, table, to_json
 
     resolved = load_resolved(file)
-    enter_site_network(resolved.site)
+    enter_site_network(resolved.site, site_owner(file))
     mapping = parse_targets(target, targets)
     secrets = secrets_for(file, resolved.site)
     while True:
@@ -61,7 +61,7 @@ def _context(file: Path, dir_: Path | None, only: str | None, target: list[str] 
     from aicommons.ops.site import backup_context
 
     resolved = load_resolved(file)
-    enter_site_network(resolved.site)
+    enter_site_network(resolved.site, site_owner(file))
     src, repo = backup_context(file, resolved, dir_, only, parse_targets(target, targets))
     return resolved, src, repo
 

@@ -57,13 +57,13 @@ def serve(
     """Serve each person's workbench page and the operator's console (JSON API described at /openapi.json)."""
     import uvicorn
 
-    from aicommons.drivers.registry import enter_site_network
+    from aicommons.drivers.registry import enter_site_network, site_owner
     from aicommons.ops.targets import parse_targets
     from aicommons.portal.app import create_app
     from aicommons.portal.config import PortalConfig, parse_proxies
 
     site, _ = load(file)
-    enter_site_network(site)  # status and back ends are dialled where the site's addresses exist
+    enter_site_network(site, site_owner(file))  # status and back ends are dialled where the site's addresses exist
     cfg = PortalConfig(site_file=file, state_path=state,
                        trusted_proxies=parse_proxies(trusted_proxy or [str(site.network.traefik.address)]),
                        operator_group=operator_group, targets=parse_targets(target, targets),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 from urllib.parse import urlparse
 
@@ -31,6 +32,11 @@ def allow_joining_site_networks() -> None:
     _JOIN = True
 
 
+def site_owner(site_file: str | os.PathLike) -> str:
+    """What marks a site's host resources as its own: the directory of its site file."""
+    return str(Path(site_file).resolve().parent)
+
+
 def driver_for(site: Site, **options) -> ComputeDriver:
     kind = site.driver.kind
     if kind == "proxmox" and (host := placeholder_host(site.driver.api_url)):
@@ -39,6 +45,7 @@ def driver_for(site: Site, **options) -> ComputeDriver:
     if kind == "proxmox":
         from aicommons.drivers.proxmox.driver import ProxmoxDriver
 
+        options.pop("owner", None)  # Proxmox resources are named by CTID on the cluster, not per site
         return ProxmoxDriver.from_site(site, **options)
     if kind == "lxc":
         from aicommons.drivers.lxc.driver import LxcDriver
@@ -47,7 +54,7 @@ def driver_for(site: Site, **options) -> ComputeDriver:
     raise PermanentError(f"driver.kind: unknown driver {kind!r}; use proxmox or lxc")
 
 
-def enter_site_network(site: Site) -> None:
+def enter_site_network(site: Site, owner: str | None = None) -> None:
     """Run the calling command where the site's addresses exist, before it dials them.
 
     An LXC site's 10.0.5.0/24 lives only inside the driver's network namespace: `status`,
@@ -56,12 +63,16 @@ def enter_site_network(site: Site) -> None:
     Only a caller that allowed it joins (the `aicommons` command); any other is refused rather
     than let dial the site's addresses from the host.
     """
-    if site.driver.kind != "lxc" or all(ov.external is not None for ov in site.services.values()):
+    if site.driver.kind != "lxc":
+        return
+    from aicommons.drivers.lxc import netns
+    from aicommons.drivers.lxc.driver import check_owner
+
+    check_owner(site.driver.lxcpath, site.driver.netns, owner)  # never another site's namespace
+    if all(ov.external is not None for ov in site.services.values()):
         return  # nothing of the site's own to dial: `external:` servers are reached from here
     if os.environ.get("AICOMMONS_FAKE_DIR"):
         return  # the file-backed fake world (demos, tests) has no namespace: its back ends are files
-    from aicommons.drivers.lxc import netns
-
     if not netns.exists(site.driver.netns):
         raise PermanentError(f"the LXC site is not up: network namespace {site.driver.netns!r} does not exist "
                              "(its addresses exist only there); run `aicommons up`")

@@ -46,15 +46,15 @@ def fingerprint(site_file, state: StateStore) -> str:
     return f"{site_sha}-{state.serial()}"
 
 
-def default_driver(site):
+def default_driver(site, site_file=None):
     if os.environ.get("AICOMMONS_FAKE_DIR"):
         from aicommons.drivers.fake import FakeDriver
 
         return FakeDriver(os.environ["AICOMMONS_FAKE_DIR"])
     try:
-        from aicommons.drivers.registry import driver_for
+        from aicommons.drivers.registry import driver_for, site_owner
 
-        return driver_for(site)
+        return driver_for(site, **({"owner": site_owner(site_file)} if site_file else {}))
     except ImportError as exc:
         raise AicError(f"driver.kind {site.driver.kind}: the driver is not available in this build ({exc})") from None
 
@@ -140,7 +140,7 @@ class Session:
         self.skip_notes: list[str] = []  # services the driver does not run: no tenants there
         self.backend_notes: list[str] = []  # back ends that could not be built: audit gaps
         self._own_driver = driver is None
-        self.driver = driver if driver is not None else default_driver(self.site)
+        self.driver = driver if driver is not None else default_driver(self.site, self.site_file)
         base = self.site_file.resolve().parent
         self.backends = backends if backends is not None else default_backends(self.resolved, self.secrets, base, self.backend_notes)
         self.notes += self.backend_notes

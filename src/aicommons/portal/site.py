@@ -65,7 +65,7 @@ class SiteView:
         if self._driver is None:
             from aicommons.engine.api import default_driver
 
-            self._driver = default_driver(self.resolved().site)
+            self._driver = default_driver(self.resolved().site, self.site_file)
         return self._driver
 
     def secrets(self):

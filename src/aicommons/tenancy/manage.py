@@ -224,10 +224,10 @@ class Context:
         self.session = Session(site_file, state_path=state_path, driver=_NoDriver(), backends=backends,
                                target=object(), read_only=read_only)
         if backends is None and self._dials_site():  # reach the site's own servers only from inside it
-            from aicommons.drivers.registry import enter_site_network
+            from aicommons.drivers.registry import enter_site_network, site_owner
 
             try:
-                enter_site_network(self.session.site)
+                enter_site_network(self.session.site, site_owner(self.session.site_file))
             except BaseException:
                 self.session.close()
                 raise
@@ -400,7 +400,7 @@ def restart_user(site_file: Path, name: str, *, state_path=None, driver=None, ou
         command = _by(f"users restart {name}", actor)
         lock = StateLock(state, command)
         lock.acquire()
-        drv = driver if driver is not None else default_driver(ctx.session.site)
+        drv = driver if driver is not None else default_driver(ctx.session.site, ctx.session.site_file)
         run_id = state.begin_run(command)
         outcome = "failed"
         try:

@@ -35,6 +35,30 @@ def _stderr(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
+OWNER_FILE = ".site"  # in lxcpath: the directory of the site that made it (written by apply/up)
+
+
+def read_owner(lxcpath: Path) -> str | None:
+    try:
+        return (lxcpath / OWNER_FILE).read_text().strip() or None
+    except FileNotFoundError:
+        return None
+
+
+def check_owner(lxcpath: str | Path | None, ns: str | None, owner: str | None) -> None:
+    """The namespace and lxcpath are named after the site: a second site of the same name elsewhere
+    on this host would take the first one's containers for its own (and delete them). Refuse."""
+    if lxcpath is None:
+        return
+    lxcpath = Path(lxcpath)
+    held = read_owner(lxcpath)
+    if owner and held and held != owner:
+        raise PermanentError(
+            f"{lxcpath} and network namespace {ns!r} belong to the site in {held}, another site with this "
+            f"name; give this site its own site.name (or driver.lxcpath and driver.netns). If that site was "
+            f"moved here, remove {lxcpath / OWNER_FILE} (it holds the site's directory)")
+
+
 class LxcDriver:
     kind = "lxc"
     configures_services = True  # PostgreSQL/Redis/Prometheus by its own recipes (services.py)
@@ -42,8 +66,9 @@ class LxcDriver:
     def __init__(self, *, site: str, net: netns.NetPlan, lxcpath: str, cache_dir: str,
                  log=None, secrets: SecretLookup | None = None, traefik_dir: str | None = None,
                  traefik_ip: str | None = None, runtime: str = "docker",
-                 user_ranges: tuple[str, ...] = ()) -> None:
+                 user_ranges: tuple[str, ...] = (), owner: str | None = None) -> None:
         self.site = site
+        self.owner = owner  # the site's directory: two sites of one name must not share lxcpath/netns
         self.runtime = runtime  # native: users' apps run from shared layers (apps.py)
         self.user_ranges = user_ranges
         self.secrets = secrets
@@ -65,6 +90,7 @@ class LxcDriver:
     def attach(self) -> None:
         """Join the site's namespace if it exists (the site is up), so its addresses are reachable.
         Without one nothing of the site runs and nothing needs dialling."""
+        check_owner(self.lxcpath, self.ns, self.owner)
         if not netns.exists(self.ns):
             return
         if not self.join:
@@ -74,6 +100,10 @@ class LxcDriver:
 
     def open_network(self) -> None:
         """apply/up: the namespace, NAT and Traefik, then join it (before the engine's threads start)."""
+        check_owner(self.lxcpath, self.ns, self.owner)
+        if self.owner:
+            self.lxcpath.mkdir(parents=True, exist_ok=True)
+            (self.lxcpath / OWNER_FILE).write_text(self.owner + "\n")
         if self.net.nat:
             netns.mirror_addresses(self.net.mirror)
         self.ensure_network()
@@ -103,7 +133,8 @@ class LxcDriver:
                   cache_dir=options.get("cache_dir", d.cache_dir), log=options.get("log", _stderr),
                   secrets=options.get("secrets"), traefik_ip=str(n.traefik.address),
                   traefik_dir=options.get("traefik_dir", str(Path(lxcpath) / "_traefik" / "dynamic")),
-                  runtime=site.user_template.runtime or "docker", user_ranges=tuple(n.user_ranges))
+                  runtime=site.user_template.runtime or "docker", user_ranges=tuple(n.user_ranges),
+                  owner=options.get("owner"))
         drv.join = bool(options.get("join", False))
         return drv
 
@@ -180,6 +211,7 @@ class LxcDriver:
     def list_containers(self) -> list[ContainerState]:
         if not self.lxcpath.is_dir():
             return []
+        check_owner(self.lxcpath, self.ns, self.owner)  # another site's containers are not ours to plan
         states = [self.get(int(p.name)) for p in sorted(self.lxcpath.iterdir()) if p.name.isdigit()]
         return [s for s in states if s is not None]
 
@@ -333,6 +365,8 @@ class LxcDriver:
             self.traefik.stop()
             shutil.rmtree(self.traefik.state_dir, ignore_errors=True)
         netns.teardown(self.net)
+        if read_owner(self.lxcpath) in (self.owner, None) or self.owner is None:  # ours, or no site named
+            (self.lxcpath / OWNER_FILE).unlink(missing_ok=True)
         try:
             self.lxcpath.rmdir()  # only if empty: someone else's containers stay
         except OSError:

@@ -73,3 +73,18 @@ def test_an_edit_made_outside_aicommons_meanwhile_is_not_overwritten(tmp_path: P
     with pytest.raises(manage.SiteChanged, match="nothing was written"):
         manage.append_user(f, manage.validate_new_user("late", None))
     assert "# edited by hand" in f.read_text() and "name: late" not in f.read_text()
+
+
+def test_parallel_inits_write_one_whole_file_and_refuse_the_rest(tmp_path: Path):
+    """Reproduced first: five `init` at once all said "wrote" (the exists-check and the write were
+    apart, and they shared one temp name), and some died with FileNotFoundError on it."""
+    for r in range(3):
+        out = tmp_path / f"r{r}" / "site.yaml"
+        procs = [subprocess.Popen([AIC, "init", "--out", str(out), "--users", str(n)], stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL) for n in range(1, 6)]
+        outcomes = [(n, p.wait(timeout=300), *p.communicate()) for n, p in zip(range(1, 6), procs)]
+        won = [n for n, rc, out_, _ in outcomes if rc == 0 and "wrote" in out_]
+        assert len(won) == 1, outcomes
+        assert all(rc == 1 and "exists; pass --force" in err for n, rc, _, err in outcomes if n not in won), outcomes
+        assert len(load_site(out)[0].users) == won[0]  # the winner's file, whole
+        assert [p.name for p in out.parent.iterdir()] == ["site.yaml"]  # no temp files left

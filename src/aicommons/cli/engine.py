@@ -78,11 +78,13 @@ def up(
 ) -> None:
     """Write site.yaml if it is missing (LXC driver, the reference architecture's core services, 3 users), then plan and apply."""
     if not file.exists():
+        from aicommons.fsutil import write_file
         from aicommons.spec.default import LXC_CORE, render_site_yaml
 
         file.parent.mkdir(parents=True, exist_ok=True)
-        file.write_text(render_site_yaml(users=users, driver="lxc", services=LXC_CORE), encoding="utf-8")
-        console.print(f"wrote {file} (LXC driver, {len(LXC_CORE)} core services, {users} users)")
+        # Whole or not at all, and never over a file another `up` or `init` made meanwhile.
+        if write_file(file, render_site_yaml(users=users, driver="lxc", services=LXC_CORE), replace=False):
+            console.print(f"wrote {file} (LXC driver, {len(LXC_CORE)} core services, {users} users)")
     _run(file, yes=yes, question="bring the site up?", parallelism=parallelism, lock_timeout=lock_timeout,
          state_path=state)
 

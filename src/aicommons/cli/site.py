@@ -28,6 +28,7 @@ def init(
     force: Annotated[bool, typer.Option(help="Overwrite an existing file.")] = False,
 ) -> None:
     """Write a commented site.yaml that reproduces the reference architecture's site."""
+    from aicommons.fsutil import write_file
     from aicommons.spec.default import LXC_CORE, render_site_yaml
     from aicommons.spec.load import load_text
 
@@ -39,9 +40,8 @@ def init(
                             services=LXC_CORE if driver == "lxc" else None)
     load_text(text)  # what init writes must load; fail here rather than at plan time
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(out)
+    if not write_file(out, text, replace=force):  # never over a file someone made since the check
+        raise AicError(f"{out} exists; pass --force to overwrite it, or --out another path")
     console.print(f"wrote {out} ({users} users, domain {domain}, driver {driver})")
 
 

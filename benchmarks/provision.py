@@ -91,7 +91,7 @@ class Timed:
 def users_add(pg, rs, tmp: Path) -> tuple[float, float]:
     from aicommons.drivers.fake import FakeDriver
     from aicommons.engine.api import apply_site
-    from aicommons.tenancy import manage
+    from aicommons.ops import users as manage
 
     os.environ["AIC_BENCH_PG"], os.environ["AIC_BENCH_REDIS"] = pg.password, rs.admin_password
     site = tmp / "site.yaml"

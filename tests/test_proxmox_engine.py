@@ -103,7 +103,7 @@ def _archives(sim, ctid):
 
 
 def test_users_remove_archives_with_vzdump_unless_purged(sim, tmp_path):
-    from aicommons.tenancy.manage import remove_user
+    from aicommons.ops.users import remove_user
 
     site_file, kw = _site(sim, tmp_path, 3)
     assert apply_site(site_file, **kw).ok

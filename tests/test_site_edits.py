@@ -18,7 +18,7 @@ import pytest
 
 from aicommons.spec.default import LXC_CORE, render_site_yaml
 from aicommons.spec.load import load_site
-from aicommons.tenancy import manage
+from aicommons.ops import users as manage
 
 AIC = str(Path(sys.executable).parent / "aicommons")
 ROUNDS = 10

@@ -16,7 +16,7 @@ import redis as redislib
 from aicommons.cli import main
 from aicommons.drivers.fake import FakeDriver
 from aicommons.errors import SiteInvalid
-from aicommons.tenancy import manage
+from aicommons.ops import users as manage
 
 SITE = """\
 # a small site for the users tests

@@ -1,4 +1,4 @@
-"""`users add|remove|list|show|suspend|resume` and `audit isolation`: thin shells over tenancy.manage."""
+"""`users add|remove|list|show|suspend|resume` and `audit isolation`: thin shells over ops.users."""
 
 from __future__ import annotations
 
@@ -37,7 +37,7 @@ def add(name: Annotated[str, typer.Argument(help="Lower-case letters, digits and
         file: Path = SiteFile, state: Annotated[Path | None, StateOpt] = None,
         lock_timeout: Annotated[float, LockWait] = 0.0) -> None:
     """Add a user to site.yaml and provision them (allocation, back ends, files, container)."""
-    from aicommons.tenancy.manage import add_user
+    from aicommons.ops.users import add_user
 
     added, result = add_user(file, name, email, state_path=state, lock_timeout=lock_timeout)
     if not added:
@@ -52,7 +52,7 @@ def remove(name: str, file: Path = SiteFile, state: Annotated[Path | None, State
            purge: Annotated[bool, typer.Option("--purge", help="Drop data WITHOUT archiving it first.")] = False,
            lock_timeout: Annotated[float, LockWait] = 0.0) -> None:
     """Remove a user: archive (unless --purge) and drop their data, container and site.yaml entry."""
-    from aicommons.tenancy.manage import remove_user
+    from aicommons.ops.users import remove_user
 
     result = remove_user(file, name, keep_data=keep_data, purge=purge, state_path=state, lock_timeout=lock_timeout)
     _result(result, f"removing {name}", f"aicommons users remove {name}")
@@ -64,7 +64,7 @@ def remove(name: str, file: Path = SiteFile, state: Annotated[Path | None, State
 def list_(file: Path = SiteFile, state: Annotated[Path | None, StateOpt] = None,
           as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     """Users of the site with their address and slot status."""
-    from aicommons.tenancy.manage import Context
+    from aicommons.ops.users import Context
 
     with Context(file, state_path=state, backends=[], read_only=True) as ctx:
         status = {a.user: a.status for a in ctx.session.state.allocations()}
@@ -84,7 +84,7 @@ def show(name: str, file: Path = SiteFile, state: Annotated[Path | None, StateOp
          secrets: Annotated[bool, typer.Option("--secrets", help="Print secret values (default: redacted).")] = False,
          as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     """The URLs and credentials a user needs."""
-    from aicommons.tenancy.manage import show_user
+    from aicommons.ops.users import show_user
 
     info = show_user(file, name, reveal=secrets, state_path=state)
     if as_json:
@@ -101,7 +101,7 @@ def show(name: str, file: Path = SiteFile, state: Annotated[Path | None, StateOp
 @users_app.command("suspend")
 def suspend(name: str, file: Path = SiteFile, state: Annotated[Path | None, StateOpt] = None) -> None:
     """Revoke the user's logins in every back end; data is kept."""
-    from aicommons.tenancy.manage import set_suspended
+    from aicommons.ops.users import set_suspended
 
     done = set_suspended(file, name, True, state_path=state)
     console.print(f"{name} suspended in: {', '.join(done) or 'no back ends'}")
@@ -110,7 +110,7 @@ def suspend(name: str, file: Path = SiteFile, state: Annotated[Path | None, Stat
 @users_app.command("resume")
 def resume(name: str, file: Path = SiteFile, state: Annotated[Path | None, StateOpt] = None) -> None:
     """Restore the user's logins."""
-    from aicommons.tenancy.manage import set_suspended
+    from aicommons.ops.users import set_suspended
 
     done = set_suspended(file, name, False, state_path=state)
     console.print(f"{name} resumed in: {', '.join(done) or 'no back ends'}")
@@ -121,7 +121,7 @@ def restart(name: str, file: Path = SiteFile, state: Annotated[Path | None, Stat
     """Restart the user's container (all their apps), under the site's lock."""
     import sys
 
-    from aicommons.tenancy.manage import restart_user
+    from aicommons.ops.users import restart_user
 
     restart_user(file, name, state_path=state, out=sys.stdout)
     console.print(f"{name}'s workbench restarted")
@@ -133,7 +133,7 @@ def isolation(file: Path = SiteFile, state: Annotated[Path | None, StateOpt] = N
     """With each user's own credentials, try every other user's data; exit 1 on any leak."""
     from dataclasses import asdict
 
-    from aicommons.tenancy.manage import audit_site
+    from aicommons.ops.users import audit_site
 
     checks, skipped, warnings = audit_site(file, state_path=state)
     leaks = [c for c in checks if not c.ok]

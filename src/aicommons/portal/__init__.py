@@ -1,6 +1,6 @@
 """The web portal (`aicommons serve`): each person's workbench page and the operator's console.
 
 Thin like the CLI: every page and API call goes through the same service functions the commands
-call (tenancy.manage, ops.status, ops.backup, engine.api), under the same lock and run history.
+call (ops.users, ops.status, ops.backup, engine.api), under the same lock and run history.
 Identity comes from Authentik's forward-auth headers, believed only from the site's Traefik.
 """

@@ -14,8 +14,8 @@ class NotSignedIn(AicError):
 
 
 def http_status(exc: AicError) -> int:
+    from aicommons.ops.users import UnknownUser
     from aicommons.state.lock import LockHeld
-    from aicommons.tenancy.manage import UnknownUser
 
     if isinstance(exc, (Forbidden, NotSignedIn)):
         return exc.status

@@ -138,11 +138,11 @@ class SiteView:
                      if m.user in (None, user)), None)
 
     def suspended(self) -> set[str]:
-        from aicommons.tenancy.manage import suspended_users
+        from aicommons.ops.users import suspended_users
 
         return suspended_users(self.state)
 
     def last_audit(self) -> dict | None:
-        from aicommons.tenancy.manage import last_audit
+        from aicommons.ops.users import last_audit
 
         return last_audit(self.state)

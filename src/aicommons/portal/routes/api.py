@@ -81,7 +81,7 @@ async def me(request: Request, ident: Identity = Depends(identity)):
 
 @router.post("/me/credentials", summary="Reveal my credentials (never shown unless asked)")
 def my_credentials(request: Request, ident: Identity = Depends(acting)):
-    from aicommons.tenancy.manage import show_user
+    from aicommons.ops.users import show_user
 
     cfg = _cfg(request)
     return show_user(cfg.site_file, ident.name, reveal=True, state_path=cfg.state_path)
@@ -89,7 +89,7 @@ def my_credentials(request: Request, ident: Identity = Depends(acting)):
 
 @router.post("/me/restart", summary="Restart my workbench (my container and every app in it)")
 def my_restart(request: Request, ident: Identity = Depends(acting)):
-    from aicommons.tenancy.manage import restart_user
+    from aicommons.ops.users import restart_user
 
     cfg = _cfg(request)
     return _start(request, ident, "users restart", f"restart {ident.name}'s workbench",
@@ -146,7 +146,7 @@ async def users(request: Request, ident: Identity = Depends(operator)):
 
 @router.get("/users/{name}", summary="One user's workbench, as they see it")
 async def user(name: str, request: Request, ident: Identity = Depends(operator)):
-    from aicommons.tenancy.manage import UnknownUser
+    from aicommons.ops.users import UnknownUser
 
     view = _view(request)
     data = views.person(view, name, await view.status())
@@ -157,7 +157,7 @@ async def user(name: str, request: Request, ident: Identity = Depends(operator))
 
 @router.post("/users/{name}/credentials", summary="Reveal a user's credentials (operator)")
 def user_credentials(name: str, request: Request, ident: Identity = Depends(operator)):
-    from aicommons.tenancy.manage import show_user
+    from aicommons.ops.users import show_user
 
     cfg = _cfg(request)
     return show_user(cfg.site_file, name, reveal=True, state_path=cfg.state_path)
@@ -165,7 +165,7 @@ def user_credentials(name: str, request: Request, ident: Identity = Depends(oper
 
 @router.post("/users/preview", summary="What adding, removing, suspending or resuming a user will do")
 def preview(body: Preview, request: Request, ident: Identity = Depends(operator)):
-    from aicommons.tenancy.manage import preview_user
+    from aicommons.ops.users import preview_user
 
     cfg = _cfg(request)
     return {"action": body.action, "name": body.name,
@@ -174,7 +174,7 @@ def preview(body: Preview, request: Request, ident: Identity = Depends(operator)
 
 @router.post("/users", summary="Add a user (as `aicommons users add`)")
 def add(body: NewUser, request: Request, ident: Identity = Depends(operator)):
-    from aicommons.tenancy.manage import add_user, validate_new_user
+    from aicommons.ops.users import add_user, validate_new_user
 
     cfg = _cfg(request)
     validate_new_user(body.name, body.email)  # a bad name is refused now, not in the job
@@ -199,7 +199,7 @@ def resume(name: str, request: Request, ident: Identity = Depends(operator)):
 
 
 def _suspend(request: Request, ident: Identity, name: str, suspended: bool) -> dict:
-    from aicommons.tenancy.manage import require_user, set_suspended
+    from aicommons.ops.users import require_user, set_suspended
 
     cfg = _cfg(request)
     require_user(cfg.site_file, name)
@@ -214,7 +214,7 @@ def _suspend(request: Request, ident: Identity, name: str, suspended: bool) -> d
 
 @router.post("/users/{name}/remove", summary="Remove a user (archived first unless purge)")
 def remove(name: str, body: Removal, request: Request, ident: Identity = Depends(operator)):
-    from aicommons.tenancy.manage import remove_user, require_user
+    from aicommons.ops.users import remove_user, require_user
 
     cfg = _cfg(request)
     require_user(cfg.site_file, name)
@@ -232,7 +232,7 @@ def remove(name: str, body: Removal, request: Request, ident: Identity = Depends
 
 @router.post("/users/{name}/restart", summary="Restart a user's workbench")
 def restart(name: str, request: Request, ident: Identity = Depends(operator)):
-    from aicommons.tenancy.manage import restart_user
+    from aicommons.ops.users import restart_user
 
     cfg = _cfg(request)
     return _start(request, ident, "users restart", f"restart {name}'s workbench",
@@ -318,7 +318,7 @@ def audit(request: Request, ident: Identity = Depends(operator)):
 
 @router.post("/audit", summary="Run the isolation audit now (as `aicommons audit isolation`)")
 def run_audit(request: Request, ident: Identity = Depends(operator)):
-    from aicommons.tenancy.manage import audit_site
+    from aicommons.ops.users import audit_site
 
     cfg = _cfg(request)
 

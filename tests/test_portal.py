@@ -15,7 +15,7 @@ stand-ins; every plan address is mapped to loopback, so nothing leaves 127.0.0.1
 
 Traefik reaches the portal over [::1] and only ::1 is a trusted proxy; the browser's direct
 requests come from 127.0.0.1, "another peer", whose forward-auth headers must be ignored.
-The tests take the screenshots in docs/ (1280 px and 390 px wide).
+The tests take the screenshots in docs/ (1280 px and 390 px wide; written with AICOMMONS_WRITE_DOCS=1).
 """
 
 from __future__ import annotations
@@ -240,10 +240,15 @@ def fetch(page, method: str, url: str, headers: dict | None = None, body=None) -
 
 
 def shots(page, name: str) -> None:
+    """Both widths render (the screenshot is taken either way); docs/ is rewritten only with
+    AICOMMONS_WRITE_DOCS=1, as docs/security.md is: a test run leaves the checkout as it was."""
     for width in (1280, 390):
         page.set_viewport_size({"width": width, "height": 900 if width > 400 else 844})
         page.wait_for_timeout(300)
-        page.screenshot(path=str(DOCS / f"portal-{name}-{width}.png"), full_page=True)
+        png = page.screenshot(full_page=True)
+        assert png.startswith(b"\x89PNG") and len(png) > 10_000  # a page, not a blank
+        if os.environ.get("AICOMMONS_WRITE_DOCS") == "1":
+            (DOCS / f"portal-{name}-{width}.png").write_bytes(png)
     page.set_viewport_size({"width": 1280, "height": 900})
 
 

@@ -41,7 +41,7 @@ def execute(ctx: Context, step) -> str | None:
 
 
 def _service_bucket(ctx: Context, step) -> None:
-    from aicommons.tenancy.objectstore import service_credentials
+    from aicommons.plan.policy import service_credentials
 
     store, service = step.payload
     kid, sec = service_credentials(service, ctx.secrets.get)

@@ -24,10 +24,14 @@ def run(*args: str) -> subprocess.CompletedProcess:
 def test_init_then_plan_json_has_the_seed(tmp_path: Path):
     site = tmp_path / "site.yaml"
     assert main(["init", "--out", str(site)]) == 0
-    assert "# aicommons site file" in site.read_text()
+    text = site.read_text()
+    assert "# aicommons site file" in text
+    assert "  ollama: {}  # Ollama, 10.0.5.100 (fixed by the reference architecture)" in text
     p = run("plan", "-f", str(site), "--json")
     assert p.returncode == 0, p.stderr
     data = json.loads(p.stdout)
+    assert data["reference_figures"]["user_containers"] == "50"
+    assert "seed" not in (text + p.stdout).lower()  # the product says "reference architecture"
     roles = [c["role"] for c in data["containers"]]
     assert roles.count("shared") == 33 + 1 and roles.count("user") == 50  # the seed's 33 and the portal
     first = {c["hostname"]: c for c in data["containers"]}

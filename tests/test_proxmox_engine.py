@@ -10,8 +10,8 @@ import pytest
 import yaml
 
 from aicommons.drivers.targets import LocalDirTarget
-from aicommons.engine import addresses as A
 from aicommons.engine.api import apply_site, plan_site
+from aicommons.plan import addresses as A
 from tests.test_proxmox_driver import driver_of, new_sim
 
 

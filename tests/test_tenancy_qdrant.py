@@ -9,7 +9,8 @@ import jwt
 import pytest
 from qdrant_client import QdrantClient, models
 
-from aicommons.tenancy.qdrant import CONTROL, QdrantBackend, _point_id, check_token, token_claims, user_token
+from aicommons.plan.policy import CONTROL, token_claims, user_token
+from aicommons.tenancy.qdrant import QdrantBackend, _point_id, check_token
 from tests.standins.helpers import DictSecrets, resolved_site
 
 KEY = "site-qdrant-api-key-of-32-bytes-or-more"

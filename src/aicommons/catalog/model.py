@@ -82,7 +82,7 @@ class Service(Strict):
     category: Literal["core", "devops", "business", "media", "proxy"]
     phase: int = Field(ge=1, le=5)
     octet: int | None = Field(default=None, ge=2, le=254)  # default last octet in the shared subnet
-    seed_fixed: bool = False  # the seed itself fixes this address
+    reference_fixed: bool = False  # the reference architecture itself fixes this address
     version: str
     install: Install
     ports: list[Port]

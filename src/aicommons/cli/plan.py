@@ -12,7 +12,7 @@ from rich.table import Table
 
 from aicommons.cli.common import SiteFile, console, err_console, load_resolved
 from aicommons.errors import AicError, SiteInvalid
-from aicommons.plan.model import SEED_FIGURES, ResolvedSite
+from aicommons.plan.model import REFERENCE_FIGURES, ResolvedSite
 
 StateOpt = typer.Option("--state", help="State file or postgresql:// URL "
                          "(default: $AICOMMONS_STATE, else .aicommons/state.db beside the site file).")
@@ -152,7 +152,7 @@ def print_plan(r: ResolvedSite, users_shown: int = 5) -> None:
                      ("user_containers", tot.user_containers), ("service_instances", tot.service_instances),
                      ("app_instances", tot.app_instances), ("memory_gb", tot.memory_gb),
                      ("disk_tb", tot.disk_tb), ("cores", tot.cores)):
-        t.add_row(key.replace("_", " "), str(val), SEED_FIGURES[key])
+        t.add_row(key.replace("_", " "), str(val), REFERENCE_FIGURES[key])
     console.print(t)
     for n in r.notes:
         console.print(f"[yellow]note:[/] {n}")

@@ -262,7 +262,7 @@ def _firewall_diff(s: Session) -> list[str] | None:
 
 
 def _service_of(s: Session, backend) -> str:
-    from aicommons.engine.addresses import prefix_of
+    from aicommons.plan.addresses import prefix_of
 
     name = getattr(backend, "service", None) or backend.name
     return s.site.object_storage if prefix_of(name) == "s3" and name == "s3" else name
@@ -306,7 +306,7 @@ def select(plan: Plan, targets) -> Plan:
     if keep:  # shared configuration lists every user (pg_hba, users.acl, blueprints): it follows them
         keep |= {i for i, s in plan.steps.items() if s.kind == "service"}
         if plan.resolved is not None:  # so does the proxy's file: its certificate holders name users' hosts
-            from aicommons.engine import addresses
+            from aicommons.plan import addresses
 
             keep |= {addresses.traefik_file(plan.resolved.proxy_file)} & set(plan.steps)
     todo = list(keep)

@@ -14,8 +14,8 @@ from dataclasses import asdict, dataclass, field
 
 from aicommons.drivers.base import ContainerState
 from aicommons.drivers.targets import digest
-from aicommons.engine import addresses as A
 from aicommons.engine.model import Change, Step
+from aicommons.plan import addresses as A
 from aicommons.plan.model import Container, ResolvedSite, Tenant
 
 TRAEFIK_DIR = "traefik/dynamic/"

@@ -8,9 +8,9 @@ from __future__ import annotations
 import posixpath
 from dataclasses import asdict, dataclass
 
-from aicommons.engine import addresses as A
 from aicommons.engine.planner import container_spec
 from aicommons.errors import PermanentError
+from aicommons.plan import addresses as A
 from aicommons.plan.model import Container
 from aicommons.plan.secrets import tenant_keys
 
@@ -41,7 +41,7 @@ def execute(ctx: Context, step) -> str | None:
 
 
 def _service_bucket(ctx: Context, step) -> None:
-    from aicommons.tenancy.objectstore import service_credentials
+    from aicommons.plan.policy import service_credentials
 
     store, service = step.payload
     kid, sec = service_credentials(service, ctx.secrets.get)

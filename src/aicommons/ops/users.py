@@ -476,8 +476,7 @@ def preview_user(site_file: Path, name: str, action: str, email: str | None = No
 
 def show_user(site_file: Path, name: str, *, reveal: bool = False, state_path=None) -> dict:
     """URLs and credentials the user needs; secret values redacted unless `reveal`."""
-    from aicommons.tenancy.objectstore import tenant_credentials
-    from aicommons.tenancy.qdrant import user_token
+    from aicommons.plan.policy import tenant_credentials, user_token
 
     require_user(Path(site_file), name)
     with Context(Path(site_file), state_path=state_path, backends=[], read_only=True) as ctx:

@@ -97,7 +97,7 @@ class Totals:
     cores: int
 
 
-SEED_FIGURES = {
+REFERENCE_FIGURES = {
     "containers": "~86 (36 shared + 50 users)",
     "shared_containers": "~36 (33 unique: faster-whisper and openedai-speech are listed twice)",
     "user_containers": "50",
@@ -168,7 +168,7 @@ class ResolvedSite:
             "operator_sources": list(self.operator_sources),
             "certificates": [{**asdict(c), "change": self.certificate_changes.get(c.name, "kept")}
                              for c in self.certificates],
-            "seed_figures": SEED_FIGURES,
+            "reference_figures": REFERENCE_FIGURES,
             "notes": list(self.notes),
             "runtime": self.site.user_template.runtime,
             "undeployed": dict(self.undeployed),

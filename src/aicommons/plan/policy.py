@@ -1,4 +1,4 @@
-"""Pure policy the renderer and the tenancy back ends share: derived credentials and ACL rules.
+"""Pure policy the renderer and the tenancy back ends share: derived credentials, ACL rules, tokens.
 
 Render writes these into config files; the back ends apply the same values through their admin
 APIs. Kept here (no network client) so importing render loads no back-end library.
@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Mapping
+from typing import Any
+
+import jwt
 
 from aicommons.plan.model import Tenant
 from aicommons.plan.redis_commands import denied_rules
@@ -55,3 +58,25 @@ def service_credentials(service: str, secrets: SecretLookup) -> tuple[str, str]:
     """(access key id, secret) of a shared service's own key."""
     _bucket, a, b = SERVICE_BUCKETS[service]
     return s3_credentials(secrets(SITE_SCOPE, a), secrets(SITE_SCOPE, b))
+
+
+# ---- Qdrant -------------------------------------------------------------------------------------
+
+CONTROL = "aicommons_tenants"  # one point per user: {"user", "active"}
+TOKEN_EXP = 2051222400  # 2035-01-01: tokens are long-lived; rotating qdrant_api_key revokes all
+
+
+def token_claims(t: Tenant, exp: int = TOKEN_EXP) -> dict[str, Any]:
+    """JWT RBAC claims: rw on the user's own collections only (a token without `access` could manage
+    everything), valid only while the user's row in CONTROL says active (suspension)."""
+    return {
+        "exp": exp,
+        "access": [{"collection": c, "access": "rw"} for c in t.qdrant_collections],
+        "value_exists": {"collection": CONTROL,
+                         "matches": [{"key": "user", "value": t.user}, {"key": "active", "value": True}]},
+    }
+
+
+def user_token(t: Tenant, api_key: str, exp: int = TOKEN_EXP) -> str:
+    """The user's Qdrant API key (apps send it as `api-key`). Deterministic, so renders are stable."""
+    return jwt.encode(token_claims(t, exp), api_key, algorithm="HS256")

@@ -12,10 +12,9 @@ from urllib.parse import quote as urlquote
 from aicommons.catalog.model import App
 from aicommons.plan.deployed import redis_refused
 from aicommons.plan.model import ResolvedSite, Tenant
+from aicommons.plan.policy import tenant_credentials, user_token
 from aicommons.plan.secrets import SITE_SCOPE, SecretLookup
 from aicommons.render.common import catalog, dump_yaml, endpoint_host, endpoint_url, port_of
-from aicommons.tenancy.objectstore import tenant_credentials
-from aicommons.tenancy.qdrant import user_token
 
 HEADER = "# Rendered by aicommons for {user}: do not edit by hand. Secrets are in .env (0600).\n"
 LOG_MAX = {"max-size": "10m", "max-file": "3"}

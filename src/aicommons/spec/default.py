@@ -5,7 +5,7 @@ from __future__ import annotations
 from aicommons.catalog import Catalog, load_catalog
 from aicommons.spec.models import UserTemplate
 
-SEED_DOMAIN = "valuechainhackers.xyz"
+REFERENCE_DOMAIN = "valuechainhackers.xyz"
 
 # The LXC default (`aicommons up` with no site file): the reference architecture's phase-1 and phase-2 core.
 # Services whose recipe needs downloads this host cannot make are reported as skipped.
@@ -35,12 +35,12 @@ def _services_block(cat: Catalog, only: list[str] | None) -> list[str]:
             phase = s.phase
             lines.append(f"  # --- phase {phase} ---")
         where = f"10.0.5.{s.octet}" if s.octet else "allocated"
-        fixed = " (fixed by the seed)" if s.seed_fixed else ""
+        fixed = " (fixed by the reference architecture)" if s.reference_fixed else ""
         lines.append(f"  {s.name}: {{}}  # {s.title}, {where}{fixed}")
     return lines
 
 
-def render_site_yaml(users: int = 50, domain: str = SEED_DOMAIN, driver: str = "proxmox",
+def render_site_yaml(users: int = 50, domain: str = REFERENCE_DOMAIN, driver: str = "proxmox",
                      name: str | None = None, services: list[str] | None = None) -> str:
     cat = load_catalog()
     site_name = name or domain.split(".")[0].replace("_", "-")[:32].strip("-") or "site"

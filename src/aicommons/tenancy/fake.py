@@ -20,8 +20,8 @@ from collections.abc import Mapping
 from contextlib import contextmanager
 from pathlib import Path
 
-from aicommons.engine.addresses import BACKEND_KEYS, prefix_of, tenant_addresses
 from aicommons.errors import PermanentError, TemporaryError
+from aicommons.plan.addresses import BACKEND_KEYS, prefix_of, tenant_addresses
 from aicommons.plan.model import Tenant
 from aicommons.tenancy.base import AuditCheck, Secrets
 

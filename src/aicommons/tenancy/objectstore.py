@@ -26,10 +26,6 @@ import httpx
 from aicommons.errors import PermanentError, TemporaryError
 from aicommons.plan.model import Tenant
 from aicommons.plan.policy import SERVICE_BUCKETS, s3_credentials, tenant_credentials
-
-# Re-exported for engine/steps.py and ops/users.py (being changed on other branches; they are
-# to import it from aicommons.plan.policy after the merge, and this line goes).
-from aicommons.plan.policy import service_credentials as service_credentials
 from aicommons.tenancy.base import AuditCheck, Expected, Observed, Secrets
 
 QUOTA_BYTES = 50 * 1024**3

@@ -4,7 +4,8 @@ Qdrant's JWT RBAC (`QDRANT__SERVICE__JWT_RBAC=true`) accepts HS256 tokens signed
 key. A token with an `access` list may touch only those collections and cannot create any, so
 the control plane creates them. A token WITHOUT `access` has manage rights over everything:
 the audit refuses such tokens. Suspension uses the `value_exists` claim: the token is valid only
-while the user's row in the control collection says active.
+while the user's row in the control collection says active. The token and its claims are pure
+policy render shares (plan/policy.py); this module applies and audits them.
 """
 
 from __future__ import annotations
@@ -22,24 +23,8 @@ import jwt
 
 from aicommons.errors import PermanentError, TemporaryError
 from aicommons.plan.model import Tenant
+from aicommons.plan.policy import CONTROL, user_token
 from aicommons.tenancy.base import AuditCheck, Expected, Observed, Secrets
-
-CONTROL = "aicommons_tenants"  # one point per user: {"user", "active"}
-TOKEN_EXP = 2051222400  # 2035-01-01: tokens are long-lived; rotating qdrant_api_key revokes all
-
-
-def token_claims(t: Tenant, exp: int = TOKEN_EXP) -> dict[str, Any]:
-    return {
-        "exp": exp,
-        "access": [{"collection": c, "access": "rw"} for c in t.qdrant_collections],
-        "value_exists": {"collection": CONTROL,
-                         "matches": [{"key": "user", "value": t.user}, {"key": "active", "value": True}]},
-    }
-
-
-def user_token(t: Tenant, api_key: str, exp: int = TOKEN_EXP) -> str:
-    """The user's Qdrant API key (apps send it as `api-key`). Deterministic, so renders are stable."""
-    return jwt.encode(token_claims(t, exp), api_key, algorithm="HS256")
 
 
 def _point_id(user: str) -> str:

@@ -60,3 +60,28 @@ def test_capabilities_of_the_fake_driver(tmp_path):
     got = base.capabilities(FakeDriver(tmp_path))
     assert {"Archives", "ReportsUsage", "ServiceUrls", "HasTraefikTarget"} <= set(got)
     assert "ChecksPlans" not in got  # the fake accepts every plan
+
+
+# What each driver offers, as the engine sees it: it asks `isinstance(driver, base.<Protocol>)`
+# (engine/api.py, engine/steps.py). Written down by hand from the driver classes.
+OFFERS = {
+    FakeDriver: {"Archives", "HasTraefikTarget", "ReportsUsage", "ServiceUrls"},
+    LxcDriver: {"Archives", "BindsSecrets", "ConfiguresServices", "HasTraefikTarget", "ManagesNetwork",
+                "RunsNativeApps", "SkipsCompose", "SkipsServices"},
+    ProxmoxDriver: {"AppliesFirewall", "Archives", "ChecksPlans", "Closes", "DiffsFirewall", "TakesNotes"},
+}
+
+
+@pytest.mark.parametrize("driver", DRIVERS, ids=lambda d: d.__name__)
+def test_the_engine_sees_each_drivers_capabilities(driver):
+    bare = object.__new__(driver)  # the class's members only: no host, API or directory touched
+    assert isinstance(bare, base.ComputeDriver)
+    assert set(base.capabilities(bare)) == OFFERS[driver]
+
+
+def test_a_member_set_to_none_is_no_capability(tmp_path):
+    class NoArchive(FakeDriver):
+        archive = None  # the engine then refuses deletes without --purge
+
+    assert "Archives" in base.capabilities(FakeDriver(tmp_path))
+    assert "Archives" not in base.capabilities(NoArchive(tmp_path))

@@ -48,9 +48,9 @@ has the same table. What the engine does with each, and without it:
 | `ReportsUsage`      | `usage(ctids) -> {ctid: Usage}`          | the portal shows memory/CPU / "not reported"  |
 | `Closes`            | `close()`                                | called when the engine/portal lets go of it   |
 
-Today the engine still finds these with getattr/hasattr (engine/api.py, engine/steps.py) and,
-for a driver without `configures_services`, infers it from `skipped_services`; it is to test
-`isinstance(driver, ChecksPlans)` etc. instead (see docs/architecture.md).
+The engine tests each with `isinstance(driver, ChecksPlans)` etc. (engine/api.py, engine/steps.py);
+a driver without `configures_services` that has `skipped_services` is still taken to configure
+services itself (see docs/architecture.md).
 """
 from __future__ import annotations
 

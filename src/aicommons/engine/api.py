@@ -14,6 +14,20 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
+from aicommons.drivers.base import (
+    AppliesFirewall,
+    BindsSecrets,
+    ChecksPlans,
+    Closes,
+    ComputeDriver,
+    ConfiguresServices,
+    DiffsFirewall,
+    HasTraefikTarget,
+    ManagesNetwork,
+    ServiceUrls,
+    SkipsServices,
+)
+from aicommons.drivers.targets import FileTarget
 from aicommons.engine.model import PLAN_FORMAT, ApplyResult, Plan
 from aicommons.engine.planner import FIREWALL, Planner, Reality
 from aicommons.errors import AicError
@@ -46,7 +60,7 @@ def fingerprint(site_file, state: StateStore) -> str:
     return f"{site_sha}-{state.serial()}"
 
 
-def default_driver(site, site_file=None):
+def default_driver(site, site_file=None) -> ComputeDriver:
     if os.environ.get("AICOMMONS_FAKE_DIR"):
         from aicommons.drivers.fake import FakeDriver
 
@@ -75,11 +89,10 @@ def default_backends(resolved, secrets, base_dir, notes: list[str]) -> list:
     return []
 
 
-def default_target(site, driver):
+def default_target(site, driver: ComputeDriver) -> FileTarget | None:
     """The driver's Traefik target (None: it has none), else the dynamic dir on this host."""
-    make = getattr(driver, "traefik_target", None)
-    if callable(make):
-        return make()
+    if isinstance(driver, HasTraefikTarget):
+        return driver.traefik_target()
     from aicommons.drivers.targets import LocalDirTarget
 
     return LocalDirTarget(site.network.traefik.dynamic_dir)
@@ -132,41 +145,37 @@ class Session:
         from aicommons.plan import resolve
 
         site_file = self.site_file
-        self.driver = None
         self.secrets = self.state.secrets(key_source(self.site, self.state, site_file), read_only=self.read_only)
         self.resolved = resolve(self.site, held=self.state.held_slots(), index=index,
                                 certificates=certs_plan.from_json(self.state.meta(CERTS_META)))
         self.notes: list[str] = list(self.resolved.notes)
         self.skip_notes: list[str] = []  # services the driver does not run: no tenants there
         self.backend_notes: list[str] = []  # back ends that could not be built: audit gaps
+        self.driver: ComputeDriver = driver if driver is not None else default_driver(self.site, self.site_file)
         self._own_driver = driver is None
-        self.driver = driver if driver is not None else default_driver(self.site, self.site_file)
         base = self.site_file.resolve().parent
         self.backends = backends if backends is not None else default_backends(self.resolved, self.secrets, base, self.backend_notes)
         self.notes += self.backend_notes
-        skipped = getattr(self.driver, "skipped_services", None)
-        if backends is None and callable(skipped):  # a service the driver cannot install holds no tenants
-            gone = skipped(self.resolved)
+        if backends is None and isinstance(self.driver, SkipsServices):  # a service it cannot install holds no tenants
+            gone = self.driver.skipped_services(self.resolved)
             for b in [b for b in self.backends if _service_of(self, b) in gone]:
                 note = (f"{_service_of(self, b)} is skipped by the {self.site.driver.kind} driver "
                         f"({gone[_service_of(self, b)]}); its tenant slices are not planned")
                 self.notes.append(note)
                 self.skip_notes.append(note)
             self.backends = [b for b in self.backends if _service_of(self, b) not in gone]
-        attach = getattr(self.driver, "attach", None)
-        if self._own_driver and callable(attach):  # reach a running site's addresses where they exist
-            attach()
-        if hasattr(self.driver, "bind_secrets"):  # drivers whose service recipes need admin passwords
+        if self._own_driver and isinstance(self.driver, ManagesNetwork):  # reach a running site's addresses
+            self.driver.attach()
+        if isinstance(self.driver, BindsSecrets):  # drivers whose service recipes need admin passwords
             self.driver.bind_secrets(self.secrets)
         self.renderer = renderer or default_renderer
-        self.target = target if target is not None else default_target(self.site, self.driver)
+        self.target: FileTarget | None = target if target is not None else default_target(self.site, self.driver)
         if self.target is None:
             self.notes.append("the driver has no place for Traefik's files; routes are not applied")
 
     def close(self) -> None:
-        closer = getattr(getattr(self, "driver", None), "close", None)
-        if self._own_driver and callable(closer):  # an injected driver is the caller's to close
-            closer()
+        if self._own_driver and isinstance(self.driver, Closes):  # an injected driver is the caller's to close
+            self.driver.close()
         self.state.close()
 
 
@@ -200,13 +209,14 @@ def _refresh(s: Session) -> Reality:
                    ollama=_ollama_reality(s, containers))
 
 
-def configures_services(driver) -> bool:
+def configures_services(driver: ComputeDriver) -> bool:
     """Does the driver install and configure shared services itself (then the engine delivers no service files)?
 
     Said by `configures_services`; without it, a driver that reports services it skips
     (`skipped_services`, the LXC driver) is one that installs the others by its own recipes."""
-    said = getattr(driver, "configures_services", None)
-    return bool(said) if said is not None else callable(getattr(driver, "skipped_services", None))
+    if isinstance(driver, ConfiguresServices):
+        return bool(driver.configures_services)
+    return isinstance(driver, SkipsServices)
 
 
 def _delivered_services(s: Session) -> bool | frozenset[str]:
@@ -217,8 +227,7 @@ def _delivered_services(s: Session) -> bool | frozenset[str]:
         return True
     from aicommons.engine.services import SYSTEM
 
-    skip = getattr(s.driver, "skipped_services", None)
-    skipped = skip(s.resolved) if callable(skip) else {}
+    skipped = s.driver.skipped_services(s.resolved) if isinstance(s.driver, SkipsServices) else {}
     return frozenset(n for n in SYSTEM if n not in skipped)
 
 
@@ -227,11 +236,11 @@ def _ollama_reality(s: Session, containers: dict) -> dict | None:
     from aicommons.engine.services import missing_models, ollama_url
 
     wanted = list(s.site.models)
-    skipped = getattr(s.driver, "skipped_services", None)
-    if not wanted or "ollama" not in s.resolved.endpoints or (callable(skipped) and "ollama" in skipped(s.resolved)):
+    if not wanted or "ollama" not in s.resolved.endpoints or (
+            isinstance(s.driver, SkipsServices) and "ollama" in s.driver.skipped_services(s.resolved)):
         return None
-    service_url = getattr(s.driver, "service_url", None)  # a driver may say where the control plane reaches it
-    url = service_url("ollama") if callable(service_url) else ollama_url(s.resolved)
+    # a driver may say where the control plane reaches it
+    url = s.driver.service_url("ollama") if isinstance(s.driver, ServiceUrls) else ollama_url(s.resolved)
     if url is None:
         s.notes.append(f"the {s.driver.kind} driver gives no address for Ollama; site models are not pulled")
         return None
@@ -249,13 +258,12 @@ def _ollama_reality(s: Session, containers: dict) -> dict | None:
 
 def _firewall_diff(s: Session) -> list[str] | None:
     """What the driver's firewall differs in (None: the driver applies none)."""
-    if not callable(getattr(s.driver, "apply_firewall", None)):
+    if not isinstance(s.driver, AppliesFirewall):
         return None
-    diff = getattr(s.driver, "firewall_diff", None)
-    if not callable(diff):
+    if not isinstance(s.driver, DiffsFirewall):
         return ["site"]  # the driver cannot say: apply it every run (it writes only what differs)
     try:
-        return list(diff(s.resolved))
+        return list(s.driver.firewall_diff(s.resolved))
     except AicError as exc:
         s.notes.append(f"could not read the firewall ({exc}); planning to apply it")
         return ["site"]
@@ -372,7 +380,7 @@ def apply_site(site_file, *, state_path=None, targets=None, yes: bool = True, dr
             check_saved(saved, plan)
         elif plan.steps and not yes and not (confirm and confirm(plan)):
             raise AicError("apply cancelled; nothing was changed")
-        if not destroy and callable(getattr(s.driver, "open_network", None)):
+        if not destroy and isinstance(s.driver, ManagesNetwork):
             # Host networking is made here, under the lock, once the run is confirmed, never by a
             # plan (even an empty run restarts a Traefik that died).
             s.driver.open_network()
@@ -380,9 +388,8 @@ def apply_site(site_file, *, state_path=None, targets=None, yes: bool = True, dr
         if plan.empty:
             rep.line("no changes: the site matches the plan")
             return result
-        check = getattr(s.driver, "check", None)
-        if callable(check) and not plan.destroy:
-            check(plan)  # the driver refuses a plan it cannot carry out whole, before any change (drivers/base.py)
+        if isinstance(s.driver, ChecksPlans) and not plan.destroy:
+            s.driver.check(plan)  # the driver refuses a plan it cannot carry out whole, before any change (drivers/base.py)
         run_id = result.run_id = s.state.begin_run(command)
         rep.open_log(run_id)
         ctx = Context(s.state, s.secrets, s.driver, s.target, redact, purge=purge)
@@ -410,7 +417,7 @@ def apply_site(site_file, *, state_path=None, targets=None, yes: bool = True, dr
         return result
     finally:
         try:
-            if locked and callable(getattr(s.driver, "close_network", None)):
+            if locked and isinstance(s.driver, ManagesNetwork):
                 s.driver.close_network()  # only once no container of the site is left
         finally:
             lock.release()

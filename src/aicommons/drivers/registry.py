@@ -39,7 +39,7 @@ def site_owner(site_file: str | os.PathLike) -> str:
 
 def driver_for(site: Site, **options) -> ComputeDriver:
     kind = site.driver.kind
-    if kind == "proxmox" and (host := placeholder_host(site.driver.api_url)):
+    if site.driver.kind == "proxmox" and (host := placeholder_host(site.driver.api_url)):
         raise PermanentError(f"driver.api_url: {host} is the placeholder `aicommons init` wrote; "
                              "set it to your Proxmox VE API, e.g. https://pve1.your-domain:8006")
     if kind == "proxmox":
@@ -73,6 +73,7 @@ def enter_site_network(site: Site, owner: str | None = None) -> None:
         return  # nothing of the site's own to dial: `external:` servers are reached from here
     if os.environ.get("AICOMMONS_FAKE_DIR"):
         return  # the file-backed fake world (demos, tests) has no namespace: its back ends are files
+    assert site.driver.netns is not None, "Site fills it in for an LXC site (spec/models.py)"
     if not netns.exists(site.driver.netns):
         raise PermanentError(f"the LXC site is not up: network namespace {site.driver.netns!r} does not exist "
                              "(its addresses exist only there); run `aicommons up`")

@@ -17,7 +17,7 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-from aicommons.drivers.base import ContainerState, DriverInfo, ExecResult
+from aicommons.drivers.base import ContainerState, DriverInfo, ExecResult, Status
 from aicommons.catalog import load_catalog
 from aicommons.drivers.lxc import apps, config, limits, netns, services, template
 from aicommons.drivers.lxc.run import run
@@ -122,6 +122,7 @@ class LxcDriver:
         d, n = site.driver, site.network
         if d.kind != "lxc":
             raise PermanentError("driver.kind: LxcDriver needs `kind: lxc`")
+        assert d.netns is not None and d.lxcpath is not None, "Site fills in both for an LXC site (spec/models.py)"
         net = netns.NetPlan(
             ns=options.get("netns", d.netns), bridge=n.bridge, gateway=str(n.gateway),
             prefixlen=n.subnet.prefixlen, subnet=str(n.subnet), extra=(str(n.traefik.address),),
@@ -182,7 +183,7 @@ class LxcDriver:
     def _lxc(self, tool: str, ctid: int, *args: str, **kw):
         return netns.nsrun(self.ns, [tool, "-P", str(self.lxcpath), "-n", str(int(ctid)), *args], **kw)
 
-    def _status(self, ctid: int) -> str:
+    def _status(self, ctid: int) -> Status:
         if not netns.exists(self.ns):
             return "stopped"  # no namespace, no monitor: nothing can be running
         proc = self._lxc("lxc-info", ctid, "-s", "-H", check=False)

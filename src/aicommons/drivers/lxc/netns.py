@@ -101,7 +101,7 @@ def mirror_addresses(mirror: str) -> tuple[str, list[str]]:
     except OSError as exc:
         raise PermanentError(f"driver.mirror: cannot resolve {host!r} ({exc}); set driver.mirror to a "
                              "reachable Debian mirror or driver.nat: false") from None
-    return host, sorted({i[4][0] for i in infos})
+    return host, sorted({str(i[4][0]) for i in infos})  # AF_INET: (address, port)
 
 
 def _ipt(argv: list[str], table: str = "filter", ns: str | None = None) -> None:

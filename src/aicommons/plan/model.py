@@ -153,7 +153,7 @@ class ResolvedSite:
                 return t
         raise KeyError(user)
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, object]:
         return {
             "site": self.site.name,
             "domain": self.site.domain,

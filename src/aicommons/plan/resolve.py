@@ -18,7 +18,7 @@ from aicommons.catalog import Catalog, load_catalog
 from aicommons.errors import Problem, SiteInvalid
 from aicommons.plan import certificates as certs_plan, deployed, names
 from aicommons.plan.access import operator_sources
-from aicommons.plan.model import Container, Endpoint, ResolvedSite, Route, Tenant, Totals
+from aicommons.plan.model import Certificate, Container, Endpoint, ResolvedSite, Route, Tenant, Totals
 from aicommons.spec.load import LineIndex, format_path
 from aicommons.spec.identity import email_key
 from aicommons.spec.models import Site, parse_range
@@ -162,13 +162,13 @@ def _allocate_shared(ctx: _Ctx, shared_range: list[IP]) -> tuple[list[Container]
     free = (ip for ip in pool if ip not in ctx.taken)
     for n, count in pending_extra:
         for _ in range(count):
-            ip = next(free, None)
-            if ip is None:
+            got = next(free, None)
+            if got is None:
                 ctx.problem(("network", "shared_range"), f"shared range {net.shared_range} is full (placing {n})",
                             "widen network.shared_range or disable services")
                 break
-            ctx.take(ip, f"service {n}", ("services", n))
-            placed[n].append(ip)
+            ctx.take(got, f"service {n}", ("services", n))
+            placed[n].append(got)
 
     for n in svc_names:
         if n not in placed:
@@ -391,6 +391,7 @@ def _shared_routes(ctx: _Ctx, containers: list[Container]) -> list[Route]:
         ov = site.services[n]
         first = cs[0]
         if svc.route is not None:
+            assert svc.access is not None, "the catalog requires `access` with a route (catalog/model.py)"
             urls = tuple(f"http://{c.ip}:{svc.route.port}" for c in cs)
             routes.append(Route(host=names.shared_host(svc.route.prefix, site.domain), url=urls[0], urls=urls,
                                 service=n, ctid=first.ctid, traefik_file=first.traefik_file, access=svc.access,
@@ -431,7 +432,8 @@ def _check_driver(ctx: _Ctx) -> None:
             ctx.problem(("services", n, "node"), f"node {ov.node!r} is not in driver.nodes", "add the node or fix the name")
 
 
-def _certificates(site: Site, routes: list[Route], current: dict[str, tuple[str, ...]] | None):
+def _certificates(site: Site, routes: list[Route],
+                  current: dict[str, tuple[str, ...]] | None) -> tuple[Certificate, ...]:
     """Certificate units: the site's own hosts (Traefik's API included) first, then one per user."""
     shared = tuple([names.shared_host("traefik", site.domain)] + [r.host for r in routes if r.owner is None])
     units: dict[str, list[str]] = {}

@@ -93,7 +93,8 @@ def nesting_bound(text: str) -> int:
     sees a document that would exhaust its stack): open flow brackets, plus per line the block
     levels its indentation is under and the inline `- ` / `key: ` indicators on it. Brackets in
     quoted text only raise the bound."""
-    flow, worst, levels = 0, 0, []
+    flow, worst = 0, 0
+    levels: list[int] = []
     for line in text.splitlines():
         body = line.lstrip(" ")
         if not body or body.startswith("#"):
@@ -114,7 +115,8 @@ def nesting_bound(text: str) -> int:
 def _duplicate_keys(root: yaml.Node | None) -> list[Problem]:
     """Every mapping key written twice: YAML loaders keep the last silently (a second `users:`
     would replace the first, and the next apply delete those users)."""
-    problems, todo = [], [((), root)] if root is not None else []
+    problems: list[Problem] = []
+    todo: list[tuple[tuple[object, ...], yaml.Node]] = [((), root)] if root is not None else []
     while todo:
         loc, node = todo.pop()
         if isinstance(node, yaml.MappingNode):

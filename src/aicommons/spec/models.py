@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 import re
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -273,7 +273,7 @@ class Embedding(Model):
     recreate_nonempty: bool = False
 
     @model_validator(mode="after")
-    def _known(self):
+    def _known(self) -> Embedding:
         if self.dimensions is None and self.model not in EMBEDDING_DIMENSIONS:
             raise ValueError(f"the dimensions of {self.model!r} are not known; set embedding.dimensions "
                              f"(known models: {', '.join(sorted(EMBEDDING_DIMENSIONS))})")
@@ -317,7 +317,7 @@ class Site(Model):
     operator_email: str | None = None
 
     @model_validator(mode="after")
-    def _lxc_names(self):
+    def _lxc_names(self) -> Site:
         # Per-site defaults: two LXC sites on one host never share a namespace or a container dir.
         d = self.driver
         if d.kind == "lxc":
@@ -331,7 +331,7 @@ class Site(Model):
 
     @model_validator(mode="before")
     @classmethod
-    def _services_shorthand(cls, data):
+    def _services_shorthand(cls, data: Any) -> Any:  # the raw input, whatever it is (pydantic "before")
         # `services: {ollama: , qdrant: }` or a list of names both mean "enabled with defaults".
         if isinstance(data, dict):
             svc = data.get("services")

@@ -50,21 +50,15 @@ def main(argv: list[str] | None = None) -> int:
         return 74  # EX_IOERR
     except Exception as exc:  # noqa: BLE001 - the last line of defence against tracebacks
         import click
+        from typer._click.exceptions import ClickException as TyperClickException  # typer's vendored click
 
-        kinds = [click.exceptions]
-        try:  # recent typer raises the exceptions of its own vendored click
-            from typer._click import exceptions as typer_click
-
-            kinds.append(typer_click)
-        except ImportError:
-            pass
-        if any(isinstance(exc, getattr(k, "ClickException", ())) for k in kinds):
+        if isinstance(exc, (click.ClickException, TyperClickException)):  # typer raises the vendored one
             exc.show()
             return exc.exit_code
-        if any(isinstance(exc, getattr(k, "Abort", ())) for k in kinds):
+        if isinstance(exc, click.exceptions.Abort):
             err_console.print("aborted")
             return 1
-        if any(isinstance(exc, getattr(k, "Exit", ())) for k in kinds):
+        if isinstance(exc, click.exceptions.Exit):
             return exc.exit_code
         if os.environ.get("AICOMMONS_DEBUG"):
             raise

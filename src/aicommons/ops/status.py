@@ -14,7 +14,7 @@ from pathlib import Path
 from rich.table import Table
 
 from aicommons.catalog import load_catalog
-from aicommons.ops.checks import Check, Result, sweep
+from aicommons.ops.checks import Check, Kind, Result, sweep
 from aicommons.ops.targets import retarget
 from aicommons.plan.model import ResolvedSite
 from aicommons.spec.secretref import resolve_ref
@@ -51,7 +51,7 @@ def plan_checks(resolved: ResolvedSite, *, secrets: Lookup | None = None,
     targets = targets or {}
     out: list[Check] = []
 
-    def add(name: str, kind: str, host: str, port: int, phase: int, **kw) -> None:
+    def add(name: str, kind: Kind, host: str, port: int, phase: int, **kw) -> None:
         h, p = retarget(host, port, targets)
         out.append(Check(name=name, kind=kind, host=h, port=p, phase=phase, **kw))
 
@@ -60,9 +60,9 @@ def plan_checks(resolved: ResolvedSite, *, secrets: Lookup | None = None,
     for c in shared:
         for svc in c.services:
             hosts.setdefault(svc, []).append((c.ip, c.hostname if c.instance > 1 else svc))
-    for name, ep in resolved.endpoints.items():
-        if ep.external:
-            hosts.setdefault(name, []).append((ep.host, name))
+    for name, endpoint in resolved.endpoints.items():
+        if endpoint.external:
+            hosts.setdefault(name, []).append((endpoint.host, name))
     for svc, where in hosts.items():
         spec = cat.services[svc]
         h = spec.health
@@ -91,16 +91,16 @@ def plan_checks(resolved: ResolvedSite, *, secrets: Lookup | None = None,
     for t in resolved.tenants:
         phase = resolved.container(t.ctid).phase
         for app in t.apps:
-            spec = cat.apps[app]
+            app_spec = cat.apps[app]
             if app in resolved.unavailable:
                 add(f"{t.user}/{app}", "tcp", t.ip, t.ports[app], phase, user=t.user, deployed=False,
                     skip_reason=f"not available in the native runtime ({resolved.unavailable[app]})")
                 continue
-            if spec.health.type == "none":
+            if app_spec.health.type == "none":
                 continue
-            kind = "http" if spec.health.type == "http" else "tcp"
-            add(f"{t.user}/{app}", kind, t.ip, t.ports[app], phase, user=t.user, path=spec.health.path,
-                expect_status=spec.health.expect_status)
+            kind: Kind = "http" if app_spec.health.type == "http" else "tcp"
+            add(f"{t.user}/{app}", kind, t.ip, t.ports[app], phase, user=t.user, path=app_spec.health.path,
+                expect_status=app_spec.health.expect_status)
     return out
 
 

@@ -151,8 +151,8 @@ def write_tree(files: Mapping[str, RenderedFile] | Iterable[RenderedFile], out_d
     for f, tmp, target in staged:
         os.replace(tmp, target)
         result.written.append(f.path)
-    for d in {target.parent for _, _, target in staged}:
-        fsync_dir(d)
+    for parent in {target.parent for _, _, target in staged}:
+        fsync_dir(parent)
     keep = {f.path for f in items}
     for d in prune:
         folder = out / Path(*_safe_rel(d).parts)

@@ -285,7 +285,8 @@ class StateStore:
     def runs(self, limit: int = 20) -> list[Run]:
         rows = self._read("SELECT id, command, who, host, started_at, finished_at, outcome, summary FROM runs "
                           "ORDER BY id DESC LIMIT ?", (limit,))
-        return [Run(*r[:7], json.loads(r[7])) for r in rows]
+        return [Run(i, command, who, host, started, finished, outcome, json.loads(summary))
+                for i, command, who, host, started, finished, outcome, summary in rows]
 
     def journal(self, run_id: int, address: str, action: str, status: str, detail: str = "") -> None:
         with self.tx() as c:

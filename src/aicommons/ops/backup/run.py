@@ -163,10 +163,10 @@ def verify_backup(repo: Repo, backup_id: str, src: Sources) -> list[str]:
     for it in manifest.items:
         if not it.path or it.kind == "s3_bucket":
             continue
-        p = root / it.path
-        if not p.is_file():
+        path = root / it.path
+        if not path.is_file():
             problems.append(f"{it.path}: missing")
-        elif it.sha256 and sha256_file(p) != it.sha256:
+        elif it.sha256 and sha256_file(path) != it.sha256:
             problems.append(f"{it.path}: sha256 differs from the manifest (the file is damaged)")
     for it in manifest.items:
         p = root / it.path if it.path else None

@@ -95,7 +95,7 @@ def check_converged(site: Path, world: Path, seen_secrets: dict) -> None:
         assert sorted(a.user for a in allocs) == sorted(users)  # no duplicate allocation
         assert len({a.ip for a in allocs}) == len(allocs)
         assert {a.user: a.ip for a in allocs} == {t.user: t.ip for t in p.resolved.tenants}
-        now = dict(((s, k), st.secrets().get(s, k)) for s, k, _ in st.secrets().known())
+        now = {(s, k): st.secrets().get(s, k) for s, k, _ in st.secrets().known()}
         for key, value in seen_secrets.items():  # nothing re-keyed
             assert now[key] == value, f"secret {key} changed across a crash"
         seen_secrets.update(now)
@@ -112,7 +112,7 @@ def test_sigkill_at_random_points_then_apply_converges(site, tmp_path):
     killed_mid_run = mid_step = 0
     for i in range(20):
         names = user_sets[i % len(user_sets)] + [f"new{i}"]  # a user this very run creates
-        edit_site(site, lambda d: d.update(users=[{"name": n} for n in names]))
+        edit_site(site, lambda d, names=names: d.update(users=[{"name": n} for n in names]))
         # Killed at a point the run reaches for sure, not after a time: new{i}'s tenant steps never
         # return, so once one has started the run is mid-step; the other steps (in parallel, slow)
         # are wherever they are by then.
@@ -125,7 +125,7 @@ def test_sigkill_at_random_points_then_apply_converges(site, tmp_path):
         p.wait()
         killed_mid_run += not finished
         if i % 2:  # the operator drops the new user before anything converged: its leftovers must go
-            edit_site(site, lambda d: d.update(users=[u for u in d["users"] if u["name"] != f"new{i}"]))
+            edit_site(site, lambda d, i=i: d.update(users=[u for u in d["users"] if u["name"] != f"new{i}"]))
         st = StateStore.open(default_path(site))
         mid_step += bool(st.unfinished_steps())  # killed between "started" and its outcome
         st.close()

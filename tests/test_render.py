@@ -9,7 +9,6 @@ files in test_traefik_routes.py and test_render_servers.py.
 from __future__ import annotations
 
 import ipaddress
-
 import json
 import os
 import re
@@ -57,7 +56,7 @@ def test_every_file_parses(files):
     bad = {p: parse_problem(p, f.content) for p, f in files.items() if parse_problem(p, f.content)}
     assert bad == {}
     for p, f in files.items():
-        if p.endswith("systemd/override.conf") or p.endswith(".service"):
+        if p.endswith(("systemd/override.conf", ".service")):
             import configparser
             cp = configparser.ConfigParser(interpolation=None, strict=False)
             cp.read_string(f.content)
@@ -81,7 +80,7 @@ def test_compose_files_match_the_compose_spec(files):
 
 
 def test_secrets_only_in_env_files(files, secrets):
-    values = [v for v in secrets.values.values()]
+    values = list(secrets.values.values())
     assert len(values) > 100
     for p, f in files.items():
         if any(v in f.content for v in values):
@@ -89,7 +88,7 @@ def test_secrets_only_in_env_files(files, secrets):
     assert not any(v in files["users/user1/docker-compose.yml"].content for v in values)
     assert not any(v in files["services/redis/users.acl"].content for v in values)  # hashes only
     for p, f in files.items():
-        if p.endswith(".env") or p.endswith(("config.yaml", "settings.yml", "garage.toml")):
+        if p.endswith((".env", "config.yaml", "settings.yml", "garage.toml")):
             assert f.mode == 0o600, p
 
 
@@ -160,7 +159,7 @@ def test_user_file_routes_every_app_behind_its_owner(files, site):
         assert all(r["service"] == "authentik-outpost" and r["middlewares"] == ["secure-headers"]
                    and r["priority"] == 300 for r in outposts.values())
         assert {r["rule"] for r in routers.values()} == {f"Host(`{h}`)" for h in t.hosts.values()}
-        for name, r in routers.items():
+        for r in routers.values():
             assert r["entryPoints"] == ["websecure"] and r["tls"] == {} and r["priority"] == 100
             assert r["middlewares"] == ["secure-headers", f"authentik-{t.user}"]
             assert doc["http"]["services"][r["service"]]["loadBalancer"]["servers"][0]["url"].startswith(f"http://{t.ip}:")
@@ -311,7 +310,7 @@ def test_render_user_matches_render_site(files, site, secrets):
     mine = render_user(site, "user9", secrets)
     assert "users/user9/docker-compose.yml" in mine and "users/user9/.env" in mine
     assert all(files[p] == f for p, f in mine.items())
-    assert all("user9" in p or p.endswith(f"{site.tenant('user9').ctid}.fw") or p.endswith("205208.yml")
+    assert all("user9" in p or p.endswith((f"{site.tenant('user9').ctid}.fw", "205208.yml"))
                for p in mine)
 
 
@@ -324,7 +323,7 @@ def test_write_tree_atomic_skips_unchanged_and_rewrites_one_user(tmp_path, site,
     assert len(res.written) == len(files) and not res.unchanged
     assert stat.S_IMODE((tmp_path / "users/user1/.env").stat().st_mode) == 0o600
     assert stat.S_IMODE((tmp_path / "services/postgres/pg_hba.conf").stat().st_mode) == 0o644
-    assert not [p for p in tmp_path.rglob("*.tmp")]
+    assert not list(tmp_path.rglob("*.tmp"))
     before = _tree(tmp_path)
     assert write_tree(files, tmp_path).written == []
     # change one user's email: only that user's files change

@@ -45,7 +45,7 @@ def test_parallel_users_add_lose_nobody(site, wait: bool):
         procs = [subprocess.Popen([AIC, "users", "add", n, "-f", "site.yaml", *extra], cwd=where, env=env,
                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                   stdin=subprocess.DEVNULL) for n in names]
-        outcomes = [(n, p.wait(timeout=600), *p.communicate()) for n, p in zip(names, procs)]
+        outcomes = [(n, p.wait(timeout=600), *p.communicate()) for n, p in zip(names, procs, strict=False)]
         present = users_in(where)
         for name, rc, out, err in outcomes:
             if rc == 0:

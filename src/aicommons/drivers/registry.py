@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-
 from urllib.parse import urlparse
 
 from aicommons.drivers.base import ComputeDriver
 from aicommons.errors import PermanentError
 from aicommons.spec.models import Site
-
 
 # RFC 2606 names: `init` writes one as a placeholder. Never dial it (it would leave the site).
 _RESERVED = ("example.org", "example.com", "example.net", ".example", ".invalid", ".test")

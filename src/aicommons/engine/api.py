@@ -353,7 +353,7 @@ def apply_site(site_file, *, state_path=None, targets=None, yes: bool = True, dr
                out=None, plan_file=None, parallelism: int = 4, lock_timeout: float = 0.0, purge: bool = False,
                destroy: bool = False, renderer=None, target=None, confirm: Callable[[Plan], bool] | None = None,
                step_timeout: float | None = 1800, command: str = "apply") -> ApplyResult:
-    from aicommons.engine.report import Reporter, Redactor
+    from aicommons.engine.report import Redactor, Reporter
     from aicommons.engine.runner import run_dag
     from aicommons.engine.steps import Context, execute
     from aicommons.state.lock import StateLock

@@ -184,7 +184,7 @@ async def run_check(c: Check, timeout: float, slow_ms: float) -> Result:
     try:
         async with asyncio.timeout(timeout):  # no extra task per check, unlike wait_for
             streams = await asyncio.open_connection(c.host, c.port)
-    except (OSError, asyncio.TimeoutError) as exc:
+    except (TimeoutError, OSError) as exc:
         if isinstance(exc, asyncio.TimeoutError):
             why = "no answer to connect"
         elif isinstance(exc, ConnectionRefusedError):
@@ -202,7 +202,7 @@ async def run_check(c: Check, timeout: float, slow_ms: float) -> Result:
             fn = {"tcp": None, "postgres": check_postgres, "redis": check_redis}[c.kind]
             async with asyncio.timeout(left):
                 note = await fn(c, left) if fn else ""
-    except asyncio.TimeoutError:
+    except TimeoutError:
         return Result(c, "slow", ms(), f"no answer within {timeout:g}s")
     except Failed as exc:
         return Result(c, "down", ms(), str(exc))

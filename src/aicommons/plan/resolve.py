@@ -16,11 +16,12 @@ from typing import Any
 
 from aicommons.catalog import Catalog, load_catalog
 from aicommons.errors import Problem, SiteInvalid
-from aicommons.plan import certificates as certs_plan, deployed, names
+from aicommons.plan import certificates as certs_plan
+from aicommons.plan import deployed, names
 from aicommons.plan.access import operator_sources
 from aicommons.plan.model import Certificate, Container, Endpoint, ResolvedSite, Route, Tenant, Totals
-from aicommons.spec.load import LineIndex, format_path
 from aicommons.spec.identity import email_key
+from aicommons.spec.load import LineIndex, format_path
 from aicommons.spec.models import Site, parse_range
 
 SCALE_POOL = range(108, 120)

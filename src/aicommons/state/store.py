@@ -135,7 +135,7 @@ class StateStore:
         except StateError:
             db.close()
             raise
-        except Exception as exc:  # sqlite3 / psycopg errors: a damaged or foreign database
+        except Exception as exc:  # noqa: BLE001 - sqlite3 / psycopg errors: a damaged or foreign database
             db.close()
             raise StateError(f"{db.where} cannot be read as a state ({exc}); it was left untouched. "
                              f"Restore it from a backup") from None

@@ -17,8 +17,8 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-from aicommons.drivers.base import ContainerState, DriverInfo, ExecResult, Status
 from aicommons.catalog import load_catalog
+from aicommons.drivers.base import ContainerState, DriverInfo, ExecResult, Status
 from aicommons.drivers.lxc import apps, config, limits, netns, services, template
 from aicommons.drivers.lxc.run import run
 from aicommons.drivers.lxc.services import ServiceOutcome

@@ -15,10 +15,11 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from aicommons.ops.backup import objects, postgres as pgb, redis_keys as rk
+from aicommons.ops.backup import objects
+from aicommons.ops.backup import postgres as pgb
+from aicommons.ops.backup import redis_keys as rk
 from aicommons.ops.backup.postgres import Server
-from aicommons.ops.backup.repo import (BackupError, Item, Manifest, Repo, file_item, new_id, sha256_file,
-                                       write_private)
+from aicommons.ops.backup.repo import BackupError, Item, Manifest, Repo, file_item, new_id, sha256_file, write_private
 from aicommons.plan.model import ResolvedSite, Tenant
 
 Step = Callable[[str], None]
@@ -82,7 +83,7 @@ def _route(tenants: list[Tenant]) -> Callable[[bytes], str | None]:
 def run_backup(resolved: ResolvedSite, src: Sources, repo: Repo, *, user: str | None = None,
                now: dt.datetime | None = None, step: Step | None = None) -> Manifest:
     """Write one complete backup or none: on any failure the partial directory is removed."""
-    now = now or dt.datetime.now(dt.timezone.utc)
+    now = now or dt.datetime.now(dt.UTC)
     tenants = [resolved.tenant(user)] if user else list(resolved.tenants)
     manifest = Manifest(id=new_id(now, user), site=resolved.site.name, created=now.isoformat(), user=user,
                         tools=tools(), items=[])

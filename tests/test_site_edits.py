@@ -82,7 +82,7 @@ def test_parallel_inits_write_one_whole_file_and_refuse_the_rest(tmp_path: Path)
         out = tmp_path / f"r{r}" / "site.yaml"
         procs = [subprocess.Popen([AIC, "init", "--out", str(out), "--users", str(n)], stdout=subprocess.PIPE,
                                   stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL) for n in range(1, 6)]
-        outcomes = [(n, p.wait(timeout=300), *p.communicate()) for n, p in zip(range(1, 6), procs)]
+        outcomes = [(n, p.wait(timeout=300), *p.communicate()) for n, p in zip(range(1, 6), procs, strict=False)]
         won = [n for n, rc, out_, _ in outcomes if rc == 0 and "wrote" in out_]
         assert len(won) == 1, outcomes
         assert all(rc == 1 and "exists; pass --force" in err for n, rc, _, err in outcomes if n not in won), outcomes

@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pytest
 
+from aicommons.ops import users as manage
 from aicommons.spec.default import LXC_CORE, render_site_yaml
 from aicommons.spec.load import load_site
-from aicommons.ops import users as manage
 
 AIC = str(Path(sys.executable).parent / "aicommons")
 ROUNDS = 10

@@ -324,3 +324,28 @@ def test_changed_isolation_rules_ensure_every_tenant_again(tmp_path):
     redis_fake.rules = "v2"
     again = [s for s in plan_site(site, **kw).steps.values() if s.kind == "tenant"]
     assert again and {s.id.split(".")[1] for s in again} == {"redis"} and all(s.action == "update" for s in again)
+
+
+def test_the_catalog_says_where_every_rendered_system_file_goes_and_how_it_takes_effect():
+    """One source for service knowledge: each file a service's `configure:` names is one the
+    renderer makes for that service (no stale entry), and the reload covers pg_hba.conf alone."""
+    from aicommons.catalog import load_catalog
+    from aicommons.engine.services import apply_script, files_of
+    from aicommons.plan import resolve
+    from aicommons.spec.default import render_site_yaml
+    from aicommons.spec.load import load_text
+    from tests.test_render import FakeSecrets
+
+    resolved = resolve(load_text(render_site_yaml(users=2))[0])
+    files = render_site(resolved, FakeSecrets())
+    hosts = {c.name: c.hostname for c in resolved.containers if c.role == "shared"}
+    configured = {n: s.configure for n, s in load_catalog().services.items() if s.configure}
+    assert {"postgres", "redis", "qdrant", "ollama", "garage"} <= set(configured)
+    for name, cfg in configured.items():
+        if name not in hosts:
+            continue  # minio: not in the reference site
+        assert set(cfg.files) <= set(files_of(files, hosts[name])), name
+    assert apply_script("postgres", "/opt/x", {"pg_hba.conf"}).endswith("systemctl reload postgresql\n")
+    both = apply_script("postgres", "/opt/x", {"pg_hba.conf", "conf.d/aicommons.conf"})
+    assert both.endswith("systemctl restart postgresql\n") and "install -D" in both
+    assert apply_script("postgres", "/opt/x", {"install.sh"}) is None  # not a system file

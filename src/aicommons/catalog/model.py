@@ -74,6 +74,33 @@ class Route(Strict):
     port: int
 
 
+class ConfigFile(Strict):
+    path: str  # where the service reads it
+    owner: str = ""  # user:group; "" keeps root's
+
+
+class Reload(Strict):
+    files: list[str]  # a change to these files alone ...
+    command: str  # ... takes effect with this (no restart: tenants keep their connections)
+
+
+class Configure(Strict):
+    """How the site's rendered config for this service takes effect (the engine's `service.<host>`
+    step): each file rendered under services/<host>/ is copied to its `path`, then `apply` runs,
+    or `reload.command` when only reloadable files changed."""
+
+    files: dict[str, ConfigFile]
+    apply: str
+    reload: Reload | None = None
+
+    @model_validator(mode="after")
+    def _reloadable(self) -> Configure:
+        extra = set(self.reload.files) - set(self.files) if self.reload else set()
+        if extra:
+            raise ValueError(f"configure.reload.files {sorted(extra)} are not in configure.files")
+        return self
+
+
 class Service(Strict):
     """A shared service: one LXC container (or several instances) in the shared range."""
 
@@ -93,6 +120,7 @@ class Service(Strict):
     resources: Resources
     depends_on: list[str] = Field(default_factory=list)
     backup: BackupMethod = "none"
+    configure: Configure | None = None  # how rendered config files take effect
     # Environment variables per-user apps use to reach it; `{ip}`/`{host}` are filled in.
     app_env: dict[str, str] = Field(default_factory=dict)
     scalable: bool = False  # may run several instances behind one Traefik load balancer

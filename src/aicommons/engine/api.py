@@ -225,10 +225,10 @@ def _delivered_services(s: Session) -> bool | frozenset[str]:
     of those it runs: one rendered configuration for every driver."""
     if not configures_services(s.driver):
         return True
-    from aicommons.engine.services import SYSTEM
+    from aicommons.catalog import load_catalog
 
     skipped = s.driver.skipped_services(s.resolved) if isinstance(s.driver, SkipsServices) else {}
-    return frozenset(n for n in SYSTEM if n not in skipped)
+    return frozenset(n for n, svc in load_catalog().services.items() if svc.configure and n not in skipped)
 
 
 def _ollama_reality(s: Session, containers: dict) -> dict | None:

@@ -257,7 +257,7 @@ class Planner:
     # ---- shared containers' configuration and the site's models -------------------------------
 
     def _services(self, containers: list[Container]) -> None:
-        from aicommons.engine.services import SYSTEM, digests, files_of
+        from aicommons.engine.services import digests, files_of, system_files
 
         if not self.real.services:
             return
@@ -265,7 +265,7 @@ class Planner:
         for c in containers:
             files = files_of(self.files, c.hostname) if c.role == "shared" else {}
             if only is not None:
-                files = {r: f for r, f in files.items() if c.name in only and r in SYSTEM[c.name][0]}
+                files = {r: f for r, f in files.items() if c.name in only and r in system_files(c.name)}
             if not files:
                 continue
             addr = f"service.{c.hostname}"

@@ -5,7 +5,8 @@ A service step pushes everything render_site made under `services/<hostname>/` t
 /opt/aicommons/<hostname>/ (modes kept: secrets stay 0600), then inside the container runs
 `install.sh` (the catalog recipe; for compose services it *is* the apply: `docker compose up`)
 when it is new or changed, and copies the system config files to where the service reads
-them and restarts it (SYSTEM below) when any of them changed. A driver that configures shared
+them and restarts or reloads it when any of them changed: the catalog's `configure` says where
+each file goes and what makes it take effect. A driver that configures shared
 services itself (`configures_services = True`, the LXC driver) gets no service steps.
 """
 
@@ -14,6 +15,8 @@ from __future__ import annotations
 import posixpath
 import shlex
 
+from aicommons.catalog import load_catalog
+from aicommons.catalog.model import Configure
 from aicommons.drivers.targets import digest
 from aicommons.errors import PermanentError
 
@@ -21,21 +24,16 @@ SERVICE_ROOT = "/opt/aicommons"
 SERVICES_DIR = "services/"
 OLLAMA_MODELS = "ollama.models"
 
-# Service -> ({rendered path under services/<host>/: (system path, owner)}, command after copying).
-SYSTEM: dict[str, tuple[dict[str, tuple[str, str]], str]] = {
-    "postgres": ({"conf.d/aicommons.conf": ("/etc/postgresql/15/main/conf.d/aicommons.conf", "postgres:postgres"),
-                  "pg_hba.conf": ("/etc/postgresql/15/main/pg_hba.conf", "postgres:postgres")},
-                 "systemctl restart postgresql"),  # listen_addresses needs a restart, not a reload
-    "redis": ({"redis.conf": ("/etc/redis/redis.conf", "redis:redis"),
-               "users.acl": ("/etc/redis/users.acl", "redis:redis")}, "systemctl restart redis-server"),
-    "qdrant": ({"config.yaml": ("/etc/qdrant/config.yaml", "")}, "systemctl restart qdrant"),
-    "ollama": ({"systemd/override.conf": ("/etc/systemd/system/ollama.service.d/override.conf", "")},
-               "systemctl daemon-reload && systemctl restart ollama"),
-    "garage": ({"garage.toml": ("/etc/garage.toml", ""),
-                "systemd/garage.service": ("/etc/systemd/system/garage.service", "")},
-               "systemctl daemon-reload && systemctl enable garage && systemctl restart garage"),
-    "minio": ({"minio.env": ("/etc/default/minio", "")}, "systemctl restart minio"),
-}
+def configure_of(service: str) -> Configure | None:
+    """The catalog's word on how this service's rendered files take effect (None: nothing to copy)."""
+    svc = load_catalog().services.get(service)
+    return svc.configure if svc is not None else None
+
+
+def system_files(service: str) -> set[str]:
+    """The rendered files copied into the service's own config (the rest stay under SERVICE_ROOT)."""
+    cfg = configure_of(service)
+    return set(cfg.files) if cfg is not None else set()
 
 
 def files_of(files: dict, hostname: str) -> dict:
@@ -55,23 +53,17 @@ KEEP_ACL_OFF = ("awk 'NR==FNR {{ if ($1 == \"user\" && / off( |$)/) off[$2] = 1;
                 "&& cat {src}.merged > {src} && rm -f {src}.merged")  # cat keeps the 0600 file's mode
 
 
-# Files a reload applies: a changed pg_hba.conf alone (every users add/remove) must not restart
-# PostgreSQL, which would cut every tenant's connections, a removal's own pg_dump among them.
-RELOAD: dict[str, tuple[frozenset[str], str]] = {
-    "postgres": (frozenset({"pg_hba.conf"}), "systemctl reload postgresql"),
-}
-
-
 def apply_script(service: str, root: str, changed: set[str]) -> str | None:
     """Copy the changed system config files into place, then reload the service if a reload
     applies all of them, else restart it (None: nothing to do)."""
-    dests, after = SYSTEM.get(service, ({}, ""))
-    todo = [(rel, *dests[rel]) for rel in sorted(changed) if rel in dests]
-    if not todo:
+    cfg = configure_of(service)
+    todo = [(rel, cfg.files[rel].path, cfg.files[rel].owner) for rel in sorted(changed)
+            if cfg is not None and rel in cfg.files]
+    if cfg is None or not todo:
         return None
-    reloadable, reload = RELOAD.get(service, (frozenset(), ""))
-    if reload and {rel for rel, *_ in todo} <= reloadable:
-        after = reload
+    after = cfg.apply
+    if cfg.reload is not None and {rel for rel, *_ in todo} <= set(cfg.reload.files):
+        after = cfg.reload.command
     lines = ["set -eu"]
     for rel, dest, owner in todo:
         src = shlex.quote(posixpath.join(root, rel))

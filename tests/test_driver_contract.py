@@ -67,7 +67,7 @@ def test_capabilities_of_the_fake_driver(tmp_path):
 OFFERS = {
     FakeDriver: {"Archives", "HasTraefikTarget", "ReportsUsage", "ServiceUrls"},
     LxcDriver: {"Archives", "BindsSecrets", "ConfiguresServices", "HasTraefikTarget", "ManagesNetwork",
-                "RunsNativeApps", "SkipsCompose", "SkipsServices"},
+                "ReportsUsage", "RunsNativeApps", "SkipsCompose", "SkipsServices"},
     ProxmoxDriver: {"AppliesFirewall", "Archives", "ChecksPlans", "Closes", "DiffsFirewall", "TakesNotes"},
 }
 

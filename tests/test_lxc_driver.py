@@ -155,6 +155,12 @@ def test_lifecycle_exec_push_limits(drv: LxcDriver):
     # memory limit as the kernel holds it; updated live
     drv.update(ct(200, memory_mb=1024, cores=2))
     assert (drv.get(200).memory_mb, drv.get(200).cores) == (1024, 2)
+    # use as the portal shows it, read from the container's own cgroups (a busy loop for CPU)
+    # (through systemd: lxc-attach's own processes stay in the caller's groups, the container's services do not)
+    drv.exec(200, ["systemd-run", "--unit=aic-busy", "timeout", "5", "sh", "-c", "while :; do :; done"])
+    use = drv.usage([200, 299])
+    assert set(use) == {200} and use[200].memory_limit_mb == 1024  # 299: no such container
+    assert 0 < use[200].memory_mb < 1024 and use[200].cpu_percent is not None and use[200].cpu_percent > 5
     # the site's addresses never reach the host's network
     links, addrs, _ = host_state()
     assert "10.0.5." not in addrs and "10.0.4.10" not in addrs and "vmbr0" not in links

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
+from aicommons.drivers.base import Closes
 from aicommons.errors import AicError, Problem, SiteInvalid
 from aicommons.plan.model import ResolvedSite, Tenant
 from aicommons.plan.secrets import SITE_SCOPE, tenant_keys
@@ -419,9 +420,8 @@ def restart_user(site_file: Path, name: str, *, state_path=None, driver=None, ou
         finally:
             state.finish_run(run_id, outcome, {"ok": 1 if outcome == "ok" else 0, "failed": int(outcome != "ok")})
             lock.release()
-            closer = getattr(drv, "close", None)
-            if driver is None and callable(closer):
-                closer()
+            if driver is None and isinstance(drv, Closes):
+                drv.close()
 
 
 def preview_user(site_file: Path, name: str, action: str, email: str | None = None, *, state_path=None,

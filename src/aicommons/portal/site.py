@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 from aicommons.catalog import load_catalog
-from aicommons.drivers.base import ContainerState
+from aicommons.drivers.base import Closes, ContainerState, ReportsUsage
 from aicommons.plan.model import ResolvedSite
 from aicommons.portal.config import PortalConfig
 
@@ -39,9 +39,8 @@ class SiteView:
         self.catalog = load_catalog()
 
     def close(self) -> None:
-        closer = getattr(self._driver, "close", None)
-        if callable(closer):
-            closer()
+        if isinstance(self._driver, Closes):
+            self._driver.close()
         self.state.close()
 
     # ---- the site --------------------------------------------------------------------------
@@ -118,11 +117,11 @@ class SiteView:
 
     def usage(self, ctids: list[int]) -> dict:
         """{ctid: Usage} from the driver, if it can read use at all (else nothing is shown)."""
-        read = getattr(self.driver, "usage", None)
-        if not callable(read):
+        drv = self.driver
+        if not isinstance(drv, ReportsUsage):
             return {}
         try:
-            return read(ctids)
+            return drv.usage(ctids)
         except Exception as exc:  # noqa: BLE001 - the page shows "not reported" instead
             log.warning("usage read failed: %s", exc)
             return {}

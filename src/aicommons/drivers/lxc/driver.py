@@ -14,11 +14,12 @@ import shutil
 import sys
 import threading
 import time
+from collections.abc import Iterable
 from dataclasses import asdict
 from pathlib import Path
 
 from aicommons.catalog import load_catalog
-from aicommons.drivers.base import ContainerState, DriverInfo, ExecResult, Status
+from aicommons.drivers.base import ContainerState, DriverInfo, ExecResult, Status, Usage
 from aicommons.drivers.lxc import apps, config, limits, netns, services, template
 from aicommons.drivers.lxc.run import run
 from aicommons.drivers.lxc.services import ServiceOutcome
@@ -208,6 +209,12 @@ class LxcDriver:
             ctid=int(ctid), hostname=meta["hostname"], status=status, ip=meta["ip"],
             memory_mb=memory or meta["memory_mb"], cores=cores or meta["cores"], disk_gb=meta["disk_gb"],
             tags=("aicommons", meta["role"], f"site-{self.site}"))
+
+    def usage(self, ctids: Iterable[int]) -> dict[int, Usage]:
+        """Running containers' memory and CPU now, from the cgroups the driver put them in (limits.py)."""
+        running = [int(c) for c in ctids if self._meta(int(c)) is not None and self._status(int(c)) == "running"]
+        return {c: Usage(memory_mb=mem, memory_limit_mb=limit, cpu_percent=cpu)
+                for c, (mem, limit, cpu) in limits.usage(self.ns, running).items()}
 
     def list_containers(self) -> list[ContainerState]:
         if not self.lxcpath.is_dir():

@@ -10,6 +10,7 @@ the container starts later inherit the group.
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 ROOT = Path("/sys/fs/cgroup")
@@ -93,6 +94,33 @@ def read(ns: str, ctid: int) -> tuple[int | None, int | None]:
         return mem, (quota // PERIOD if quota > 0 else None)
     except (OSError, ValueError):
         return None, None
+
+
+def usage(ns: str, ctids: list[int], sample: float = 0.25) -> dict[int, tuple[float, int | None, float | None]]:
+    """{ctid: (memory in use MB, limit MB, CPU % of its cores)} from the containers' own groups,
+    the CPU over one `sample` for all of them; a container without a group is left out."""
+    def cpu_ns(ctid: int) -> int | None:
+        try:
+            return int((group("cpuacct", ns, ctid) / "cpuacct.usage").read_text())
+        except (OSError, ValueError):
+            return None
+
+    before, t0 = {c: cpu_ns(c) for c in ctids}, time.monotonic()
+    time.sleep(sample)
+    elapsed = time.monotonic() - t0
+    out = {}
+    for c in ctids:
+        try:
+            used = int((group("memory", ns, c) / "memory.usage_in_bytes").read_text()) / 2**20
+        except (OSError, ValueError):
+            continue
+        limit, cores = read(ns, c)
+        start, end = before[c], cpu_ns(c)
+        cpu = None
+        if start is not None and end is not None:
+            cpu = round(100 * (end - start) / 1e9 / elapsed / (cores or os.cpu_count() or 1), 1)
+        out[c] = (round(used, 1), limit if limit is not None and limit < 2**40 else None, cpu)
+    return out
 
 
 def remove(ns: str, ctid: int) -> None:

@@ -68,7 +68,8 @@ OFFERS = {
     FakeDriver: {"Archives", "HasTraefikTarget", "ReportsUsage", "ServiceUrls"},
     LxcDriver: {"Archives", "BindsSecrets", "ConfiguresServices", "HasTraefikTarget", "ManagesNetwork",
                 "ReportsUsage", "RunsNativeApps", "SkipsCompose", "SkipsServices"},
-    ProxmoxDriver: {"AppliesFirewall", "Archives", "ChecksPlans", "Closes", "DiffsFirewall", "TakesNotes"},
+    ProxmoxDriver: {"AppliesFirewall", "Archives", "ChecksPlans", "Closes", "DiffsFirewall", "ReportsUsage",
+                    "TakesNotes"},
 }
 
 

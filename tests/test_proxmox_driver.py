@@ -203,6 +203,20 @@ def test_drift_is_planned_and_set_back(seeded):
     assert sim.cluster.cts[205].conf["memory"] == "8192"
 
 
+def test_use_comes_from_one_cluster_resources_read(seeded):
+    """The portal's memory/CPU: PVE's `mem` (bytes) and `cpu` (a fraction of the CT's cores, the
+    schema's fraction_as_percentage) for running containers of this site only."""
+    sim, _, kw, _, _ = seeded
+    with sim.cluster.lock:
+        sim.cluster.cts[201].load = 0.25
+    sim.reset_counts()
+    use = kw["driver"].usage([201, 202, 9999])
+    assert sim.api.total() == 1  # one read for them all
+    ct = sim.cluster.cts[201]
+    assert set(use) == {201, 202} and use[201].cpu_percent == 25.0 and use[202].cpu_percent == 0.0
+    assert use[201].memory_limit_mb == ct.mem_bytes() // 2**20 and 0 < use[201].memory_mb <= use[201].memory_limit_mb
+
+
 def test_exec_and_push_go_over_ssh_to_the_hosting_node(seeded):
     sim, site_file, kw, _, _ = seeded
     driver = kw["driver"]

@@ -45,6 +45,7 @@ class Ct:
     status: str = "stopped"
     pool: str | None = None
     fs: dict[str, bytes] = field(default_factory=dict)  # files pushed into the CT
+    load: float = 0.0  # CPU use as pvestatd reports it: a fraction of the CT's cores (a test sets it)
 
     @property
     def template(self) -> bool:
@@ -279,7 +280,7 @@ class Cluster:
                 e = {"id": f"lxc/{c.vmid}", "type": "lxc", "vmid": c.vmid, "node": c.node,
                      "name": c.conf.get("hostname", f"CT{c.vmid}"), "status": c.status,
                      "maxmem": c.mem_bytes(), "mem": c.mem_bytes() // 4 if c.status == "running" else 0,
-                     "maxcpu": int(c.conf.get("cores", "1")), "cpu": 0.0,
+                     "maxcpu": int(c.conf.get("cores", "1")), "cpu": c.load if c.status == "running" else 0.0,
                      "maxdisk": c.disk_gb() * GiB, "disk": 0, "template": 1 if c.template else 0,
                      "uptime": 100 if c.status == "running" else 0}
                 if c.conf.get("tags"):

@@ -104,6 +104,8 @@ class Guest:
     template: bool
     pool: str | None = None
     lock: str | None = None
+    mem_mb: float = 0.0  # in use now
+    cpu: float = 0.0  # use now, a fraction of maxcpu (the schema's renderer: fraction_as_percentage)
 
 
 @dataclass(frozen=True)
@@ -322,7 +324,8 @@ class PveApi:
             tags = tuple(t for t in re.split(r"[;, ]+", d.get("tags", "") or "") if t)
             out.append(Guest(int(d["vmid"]), d["node"], d.get("name", ""), d.get("status", "unknown"),
                              int(d.get("maxmem", 0)) // MiB, int(d.get("maxcpu", 0)), int(d.get("maxdisk", 0)) // GiB,
-                             tags, bool(d.get("template")), d.get("pool"), d.get("lock")))
+                             tags, bool(d.get("template")), d.get("pool"), d.get("lock"),
+                             round(int(d.get("mem", 0)) / MiB, 1), float(d.get("cpu", 0.0))))
         return out
 
     def config(self, node: str, vmid: int) -> CtConfig:

@@ -27,12 +27,12 @@ import logging
 import re
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Literal
 
 from aicommons.catalog import load_catalog
-from aicommons.drivers.base import ContainerState, ExecResult
+from aicommons.drivers.base import ContainerState, ExecResult, Usage
 from aicommons.drivers.proxmox import ctconfig, preflight, provision
 from aicommons.drivers.proxmox.api import ApiError, CtConfig, Guest, PveApi, RetryPolicy, TaskFailed
 from aicommons.drivers.proxmox.placement import NodeCapacity, Placement, Want
@@ -134,6 +134,12 @@ class ProxmoxDriver:
         with ThreadPoolExecutor(self.workers) as pool:
             cfgs = list(pool.map(lambda g: self.api.config(g.node, g.vmid), mine))
         return [self._state(g, c) for g, c in zip(mine, cfgs, strict=True)]
+
+    def usage(self, ctids: Iterable[int]) -> dict[int, Usage]:
+        """This site's running containers' memory and CPU, from one /cluster/resources read."""
+        want = set(ctids)
+        return {g.vmid: Usage(memory_mb=g.mem_mb, memory_limit_mb=g.maxmem_mb, cpu_percent=round(100 * g.cpu, 1))
+                for g in self.api.guests() if g.vmid in want and g.status == "running" and self._ours(g)}
 
     def _guest(self, ctid: int) -> Guest | None:
         return next((g for g in self.api.guests() if g.vmid == ctid), None)

@@ -20,15 +20,13 @@ class RenderUsageError(AicError):
 
 
 def _state_secrets(site_file: Path, site):
-    """(held slots, secret lookup, the store) from the state beside the site file, read only: render
-    writes --out and nothing else (secrets not generated yet are throwaway values, said so)."""
-    from aicommons.state.secrets import KeySource
-    from aicommons.state.store import StateStore, default_path
+    """(held slots, secret lookup, the store) from the site's state (--state/$AICOMMONS_STATE as for
+    every command), read only: render writes --out and nothing else (secrets not generated yet are
+    throwaway values, said so)."""
+    from aicommons.engine.api import key_source, open_state
 
-    path = default_path(site_file)
-    store = StateStore.open(path, read_only=True)
-    source = KeySource.default(path.parent, site.secrets.key_file, site.secrets.key_env)
-    return store.held_slots(), store.secrets(source, read_only=True), store
+    store = open_state(site_file, read_only=True)
+    return store.held_slots(), store.secrets(key_source(site, store, site_file)), store
 
 
 def render(

@@ -132,7 +132,6 @@ class Session:
         self.site, index = load_site(self.site_file)
         # Read-only (plan, users list/show): no state file, key file or secret is made (Terraform's
         # contract for plan); values not generated yet are throwaway ones (SecretStore).
-        self.read_only = read_only
         self.state = open_state(site_file, state_path, read_only=read_only)
         self._own_driver = False
         try:
@@ -145,7 +144,7 @@ class Session:
         from aicommons.plan import resolve
 
         site_file = self.site_file
-        self.secrets = self.state.secrets(key_source(self.site, self.state, site_file), read_only=self.read_only)
+        self.secrets = self.state.secrets(key_source(self.site, self.state, site_file))
         self.resolved = resolve(self.site, held=self.state.held_slots(), index=index,
                                 certificates=certs_plan.from_json(self.state.meta(CERTS_META)))
         self.notes: list[str] = list(self.resolved.notes)

@@ -85,6 +85,7 @@ class StateStore:
 
     def __init__(self, path: Path | None, db):
         self.path = path  # None for a PostgreSQL state
+        self.read_only = False  # opened for a command that changes nothing: its secrets are never stored
         self._db = db
         self._mu = threading.RLock()
 
@@ -96,10 +97,16 @@ class StateStore:
         a missing file is not created; the command reads an empty state held in memory."""
         if is_url(target):
             try:
-                return cls._open_db(PgDb(str(target)), None)
+                store = cls._open_db(PgDb(str(target)), None)
             except DbError as exc:
                 raise StateError(str(exc)) from None
-        path = Path(target)
+        else:
+            store = cls._open_path(Path(target), create=create, read_only=read_only)
+        store.read_only = read_only
+        return store
+
+    @classmethod
+    def _open_path(cls, path: Path, *, create: bool, read_only: bool) -> StateStore:
         if read_only and not path.exists():
             return cls._open_db(SqliteDb(None), None)
         if not path.exists():
@@ -260,14 +267,14 @@ class StateStore:
 
     # ---- secrets ---------------------------------------------------------------------------
 
-    def secrets(self, key_source=None, *, read_only: bool = False):
+    def secrets(self, key_source=None):
         """A SecretLookup-compatible object: `get(scope, key)` generate-once, `rotate(scope, key)`.
-        `read_only`: a value not stored yet is a throwaway one, never stored (see SecretStore)."""
+        On a store opened read-only a value not stored yet is a throwaway one (see SecretStore)."""
         from aicommons.state.secrets import KeySource, SecretStore
 
         if key_source is None:
             key_source = KeySource.default(self.path.parent) if self.path else KeySource(key_file=None)
-        return SecretStore(self, key_source, read_only=read_only)
+        return SecretStore(self, key_source, read_only=self.read_only)
 
     # ---- runs and journal ------------------------------------------------------------------
 

@@ -17,6 +17,7 @@ from pydantic import ValidationError
 
 from aicommons.drivers.base import Closes
 from aicommons.errors import AicError, Problem, SiteInvalid
+from aicommons.fsutil import write_file
 from aicommons.plan.model import ResolvedSite, Tenant
 from aicommons.plan.secrets import SITE_SCOPE, tenant_keys
 from aicommons.spec.models import User
@@ -58,14 +59,7 @@ def _yaml():
 
 
 def _write_atomic(path: Path, text: str) -> None:
-    mode = path.stat().st_mode & 0o777 if path.exists() else 0o644
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_CREAT | os.O_WRONLY | os.O_TRUNC, mode)
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    tmp.replace(path)
+    write_file(path, text, replace=True, mode=path.stat().st_mode & 0o777 if path.exists() else 0o644)
 
 
 class SiteChanged(AicError):

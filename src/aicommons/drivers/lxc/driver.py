@@ -212,9 +212,9 @@ class LxcDriver:
 
     def usage(self, ctids: Iterable[int]) -> dict[int, Usage]:
         """Running containers' memory and CPU now, from the cgroups the driver put them in (limits.py)."""
-        running = [int(c) for c in ctids if self._meta(int(c)) is not None and self._status(int(c)) == "running"]
+        ours = [int(c) for c in ctids if self._meta(int(c)) is not None]  # no lxc-info each: the cgroups say
         return {c: Usage(memory_mb=mem, memory_limit_mb=limit, cpu_percent=cpu)
-                for c, (mem, limit, cpu) in limits.usage(self.ns, running).items()}
+                for c, (mem, limit, cpu) in limits.usage(self.ns, ours).items()}
 
     def list_containers(self) -> list[ContainerState]:
         if not self.lxcpath.is_dir():
@@ -373,7 +373,7 @@ class LxcDriver:
             self.traefik.stop()
             shutil.rmtree(self.traefik.state_dir, ignore_errors=True)
         netns.teardown(self.net)
-        if read_owner(self.lxcpath) in (self.owner, None) or self.owner is None:  # ours, or no site named
+        if self.owner is None or read_owner(self.lxcpath) == self.owner:  # ours, or no site named
             (self.lxcpath / OWNER_FILE).unlink(missing_ok=True)
         try:
             self.lxcpath.rmdir()  # only if empty: someone else's containers stay

@@ -98,7 +98,8 @@ def read(ns: str, ctid: int) -> tuple[int | None, int | None]:
 
 def usage(ns: str, ctids: list[int], sample: float = 0.25) -> dict[int, tuple[float, int | None, float | None]]:
     """{ctid: (memory in use MB, limit MB, CPU % of its cores)} from the containers' own groups,
-    the CPU over one `sample` for all of them; a container without a group is left out."""
+    the CPU over one `sample` for all of them; a container without a group or a process in it
+    (not running) is left out."""
     def cpu_ns(ctid: int) -> int | None:
         try:
             return int((group("cpuacct", ns, ctid) / "cpuacct.usage").read_text())
@@ -110,8 +111,11 @@ def usage(ns: str, ctids: list[int], sample: float = 0.25) -> dict[int, tuple[fl
     elapsed = time.monotonic() - t0
     out = {}
     for c in ctids:
+        mem = group("memory", ns, c)
         try:
-            used = int((group("memory", ns, c) / "memory.usage_in_bytes").read_text()) / 2**20
+            if not any(p.read_text().strip() for p in mem.rglob("cgroup.procs")):
+                continue  # stopped: its group (and its systemd's sub-groups) outlive it until destroy
+            used = int((mem / "memory.usage_in_bytes").read_text()) / 2**20
         except (OSError, ValueError):
             continue
         limit, cores = read(ns, c)

@@ -51,7 +51,12 @@ if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$sum" ]; then
   exit 0
 fi
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
-.venv/bin/pip install -q --disable-pip-version-check --require-hashes -r "$lock"
-.venv/bin/pip install -q --disable-pip-version-check --no-deps -e .
+# Exactly the lock, resolved against nothing: --no-deps keeps pip from resolving any dependency (or
+# extra, such as qdrant-client's httpx[http2]) against what the registry serves today, so a release
+# published after the lock was made can never be chosen; `pip check` then proves the lock complete.
+pip=(.venv/bin/pip --disable-pip-version-check --no-input)
+"${pip[@]}" install -q --no-deps --require-hashes --only-binary :all: -r "$lock"
+"${pip[@]}" install -q --no-deps --no-build-isolation -e .
+"${pip[@]}" check
 echo "$sum" > "$stamp"
 echo "installed: $(.venv/bin/aicommons --help >/dev/null && echo .venv/bin/aicommons)"

@@ -22,7 +22,9 @@ from aicommons.plan.access import operator_sources
 from aicommons.plan.model import Certificate, Container, Endpoint, ResolvedSite, Route, Tenant, Totals
 from aicommons.spec.identity import email_key
 from aicommons.spec.load import LineIndex, format_path
-from aicommons.spec.models import Site, parse_range
+from aicommons.spec.models import PROVIDER_REFUSED, Site, parse_range
+
+PROVIDERS = ("lemonldap", "authentik")  # identity.provider values, each its catalog service
 
 SCALE_POOL = range(108, 120)
 IP = ipaddress.IPv4Address
@@ -223,6 +225,12 @@ def _check_services(ctx: _Ctx) -> None:
             if dep_ov is None or not dep_ov.enabled:
                 ctx.problem(loc, f"{n} depends on {dep}, which is not enabled",
                             f"enable {dep} (it may be `external:`), or disable {n}")
+    provider = site.identity.provider
+    for other in PROVIDERS:
+        ov = site.services.get(other)
+        if other != provider and ov is not None and ov.enabled and ov.external is None:
+            ctx.problem(("services", other), f"{other} is enabled but the site's identity provider is {provider!r}",
+                        f"remove {other} from services, or set identity.provider: {other}")
     enabled_storage = [n for n, ov in site.services.items()
                        if ov.enabled and n in cat.services and cat.services[n].role == "object_storage"]
     if len(enabled_storage) > 1:
@@ -420,6 +428,10 @@ def _check_hosts(ctx: _Ctx, routes: list[Route]) -> None:
 
 def _check_driver(ctx: _Ctx) -> None:
     d = ctx.site.driver
+    provider = ctx.site.identity.provider
+    if provider and (why := PROVIDER_REFUSED.get((d.kind, provider))):
+        ctx.problem(("identity", "provider"), f"identity provider {provider!r} cannot work with driver {d.kind!r}",
+                    why)
     if d.kind != "proxmox":
         return
     for key, node in d.pinned.items():

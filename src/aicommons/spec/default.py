@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 from aicommons.catalog import Catalog, load_catalog
-from aicommons.spec.models import UserTemplate
+from aicommons.spec.models import PROVIDER_DEFAULT, UserTemplate
 
 REFERENCE_DOMAIN = "valuechainhackers.xyz"
 
 # The LXC default (`aicommons up` with no site file): the reference architecture's phase-1 and phase-2 core.
 # Services whose recipe needs downloads this host cannot make are reported as skipped.
+# The sign-in provider is the driver's (spec/models.py PROVIDER_DEFAULT): LemonLDAP::NG here.
 LXC_CORE = ["ollama", "qdrant", "postgres", "redis", "garage", "searxng", "langfuse", "gitea",
-            "prometheus", "grafana", "loki", "authentik"]
+            "prometheus", "grafana", "loki", "lemonldap"]
 
 
 def user_ranges_for(n: int) -> list[str]:
@@ -23,10 +24,12 @@ def user_ranges_for(n: int) -> list[str]:
     return ranges
 
 
-def _services_block(cat: Catalog, only: list[str] | None) -> list[str]:
+def _services_block(cat: Catalog, only: list[str] | None, driver: str) -> list[str]:
     lines = ["services:"]
     phase = None
-    chosen = [s for s in cat.services.values() if s.name != "traefik" and s.alternative_of is None]
+    provider = PROVIDER_DEFAULT[driver]  # the sign-in provider's slot holds the driver's provider
+    chosen = [s for s in cat.services.values() if s.name != "traefik"
+              and (s.alternative_of is None or s.name == provider) and (s.name != "authentik" or provider == s.name)]
     chosen.sort(key=lambda s: (s.phase, s.octet or 999))
     if only is not None:
         chosen = [s for s in chosen if s.name in only]
@@ -88,8 +91,11 @@ def render_site_yaml(users: int = 50, domain: str = REFERENCE_DOMAIN, driver: st
         "",
         "object_storage: garage   # MinIO's community edition is archived; `minio` only for existing sites",
         "",
+        "identity:",
+        f"  provider: {PROVIDER_DEFAULT[driver]}   # who signs people in: lemonldap (Debian) or authentik (images)",
+        "",
     ]
-    out += _services_block(cat, services)
+    out += _services_block(cat, services, driver)
     out += [
         "",
         "user_template:",

@@ -128,8 +128,8 @@ def world(pg):
     socket.parent.mkdir()
     for p in [root, *root.rglob("*")]:
         os.chown(p, www.pw_uid, www.pw_gid)
-    fenv = {k: v for k, v in (line.split("=", 1) for line in ll.fastcgi_env(str(socket), 1).splitlines()
-                               if line and not line.startswith("#"))}
+    fenv = dict(line.split("=", 1) for line in ll.fastcgi_env(str(socket), 1).splitlines()
+                if line and not line.startswith("#"))
     fenv["PERL5LIB"] = str(root / "perl")
     fcgi = subprocess.Popen([FCGI, "--foreground"], env={**os.environ, **fenv, "LLNG_DEFAULTCONFFILE": str(root / "lemonldap-ng.ini"),
                                                      "LLNG_DEFAULTLOGGER": "Lemonldap::NG::Common::Logger::Std"},
@@ -181,7 +181,7 @@ def test_sign_in_owner_only_and_sign_out(world):
         anon = browser.get(alice)
         assert anon.status_code == 302 and anon.headers["location"].startswith(f"https://auth.{DOMAIN}/?url=")
 
-        bad = _sign_in(browser, "alice", "wrong", alice)
+        _sign_in(browser, "alice", "wrong", alice)
         assert "lemonldap" not in browser.cookies
 
         done = _sign_in(browser, "alice", PASSWORDS["alice"], alice)

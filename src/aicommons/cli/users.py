@@ -33,7 +33,8 @@ def _result(result, what: str, retry: str) -> None:
 
 @users_app.command("add")
 def add(name: Annotated[str, typer.Argument(help="Lower-case letters, digits and '-'.")],
-        email: Annotated[str | None, typer.Option("--email", help="The user's e-mail (for SSO).")] = None,
+        email: Annotated[str | None, typer.Option(
+            "--email", help="The person's e-mail (required for a new user: sign-in, invitation, password resets).")] = None,
         file: Path = SiteFile, state: Annotated[Path | None, StateOpt] = None,
         lock_timeout: Annotated[float, LockWait] = 0.0) -> None:
     """Add a user to site.yaml and provision them (allocation, back ends, files, container)."""

@@ -227,8 +227,8 @@ def _check_services(ctx: _Ctx) -> None:
                             f"enable {dep} (it may be `external:`), or disable {n}")
     provider = site.identity.provider
     for other in PROVIDERS:
-        ov = site.services.get(other)
-        if other != provider and ov is not None and ov.enabled and ov.external is None:
+        other_ov = site.services.get(other)
+        if other != provider and other_ov is not None and other_ov.enabled and other_ov.external is None:
             ctx.problem(("services", other), f"{other} is enabled but the site's identity provider is {provider!r}",
                         f"remove {other} from services, or set identity.provider: {other}")
     enabled_storage = [n for n, ov in site.services.items()

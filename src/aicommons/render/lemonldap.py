@@ -153,7 +153,7 @@ sub handler {{
 
 def nginx_conf(listen: str, socket: str = SOCKET, htdocs: str = HTDOCS) -> str:
     """The portal and the Traefik handler behind one nginx server (after Debian's portal-nginx.conf)."""
-    fcgi = [f"    include /etc/nginx/fastcgi_params;", f"    fastcgi_pass unix:{socket};"]
+    fcgi = ["    include /etc/nginx/fastcgi_params;", f"    fastcgi_pass unix:{socket};"]
     return "\n".join([
         HEAD.rstrip(),
         "server {",

@@ -8,8 +8,8 @@ import hashlib
 from aicommons.plan.model import Container, ResolvedSite
 from aicommons.plan.policy import acl_rules
 from aicommons.plan.secrets import SITE_SCOPE, SecretLookup
-from aicommons.render.common import catalog, db_ident, dump_yaml, hex_key, svc_dir
 from aicommons.render import lemonldap
+from aicommons.render.common import catalog, db_ident, dump_yaml, hex_key, svc_dir
 from aicommons.render.files import SECRET_MODE, RenderedFile
 
 HEAD = "# Rendered by aicommons: do not edit by hand.\n"

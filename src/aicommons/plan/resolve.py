@@ -377,7 +377,7 @@ def _allocate_users(
                 qdrant_prefix=names.qdrant_prefix(u.name), qdrant_collections=colls,
                 buckets=buckets, s3_key_name=names.s3_key_name(u.name), apps=tuple(apps),
                 ports={app.name: app.port for app in app_objs}, hosts=hosts,
-                qdrant_vector_size=site.embedding.size,
+                qdrant_vector_size=site.embedding.size, operator=u.operator,
             )
         )
         for app in app_objs:
@@ -405,7 +405,7 @@ def _shared_routes(ctx: _Ctx, containers: list[Container]) -> list[Route]:
             routes.append(Route(host=names.shared_host(svc.route.prefix, site.domain), url=urls[0], urls=urls,
                                 service=n, ctid=first.ctid, traefik_file=first.traefik_file, access=svc.access,
                                 health_path=svc.health.path if svc.health.type == "http" else "/",
-                                own_login=svc.own_login))
+                                own_login=svc.own_login, public_paths=tuple(svc.public_paths)))
         elif ov.expose_tcp and svc.ports:
             p = svc.ports[0]
             urls = tuple(f"tcp://{c.ip}:{p.port}" for c in cs)

@@ -10,8 +10,12 @@
 - One virtual host per route behind sign-in (locationRules/exportedHeaders/vhostOptions, keyed by
   host): an owner's app admits `$uid eq "<owner>"`, a site-users route any signed-in person.
   The three identity headers are exported under the names the site trusts (plan/identity.py).
-- `localSessionStorage` empty: Handler/Main/Reload.pm sets a session cache only when it is set, so
-  a deleted session is refused at once (with the default Cache::FileCache, only after 10 minutes).
+- Sessions live in the same database (Apache::Session::Browseable::PgJSON), so `users suspend` and
+  `remove` end them with one DELETE (tenancy/lemonldap.py). `localSessionStorage` empty:
+  Handler/Main/Reload.pm sets a session cache only when it is set, so a deleted session is refused
+  at once (with the default Cache::FileCache, only after 10 minutes).
+- Sign-in reads the view `active_users` (the enabled rows): a suspended person cannot sign in and
+  keeps their password and second factors for `users resume`.
 - `Traefik.pm`: Handler/Server/Traefik.pm's `handler` returns the exported headers in its answer and
   the PSGI layer (Handler/Server/Main.pm set_header_in -> respHeaders) adds them again, so Traefik
   copied every header twice. The subclass answers an empty 200 and lets the PSGI layer add them once.
@@ -37,7 +41,6 @@ from aicommons.render.traefik import guarded
 HEAD = "# Rendered by aicommons: do not edit by hand.\n"
 DB = db_ident("lemonldap")  # its own database and role in the site's PostgreSQL
 CONF_DIR = "/var/lib/lemonldap-ng/conf"
-SESSIONS_DIR = "/var/lib/lemonldap-ng/sessions"
 SOCKET = "/run/llng-fastcgi-server/llng-fastcgi.sock"
 PERL_LIB = "/usr/local/lib/aicommons/perl"
 HANDLER_CLASS = "Aicommons::LLNG::Traefik"
@@ -65,6 +68,8 @@ def lmconf(resolved: ResolvedSite, secrets: SecretLookup) -> dict:
     """lmConf-1.json: every key is one of 2.16's (Common/Conf/DefaultValues.pm, Portal/Lib/DBI.pm)."""
     site = resolved.site
     pg_host, pg_port = endpoint_host(resolved, "postgres"), port_of(resolved, "postgres") or 5432
+    dsn = f"dbi:Pg:dbname={DB};host={pg_host};port={pg_port}"
+    db_password = secrets(SITE_SCOPE, "lemonldap_db_password")
     rules: dict[str, dict[str, str]] = {}
     headers: dict[str, dict[str, str]] = {}
     options: dict[str, dict[str, int]] = {}
@@ -81,17 +86,23 @@ def lmconf(resolved: ResolvedSite, secrets: SecretLookup) -> dict:
         "domain": site.domain, "portal": portal_url(resolved),
         "cookieName": "lemonldap", "securedCookie": 1, "httpOnly": 1, "sameSite": "Lax",
         "authentication": "DBI", "userDB": "Same", "passwordDB": "DBI", "registerDB": "Null",
-        "dbiAuthChain": f"dbi:Pg:dbname={DB};host={pg_host};port={pg_port}",
-        "dbiAuthUser": DB, "dbiAuthPassword": secrets(SITE_SCOPE, "lemonldap_db_password"),
-        "dbiAuthTable": "users", "dbiAuthLoginCol": "uid", "dbiAuthPasswordCol": "password",
+        "dbiAuthChain": dsn, "dbiAuthUser": DB, "dbiAuthPassword": db_password,
+        "dbiAuthTable": "active_users", "dbiAuthLoginCol": "uid", "dbiAuthPasswordCol": "password",
         "dbiAuthPasswordHash": "encrypt", "dbiMailCol": "mail",
         "dbiExportedVars": {"uid": "uid", "mail": "mail", "cn": "name", "operator": "operator"},
         "whatToTrace": "uid",
         "groups": {"aicommons-users": "1", identity.OPERATORS_GROUP: "$operator"},
         "locationRules": rules, "exportedHeaders": headers, "vhostOptions": options,
-        "globalStorage": "Apache::Session::File",
-        "globalStorageOptions": {"Directory": SESSIONS_DIR, "LockDirectory": f"{SESSIONS_DIR}/lock"},
+        # Sessions in the same database (Apache::Session::Browseable::PgJSON: a jsonb per session,
+        # its Store::Postgres takes DataSource/UserName/Password/TableName/Commit): the control
+        # plane ends a person's sessions with one DELETE (users suspend/remove).
+        "globalStorage": "Apache::Session::Browseable::PgJSON",
+        "globalStorageOptions": {"DataSource": dsn, "UserName": DB, "Password": db_password,
+                                 "TableName": "sessions", "Commit": 1},
         "localSessionStorage": "",
+        # ... and no in-process copy of the last session either (Handler/Main/Run.pm retrieveSession
+        # reuses it for handlerInternalCache seconds, 15 by default): a suspension bites at once.
+        "handlerInternalCache": 0,
         "portalDisplayResetPassword": 1, "portalDisplayRegister": 0,
         "mailUrl": portal_url(resolved) + "resetpwd",
         "totp2fActivation": 1, "totp2fSelfRegistration": 1,
@@ -203,6 +214,13 @@ def schema_sql(password: str) -> str:
         # password NULL: no usable password (invited, suspended); ENCRYPT(x, NULL) is NULL: no match.
         "CREATE TABLE IF NOT EXISTS users (uid text PRIMARY KEY, mail text NOT NULL UNIQUE, name text NOT NULL,"
         " password text, operator boolean NOT NULL DEFAULT false);",
+        # Sign-in reads the enabled people only (an updatable view: a password reset writes through it).
+        "ALTER TABLE users ADD COLUMN IF NOT EXISTS enabled boolean NOT NULL DEFAULT true;",
+        "CREATE OR REPLACE VIEW active_users AS SELECT * FROM users WHERE enabled;",
+        # Apache::Session::Browseable::PgJSON's table (its POD), indexed on whose session it is.
+        "CREATE TABLE IF NOT EXISTS sessions (id varchar(64) NOT NULL PRIMARY KEY, a_session jsonb);",
+        "CREATE INDEX IF NOT EXISTS sessions_who ON sessions ((a_session ->> '_whatToTrace'));",
+        "CREATE INDEX IF NOT EXISTS sessions_kind ON sessions ((a_session ->> '_session_kind'));",
         "CREATE TABLE IF NOT EXISTS invitations (token_sha256 text PRIMARY KEY,"
         " uid text NOT NULL REFERENCES users(uid) ON DELETE CASCADE, expires timestamptz NOT NULL);",
         "CREATE OR REPLACE FUNCTION encrypt(text) RETURNS text LANGUAGE sql VOLATILE"

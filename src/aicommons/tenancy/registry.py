@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from aicommons.plan.identity import sign_in
 from aicommons.plan.model import ResolvedSite
 from aicommons.plan.secrets import SITE_SCOPE, SecretLookup
 from aicommons.spec.secretref import resolve_ref
@@ -73,6 +74,11 @@ def backends_for(resolved: ResolvedSite, secrets: SecretLookup, base_dir: Path |
         from aicommons.tenancy.objectstore import ObjectStoreBackend
 
         out.append(ObjectStoreBackend.for_site(resolved, store, secrets, base_dir, archive))
+    if "postgres" in enabled and (s := sign_in(resolved)) is not None and s.provider == "lemonldap":
+        from aicommons.tenancy.lemonldap import LemonldapBackend
+
+        host, port, user, pw = admin_credentials(resolved, "postgres", secrets, base_dir, "postgres_admin_password")
+        out.append(LemonldapBackend(host, port, user, pw))
     if "langfuse" in enabled:
         from aicommons.tenancy.langfuse import LangfuseBackend
 

@@ -29,12 +29,12 @@ import httpx
 import psycopg
 import pytest
 
+from aicommons.errors import PermanentError
+from aicommons.ops import enroll
 from aicommons.plan import identity
 from aicommons.plan.resolve import resolve
 from aicommons.render import lemonldap as ll
 from aicommons.render import traefik as tr
-from aicommons.errors import PermanentError
-from aicommons.ops import enroll
 from aicommons.spec.models import Site
 from aicommons.tenancy.lemonldap import LemonldapBackend, token_hash
 from tests.servers import free_port, stop_process

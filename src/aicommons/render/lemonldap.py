@@ -219,7 +219,7 @@ def schema_sql(password: str) -> str:
         "CREATE OR REPLACE VIEW active_users AS SELECT * FROM users WHERE enabled;",
         # Apache::Session::Browseable::PgJSON's table (its POD), indexed on whose session it is.
         "CREATE TABLE IF NOT EXISTS sessions (id varchar(64) NOT NULL PRIMARY KEY, a_session jsonb);",
-        "CREATE INDEX IF NOT EXISTS sessions_who ON sessions ((a_session ->> '_whatToTrace'));",
+        "CREATE INDEX IF NOT EXISTS sessions_who ON sessions ((a_session ->> 'uid'));",
         "CREATE INDEX IF NOT EXISTS sessions_kind ON sessions ((a_session ->> '_session_kind'));",
         "CREATE TABLE IF NOT EXISTS invitations (token_sha256 text PRIMARY KEY,"
         " uid text NOT NULL REFERENCES users(uid) ON DELETE CASCADE, expires timestamptz NOT NULL);",

@@ -24,10 +24,11 @@ from aicommons.render.lemonldap import DB
 from aicommons.tenancy.base import AuditCheck, Secrets
 
 ADDRESS = "lemonldap.user.{user}"
-# LL::NG sessions in the PgJSON table: `_whatToTrace` is the uid (whatToTrace=uid), `_session_kind`
-# is SSO for a sign-in and Persistent for what outlives it (registered second factors).
-END_SESSIONS = "DELETE FROM sessions WHERE a_session ->> '_whatToTrace' = %s AND a_session ->> '_session_kind' = 'SSO'"
-ALL_SESSIONS = "DELETE FROM sessions WHERE a_session ->> '_whatToTrace' = %s"
+# LL::NG sessions in the PgJSON table (read back from a real one): a sign-in is `_session_kind`
+# SSO and holds the exported `uid`; what outlives it (registered second factors) is Persistent
+# and names the person in `_session_uid`.
+END_SESSIONS = "DELETE FROM sessions WHERE a_session ->> 'uid' = %s AND a_session ->> '_session_kind' = 'SSO'"
+ALL_SESSIONS = "DELETE FROM sessions WHERE a_session ->> 'uid' = %s OR a_session ->> '_session_uid' = %s"
 
 
 def token_hash(token: str) -> str:
@@ -74,7 +75,7 @@ class LemonldapBackend:
 
     def remove(self, tenant: Tenant, *, purge: bool = False) -> None:
         with self._db() as c, c.transaction():
-            c.execute(ALL_SESSIONS, (tenant.user,))
+            c.execute(ALL_SESSIONS, (tenant.user, tenant.user))
             c.execute("DELETE FROM users WHERE uid = %s", (tenant.user,))
 
     def suspend(self, tenant: Tenant) -> None:

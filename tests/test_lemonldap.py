@@ -296,3 +296,36 @@ def test_remove_ends_sessions_and_forgets_the_person(world):
         assert browser.get(f"https://{host}/").status_code == 302
     assert "alice" not in b.observe()
     b.ensure(alice, {})  # back for the other tests in this module, without a password
+
+
+def test_the_portal_invitation_page_sets_the_password(world, monkeypatch):
+    """The portal's /invite/{token} (its real route and template) against the real provider; the
+    sign-in afterwards goes through Traefik to LL::NG."""
+    from fastapi import FastAPI
+    from fastapi.templating import Jinja2Templates
+    from fastapi.testclient import TestClient
+
+    from aicommons.portal import app as portal_app
+    from aicommons.portal.routes import invite
+
+    app = FastAPI()
+    app.state.templates = Jinja2Templates(directory=str(Path(portal_app.__file__).parent / "templates"))
+    app.state.templates.env.globals["site_name"] = lambda: "llng"
+    app.include_router(invite.router)
+    monkeypatch.setattr(invite, "_ctx", lambda request: contextlib.nullcontext(_Ctx(world)))
+    b, carol = world["backend"], world["site"].tenant("carol")
+    b.ensure(carol, {})
+    token = "tok-page-" + "p" * 30
+    b.invite("carol", 72, token)
+    with TestClient(app) as client:
+        assert client.get("/invite/nope").status_code == 404
+        page = client.get(f"/invite/{token}")
+        assert page.status_code == 200 and "Welcome, carol" in page.text and page.headers["cache-control"] == "no-store"
+        differ = client.post(f"/invite/{token}", data={"password": "Page-set-passphrase-1", "again": "other-one-xx"})
+        assert differ.status_code == 400 and "differ" in differ.text
+        done = client.post(f"/invite/{token}", data={"password": "Page-set-passphrase-1",
+                                                     "again": "Page-set-passphrase-1"}, follow_redirects=False)
+        assert done.status_code == 303 and done.headers["location"] == f"https://auth.{DOMAIN}/"
+        assert client.get(f"/invite/{token}").status_code == 404  # spent
+    with _signed_in(world["traefik"], "carol", "Page-set-passphrase-1", f"code-carol.{DOMAIN}") as browser:
+        assert browser.get(f"https://code-carol.{DOMAIN}/").status_code == 200

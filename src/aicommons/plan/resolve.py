@@ -486,11 +486,14 @@ def _resolve(site: Site, catalog: Catalog, held: dict[str, str],
         notes.append("redis.isolation=db: Redis DB numbers do not isolate users (any client may SELECT).")
     if site.object_storage == "minio":
         notes.append("MinIO's community edition is archived (Feb 2026); plan a move to Garage.")
-    if "authentik" not in endpoints:
+    gone = deployed.undeployed(site, catalog)
+    provider = site.identity.provider  # the same test as plan/identity.py sign_in()
+    if provider not in endpoints or provider in gone:
         hidden = sorted({r.service for r in routes if r.access in ("owner", "site-users") and not r.own_login})
         if hidden:
-            notes.append(f"without Authentik these have no sign-in and no login of their own, so they are not "
-                         f"published: {', '.join(hidden)} (enable authentik to publish them)")
+            why = "is not deployed here" if provider in gone else "is not enabled"
+            notes.append(f"the sign-in provider {provider} {why}: these have no sign-in and no login of their own, "
+                         f"so they are not published: {', '.join(hidden)} (enable {provider} to publish them)")
     certs = _certificates(site, routes, current_certs)
     cert_changes = certs_plan.changes(current_certs, certs)
     issued = [n for n, what in cert_changes.items() if what != "removed"]
@@ -498,7 +501,6 @@ def _resolve(site: Site, catalog: Catalog, held: dict[str, str],
         notes.append(f"certificates: this change asks Let's Encrypt for {len(issued)} certificates; it issues at most "
                      f"{certs_plan.WEEKLY_LIMIT} per registered domain per week, so the rest would wait "
                      "(set network.traefik.dns_provider for one wildcard, or add users in smaller steps)")
-    gone = deployed.undeployed(site, catalog)
     unavailable = deployed.unavailable_apps(site, apps, catalog)
     fallbacks = deployed.fallbacks(site, [a for a in apps if a not in unavailable], catalog, gone)
     runtime_notes = _runtime_notes(site, unavailable, fallbacks, gone) if users else []

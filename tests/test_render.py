@@ -234,7 +234,7 @@ def test_without_authentik_loginless_apps_are_not_routed():
     assert not any(n.startswith(("bigagi-", "chainforge-")) for n in routers)
     assert "ai-user1" in routers and "ollama" not in _dyn(files, "205100.yml").get("http", {}).get("routers", {})
     assert not any(n.endswith("-outpost") for n in routers)  # no outpost to send sign-in to
-    (note,) = [n for n in s.notes if "without Authentik" in n]
+    (note,) = [n for n in s.notes if "the sign-in provider authentik is not enabled" in n]
     assert "big-agi" in note and "comfyui" in note and "ollama" in note and "openwebui" not in note
 
 

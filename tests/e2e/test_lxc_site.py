@@ -386,7 +386,7 @@ def test_users_add_and_remove(site: Path):
     from aicommons.plan import names
 
     started = time.monotonic()
-    r = cli(site, "users", "add", "user4", timeout=1800)
+    r = cli(site, "users", "add", "user4", "--email", "user4@example.org", timeout=1800)
     print(f"\nusers add user4 (layers cached): {time.monotonic() - started:.0f}s")
     assert not unexpected(r.stdout + r.stderr), (r.stdout + r.stderr)[-3000:]
     assert re.search(r"user4: 6 apps answer", r.stdout + r.stderr), (r.stdout + r.stderr)[-3000:]

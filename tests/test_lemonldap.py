@@ -106,13 +106,14 @@ def world(pg):
     site = dataclasses.replace(resolved, endpoints=eps, routes=routes)
     backends.start()
 
-    # PostgreSQL: the rendered schema, run by the superuser as the postgres container's apply does.
+    # PostgreSQL: the rendered schema, made as the back end does for an `external:` server, then run
+    # again by the superuser as the postgres container's apply does (idempotent: every reload runs it).
     sql = root / "lemonldap.sql"
     sql.write_text(ll.schema_sql(secrets("site", "lemonldap_db_password")))
+    LemonldapBackend("127.0.0.1", pg.port, "postgres", pg.password, sql.read_text())._bootstrap()
     env = {**os.environ, "PGPASSWORD": pg.password}
-    for _ in range(2):  # idempotent: the apply runs it on every reload
-        subprocess.run(["psql", "-q", "-X", "-h", "127.0.0.1", "-p", str(pg.port), "-U", "postgres", "-d", "postgres",
-                        "-f", str(sql)], env=env, check=True, capture_output=True)
+    subprocess.run(["psql", "-q", "-X", "-h", "127.0.0.1", "-p", str(pg.port), "-U", "postgres", "-d", "postgres",
+                    "-f", str(sql)], env=env, check=True, capture_output=True)
     with psycopg.connect(host="127.0.0.1", port=pg.port, user=ll.DB, dbname=ll.DB,
                          password=secrets("site", "lemonldap_db_password"), autocommit=True) as c:
         for u in resolved.site.users:

@@ -13,6 +13,9 @@ persistent sessions, stay); remove deletes the row (invitations cascade) and eve
 from __future__ import annotations
 
 import hashlib
+import os
+import shutil
+import subprocess
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -41,8 +44,28 @@ class LemonldapBackend:
     port: int
     admin_user: str
     admin_password: str
+    schema: str = ""  # render/lemonldap.py schema_sql: made here where no PostgreSQL container runs it
     name: str = "lemonldap"
     service: str = "postgres"  # what must run for it to be read: the people live in PostgreSQL
+    _bootstrapped: bool = False
+
+    def _bootstrap(self) -> None:
+        """The same rendered SQL the site's PostgreSQL container runs on each configuration apply
+        (role, database, tables, functions; idempotent), for an `external:` server, which has no
+        such step. Through psql: the file uses its \\gexec and \\connect."""
+        if self._bootstrapped or not self.schema:
+            return
+        psql = shutil.which("psql")
+        if psql is None:
+            raise PermanentError("psql is not installed (postgresql-client-15; scripts/install.sh installs it)")
+        proc = subprocess.run([psql, "-q", "-X", "-h", self.host, "-p", str(self.port), "-U", self.admin_user,
+                               "-d", "postgres", "-f", "-"], input=self.schema.encode(), capture_output=True,
+                              env={**os.environ, "PGPASSWORD": self.admin_password, "PGCONNECT_TIMEOUT": "5"},
+                              timeout=120)
+        if proc.returncode != 0:
+            raise TemporaryError(f"making the sign-in database {DB!r} at {self.host}:{self.port} failed: "
+                                 f"{proc.stderr.decode(errors='replace').strip()[-500:]}", delay=2.0)
+        self._bootstrapped = True
 
     def _db(self):
         try:
@@ -60,6 +83,7 @@ class LemonldapBackend:
         """The person's row (e-mail and name follow site.yaml); a password, once set, is theirs."""
         if not tenant.email:
             raise PermanentError(f"user {tenant.user} has no e-mail; the sign-in provider needs one (site.yaml)")
+        self._bootstrap()
         with self._db() as c:
             c.execute("INSERT INTO users (uid, mail, name, operator) VALUES (%s, %s, %s, %s) "
                       "ON CONFLICT (uid) DO UPDATE SET mail = EXCLUDED.mail, name = EXCLUDED.name, "

@@ -75,10 +75,14 @@ def backends_for(resolved: ResolvedSite, secrets: SecretLookup, base_dir: Path |
 
         out.append(ObjectStoreBackend.for_site(resolved, store, secrets, base_dir, archive))
     if "postgres" in enabled and (s := sign_in(resolved)) is not None and s.provider == "lemonldap":
+        from aicommons.render.lemonldap import schema_sql
         from aicommons.tenancy.lemonldap import LemonldapBackend
 
         host, port, user, pw = admin_credentials(resolved, "postgres", secrets, base_dir, "postgres_admin_password")
-        out.append(LemonldapBackend(host, port, user, pw))
+        # A site-made PostgreSQL runs the schema as part of its configuration; an external one here.
+        ext = resolved.site.services["postgres"].external is not None
+        schema = schema_sql(secrets(SITE_SCOPE, "lemonldap_db_password")) if ext else ""
+        out.append(LemonldapBackend(host, port, user, pw, schema))
     if "langfuse" in enabled:
         from aicommons.tenancy.langfuse import LangfuseBackend
 

@@ -45,8 +45,11 @@ PY=${PYTHON:-/usr/bin/python3}
 # Every dependency, transitive ones included, pinned with hashes (scripts/lock.sh regenerates them).
 lock=requirements.lock
 [ $want_test = 1 ] && lock=requirements-test.lock
+# The editable install below builds with the venv's own setuptools (Debian 12's 66.1), which needs
+# the `wheel` package (setuptools < 70.1 has no bdist_wheel of its own): locked the same way.
+build=requirements-build.lock
 stamp=.venv/.aicommons-installed
-sum=$( (cat "$lock" pyproject.toml; echo $want_test) | sha256sum | cut -c1-16)
+sum=$( (cat "$lock" "$build" pyproject.toml; echo $want_test) | sha256sum | cut -c1-16)
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$sum" ]; then
   exit 0
 fi
@@ -55,7 +58,7 @@ fi
 # extra, such as qdrant-client's httpx[http2]) against what the registry serves today, so a release
 # published after the lock was made can never be chosen; `pip check` then proves the lock complete.
 pip=(.venv/bin/pip --disable-pip-version-check --no-input)
-"${pip[@]}" install -q --no-deps --require-hashes --only-binary :all: -r "$lock"
+"${pip[@]}" install -q --no-deps --require-hashes --only-binary :all: -r "$lock" -r "$build"
 "${pip[@]}" install -q --no-deps --no-build-isolation -e .
 "${pip[@]}" check
 echo "$sum" > "$stamp"

@@ -1,7 +1,7 @@
 """What the LXC driver needs on its host: every program it starts, where each comes from.
 
-The one list `aicommons doctor` reports, `up`/`apply` check before they change anything
-(LxcDriver.check_host), and tests/test_doctor.py holds against scripts/install.sh's apt list and
+The one list `aicommons doctor` reports, `up`/`apply`/`down` check before they open the state
+(drivers/registry.check_host, called by engine.api.preflight), and tests/test_doctor.py holds against scripts/install.sh's apt list and
 against the programs the code runs. When the driver starts running a new program, add one line
 to NEEDS (and its Debian package to install.sh's runtime list); a build tool of an app layer goes
 in the app's catalog entry (`native.build_packages`), which is read here.

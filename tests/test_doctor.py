@@ -180,12 +180,16 @@ def test_up_refuses_at_once_with_the_whole_list(tmp_path):
     assert not (tmp_path / "lxc").exists()
 
 
-def test_apply_refuses_too_but_down_needs_less(tmp_path):
+def test_apply_refuses_too_and_down_checks_only_what_it_runs(tmp_path):
     site = lxc_site(tmp_path)
-    r = aic(tmp_path, stand_in_path(tmp_path, without=("debootstrap",)), "apply", "--yes", "-f", str(site))
+    path = stand_in_path(tmp_path, without=("debootstrap",))
+    r = aic(tmp_path, path, "apply", "--yes", "-f", str(site))
     assert r.returncode == 1 and "debootstrap (Debian debootstrap)" in r.stderr, r.stderr
-    down = [n.name for n in needs.all_needs() if needs.DOWN in n.used_by]
-    assert "debootstrap" not in down and "lxc-stop" in down
+    r = aic(tmp_path, path, "down", "--yes", "-f", str(site))
+    assert r.returncode == 0 and "debootstrap" not in r.stderr, r.stdout + r.stderr  # not needed to take it down
+    (path / "lxc-stop").unlink()  # the same PATH, now without lxc-stop
+    r = aic(tmp_path, path, "down", "--yes", "-f", str(site))
+    assert r.returncode == 1 and "lxc-stop (Debian lxc)" in r.stderr, r.stdout + r.stderr
 
 
 def test_up_dry_run_shows_the_preflight_and_plan_and_changes_nothing(tmp_path):

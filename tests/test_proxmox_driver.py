@@ -561,3 +561,19 @@ def test_shared_storage_one_template_clones_to_every_node(tmp_path):
         assert {t.node for t in clones} == {"pve1"} and {t.id for t in clones} == {"9000"}
     finally:
         sim.close()
+
+
+def test_proxmox_check_reads_next_id_as_the_object_pve_returns(tmp_path, capsys):
+    """GET /cluster/options decodes `next-id` into {lower, upper} (pve-cluster parse_datacenter_config);
+    the check read it as a string before and so never saw a range that covers the site's CTIDs."""
+    from aicommons.cli import main
+
+    sim = new_sim()
+    try:
+        sim.cluster.datacenter["next-id"] = "lower=150,upper=5000"
+        site_file = write_site(sim, tmp_path, 3)
+        main(["proxmox", "check", "--file", str(site_file)])
+        out = capsys.readouterr().out
+        assert "lie in the cluster's next-id range [150, 5000)" in out
+    finally:
+        sim.close()

@@ -154,10 +154,16 @@ def nextid(ctx):
 
 @route("GET", "/cluster/options")
 def cluster_options(ctx):
-    """pve-manager PVE/API2/Cluster.pm `get_options`: all of datacenter.cfg with Sys.Audit on /."""
+    """pve-manager PVE/API2/Cluster.pm `get_options`: all of datacenter.cfg with Sys.Audit on /, as
+    pve-cluster PVE/DataCenterConfig.pm `parse_datacenter_config` returns it: property strings with a
+    format (`next-id`, `migration`, `ha`, ...) decoded into objects by parse_property_string."""
     if not ctx.can("/", "Sys.Audit"):
         return {}
-    return dict(ctx.cl.datacenter)
+    out: dict[str, object] = dict(ctx.cl.datacenter)
+    if out.get("next-id"):
+        props = dict(i.split("=", 1) for i in ctx.cl.datacenter["next-id"].split(",") if "=" in i)
+        out["next-id"] = {k: int(v) for k, v in props.items() if k in ("lower", "upper")}
+    return out
 
 
 @route("GET", "/cluster/mapping/pci")

@@ -136,7 +136,12 @@ def _templates(api, rep: Report, *, pool: str, template_ctid: int, nodes: list[s
 
 def _next_id(api, rep: Report, ctids) -> None:
     opts = api.get("cluster/options") or {}
-    props = dict(i.split("=", 1) for i in str(opts.get("next-id", "")).split(",") if "=" in i)
+    # An object, not the file's `lower=N,upper=M` string: parse_datacenter_config decodes it
+    # (pve-cluster PVE/DataCenterConfig.pm).
+    props = opts.get("next-id") or {}
+    if not isinstance(props, dict):
+        rep.problems.append(f"/cluster/options next-id is {props!r}, not the object PVE returns: is this Proxmox VE 7 or newer?")
+        return
     lower, upper = int(props.get("lower", 100)), int(props.get("upper", 1_000_000))
     inside = sorted(c for c in ctids if lower <= c < upper)
     if inside:

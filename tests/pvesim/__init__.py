@@ -47,6 +47,7 @@ import ipaddress
 import re
 import shlex
 import shutil
+import subprocess
 import tempfile
 from pathlib import Path
 
@@ -254,9 +255,32 @@ class Simulator:
                 got = self.exec_handler(ct, argv, stdin)
                 if got is not None:
                     return got
-            if argv[:1] == ["cat"] and len(argv) == 2:
-                return (0, ct.fs[argv[1]], b"") if argv[1] in ct.fs else (1, b"", b"No such file\n")
-            return 0, b"", b""
+            return _inside(ct, argv)
+
+
+def _inside(ct, argv: list[str]) -> tuple[int, bytes, bytes]:
+    """What a command does inside a container, for the commands the driver runs. Anything else fails
+    (127, as a shell does for an unknown command): an answer of 0 to whatever was asked hid scripts
+    that were never even parsed. Scripts are parsed by the real /bin/sh (`sh -n`; dash on Debian, as
+    in the container) and refused with its message when they do not parse; they are not run."""
+    if argv[:1] == ["cat"] and len(argv) == 2:
+        return (0, ct.fs[argv[1]], b"") if argv[1] in ct.fs else (1, b"", b"No such file\n")
+    if argv[:2] == ["mkdir", "-p"] and len(argv) >= 3:
+        return 0, b"", b""
+    if argv[:2] == ["sh", "-eu"] and len(argv) == 3:  # a pushed script, run by path
+        if argv[2] not in ct.fs:
+            return 127, b"", f"sh: 0: cannot open {argv[2]}: No such file\n".encode()
+        return _parses(ct.fs[argv[2]])
+    if argv[:2] == ["sh", "-c"] and len(argv) >= 3:
+        return _parses(argv[2].encode())
+    if argv[:2] == ["docker", "compose"]:  # Docker in the template: the provision tests model its absence
+        return 0, b"Docker Compose version v2.40.0\n" if argv[2:3] == ["version"] else b"", b""
+    return 127, b"", f"pvesim: `{' '.join(argv)[:80]}` is not modelled inside a container\n".encode()
+
+
+def _parses(script: bytes) -> tuple[int, bytes, bytes]:
+    proc = subprocess.run(["sh", "-n"], input=script, capture_output=True)
+    return (0, b"", b"") if proc.returncode == 0 else (2, b"", proc.stderr)
 
 
 __all__ = ["Simulator", "TEMPLATE", "parse"]

@@ -374,7 +374,8 @@ def test_a_template_outside_the_pool_is_reported(tmp_path):
         site_file, kw = small(sim, tmp_path)
         with pytest.raises(PermanentError) as e:
             apply_site(site_file, **kw)
-        assert "no user template is visible to the token" in str(e.value) and "pool modify aicommons" in str(e.value)
+        # VM.Audit on /vms (docs) shows the template, and the check says what to do with it
+        assert "missing VM.Clone on /vms/9000" in str(e.value) and "add it to pool aicommons" in str(e.value)
     finally:
         sim.close()
 
@@ -577,3 +578,39 @@ def test_proxmox_check_reads_next_id_as_the_object_pve_returns(tmp_path, capsys)
         assert "lie in the cluster's next-id range [150, 5000)" in out
     finally:
         sim.close()
+
+
+def test_placement_counts_qemu_vms_and_guests_outside_the_pool(tmp_path):
+    """Issue 24: placement counted only the pool's containers, so a shared cluster was overcommitted.
+    Here pve1 holds another team's 40 GiB container (outside the pool) and pve2 a 40 GiB QEMU VM; the
+    documented ACL's read-only VM.Audit on /vms lets the driver see both, and the apply must not
+    promise any node more memory than it has."""
+    sim = new_sim(mem_gb=64)
+    try:
+        sim.add_foreign_ct("pve1", 7001, 40 * 1024)
+        sim.add_vm("pve2", 7002, 40 * 1024)
+        site_file, kw = small(sim, tmp_path, users=4)
+        result = apply_site(site_file, **kw)
+        assert result.ok, failures(result)
+        assert_no_overcommit(sim)
+    finally:
+        sim.close()
+
+
+def test_without_vm_audit_on_vms_the_nodes_use_now_is_the_floor(tmp_path):
+    sim = new_sim(mem_gb=64, acl=None)
+    try:
+        for line in documented_acl():
+            if " /vms " not in line:
+                sim.pveum(line)
+        sim.add_foreign_ct("pve1", 7001, 60 * 1024)  # 15 GiB of it in use now (a quarter, as the sim models)
+        caps = kw_driver(sim, tmp_path).capacities()
+        assert caps["pve1"].used_mem_mb >= 15 * 1024 + 2048  # the host's own use and the foreign guest's
+        assert caps["pve2"].used_mem_mb < 4096
+    finally:
+        sim.close()
+
+
+def kw_driver(sim, tmp_path):
+    site_file = write_site(sim, tmp_path, 1)
+    return engine_kw(sim, site_file)["driver"]

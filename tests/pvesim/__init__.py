@@ -53,7 +53,7 @@ from pathlib import Path
 
 from tests.pvesim.server import ApiServer
 from tests.pvesim.ssh import ExecRecord, NodeSsh, new_key, parse
-from tests.pvesim.state import Cluster, Ct, Fault, GiB, Node, Storage, new_secret
+from tests.pvesim.state import Cluster, Ct, Fault, GiB, MiB, Node, Storage, new_secret
 
 TEMPLATE = "local:vztmpl/debian-12-standard_12.12-1_amd64.tar.zst"
 
@@ -179,6 +179,22 @@ class Simulator:
         """The next task of this type logs a warning and ends `WARNINGS: 1` (it still did its work)."""
         with self.cluster.lock:
             self.cluster.faults.append(Fault("task_warn", task_type=task_type, message=message))
+
+    def add_vm(self, node: str, vmid: int, mem_mb: int, cores: int = 2, running: bool = True,
+               pool: str | None = None, name: str = "vm") -> None:
+        """Another team's QEMU VM: it holds memory on `node` whether or not the token can see it."""
+        with self.cluster.lock:
+            self.cluster.vms[vmid] = {"node": node, "name": name, "maxmem": mem_mb * MiB, "maxcpu": cores,
+                                      "status": "running" if running else "stopped", "pool": pool}
+
+    def add_foreign_ct(self, node: str, vmid: int, mem_mb: int, cores: int = 2, running: bool = True) -> None:
+        """Another team's container outside the site's pool (the token has no ACL on it)."""
+        with self.cluster.lock:
+            self.cluster.cts[vmid] = Ct(vmid, node, {
+                "arch": "amd64", "ostype": "debian", "hostname": f"other-{vmid}", "memory": str(mem_mb),
+                "swap": "0", "cores": str(cores), "unprivileged": "1",
+                "rootfs": f"{self.cluster.storage}:vm-{vmid}-disk-0,size=8G"}, pool=None)
+            self.cluster.cts[vmid].status = "running" if running else "stopped"
 
     def fill_node(self, node: str) -> None:
         with self.cluster.lock:

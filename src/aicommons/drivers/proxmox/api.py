@@ -87,6 +87,15 @@ class NodeInfo:
     maxmem_mb: int
     maxcpu: int
     ip: str | None = None
+    mem_mb: int = 0  # in use now: the host and every guest on it, seen or not by this token
+
+
+@dataclass(frozen=True)
+class Committed:
+    """Memory and cores promised to the guests on one node that this token can see, QEMU VMs included."""
+
+    mem_mb: int = 0
+    cores: int = 0
 
 
 @dataclass(frozen=True)
@@ -313,8 +322,18 @@ class PveApi:
     def nodes(self) -> list[NodeInfo]:
         ips = {d["name"]: d.get("ip") for d in self.get("cluster/status") if d.get("type") == "node"}
         return [NodeInfo(d["node"], d.get("status") == "online", int(d.get("maxmem", 0)) // MiB,
-                         int(d.get("maxcpu", 0)), ips.get(d["node"]))
+                         int(d.get("maxcpu", 0)), ips.get(d["node"]), int(d.get("mem", 0)) // MiB)
                 for d in self.get("cluster/resources", type="node")]
+
+    def committed(self) -> dict[str, Committed]:
+        """Per node, what every visible guest (containers and QEMU VMs, templates aside) was given."""
+        out: dict[str, Committed] = {}
+        for d in self.get("cluster/resources", type="vm"):
+            if d.get("template") or d.get("type") not in ("lxc", "qemu"):
+                continue
+            c = out.get(d["node"], Committed())
+            out[d["node"]] = Committed(c.mem_mb + int(d.get("maxmem", 0)) // MiB, c.cores + int(d.get("maxcpu", 0)))
+        return out
 
     def guests(self) -> list[Guest]:
         out = []

@@ -205,12 +205,15 @@ class ProxmoxDriver:
                                  "/nodes (docs/proxmox.md, `pveum acl modify /nodes ...`)")
         caps = {n.name: NodeCapacity(n.name, n.maxmem_mb, n.maxcpu, gpu=n.name in gpu_nodes, has_template=n.name in tpl)
                 for n in nodes}
-        existing = set()
-        for g in guests:
-            existing.add(g.vmid)
-            if not g.template and g.node in caps:
-                caps[g.node].used_mem_mb += g.maxmem_mb
-                caps[g.node].used_cores += g.maxcpu
+        # Committed memory of every guest the token sees (QEMU VMs too), and never less than what the
+        # node reports in use now: guests outside the token's view (other teams' containers and VMs)
+        # count through that floor, so a shared cluster is not overcommitted.
+        committed = self.api.committed()
+        for n in nodes:
+            seen = committed.get(n.name)
+            caps[n.name].used_mem_mb = max(seen.mem_mb if seen else 0, n.mem_mb)
+            caps[n.name].used_cores = seen.cores if seen else 0
+        existing = {g.vmid for g in guests}
         with self._lock:
             for ctid, node in list(self._assigned.items()):
                 if ctid in existing:

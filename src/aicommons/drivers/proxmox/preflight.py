@@ -68,7 +68,9 @@ def required(*, pool: str, storage: str, template_storage: str, backup_storage: 
             Need("/", "Sys.Modify", "write the site's cluster ipsets and security groups (the cluster "
                  "firewall needs Sys.Modify on / exactly; grant it without propagation)")]
     out += [Need(f"/nodes/{n}", "Sys.Audit", f"read {n}'s memory and cores for placement") for n in nodes]
-    out += [Need("/mapping/pci", "Mapping.Audit", "find GPU nodes (PCI resource mappings)", optional=True)]
+    out += [Need("/vms", "VM.Audit", "count the memory of guests outside the pool (QEMU VMs, other teams' "
+                 "containers) in placement; without it only what each node uses now is counted", optional=True),
+            Need("/mapping/pci", "Mapping.Audit", "find GPU nodes (PCI resource mappings)", optional=True)]
     return out
 
 

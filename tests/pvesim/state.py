@@ -96,6 +96,7 @@ class Storage:
     plugintype: str  # lvmthin, zfspool, rbd, btrfs, dir, nfs, cifs, lvm, cephfs, ...
     content: str  # rootdir,images / vztmpl,iso,backup / ...
     shared: bool = False
+    max_protected: int | None = None  # storage.cfg `max-protected-backups`
 
 
 # Which storage types can make a *linked* clone of a container template's volume.

@@ -169,6 +169,7 @@ class Volume:
     vmid: int | None
     ctime: int
     size: int
+    protected: bool = False
 
 
 @dataclass(frozen=True)
@@ -377,7 +378,7 @@ class PveApi:
     def backups(self, node: str, storage: str, vmid: int) -> list[Volume]:
         rows = self.get(f"nodes/{node}/storage/{storage}/content", content="backup", vmid=vmid)
         return [Volume(d["volid"], int(d["vmid"]) if d.get("vmid") is not None else None, int(d.get("ctime", 0)),
-                       int(d.get("size", 0))) for d in rows]
+                       int(d.get("size", 0)), bool(d.get("protected"))) for d in rows]
 
     def pools(self) -> set[str]:
         return {d["poolid"] for d in self.get("pools")}

@@ -70,6 +70,9 @@ def required(*, pool: str, storage: str, template_storage: str, backup_storage: 
     out += [Need(f"/nodes/{n}", "Sys.Audit", f"read {n}'s memory and cores for placement") for n in nodes]
     out += [Need("/vms", "VM.Audit", "count the memory of guests outside the pool (QEMU VMs, other teams' "
                  "containers) in placement; without it only what each node uses now is counted", optional=True),
+            Need(f"/storage/{backup_storage}", "Datastore.Allocate", "keep more than 5 protected archives per CTID "
+                 "(PVE's limit without it; CTIDs come back with their addresses, and the 6th removal at one address "
+                 "is refused before it starts)", optional=True),
             Need("/mapping/pci", "Mapping.Audit", "find GPU nodes (PCI resource mappings)", optional=True)]
     return out
 

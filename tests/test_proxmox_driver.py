@@ -614,3 +614,21 @@ def test_without_vm_audit_on_vms_the_nodes_use_now_is_the_floor(tmp_path):
 def kw_driver(sim, tmp_path):
     site_file = write_site(sim, tmp_path, 1)
     return engine_kw(sim, site_file)["driver"]
+
+
+def test_the_os_template_is_checked_on_every_node(tmp_path, capsys):
+    """Issue 24: `local` is not shared, so each node has its own OS templates; one downloaded on pve1
+    only made every create on pve2/pve3 fail mid-apply."""
+    from aicommons.cli import main
+
+    sim = new_sim()
+    try:
+        with sim.cluster.lock:
+            for node in ("pve2", "pve3"):
+                sim.cluster.templates_on_disk[node].clear()
+        site_file = write_site(sim, tmp_path, 3)
+        assert main(["proxmox", "check", "--file", str(site_file)]) == 1
+        out = capsys.readouterr().out
+        assert "is not on node(s) pve2, pve3" in out and "pveam download" in out
+    finally:
+        sim.close()

@@ -257,7 +257,7 @@ def lxc_create(ctx):
 
     def work(task):
         task.log.append(f"extracting archive '{template}'")
-        if template not in cl.templates_on_disk:
+        if template not in cl.templates_on_disk.get(node, set()):
             cl.cts.pop(vmid, None)
             raise PveError(500, f"volume '{template}' does not exist")
         try:

@@ -151,7 +151,11 @@ class Cluster:
         self.faults: list[Fault] = []
         self.hung: list[Task] = []
         self._pid = itertools.count(0x1000)
-        self.templates_on_disk = {"local:vztmpl/debian-12-standard_12.12-1_amd64.tar.zst"}
+        # OS templates per node: on a storage that is not shared (`local`) each node has its own files,
+        # as `pveam download <node> local ...` puts them (pve-storage: volumes of a non-shared storage
+        # exist only on the node that holds them).
+        self.templates_on_disk: dict[str, set[str]] = {
+            n.name: {"local:vztmpl/debian-12-standard_12.12-1_amd64.tar.zst"} for n in nodes}
         for n in nodes:
             if n.gpu:
                 self.pci_mappings.append({"id": f"gpu-{n.name}", "map": [f"node={n.name},path=0000:01:00.0,id=10de:2204"]})

@@ -104,7 +104,7 @@ def storage_content(ctx):
                              "vmid": ct.vmid, "size": ct.disk_gb() * 1024**3})
     if "vztmpl" in content:
         rows += [{"volid": v, "content": "vztmpl", "format": "tzst", "size": 120 * 1024**2}
-                 for v in sorted(cl.templates_on_disk) if v.startswith(f"{storage}:")]
+                 for v in sorted(cl.templates_on_disk.get(node, set())) if v.startswith(f"{storage}:")]
     rows += list(cl.volumes.get((node, storage), {}).values())
     want = set(filter(None, ctx.p.get("content", "").split(",")))
     vmid = ctx.int("vmid")

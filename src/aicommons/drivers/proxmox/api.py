@@ -380,6 +380,14 @@ class PveApi:
         return [Volume(d["volid"], int(d["vmid"]) if d.get("vmid") is not None else None, int(d.get("ctime", 0)),
                        int(d.get("size", 0)), bool(d.get("protected"))) for d in rows]
 
+    def templates(self, node: str, storage: str) -> list[Volume]:
+        """The OS templates (content vztmpl) `storage` holds on `node`; [] when the token cannot read it."""
+        try:
+            rows = self.get(f"nodes/{node}/storage/{storage}/content", content="vztmpl")
+        except ApiError:
+            return []
+        return [Volume(d["volid"], None, int(d.get("ctime", 0)), int(d.get("size", 0))) for d in rows]
+
     def pools(self) -> set[str]:
         return {d["poolid"] for d in self.get("pools")}
 

@@ -94,6 +94,7 @@ def run(api, *, pool: str, storage: str, template: str, backup_storage: str, bri
             msg = f"missing {need.priv} on {need.path}: needed to {need.why}"
             (rep.notes if need.optional else rep.problems).append(msg)
     _storages(api, rep, storage=storage, backup_storage=backup_storage, nodes=use, needs_clones=needs_clones)
+    _os_template(api, rep, template=template, nodes=use)
     if needs_clones:
         _templates(api, rep, pool=pool, template_ctid=template_ctid, nodes=use)
     _next_id(api, rep, planned_ctids)
@@ -120,6 +121,18 @@ def _storages(api, rep: Report, *, storage: str, backup_storage: str, nodes: lis
             rep.problems.append(f"driver.backup_storage: storage '{backup_storage}' on node {n} is not visible or does "
                                 "not hold backups (content 'backup')")
     rep.problems[:] = list(dict.fromkeys(rep.problems))  # a storage's type is the same on every node: say it once
+
+
+def _os_template(api, rep: Report, *, template: str, nodes: list[str]) -> None:
+    """The OS template on every node that may create a container: a storage that is not shared
+    (`local`) holds its own files on each node, so a template downloaded on one node is missing on
+    the next, and the create fails there mid-apply."""
+    storage = template.split(":", 1)[0]
+    missing = [n for n in nodes if template not in {v.volid for v in api.templates(n, storage)}]
+    if missing:
+        rep.problems.append(f"driver.template: {template} is not on node(s) {', '.join(missing)}: download it there "
+                            f"(`pveam download <node> {storage} {template.split('/', 1)[-1]}` on each), or keep "
+                            "OS templates on a shared storage")
 
 
 def _templates(api, rep: Report, *, pool: str, template_ctid: int, nodes: list[str]) -> None:

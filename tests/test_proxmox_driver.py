@@ -632,3 +632,18 @@ def test_the_os_template_is_checked_on_every_node(tmp_path, capsys):
         assert "is not on node(s) pve2, pve3" in out and "pveam download" in out
     finally:
         sim.close()
+
+
+def test_a_template_without_keyctl_is_reported(tmp_path, capsys):
+    """Issue 24: a user template without keyctl=1 passed the preflight, and Docker failed in every clone."""
+    from aicommons.cli import main
+
+    sim = new_sim(templates=False)
+    try:
+        for i, node in enumerate(NODES):
+            sim.add_template(node, 9000 + i, features="nesting=1")
+        site_file = write_site(sim, tmp_path, 3)
+        assert main(["proxmox", "check", "--file", str(site_file)]) == 1
+        assert "features must include keyctl=1" in capsys.readouterr().out
+    finally:
+        sim.close()

@@ -14,6 +14,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from aicommons.drivers.proxmox.template import check_template
+
 # pve-container clone_vm -> pve-storage volume_has_feature('clone', …, valid_target_formats raw/subvol):
 # only these storage types can hold a linked clone of a container (Plugin.pm refuses it for every
 # file-based type - dir, nfs, cifs, cephfs, glusterfs - because its clone is a qcow2 image).
@@ -150,6 +152,11 @@ def _templates(api, rep: Report, *, pool: str, template_ctid: int, nodes: list[s
                                 "clone it")
         if "VM.Clone" not in api.permissions(f"/vms/{g.vmid}"):
             rep.problems.append(f"missing VM.Clone on /vms/{g.vmid} (template on {g.node}): add it to pool {pool}")
+            continue
+        # Its features (nesting and keyctl: Docker in an unprivileged container needs both), that it is
+        # unprivileged, and that it is a template: a clone inherits all of it, and only root may change
+        # features (pve-container `check_ct_modify_config_perm`).
+        rep.problems += check_template(api, g.node, g.vmid)
 
 
 def _next_id(api, rep: Report, ctids) -> None:

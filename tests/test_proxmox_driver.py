@@ -647,3 +647,45 @@ def test_a_template_without_keyctl_is_reported(tmp_path, capsys):
         assert "features must include keyctl=1" in capsys.readouterr().out
     finally:
         sim.close()
+
+
+def test_a_lost_clone_answer_is_recovered_once_the_task_ends(tmp_path):
+    """PVE adds a clone to its pool only when the clone task ends (pve-container clone_vm:
+    add_vm_to_pool in the worker), so while it runs the token cannot see it. A clone whose HTTP answer
+    was lost fails that run without repeating the write; the next apply, after the task ended,
+    adopts the clone instead of cloning again."""
+    import time as _t
+
+    sim = new_sim(nodes=1)
+    try:
+        site_file, kw = small(sim, tmp_path, users=1)
+        sim.cluster.task_seconds["vzclone"] = 1.5
+        orig = sim.api.call
+
+        def lose_clone_answer(method, path, params, headers):
+            out = orig(method, path, params, headers)
+            if method == "POST" and path.endswith("/clone"):
+                sim.api.call = orig  # only the first clone's answer is lost
+                raise ConnectionResetError("answer lost")
+            return out
+
+        sim.api.call = lose_clone_answer
+        first = apply_site(site_file, **kw)
+        (lost,) = [o for o in first.errors if o.step.startswith("container.") and "not repeated" in (o.detail or "")]
+        ctid = int(lost.step.split(".")[1])
+        with sim.cluster.lock:
+            clones = [t for t in sim.cluster.tasks.values() if t.type == "vzclone"]
+            in_pool_meanwhile = sim.cluster.cts[ctid].pool
+        assert in_pool_meanwhile is None  # invisible to the token while the task runs, as on PVE
+        deadline = _t.monotonic() + 30
+        while sim.cluster.cts[ctid].pool != "aicommons":
+            assert _t.monotonic() < deadline, "the clone task never ended"
+            _t.sleep(0.1)
+        second = apply_site(site_file, **kw)
+        assert second.ok, failures(second)
+        with sim.cluster.lock:
+            now = [t for t in sim.cluster.tasks.values() if t.type == "vzclone"]
+            assert len(now) == len(clones) + 1  # the other user's clone, not this one again: adopted
+            assert sim.cluster.cts[ctid].conf["tags"].split(";")[0] == "aicommons"
+    finally:
+        sim.close()

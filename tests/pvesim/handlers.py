@@ -300,7 +300,11 @@ def lxc_clone(ctx):
         if ctx.p.get(key):
             conf[key] = ctx.p[key]
     conf["lock"] = "create"
-    new = Ct(newid, target, conf, pool=ctx.p.get("pool"))
+    # Not in the pool yet: pve-container `clone_vm` adds the new CT to its pool in the worker, after
+    # the disks are cloned (PVE::AccessControl::add_vm_to_pool), so a token whose ACL reaches guests
+    # through the pool does not see it until the task ends.
+    new = Ct(newid, target, conf, pool=None)
+    pool = ctx.p.get("pool")
     cl.cts[newid] = new
 
     def undo():  # the worker's error path: source unlocked, the half-made CT removed
@@ -315,6 +319,7 @@ def lxc_clone(ctx):
         except PveError:
             cl.cts.pop(newid, None)
             raise
+        new.pool = pool
         new.conf.pop("lock", None)
     upid = cl.start_task(node, "vzclone", str(src.vmid), ctx.user, work)
     cl.tasks[upid].undo = undo

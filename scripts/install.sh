@@ -22,8 +22,8 @@ want_test=0
 #   coreutils dash tar gzip mount dpkg apt   in every Debian already; named so the list is whole
 apt_pkgs=(python3 python3-venv ca-certificates lxc lxc-templates debootstrap iproute2 iptables procps util-linux
           systemd curl postgresql-client-15 redis-tools coreutils dash tar gzip mount dpkg apt)
-# The suite also starts real servers and checks rules with these.
-[ $want_test = 1 ] && apt_pkgs+=(postgresql-15 redis-server prometheus)
+# The suite also starts real servers and checks rules and rendered scripts (shellcheck) with these.
+[ $want_test = 1 ] && apt_pkgs+=(postgresql-15 redis-server prometheus shellcheck)
 [ $want_test = 1 ] && apt_pkgs+=(chromium)  # the portal's browser tests (Playwright drives it)
 # Native app layers: what their builds compile with (the catalog's native.build_packages; applayers checks too).
 apt_pkgs+=(build-essential pkg-config libkrb5-dev)

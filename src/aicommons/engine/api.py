@@ -406,7 +406,7 @@ def apply_site(site_file, *, state_path=None, targets=None, yes: bool = True, dr
             rep.line("no changes: the site matches the plan")
             return result
         if isinstance(s.driver, ChecksPlans) and not plan.destroy:
-            s.driver.check(plan)  # the driver refuses a plan it cannot carry out whole, before any change (drivers/base.py)
+            s.driver.check(plan, purge=purge)  # the driver refuses a plan it cannot carry out whole, before any change (drivers/base.py)
         run_id = result.run_id = s.state.begin_run(command)
         rep.open_log(run_id)
         ctx = Context(s.state, s.secrets, s.driver, s.target, redact, purge=purge)

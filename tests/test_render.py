@@ -143,6 +143,26 @@ def _dyn(files, name):
     return yaml.safe_load(files[f"traefik/dynamic/{name}"].content)
 
 
+def test_kotaemon_gets_the_site_models_and_langfuse_media_the_public_s3_route(files, site):
+    """Issue 24, against each app's own code: Kotaemon's flowsettings.py adds its Ollama models only
+    when LOCAL_MODEL is set; Langfuse presigns browser uploads from its one MEDIA endpoint."""
+    kh = yaml.safe_load(files["users/user7/docker-compose.yml"].content)["services"]["kotaemon"]["environment"]
+    assert "LOCAL_MODEL" not in kh  # the reference site pulls no Ollama model: nothing to name
+
+    def ollama_models(d):
+        d["models"] = ["llama3.2:3b", "nomic-embed-text"]
+        d["embedding"] = {"model": "nomic-embed-text"}
+
+    other = make_site(2, ollama_models)
+    kh = yaml.safe_load(render_site(other, FakeSecrets())["users/user1/docker-compose.yml"].content)
+    kh = kh["services"]["kotaemon"]["environment"]
+    assert kh["LOCAL_MODEL"] == "llama3.2:3b" and kh["LOCAL_MODEL_EMBEDDINGS"] == "nomic-embed-text"
+    assert kh["KH_OLLAMA_URL"].endswith("/v1/")
+    lf = yaml.safe_load(files["services/langfuse/docker-compose.yml"].content)["services"]["langfuse-web"]["environment"]
+    assert lf["LANGFUSE_S3_MEDIA_UPLOAD_ENDPOINT"] == f"https://s3.{site.site.domain}"
+    assert lf["LANGFUSE_S3_EVENT_UPLOAD_ENDPOINT"].startswith("http://10.0.5.")  # the server's own writes stay inside
+
+
 def test_user_file_routes_every_app_behind_its_owner(files, site):
     for t in site.tenants:
         c = site.container(t.ctid)

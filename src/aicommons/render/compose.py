@@ -166,7 +166,14 @@ class _Wiring:
                      KH_FEATURE_USER_MANAGEMENT_ADMIN="admin")
             e["KH_FEATURE_USER_MANAGEMENT_PASSWORD"] = self.secret("KOTAEMON_ADMIN_PASSWORD", "kotaemon_admin_password")
             if ollama:
-                e.update(KH_OLLAMA_URL=f"{ollama}/v1/", OPENAI_API_BASE=f"{ollama}/v1")
+                # flowsettings.py adds its Ollama LLM and embeddings only `if config("LOCAL_MODEL")`:
+                # without it KH_OLLAMA_URL is never used.
+                e["KH_OLLAMA_URL"] = f"{ollama}/v1/"
+                chat = [m for m in r.site.models if m != r.site.embedding.model]
+                if chat:
+                    e["LOCAL_MODEL"] = chat[0]
+                    if r.site.embedding.model in r.site.models:  # served by the site's Ollama
+                        e["LOCAL_MODEL_EMBEDDINGS"] = r.site.embedding.model
         elif app.name == "chainforge":
             # 0.3.6 has no Host check (CHAINFORGE_ALLOWED_HOSTS arrives in 0.3.7: catalog verify).
             if ollama:

@@ -1,0 +1,190 @@
+"""Keys and budgets on the request path: authenticate, reserve, settle — each one short transaction.
+
+Reserve, then settle: before a request is forwarded, its worst case (a prompt estimate that is an
+upper bound, plus max_tokens) is added to the window's `reserved` by one conditional upsert that
+succeeds only while used + reserved + this <= the limit. PostgreSQL locks the window row for the
+update and re-checks the condition on the newest row version, so parallel requests cannot
+together pass the limit. After the answer, the real usage replaces the reservation in the window
+the request started in. A budget is therefore never exceeded by more than one request's excess
+over its reservation (zero while the prompt estimate holds).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import re
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
+
+import psycopg
+
+from aicommons.gateway.windows import hour_of, window_end, window_start
+from aicommons.plan.policy import GATEWAY_KEY_PREFIX, gateway_key_hash
+from aicommons.spec.models import Budget
+from aicommons.tenancy.gateway import SCHEMA
+
+APP_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,31}$")
+USER_RE = re.compile(r"^[a-z][a-z0-9-]{0,62}$")
+DEFAULT_APP = "direct"
+
+
+class Pool:
+    """A fixed set of async connections (psycopg_pool is not a dependency; this is all it needs)."""
+
+    def __init__(self, conninfo: str, size: int):
+        self.conninfo, self.size = conninfo, size
+        self._free: asyncio.Queue[psycopg.AsyncConnection] = asyncio.Queue()
+        self._all: list[psycopg.AsyncConnection] = []
+
+    async def open(self) -> None:
+        first = await psycopg.AsyncConnection.connect(self.conninfo, autocommit=True)
+        await first.execute(SCHEMA)  # idempotent: the tenancy back end makes it too
+        self._all.append(first)
+        self._free.put_nowait(first)
+        for _ in range(self.size - 1):
+            c = await psycopg.AsyncConnection.connect(self.conninfo, autocommit=True)
+            self._all.append(c)
+            self._free.put_nowait(c)
+
+    @asynccontextmanager
+    async def conn(self):
+        c = await self._free.get()
+        try:
+            if c.closed:
+                c = await psycopg.AsyncConnection.connect(self.conninfo, autocommit=True)
+            yield c
+        except psycopg.OperationalError:
+            await c.close()  # replaced on next use
+            raise
+        finally:
+            self._free.put_nowait(c)
+
+    async def close(self) -> None:
+        for c in self._all:
+            await c.close()
+
+
+@dataclass(frozen=True)
+class Caller:
+    user: str
+    app: str
+    budget: Budget
+
+
+def parse_key(header: str | None) -> tuple[str, str, str | None] | None:
+    """`Bearer aic.USER.TOKEN[~APP]` -> (user, key without the app label, app) or None."""
+    if not header or not header.startswith("Bearer "):
+        return None
+    key, _, app = header[7:].strip().partition("~")
+    parts = key.split(".")
+    if len(parts) != 3 or parts[0] != GATEWAY_KEY_PREFIX or not USER_RE.match(parts[1]) or not parts[2]:
+        return None
+    return parts[1], key, (app if APP_RE.match(app) else None) if app else None
+
+
+async def authenticate(pool: Pool, header: str | None, app_header: str | None, default: Budget) -> Caller | None:
+    """The caller, or None for a missing, wrong, revoked or removed key (the key row is read on
+    every request: `users suspend` takes effect at once, and a raised budget too)."""
+    parsed = parse_key(header)
+    if parsed is None:
+        return None
+    user, key, key_app = parsed
+    async with pool.conn() as c:
+        cur = await c.execute(
+            "SELECT k.key_hash, k.active, l.period, l.tokens, l.cost FROM gw_keys k "
+            "LEFT JOIN gw_limits l USING (username) WHERE k.username = %s", (user,))
+        row = await cur.fetchone()
+    if row is None or not hmac.compare_digest(bytes(row[0]), gateway_key_hash(key)) or not row[1]:
+        return None
+    budget = default if row[2] is None else Budget(period=row[2], tokens=row[3],
+                                                    cost=None if row[4] is None else float(row[4]))
+    app = app_header if app_header and APP_RE.match(app_header) else (key_app or DEFAULT_APP)
+    return Caller(user, app, budget)
+
+
+@dataclass(frozen=True)
+class Reservation:
+    user: str
+    period: str
+    start: datetime
+    tokens: int
+    cost: Decimal
+
+
+class OverBudget(Exception):
+    def __init__(self, caller: Caller, need_tokens: int, need_cost: Decimal, left_tokens: int | None,
+                 left_cost: Decimal | None, resets: datetime):
+        self.caller, self.need_tokens, self.need_cost = caller, need_tokens, need_cost
+        self.left_tokens, self.left_cost, self.resets = left_tokens, left_cost, resets
+        super().__init__(self.message())
+
+    def message(self) -> str:
+        b = self.caller.budget
+        left = []
+        if b.tokens is not None:
+            left.append(f"{max(self.left_tokens or 0, 0):,} of {b.tokens:,} tokens left this {b.period}"
+                        f" (this request may use up to {self.need_tokens:,})")
+        if b.cost is not None:
+            left.append(f"{max(self.left_cost or Decimal(0), Decimal(0)):.4f} of {b.cost:.4f} cost left this "
+                        f"{b.period} (this request may cost up to {self.need_cost:.4f})")
+        return (f"Budget of {self.caller.user} reached: " + "; ".join(left)
+                + f". It resets at {self.resets.strftime('%Y-%m-%d %H:%M UTC')}. A smaller max_tokens may still "
+                "fit; ask the site's operator to raise the budget.")
+
+
+async def reserve(pool: Pool, caller: Caller, tokens: int, cost: Decimal, now: datetime) -> Reservation:
+    b = caller.budget
+    start = window_start(b.period, now)
+    args = {"u": caller.user, "p": b.period, "w": start, "t": tokens, "c": cost, "tl": b.tokens,
+            "cl": None if b.cost is None else Decimal(str(b.cost))}
+    fits_alone = (b.tokens is None or tokens <= b.tokens) and (b.cost is None or cost <= Decimal(str(b.cost)))
+    row = None
+    if fits_alone:
+        async with pool.conn() as c:
+            cur = await c.execute(
+                "INSERT INTO gw_windows AS w (username, period, window_start, tokens_reserved, cost_reserved) "
+                "VALUES (%(u)s, %(p)s, %(w)s, %(t)s, %(c)s) "
+                "ON CONFLICT (username, period, window_start) DO UPDATE SET "
+                "tokens_reserved = w.tokens_reserved + EXCLUDED.tokens_reserved, "
+                "cost_reserved = w.cost_reserved + EXCLUDED.cost_reserved "
+                "WHERE (%(tl)s::bigint IS NULL OR w.tokens_used + w.tokens_reserved + EXCLUDED.tokens_reserved <= %(tl)s) "
+                "AND (%(cl)s::numeric IS NULL OR w.cost_used + w.cost_reserved + EXCLUDED.cost_reserved <= %(cl)s) "
+                "RETURNING 1", args)
+            row = await cur.fetchone()
+    if row is not None:
+        return Reservation(caller.user, b.period, start, tokens, cost)
+    async with pool.conn() as c:
+        cur = await c.execute("SELECT tokens_used + tokens_reserved, cost_used + cost_reserved FROM gw_windows "
+                              "WHERE username = %s AND period = %s AND window_start = %s", (caller.user, b.period, start))
+        spent = await cur.fetchone() or (0, Decimal(0))
+    raise OverBudget(caller, tokens, cost, None if b.tokens is None else b.tokens - spent[0],
+                     None if b.cost is None else Decimal(str(b.cost)) - spent[1], window_end(b.period, now))
+
+
+async def settle(pool: Pool, r: Reservation, *, model: str, app: str, prompt: int, completion: int,
+                 cost: Decimal, now: datetime, metered: bool = True) -> None:
+    """Replace the reservation with what was used, and add it to the person's usage (one transaction)."""
+    async with pool.conn() as c, c.transaction():
+        await c.execute(
+            "UPDATE gw_windows SET tokens_reserved = tokens_reserved - %s, cost_reserved = cost_reserved - %s, "
+            "tokens_used = tokens_used + %s, cost_used = cost_used + %s "
+            "WHERE username = %s AND period = %s AND window_start = %s",
+            (r.tokens, r.cost, prompt + completion, cost, r.user, r.period, r.start))
+        await c.execute(
+            "INSERT INTO gw_usage AS g (username, model, app, hour, requests, prompt_tokens, completion_tokens, cost, "
+            "unmetered) VALUES (%s, %s, %s, %s, 1, %s, %s, %s, %s) ON CONFLICT (username, model, app, hour) DO UPDATE SET "
+            "requests = g.requests + 1, prompt_tokens = g.prompt_tokens + EXCLUDED.prompt_tokens, "
+            "completion_tokens = g.completion_tokens + EXCLUDED.completion_tokens, cost = g.cost + EXCLUDED.cost, "
+            "unmetered = g.unmetered + EXCLUDED.unmetered",
+            (r.user, model, app, hour_of(now), prompt, completion, cost, 0 if metered else 1))
+
+
+async def release(pool: Pool, r: Reservation) -> None:
+    """The upstream refused or failed before answering: nothing was used."""
+    async with pool.conn() as c:
+        await c.execute("UPDATE gw_windows SET tokens_reserved = tokens_reserved - %s, cost_reserved = cost_reserved - %s "
+                        "WHERE username = %s AND period = %s AND window_start = %s",
+                        (r.tokens, r.cost, r.user, r.period, r.start))

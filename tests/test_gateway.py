@@ -161,7 +161,7 @@ def test_parallel_requests_cannot_overshoot_a_budget(pg, site, upstream):
     used = usage_rows(pg, site.db)
     for n in names:
         assert sum(used[n]) <= 500 + 40
-    accepted = {n: 0 for n in names}
+    accepted = dict.fromkeys(names, 0)
     for i, r in enumerate(results):
         if r[0] == 200:
             accepted[names[i % 5]] += sum(answer(chat_body(i, max_tokens=40)))

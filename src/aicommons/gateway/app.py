@@ -116,12 +116,13 @@ def create_app(cfg: GatewayConfig, *, transport: httpx.AsyncBaseTransport | None
         else:
             prompt_est = estimate.chat_prompt(body) if kind == "chat" else estimate.text_prompt(body, "prompt")
             field = "max_completion_tokens" if body.get("max_completion_tokens") is not None else "max_tokens"
-            max_tokens = body.get(field)
-            if max_tokens is None:  # capped, so that what is reserved holds
-                max_tokens = body["max_tokens"] = cfg.default_max_tokens
-            if not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens < 1:
+            asked = body.get(field)
+            if asked is None:  # capped, so that what is reserved holds
+                asked = body["max_tokens"] = cfg.default_max_tokens
+            if not isinstance(asked, int) or isinstance(asked, bool) or asked < 1:
                 return error(400, f"{field} must be a whole number of at least 1.", "invalid_request_error",
                              "invalid_value", field)
+            max_tokens = asked
             n = body.get("n", 1)
             if isinstance(n, int) and n > 1:
                 max_tokens *= n
@@ -135,7 +136,7 @@ def create_app(cfg: GatewayConfig, *, transport: httpx.AsyncBaseTransport | None
             return error(429, exc.message(), "insufficient_quota", "insufficient_quota")
         wants_usage = False
         if stream:
-            so = body.get("stream_options") if isinstance(body.get("stream_options"), dict) else {}
+            so: dict = body["stream_options"] if isinstance(body.get("stream_options"), dict) else {}
             wants_usage = bool(so.get("include_usage"))
             body["stream_options"] = {**so, "include_usage": True}
         assert client is not None

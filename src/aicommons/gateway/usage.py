@@ -43,7 +43,7 @@ def set_budget(conninfo: str, user: str, *, period: str, tokens: int | None, cos
                   "ON CONFLICT (username) DO UPDATE SET period = EXCLUDED.period, tokens = EXCLUDED.tokens, "
                   "cost = EXCLUDED.cost, updated_at = now()",
                   (user, period, tokens, None if cost is None else Decimal(str(cost))))
-    return Budget(period=period, tokens=tokens, cost=cost)  # type: ignore[arg-type]
+    return Budget(period=period, tokens=tokens, cost=cost)
 
 
 def clear_budget(conninfo: str, user: str) -> None:

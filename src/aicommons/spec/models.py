@@ -323,7 +323,8 @@ class Gateway(Model):
     upstreams: list[Upstream] = Field(default_factory=list)
     budget: Budget = Field(default_factory=Budget, description="Site default; `aicommons users budget` overrides per person.")
     prices: dict[str, Price] = Field(default_factory=dict, description="Per model; a model not listed costs 0.")
-    default_max_tokens: int = Field(1024, ge=1, description="Reserved for a request that sets no max_tokens (and sent upstream as its cap).")
+    default_max_tokens: int = Field(1024, ge=1, description="Reserved for a request that sets no max_tokens "
+                                                            "(and sent upstream as its cap).")
     database: str = Field("aicommons_gateway", pattern=r"^[a-z_][a-z0-9_]{0,62}$",
                           description="Database on the site's PostgreSQL holding keys, budgets and usage.")
 

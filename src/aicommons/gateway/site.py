@@ -22,8 +22,8 @@ def conninfo_for(site_file: Path, state_path: str | None = None) -> str:
     from aicommons.tenancy.registry import admin_credentials
 
     site, _ = load_site(site_file)
-    if not site.gateway.enabled:
-        raise PermanentError(f"{site_file}: gateway.enabled is not set; the site has no model gateway")
+    if "gateway" not in site.services:
+        raise PermanentError(f"{site_file}: services.gateway is not enabled; the site has no model gateway")
     state = open_state(site_file, state_path, read_only=True)
     try:
         resolved = resolve(site, held=state.held_slots())

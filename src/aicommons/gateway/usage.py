@@ -38,7 +38,7 @@ def set_budget(conninfo: str, user: str, *, period: str, tokens: int | None, cos
         raise BadBudget("--tokens and --cost are 0 or more (leave one out for no limit of that kind)")
     with _connect(conninfo) as c:
         if c.execute("SELECT 1 FROM gw_keys WHERE username = %s", (user,)).fetchone() is None:
-            raise BadBudget(f"{user} has no gateway key (is gateway.enabled set and `aicommons apply` done?)")
+            raise BadBudget(f"{user} has no gateway key (is services.gateway enabled and `aicommons apply` done?)")
         c.execute("INSERT INTO gw_limits (username, period, tokens, cost) VALUES (%s, %s, %s, %s) "
                   "ON CONFLICT (username) DO UPDATE SET period = EXCLUDED.period, tokens = EXCLUDED.tokens, "
                   "cost = EXCLUDED.cost, updated_at = now()",

@@ -317,9 +317,9 @@ class Upstream(Model):
 
 
 class Gateway(Model):
-    """The model gateway: per-person keys, budgets that hold and usage, in front of every model server."""
+    """Settings of the model gateway (the `gateway` service): per-person keys, budgets that hold and
+    usage, in front of every model server."""
 
-    enabled: bool = False
     upstreams: list[Upstream] = Field(default_factory=list)
     budget: Budget = Field(default_factory=Budget, description="Site default; `aicommons users budget` overrides per person.")
     prices: dict[str, Price] = Field(default_factory=dict, description="Per model; a model not listed costs 0.")

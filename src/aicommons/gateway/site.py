@@ -8,31 +8,40 @@ from pathlib import Path
 
 from psycopg.conninfo import make_conninfo
 
-from aicommons.errors import PermanentError
+from aicommons.errors import AicError
 
 DATABASE_ENV = "AICOMMONS_GATEWAY_DATABASE"
 
 
+class NoGateway(AicError):
+    exit_code = 2
+
+
 def conninfo_for(site_file: Path, state_path: str | None = None) -> str:
-    if os.environ.get(DATABASE_ENV):
-        return os.environ[DATABASE_ENV]
     from aicommons.engine.api import key_source, open_state
     from aicommons.plan import resolve
     from aicommons.spec.load import load_site
-    from aicommons.tenancy.registry import admin_credentials
 
     site, _ = load_site(site_file)
-    if "gateway" not in site.services:
-        raise PermanentError(f"{site_file}: services.gateway is not enabled; the site has no model gateway")
     state = open_state(site_file, state_path, read_only=True)
     try:
         resolved = resolve(site, held=state.held_slots())
-        if "postgres" not in resolved.endpoints:
-            raise PermanentError("the gateway keeps keys and usage in the site's PostgreSQL: enable services.postgres "
-                                 f"or set ${DATABASE_ENV}")
-        secrets = state.secrets(key_source(site, state, site_file))
-        host, port, user, pw = admin_credentials(resolved, "postgres", secrets.get, Path(site_file).resolve().parent,
-                                                 "postgres_admin_password")
+        return conninfo_from(resolved, state.secrets(key_source(site, state, site_file)).get,
+                             Path(site_file).resolve().parent)
     finally:
         state.close()
-    return make_conninfo(host=host, port=port, user=user, password=pw, dbname=site.gateway.database)
+
+
+def conninfo_from(resolved, secrets, base_dir: Path) -> str:
+    """The gateway database of a resolved site, reached with the site's PostgreSQL admin login."""
+    from aicommons.tenancy.registry import admin_credentials
+
+    if "gateway" not in resolved.endpoints:
+        raise NoGateway("this site has no model gateway: enable services.gateway in site.yaml")
+    if os.environ.get(DATABASE_ENV):
+        return os.environ[DATABASE_ENV]
+    if "postgres" not in resolved.endpoints:
+        raise NoGateway("the gateway keeps keys and usage in the site's PostgreSQL: enable services.postgres "
+                        f"(or its `external:`), or set ${DATABASE_ENV}")
+    host, port, user, pw = admin_credentials(resolved, "postgres", secrets, base_dir, "postgres_admin_password")
+    return make_conninfo(host=host, port=port, user=user, password=pw, dbname=resolved.site.gateway.database)

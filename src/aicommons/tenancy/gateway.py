@@ -20,7 +20,10 @@ from aicommons.plan.policy import gateway_key, gateway_key_hash
 from aicommons.tenancy.base import AuditCheck, Secrets
 
 # Usage rows are per person x model x app x hour: a chart over time without a row per request.
+# One implicit transaction (a simple query); the advisory lock serialises parallel first runs,
+# whose CREATE TABLE IF NOT EXISTS would otherwise collide on the catalog's unique indexes.
 SCHEMA = """
+SELECT pg_advisory_xact_lock(7237001);
 CREATE TABLE IF NOT EXISTS gw_keys (
     username   text PRIMARY KEY,
     key_hash   bytea NOT NULL,
@@ -65,13 +68,14 @@ def create_database(host: str, port: int, user: str, password: str, dbname: str)
         with psycopg.connect(host=host, port=port, user=user, password=password, dbname="postgres",
                              autocommit=True, connect_timeout=5) as c:
             if c.execute("SELECT 1 FROM pg_database WHERE datname = %s", (dbname,)).fetchone() is None:
-                c.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(dbname)))
+                try:
+                    c.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(dbname)))
+                except (psycopg.errors.DuplicateDatabase, psycopg.errors.UniqueViolation):
+                    pass  # made by a parallel ensure (two users' steps run at once)
                 c.execute(sql.SQL("REVOKE CONNECT, TEMPORARY ON DATABASE {} FROM PUBLIC").format(sql.Identifier(dbname)))
         with psycopg.connect(host=host, port=port, user=user, password=password, dbname=dbname,
                              autocommit=True, connect_timeout=5) as c:
             c.execute(SCHEMA)
-    except psycopg.errors.DuplicateDatabase:
-        pass  # made by a parallel ensure
     except psycopg.OperationalError as exc:
         raise TemporaryError(f"PostgreSQL at {host}:{port} (gateway database {dbname}) is not reachable: {exc}",
                              delay=2.0) from None

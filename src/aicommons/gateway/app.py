@@ -122,7 +122,7 @@ def create_app(cfg: GatewayConfig, *, transport: httpx.AsyncBaseTransport | None
             if not isinstance(asked, int) or isinstance(asked, bool) or asked < 1:
                 return error(400, f"{field} must be a whole number of at least 1.", "invalid_request_error",
                              "invalid_value", field)
-            max_tokens = asked
+            max_tokens = body["max_tokens"] = asked  # the cap the model server enforces (llama-server reads max_tokens)
             n = body.get("n", 1)
             if isinstance(n, int) and n > 1:
                 max_tokens *= n

@@ -32,13 +32,13 @@ sys.path.insert(0, str(ROOT / "src"))
 from tests.gateway_harness import People, backend_for, conninfo  # noqa: E402
 from tests.servers import free_port, start_postgres  # noqa: E402
 
-STREAMS = 50
+STREAMS = int(os.environ.get("BENCH_STREAMS", "50"))
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "6"))
 TOKENS = 32
 TOKEN_MS = 10
 PEOPLE = 5
 AIC = [sys.executable, "-c", "import sys; from aicommons.cli import main; sys.exit(main())"]
-BODY = {"model": "smollm2", "messages": [{"role": "user", "content": "Say something short."}],
+BODY = {"model": "smollm2", "messages": [{"role": "user", "content": "Please answer briefly: " + "x" * 16}],
         "max_tokens": TOKENS, "stream": True}
 
 

@@ -110,6 +110,15 @@ def windows(pg, db: str) -> dict[str, tuple[int, int]]:
     return {u: (int(a), int(b)) for u, a, b in rows}
 
 
+def wait_settled(pg, db: str) -> None:
+    """A stream is settled just after its last byte is sent: wait until no reservation is left."""
+    import time
+
+    end = time.monotonic() + 30
+    while any(reserved for _u, reserved in windows(pg, db).values()) and time.monotonic() < end:
+        time.sleep(0.05)
+
+
 def test_fifty_concurrent_streams_are_counted_exactly(pg, site, upstream):
     """50 streams from 5 people at once: what is counted per person equals, token for token, the
     usage the model server reported; the usage event reaches only clients that asked for it."""
@@ -125,6 +134,7 @@ def test_fifty_concurrent_streams_are_counted_exactly(pg, site, upstream):
 
     results = asyncio.run(run())
     assert [r[0] for r in results] == [200] * 50
+    wait_settled(pg, site.db)
     expected: dict[str, list[int]] = {n: [0, 0] for n in names}
     for i, (_, objs, _raw) in enumerate(results):
         p, q = answer(chat_body(i))
@@ -156,6 +166,7 @@ def test_parallel_requests_cannot_overshoot_a_budget(pg, site, upstream):
                 for i in range(50)])
 
     results = asyncio.run(run())
+    wait_settled(pg, site.db)
     codes = [r[0] for r in results]
     assert set(codes) == {200, 429}
     used = usage_rows(pg, site.db)

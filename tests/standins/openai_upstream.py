@@ -44,6 +44,7 @@ class OpenAIUpstream:
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+            disable_nagle_algorithm = True  # headers and body are separate writes: no 40 ms delayed-ACK stall
 
             def log_message(self, *a):
                 pass
@@ -91,11 +92,16 @@ class OpenAIUpstream:
                                      "model": body["model"], "choices": [choice], "usage": usage})
                     return
                 include = bool((body.get("stream_options") or {}).get("include_usage"))
+                # Chunked and kept alive, as llama-server's HTTP library (cpp-httplib) streams.
                 self.send_response(200)
                 self.send_header("Content-Type", "text/event-stream")
-                self.send_header("Connection", "close")
+                self.send_header("Transfer-Encoding", "chunked")
                 self.end_headers()
                 obj = "chat.completion.chunk" if chat else "text_completion"
+
+                def send(data: bytes) -> None:
+                    self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
+
                 try:
                     for i in range(completion):
                         if upstream.token_delay:
@@ -105,17 +111,16 @@ class OpenAIUpstream:
                                  "choices": [{"index": 0, "finish_reason": None, **delta}]}
                         if include:
                             chunk["usage"] = None
-                        self.wfile.write(b"data: " + json.dumps(chunk).encode() + b"\n\n")
-                        self.wfile.flush()
+                        send(b"data: " + json.dumps(chunk).encode() + b"\n\n")
                     if include:
-                        self.wfile.write(b"data: " + json.dumps({"id": "x", "object": obj, "model": body["model"],
-                                                                 "choices": [], "usage": usage}).encode() + b"\n\n")
-                    self.wfile.write(b"data: [DONE]\n\n")
-                    self.wfile.flush()
+                        send(b"data: " + json.dumps({"id": "x", "object": obj, "model": body["model"],
+                                                     "choices": [], "usage": usage}).encode() + b"\n\n")
+                    send(b"data: [DONE]\n\n")
+                    self.wfile.write(b"0\r\n\r\n")
                 except (BrokenPipeError, ConnectionResetError):
+                    self.close_connection = True
                     return
                 upstream._record(prompt, completion)
-                self.close_connection = True
 
         class Server(ThreadingHTTPServer):
             request_queue_size = 512  # the default 5 refuses a burst of parallel streams

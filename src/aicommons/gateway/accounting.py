@@ -135,33 +135,63 @@ class OverBudget(Exception):
                 "fit; ask the site's operator to raise the budget.")
 
 
-async def reserve(pool: Pool, caller: Caller, tokens: int, cost: Decimal, now: datetime) -> Reservation:
-    b = caller.budget
-    start = window_start(b.period, now)
-    args = {"u": caller.user, "p": b.period, "w": start, "t": tokens, "c": cost, "tl": b.tokens,
-            "cl": None if b.cost is None else Decimal(str(b.cost))}
-    fits_alone = (b.tokens is None or tokens <= b.tokens) and (b.cost is None or cost <= Decimal(str(b.cost)))
-    row = None
-    if fits_alone:
-        async with pool.conn() as c:
-            cur = await c.execute(
-                "INSERT INTO gw_windows AS w (username, period, window_start, tokens_reserved, cost_reserved) "
-                "VALUES (%(u)s, %(p)s, %(w)s, %(t)s, %(c)s) "
-                "ON CONFLICT (username, period, window_start) DO UPDATE SET "
-                "tokens_reserved = w.tokens_reserved + EXCLUDED.tokens_reserved, "
-                "cost_reserved = w.cost_reserved + EXCLUDED.cost_reserved "
-                "WHERE (%(tl)s::bigint IS NULL OR w.tokens_used + w.tokens_reserved + EXCLUDED.tokens_reserved <= %(tl)s) "
-                "AND (%(cl)s::numeric IS NULL OR w.cost_used + w.cost_reserved + EXCLUDED.cost_reserved <= %(cl)s) "
-                "RETURNING 1", args)
-            row = await cur.fetchone()
-    if row is not None:
-        return Reservation(caller.user, b.period, start, tokens, cost)
+class Unauthorized(Exception):
+    pass
+
+
+# Authenticate and reserve in one statement (one round trip before the first byte): the key row
+# with the person's budget (own, else the site default), then the conditional upsert of the window
+# row, done only when the key matches, is active and the reservation fits. Window starts are
+# computed by PostgreSQL's date_trunc in UTC, the same boundaries as windows.window_start.
+ADMIT = """
+WITH k AS (
+    SELECT k.username, k.key_hash, k.active, l.username IS NOT NULL AS own,
+           coalesce(l.period, %(dp)s) AS period,
+           CASE WHEN l.username IS NULL THEN %(dt)s::bigint ELSE l.tokens END AS tl,
+           CASE WHEN l.username IS NULL THEN %(dc)s::numeric ELSE l.cost END AS cl
+    FROM gw_keys k LEFT JOIN gw_limits l USING (username) WHERE k.username = %(u)s
+), r AS (
+    INSERT INTO gw_windows AS w (username, period, window_start, tokens_reserved, cost_reserved)
+    SELECT username, period, date_trunc(period, %(now)s::timestamptz, 'UTC'), %(t)s, %(c)s FROM k
+    WHERE k.active AND k.key_hash = %(h)s AND (k.tl IS NULL OR %(t)s <= k.tl) AND (k.cl IS NULL OR %(c)s <= k.cl)
+    ON CONFLICT (username, period, window_start) DO UPDATE SET
+        tokens_reserved = w.tokens_reserved + EXCLUDED.tokens_reserved,
+        cost_reserved = w.cost_reserved + EXCLUDED.cost_reserved
+    WHERE ((SELECT tl FROM k) IS NULL OR w.tokens_used + w.tokens_reserved + EXCLUDED.tokens_reserved <= (SELECT tl FROM k))
+      AND ((SELECT cl FROM k) IS NULL OR w.cost_used + w.cost_reserved + EXCLUDED.cost_reserved <= (SELECT cl FROM k))
+    RETURNING w.window_start
+)
+SELECT k.key_hash, k.active, k.own, k.period, k.tl, k.cl, (SELECT window_start FROM r) FROM k
+"""
+
+
+async def admit(pool: Pool, header: str | None, app_header: str | None, default: Budget, tokens: int,
+                cost: Decimal, now: datetime) -> tuple[Caller, Reservation]:
+    """The caller and their reservation; Unauthorized for a missing, wrong, revoked or removed key;
+    OverBudget when the reservation does not fit the window."""
+    parsed = parse_key(header)
+    if parsed is None:
+        raise Unauthorized
+    user, key, key_app = parsed
+    h = gateway_key_hash(key)
+    args = {"u": user, "h": h, "dp": default.period, "dt": default.tokens,
+            "dc": None if default.cost is None else Decimal(str(default.cost)), "t": tokens, "c": cost, "now": now}
+    async with pool.conn() as c:
+        row = await (await c.execute(ADMIT, args)).fetchone()
+    if row is None or not hmac.compare_digest(bytes(row[0]), h) or not row[1]:
+        raise Unauthorized
+    budget = Budget(period=row[3], tokens=row[4], cost=None if row[5] is None else float(row[5]))
+    app = app_header if app_header and APP_RE.match(app_header) else (key_app or DEFAULT_APP)
+    caller = Caller(user, app, budget)
+    if row[6] is not None:
+        return caller, Reservation(user, budget.period, row[6], tokens, cost)
+    start = window_start(budget.period, now)
     async with pool.conn() as c:
         cur = await c.execute("SELECT tokens_used + tokens_reserved, cost_used + cost_reserved FROM gw_windows "
-                              "WHERE username = %s AND period = %s AND window_start = %s", (caller.user, b.period, start))
+                              "WHERE username = %s AND period = %s AND window_start = %s", (user, budget.period, start))
         spent = await cur.fetchone() or (0, Decimal(0))
-    raise OverBudget(caller, tokens, cost, None if b.tokens is None else b.tokens - spent[0],
-                     None if b.cost is None else Decimal(str(b.cost)) - spent[1], window_end(b.period, now))
+    raise OverBudget(caller, tokens, cost, None if budget.tokens is None else budget.tokens - spent[0],
+                     None if budget.cost is None else Decimal(str(budget.cost)) - spent[1], window_end(budget.period, now))
 
 
 async def settle(pool: Pool, r: Reservation, *, model: str, app: str, prompt: int, completion: int,

@@ -8,6 +8,7 @@ counted); that extra event is dropped when the client did not ask for it.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from contextlib import asynccontextmanager
@@ -55,6 +56,7 @@ def create_app(cfg: GatewayConfig, *, transport: httpx.AsyncBaseTransport | None
     pool = acc.Pool(cfg.conninfo, cfg.pool_size)
     counters = Counters()
     client: httpx.AsyncClient | None = None
+    settling: set[asyncio.Task] = set()  # settlements still running (awaited at shutdown)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -63,6 +65,8 @@ def create_app(cfg: GatewayConfig, *, transport: httpx.AsyncBaseTransport | None
         client = httpx.AsyncClient(transport=transport, timeout=httpx.Timeout(cfg.upstream_timeout, connect=10.0),
                                    limits=httpx.Limits(max_connections=None, max_keepalive_connections=100))
         yield
+        if settling:
+            await asyncio.gather(*settling, return_exceptions=True)
         await client.aclose()
         await pool.close()
 
@@ -96,8 +100,8 @@ def create_app(cfg: GatewayConfig, *, transport: httpx.AsyncBaseTransport | None
         return {"ok": True}
 
     async def proxy(request: Request, path: str, kind: str):
-        caller = await caller_of(request)
-        if caller is None:
+        auth = request.headers.get("authorization")
+        if acc.parse_key(auth) is None:
             return unauthorized()
         try:
             body = json.loads(await request.body())
@@ -130,7 +134,10 @@ def create_app(cfg: GatewayConfig, *, transport: httpx.AsyncBaseTransport | None
         need = prompt_est + max_tokens
         now = cfg.clock()
         try:
-            res = await acc.reserve(pool, caller, need, price.cost(prompt_est, max_tokens), now)
+            caller, res = await acc.admit(pool, auth, request.headers.get("x-aicommons-app"), cfg.budget, need,
+                                          price.cost(prompt_est, max_tokens), now)
+        except acc.Unauthorized:
+            return unauthorized()
         except acc.OverBudget as exc:
             counters.rejected["budget"] += 1
             return error(429, exc.message(), "insufficient_quota", "insufficient_quota")
@@ -197,10 +204,16 @@ def create_app(cfg: GatewayConfig, *, transport: httpx.AsyncBaseTransport | None
                         yield event
                 if buf:
                     yield bytes(buf)
-            finally:
+            except BaseException:
                 with anyio.CancelScope(shield=True):  # a client gone mid-stream is still charged
                     await r.aclose()
                     await settle(usage, max(chunks - 1, 0))
+                raise
+            await r.aclose()
+            # Settled after the last byte is on its way: the client does not wait for the database.
+            task = asyncio.create_task(settle(usage, max(chunks - 1, 0)))
+            settling.add(task)
+            task.add_done_callback(settling.discard)
 
         return StreamingResponse(relay(), status_code=r.status_code, media_type="text/event-stream",
                                  headers={"cache-control": "no-cache", "x-accel-buffering": "no"})

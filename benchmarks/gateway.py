@@ -35,7 +35,7 @@ from tests.servers import free_port, start_postgres  # noqa: E402
 STREAMS = int(os.environ.get("BENCH_STREAMS", "50"))
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "6"))
 TOKENS = 32
-TOKEN_MS = 10
+TOKEN_MS = int(os.environ.get("BENCH_TOKEN_MS", "10"))
 PEOPLE = 5
 AIC = [sys.executable, "-c", "import sys; from aicommons.cli import main; sys.exit(main())"]
 BODY = {"model": "smollm2", "messages": [{"role": "user", "content": "Please answer briefly: " + "x" * 16}],
@@ -73,6 +73,11 @@ async def one(client: httpx.AsyncClient, url: str, key: str) -> tuple[float, flo
 async def burst(url: str, keys: list[str]) -> list[tuple[float, float]]:
     async with httpx.AsyncClient(timeout=120, limits=httpx.Limits(max_connections=STREAMS * 2)) as c:
         return await asyncio.gather(*[one(c, url, keys[i % len(keys)]) for i in range(STREAMS)])
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def pct(xs: list[float], q: float) -> float:
@@ -115,7 +120,7 @@ gateway:
                     break
             except httpx.HTTPError:
                 if time.monotonic() > end or gw.poll() is not None:
-                    raise SystemExit("the gateway did not start: " + (gw.stderr.read().decode() if gw.stderr else ""))
+                    raise SystemExit("the gateway did not start: " + (gw.stderr.read().decode() if gw.stderr else "")) from None
                 time.sleep(0.2)
         print(f"{STREAMS} concurrent streams of {answer_len()} tokens, {TOKEN_MS} ms apart; {PEOPLE} people; "
               f"{ROUNDS} rounds each way, alternating; host: {os.cpu_count()} cores (shared)")
@@ -123,9 +128,12 @@ gateway:
         asyncio.run(burst(gw_url, keys))
         direct: list[tuple[float, float]] = []
         via: list[tuple[float, float]] = []
+        cpu = 0.0
         for _ in range(ROUNDS):
             direct += asyncio.run(burst(url.value, keys))
+            before = cpu_seconds(gw.pid)
             via += asyncio.run(burst(gw_url, keys))
+            cpu += cpu_seconds(gw.pid) - before
         d_ttft, d_total = [a for a, _ in direct], [b for _, b in direct]
         g_ttft, g_total = [a for a, _ in via], [b for _, b in via]
         print(f"{'':10} {'TTFT p50':>9} {'TTFT p99':>9} {'total p50':>10} {'total p99':>10}  (ms, n={len(direct)})")
@@ -133,6 +141,8 @@ gateway:
         print(f"{'gateway':10} {pct(g_ttft, .5):9.1f} {pct(g_ttft, .99):9.1f} {pct(g_total, .5):10.1f} {pct(g_total, .99):10.1f}")
         print(f"added latency: p50 {pct(g_total, .5) - pct(d_total, .5):+.1f} ms, p99 {pct(g_total, .99) - pct(d_total, .99):+.1f} ms "
               f"(goals < 5 and < 20)")
+        print(f"gateway CPU: {cpu * 1000 / len(via):.1f} ms per streamed request ({len(via)} requests; "
+              "the process's user + system time, independent of how busy the host is)")
         print(f"time to first token, gateway / direct (medians): {statistics.median(g_ttft) / statistics.median(d_ttft):.2f} "
               f"(goal within 10 %: 0.90-1.10)")
     finally:

@@ -9,8 +9,11 @@ counted); that extra event is dropped when the client did not ask for it.
 from __future__ import annotations
 
 import asyncio
+import importlib.util
+import itertools
 import json
 import logging
+import sys
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -25,6 +28,17 @@ from aicommons.gateway.config import GatewayConfig
 from aicommons.gateway.metrics import Counters, render_metrics
 
 log = logging.getLogger("aicommons.gateway")
+
+# httpcore 1.0.9 (httpcore/_synchronization.py, current_async_library) tries `import sniffio` on
+# every request; without sniffio installed the failed import is not cached and scans sys.path each
+# time (a seventh of the gateway's CPU at 50 streams). Record the absence once.
+if importlib.util.find_spec("sniffio") is None:
+    sys.modules.setdefault("sniffio", None)  # type: ignore[arg-type]
+
+# httpcore's pool assigns queued requests by scanning every connection for each request
+# (connection_pool.py, _assign_requests_to_connections): quadratic in a burst of streams. A few
+# independent clients keep each scan short.
+CLIENT_SHARDS = 8
 
 
 def error(status: int, message: str, type_: str, code: str | None = None, param: str | None = None) -> JSONResponse:
@@ -55,19 +69,23 @@ def _data(event: bytes) -> bytes | None:
 def create_app(cfg: GatewayConfig, *, transport: httpx.AsyncBaseTransport | None = None) -> FastAPI:
     pool = acc.Pool(cfg.conninfo, cfg.pool_size)
     counters = Counters()
-    client: httpx.AsyncClient | None = None
+    clients: list[httpx.AsyncClient] = []
+    turn = itertools.count()
     settling: set[asyncio.Task] = set()  # settlements still running (awaited at shutdown)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        nonlocal client
         await pool.open()
-        client = httpx.AsyncClient(transport=transport, timeout=httpx.Timeout(cfg.upstream_timeout, connect=10.0),
-                                   limits=httpx.Limits(max_connections=None, max_keepalive_connections=100))
+        tls = httpx.create_ssl_context()  # one CA bundle load for every shard
+        clients[:] = [httpx.AsyncClient(transport=transport, verify=tls,
+                                        timeout=httpx.Timeout(cfg.upstream_timeout, connect=10.0),
+                                        limits=httpx.Limits(max_connections=None, max_keepalive_connections=32))
+                      for _ in range(CLIENT_SHARDS)]
         yield
         if settling:
             await asyncio.gather(*settling, return_exceptions=True)
-        await client.aclose()
+        for c in clients:
+            await c.aclose()
         await pool.close()
 
     app = FastAPI(title="aicommons model gateway", version="1", lifespan=lifespan, docs_url=None, redoc_url=None)
@@ -146,7 +164,7 @@ def create_app(cfg: GatewayConfig, *, transport: httpx.AsyncBaseTransport | None
             so: dict = body["stream_options"] if isinstance(body.get("stream_options"), dict) else {}
             wants_usage = bool(so.get("include_usage"))
             body["stream_options"] = {**so, "include_usage": True}
-        assert client is not None
+        client = clients[next(turn) % len(clients)]
         upstream = client.build_request("POST", f"{cfg.routes[model]}/{path}", json=body,
                                         headers={"accept": "text/event-stream" if stream else "application/json"})
         try:
@@ -189,19 +207,23 @@ def create_app(cfg: GatewayConfig, *, transport: httpx.AsyncBaseTransport | None
             try:
                 async for piece in r.aiter_raw():
                     buf += piece
+                    out = []
                     for event in _events(buf):
-                        data = _data(event)
-                        if data and data != b"[DONE]" and b'"usage"' in data:
+                        # Only an event with a usage object is parsed (every other one says "usage":null).
+                        if b'"usage"' in event and b'"usage":null' not in event and b'"usage": null' not in event:
+                            data = _data(event)
                             try:
-                                obj = json.loads(data)
+                                obj = json.loads(data) if data and data != b"[DONE]" else {}
                             except ValueError:
                                 obj = {}
-                            if isinstance(obj.get("usage"), dict):
+                            if isinstance(obj, dict) and isinstance(obj.get("usage"), dict):
                                 usage = obj["usage"]
                                 if not wants_usage and not obj.get("choices"):
                                     continue  # the usage-only event the client did not ask for
                         chunks += 1
-                        yield event
+                        out.append(event)
+                    if out:  # what arrived together leaves together: no event waits for a later one
+                        yield b"".join(out)
                 if buf:
                     yield bytes(buf)
             except BaseException:

@@ -292,3 +292,14 @@ def test_tenancy_backend_verify_and_audit(site):
     secrets = {n: {"gateway_key": t} for n, t in site.people.tokens.items()}
     checks = b.audit([tenant(n) for n in secrets], secrets)
     assert len(checks) == 25 and all(c.ok for c in checks)
+
+
+def test_browser_apps_of_the_site_may_call_it(site):
+    """ChainForge calls the model from the browser: the gateway answers the CORS preflight of the
+    site's own pages, and no other origin's."""
+    gw = site.start(cors_origin_regex=r"https://([a-z0-9-]+\.)*example\.org")
+    pre = {"Access-Control-Request-Method": "POST", "Access-Control-Request-Headers": "authorization,content-type"}
+    ok = httpx.options(f"{gw.url}/v1/chat/completions", headers={"Origin": "https://cf-ann.example.org", **pre})
+    assert ok.status_code == 200 and ok.headers["access-control-allow-origin"] == "https://cf-ann.example.org"
+    bad = httpx.options(f"{gw.url}/v1/chat/completions", headers={"Origin": "https://example.org.evil.test", **pre})
+    assert "access-control-allow-origin" not in bad.headers

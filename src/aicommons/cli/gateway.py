@@ -47,7 +47,10 @@ def serve(file: Path = SiteFile,
     site, _ = load(file)
     if not site.gateway.upstreams:
         console.print("gateway.upstreams is empty: /v1/models lists nothing until a model server is named")
-    cfg = GatewayConfig.from_spec(site.gateway, _conninfo(file, state, database), pool_size=pool)
+    import re
+
+    cfg = GatewayConfig.from_spec(site.gateway, _conninfo(file, state, database), pool_size=pool,
+                                  cors_origin_regex=rf"https://([a-z0-9-]+\.)*{re.escape(site.domain)}")
     socks = [_socket(x) for x in (listen or ["127.0.0.1:4000"])]
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     console.print(f"model gateway of {site.name} on " + ", ".join(listen or ["127.0.0.1:4000"])

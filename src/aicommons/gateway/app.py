@@ -89,6 +89,11 @@ def create_app(cfg: GatewayConfig, *, transport: httpx.AsyncBaseTransport | None
         await pool.close()
 
     app = FastAPI(title="aicommons model gateway", version="1", lifespan=lifespan, docs_url=None, redoc_url=None)
+    if cfg.cors_origin_regex:  # a page of the site's apps may call with a key; no cookies are involved
+        from starlette.middleware.cors import CORSMiddleware
+
+        app.add_middleware(CORSMiddleware, allow_origin_regex=cfg.cors_origin_regex, allow_methods=["GET", "POST"],
+                           allow_headers=["authorization", "content-type", "x-aicommons-app"], max_age=600)
 
     async def caller_of(request: Request) -> acc.Caller | None:
         return await acc.authenticate(pool, request.headers.get("authorization"),

@@ -32,6 +32,7 @@ class GatewayConfig:
     default_max_tokens: int = 1024
     clock: Callable[[], datetime] = utc_now     # injected by tests: windows reset on time
     pool_size: int = 10
+    cors_origin_regex: str | None = None       # browser apps of the site (ChainForge) calling the public route
     upstream_timeout: float = 600.0
 
     @classmethod

@@ -303,3 +303,20 @@ def test_browser_apps_of_the_site_may_call_it(site):
     assert ok.status_code == 200 and ok.headers["access-control-allow-origin"] == "https://cf-ann.example.org"
     bad = httpx.options(f"{gw.url}/v1/chat/completions", headers={"Origin": "https://example.org.evil.test", **pre})
     assert "access-control-allow-origin" not in bad.headers
+
+
+def test_budget_and_usage_commands(site, tmp_path, capsys):
+    from aicommons.cli import main
+
+    f = tmp_path / "site.yaml"
+    f.write_text("version: 1\nname: gwcli\ndomain: example.org\ndriver: {kind: lxc}\n"
+                 "services: {postgres: {}, gateway: {}}\nusers: [{name: ann}]\n")
+    base = ["-f", str(f), "--database", site.conninfo]
+    assert main(["users", "budget", "ann", "--period", "year", *base]) == 2
+    assert "use day, week or month" in capsys.readouterr().err
+    assert main(["users", "budget", "nobody", "--tokens", "5", *base]) == 2
+    assert main(["users", "budget", "ann", "--period", "week", "--tokens", "777", *base]) == 0
+    assert main(["users", "usage", "ann", "--json", *base]) == 0
+    out = json.loads(capsys.readouterr().out.split("\n", 1)[1])
+    assert (out["period"], out["tokens_limit"], out["own_budget"]) == ("week", 777, True)
+    assert main(["users", "budget", "ann", "--default", *base]) == 0

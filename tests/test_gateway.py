@@ -320,3 +320,23 @@ def test_budget_and_usage_commands(site, tmp_path, capsys):
     out = json.loads(capsys.readouterr().out.split("\n", 1)[1])
     assert (out["period"], out["tokens_limit"], out["own_budget"]) == ("week", 777, True)
     assert main(["users", "budget", "ann", "--default", *base]) == 0
+
+
+def test_database_down_is_503_not_a_free_call(pg, site, upstream):
+    """With the accounting database gone, no request reaches the model server (a budget that
+    cannot be checked is not bypassed) and the client gets OpenAI's error shape."""
+    import psycopg
+
+    gw = site.start()
+    key = {"Authorization": f"Bearer {site.people.key('ann')}"}
+    before = len(upstream.requests)
+    with psycopg.connect(pg.admin_dsn, autocommit=True) as c:  # the database goes away
+        c.execute(f"ALTER DATABASE {site.db} ALLOW_CONNECTIONS false")
+        c.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (site.db,))
+    for _ in range(3):
+        r = httpx.post(f"{gw.url}/v1/chat/completions", json=chat_body(1, stream=False), headers=key)
+        assert r.status_code == 503 and r.json()["error"]["code"] == "accounting_unavailable"
+    assert len(upstream.requests) == before
+    with psycopg.connect(pg.admin_dsn, autocommit=True) as c:  # and comes back
+        c.execute(f"ALTER DATABASE {site.db} ALLOW_CONNECTIONS true")
+    assert httpx.post(f"{gw.url}/v1/chat/completions", json=chat_body(1, stream=False), headers=key).status_code == 200

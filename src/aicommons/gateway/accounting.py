@@ -32,39 +32,64 @@ DEFAULT_APP = "direct"
 
 
 class Pool:
-    """A fixed set of async connections (psycopg_pool is not a dependency; this is all it needs)."""
+    """A fixed set of async connections (psycopg_pool is not a dependency; this is all it needs).
+
+    A connection that fails is replaced; after any failure every other idle connection is checked
+    (`SELECT 1`) before its next use, so a database restart costs one failed request, not one per
+    connection."""
 
     def __init__(self, conninfo: str, size: int):
         self.conninfo, self.size = conninfo, size
-        self._free: asyncio.Queue[psycopg.AsyncConnection] = asyncio.Queue()
-        self._all: list[psycopg.AsyncConnection] = []
+        self._free: asyncio.Queue[psycopg.AsyncConnection | None] = asyncio.Queue()
+        self._checked: dict[int, int] = {}  # id(connection) -> the failure count it was checked at
+        self._failures = 0
+
+    async def _connect(self) -> psycopg.AsyncConnection:
+        c = await psycopg.AsyncConnection.connect(self.conninfo, autocommit=True, connect_timeout=5)
+        self._checked[id(c)] = self._failures
+        return c
 
     async def open(self) -> None:
-        first = await psycopg.AsyncConnection.connect(self.conninfo, autocommit=True)
+        first = await self._connect()
         await first.execute(SCHEMA)  # idempotent: the tenancy back end makes it too
-        self._all.append(first)
         self._free.put_nowait(first)
         for _ in range(self.size - 1):
-            c = await psycopg.AsyncConnection.connect(self.conninfo, autocommit=True)
-            self._all.append(c)
-            self._free.put_nowait(c)
+            self._free.put_nowait(await self._connect())
+
+    async def _usable(self, c: psycopg.AsyncConnection | None) -> psycopg.AsyncConnection:
+        if c is not None and not c.closed and self._checked.get(id(c)) != self._failures:
+            try:
+                await c.execute("SELECT 1")
+                self._checked[id(c)] = self._failures
+            except psycopg.OperationalError:
+                await c.close()
+        if c is None or c.closed:
+            if c is not None:
+                self._checked.pop(id(c), None)
+            c = await self._connect()
+        return c
 
     @asynccontextmanager
     async def conn(self):
-        c = await self._free.get()
+        held: psycopg.AsyncConnection | None = await self._free.get()
         try:
-            if c.closed:
-                c = await psycopg.AsyncConnection.connect(self.conninfo, autocommit=True)
-            yield c
+            held = await self._usable(held)
+            yield held
         except psycopg.OperationalError:
-            await c.close()  # replaced on next use
+            self._failures += 1
+            if held is not None:
+                await held.close()
+                self._checked.pop(id(held), None)
+            held = None  # replaced on its next use
             raise
         finally:
-            self._free.put_nowait(c)
+            self._free.put_nowait(held)
 
     async def close(self) -> None:
-        for c in self._all:
-            await c.close()
+        while not self._free.empty():
+            c = self._free.get_nowait()
+            if c is not None:
+                await c.close()
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,7 @@ from typing import Any
 
 import anyio
 import httpx
+import psycopg
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 
@@ -164,6 +165,10 @@ def create_app(cfg: GatewayConfig, *, transport: httpx.AsyncBaseTransport | None
         except acc.OverBudget as exc:
             counters.rejected["budget"] += 1
             return error(429, exc.message(), "insufficient_quota", "insufficient_quota")
+        except psycopg.Error as exc:  # no accounting, no model call: budgets hold even then
+            log.warning("gateway database unavailable: %s", exc)
+            return error(503, "Model use cannot be accounted for right now; try again shortly.", "api_error",
+                         "accounting_unavailable")
         wants_usage = False
         if stream:
             so: dict = body["stream_options"] if isinstance(body.get("stream_options"), dict) else {}
@@ -185,8 +190,11 @@ def create_app(cfg: GatewayConfig, *, transport: httpx.AsyncBaseTransport | None
                 p, c, metered = int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0), True
             else:  # no usage (cut short): charge the estimate and what was seen
                 p, c, metered = prompt_est, min(fallback_completion, max_tokens), False
-            await acc.settle(pool, res, model=model, app=caller.app, prompt=p, completion=c,
-                             cost=price.cost(p, c), now=now, metered=metered)
+            try:
+                await acc.settle(pool, res, model=model, app=caller.app, prompt=p, completion=c,
+                                 cost=price.cost(p, c), now=now, metered=metered)
+            except psycopg.Error as exc:  # the reservation stays held (never less than the use) until its window ends
+                log.error("could not settle %s's %s request (%d + %d tokens): %s", caller.user, model, p, c, exc)
 
         if r.status_code >= 400:
             content = await r.aread()
@@ -196,6 +204,11 @@ def create_app(cfg: GatewayConfig, *, transport: httpx.AsyncBaseTransport | None
         if not stream:
             try:
                 content = await r.aread()
+            except httpx.HTTPError as exc:
+                await acc.release(pool, res)
+                log.warning("upstream of %s failed mid-answer: %s", model, exc)
+                return error(502, f"The model server for {model!r} broke off its answer; try again.", "api_error",
+                             "upstream_failed")
             finally:
                 await r.aclose()
             try:

@@ -1,4 +1,5 @@
-"""Keys and budgets on the request path: authenticate, reserve, settle — each one short transaction.
+"""Keys and budgets on the request path: admit (authenticate and reserve: one statement), then
+settle (one transaction). `authenticate` alone serves the routes that use no budget.
 
 Reserve, then settle: before a request is forwarded, its worst case (a prompt estimate that is an
 upper bound, plus max_tokens) is added to the window's `reserved` by one conditional upsert that

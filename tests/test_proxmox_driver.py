@@ -125,7 +125,7 @@ def test_fifty_users_through_the_engine_with_the_documented_acl(seeded):
     resolved = result.plan.resolved
     site = resolved.site
     states = {s.ctid: s for s in kw["driver"].list_containers()}
-    assert len(states) == len(resolved.containers) == 84  # 33 shared services, the portal, 50 users
+    assert len(states) == len(resolved.containers) == 85  # 33 shared services, the portal, the gateway, 50 users
     for c in resolved.containers:
         s = states[c.ctid]
         assert (s.status, s.ip, s.memory_mb, s.cores, s.hostname) == ("running", c.ip, c.memory_mb, c.cores, c.hostname)

@@ -386,7 +386,7 @@ def _allocate_users(
                 qdrant_prefix=names.qdrant_prefix(u.name), qdrant_collections=colls,
                 buckets=buckets, s3_key_name=names.s3_key_name(u.name), apps=tuple(apps),
                 ports={app.name: app.port for app in app_objs}, hosts=hosts,
-                qdrant_vector_size=site.embedding.size,
+                qdrant_vector_size=site.embedding.size, gateway="gateway" in enabled_services(site, cat),
             )
         )
         for app in app_objs:

@@ -67,7 +67,8 @@ def test_capabilities_of_the_fake_driver(tmp_path):
 OFFERS = {
     FakeDriver: {"Archives", "HasTraefikTarget", "ReportsUsage", "ServiceUrls"},
     LxcDriver: {"Archives", "BindsSecrets", "ChecksPlans", "ConfiguresServices", "HasTraefikTarget",
-                "ManagesNetwork", "NotesHost", "ReportsUsage", "RunsNativeApps", "SkipsCompose", "SkipsServices"},
+                "ManagesNetwork", "NotesHost", "AuditsHost", "ReportsUsage", "RunsNativeApps", "SkipsCompose",
+                "SkipsServices"},
     ProxmoxDriver: {"AppliesFirewall", "Archives", "ChecksPlans", "Closes", "DiffsFirewall", "ReportsUsage",
                     "TakesNotes"},
 }

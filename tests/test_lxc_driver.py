@@ -13,6 +13,7 @@ import os
 import shutil
 import struct
 import subprocess
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -230,12 +231,15 @@ pytestmark_real = pytest.mark.skipif(lxc_unavailable() is not None, reason=str(l
 
 @pytest.fixture(scope="module")
 def drv(tmp_path_factory):
+    # not under pytest's 0700 basetemp: the containers' root (an unprivileged host uid) must reach its rootfs
+    lxcpath = Path(tempfile.mkdtemp(prefix=f"{NS}-", dir="/var/tmp"), "lxc")
+    lxcpath.parent.chmod(0o755)
     site = Site.model_validate({"name": "lxctest", "domain": "example.org",
-                                "driver": {"kind": "lxc", "netns": NS,
-                                           "lxcpath": str(tmp_path_factory.mktemp("lxc"))}})
+                                "driver": {"kind": "lxc", "netns": NS, "lxcpath": str(lxcpath)}})
     d = LxcDriver.from_site(site, log=print, traefik_dir=None, join=False, secrets=lambda scope, key: SECRETS[(scope, key)])
     yield d
     d.down()
+    shutil.rmtree(lxcpath.parent, ignore_errors=True)
 
 
 def host_state() -> tuple[str, str, str]:
@@ -364,6 +368,77 @@ def test_traefik_in_namespace_routes_to_a_container(drv: LxcDriver, tmp_path):
     finally:
         tr.stop()
     assert tr.pid() is None
+
+
+APP_USERS = """
+for a in jupyter openwebui; do
+  id -u aic-$a >/dev/null 2>&1 || useradd --system --user-group --home-dir /var/lib/aicommons/$a --no-create-home \
+      --shell /usr/sbin/nologin aic-$a
+  install -d -o aic-$a -g aic-$a -m 0700 /var/lib/aicommons/$a
+  echo secret > /var/lib/aicommons/$a/notes; chown aic-$a: /var/lib/aicommons/$a/notes
+done
+"""  # as apps.run_native makes each app's user and data dir
+
+
+@pytestmark_real
+def test_root_in_a_container_cannot_reach_the_host(drv: LxcDriver):
+    """The issue's proof, from inside a running container as root (the host audit's probes)."""
+    drv.create(ct(204))
+    drv.start(204)
+    drv.wait_ready(204)
+    drv.sh(204, APP_USERS)
+    probes = drv.audit_host([204])
+    by = {p.probe: p for p in probes}
+    assert by["uid_map shifted"].refused and by["uid_map shifted"].detail.split()[1] == str(drv.idmap_base)
+    dev = os.stat(drv.lxcpath).st_dev
+    assert by[f"mknod b {os.major(dev)}:{os.minor(dev)}"].refused
+    assert by[f"mount -t ext4 {os.major(dev)}:{os.minor(dev)}"].refused
+    assert by["mount -t devtmpfs"].refused
+    assert by["host's / (a marker on the host's disk)"].refused
+    apps = [p for p in probes if p.probe.startswith("read aic-")]
+    assert len(apps) == 2 and all(p.refused for p in apps), apps  # each app's user vs the other's data
+    assert all(p.refused for p in probes), [p for p in probes if not p.refused]
+    # the rootfs looks root-owned inside, the template on disk stays owned by 0, nothing mounted on the host
+    assert drv.sh(204, "stat -c '%u %g' /etc /usr/bin/passwd; stat -c %a /usr/bin/passwd").split() == ["0", "0", "0",
+                                                                                                      "0", "4755"]
+    assert os.stat(Path(drv._meta(204)["lower"]) / "etc").st_uid == 0
+    assert str(drv.lxcpath) not in Path("/proc/mounts").read_text()
+    # LXC applied the limits and its own device allow-list in the container's cgroups
+    devices = Path("/sys/fs/cgroup/devices/aicommons", drv.ns, "204", "devices.list")
+    if devices.exists():
+        assert "a *:* rwm" not in devices.read_text() and "c 1:3 rwm" in devices.read_text()
+    drv.destroy(204)
+
+
+@pytestmark_real
+def test_a_privileged_container_is_a_hole_until_apply_converts_it(drv: LxcDriver):
+    """A container as an older aicommons made it (privileged, unconfined, device rules cleared): the host
+    audit finds the holes; opening the network (what apply does first) converts it, data kept."""
+    tdir = drv.ensure_template()
+    d = drv.lxcpath / "205"
+    (d / "delta").mkdir(parents=True)
+    new = config.render(ct(205), site=drv.site, bridge=drv.net.bridge, lower=str(tdir / "rootfs"), rootfs="/r",
+                        idmap_base=1, ns=drv.ns)
+    meta_line = new.splitlines()[0]
+    (d / "config").write_text("\n".join([
+        meta_line, "lxc.include = /usr/share/lxc/config/debian.common.conf", "lxc.arch = amd64",
+        "lxc.uts.name = h205", f"lxc.rootfs.path = overlay:{tdir / 'rootfs'}:{d / 'delta'}",
+        "lxc.apparmor.profile = unconfined", "lxc.cgroup.devices.deny =", "lxc.cgroup.devices.allow =",
+        *[ln for ln in new.splitlines() if ln.startswith("lxc.net.")]]) + "\n")
+    drv.ensure_network()
+    subprocess.run(["ip", "netns", "exec", drv.ns, "lxc-start", "-P", str(drv.lxcpath), "-n", "205"], check=True)
+    drv.wait_ready(205)
+    drv.sh(205, APP_USERS + "chmod 4755 /var/lib/aicommons/jupyter/notes")
+    holes = {p.probe for p in drv.audit_host([205]) if p.refused is False}
+    assert {"config: lxc.idmap (unprivileged)", "config: LXC's device allow-list kept",
+            "config: not AppArmor-unconfined", "uid_map shifted", "mount -t devtmpfs"} <= holes, holes
+    drv._convert_privileged()  # what apply does on opening the network: stop, shift its own files, new config, start
+    assert not config.privileged((d / "config").read_text()) and drv.get(205).status == "running"
+    drv.wait_ready(205)
+    assert drv.sh(205, "stat -c '%U %a' /var/lib/aicommons/jupyter/notes; cat /var/lib/aicommons/jupyter/notes"
+                  ).split() == ["aic-jupyter", "4755", "secret"]
+    assert all(p.refused for p in drv.audit_host([205]))
+    drv.destroy(205)
 
 
 @pytestmark_real

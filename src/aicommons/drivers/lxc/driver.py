@@ -293,6 +293,12 @@ class LxcDriver:
     def _make_dirs(self, d: Path) -> None:
         """The overlay's upper dir belongs to the container's root (the site's range); `work` is
         the overlay's, `lower` and `rootfs` are mount points (prestart.py)."""
+        d.mkdir(parents=True, exist_ok=True)
+        for p in [d, *d.parents]:  # LXC mounts the rootfs as the container's root: it must get there
+            if not os.stat(p).st_mode & 0o001:
+                raise PermanentError(f"driver.lxcpath: {p} is not searchable by others (mode "
+                                     f"{os.stat(p).st_mode & 0o777:o}), and the containers' root (host uid "
+                                     f"{self.idmap_base}) must pass it; `chmod o+x {p}` or choose another lxcpath")
         for name in ("delta", "work", "lower", "rootfs"):
             (d / name).mkdir(parents=True, exist_ok=True)
         os.chown(d / "delta", self.idmap_base, self.idmap_base)
@@ -362,9 +368,11 @@ class LxcDriver:
                     json.dumps(spec), "--", "lxc-start", "-P", str(self.lxcpath), "-n", str(int(ctid)),
                     "-l", "ERROR", "-o", str(log)], check=False, timeout=120)
         if proc.returncode != 0:
-            tail = log.read_text(errors="replace").strip().splitlines()[-3:] if log.exists() else []
+            lines = log.read_text(errors="replace").strip().splitlines() if log.exists() else []
+            # the first errors say why; lxc_start.c's closing lines only say that it failed
+            why = [ln for ln in lines if "lxc_start.c:main" not in ln][:3] or lines[-3:]
             raise TemporaryError(f"lxc-start of container {ctid} failed: "
-                                 f"{' | '.join(tail) or proc.stderr.decode(errors='replace').strip()}", delay=2)
+                                 f"{' | '.join(why) or proc.stderr.decode(errors='replace').strip()}", delay=2)
 
     def stop(self, ctid: int) -> None:
         if self._meta(ctid) is None or self._status(ctid) != "running":

@@ -72,6 +72,20 @@ def apply(ns: str, ctid: int, memory_mb: int, cores: int) -> None:
     (cpu / "cpu.cfs_quota_us").write_text(str(cores * PERIOD))
 
 
+def pids_in_pidns(init_pid: int) -> list[int]:
+    """Every process of a container (by its init's PID namespace), for measurements."""
+    target = os.readlink(f"/proc/{init_pid}/ns/pid")
+    pids = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                if os.readlink(f"/proc/{entry}/ns/pid") == target:
+                    pids.append(int(entry))
+            except OSError:
+                continue
+    return pids
+
+
 def read(ns: str, ctid: int) -> tuple[int | None, int | None]:
     """(memory_mb, cores) as the kernel has them, None where unset."""
     try:

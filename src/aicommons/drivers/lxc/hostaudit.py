@@ -119,8 +119,14 @@ def config_probes(ctid: int, text: str) -> list[HostProbe]:
 
 
 def run(driver, ctids) -> list[HostProbe]:
-    """Config probes for every container given; the probes inside for those running."""
+    """Config probes for every container given that exists; the probes inside for those running."""
     out: list[HostProbe] = []
+    made = [int(c) for c in ctids if Path(driver.lxcpath, str(int(c)), "config").exists()]
+    for ctid in made:
+        out += config_probes(ctid, Path(driver.lxcpath, str(ctid), "config").read_text())
+    running = [c for c in made if driver._status(c) == "running"]
+    if not running:
+        return out
     marker = driver.lxcpath / f".hostprobe-{secrets.token_hex(6)}"
     token = secrets.token_hex(16)
     marker.write_text(token)
@@ -130,23 +136,16 @@ def run(driver, ctids) -> list[HostProbe]:
     while top != top.parent and os.stat(top.parent).st_dev == dev:
         top = top.parent  # the mount point of the filesystem the marker is on
     try:
-        for ctid in ctids:
-            cfg = Path(driver.lxcpath, str(int(ctid)), "config")
-            if not cfg.exists():
-                continue
-            out += config_probes(int(ctid), cfg.read_text())
-            if driver._status(ctid) != "running":
-                continue
+        for ctid in running:
             res = driver.exec(ctid, ["python3", "-c", _PROBE, str(os.major(dev)), str(os.minor(dev)), str(marker), token,
-                                         "/" + str(marker.relative_to(top))],
-                              timeout=120)
+                                     "/" + str(marker.relative_to(top))], timeout=120)
             try:
                 got = json.loads(res.stdout.strip().splitlines()[-1])
             except (ValueError, IndexError):
-                out.append(HostProbe(int(ctid), "root", "probes inside", None,
+                out.append(HostProbe(ctid, "root", "probes inside", None,
                                      f"the probe did not run: {(res.stderr or res.stdout).strip()[-300:]}"))
                 continue
-            out += [HostProbe(int(ctid), g["actor"], g["probe"], g["refused"], g["detail"]) for g in got]
+            out += [HostProbe(ctid, g["actor"], g["probe"], g["refused"], g["detail"]) for g in got]
     finally:
         marker.unlink(missing_ok=True)
     return out

@@ -37,6 +37,10 @@ def render(c: Container, *, site: str, bridge: str, lower: str, rootfs: str, idm
         f"lxc.idmap = u 0 {idmap_base} 65536",
         f"lxc.idmap = g 0 {idmap_base} 65536",
         f"lxc.rootfs.path = dir:{rootfs}",
+        # LXC 5.0.2 src/lxc/lsm/apparmor.c: for an unprivileged container the generated profile adds
+        # AA_PROFILE_UNPRIVILEGED (pivot_root, bind mounts, read-only remounts, propagation changes): what
+        # systemd's sandboxing of the app units (ProtectSystem, PrivateTmp) needs. Unexercised on a kernel
+        # without AppArmor.
         "lxc.apparmor.profile = generated",
         f"lxc.cgroup.dir.container = {cg}/{c.ctid}",
         "lxc.cgroup.dir.container.inner = payload",

@@ -185,6 +185,11 @@ def test_up_from_nothing(site: Path):
     assert re.search(r" /opt/aicommons/apps/openwebui-\S+ \S+ ro[, ]", mounts), mounts
     # the site's addresses stay inside the namespace
     assert "10.0.5." not in sh(["ip", "-4", "-o", "addr"]).stdout
+    # issue 25: every container unprivileged, LXC's device allow-list kept
+    for cfg in LXCPATH.glob("*/config"):
+        lines = cfg.read_text().splitlines()
+        assert any(ln.startswith("lxc.idmap = u 0 ") for ln in lines), cfg
+        assert not [ln for ln in lines if ln.startswith("lxc.cgroup.devices")], cfg
 
 
 def test_status_exits_0_after_up(site: Path):

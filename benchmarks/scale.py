@@ -104,7 +104,7 @@ def shape(users: int) -> None:
             print(f"down --purge:                 {down:7.1f} s  (exit {r3.returncode})")
 
 
-def with_apps(max_users: int, reserve_gb: float) -> None:
+def with_apps(max_users: int, reserve_gb: float, budget_s: float) -> None:
     with tempfile.TemporaryDirectory(prefix=f"{NAME}-", dir="/var/tmp") as tmp:
         d = Path(tmp)
         d.chmod(0o755)
@@ -116,7 +116,11 @@ def with_apps(max_users: int, reserve_gb: float) -> None:
                 raise SystemExit(f"up with apps failed:\n{(r.stdout + r.stderr)[-3000:]}")
             reached = 1
             print(f"apps on: user1 up in {t:.0f} s; {mem_available_gb():.1f} GB available")
+            began = time.monotonic()
             for i in range(2, max_users + 1):
+                if time.monotonic() - began > budget_s:
+                    print(f"stopped: the time budget ({budget_s:.0f} s) is spent, not the host")
+                    break
                 if mem_available_gb() < reserve_gb:
                     print(f"stopped: under {reserve_gb} GB available")
                     break
@@ -138,11 +142,12 @@ def main() -> None:
     ap.add_argument("--apps-only", action="store_true", help="only the apps-on part")
     ap.add_argument("--max-app-users", type=int, default=50)
     ap.add_argument("--reserve-gb", type=float, default=3.0)
+    ap.add_argument("--budget-s", type=float, default=7200, help="stop adding users after this long")
     args = ap.parse_args()
     if not args.apps_only:
         shape(args.users)
     if args.apps or args.apps_only:
-        with_apps(args.max_app_users, args.reserve_gb)
+        with_apps(args.max_app_users, args.reserve_gb, args.budget_s)
 
 
 if __name__ == "__main__":

@@ -185,6 +185,11 @@ def test_up_from_nothing(site: Path):
     assert re.search(r" /opt/aicommons/apps/openwebui-\S+ \S+ ro[, ]", mounts), mounts
     # the site's addresses stay inside the namespace
     assert "10.0.5." not in sh(["ip", "-4", "-o", "addr"]).stdout
+    # issue 25: every container unprivileged, LXC's device allow-list kept
+    for cfg in LXCPATH.glob("*/config"):
+        lines = cfg.read_text().splitlines()
+        assert any(ln.startswith("lxc.idmap = u 0 ") for ln in lines), cfg
+        assert not [ln for ln in lines if ln.startswith("lxc.cgroup.devices")], cfg
 
 
 def test_status_exits_0_after_up(site: Path):
@@ -345,6 +350,29 @@ def test_status_and_audit_run_inside_the_site_network(site: Path):
     r = cli(site, "audit", "isolation")
     assert r.returncode == 0 and "isolation holds" in r.stdout, (r.stdout + r.stderr)[-2000:]
     assert "garage is skipped by the lxc driver" in r.stderr  # no tenants there: said, not a gap
+
+
+def test_root_in_ct200_cannot_reach_the_host(site: Path):
+    """Issue 25: the audit's host section, as root inside every container of the default site: the uid
+    map is shifted; mknod of the host disk, mount -t ext4 of it and devtmpfs are refused; a marker on
+    the host's disk is reachable by no path; each app's user is refused the other apps' data dirs.
+    A config without lxc.idmap (a hole reopened by hand) fails the audit."""
+    r = cli(site, "audit", "isolation", "--json")
+    checks = [c for c in json.loads(r.stdout)["checks"] if c["backend"] == "host"]
+    ct200 = {c["resource"]: c for c in checks if c["actor"] == "CT 200 root"}
+    assert {"uid_map shifted", "mount -t devtmpfs", "host's / (a marker on the host's disk)"} <= set(ct200)
+    assert any(k.startswith("mknod b ") for k in ct200) and any(k.startswith("mount -t ext4 ") for k in ct200)
+    apps = [c for c in checks if c["actor"].startswith("CT 200 aic-")]
+    assert len(apps) >= 30, apps  # six apps, each against the other five's data dirs
+    assert all(c["ok"] for c in checks), [c for c in checks if not c["ok"]]
+    cfg = LXCPATH / "200" / "config"
+    good = cfg.read_text()
+    cfg.write_text("".join(ln for ln in good.splitlines(keepends=True) if not ln.startswith("lxc.idmap")))
+    try:
+        r = cli(site, "audit", "isolation")
+        assert r.returncode == 1 and "LEAK" in r.stderr and "lxc.idmap" in r.stderr, (r.stdout + r.stderr)[-2000:]
+    finally:
+        cfg.write_text(good)
 
 
 def test_audit_fails_when_any_hole_is_reopened_by_hand(site: Path):

@@ -24,6 +24,7 @@ from aicommons.drivers.base import (
     DiffsFirewall,
     HasTraefikTarget,
     ManagesNetwork,
+    NotesHost,
     ServiceUrls,
     SkipsServices,
 )
@@ -163,6 +164,8 @@ class Session:
                 self.notes.append(note)
                 self.skip_notes.append(note)
             self.backends = [b for b in self.backends if _service_of(self, b) not in gone]
+        if isinstance(self.driver, NotesHost):  # plan warns before apply when the host cannot hold the site
+            self.notes += self.driver.host_notes(self.resolved)
         if self._own_driver and isinstance(self.driver, ManagesNetwork):  # reach a running site's addresses
             self.driver.attach()
         if isinstance(self.driver, BindsSecrets):  # drivers whose service recipes need admin passwords

@@ -76,7 +76,7 @@ def _name(call: ast.Call) -> str:
 def programs_run(path: Path) -> dict[str, int]:
     """Programs `path` starts on the host, {program: line}: the first word of every argv list (one
     given to a runner, assigned to `argv`/`base`, looped over, or returned), the program after
-    `ip netns exec NS` in it, and the names passed to _lxc/tool/which."""
+    `ip netns exec NS` or after a `--` in it, and the names passed to _lxc/tool/which."""
     tree = ast.parse(path.read_text())
     parent = {id(c): p for p in ast.walk(tree) for c in ast.iter_child_nodes(p)}
     inside = {id(n) for c in ast.walk(tree) if isinstance(c, ast.Call) and _name(c) in INSIDE for n in ast.walk(c)}
@@ -98,6 +98,9 @@ def programs_run(path: Path) -> dict[str, int]:
         for k in range(len(words) - 3):
             if words[k:k + 2] == ["netns", "exec"] and isinstance(words[k + 3], str):
                 found.setdefault(words[k + 3], node.lineno)  # ip netns exec NS <program>
+        for k in range(len(words) - 1):
+            if words[k] == "--" and isinstance(words[k + 1], str):
+                found.setdefault(words[k + 1], node.lineno)  # a wrapper that execs what follows `--` (prestart)
     return found
 
 

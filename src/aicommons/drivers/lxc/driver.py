@@ -121,7 +121,7 @@ class LxcDriver:
         lowered) and recorded so `down` restores them; refused with the commands when they cannot be."""
         hostcheck.raise_for(self.ns, hostcheck.needs(containers), log=self.log)
 
-    def check(self, plan) -> None:
+    def check(self, plan, *, purge: bool = False) -> None:
         """The engine's hook before any change (drivers/base.py ChecksPlans): the host holds the
         whole site (its limits raised now), or nothing starts."""
         if plan.resolved is not None:

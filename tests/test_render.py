@@ -288,6 +288,9 @@ def test_firewall_plan(site):
     assert ins[0].source == "+aic-proxy" and set(ins[0].dport.split(",")) == {
         str(p) for p in site.tenants[0].ports.values()}
     assert all(r.source != "+aic-users" for r in ins)  # users never admit each other
+    # The only other way in is Prometheus to node exporter; Traefik's set is its real source.
+    assert [(r.source, r.dport) for r in ins[1:]] == [("+aic-monitor", "9100")]
+    assert {s.name: s for s in fw.ipsets}["aic-proxy"].cidrs == (site.proxy_source,) == ("10.0.4.10",)
     outs = [r for r in group.rules if r.type == "out"]
     assert outs[-1].action == "DROP" and outs[-1].dest == "10.0.5.0/24"
     assert {r.dest for r in outs[:-1]} <= {c.ip for c in shared}

@@ -132,6 +132,9 @@ class ResolvedSite:
     # operator_allow minus every user range: who may reach operator routes, pg_hba's superuser
     # line and the firewall's operator set (one list for all three).
     operator_sources: tuple[str, ...] = ()
+    # Where Traefik's connections to the containers come from (plan/access.py proxy_source): the
+    # one address user containers admit on their app ports, and every "trusted proxy" setting.
+    proxy_source: str = ""
     certificates: tuple[Certificate, ...] = ()
     certificate_changes: dict[str, str] = field(default_factory=dict)  # name -> new/changed/removed
     # What the driver does not deploy (service -> reason), what the runtime cannot run (app ->
@@ -158,7 +161,7 @@ class ResolvedSite:
             "site": self.site.name,
             "domain": self.site.domain,
             "driver": self.site.driver.kind,
-            "proxy": {"ip": self.proxy_ip, "traefik_file": self.proxy_file,
+            "proxy": {"ip": self.proxy_ip, "source": self.proxy_source, "traefik_file": self.proxy_file,
                       "dynamic_dir": self.site.network.traefik.dynamic_dir},
             "containers": [asdict(c) for c in self.containers],
             "routes": [asdict(r) for r in self.routes],

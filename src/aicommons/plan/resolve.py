@@ -18,7 +18,7 @@ from aicommons.catalog import Catalog, load_catalog
 from aicommons.errors import Problem, SiteInvalid
 from aicommons.plan import certificates as certs_plan
 from aicommons.plan import deployed, names
-from aicommons.plan.access import operator_sources
+from aicommons.plan.access import operator_sources, proxy_source
 from aicommons.plan.model import Certificate, Container, Endpoint, ResolvedSite, Route, Tenant, Totals
 from aicommons.spec.identity import email_key
 from aicommons.spec.load import LineIndex, format_path
@@ -493,7 +493,7 @@ def _resolve(site: Site, catalog: Catalog, held: dict[str, str],
     notes += runtime_notes
     return ResolvedSite(site=site, containers=containers, routes=routes, tenants=tenants, endpoints=endpoints,
                         totals=totals, proxy_ip=str(net.traefik.address), proxy_file=proxy_file, notes=notes,
-                        operator_sources=operator_sources(site), certificates=certs,
+                        operator_sources=operator_sources(site), proxy_source=proxy_source(site), certificates=certs,
                         certificate_changes=cert_changes, undeployed=gone, unavailable=unavailable,
                         fallbacks=fallbacks, runtime_notes=runtime_notes), ctx
 

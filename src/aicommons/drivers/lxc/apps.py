@@ -5,8 +5,8 @@ user's container (`lxc.mount.entry ... bind,ro`), so adding a user installs noth
 inside its container: a system user and a data dir per app (the user's data stays in its
 container: archive and backup keep it), the rendered units installed, every app started at once
 (Open WebUI alone needs ~46 s on two cores), then one probe inside waits for all health checks.
-Users' containers cannot reach each other: in the site's namespace, bridged traffic between
-user addresses is dropped (only Traefik and the shared services reach a user's apps).
+Only Traefik reaches a user's apps: the site namespace's bridge filter (render/bridge_filter.py,
+loaded by netns.load_bridge_filter) drops every other container's frames to them.
 """
 
 from __future__ import annotations
@@ -58,23 +58,6 @@ def layer_mounts(c: Container, cache_dir: str, log) -> list[tuple[str, str]]:
 
 def mount_lines(config_text: str) -> list[str]:
     return [ln for ln in config_text.splitlines() if ln.startswith("lxc.mount.entry")]
-
-
-# ---- isolation -----------------------------------------------------------------------------
-
-def isolate_users(net: netns.NetPlan, user_ranges: tuple[str, ...]) -> None:
-    """Drop bridged traffic from one user address to another, inside the site's namespace."""
-    if not user_ranges:
-        return
-    # Bridged frames pass iptables only with this on (per namespace since Linux 5.3).
-    netns.nsrun(net.ns, ["sysctl", "-q", "-w", "net.bridge.bridge-nf-call-iptables=1"], check=False)
-    for rng in user_ranges:
-        for other in user_ranges:
-            rule = ["FORWARD", "-m", "iprange", "--src-range", rng.replace(" ", ""), "--dst-range",
-                    other.replace(" ", ""), "-m", "comment", "--comment", f"{net.comment}:users", "-j", "DROP"]
-            base = ["ip", "netns", "exec", net.ns, "iptables", "-w"]
-            if run([*base, "-C", *rule], check=False).returncode != 0:
-                run([*base, "-I", *rule])
 
 
 # ---- running -------------------------------------------------------------------------------

@@ -143,6 +143,12 @@ class ResolvedSite:
     unavailable: dict[str, str] = field(default_factory=dict)
     fallbacks: dict[str, dict[str, str]] = field(default_factory=dict)
     runtime_notes: list[str] = field(default_factory=list)  # the above, as notes (also in `notes`)
+    # The sign-in provider that runs on this site ("authentik"), or None: forward-auth and every
+    # trust in identity headers follow from it (plan/deployed.py sign_in_provider).
+    sign_in: str | None = None
+    # Routes left out because nothing would answer them, or nothing would sign people in
+    # (service -> why; plan/deployed.py published_routes): `plan` says what a person will not have.
+    withheld: dict[str, str] = field(default_factory=dict)
 
     def container(self, ctid: int) -> Container:
         for c in self.containers:
@@ -176,5 +182,7 @@ class ResolvedSite:
             "runtime": self.site.user_template.runtime,
             "undeployed": dict(self.undeployed),
             "unavailable_apps": dict(self.unavailable),
+            "sign_in": self.sign_in,
+            "withheld_routes": dict(self.withheld),
             "fallbacks": {k: dict(v) for k, v in self.fallbacks.items()},
         }

@@ -280,6 +280,14 @@ def test_blueprints_bind_each_app_to_its_owner(files, site):
     assert len(site_binds) == len(shared_guarded) and {b["attrs"]["group"] for b in site_binds} == {"site-users"}
 
 
+def test_port_lists_are_split_at_pve_firewalls_limit():
+    from aicommons.render.firewall import port_lists
+
+    assert port_lists([80]) == ["80"]
+    assert port_lists(list(range(1, 16))) == [",".join(map(str, range(1, 16)))]
+    assert port_lists(list(range(1, 32))) == [",".join(map(str, range(1, 16))), ",".join(map(str, range(16, 31))), "31"]
+
+
 def test_firewall_plan(site):
     fw = firewall_plan(site)
     users = [c for c in site.containers if c.role == "user"]

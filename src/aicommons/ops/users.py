@@ -470,7 +470,7 @@ def preview_user(site_file: Path, name: str, action: str, email: str | None = No
 
 def show_user(site_file: Path, name: str, *, reveal: bool = False, state_path=None) -> dict:
     """URLs and credentials the user needs; secret values redacted unless `reveal`."""
-    from aicommons.plan.policy import tenant_credentials, user_token
+    from aicommons.plan.policy import login_email, login_password, tenant_credentials, user_token
 
     require_user(Path(site_file), name)
     with Context(Path(site_file), state_path=state_path, backends=[], read_only=True) as ctx:
@@ -526,6 +526,12 @@ def show_user(site_file: Path, name: str, *, reveal: bool = False, state_path=No
                                "app_label": "append ~APP to the key (e.g. ~notebook) to see that app's usage apart"}
             if "gateway" in r.undeployed:
                 info["gateway"]["note"] = f"not deployed here: {r.undeployed['gateway']}"
+        # The apps that cannot trust the site's sign-in have an account made for the person at
+        # apply time (render/compose.py n8n owner, render/native.py first_account): its login.
+        logins = {"n8n": "n8n_owner_password", "flowise": "flowise_admin_password"}
+        info["app_logins"] = {app: {"url": f"https://{t.hosts[app]}", "email": login_email(t, r.site.domain),
+                                    "password": hide(login_password(s[key]), t.user, key)}
+                              for app, key in logins.items() if app in t.apps and app in t.hosts and key in s}
         info["app_secrets"] = {k: hide(v, t.user, k) for k, v in s.items()
                                if k not in ("postgres_password", "redis_password", "s3_access_key", "s3_secret_key",
                                             "gateway_key")}

@@ -143,8 +143,8 @@ def authentik(resolved: ResolvedSite, c: Container, secrets: SecretLookup) -> li
                AUTHENTIK_POSTGRESQL__PORT=str(port_of(resolved, "postgres") or 5432),
                AUTHENTIK_POSTGRESQL__NAME=db_ident("authentik"), AUTHENTIK_POSTGRESQL__USER=db_ident("authentik"),
                AUTHENTIK_BOOTSTRAP_EMAIL=resolved.site.operator_email or f"admin@{resolved.site.domain}",
-               # X-Forwarded-* are believed only from Traefik.
-               AUTHENTIK_LISTEN__TRUSTED_PROXY_CIDRS=f"{resolved.proxy_ip}/32")
+               # X-Forwarded-* are believed only from where Traefik's connections come from.
+               AUTHENTIK_LISTEN__TRUSTED_PROXY_CIDRS=f"{resolved.proxy_source}/32")
     vols = ["media:/media", "certs:/certs", "./blueprints:/blueprints/aicommons:ro"]
     server = _svc_entry(svc, c, env=dict(env))
     server["command"] = "server"

@@ -30,6 +30,7 @@ from aicommons.drivers.lxc.traefik import TraefikRunner
 from aicommons.errors import PermanentError, TemporaryError
 from aicommons.plan.model import Container
 from aicommons.plan.secrets import SecretLookup
+from aicommons.render.bridge_filter import bridge_rules
 from aicommons.spec.models import Site
 
 PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -70,11 +71,11 @@ class LxcDriver:
     def __init__(self, *, site: str, net: netns.NetPlan, lxcpath: str, cache_dir: str,
                  log=None, secrets: SecretLookup | None = None, traefik_dir: str | None = None,
                  traefik_ip: str | None = None, runtime: str = "docker",
-                 user_ranges: tuple[str, ...] = (), owner: str | None = None) -> None:
+                 bridge_filter: str | None = None, owner: str | None = None) -> None:
         self.site = site
         self.owner = owner  # the site's directory: two sites of one name must not share lxcpath/netns
         self.runtime = runtime  # native: users' apps run from shared layers (apps.py)
-        self.user_ranges = user_ranges
+        self.bridge_filter = bridge_filter  # render/bridge_filter.py: only Traefik reaches a user's apps
         self.secrets = secrets
         self.outcomes: dict[str, ServiceOutcome] = {}
         self._net_lock = threading.Lock()  # the engine starts containers from several threads
@@ -186,7 +187,7 @@ class LxcDriver:
                   cache_dir=options.get("cache_dir", d.cache_dir), log=options.get("log", _stderr),
                   secrets=options.get("secrets"), traefik_ip=str(n.traefik.address),
                   traefik_dir=options.get("traefik_dir", str(Path(lxcpath) / "_traefik" / "dynamic")),
-                  runtime=site.user_template.runtime or "docker", user_ranges=tuple(n.user_ranges),
+                  runtime=site.user_template.runtime or "docker", bridge_filter=bridge_rules(site),
                   owner=options.get("owner"))
         drv.join = bool(options.get("join", False))
         return drv
@@ -210,7 +211,8 @@ class LxcDriver:
         """The namespace, bridge and NAT, and Traefik at its address inside."""
         with self._net_lock:
             netns.ensure(self.net)
-            apps.isolate_users(self.net, self.user_ranges)
+            if self.bridge_filter is not None:
+                netns.load_bridge_filter(self.net, self.bridge_filter)
             if self.traefik:
                 self.traefik.ensure()
 

@@ -75,16 +75,15 @@ def all_answer(ip: str) -> bool:
 def memory(drv, ctid: int) -> tuple[float, float]:
     """(memory cgroup usage, PSS sum of the container's processes) in GB.
 
-    On this kind of host (cgroup v1 hybrid, no cgroup namespace) the driver's memory group
-    (limits.py) holds the container's init, but the container's systemd moves its services into
-    groups of its own outside it; so the processes of the container's PID namespace are summed
-    too (PSS: shared layer pages are split between the containers that map them)."""
+    The container's memory group (limits.py) holds all of it; the processes of the container's
+    PID namespace are summed too (PSS: shared layer pages are split between the containers that
+    map them)."""
     from aicommons.drivers.lxc import limits
 
     g = limits.group("memory", NS, ctid)
     usage = int((g / "memory.usage_in_bytes").read_text()) / 2**30 if g.exists() else 0.0
     pss = 0
-    for pid in limits._pids_in_pidns(drv._init_pid(ctid)):
+    for pid in limits.pids_in_pidns(drv._init_pid(ctid)):
         try:
             for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
                 if line.startswith("Pss:"):

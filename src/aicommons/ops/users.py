@@ -479,7 +479,7 @@ def preview_user(site_file: Path, name: str, action: str, email: str | None = No
 def show_user(site_file: Path, name: str, *, reveal: bool = False, state_path=None) -> dict:
     """URLs and credentials the user needs; secret values redacted unless `reveal`."""
     from aicommons.ops import enroll
-    from aicommons.plan.policy import tenant_credentials, user_token
+    from aicommons.plan.policy import login_email, login_password, tenant_credentials, user_token
 
     require_user(Path(site_file), name)
     with Context(Path(site_file), state_path=state_path, backends=[], read_only=True) as ctx:
@@ -528,8 +528,26 @@ def show_user(site_file: Path, name: str, *, reveal: bool = False, state_path=No
             host, port = hp("langfuse")
             info["langfuse"] = {"url": f"http://{host}:{port}", "trace_tags": [f"user:{t.user}"],
                                 "user_id": t.user}
+        if t.gateway and "gateway" in ep:
+            from aicommons.plan.policy import gateway_key
+
+            host, port = hp("gateway")
+            route = next((x.host for x in r.routes if x.service == "gateway"), None)
+            info["gateway"] = {"url": f"http://{host}:{port}/v1", **({"public_url": f"https://{route}/v1"} if route else {}),
+                               "models": sorted(m for up in r.site.gateway.upstreams for m in up.models),
+                               "key": hide(gateway_key(t.user, s["gateway_key"]), t.user, "gateway_key"),
+                               "app_label": "append ~APP to the key (e.g. ~notebook) to see that app's usage apart"}
+            if "gateway" in r.undeployed:
+                info["gateway"]["note"] = f"not deployed here: {r.undeployed['gateway']}"
+        # The apps that cannot trust the site's sign-in have an account made for the person at
+        # apply time (render/compose.py n8n owner, render/native.py first_account): its login.
+        logins = {"n8n": "n8n_owner_password", "flowise": "flowise_admin_password"}
+        info["app_logins"] = {app: {"url": f"https://{t.hosts[app]}", "email": login_email(t, r.site.domain),
+                                    "password": hide(login_password(s[key]), t.user, key)}
+                              for app, key in logins.items() if app in t.apps and app in t.hosts and key in s}
         info["app_secrets"] = {k: hide(v, t.user, k) for k, v in s.items()
-                               if k not in ("postgres_password", "redis_password", "s3_access_key", "s3_secret_key")}
+                               if k not in ("postgres_password", "redis_password", "s3_access_key", "s3_secret_key",
+                                            "gateway_key")}
         return info
 
 
@@ -551,8 +569,25 @@ def audit_site(site_file: Path, *, state_path=None, backends=None
                 skipped.append(f"{b.name}: {exc}")
         warnings = [w for b in ctx.backends for w in getattr(b, "warnings", [])] + (
             list(ctx.session.skip_notes) if backends is None else [])
+        if backends is None:
+            checks += host_checks(ctx.session.site, Path(site_file), [c.ctid for c in ctx.resolved.containers])
         record_audit(ctx.session.state, checks, skipped, warnings)
         return checks, skipped, warnings
+
+
+def host_checks(site, site_file: Path, ctids: list[int]) -> list[AuditCheck]:
+    """The "host" section: from inside the site's containers, root tries the host (drivers that can)."""
+    from aicommons.drivers.base import AuditsHost
+    from aicommons.engine.api import default_driver
+
+    if site.driver.kind != "lxc":  # Proxmox: its template makes unprivileged containers (drivers/proxmox)
+        return []
+    driver = default_driver(site, site_file)
+    if not isinstance(driver, AuditsHost):  # the file-backed fake world has no host to probe
+        return []
+    return [AuditCheck("host", f"CT {p.ctid} {p.actor}", "host", p.probe, "deny",
+                       "deny" if p.refused else ("error" if p.refused is None else "allow"), p.detail)
+            for p in driver.audit_host(ctids)]
 
 
 def record_audit(state, checks: list[AuditCheck], skipped: list[str], warnings: list[str]) -> None:

@@ -19,6 +19,7 @@ BACKEND_KEYS = {
     "s3": ("s3_access_key", "s3_secret_key"),
     "qdrant": (),
     "lemonldap": (),
+    "gateway": ("gateway_key",),
 }
 
 
@@ -48,5 +49,6 @@ def tenant_addresses(t: Tenant) -> dict[str, list[str]]:
         "s3": [f"s3.bucket.{b}" for b in t.buckets],
         # the person in the sign-in provider (a back end only where the site signs in with LL::NG)
         "lemonldap": [f"lemonldap.user.{t.user}"],
+        "gateway": [f"gateway.key.{t.user}"] if t.gateway else [],
     }
     return {k: v for k, v in out.items() if v}

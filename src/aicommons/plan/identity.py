@@ -49,18 +49,20 @@ class SignIn:
 
 
 def provider(resolved: ResolvedSite) -> str:
+    """The provider the site names (whether or not it runs: see sign_in)."""
     p = resolved.site.identity.provider
     assert p is not None, "Site fills in the driver's default provider (spec/models.py)"
     return p
 
 
 def sign_in(resolved: ResolvedSite) -> SignIn | None:
-    """The site's sign-in, or None when its provider is not enabled or not deployed by the driver
-    (then nothing that needs sign-in is published: forward-auth to nothing answers 500)."""
-    name = provider(resolved)
-    ep = resolved.endpoints.get(name)
-    if ep is None or name in resolved.undeployed:
+    """The site's sign-in, or None when no provider runs (`resolved.sign_in`, decided once by
+    plan/deployed.py sign_in_provider: the provider is not enabled or not deployed by the driver;
+    then nothing that needs sign-in is published: forward-auth to nothing answers 500)."""
+    name = resolved.sign_in
+    if name is None:
         return None
+    ep = resolved.endpoints[name]
     portal_host = f"{AUTH_PREFIX}.{resolved.site.domain}"
     if name == "authentik":
         base = f"http://{ep.host}:{ep.ports.get('http', 9000)}"

@@ -74,6 +74,7 @@ class Tenant:
     hosts: dict[str, str]
     qdrant_vector_size: int = 384  # the site's embedding dimensions (state records before it had none)
     operator: bool = False  # also an operator (site.yaml users[].operator): the provider's operators group
+    gateway: bool = False  # has a model-gateway key (services.gateway is enabled)
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,6 +134,9 @@ class ResolvedSite:
     # operator_allow minus every user range: who may reach operator routes, pg_hba's superuser
     # line and the firewall's operator set (one list for all three).
     operator_sources: tuple[str, ...] = ()
+    # Where Traefik's connections to the containers come from (plan/access.py proxy_source): the
+    # one address user containers admit on their app ports, and every "trusted proxy" setting.
+    proxy_source: str = ""
     certificates: tuple[Certificate, ...] = ()
     certificate_changes: dict[str, str] = field(default_factory=dict)  # name -> new/changed/removed
     # What the driver does not deploy (service -> reason), what the runtime cannot run (app ->
@@ -141,6 +145,13 @@ class ResolvedSite:
     unavailable: dict[str, str] = field(default_factory=dict)
     fallbacks: dict[str, dict[str, str]] = field(default_factory=dict)
     runtime_notes: list[str] = field(default_factory=list)  # the above, as notes (also in `notes`)
+    # The sign-in provider that runs on this site (identity.provider: "lemonldap" or "authentik"),
+    # or None (plan/deployed.py sign_in_provider). Forward-auth, the identity headers and every
+    # trust in them follow from it (plan/identity.py sign_in).
+    sign_in: str | None = None
+    # Routes left out because nothing would answer them, or nothing would sign people in
+    # (service -> why; plan/deployed.py published_routes): `plan` says what a person will not have.
+    withheld: dict[str, str] = field(default_factory=dict)
 
     def container(self, ctid: int) -> Container:
         for c in self.containers:
@@ -159,7 +170,7 @@ class ResolvedSite:
             "site": self.site.name,
             "domain": self.site.domain,
             "driver": self.site.driver.kind,
-            "proxy": {"ip": self.proxy_ip, "traefik_file": self.proxy_file,
+            "proxy": {"ip": self.proxy_ip, "source": self.proxy_source, "traefik_file": self.proxy_file,
                       "dynamic_dir": self.site.network.traefik.dynamic_dir},
             "containers": [asdict(c) for c in self.containers],
             "routes": [asdict(r) for r in self.routes],
@@ -174,5 +185,7 @@ class ResolvedSite:
             "runtime": self.site.user_template.runtime,
             "undeployed": dict(self.undeployed),
             "unavailable_apps": dict(self.unavailable),
+            "sign_in": self.sign_in,
+            "withheld_routes": dict(self.withheld),
             "fallbacks": {k: dict(v) for k, v in self.fallbacks.items()},
         }

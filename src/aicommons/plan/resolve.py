@@ -18,7 +18,7 @@ from aicommons.catalog import Catalog, load_catalog
 from aicommons.errors import Problem, SiteInvalid
 from aicommons.plan import certificates as certs_plan
 from aicommons.plan import deployed, names
-from aicommons.plan.access import operator_sources
+from aicommons.plan.access import operator_sources, proxy_source
 from aicommons.plan.model import Certificate, Container, Endpoint, ResolvedSite, Route, Tenant, Totals
 from aicommons.spec.identity import email_key
 from aicommons.spec.load import LineIndex, format_path
@@ -60,6 +60,14 @@ def enabled_services(site: Site, catalog: Catalog) -> list[str]:
     return sorted(names_, key=lambda n: (catalog.services[n].phase, catalog.services[n].octet or 999, n))
 
 
+def _low_ctids(ctx: _Ctx, ips: list[IP]) -> str:
+    """On Proxmox, the CTIDs of `ips` below PVE's minimum VMID of 100 ('' when none or not Proxmox)."""
+    if ctx.site.driver.kind != "proxmox":
+        return ""
+    low = [c for c in (names.ctid_for(ip, ctx.site.network.subnet) for ip in ips) if c < names.MIN_CTID]
+    return "" if not low else (f"{low[0]}" if len(low) == 1 else f"{low[0]}-{low[-1]}")
+
+
 def _check_network(ctx: _Ctx) -> tuple[list[IP], list[IP]]:
     net = ctx.site.network
     loc = ("network",)
@@ -99,8 +107,17 @@ def _check_network(ctx: _Ctx) -> tuple[list[IP], list[IP]]:
         if net.gateway in r:
             ctx.problem(loc + ("user_ranges", i), f"{text} contains the gateway {net.gateway}", "exclude the gateway")
             continue
+        if low := _low_ctids(ctx, r):
+            ctx.problem(loc + ("user_ranges", i), f"{text} gives containers CTIDs {low}: below Proxmox VE's "
+                        "minimum VMID 100 (pve-vmid), so every clone would fail",
+                        "use user addresses whose last octet is 100 or more (the reference architecture's "
+                        "10.0.5.200-10.0.5.249), or a range in another /24 (CTID = third octet * 1000 + last)")
+            continue
         seen.update(r)
         users.extend(r)
+    if low := _low_ctids(ctx, shared):
+        ctx.problem(loc + ("shared_range",), f"{net.shared_range} gives containers CTIDs {low}: below Proxmox VE's "
+                    "minimum VMID 100 (pve-vmid)", "keep the shared range at .100 or above (10.0.5.100-10.0.5.199)")
     if net.traefik.address in seen:
         ctx.problem(loc + ("traefik", "address"), f"Traefik's address {net.traefik.address} lies in a container range",
                     "move Traefik out of the shared and user ranges (the reference architecture uses 10.0.4.10)")
@@ -378,6 +395,7 @@ def _allocate_users(
                 buckets=buckets, s3_key_name=names.s3_key_name(u.name), apps=tuple(apps),
                 ports={app.name: app.port for app in app_objs}, hosts=hosts,
                 qdrant_vector_size=site.embedding.size, operator=u.operator,
+                gateway="gateway" in enabled_services(site, cat),
             )
         )
         for app in app_objs:
@@ -487,13 +505,20 @@ def _resolve(site: Site, catalog: Catalog, held: dict[str, str],
     if site.object_storage == "minio":
         notes.append("MinIO's community edition is archived (Feb 2026); plan a move to Garage.")
     gone = deployed.undeployed(site, catalog)
-    provider = site.identity.provider  # the same test as plan/identity.py sign_in()
-    if provider not in endpoints or provider in gone:
-        hidden = sorted({r.service for r in routes if r.access in ("owner", "site-users") and not r.own_login})
+    unavailable = deployed.unavailable_apps(site, apps, catalog)
+    # The one test of which provider signs people in here (plan/identity.py sign_in derives the rest).
+    sign_in = deployed.sign_in_provider(site, endpoints, gone)
+    routes, withheld = deployed.published_routes(routes, gone, unavailable, sign_in)
+    if sign_in is None:
+        hidden = sorted({svc for svc, why in withheld.items() if why == deployed.NO_SIGN_IN})
         if hidden:
+            provider = site.identity.provider
             why = "is not deployed here" if provider in gone else "is not enabled"
             notes.append(f"the sign-in provider {provider} {why}: these have no sign-in and no login of their own, "
                          f"so they are not published: {', '.join(hidden)} (enable {provider} to publish them)")
+    lost = sorted(svc for svc, why in withheld.items() if why != deployed.NO_SIGN_IN)
+    if lost:
+        notes.append("no route (nothing would answer it): " + "; ".join(f"{svc}: {withheld[svc]}" for svc in lost))
     certs = _certificates(site, routes, current_certs)
     cert_changes = certs_plan.changes(current_certs, certs)
     issued = [n for n, what in cert_changes.items() if what != "removed"]
@@ -501,15 +526,14 @@ def _resolve(site: Site, catalog: Catalog, held: dict[str, str],
         notes.append(f"certificates: this change asks Let's Encrypt for {len(issued)} certificates; it issues at most "
                      f"{certs_plan.WEEKLY_LIMIT} per registered domain per week, so the rest would wait "
                      "(set network.traefik.dns_provider for one wildcard, or add users in smaller steps)")
-    unavailable = deployed.unavailable_apps(site, apps, catalog)
     fallbacks = deployed.fallbacks(site, [a for a in apps if a not in unavailable], catalog, gone)
     runtime_notes = _runtime_notes(site, unavailable, fallbacks, gone) if users else []
     notes += runtime_notes
     return ResolvedSite(site=site, containers=containers, routes=routes, tenants=tenants, endpoints=endpoints,
                         totals=totals, proxy_ip=str(net.traefik.address), proxy_file=proxy_file, notes=notes,
-                        operator_sources=operator_sources(site), certificates=certs,
+                        operator_sources=operator_sources(site), proxy_source=proxy_source(site), certificates=certs,
                         certificate_changes=cert_changes, undeployed=gone, unavailable=unavailable,
-                        fallbacks=fallbacks, runtime_notes=runtime_notes), ctx
+                        fallbacks=fallbacks, runtime_notes=runtime_notes, sign_in=sign_in, withheld=withheld), ctx
 
 
 def _runtime_notes(site: Site, unavailable: dict[str, str], fallbacks: dict[str, dict[str, str]],

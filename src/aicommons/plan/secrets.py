@@ -38,9 +38,7 @@ SITE_KEYS = (
 # Per-user secrets, generated once per tenant slice.
 APP_KEYS = {
     "openwebui": ("webui_secret_key",),
-    "n8n": ("n8n_encryption_key",),
-    "jupyter": ("jupyter_token",),
-    "code-server": ("code_server_password",),
+    "n8n": ("n8n_encryption_key", "n8n_owner_password"),
     "kotaemon": ("kotaemon_admin_password",),
     "flowise": ("flowise_secret_key", "flowise_admin_password"),
 }
@@ -51,6 +49,8 @@ def tenant_keys(t: Tenant) -> tuple[str, ...]:
     keys = ["postgres_password", "redis_password"]
     if t.buckets:
         keys += ["s3_access_key", "s3_secret_key"]
+    if t.gateway:
+        keys.append("gateway_key")  # the person's model-gateway key (the gateway keeps only its hash)
     for app in t.apps:
         keys += APP_KEYS.get(app, ())
     return tuple(keys)

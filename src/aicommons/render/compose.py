@@ -13,7 +13,7 @@ from aicommons.catalog.model import App
 from aicommons.plan.deployed import redis_refused
 from aicommons.plan.identity import EMAIL_HEADER, sign_in
 from aicommons.plan.model import ResolvedSite, Tenant
-from aicommons.plan.policy import tenant_credentials, user_token
+from aicommons.plan.policy import bcrypt_hash, login_email, login_password, tenant_credentials, user_token
 from aicommons.plan.secrets import SITE_SCOPE, SecretLookup
 from aicommons.render.common import catalog, dump_yaml, endpoint_host, endpoint_url, port_of
 
@@ -99,6 +99,19 @@ class _Wiring:
         return {"endpoint": url, "region": svc.app_env.get("S3_REGION_NAME", "us-east-1"),
                 "access": self.put("S3_ACCESS_KEY", kid), "secret": self.put("S3_SECRET_KEY", sec)}
 
+    def gateway(self, app: str) -> tuple[str, str | None, str] | None:
+        """(the gateway's /v1 URL, its public /v1 URL, the person's key for this app as ${VAR}),
+        or None: no gateway running, or the person has no key."""
+        url = _url(self.r, "gateway", "http")
+        if url is None or not self.t.gateway:
+            return None
+        from aicommons.plan.policy import gateway_key
+
+        route = next((x.host for x in self.r.routes if x.service == "gateway"), None)
+        key = gateway_key(self.t.user, self.secrets(self.t.user, "gateway_key")) + f"~{app}"
+        return (f"{url}/v1", f"https://{route}/v1" if route else None,
+                self.put(f"GATEWAY_KEY_{app.upper().replace('-', '_')}", key))
+
     def app_env(self, app: App, port: int, data: str | None) -> dict[str, str]:
         """The app's environment, the same for every runtime: the catalog's fixed settings
         (`App.env`: offline, no telemetry), then its wiring to this user's slice. `port` and
@@ -132,7 +145,15 @@ class _Wiring:
                 e.update(STORAGE_PROVIDER="s3", S3_ENDPOINT_URL=s3["endpoint"], S3_REGION_NAME=s3["region"],
                          S3_BUCKET_NAME=_bucket(t, "openwebui"), S3_ACCESS_KEY_ID=s3["access"],
                          S3_SECRET_ACCESS_KEY=s3["secret"], S3_ADDRESSING_STYLE="path")
-            if ollama:
+            if gw := self.gateway(app.name):
+                # Every model through the person's key (open-webui 0.6.41 config.py:1049-1067
+                # OPENAI_API_KEYS/OPENAI_API_BASE_URLS, ';'-separated lists; :2852-2859
+                # RAG_OPENAI_API_BASE_URL/_KEY, the embeddings of RAG_EMBEDDING_ENGINE=openai).
+                e.update(ENABLE_OPENAI_API="true", OPENAI_API_BASE_URLS=gw[0], OPENAI_API_KEYS=gw[2],
+                         ENABLE_OLLAMA_API="false")
+                if r.site.embedding.engine == "openai":
+                    e.update(RAG_OPENAI_API_BASE_URL=gw[0], RAG_OPENAI_API_KEY=gw[2])
+            elif ollama:
                 e.update(ENABLE_OLLAMA_API="true", OLLAMA_BASE_URL=ollama)
             else:  # nothing listens at its default (localhost:11434): do not dial it
                 e["ENABLE_OLLAMA_API"] = "false"
@@ -140,8 +161,10 @@ class _Wiring:
                 e.update(ENABLE_WEB_SEARCH="true", WEB_SEARCH_ENGINE="searxng",
                          SEARXNG_QUERY_URL=f"{sx}/search?q=<query>")
             if sign_in(r) is not None:
-                # The route admits only the owner through the site's forward-auth: sign them in by
-                # the provider's e-mail header (plan/identity.py: one name for every provider).
+                # The route admits only the owner through forward-auth, which sets this header
+                # (a client's own is removed: authResponseHeaders), and only Traefik reaches the
+                # app: sign them in by the provider's e-mail header (plan/identity.py: one name for
+                # every provider). Never without a running provider: nothing would strip it.
                 e["WEBUI_AUTH_TRUSTED_EMAIL_HEADER"] = EMAIL_HEADER
         elif app.name == "n8n":
             if _reachable(r, "postgres"):
@@ -152,13 +175,27 @@ class _Wiring:
             e["N8N_ENCRYPTION_KEY"] = self.secret("N8N_ENCRYPTION_KEY", "n8n_encryption_key")
             e.update(N8N_HOST=host, N8N_PROTOCOL="https", N8N_PORT=str(port),
                      N8N_WEBHOOK_URL=f"https://{host}/", N8N_PROXY_HOPS="1")  # WEBHOOK_URL is deprecated
+            # The owner account is made (and kept) from these at every start, so no owner-setup
+            # wizard ever shows; the person signs in with the credential `users show` and the
+            # portal give (n8n 2.33.7 owner.instance-settings-loader.js, @n8n/config
+            # instance-settings-loader.config.js).
+            pw = login_password(self.secrets(t.user, "n8n_owner_password"))
+            e.update(N8N_INSTANCE_OWNER_MANAGED_BY_ENV="true", N8N_INSTANCE_OWNER_EMAIL=login_email(t, r.site.domain),
+                     N8N_INSTANCE_OWNER_FIRST_NAME=t.user, N8N_INSTANCE_OWNER_LAST_NAME="")
+            e["N8N_INSTANCE_OWNER_PASSWORD_HASH"] = self.put("N8N_INSTANCE_OWNER_PASSWORD_HASH",
+                                                             bcrypt_hash(pw, f"{t.user}/n8n"))
             # No OLLAMA_HOST: n8n does not read it (its Ollama credential holds the URL; catalog verify).
         elif app.name == "jupyter":
-            e["JUPYTER_TOKEN"] = self.secret("JUPYTER_TOKEN", "jupyter_token")
+            # No token: only Traefik reaches it, behind the owner's sign-in (the command sets
+            # IdentityProvider.token to empty; JUPYTER_TOKEN would win over it).
             if ollama:
                 e["OLLAMA_HOST"] = ollama
+            if gw := self.gateway(app.name):  # for the person's code: the openai SDK reads both
+                e.update(OPENAI_BASE_URL=gw[0], OPENAI_API_KEY=gw[2])
         elif app.name == "code-server":
-            e["PASSWORD"] = self.secret("CODE_SERVER_PASSWORD", "code_server_password")
+            # No PASSWORD: --auth none, only Traefik reaches it, behind the owner's sign-in.
+            if gw := self.gateway(app.name):
+                e.update(OPENAI_BASE_URL=gw[0], OPENAI_API_KEY=gw[2])
         elif app.name == "big-agi":
             if ollama:
                 e["OLLAMA_API_HOST"] = ollama
@@ -167,10 +204,21 @@ class _Wiring:
                      KH_FEATURE_USER_MANAGEMENT_ADMIN="admin")
             e["KH_FEATURE_USER_MANAGEMENT_PASSWORD"] = self.secret("KOTAEMON_ADMIN_PASSWORD", "kotaemon_admin_password")
             if ollama:
-                e.update(KH_OLLAMA_URL=f"{ollama}/v1/", OPENAI_API_BASE=f"{ollama}/v1")
+                # flowsettings.py adds its Ollama LLM and embeddings only `if config("LOCAL_MODEL")`:
+                # without it KH_OLLAMA_URL is never used.
+                e["KH_OLLAMA_URL"] = f"{ollama}/v1/"
+                chat = [m for m in r.site.models if m != r.site.embedding.model]
+                if chat:
+                    e["LOCAL_MODEL"] = chat[0]
+                    if r.site.embedding.model in r.site.models:  # served by the site's Ollama
+                        e["LOCAL_MODEL_EMBEDDINGS"] = r.site.embedding.model
         elif app.name == "chainforge":
             # 0.3.6 has no Host check (CHAINFORGE_ALLOWED_HOSTS arrives in 0.3.7: catalog verify).
-            if ollama:
+            # It hands OPENAI_BASE_URL and OPENAI_API_KEY to the page (flask_app.py,
+            # fetchEnvironAPIKeys) and the browser calls the model: the gateway's public route.
+            if (gw := self.gateway(app.name)) and gw[1]:
+                e.update(OPENAI_BASE_URL=gw[1], OPENAI_API_KEY=gw[2])
+            elif ollama:
                 e["OPENAI_BASE_URL"] = f"{ollama}/v1"
         elif app.name == "flowise":
             e["PORT"] = str(port)
@@ -182,8 +230,8 @@ class _Wiring:
             e["SECRETKEY_PATH"] = data or "/root/.flowise"
             e["LOG_PATH"] = f"{data or '/root/.flowise'}/logs"  # default: inside the (read-only) package
             e["FLOWISE_SECRETKEY_OVERWRITE"] = self.secret("FLOWISE_SECRET_KEY", "flowise_secret_key")
-            # Flowise 3 reads no FLOWISE_USERNAME/PASSWORD: the first visitor (the owner, behind
-            # forward-auth) creates the admin at /organization-setup (catalog verify).
+            # Flowise 3 reads no FLOWISE_USERNAME/PASSWORD: its account is registered once the app
+            # answers (flowise_account(), run by the driver), so /organization-setup never shows.
             if (s3 := self.s3()) and app.buckets:
                 e.update(STORAGE_TYPE="s3", S3_STORAGE_BUCKET_NAME=_bucket(t, "flowise"),
                          S3_STORAGE_ACCESS_KEY_ID=s3["access"], S3_STORAGE_SECRET_ACCESS_KEY=s3["secret"],
@@ -199,6 +247,17 @@ def app_environment(resolved: ResolvedSite, t: Tenant, app: App, secrets: Secret
     appear in the environment only as `${VAR}`, their values in the second dict."""
     w = _Wiring(resolved, t, secrets)
     return w.app_env(app, port, data), w.env
+
+
+# Apps that need no login of their own once only Traefik reaches them (the owner's forward-auth
+# is the door): their images' arguments for it, as the native commands in the catalog have them.
+# codercom/code-server appends these to its entrypoint's (out/node/cli.js: `--auth none`);
+# docker-stacks runs its CMD, start-notebook.py, which passes them to jupyter_server
+# (auth/identity.py: an empty token with no password disables authentication).
+DOCKER_COMMAND = {
+    "code-server": ["--auth", "none"],
+    "jupyter": ["start-notebook.py", "--IdentityProvider.token="],
+}
 
 
 def _healthcheck(app: App) -> dict:
@@ -222,6 +281,8 @@ def compose_bundle(resolved: ResolvedSite, t: Tenant, secrets: SecretLookup) -> 
         if name == "chainforge":
             svc["build"] = {"context": "./chainforge"}
         svc["image"] = app.image
+        if name in DOCKER_COMMAND:
+            svc["command"] = list(DOCKER_COMMAND[name])
         svc["container_name"] = f"{name}-{t.user}"
         svc["restart"] = "unless-stopped"
         env = w.app_env(app, app.container_port, app.data_path)

@@ -11,6 +11,7 @@ from urllib.parse import quote as urlquote
 
 from aicommons.catalog.model import Service
 from aicommons.plan.model import Container, ResolvedSite
+from aicommons.plan.names import shared_host
 from aicommons.plan.policy import service_credentials
 from aicommons.plan.secrets import SITE_SCOPE, SecretLookup
 from aicommons.render.common import catalog, db_ident, dump_yaml, endpoint_host, endpoint_url, hex_key, port_of, svc_dir
@@ -87,9 +88,15 @@ def langfuse(resolved: ResolvedSite, c: Container, secrets: SecretLookup) -> lis
     env.update(NEXTAUTH_URL=f"https://langfuse.{resolved.site.domain}", TELEMETRY_ENABLED="false",
                CLICKHOUSE_MIGRATION_URL="clickhouse://clickhouse:9000", CLICKHOUSE_URL="http://clickhouse:8123",
                CLICKHOUSE_USER="clickhouse", CLICKHOUSE_CLUSTER_ENABLED="false")
-    for kind in ("EVENT", "MEDIA"):
+    # Langfuse presigns media upload URLs for browsers and SDKs outside the site from the one MEDIA
+    # endpoint it also uses itself (there is no separate external endpoint for media, only for batch
+    # exports; its own docker-compose points MEDIA at a browser-reachable address), so it is the
+    # store's public route; events are written by the server itself and stay internal.
+    route = catalog().services[store].route
+    public = f"https://{shared_host(route.prefix, resolved.site.domain)}" if route else s3
+    for kind, endpoint in (("EVENT", s3), ("MEDIA", public)):
         p = f"LANGFUSE_S3_{kind}_UPLOAD_"
-        env.update({p + "BUCKET": "langfuse", p + "REGION": region, p + "ENDPOINT": s3, p + "FORCE_PATH_STYLE": "true",
+        env.update({p + "BUCKET": "langfuse", p + "REGION": region, p + "ENDPOINT": endpoint, p + "FORCE_PATH_STYLE": "true",
                     p + "ACCESS_KEY_ID": "${S3_ACCESS_KEY_ID}", p + "SECRET_ACCESS_KEY": "${S3_SECRET_ACCESS_KEY}",
                     p + "PREFIX": f"{kind.lower()}s/"})
     env.update(LANGFUSE_INIT_ORG_ID="aicommons", LANGFUSE_INIT_ORG_NAME=resolved.site.name,
@@ -136,8 +143,8 @@ def authentik(resolved: ResolvedSite, c: Container, secrets: SecretLookup) -> li
                AUTHENTIK_POSTGRESQL__PORT=str(port_of(resolved, "postgres") or 5432),
                AUTHENTIK_POSTGRESQL__NAME=db_ident("authentik"), AUTHENTIK_POSTGRESQL__USER=db_ident("authentik"),
                AUTHENTIK_BOOTSTRAP_EMAIL=resolved.site.operator_email or f"admin@{resolved.site.domain}",
-               # X-Forwarded-* are believed only from Traefik.
-               AUTHENTIK_LISTEN__TRUSTED_PROXY_CIDRS=f"{resolved.proxy_ip}/32")
+               # X-Forwarded-* are believed only from where Traefik's connections come from.
+               AUTHENTIK_LISTEN__TRUSTED_PROXY_CIDRS=f"{resolved.proxy_source}/32")
     vols = ["media:/media", "certs:/certs", "./blueprints:/blueprints/aicommons:ro"]
     server = _svc_entry(svc, c, env=dict(env))
     server["command"] = "server"

@@ -83,6 +83,11 @@ def backends_for(resolved: ResolvedSite, secrets: SecretLookup, base_dir: Path |
         ext = resolved.site.services["postgres"].external is not None
         schema = schema_sql(secrets(SITE_SCOPE, "lemonldap_db_password")) if ext else ""
         out.append(LemonldapBackend(host, port, user, pw, schema))
+    if "gateway" in enabled and "postgres" in enabled:
+        from aicommons.tenancy.gateway import GatewayBackend
+
+        host, port, user, pw = admin_credentials(resolved, "postgres", secrets, base_dir, "postgres_admin_password")
+        out.append(GatewayBackend(host, port, user, pw, resolved.site.gateway.database))
     if "langfuse" in enabled:
         from aicommons.tenancy.langfuse import LangfuseBackend
 

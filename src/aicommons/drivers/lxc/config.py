@@ -1,9 +1,15 @@
 """The LXC config of one container, as text (pure: no I/O).
 
-Needed on this kind of host (see machine-facts): device cgroup rules cleared and AppArmor
-unconfined. No `lxc.cgroup.*` limit keys: LXC 5.0.2 refuses to start with them here, so the
-driver applies memory/CPU limits itself (limits.py). The first line is the aicommons marker
-(site, role, name): how list/destroy/down know a container is this site's and no one else's.
+Unprivileged (`lxc.idmap`: the site's range, idmap.py): root inside is an unprivileged uid on
+the host. LXC's own device allow-list is kept (debian.common.conf includes common.conf's
+`lxc.cgroup.devices.*`; debian.userns.conf is *not* included: it clears them again). AppArmor:
+`generated`, LXC's profile where the kernel has AppArmor (without it LXC 5.0.2 uses its "nop"
+driver; hostcheck.py says so at run time). Memory and CPU limits are LXC's own `lxc.cgroup.*`
+keys (v1 on a hybrid host; `lxc.cgroup2.*` on a unified one: LXC ignores the other kind with a
+warning) in the container's cgroups `lxc.cgroup.dir.*` (limits.py). The rootfs is a plain
+directory the driver mounts before lxc-start (prestart.py); `lower` (the template) is kept in the
+marker. The first line is the aicommons marker (site, role, name): how list/destroy/down know a
+container is this site's and no one else's.
 """
 
 from __future__ import annotations
@@ -13,23 +19,41 @@ import json
 from aicommons.plan.model import Container
 
 MARK = "# aicommons:"
+PERIOD = 100000  # CFS period, us: cores x PERIOD of quota
 
 
-def render(c: Container, *, site: str, bridge: str, lower: str, upper: str,
-           mounts: tuple[tuple[str, str], ...] | list[tuple[str, str]] = ()) -> str:
+def render(c: Container, *, site: str, bridge: str, lower: str, rootfs: str, idmap_base: int, ns: str,
+           legacy_cgroups: bool = True, mounts: tuple[tuple[str, str], ...] | list[tuple[str, str]] = ()) -> str:
     """`mounts`: (host directory, path inside) bound read-only (the shared app layers)."""
     meta = {"site": site, "role": c.role, "name": c.name, "ip": c.ip, "hostname": c.hostname,
             "memory_mb": c.memory_mb, "cores": c.cores, "disk_gb": c.disk_gb,
-            "services": list(c.services)}
+            "services": list(c.services), "lower": lower, "idmap_base": idmap_base}
+    cg = f"aicommons/{ns}"
     lines = [
         f"{MARK} {json.dumps(meta, sort_keys=True)}",
         "lxc.include = /usr/share/lxc/config/debian.common.conf",
         "lxc.arch = amd64",
         f"lxc.uts.name = {c.hostname}",
-        f"lxc.rootfs.path = overlay:{lower}:{upper}",
-        "lxc.apparmor.profile = unconfined",
-        "lxc.cgroup.devices.deny =",
-        "lxc.cgroup.devices.allow =",
+        f"lxc.idmap = u 0 {idmap_base} 65536",
+        f"lxc.idmap = g 0 {idmap_base} 65536",
+        f"lxc.rootfs.path = dir:{rootfs}",
+        # LXC 5.0.2 src/lxc/lsm/apparmor.c: for an unprivileged container the generated profile adds
+        # AA_PROFILE_UNPRIVILEGED (pivot_root, bind mounts, read-only remounts, propagation changes): what
+        # systemd's sandboxing of the app units (ProtectSystem, PrivateTmp) needs. Unexercised on a kernel
+        # without AppArmor.
+        "lxc.apparmor.profile = generated",
+        f"lxc.cgroup.dir.container = {cg}/{c.ctid}",
+        "lxc.cgroup.dir.container.inner = payload",
+        f"lxc.cgroup.dir.monitor = {cg}/monitor.{c.ctid}",
+    ]
+    if legacy_cgroups:  # cgfsng.c __cg_legacy_setprop: the key after lxc.cgroup. is the v1 file name
+        lines += [f"lxc.cgroup.memory.limit_in_bytes = {c.memory_mb * 1024 * 1024}",
+                  f"lxc.cgroup.cpu.cfs_period_us = {PERIOD}",
+                  f"lxc.cgroup.cpu.cfs_quota_us = {c.cores * PERIOD}"]
+    else:
+        lines += [f"lxc.cgroup2.memory.max = {c.memory_mb * 1024 * 1024}",
+                  f"lxc.cgroup2.cpu.max = {c.cores * PERIOD} {PERIOD}"]
+    lines += [
         "lxc.net.0.type = veth",
         f"lxc.net.0.link = {bridge}",
         "lxc.net.0.flags = up",
@@ -41,8 +65,14 @@ def render(c: Container, *, site: str, bridge: str, lower: str, upper: str,
     for host, inside in mounts:  # read-only: one layer serves every user's container
         if any(ch.isspace() for ch in host + inside):
             raise ValueError(f"mount path with whitespace: {host!r} -> {inside!r}")
-        lines.append(f"lxc.mount.entry = {host} {inside.lstrip('/')} none bind,ro,create=dir 0 0")
+        # idmap=container: the layer (root-owned on the host) shows as root-owned inside, not nobody
+        lines.append(f"lxc.mount.entry = {host} {inside.lstrip('/')} none bind,ro,create=dir,idmap=container 0 0")
     return "\n".join(lines) + "\n"
+
+
+def privileged(text: str) -> bool:
+    """A config of this driver from before unprivileged containers (no idmap)."""
+    return not any(line.startswith("lxc.idmap") for line in text.splitlines())
 
 
 def meta_of(text: str) -> dict | None:

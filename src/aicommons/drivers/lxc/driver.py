@@ -1,7 +1,9 @@
 """LxcDriver: the ComputeDriver protocol on Debian's `lxc-*` tools, one container per CTID.
 
-Containers live under `driver.lxcpath` as `<ctid>/config`, each an overlay snapshot of the
-cached Debian 12 template (lower = template rootfs, upper = `<ctid>/delta`). Every `lxc-*`
+Containers live under `driver.lxcpath` as `<ctid>/config`, unprivileged (the site's uid range,
+idmap.py), each an overlay of the cached Debian 12 template (lower = the template idmapped into
+the site's range, upper = `<ctid>/delta`, owned by the range), mounted before lxc-start by
+prestart.py at `<ctid>/rootfs`. Every `lxc-*`
 command runs under `ip netns exec NS`: a container's monitor socket is abstract and therefore
 per network namespace, so run elsewhere `lxc-info` would report a running container STOPPED.
 """
@@ -9,6 +11,7 @@ per network namespace, so run elsewhere `lxc-info` would report a running contai
 from __future__ import annotations
 
 import json
+import os
 import shlex
 import shutil
 import sys
@@ -19,14 +22,15 @@ from dataclasses import asdict
 from pathlib import Path
 
 from aicommons.catalog import load_catalog
-from aicommons.drivers.base import ContainerState, DriverInfo, ExecResult, Status, Usage
-from aicommons.drivers.lxc import apps, config, limits, netns, services, template
+from aicommons.drivers.base import ContainerState, DriverInfo, ExecResult, HostProbe, Status, Usage
+from aicommons.drivers.lxc import apps, config, hostaudit, hostcheck, idmap, limits, netns, services, template
 from aicommons.drivers.lxc.run import run
 from aicommons.drivers.lxc.services import ServiceOutcome
 from aicommons.drivers.lxc.traefik import TraefikRunner
 from aicommons.errors import PermanentError, TemporaryError
 from aicommons.plan.model import Container
 from aicommons.plan.secrets import SecretLookup
+from aicommons.render.bridge_filter import bridge_rules
 from aicommons.spec.models import Site
 
 PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -67,11 +71,11 @@ class LxcDriver:
     def __init__(self, *, site: str, net: netns.NetPlan, lxcpath: str, cache_dir: str,
                  log=None, secrets: SecretLookup | None = None, traefik_dir: str | None = None,
                  traefik_ip: str | None = None, runtime: str = "docker",
-                 user_ranges: tuple[str, ...] = (), owner: str | None = None) -> None:
+                 bridge_filter: str | None = None, owner: str | None = None) -> None:
         self.site = site
         self.owner = owner  # the site's directory: two sites of one name must not share lxcpath/netns
         self.runtime = runtime  # native: users' apps run from shared layers (apps.py)
-        self.user_ranges = user_ranges
+        self.bridge_filter = bridge_filter  # render/bridge_filter.py: only Traefik reaches a user's apps
         self.secrets = secrets
         self.outcomes: dict[str, ServiceOutcome] = {}
         self._net_lock = threading.Lock()  # the engine starts containers from several threads
@@ -80,6 +84,7 @@ class LxcDriver:
         self.lxcpath = Path(lxcpath)
         self.cache_dir = cache_dir
         self.log = log or (lambda msg: None)
+        self.idmap_base = idmap.site_base(net.ns)  # the site's uid/gid range (idmap.py)
         self.traefik = (TraefikRunner(net.ns, traefik_ip, traefik_dir, self.lxcpath / "_traefik")
                         if traefik_dir and traefik_ip else None)
         self.join = False  # may this process join the namespace (the `aicommons` command does)
@@ -107,8 +112,55 @@ class LxcDriver:
             (self.lxcpath / OWNER_FILE).write_text(self.owner + "\n")
         if self.net.nat:
             netns.mirror_addresses(self.net.mirror)
+        self._raise_host_limits(len(self._ctids()))
         self.ensure_network()
         self.attach()
+        self._convert_privileged()
+
+    def _raise_host_limits(self, containers: int) -> None:
+        """Before any container starts: the host limits a site of this size needs, raised (never
+        lowered) and recorded so `down` restores them; refused with the commands when they cannot be."""
+        hostcheck.raise_for(self.ns, hostcheck.needs(containers), log=self.log)
+
+    def check(self, plan, *, purge: bool = False) -> None:
+        """The engine's hook before any change (drivers/base.py ChecksPlans): the host holds the
+        whole site (its limits raised now), or nothing starts."""
+        if plan.resolved is not None:
+            self._raise_host_limits(len(plan.resolved.containers))
+
+    def host_notes(self, resolved) -> list[str]:
+        """For `plan`: what the host lacks for this site (limits, memory, disk) and whether AppArmor applies."""
+        cs = list(resolved.containers)
+        return hostcheck.notes(len(cs), sum(c.memory_mb for c in cs), sum(c.disk_gb for c in cs), str(self.lxcpath))
+
+    def _convert_privileged(self) -> None:
+        """Containers made privileged by an older aicommons become unprivileged, keeping their data:
+        stopped, their own files (the overlay's upper dir) shifted into the site's range, the new
+        config written, started again if they ran. Repeatable if interrupted (idmap.shift_tree)."""
+        tdir: Path | None = None
+        for p in self._ctids():
+            meta = self._meta(int(p.name))
+            if meta is None or not config.privileged((p / "config").read_text()):
+                continue
+            ctid = int(p.name)
+            tdir = tdir or self.ensure_template()
+            was_running = self._status(ctid) == "running"
+            self.log(f"container {ctid}: privileged (made by an older aicommons); converting to unprivileged")
+            self.stop(ctid)
+            shutil.rmtree(p / "olwork", ignore_errors=True)  # LXC's overlay workdir of the privileged rootfs
+            n = idmap.shift_tree(p / "delta", self.idmap_base)
+            self._make_dirs(p)
+            self._write_config(self._container_of(ctid, meta), tdir)
+            limits.remove(self.ns, ctid)
+            self.log(f"container {ctid}: {n} files of its own shifted to uid {self.idmap_base}+; now unprivileged")
+            if was_running:
+                self.start(ctid)
+
+    def _container_of(self, ctid: int, meta: dict) -> Container:
+        return Container(ctid=int(ctid), ip=meta["ip"], prefixlen=self.net.prefixlen, gateway=self.net.gateway,
+                         hostname=meta["hostname"], role=meta["role"], name=meta["name"],
+                         services=tuple(meta.get("services", ())), phase=0, memory_mb=meta["memory_mb"],
+                         cores=meta["cores"], disk_gb=meta["disk_gb"], traefik_file="")
 
     def close_network(self) -> None:
         """After an apply: a site with no container left keeps no namespace, veth, rule or Traefik."""
@@ -135,7 +187,7 @@ class LxcDriver:
                   cache_dir=options.get("cache_dir", d.cache_dir), log=options.get("log", _stderr),
                   secrets=options.get("secrets"), traefik_ip=str(n.traefik.address),
                   traefik_dir=options.get("traefik_dir", str(Path(lxcpath) / "_traefik" / "dynamic")),
-                  runtime=site.user_template.runtime or "docker", user_ranges=tuple(n.user_ranges),
+                  runtime=site.user_template.runtime or "docker", bridge_filter=bridge_rules(site),
                   owner=options.get("owner"))
         drv.join = bool(options.get("join", False))
         return drv
@@ -159,7 +211,8 @@ class LxcDriver:
         """The namespace, bridge and NAT, and Traefik at its address inside."""
         with self._net_lock:
             netns.ensure(self.net)
-            apps.isolate_users(self.net, self.user_ranges)
+            if self.bridge_filter is not None:
+                netns.load_bridge_filter(self.net, self.bridge_filter)
             if self.traefik:
                 self.traefik.ensure()
 
@@ -234,16 +287,30 @@ class LxcDriver:
                 f"{self.site!r}; aicommons leaves it alone — move it or choose another driver.lxcpath")
         tdir = self.ensure_template()
         if self._meta(container.ctid) is None:
-            (d / "delta").mkdir(parents=True, exist_ok=True)
+            self._make_dirs(d)
             self._seed_files(container, d / "delta")
         self._write_config(container, tdir)
         template.register_user(tdir, container.ctid, cfg)
+
+    def _make_dirs(self, d: Path) -> None:
+        """The overlay's upper dir belongs to the container's root (the site's range); `work` is
+        the overlay's, `lower` and `rootfs` are mount points (prestart.py)."""
+        d.mkdir(parents=True, exist_ok=True)
+        for p in [d, *d.parents]:  # LXC mounts the rootfs as the container's root: it must get there
+            if not os.stat(p).st_mode & 0o001:
+                raise PermanentError(f"driver.lxcpath: {p} is not searchable by others (mode "
+                                     f"{os.stat(p).st_mode & 0o777:o}), and the containers' root (host uid "
+                                     f"{self.idmap_base}) must pass it; `chmod o+x {p}` or choose another lxcpath")
+        for name in ("delta", "work", "lower", "rootfs"):
+            (d / name).mkdir(parents=True, exist_ok=True)
+        os.chown(d / "delta", self.idmap_base, self.idmap_base)
 
     def _write_config(self, c: Container, tdir: Path) -> bool:
         cfg = self._dir(c.ctid) / "config"
         mounts = apps.layer_mounts(c, self.cache_dir, self.log) if c.role == "user" and self.runtime == "native" else []
         text = config.render(c, site=self.site, bridge=self.net.bridge, lower=str(tdir / "rootfs"),
-                             upper=str(self._dir(c.ctid) / "delta"), mounts=mounts)
+                             rootfs=str(self._dir(c.ctid) / "rootfs"), idmap_base=self.idmap_base, ns=self.ns,
+                             legacy_cgroups=limits.legacy(), mounts=mounts)
         if cfg.exists() and cfg.read_text() == text:
             return False
         tmp = cfg.with_suffix(".tmp")
@@ -260,6 +327,8 @@ class LxcDriver:
             host, addrs = netns.mirror_addresses(self.net.mirror)
             hosts += [f"{a} {host}" for a in addrs[:1]]  # no DNS inside: apt reaches the mirror by name
         (upper / "etc/hosts").write_text("\n".join(hosts) + "\n")
+        for p in (upper / "etc", upper / "etc/hostname", upper / "etc/hosts"):
+            os.chown(p, self.idmap_base, self.idmap_base)  # root's inside
 
     def update(self, container: Container) -> None:
         meta = self._meta(container.ctid)
@@ -274,10 +343,8 @@ class LxcDriver:
                 or apps.mount_lines(cfg.read_text()) != mounts_before):  # mounts are set at start
             self.stop(container.ctid)
             self.start(container.ctid)
-        elif changed:
-            pid = self._init_pid(container.ctid)
-            if pid:
-                limits.apply(self.ns, container.ctid, pid, container.memory_mb, container.cores)
+        elif changed:  # the config has the new limits for the next start; these are the same, live
+            limits.apply(self.ns, container.ctid, container.memory_mb, container.cores)
 
     def start(self, ctid: int) -> None:
         meta = self._meta(ctid)
@@ -290,24 +357,24 @@ class LxcDriver:
         if problem:
             raise PermanentError(f"cannot start container {ctid}: {problem}. Re-run to rebuild it "
                                  "(after `aicommons down` if containers still use it)")
+        if config.privileged((self._dir(ctid) / "config").read_text()):
+            raise PermanentError(f"container {ctid} is privileged (made by an older aicommons); `aicommons apply` "
+                                 "converts it to unprivileged, keeping its data")
         log = self._dir(ctid) / "start.log"
-        # Started from inside the container's own cgroups, so its cgroup namespace is rooted there.
-        # (Joined before `ip netns exec`, which mounts a fresh /sys without the cgroup hierarchies.)
-        proc = run(["sh", "-c", limits.enter_script(self.ns, ctid) + '; exec "$@"', "-", "ip", "netns", "exec",
-                    self.ns, "lxc-start", "-P", str(self.lxcpath), "-n", str(int(ctid)), "-l", "ERROR",
-                    "-o", str(log)], check=False, timeout=120)
+        limits.remove(self.ns, ctid)  # LXC makes the container's cgroups itself and refuses existing ones
+        d = self._dir(ctid)
+        spec = {"cgroups": limits.mounts(),
+                "rootfs": {"lower": meta["lower"], "lower_mnt": str(d / "lower"), "upper": str(d / "delta"),
+                           "work": str(d / "work"), "target": str(d / "rootfs"), "base": self.idmap_base}}
+        proc = run(["ip", "netns", "exec", self.ns, sys.executable, "-m", "aicommons.drivers.lxc.prestart",
+                    json.dumps(spec), "--", "lxc-start", "-P", str(self.lxcpath), "-n", str(int(ctid)),
+                    "-l", "ERROR", "-o", str(log)], check=False, timeout=120)
         if proc.returncode != 0:
-            tail = log.read_text(errors="replace").strip().splitlines()[-3:] if log.exists() else []
-            raise TemporaryError(f"lxc-start of container {ctid} failed: {' | '.join(tail) or proc.stderr.decode()}",
-                                 delay=2)
-        pid = self._init_pid(ctid)
-        if pid:
-            try:
-                limits.apply(self.ns, ctid, pid, meta["memory_mb"], meta["cores"])
-            except FileNotFoundError:  # its init is gone: the container stopped right after starting
-                tail = log.read_text(errors="replace").strip().splitlines()[-3:] if log.exists() else []
-                raise TemporaryError(f"container {ctid} stopped right after it started"
-                                     f"{': ' + ' | '.join(tail) if tail else ''}; retrying", delay=2) from None
+            lines = log.read_text(errors="replace").strip().splitlines() if log.exists() else []
+            # the first errors say why; lxc_start.c's closing lines only say that it failed
+            why = [ln for ln in lines if "lxc_start.c:main" not in ln][:3] or lines[-3:]
+            raise TemporaryError(f"lxc-start of container {ctid} failed: "
+                                 f"{' | '.join(why) or proc.stderr.decode(errors='replace').strip()}", delay=2)
 
     def stop(self, ctid: int) -> None:
         if self._meta(ctid) is None or self._status(ctid) != "running":
@@ -332,6 +399,10 @@ class LxcDriver:
         dest.chmod(0o600)
         self.log(f"container {ctid}: data archived to {dest}")
         return dest
+
+    def audit_host(self, ctids: Iterable[int]) -> list[HostProbe]:
+        """`audit isolation`'s host section: from each running container, as root, try the host (hostaudit.py)."""
+        return hostaudit.run(self, [c for c in ctids if self._meta(int(c)) is not None])
 
     def compose_skip_reason(self, tenant) -> str | None:
         """Why a user's Docker apps cannot start here. This driver installs only what Debian's
@@ -373,6 +444,7 @@ class LxcDriver:
             self.traefik.stop()
             shutil.rmtree(self.traefik.state_dir, ignore_errors=True)
         netns.teardown(self.net)
+        hostcheck.release(self.ns, log=self.log)
         if self.owner is None or read_owner(self.lxcpath) == self.owner:  # ours, or no site named
             (self.lxcpath / OWNER_FILE).unlink(missing_ok=True)
         try:

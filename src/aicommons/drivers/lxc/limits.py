@@ -1,10 +1,13 @@
-"""Memory and CPU limits, applied by the driver itself.
+"""Memory and CPU limits: LXC applies them from the config's `lxc.cgroup.*` keys (config.py).
 
-LXC 5.0.2 on this kind of host (cgroup v1 + an empty v2 hierarchy) sets up no cgroups of its own
-and refuses to start a container whose config has `lxc.cgroup.*` limit keys ("Failed to setup
-cgroup limits"). So after start the driver puts every process of the container's PID namespace
-into /sys/fs/cgroup/{memory,cpu}/aicommons/<netns>/<ctid> and writes the limits there. Processes
-the container starts later inherit the group.
+Each container's cgroups are `aicommons/<netns>/<ctid>` in every hierarchy
+(`lxc.cgroup.dir.container`), where LXC writes the limits; the container itself lives one level
+down (`.../payload`, `lxc.cgroup.dir.container.inner`), the root of its cgroup namespace, so root
+inside cannot raise its own limits. For that LXC must see the hierarchies: `ip netns exec`
+mounts a fresh /sys without them, so prestart.py mounts them again from `mounts()` (read here,
+in the host's mount namespace). What is left to this module: reading limits and use back, a live
+change of a running container's limits (the same values LXC sets at the next start), and
+removing the groups.
 """
 
 from __future__ import annotations
@@ -15,32 +18,62 @@ from pathlib import Path
 
 ROOT = Path("/sys/fs/cgroup")
 PERIOD = 100000
+INNER = "payload"  # lxc.cgroup.dir.container.inner
 
 
 def group(controller: str, ns: str, ctid: int) -> Path:
     return ROOT / controller / "aicommons" / ns / str(ctid)
 
 
-# Hierarchies a container's own cgroups are rooted in (cpuset is left alone: a new cpuset group
-# needs its cpus/mems copied before anyone may join it, and systemd does not use it).
-HIERARCHIES = ("systemd", "unified", "memory", "cpu", "cpuacct", "pids", "blkio", "devices", "freezer")
+def dirs(ns: str, ctid: int) -> dict[str, str]:
+    """The lxc.cgroup.dir.* values of a container (relative to each hierarchy's root)."""
+    return {"container": f"aicommons/{ns}/{int(ctid)}", "container.inner": INNER,
+            "monitor": f"aicommons/{ns}/monitor.{int(ctid)}"}
 
 
-def enter_script(ns: str, ctid: int) -> str:
-    """Shell run before `exec lxc-start`: join `aicommons/<ns>/<ctid>` in every hierarchy, so the
-    container's cgroup namespace is rooted there. Without it every container's systemd shares the
-    host's `system.slice/<unit>` groups (same unit names in each user container: aic-openwebui...)
-    and its services escape the memory limit."""
-    dirs = " ".join(str(ROOT / h / "aicommons" / ns / str(int(ctid))) for h in HIERARCHIES)
-    return (f"for g in {dirs}; do [ -d \"${{g%/aicommons/*}}\" ] || continue; mkdir -p \"$g\" && "
-            "echo $$ > \"$g/cgroup.procs\" || true; done")
+# Hierarchies a container's cgroups may be left in (LXC prunes them at stop; destroy makes sure).
+HIERARCHIES = ("systemd", "unified", "memory", "cpu", "cpuacct", "cpuset", "pids", "blkio", "devices", "freezer",
+               "net_cls", "net_prio", "perf_event", "hugetlb", "rdma", "misc")
+
+
+def mounts(mounts_text: str | None = None) -> list[tuple[str, str, str]]:
+    """(fstype, options, mount point) of every cgroup hierarchy under /sys/fs/cgroup, from the
+    host's mount table, for prestart.py to mount again inside `ip netns exec`."""
+    text = mounts_text if mounts_text is not None else Path("/proc/self/mounts").read_text()
+    out = []
+    for line in text.splitlines():
+        parts = line.split()
+        if len(parts) >= 4 and parts[2] in ("cgroup", "cgroup2") and parts[1].startswith(str(ROOT) + "/"):
+            opts = [o for o in parts[3].split(",") if o not in ("rw", "ro", "relatime", "nosuid", "nodev", "noexec")]
+            out.append((parts[2], ",".join(opts) or "defaults", parts[1]))
+        elif len(parts) >= 3 and parts[2] == "cgroup2" and parts[1] == str(ROOT):
+            out.append(("cgroup2", "defaults", parts[1]))
+    return out
+
+
+def legacy() -> bool:
+    """Is memory/CPU on cgroup v1 here (hybrid layout)? Decides lxc.cgroup.* vs lxc.cgroup2.* keys."""
+    return (ROOT / "memory" / "memory.limit_in_bytes").exists()
 
 
 def available() -> bool:
     return (ROOT / "memory" / "memory.limit_in_bytes").exists() and (ROOT / "cpu" / "cpu.cfs_quota_us").exists()
 
 
-def _pids_in_pidns(init_pid: int) -> list[int]:
+def apply(ns: str, ctid: int, memory_mb: int, cores: int) -> None:
+    """A running container's new limits, live (the config holds the same for the next start)."""
+    if not available():
+        return
+    mem, cpu = group("memory", ns, ctid), group("cpu", ns, ctid)
+    if not mem.is_dir() or not cpu.is_dir():
+        return
+    (mem / "memory.limit_in_bytes").write_text(str(memory_mb * 1024 * 1024))
+    (cpu / "cpu.cfs_period_us").write_text(str(PERIOD))
+    (cpu / "cpu.cfs_quota_us").write_text(str(cores * PERIOD))
+
+
+def pids_in_pidns(init_pid: int) -> list[int]:
+    """Every process of a container (by its init's PID namespace), for measurements."""
     target = os.readlink(f"/proc/{init_pid}/ns/pid")
     pids = []
     for entry in os.listdir("/proc"):
@@ -51,39 +84,6 @@ def _pids_in_pidns(init_pid: int) -> list[int]:
             except OSError:
                 continue
     return pids
-
-
-def apply(ns: str, ctid: int, init_pid: int, memory_mb: int, cores: int) -> None:
-    if not available():
-        return
-    mem, cpu = group("memory", ns, ctid), group("cpu", ns, ctid)
-    for g in (mem, cpu):
-        g.mkdir(parents=True, exist_ok=True)
-    (mem / "memory.limit_in_bytes").write_text(str(memory_mb * 1024 * 1024))
-    (cpu / "cpu.cfs_period_us").write_text(str(PERIOD))
-    (cpu / "cpu.cfs_quota_us").write_text(str(cores * PERIOD))
-    for _ in range(3):  # processes forked while moving are caught on the next pass
-        for pid in _pids_in_pidns(init_pid):
-            for g in (mem, cpu):
-                if _inside(pid, g):  # already in the group or a child of it (the container's systemd's)
-                    continue
-                try:
-                    (g / "cgroup.procs").write_text(str(pid))
-                except OSError:
-                    pass
-
-
-def _inside(pid: int, g: Path) -> bool:
-    controller, *rest = g.relative_to(ROOT).parts
-    want = "/" + "/".join(rest)
-    try:
-        for line in Path(f"/proc/{pid}/cgroup").read_text().splitlines():
-            _, ctrls, path = line.split(":", 2)
-            if controller in ctrls.split(","):
-                return path == want or path.startswith(want + "/")
-    except (OSError, ValueError):
-        pass
-    return False
 
 
 def read(ns: str, ctid: int) -> tuple[int | None, int | None]:
@@ -128,8 +128,10 @@ def usage(ns: str, ctids: list[int], sample: float = 0.25) -> dict[int, tuple[fl
 
 
 def remove(ns: str, ctid: int) -> None:
-    for controller in HIERARCHIES:
-        g = group(controller, ns, ctid)
+    """The container's groups (and its monitor's), where empty: LXC refuses to start into a
+    `lxc.cgroup.dir.container` that exists, and a container of an older version left its own."""
+    for g in [p for c in HIERARCHIES
+              for p in (group(c, ns, ctid), ROOT / c / "aicommons" / ns / f"monitor.{int(ctid)}")]:
         if g.exists():
             for sub in sorted((p for p in g.rglob("*") if p.is_dir()), key=lambda p: len(p.parts), reverse=True):
                 try:

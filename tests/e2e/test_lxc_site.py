@@ -202,8 +202,9 @@ def test_up_from_nothing(site: Path):
 
 def test_status_exits_0_after_up(site: Path, signed_in):
     r = cli(site, "status", "--json")
-    assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
+    assert r.stdout, r.stderr[-3000:]
     checks = {c["name"]: c for c in json.loads(r.stdout)["checks"]}
+    assert r.returncode == 0, [c for c in checks.values() if c["state"] not in ("ok", "skipped")]
     # the person's path: through Traefik, sent to sign in by the provider the site names
     assert checks["user1/openwebui via traefik"]["state"] == "ok", checks["user1/openwebui via traefik"]
     assert checks["sign-in (lemonldap)"]["state"] == "ok"

@@ -67,7 +67,8 @@ def test_key_lifecycle(world, pg):
         assert status() == 401
         set_suspended(site, "kim", False, backends=[gb])
         assert status() == 200
-        edit_site(site, lambda d: d.update(users=[{"name": "lou", "email": "lou@example.org"}]))  # what `users remove` does before its apply
+        # what `users remove` does before its apply
+        edit_site(site, lambda d: d.update(users=[{"name": "lou", "email": "lou@example.org"}]))
         r = apply_site(site, out=io.StringIO(), **kw)
         assert r.ok, [(o.step, o.detail) for o in r.errors]
         assert status() == 401

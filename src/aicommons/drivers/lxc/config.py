@@ -16,8 +16,9 @@ MARK = "# aicommons:"
 
 
 def render(c: Container, *, site: str, bridge: str, lower: str, upper: str,
-           mounts: tuple[tuple[str, str], ...] | list[tuple[str, str]] = ()) -> str:
-    """`mounts`: (host directory, path inside) bound read-only (the shared app layers)."""
+           mounts: tuple[tuple[str, ...], ...] | list = ()) -> str:
+    """`mounts`: (host directory, path inside[, "ro" | "rw"]), read-only unless "rw" is said (the
+    shared layers are ro; the portal's state directory is rw)."""
     meta = {"site": site, "role": c.role, "name": c.name, "ip": c.ip, "hostname": c.hostname,
             "memory_mb": c.memory_mb, "cores": c.cores, "disk_gb": c.disk_gb,
             "services": list(c.services)}
@@ -38,10 +39,11 @@ def render(c: Container, *, site: str, bridge: str, lower: str, upper: str,
         f"lxc.net.0.ipv4.address = {c.ip}/{c.prefixlen}",
         f"lxc.net.0.ipv4.gateway = {c.gateway}",
     ]
-    for host, inside in mounts:  # read-only: one layer serves every user's container
+    for host, inside, *how in mounts:  # read-only by default: one layer serves every user's container
         if any(ch.isspace() for ch in host + inside):
             raise ValueError(f"mount path with whitespace: {host!r} -> {inside!r}")
-        lines.append(f"lxc.mount.entry = {host} {inside.lstrip('/')} none bind,ro,create=dir 0 0")
+        mode = "rw" if how == ["rw"] else "ro"
+        lines.append(f"lxc.mount.entry = {host} {inside.lstrip('/')} none bind,{mode},create=dir 0 0")
     return "\n".join(lines) + "\n"
 
 

@@ -9,6 +9,7 @@ per network namespace, so run elsewhere `lxc-info` would report a running contai
 from __future__ import annotations
 
 import json
+import os
 import shlex
 import shutil
 import sys
@@ -19,14 +20,15 @@ from dataclasses import asdict
 from pathlib import Path
 
 from aicommons.catalog import load_catalog
-from aicommons.drivers.base import ContainerState, DriverInfo, ExecResult, Status, Usage
-from aicommons.drivers.lxc import apps, config, limits, netns, services, template
+from aicommons.drivers.base import ContainerState, ControlPlane, DriverInfo, ExecResult, Status, Usage
+from aicommons.drivers.lxc import aicservice, apps, config, limits, netns, services, template
 from aicommons.drivers.lxc.run import run
 from aicommons.drivers.lxc.services import ServiceOutcome
 from aicommons.drivers.lxc.traefik import TraefikRunner
 from aicommons.errors import PermanentError, TemporaryError
 from aicommons.plan.model import Container
 from aicommons.plan.secrets import SecretLookup
+from aicommons.render.aicservice import IN_SITE_ENV
 from aicommons.spec.models import Site
 
 PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -83,6 +85,8 @@ class LxcDriver:
         self.traefik = (TraefikRunner(net.ns, traefik_ip, traefik_dir, self.lxcpath / "_traefik")
                         if traefik_dir and traefik_ip else None)
         self.join = False  # may this process join the namespace (the `aicommons` command does)
+        self.control: ControlPlane | None = None  # site file, state, key: for the portal (aicservice.py)
+        self.site_spec: Site | None = None
 
     # Building the driver changes nothing on the host: `plan` and the other read-only commands
     # only attach() to a namespace that exists. apply/up open_network() under the site's lock,
@@ -101,6 +105,10 @@ class LxcDriver:
 
     def open_network(self) -> None:
         """apply/up: the namespace, NAT and Traefik, then join it (before the engine's threads start)."""
+        if os.environ.get(IN_SITE_ENV):
+            raise PermanentError("this aicommons runs inside one of the site's own containers (the portal); an LXC "
+                                 "site's containers are made and changed on its host: run `aicommons apply` or "
+                                 "`aicommons users ...` there")
         check_owner(self.lxcpath, self.ns, self.owner)
         if self.owner:
             self.lxcpath.mkdir(parents=True, exist_ok=True)
@@ -138,11 +146,16 @@ class LxcDriver:
                   runtime=site.user_template.runtime or "docker", user_ranges=tuple(n.user_ranges),
                   owner=options.get("owner"))
         drv.join = bool(options.get("join", False))
+        drv.site_spec = site
         return drv
 
     def bind_secrets(self, lookup: SecretLookup) -> None:
         """Admin passwords for the service recipes (the engine passes its secret store's `get`)."""
         self.secrets = lookup
+
+    def bind_control(self, plane: ControlPlane) -> None:
+        """The site file, state and key an aicommons service (the portal) runs against."""
+        self.control = plane
 
     def traefik_target(self):
         """Where the engine writes Traefik's dynamic files: the local directory our Traefik watches."""
@@ -241,7 +254,8 @@ class LxcDriver:
 
     def _write_config(self, c: Container, tdir: Path) -> bool:
         cfg = self._dir(c.ctid) / "config"
-        mounts = apps.layer_mounts(c, self.cache_dir, self.log) if c.role == "user" and self.runtime == "native" else []
+        mounts: list = (apps.layer_mounts(c, self.cache_dir, self.log) if c.role == "user" and self.runtime == "native"
+                        else aicservice.mounts(c, self.cache_dir, self.control, self.log))
         text = config.render(c, site=self.site, bridge=self.net.bridge, lower=str(tdir / "rootfs"),
                              upper=str(self._dir(c.ctid) / "delta"), mounts=mounts)
         if cfg.exists() and cfg.read_text() == text:
@@ -452,8 +466,8 @@ class LxcDriver:
                 self.log(f"{name} (CT {ctid}): running{' ' + out.reason if out.reason else ''}")
 
     def _services_up(self, ctid: int) -> bool:
-        units = [services.UNITS[o.service] for o in self.service_outcomes(ctid)
-                 if o.status != "skipped" and o.service in services.UNITS]
+        units = [u for o in self.service_outcomes(ctid)
+                 if o.status != "skipped" and (u := services.unit_of(o.service))]
         if not units:
             return True
         try:

@@ -293,6 +293,10 @@ def build_plan(s: Session, *, destroy: bool = False) -> Plan:
     files = {} if destroy else s.renderer(s.resolved, s.secrets)
     if s.target is None:
         files = {p: f for p, f in files.items() if not p.startswith("traefik/")}
+    if not destroy:
+        from aicommons.engine.services import runs_from_files
+
+        files.update(runs_from_files(s.resolved, s.site_file))
     planner = Planner(s.resolved, files, s.secrets.versions(), _refresh(s), s.backends, destroy=destroy)
     changes, steps, notes = planner.run()
     return Plan(str(s.site_file), fingerprint(s.site_file, s.state), s.resolved, changes, steps,

@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import posixpath
 import shlex
+from pathlib import Path
 
 from aicommons.catalog import load_catalog
 from aicommons.catalog.model import Configure
@@ -121,6 +122,42 @@ def run_service(ctx, step) -> str | None:
     return None
 
 
+RUNS_FROM = "runs-from.json"
+
+
+def _wheel():
+    """(file name, bytes) of this checkout's wheel; None where aicommons does not run from a
+    checkout (inside the portal's own container): what the container has then stays."""
+    from aicommons.drivers import runtime
+
+    try:
+        fname, _, wheel = runtime.wheel_bytes(runtime.checkout())
+    except PermanentError:
+        return None
+    return fname, wheel
+
+
+def runs_from_files(resolved, site_file) -> dict:
+    """`services/<host>/runs-from.json` for each aicommons service: the digests of the site file
+    and of the wheel it runs, so a changed site file (a user added) or checkout plans its step."""
+    import json
+
+    from aicommons.render.files import RenderedFile
+
+    cat = load_catalog()
+    out = {}
+    wheel = _wheel()
+    for c in resolved.containers:
+        svc = cat.services.get(c.name)
+        if c.role != "shared" or svc is None or not aicservice.is_aicommons(svc):
+            continue
+        text = json.dumps({"site": hashlib.sha256(Path(site_file).read_bytes()).hexdigest(),
+                           "wheel": hashlib.sha256(wheel[1]).hexdigest() if wheel else "as installed"},
+                          sort_keys=True) + "\n"
+        out[f"{SERVICES_DIR}{c.hostname}/{RUNS_FROM}"] = RenderedFile(f"{SERVICES_DIR}{c.hostname}/{RUNS_FROM}", text)
+    return out
+
+
 def _aicommons_payload(ctx, svc, root: str) -> dict[str, tuple[bytes, int]] | str:
     """{path: (bytes, mode)} the engine pushes for an aicommons service (the portal): this
     checkout's wheel and the runtime lock (installed by hash, render/aicservice.install_script),
@@ -135,15 +172,18 @@ def _aicommons_payload(ctx, svc, root: str) -> dict[str, tuple[bytes, int]] | st
         return (f"{svc.name} not deployed: it works on the site's state, which is the SQLite file {plane.state} on "
                 "this machine, out of the container's reach; keep the state in PostgreSQL (`--state "
                 "postgresql://…` or AICOMMONS_STATE) and apply again")
-    fname, _, wheel = runtime.wheel_bytes(runtime.checkout())
-    sha = hashlib.sha256(wheel).hexdigest()
     site_path = posixpath.join(aicservice.ETC, "site.yaml")
     env = {"AICOMMONS_SITE": site_path, "AICOMMONS_STATE": plane.state, **plane.key_env()}
-    return {fname: (wheel, 0o644),
-            aicservice.LOCK_FILE: (runtime.lock_text().encode(), 0o644),
-            aicservice.WHEEL_REQ: (f"aicommons @ file://{root}/{fname} --hash=sha256:{sha}\n".encode(), 0o644),
-            site_path: (plane.site_file.read_bytes(), 0o600),
-            aicservice.env_path(svc): (aicservice.env_file(env).encode(), 0o600)}
+    out = {site_path: (plane.site_file.read_bytes(), 0o600),
+           aicservice.env_path(svc): (aicservice.env_file(env).encode(), 0o600)}
+    wheel = _wheel()
+    if wheel is not None:
+        fname, data = wheel
+        sha = hashlib.sha256(data).hexdigest()
+        out.update({fname: (data, 0o644), aicservice.LOCK_FILE: (runtime.lock_text().encode(), 0o644),
+                    aicservice.WHEEL_REQ: (f"aicommons @ file://{root}/{fname} --hash=sha256:{sha}\n".encode(),
+                                           0o644)})
+    return out
 
 
 def _compose_changed(files: dict, changed: set[str]) -> set[str]:

@@ -171,3 +171,18 @@ def test_the_portal_is_deployed_on_the_default_lxc_site():
 
     assert "portal" in LXC_CORE
     assert lxc_unsupported(load_catalog().services["portal"]) is None
+
+
+def test_a_portal_container_on_an_older_runtime_layer_reads_as_stale():
+    """A changed checkout names a new layer; the LXC driver then reports the running portal's
+    container stopped, so the next apply restarts it with the new layer (mounts are set at start)."""
+    from aicommons.drivers.lxc.aicservice import stale_runtime
+
+    now = runtime.current_layer_name()
+    assert now is not None and now.startswith("aicommons-")
+    meta = {"role": "shared", "services": ["portal"]}
+    line = "lxc.mount.entry = /var/cache/aicommons/runtime/{} opt/aicommons/runtime none bind,ro,create=dir 0 0\n"
+    assert not stale_runtime(meta, line.format(now))
+    assert stale_runtime(meta, line.format("aicommons-0.1.0-000000000000"))
+    assert stale_runtime(meta, "")  # made before it ran from a layer
+    assert not stale_runtime({"role": "shared", "services": ["postgres"]}, "")

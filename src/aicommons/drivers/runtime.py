@@ -144,6 +144,17 @@ def layer_name(wheel: Wheel, lock: str) -> str:
     return f"aicommons-{wheel.version}-{h}"
 
 
+def current_layer_name() -> str | None:
+    """The layer this checkout would run now (no build); None where aicommons does not run from
+    a checkout (inside the portal's own container): then nothing is compared."""
+    try:
+        _, version, data = wheel_bytes(checkout())
+        lock = lock_text()
+    except PermanentError:
+        return None
+    return layer_name(Wheel(Path(), _sha(data), version), lock)
+
+
 def mount_point() -> str:
     return MOUNT
 

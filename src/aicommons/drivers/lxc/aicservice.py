@@ -51,6 +51,28 @@ def mounts(c: Container, cache_dir: str, control: ControlPlane | None, log) -> l
     return out
 
 
+def runs_aicommons(meta: dict) -> bool:
+    cat = load_catalog()
+    return meta.get("role") == "shared" and any(
+        n in cat.services and R.is_aicommons(cat.services[n]) for n in meta.get("services", []))
+
+
+def stale_runtime(meta: dict, config_text: str) -> bool:
+    """The container runs an older runtime layer than this checkout's (a changed checkout): the
+    driver then restarts it with the new one (mounts are set at start)."""
+    if not runs_aicommons(meta):
+        return False
+    from aicommons.drivers import runtime
+
+    want = runtime.current_layer_name()
+    if want is None:
+        return False
+    inside = R.MOUNT.lstrip("/")
+    have = [ln.split()[2] for ln in config_text.splitlines()
+            if ln.startswith("lxc.mount.entry") and len(ln.split()) > 3 and ln.split()[3] == inside]
+    return not have or posixpath.basename(have[0]) != want
+
+
 def env(svc: Service, control: ControlPlane) -> dict[str, str]:
     state = control.state if control.state_is_url else posixpath.join(STATE_MOUNT, posixpath.basename(control.state))
     return {"AICOMMONS_SITE": posixpath.join(SITE_MOUNT, control.site_file.name), "AICOMMONS_STATE": state,

@@ -213,9 +213,11 @@ class LxcDriver:
         if meta is None:
             return None
         status = self._status(ctid)
-        if status == "running" and meta["role"] == "shared" and not self._services_up(ctid):
-            # A shared container whose service is down reads as stopped, so the next apply
-            # "starts" it: start() and wait_ready() bring the service back by its recipe.
+        if status == "running" and meta["role"] == "shared" and (not self._services_up(ctid)
+                                                                 or self._stale_runtime(ctid, meta)):
+            # A shared container whose service is down (or, for the portal, runs an older runtime
+            # layer than this checkout's) reads as stopped, so the next apply "starts" it: start()
+            # and wait_ready() bring the service back by its recipe.
             status = "stopped"
         memory, cores = limits.read(self.ns, ctid) if status == "running" else (None, None)
         return ContainerState(
@@ -298,6 +300,10 @@ class LxcDriver:
         if meta is None:
             raise PermanentError(f"container {ctid} does not exist; create it first")
         self.ensure_network()
+        if aicservice.runs_aicommons(meta):  # the portal: started with this checkout's runtime layer
+            if self._status(ctid) == "running" and self._stale_runtime(ctid, meta):
+                self.stop(ctid)
+            self._write_config(apps._container_of(self, ctid, tuple(meta["services"])), self.ensure_template())
         if self._status(ctid) == "running":
             return
         problem = template.check(template.template_dir(self.cache_dir, self.net.mirror))
@@ -322,6 +328,12 @@ class LxcDriver:
                 tail = log.read_text(errors="replace").strip().splitlines()[-3:] if log.exists() else []
                 raise TemporaryError(f"container {ctid} stopped right after it started"
                                      f"{': ' + ' | '.join(tail) if tail else ''}; retrying", delay=2) from None
+
+    def _stale_runtime(self, ctid: int, meta: dict) -> bool:
+        try:
+            return aicservice.stale_runtime(meta, (self._dir(ctid) / "config").read_text())
+        except OSError:
+            return False
 
     def stop(self, ctid: int) -> None:
         if self._meta(ctid) is None or self._status(ctid) != "running":

@@ -66,7 +66,7 @@ def test_capabilities_of_the_fake_driver(tmp_path):
 # (engine/api.py, engine/steps.py). Written down by hand from the driver classes.
 OFFERS = {
     FakeDriver: {"Archives", "HasTraefikTarget", "ReportsUsage", "ServiceUrls"},
-    LxcDriver: {"Archives", "BindsSecrets", "ConfiguresServices", "HasTraefikTarget", "ManagesNetwork",
+    LxcDriver: {"Archives", "BindsControlPlane", "BindsSecrets", "ConfiguresServices", "HasTraefikTarget", "ManagesNetwork",
                 "ReportsUsage", "RunsNativeApps", "SkipsCompose", "SkipsServices"},
     ProxmoxDriver: {"AppliesFirewall", "Archives", "ChecksPlans", "Closes", "DiffsFirewall", "ReportsUsage",
                     "TakesNotes"},

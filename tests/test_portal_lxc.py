@@ -121,6 +121,6 @@ def test_from_inside_its_container_changes_to_containers_are_refused_naming_the_
     the change is refused before anything is touched, naming where to run it."""
     drv, c = portal["drv"], portal["ct"]
     res = drv.exec(c.ctid, ["sh", "-c", "set -a; . /etc/aicommons/portal.env; /opt/aicommons/runtime/bin/python -m "
-                                        "aicommons.cli users add bob --email bob@example.org --yes"])
+                                        "aicommons.cli users add bob --email bob@example.org"])
     assert not res.ok and "made and changed on its host" in res.stdout + res.stderr, res.stdout + res.stderr
     assert Path(portal["where"], "site.yaml").read_text().count("bob") == 0

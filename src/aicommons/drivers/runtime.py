@@ -12,7 +12,8 @@ dist-info directory (PEP 427, core metadata 2.1), so it is written directly.
 The LXC driver builds the layer once under `<cache_dir>/runtime/aicommons-<version>-<hash>`
 (a venv made by Debian's /usr/bin/python3, the containers' Python) and binds it read-only at
 `/opt/aicommons/runtime`; the hash covers the lock, the wheel and the build steps, so a changed
-checkout gets a new layer. The Proxmox driver pushes the same wheel and lock into the container
+checkout gets a new layer — a hard-linked copy of the lock's venv (`deps-<hash>`, built once
+per lock) plus the wheel, a few MB each. The Proxmox driver pushes the same wheel and lock into the container
 and installs them there the same way (render/aicservice.py's install script).
 """
 
@@ -159,22 +160,46 @@ def mount_point() -> str:
     return MOUNT
 
 
-def ensure_layer(cache_dir: str | Path, log=print) -> Path:
-    """`<cache_dir>/runtime/aicommons-<version>-<hash>`, built first if it is not there yet."""
-    wheel, lock = build_wheel(cache_dir), lock_text()
-    path = Path(cache_dir) / "runtime" / layer_name(wheel, lock)
+def _pip(venv: Path) -> tuple[list[str], list[str], dict[str, str]]:
+    pip = [str(venv / "bin" / "python"), "-m", "pip", "--disable-pip-version-check", "--no-input"]
+    install = [*pip, "install", "--progress-bar", "off", "--no-deps", "--require-hashes", "--only-binary", ":all:"]
+    return pip, install, applayers.clean_env([str(venv / "bin")])
+
+
+def ensure_deps(cache_dir: str | Path, lock: str, log=print) -> Path:
+    """`<cache_dir>/runtime/deps-<lock hash>`: a venv with the runtime lock installed exactly.
+    Built once per lock (~450 MB); every runtime layer is a hard-linked copy of it plus the wheel,
+    so a changed checkout costs a few MB, not another copy of the dependencies."""
+    path = Path(cache_dir) / "runtime" / f"deps-{_sha(f'{BUILD_VERSION}:{applayers.PYTHON}:{lock}'.encode())[:12]}"
     if applayers.is_ready(path):
         return path
 
     def build(tmp: Path, logf) -> None:
         applayers._sh([applayers.PYTHON, "-m", "venv", str(tmp)], logf)
         (tmp / "aicommons-requirements.lock").write_text(lock)
+        pip, install, env = _pip(tmp)
+        applayers._sh([*install, "-r", str(tmp / "aicommons-requirements.lock")], logf, env)
+
+    return applayers._locked_build(path, "aicommons runtime dependencies (the runtime lock)", build, log,
+                                   stamp={"runtime": "deps", "lock": _sha(lock.encode()), "build": BUILD_VERSION})
+
+
+def ensure_layer(cache_dir: str | Path, log=print) -> Path:
+    """`<cache_dir>/runtime/aicommons-<version>-<hash>`, built first if it is not there yet."""
+    wheel, lock = build_wheel(cache_dir), lock_text()
+    path = Path(cache_dir) / "runtime" / layer_name(wheel, lock)
+    if applayers.is_ready(path):
+        return path
+    deps = ensure_deps(cache_dir, lock, log)
+
+    def build(tmp: Path, logf) -> None:
+        # Hard links: nothing in a finished layer is ever written again, and pip only adds files.
+        applayers._sh(["cp", "-al", str(deps), str(tmp)], logf)
+        for own in ("ready", "build.log"):  # the base's, not this layer's: unlinked, never written through
+            (tmp / own).unlink(missing_ok=True)
         # The wheel by its hash, like every line of the lock (pip refuses any other bytes).
         (tmp / "aicommons-wheel.txt").write_text(f"aicommons @ {wheel.path.as_uri()} --hash=sha256:{wheel.sha256}\n")
-        pip = [str(tmp / "bin" / "python"), "-m", "pip", "--disable-pip-version-check", "--no-input"]
-        install = [*pip, "install", "--progress-bar", "off", "--no-deps", "--require-hashes", "--only-binary", ":all:"]
-        env = applayers.clean_env([str(tmp / "bin")])
-        applayers._sh([*install, "-r", str(tmp / "aicommons-requirements.lock")], logf, env)
+        pip, install, env = _pip(tmp)
         applayers._sh([*install, "-r", str(tmp / "aicommons-wheel.txt")], logf, env)
         applayers._sh([*pip, "check"], logf, env)
         applayers._sh([str(tmp / "bin" / "python"), "-m", "aicommons.cli", "--help"], logf, env)

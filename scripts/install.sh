@@ -9,18 +9,21 @@ want_test=0
 [ "${1:-}" = "--test" ] && want_test=1
 
 # Everything the code runs, named here: a bare Debian 12 installed without Recommends has none of
-# it (tests/test_fresh_debian.py proves this list in a fresh debootstrap rootfs).
+# it (tests/test_fresh_debian.py proves this list in a fresh debootstrap rootfs). The programs the
+# LXC driver runs are listed, with their packages, in src/aicommons/drivers/lxc/needs.py (what
+# `aicommons doctor` checks); tests/test_doctor.py holds every package named there to this list.
 #   lxc + lxc-templates   lxc-start/attach/info/stop; lxc-templates ships the debian.common.conf
 #                         every container config includes (only a Recommends of lxc)
 #   debootstrap           builds the container template; iproute2: ip netns/link/addr/route
 #   iptables              the site's NAT and FORWARD rules; procps: sysctl (ip_forward)
-#   util-linux            unshare, nsenter, mount; systemd: systemctl --root on the template
+#   util-linux            unshare, nsenter; systemd: systemctl --root on the template
 #   curl                  Traefik's /ping and API from inside the namespace
 #   postgresql-client-15, redis-tools   pg_dump/pg_restore/psql and redis-cli (backups, checks)
+#   coreutils dash tar gzip mount dpkg apt   in every Debian already; named so the list is whole
 apt_pkgs=(python3 python3-venv ca-certificates lxc lxc-templates debootstrap iproute2 iptables procps util-linux
-          systemd curl postgresql-client-15 redis-tools)
-# The suite also starts real servers and checks rules with these.
-[ $want_test = 1 ] && apt_pkgs+=(postgresql-15 redis-server prometheus)
+          systemd curl postgresql-client-15 redis-tools coreutils dash tar gzip mount dpkg apt)
+# The suite also starts real servers and checks rules and rendered scripts (shellcheck) with these.
+[ $want_test = 1 ] && apt_pkgs+=(postgresql-15 redis-server prometheus shellcheck)
 [ $want_test = 1 ] && apt_pkgs+=(chromium)  # the portal's browser tests (Playwright drives it)
 # Native app layers: what their builds compile with (the catalog's native.build_packages; applayers checks too).
 apt_pkgs+=(build-essential pkg-config libkrb5-dev)
@@ -45,8 +48,11 @@ PY=${PYTHON:-/usr/bin/python3}
 # Every dependency, transitive ones included, pinned with hashes (scripts/lock.sh regenerates them).
 lock=requirements.lock
 [ $want_test = 1 ] && lock=requirements-test.lock
+# The editable install below builds with the venv's own setuptools (Debian 12's 66.1), which needs
+# the `wheel` package (setuptools < 70.1 has no bdist_wheel of its own): locked the same way.
+build=requirements-build.lock
 stamp=.venv/.aicommons-installed
-sum=$( (cat "$lock" pyproject.toml; echo $want_test) | sha256sum | cut -c1-16)
+sum=$( (cat "$lock" "$build" pyproject.toml; echo $want_test) | sha256sum | cut -c1-16)
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$sum" ]; then
   exit 0
 fi
@@ -55,7 +61,7 @@ fi
 # extra, such as qdrant-client's httpx[http2]) against what the registry serves today, so a release
 # published after the lock was made can never be chosen; `pip check` then proves the lock complete.
 pip=(.venv/bin/pip --disable-pip-version-check --no-input)
-"${pip[@]}" install -q --no-deps --require-hashes --only-binary :all: -r "$lock"
+"${pip[@]}" install -q --no-deps --require-hashes --only-binary :all: -r "$lock" -r "$build"
 "${pip[@]}" install -q --no-deps --no-build-isolation -e .
 "${pip[@]}" check
 echo "$sum" > "$stamp"

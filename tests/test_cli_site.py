@@ -33,7 +33,7 @@ def test_init_then_plan_json_has_the_seed(tmp_path: Path):
     assert data["reference_figures"]["user_containers"] == "50"
     assert "seed" not in (text + p.stdout).lower()  # the product says "reference architecture"
     roles = [c["role"] for c in data["containers"]]
-    assert roles.count("shared") == 33 + 1 and roles.count("user") == 50  # the seed's 33 and the portal
+    assert roles.count("shared") == 33 + 2 and roles.count("user") == 50  # the seed's 33, the portal, the gateway
     first = {c["hostname"]: c for c in data["containers"]}
     assert first["ollama"]["ctid"] == 100 and first["ollama"]["ip"] == "10.0.5.100"
     assert {"ctid", "ip", "hostname", "role", "services"} <= set(data["containers"][0])

@@ -6,7 +6,11 @@ Priority required, no Recommends) and cached read-only under the driver's cache 
 throw-away overlay on it, copies this repository in (its tracked files only, no .venv), and
 in a private mount and PID namespace (`unshare`) chroots into it and runs:
 
-  bash scripts/install.sh             the runtime install; then `aicommons --help` and `validate`
+  bash scripts/install.sh             the runtime install alone; then `aicommons doctor` (must find
+                                      everything the LXC driver runs: drivers/lxc/needs.py), the
+                                      README's first command as far as a chroot allows
+                                      (`aicommons up --yes --dry-run`: every preflight and the plan
+                                      of the default site, nothing written), `init` and `validate`
   bash scripts/install.sh --test      the test tools; then pytest on the non-LXC suite
 
 Real: debootstrap, apt from the Debian mirror, pip from PyPI, the suite's real servers
@@ -20,9 +24,12 @@ browser tests (tests/test_portal.py: Chromium wants the host's /dev/shm and sand
 install.sh --test installing chromium and playwright is what is proven; the tests run on the host). A chroot shares the
 host's kernel: its LXC containers, network namespaces and iptables rules would be the host's,
 beside the outer suite's own; so the chroot proves the install and the rest of the suite, and
-the LXC tests run on the host (where install.sh ran the same way). That install.sh puts what
-LXC needs in place is checked inside: `lxc-start`, `/usr/share/lxc/config/debian.common.conf`
-(the file whose absence broke every container start) and each tool the driver runs.
+the LXC tests run on the host (where install.sh ran the same way). That is also where `up`
+stops here: past install and preflight, at its plan (`--dry-run`), because applying would make
+the namespace, NAT rules and containers in the host's kernel. That install.sh puts what LXC
+needs in place is checked inside: `/usr/share/lxc/config/debian.common.conf` (the file whose
+absence broke every container start) and, through `aicommons doctor`, each program the driver
+starts and each package it needs, with nothing of it there before the install.
 Skipped when not root or without debootstrap/unshare. Set AICOMMONS_FRESH_SUITE=0 to run only
 the install part (minutes) rather than the suite inside as well.
 """
@@ -38,7 +45,9 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+from aicommons.drivers.lxc import needs
+from tests.repocopy import copy_repo
+
 MIRROR = os.environ.get("AICOMMONS_FRESH_MIRROR", "http://deb.debian.org/debian")
 SUITE = "bookworm"
 
@@ -49,9 +58,9 @@ pytestmark = [
                        reason="needs root, debootstrap and unshare"),
 ]
 
-# What the code runs (see scripts/install.sh): each must be on PATH after the runtime install.
-TOOLS = ["lxc-start", "lxc-attach", "lxc-info", "lxc-stop", "debootstrap", "ip", "iptables", "sysctl", "unshare",
-         "nsenter", "mount", "chroot", "systemctl", "curl", "tar", "gzip", "pg_dump", "pg_restore", "redis-cli"]
+# What the LXC driver runs (its one list, which `aicommons doctor` checks inside after the runtime install).
+NEEDS = needs.all_needs()
+TOOLS = [n.name for n in NEEDS if n.kind == "program"]
 
 
 def cache_dir() -> Path:
@@ -73,21 +82,6 @@ def base_rootfs() -> Path:
     return rootfs
 
 
-def copy_repo(dest: Path) -> None:
-    """The repository's tracked files (what a `git clone` has), not this checkout's .venv or caches."""
-    if not (ROOT / ".git").exists() or not shutil.which("git"):
-        shutil.copytree(ROOT, dest, dirs_exist_ok=True, symlinks=True,
-                        ignore=shutil.ignore_patterns(".venv", ".git", "__pycache__", ".pytest_cache", ".hypothesis"))
-        return
-    files = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=ROOT,
-                           capture_output=True, check=True).stdout.decode().split("\0")
-    for rel in filter(None, files):
-        src = ROOT / rel
-        if src.is_file():
-            (dest / rel).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(src, dest / rel)
-
-
 SCRIPT = r"""
 set -eu
 cd /root/aicommons
@@ -97,16 +91,20 @@ step before
 for t in {tools}; do command -v "$t" >/dev/null && echo "present before install: $t"; done
 step install
 bash scripts/install.sh
-for t in {tools}; do command -v "$t" >/dev/null || {{ echo "MISSING after install.sh: $t"; exit 3; }}; done
 test -f /usr/share/lxc/config/debian.common.conf || {{ echo "MISSING: debian.common.conf"; exit 3; }}
-.venv/bin/aicommons --help >/dev/null
+step doctor
+.venv/bin/aicommons doctor || {{ echo "MISSING after install.sh: doctor exited $?"; exit 3; }}
+step up
+# The README's first command, stopped at its plan: applying would change the host's kernel.
+.venv/bin/aicommons up --yes --dry-run
+test ! -e site.yaml || {{ echo "up --dry-run wrote site.yaml"; exit 3; }}
 .venv/bin/aicommons init --users 2 --domain example.org --driver lxc -o /tmp/site.yaml >/dev/null
 .venv/bin/aicommons validate -f /tmp/site.yaml
 step install-test
 bash scripts/install.sh --test
 step suite
 if [ "{suite}" = 1 ]; then
-  AICOMMONS_NO_LXC=1 .venv/bin/python -m pytest -q -p no:cacheprovider -m "not e2e and not fresh" \
+  AICOMMONS_NO_LXC=1 .venv/bin/python -m pytest -q -p no:cacheprovider -m "not e2e and not fresh and not install" \
     --ignore=tests/test_portal.py
 fi
 step done
@@ -165,6 +163,8 @@ exec chroot {root} /usr/bin/env -i PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin
     assert r.returncode == 0, out[-6000:]
     assert "present before install: lxc-start" not in out  # it really was bare
     assert "MISSING" not in out
+    assert f"nothing missing: {len(NEEDS)} programs and packages checked" in out  # the doctor checked them all
+    assert "preflight: this host has every program" in out and "plan: " in out and "to create" in out
     assert "done" in marks, out[-3000:]
     if suite == "1":
         assert " passed" in out and " failed" not in out, out[-3000:]

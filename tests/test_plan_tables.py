@@ -71,7 +71,7 @@ def test_allocation(case):
 def test_seed_plan_has_seed_totals_and_no_clash():
     site, _ = load_text(_apply({}))
     r = resolve(site)
-    assert r.totals.shared_containers == 33 + 1  # the seed's 33 and the portal
+    assert r.totals.shared_containers == 33 + 2  # the seed's 33, the portal and the model gateway
     assert r.totals.user_containers == 50
     assert r.totals.app_instances == 400
     for attr in ("ctid", "ip", "traefik_file", "hostname"):

@@ -125,7 +125,7 @@ def test_fifty_users_through_the_engine_with_the_documented_acl(seeded):
     resolved = result.plan.resolved
     site = resolved.site
     states = {s.ctid: s for s in kw["driver"].list_containers()}
-    assert len(states) == len(resolved.containers) == 84  # 33 shared services, the portal, 50 users
+    assert len(states) == len(resolved.containers) == 85  # 33 shared services, the portal, the gateway, 50 users
     for c in resolved.containers:
         s = states[c.ctid]
         assert (s.status, s.ip, s.memory_mb, s.cores, s.hostname) == ("running", c.ip, c.memory_mb, c.cores, c.hostname)
@@ -374,7 +374,8 @@ def test_a_template_outside_the_pool_is_reported(tmp_path):
         site_file, kw = small(sim, tmp_path)
         with pytest.raises(PermanentError) as e:
             apply_site(site_file, **kw)
-        assert "no user template is visible to the token" in str(e.value) and "pool modify aicommons" in str(e.value)
+        # VM.Audit on /vms (docs) shows the template, and the check says what to do with it
+        assert "missing VM.Clone on /vms/9000" in str(e.value) and "add it to pool aicommons" in str(e.value)
     finally:
         sim.close()
 
@@ -559,5 +560,132 @@ def test_shared_storage_one_template_clones_to_every_node(tmp_path):
         assert all("base-9000-disk-0" in sim.cluster.cts[c.ctid].conf["rootfs"] for c in users)
         clones = [t for t in sim.cluster.tasks.values() if t.type == "vzclone"]
         assert {t.node for t in clones} == {"pve1"} and {t.id for t in clones} == {"9000"}
+    finally:
+        sim.close()
+
+
+def test_proxmox_check_reads_next_id_as_the_object_pve_returns(tmp_path, capsys):
+    """GET /cluster/options decodes `next-id` into {lower, upper} (pve-cluster parse_datacenter_config);
+    the check read it as a string before and so never saw a range that covers the site's CTIDs."""
+    from aicommons.cli import main
+
+    sim = new_sim()
+    try:
+        sim.cluster.datacenter["next-id"] = "lower=150,upper=5000"
+        site_file = write_site(sim, tmp_path, 3)
+        main(["proxmox", "check", "--file", str(site_file)])
+        out = capsys.readouterr().out
+        assert "lie in the cluster's next-id range [150, 5000)" in out
+    finally:
+        sim.close()
+
+
+def test_placement_counts_qemu_vms_and_guests_outside_the_pool(tmp_path):
+    """Issue 24: placement counted only the pool's containers, so a shared cluster was overcommitted.
+    Here pve1 holds another team's 40 GiB container (outside the pool) and pve2 a 40 GiB QEMU VM; the
+    documented ACL's read-only VM.Audit on /vms lets the driver see both, and the apply must not
+    promise any node more memory than it has."""
+    sim = new_sim(mem_gb=64)
+    try:
+        sim.add_foreign_ct("pve1", 7001, 40 * 1024)
+        sim.add_vm("pve2", 7002, 40 * 1024)
+        site_file, kw = small(sim, tmp_path, users=4)
+        result = apply_site(site_file, **kw)
+        assert result.ok, failures(result)
+        assert_no_overcommit(sim)
+    finally:
+        sim.close()
+
+
+def test_without_vm_audit_on_vms_the_nodes_use_now_is_the_floor(tmp_path):
+    sim = new_sim(mem_gb=64, acl=None)
+    try:
+        for line in documented_acl():
+            if " /vms " not in line:
+                sim.pveum(line)
+        sim.add_foreign_ct("pve1", 7001, 60 * 1024)  # 15 GiB of it in use now (a quarter, as the sim models)
+        caps = kw_driver(sim, tmp_path).capacities()
+        assert caps["pve1"].used_mem_mb >= 15 * 1024 + 2048  # the host's own use and the foreign guest's
+        assert caps["pve2"].used_mem_mb < 4096
+    finally:
+        sim.close()
+
+
+def kw_driver(sim, tmp_path):
+    site_file = write_site(sim, tmp_path, 1)
+    return engine_kw(sim, site_file)["driver"]
+
+
+def test_the_os_template_is_checked_on_every_node(tmp_path, capsys):
+    """Issue 24: `local` is not shared, so each node has its own OS templates; one downloaded on pve1
+    only made every create on pve2/pve3 fail mid-apply."""
+    from aicommons.cli import main
+
+    sim = new_sim()
+    try:
+        with sim.cluster.lock:
+            for node in ("pve2", "pve3"):
+                sim.cluster.templates_on_disk[node].clear()
+        site_file = write_site(sim, tmp_path, 3)
+        assert main(["proxmox", "check", "--file", str(site_file)]) == 1
+        out = capsys.readouterr().out
+        assert "is not on node(s) pve2, pve3" in out and "pveam download" in out
+    finally:
+        sim.close()
+
+
+def test_a_template_without_keyctl_is_reported(tmp_path, capsys):
+    """Issue 24: a user template without keyctl=1 passed the preflight, and Docker failed in every clone."""
+    from aicommons.cli import main
+
+    sim = new_sim(templates=False)
+    try:
+        for i, node in enumerate(NODES):
+            sim.add_template(node, 9000 + i, features="nesting=1")
+        site_file = write_site(sim, tmp_path, 3)
+        assert main(["proxmox", "check", "--file", str(site_file)]) == 1
+        assert "features must include keyctl=1" in capsys.readouterr().out
+    finally:
+        sim.close()
+
+
+def test_a_lost_clone_answer_is_recovered_once_the_task_ends(tmp_path):
+    """PVE adds a clone to its pool only when the clone task ends (pve-container clone_vm:
+    add_vm_to_pool in the worker), so while it runs the token cannot see it. A clone whose HTTP answer
+    was lost fails that run without repeating the write; the next apply, after the task ended,
+    adopts the clone instead of cloning again."""
+    import time as _t
+
+    sim = new_sim(nodes=1)
+    try:
+        site_file, kw = small(sim, tmp_path, users=1)
+        sim.cluster.task_seconds["vzclone"] = 1.5
+        orig = sim.api.call
+
+        def lose_clone_answer(method, path, params, headers):
+            out = orig(method, path, params, headers)
+            if method == "POST" and path.endswith("/clone"):
+                sim.api.call = orig  # only the first clone's answer is lost
+                raise ConnectionResetError("answer lost")
+            return out
+
+        sim.api.call = lose_clone_answer
+        first = apply_site(site_file, **kw)
+        (lost,) = [o for o in first.errors if o.step.startswith("container.") and "not repeated" in (o.detail or "")]
+        ctid = int(lost.step.split(".")[1])
+        with sim.cluster.lock:
+            clones = [t for t in sim.cluster.tasks.values() if t.type == "vzclone"]
+            in_pool_meanwhile = sim.cluster.cts[ctid].pool
+        assert in_pool_meanwhile is None  # invisible to the token while the task runs, as on PVE
+        deadline = _t.monotonic() + 30
+        while sim.cluster.cts[ctid].pool != "aicommons":
+            assert _t.monotonic() < deadline, "the clone task never ended"
+            _t.sleep(0.1)
+        second = apply_site(site_file, **kw)
+        assert second.ok, failures(second)
+        with sim.cluster.lock:
+            now = [t for t in sim.cluster.tasks.values() if t.type == "vzclone"]
+            assert len(now) == len(clones) + 1  # the other user's clone, not this one again: adopted
+            assert sim.cluster.cts[ctid].conf["tags"].split(";")[0] == "aicommons"
     finally:
         sim.close()

@@ -143,3 +143,35 @@ def test_archive_to_a_storage_without_backups_is_refused_and_nothing_is_destroye
     except PermanentError as exc:
         assert "driver.backup_storage" in str(exc) and "local-lvm" in str(exc)
     assert 200 in sim.cluster.cts and _archives(sim, 200) == []
+
+
+def test_a_sixth_protected_archive_is_refused_before_anything_changes(sim, tmp_path):
+    """Issue 24: without Datastore.Allocate on the backup storage PVE keeps at most 5 protected
+    backups per guest there (pve-storage get_max_protected_backups), and CTIDs are reused with
+    addresses. The removal must be refused whole, with what to grant, not stopped half-way."""
+    from aicommons.errors import PermanentError
+    from aicommons.ops.users import remove_user
+
+    site_file, kw = _site(sim, tmp_path, 2)
+    assert apply_site(site_file, **kw).ok
+    ctid = 200
+    node = sim.cluster.cts[ctid].node
+    with sim.cluster.lock:  # five earlier people at this address, each archived when they left
+        for i in range(5):
+            volid = f"local:backup/vzdump-lxc-{ctid}-2026_0{i + 1}_01-00_00_00.tar.zst"
+            sim.cluster.volumes.setdefault((node, "local"), {})[volid] = {
+                "volid": volid, "content": "backup", "format": "tar.zst", "vmid": ctid, "ctime": 1 + i,
+                "size": 1, "protected": 1}
+    user = next(c.name for c in plan_site(site_file, **kw).resolved.containers if c.ctid == ctid)
+    before = sim.writes()
+    try:
+        remove_user(site_file, user, driver=kw["driver"], backends=[], target=kw["target"])
+        raise AssertionError("the removal should have been refused")
+    except PermanentError as exc:
+        assert "5 protected archives" in str(exc) and "Datastore.Allocate on /storage/local" in str(exc)
+    assert sim.cluster.cts[ctid].status == "running" and sim.writes() == before  # nothing changed
+    sim.pveum('pveum role add AicommonsArchives -privs "Datastore.Allocate"')
+    sim.pveum("pveum acl modify /storage/local -user aicommons@pve -role AicommonsArchives")
+    result = apply_site(site_file, **kw)  # the site file already says the user left: apply carries it out
+    assert result.ok, [(o.step, o.detail) for o in result.errors]
+    assert ctid not in sim.cluster.cts and len(_archives(sim, ctid)) == 6

@@ -196,6 +196,17 @@ def test_created_rules_go_to_the_top_whatever_pos_says_and_moveto_moves(api, sim
     assert rules.get()[3]["dport"] == "10" and rules.get()[3]["enable"] == 1
 
 
+def test_a_dport_list_of_more_than_15_numbers_is_refused_as_pve_does(api):
+    """pve-firewall parse_port_name_number_or_range: numbers count 1, ranges 2, > 15 dies."""
+    rules = api.nodes("pve1").lxc(500).firewall.rules
+    rules.post(type="in", action="ACCEPT", dport=",".join(str(1000 + i) for i in range(15)), enable=1)
+    with pytest.raises(ResourceException) as e:
+        rules.post(type="in", action="ACCEPT", dport=",".join(str(1000 + i) for i in range(16)), enable=1)
+    assert "too many entries in port list" in str(e.value)
+    with pytest.raises(ResourceException):
+        rules.post(type="in", action="ACCEPT", dport="1:2," + ",".join(str(1000 + i) for i in range(14)), enable=1)
+
+
 def test_ipset_entries_are_normalised_on_read_back(api):
     api.cluster.firewall.ipset.post(name="norm")
     api.cluster.firewall.ipset("norm").post(cidr="10.0.5.7/24")
@@ -222,7 +233,7 @@ def test_next_id_follows_the_datacenter_range(api, sim):
     sim.cluster.datacenter["next-id"] = "lower=7000,upper=7002"
     try:
         assert api.cluster.nextid.get() == "7000"
-        assert api.cluster.options.get()["next-id"] == "lower=7000,upper=7002"
+        assert api.cluster.options.get()["next-id"] == {"lower": 7000, "upper": 7002}  # decoded, as PVE does
         with pytest.raises(ResourceException) as e:
             api.cluster.nextid.get(vmid=9000)
         assert e.value.status_code == 400

@@ -143,6 +143,26 @@ def _dyn(files, name):
     return yaml.safe_load(files[f"traefik/dynamic/{name}"].content)
 
 
+def test_kotaemon_gets_the_site_models_and_langfuse_media_the_public_s3_route(files, site):
+    """Issue 24, against each app's own code: Kotaemon's flowsettings.py adds its Ollama models only
+    when LOCAL_MODEL is set; Langfuse presigns browser uploads from its one MEDIA endpoint."""
+    kh = yaml.safe_load(files["users/user7/docker-compose.yml"].content)["services"]["kotaemon"]["environment"]
+    assert "LOCAL_MODEL" not in kh  # the reference site pulls no Ollama model: nothing to name
+
+    def ollama_models(d):
+        d["models"] = ["llama3.2:3b", "nomic-embed-text"]
+        d["embedding"] = {"model": "nomic-embed-text"}
+
+    other = make_site(2, ollama_models)
+    kh = yaml.safe_load(render_site(other, FakeSecrets())["users/user1/docker-compose.yml"].content)
+    kh = kh["services"]["kotaemon"]["environment"]
+    assert kh["LOCAL_MODEL"] == "llama3.2:3b" and kh["LOCAL_MODEL_EMBEDDINGS"] == "nomic-embed-text"
+    assert kh["KH_OLLAMA_URL"].endswith("/v1/")
+    lf = yaml.safe_load(files["services/langfuse/docker-compose.yml"].content)["services"]["langfuse-web"]["environment"]
+    assert lf["LANGFUSE_S3_MEDIA_UPLOAD_ENDPOINT"] == f"https://s3.{site.site.domain}"
+    assert lf["LANGFUSE_S3_EVENT_UPLOAD_ENDPOINT"].startswith("http://10.0.5.")  # the server's own writes stay inside
+
+
 def test_user_file_routes_every_app_behind_its_owner(files, site):
     for t in site.tenants:
         c = site.container(t.ctid)
@@ -275,6 +295,14 @@ def test_blueprints_bind_each_app_to_its_owner(files, site):
         "kubernetes_image_pull_secrets", "kubernetes_ingress_class_name", "kubernetes_json_patches"}
     site_binds = [e for e in site_bp["entries"] if e["model"] == "authentik_policies.policybinding"]
     assert len(site_binds) == len(shared_guarded) and {b["attrs"]["group"] for b in site_binds} == {"site-users"}
+
+
+def test_port_lists_are_split_at_pve_firewalls_limit():
+    from aicommons.render.firewall import port_lists
+
+    assert port_lists([80]) == ["80"]
+    assert port_lists(list(range(1, 16))) == [",".join(map(str, range(1, 16)))]
+    assert port_lists(list(range(1, 32))) == [",".join(map(str, range(1, 16))), ",".join(map(str, range(16, 31))), "31"]
 
 
 def test_firewall_plan(site):

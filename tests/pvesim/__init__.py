@@ -47,12 +47,13 @@ import ipaddress
 import re
 import shlex
 import shutil
+import subprocess
 import tempfile
 from pathlib import Path
 
 from tests.pvesim.server import ApiServer
 from tests.pvesim.ssh import ExecRecord, NodeSsh, new_key, parse
-from tests.pvesim.state import Cluster, Ct, Fault, GiB, Node, Storage, new_secret
+from tests.pvesim.state import Cluster, Ct, Fault, GiB, MiB, Node, Storage, new_secret
 
 TEMPLATE = "local:vztmpl/debian-12-standard_12.12-1_amd64.tar.zst"
 
@@ -179,6 +180,22 @@ class Simulator:
         with self.cluster.lock:
             self.cluster.faults.append(Fault("task_warn", task_type=task_type, message=message))
 
+    def add_vm(self, node: str, vmid: int, mem_mb: int, cores: int = 2, running: bool = True,
+               pool: str | None = None, name: str = "vm") -> None:
+        """Another team's QEMU VM: it holds memory on `node` whether or not the token can see it."""
+        with self.cluster.lock:
+            self.cluster.vms[vmid] = {"node": node, "name": name, "maxmem": mem_mb * MiB, "maxcpu": cores,
+                                      "status": "running" if running else "stopped", "pool": pool}
+
+    def add_foreign_ct(self, node: str, vmid: int, mem_mb: int, cores: int = 2, running: bool = True) -> None:
+        """Another team's container outside the site's pool (the token has no ACL on it)."""
+        with self.cluster.lock:
+            self.cluster.cts[vmid] = Ct(vmid, node, {
+                "arch": "amd64", "ostype": "debian", "hostname": f"other-{vmid}", "memory": str(mem_mb),
+                "swap": "0", "cores": str(cores), "unprivileged": "1",
+                "rootfs": f"{self.cluster.storage}:vm-{vmid}-disk-0,size=8G"}, pool=None)
+            self.cluster.cts[vmid].status = "running" if running else "stopped"
+
     def fill_node(self, node: str) -> None:
         with self.cluster.lock:
             self.cluster.faults.append(Fault("node_full", node=node, times=10**9))
@@ -254,9 +271,32 @@ class Simulator:
                 got = self.exec_handler(ct, argv, stdin)
                 if got is not None:
                     return got
-            if argv[:1] == ["cat"] and len(argv) == 2:
-                return (0, ct.fs[argv[1]], b"") if argv[1] in ct.fs else (1, b"", b"No such file\n")
-            return 0, b"", b""
+            return _inside(ct, argv)
+
+
+def _inside(ct, argv: list[str]) -> tuple[int, bytes, bytes]:
+    """What a command does inside a container, for the commands the driver runs. Anything else fails
+    (127, as a shell does for an unknown command): an answer of 0 to whatever was asked hid scripts
+    that were never even parsed. Scripts are parsed by the real /bin/sh (`sh -n`; dash on Debian, as
+    in the container) and refused with its message when they do not parse; they are not run."""
+    if argv[:1] == ["cat"] and len(argv) == 2:
+        return (0, ct.fs[argv[1]], b"") if argv[1] in ct.fs else (1, b"", b"No such file\n")
+    if argv[:2] == ["mkdir", "-p"] and len(argv) >= 3:
+        return 0, b"", b""
+    if argv[:2] == ["sh", "-eu"] and len(argv) == 3:  # a pushed script, run by path
+        if argv[2] not in ct.fs:
+            return 127, b"", f"sh: 0: cannot open {argv[2]}: No such file\n".encode()
+        return _parses(ct.fs[argv[2]])
+    if argv[:2] == ["sh", "-c"] and len(argv) >= 3:
+        return _parses(argv[2].encode())
+    if argv[:2] == ["docker", "compose"]:  # Docker in the template: the provision tests model its absence
+        return 0, b"Docker Compose version v2.40.0\n" if argv[2:3] == ["version"] else b"", b""
+    return 127, b"", f"pvesim: `{' '.join(argv)[:80]}` is not modelled inside a container\n".encode()
+
+
+def _parses(script: bytes) -> tuple[int, bytes, bytes]:
+    proc = subprocess.run(["sh", "-n"], input=script, capture_output=True)
+    return (0, b"", b"") if proc.returncode == 0 else (2, b"", proc.stderr)
 
 
 __all__ = ["Simulator", "TEMPLATE", "parse"]

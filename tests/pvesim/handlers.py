@@ -154,10 +154,16 @@ def nextid(ctx):
 
 @route("GET", "/cluster/options")
 def cluster_options(ctx):
-    """pve-manager PVE/API2/Cluster.pm `get_options`: all of datacenter.cfg with Sys.Audit on /."""
+    """pve-manager PVE/API2/Cluster.pm `get_options`: all of datacenter.cfg with Sys.Audit on /, as
+    pve-cluster PVE/DataCenterConfig.pm `parse_datacenter_config` returns it: property strings with a
+    format (`next-id`, `migration`, `ha`, ...) decoded into objects by parse_property_string."""
     if not ctx.can("/", "Sys.Audit"):
         return {}
-    return dict(ctx.cl.datacenter)
+    out: dict[str, object] = dict(ctx.cl.datacenter)
+    if out.get("next-id"):
+        props = dict(i.split("=", 1) for i in ctx.cl.datacenter["next-id"].split(",") if "=" in i)
+        out["next-id"] = {k: int(v) for k, v in props.items() if k in ("lower", "upper")}
+    return out
 
 
 @route("GET", "/cluster/mapping/pci")
@@ -251,7 +257,7 @@ def lxc_create(ctx):
 
     def work(task):
         task.log.append(f"extracting archive '{template}'")
-        if template not in cl.templates_on_disk:
+        if template not in cl.templates_on_disk.get(node, set()):
             cl.cts.pop(vmid, None)
             raise PveError(500, f"volume '{template}' does not exist")
         try:
@@ -294,7 +300,11 @@ def lxc_clone(ctx):
         if ctx.p.get(key):
             conf[key] = ctx.p[key]
     conf["lock"] = "create"
-    new = Ct(newid, target, conf, pool=ctx.p.get("pool"))
+    # Not in the pool yet: pve-container `clone_vm` adds the new CT to its pool in the worker, after
+    # the disks are cloned (PVE::AccessControl::add_vm_to_pool), so a token whose ACL reaches guests
+    # through the pool does not see it until the task ends.
+    new = Ct(newid, target, conf, pool=None)
+    pool = ctx.p.get("pool")
     cl.cts[newid] = new
 
     def undo():  # the worker's error path: source unlocked, the half-made CT removed
@@ -309,6 +319,7 @@ def lxc_clone(ctx):
         except PveError:
             cl.cts.pop(newid, None)
             raise
+        new.pool = pool
         new.conf.pop("lock", None)
     upid = cl.start_task(node, "vzclone", str(src.vmid), ctx.user, work)
     cl.tasks[upid].undo = undo

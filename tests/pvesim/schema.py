@@ -75,6 +75,10 @@ def _check_format(fmt: str, value: str) -> str | None:
         ok = STARTUP_RE.match(value) is not None
     elif fmt in ("pve-fw-dport-spec", "pve-fw-sport-spec"):
         ok = PORTSPEC_RE.match(value) is not None
+        # pve-firewall PVE/Firewall.pm parse_port_name_number_or_range: a number counts 1, a range
+        # a:b counts 2 (iptables multiport's limit), more than 15 dies.
+        if ok and sum(2 if ":" in p else 1 for p in value.split(",")) > 15:
+            return "too many entries in port list (> 15 numbers)"
     elif fmt == "pve-fw-protocol-spec":
         ok = re.match(r"^(\d+|[a-z][a-z0-9\-]*)$", value, re.I) is not None
     elif fmt == "pve-fw-addr-spec":

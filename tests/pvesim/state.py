@@ -96,6 +96,7 @@ class Storage:
     plugintype: str  # lvmthin, zfspool, rbd, btrfs, dir, nfs, cifs, lvm, cephfs, ...
     content: str  # rootdir,images / vztmpl,iso,backup / ...
     shared: bool = False
+    max_protected: int | None = None  # storage.cfg `max-protected-backups`
 
 
 # Which storage types can make a *linked* clone of a container template's volume.
@@ -136,6 +137,8 @@ class Cluster:
         self.access = Access()
         self.datacenter: dict[str, str] = {}  # datacenter.cfg, e.g. {"next-id": "lower=1000,upper=2000"}
         self.cts: dict[int, Ct] = {}
+        # QEMU VMs of other teams (not modelled beyond what /cluster/resources shows of them)
+        self.vms: dict[int, dict] = {}  # vmid -> {node, name, maxmem (bytes), maxcpu, status, pool}
         self.tasks: dict[str, Task] = {}
         self.pools: dict[str, dict] = {}
         self.fw_groups: dict[str, list[dict]] = {}
@@ -148,7 +151,11 @@ class Cluster:
         self.faults: list[Fault] = []
         self.hung: list[Task] = []
         self._pid = itertools.count(0x1000)
-        self.templates_on_disk = {"local:vztmpl/debian-12-standard_12.12-1_amd64.tar.zst"}
+        # OS templates per node: on a storage that is not shared (`local`) each node has its own files,
+        # as `pveam download <node> local ...` puts them (pve-storage: volumes of a non-shared storage
+        # exist only on the node that holds them).
+        self.templates_on_disk: dict[str, set[str]] = {
+            n.name: {"local:vztmpl/debian-12-standard_12.12-1_amd64.tar.zst"} for n in nodes}
         for n in nodes:
             if n.gpu:
                 self.pci_mappings.append({"id": f"gpu-{n.name}", "map": [f"node={n.name},path=0000:01:00.0,id=10de:2204"]})
@@ -180,9 +187,19 @@ class Cluster:
         return self.storages[sid]
 
     def committed(self, node: str) -> tuple[int, int]:
-        mem = sum(c.mem_bytes() for c in self.cts.values() if c.node == node and not c.template)
-        cores = sum(int(c.conf.get("cores", "1")) for c in self.cts.values() if c.node == node and not c.template)
+        """Memory and cores promised to every guest on `node`: containers and QEMU VMs alike."""
+        cts = [c for c in self.cts.values() if c.node == node and not c.template]
+        vms = [v for v in self.vms.values() if v["node"] == node]
+        mem = sum(c.mem_bytes() for c in cts) + sum(v["maxmem"] for v in vms)
+        cores = sum(int(c.conf.get("cores", "1")) for c in cts) + sum(v["maxcpu"] for v in vms)
         return mem, cores
+
+    def mem_in_use(self, node: str) -> int:
+        """The node's `mem` (bytes in use now): the host's own 2 GiB, a quarter of each running
+        container's memory and half of each running VM's (a VM's RAM is allocated as the guest touches it)."""
+        cts = sum(c.mem_bytes() // 4 for c in self.cts.values() if c.node == node and c.status == "running")
+        vms = sum(v["maxmem"] // 2 for v in self.vms.values() if v["node"] == node and v["status"] == "running")
+        return 2 * GiB + cts + vms
 
     # ---- tasks --------------------------------------------------------------------------
     def start_task(self, node: str, ttype: str, tid: str, user: str, work, seconds: float | None = None) -> str:
@@ -266,9 +283,8 @@ class Cluster:
         out: list[dict] = []
         if rtype in (None, "node"):
             for n in self.nodes.values():
-                used = sum(c.mem_bytes() // 4 for c in self.cts.values() if c.node == n.name and c.status == "running")
                 e = {"id": f"node/{n.name}", "type": "node", "node": n.name, "status": "online",
-                     "maxmem": n.maxmem, "mem": 2 * GiB + used, "maxcpu": n.maxcpu,
+                     "maxmem": n.maxmem, "mem": self.mem_in_use(n.name), "maxcpu": n.maxcpu,
                      "cpu": 0.05, "maxdisk": 100 * GiB, "disk": 10 * GiB, "uptime": 86400, "level": ""}
                 if not can(f"/nodes/{n.name}", "Sys.Audit"):
                     e = {k: e[k] for k in ("id", "type", "node", "status")}
@@ -289,6 +305,16 @@ class Cluster:
                     e["pool"] = c.pool
                 if c.lock:
                     e["lock"] = c.lock
+                out.append(e)
+            for vmid, v in sorted(self.vms.items()):
+                if not can(f"/vms/{vmid}", "VM.Audit"):
+                    continue
+                e = {"id": f"qemu/{vmid}", "type": "qemu", "vmid": vmid, "node": v["node"], "name": v["name"],
+                     "status": v["status"], "maxmem": v["maxmem"],
+                     "mem": v["maxmem"] // 2 if v["status"] == "running" else 0, "maxcpu": v["maxcpu"],
+                     "cpu": 0.0, "maxdisk": 32 * GiB, "disk": 0, "template": 0, "uptime": 100}
+                if v.get("pool") and can(f"/pool/{v['pool']}", "Pool.Audit"):
+                    e["pool"] = v["pool"]
                 out.append(e)
         if rtype in (None, "storage"):
             for st in self.storages.values():

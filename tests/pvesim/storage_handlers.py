@@ -41,6 +41,12 @@ def vzdump(ctx):
     ext = {"zstd": ".zst", "gzip": ".gz", "1": ".lzo", "lzo": ".lzo"}.get(compress, "")
     notes = ctx.p.get("notes-template")
     protected = ctx.bool("protected")
+    # pve-storage PVE/Storage.pm get_max_protected_backups: unlimited with Datastore.Allocate on the
+    # storage, else the storage's max-protected-backups, else 5; vzdump refuses the next protected
+    # backup of a guest beyond it (as update_volume_attribute does when protecting one).
+    configured = cl.storage_of(storage).max_protected
+    cap = configured if configured is not None else \
+        -1 if ctx.root or ctx.can(f"/storage/{storage}", "Datastore.Allocate") else 5
 
     def work(task):
         task.log.append(f"INFO: starting new backup job: vzdump {' '.join(map(str, vmids))} --storage {storage} "
@@ -60,6 +66,14 @@ def vzdump(ctx):
                 task.log.append(f"ERROR: Backup of VM {vmid} failed - CT is locked ({ct.lock})")
                 failed = True
                 continue
+            if protected and cap > -1:
+                have = [v for v in cl.volumes.get((node, storage), {}).values()
+                        if v.get("vmid") == vmid and v.get("protected")]
+                if len(have) >= cap:
+                    task.log.append(f"ERROR: Backup of VM {vmid} failed - The number of protected backups per guest "
+                                    f"is limited to {cap} on storage '{storage}'")
+                    failed = True
+                    continue
             stamp = time.strftime("%Y_%m_%d-%H_%M_%S", time.gmtime())
             name = f"vzdump-lxc-{vmid}-{stamp}.tar{ext}"
             task.log.append(f"INFO: status = {ct.status}")
@@ -90,7 +104,7 @@ def storage_content(ctx):
                              "vmid": ct.vmid, "size": ct.disk_gb() * 1024**3})
     if "vztmpl" in content:
         rows += [{"volid": v, "content": "vztmpl", "format": "tzst", "size": 120 * 1024**2}
-                 for v in sorted(cl.templates_on_disk) if v.startswith(f"{storage}:")]
+                 for v in sorted(cl.templates_on_disk.get(node, set())) if v.startswith(f"{storage}:")]
     rows += list(cl.volumes.get((node, storage), {}).values())
     want = set(filter(None, ctx.p.get("content", "").split(",")))
     vmid = ctx.int("vmid")

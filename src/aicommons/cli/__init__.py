@@ -8,7 +8,7 @@ import sys
 import typer
 from rich.markup import escape
 
-from aicommons.cli import apps, catalog, engine, ops, plan, portal, proxmox, render, site, users
+from aicommons.cli import apps, catalog, doctor, engine, gateway, ops, plan, portal, proxmox, render, site, users
 from aicommons.cli.common import err_console
 from aicommons.errors import AicError
 
@@ -20,7 +20,7 @@ app = typer.Typer(
     add_completion=False,
 )
 
-for module in (site, plan, render, engine, users, ops, apps, catalog, proxmox, portal):
+for module in (site, plan, render, engine, users, ops, apps, catalog, proxmox, portal, doctor, gateway):
     module.register(app)
 
 

@@ -75,8 +75,13 @@ def up(
     parallelism: Annotated[int, Parallel] = 4,
     lock_timeout: Annotated[float, LockWait] = 0.0,
     state: Annotated[str | None, StateOpt] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Run every preflight and show the plan; write and "
+                                          "change nothing (the site file `up` would write is only shown).")] = False,
 ) -> None:
     """Write site.yaml if it is missing (LXC driver, the reference architecture's core services, 3 users), then plan and apply."""
+    if dry_run:
+        _dry_run(file, users, state)
+        return
     if not file.exists():
         from aicommons.fsutil import write_file
         from aicommons.spec.default import LXC_CORE, render_site_yaml
@@ -87,6 +92,26 @@ def up(
             console.print(f"wrote {file} (LXC driver, {len(LXC_CORE)} core services, {users} users)")
     _run(file, yes=yes, question="bring the site up?", parallelism=parallelism, lock_timeout=lock_timeout,
          state_path=state)
+
+
+def _dry_run(file: Path, users: int, state: str | None) -> None:
+    """`up --dry-run`: the host preflight (what `up` would refuse on), the site file's checks and the
+    plan, all read-only. A missing site file is the default `up` would write, read from a scratch copy."""
+    import tempfile
+
+    from aicommons.cli.plan import print_changes
+    from aicommons.engine.api import plan_site
+    from aicommons.spec.default import LXC_CORE, render_site_yaml
+
+    with tempfile.TemporaryDirectory(prefix="aicommons-up-") as tmp:
+        if not file.exists():
+            console.print(f"would write {file} (LXC driver, {len(LXC_CORE)} core services, {users} users)")
+            file = Path(tmp) / file.name
+            file.write_text(render_site_yaml(users=users, driver="lxc", services=LXC_CORE))
+        plan = plan_site(file, state_path=state, check_host=True)
+        console.print("preflight: this host has every program and package the site's driver runs")
+        print_changes(plan)
+    console.print("dry run: nothing was written or changed; `aicommons up` without --dry-run applies it")
 
 
 def down(

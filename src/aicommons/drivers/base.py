@@ -146,9 +146,10 @@ class ComputeDriver(Protocol):
 
 @runtime_checkable
 class ChecksPlans(Protocol):
-    def check(self, plan: Any) -> None:
+    def check(self, plan: Any, *, purge: bool = False) -> None:
         """Refuse (PermanentError) a plan the back end cannot carry out whole, before any change.
-        `plan` is the engine's Plan (engine/model.py; not imported: drivers sit below the engine)."""
+        `plan` is the engine's Plan (engine/model.py; not imported: drivers sit below the engine);
+        `purge`: removed containers are destroyed without an archive."""
 
 
 @runtime_checkable

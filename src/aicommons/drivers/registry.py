@@ -52,6 +52,17 @@ def driver_for(site: Site, **options) -> ComputeDriver:
     raise PermanentError(f"driver.kind: unknown driver {kind!r}; use proxmox or lxc")
 
 
+def check_host(site: Site, *, destroy: bool = False) -> None:
+    """Refuse at once (PermanentError, the whole list and the command that installs it) when this
+    host lacks a program or package the site's driver runs to apply it (or, destroy, to take it down).
+    The LXC driver's list is drivers/lxc/needs.py; a Proxmox site needs nothing on this host beyond
+    the Python packages (its checks are of the cluster: ProxmoxDriver.check)."""
+    if site.driver.kind == "lxc":
+        from aicommons.drivers.lxc import needs
+
+        needs.require(needs.DOWN if destroy else needs.APPLY)
+
+
 def enter_site_network(site: Site, owner: str | None = None) -> None:
     """Run the calling command where the site's addresses exist, before it dials them.
 

@@ -303,8 +303,24 @@ def build_plan(s: Session, *, destroy: bool = False) -> Plan:
                 s.notes + notes, destroy)
 
 
+def preflight(site_file, *, destroy: bool = False) -> None:
+    """Before the state is opened or anything changes: refuse when this host lacks what the site's
+    driver runs (drivers/registry.check_host). Only for the driver the site names (an injected
+    driver, or the file-backed fakes, bring their own world)."""
+    if os.environ.get("AICOMMONS_FAKE_DIR") or not Path(site_file).exists():
+        return  # no site file: Session says so
+    from aicommons.drivers.registry import check_host
+    from aicommons.spec import load_site
+
+    check_host(load_site(Path(site_file))[0], destroy=destroy)
+
+
 def plan_site(site_file, *, state_path=None, driver=None, backends=None, renderer=None, target=None,
-              destroy: bool = False) -> Plan:
+              destroy: bool = False, check_host: bool = False) -> Plan:
+    """The plan (read-only: no state, key or secret is made). check_host: run the driver's host
+    preflight first, as apply does (`up --dry-run`)."""
+    if check_host and driver is None:
+        preflight(site_file, destroy=destroy)
     s = Session(site_file, state_path=state_path, driver=driver, backends=backends, renderer=renderer, target=target,
                 read_only=True)
     try:
@@ -373,6 +389,8 @@ def apply_site(site_file, *, state_path=None, targets=None, yes: bool = True, dr
     saved = json.loads(Path(plan_file).read_text()) if plan_file else None
     if saved is not None:
         destroy = bool(saved.get("destroy"))
+    if driver is None:
+        preflight(site_file, destroy=destroy)  # at once: nothing opened, locked or changed yet
     s = Session(site_file, state_path=state_path, driver=driver, backends=backends, renderer=renderer, target=target)
     lock = StateLock(s.state, command)
     locked = False
@@ -401,7 +419,7 @@ def apply_site(site_file, *, state_path=None, targets=None, yes: bool = True, dr
             rep.line("no changes: the site matches the plan")
             return result
         if isinstance(s.driver, ChecksPlans) and not plan.destroy:
-            s.driver.check(plan)  # the driver refuses a plan it cannot carry out whole, before any change (drivers/base.py)
+            s.driver.check(plan, purge=purge)  # the driver refuses a plan it cannot carry out whole, before any change (drivers/base.py)
         run_id = result.run_id = s.state.begin_run(command)
         rep.open_log(run_id)
         ctx = Context(s.state, s.secrets, s.driver, s.target, redact, purge=purge, control=s.control)

@@ -25,13 +25,34 @@ def user_networks(site: Site) -> list[Net]:
 
 def operator_sources(site: Site) -> tuple[str, ...]:
     """operator_allow minus every user range, as sorted, collapsed CIDRs."""
-    keep: list[Net] = [ipaddress.IPv4Network(c, strict=False) for c in site.network.traefik.operator_allow]
-    for hole in user_networks(site):
-        nxt: list[Net] = []
-        for net in keep:
-            if hole.subnet_of(net):
-                nxt.extend(net.address_exclude(hole))
-            elif not net.subnet_of(hole):
-                nxt.append(net)
-        keep = nxt
-    return tuple(str(n) for n in ipaddress.collapse_addresses(keep))
+    allow = _merged([(int(n.network_address), int(n.broadcast_address)) for n in
+                     (ipaddress.IPv4Network(c, strict=False) for c in site.network.traefik.operator_allow)])
+    holes = _merged([(int(n.network_address), int(n.broadcast_address)) for n in user_networks(site)])
+    # Both lists are sorted and disjoint: one sweep subtracts the holes (linear, however many user
+    # ranges a large site has).
+    keep: list[tuple[int, int]] = []
+    j = 0
+    for lo, hi in allow:
+        while j < len(holes) and holes[j][1] < lo:
+            j += 1
+        k = j
+        while lo <= hi and k < len(holes) and holes[k][0] <= hi:
+            if holes[k][0] > lo:
+                keep.append((lo, holes[k][0] - 1))
+            lo = max(lo, holes[k][1] + 1)
+            k += 1
+        if lo <= hi:
+            keep.append((lo, hi))
+    nets = [n for lo, hi in keep for n in ipaddress.summarize_address_range(
+        ipaddress.IPv4Address(lo), ipaddress.IPv4Address(hi))]
+    return tuple(str(n) for n in ipaddress.collapse_addresses(nets))
+
+
+def _merged(spans: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    out: list[tuple[int, int]] = []
+    for lo, hi in sorted(spans):
+        if out and lo <= out[-1][1] + 1:
+            out[-1] = (out[-1][0], max(out[-1][1], hi))
+        else:
+            out.append((lo, hi))
+    return out

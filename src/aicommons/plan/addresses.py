@@ -18,6 +18,7 @@ BACKEND_KEYS = {
     "redis": ("redis_password",),
     "s3": ("s3_access_key", "s3_secret_key"),
     "qdrant": (),
+    "gateway": ("gateway_key",),
 }
 
 
@@ -45,5 +46,6 @@ def tenant_addresses(t: Tenant) -> dict[str, list[str]]:
         "redis": [f"redis.user.{t.redis_user}"],
         "qdrant": [f"qdrant.collection.{c}" for c in t.qdrant_collections],
         "s3": [f"s3.bucket.{b}" for b in t.buckets],
+        "gateway": [f"gateway.key.{t.user}"] if t.gateway else [],
     }
     return {k: v for k, v in out.items() if v}

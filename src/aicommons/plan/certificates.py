@@ -13,6 +13,7 @@ So adding a user changes at most one certificate and nothing issued is reshuffle
 
 from __future__ import annotations
 
+import heapq
 import json
 import re
 
@@ -31,31 +32,54 @@ def plan_certificates(units: list[tuple[str, ...]], current: dict[str, tuple[str
         return (Certificate(WILDCARD, (wildcard_domain, f"*.{wildcard_domain}"), wildcard=True),)
     wanted = {h for u in units for h in u}
     certs: dict[str, list[str]] = {}
+    home_of: dict[str, str] = {}  # host -> its certificate
     current = current or {}
     for name in sorted(current, key=_number):
         if not _NAME.match(name):
             continue  # e.g. the wildcard of a site that moved to HTTP-01: planned afresh
-        kept = [h for h in current[name] if h in wanted and not any(h in c for c in certs.values())]
+        kept = [h for h in dict.fromkeys(current[name]) if h in wanted and h not in home_of]
         if kept:
             certs[name] = kept
-    placed = {h for hs in certs.values() for h in hs}
+            home_of.update(dict.fromkeys(kept, name))
+    rooms = _Rooms(certs)
     for unit in units:
-        new = [h for h in dict.fromkeys(unit) if h not in placed]
+        new = [h for h in dict.fromkeys(unit) if h not in home_of]
         if not new:
             continue
-        home = _with_room(certs, unit, len(new))
+        holding = sorted({home_of[h] for h in unit if h in home_of}, key=_number)
+        home = next((n for n in holding if len(certs[n]) + len(new) <= MAX_NAMES), None) or rooms.first(len(new))
         if home is None:
-            home = _next_name(certs, current or {})
+            home = _next_name(certs, current)
             certs[home] = []
         certs[home].extend(new)
-        placed.update(new)
+        home_of.update(dict.fromkeys(new, home))
+        rooms.filed(home)
     return tuple(Certificate(n, tuple(hs)) for n, hs in sorted(certs.items(), key=lambda kv: _number(kv[0])))
 
 
-def _with_room(certs: dict[str, list[str]], unit: tuple[str, ...], size: int) -> str | None:
-    """The certificate already holding part of the unit if it has room, else the first with room."""
-    order = sorted(certs, key=lambda n: (not any(h in certs[n] for h in unit), _number(n)))
-    return next((n for n in order if len(certs[n]) + size <= MAX_NAMES), None)
+class _Rooms:
+    """The lowest-numbered certificate with room for n more names, without scanning them all:
+    certificates are filed by how many names they hold (a heap of numbers per count, stale entries
+    dropped when seen), so planning stays linear in the number of users."""
+
+    def __init__(self, certs: dict[str, list[str]]) -> None:
+        self.certs = certs
+        self.by_count: dict[int, list[tuple[int, str]]] = {}
+        for name in certs:
+            self.filed(name)
+
+    def filed(self, name: str) -> None:
+        heapq.heappush(self.by_count.setdefault(len(self.certs[name]), []), (_number(name), name))
+
+    def first(self, n: int) -> str | None:
+        best: tuple[int, str] | None = None
+        for count in range(MAX_NAMES - n + 1):
+            heap = self.by_count.get(count)
+            while heap and len(self.certs[heap[0][1]]) != count:
+                heapq.heappop(heap)  # it has grown since it was filed here
+            if heap and (best is None or heap[0] < best):
+                best = heap[0]
+        return best[1] if best else None
 
 
 def _next_name(certs: dict[str, list[str]], current: dict[str, tuple[str, ...]]) -> str:

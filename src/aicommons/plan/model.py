@@ -73,6 +73,7 @@ class Tenant:
     ports: dict[str, int]
     hosts: dict[str, str]
     qdrant_vector_size: int = 384  # the site's embedding dimensions (state records before it had none)
+    gateway: bool = False  # has a model-gateway key (services.gateway is enabled)
 
 
 @dataclass(frozen=True, slots=True)

@@ -57,6 +57,9 @@ def user_hostname(user: str) -> str:
     return f"user-{user}"
 
 
+MIN_CTID = 100  # PVE's `pve-vmid` format: 100..999999999 (pve-common PVE::JSONSchema)
+
+
 def ctid_for(ip: ipaddress.IPv4Address, primary: ipaddress.IPv4Network) -> int:
     """CTID = last octet in the primary /24 (the reference architecture's rule); third octet * 1000 + last elsewhere.
 

@@ -80,3 +80,20 @@ def token_claims(t: Tenant, exp: int = TOKEN_EXP) -> dict[str, Any]:
 def user_token(t: Tenant, api_key: str, exp: int = TOKEN_EXP) -> str:
     """The user's Qdrant API key (apps send it as `api-key`). Deterministic, so renders are stable."""
     return jwt.encode(token_claims(t, exp), api_key, algorithm="HS256")
+
+
+# ---- model gateway ----------------------------------------------------------------------------
+
+GATEWAY_KEY_PREFIX = "aic"
+
+
+def gateway_key(user: str, token: str) -> str:
+    """The key a person (and each of their apps) presents to the model gateway: `aic.USER.TOKEN`.
+    The user name makes the lookup a primary-key read; the token (256 random bits, a site secret)
+    is what authenticates. An app may append `~APP` (its label in usage, not part of the secret)."""
+    return f"{GATEWAY_KEY_PREFIX}.{user}.{token}"
+
+
+def gateway_key_hash(key: str) -> bytes:
+    """What the gateway stores: sha256 of the whole key (a high-entropy token needs no slow hash)."""
+    return hashlib.sha256(key.encode()).digest()

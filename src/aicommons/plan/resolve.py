@@ -58,6 +58,14 @@ def enabled_services(site: Site, catalog: Catalog) -> list[str]:
     return sorted(names_, key=lambda n: (catalog.services[n].phase, catalog.services[n].octet or 999, n))
 
 
+def _low_ctids(ctx: _Ctx, ips: list[IP]) -> str:
+    """On Proxmox, the CTIDs of `ips` below PVE's minimum VMID of 100 ('' when none or not Proxmox)."""
+    if ctx.site.driver.kind != "proxmox":
+        return ""
+    low = [c for c in (names.ctid_for(ip, ctx.site.network.subnet) for ip in ips) if c < names.MIN_CTID]
+    return "" if not low else (f"{low[0]}" if len(low) == 1 else f"{low[0]}-{low[-1]}")
+
+
 def _check_network(ctx: _Ctx) -> tuple[list[IP], list[IP]]:
     net = ctx.site.network
     loc = ("network",)
@@ -97,8 +105,17 @@ def _check_network(ctx: _Ctx) -> tuple[list[IP], list[IP]]:
         if net.gateway in r:
             ctx.problem(loc + ("user_ranges", i), f"{text} contains the gateway {net.gateway}", "exclude the gateway")
             continue
+        if low := _low_ctids(ctx, r):
+            ctx.problem(loc + ("user_ranges", i), f"{text} gives containers CTIDs {low}: below Proxmox VE's "
+                        "minimum VMID 100 (pve-vmid), so every clone would fail",
+                        "use user addresses whose last octet is 100 or more (the reference architecture's "
+                        "10.0.5.200-10.0.5.249), or a range in another /24 (CTID = third octet * 1000 + last)")
+            continue
         seen.update(r)
         users.extend(r)
+    if low := _low_ctids(ctx, shared):
+        ctx.problem(loc + ("shared_range",), f"{net.shared_range} gives containers CTIDs {low}: below Proxmox VE's "
+                    "minimum VMID 100 (pve-vmid)", "keep the shared range at .100 or above (10.0.5.100-10.0.5.199)")
     if net.traefik.address in seen:
         ctx.problem(loc + ("traefik", "address"), f"Traefik's address {net.traefik.address} lies in a container range",
                     "move Traefik out of the shared and user ranges (the reference architecture uses 10.0.4.10)")
@@ -369,7 +386,7 @@ def _allocate_users(
                 qdrant_prefix=names.qdrant_prefix(u.name), qdrant_collections=colls,
                 buckets=buckets, s3_key_name=names.s3_key_name(u.name), apps=tuple(apps),
                 ports={app.name: app.port for app in app_objs}, hosts=hosts,
-                qdrant_vector_size=site.embedding.size,
+                qdrant_vector_size=site.embedding.size, gateway="gateway" in enabled_services(site, cat),
             )
         )
         for app in app_objs:

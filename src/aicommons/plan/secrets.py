@@ -49,6 +49,8 @@ def tenant_keys(t: Tenant) -> tuple[str, ...]:
     keys = ["postgres_password", "redis_password"]
     if t.buckets:
         keys += ["s3_access_key", "s3_secret_key"]
+    if t.gateway:
+        keys.append("gateway_key")  # the person's model-gateway key (the gateway keeps only its hash)
     for app in t.apps:
         keys += APP_KEYS.get(app, ())
     return tuple(keys)

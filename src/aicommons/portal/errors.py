@@ -19,7 +19,9 @@ def http_status(exc: AicError) -> int:
 
     if isinstance(exc, (Forbidden, NotSignedIn)):
         return exc.status
-    if isinstance(exc, UnknownUser):
+    from aicommons.gateway.site import NoGateway
+
+    if isinstance(exc, (UnknownUser, NoGateway)):
         return 404
     if isinstance(exc, LockHeld):
         return 409  # another apply holds the site: try again when it is done

@@ -98,6 +98,19 @@ class _Wiring:
         return {"endpoint": url, "region": svc.app_env.get("S3_REGION_NAME", "us-east-1"),
                 "access": self.put("S3_ACCESS_KEY", kid), "secret": self.put("S3_SECRET_KEY", sec)}
 
+    def gateway(self, app: str) -> tuple[str, str | None, str] | None:
+        """(the gateway's /v1 URL, its public /v1 URL, the person's key for this app as ${VAR}),
+        or None: no gateway running, or the person has no key."""
+        url = _url(self.r, "gateway", "http")
+        if url is None or not self.t.gateway:
+            return None
+        from aicommons.plan.policy import gateway_key
+
+        route = next((x.host for x in self.r.routes if x.service == "gateway"), None)
+        key = gateway_key(self.t.user, self.secrets(self.t.user, "gateway_key")) + f"~{app}"
+        return (f"{url}/v1", f"https://{route}/v1" if route else None,
+                self.put(f"GATEWAY_KEY_{app.upper().replace('-', '_')}", key))
+
     def app_env(self, app: App, port: int, data: str | None) -> dict[str, str]:
         """The app's environment, the same for every runtime: the catalog's fixed settings
         (`App.env`: offline, no telemetry), then its wiring to this user's slice. `port` and
@@ -131,7 +144,15 @@ class _Wiring:
                 e.update(STORAGE_PROVIDER="s3", S3_ENDPOINT_URL=s3["endpoint"], S3_REGION_NAME=s3["region"],
                          S3_BUCKET_NAME=_bucket(t, "openwebui"), S3_ACCESS_KEY_ID=s3["access"],
                          S3_SECRET_ACCESS_KEY=s3["secret"], S3_ADDRESSING_STYLE="path")
-            if ollama:
+            if gw := self.gateway(app.name):
+                # Every model through the person's key (open-webui 0.6.41 config.py:1049-1067
+                # OPENAI_API_KEYS/OPENAI_API_BASE_URLS, ';'-separated lists; :2852-2859
+                # RAG_OPENAI_API_BASE_URL/_KEY, the embeddings of RAG_EMBEDDING_ENGINE=openai).
+                e.update(ENABLE_OPENAI_API="true", OPENAI_API_BASE_URLS=gw[0], OPENAI_API_KEYS=gw[2],
+                         ENABLE_OLLAMA_API="false")
+                if r.site.embedding.engine == "openai":
+                    e.update(RAG_OPENAI_API_BASE_URL=gw[0], RAG_OPENAI_API_KEY=gw[2])
+            elif ollama:
                 e.update(ENABLE_OLLAMA_API="true", OLLAMA_BASE_URL=ollama)
             else:  # nothing listens at its default (localhost:11434): do not dial it
                 e["ENABLE_OLLAMA_API"] = "false"
@@ -156,8 +177,12 @@ class _Wiring:
             e["JUPYTER_TOKEN"] = self.secret("JUPYTER_TOKEN", "jupyter_token")
             if ollama:
                 e["OLLAMA_HOST"] = ollama
+            if gw := self.gateway(app.name):  # for the person's code: the openai SDK reads both
+                e.update(OPENAI_BASE_URL=gw[0], OPENAI_API_KEY=gw[2])
         elif app.name == "code-server":
             e["PASSWORD"] = self.secret("CODE_SERVER_PASSWORD", "code_server_password")
+            if gw := self.gateway(app.name):
+                e.update(OPENAI_BASE_URL=gw[0], OPENAI_API_KEY=gw[2])
         elif app.name == "big-agi":
             if ollama:
                 e["OLLAMA_API_HOST"] = ollama
@@ -166,10 +191,21 @@ class _Wiring:
                      KH_FEATURE_USER_MANAGEMENT_ADMIN="admin")
             e["KH_FEATURE_USER_MANAGEMENT_PASSWORD"] = self.secret("KOTAEMON_ADMIN_PASSWORD", "kotaemon_admin_password")
             if ollama:
-                e.update(KH_OLLAMA_URL=f"{ollama}/v1/", OPENAI_API_BASE=f"{ollama}/v1")
+                # flowsettings.py adds its Ollama LLM and embeddings only `if config("LOCAL_MODEL")`:
+                # without it KH_OLLAMA_URL is never used.
+                e["KH_OLLAMA_URL"] = f"{ollama}/v1/"
+                chat = [m for m in r.site.models if m != r.site.embedding.model]
+                if chat:
+                    e["LOCAL_MODEL"] = chat[0]
+                    if r.site.embedding.model in r.site.models:  # served by the site's Ollama
+                        e["LOCAL_MODEL_EMBEDDINGS"] = r.site.embedding.model
         elif app.name == "chainforge":
             # 0.3.6 has no Host check (CHAINFORGE_ALLOWED_HOSTS arrives in 0.3.7: catalog verify).
-            if ollama:
+            # It hands OPENAI_BASE_URL and OPENAI_API_KEY to the page (flask_app.py,
+            # fetchEnvironAPIKeys) and the browser calls the model: the gateway's public route.
+            if (gw := self.gateway(app.name)) and gw[1]:
+                e.update(OPENAI_BASE_URL=gw[1], OPENAI_API_KEY=gw[2])
+            elif ollama:
                 e["OPENAI_BASE_URL"] = f"{ollama}/v1"
         elif app.name == "flowise":
             e["PORT"] = str(port)

@@ -182,16 +182,15 @@ def firewall_plan(resolved: ResolvedSite) -> FirewallPlan:
     app_ports = sorted({cat.apps[a].port for a in site.user_template.apps if a in cat.apps})
     facing = _user_facing_ports(resolved)
     user_out = [
-        Rule("out", "ACCEPT", dest=c.ip, proto="tcp", dport=",".join(map(str, facing[c.name])),
-             comment=f"to {c.hostname}")
-        for c in shared if facing.get(c.name)
+        Rule("out", "ACCEPT", dest=c.ip, proto="tcp", dport=dport, comment=f"to {c.hostname}")
+        for c in shared if facing.get(c.name) for dport in port_lists(facing[c.name])
     ]
     site_nets = [str(net.subnet)] + [c for c in user_ranges if not ipaddress.IPv4Network(c).subnet_of(net.subnet)]
     user_out += [Rule("out", "DROP", dest=n, comment="no other container of the site") for n in site_nets]
     groups = [
         SecurityGroup(GROUP_USER, (
-            Rule("in", "ACCEPT", source=f"+{PROXY_SET}", proto="tcp", dport=",".join(map(str, app_ports)),
-                 comment="Traefik to the user's apps"),
+            *(Rule("in", "ACCEPT", source=f"+{PROXY_SET}", proto="tcp", dport=dport,
+                   comment="Traefik to the user's apps") for dport in port_lists(app_ports)),
             Rule("in", "ACCEPT", source=f"+{MONITOR_SET}", proto="tcp", dport=str(NODE_EXPORTER),
                  comment="Prometheus scrapes node exporter"),
             *user_out,
@@ -216,13 +215,21 @@ def firewall_plan(resolved: ResolvedSite) -> FirewallPlan:
     for c in shared:
         rules = [Rule("group", GROUP_SHARED)]
         if routed.get(c.ctid):
-            rules.append(Rule("in", "ACCEPT", source=f"+{PROXY_SET}", proto="tcp",
-                              dport=",".join(map(str, sorted(routed[c.ctid]))), comment="Traefik route"))
+            rules += [Rule("in", "ACCEPT", source=f"+{PROXY_SET}", proto="tcp", dport=dport, comment="Traefik route")
+                      for dport in port_lists(sorted(routed[c.ctid]))]
         if facing.get(c.name):
-            rules.append(Rule("in", "ACCEPT", source=f"+{USERS_SET}", proto="tcp",
-                              dport=",".join(map(str, facing[c.name])), comment="user apps"))
+            rules += [Rule("in", "ACCEPT", source=f"+{USERS_SET}", proto="tcp", dport=dport, comment="user apps")
+                      for dport in port_lists(facing[c.name])]
         fws.append(ContainerFirewall(c.ctid, c.node, "shared", dict(options), tuple(rules)))
     return FirewallPlan(tuple(ipsets), tuple(groups), tuple(fws))
+
+
+MAX_PORT_LIST = 15  # pve-firewall parse_port_name_number_or_range: > 15 numbers dies (iptables multiport)
+
+
+def port_lists(ports: list[int]) -> list[str]:
+    """`ports` as PVE dport lists of at most 15 numbers each: one rule per list."""
+    return [",".join(map(str, ports[i:i + MAX_PORT_LIST])) for i in range(0, len(ports), MAX_PORT_LIST)]
 
 
 def _ctid_by_ip(resolved: ResolvedSite, ip: str) -> int:

@@ -6,6 +6,7 @@ Files (paths relative to the render root):
   monitoring/grafana/provisioning/datasources/aicommons.yml
   monitoring/grafana/provisioning/dashboards/aicommons.yml
   monitoring/grafana/dashboards/site.json, user.json (one dashboard, a `user` variable)
+  monitoring/grafana/dashboards/models.json      model use through the gateway (with the gateway)
   monitoring/loki/loki.yml                       monolithic Loki, filesystem storage
   monitoring/alloy/config.alloy                  log shipper for every container (Alloy:
                                                  Promtail reached end of life in 2026)
@@ -84,6 +85,10 @@ def scrape_configs(resolved: ResolvedSite, control_host: str) -> list[dict]:
                      # relative to prometheus.yml; written 0600 by whoever deploys the config
                      "authorization": {"type": "Bearer", "credentials_file": "secrets/qdrant_api_key"},
                      "static_configs": [_static([qdrant], {"service": "qdrant", "phase": "1"})]})
+    gateway = _endpoint(resolved, "gateway", "http")
+    if gateway:  # per person x model x app counters, read by the gateway from its usage table
+        jobs.append({"job_name": "gateway", "metrics_path": "/metrics",
+                     "static_configs": [_static([gateway], {"service": "gateway", "phase": "2"})]})
     # Traefik serves /metrics on its API entryPoint (metrics.prometheus in traefik.yml).
     jobs.append({"job_name": "traefik", "static_configs": [
         _static([f"{resolved.proxy_ip}:8080"], {"service": "traefik", "phase": "1"})]})
@@ -198,6 +203,34 @@ def user_dashboard(resolved: ResolvedSite) -> dict:
     return _dashboard(f"aic-user-{resolved.site.name}"[:40], f"{resolved.site.name}: user", panels, [var])
 
 
+def models_dashboard(resolved: ResolvedSite) -> dict:
+    """Model use through the gateway (aicommons_gateway_* series, gateway/metrics.py): per person,
+    model and app; a `user` variable narrows every panel."""
+    users = [t.user for t in resolved.tenants if t.gateway]
+    var = {"name": "user", "type": "custom", "label": "User", "includeAll": True, "multi": True,
+           "allValue": ".*", "query": ",".join(users), "current": {"text": "All", "value": ["$__all"]},
+           "options": [{"text": "All", "value": "$__all", "selected": True}]
+           + [{"text": u, "value": u, "selected": False} for u in users]}
+    sel = 'user=~"$user"'
+    tokens = f"aicommons_gateway_prompt_tokens_total{{{sel}}} + aicommons_gateway_completion_tokens_total{{{sel}}}"
+    panels = [
+        _panel(1, "Tokens per hour, by person", f"sum by (user) (increase(({tokens})[1h:]))", 0),
+        _panel(2, "Tokens per hour, by model", f"sum by (model) (increase(({tokens})[1h:]))", 0, 12),
+        _panel(3, "Tokens per hour, by app", f"sum by (app) (increase(({tokens})[1h:]))", 8),
+        _panel(4, "Cost per day, by person", f"sum by (user) (increase(aicommons_gateway_cost_total{{{sel}}}[1d]))",
+               8, 12),
+        _panel(5, "Tokens in the current budget window", f'sum by (user) (aicommons_gateway_window_tokens{{{sel}}})',
+               16, kind="bargauge"),
+        _panel(6, "Requests refused (bad key, budget)", "sum by (reason) (rate(aicommons_gateway_rejected_total[5m]))",
+               16, 12),
+        _panel(7, "Requests per second, by model",
+               f"sum by (model) (rate(aicommons_gateway_requests_total{{{sel}}}[5m]))", 24),
+        _panel(8, "Requests without reported usage", f"sum(aicommons_gateway_unmetered_requests_total{{{sel}}})",
+               24, 12, kind="stat"),
+    ]
+    return _dashboard(f"aic-models-{resolved.site.name}"[:40], f"{resolved.site.name}: models", panels, [var])
+
+
 def loki_config() -> dict:
     return {
         "auth_enabled": False,
@@ -273,6 +306,8 @@ def render_monitoring(resolved: ResolvedSite, control_host: str = "127.0.0.1:910
             "options": {"path": DASHBOARD_DIR}}]}),
         "grafana/dashboards/site.json": json.dumps(site_dashboard(resolved), indent=2) + "\n",
         "grafana/dashboards/user.json": json.dumps(user_dashboard(resolved), indent=2) + "\n",
+        **({"grafana/dashboards/models.json": json.dumps(models_dashboard(resolved), indent=2) + "\n"}
+           if "gateway" in resolved.endpoints else {}),
         "loki/loki.yml": _yaml(loki_config()),
         "alloy/config.alloy": alloy_config(resolved),
     }

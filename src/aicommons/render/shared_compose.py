@@ -11,6 +11,7 @@ from urllib.parse import quote as urlquote
 
 from aicommons.catalog.model import Service
 from aicommons.plan.model import Container, ResolvedSite
+from aicommons.plan.names import shared_host
 from aicommons.plan.policy import service_credentials
 from aicommons.plan.secrets import SITE_SCOPE, SecretLookup
 from aicommons.render import aicservice
@@ -89,9 +90,15 @@ def langfuse(resolved: ResolvedSite, c: Container, secrets: SecretLookup) -> lis
     env.update(NEXTAUTH_URL=f"https://langfuse.{resolved.site.domain}", TELEMETRY_ENABLED="false",
                CLICKHOUSE_MIGRATION_URL="clickhouse://clickhouse:9000", CLICKHOUSE_URL="http://clickhouse:8123",
                CLICKHOUSE_USER="clickhouse", CLICKHOUSE_CLUSTER_ENABLED="false")
-    for kind in ("EVENT", "MEDIA"):
+    # Langfuse presigns media upload URLs for browsers and SDKs outside the site from the one MEDIA
+    # endpoint it also uses itself (there is no separate external endpoint for media, only for batch
+    # exports; its own docker-compose points MEDIA at a browser-reachable address), so it is the
+    # store's public route; events are written by the server itself and stay internal.
+    route = catalog().services[store].route
+    public = f"https://{shared_host(route.prefix, resolved.site.domain)}" if route else s3
+    for kind, endpoint in (("EVENT", s3), ("MEDIA", public)):
         p = f"LANGFUSE_S3_{kind}_UPLOAD_"
-        env.update({p + "BUCKET": "langfuse", p + "REGION": region, p + "ENDPOINT": s3, p + "FORCE_PATH_STYLE": "true",
+        env.update({p + "BUCKET": "langfuse", p + "REGION": region, p + "ENDPOINT": endpoint, p + "FORCE_PATH_STYLE": "true",
                     p + "ACCESS_KEY_ID": "${S3_ACCESS_KEY_ID}", p + "SECRET_ACCESS_KEY": "${S3_SECRET_ACCESS_KEY}",
                     p + "PREFIX": f"{kind.lower()}s/"})
     env.update(LANGFUSE_INIT_ORG_ID="aicommons", LANGFUSE_INIT_ORG_NAME=resolved.site.name,

@@ -297,6 +297,48 @@ class Backups(Model):
     s3_url: str | None = None
 
 
+class Budget(Model):
+    """A spending limit per window: tokens and/or cost (in the price table's unit); unset = no limit."""
+
+    period: Literal["day", "week", "month"] = Field("month", description="Window: UTC day, ISO week (Monday) or calendar month.")
+    tokens: int | None = Field(None, ge=0, description="Prompt + completion tokens per window.")
+    cost: float | None = Field(None, ge=0, description="Cost per window, in the unit of gateway.prices.")
+
+
+class Price(Model):
+    prompt: float = Field(0.0, ge=0, description="Cost per million prompt tokens.")
+    completion: float = Field(0.0, ge=0, description="Cost per million completion tokens.")
+
+
+class Upstream(Model):
+    url: str = Field(..., pattern=r"^https?://[^\s]+$", description="OpenAI-compatible base URL, e.g. http://10.0.5.100:8080/v1")
+    models: list[Annotated[str, Field(pattern=r"^[A-Za-z0-9._:/-]{1,200}$")]] = Field(
+        ..., min_length=1, description="Model names the gateway offers and sends there.")
+
+
+class Gateway(Model):
+    """Settings of the model gateway (the `gateway` service): per-person keys, budgets that hold and
+    usage, in front of every model server."""
+
+    upstreams: list[Upstream] = Field(default_factory=list)
+    budget: Budget = Field(default_factory=Budget, description="Site default; `aicommons users budget` overrides per person.")
+    prices: dict[str, Price] = Field(default_factory=dict, description="Per model; a model not listed costs 0.")
+    default_max_tokens: int = Field(1024, ge=1, description="Reserved for a request that sets no max_tokens "
+                                                            "(and sent upstream as its cap).")
+    database: str = Field("aicommons_gateway", pattern=r"^[a-z_][a-z0-9_]{0,62}$",
+                          description="Database on the site's PostgreSQL holding keys, budgets and usage.")
+
+    @model_validator(mode="after")
+    def _unique_models(self) -> Gateway:
+        seen: set[str] = set()
+        for up in self.upstreams:
+            for m in up.models:
+                if m in seen:
+                    raise ValueError(f"model {m!r} is named by two upstreams; each model goes to one upstream")
+                seen.add(m)
+        return self
+
+
 class Site(Model):
     version: Literal[1] = 1
     name: str = Field(..., pattern=SITE_NAME_RE)
@@ -315,6 +357,7 @@ class Site(Model):
     backups: Backups = Field(default_factory=Backups)
     models: list[str] = Field(default_factory=list, description="Ollama models pulled once for the site.")
     operator_email: str | None = None
+    gateway: Gateway = Field(default_factory=Gateway)
 
     @model_validator(mode="after")
     def _lxc_names(self) -> Site:

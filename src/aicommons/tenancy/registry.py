@@ -73,6 +73,11 @@ def backends_for(resolved: ResolvedSite, secrets: SecretLookup, base_dir: Path |
         from aicommons.tenancy.objectstore import ObjectStoreBackend
 
         out.append(ObjectStoreBackend.for_site(resolved, store, secrets, base_dir, archive))
+    if "gateway" in enabled and "postgres" in enabled:
+        from aicommons.tenancy.gateway import GatewayBackend
+
+        host, port, user, pw = admin_credentials(resolved, "postgres", secrets, base_dir, "postgres_admin_password")
+        out.append(GatewayBackend(host, port, user, pw, resolved.site.gateway.database))
     if "langfuse" in enabled:
         from aicommons.tenancy.langfuse import LangfuseBackend
 

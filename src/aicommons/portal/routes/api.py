@@ -72,6 +72,34 @@ def _result(result, what: str):
 
 # ---- the person's own workbench ------------------------------------------------------------
 
+def _gateway(request: Request):
+    """(the gateway database's conninfo, the site's default budget); NoGateway (404) without one."""
+    from aicommons.gateway.site import conninfo_from
+
+    view = _view(request)
+    r = view.resolved()
+    return conninfo_from(r, view.secrets().get, view.site_file.resolve().parent), r.site.gateway.budget
+
+
+@router.get("/me/usage", summary="My model usage against my budget (this window), per model and app")
+async def my_usage(request: Request, ident: Identity = Depends(identity)):
+    from aicommons.gateway.config import utc_now
+    from aicommons.gateway.usage import standing
+
+    conninfo, budget = _gateway(request)
+    return (await asyncio.to_thread(standing, conninfo, ident.name, budget, utc_now())).to_dict()
+
+
+@router.get("/usage", summary="Everyone's model usage over time (per hour or day) and per person x model x app")
+async def site_usage(request: Request, days: int = 30, bucket: Literal["hour", "day"] = "day",
+                     ident: Identity = Depends(operator)):
+    from aicommons.gateway.config import utc_now
+    from aicommons.gateway.usage import site_usage as usage_of
+
+    conninfo, _ = _gateway(request)
+    return await asyncio.to_thread(usage_of, conninfo, utc_now(), days, bucket)
+
+
 @router.get("/me", summary="My workbench: apps with live state, container use, last backup")
 async def me(request: Request, ident: Identity = Depends(identity)):
     view = _view(request)

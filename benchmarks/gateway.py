@@ -1,0 +1,157 @@
+"""The model gateway's overhead at 50 concurrent streams, against calling the model server directly.
+
+Real: PostgreSQL 15 (tests/servers.py) with the gateway's keys, windows and usage; `aicommons
+gateway serve` in its own process (uvicorn, one worker); HTTP over loopback. Simulated: the model
+server — the deterministic OpenAI-compatible stand-in (tests/standins/openai_upstream.py) in its
+own process, streaming TOKENS tokens TOKEN_MS apart (about llama-server's pace with SmolLM2 here).
+Measured in the same run, rounds alternating: 50 streams at once straight to the model server
+(baseline), then the same 50 through the gateway (each person's key, reserve + settle in
+PostgreSQL). Per request: time to the first content event and to the end of the stream.
+Prints p50/p99 of each, the added latency (gateway - direct, at p50 and p99) and the ratio of
+the median time to first token. Goals (issue #22): p50 < 5 ms, p99 < 20 ms added; TTFT within 10 %.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import multiprocessing as mp
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "src"))
+
+from tests.gateway_harness import People, backend_for, conninfo  # noqa: E402
+from tests.servers import free_port, start_postgres  # noqa: E402
+
+STREAMS = int(os.environ.get("BENCH_STREAMS", "50"))
+ROUNDS = int(os.environ.get("BENCH_ROUNDS", "6"))
+TOKENS = 32
+TOKEN_MS = int(os.environ.get("BENCH_TOKEN_MS", "10"))
+PEOPLE = 5
+AIC = [sys.executable, "-c", "import sys; from aicommons.cli import main; sys.exit(main())"]
+BODY = {"model": "smollm2", "messages": [{"role": "user", "content": "Please answer briefly: " + "x" * 16}],
+        "max_tokens": TOKENS, "stream": True}
+
+
+def upstream(ready, url) -> None:
+    from tests.standins.openai_upstream import OpenAIUpstream
+
+    up = OpenAIUpstream(token_delay=TOKEN_MS / 1000)
+    url.value = up.url
+    ready.set()
+    time.sleep(3600)
+
+
+def answer_len() -> int:
+    from tests.standins.openai_upstream import answer
+
+    return answer(BODY)[1]
+
+
+async def one(client: httpx.AsyncClient, url: str, key: str) -> tuple[float, float]:
+    t0 = time.perf_counter()
+    ttft = None
+    async with client.stream("POST", f"{url}/chat/completions", json=BODY,
+                             headers={"Authorization": f"Bearer {key}"}) as r:
+        if r.status_code != 200:
+            raise SystemExit(f"{url}: {r.status_code} {(await r.aread())[:300]!r}")
+        async for line in r.aiter_lines():
+            if ttft is None and line.startswith("data: {") and '"content"' in line:
+                ttft = time.perf_counter() - t0
+    return (ttft or float("nan")) * 1000, (time.perf_counter() - t0) * 1000
+
+
+async def burst(url: str, keys: list[str]) -> list[tuple[float, float]]:
+    async with httpx.AsyncClient(timeout=120, limits=httpx.Limits(max_connections=STREAMS * 2)) as c:
+        return await asyncio.gather(*[one(c, url, keys[i % len(keys)]) for i in range(STREAMS)])
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def pct(xs: list[float], q: float) -> float:
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, round(q * (len(xs) - 1)))]
+
+
+def main() -> None:
+    pg = start_postgres()
+    mgr = mp.Manager()
+    ready, url = mgr.Event(), mgr.Value(str, "")
+    up = mp.Process(target=upstream, args=(ready, url), daemon=True)
+    up.start()
+    ready.wait(30)
+    tmp = Path(tempfile.mkdtemp(prefix="aic-bench-gw-"))
+    gw = None
+    try:
+        db = "gw_bench"
+        people = People(backend_for(pg, db))
+        keys = [people.add(f"p{i}") for i in range(PEOPLE)]
+        (tmp / "site.yaml").write_text(f"""version: 1
+name: gwbench
+domain: example.org
+driver: {{kind: lxc}}
+services: {{postgres: {{}}, gateway: {{}}}}
+gateway:
+  upstreams: [{{url: "{url.value}", models: [smollm2]}}]
+  budget: {{period: day, tokens: 100000000}}
+""")
+        port = free_port()
+        gw = subprocess.Popen(AIC + ["gateway", "serve", "--listen", f"127.0.0.1:{port}", "--database",
+                                     conninfo(pg, db), "--pool", "20"], cwd=tmp,
+                              env={**os.environ, "PYTHONPATH": str(ROOT / "src")},
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        gw_url = f"http://127.0.0.1:{port}/v1"
+        end = time.monotonic() + 60
+        while True:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                if time.monotonic() > end or gw.poll() is not None:
+                    raise SystemExit("the gateway did not start: " + (gw.stderr.read().decode() if gw.stderr else "")) from None
+                time.sleep(0.2)
+        print(f"{STREAMS} concurrent streams of {answer_len()} tokens, {TOKEN_MS} ms apart; {PEOPLE} people; "
+              f"{ROUNDS} rounds each way, alternating; host: {os.cpu_count()} cores (shared)")
+        asyncio.run(burst(url.value, keys))  # warm both paths: connections, imports, the window rows
+        asyncio.run(burst(gw_url, keys))
+        direct: list[tuple[float, float]] = []
+        via: list[tuple[float, float]] = []
+        cpu = 0.0
+        for _ in range(ROUNDS):
+            direct += asyncio.run(burst(url.value, keys))
+            before = cpu_seconds(gw.pid)
+            via += asyncio.run(burst(gw_url, keys))
+            cpu += cpu_seconds(gw.pid) - before
+        d_ttft, d_total = [a for a, _ in direct], [b for _, b in direct]
+        g_ttft, g_total = [a for a, _ in via], [b for _, b in via]
+        print(f"{'':10} {'TTFT p50':>9} {'TTFT p99':>9} {'total p50':>10} {'total p99':>10}  (ms, n={len(direct)})")
+        print(f"{'direct':10} {pct(d_ttft, .5):9.1f} {pct(d_ttft, .99):9.1f} {pct(d_total, .5):10.1f} {pct(d_total, .99):10.1f}")
+        print(f"{'gateway':10} {pct(g_ttft, .5):9.1f} {pct(g_ttft, .99):9.1f} {pct(g_total, .5):10.1f} {pct(g_total, .99):10.1f}")
+        print(f"added latency: p50 {pct(g_total, .5) - pct(d_total, .5):+.1f} ms, p99 {pct(g_total, .99) - pct(d_total, .99):+.1f} ms "
+              f"(goals < 5 and < 20)")
+        print(f"gateway CPU: {cpu * 1000 / len(via):.1f} ms per streamed request ({len(via)} requests; "
+              "the process's user + system time, independent of how busy the host is)")
+        print(f"time to first token, gateway / direct (medians): {statistics.median(g_ttft) / statistics.median(d_ttft):.2f} "
+              f"(goal within 10 %: 0.90-1.10)")
+    finally:
+        if gw is not None:
+            gw.terminate()
+            gw.wait(10)
+        up.kill()
+        pg.cleanup()
+
+
+if __name__ == "__main__":
+    main()

@@ -91,8 +91,10 @@ def install_script(svc: Service, c: Container, site: Site) -> str:
         f"# Install {svc.title} in CT {c.ctid} ({c.ip}) from this site's own wheel. Rendered by aicommons.",
         "set -eu",
         "export DEBIAN_FRONTEND=noninteractive",
-        "command -v python3 >/dev/null && python3 -c 'import venv, ensurepip' 2>/dev/null "
-        "|| { apt-get update -qq; apt-get install -y -qq python3-venv; }",
+        "if ! python3 -c 'import venv, ensurepip' 2>/dev/null; then",
+        "  apt-get update -qq",
+        "  apt-get install -y -qq python3-venv",
+        "fi",
         f"new={MOUNT}.new",
         'rm -rf "$new"',
         'python3 -m venv "$new"',

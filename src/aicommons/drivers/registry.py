@@ -74,6 +74,10 @@ def enter_site_network(site: Site, owner: str | None = None) -> None:
     """
     if site.driver.kind != "lxc":
         return
+    from aicommons.render.aicservice import IN_SITE_ENV
+
+    if os.environ.get(IN_SITE_ENV):
+        return  # already on the site's network: a service in one of its containers (the portal)
     from aicommons.drivers.lxc import netns
     from aicommons.drivers.lxc.driver import check_owner
 

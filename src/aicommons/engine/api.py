@@ -16,11 +16,13 @@ from pathlib import Path
 
 from aicommons.drivers.base import (
     AppliesFirewall,
+    BindsControlPlane,
     BindsSecrets,
     ChecksPlans,
     Closes,
     ComputeDriver,
     ConfiguresServices,
+    ControlPlane,
     DiffsFirewall,
     HasTraefikTarget,
     ManagesNetwork,
@@ -134,6 +136,9 @@ class Session:
         # Read-only (plan, users list/show): no state file, key file or secret is made (Terraform's
         # contract for plan); values not generated yet are throwaway ones (SecretStore).
         self.state = open_state(site_file, state_path, read_only=read_only)
+        # What an aicommons service of the site (the portal) is pointed at: this same state.
+        where = str(state_path or os.environ.get("AICOMMONS_STATE") or default_path(self.site_file))
+        self.state_target = where if "://" in where else str(Path(where).resolve())
         self._own_driver = False
         try:
             self._setup(index, driver, backends, renderer, target)
@@ -170,6 +175,10 @@ class Session:
             self.driver.attach()
         if isinstance(self.driver, BindsSecrets):  # drivers whose service recipes need admin passwords
             self.driver.bind_secrets(self.secrets)
+        keys = key_source(self.site, self.state, site_file)
+        self.control = ControlPlane(site_file.resolve(), self.state_target, lambda: keys.export(self.state))
+        if isinstance(self.driver, BindsControlPlane):  # drivers that deploy aicommons services (the portal)
+            self.driver.bind_control(self.control)
         self.renderer = renderer or default_renderer
         self.target: FileTarget | None = target if target is not None else default_target(self.site, self.driver)
         if self.target is None:
@@ -287,6 +296,10 @@ def build_plan(s: Session, *, destroy: bool = False) -> Plan:
     files = {} if destroy else s.renderer(s.resolved, s.secrets)
     if s.target is None:
         files = {p: f for p, f in files.items() if not p.startswith("traefik/")}
+    if not destroy:
+        from aicommons.engine.services import runs_from_files
+
+        files.update(runs_from_files(s.resolved, s.site_file))
     planner = Planner(s.resolved, files, s.secrets.versions(), _refresh(s), s.backends, destroy=destroy)
     changes, steps, notes = planner.run()
     return Plan(str(s.site_file), fingerprint(s.site_file, s.state), s.resolved, changes, steps,
@@ -412,7 +425,7 @@ def apply_site(site_file, *, state_path=None, targets=None, yes: bool = True, dr
             s.driver.check(plan, purge=purge)  # the driver refuses a plan it cannot carry out whole, before any change (drivers/base.py)
         run_id = result.run_id = s.state.begin_run(command)
         rep.open_log(run_id)
-        ctx = Context(s.state, s.secrets, s.driver, s.target, redact, purge=purge)
+        ctx = Context(s.state, s.secrets, s.driver, s.target, redact, purge=purge, control=s.control)
 
         def step_fn(step):
             s.state.journal(run_id, step.id, step.action, "started", step.reason)

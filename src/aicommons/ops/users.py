@@ -16,7 +16,7 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from aicommons.drivers.base import Closes
-from aicommons.errors import AicError, Problem, SiteInvalid
+from aicommons.errors import AicError, PermanentError, Problem, SiteInvalid
 from aicommons.fsutil import write_file
 from aicommons.plan.model import ResolvedSite, Tenant
 from aicommons.plan.secrets import SITE_SCOPE, tenant_keys
@@ -261,6 +261,19 @@ def _by(command: str, actor: str | None) -> str:
     return f"{command} (by {actor})" if actor else command
 
 
+def host_only(site_file, what: str) -> None:
+    """An LXC site's containers are made and changed on its host (lxc-*, the site's namespace):
+    from inside one of its containers (the portal's) say so before anything is touched."""
+    import os
+
+    from aicommons.render.aicservice import IN_SITE_ENV
+    from aicommons.spec import load_site
+
+    if os.environ.get(IN_SITE_ENV) and load_site(Path(site_file))[0].driver.kind == "lxc":
+        raise PermanentError(f"{what}: this portal runs inside the site's own container; an LXC site's containers "
+                             "are made and changed on its host: run `aicommons` there (nothing was changed)")
+
+
 def add_user(site_file: Path, name: str, email: str | None = None, *, state_path=None, driver=None,
              backends=None, out=None, lock_timeout: float = 0.0, actor: str | None = None):
     """Validate, append to site.yaml, then let the engine create exactly this user.
@@ -268,6 +281,7 @@ def add_user(site_file: Path, name: str, email: str | None = None, *, state_path
     from aicommons.engine.api import apply_site
 
     user = validate_new_user(name, email)
+    host_only(site_file, f"users add {name}")
     # Under the site's lock from the edit to the end of the apply: a parallel `users add` waits
     # or is refused before it wrote anything, and no apply sees a half-made edit.
     with site_lock(site_file, state_path, f"users add {name}", lock_timeout) as state:
@@ -283,6 +297,7 @@ def add_user(site_file: Path, name: str, email: str | None = None, *, state_path
 
 def remove_user(site_file: Path, name: str, *, lock_timeout: float = 0.0, state_path=None, **kw):
     """remove_user under the site's lock, from the site.yaml edit to the end of the apply."""
+    host_only(site_file, f"users remove {name}")
     with site_lock(site_file, state_path, f"users remove {name}", lock_timeout):
         return _remove_user(site_file, name, state_path=state_path, **kw)
 
@@ -389,6 +404,7 @@ def restart_user(site_file: Path, name: str, *, state_path=None, driver=None, ou
     from aicommons.state.lock import StateLock
 
     say = (lambda line: print(line, file=out, flush=True)) if out is not None else (lambda line: None)
+    host_only(site_file, f"users restart {name}")
     require_user(Path(site_file), name)
     with Context(Path(site_file), state_path=state_path, backends=[]) as ctx:
         t, state = ctx.tenant(name), ctx.session.state

@@ -10,7 +10,7 @@ REFERENCE_DOMAIN = "valuechainhackers.xyz"
 # The LXC default (`aicommons up` with no site file): the reference architecture's phase-1 and phase-2 core.
 # Services whose recipe needs downloads this host cannot make are reported as skipped.
 LXC_CORE = ["ollama", "qdrant", "postgres", "redis", "garage", "searxng", "langfuse", "gitea",
-            "prometheus", "grafana", "loki", "authentik"]
+            "prometheus", "grafana", "loki", "authentik", "portal"]
 
 
 def user_ranges_for(n: int) -> list[str]:

@@ -143,12 +143,13 @@ def test_lxc_config_binds_read_only_unless_rw_is_said():
 
     c = Container(ctid=129, ip="10.0.5.129", prefixlen=24, gateway="10.0.5.1", hostname="portal", role="shared",
                   name="portal", services=("portal",), phase=2, memory_mb=1024, cores=1, disk_gb=8, traefik_file="")
-    text = config.render(c, site="s", bridge="vmbr0", lower="/l", upper="/u",
+    text = config.render(c, site="s", bridge="vmbr0", lower="/l", rootfs="/r", idmap_base=1 << 20, ns="aic-s",
                          mounts=[("/cache/runtime/aicommons-0.1.0-abc", R.MOUNT, "ro"), ("/srv/site", "/etc/aicommons/site"),
                                  ("/srv/site/.aicommons", "/var/lib/aicommons/state", "rw")])
-    assert "lxc.mount.entry = /cache/runtime/aicommons-0.1.0-abc opt/aicommons/runtime none bind,ro,create=dir 0 0" in text
-    assert "lxc.mount.entry = /srv/site etc/aicommons/site none bind,ro,create=dir 0 0" in text
-    assert "lxc.mount.entry = /srv/site/.aicommons var/lib/aicommons/state none bind,rw,create=dir 0 0" in text
+    assert "lxc.mount.entry = /cache/runtime/aicommons-0.1.0-abc opt/aicommons/runtime none bind,ro,create=dir,idmap=container 0 0" in text
+    assert "lxc.mount.entry = /srv/site etc/aicommons/site none bind,ro,create=dir,idmap=container 0 0" in text
+    # idmapped like the layers: the host's root-owned state is the container root's to write
+    assert "lxc.mount.entry = /srv/site/.aicommons var/lib/aicommons/state none bind,rw,create=dir,idmap=container 0 0" in text
 
 
 def test_the_key_is_exported_as_the_process_would_read_it(tmp_path, monkeypatch):

@@ -119,6 +119,7 @@ class RedisServer:
     host: str = "127.0.0.1"
     admin_user: str = "admin"
     admin_password: str = "test-redis-admin-password"
+    extra: tuple[str, ...] = ()  # more `--name value` arguments (the rendered limits, for instance)
 
     @property
     def aclfile(self) -> Path:
@@ -128,7 +129,7 @@ class RedisServer:
         self.proc = subprocess.Popen(
             ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--aclfile", str(self.aclfile),
              "--dir", str(self.dir), "--save", "", "--appendonly", "no", "--daemonize", "no",
-             "--logfile", str(self.dir / "redis.log")],
+             "--logfile", str(self.dir / "redis.log"), *self.extra],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )
         _wait_port(self.port)
@@ -142,10 +143,10 @@ class RedisServer:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
-def start_redis(port: int | None = None) -> RedisServer:
+def start_redis(port: int | None = None, extra: tuple[str, ...] = ()) -> RedisServer:
     port = port or free_port()
     root = Path(tempfile.mkdtemp(prefix="aic-redis-"))
-    srv = RedisServer(dir=root, port=port)
+    srv = RedisServer(dir=root, port=port, extra=extra)
     srv.aclfile.write_text(
         f"user default off\nuser {srv.admin_user} on >{srv.admin_password} ~* &* +@all\n"
     )

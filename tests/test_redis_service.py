@@ -115,3 +115,6 @@ def test_attack3_no_user_name_reaches_a_shared_service_key(bounded):
         got = admin.execute_command("ACL", "DRYRUN", t.redis_user, "GET", shared)
         assert got != "OK", f"user `bull` may read {shared}"
     assert admin.execute_command("ACL", "DRYRUN", t.redis_user, "GET", f"{t.redis_prefix}own") == "OK"
+    # and such names are refused at validation (exit 2 in `validate` and `users add`)
+    from aicommons.spec.identity import name_problem
+    assert all(name_problem(n) for n in ("bull", "langfuse", "bullmq", "celery"))

@@ -106,3 +106,65 @@ def test_attack5_tenant_sessions_are_bounded_and_the_superuser_only_bounds_canno
     assert any("statement_timeout" in p for p in pgb.verify(a, secrets.for_tenant(a)))
     pgb.ensure(a, secrets.for_tenant(a))
     assert pgb.verify(a, secrets.for_tenant(a)) == []
+
+
+class _Flaky:
+    """A real connection whose N-th statement (counted across the backend's connections) fails as a
+    dropped connection would."""
+
+    def __init__(self, conn, box: dict):
+        self.conn, self.box = conn, box
+
+    def __enter__(self):
+        self.conn.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        return self.conn.__exit__(*exc)
+
+    def execute(self, *args, **kw):
+        self.box["n"] += 1
+        if self.box["n"] == self.box["fail_at"]:
+            raise psycopg.OperationalError(f"injected failure at statement {self.box['n']}")
+        return self.conn.execute(*args, **kw)
+
+
+class _FlakyBackend(PostgresBackend):
+    box: dict
+
+    def _connect(self, user=None, password=None, dbname="postgres"):
+        return _Flaky(super()._connect(user, password, dbname), self.box)
+
+
+def _plant(pg, secrets, a, b):
+    """A's worst: its databases flagged, a privilege B granted it in B's database."""
+    with login(pg, b, secrets, b.databases[0]) as c:
+        c.execute("CREATE TABLE IF NOT EXISTS for_a (x int)")
+        c.execute("GRANT SELECT ON for_a TO u_user1")
+    with login(pg, a, secrets, a.databases[0]) as c:
+        c.execute(f'ALTER DATABASE "{a.databases[0]}" IS_TEMPLATE true')
+        c.execute(f'ALTER DATABASE "{a.databases[1]}" ALLOW_CONNECTIONS false')
+
+
+def test_removal_cannot_strand_whichever_statement_fails(world, pg):
+    """Failure injection at every statement of `remove`: each interrupted removal is completed by a
+    plain re-run, and the other tenants stay whole."""
+    tenants, secrets, pgb = world
+    a, b = tenants[0], tenants[1]
+    flaky = _FlakyBackend(pg.host, pg.port, pg.user, pg.password, pgb.archive_dir)
+    flaky.box = {"n": 0, "fail_at": 0}
+    _plant(pg, secrets, a, b)
+    flaky.remove(a, purge=True)  # a clean run counts the statements
+    total = flaky.box["n"]
+    assert total >= 10
+    for fail_at in range(1, total + 1):
+        pgb.ensure(a, secrets.for_tenant(a))
+        _plant(pg, secrets, a, b)
+        flaky.box.update(n=0, fail_at=fail_at)
+        try:
+            flaky.remove(a, purge=True)
+        except psycopg.OperationalError:
+            pass
+        pgb.remove(a, purge=True)  # the re-run
+        assert "user1" not in pgb.observe(), f"stranded after a failure at statement {fail_at}"
+        assert pgb.verify(b, secrets.for_tenant(b)) == []

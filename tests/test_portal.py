@@ -25,7 +25,6 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -44,6 +43,7 @@ from aicommons.plan import resolve
 from aicommons.render import render_site
 from aicommons.render.write import write_tree
 from aicommons.spec.load import load_text
+from tests.fakeworld import CLI as FAKE_CLI
 from tests.servers import free_port, stop_process
 from tests.test_traefik_harness import FakeSecrets, Traefik
 
@@ -54,7 +54,7 @@ pytestmark = [pytest.mark.timeout(600),
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
-AIC = [sys.executable, "-c", "import sys; from aicommons.cli import main; sys.exit(main())"]
+AIC = FAKE_CLI  # the real CLI on the fake world (tests/fakeworld.py)
 HOST = "portal.example.org"
 OPERATORS = "aicommons-operators"
 PEOPLE = {"alice": ("alice@example.org", "staff"), "bob": ("bob@example.org", "staff"),

@@ -12,16 +12,16 @@ from __future__ import annotations
 import io
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 from aicommons.errors import PermanentError
 from aicommons.state import StateStore, default_path
 from aicommons.tenancy.fake import FakeBackend
+from tests.fakeworld import CLI as FAKE_CLI
 from tests.test_engine_support import edit_site, write_site
 
 ROOT = Path(__file__).resolve().parents[1]
-AIC = [sys.executable, "-c", "import sys; from aicommons.cli import main; sys.exit(main())"]
+AIC = FAKE_CLI  # the real CLI on the fake world (tests/fakeworld.py)
 
 
 def run(cwd: Path, env: dict, *args: str) -> str:

@@ -42,6 +42,9 @@ def add(name: Annotated[str, typer.Argument(help="Lower-case letters, digits and
     added, result = add_user(file, name, email, state_path=state, lock_timeout=lock_timeout)
     if not added:
         console.print(f"{name} is already in {file}; completing its provisioning")
+    if not result.ok:
+        err_console.print(f"{name} stays in {file}: part of it was made, and `aicommons users add {name}` "
+                          f"(or `apply`) completes it; `aicommons users remove {name}` undoes it")
     _result(result, f"adding {name}", f"aicommons users add {name}")
     console.print(f"user {name} is ready; `aicommons users show {name}` lists its URLs and credentials")
 

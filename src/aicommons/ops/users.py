@@ -273,12 +273,30 @@ def add_user(site_file: Path, name: str, email: str | None = None, *, state_path
     with site_lock(site_file, state_path, f"users add {name}", lock_timeout) as state:
         # a user removed with --keep-data comes back with its data and its logins
         returning = any(a.user == name and a.status == "removed" for a in state.allocations())
+        before = Path(site_file).read_text(encoding="utf-8")
         added = append_user(Path(site_file), user)
-        result = apply_site(site_file, state_path=state_path, targets={name}, yes=True, driver=driver,
-                            backends=backends, out=out, command=_by(f"users add {name}", actor))
+        try:
+            result = apply_site(site_file, state_path=state_path, targets={name}, yes=True, driver=driver,
+                                backends=backends, out=out, command=_by(f"users add {name}", actor))
+        except AicError as exc:
+            # Refused before anything was made for the user (no slot in the state): the edit is
+            # undone, so site.yaml is as it was. Once a slot exists the user stays in site.yaml
+            # (dropping it would make the next apply tear down what was made); the CLI says so.
+            if added and not any(a.user == name for a in state.allocations()):
+                _check_and_write(Path(site_file), before, Path(site_file).read_text(encoding="utf-8"))
+                _say_kept(exc, f"{name} was not added: site.yaml is as it was")
+            raise
         if returning and result.ok:
             set_suspended(Path(site_file), name, False, state_path=state_path, backends=backends)
     return added, result
+
+
+def _say_kept(exc: AicError, what: str) -> None:
+    """Add what happened to site.yaml to the error the CLI prints."""
+    if isinstance(exc, SiteInvalid):
+        exc.problems.append(Problem("users", what))
+    elif exc.args:
+        exc.args = (f"{exc.args[0]}; {what}", *exc.args[1:])
 
 
 def remove_user(site_file: Path, name: str, *, lock_timeout: float = 0.0, state_path=None, **kw):

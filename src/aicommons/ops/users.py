@@ -21,7 +21,7 @@ from aicommons.fsutil import write_file
 from aicommons.plan.model import ResolvedSite, Tenant
 from aicommons.plan.secrets import SITE_SCOPE, tenant_keys
 from aicommons.spec.models import User
-from aicommons.tenancy.base import AuditCheck
+from aicommons.tenancy.base import AuditCheck, ServiceBounded
 
 REDACTED = "********"
 NOT_YET = "(not made yet: `aicommons apply` generates it)"
@@ -552,6 +552,8 @@ def audit_site(site_file: Path, *, state_path=None, backends=None
         for b in ctx.backends:
             try:
                 checks += b.audit(tenants, secrets)
+                if isinstance(b, ServiceBounded):  # the "service" section: bounds on one tenant
+                    checks += b.service_audit(tenants, secrets)
             except (TemporaryError, OSError) as exc:
                 skipped.append(f"{b.name}: {exc}")
         warnings = [w for b in ctx.backends for w in getattr(b, "warnings", [])] + (

@@ -18,7 +18,7 @@ import subprocess
 import time
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import psycopg
@@ -53,14 +53,15 @@ def verifier_matches(verifier: str | None, password: str) -> bool:
     return hmac.compare_digest(again, verifier or "")
 
 
-def role_statements(t: Tenant, password: str, limit: int) -> list[sql.Composed]:
+def role_statements(t: Tenant, password: str, limit: int,
+                    bounds: Mapping[str, str] | None = None) -> list[sql.Composed]:
     """The statements that create a tenant from nothing (also what the benchmark pipes to psql)."""
     role = sql.Identifier(t.postgres_role)
     out = [sql.SQL("CREATE ROLE {} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION "
                    "CONNECTION LIMIT {} PASSWORD {}").format(role, sql.Literal(limit),
                                                              sql.Literal(scram_verifier(password))),
            sql.SQL("COMMENT ON ROLE {} IS {}").format(role, sql.Literal(COMMENT.format(user=t.user)))]
-    return out + bound_statements(t)
+    return out + bound_statements(t, SESSION_BOUNDS if bounds is None else bounds)
 
 
 def database_statements(t: Tenant, db: str) -> list[sql.Composed]:
@@ -82,10 +83,10 @@ SESSION_BOUNDS = {
 }
 
 
-def bound_statements(t: Tenant) -> list[sql.Composed]:
+def bound_statements(t: Tenant, bounds: Mapping[str, str] = SESSION_BOUNDS) -> list[sql.Composed]:
     role = sql.Identifier(t.postgres_role)
     return [sql.SQL("ALTER ROLE {} SET {} = {}").format(role, sql.Identifier(k), sql.Literal(v))
-            for k, v in SESSION_BOUNDS.items()]
+            for k, v in bounds.items()]
 
 
 # Databases every cluster has: PUBLIC may connect to them and make temporary tables by default,
@@ -132,6 +133,7 @@ class PostgresBackend:
     archive_dir: Path
     connection_limit: int = 30
     workers: int = 2  # CREATE DATABASE copies template1 and syncs; two connections roughly halve it
+    bounds: Mapping[str, str] = field(default_factory=lambda: dict(SESSION_BOUNDS))
     name: str = "postgres"
     rules: str = RULES
 
@@ -199,17 +201,16 @@ class PostgresBackend:
         for db in self._flagged(c, dbs):
             c.execute(sql.SQL(REOPEN).format(sql.Identifier(db)))
 
-    @staticmethod
-    def _rebound(c, t: Tenant) -> None:
+    def _rebound(self, c, t: Tenant) -> None:
         role = sql.Identifier(t.postgres_role)
         overrides = c.execute("SELECT d.datname FROM pg_db_role_setting s JOIN pg_roles r ON r.oid = s.setrole "
                               "JOIN pg_database d ON d.oid = s.setdatabase WHERE r.rolname = %s",
                               (t.postgres_role,)).fetchall()
         for (db,) in overrides:
-            for k in SESSION_BOUNDS:
+            for k in self.bounds:
                 c.execute(sql.SQL("ALTER ROLE {} IN DATABASE {} RESET {}").format(role, sql.Identifier(db),
                                                                                   sql.Identifier(k)))
-        for stmt in bound_statements(t):
+        for stmt in bound_statements(t, self.bounds):
             c.execute(stmt)
 
     def _bound_drift(self, c, t: Tenant) -> list[str]:
@@ -220,13 +221,13 @@ class PostgresBackend:
         out = []
         for dbid, config in rows:
             have = dict(item.split("=", 1) for item in config or [])
-            for k, want in SESSION_BOUNDS.items():
+            for k, want in self.bounds.items():
                 if dbid == 0 and have.get(k) != want:
                     out.append(f"role {t.postgres_role} {k} is {have.get(k, 'unset')}, not {want}")
                 elif dbid != 0 and k in have:
                     out.append(f"role {t.postgres_role} overrides {k} in a database ({have[k]})")
         if not any(dbid == 0 for dbid, _ in rows):
-            out += [f"role {t.postgres_role} {k} is unset, not {v}" for k, v in SESSION_BOUNDS.items()]
+            out += [f"role {t.postgres_role} {k} is unset, not {v}" for k, v in self.bounds.items()]
         return out
 
     def verify(self, t: Tenant, secrets: Secrets) -> list[str]:
@@ -269,7 +270,7 @@ class PostgresBackend:
             self._harden(c)
             row = self._role(c, t)
             if row is None:
-                for stmt in role_statements(t, password, self.connection_limit):
+                for stmt in role_statements(t, password, self.connection_limit, self.bounds):
                     c.execute(stmt)
             else:
                 # An existing NOLOGIN role is a suspended user: only `resume` turns logins back on.
@@ -502,6 +503,40 @@ class PostgresBackend:
         return [AuditCheck(self.name, a.user, target, f"{p} on database {db} (granted)", "deny",
                            "allow" if granted.get((a.postgres_role, db, p)) else "deny")
                 for a, target, db, p in rows]
+
+    def service_audit(self, tenants: list[Tenant], secrets: Mapping[str, Secrets]) -> list[AuditCheck]:
+        """Bounds on what one tenant can take, proven live and safely: each session bound set on the
+        role (read as admin), the superuser-only one refused when the tenant tries to lift it in its
+        own session (refused at once; had it worked, it lasted that one session), and no database
+        of the tenant's flagged template or closed."""
+        checks: list[AuditCheck] = []
+        with self._admin() as c:
+            for t in tenants:
+                drift = self._bound_drift(c, t) if self._role(c, t) is not None else [f"role {t.postgres_role} missing"]
+                for k, v in self.bounds.items():
+                    bad = [d for d in drift if k in d or "missing" in d]
+                    checks.append(AuditCheck(self.name, t.user, "*", f"{k} = {v} on role {t.postgres_role}", "deny",
+                                             "allow" if bad else "deny", "; ".join(bad)[:160], section="service"))
+                flagged = self._flagged(c, list(t.databases))
+                for db in t.databases:
+                    checks.append(AuditCheck(self.name, t.user, "*", f"database {db} template or closed", "deny",
+                                             "allow" if db in flagged else "deny", flagged.get(db, ""),
+                                             section="service"))
+        for t in tenants:
+            if not t.databases:
+                continue
+            observed: Observed
+            try:
+                with self._connect(t.postgres_role, secrets[t.user]["postgres_password"], t.databases[0]) as c:
+                    c.execute("SET temp_file_limit = -1")
+                observed, detail = "allow", "lifted"
+            except psycopg.errors.InsufficientPrivilege as exc:
+                observed, detail = "deny", str(exc).strip()[:160]
+            except psycopg.Error as exc:
+                observed, detail = "error", str(exc).strip()[:160]
+            checks.append(AuditCheck(self.name, t.user, "*", "SET temp_file_limit = -1 (superuser only)", "deny",
+                                     observed, detail, section="service"))
+        return checks
 
     def _try_connect(self, actor: Tenant, pw: str, db: str) -> tuple[Observed, str]:
         try:

@@ -143,6 +143,26 @@ class RedisServer:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
+# The redis.conf lines that bound what clients can do (the rest: paths, persistence, bind).
+REDIS_LIMITS = ("maxmemory", "maxmemory-policy", "maxmemory-clients", "proto-max-bulk-len", "maxclients",
+                "client-query-buffer-limit", "client-output-buffer-limit")
+
+
+def redis_limits(resolved, memory_mb: int) -> tuple[str, ...]:
+    """The rendered redis.conf's limits (render/services.redis_conf, for a Redis container of
+    `memory_mb`) as redis-server arguments: a server started with them checks them too."""
+    import dataclasses
+
+    from aicommons.render.services import redis_conf
+
+    c = next(c for c in resolved.containers if c.name == "redis")
+    args: list[str] = []
+    for line in redis_conf(resolved, dataclasses.replace(c, memory_mb=memory_mb)).splitlines():
+        if line.split(" ", 1)[0] in REDIS_LIMITS:
+            args += ["--" + line.split()[0], *line.split()[1:]]
+    return tuple(args)
+
+
 def start_redis(port: int | None = None, extra: tuple[str, ...] = ()) -> RedisServer:
     port = port or free_port()
     root = Path(tempfile.mkdtemp(prefix="aic-redis-"))

@@ -15,24 +15,15 @@ import pytest
 import redis as redislib
 
 from aicommons.plan import names
-from aicommons.render.services import redis_conf
 from aicommons.tenancy.redis import RedisBackend
-from tests.servers import start_redis
+from tests.servers import redis_limits, start_redis
 from tests.standins.helpers import DictSecrets, resolved_site
 
-# The redis.conf lines that bound what clients can do (the rest: paths, persistence, bind).
-LIMITS = ("maxmemory", "maxmemory-policy", "maxmemory-clients", "proto-max-bulk-len", "maxclients",
-          "client-query-buffer-limit", "client-output-buffer-limit", "busy-reply-threshold", "lua-time-limit")
 MEMORY_MB = 256  # the Redis container's memory in these tests: a small server fills fast
 
 
 def rendered_limits(resolved, memory_mb: int = MEMORY_MB) -> tuple[str, ...]:
-    c = next(c for c in resolved.containers if c.name == "redis")
-    args: list[str] = []
-    for line in redis_conf(resolved, dataclasses.replace(c, memory_mb=memory_mb)).splitlines():
-        if line.split(" ", 1)[0] in LIMITS:
-            args += ["--" + line.split()[0], *line.split()[1:]]
-    return tuple(args)
+    return redis_limits(resolved, memory_mb)
 
 
 @pytest.fixture

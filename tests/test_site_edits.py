@@ -3,7 +3,7 @@ changed anything; a refused one never exits after writing. Reproduced first: wit
 5 rounds of two parallel adds lost 3 users, and a loser exited 3 after appending its user.
 
 Real: the `aicommons` command as separate processes, the engine, the state's lock (SQLite),
-the site.yaml edit. Simulated: the compute driver and tenancy back ends (AICOMMONS_FAKE_DIR,
+the site.yaml edit. Simulated: the compute driver and tenancy back ends (AICOMMONS_FAKE_DIR through tests/fakeworld.py,
 the engine's file-backed fakes): the race is in the edit and the lock, not in the containers.
 """
 

@@ -30,7 +30,7 @@ RESERVED = frozenset({
     # key prefixes and queue names the shared services write in the shared Redis (tenant keys are
     # under `t:<user>:` and cannot meet them; the names are refused anyway, so no log or listing
     # ever shows a user `bull` beside BullMQ's `bull:*`)
-    "langfuse", "bull", "bullmq", "celery", "kombu", "unacked", "superset", "formbricks", "t",
+    "langfuse", "bull", "bullmq", "celery", "kombu", "unacked", "superset", "formbricks",
 })
 RESERVED_PREFIXES = ("ak-", "authentik-", "aicommons-", "pg-")
 

@@ -233,10 +233,10 @@ def test_tenants_isolated_from_inside_ct200(site: Path):
     # the door open, by the missing CONNECT grant
     assert not r.ok and ("pg_hba.conf rejects connection" in r.stderr or "permission denied" in r.stderr), r.stderr
     rp1, rp2 = (secret(site, u, "redis_password") for u in ("user1", "user2"))
-    assert redis(d, 200, "u_user1", rp1, "set", "user1:k", "v").stdout.strip() == "OK"
-    assert redis(d, 200, "u_user1", rp1, "get", "user1:k").stdout.strip() == "v"
-    assert "NOPERM" in redis(d, 200, "u_user2", rp2, "get", "user1:k").stdout
-    r = redis(d, 200, "u_user1", rp2, "get", "user1:k")
+    assert redis(d, 200, "u_user1", rp1, "set", "t:user1:k", "v").stdout.strip() == "OK"
+    assert redis(d, 200, "u_user1", rp1, "get", "t:user1:k").stdout.strip() == "v"
+    assert "NOPERM" in redis(d, 200, "u_user2", rp2, "get", "t:user1:k").stdout
+    r = redis(d, 200, "u_user1", rp2, "get", "t:user1:k")
     assert "WRONGPASS" in r.stdout + r.stderr and "v" not in r.stdout.split()
 
 
@@ -513,7 +513,7 @@ def test_redis_down_gives_clear_error_and_rerun_converges(site: Path):
     assert not unexpected(r.stdout + r.stderr), r.stdout[-2000:]
     assert d.exec(103, ["systemctl", "is-active", "redis-server"]).stdout.strip() == "active"
     rp1 = secret(site, "user1", "redis_password")
-    assert redis(d, 200, "u_user1", rp1, "get", "user1:k").stdout.strip() == "v"
+    assert redis(d, 200, "u_user1", rp1, "get", "t:user1:k").stdout.strip() == "v"
 
 
 def test_down_leaves_nothing(site: Path):

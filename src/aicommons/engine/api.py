@@ -3,7 +3,7 @@
 plan = load site -> resolve with the state's held slots -> render -> refresh reality -> diff.
 apply = lock -> (check a saved plan is not stale) -> journal each step before it runs -> walk
 the DAG -> record outcomes. Driver and back ends are injected in tests; otherwise they come from
-the registries (`AICOMMONS_FAKE_DIR` selects the file-backed fakes, for demos and tests).
+the registries (the test suite alone can select the file-backed fakes: tests/fakeworld.py).
 """
 
 from __future__ import annotations
@@ -64,10 +64,12 @@ def fingerprint(site_file, state: StateStore) -> str:
 
 
 def default_driver(site, site_file=None) -> ComputeDriver:
-    if os.environ.get("AICOMMONS_FAKE_DIR"):
+    from aicommons.drivers import registry
+
+    if registry.FAKE_WORLD:  # the test suite's (tests/fakeworld.py)
         from aicommons.drivers.fake import FakeDriver
 
-        return FakeDriver(os.environ["AICOMMONS_FAKE_DIR"])
+        return FakeDriver(registry.FAKE_WORLD)
     try:
         from aicommons.drivers.registry import driver_for, site_owner
 
@@ -76,20 +78,22 @@ def default_driver(site, site_file=None) -> ComputeDriver:
         raise AicError(f"driver.kind {site.driver.kind}: the driver is not available in this build ({exc})") from None
 
 
-def default_backends(resolved, secrets, base_dir, notes: list[str]) -> list:
-    if os.environ.get("AICOMMONS_FAKE_DIR"):
+def default_backends(resolved, secrets, base_dir) -> list:
+    """The site's tenancy back ends. One that cannot be built (an admin login that does not resolve,
+    a missing library) is an error, never a note: a plan without it would silently plan no tenant
+    slices at all (issue 23)."""
+    from aicommons.drivers import registry
+
+    if registry.FAKE_WORLD:  # the test suite's (tests/fakeworld.py)
         from aicommons.tenancy.fake import fake_backends
 
-        return fake_backends(os.environ["AICOMMONS_FAKE_DIR"])
+        return fake_backends(registry.FAKE_WORLD)
     try:
         from aicommons.tenancy.registry import backends_for
-
-        return list(backends_for(resolved, secrets, base_dir))
-    except ImportError:
-        notes.append("tenancy back ends are not available in this build; tenant slices were not planned")
-    except AicError as exc:
-        notes.append(f"tenancy back ends: {exc}")
-    return []
+    except ImportError as exc:
+        raise AicError(f"the tenancy back ends are not available in this build ({exc}); reinstall aicommons "
+                       "(scripts/install.sh)") from None
+    return list(backends_for(resolved, secrets, base_dir))
 
 
 def default_target(site, driver: ComputeDriver) -> FileTarget | None:
@@ -159,7 +163,7 @@ class Session:
         self.driver: ComputeDriver = driver if driver is not None else default_driver(self.site, self.site_file)
         self._own_driver = driver is None
         base = self.site_file.resolve().parent
-        self.backends = backends if backends is not None else default_backends(self.resolved, self.secrets, base, self.backend_notes)
+        self.backends = backends if backends is not None else default_backends(self.resolved, self.secrets, base)
         self.notes += self.backend_notes
         if backends is None and isinstance(self.driver, SkipsServices):  # a service it cannot install holds no tenants
             gone = self.driver.skipped_services(self.resolved)

@@ -21,7 +21,7 @@ from aicommons.fsutil import write_file
 from aicommons.plan.model import ResolvedSite, Tenant
 from aicommons.plan.secrets import SITE_SCOPE, tenant_keys
 from aicommons.spec.models import User
-from aicommons.tenancy.base import AuditCheck
+from aicommons.tenancy.base import AuditCheck, ServiceBounded
 
 REDACTED = "********"
 NOT_YET = "(not made yet: `aicommons apply` generates it)"
@@ -287,12 +287,30 @@ def add_user(site_file: Path, name: str, email: str | None = None, *, state_path
     with site_lock(site_file, state_path, f"users add {name}", lock_timeout) as state:
         # a user removed with --keep-data comes back with its data and its logins
         returning = any(a.user == name and a.status == "removed" for a in state.allocations())
+        before = Path(site_file).read_text(encoding="utf-8")
         added = append_user(Path(site_file), user)
-        result = apply_site(site_file, state_path=state_path, targets={name}, yes=True, driver=driver,
-                            backends=backends, out=out, command=_by(f"users add {name}", actor))
+        try:
+            result = apply_site(site_file, state_path=state_path, targets={name}, yes=True, driver=driver,
+                                backends=backends, out=out, command=_by(f"users add {name}", actor))
+        except AicError as exc:
+            # Refused before anything was made for the user (no slot in the state): the edit is
+            # undone, so site.yaml is as it was. Once a slot exists the user stays in site.yaml
+            # (dropping it would make the next apply tear down what was made); the CLI says so.
+            if added and not any(a.user == name for a in state.allocations()):
+                _check_and_write(Path(site_file), before, Path(site_file).read_text(encoding="utf-8"))
+                _say_kept(exc, f"{name} was not added: site.yaml is as it was")
+            raise
         if returning and result.ok:
             set_suspended(Path(site_file), name, False, state_path=state_path, backends=backends)
     return added, result
+
+
+def _say_kept(exc: AicError, what: str) -> None:
+    """Add what happened to site.yaml to the error the CLI prints."""
+    if isinstance(exc, SiteInvalid):
+        exc.problems.append(Problem("users", what))
+    elif exc.args:
+        exc.args = (f"{exc.args[0]}; {what}", *exc.args[1:])
 
 
 def remove_user(site_file: Path, name: str, *, lock_timeout: float = 0.0, state_path=None, **kw):
@@ -568,6 +586,8 @@ def audit_site(site_file: Path, *, state_path=None, backends=None
         for b in ctx.backends:
             try:
                 checks += b.audit(tenants, secrets)
+                if isinstance(b, ServiceBounded):  # the "service" section: bounds on one tenant
+                    checks += b.service_audit(tenants, secrets)
             except (TemporaryError, OSError) as exc:
                 skipped.append(f"{b.name}: {exc}")
         warnings = [w for b in ctx.backends for w in getattr(b, "warnings", [])] + (

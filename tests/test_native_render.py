@@ -63,7 +63,7 @@ def test_plan_says_what_is_not_deployed_and_each_fallback():
     assert any(n.startswith("openwebui: garage is not deployed here -> local files") for n in r.notes)
     # An external server is the operator's: deployed, used as given, no fallback.
     text = render_site_yaml(users=2, driver="lxc", services=SERVICES).replace(
-        "  qdrant: {}", "  qdrant: {external: {host: qdrant.lan, port: 6333}}")
+        "  qdrant: {}", "  qdrant: {external: {host: qdrant.lan, port: 6333, admin_password: 'env:AIC_QDRANT_KEY'}}")
     ext = resolve(load_text(text)[0])
     assert "qdrant" not in ext.undeployed and "qdrant" not in ext.fallbacks.get("openwebui", {})
     p = _site("proxmox")

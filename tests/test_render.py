@@ -414,7 +414,9 @@ def test_cli_render_writes_the_tree(tmp_path, monkeypatch):
     site_file = tmp_path / "site.yaml"
     site_file.write_text(render_site_yaml(users=3))
     out = tmp_path / "out"
-    monkeypatch.setenv("AICOMMONS_FAKE_DIR", str(tmp_path / "world"))
+    from aicommons.drivers import registry
+
+    monkeypatch.setattr(registry, "FAKE_WORLD", str(tmp_path / "world"))  # as tests/fakeworld.py does
     assert main(["apply", "--yes", "-f", str(site_file)]) == 0  # the state holds the secrets now
     assert main(["render", "-f", str(site_file), "--out", str(out)]) == 0
     env1 = (out / "users/user2/.env").read_text()
@@ -431,7 +433,8 @@ def test_variants_minio_db_isolation_external_postgres_parse_and_wire():
             d["services"].pop(name)
         d["services"]["minio"] = {}
         d["redis"] = {"isolation": "db", "databases": 16, "first_db": 2}
-        d["services"]["postgres"] = {"external": {"host": "db.example.org", "port": 5433}}
+        d["services"]["postgres"] = {"external": {"host": "db.example.org", "port": 5433,
+                                                  "admin_password": "env:AIC_TEST_PG_ADMIN"}}
     s = make_site(3, tweak)
     files = render_site(s, FakeSecrets())
     assert {p: parse_problem(p, f.content) for p, f in files.items() if parse_problem(p, f.content)} == {}

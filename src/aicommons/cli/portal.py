@@ -46,7 +46,7 @@ def serve(
     listen: Annotated[list[str] | None, typer.Option("--listen", help="HOST:PORT to serve on (repeatable).")] = None,
     trusted_proxy: Annotated[list[str] | None, typer.Option(
         "--trusted-proxy", help="Peer whose X-authentik-* headers are believed (repeatable; default: where the site's "
-        "Traefik connects from).")] = None,
+                        "Traefik connects from: its address, or the bridge's on LXC).")] = None,
     operator_group: Annotated[str, typer.Option(help="Authentik group of the site's operators.")] = "aicommons-operators",
     no_admin_token: Annotated[bool, typer.Option("--no-admin-token", help="Refuse the local operator token.")] = False,
     refresh: Annotated[float, typer.Option(help="Seconds before live status is swept again.")] = 10.0,

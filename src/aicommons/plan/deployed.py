@@ -57,8 +57,8 @@ def redis_refused(app: App) -> str | None:
 def lxc_unsupported(svc: Service) -> str | None:
     """Why the LXC driver cannot install this service (None = it can)."""
     inst = svc.install
-    if inst.method == "apt" and not inst.needs_download:
-        return None
+    if (inst.method == "apt" and not inst.needs_download) or inst.method == "aicommons":
+        return None  # aicommons: the runtime layer built from this checkout (drivers/runtime.py)
     if inst.method == "none":
         return "the catalog has no install recipe for it"
     what = f"image {inst.image}" if inst.image else "an upstream release"

@@ -27,6 +27,9 @@ from aicommons.spec.models import PROVIDER_REFUSED, Site, parse_range
 PROVIDERS = ("lemonldap", "authentik")  # identity.provider values, each its catalog service
 
 SCALE_POOL = range(108, 120)
+# Shared services whose tenant slices the control plane makes with an admin login
+# (tenancy/registry.py admin_credentials): adopted as `external:`, they need that login in site.yaml.
+EXTERNAL_ADMIN = ("postgres", "redis", "qdrant", "garage", "minio")
 IP = ipaddress.IPv4Address
 
 
@@ -142,6 +145,10 @@ def _allocate_shared(ctx: _Ctx, shared_range: list[IP]) -> tuple[list[Container]
         svc, ov = cat.services[n], site.services[n]
         loc = ("services", n)
         if ov.external is not None:
+            if n in EXTERNAL_ADMIN and ov.external.admin_password is None:
+                ctx.problem(loc + ("external", "admin_password"),
+                            f"an external {n} needs an admin login: aicommons creates each user's slice with it",
+                            "set it (a literal, env:VAR or file:PATH), or let aicommons run the server")
             ports = {p.name: p.port for p in svc.ports}
             if svc.ports:  # the adopted server's port replaces the service's main one
                 ports[svc.ports[0].name] = ov.external.port

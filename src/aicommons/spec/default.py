@@ -11,7 +11,7 @@ REFERENCE_DOMAIN = "valuechainhackers.xyz"
 # Services whose recipe needs downloads this host cannot make are reported as skipped.
 # The sign-in provider is the driver's (spec/models.py PROVIDER_DEFAULT): LemonLDAP::NG here.
 LXC_CORE = ["ollama", "qdrant", "postgres", "redis", "garage", "searxng", "langfuse", "gitea",
-            "prometheus", "grafana", "loki", "lemonldap"]
+            "prometheus", "grafana", "loki", "lemonldap", "portal"]
 
 
 def user_ranges_for(n: int) -> list[str]:

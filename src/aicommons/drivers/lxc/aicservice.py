@@ -39,26 +39,18 @@ def services_of(c: Container) -> list[Service]:
 
 def mounts(c: Container, cache_dir: str, control: ControlPlane | None, log) -> list[tuple[str, str, str]]:
     """(host dir, path inside, ro|rw) for a shared container running an aicommons service."""
-    site = binds(c, control)
-    if not site:
-        return []
-    from aicommons.drivers import runtime
-
-    return [(str(runtime.ensure_layer(cache_dir, log)), R.MOUNT, "ro"), *site]
-
-
-def binds(c: Container, control: ControlPlane | None) -> list[tuple[str, str, str]]:
-    """The site file's and the state's directories for such a container, each checked passable;
-    the driver asks before it makes the container's directories, so a refusal leaves nothing."""
     if c.role != "shared" or not services_of(c):
         return []
     if control is None:
         raise PermanentError(f"container {c.ctid} runs {', '.join(s.name for s in services_of(c))}, which needs "
                              "the site file and state; the driver was given none (bind_control)")
-    out = [(str(control.site_file.parent), SITE_MOUNT, "ro")]
+    from aicommons.drivers import runtime
+
+    out = [(str(runtime.ensure_layer(cache_dir, log)), R.MOUNT, "ro"),
+           (str(control.site_file.parent), SITE_MOUNT, "ro")]
     if not control.state_is_url:
         out.append((posixpath.dirname(control.state), STATE_MOUNT, "rw"))
-    for host, inside, _ in out:
+    for host, inside, _ in out[1:]:
         _passable(host, inside)
     return out
 

@@ -311,7 +311,6 @@ class LxcDriver:
                 f"container {container.ctid} exists in {self.lxcpath} but was not made by site "
                 f"{self.site!r}; aicommons leaves it alone — move it or choose another driver.lxcpath")
         tdir = self.ensure_template()
-        aicservice.binds(container, self.control)  # refused before anything of the container is made
         if self._meta(container.ctid) is None:
             self._make_dirs(d)
             self._seed_files(container, d / "delta")

@@ -72,10 +72,6 @@ def site(tmp_path_factory):
     if netns.exists(NS) or LXCPATH.exists():
         pytest.fail(f"a site {PREFIX!r} is already up on this host; run `aicommons down` first")
     where = tmp_path_factory.mktemp("site")
-    # The portal's container binds this directory as its unprivileged root, which must pass every
-    # directory above it (drivers/lxc/aicservice.py refuses otherwise); pytest makes them 0700.
-    for d in (where.parent, where.parent.parent):
-        d.chmod(d.stat().st_mode & 0o777 | 0o001)
     started_archives = set(ARCHIVE.glob("*.tar.gz"))
     # The default site (3 users, the seed's services), under names of the test's own.
     r = subprocess.run([AIC, "init", "--driver", "lxc", "--users", "3", "-o", str(where / "site.yaml")],

@@ -16,10 +16,8 @@ namespace): changes to the site's containers run on the host; this driver says s
 
 from __future__ import annotations
 
-import os
 import posixpath
 import shlex
-from pathlib import Path
 
 from aicommons.catalog import load_catalog
 from aicommons.catalog.model import Service
@@ -50,21 +48,7 @@ def mounts(c: Container, cache_dir: str, control: ControlPlane | None, log) -> l
            (str(control.site_file.parent), SITE_MOUNT, "ro")]
     if not control.state_is_url:
         out.append((posixpath.dirname(control.state), STATE_MOUNT, "rw"))
-    for host, inside, _ in out[1:]:
-        _passable(host, inside)
     return out
-
-
-def _passable(host: str, inside: str) -> None:
-    """LXC opens an idmapped bind's source as the container's root (a host uid of the site's
-    range, not root), so every directory above it must be searchable by others: a site file
-    under a 0700 directory (/root, pytest's temporary base) failed lxc-start with a bare EACCES."""
-    p = Path(host).resolve()
-    for d in p.parents:
-        if not os.stat(d).st_mode & 0o001:
-            raise PermanentError(f"{d} is not searchable by others (mode {os.stat(d).st_mode & 0o777:o}), and the "
-                                 f"portal's container binds {p} at {inside} as its unprivileged root; `chmod o+x "
-                                 f"{d}` or keep the site file (and its state) under a directory others may pass")
 
 
 def runs_aicommons(meta: dict) -> bool:

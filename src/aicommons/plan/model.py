@@ -141,6 +141,7 @@ class ResolvedSite:
     unavailable: dict[str, str] = field(default_factory=dict)
     fallbacks: dict[str, dict[str, str]] = field(default_factory=dict)
     runtime_notes: list[str] = field(default_factory=list)  # the above, as notes (also in `notes`)
+    model_units: tuple = ()  # plan/models.py ModelUnit: what llama-server runs, one per model file
 
     def container(self, ctid: int) -> Container:
         for c in self.containers:
@@ -175,4 +176,7 @@ class ResolvedSite:
             "undeployed": dict(self.undeployed),
             "unavailable_apps": dict(self.unavailable),
             "fallbacks": {k: dict(v) for k, v in self.fallbacks.items()},
+            "models": [{"name": u.model.name, "kind": u.model.kind, "port": u.port, "threads": u.threads,
+                        "source": u.model.package or u.model.path, "file": u.model.file}
+                       for u in self.model_units],
         }

@@ -31,6 +31,21 @@ class ModelUnit:
         return f"aic-model-{self.model.name}"
 
 
+def client_addresses(site: Site, catalog: Catalog) -> tuple[str, ...]:
+    """Addresses of the services allowed to reach the model server (its catalog `clients`, e.g.
+    the gateway) that this site enables: their `address:` override, else the catalog's octet."""
+    out = []
+    for name in catalog.services[SERVICE].clients:
+        ov, svc = site.services.get(name), catalog.services.get(name)
+        if ov is None or not ov.enabled or svc is None:
+            continue
+        if ov.address is not None:
+            out.append(str(ov.address))
+        elif svc.octet is not None:
+            out.append(str(site.network.subnet.network_address + svc.octet))
+    return tuple(out)
+
+
 def model_ports(catalog: Catalog) -> list[int]:
     return [p.port for p in catalog.services[SERVICE].ports if p.name.startswith("model-")]
 

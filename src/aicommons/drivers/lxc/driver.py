@@ -23,11 +23,12 @@ from pathlib import Path
 
 from aicommons.catalog import load_catalog
 from aicommons.drivers.base import ContainerState, DriverInfo, ExecResult, HostProbe, Status, Usage
-from aicommons.drivers.lxc import apps, config, hostaudit, hostcheck, idmap, limits, netns, services, template
+from aicommons.drivers.lxc import apps, config, hostaudit, hostcheck, idmap, limits, models, netns, services, template
 from aicommons.drivers.lxc.run import run
 from aicommons.drivers.lxc.services import ServiceOutcome
 from aicommons.drivers.lxc.traefik import TraefikRunner
 from aicommons.errors import PermanentError, TemporaryError
+from aicommons.plan import models as model_plan
 from aicommons.plan.model import Container
 from aicommons.plan.secrets import SecretLookup
 from aicommons.spec.models import Site
@@ -70,8 +71,11 @@ class LxcDriver:
     def __init__(self, *, site: str, net: netns.NetPlan, lxcpath: str, cache_dir: str,
                  log=None, secrets: SecretLookup | None = None, traefik_dir: str | None = None,
                  traefik_ip: str | None = None, runtime: str = "docker",
-                 user_ranges: tuple[str, ...] = (), owner: str | None = None) -> None:
+                 user_ranges: tuple[str, ...] = (), owner: str | None = None,
+                 models: tuple = (), model_clients: tuple[str, ...] = ()) -> None:
         self.site = site
+        self.models = models  # plan/models.py ModelUnit: what the model server container runs
+        self.model_clients = model_clients  # the only addresses that may reach it (its `clients`)
         self.owner = owner  # the site's directory: two sites of one name must not share lxcpath/netns
         self.runtime = runtime  # native: users' apps run from shared layers (apps.py)
         self.user_ranges = user_ranges
@@ -175,6 +179,7 @@ class LxcDriver:
         if d.kind != "lxc":
             raise PermanentError("driver.kind: LxcDriver needs `kind: lxc`")
         assert d.netns is not None and d.lxcpath is not None, "Site fills in both for an LXC site (spec/models.py)"
+        cat = load_catalog()
         net = netns.NetPlan(
             ns=options.get("netns", d.netns), bridge=n.bridge, gateway=str(n.gateway),
             prefixlen=n.subnet.prefixlen, subnet=str(n.subnet), extra=(str(n.traefik.address),),
@@ -187,7 +192,8 @@ class LxcDriver:
                   secrets=options.get("secrets"), traefik_ip=str(n.traefik.address),
                   traefik_dir=options.get("traefik_dir", str(Path(lxcpath) / "_traefik" / "dynamic")),
                   runtime=site.user_template.runtime or "docker", user_ranges=tuple(n.user_ranges),
-                  owner=options.get("owner"))
+                  owner=options.get("owner"), models=tuple(model_plan.model_units(site, cat)),
+                  model_clients=model_plan.client_addresses(site, cat))
         drv.join = bool(options.get("join", False))
         return drv
 
@@ -306,9 +312,13 @@ class LxcDriver:
     def _write_config(self, c: Container, tdir: Path) -> bool:
         cfg = self._dir(c.ctid) / "config"
         mounts = apps.layer_mounts(c, self.cache_dir, self.log) if c.role == "user" and self.runtime == "native" else []
+        cpus = ""
+        if c.role == "shared" and model_plan.SERVICE in c.services:
+            mounts = models.layer_mounts(self.models, self.cache_dir, self.log)
+            cpus = limits.pinned_cpus(c.cores)
         text = config.render(c, site=self.site, bridge=self.net.bridge, lower=str(tdir / "rootfs"),
                              rootfs=str(self._dir(c.ctid) / "rootfs"), idmap_base=self.idmap_base, ns=self.ns,
-                             legacy_cgroups=limits.legacy(), mounts=mounts)
+                             legacy_cgroups=limits.legacy(), mounts=mounts, cpus=cpus)
         if cfg.exists() and cfg.read_text() == text:
             return False
         tmp = cfg.with_suffix(".tmp")

@@ -14,7 +14,7 @@ from typing import Literal
 
 import h11
 
-Kind = Literal["http", "tcp", "postgres", "redis", "ollama", "traefik"]
+Kind = Literal["http", "tcp", "postgres", "redis", "ollama", "traefik", "llamacpp"]
 State = Literal["ok", "slow", "down", "skipped"]
 
 
@@ -31,7 +31,7 @@ class Check:
     critical: bool = False  # down -> the whole site is critical (phase-1 shared services)
     username: str | None = None
     password: str | None = field(default=None, repr=False)
-    expect_models: tuple[str, ...] = ()  # ollama: models the site declares
+    expect_models: tuple[str, ...] = ()  # ollama: models the site declares; llamacpp: (name, kind)
     skip_reason: str = ""
     deployed: bool = True  # False: the driver or runtime does not run it here (skip_reason says why)
 
@@ -64,13 +64,17 @@ async def _close(writer: asyncio.StreamWriter) -> None:
         pass
 
 
-async def http_get(streams: Streams, host: str, path: str) -> tuple[int, bytes]:
-    """One HTTP/1.1 GET over open streams, parsed by h11 (httpx costs ~5x more per request,
-    which matters when one sweep makes hundreds)."""
+async def http_get(streams: Streams, host: str, path: str, body: bytes | None = None) -> tuple[int, bytes]:
+    """One HTTP/1.1 GET (or a JSON POST, given a body) over open streams, parsed by h11 (httpx
+    costs ~5x more per request, which matters when one sweep makes hundreds)."""
     reader, writer = streams
     conn = h11.Connection(h11.CLIENT)
-    writer.write(conn.send(h11.Request(method="GET", target=path, headers=[
-        ("Host", host), ("User-Agent", "aicommons-status"), ("Connection", "close")])))
+    headers = [("Host", host), ("User-Agent", "aicommons-status"), ("Connection", "close")]
+    if body is not None:
+        headers += [("Content-Type", "application/json"), ("Content-Length", str(len(body)))]
+    writer.write(conn.send(h11.Request(method="GET" if body is None else "POST", target=path, headers=headers)))
+    if body:
+        writer.write(conn.send(h11.Data(data=body)))
     writer.write(conn.send(h11.EndOfMessage()))
     await writer.drain()
     status, body = 0, bytearray()
@@ -118,6 +122,32 @@ async def check_ollama(c: Check, streams: Streams) -> str:
     if missing:
         raise Failed(f"models not pulled: {', '.join(missing)}")
     return f"{len(names)} models"
+
+
+async def check_llamacpp(c: Check, streams: Streams) -> str:
+    """llama-server by its own protocol: /health, then one tiny real request to the model it serves
+    (a one-token chat completion, or the embedding of one word)."""
+    status, _ = await _get(c, "/health", streams)
+    if status != 200:
+        raise Failed(f"GET /health answered {status} (503: the model is still loading)")
+    name, kind = c.expect_models
+    if kind == "embedding":
+        path, req = "/v1/embeddings", {"model": name, "input": "ok"}
+    else:
+        path, req = "/v1/chat/completions", {"model": name, "max_tokens": 1,
+                                              "messages": [{"role": "user", "content": "Say ok."}]}
+    reader_writer = await asyncio.open_connection(c.host, c.port)
+    try:
+        status, body = await http_get(reader_writer, c.address, path, json.dumps(req).encode())
+    finally:
+        await _close(reader_writer[1])
+    if status != 200:
+        raise Failed(f"POST {path} answered {status}: {body[:200].decode(errors='replace')}")
+    answer = json.loads(body)
+    if kind == "embedding":
+        dims = len(answer["data"][0]["embedding"])
+        return f"{name}: embedding of {dims} dimensions"
+    return f"{name}: {answer.get('usage', {}).get('completion_tokens', '?')} token answered"
 
 
 async def check_traefik(c: Check, streams: Streams) -> str:
@@ -170,7 +200,7 @@ async def check_redis(c: Check, timeout: float) -> str:
     return ""
 
 
-HTTP_KINDS = {"http": check_http, "ollama": check_ollama, "traefik": check_traefik}
+HTTP_KINDS = {"http": check_http, "ollama": check_ollama, "traefik": check_traefik, "llamacpp": check_llamacpp}
 
 
 async def run_check(c: Check, timeout: float, slow_ms: float) -> Result:

@@ -80,6 +80,10 @@ def plan_checks(resolved: ResolvedSite, *, secrets: Lookup | None = None,
             elif h.type in ("postgres", "redis"):
                 user, pw = _credentials(resolved, svc, secrets, base_dir)
                 add(label, h.type, ip, port, spec.phase, critical=crit, username=user, password=pw)
+            elif svc == "llama-server":
+                for u in resolved.model_units:  # one server per model, each checked by a real request
+                    add(f"{label}/{u.model.name}", "llamacpp", ip, u.port, spec.phase, critical=crit,
+                        expect_models=(u.model.name, u.model.kind))
             elif svc == "ollama":
                 add(label, "ollama", ip, port, spec.phase, critical=crit,
                     expect_models=tuple(resolved.site.ollama_tags))

@@ -102,3 +102,12 @@ def check(site: Site, catalog: Catalog) -> list[tuple[tuple, str, str]]:
         out.append((("services", SERVICE, "resources", "cores"), f"{n_files} models need at least one core "
                     f"each; llama-server has {cores}", f"set services.{SERVICE}.resources.cores: {n_files}"))
     return out
+
+
+def notes(site: Site) -> list[str]:
+    """What `plan` says about the models: an embedding model that is a chat model's own file is a
+    stand-in (no registry package ships an embedding model as GGUF)."""
+    chat_files = {(m.package, m.file, m.path) for m in site.model_files if m.kind == "chat"}
+    return [f"model {m.name}: embeddings from the chat model's own file ({m.file or m.path}, "
+            f"{m.pooling or 'its default'} pooling) — a stand-in for an embedding model, quality not evaluated"
+            for m in site.model_files if m.kind == "embedding" and (m.package, m.file, m.path) in chat_files]

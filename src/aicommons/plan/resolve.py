@@ -508,6 +508,8 @@ def _resolve(site: Site, catalog: Catalog, held: dict[str, str],
         notes.append(f"certificates: this change asks Let's Encrypt for {len(issued)} certificates; it issues at most "
                      f"{certs_plan.WEEKLY_LIMIT} per registered domain per week, so the rest would wait "
                      "(set network.traefik.dns_provider for one wildcard, or add users in smaller steps)")
+    if model_plan.serving(site):
+        notes += model_plan.notes(site)
     gone = deployed.undeployed(site, catalog)
     unavailable = deployed.unavailable_apps(site, apps, catalog)
     fallbacks = deployed.fallbacks(site, [a for a in apps if a not in unavailable], catalog, gone)

@@ -64,17 +64,17 @@ async def _close(writer: asyncio.StreamWriter) -> None:
         pass
 
 
-async def http_get(streams: Streams, host: str, path: str, body: bytes | None = None) -> tuple[int, bytes]:
+async def http_get(streams: Streams, host: str, path: str, send: bytes | None = None) -> tuple[int, bytes]:
     """One HTTP/1.1 GET (or a JSON POST, given a body) over open streams, parsed by h11 (httpx
     costs ~5x more per request, which matters when one sweep makes hundreds)."""
     reader, writer = streams
     conn = h11.Connection(h11.CLIENT)
     headers = [("Host", host), ("User-Agent", "aicommons-status"), ("Connection", "close")]
-    if body is not None:
-        headers += [("Content-Type", "application/json"), ("Content-Length", str(len(body)))]
-    writer.write(conn.send(h11.Request(method="GET" if body is None else "POST", target=path, headers=headers)))
-    if body:
-        writer.write(conn.send(h11.Data(data=body)))
+    if send is not None:
+        headers += [("Content-Type", "application/json"), ("Content-Length", str(len(send)))]
+    writer.write(conn.send(h11.Request(method="GET" if send is None else "POST", target=path, headers=headers)))
+    if send:
+        writer.write(conn.send(h11.Data(data=send)))
     writer.write(conn.send(h11.EndOfMessage()))
     await writer.drain()
     status, body = 0, bytearray()
@@ -131,6 +131,7 @@ async def check_llamacpp(c: Check, streams: Streams) -> str:
     if status != 200:
         raise Failed(f"GET /health answered {status} (503: the model is still loading)")
     name, kind = c.expect_models
+    req: dict[str, object]
     if kind == "embedding":
         path, req = "/v1/embeddings", {"model": name, "input": "ok"}
     else:

@@ -7,9 +7,12 @@ stay fast. `to_dict()` gives the JSON shape `aicommons plan --json` prints.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from aicommons.spec.models import Site
+
+if TYPE_CHECKING:
+    from aicommons.plan.models import ModelUnit
 
 Role = Literal["shared", "user"]
 
@@ -141,7 +144,7 @@ class ResolvedSite:
     unavailable: dict[str, str] = field(default_factory=dict)
     fallbacks: dict[str, dict[str, str]] = field(default_factory=dict)
     runtime_notes: list[str] = field(default_factory=list)  # the above, as notes (also in `notes`)
-    model_units: tuple = ()  # plan/models.py ModelUnit: what llama-server runs, one per model file
+    model_units: tuple[ModelUnit, ...] = ()  # what llama-server runs, one per model file
 
     def container(self, ctid: int) -> Container:
         for c in self.containers:

@@ -16,6 +16,7 @@ from aicommons.spec.models import Site
 from aicommons.spec.served import ServedModel
 
 SERVICE = "llama-server"
+Problem = tuple[tuple[object, ...], str, str]  # (location in site.yaml, message, fix)
 # Requests each llama-server serves at once (`--parallel`): they share its threads.
 PARALLEL = 2
 
@@ -73,9 +74,9 @@ def model_units(site: Site, catalog: Catalog) -> list[ModelUnit]:
     return [ModelUnit(m, port, threads) for m, port in zip(models, ports, strict=False)]
 
 
-def check(site: Site, catalog: Catalog) -> list[tuple[tuple, str, str]]:
+def check(site: Site, catalog: Catalog) -> list[Problem]:
     """Problems of `models:` for this site: (location, message, fix)."""
-    out: list[tuple[tuple, str, str]] = []
+    out: list[Problem] = []
     cores = server_cores(site, catalog)
     serving_ = serving(site)
     ollama = site.services.get("ollama")

@@ -94,7 +94,7 @@ def render_site_yaml(users: int = 50, domain: str = REFERENCE_DOMAIN, driver: st
     out += _services_block(cat, services)
     out += [
         "",
-        *(_models_block() if driver == "lxc" else []),
+        *(_models_block() if "llama-server" in (services or ()) else []),
         "user_template:",
         "  apps: [" + ", ".join(UserTemplate().apps) + "]",
         "  resources: {memory_mb: 8192, cores: 4, disk_gb: 100}",

@@ -128,7 +128,7 @@ def test_embeddings_come_back_normalised(embed):
 
 
 def test_status_checks_each_model_by_a_real_request(chat, embed):
-    for (url, unit) in (chat, embed):
+    for _url, unit in (chat, embed):
         c = Check(name=f"llama-server/{unit.model.name}", kind="llamacpp", host="127.0.0.1", port=unit.port,
                   phase=1, expect_models=(unit.model.name, unit.model.kind))
         res = asyncio.run(run_check(c, timeout=60, slow_ms=60_000))

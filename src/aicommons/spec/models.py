@@ -11,7 +11,7 @@ import ipaddress
 import re
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, field_validator, model_validator
 
 from aicommons.spec import identity
 from aicommons.spec.served import ServedModel
@@ -340,6 +340,14 @@ class Gateway(Model):
         return self
 
 
+# An Ollama tag (a string) or a model file (a mapping): told apart by type, so an error names only the
+# kind the entry is (not "should be a valid string" for a mapping with a wrong field).
+ModelEntry = Annotated[
+    Annotated[str, Tag("ollama-tag")] | Annotated[ServedModel, Tag("model-file")],
+    Discriminator(lambda v: "ollama-tag" if isinstance(v, str) else "model-file"),
+]
+
+
 class Site(Model):
     version: Literal[1] = 1
     name: str = Field(..., pattern=SITE_NAME_RE)
@@ -356,7 +364,7 @@ class Site(Model):
     embedding: Embedding = Field(default_factory=Embedding)
     secrets: Secrets = Field(default_factory=Secrets)
     backups: Backups = Field(default_factory=Backups)
-    models: list[str | ServedModel] = Field(
+    models: list[ModelEntry] = Field(
         default_factory=list,
         description="What the site's model server serves: Ollama tags (pulled once by Ollama), or model "
         "files llama-server serves (`{name, kind, package + file | path, sha256}`).")

@@ -167,9 +167,12 @@ def test_a_host_file_model_is_checked_against_its_sha256(tmp_path):
     ({"name": "x", "path": "/m.gguf", "sha256": "nothex"}, "sha256"),
 ])
 def test_a_bad_model_entry_is_refused_naming_the_fix(entry, message):
-    with pytest.raises(SiteInvalid, match=message):
+    with pytest.raises(SiteInvalid, match=message) as err:
         load_text(render_site_yaml(users=1, driver="lxc", services=LXC_CORE).replace(
             "models:\n", f"models:\n  - {json.dumps(entry)}\n", 1))
+    # The entry is named by its place alone: no "should be a valid string" for a mapping.
+    assert len(err.value.problems) == 1 and err.value.problems[0].path.startswith("models[0]")
+    assert "valid string" not in str(err.value)
 
 
 def test_models_are_checked_against_the_sites_model_server():

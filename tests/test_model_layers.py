@@ -202,6 +202,8 @@ def test_threads_never_outnumber_the_cores_and_each_model_has_its_port():
     assert [u.threads for u in resolve(one).model_units] == [3]
     assert resolve(site).to_dict()["models"][1]["kind"] == "embedding"
     assert any("stand-in" in n for n in resolve(site).notes)  # said plainly in `plan`
+    assert model_plan.upstreams(resolve(site)) == {"smollm2": ("http://10.0.5.100:8080/v1", "chat"),
+                                                   "smollm2-embed": ("http://10.0.5.100:8081/v1", "embedding")}
 
 
 def test_the_proxmox_site_keeps_ollama_and_its_tags():

@@ -112,3 +112,11 @@ def notes(site: Site) -> list[str]:
     return [f"model {m.name}: embeddings from the chat model's own file ({m.file or m.path}, "
             f"{m.pooling or 'its default'} pooling) — a stand-in for an embedding model, quality not evaluated"
             for m in site.model_files if m.kind == "embedding" and (m.package, m.file, m.path) in chat_files]
+
+
+def upstreams(resolved) -> dict[str, tuple[str, str]]:
+    """What the gateway forwards to: model name -> (OpenAI base URL at the model server, kind)."""
+    ep = resolved.endpoints.get(SERVICE)
+    if ep is None:
+        return {}
+    return {u.model.name: (f"http://{ep.host}:{u.port}/v1", u.model.kind) for u in resolved.model_units}

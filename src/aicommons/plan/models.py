@@ -10,10 +10,14 @@ container to that many cores).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from aicommons.catalog import Catalog
 from aicommons.spec.models import Site
 from aicommons.spec.served import ServedModel
+
+if TYPE_CHECKING:
+    from aicommons.plan.model import ResolvedSite
 
 SERVICE = "llama-server"
 Problem = tuple[tuple[object, ...], str, str]  # (location in site.yaml, message, fix)
@@ -114,7 +118,7 @@ def notes(site: Site) -> list[str]:
             for m in site.model_files if m.kind == "embedding" and (m.package, m.file, m.path) in chat_files]
 
 
-def upstreams(resolved) -> dict[str, tuple[str, str]]:
+def upstreams(resolved: ResolvedSite) -> dict[str, tuple[str, str]]:
     """What the gateway forwards to: model name -> (OpenAI base URL at the model server, kind)."""
     ep = resolved.endpoints.get(SERVICE)
     if ep is None:

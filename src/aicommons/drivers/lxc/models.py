@@ -11,6 +11,7 @@ client addresses; the control plane reaches it from the namespace itself (not fo
 from __future__ import annotations
 
 import shlex
+from pathlib import Path
 
 from aicommons.drivers import modellayers
 from aicommons.drivers.lxc import netns
@@ -43,7 +44,7 @@ def configure(driver, c: Container, secrets: SecretLookup) -> None:
                              "(see `aicommons init --driver lxc`)")
     driver.sh(c.ctid, f"id -u {USER} >/dev/null 2>&1 || useradd --system --no-create-home "
                       f"--shell /usr/sbin/nologin {USER}")
-    binary = str(modellayers.server_binary(modellayers.Path(modellayers.SERVER_MOUNT)))
+    binary = str(modellayers.server_binary(Path(modellayers.SERVER_MOUNT)))
     wanted = set()
     for u in units:
         path = f"/etc/systemd/system/{u.unit}.service"

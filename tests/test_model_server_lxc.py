@@ -12,7 +12,10 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
+import tempfile
+from pathlib import Path
 
 import pytest
 
@@ -47,16 +50,19 @@ def ct(ctid: int, name: str, role: str = "shared", cores: int = 1) -> Container:
 
 
 @pytest.fixture(scope="module")
-def drv(tmp_path_factory):
+def drv():
+    # not under pytest's 0700 basetemp: the containers' root (an unprivileged host uid) must reach its rootfs
+    lxcpath = Path(tempfile.mkdtemp(prefix=f"{NS}-", dir="/var/tmp"), "lxc")
+    lxcpath.parent.chmod(0o755)
     site = Site.model_validate({
         "name": "modeltest", "domain": "example.org",
-        "driver": {"kind": "lxc", "netns": NS, "lxcpath": str(tmp_path_factory.mktemp("lxc")),
-                   "cache_dir": CACHE_DIR},
+        "driver": {"kind": "lxc", "netns": NS, "lxcpath": str(lxcpath), "cache_dir": CACHE_DIR},
         "services": {"llama-server": {}}, "user_template": {"apps": []},
         "models": [m.model_dump(exclude_none=True) for m in DEFAULT_LXC_MODELS]})
     d = LxcDriver.from_site(site, log=print, traefik_dir=None, join=False, secrets=lambda scope, key: "unused")
     yield d
     d.down()
+    shutil.rmtree(lxcpath.parent, ignore_errors=True)
 
 
 def in_ns(*argv: str) -> subprocess.CompletedProcess:

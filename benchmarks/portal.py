@@ -1,6 +1,6 @@
 """The operator's console with 50 users and live status: server time, against `aicommons status --json`.
 
-One site of 50 users (3 apps each) is applied with the file-backed fakes (AICOMMONS_FAKE_DIR),
+One site of 50 users (3 apps each) is applied with the file-backed fakes (tests/fakeworld.py),
 every status check is mapped to a loopback HTTP stand-in in its own process, and a real
 `aicommons serve` answers. Measured in the same run:
 - baseline: `aicommons status --json` (the same checks, what the operator waits for on a shell);
@@ -35,7 +35,8 @@ from aicommons.spec.load import load_text  # noqa: E402
 
 USERS = 50
 ROUNDS = 15
-AIC = [sys.executable, "-c", "import sys; from aicommons.cli import main; sys.exit(main())"]
+AIC = [sys.executable, "-c",  # the real CLI on the test suite's fake world (tests/fakeworld.py)
+       f"import sys; sys.path.insert(0, {str(ROOT)!r}); from tests.fakeworld import main; sys.exit(main())"]
 HEAD = {"X-authentik-username": "ops", "X-authentik-groups": "aicommons-operators"}
 
 

@@ -15,7 +15,8 @@ want_test=0
 #   lxc + lxc-templates   lxc-start/attach/info/stop; lxc-templates ships the debian.common.conf
 #                         every container config includes (only a Recommends of lxc)
 #   debootstrap           builds the container template; iproute2: ip netns/link/addr/route
-#   iptables              the site's NAT and FORWARD rules; procps: sysctl (ip_forward)
+#   iptables              the site's NAT and FORWARD rules, and ebtables-nft-restore for the site
+#                         bridge's filter (render/bridge_filter.py); procps: sysctl (ip_forward)
 #   util-linux            unshare, nsenter; systemd: systemctl --root on the template
 #   curl                  Traefik's /ping and API from inside the namespace
 #   postgresql-client-15, redis-tools   pg_dump/pg_restore/psql and redis-cli (backups, checks)

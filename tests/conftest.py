@@ -1,10 +1,11 @@
-"""Shared fixtures. `pg` and `redis_server` are the real Debian servers on loopback."""
+"""Shared fixtures. `pg` and `redis_server` are the real Debian servers on loopback (Redis with the
+rendered redis.conf limits)."""
 
 from __future__ import annotations
 
 import pytest
 
-from tests.servers import start_postgres, start_redis
+from tests.servers import redis_limits, start_postgres, start_redis
 
 
 @pytest.fixture(scope="session")
@@ -16,7 +17,9 @@ def pg():
 
 @pytest.fixture(scope="session")
 def redis_server():
-    srv = start_redis()
+    from tests.standins.helpers import resolved_site
+
+    srv = start_redis(extra=redis_limits(resolved_site(3), memory_mb=512))  # as the site runs it
     yield srv
     srv.cleanup()
 

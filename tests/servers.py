@@ -119,6 +119,7 @@ class RedisServer:
     host: str = "127.0.0.1"
     admin_user: str = "admin"
     admin_password: str = "test-redis-admin-password"
+    extra: tuple[str, ...] = ()  # more `--name value` arguments (the rendered limits, for instance)
 
     @property
     def aclfile(self) -> Path:
@@ -128,7 +129,7 @@ class RedisServer:
         self.proc = subprocess.Popen(
             ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--aclfile", str(self.aclfile),
              "--dir", str(self.dir), "--save", "", "--appendonly", "no", "--daemonize", "no",
-             "--logfile", str(self.dir / "redis.log")],
+             "--logfile", str(self.dir / "redis.log"), *self.extra],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )
         _wait_port(self.port)
@@ -142,10 +143,30 @@ class RedisServer:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
-def start_redis(port: int | None = None) -> RedisServer:
+# The redis.conf lines that bound what clients can do (the rest: paths, persistence, bind).
+REDIS_LIMITS = ("maxmemory", "maxmemory-policy", "maxmemory-clients", "proto-max-bulk-len", "maxclients",
+                "client-query-buffer-limit", "client-output-buffer-limit")
+
+
+def redis_limits(resolved, memory_mb: int) -> tuple[str, ...]:
+    """The rendered redis.conf's limits (render/services.redis_conf, for a Redis container of
+    `memory_mb`) as redis-server arguments: a server started with them checks them too."""
+    import dataclasses
+
+    from aicommons.render.services import redis_conf
+
+    c = next(c for c in resolved.containers if c.name == "redis")
+    args: list[str] = []
+    for line in redis_conf(resolved, dataclasses.replace(c, memory_mb=memory_mb)).splitlines():
+        if line.split(" ", 1)[0] in REDIS_LIMITS:
+            args += ["--" + line.split()[0], *line.split()[1:]]
+    return tuple(args)
+
+
+def start_redis(port: int | None = None, extra: tuple[str, ...] = ()) -> RedisServer:
     port = port or free_port()
     root = Path(tempfile.mkdtemp(prefix="aic-redis-"))
-    srv = RedisServer(dir=root, port=port)
+    srv = RedisServer(dir=root, port=port, extra=extra)
     srv.aclfile.write_text(
         f"user default off\nuser {srv.admin_user} on >{srv.admin_password} ~* &* +@all\n"
     )

@@ -115,3 +115,25 @@ def test_dns01_is_one_wildcard_and_plan_warns_before_the_weekly_limit():
     assert any("Let's Encrypt" in n and "per week" in n for n in big.notes)
     small = make_site(50)
     assert not any("Let's Encrypt" in n for n in small.notes) and len(small.certificates) == 5
+
+
+def test_traefiks_source_is_derived_per_driver_and_every_trusted_proxy_names_it():
+    """Issue #21: on LXC Traefik dials the containers from the bridge's address (10.0.5.1), not
+    from 10.0.4.10 where it listens, so a trusted-proxy setting naming 10.0.4.10 never matched."""
+    from aicommons.plan.access import proxy_source
+    from aicommons.render.bridge_filter import bridge_rules
+    from aicommons.render.shared_compose import authentik
+    from aicommons.spec.models import Site
+
+    lxc = Site.model_validate({"name": "s1", "domain": "example.org", "driver": {"kind": "lxc"}})
+    pve = make_site(1)
+    assert proxy_source(lxc) == "10.0.5.1" and pve.proxy_source == "10.0.4.10"
+    auth = next(c for c in pve.containers if c.name == "authentik")
+    text = "".join(f.content for f in authentik(pve, auth, FakeSecrets()))
+    assert "AUTHENTIK_LISTEN__TRUSTED_PROXY_CIDRS: 10.0.4.10/32" in text
+    rules = bridge_rules(lxc).splitlines()
+    # Only frames the namespace sends from Traefik's source reach a user's service ports.
+    assert "-A OUTPUT -p IPv4 --ip-src ! 10.0.5.1 --ip-dst 10.0.5.200/29 --ip-proto tcp --ip-dport 0:32767 -j DROP" in rules
+    assert "-A FORWARD -p IPv4 --ip-dst 10.0.5.200/29 -j AIC-TO-USER" in rules
+    assert "-A AIC-TO-USER -p IPv4 --ip-proto tcp --ip-dport 0:32767 -j DROP" in rules
+    assert "-A FORWARD -p ARP --arp-ip-src 10.0.5.1 -j DROP" in rules  # no container speaks as the gateway

@@ -58,7 +58,7 @@ def _write(pg, redis_server, value: str) -> None:
             c.execute("DELETE FROM wf")
             c.execute("INSERT INTO wf VALUES (%s)", (f"{user}-{value}",))
         r = redis.Redis(port=redis_server.port, username=redis_server.admin_user, password=redis_server.admin_password)
-        r.set(f"{user}:state", f"{user}-{value}")
+        r.set(f"t:{user}:state", f"{user}-{value}")
         r.close()
 
 
@@ -66,7 +66,7 @@ def _read(pg, redis_server, user: str) -> tuple[str, str]:
     with psycopg.connect(pg.admin_dsn.replace("dbname=postgres", f"dbname=n8n_{user}")) as c:
         row = c.execute("SELECT v FROM wf").fetchone()[0]
     r = redis.Redis(port=redis_server.port, username=redis_server.admin_user, password=redis_server.admin_password)
-    val = r.get(f"{user}:state").decode()
+    val = r.get(f"t:{user}:state").decode()
     r.close()
     return row, val
 

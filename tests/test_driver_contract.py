@@ -66,9 +66,9 @@ def test_capabilities_of_the_fake_driver(tmp_path):
 # (engine/api.py, engine/steps.py). Written down by hand from the driver classes.
 OFFERS = {
     FakeDriver: {"Archives", "HasTraefikTarget", "ReportsUsage", "ServiceUrls"},
-    LxcDriver: {"Archives", "BindsSecrets", "ChecksPlans", "ConfiguresServices", "HasTraefikTarget",
-                "ManagesNetwork", "NotesHost", "AuditsHost", "ReportsUsage", "RunsNativeApps", "SkipsCompose",
-                "SkipsServices"},
+    LxcDriver: {"Archives", "BindsControlPlane", "BindsSecrets", "ChecksPlans", "ConfiguresServices",
+                "HasTraefikTarget", "ManagesNetwork", "NotesHost", "AuditsHost", "ReportsUsage", "RunsNativeApps",
+                "SkipsCompose", "SkipsServices"},
     ProxmoxDriver: {"AppliesFirewall", "Archives", "ChecksPlans", "Closes", "DiffsFirewall", "ReportsUsage",
                     "TakesNotes"},
 }

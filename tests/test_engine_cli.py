@@ -1,7 +1,7 @@
 """The engine's commands end to end: exit codes of plan/apply, refusals, state commands.
 
 Real: the `aicommons` CLI in subprocesses, the default renderer, the state store. Simulated:
-the compute driver and tenancy back ends (AICOMMONS_FAKE_DIR selects the file-backed fakes).
+the compute driver and tenancy back ends (tests/fakeworld.py selects the file-backed fakes from AICOMMONS_FAKE_DIR).
 """
 
 from __future__ import annotations
@@ -9,13 +9,14 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
+from tests.fakeworld import CLI as FAKE_CLI
+
 ROOT = Path(__file__).resolve().parents[1]
-AIC = [sys.executable, "-c", "import sys; from aicommons.cli import main; sys.exit(main())"]
+AIC = FAKE_CLI  # the real CLI on the fake world (tests/fakeworld.py)
 
 
 @pytest.fixture

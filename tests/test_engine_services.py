@@ -64,6 +64,8 @@ def test_service_files_are_pushed_installed_and_a_second_plan_is_a_noop(tmp_path
     files = _rendered(site, tmp_path)
     for host, c in shared.items():
         want = {p.split("/", 2)[2]: f.mode for p, f in files.items() if p.startswith(f"services/{host}/")}
+        if host == "portal":  # on an SQLite state it is not deployed (tests/test_portal_proxmox.py)
+            want = {}
         assert _pushed(tmp_path, c.ctid, host) == want  # every rendered file, with its mode
     assert _pushed(tmp_path, shared["redis"].ctid, "redis")["users.acl"] == 0o600
     assert _runs(kw["driver"], pg.ctid) == ["install.sh", "systemctl restart postgresql"]

@@ -446,6 +446,89 @@ def test_a_privileged_container_is_a_hole_until_apply_converts_it(drv: LxcDriver
     drv.destroy(205)
 
 
+_CONNECT = ("import socket, sys\n"
+            "src = sys.argv[3] if len(sys.argv) > 3 else None\n"
+            "try:\n"
+            "    s = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=3,\n"
+            "                                 source_address=(src, 0) if src else None)\n"
+            "    s.sendall(b'GET / HTTP/1.0\\r\\n\\r\\n')\n"
+            "    got = b''\n"
+            "    while chunk := s.recv(4096):\n"
+            "        got += chunk\n"
+            "    print('open' if b'the app of 201' in got else f'closed: another answer {got[:60]!r}')\n"
+            "except OSError as exc:\n"
+            "    print('closed', exc)\n")
+
+
+def _reach(drv: LxcDriver, ctid: int | str | None, ip: str, port: int, source: str | None = None) -> str:
+    """'open' (the app answered) or 'closed ...': an HTTP GET to ip:port from container ctid, from the site's
+    namespace (None: where Traefik and the control plane dial from) or from the host ('host')."""
+    argv = ["python3", "-c", _CONNECT, ip, str(port)] + ([source] if source else [])
+    if ctid is None:
+        return subprocess.run(["ip", "netns", "exec", NS, *argv], capture_output=True, text=True).stdout.strip()
+    if ctid == "host":
+        return subprocess.run(argv, capture_output=True, text=True).stdout.strip()
+    return drv.exec(ctid, argv).stdout.strip()
+
+
+@pytestmark_real
+def test_only_traefiks_source_reaches_a_users_apps(drv: LxcDriver):
+    """Issue #21: from a shared-service container a forged identity header signed in as any user,
+    because only user -> user traffic was dropped (and that through br_netfilter, set with
+    check=False). Now the bridge filter admits a user's service ports only from Traefik's source."""
+    from aicommons.plan.access import proxy_source
+    from aicommons.render.bridge_filter import bridge_rules
+
+    site = Site.model_validate({"name": "lxctest", "domain": "example.org", "driver": {"kind": "lxc"}})
+    assert proxy_source(site) == "10.0.5.1"  # Traefik in the namespace dials from the bridge address
+    if drv.get(103) is None:
+        drv.create(ct(103, "shared", "redis"))
+    for c in (ct(200), ct(201)):
+        drv.create(c)
+    for ctid in (200, 201, 103):
+        drv.start(ctid)
+        drv.wait_ready(ctid, timeout=180)
+    drv.push(201, b"the app of 201\n", "/srv/app/index.html")
+    drv.exec(201, ["sh", "-c", "cd /srv/app && setsid python3 -m http.server 8080 --bind 10.0.5.201 "
+                               ">/dev/null 2>&1 </dev/null &"])
+    for _ in range(50):
+        if _reach(drv, None, "10.0.5.201", 8080) == "open":
+            break
+        __import__("time").sleep(0.2)
+    # The hole, reproduced: without the filter a shared service reaches a user's app port.
+    subprocess.run(["ip", "netns", "exec", NS, "ebtables", "-F"], check=True)
+    assert _reach(drv, 103, "10.0.5.201", 8080) == "open"
+    netns.load_bridge_filter(drv.net, bridge_rules(site))
+    assert _reach(drv, None, "10.0.5.201", 8080) == "open"  # Traefik's source
+    assert _reach(drv, 103, "10.0.5.201", 8080).startswith("closed")  # a shared service
+    assert _reach(drv, 200, "10.0.5.201", 8080).startswith("closed")  # another user
+    assert _reach(drv, "host", "10.0.5.201", 8080).startswith("closed")  # the host: no route to the site
+    # Forging Traefik's source address, or routing through the gateway, does not help either.
+    drv.exec(103, ["ip", "addr", "add", "10.0.5.1/32", "dev", "eth0"])
+    try:
+        assert _reach(drv, 103, "10.0.5.201", 8080, source="10.0.5.1").startswith("closed")
+    finally:
+        drv.exec(103, ["ip", "addr", "del", "10.0.5.1/32", "dev", "eth0"])
+    drv.exec(103, ["ip", "route", "add", "10.0.5.201/32", "via", "10.0.5.1"])
+    try:
+        assert _reach(drv, 103, "10.0.5.201", 8080).startswith("closed")
+    finally:
+        drv.exec(103, ["ip", "route", "del", "10.0.5.201/32"])
+    # A user's own connections to the shared services still get their answers.
+    res = drv.exec(201, ["redis-cli", "-h", "10.0.5.103", "ping"])
+    assert "NOAUTH" in res.stdout + res.stderr
+    # A restart loads the filter again (the driver, on every start): never an open window after it.
+    subprocess.run(["ip", "netns", "exec", NS, "ebtables", "-F"], check=True)
+    drv.start(200)
+    assert _reach(drv, 103, "10.0.5.201", 8080).startswith("closed")
+
+
+@pytestmark_real
+def test_a_bridge_filter_that_does_not_load_stops_the_apply(drv: LxcDriver):
+    with pytest.raises(PermanentError, match="ebtables-restore"):
+        netns.load_bridge_filter(drv.net, "*filter\n-A FORWARD --no-such-option -j DROP\n")
+
+
 @pytestmark_real
 def test_down_leaves_nothing(drv: LxcDriver):
     drv.create(ct(202))

@@ -63,7 +63,7 @@ def test_plan_says_what_is_not_deployed_and_each_fallback():
     assert any(n.startswith("openwebui: garage is not deployed here -> local files") for n in r.notes)
     # An external server is the operator's: deployed, used as given, no fallback.
     text = render_site_yaml(users=2, driver="lxc", services=SERVICES).replace(
-        "  qdrant: {}", "  qdrant: {external: {host: qdrant.lan, port: 6333}}")
+        "  qdrant: {}", "  qdrant: {external: {host: qdrant.lan, port: 6333, admin_password: 'env:AIC_QDRANT_KEY'}}")
     ext = resolve(load_text(text)[0])
     assert "qdrant" not in ext.undeployed and "qdrant" not in ext.fallbacks.get("openwebui", {})
     p = _site("proxmox")
@@ -161,3 +161,40 @@ def test_unknown_runtime_has_a_clear_error():
     with pytest.raises(Exception) as exc:
         _site("lxc", "vm")
     assert not isinstance(exc.value, SiteInvalid) or "runtime" in str(exc.value)
+
+
+def test_accounts_made_at_apply_are_secret_files_and_named_in_the_manifest():
+    """Issue #21: no setup wizard. n8n's owner comes from its environment (the hash in the 0600 env
+    file, never the password); Flowise's account is a 0600 file the driver posts once it answers."""
+    import json
+
+    import bcrypt
+
+    from aicommons.plan.policy import login_password
+
+    r, secrets = _site("lxc"), DictSecrets()
+    files = _native_files(r, secrets)
+    manifest = {a["name"]: a for a in json.loads(files["users/user1/native.json"].content)["apps"]}
+    assert manifest["flowise"]["account"] == "accounts/flowise.json"
+    assert all(not a["account"] for n, a in manifest.items() if n != "flowise")
+    acct = files["users/user1/accounts/flowise.json"]
+    assert acct.mode == 0o600
+    spec = json.loads(acct.content)
+    assert spec["make"]["path"] == "/api/v1/account/register" and spec["done"]["contains"] == '"/signin"'
+    assert spec["make"]["body"]["user"]["credential"] == login_password(secrets("user1", "flowise_admin_password"))
+    n8n_unit = files["users/user1/units/aic-n8n.service"].content
+    assert 'Environment="N8N_INSTANCE_OWNER_MANAGED_BY_ENV=true"' in n8n_unit and "PASSWORD_HASH" not in n8n_unit
+    def owner_hash(text: str) -> str:  # as systemd reads a double-quoted EnvironmentFile value
+        (line,) = [ln for ln in text.splitlines() if ln.startswith("N8N_INSTANCE_OWNER_PASSWORD_HASH=")]
+        return re.sub(r'\\([\\"`$])', r"\1", line.split("=", 1)[1][1:-1])
+
+    pw = login_password(secrets("user1", "n8n_owner_password"))
+    assert pw not in files["users/user1/env/n8n.env"].content
+    hashed = owner_hash(files["users/user1/env/n8n.env"].content)
+    assert hashed.startswith("$2b$") and bcrypt.checkpw(pw.encode(), hashed.encode())
+    # the same text on every render: an unchanged account restarts nothing
+    assert owner_hash(_native_files(r, secrets)["users/user1/env/n8n.env"].content) == hashed
+    # code-server and JupyterLab: no credential of their own at all
+    assert '"--auth" "none"' in files["users/user1/units/aic-code-server.service"].content
+    assert '"--IdentityProvider.token="' in files["users/user1/units/aic-jupyter.service"].content
+    assert "JUPYTER_TOKEN" not in files["users/user1/env/jupyter.env"].content

@@ -108,3 +108,32 @@ def test_an_unreachable_backend_is_named(lxc_site, servers, tmp_path):
         run_backup(lxc_site, src, Repo(tmp_path / "b"), user="user1")
     assert "Redis at 127.0.0.1:" in str(exc.value) and "cannot be reached" in str(exc.value)
     assert not list((tmp_path / "b").glob("*/manifest.json"))  # nothing half-written kept
+
+
+def test_no_route_middleware_or_certificate_for_what_does_not_run(lxc_site):
+    """Issue #21: on a fresh default site grafana and auth answered 502 (routes for services not
+    deployed) and every app 500 (forward-auth to Authentik, which does not run here)."""
+    import yaml
+
+    from aicommons.render import render_site
+
+    files = render_site(lxc_site, DictSecrets())
+    dynamic = [yaml.safe_load(f.content) or {} for p, f in files.items() if p.startswith("traefik/dynamic/")]
+    routers = {n: r for d in dynamic for n, r in d.get("http", {}).get("routers", {}).items()}
+    middlewares = {n: m for d in dynamic for n, m in d.get("http", {}).get("middlewares", {}).items()}
+    services = {u["url"] for d in dynamic for s in d.get("http", {}).get("services", {}).values()
+                for u in s.get("loadBalancer", {}).get("servers", [])}
+    gone = set(lxc_site.undeployed)
+    assert {"grafana", "authentik", "qdrant"} <= gone
+    gone_ips = {c.ip for c in lxc_site.containers if c.role == "shared" and c.name in gone}
+    assert not any(url.split("//")[1].split(":")[0] in gone_ips for url in services)
+    assert not any("forwardAuth" in m for m in middlewares.values()) and lxc_site.sign_in is None
+    hosts = {h for c in lxc_site.certificates for h in c.hosts}
+    assert not any(h.startswith(("grafana.", "auth.", "bigagi-", "code-", "jupyter-")) for h in hosts)
+    assert "ai-user1" in routers and "grafana" not in routers and "auth" not in routers
+    # Open WebUI believes no identity header where no provider runs (nothing would strip one)
+    assert "WEBUI_AUTH_TRUSTED_EMAIL_HEADER" not in files["users/user1/units/aic-openwebui.service"].content
+    # plan says what a person will not have, and why
+    assert lxc_site.withheld["grafana"].startswith("not deployed here")
+    assert lxc_site.withheld["code-server"] == lxc_site.withheld["jupyter"]
+    assert any(n.startswith("no route (nothing would answer it): ") and "grafana" in n for n in lxc_site.notes)

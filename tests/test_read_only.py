@@ -5,7 +5,7 @@ created `.aicommons/state.db` and `secret.key` and stored generated secrets.
 
 Real: the `aicommons` command as separate processes, SQLite, the secrets key handling, the engine's
 plan and a saved plan applied later. Simulated: the compute driver and tenancy back ends
-(AICOMMONS_FAKE_DIR, the engine's file-backed fakes, kept outside the site's directory).
+(AICOMMONS_FAKE_DIR through tests/fakeworld.py, the engine's file-backed fakes, kept outside the site's directory).
 """
 
 from __future__ import annotations
@@ -15,14 +15,15 @@ import json
 import os
 import sqlite3
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from aicommons.spec.default import LXC_CORE, render_site_yaml
+from tests.fakeworld import CLI as FAKE_CLI
 
-AIC = str(Path(sys.executable).parent / "aicommons")
+AIC = FAKE_CLI[0]  # the real CLI on the fake world (tests/fakeworld.py)
+AIC_ARGS = FAKE_CLI[1:]
 NOT_YET = "(not made yet"
 
 
@@ -38,7 +39,7 @@ def site(tmp_path: Path) -> tuple[Path, dict]:
 
 
 def cli(where: Path, env: dict, *args: str) -> subprocess.CompletedProcess:
-    r = subprocess.run([AIC, *args], cwd=where, env=env, capture_output=True, text=True, timeout=300,
+    r = subprocess.run([AIC, *AIC_ARGS, *args], cwd=where, env=env, capture_output=True, text=True, timeout=300,
                        stdin=subprocess.DEVNULL)
     assert r.returncode == 0, (args, r.stdout, r.stderr)
     return r

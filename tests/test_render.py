@@ -252,10 +252,13 @@ def test_without_authentik_loginless_apps_are_not_routed():
     files = render_site(s, FakeSecrets())
     routers = _dyn(files, s.container(s.tenants[0].ctid).traefik_file)["http"]["routers"]
     assert not any(n.startswith(("bigagi-", "chainforge-")) for n in routers)
-    assert "ai-user1" in routers and "ollama" not in _dyn(files, "205100.yml").get("http", {}).get("routers", {})
+    # Ollama's container has no route left, so no dynamic file at all (plan/deployed.py published_routes)
+    assert "ai-user1" in routers and "traefik/dynamic/205100.yml" not in files
     assert not any(n.endswith("-outpost") for n in routers)  # no outpost to send sign-in to
-    (note,) = [n for n in s.notes if "without Authentik" in n]
+    (note,) = [n for n in s.notes if "without a running sign-in provider" in n]
     assert "big-agi" in note and "comfyui" in note and "ollama" in note and "openwebui" not in note
+    # code-server and Jupyter have no login of their own any more (only Traefik reaches them)
+    assert "code-server" in note and "jupyter" in note and not any(n.startswith(("code-", "jupyter-")) for n in routers)
 
 
 def test_blueprints_bind_each_app_to_its_owner(files, site):
@@ -316,6 +319,9 @@ def test_firewall_plan(site):
     assert ins[0].source == "+aic-proxy" and set(ins[0].dport.split(",")) == {
         str(p) for p in site.tenants[0].ports.values()}
     assert all(r.source != "+aic-users" for r in ins)  # users never admit each other
+    # The only other way in is Prometheus to node exporter; Traefik's set is its real source.
+    assert [(r.source, r.dport) for r in ins[1:]] == [("+aic-monitor", "9100")]
+    assert {s.name: s for s in fw.ipsets}["aic-proxy"].cidrs == (site.proxy_source,) == ("10.0.4.10",)
     outs = [r for r in group.rules if r.type == "out"]
     assert outs[-1].action == "DROP" and outs[-1].dest == "10.0.5.0/24"
     assert {r.dest for r in outs[:-1]} <= {c.ip for c in shared}
@@ -359,9 +365,11 @@ def test_write_tree_atomic_skips_unchanged_and_rewrites_one_user(tmp_path, site,
         d["users"][4]["email"] = "someone.else@example.org"
     changed = render_site(make_site(50, tweak), secrets)
     res = write_tree(changed, tmp_path)
-    assert res.written == ["services/authentik/blueprints/user-user5.yaml"]
+    # the sign-in provider's user, and n8n's owner account (N8N_INSTANCE_OWNER_EMAIL)
+    mine = ["services/authentik/blueprints/user-user5.yaml", "users/user5/docker-compose.yml"]
+    assert sorted(res.written) == mine
     after = _tree(tmp_path)
-    assert {p for p in before if before[p] != after[p]} == {"services/authentik/blueprints/user-user5.yaml"}
+    assert {p for p in before if before[p] != after[p]} == set(mine)
 
 
 def test_write_tree_refuses_unparsable_files_and_writes_nothing(tmp_path):
@@ -406,7 +414,9 @@ def test_cli_render_writes_the_tree(tmp_path, monkeypatch):
     site_file = tmp_path / "site.yaml"
     site_file.write_text(render_site_yaml(users=3))
     out = tmp_path / "out"
-    monkeypatch.setenv("AICOMMONS_FAKE_DIR", str(tmp_path / "world"))
+    from aicommons.drivers import registry
+
+    monkeypatch.setattr(registry, "FAKE_WORLD", str(tmp_path / "world"))  # as tests/fakeworld.py does
     assert main(["apply", "--yes", "-f", str(site_file)]) == 0  # the state holds the secrets now
     assert main(["render", "-f", str(site_file), "--out", str(out)]) == 0
     env1 = (out / "users/user2/.env").read_text()
@@ -423,7 +433,8 @@ def test_variants_minio_db_isolation_external_postgres_parse_and_wire():
             d["services"].pop(name)
         d["services"]["minio"] = {}
         d["redis"] = {"isolation": "db", "databases": 16, "first_db": 2}
-        d["services"]["postgres"] = {"external": {"host": "db.example.org", "port": 5433}}
+        d["services"]["postgres"] = {"external": {"host": "db.example.org", "port": 5433,
+                                                  "admin_password": "env:AIC_TEST_PG_ADMIN"}}
     s = make_site(3, tweak)
     files = render_site(s, FakeSecrets())
     assert {p: parse_problem(p, f.content) for p, f in files.items() if parse_problem(p, f.content)} == {}

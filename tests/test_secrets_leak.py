@@ -3,7 +3,7 @@
 Real: the `aicommons` CLI in subprocesses (up, plan, plan --json/--out, apply PLAN, secrets
 rotate, state show/history, secrets list, down), the default renderer, the state store with
 Fernet encryption, the run logs. Simulated: the compute driver and tenancy back ends
-(AICOMMONS_FAKE_DIR selects the file-backed fakes); one test injects a back end whose error
+(tests/fakeworld.py selects the file-backed fakes from AICOMMONS_FAKE_DIR); one test injects a back end whose error
 message carries a password, to prove the redactor catches it.
 """
 
@@ -12,16 +12,16 @@ from __future__ import annotations
 import io
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 from aicommons.errors import PermanentError
 from aicommons.state import StateStore, default_path
 from aicommons.tenancy.fake import FakeBackend
+from tests.fakeworld import CLI as FAKE_CLI
 from tests.test_engine_support import edit_site, write_site
 
 ROOT = Path(__file__).resolve().parents[1]
-AIC = [sys.executable, "-c", "import sys; from aicommons.cli import main; sys.exit(main())"]
+AIC = FAKE_CLI  # the real CLI on the fake world (tests/fakeworld.py)
 
 
 def run(cwd: Path, env: dict, *args: str) -> str:

@@ -3,7 +3,7 @@ changed anything; a refused one never exits after writing. Reproduced first: wit
 5 rounds of two parallel adds lost 3 users, and a loser exited 3 after appending its user.
 
 Real: the `aicommons` command as separate processes, the engine, the state's lock (SQLite),
-the site.yaml edit. Simulated: the compute driver and tenancy back ends (AICOMMONS_FAKE_DIR,
+the site.yaml edit. Simulated: the compute driver and tenancy back ends (AICOMMONS_FAKE_DIR through tests/fakeworld.py,
 the engine's file-backed fakes): the race is in the edit and the lock, not in the containers.
 """
 
@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -19,8 +18,10 @@ import pytest
 from aicommons.ops import users as manage
 from aicommons.spec.default import LXC_CORE, render_site_yaml
 from aicommons.spec.load import load_site
+from tests.fakeworld import CLI as FAKE_CLI
 
-AIC = str(Path(sys.executable).parent / "aicommons")
+AIC = FAKE_CLI[0]  # the real CLI on the fake world (tests/fakeworld.py)
+AIC_ARGS = FAKE_CLI[1:]
 ROUNDS = 10
 
 
@@ -42,7 +43,7 @@ def test_parallel_users_add_lose_nobody(site, wait: bool):
     extra = ["--lock-timeout", "300"] if wait else []
     for r in range(ROUNDS):
         names = [f"r{r}a", f"r{r}b"]
-        procs = [subprocess.Popen([AIC, "users", "add", n, "-f", "site.yaml", *extra], cwd=where, env=env,
+        procs = [subprocess.Popen([AIC, *AIC_ARGS, "users", "add", n, "-f", "site.yaml", *extra], cwd=where, env=env,
                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                   stdin=subprocess.DEVNULL) for n in names]
         outcomes = [(n, p.wait(timeout=600), *p.communicate()) for n, p in zip(names, procs, strict=False)]
@@ -80,7 +81,7 @@ def test_parallel_inits_write_one_whole_file_and_refuse_the_rest(tmp_path: Path)
     apart, and they shared one temp name), and some died with FileNotFoundError on it."""
     for r in range(3):
         out = tmp_path / f"r{r}" / "site.yaml"
-        procs = [subprocess.Popen([AIC, "init", "--out", str(out), "--users", str(n)], stdout=subprocess.PIPE,
+        procs = [subprocess.Popen([AIC, *AIC_ARGS, "init", "--out", str(out), "--users", str(n)], stdout=subprocess.PIPE,
                                   stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL) for n in range(1, 6)]
         outcomes = [(n, p.wait(timeout=300), *p.communicate()) for n, p in zip(range(1, 6), procs, strict=False)]
         won = [n for n, rc, out_, _ in outcomes if rc == 0 and "wrote" in out_]

@@ -27,6 +27,35 @@ def resolved():
     return resolve(site)
 
 
+def _tls_context():
+    """A server context with a throwaway self-signed certificate (Traefik's default one plays
+    the same part until Let's Encrypt has issued)."""
+    import datetime
+    import ssl
+    import tempfile
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "stand-in")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(1).not_valid_before(now).not_valid_after(now + datetime.timedelta(days=1))
+            .sign(key, hashes.SHA256()))
+    d = tempfile.mkdtemp(prefix="aic-tls-")
+    with open(f"{d}/cert.pem", "wb") as f:
+        f.write(cert.public_bytes(serialization.Encoding.PEM))
+    with open(f"{d}/key.pem", "wb") as f:
+        f.write(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                  serialization.NoEncryption()))
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(f"{d}/cert.pem", f"{d}/key.pem")
+    return ctx
+
+
 @pytest.fixture(scope="module")
 def stand_ins():
     ollama = LoopbackHttp({"/": (200, "Ollama is running"),
@@ -34,8 +63,11 @@ def stand_ins():
     traefik = LoopbackHttp({"/api/http/routers": (200, [{"name": "a@file", "status": "enabled"}])}).start()
     generic = LoopbackHttp().start()  # answers 200 on any path
     hang = LoopbackHttp(hang=True).start()
-    yield {"ollama": ollama, "traefik": traefik, "generic": generic, "hang": hang}
-    for s in (ollama, traefik, generic, hang):
+    # Traefik's HTTPS entry point for the person's path: anonymous visitors are sent to sign in
+    # (the real Traefik and forward-auth: tests/test_status_path.py)
+    route = LoopbackHttp({"/": (302, "")}, tls=_tls_context()).start()
+    yield {"ollama": ollama, "traefik": traefik, "generic": generic, "hang": hang, "route": route}
+    for s in (ollama, traefik, generic, hang, route):
         s.stop()
 
 
@@ -46,7 +78,7 @@ def _targets(resolved, pg, redis_srv, stand_ins, *, slow_check: str | None = Non
             port = pg.port
         elif c.kind == "redis":
             port = redis_srv.port
-        elif c.kind in ("ollama", "traefik"):
+        elif c.kind in ("ollama", "traefik", "route"):
             port = stand_ins[c.kind].ports[0]
         elif c.name == slow_check:
             port = stand_ins["hang"].ports[0]

@@ -94,13 +94,13 @@ def test_weakened_acl_fails_the_audit(world, redis_server):
     admin.execute_command("ACL", "SETUSER", "u_user2", "~*")
     bad = leaks(rb.audit(tenants, secrets.by_user(tenants)))
     assert bad and {c.actor for c in bad} == {"user2"}
-    assert {c.resource for c in bad} >= {"key user1:aic-audit", "key user3:aic-audit"}
+    assert {c.resource for c in bad} >= {"key t:user1:aic-audit", "key t:user3:aic-audit"}
     admin.execute_command("ACL", "SETUSER", "u_user1", "+keys")
     bad = leaks(rb.audit(tenants, secrets.by_user(tenants)))
     assert ("user1", "keyless KEYS") in {(c.actor, c.resource) for c in bad}
     admin.execute_command("ACL", "SETUSER", "u_user3", "allchannels")
     bad = leaks(rb.audit(tenants, secrets.by_user(tenants)))
-    assert ("user3", "user1", "channel user1:aic-audit") in {(c.actor, c.target, c.resource) for c in bad}
+    assert ("user3", "user1", "channel t:user1:aic-audit") in {(c.actor, c.target, c.resource) for c in bad}
     rb.ensure(tenants[2], secrets.for_tenant(tenants[2]))  # ensure takes the widening back
     assert not [c for c in leaks(rb.audit(tenants, secrets.by_user(tenants))) if c.actor == "user3"]
 
@@ -114,9 +114,9 @@ def test_remove_one_user_keeps_others_and_archives(world, pg, redis_server, tmp_
         c.execute("CREATE TABLE chats (id int)")
         c.execute("INSERT INTO chats VALUES (42)")
     r1 = redislib.Redis(port=redis_server.port, username=t1.redis_user, password=s1["redis_password"])
-    r1.set("user1:session", "x")
+    r1.set("t:user1:session", "x")
     r2 = redislib.Redis(port=redis_server.port, username=t2.redis_user, password=s2["redis_password"])
-    r2.set("user2:session", "y")
+    r2.set("t:user2:session", "y")
     pgb.remove(t1)
     rb.remove(t1)
     dumps = sorted((tmp_path / "archive" / "user1").glob("*.dump"))
@@ -124,7 +124,7 @@ def test_remove_one_user_keeps_others_and_archives(world, pg, redis_server, tmp_
     assert (tmp_path / "archive" / "user1").glob("redis-*.json")
     assert "user1" not in pgb.observe() and "user1" not in rb.observe()
     assert pgb.verify(t2, s2) == [] and rb.verify(t2, s2) == []
-    assert r2.get("user2:session") == b"y"
+    assert r2.get("t:user2:session") == b"y"
     rest = [t for t in tenants if t.user != "user1"]
     assert leaks(pgb.audit(rest, secrets.by_user(rest)) + rb.audit(rest, secrets.by_user(rest))) == []
 

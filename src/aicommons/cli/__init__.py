@@ -29,6 +29,9 @@ def main(argv: list[str] | None = None) -> int:
     from aicommons.drivers.registry import allow_joining_site_networks
 
     allow_joining_site_networks()  # the command reaches an LXC site's addresses from inside its namespace
+    if os.environ.get("AICOMMONS_FAKE_DIR"):
+        err_console.print("[yellow]warning:[/] AICOMMONS_FAKE_DIR is ignored: this command always works on the real "
+                          "site (the fake world exists only in the test suite)", soft_wrap=True)
     try:
         app(args=argv, standalone_mode=False)
     except AicError as exc:

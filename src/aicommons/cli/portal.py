@@ -45,7 +45,8 @@ def serve(
     file: Path = SiteFile,
     listen: Annotated[list[str] | None, typer.Option("--listen", help="HOST:PORT to serve on (repeatable).")] = None,
     trusted_proxy: Annotated[list[str] | None, typer.Option(
-        "--trusted-proxy", help="Peer whose X-authentik-* headers are believed (repeatable; default: the site's Traefik).")] = None,
+        "--trusted-proxy", help="Peer whose X-authentik-* headers are believed (repeatable; default: where the site's "
+                        "Traefik connects from: its address, or the bridge's on LXC).")] = None,
     operator_group: Annotated[str, typer.Option(help="Authentik group of the site's operators.")] = "aicommons-operators",
     no_admin_token: Annotated[bool, typer.Option("--no-admin-token", help="Refuse the local operator token.")] = False,
     refresh: Annotated[float, typer.Option(help="Seconds before live status is swept again.")] = 10.0,
@@ -59,13 +60,14 @@ def serve(
 
     from aicommons.drivers.registry import enter_site_network, site_owner
     from aicommons.ops.targets import parse_targets
+    from aicommons.plan.access import proxy_source
     from aicommons.portal.app import create_app
     from aicommons.portal.config import PortalConfig, parse_proxies
 
     site, _ = load(file)
     enter_site_network(site, site_owner(file))  # status and back ends are dialled where the site's addresses exist
     cfg = PortalConfig(site_file=file, state_path=state,
-                       trusted_proxies=parse_proxies(trusted_proxy or [str(site.network.traefik.address)]),
+                       trusted_proxies=parse_proxies(trusted_proxy or [proxy_source(site)]),
                        operator_group=operator_group, targets=parse_targets(target, targets),
                        refresh_seconds=refresh, status_timeout=timeout, admin_token=not no_admin_token)
     socks = [_socket(x) for x in (listen or ["127.0.0.1:8080"])]

@@ -42,6 +42,9 @@ def add(name: Annotated[str, typer.Argument(help="Lower-case letters, digits and
     added, result = add_user(file, name, email, state_path=state, lock_timeout=lock_timeout)
     if not added:
         console.print(f"{name} is already in {file}; completing its provisioning")
+    if not result.ok:
+        err_console.print(f"{name} stays in {file}: part of it was made, and `aicommons users add {name}` "
+                          f"(or `apply`) completes it; `aicommons users remove {name}` undoes it")
     _result(result, f"adding {name}", f"aicommons users add {name}")
     console.print(f"user {name} is ready; `aicommons users show {name}` lists its URLs and credentials")
 
@@ -130,8 +133,9 @@ def restart(name: str, file: Path = SiteFile, state: Annotated[Path | None, Stat
 @audit_app.command("isolation")
 def isolation(file: Path = SiteFile, state: Annotated[Path | None, StateOpt] = None,
               as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
-    """With each user's own credentials, try every other user's data, and (LXC) from inside each container,
-    as root, the host; exit 1 on any leak."""
+    """With each user's own credentials, try every other user's data ("data"), the bounds on what one
+    user can take from the others ("service") and (LXC) from inside each container, as root, the host
+    ("host"); exit 1 on any leak or missing bound."""
     from dataclasses import asdict
 
     from aicommons.ops.users import audit_site
@@ -141,9 +145,12 @@ def isolation(file: Path = SiteFile, state: Annotated[Path | None, StateOpt] = N
     if as_json:
         print(json.dumps({"ok": not leaks and not skipped, "leaks": len(leaks), "skipped": skipped,
                           "warnings": warnings,
+                          "sections": {s: {"checks": sum(c.section == s for c in checks),
+                                           "failed": sum(c.section == s for c in leaks)} for s in ("data", "service")},
                           "checks": [asdict(c) | {"ok": c.ok} for c in checks]}, indent=1))
     else:
-        print_matrix(checks)
+        print_matrix([c for c in checks if c.section == "data"])
+        print_service([c for c in checks if c.section == "service"])
         for s in skipped:
             err_console.print(f"[yellow]not audited:[/] {s}", soft_wrap=True)
         for w in warnings:
@@ -152,9 +159,22 @@ def isolation(file: Path = SiteFile, state: Annotated[Path | None, StateOpt] = N
             err_console.print(f"[red]LEAK[/] {c.backend}: {c.actor} -> {c.target} {c.resource}: expected "
                               f"{c.expected}, got {c.observed} {c.detail}", soft_wrap=True)
         verdict = "isolation holds" if not leaks and not skipped else f"{len(leaks)} leak(s), {len(skipped)} not audited"
-        console.print(f"{len(checks)} checks: {verdict}")
+        per = ", ".join(f"{s} {sum(c.section == s for c in checks)}" for s in ("data", "service"))
+        console.print(f"{len(checks)} checks ({per}): {verdict}")
     if leaks or skipped or not checks:
         raise SystemExit(1)
+
+
+def print_service(checks) -> None:
+    """One row per bound and back end: how many users it was proven for, and who lacks it."""
+    if not checks:
+        return
+    t = Table("back end", "bound (the unbounded thing must be refused)", "result", title="service")
+    for key in dict.fromkeys((c.backend, c.resource.split(" on role ")[0].split(" template")[0]) for c in checks):
+        cs = [c for c in checks if (c.backend, c.resource.split(" on role ")[0].split(" template")[0]) == key]
+        bad = sorted({c.actor for c in cs if not c.ok})
+        t.add_row(key[0], key[1], f"[red]MISSING for {', '.join(bad)}[/]" if bad else f"ok ({len(cs)})")
+    console.print(t)
 
 
 def print_matrix(checks) -> None:

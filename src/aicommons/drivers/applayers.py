@@ -205,9 +205,14 @@ def _sh(argv: list[str], logf, env: dict[str, str] | None = None, cwd: Path | No
 _NOT_PASSED = ("VIRTUAL_ENV", "PYTHONHOME", "PYTHONPATH", "NODE_OPTIONS", "NODE_PATH", "npm_config_prefix")
 
 
-def _build_env(n: Native, path_prefix: list[str]) -> dict[str, str]:
+def clean_env(path_prefix: list[str]) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in _NOT_PASSED}
     env["PATH"] = os.pathsep.join([*path_prefix, env.get("PATH", "/usr/bin:/bin")])
+    return env
+
+
+def _build_env(n: Native, path_prefix: list[str]) -> dict[str, str]:
+    env = clean_env(path_prefix)
     env.update(n.build_env)
     return env
 

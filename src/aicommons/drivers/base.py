@@ -28,6 +28,7 @@ has the same table. What the engine does with each, and without it:
 | `SkipsServices`     | `skipped_services(resolved) -> {name: why}` | services it cannot run here: no tenant     |
 |                     |                                          | slices, no models, no files for them / none   |
 | `BindsSecrets`      | `bind_secrets(lookup)`                   | given the secret store's lookup before apply  |
+| `BindsControlPlane` | `bind_control(plane)`                    | site file, state, key for aicommons services  |
 |                     |                                          | (service recipes need admin passwords)        |
 | `ServiceUrls`       | `service_url(service) -> str | None`     | where this process reaches a shared service   |
 |                     |                                          | (e.g. Ollama's pulls) / the planned address   |
@@ -57,8 +58,9 @@ services itself (see docs/architecture.md).
 """
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal, Protocol, runtime_checkable
 
 from aicommons.drivers.targets import FileTarget
@@ -211,6 +213,26 @@ class BindsSecrets(Protocol):
     def bind_secrets(self, lookup: SecretLookup) -> None: ...
 
 
+@dataclass(frozen=True)
+class ControlPlane:
+    """What an aicommons service in a container (the portal) runs against: the operator's site
+    file, the state (an SQLite path or a postgresql:// URL) and, read only when a service is
+    deployed, the environment entries that give it the secrets key (never printed)."""
+
+    site_file: Path
+    state: str
+    key_env: Callable[[], dict[str, str]]
+
+    @property
+    def state_is_url(self) -> bool:
+        return self.state.startswith(("postgresql://", "postgres://"))
+
+
+@runtime_checkable
+class BindsControlPlane(Protocol):
+    def bind_control(self, plane: ControlPlane) -> None: ...
+
+
 @runtime_checkable
 class ServiceUrls(Protocol):
     def service_url(self, service: str) -> str | None:
@@ -271,7 +293,7 @@ class Closes(Protocol):
 CAPABILITIES: tuple[type, ...] = (
     ChecksPlans, TakesNotes, Archives, HasTraefikTarget, ConfiguresServices, SkipsServices, BindsSecrets,
     ServiceUrls, AppliesFirewall, DiffsFirewall, SkipsCompose, ManagesNetwork, RunsNativeApps, ReportsUsage,
-    Closes, NotesHost, AuditsHost,
+    Closes, NotesHost, AuditsHost, BindsControlPlane,
 )
 
 

@@ -45,7 +45,12 @@ class FakeDriver:
 
     @classmethod
     def from_site(cls, site, **options) -> FakeDriver:
-        return cls(options.get("directory") or os.environ["AICOMMONS_FAKE_DIR"])
+        from aicommons.drivers import registry
+
+        directory = options.get("directory") or registry.FAKE_WORLD
+        if not directory:
+            raise ValueError("the fake driver needs a directory (tests/fakeworld.py sets one)")
+        return cls(directory)
 
     # ---- persistence ---------------------------------------------------------------------------
 

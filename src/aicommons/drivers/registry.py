@@ -13,6 +13,10 @@ from aicommons.spec.models import Site
 # RFC 2606 names: `init` writes one as a placeholder. Never dial it (it would leave the site).
 _RESERVED = ("example.org", "example.com", "example.net", ".example", ".invalid", ".test")
 
+# The file-backed fake world (drivers/fake.py, tenancy/fake.py): set only by the test suite
+# (tests/fakeworld.py), never by an environment variable of the shipped CLI or portal (issue 23).
+FAKE_WORLD: str | None = None
+
 
 def placeholder_host(url: str) -> str | None:
     host = (urlparse(url).hostname or "").lower()
@@ -74,14 +78,18 @@ def enter_site_network(site: Site, owner: str | None = None) -> None:
     """
     if site.driver.kind != "lxc":
         return
+    from aicommons.render.aicservice import IN_SITE_ENV
+
+    if os.environ.get(IN_SITE_ENV):
+        return  # already on the site's network: a service in one of its containers (the portal)
     from aicommons.drivers.lxc import netns
     from aicommons.drivers.lxc.driver import check_owner
 
     check_owner(site.driver.lxcpath, site.driver.netns, owner)  # never another site's namespace
     if all(ov.external is not None for ov in site.services.values()):
         return  # nothing of the site's own to dial: `external:` servers are reached from here
-    if os.environ.get("AICOMMONS_FAKE_DIR"):
-        return  # the file-backed fake world (demos, tests) has no namespace: its back ends are files
+    if FAKE_WORLD:
+        return  # the test suite's file-backed fake world has no namespace: its back ends are files
     assert site.driver.netns is not None, "Site fills it in for an LXC site (spec/models.py)"
     if not netns.exists(site.driver.netns):
         raise PermanentError(f"the LXC site is not up: network namespace {site.driver.netns!r} does not exist "

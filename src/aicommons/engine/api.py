@@ -3,7 +3,7 @@
 plan = load site -> resolve with the state's held slots -> render -> refresh reality -> diff.
 apply = lock -> (check a saved plan is not stale) -> journal each step before it runs -> walk
 the DAG -> record outcomes. Driver and back ends are injected in tests; otherwise they come from
-the registries (`AICOMMONS_FAKE_DIR` selects the file-backed fakes, for demos and tests).
+the registries (the test suite alone can select the file-backed fakes: tests/fakeworld.py).
 """
 
 from __future__ import annotations
@@ -16,11 +16,13 @@ from pathlib import Path
 
 from aicommons.drivers.base import (
     AppliesFirewall,
+    BindsControlPlane,
     BindsSecrets,
     ChecksPlans,
     Closes,
     ComputeDriver,
     ConfiguresServices,
+    ControlPlane,
     DiffsFirewall,
     HasTraefikTarget,
     ManagesNetwork,
@@ -62,10 +64,12 @@ def fingerprint(site_file, state: StateStore) -> str:
 
 
 def default_driver(site, site_file=None) -> ComputeDriver:
-    if os.environ.get("AICOMMONS_FAKE_DIR"):
+    from aicommons.drivers import registry
+
+    if registry.FAKE_WORLD:  # the test suite's (tests/fakeworld.py)
         from aicommons.drivers.fake import FakeDriver
 
-        return FakeDriver(os.environ["AICOMMONS_FAKE_DIR"])
+        return FakeDriver(registry.FAKE_WORLD)
     try:
         from aicommons.drivers.registry import driver_for, site_owner
 
@@ -74,20 +78,22 @@ def default_driver(site, site_file=None) -> ComputeDriver:
         raise AicError(f"driver.kind {site.driver.kind}: the driver is not available in this build ({exc})") from None
 
 
-def default_backends(resolved, secrets, base_dir, notes: list[str]) -> list:
-    if os.environ.get("AICOMMONS_FAKE_DIR"):
+def default_backends(resolved, secrets, base_dir) -> list:
+    """The site's tenancy back ends. One that cannot be built (an admin login that does not resolve,
+    a missing library) is an error, never a note: a plan without it would silently plan no tenant
+    slices at all (issue 23)."""
+    from aicommons.drivers import registry
+
+    if registry.FAKE_WORLD:  # the test suite's (tests/fakeworld.py)
         from aicommons.tenancy.fake import fake_backends
 
-        return fake_backends(os.environ["AICOMMONS_FAKE_DIR"])
+        return fake_backends(registry.FAKE_WORLD)
     try:
         from aicommons.tenancy.registry import backends_for
-
-        return list(backends_for(resolved, secrets, base_dir))
-    except ImportError:
-        notes.append("tenancy back ends are not available in this build; tenant slices were not planned")
-    except AicError as exc:
-        notes.append(f"tenancy back ends: {exc}")
-    return []
+    except ImportError as exc:
+        raise AicError(f"the tenancy back ends are not available in this build ({exc}); reinstall aicommons "
+                       "(scripts/install.sh)") from None
+    return list(backends_for(resolved, secrets, base_dir))
 
 
 def default_target(site, driver: ComputeDriver) -> FileTarget | None:
@@ -134,6 +140,9 @@ class Session:
         # Read-only (plan, users list/show): no state file, key file or secret is made (Terraform's
         # contract for plan); values not generated yet are throwaway ones (SecretStore).
         self.state = open_state(site_file, state_path, read_only=read_only)
+        # What an aicommons service of the site (the portal) is pointed at: this same state.
+        where = str(state_path or os.environ.get("AICOMMONS_STATE") or default_path(self.site_file))
+        self.state_target = where if "://" in where else str(Path(where).resolve())
         self._own_driver = False
         try:
             self._setup(index, driver, backends, renderer, target)
@@ -154,7 +163,7 @@ class Session:
         self.driver: ComputeDriver = driver if driver is not None else default_driver(self.site, self.site_file)
         self._own_driver = driver is None
         base = self.site_file.resolve().parent
-        self.backends = backends if backends is not None else default_backends(self.resolved, self.secrets, base, self.backend_notes)
+        self.backends = backends if backends is not None else default_backends(self.resolved, self.secrets, base)
         self.notes += self.backend_notes
         if backends is None and isinstance(self.driver, SkipsServices):  # a service it cannot install holds no tenants
             gone = self.driver.skipped_services(self.resolved)
@@ -170,6 +179,10 @@ class Session:
             self.driver.attach()
         if isinstance(self.driver, BindsSecrets):  # drivers whose service recipes need admin passwords
             self.driver.bind_secrets(self.secrets)
+        keys = key_source(self.site, self.state, site_file)
+        self.control = ControlPlane(site_file.resolve(), self.state_target, lambda: keys.export(self.state))
+        if isinstance(self.driver, BindsControlPlane):  # drivers that deploy aicommons services (the portal)
+            self.driver.bind_control(self.control)
         self.renderer = renderer or default_renderer
         self.target: FileTarget | None = target if target is not None else default_target(self.site, self.driver)
         if self.target is None:
@@ -287,6 +300,10 @@ def build_plan(s: Session, *, destroy: bool = False) -> Plan:
     files = {} if destroy else s.renderer(s.resolved, s.secrets)
     if s.target is None:
         files = {p: f for p, f in files.items() if not p.startswith("traefik/")}
+    if not destroy:
+        from aicommons.engine.services import runs_from_files
+
+        files.update(runs_from_files(s.resolved, s.site_file))
     planner = Planner(s.resolved, files, s.secrets.versions(), _refresh(s), s.backends, destroy=destroy)
     changes, steps, notes = planner.run()
     return Plan(str(s.site_file), fingerprint(s.site_file, s.state), s.resolved, changes, steps,
@@ -412,7 +429,7 @@ def apply_site(site_file, *, state_path=None, targets=None, yes: bool = True, dr
             s.driver.check(plan, purge=purge)  # the driver refuses a plan it cannot carry out whole, before any change (drivers/base.py)
         run_id = result.run_id = s.state.begin_run(command)
         rep.open_log(run_id)
-        ctx = Context(s.state, s.secrets, s.driver, s.target, redact, purge=purge)
+        ctx = Context(s.state, s.secrets, s.driver, s.target, redact, purge=purge, control=s.control)
 
         def step_fn(step):
             s.state.journal(run_id, step.id, step.action, "started", step.reason)

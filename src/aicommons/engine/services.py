@@ -12,13 +12,16 @@ services itself (`configures_services = True`, the LXC driver) gets no service s
 
 from __future__ import annotations
 
+import hashlib
 import posixpath
 import shlex
+from pathlib import Path
 
 from aicommons.catalog import load_catalog
 from aicommons.catalog.model import Configure
 from aicommons.drivers.targets import digest
 from aicommons.errors import PermanentError
+from aicommons.render import aicservice
 
 SERVICE_ROOT = "/opt/aicommons"
 SERVICES_DIR = "services/"
@@ -82,14 +85,34 @@ def run_service(ctx, step) -> str | None:
     rec = None if fresh else ctx.store.applied().get(step.id)  # a new container has none of the files
     before = rec.attrs.get("files", {}) if rec is not None else {}
     now = digests(files)
+    svc = load_catalog().services.get(c.name)
+    extra: dict[str, tuple[bytes, int]] = {}  # an aicommons service's wheel, lock and settings
+    if svc is not None and aicservice.is_aicommons(svc):
+        got = _aicommons_payload(ctx, svc, root)
+        if isinstance(got, str):  # not deployable on this state: said. A PostgreSQL state is a new
+            # state, without this record, so moving the state there deploys it on the next apply.
+            ctx.store.record_applied(step.id, "service", None, step.fingerprint,
+                                     {"ctid": c.ctid, "files": {}, "ran": [], "not_deployed": got})
+            return got
+        extra = got
+        now.update({p: f"{mode:o}:{hashlib.sha256(b).hexdigest()}" for p, (b, mode) in extra.items()})
     changed = {rel for rel, h in now.items() if before.get(rel) != h}
     for rel in sorted(changed):
+        if rel in extra:
+            data, mode = extra[rel]
+            d.push(c.ctid, data, rel if rel.startswith("/") else posixpath.join(root, rel), mode)
+            continue
         f = files[rel]
         d.push(c.ctid, f.content.encode(), posixpath.join(root, rel), f.mode)
     ran = []
-    if "install.sh" in files and "install.sh" in changed | _compose_changed(files, changed):
+    install_inputs = {"install.sh"} | {p for p in extra if not p.startswith("/")} | {
+        p for p in files if svc is not None and aicservice.is_aicommons(svc) and p.endswith(".service")}
+    if "install.sh" in files and (changed & install_inputs or "install.sh" in _compose_changed(files, changed)):
         _run(ctx, c, ["sh", "-eu", posixpath.join(root, "install.sh")], "install.sh")
         ran.append("install.sh")
+    elif svc is not None and aicservice.is_aicommons(svc) and changed:  # its settings or the site file
+        _run(ctx, c, ["systemctl", "restart", aicservice.unit_name(svc)], "restart")
+        ran.append("restart")
     script = apply_script(c.name, root, changed)
     if script:
         _run(ctx, c, ["sh", "-c", script], "config apply")
@@ -97,6 +120,70 @@ def run_service(ctx, step) -> str | None:
     ctx.store.record_applied(step.id, "service", None, step.fingerprint,
                              {"ctid": c.ctid, "files": now, "ran": ran})
     return None
+
+
+RUNS_FROM = "runs-from.json"
+
+
+def _wheel():
+    """(file name, bytes) of this checkout's wheel; None where aicommons does not run from a
+    checkout (inside the portal's own container): what the container has then stays."""
+    from aicommons.drivers import runtime
+
+    try:
+        fname, _, wheel = runtime.wheel_bytes(runtime.checkout())
+    except PermanentError:
+        return None
+    return fname, wheel
+
+
+def runs_from_files(resolved, site_file) -> dict:
+    """`services/<host>/runs-from.json` for each aicommons service: the digests of the site file
+    and of the wheel it runs, so a changed site file (a user added) or checkout plans its step."""
+    import json
+
+    from aicommons.render.files import RenderedFile
+
+    cat = load_catalog()
+    out = {}
+    wheel = _wheel()
+    for c in resolved.containers:
+        svc = cat.services.get(c.name)
+        if c.role != "shared" or svc is None or not aicservice.is_aicommons(svc):
+            continue
+        text = json.dumps({"site": hashlib.sha256(Path(site_file).read_bytes()).hexdigest(),
+                           "wheel": hashlib.sha256(wheel[1]).hexdigest() if wheel else "as installed"},
+                          sort_keys=True) + "\n"
+        out[f"{SERVICES_DIR}{c.hostname}/{RUNS_FROM}"] = RenderedFile(f"{SERVICES_DIR}{c.hostname}/{RUNS_FROM}", text)
+    return out
+
+
+def _aicommons_payload(ctx, svc, root: str) -> dict[str, tuple[bytes, int]] | str:
+    """{path: (bytes, mode)} the engine pushes for an aicommons service (the portal): this
+    checkout's wheel and the runtime lock (installed by hash, render/aicservice.install_script),
+    the site file and the 0600 env file (state URL, secrets key). Relative paths go under the
+    service's directory; absolute ones where the unit reads them. A string: why it cannot run."""
+    from aicommons.drivers import runtime
+
+    plane = ctx.control
+    if plane is None:
+        raise PermanentError(f"{svc.name}: the engine was given no site file and state to run it on")
+    if not plane.state_is_url:
+        return (f"{svc.name} not deployed: it works on the site's state, which is the SQLite file {plane.state} on "
+                "this machine, out of the container's reach; keep the state in PostgreSQL (`--state "
+                "postgresql://…` or AICOMMONS_STATE) and apply again")
+    site_path = posixpath.join(aicservice.ETC, "site.yaml")
+    env = {"AICOMMONS_SITE": site_path, "AICOMMONS_STATE": plane.state, **plane.key_env()}
+    out = {site_path: (plane.site_file.read_bytes(), 0o600),
+           aicservice.env_path(svc): (aicservice.env_file(env).encode(), 0o600)}
+    wheel = _wheel()
+    if wheel is not None:
+        fname, data = wheel
+        sha = hashlib.sha256(data).hexdigest()
+        out.update({fname: (data, 0o644), aicservice.LOCK_FILE: (runtime.lock_text().encode(), 0o644),
+                    aicservice.WHEEL_REQ: (f"aicommons @ file://{root}/{fname} --hash=sha256:{sha}\n".encode(),
+                                           0o644)})
+    return out
 
 
 def _compose_changed(files: dict, changed: set[str]) -> set[str]:

@@ -9,7 +9,15 @@ import posixpath
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
-from aicommons.drivers.base import AppliesFirewall, Archives, ComputeDriver, RunsNativeApps, SkipsCompose, TakesNotes
+from aicommons.drivers.base import (
+    AppliesFirewall,
+    Archives,
+    ComputeDriver,
+    ControlPlane,
+    RunsNativeApps,
+    SkipsCompose,
+    TakesNotes,
+)
 from aicommons.drivers.targets import FileTarget
 from aicommons.engine.model import Step
 from aicommons.engine.planner import container_spec
@@ -32,6 +40,7 @@ class Context:
     redact: Callable[[str], str]
     purge: bool = False
     ready_timeout: float = 120
+    control: ControlPlane | None = None  # the site file, state and key an aicommons service (portal) runs on
 
     def tenant_secrets(self, t: Tenant) -> dict[str, str]:
         return {k: self.secrets.get(t.user, k) for k in tenant_keys(t)}

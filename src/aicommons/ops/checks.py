@@ -14,7 +14,7 @@ from typing import Literal
 
 import h11
 
-Kind = Literal["http", "tcp", "postgres", "redis", "ollama", "traefik", "llamacpp"]
+Kind = Literal["http", "tcp", "postgres", "redis", "ollama", "traefik", "route", "signin", "llamacpp"]
 State = Literal["ok", "slow", "down", "skipped"]
 
 
@@ -34,6 +34,10 @@ class Check:
     expect_models: tuple[str, ...] = ()  # ollama: models the site declares; llamacpp: (name, kind)
     skip_reason: str = ""
     deployed: bool = True  # False: the driver or runtime does not run it here (skip_reason says why)
+    # route: the host a person opens (TLS name and Host header, through Traefik at host:port);
+    # route/signin: the sign-in provider behind the route's forward-auth ("" = none)
+    sni: str = ""
+    provider: str = ""
 
     @property
     def address(self) -> str:
@@ -64,15 +68,16 @@ async def _close(writer: asyncio.StreamWriter) -> None:
         pass
 
 
-async def http_get(streams: Streams, host: str, path: str, send: bytes | None = None) -> tuple[int, bytes]:
-    """One HTTP/1.1 GET (or a JSON POST, given a body) over open streams, parsed by h11 (httpx
-    costs ~5x more per request, which matters when one sweep makes hundreds)."""
+async def http_get(streams: Streams, host: str, path: str, headers: tuple[tuple[str, str], ...] = (),
+                   send: bytes | None = None) -> tuple[int, bytes]:
+    """One HTTP/1.1 GET (or a JSON POST of `send`) over open streams, parsed by h11 (httpx costs ~5x
+    more per request, which matters when one sweep makes hundreds)."""
     reader, writer = streams
     conn = h11.Connection(h11.CLIENT)
-    headers = [("Host", host), ("User-Agent", "aicommons-status"), ("Connection", "close")]
+    head = [("Host", host), ("User-Agent", "aicommons-status"), ("Connection", "close"), *headers]
     if send is not None:
-        headers += [("Content-Type", "application/json"), ("Content-Length", str(len(send)))]
-    writer.write(conn.send(h11.Request(method="GET" if send is None else "POST", target=path, headers=headers)))
+        head += [("Content-Type", "application/json"), ("Content-Length", str(len(send)))]
+    writer.write(conn.send(h11.Request(method="GET" if send is None else "POST", target=path, headers=head)))
     if send:
         writer.write(conn.send(h11.Data(data=send)))
     writer.write(conn.send(h11.EndOfMessage()))
@@ -139,7 +144,7 @@ async def check_llamacpp(c: Check, streams: Streams) -> str:
                                               "messages": [{"role": "user", "content": "Say ok."}]}
     reader_writer = await asyncio.open_connection(c.host, c.port)
     try:
-        status, body = await http_get(reader_writer, c.address, path, json.dumps(req).encode())
+        status, body = await http_get(reader_writer, c.address, path, send=json.dumps(req).encode())
     finally:
         await _close(reader_writer[1])
     if status != 200:
@@ -201,7 +206,53 @@ async def check_redis(c: Check, timeout: float) -> str:
     return ""
 
 
-HTTP_KINDS = {"http": check_http, "ollama": check_ollama, "traefik": check_traefik, "llamacpp": check_llamacpp}
+REDIRECTS = (301, 302, 303, 307, 308)
+
+
+async def check_route(c: Check, streams: Streams) -> str:
+    """The person's path: the app's host through Traefik, as an anonymous browser opens it.
+
+    Behind forward-auth the answer must send them to sign in (a redirect, or 401/403 from a
+    provider that answers so); 500 is Traefik's answer when the forward-auth endpoint fails
+    (pkg/middlewares/auth/forward.go), 502-504 when the app behind does not answer, 404 when
+    Traefik has no router for the host. Without forward-auth the app itself must answer."""
+    status, _ = await http_get(streams, c.sni, c.path)
+    if status == 404:
+        raise Failed(f"https://{c.sni}/ answered 404: Traefik has no router for it")
+    if status == 500 and c.provider:
+        raise Failed(f"https://{c.sni}/ answered 500: the sign-in provider ({c.provider}) behind its "
+                     "forward-auth did not answer")
+    if status >= 500:
+        raise Failed(f"https://{c.sni}/ answered {status}: the app behind Traefik did not answer")
+    if c.provider and status not in (*REDIRECTS, 401, 403):
+        raise Failed(f"https://{c.sni}/ answered {status} to an anonymous request: not behind sign-in")
+    return f"sends anonymous visitors to sign in ({status})" if c.provider else f"answers ({status})"
+
+
+async def check_signin(c: Check, streams: Streams) -> str:
+    """The forward-auth endpoint the rendered middleware names, asked as Traefik asks it (the
+    X-Forwarded-* of a request for the site's domain): any answer below 500 means it decides."""
+    status, _ = await http_get(streams, c.address, c.path, (
+        ("X-Forwarded-Proto", "https"), ("X-Forwarded-Host", c.sni or c.host), ("X-Forwarded-Uri", "/"),
+        ("X-Forwarded-Method", "GET")))
+    if status >= 500 or status == 0:
+        raise Failed(f"the sign-in provider ({c.provider}) answered {status} at its forward-auth endpoint")
+    return f"answers ({status})"
+
+
+HTTP_KINDS = {"http": check_http, "ollama": check_ollama, "traefik": check_traefik, "route": check_route,
+              "signin": check_signin, "llamacpp": check_llamacpp}
+
+
+def _tls():
+    """No certificate check: status asks whether the route answers, not whether Let's Encrypt has
+    issued yet (until then Traefik serves its default certificate)."""
+    import ssl
+
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    return ctx
 
 
 async def run_check(c: Check, timeout: float, slow_ms: float) -> Result:
@@ -214,7 +265,10 @@ async def run_check(c: Check, timeout: float, slow_ms: float) -> Result:
 
     try:
         async with asyncio.timeout(timeout):  # no extra task per check, unlike wait_for
-            streams = await asyncio.open_connection(c.host, c.port)
+            if c.kind == "route":  # TLS as a browser speaks it: SNI picks the route's certificate
+                streams = await asyncio.open_connection(c.host, c.port, ssl=_tls(), server_hostname=c.sni)
+            else:
+                streams = await asyncio.open_connection(c.host, c.port)
     except (TimeoutError, OSError) as exc:
         if isinstance(exc, asyncio.TimeoutError):
             why = "no answer to connect"
@@ -222,6 +276,8 @@ async def run_check(c: Check, timeout: float, slow_ms: float) -> Result:
             why = "connection refused (nothing listens)"
         else:
             why = exc.strerror or str(exc)
+        if c.kind == "signin":
+            why = f"the sign-in provider ({c.provider}) does not answer: {why}"
         return Result(c, "down", ms(), f"{c.address}: {why}")
     left = max(0.05, timeout - (time.monotonic() - start))
     try:

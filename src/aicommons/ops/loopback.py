@@ -1,8 +1,8 @@
 """A tiny HTTP responder on 127.0.0.1, many ports at once, in a background thread.
 
 Stand-in for services that cannot run here (Ollama, Traefik's API, the per-user apps) in
-tests and benchmarks/status.py. `delay` makes a slow endpoint; `hang` one that never answers.
-Binds loopback only.
+tests and benchmarks/status.py. `delay` makes a slow endpoint; `hang` one that never answers;
+`tls` (a server SSLContext) speaks HTTPS, as Traefik's entry point does. Binds loopback only.
 """
 
 from __future__ import annotations
@@ -14,11 +14,12 @@ import threading
 
 class LoopbackHttp:
     def __init__(self, routes: dict[str, tuple[int, object]] | None = None, *, ports: int = 1,
-                 delay: float = 0.0, hang: bool = False):
+                 delay: float = 0.0, hang: bool = False, tls=None):
         self.routes = routes or {}
         self.count = ports
         self.delay = delay
         self.hang = hang
+        self.tls = tls
         self.ports: list[int] = []
         self._loop = asyncio.new_event_loop()
         self._servers: list[asyncio.base_events.Server] = []
@@ -44,7 +45,7 @@ class LoopbackHttp:
 
     async def _start(self) -> None:
         for _ in range(self.count):
-            srv = await asyncio.start_server(self._handle, "127.0.0.1", 0, backlog=512)
+            srv = await asyncio.start_server(self._handle, "127.0.0.1", 0, backlog=512, ssl=self.tls)
             self._servers.append(srv)
             self.ports.append(srv.sockets[0].getsockname()[1])
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable, Mapping
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from rich.table import Table
 
@@ -17,11 +18,13 @@ from aicommons.catalog import load_catalog
 from aicommons.ops.checks import Check, Kind, Result, sweep
 from aicommons.ops.targets import retarget
 from aicommons.plan.model import ResolvedSite
+from aicommons.render.traefik import guarded, proxy_file
 from aicommons.spec.secretref import resolve_ref
 from aicommons.tenancy.registry import DEFAULT_ADMIN
 
 HEALTHY, DEGRADED, CRITICAL = 0, 1, 2
 TRAEFIK_API_PORT = 8080
+HTTPS_PORT = 443  # Traefik's websecure entry point (render/traefik.py static_config; the LXC driver's too)
 ADMIN_SECRET = {"postgres": "postgres_admin_password", "redis": "redis_admin_password"}
 
 Lookup = Callable[[str, str], str]
@@ -81,9 +84,9 @@ def plan_checks(resolved: ResolvedSite, *, secrets: Lookup | None = None,
                 user, pw = _credentials(resolved, svc, secrets, base_dir)
                 add(label, h.type, ip, port, spec.phase, critical=crit, username=user, password=pw)
             elif svc == "llama-server":
-                for u in resolved.model_units:  # one server per model, each checked by a real request
-                    add(f"{label}/{u.model.name}", "llamacpp", ip, u.port, spec.phase, critical=crit,
-                        expect_models=(u.model.name, u.model.kind))
+                for mu in resolved.model_units:  # one server per model, each checked by a real request
+                    add(f"{label}/{mu.model.name}", "llamacpp", ip, mu.port, spec.phase, critical=crit,
+                        expect_models=(mu.model.name, mu.model.kind))
             elif svc == "ollama":
                 add(label, "ollama", ip, port, spec.phase, critical=crit,
                     expect_models=tuple(resolved.site.ollama_tags))
@@ -92,6 +95,16 @@ def plan_checks(resolved: ResolvedSite, *, secrets: Lookup | None = None,
                     expect_status=h.expect_status)
     proxy = str(resolved.proxy_ip)
     add("traefik", "traefik", proxy, TRAEFIK_API_PORT, 1, critical=True)
+    # The sign-in provider, where the rendered forward-auth middleware sends Traefik: without it
+    # nobody opens any app, so it is critical.
+    auth = forward_auth_endpoint(resolved)
+    provider = resolved.sign_in or "sign-in provider"
+    if auth:
+        u = urlsplit(auth)
+        add(f"sign-in ({provider})", "signin", u.hostname or "", u.port or 80, 1, critical=True,
+            path=u.path or "/", provider=provider, sni=resolved.site.domain)
+    # The person's path: each published app through Traefik's HTTPS entry point.
+    published = {(r.owner, r.service): r for r in resolved.routes if r.owner and r.kind == "http"}
     for t in resolved.tenants:
         phase = resolved.container(t.ctid).phase
         for app in t.apps:
@@ -105,7 +118,20 @@ def plan_checks(resolved: ResolvedSite, *, secrets: Lookup | None = None,
             kind: Kind = "http" if app_spec.health.type == "http" else "tcp"
             add(f"{t.user}/{app}", kind, t.ip, t.ports[app], phase, user=t.user, path=app_spec.health.path,
                 expect_status=app_spec.health.expect_status)
+            r = published.get((t.user, app))
+            if r is not None:
+                add(f"{t.user}/{app} via traefik", "route", proxy, HTTPS_PORT, phase, user=t.user, sni=r.host,
+                    provider=provider if auth and guarded(resolved, r) else "")
     return out
+
+
+def forward_auth_endpoint(resolved: ResolvedSite) -> str | None:
+    """The forward-auth address the rendered Traefik middlewares name (whatever the provider)."""
+    doc = proxy_file(resolved)
+    for mw in doc.get("http", {}).get("middlewares", {}).values():
+        if "forwardAuth" in mw:
+            return str(mw["forwardAuth"]["address"])
+    return None
 
 
 def verdict(results: list[Result]) -> int:
@@ -131,7 +157,13 @@ async def status_async(resolved: ResolvedSite, *, secrets: Lookup | None = None,
                        base_dir: Path | None = None) -> tuple[int, list[Result]]:
     """The same sweep for a caller that already runs an event loop (the portal)."""
     checks = plan_checks(resolved, secrets=secrets, targets=targets, base_dir=base_dir)
-    results = await sweep(checks, timeout=timeout, slow_ms=slow_ms)
+    # The person's path second: its TLS handshakes would otherwise slow the direct checks
+    # sharing the loop, and a path check is read against the direct ones (app up, route not).
+    first = [c for c in checks if c.kind != "route"]
+    done = dict(zip(map(id, first), await sweep(first, timeout=timeout, slow_ms=slow_ms), strict=True))
+    paths = [c for c in checks if c.kind == "route"]
+    done.update(zip(map(id, paths), await sweep(paths, timeout=timeout, slow_ms=slow_ms), strict=True))
+    results = [done[id(c)] for c in checks]
     return verdict(results), results
 
 

@@ -16,12 +16,12 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from aicommons.drivers.base import Closes
-from aicommons.errors import AicError, Problem, SiteInvalid
+from aicommons.errors import AicError, PermanentError, Problem, SiteInvalid
 from aicommons.fsutil import write_file
 from aicommons.plan.model import ResolvedSite, Tenant
 from aicommons.plan.secrets import SITE_SCOPE, tenant_keys
 from aicommons.spec.models import User
-from aicommons.tenancy.base import AuditCheck
+from aicommons.tenancy.base import AuditCheck, ServiceBounded
 
 REDACTED = "********"
 NOT_YET = "(not made yet: `aicommons apply` generates it)"
@@ -261,6 +261,19 @@ def _by(command: str, actor: str | None) -> str:
     return f"{command} (by {actor})" if actor else command
 
 
+def host_only(site_file, what: str) -> None:
+    """An LXC site's containers are made and changed on its host (lxc-*, the site's namespace):
+    from inside one of its containers (the portal's) say so before anything is touched."""
+    import os
+
+    from aicommons.render.aicservice import IN_SITE_ENV
+    from aicommons.spec import load_site
+
+    if os.environ.get(IN_SITE_ENV) and load_site(Path(site_file))[0].driver.kind == "lxc":
+        raise PermanentError(f"{what}: this portal runs inside the site's own container; an LXC site's containers "
+                             "are made and changed on its host: run `aicommons` there (nothing was changed)")
+
+
 def add_user(site_file: Path, name: str, email: str | None = None, *, state_path=None, driver=None,
              backends=None, out=None, lock_timeout: float = 0.0, actor: str | None = None):
     """Validate, append to site.yaml, then let the engine create exactly this user.
@@ -268,21 +281,41 @@ def add_user(site_file: Path, name: str, email: str | None = None, *, state_path
     from aicommons.engine.api import apply_site
 
     user = validate_new_user(name, email)
+    host_only(site_file, f"users add {name}")
     # Under the site's lock from the edit to the end of the apply: a parallel `users add` waits
     # or is refused before it wrote anything, and no apply sees a half-made edit.
     with site_lock(site_file, state_path, f"users add {name}", lock_timeout) as state:
         # a user removed with --keep-data comes back with its data and its logins
         returning = any(a.user == name and a.status == "removed" for a in state.allocations())
+        before = Path(site_file).read_text(encoding="utf-8")
         added = append_user(Path(site_file), user)
-        result = apply_site(site_file, state_path=state_path, targets={name}, yes=True, driver=driver,
-                            backends=backends, out=out, command=_by(f"users add {name}", actor))
+        try:
+            result = apply_site(site_file, state_path=state_path, targets={name}, yes=True, driver=driver,
+                                backends=backends, out=out, command=_by(f"users add {name}", actor))
+        except AicError as exc:
+            # Refused before anything was made for the user (no slot in the state): the edit is
+            # undone, so site.yaml is as it was. Once a slot exists the user stays in site.yaml
+            # (dropping it would make the next apply tear down what was made); the CLI says so.
+            if added and not any(a.user == name for a in state.allocations()):
+                _check_and_write(Path(site_file), before, Path(site_file).read_text(encoding="utf-8"))
+                _say_kept(exc, f"{name} was not added: site.yaml is as it was")
+            raise
         if returning and result.ok:
             set_suspended(Path(site_file), name, False, state_path=state_path, backends=backends)
     return added, result
 
 
+def _say_kept(exc: AicError, what: str) -> None:
+    """Add what happened to site.yaml to the error the CLI prints."""
+    if isinstance(exc, SiteInvalid):
+        exc.problems.append(Problem("users", what))
+    elif exc.args:
+        exc.args = (f"{exc.args[0]}; {what}", *exc.args[1:])
+
+
 def remove_user(site_file: Path, name: str, *, lock_timeout: float = 0.0, state_path=None, **kw):
     """remove_user under the site's lock, from the site.yaml edit to the end of the apply."""
+    host_only(site_file, f"users remove {name}")
     with site_lock(site_file, state_path, f"users remove {name}", lock_timeout):
         return _remove_user(site_file, name, state_path=state_path, **kw)
 
@@ -389,6 +422,7 @@ def restart_user(site_file: Path, name: str, *, state_path=None, driver=None, ou
     from aicommons.state.lock import StateLock
 
     say = (lambda line: print(line, file=out, flush=True)) if out is not None else (lambda line: None)
+    host_only(site_file, f"users restart {name}")
     require_user(Path(site_file), name)
     with Context(Path(site_file), state_path=state_path, backends=[]) as ctx:
         t, state = ctx.tenant(name), ctx.session.state
@@ -470,7 +504,7 @@ def preview_user(site_file: Path, name: str, action: str, email: str | None = No
 
 def show_user(site_file: Path, name: str, *, reveal: bool = False, state_path=None) -> dict:
     """URLs and credentials the user needs; secret values redacted unless `reveal`."""
-    from aicommons.plan.policy import tenant_credentials, user_token
+    from aicommons.plan.policy import login_email, login_password, tenant_credentials, user_token
 
     require_user(Path(site_file), name)
     with Context(Path(site_file), state_path=state_path, backends=[], read_only=True) as ctx:
@@ -526,6 +560,12 @@ def show_user(site_file: Path, name: str, *, reveal: bool = False, state_path=No
                                "app_label": "append ~APP to the key (e.g. ~notebook) to see that app's usage apart"}
             if "gateway" in r.undeployed:
                 info["gateway"]["note"] = f"not deployed here: {r.undeployed['gateway']}"
+        # The apps that cannot trust the site's sign-in have an account made for the person at
+        # apply time (render/compose.py n8n owner, render/native.py first_account): its login.
+        logins = {"n8n": "n8n_owner_password", "flowise": "flowise_admin_password"}
+        info["app_logins"] = {app: {"url": f"https://{t.hosts[app]}", "email": login_email(t, r.site.domain),
+                                    "password": hide(login_password(s[key]), t.user, key)}
+                              for app, key in logins.items() if app in t.apps and app in t.hosts and key in s}
         info["app_secrets"] = {k: hide(v, t.user, k) for k, v in s.items()
                                if k not in ("postgres_password", "redis_password", "s3_access_key", "s3_secret_key",
                                             "gateway_key")}
@@ -546,6 +586,8 @@ def audit_site(site_file: Path, *, state_path=None, backends=None
         for b in ctx.backends:
             try:
                 checks += b.audit(tenants, secrets)
+                if isinstance(b, ServiceBounded):  # the "service" section: bounds on one tenant
+                    checks += b.service_audit(tenants, secrets)
             except (TemporaryError, OSError) as exc:
                 skipped.append(f"{b.name}: {exc}")
         warnings = [w for b in ctx.backends for w in getattr(b, "warnings", [])] + (

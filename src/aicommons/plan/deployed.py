@@ -12,7 +12,10 @@ from __future__ import annotations
 
 from aicommons.catalog import Catalog
 from aicommons.catalog.model import App, Service
+from aicommons.plan.model import Endpoint, Route
 from aicommons.spec.models import Site
+
+NO_SIGN_IN = "no sign-in provider runs here and it has no login of its own"
 
 # What an app does without a back end (need -> the app's own fallback). Missing pairs: the app
 # simply has no such integration then (e.g. jupyter without Ollama).
@@ -55,8 +58,8 @@ def redis_refused(app: App) -> str | None:
 def lxc_unsupported(svc: Service) -> str | None:
     """Why the LXC driver cannot install this service (None = it can)."""
     inst = svc.install
-    if inst.method == "apt" and not inst.needs_download:
-        return None
+    if (inst.method == "apt" and not inst.needs_download) or inst.method == "aicommons":
+        return None  # aicommons: the runtime layer built from this checkout (drivers/runtime.py)
     if inst.method == "layer":  # built on the host from registry packages (drivers/modellayers.py)
         return None
     if inst.method == "none":
@@ -115,3 +118,28 @@ def fallbacks(site: Site, apps: list[str], catalog: Catalog, gone: dict[str, str
             if missing and (a, need) in FALLBACK:
                 out.setdefault(a, {})[svc] = FALLBACK[(a, need)]
     return out
+
+
+def sign_in_provider(endpoints: dict[str, Endpoint], gone: dict[str, str]) -> str | None:
+    """The sign-in provider that really runs on the site (forward-auth goes there), or None.
+    A provider that is enabled but not deployed signs nobody in: routes must not point at it."""
+    return "authentik" if "authentik" in endpoints and "authentik" not in gone else None
+
+
+def published_routes(routes: list[Route], gone: dict[str, str], unavailable: dict[str, str],
+                     sign_in: str | None) -> tuple[list[Route], dict[str, str]]:
+    """(routes Traefik gets, withheld: service or user/app -> why). No router, middleware or
+    certificate name for what nothing would answer (502) or nothing would sign people in to."""
+    keep: list[Route] = []
+    withheld: dict[str, str] = {}
+    for r in routes:
+        key = f"{r.owner}/{r.service}" if r.owner else r.service
+        if r.owner is None and r.service in gone:
+            withheld[key] = f"not deployed here ({gone[r.service]})"
+        elif r.owner is not None and r.service in unavailable:
+            withheld[r.service] = f"not available in the native runtime ({unavailable[r.service]})"
+        elif r.access in ("owner", "site-users") and sign_in is None and not r.own_login:
+            withheld[r.service] = NO_SIGN_IN
+        else:
+            keep.append(r)
+    return keep, withheld

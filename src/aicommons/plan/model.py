@@ -136,6 +136,9 @@ class ResolvedSite:
     # operator_allow minus every user range: who may reach operator routes, pg_hba's superuser
     # line and the firewall's operator set (one list for all three).
     operator_sources: tuple[str, ...] = ()
+    # Where Traefik's connections to the containers come from (plan/access.py proxy_source): the
+    # one address user containers admit on their app ports, and every "trusted proxy" setting.
+    proxy_source: str = ""
     certificates: tuple[Certificate, ...] = ()
     certificate_changes: dict[str, str] = field(default_factory=dict)  # name -> new/changed/removed
     # What the driver does not deploy (service -> reason), what the runtime cannot run (app ->
@@ -144,6 +147,12 @@ class ResolvedSite:
     unavailable: dict[str, str] = field(default_factory=dict)
     fallbacks: dict[str, dict[str, str]] = field(default_factory=dict)
     runtime_notes: list[str] = field(default_factory=list)  # the above, as notes (also in `notes`)
+    # The sign-in provider that runs on this site ("authentik"), or None: forward-auth and every
+    # trust in identity headers follow from it (plan/deployed.py sign_in_provider).
+    sign_in: str | None = None
+    # Routes left out because nothing would answer them, or nothing would sign people in
+    # (service -> why; plan/deployed.py published_routes): `plan` says what a person will not have.
+    withheld: dict[str, str] = field(default_factory=dict)
     model_units: tuple[ModelUnit, ...] = ()  # what llama-server runs, one per model file
 
     def container(self, ctid: int) -> Container:
@@ -163,7 +172,7 @@ class ResolvedSite:
             "site": self.site.name,
             "domain": self.site.domain,
             "driver": self.site.driver.kind,
-            "proxy": {"ip": self.proxy_ip, "traefik_file": self.proxy_file,
+            "proxy": {"ip": self.proxy_ip, "source": self.proxy_source, "traefik_file": self.proxy_file,
                       "dynamic_dir": self.site.network.traefik.dynamic_dir},
             "containers": [asdict(c) for c in self.containers],
             "routes": [asdict(r) for r in self.routes],
@@ -178,6 +187,8 @@ class ResolvedSite:
             "runtime": self.site.user_template.runtime,
             "undeployed": dict(self.undeployed),
             "unavailable_apps": dict(self.unavailable),
+            "sign_in": self.sign_in,
+            "withheld_routes": dict(self.withheld),
             "fallbacks": {k: dict(v) for k, v in self.fallbacks.items()},
             "models": [{"name": u.model.name, "kind": u.model.kind, "port": u.port, "threads": u.threads,
                         "source": u.model.package or u.model.path, "file": u.model.file}

@@ -1,6 +1,6 @@
 """Names of every tenant slice and the rules each back end imposes on them.
 
-One place decides `openwebui_user1`, `u_user1`, `user1:`, `user1-openwebui`, `ai-user1`, so
+One place decides `openwebui_user1`, `u_user1`, `t:user1:`, `user1-openwebui`, `ai-user1`, so
 the planner, the renderers and the tenancy back ends can never disagree.
 """
 
@@ -25,8 +25,14 @@ def redis_user(user: str) -> str:
     return f"u_{user}"
 
 
+# Tenant keys live under `t:`, which no shared service writes (Langfuse's `langfuse:*`, BullMQ's
+# `bull:*`, Celery's and Formbricks' own): a user's name can then never make its key pattern
+# cover a shared service's keys (issue 23). docs/security.md lists the shared services' prefixes.
+REDIS_TENANT_SPACE = "t:"
+
+
 def redis_prefix(user: str) -> str:
-    return f"{user}:"
+    return f"{REDIS_TENANT_SPACE}{user}:"
 
 
 def qdrant_prefix(user: str) -> str:

@@ -6,6 +6,7 @@ APIs. Kept here (no network client) so importing render loads no back-end librar
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from collections.abc import Mapping
 from typing import Any
@@ -97,3 +98,42 @@ def gateway_key(user: str, token: str) -> str:
 def gateway_key_hash(key: str) -> bytes:
     """What the gateway stores: sha256 of the whole key (a high-entropy token needs no slow hash)."""
     return hashlib.sha256(key.encode()).digest()
+
+
+# ---- app accounts made at apply time (apps that cannot trust the site's sign-in) --------------
+
+def login_email(t: Tenant, domain: str) -> str:
+    """The e-mail an app account of the person is made with: theirs, else one on the site's domain."""
+    return (t.email or f"{t.user}@{domain}").lower()  # n8n stores it lower-cased (ownership.service.js)
+
+
+def login_password(secret: str) -> str:
+    """The password of a pre-made app account, from its stored secret (token_urlsafe, 43 chars).
+
+    Flowise 3.1.3 refuses a password without a lower-case letter, an upper-case letter, a digit
+    and a special character (enterprise/utils/validation.util.js isInvalidPassword); a random
+    token lacks one of them now and then, so one of each is put in front."""
+    return "Aa1-" + secret
+
+
+def bcrypt_hash(password: str, seed: str) -> str:
+    """bcrypt of `password` with a salt derived from `seed`: the same text on every render, so an
+    unchanged account does not restart its app. n8n 2.33.7 takes only a hash ($2a$/$2b$/$2y$,
+    owner.instance-settings-loader.js BCRYPT_HASH_RE) and checks it with bcryptjs. Cost 8, not
+    n8n's own 10: the password is 256 random bits (no guessing to slow down), and every render of
+    a 50-user site hashes 50 of them."""
+    return _bcrypt(password, seed)
+
+
+_B64 = "./ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789"  # bcrypt's own alphabet
+
+
+@functools.lru_cache(maxsize=256)
+def _bcrypt(password: str, seed: str) -> str:
+    import bcrypt
+
+    digest = hashlib.sha256(b"aicommons-bcrypt-salt\0" + seed.encode()).digest()
+    bits = int.from_bytes(digest[:17], "big") >> 4  # 132 bits: 22 characters of 6 bits
+    chars = "".join(_B64[(bits >> (6 * i)) & 63] for i in reversed(range(22)))
+    chars = chars[:21] + _B64[_B64.index(chars[21]) & 0x30]  # the 22nd carries 2 bits (a canonical salt)
+    return bcrypt.hashpw(password.encode(), f"$2b$08${chars}".encode()).decode()

@@ -67,6 +67,18 @@ DENY: tuple[Denied, ...] = (
     Denied("pubsub", ("PUBSUB", "CHANNELS"), "lists every tenant's channels and subscriber counts"),
     Denied("cluster", ("CLUSTER", "COUNTKEYSINSLOT", "0"), "slot key counts and names (cluster mode)"),
     Denied("wait", ("WAIT", "0", "0"), "replication state of the whole server; blocks on others' writes"),
+    # -- scripting and transactions (issue 23): a script or an EXEC runs to its end while every
+    #    other client waits (a Lua loop that wrote once cannot be killed: only SHUTDOWN NOSAVE
+    #    recovers), and the memory check runs once before it, not per command inside it. No app
+    #    given a tenant's Redis needs either (docs/security.md); Langfuse's own user keeps them.
+    Denied("@scripting", ("EVAL", "return 1", "0"), "scripts block the whole server while they run"),
+    Denied("eval", ("EVAL", "return 1", "0"), "blocks every client while it runs; unkillable once it wrote"),
+    Denied("evalsha", ("EVALSHA", "0" * 40, "0"), "runs a cached script: as EVAL"),
+    Denied("eval_ro", ("EVAL_RO", "return 1", "0"), "read-only, still blocks every client while it runs"),
+    Denied("evalsha_ro", ("EVALSHA_RO", "0" * 40, "0"), "as EVAL_RO"),
+    Denied("script|load", ("SCRIPT", "LOAD", "return 1"), "only useful with EVALSHA"),
+    Denied("multi", ("MULTI",), "a transaction passes the memory check once, then allocates without bound"),
+    Denied("exec", ("EXEC",), "runs a transaction (see multi)"),
     # -- server-global scripting state: one function library and script cache for everybody
     Denied("function", ("FUNCTION", "LIST"), "one function library for all tenants: list, load, flush, kill"),
     Denied("fcall", ("FCALL", "f", "0"), "calls functions another tenant loaded"),
@@ -82,7 +94,7 @@ DENY: tuple[Denied, ...] = (
 )
 
 # Keyless commands a tenant keeps: each acts on the caller's own connection or returns only
-# fixed server facts (`EVAL`/`EVALSHA` are key-checked per command the script calls).
+# fixed server facts.
 ALLOW: dict[str, str] = {
     "acl|cat": "category names", "acl|genpass": "random bytes", "acl|help": "help text",
     "acl|whoami": "the caller's own name", "asking": "cluster redirect flag of this connection",
@@ -96,11 +108,9 @@ ALLOW: dict[str, str] = {
     "command|getkeys": "the command table", "command|getkeysandflags": "the command table",
     "command|help": "help text", "command|info": "the command table", "command|list": "the command table",
     "config|help": "help text", "memory|help": "help text", "module|help": "help text", "object|help": "help text",
-    "script|help": "help text", "xgroup|help": "help text", "xinfo|help": "help text",
-    "multi": "this connection's transaction", "exec": "this connection's transaction",
+    "xgroup|help": "help text", "xinfo|help": "help text",
     "discard": "this connection's transaction", "unwatch": "this connection's transaction",
     "time": "the clock", "lolwut": "version art",
-    "script|load": "adds to the cache by content hash; EVALSHA is key-checked like EVAL",
     "subscribe": "channel-checked", "psubscribe": "channel-checked (pattern must fit &prefix*)",
     "unsubscribe": "this connection", "punsubscribe": "this connection", "publish": "channel-checked",
 }

@@ -19,13 +19,16 @@ from aicommons.errors import Problem, SiteInvalid
 from aicommons.plan import certificates as certs_plan
 from aicommons.plan import deployed, names
 from aicommons.plan import models as model_plan
-from aicommons.plan.access import operator_sources
+from aicommons.plan.access import operator_sources, proxy_source
 from aicommons.plan.model import Certificate, Container, Endpoint, ResolvedSite, Route, Tenant, Totals
 from aicommons.spec.identity import email_key
 from aicommons.spec.load import LineIndex, format_path
 from aicommons.spec.models import Site, parse_range
 
 SCALE_POOL = range(108, 120)
+# Shared services whose tenant slices the control plane makes with an admin login
+# (tenancy/registry.py admin_credentials): adopted as `external:`, they need that login in site.yaml.
+EXTERNAL_ADMIN = ("postgres", "redis", "qdrant", "garage", "minio")
 IP = ipaddress.IPv4Address
 
 
@@ -141,6 +144,10 @@ def _allocate_shared(ctx: _Ctx, shared_range: list[IP]) -> tuple[list[Container]
         svc, ov = cat.services[n], site.services[n]
         loc = ("services", n)
         if ov.external is not None:
+            if n in EXTERNAL_ADMIN and ov.external.admin_password is None:
+                ctx.problem(loc + ("external", "admin_password"),
+                            f"an external {n} needs an admin login: aicommons creates each user's slice with it",
+                            "set it (a literal, env:VAR or file:PATH), or let aicommons run the server")
             ports = {p.name: p.port for p in svc.ports}
             if svc.ports:  # the adopted server's port replaces the service's main one
                 ports[svc.ports[0].name] = ov.external.port
@@ -496,11 +503,18 @@ def _resolve(site: Site, catalog: Catalog, held: dict[str, str],
         notes.append("redis.isolation=db: Redis DB numbers do not isolate users (any client may SELECT).")
     if site.object_storage == "minio":
         notes.append("MinIO's community edition is archived (Feb 2026); plan a move to Garage.")
-    if "authentik" not in endpoints:
-        hidden = sorted({r.service for r in routes if r.access in ("owner", "site-users") and not r.own_login})
+    gone = deployed.undeployed(site, catalog)
+    unavailable = deployed.unavailable_apps(site, apps, catalog)
+    sign_in = deployed.sign_in_provider(endpoints, gone)
+    routes, withheld = deployed.published_routes(routes, gone, unavailable, sign_in)
+    if sign_in is None:
+        hidden = sorted({svc for svc, why in withheld.items() if why == deployed.NO_SIGN_IN})
         if hidden:
-            notes.append(f"without Authentik these have no sign-in and no login of their own, so they are not "
-                         f"published: {', '.join(hidden)} (enable authentik to publish them)")
+            notes.append(f"without a running sign-in provider these have no sign-in and no login of their own, so "
+                         f"they are not published: {', '.join(hidden)} (enable authentik to publish them)")
+    lost = sorted(svc for svc, why in withheld.items() if why != deployed.NO_SIGN_IN)
+    if lost:
+        notes.append("no route (nothing would answer it): " + "; ".join(f"{svc}: {withheld[svc]}" for svc in lost))
     certs = _certificates(site, routes, current_certs)
     cert_changes = certs_plan.changes(current_certs, certs)
     issued = [n for n, what in cert_changes.items() if what != "removed"]
@@ -510,16 +524,14 @@ def _resolve(site: Site, catalog: Catalog, held: dict[str, str],
                      "(set network.traefik.dns_provider for one wildcard, or add users in smaller steps)")
     if model_plan.serving(site):
         notes += model_plan.notes(site)
-    gone = deployed.undeployed(site, catalog)
-    unavailable = deployed.unavailable_apps(site, apps, catalog)
     fallbacks = deployed.fallbacks(site, [a for a in apps if a not in unavailable], catalog, gone)
     runtime_notes = _runtime_notes(site, unavailable, fallbacks, gone) if users else []
     notes += runtime_notes
     return ResolvedSite(site=site, containers=containers, routes=routes, tenants=tenants, endpoints=endpoints,
                         totals=totals, proxy_ip=str(net.traefik.address), proxy_file=proxy_file, notes=notes,
-                        operator_sources=operator_sources(site), certificates=certs,
+                        operator_sources=operator_sources(site), proxy_source=proxy_source(site), certificates=certs,
                         certificate_changes=cert_changes, undeployed=gone, unavailable=unavailable,
-                        fallbacks=fallbacks, runtime_notes=runtime_notes,
+                        fallbacks=fallbacks, runtime_notes=runtime_notes, sign_in=sign_in, withheld=withheld,
                         model_units=tuple(model_plan.model_units(site, catalog))), ctx
 
 

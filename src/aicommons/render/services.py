@@ -102,7 +102,12 @@ def redis_acl(resolved: ResolvedSite, secrets: SecretLookup) -> str:
 
 
 def redis_conf(resolved: ResolvedSite, c: Container, aclfile: str = "/etc/redis/users.acl") -> str:
-    maxmem = max(64, c.memory_mb * 3 // 4)
+    """redis.conf. The limits bound what one client can take from the others (issue 23); each name
+    and range is Redis 7.0's own (src/config.c, standardConfig static_configs[])."""
+    mem = c.memory_mb
+    # Half for data: the rest is client buffers (capped below) and the copy-on-write of the fork
+    # that writes the RDB snapshot / rewrites the AOF.
+    maxmem = max(64, mem // 2)
     return HEAD + "\n".join([
         f"bind 127.0.0.1 {c.ip}",
         "port 6379",
@@ -118,6 +123,16 @@ def redis_conf(resolved: ResolvedSite, c: Container, aclfile: str = "/etc/redis/
         f"maxmemory {maxmem}mb",
         "# Langfuse's queues refuse any eviction policy but noeviction.",
         "maxmemory-policy noeviction",
+        "# One command may allocate at most this much (SETRANGE/APPEND/SETBIT offsets, one argument;",
+        "# config.c: min 1mb, default 512mb); with tenants' MULTI/EVAL denied the memory check then",
+        "# runs before every command, so the server passes maxmemory by at most this.",
+        "proto-max-bulk-len 8mb",
+        "client-query-buffer-limit 32mb",
+        "# All clients' buffers together (query, output, watched keys); past it the largest",
+        "# clients are disconnected first (7.0 client eviction), never the small ones.",
+        f"maxmemory-clients {max(16, mem // 8)}mb",
+        "client-output-buffer-limit normal 64mb 16mb 60",
+        "client-output-buffer-limit pubsub 32mb 8mb 60",
         "",
     ])
 

@@ -14,10 +14,12 @@ from aicommons.plan.model import Container, ResolvedSite
 from aicommons.plan.names import shared_host
 from aicommons.plan.policy import service_credentials
 from aicommons.plan.secrets import SITE_SCOPE, SecretLookup
+from aicommons.render import aicservice
 from aicommons.render.common import catalog, db_ident, dump_yaml, endpoint_host, endpoint_url, hex_key, port_of, svc_dir
 from aicommons.render.envfile import render_env
 from aicommons.render.files import SECRET_MODE, RenderedFile
 from aicommons.render.services import REDIS_LANGFUSE
+from aicommons.spec.models import Site
 
 HEAD = "# Rendered by aicommons: do not edit by hand. Secrets are in .env (0600).\n"
 CLICKHOUSE_IMAGE = "clickhouse/clickhouse-server:25.12"
@@ -143,8 +145,8 @@ def authentik(resolved: ResolvedSite, c: Container, secrets: SecretLookup) -> li
                AUTHENTIK_POSTGRESQL__PORT=str(port_of(resolved, "postgres") or 5432),
                AUTHENTIK_POSTGRESQL__NAME=db_ident("authentik"), AUTHENTIK_POSTGRESQL__USER=db_ident("authentik"),
                AUTHENTIK_BOOTSTRAP_EMAIL=resolved.site.operator_email or f"admin@{resolved.site.domain}",
-               # X-Forwarded-* are believed only from Traefik.
-               AUTHENTIK_LISTEN__TRUSTED_PROXY_CIDRS=f"{resolved.proxy_ip}/32")
+               # X-Forwarded-* are believed only from where Traefik's connections come from.
+               AUTHENTIK_LISTEN__TRUSTED_PROXY_CIDRS=f"{resolved.proxy_source}/32")
     vols = ["media:/media", "certs:/certs", "./blueprints:/blueprints/aicommons:ro"]
     server = _svc_entry(svc, c, env=dict(env))
     server["command"] = "server"
@@ -175,9 +177,12 @@ def generic(resolved: ResolvedSite, c: Container) -> list[RenderedFile]:
     return [RenderedFile(f"{svc_dir(c.hostname)}/docker-compose.yml", _doc(c.name, {c.name: entry}, vols))]
 
 
-def install_script(c: Container) -> str:
+def install_script(c: Container, site: Site | None = None) -> str:
     """The container's install recipe, from the catalog (run as root inside the container)."""
     svc = catalog().services[c.name]
+    if aicservice.is_aicommons(svc):
+        assert site is not None, "an aicommons service's unit names the site's Traefik source address"
+        return aicservice.install_script(svc, c, site)
     lines = ["#!/bin/sh", f"# Install {svc.title} {svc.version} in CT {c.ctid} ({c.ip}). Rendered by aicommons.",
              "set -eu"]
     m = svc.install
@@ -199,7 +204,10 @@ def shared_files(resolved: ResolvedSite, secrets: SecretLookup) -> list[Rendered
         if c.role != "shared":
             continue
         svc = catalog().services[c.name]
-        out.append(RenderedFile(f"{svc_dir(c.hostname)}/install.sh", install_script(c), 0o755))
+        out.append(RenderedFile(f"{svc_dir(c.hostname)}/install.sh", install_script(c, resolved.site), 0o755))
+        if aicservice.is_aicommons(svc):  # the unit; the wheel, lock and env file come with the engine's step
+            out.append(RenderedFile(f"{svc_dir(c.hostname)}/{aicservice.unit_name(svc)}",
+                                    aicservice.unit(svc, c, resolved.site)))
         if svc.install.method != "compose":
             continue
         if c.name == "langfuse":

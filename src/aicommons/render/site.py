@@ -38,7 +38,8 @@ def _app_files(resolved: ResolvedSite, t: Tenant, secrets: SecretLookup) -> list
         b = native.native_bundle(resolved, t, secrets, f"{USER_ROOT}/{t.user}/env")
         return ([RenderedFile(f"{base}/{native.MANIFEST}", b.manifest(t.user))]
                 + [RenderedFile(f"{base}/units/{u}", text) for u, text in b.units.items()]
-                + [RenderedFile(f"{base}/env/{a}.env", text, SECRET_MODE) for a, text in b.env_files.items()])
+                + [RenderedFile(f"{base}/env/{a}.env", text, SECRET_MODE) for a, text in b.env_files.items()]
+                + [RenderedFile(f"{base}/accounts/{a}.json", text, SECRET_MODE) for a, text in b.accounts.items()])
     text, env = compose.render_compose(resolved, t, secrets)
     out = [RenderedFile(f"{base}/docker-compose.yml", text),
            RenderedFile(f"{base}/.env", render_env(env, f"Secrets of {t.user}'s apps. Mode 0600; never commit."),

@@ -51,9 +51,11 @@ def auth_middleware(owner: str) -> str:
 
 
 def outpost_url(resolved: ResolvedSite) -> str | None:
-    """Authentik's server (the embedded outpost runs in it) on its HTTP port, or None without Authentik."""
+    """Authentik's server (the embedded outpost runs in it) on its HTTP port, or None when Authentik
+    does not run here (not enabled, or enabled on a driver that does not deploy it: forward-auth
+    to an address where nothing listens answers every request with 500)."""
     ep = resolved.endpoints.get("authentik")
-    if ep is None:
+    if ep is None or resolved.sign_in != "authentik":
         return None
     return f"http://{ep.host}:{ep.ports.get('http', 9000)}"
 

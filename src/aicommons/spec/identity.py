@@ -27,6 +27,10 @@ RESERVED = frozenset({
     # the platform's own services
     "postgres", "postgresql", "redis", "qdrant", "minio", "garage", "traefik", "ollama", "grafana",
     "prometheus", "portainer", "gitea", "aicommons",
+    # key prefixes and queue names the shared services write in the shared Redis (tenant keys are
+    # under `t:<user>:` and cannot meet them; the names are refused anyway, so no log or listing
+    # ever shows a user `bull` beside BullMQ's `bull:*`)
+    "langfuse", "bull", "bullmq", "celery", "kombu", "unacked", "superset", "formbricks",
 })
 RESERVED_PREFIXES = ("ak-", "authentik-", "aicommons-", "pg-")
 

@@ -117,6 +117,34 @@ def nesting_bound(text: str) -> int:
     return worst
 
 
+MAX_NODES = 500_000  # a 5,000-user site is about 100,000 nodes once aliases are expanded
+
+
+def expanded_size(root: yaml.Node | None) -> int:
+    """How many nodes the document has with every alias expanded, counted over the node graph
+    (each shared node once, memoized), so an alias bomb (`b: [*a, *a, …]` nine levels deep: a
+    few KB for billions of values) is measured without being expanded. A cycle counts as too big."""
+    sizes: dict[int, int] = {}
+
+    def size(node: yaml.Node) -> int:
+        key = id(node)
+        if key in sizes:
+            if sizes[key] < 0:
+                return MAX_NODES + 1  # an alias inside its own anchor
+            return sizes[key]
+        sizes[key] = -1
+        if isinstance(node, yaml.MappingNode):
+            n = 1 + sum(size(k) + size(v) for k, v in node.value)
+        elif isinstance(node, yaml.SequenceNode):
+            n = 1 + sum(size(v) for v in node.value)
+        else:
+            n = 1
+        sizes[key] = n = min(n, MAX_NODES + 1)
+        return n
+
+    return size(root) if root is not None else 0
+
+
 def _duplicate_keys(root: yaml.Node | None) -> list[Problem]:
     """Every mapping key written twice: YAML loaders keep the last silently (a second `users:`
     would replace the first, and the next apply delete those users)."""
@@ -153,6 +181,10 @@ def parse_text(text: str) -> tuple[Any, LineIndex]:
     loader = _Loader(text)
     try:
         node = loader.get_single_node()
+        if expanded_size(node) > MAX_NODES:
+            raise SiteInvalid([Problem("", f"the YAML expands to more than {MAX_NODES:,} values (aliases `*name` "
+                                       "repeating anchors); a site file is far smaller",
+                                       "write the values out instead of nesting aliases")])
         dups = _duplicate_keys(node)
         if dups:
             raise SiteInvalid(dups)

@@ -11,7 +11,7 @@ import ipaddress
 import re
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Discriminator, Field, Tag, field_validator, model_validator
 
 from aicommons.spec import identity
 from aicommons.spec.served import ServedModel
@@ -24,6 +24,18 @@ DOMAIN_RE = r"^([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]{2,63}$"
 class Model(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
+
+def _absolute(path: str) -> str:
+    if not path.startswith("/") or "/../" in path + "/" or "\x00" in path:
+        raise ValueError(f"{path!r} is not an absolute path; the containers and the host read it from "
+                         "wherever they run, so write it from / (e.g. /opt/traefik-stack/dynamic)")
+    return path
+
+
+AbsPath = Annotated[str, AfterValidator(_absolute)]
+# Upper bounds that catch a typo (8192000 for 8192) before a driver asks a host for it: 1 TiB of
+# memory is more than any node this runs on (Proxmox's schema has no maximum of its own).
+MAX_MEMORY_MB = 1024 * 1024
 
 SecretRef = Annotated[
     str,
@@ -50,7 +62,7 @@ class Traefik(Model):
     address: ipaddress.IPv4Address = Field(
         ipaddress.IPv4Address("10.0.4.10"), description="Where Traefik runs (the reference architecture: 10.0.4.10)."
     )
-    dynamic_dir: str = Field("/opt/traefik-stack/dynamic", description="Traefik's file-provider directory.")
+    dynamic_dir: AbsPath = Field("/opt/traefik-stack/dynamic", description="Traefik's file-provider directory.")
     file_pattern: str = Field(
         "2{o3:02d}{o4:03d}.yml",
         description="Dynamic file name per container; o3/o4 are the container IP's 3rd/4th octets. "
@@ -147,7 +159,7 @@ class LxcDriver(Model):
     netns: str | None = Field(None, pattern=r"^[a-z][a-z0-9-]{0,14}$",
                               description="The site's network namespace; default aic-<site name> (shortened with "
                                           "a hash past 15 characters), so sites on one host never share it")
-    cache_dir: str = "/var/cache/aicommons"
+    cache_dir: AbsPath = "/var/cache/aicommons"
     mirror: str = "http://deb.debian.org/debian"
     nat: bool = True
 
@@ -163,7 +175,7 @@ class External(Model):
 
 
 class ResourceOverride(Model):
-    memory_mb: int | None = Field(None, ge=64)
+    memory_mb: int | None = Field(None, ge=64, le=MAX_MEMORY_MB)
     cores: int | None = Field(None, ge=1)
     disk_gb: int | None = Field(None, ge=1)
 
@@ -183,7 +195,7 @@ class ServiceOverride(Model):
 
 
 class UserResources(Model):
-    memory_mb: int = Field(8192, ge=512)
+    memory_mb: int = Field(8192, ge=512, le=MAX_MEMORY_MB)
     cores: int = Field(4, ge=1)
     disk_gb: int = Field(100, ge=4)
 

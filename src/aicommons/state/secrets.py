@@ -45,6 +45,18 @@ class KeySource:
             kf = state_dir.parent / kf if key_file else kf
         return cls(env=key_env or ENV_KEY, key_file=kf)
 
+    def export(self, store) -> dict[str, str]:
+        """The environment entries that give another process this same key (a service of the
+        site that runs aicommons, e.g. the portal): for its 0600 env file, never to print."""
+        if self.env and os.environ.get(self.env):
+            return {self.env: os.environ[self.env].strip()}
+        phrase = self.passphrase or (os.environ.get(self.passphrase_env) if self.passphrase_env else None)
+        if phrase:
+            return {self.passphrase_env or ENV_PASSPHRASE: phrase}
+        if self.key_file is None:
+            raise SecretKeyError(f"no secrets key: set {self.env} or a passphrase")
+        return {self.env or ENV_KEY: _key_from_file(self.key_file, create=False).decode()}
+
     def fernet(self, store) -> Fernet:
         if self.env and os.environ.get(self.env):
             return _fernet(os.environ[self.env].strip().encode(), f"${self.env}")

@@ -27,6 +27,7 @@ class AuditCheck:
     expected: Expected
     observed: Observed
     detail: str = ""
+    section: str = "data"  # "data": another user's data; "service": a bound on what one user can take
 
     @property
     def ok(self) -> bool:
@@ -52,3 +53,11 @@ class TenantBackend(Protocol):
     def resume(self, tenant: Tenant, secrets: Secrets) -> None: ...
 
     def audit(self, tenants: list[Tenant], secrets: Mapping[str, Secrets]) -> list[AuditCheck]: ...
+
+
+@runtime_checkable
+class ServiceBounded(Protocol):
+    """A back end whose bounds on one tenant (time, memory, connections) the audit can prove live:
+    each check is safe on a running site and short (refused at once, or harmless if it ran)."""
+
+    def service_audit(self, tenants: list[Tenant], secrets: Mapping[str, Secrets]) -> list[AuditCheck]: ...

@@ -18,7 +18,7 @@ import subprocess
 import time
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import psycopg
@@ -53,14 +53,15 @@ def verifier_matches(verifier: str | None, password: str) -> bool:
     return hmac.compare_digest(again, verifier or "")
 
 
-def role_statements(t: Tenant, password: str, limit: int) -> list[sql.Composed]:
+def role_statements(t: Tenant, password: str, limit: int,
+                    bounds: Mapping[str, str] | None = None) -> list[sql.Composed]:
     """The statements that create a tenant from nothing (also what the benchmark pipes to psql)."""
     role = sql.Identifier(t.postgres_role)
     out = [sql.SQL("CREATE ROLE {} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION "
                    "CONNECTION LIMIT {} PASSWORD {}").format(role, sql.Literal(limit),
                                                              sql.Literal(scram_verifier(password))),
            sql.SQL("COMMENT ON ROLE {} IS {}").format(role, sql.Literal(COMMENT.format(user=t.user)))]
-    return out
+    return out + bound_statements(t, SESSION_BOUNDS if bounds is None else bounds)
 
 
 def database_statements(t: Tenant, db: str) -> list[sql.Composed]:
@@ -68,6 +69,24 @@ def database_statements(t: Tenant, db: str) -> list[sql.Composed]:
     return [sql.SQL("CREATE DATABASE {} OWNER {}").format(ident, role),
             sql.SQL("REVOKE ALL ON DATABASE {} FROM PUBLIC").format(ident),
             sql.SQL("COMMENT ON DATABASE {} IS {}").format(ident, sql.Literal(COMMENT.format(user=t.user)))]
+
+
+# Per-role session defaults (ALTER ROLE … SET, applied at each login; issue 23). temp_file_limit
+# is PGC_SUSET (guc_tables.c in PostgreSQL 15: "superuser only" in the docs' context column): the
+# tenant can neither SET it nor change its own default. The others are PGC_USERSET: a tenant may
+# SET them in its own sessions; what still bounds it is the role's CONNECTION LIMIT (docs/security.md).
+SESSION_BOUNDS = {
+    "statement_timeout": "5min",
+    "idle_in_transaction_session_timeout": "10min",
+    "temp_file_limit": "1GB",
+    "work_mem": "8MB",
+}
+
+
+def bound_statements(t: Tenant, bounds: Mapping[str, str] = SESSION_BOUNDS) -> list[sql.Composed]:
+    role = sql.Identifier(t.postgres_role)
+    return [sql.SQL("ALTER ROLE {} SET {} = {}").format(role, sql.Identifier(k), sql.Literal(v))
+            for k, v in bounds.items()]
 
 
 # Databases every cluster has: PUBLIC may connect to them and make temporary tables by default,
@@ -96,8 +115,13 @@ def _grantees(acl: list[str] | None) -> set[str]:
     return {item.split("=", 1)[0].strip('"') for item in acl}
 
 
-# Changes when the cluster-wide hardening does: the engine then ensures every tenant again.
-RULES = hashlib.sha256(repr(harden_statements()).encode()).hexdigest()[:12]
+# Changes when the cluster-wide hardening or the session bounds do: the engine then ensures every
+# tenant again.
+RULES = hashlib.sha256((repr(harden_statements()) + repr(SESSION_BOUNDS)).encode()).hexdigest()[:12]
+
+# A database owner may flag its database a template (DROP DATABASE then refuses it) or closed
+# (nobody connects: pg_dump, REASSIGN/DROP OWNED cannot run in it). Neither is a tenant's to set.
+REOPEN = "ALTER DATABASE {} WITH IS_TEMPLATE false ALLOW_CONNECTIONS true"
 
 
 @dataclass
@@ -109,6 +133,7 @@ class PostgresBackend:
     archive_dir: Path
     connection_limit: int = 30
     workers: int = 2  # CREATE DATABASE copies template1 and syncs; two connections roughly halve it
+    bounds: Mapping[str, str] = field(default_factory=lambda: dict(SESSION_BOUNDS))
     name: str = "postgres"
     rules: str = RULES
 
@@ -164,6 +189,47 @@ class PostgresBackend:
                          "JOIN pg_roles r ON r.oid = d.datdba WHERE d.datname = ANY(%s)", (list(t.databases),))
         return {name: (owner, acl) for name, owner, acl in rows}
 
+    @staticmethod
+    def _flagged(c, dbs: list[str]) -> dict[str, str]:
+        """Databases among `dbs` that are templates or closed, with what is wrong."""
+        rows = c.execute("SELECT datname, datistemplate, datallowconn FROM pg_database WHERE datname = ANY(%s)",
+                         (dbs,)).fetchall()
+        return {n: " and ".join(w for w, on in (("is a template", tmpl), ("accepts no connections", not conn)) if on)
+                for n, tmpl, conn in rows if tmpl or not conn}
+
+    def _reopen(self, c, dbs: list[str]) -> None:
+        for db in self._flagged(c, dbs):
+            c.execute(sql.SQL(REOPEN).format(sql.Identifier(db)))
+
+    def _rebound(self, c, t: Tenant) -> None:
+        role = sql.Identifier(t.postgres_role)
+        overrides = c.execute("SELECT d.datname FROM pg_db_role_setting s JOIN pg_roles r ON r.oid = s.setrole "
+                              "JOIN pg_database d ON d.oid = s.setdatabase WHERE r.rolname = %s",
+                              (t.postgres_role,)).fetchall()
+        for (db,) in overrides:
+            for k in self.bounds:
+                c.execute(sql.SQL("ALTER ROLE {} IN DATABASE {} RESET {}").format(role, sql.Identifier(db),
+                                                                                  sql.Identifier(k)))
+        for stmt in bound_statements(t, self.bounds):
+            c.execute(stmt)
+
+    def _bound_drift(self, c, t: Tenant) -> list[str]:
+        """Session bounds that differ from SESSION_BOUNDS: the role's own defaults, and any per-database
+        default of the role that overrides them (ALTER ROLE … IN DATABASE … SET)."""
+        rows = c.execute("SELECT s.setdatabase, s.setconfig FROM pg_db_role_setting s JOIN pg_roles r "
+                         "ON r.oid = s.setrole WHERE r.rolname = %s", (t.postgres_role,)).fetchall()
+        out = []
+        for dbid, config in rows:
+            have = dict(item.split("=", 1) for item in config or [])
+            for k, want in self.bounds.items():
+                if dbid == 0 and have.get(k) != want:
+                    out.append(f"role {t.postgres_role} {k} is {have.get(k, 'unset')}, not {want}")
+                elif dbid != 0 and k in have:
+                    out.append(f"role {t.postgres_role} overrides {k} in a database ({have[k]})")
+        if not any(dbid == 0 for dbid, _ in rows):
+            out += [f"role {t.postgres_role} {k} is unset, not {v}" for k, v in self.bounds.items()]
+        return out
+
     def verify(self, t: Tenant, secrets: Secrets) -> list[str]:
         problems = []
         with self._admin() as c:
@@ -179,6 +245,8 @@ class PostgresBackend:
                 problems.append(f"role {t.postgres_role} password differs from the stored secret")
             for what in self._public_on_shared(c):
                 problems.append(f"PUBLIC has {what}: every tenant can reach it")
+            problems += self._bound_drift(c, t)
+            problems += [f"database {db} {what}" for db, what in sorted(self._flagged(c, list(t.databases)).items())]
             dbs = self._databases(c, t)
             for db in t.databases:
                 if db not in dbs:
@@ -202,7 +270,7 @@ class PostgresBackend:
             self._harden(c)
             row = self._role(c, t)
             if row is None:
-                for stmt in role_statements(t, password, self.connection_limit):
+                for stmt in role_statements(t, password, self.connection_limit, self.bounds):
                     c.execute(stmt)
             else:
                 # An existing NOLOGIN role is a suspended user: only `resume` turns logins back on.
@@ -212,7 +280,10 @@ class PostgresBackend:
                                       "NOBYPASSRLS CONNECTION LIMIT {}").format(role, sql.Literal(self.connection_limit)))
                 if not verifier_matches(verifier, password):
                     c.execute(sql.SQL("ALTER ROLE {} PASSWORD {}").format(role, sql.Literal(scram_verifier(password))))
+                if self._bound_drift(c, t):
+                    self._rebound(c, t)
             existing = self._databases(c, t)
+            self._reopen(c, list(existing))
             for db, (owner, acl) in existing.items():
                 ident = sql.Identifier(db)
                 if owner != t.postgres_role:
@@ -259,14 +330,24 @@ class PostgresBackend:
             "AND coalesce(d.datname, '') <> ALL(%s) GROUP BY 1", (role, own, own)).fetchall()
         return dict(rows)
 
+    def _tenant_databases(self, c) -> set[str]:
+        """Every database a tenant role owns (known by the role's COMMENT, which only the admin can
+        set; a database's own comment its owner could change): a flag on one of these is a
+        tenant's doing and the control plane undoes it; any other closed database is the operator's."""
+        rows = c.execute("SELECT d.datname, shobj_description(r.oid, 'pg_authid') FROM pg_database d "
+                         "JOIN pg_roles r ON r.oid = d.datdba").fetchall()
+        return {n for n, comment in rows if _COMMENT_RE.match(comment or "")}
+
     def removal_blockers(self, t: Tenant) -> list[str]:
         """What would stop `remove` from finishing, found without changing anything: dependencies in
-        a database nobody can connect to (REASSIGN/DROP OWNED must run inside it)."""
+        a database nobody can connect to (REASSIGN/DROP OWNED must run inside it), unless a tenant
+        closed it (remove reopens those first)."""
         with self._admin() as c:
             if self._role(c, t) is None:
                 return []
             deps = self._dependencies(c, t.postgres_role, list(t.databases))
             closed = {n for (n,) in c.execute("SELECT datname FROM pg_database WHERE NOT datallowconn")}
+            closed -= self._tenant_databases(c)
         return [f"role {t.postgres_role} owns or holds {n} objects in database {db}, which does not accept "
                 f"connections; connect it (ALTER DATABASE {db} ALLOW_CONNECTIONS true) or clear them by hand"
                 for db, n in sorted(deps.items()) if db in closed]
@@ -274,25 +355,32 @@ class PostgresBackend:
     def remove(self, t: Tenant, *, purge: bool = False) -> None:
         """Archive, then drop the databases and the role, in an order a failure cannot strand.
 
-        Refused before anything changes if something would block it (removal_blockers). Logins are
-        revoked first, so the tenant cannot create new dependencies meanwhile. Whatever the role
-        owns elsewhere is reassigned to that database's owner (a large object in `postgres` to the
-        admin), privileges other tenants granted to it are revoked (DROP OWNED), then DROP ROLE.
-        Every step tolerates having run before: a re-run after a crash completes."""
+        Refused before anything changes if something would block it (removal_blockers). Tenant
+        databases flagged template or closed (its own, or another tenant's where it holds objects)
+        are reopened first: a template cannot be dropped, a closed database neither dumped nor
+        cleaned. Logins are revoked, so the tenant cannot create new dependencies meanwhile.
+        Whatever the role owns elsewhere is reassigned to that database's owner (a large object in
+        `postgres` to the admin), privileges other tenants granted to it are revoked (DROP OWNED),
+        then DROP ROLE. Every step tolerates having run before: a re-run after a crash completes
+        (tests/test_pg_service.py fails each statement in turn and re-runs)."""
         blockers = self.removal_blockers(t)
         if blockers:
             raise PermanentError(f"cannot remove {t.user} from PostgreSQL, nothing was changed: " + "; ".join(blockers))
         role = sql.Identifier(t.postgres_role)
         with self._admin() as c:
             present = [db for db in t.databases if db in self._databases(c, t)]
-        if not purge and present:
-            self.archive(t, present)
-        with self._admin() as c:
             if self._role(c, t) is not None:
+                # Logins off first, so the role cannot flag a database again while it is reopened.
                 c.execute(sql.SQL("ALTER ROLE {} NOLOGIN").format(role))
                 c.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = %s",
                           (t.postgres_role,))
+                deps = self._dependencies(c, t.postgres_role, list(t.databases))
+                self._reopen(c, [*present, *(set(deps) & self._tenant_databases(c))])
+        if not purge and present:
+            self.archive(t, present)
+        with self._admin() as c:
             for db in present:
+                self._reopen(c, [db])  # a re-run after a crash between reopen and here
                 c.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(db)))
             if self._role(c, t) is None:
                 return
@@ -417,6 +505,40 @@ class PostgresBackend:
         return [AuditCheck(self.name, a.user, target, f"{p} on database {db} (granted)", "deny",
                            "allow" if granted.get((a.postgres_role, db, p)) else "deny")
                 for a, target, db, p in rows]
+
+    def service_audit(self, tenants: list[Tenant], secrets: Mapping[str, Secrets]) -> list[AuditCheck]:
+        """Bounds on what one tenant can take, proven live and safely: each session bound set on the
+        role (read as admin), the superuser-only one refused when the tenant tries to lift it in its
+        own session (refused at once; had it worked, it lasted that one session), and no database
+        of the tenant's flagged template or closed."""
+        checks: list[AuditCheck] = []
+        with self._admin() as c:
+            for t in tenants:
+                drift = self._bound_drift(c, t) if self._role(c, t) is not None else [f"role {t.postgres_role} missing"]
+                for k, v in self.bounds.items():
+                    bad = [d for d in drift if k in d or "missing" in d]
+                    checks.append(AuditCheck(self.name, t.user, "*", f"{k} = {v} on role {t.postgres_role}", "deny",
+                                             "allow" if bad else "deny", "; ".join(bad)[:160], section="service"))
+                flagged = self._flagged(c, list(t.databases))
+                for db in t.databases:
+                    checks.append(AuditCheck(self.name, t.user, "*", f"database {db} template or closed", "deny",
+                                             "allow" if db in flagged else "deny", flagged.get(db, ""),
+                                             section="service"))
+        for t in tenants:
+            if not t.databases:
+                continue
+            observed: Observed
+            try:
+                with self._connect(t.postgres_role, secrets[t.user]["postgres_password"], t.databases[0]) as c:
+                    c.execute("SET temp_file_limit = -1")
+                observed, detail = "allow", "lifted"
+            except psycopg.errors.InsufficientPrivilege as exc:
+                observed, detail = "deny", str(exc).strip()[:160]
+            except psycopg.Error as exc:
+                observed, detail = "error", str(exc).strip()[:160]
+            checks.append(AuditCheck(self.name, t.user, "*", "SET temp_file_limit = -1 (superuser only)", "deny",
+                                     observed, detail, section="service"))
+        return checks
 
     def _try_connect(self, actor: Tenant, pw: str, db: str) -> tuple[Observed, str]:
         try:

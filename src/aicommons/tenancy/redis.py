@@ -215,6 +215,45 @@ class RedisBackend:
         out += self._admin(lambda a: [self._dryrun(a, actor, res, cmd) for res, cmd in table])
         return out
 
+    def service_audit(self, tenants: list[Tenant], secrets: Mapping[str, Secrets]) -> list[AuditCheck]:
+        """Bounds on what one tenant can take from the others, proven live and safely: the server's
+        limits read as admin, then as each tenant a script and a transaction that would be
+        harmless if they ran (`return 1`; MULTI then DISCARD) must be refused."""
+        def read(r: redis.Redis) -> dict[str, str]:
+            out: dict[str, str] = {}
+            for name in SERVER_BOUNDS:
+                out.update({str(k): str(v) for k, v in r.config_get(name).items()})
+            return out
+        conf = self._admin(read)
+        maxmem = _bytes(conf.get("maxmemory", "0"))
+        checks = []
+        for name, (why, holds) in SERVER_BOUNDS.items():
+            value = _bytes(conf.get(name, "0"), maxmem)
+            checks.append(AuditCheck(self.name, "*", "*", f"{name} {value}: {why}", "deny",
+                                     "deny" if holds(value, maxmem) else "allow", section="service"))
+        for t in tenants:
+            try:
+                with self._client(t.redis_user, secrets[t.user]["redis_password"]) as r:
+                    checks.append(self._refused(t, "EVAL (a script blocks every client)",
+                                                lambda r=r: r.eval("return 1", 0)))
+                    checks.append(self._refused(t, "MULTI (a transaction passes the memory check once)",
+                                                lambda r=r: (r.execute_command("MULTI"), r.execute_command("DISCARD"))))
+            except (RedisConnError, RedisTimeout, ResponseError) as exc:
+                checks.append(AuditCheck(self.name, t.user, "*", f"login {t.redis_user}", "allow", "error",
+                                         str(exc)[:160], section="service"))
+        return checks
+
+    def _refused(self, t: Tenant, resource: str, fn) -> AuditCheck:
+        observed: Observed
+        try:
+            fn()
+            observed, detail = "allow", "ran"
+        except NoPermissionError as exc:
+            observed, detail = "deny", str(exc)[:120]
+        except ResponseError as exc:
+            observed, detail = "error", str(exc)[:120]
+        return AuditCheck(self.name, t.user, "*", resource, "deny", observed, detail, section="service")
+
     def _dryrun(self, a: redis.Redis, actor: Tenant, resource: str, cmd: tuple[str, ...]) -> AuditCheck:
         try:
             res = a.execute_command("ACL", "DRYRUN", actor.redis_user, *cmd)
@@ -222,6 +261,21 @@ class RedisBackend:
             return AuditCheck(self.name, actor.user, "*", resource, "deny", observed, str(res)[:120])
         except ResponseError as exc:
             return AuditCheck(self.name, actor.user, "*", resource, "deny", "error", str(exc)[:120])
+
+
+# What must hold server-wide for one tenant to be bounded (render/services.redis_conf writes it):
+# config name -> (why, test on the value in bytes given maxmemory in bytes).
+SERVER_BOUNDS = {
+    "maxmemory": ("memory is bounded at all", lambda v, m: v > 0),
+    "proto-max-bulk-len": ("one command allocates at most 1/8 of maxmemory", lambda v, m: 0 < v <= m // 8),
+    "maxmemory-clients": ("client buffers together are bounded (largest evicted first)", lambda v, m: v != 0),
+    "client-query-buffer-limit": ("one client's unread input is bounded", lambda v, m: 0 < v <= m // 2),
+}
+
+
+def _bytes(value: str, maxmemory: int = 0) -> int:
+    """A CONFIG GET memory value in bytes; `maxmemory-clients` may be a percentage of maxmemory."""
+    return maxmemory * int(value[:-1]) // 100 if value.endswith("%") else int(value)
 
 
 def _track_once(r: redis.Redis) -> None:

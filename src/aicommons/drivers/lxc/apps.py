@@ -5,8 +5,8 @@ user's container (`lxc.mount.entry ... bind,ro`), so adding a user installs noth
 inside its container: a system user and a data dir per app (the user's data stays in its
 container: archive and backup keep it), the rendered units installed, every app started at once
 (Open WebUI alone needs ~46 s on two cores), then one probe inside waits for all health checks.
-Users' containers cannot reach each other: in the site's namespace, bridged traffic between
-user addresses is dropped (only Traefik and the shared services reach a user's apps).
+Only Traefik reaches a user's apps: the site namespace's bridge filter (render/bridge_filter.py,
+loaded by netns.load_bridge_filter) drops every other container's frames to them.
 """
 
 from __future__ import annotations
@@ -18,8 +18,6 @@ import shlex
 import time
 
 from aicommons.catalog import load_catalog
-from aicommons.drivers.lxc import netns
-from aicommons.drivers.lxc.run import run
 from aicommons.errors import AicError, PermanentError, TemporaryError
 from aicommons.plan.model import Container
 
@@ -60,23 +58,6 @@ def mount_lines(config_text: str) -> list[str]:
     return [ln for ln in config_text.splitlines() if ln.startswith("lxc.mount.entry")]
 
 
-# ---- isolation -----------------------------------------------------------------------------
-
-def isolate_users(net: netns.NetPlan, user_ranges: tuple[str, ...]) -> None:
-    """Drop bridged traffic from one user address to another, inside the site's namespace."""
-    if not user_ranges:
-        return
-    # Bridged frames pass iptables only with this on (per namespace since Linux 5.3).
-    netns.nsrun(net.ns, ["sysctl", "-q", "-w", "net.bridge.bridge-nf-call-iptables=1"], check=False)
-    for rng in user_ranges:
-        for other in user_ranges:
-            rule = ["FORWARD", "-m", "iprange", "--src-range", rng.replace(" ", ""), "--dst-range",
-                    other.replace(" ", ""), "-m", "comment", "--comment", f"{net.comment}:users", "-j", "DROP"]
-            base = ["ip", "netns", "exec", net.ns, "iptables", "-w"]
-            if run([*base, "-C", *rule], check=False).returncode != 0:
-                run([*base, "-I", *rule])
-
-
 # ---- running -------------------------------------------------------------------------------
 
 _PROBE = r"""
@@ -106,6 +87,50 @@ print(json.dumps(done))
 """
 
 
+# Accounts made once an app answers (render/native.py first_account): `done` first, so a made
+# account is left alone; the file holds the credential and is read here, inside the container.
+_ACCOUNTS = r"""
+import json, sys, urllib.request, urllib.error
+out = {}
+for a in json.loads(sys.argv[1]):
+    spec = json.load(open(a["file"]))
+    def call(c):
+        body = json.dumps(c["body"]).encode() if "body" in c else b"{}"
+        req = urllib.request.Request(a["base"] + c["path"], data=body, method=c["method"],
+                                     headers={"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(req, timeout=30) as r:
+                return r.status, r.read().decode(errors="replace")
+        except urllib.error.HTTPError as e:
+            return e.code, e.read().decode(errors="replace")
+    if spec["done"]["contains"] in call(spec["done"])[1]:
+        out[a["name"]] = "kept"
+        continue
+    code, text = call(spec["make"])
+    done = spec["done"]["contains"] in call(spec["done"])[1]
+    out[a["name"]] = "made" if 200 <= code < 300 and done else f"failed: HTTP {code} {text[:200]}"
+print(json.dumps(out))
+"""
+
+
+def make_accounts(driver, t, root: str, apps: list[dict]) -> dict[str, str]:
+    """app -> made / kept, for the apps whose account the bundle asks for; a failure stops the apply."""
+    wanted = [{"name": a["name"], "base": f"http://{t.ip}:{a['port']}", "file": posixpath.join(root, a["account"])}
+              for a in apps if a.get("account")]
+    if not wanted:
+        return {}
+    res = driver.exec(t.ctid, ["python3", "-c", _ACCOUNTS, json.dumps(wanted)], timeout=120)
+    try:
+        got = json.loads(res.stdout.strip().splitlines()[-1])
+    except (ValueError, IndexError):
+        raise TemporaryError(f"user {t.user}: making the app accounts failed: {res.stderr.strip()[-300:]}",
+                             delay=5) from None
+    bad = {k: v for k, v in got.items() if v not in ("made", "kept")}
+    if bad:
+        raise PermanentError(f"user {t.user}: " + "; ".join(f"{k}'s account: {v}" for k, v in bad.items()))
+    return got
+
+
 def _digest(files: dict, app: str) -> str:
     h = hashlib.sha256()
     for rel in (f"units/aic-{app}.service", f"env/{app}.env"):
@@ -130,7 +155,7 @@ def run_native(driver, t, root: str, files: dict) -> str:
     driver.update(_container_of(driver, ctid, tuple(a["name"] for a in apps) + tuple(manifest["unavailable"])))
     if mount_lines(cfg.read_text()) != before:
         driver.wait_ready(ctid)
-    script = [f"chmod 0700 {q(root)}/env 2>/dev/null || true"]
+    script = [f"chmod 0700 {q(root)}/env {q(root)}/accounts 2>/dev/null || true"]
     for a in apps:
         user, data = q(a["user"]), q(a["data_dir"])
         script += [f"id -u {user} >/dev/null 2>&1 || useradd --system --user-group --home-dir {data} "
@@ -179,9 +204,11 @@ def run_native(driver, t, root: str, files: dict) -> str:
             why.append(f"{a['name']} {state} ({' | '.join(lines[-6:])[-600:]})")
         raise PermanentError(f"user {t.user}: apps did not come up: " + "; ".join(why))
     took = time.monotonic() - began
+    accounts = make_accounts(driver, t, root, apps)
     return (f"{len(apps)} apps answer ({', '.join(f'{n} {s}s' for n, s in ready.items())}; all within "
             f"{took:.0f}s)" + (f"; not available natively: {', '.join(manifest['unavailable'])}"
-                                if manifest.get("unavailable") else ""))
+                                if manifest.get("unavailable") else "")
+            + (f"; accounts: {', '.join(f'{n} {v}' for n, v in accounts.items())}" if accounts else ""))
 
 
 def _container_of(driver, ctid: int, apps: tuple[str, ...]) -> Container:

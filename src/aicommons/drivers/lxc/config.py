@@ -23,10 +23,10 @@ PERIOD = 100000  # CFS period, us: cores x PERIOD of quota
 
 
 def render(c: Container, *, site: str, bridge: str, lower: str, rootfs: str, idmap_base: int, ns: str,
-           legacy_cgroups: bool = True, mounts: tuple[tuple[str, str], ...] | list[tuple[str, str]] = (),
-           cpus: str = "") -> str:
-    """`mounts`: (host directory, path inside) bound read-only (the shared app layers); `cpus`: a
-    cpuset the container is pinned to (the model server: its threads need cores of their own)."""
+           legacy_cgroups: bool = True, mounts: tuple[tuple[str, ...], ...] | list = (), cpus: str = "") -> str:
+    """`mounts`: (host directory, path inside[, "ro" | "rw"]), read-only unless "rw" is said (the
+    shared layers are ro; the portal's state directory is rw); `cpus`: a cpuset the container is
+    pinned to (the model server: its threads need cores of their own)."""
     meta = {"site": site, "role": c.role, "name": c.name, "ip": c.ip, "hostname": c.hostname,
             "memory_mb": c.memory_mb, "cores": c.cores, "disk_gb": c.disk_gb,
             "services": list(c.services), "lower": lower, "idmap_base": idmap_base}
@@ -66,11 +66,12 @@ def render(c: Container, *, site: str, bridge: str, lower: str, rootfs: str, idm
         f"lxc.net.0.ipv4.address = {c.ip}/{c.prefixlen}",
         f"lxc.net.0.ipv4.gateway = {c.gateway}",
     ]
-    for host, inside in mounts:  # read-only: one layer serves every user's container
+    for host, inside, *how in mounts:  # read-only by default: one layer serves every user's container
         if any(ch.isspace() for ch in host + inside):
             raise ValueError(f"mount path with whitespace: {host!r} -> {inside!r}")
-        # idmap=container: the layer (root-owned on the host) shows as root-owned inside, not nobody
-        lines.append(f"lxc.mount.entry = {host} {inside.lstrip('/')} none bind,ro,create=dir,idmap=container 0 0")
+        mode = "rw" if how == ["rw"] else "ro"
+        # idmap=container: host-root-owned files show (and are written) as the container's root, not nobody
+        lines.append(f"lxc.mount.entry = {host} {inside.lstrip('/')} none bind,{mode},create=dir,idmap=container 0 0")
     return "\n".join(lines) + "\n"
 
 

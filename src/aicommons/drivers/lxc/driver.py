@@ -22,8 +22,20 @@ from dataclasses import asdict
 from pathlib import Path
 
 from aicommons.catalog import load_catalog
-from aicommons.drivers.base import ContainerState, DriverInfo, ExecResult, HostProbe, Status, Usage
-from aicommons.drivers.lxc import apps, config, hostaudit, hostcheck, idmap, limits, models, netns, services, template
+from aicommons.drivers.base import ContainerState, ControlPlane, DriverInfo, ExecResult, HostProbe, Status, Usage
+from aicommons.drivers.lxc import (
+    aicservice,
+    apps,
+    config,
+    hostaudit,
+    hostcheck,
+    idmap,
+    limits,
+    models,
+    netns,
+    services,
+    template,
+)
 from aicommons.drivers.lxc.run import run
 from aicommons.drivers.lxc.services import ServiceOutcome
 from aicommons.drivers.lxc.traefik import TraefikRunner
@@ -31,6 +43,8 @@ from aicommons.errors import PermanentError, TemporaryError
 from aicommons.plan import models as model_plan
 from aicommons.plan.model import Container
 from aicommons.plan.secrets import SecretLookup
+from aicommons.render.aicservice import IN_SITE_ENV
+from aicommons.render.bridge_filter import bridge_rules
 from aicommons.spec.models import Site
 
 PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -71,14 +85,14 @@ class LxcDriver:
     def __init__(self, *, site: str, net: netns.NetPlan, lxcpath: str, cache_dir: str,
                  log=None, secrets: SecretLookup | None = None, traefik_dir: str | None = None,
                  traefik_ip: str | None = None, runtime: str = "docker",
-                 user_ranges: tuple[str, ...] = (), owner: str | None = None,
+                 bridge_filter: str | None = None, owner: str | None = None,
                  models: tuple = (), model_clients: tuple[str, ...] = ()) -> None:
         self.site = site
         self.models = models  # plan/models.py ModelUnit: what the model server container runs
         self.model_clients = model_clients  # the only addresses that may reach it (its `clients`)
         self.owner = owner  # the site's directory: two sites of one name must not share lxcpath/netns
         self.runtime = runtime  # native: users' apps run from shared layers (apps.py)
-        self.user_ranges = user_ranges
+        self.bridge_filter = bridge_filter  # render/bridge_filter.py: only Traefik reaches a user's apps
         self.secrets = secrets
         self.outcomes: dict[str, ServiceOutcome] = {}
         self._net_lock = threading.Lock()  # the engine starts containers from several threads
@@ -91,6 +105,8 @@ class LxcDriver:
         self.traefik = (TraefikRunner(net.ns, traefik_ip, traefik_dir, self.lxcpath / "_traefik")
                         if traefik_dir and traefik_ip else None)
         self.join = False  # may this process join the namespace (the `aicommons` command does)
+        self.control: ControlPlane | None = None  # site file, state, key: for the portal (aicservice.py)
+        self.site_spec: Site | None = None
 
     # Building the driver changes nothing on the host: `plan` and the other read-only commands
     # only attach() to a namespace that exists. apply/up open_network() under the site's lock,
@@ -109,6 +125,10 @@ class LxcDriver:
 
     def open_network(self) -> None:
         """apply/up: the namespace, NAT and Traefik, then join it (before the engine's threads start)."""
+        if os.environ.get(IN_SITE_ENV):
+            raise PermanentError("this aicommons runs inside one of the site's own containers (the portal); an LXC "
+                                 "site's containers are made and changed on its host: run `aicommons apply` or "
+                                 "`aicommons users ...` there")
         check_owner(self.lxcpath, self.ns, self.owner)
         if self.owner:
             self.lxcpath.mkdir(parents=True, exist_ok=True)
@@ -191,15 +211,20 @@ class LxcDriver:
                   cache_dir=options.get("cache_dir", d.cache_dir), log=options.get("log", _stderr),
                   secrets=options.get("secrets"), traefik_ip=str(n.traefik.address),
                   traefik_dir=options.get("traefik_dir", str(Path(lxcpath) / "_traefik" / "dynamic")),
-                  runtime=site.user_template.runtime or "docker", user_ranges=tuple(n.user_ranges),
+                  runtime=site.user_template.runtime or "docker", bridge_filter=bridge_rules(site),
                   owner=options.get("owner"), models=tuple(model_plan.model_units(site, cat)),
                   model_clients=model_plan.client_addresses(site, cat))
         drv.join = bool(options.get("join", False))
+        drv.site_spec = site
         return drv
 
     def bind_secrets(self, lookup: SecretLookup) -> None:
         """Admin passwords for the service recipes (the engine passes its secret store's `get`)."""
         self.secrets = lookup
+
+    def bind_control(self, plane: ControlPlane) -> None:
+        """The site file, state and key an aicommons service (the portal) runs against."""
+        self.control = plane
 
     def traefik_target(self):
         """Where the engine writes Traefik's dynamic files: the local directory our Traefik watches."""
@@ -216,7 +241,8 @@ class LxcDriver:
         """The namespace, bridge and NAT, and Traefik at its address inside."""
         with self._net_lock:
             netns.ensure(self.net)
-            apps.isolate_users(self.net, self.user_ranges)
+            if self.bridge_filter is not None:
+                netns.load_bridge_filter(self.net, self.bridge_filter)
             if self.traefik:
                 self.traefik.ensure()
 
@@ -257,9 +283,11 @@ class LxcDriver:
         if meta is None:
             return None
         status = self._status(ctid)
-        if status == "running" and meta["role"] == "shared" and not self._services_up(ctid):
-            # A shared container whose service is down reads as stopped, so the next apply
-            # "starts" it: start() and wait_ready() bring the service back by its recipe.
+        if status == "running" and meta["role"] == "shared" and (not self._services_up(ctid)
+                                                                 or self._stale_runtime(ctid, meta)):
+            # A shared container whose service is down (or, for the portal, runs an older runtime
+            # layer than this checkout's) reads as stopped, so the next apply "starts" it: start()
+            # and wait_ready() bring the service back by its recipe.
             status = "stopped"
         memory, cores = limits.read(self.ns, ctid) if status == "running" else (None, None)
         return ContainerState(
@@ -311,7 +339,8 @@ class LxcDriver:
 
     def _write_config(self, c: Container, tdir: Path) -> bool:
         cfg = self._dir(c.ctid) / "config"
-        mounts = apps.layer_mounts(c, self.cache_dir, self.log) if c.role == "user" and self.runtime == "native" else []
+        mounts: list = (apps.layer_mounts(c, self.cache_dir, self.log) if c.role == "user" and self.runtime == "native"
+                        else aicservice.mounts(c, self.cache_dir, self.control, self.log))
         cpus = ""
         if c.role == "shared" and model_plan.SERVICE in c.services:
             mounts = models.layer_mounts(self.models, self.cache_dir, self.log)
@@ -359,6 +388,10 @@ class LxcDriver:
         if meta is None:
             raise PermanentError(f"container {ctid} does not exist; create it first")
         self.ensure_network()
+        if aicservice.runs_aicommons(meta):  # the portal: started with this checkout's runtime layer
+            if self._status(ctid) == "running" and self._stale_runtime(ctid, meta):
+                self.stop(ctid)
+            self._write_config(apps._container_of(self, ctid, tuple(meta["services"])), self.ensure_template())
         if self._status(ctid) == "running":
             return
         problem = template.check(template.template_dir(self.cache_dir, self.net.mirror))
@@ -383,6 +416,12 @@ class LxcDriver:
             why = [ln for ln in lines if "lxc_start.c:main" not in ln][:3] or lines[-3:]
             raise TemporaryError(f"lxc-start of container {ctid} failed: "
                                  f"{' | '.join(why) or proc.stderr.decode(errors='replace').strip()}", delay=2)
+
+    def _stale_runtime(self, ctid: int, meta: dict) -> bool:
+        try:
+            return aicservice.stale_runtime(meta, (self._dir(ctid) / "config").read_text())
+        except OSError:
+            return False
 
     def stop(self, ctid: int) -> None:
         if self._meta(ctid) is None or self._status(ctid) != "running":
@@ -532,8 +571,8 @@ class LxcDriver:
                 self.log(f"{name} (CT {ctid}): running{' ' + out.reason if out.reason else ''}")
 
     def _services_up(self, ctid: int) -> bool:
-        units = [services.UNITS[o.service] for o in self.service_outcomes(ctid)
-                 if o.status != "skipped" and o.service in services.UNITS]
+        units = [u for o in self.service_outcomes(ctid)
+                 if o.status != "skipped" and (u := services.unit_of(o.service))]
         if not units:
             return True
         try:

@@ -196,6 +196,19 @@ def _ensure_nat(p: NetPlan) -> None:
           "-j", "ACCEPT", *c])
 
 
+def load_bridge_filter(p: NetPlan, rules: str) -> None:
+    """Replace the bridge filter table inside the namespace with `rules` (ebtables-restore text,
+    render/bridge_filter.py) and read it back: a kernel or tool that cannot enforce it stops the
+    apply here, never silently (the namespace is the site's own: nothing else keeps rules there)."""
+    nsrun(p.ns, ["ebtables-restore"], input=rules.encode())
+    have = out(["ip", "netns", "exec", p.ns, "ebtables-save"])
+    wanted = [ln for ln in rules.splitlines() if ln.startswith("-A ")]
+    missing = [ln for ln in wanted if ln not in have.splitlines()]
+    if missing:
+        raise PermanentError(f"the bridge filter of namespace {p.ns} did not load ({len(missing)} rules missing, "
+                             f"e.g. {missing[0]!r}): users' apps would be reachable from every container")
+
+
 def _drop_host_rules(comment: str) -> None:
     for table in ("filter", "nat"):
         for line in out(host(["iptables", "-w", "-t", table, "-S"])).splitlines():

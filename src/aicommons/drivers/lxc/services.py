@@ -16,10 +16,12 @@ from dataclasses import dataclass
 from typing import Literal
 
 from aicommons.catalog.model import Service
+from aicommons.drivers.lxc import aicservice
 from aicommons.errors import AicError, PermanentError
 from aicommons.plan.deployed import lxc_unsupported
 from aicommons.plan.model import Container
 from aicommons.plan.secrets import SITE_SCOPE, SecretLookup
+from aicommons.render.aicservice import is_aicommons, unit_name
 
 PG_CONF = "/etc/postgresql/15/main"
 RENDERED_HEAD = "# Rendered by aicommons"  # render/services.py HEAD
@@ -61,6 +63,8 @@ def ensure(driver, c: Container, svc: Service, secrets: SecretLookup) -> Service
         # Packages the template build found missing from the mirror are not asked for again.
         known = set(driver.unavailable_packages()) & set(svc.install.packages)
         absent = sorted(known) + _apt(driver, c.ctid, [p for p in svc.install.packages if p not in known])
+        if is_aicommons(svc):  # the portal: from the runtime layer bound into the container
+            aicservice.ensure(driver, c, svc, _put_if_changed)
         CONFIGURE.get(svc.name, _nothing)(driver, c, secrets)
         if svc.name not in WAITS_ITSELF:
             _wait_listening(driver, c, [p.port for p in svc.ports])
@@ -168,6 +172,16 @@ UNITS = {"postgres": "postgresql@15-main", "redis": "redis-server", "prometheus"
 CONFIGURE = {"postgres": _postgres, "redis": _redis, "prometheus": _prometheus, "llama-server": _models}
 # Recipes that wait for their own ports (llama-server listens on one port per model it serves).
 WAITS_ITSELF = {"llama-server"}
+
+
+def unit_of(service: str) -> str | None:
+    """The unit whose being active means the service runs (None: none to check)."""
+    from aicommons.catalog import load_catalog
+
+    svc = load_catalog().services.get(service)
+    if svc is not None and is_aicommons(svc):
+        return unit_name(svc)
+    return UNITS.get(service)
 
 
 def _wait_listening(driver, c: Container, ports: list[int], timeout: float = 90) -> None:

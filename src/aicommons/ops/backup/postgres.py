@@ -67,11 +67,32 @@ def connect(srv: Server, db: str = "postgres", **kw) -> psycopg.Connection:
         raise BackupError(f"PostgreSQL {srv.host}:{srv.port} database {db}: {str(exc).strip()}") from None
 
 
+BUILTIN = ("postgres", "template0", "template1")  # made by initdb; the globals dump covers what matters
+
+
 def list_databases(srv: Server) -> list[str]:
+    """Every database but initdb's own, whatever its flags: an owner can mark its database a
+    template or closed, and a backup that listed only connectable non-templates skipped it
+    silently (issue 23)."""
     with connect(srv) as c:
-        rows = c.execute("SELECT datname FROM pg_database WHERE datallowconn AND NOT datistemplate "
-                         "AND datname <> 'postgres' ORDER BY datname").fetchall()
+        rows = c.execute("SELECT datname FROM pg_database WHERE datname <> ALL(%s) ORDER BY datname",
+                         (list(BUILTIN),)).fetchall()
     return [r[0] for r in rows]
+
+
+def reopen_closed(srv: Server, dbs: list[str], tenant_dbs: set[str]) -> list[str]:
+    """Make the closed databases among `dbs` dumpable. A tenant database is reopened (a tenant may
+    not close it; `apply` would undo it too) and returned; any other is the operator's: refused."""
+    with connect(srv, autocommit=True) as c:
+        closed = [n for (n,) in c.execute("SELECT datname FROM pg_database WHERE NOT datallowconn "
+                                          "AND datname = ANY(%s)", (dbs,))]
+        foreign = [n for n in closed if n not in tenant_dbs]
+        if foreign:
+            raise BackupError(f"database(s) {', '.join(foreign)} accept no connections, so pg_dump cannot read "
+                              "them; run ALTER DATABASE … ALLOW_CONNECTIONS true (or drop them) and back up again")
+        for n in closed:
+            c.execute(sql.SQL("ALTER DATABASE {} WITH ALLOW_CONNECTIONS true").format(sql.Identifier(n)))
+    return closed
 
 
 def _scalar(cur: psycopg.Cursor) -> Any:

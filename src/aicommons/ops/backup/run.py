@@ -99,6 +99,8 @@ def run_backup(resolved: ResolvedSite, src: Sources, repo: Repo, *, user: str | 
                 (tmp / "postgres").mkdir(mode=0o700)
                 owner = {db: t.user for t in resolved.tenants for db in t.databases}
                 dbs = [db for t in tenants for db in t.databases] if user else pgb.list_databases(src.postgres)
+                for db in pgb.reopen_closed(src.postgres, dbs, set(owner)):
+                    say(f"postgres {db}: its owner had closed it to connections; reopened")
                 if user is None:
                     pgb.dump_globals(src.postgres, tmp / "postgres/globals.sql")
                     items.append(file_item(tmp, "postgres/globals.sql", "postgres_globals", "globals"))

@@ -8,7 +8,15 @@ from fastapi import APIRouter, Depends, Form, Request
 from fastapi.responses import HTMLResponse, RedirectResponse
 
 from aicommons.portal import views
-from aicommons.portal.identity import COOKIE, SESSION_SECONDS, Identity, csrf_token, session_cookie
+from aicommons.portal.identity import (
+    COOKIE,
+    SESSION_SECONDS,
+    Identity,
+    client_key,
+    csrf_token,
+    over_https,
+    session_cookie,
+)
 from aicommons.portal.routes.deps import identity, operator
 
 router = APIRouter(include_in_schema=False)
@@ -84,12 +92,21 @@ def signin_page(request: Request):
 @router.post("/signin")
 def signin(request: Request, token: str = Form(...)):
     """The local operator token (sites without SSO): a signed session cookie, never the token."""
-    get = request.app.state.admin_token
+    get, cfg, limiter = request.app.state.admin_token, request.app.state.cfg, request.app.state.signin_limiter
+    peer = request.client.host if request.client else None
+    who = client_key(peer, request.headers, cfg)
+    wait = limiter.retry_after(who)
+    if wait > 0:
+        busy = _page(request, "signin.html", None, status=429,
+                     error=f"Too many failed sign-ins; try again in {int(wait) + 1} seconds.")
+        busy.headers["Retry-After"] = str(int(wait) + 1)
+        return busy
     if get is None or not hmac.compare_digest(token.strip(), get()):
+        limiter.failed(who)
         return _page(request, "signin.html", None, status=401, error="That is not this site's operator token.")
     resp = RedirectResponse("/console", status_code=303)
     resp.set_cookie(COOKIE, session_cookie(request.app.state.session_key), max_age=SESSION_SECONDS,
-                    httponly=True, samesite="strict", secure=request.url.scheme == "https")
+                    httponly=True, samesite="strict", secure=over_https(request.url.scheme, peer, request.headers, cfg))
     return resp
 
 

@@ -1,0 +1,111 @@
+"""Service isolation of the shared Redis (issue 23, attacks 1-3) against the REAL Debian Redis 7.0.
+
+Real: redis-server started with the resource settings `render/services.redis_conf` writes (so the
+server itself checks they are valid Redis 7.0 configuration), tenants made by the real
+`RedisBackend.ensure`, attacks sent over real connections with the tenant's own password. Each
+server is the test's own: an attack that worked would leave it frozen or full.
+Nothing is simulated.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import redis as redislib
+
+from aicommons.plan import names
+from aicommons.tenancy.redis import RedisBackend
+from tests.servers import redis_limits, start_redis
+from tests.standins.helpers import DictSecrets, resolved_site
+
+MEMORY_MB = 256  # the Redis container's memory in these tests: a small server fills fast
+
+
+def rendered_limits(resolved, memory_mb: int = MEMORY_MB) -> tuple[str, ...]:
+    return redis_limits(resolved, memory_mb)
+
+
+@pytest.fixture
+def bounded():
+    """A Redis of this test's own with the rendered limits, and three tenants on it."""
+    resolved = resolved_site(3)
+    srv = start_redis(extra=rendered_limits(resolved))
+    secrets = DictSecrets()
+    rb = RedisBackend(srv.host, srv.port, srv.admin_user, srv.admin_password, srv.dir / "archive")
+    for t in resolved.tenants:
+        rb.ensure(t, secrets.for_tenant(t))
+
+    def login(t, **kw) -> redislib.Redis:
+        return redislib.Redis(port=srv.port, username=t.redis_user, password=secrets.for_tenant(t)["redis_password"],
+                              decode_responses=True, **kw)
+
+    admin = redislib.Redis(port=srv.port, username=srv.admin_user, password=srv.admin_password, decode_responses=True)
+    yield resolved.tenants, login, admin, srv
+    admin.close()
+    srv.cleanup()
+
+
+def test_attack1_a_lua_busy_loop_cannot_freeze_redis(bounded):
+    """Issue 23 #1: `EVAL "redis.call('SET',KEYS[1],'1') while true do end"` made every client get
+    BUSY and SCRIPT KILL answer UNKILLABLE. Here the loop is bounded (2 s) so a regression fails the
+    test instead of freezing it; the tenant must not be able to run any script at all."""
+    tenants, login, admin, _srv = bounded
+    a = login(tenants[0])
+    key = f"{tenants[0].redis_prefix}w"
+    loop = ("redis.call('SET', KEYS[1], '1') local t0 = redis.call('TIME')[1] "
+            "while redis.call('TIME')[1] - t0 < 2 do end return 1")
+    with pytest.raises(redislib.exceptions.NoPermissionError):
+        a.eval(loop, 1, key)
+    with pytest.raises(redislib.exceptions.NoPermissionError):
+        a.execute_command("SCRIPT", "LOAD", "return 1")
+    with pytest.raises(redislib.exceptions.NoPermissionError):
+        a.execute_command("EVAL_RO", "return 1", 0)
+    with pytest.raises(redislib.exceptions.NoPermissionError):
+        a.execute_command("FUNCTION", "LOAD", "#!lua name=x\nredis.register_function('f', function() return 1 end)")
+    assert admin.get(key) is None  # nothing ran
+
+
+def test_attack2_one_tenant_cannot_take_redis_past_its_memory_limit(bounded):
+    """Issue 23 #2: one MULTI (or script) of SETRANGEs took the server far past `maxmemory`, and
+    every other tenant's writes then failed with OOM. A transaction or a single command may
+    overshoot only by what one command can allocate (proto-max-bulk-len)."""
+    tenants, login, admin, _srv = bounded
+    a, b = login(tenants[0]), login(tenants[1])
+    maxmemory = int(admin.config_get("maxmemory")["maxmemory"])
+    bulk = int(admin.config_get("proto-max-bulk-len")["proto-max-bulk-len"])
+    pa = tenants[0].redis_prefix
+    try:
+        pipe = a.pipeline(transaction=True)
+        for i in range(40):  # 40 x 8 MiB: 320 MiB asked in one transaction
+            pipe.setrange(f"{pa}big{i}", 8 * 1024 * 1024, "x")
+        pipe.execute()
+    except redislib.exceptions.RedisError:
+        pass  # refused: the point
+    assert b.set(f"{tenants[1].redis_prefix}ordinary", "work") is True, "B's write failed"
+    used = int(admin.info("memory")["used_memory"])
+    assert used <= maxmemory, f"one transaction took the server to {used} bytes, limit {maxmemory}"
+    # One command can allocate at most proto-max-bulk-len, which is a small part of maxmemory.
+    assert bulk <= maxmemory // 8
+    with pytest.raises(redislib.exceptions.ResponseError, match="proto-max-bulk-len"):
+        a.setrange(f"{pa}huge", bulk, "x")
+    assert b.get(f"{tenants[1].redis_prefix}ordinary") == "work"
+
+
+def test_attack3_no_user_name_reaches_a_shared_service_key(bounded):
+    """Issue 23 #3: tenants got `~<name>:*` in the keyspace where Langfuse and BullMQ write
+    `langfuse:*` / `bull:*`, so a user named `bull` could read and forge the queues. Tenant keys now
+    live under a prefix no shared service uses, whatever the name."""
+    tenants, _login, admin, _srv = bounded
+    t = dataclasses.replace(tenants[0], user="bull", redis_user=names.redis_user("bull"),
+                            redis_prefix=names.redis_prefix("bull"))
+    secrets = DictSecrets()
+    rb = RedisBackend(_srv.host, _srv.port, _srv.admin_user, _srv.admin_password, _srv.dir / "archive")
+    rb.ensure(t, secrets.for_tenant(t))
+    for shared in ("bull:ingestion-queue:1", "langfuse:cache", "bull:x:meta"):
+        got = admin.execute_command("ACL", "DRYRUN", t.redis_user, "GET", shared)
+        assert got != "OK", f"user `bull` may read {shared}"
+    assert admin.execute_command("ACL", "DRYRUN", t.redis_user, "GET", f"{t.redis_prefix}own") == "OK"
+    # and such names are refused at validation (exit 2 in `validate` and `users add`)
+    from aicommons.spec.identity import name_problem
+    assert all(name_problem(n) for n in ("bull", "langfuse", "bullmq", "celery"))

@@ -1,4 +1,5 @@
-"""`aicommons apps build`: prebuild the shared app layers (the LXC driver builds them on demand too)."""
+"""`aicommons apps build`: prebuild the shared app layers and the model server's layers (llama-server
+and the default site's model files); the LXC driver builds them on demand too."""
 
 from __future__ import annotations
 
@@ -23,16 +24,20 @@ def build(
     cache_dir: Annotated[Path, typer.Option(help="Where layers live (the lxc driver's cache_dir).")] = Path(
         "/var/cache/aicommons"),
 ) -> None:
-    """Build each app's layer (and the Node layer the npm apps use) once; print where each is."""
+    """Build each app's layer (and the Node layer the npm apps use) once, and llama-server's layer
+    with the default site's models (`--app llama-server`); print where each is."""
     from aicommons.catalog import load_catalog
     from aicommons.drivers import applayers
 
     apps = load_catalog().apps
-    unknown = [n for n in app_name or [] if n not in apps]
+    unknown = [n for n in app_name or [] if n not in apps and n != MODEL_SERVER]
     if unknown:
-        raise AicError(f"--app: {', '.join(unknown)} is not a catalog app; choose from {', '.join(sorted(apps))}")
+        raise AicError(f"--app: {', '.join(unknown)} is not a catalog app; choose from "
+                       f"{', '.join(sorted([*apps, MODEL_SERVER]))}")
     failed = []
-    for name in app_name or sorted(apps):
+    if not app_name or MODEL_SERVER in app_name:
+        failed += _build_model_server(cache_dir)
+    for name in [n for n in app_name or sorted(apps) if n != MODEL_SERVER]:
         app = apps[name]
         if app.native is None or app.native.source == "none":
             reason = app.native.unavailable if app.native else "no native recipe"
@@ -47,3 +52,22 @@ def build(
         console.print(f"{name}: {path}", highlight=False)
     if failed:
         raise AicError(f"layers that did not build: {', '.join(failed)}")
+
+
+MODEL_SERVER = "llama-server"
+
+
+def _build_model_server(cache_dir: Path) -> list[str]:
+    """llama-server's layer (compiled, ~8.5 min on 2 cores the first time) and the default models'."""
+    from aicommons.drivers import modellayers
+    from aicommons.spec.served import DEFAULT_LXC_MODELS
+
+    log = lambda m: err_console.print(m, highlight=False)  # noqa: E731
+    try:
+        console.print(f"{MODEL_SERVER}: {modellayers.ensure_server_layer(cache_dir, log)}", highlight=False)
+        for m in DEFAULT_LXC_MODELS:
+            console.print(f"model {m.name}: {modellayers.ensure_model_layer(m, cache_dir, log)}", highlight=False)
+    except AicError as exc:
+        err_console.print(f"[red]{MODEL_SERVER}:[/] {exc}", highlight=False)
+        return [MODEL_SERVER]
+    return []

@@ -340,7 +340,7 @@ class LxcDriver:
     def _write_config(self, c: Container, tdir: Path) -> bool:
         cfg = self._dir(c.ctid) / "config"
         mounts: list = (apps.layer_mounts(c, self.cache_dir, self.log) if c.role == "user" and self.runtime == "native"
-                        else aicservice.mounts(c, self.cache_dir, self.control, self.log))
+                        else aicservice.mounts(c, self.cache_dir, self.control, self.log, self._dir(c.ctid) / "control"))
         cpus = ""
         if c.role == "shared" and model_plan.SERVICE in c.services:
             mounts = models.layer_mounts(self.models, self.cache_dir, self.log)
@@ -404,7 +404,10 @@ class LxcDriver:
         log = self._dir(ctid) / "start.log"
         limits.remove(self.ns, ctid)  # LXC makes the container's cgroups itself and refuses existing ones
         d = self._dir(ctid)
-        spec = {"cgroups": limits.mounts(),
+        binds = ([(real, staged) for real, staged, _in, _how in
+                  aicservice.control_binds(self.control, d / "control")]
+                 if self.control is not None and aicservice.runs_aicommons(meta) else [])
+        spec = {"cgroups": limits.mounts(), "binds": binds,
                 "rootfs": {"lower": meta["lower"], "lower_mnt": str(d / "lower"), "upper": str(d / "delta"),
                            "work": str(d / "work"), "target": str(d / "rootfs"), "base": self.idmap_base}}
         proc = run(["ip", "netns", "exec", self.ns, sys.executable, "-m", "aicommons.drivers.lxc.prestart",

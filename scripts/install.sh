@@ -37,6 +37,8 @@ apt_pkgs=(python3 python3-venv ca-certificates lxc lxc-templates debootstrap ipr
                                  python3-aiosmtpd)
 # Native app layers: what their builds compile with (the catalog's native.build_packages; applayers checks too).
 apt_pkgs+=(build-essential pkg-config libkrb5-dev)
+# The model server's layer: llama.cpp compiled from its PyPI source package (drivers/modellayers.py).
+apt_pkgs+=(cmake binutils)
 
 missing=()
 for p in "${apt_pkgs[@]}"; do dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p"); done

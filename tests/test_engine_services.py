@@ -24,6 +24,7 @@ def _site(tmp_path, models=()):
 
     def fn(d):
         d.setdefault("services", {})["ollama"] = {}
+        d["services"].pop("llama-server", None)  # Ollama takes the model server's address instead
         d["models"] = list(models)
     edit_site(site, fn)
     return site

@@ -17,6 +17,7 @@ import json
 import os
 import re
 import subprocess
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -39,8 +40,11 @@ NS = f"aicp{os.getpid() % 100000}"
 def portal(tmp_path_factory):
     from aicommons.spec.load import load_site
 
+    # The site under pytest's 0700 temp dir, as a site under /root would be: the driver stages its
+    # directory under the (searchable) lxcpath for LXC's idmapped bind (aicservice.control_binds).
     where = tmp_path_factory.mktemp("site")
-    lxcpath = tmp_path_factory.mktemp("lxc")
+    lxcpath = Path(tempfile.mkdtemp(prefix=f"{NS}-", dir="/var/tmp"), "lxc")  # unprivileged: searchable parents
+    lxcpath.parent.chmod(0o755)
     site_file = where / "site.yaml"
     site_file.write_text(yaml.safe_dump({
         "version": 1, "name": "portaltest", "domain": "example.org",

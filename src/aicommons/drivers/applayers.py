@@ -27,6 +27,7 @@ import os
 import shutil
 import subprocess
 import tarfile
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -136,8 +137,16 @@ def ensure_node(version: str, cache_dir: str | Path, log: Log = print) -> Path:
                          stamp={"node": version, "npm": NPM_VERSION, "build": BUILD_VERSION})
 
 
+_APT = threading.Lock()  # builds run in parallel (`apps build`); apt takes one at a time
+
+
 def ensure_build_packages(packages: list[str], log: Log = print) -> None:
     """Install the Debian packages a build needs (compilers, headers), if missing."""
+    with _APT:
+        _ensure_build_packages(packages, log)
+
+
+def _ensure_build_packages(packages: list[str], log: Log) -> None:
     missing = [p for p in packages if subprocess.run(
         ["dpkg-query", "-W", "-f=${Status}", p], capture_output=True, text=True).stdout.find("ok installed") < 0]
     if not missing:

@@ -250,7 +250,7 @@ def _ollama_reality(s: Session, containers: dict) -> dict | None:
     """What of site.models Ollama lacks (None: no `ollama.models` step for this site and driver)."""
     from aicommons.engine.services import missing_models, ollama_url
 
-    wanted = list(s.site.models)
+    wanted = s.site.ollama_tags
     if not wanted or "ollama" not in s.resolved.endpoints or (
             isinstance(s.driver, SkipsServices) and "ollama" in s.driver.skipped_services(s.resolved)):
         return None

@@ -14,7 +14,7 @@ from typing import Literal
 
 import h11
 
-Kind = Literal["http", "tcp", "postgres", "redis", "ollama", "traefik", "route", "signin"]
+Kind = Literal["http", "tcp", "postgres", "redis", "ollama", "traefik", "route", "signin", "llamacpp"]
 State = Literal["ok", "slow", "down", "skipped"]
 
 
@@ -31,7 +31,7 @@ class Check:
     critical: bool = False  # down -> the whole site is critical (phase-1 shared services)
     username: str | None = None
     password: str | None = field(default=None, repr=False)
-    expect_models: tuple[str, ...] = ()  # ollama: models the site declares
+    expect_models: tuple[str, ...] = ()  # ollama: models the site declares; llamacpp: (name, kind)
     skip_reason: str = ""
     deployed: bool = True  # False: the driver or runtime does not run it here (skip_reason says why)
     # route: the host a person opens (TLS name and Host header, through Traefik at host:port);
@@ -68,14 +68,18 @@ async def _close(writer: asyncio.StreamWriter) -> None:
         pass
 
 
-async def http_get(streams: Streams, host: str, path: str,
-                   headers: tuple[tuple[str, str], ...] = ()) -> tuple[int, bytes]:
-    """One HTTP/1.1 GET over open streams, parsed by h11 (httpx costs ~5x more per request,
-    which matters when one sweep makes hundreds)."""
+async def http_get(streams: Streams, host: str, path: str, headers: tuple[tuple[str, str], ...] = (),
+                   send: bytes | None = None) -> tuple[int, bytes]:
+    """One HTTP/1.1 GET (or a JSON POST of `send`) over open streams, parsed by h11 (httpx costs ~5x
+    more per request, which matters when one sweep makes hundreds)."""
     reader, writer = streams
     conn = h11.Connection(h11.CLIENT)
-    writer.write(conn.send(h11.Request(method="GET", target=path, headers=[
-        ("Host", host), ("User-Agent", "aicommons-status"), ("Connection", "close"), *headers])))
+    head = [("Host", host), ("User-Agent", "aicommons-status"), ("Connection", "close"), *headers]
+    if send is not None:
+        head += [("Content-Type", "application/json"), ("Content-Length", str(len(send)))]
+    writer.write(conn.send(h11.Request(method="GET" if send is None else "POST", target=path, headers=head)))
+    if send:
+        writer.write(conn.send(h11.Data(data=send)))
     writer.write(conn.send(h11.EndOfMessage()))
     await writer.drain()
     status, body = 0, bytearray()
@@ -123,6 +127,33 @@ async def check_ollama(c: Check, streams: Streams) -> str:
     if missing:
         raise Failed(f"models not pulled: {', '.join(missing)}")
     return f"{len(names)} models"
+
+
+async def check_llamacpp(c: Check, streams: Streams) -> str:
+    """llama-server by its own protocol: /health, then one tiny real request to the model it serves
+    (a one-token chat completion, or the embedding of one word)."""
+    status, _ = await _get(c, "/health", streams)
+    if status != 200:
+        raise Failed(f"GET /health answered {status} (503: the model is still loading)")
+    name, kind = c.expect_models
+    req: dict[str, object]
+    if kind == "embedding":
+        path, req = "/v1/embeddings", {"model": name, "input": "ok"}
+    else:
+        path, req = "/v1/chat/completions", {"model": name, "max_tokens": 1,
+                                              "messages": [{"role": "user", "content": "Say ok."}]}
+    reader_writer = await asyncio.open_connection(c.host, c.port)
+    try:
+        status, body = await http_get(reader_writer, c.address, path, send=json.dumps(req).encode())
+    finally:
+        await _close(reader_writer[1])
+    if status != 200:
+        raise Failed(f"POST {path} answered {status}: {body[:200].decode(errors='replace')}")
+    answer = json.loads(body)
+    if kind == "embedding":
+        dims = len(answer["data"][0]["embedding"])
+        return f"{name}: embedding of {dims} dimensions"
+    return f"{name}: {answer.get('usage', {}).get('completion_tokens', '?')} token answered"
 
 
 async def check_traefik(c: Check, streams: Streams) -> str:
@@ -210,7 +241,7 @@ async def check_signin(c: Check, streams: Streams) -> str:
 
 
 HTTP_KINDS = {"http": check_http, "ollama": check_ollama, "traefik": check_traefik, "route": check_route,
-              "signin": check_signin}
+              "signin": check_signin, "llamacpp": check_llamacpp}
 
 
 def _tls():

@@ -83,9 +83,13 @@ def plan_checks(resolved: ResolvedSite, *, secrets: Lookup | None = None,
             elif h.type in ("postgres", "redis"):
                 user, pw = _credentials(resolved, svc, secrets, base_dir)
                 add(label, h.type, ip, port, spec.phase, critical=crit, username=user, password=pw)
+            elif svc == "llama-server":
+                for mu in resolved.model_units:  # one server per model, each checked by a real request
+                    add(f"{label}/{mu.model.name}", "llamacpp", ip, mu.port, spec.phase, critical=crit,
+                        expect_models=(mu.model.name, mu.model.kind))
             elif svc == "ollama":
                 add(label, "ollama", ip, port, spec.phase, critical=crit,
-                    expect_models=tuple(resolved.site.models))
+                    expect_models=tuple(resolved.site.ollama_tags))
             else:
                 add(label, h.type, ip, port, spec.phase, critical=crit, path=h.path,
                     expect_status=h.expect_status)

@@ -1,6 +1,7 @@
 """What the site's driver really deploys, and what each app falls back to where it does not (pure).
 
-The LXC driver installs only from Debian's mirror: a shared service whose recipe downloads an
+The LXC driver installs only from Debian's mirror and from layers it builds out of registry
+packages (llama-server): a shared service whose recipe downloads an
 upstream binary or image is created as a container but not run ("not deployed here"). Its
 apps then get their own fallback (Open WebUI's local vector store, local files, no tracing),
 never an address where nothing listens; an `external:` server is always used as given.
@@ -59,6 +60,8 @@ def lxc_unsupported(svc: Service) -> str | None:
     inst = svc.install
     if (inst.method == "apt" and not inst.needs_download) or inst.method == "aicommons":
         return None  # aicommons: the runtime layer built from this checkout (drivers/runtime.py)
+    if inst.method == "layer":  # built on the host from registry packages (drivers/modellayers.py)
+        return None
     if inst.method == "none":
         return "the catalog has no install recipe for it"
     what = f"image {inst.image}" if inst.image else "an upstream release"

@@ -7,9 +7,12 @@ stay fast. `to_dict()` gives the JSON shape `aicommons plan --json` prints.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from aicommons.spec.models import Site
+
+if TYPE_CHECKING:
+    from aicommons.plan.models import ModelUnit
 
 Role = Literal["shared", "user"]
 
@@ -152,6 +155,7 @@ class ResolvedSite:
     # Routes left out because nothing would answer them, or nothing would sign people in
     # (service -> why; plan/deployed.py published_routes): `plan` says what a person will not have.
     withheld: dict[str, str] = field(default_factory=dict)
+    model_units: tuple[ModelUnit, ...] = ()  # what llama-server runs, one per model file
 
     def container(self, ctid: int) -> Container:
         for c in self.containers:
@@ -188,4 +192,7 @@ class ResolvedSite:
             "sign_in": self.sign_in,
             "withheld_routes": dict(self.withheld),
             "fallbacks": {k: dict(v) for k, v in self.fallbacks.items()},
+            "models": [{"name": u.model.name, "kind": u.model.kind, "port": u.port, "threads": u.threads,
+                        "source": u.model.package or u.model.path, "file": u.model.file}
+                       for u in self.model_units],
         }

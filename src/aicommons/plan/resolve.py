@@ -18,6 +18,7 @@ from aicommons.catalog import Catalog, load_catalog
 from aicommons.errors import Problem, SiteInvalid
 from aicommons.plan import certificates as certs_plan
 from aicommons.plan import deployed, names
+from aicommons.plan import models as model_plan
 from aicommons.plan.access import operator_sources, proxy_source
 from aicommons.plan.model import Certificate, Container, Endpoint, ResolvedSite, Route, Tenant, Totals
 from aicommons.spec.identity import email_key
@@ -284,6 +285,8 @@ def _check_apps(ctx: _Ctx) -> list[str]:
             if ov is None or not ov.enabled:
                 if need in ("langfuse", "searxng", "authentik"):
                     continue  # optional integrations: the app runs without them
+                if need == "ollama" and model_plan.serving(site):
+                    continue  # the site's models are llama-server's, reached through the gateway only
                 ctx.problem(loc, f"{a} needs {target}, which is not enabled",
                             f"enable {target} in services (or `external:`), or drop {a}")
         apps.append(a)
@@ -487,6 +490,8 @@ def _resolve(site: Site, catalog: Catalog, held: dict[str, str],
     ctx = _Ctx(site, catalog)
     shared_range, user_ips = _check_network(ctx)
     _check_services(ctx)
+    for loc, msg, fix in model_plan.check(site, catalog):
+        ctx.problem(loc, msg, fix)
     _check_driver(ctx)
     apps = _check_apps(ctx)
     shared, endpoints = _allocate_shared(ctx, shared_range)
@@ -533,6 +538,8 @@ def _resolve(site: Site, catalog: Catalog, held: dict[str, str],
         notes.append(f"certificates: this change asks Let's Encrypt for {len(issued)} certificates; it issues at most "
                      f"{certs_plan.WEEKLY_LIMIT} per registered domain per week, so the rest would wait "
                      "(set network.traefik.dns_provider for one wildcard, or add users in smaller steps)")
+    if model_plan.serving(site):
+        notes += model_plan.notes(site)
     fallbacks = deployed.fallbacks(site, [a for a in apps if a not in unavailable], catalog, gone)
     runtime_notes = _runtime_notes(site, unavailable, fallbacks, gone) if users else []
     notes += runtime_notes
@@ -540,7 +547,8 @@ def _resolve(site: Site, catalog: Catalog, held: dict[str, str],
                         totals=totals, proxy_ip=str(net.traefik.address), proxy_file=proxy_file, notes=notes,
                         operator_sources=operator_sources(site), proxy_source=proxy_source(site), certificates=certs,
                         certificate_changes=cert_changes, undeployed=gone, unavailable=unavailable,
-                        fallbacks=fallbacks, runtime_notes=runtime_notes, sign_in=sign_in, withheld=withheld), ctx
+                        fallbacks=fallbacks, runtime_notes=runtime_notes, sign_in=sign_in, withheld=withheld,
+                        model_units=tuple(model_plan.model_units(site, catalog))), ctx
 
 
 def _runtime_notes(site: Site, unavailable: dict[str, str], fallbacks: dict[str, dict[str, str]],

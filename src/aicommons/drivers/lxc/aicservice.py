@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import posixpath
 import shlex
+from pathlib import Path
 
 from aicommons.catalog import load_catalog
 from aicommons.catalog.model import Service
@@ -35,8 +36,9 @@ def services_of(c: Container) -> list[Service]:
     return [cat.services[n] for n in c.services if n in cat.services and R.is_aicommons(cat.services[n])]
 
 
-def mounts(c: Container, cache_dir: str, control: ControlPlane | None, log) -> list[tuple[str, str, str]]:
-    """(host dir, path inside, ro|rw) for a shared container running an aicommons service."""
+def mounts(c: Container, cache_dir: str, control: ControlPlane | None, log, stage: Path) -> list[tuple[str, str, str]]:
+    """(host dir, path inside, ro|rw) for a shared container running an aicommons service; the
+    control plane's directories come from their staged paths under `stage` (control_binds)."""
     if c.role != "shared" or not services_of(c):
         return []
     if control is None:
@@ -44,10 +46,20 @@ def mounts(c: Container, cache_dir: str, control: ControlPlane | None, log) -> l
                              "the site file and state; the driver was given none (bind_control)")
     from aicommons.drivers import runtime
 
-    out = [(str(runtime.ensure_layer(cache_dir, log)), R.MOUNT, "ro"),
-           (str(control.site_file.parent), SITE_MOUNT, "ro")]
+    out = [(str(runtime.ensure_layer(cache_dir, log)), R.MOUNT, "ro")]
+    out += [(staged, inside, how) for _real, staged, inside, how in control_binds(control, stage)]
+    return out
+
+
+def control_binds(control: ControlPlane, stage: Path) -> list[tuple[str, str, str, str]]:
+    """(host dir, its staged path under the container's directory, path inside, ro|rw): the site
+    file's directory and the SQLite state's. LXC attaches an idmapped mount as the container's
+    root, which must be able to pass every parent of its source: a site kept under /root (0700)
+    could not be bound. prestart.py binds each real directory onto its staged path (inside the
+    driver's lxcpath, which is searchable) in its private mount namespace, and LXC binds from there."""
+    out = [(str(control.site_file.parent), str(stage / "site"), SITE_MOUNT, "ro")]
     if not control.state_is_url:
-        out.append((posixpath.dirname(control.state), STATE_MOUNT, "rw"))
+        out.append((posixpath.dirname(control.state), str(stage / "state"), STATE_MOUNT, "rw"))
     return out
 
 

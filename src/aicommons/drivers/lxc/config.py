@@ -23,9 +23,10 @@ PERIOD = 100000  # CFS period, us: cores x PERIOD of quota
 
 
 def render(c: Container, *, site: str, bridge: str, lower: str, rootfs: str, idmap_base: int, ns: str,
-           legacy_cgroups: bool = True, mounts: tuple[tuple[str, ...], ...] | list = ()) -> str:
+           legacy_cgroups: bool = True, mounts: tuple[tuple[str, ...], ...] | list = (), cpus: str = "") -> str:
     """`mounts`: (host directory, path inside[, "ro" | "rw"]), read-only unless "rw" is said (the
-    shared layers are ro; the portal's state directory is rw)."""
+    shared layers are ro; the portal's state directory is rw); `cpus`: a cpuset the container is
+    pinned to (the model server: its threads need cores of their own)."""
     meta = {"site": site, "role": c.role, "name": c.name, "ip": c.ip, "hostname": c.hostname,
             "memory_mb": c.memory_mb, "cores": c.cores, "disk_gb": c.disk_gb,
             "services": list(c.services), "lower": lower, "idmap_base": idmap_base}
@@ -54,6 +55,8 @@ def render(c: Container, *, site: str, bridge: str, lower: str, rootfs: str, idm
     else:
         lines += [f"lxc.cgroup2.memory.max = {c.memory_mb * 1024 * 1024}",
                   f"lxc.cgroup2.cpu.max = {c.cores * PERIOD} {PERIOD}"]
+    if cpus:  # the same file name in both: cpuset.cpus
+        lines.append(f"lxc.cgroup{'' if legacy_cgroups else '2'}.cpuset.cpus = {cpus}")
     lines += [
         "lxc.net.0.type = veth",
         f"lxc.net.0.link = {bridge}",

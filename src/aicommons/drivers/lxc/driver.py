@@ -31,6 +31,7 @@ from aicommons.drivers.lxc import (
     hostcheck,
     idmap,
     limits,
+    models,
     netns,
     services,
     template,
@@ -39,6 +40,7 @@ from aicommons.drivers.lxc.run import run
 from aicommons.drivers.lxc.services import ServiceOutcome
 from aicommons.drivers.lxc.traefik import TraefikRunner
 from aicommons.errors import PermanentError, TemporaryError
+from aicommons.plan import models as model_plan
 from aicommons.plan.model import Container
 from aicommons.plan.secrets import SecretLookup
 from aicommons.render.aicservice import IN_SITE_ENV
@@ -83,8 +85,11 @@ class LxcDriver:
     def __init__(self, *, site: str, net: netns.NetPlan, lxcpath: str, cache_dir: str,
                  log=None, secrets: SecretLookup | None = None, traefik_dir: str | None = None,
                  traefik_ip: str | None = None, runtime: str = "docker",
-                 bridge_filter: str | None = None, owner: str | None = None) -> None:
+                 bridge_filter: str | None = None, owner: str | None = None,
+                 models: tuple = (), model_clients: tuple[str, ...] = ()) -> None:
         self.site = site
+        self.models = models  # plan/models.py ModelUnit: what the model server container runs
+        self.model_clients = model_clients  # the only addresses that may reach it (its `clients`)
         self.owner = owner  # the site's directory: two sites of one name must not share lxcpath/netns
         self.runtime = runtime  # native: users' apps run from shared layers (apps.py)
         self.bridge_filter = bridge_filter  # render/bridge_filter.py: only Traefik reaches a user's apps
@@ -194,6 +199,7 @@ class LxcDriver:
         if d.kind != "lxc":
             raise PermanentError("driver.kind: LxcDriver needs `kind: lxc`")
         assert d.netns is not None and d.lxcpath is not None, "Site fills in both for an LXC site (spec/models.py)"
+        cat = load_catalog()
         net = netns.NetPlan(
             ns=options.get("netns", d.netns), bridge=n.bridge, gateway=str(n.gateway),
             prefixlen=n.subnet.prefixlen, subnet=str(n.subnet), extra=(str(n.traefik.address),),
@@ -206,7 +212,8 @@ class LxcDriver:
                   secrets=options.get("secrets"), traefik_ip=str(n.traefik.address),
                   traefik_dir=options.get("traefik_dir", str(Path(lxcpath) / "_traefik" / "dynamic")),
                   runtime=site.user_template.runtime or "docker", bridge_filter=bridge_rules(site),
-                  owner=options.get("owner"))
+                  owner=options.get("owner"), models=tuple(model_plan.model_units(site, cat)),
+                  model_clients=model_plan.client_addresses(site, cat))
         drv.join = bool(options.get("join", False))
         drv.site_spec = site
         return drv
@@ -333,10 +340,14 @@ class LxcDriver:
     def _write_config(self, c: Container, tdir: Path) -> bool:
         cfg = self._dir(c.ctid) / "config"
         mounts: list = (apps.layer_mounts(c, self.cache_dir, self.log) if c.role == "user" and self.runtime == "native"
-                        else aicservice.mounts(c, self.cache_dir, self.control, self.log))
+                        else aicservice.mounts(c, self.cache_dir, self.control, self.log, self._dir(c.ctid) / "control"))
+        cpus = ""
+        if c.role == "shared" and model_plan.SERVICE in c.services:
+            mounts = models.layer_mounts(self.models, self.cache_dir, self.log)
+            cpus = limits.pinned_cpus(c.cores)
         text = config.render(c, site=self.site, bridge=self.net.bridge, lower=str(tdir / "rootfs"),
                              rootfs=str(self._dir(c.ctid) / "rootfs"), idmap_base=self.idmap_base, ns=self.ns,
-                             legacy_cgroups=limits.legacy(), mounts=mounts)
+                             legacy_cgroups=limits.legacy(), mounts=mounts, cpus=cpus)
         if cfg.exists() and cfg.read_text() == text:
             return False
         tmp = cfg.with_suffix(".tmp")
@@ -393,7 +404,10 @@ class LxcDriver:
         log = self._dir(ctid) / "start.log"
         limits.remove(self.ns, ctid)  # LXC makes the container's cgroups itself and refuses existing ones
         d = self._dir(ctid)
-        spec = {"cgroups": limits.mounts(),
+        binds = ([(real, staged) for real, staged, _in, _how in
+                  aicservice.control_binds(self.control, d / "control")]
+                 if self.control is not None and aicservice.runs_aicommons(meta) else [])
+        spec = {"cgroups": limits.mounts(), "binds": binds,
                 "rootfs": {"lower": meta["lower"], "lower_mnt": str(d / "lower"), "upper": str(d / "delta"),
                            "work": str(d / "work"), "target": str(d / "rootfs"), "base": self.idmap_base}}
         proc = run(["ip", "netns", "exec", self.ns, sys.executable, "-m", "aicommons.drivers.lxc.prestart",

@@ -51,6 +51,29 @@ def mounts(mounts_text: str | None = None) -> list[tuple[str, str, str]]:
     return out
 
 
+def host_cpus() -> list[int]:
+    """The CPUs the host's root cpuset offers, e.g. [0, 1]."""
+    for f in (ROOT / "cpuset" / "cpuset.cpus", ROOT / "cpuset.cpus.effective"):
+        try:
+            text = f.read_text().strip()
+        except OSError:
+            continue
+        out: list[int] = []
+        for part in filter(None, text.split(",")):
+            a, _, b = part.partition("-")
+            out += list(range(int(a), int(b or a) + 1))
+        return out
+    return list(range(os.cpu_count() or 1))
+
+
+def pinned_cpus(cores: int) -> str:
+    """The cpuset of a container that needs `cores` CPUs of its own (the model server: llama.cpp's
+    workers spin at barriers, and on CPUs others also run on it collapsed to 0.1 tokens/s): the
+    host's last ones, so the first stay where the host and the other containers start."""
+    cpus = host_cpus()
+    return ",".join(map(str, cpus[-min(max(cores, 1), len(cpus)):]))
+
+
 def legacy() -> bool:
     """Is memory/CPU on cgroup v1 here (hybrid layout)? Decides lxc.cgroup.* vs lxc.cgroup2.* keys."""
     return (ROOT / "memory" / "memory.limit_in_bytes").exists()

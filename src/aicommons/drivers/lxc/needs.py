@@ -81,6 +81,8 @@ NEEDS: tuple[Need, ...] = (
     program("dpkg-query", "dpkg", "which build packages of the app layers are installed", APPLY),
     program("apt-get", "apt", "installs a build package an app layer's catalog entry adds", APPLY),
     program("python3", "python3", "the Python app layers' virtualenvs (Debian's, as in the containers)", APPLY),
+    program("cmake", "cmake", "compiles llama-server's layer, the model server (drivers/modellayers.py)", APPLY),
+    program("strip", "binutils", "strips the llama-server binary in its layer", APPLY),
     Need("python3-venv", "python3-venv", "`python3 -m venv` for the Python app layers", (APPLY,), "deb"),
     program("pg_dump", "postgresql-client-15", "PostgreSQL backups; a removed user's database archive",
             BACKUP, APPLY),

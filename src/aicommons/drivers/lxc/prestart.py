@@ -31,6 +31,9 @@ def main(argv: list[str]) -> None:
             mount("tmpfs", "cgroup", "/sys/fs/cgroup", "mode=755")
         for fstype, options, target in spec["cgroups"]:
             mount(fstype, "cgroup", target, options)
+    for source, target in spec.get("binds", []):  # the control plane's directories, staged (aicservice.py)
+        os.makedirs(target, exist_ok=True)
+        subprocess.run(["mount", "--bind", source, target], check=True, capture_output=True)
     if spec.get("rootfs"):
         from aicommons.drivers.lxc import idmap
 

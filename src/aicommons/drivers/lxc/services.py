@@ -66,7 +66,8 @@ def ensure(driver, c: Container, svc: Service, secrets: SecretLookup) -> Service
         if is_aicommons(svc):  # the portal: from the runtime layer bound into the container
             aicservice.ensure(driver, c, svc, _put_if_changed)
         CONFIGURE.get(svc.name, _nothing)(driver, c, secrets)
-        _wait_listening(driver, c, [p.port for p in svc.ports])
+        if svc.name not in WAITS_ITSELF:
+            _wait_listening(driver, c, [p.port for p in svc.ports])
     except AicError as exc:
         return ServiceOutcome(svc.name, c.ctid, "failed", str(exc))
     note = f"without {', '.join(absent)} (not in this Debian mirror)" if absent else ""
@@ -156,6 +157,12 @@ def _redis(driver, c: Container, secrets: SecretLookup) -> None:
     _start(driver, c.ctid, ["redis-server"], changed)
 
 
+def _models(driver, c: Container, secrets: SecretLookup) -> None:
+    from aicommons.drivers.lxc import models
+
+    models.configure(driver, c, secrets)
+
+
 def _prometheus(driver, c: Container, secrets: SecretLookup) -> None:
     _start(driver, c.ctid, ["prometheus", "prometheus-node-exporter"], False)
 
@@ -170,7 +177,10 @@ def _lemonldap(driver, c: Container, secrets: SecretLookup) -> None:
 # The systemd unit that is the service (postgresql.service is a wrapper that stays "active").
 UNITS = {"postgres": "postgresql@15-main", "redis": "redis-server", "prometheus": "prometheus",
          "lemonldap": "lemonldap-ng-fastcgi-server"}
-CONFIGURE = {"postgres": _postgres, "redis": _redis, "prometheus": _prometheus, "lemonldap": _lemonldap}
+CONFIGURE = {"postgres": _postgres, "redis": _redis, "prometheus": _prometheus, "lemonldap": _lemonldap,
+             "llama-server": _models}
+# Recipes that wait for their own ports (llama-server listens on one port per model it serves).
+WAITS_ITSELF = {"llama-server"}
 
 
 def unit_of(service: str) -> str | None:

@@ -41,7 +41,7 @@ services: {{postgres: {{}}, redis: {{}}, ollama: {{}}, qdrant: {{}}, garage: {{}
 user_template:
   apps: {apps}
   resources: {{memory_mb: 8192, cores: 2, disk_gb: 20}}
-users: [{{name: user1}}]
+users: [{{name: user1, email: user1@example.org}}]
 """
 REFERENCE_GB = 8.0
 
@@ -107,7 +107,7 @@ def run(cache: str, users: int, idle: float) -> tuple[float, list[float], dict[i
             more = []
             for i in range(2, users + 1):
                 t0 = time.monotonic()
-                r = cli(d, "users", "add", f"user{i}")
+                r = cli(d, "users", "add", f"user{i}", "--email", f"user{i}@example.org")
                 if r.returncode != 0 or not all_answer(f"10.0.5.{199 + i}"):
                     raise SystemExit(f"user{i}'s apps do not all answer after `users add`:\n"
                                      f"{(r.stdout + r.stderr)[-3000:]}")

@@ -95,7 +95,7 @@ def users_add(pg, rs, tmp: Path) -> tuple[float, float]:
 
     os.environ["AIC_BENCH_PG"], os.environ["AIC_BENCH_REDIS"] = pg.password, rs.admin_password
     site = tmp / "site.yaml"
-    users = "".join(f"  - name: user{i}\n" for i in range(1, N))  # the add makes it 50
+    users = "".join(f"  - {{name: user{i}, email: user{i}@example.org}}\n" for i in range(1, N))  # the add makes it 50
     site.write_text(f"""version: 1
 name: bench
 domain: example.org
@@ -115,7 +115,7 @@ users:
         clock = [0.0]
         backends = [Timed(b, clock) for b in ctx.backends]
     t0 = time.perf_counter()
-    added, result = manage.add_user(site, f"user{N}", driver=driver, backends=backends,
+    added, result = manage.add_user(site, f"user{N}", f"user{N}@example.org", driver=driver, backends=backends,
                                     out=open(os.devnull, "w"))
     total = time.perf_counter() - t0
     assert added and result.ok, result.errors

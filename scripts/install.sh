@@ -26,6 +26,15 @@ apt_pkgs=(python3 python3-venv ca-certificates lxc lxc-templates debootstrap ipr
 # The suite also starts real servers and checks rules and rendered scripts (shellcheck) with these.
 [ $want_test = 1 ] && apt_pkgs+=(postgresql-15 redis-server prometheus shellcheck)
 [ $want_test = 1 ] && apt_pkgs+=(chromium)  # the portal's browser tests (Playwright drives it)
+# The sign-in provider's real test (tests/test_lemonldap.py): LemonLDAP::NG 2.16 with the packages
+# its catalog recipe names (catalog/services/lemonldap.yaml: without Recommends the portal needs
+# these), nginx as its FastCGI bridge; aiosmtpd: a real SMTP server for the invitation mail test.
+[ $want_test = 1 ] && apt_pkgs+=(lemonldap-ng-fastcgi-server liblemonldap-ng-portal-perl liblemonldap-ng-handler-perl
+                                 nginx libdbi-perl libdbd-pg-perl libapache-session-browseable-perl
+                                 libgd-securityimage-perl libimage-magick-perl libdigest-hmac-perl
+                                 libconvert-base32-perl libmime-tools-perl libemail-sender-perl libstring-random-perl
+                                 libcrypt-openssl-bignum-perl libio-string-perl libunicode-string-perl
+                                 python3-aiosmtpd)
 # Native app layers: what their builds compile with (the catalog's native.build_packages; applayers checks too).
 apt_pkgs+=(build-essential pkg-config libkrb5-dev)
 # The model server's layer: llama.cpp compiled from its PyPI source package (drivers/modellayers.py).
@@ -39,7 +48,9 @@ if [ ${#missing[@]} -gt 0 ]; then
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
   # Debian starts these on install; the tests start their own on loopback.
-  systemctl disable --now redis-server postgresql prometheus >/dev/null 2>&1 || true
+  systemctl disable --now redis-server postgresql prometheus nginx lemonldap-ng-fastcgi-server >/dev/null 2>&1 || true
+  # Without systemd as init (a build container), Debian's postinst started nginx by its init script.
+  [ -x /etc/init.d/nginx ] && /etc/init.d/nginx stop >/dev/null 2>&1 || true
 fi
 
 # Python 3.11: Debian 12's /usr/bin/python3 (or PYTHON=...).

@@ -159,7 +159,7 @@ EXPECTED = {
     "owner": ("sign-in", "admitted", "denied", "sign-in", "sign-in"),
     "operator": ("forbidden", "forbidden", "forbidden", "open", "forbidden"),
     "operator (TCP)": ("refused", "refused", "refused", "open", "refused"),
-    "public paths of an owner's app (n8n)": ("open",) * 5,
+    "public paths (n8n's webhooks, the portal's invitations)": ("open",) * 5,
 }
 
 
@@ -181,7 +181,7 @@ def _doors(site):
                         f"/outpost.goauthentik.io/start?rd=https://{r.host}/", f"{name}-outpost"))
         if r.public_paths and guarded(site, r):
             for p in r.public_paths:
-                out.append(("public paths of an owner's app (n8n)", r, p + "x", f"{name}-public"))
+                out.append(("public paths (n8n's webhooks, the portal's invitations)", r, p + "x", f"{name}-public"))
     return out
 
 
@@ -233,7 +233,7 @@ def _check_doc(rows: dict[str, Counter], routers: dict[str, int], probes: int) -
              "| door (access class) | routers | " + " | ".join(IDENTITIES) + " |",
              "|---|---|" + "---|" * len(IDENTITIES)]
     order = ["public", "site-users", "site-users: /outpost.goauthentik.io/", "owner", "owner: /outpost.goauthentik.io/",
-             "public paths of an owner's app (n8n)", "operator", "operator (TCP)"]
+             "public paths (n8n's webhooks, the portal's invitations)", "operator", "operator (TCP)"]
     for row in sorted(rows, key=lambda x: order.index(x) if x in order else 99):
         (cells, _), = rows[row].items()  # one outcome per identity for the whole row (checked above)
         lines.append(f"| {row} | {routers[row]} | " + " | ".join(cells) + " |")

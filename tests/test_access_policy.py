@@ -110,7 +110,7 @@ def test_dns01_is_one_wildcard_and_plan_warns_before_the_weekly_limit():
     assert [(c.name, c.wildcard) for c in s.certificates] == [("wildcard", True)]
     # 650 users from nothing: 8 hosts each, 12 users per certificate -> more than 50 certificates
     big = make_site(2, lambda d: d["network"].update(user_ranges=[f"10.0.{n}.2-10.0.{n}.254" for n in (6, 7, 8)])
-                    or d.update(users=[{"name": f"u{i}"} for i in range(1, 651)]))
+                    or d.update(users=[{"name": f"u{i}", "email": f"u{i}@example.org"} for i in range(1, 651)]))
     assert len(big.certificates) > certs_plan.WEEKLY_LIMIT
     assert any("Let's Encrypt" in n and "per week" in n for n in big.notes)
     small = make_site(50)

@@ -26,7 +26,7 @@ services:
   postgres: {{external: {{host: 127.0.0.1, port: {pg}, admin_user: postgres, admin_password: env:AIC_TEST_PG}}}}
   redis: {{external: {{host: 127.0.0.1, port: {rd}, admin_user: admin, admin_password: env:AIC_TEST_REDIS}}}}
 user_template: {{apps: [n8n]}}
-users: [{{name: cli1}}, {{name: cli2}}]
+users: [{{name: cli1, email: cli1@example.org}}, {{name: cli2, email: cli2@example.org}}]
 backups: {{dir: backups, daily: 2, weekly: 0}}
 """
 

@@ -113,7 +113,7 @@ def test_saved_plan_is_carried_out_exactly_and_stale_one_refused(site, fake_dir,
     with pytest.raises(StalePlan):  # state moved on since the plan was made
         apply(site, fake_dir, plan_file=tmp_path / "plan.json", out=io.StringIO())
     save_plan(plan(site, fake_dir), tmp_path / "plan2.json")
-    edit_site(site, lambda d: d["users"].append({"name": "dora"}))
+    edit_site(site, lambda d: d["users"].append({"name": "dora", "email": "dora@example.org"}))
     with pytest.raises(StalePlan):  # site file changed
         apply(site, fake_dir, plan_file=tmp_path / "plan2.json", out=io.StringIO())
 
@@ -132,7 +132,7 @@ def test_slots_are_stable_and_removed_users_keep_theirs(site, fake_dir):
     assert "user1" not in backends[0].observe()
     assert "user1" in json.loads(backends[0].file.read_text())["archived"]  # archived, not purged
     assert (fake_dir / "archive" / "200" / "files" / "opt/aicommons/user1/.env").exists()
-    edit_site(site, lambda d: d["users"].append({"name": "erin"}))
+    edit_site(site, lambda d: d["users"].append({"name": "erin", "email": "erin@example.org"}))
     p = plan(site, fake_dir)
     assert p.resolved.tenant("erin").ip == "10.0.5.203"  # user1's slot is not reused before a purge
     st.set_allocation_status("user1", "purged")

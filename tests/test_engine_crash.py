@@ -112,7 +112,7 @@ def test_sigkill_at_random_points_then_apply_converges(site, tmp_path):
     killed_mid_run = mid_step = 0
     for i in range(20):
         names = user_sets[i % len(user_sets)] + [f"new{i}"]  # a user this very run creates
-        edit_site(site, lambda d, names=names: d.update(users=[{"name": n} for n in names]))
+        edit_site(site, lambda d, names=names: d.update(users=[{"name": n, "email": f"{n}@example.org"} for n in names]))
         # Killed at a point the run reaches for sure, not after a time: new{i}'s tenant steps never
         # return, so once one has started the run is mid-step; the other steps (in parallel, slow)
         # are wherever they are by then.
@@ -174,7 +174,7 @@ def test_killed_right_after_the_world_changed_then_user_dropped(site, tmp_path, 
     """Deterministic kill points: the world changed, the state never heard, and the user is gone next."""
     world = tmp_path / "world"
     assert apply(site, world, out=io.StringIO()).ok
-    edit_site(site, lambda d: d["users"].append({"name": "late"}))
+    edit_site(site, lambda d: d["users"].append({"name": "late", "email": "late@example.org"}))
     ctid = plan(site, world).resolved.tenant("late").ctid
     driver_variants = {ctid: "crash"} if where == "container" else {}
     backend_variants = {where: {"late": "crash"}} if where != "container" else {}

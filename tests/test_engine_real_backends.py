@@ -27,7 +27,7 @@ USERS = ["eng-a", "eng-b"]
 def world(pg, redis_server, tmp_path, monkeypatch):
     monkeypatch.delenv("AICOMMONS_SECRET_KEY", raising=False)
     site = write_site(tmp_path / "site.yaml", users=1)
-    edit_site(site, lambda d: d.update(users=[{"name": n} for n in USERS]))
+    edit_site(site, lambda d: d.update(users=[{"name": n, "email": f"{n}@example.org"} for n in USERS]))
     backends = [PostgresBackend(pg.host, pg.port, pg.user, pg.password, tmp_path / "archive"),
                 RedisBackend(redis_server.host, redis_server.port, redis_server.admin_user,
                              redis_server.admin_password, tmp_path / "archive")]
@@ -69,7 +69,7 @@ def test_rotation_changes_the_real_password_in_one_apply(world):
 def test_removed_user_is_archived_and_slot_kept(world, tmp_path):
     site, (pgb, rb), kw = world
     assert apply_site(site, out=io.StringIO(), **kw).ok
-    edit_site(site, lambda d: d.update(users=[{"name": "eng-a"}]))
+    edit_site(site, lambda d: d.update(users=[{"name": "eng-a", "email": "eng-a@example.org"}]))
     r = apply_site(site, out=io.StringIO(), **kw)
     assert r.ok, [(o.step, o.detail) for o in r.errors]
     assert {"tenant.postgres.eng-b", "tenant.redis.eng-b", "container.201"} <= set(r.outcomes)

@@ -68,7 +68,8 @@ def test_service_files_are_pushed_installed_and_a_second_plan_is_a_noop(tmp_path
             want = {}
         assert _pushed(tmp_path, c.ctid, host) == want  # every rendered file, with its mode
     assert _pushed(tmp_path, shared["redis"].ctid, "redis")["users.acl"] == 0o600
-    assert _runs(kw["driver"], pg.ctid) == ["install.sh", "systemctl restart postgresql"]
+    runs = _runs(kw["driver"], pg.ctid)
+    assert runs[0] == "install.sh" and runs[1].startswith("systemctl restart postgresql &&") and len(runs) == 2
     hba = (tmp_path / "fake/ct" / str(pg.ctid) / "opt/aicommons/postgres/pg_hba.conf").read_text()
     assert hba == files["services/postgres/pg_hba.conf"].content
 
@@ -130,7 +131,8 @@ def test_a_driver_that_installs_services_gets_only_their_rendered_config(tmp_pat
     plan = plan_site(site, **kw)
     svc = {s.id: s for s in plan.steps.values() if s.kind == "service"}
     assert {"service.postgres", "service.redis"} <= set(svc) and "service.qdrant" not in svc
-    assert sorted(svc["service.postgres"].payload[1]) == ["conf.d/aicommons.conf", "pg_hba.conf"]
+    # lemonldap.sql: the sign-in provider's role, database and schema (the LXC site's provider)
+    assert sorted(svc["service.postgres"].payload[1]) == ["conf.d/aicommons.conf", "lemonldap.sql", "pg_hba.conf"]
     assert sorted(svc["service.redis"].payload[1]) == ["redis.conf", "users.acl"]
     assert not [s for s in svc.values() if "install.sh" in s.payload[1]]
 
@@ -339,16 +341,21 @@ def test_the_catalog_says_where_every_rendered_system_file_goes_and_how_it_takes
     from aicommons.spec.load import load_text
     from tests.test_render import FakeSecrets
 
-    resolved = resolve(load_text(render_site_yaml(users=2))[0])
-    files = render_site(resolved, FakeSecrets())
-    hosts = {c.name: c.hostname for c in resolved.containers if c.role == "shared"}
+    made: dict[str, set[str]] = {}
+    for driver in ("proxmox", "lxc"):  # each driver's sign-in provider (lemonldap.sql: LL::NG's schema)
+        resolved = resolve(load_text(render_site_yaml(users=2, driver=driver))[0])
+        files = render_site(resolved, FakeSecrets())
+        for c in resolved.containers:
+            if c.role == "shared":
+                made.setdefault(c.name, set()).update(files_of(files, c.hostname))
     configured = {n: s.configure for n, s in load_catalog().services.items() if s.configure}
-    assert {"postgres", "redis", "qdrant", "ollama", "garage"} <= set(configured)
+    assert {"postgres", "redis", "qdrant", "ollama", "garage", "lemonldap"} <= set(configured)
     for name, cfg in configured.items():
-        if name not in hosts:
+        if name not in made:
             continue  # minio: not in the reference site
-        assert set(cfg.files) <= set(files_of(files, hosts[name])), name
-    assert apply_script("postgres", "/opt/x", {"pg_hba.conf"}).endswith("systemctl reload postgresql\n")
+        assert set(cfg.files) <= made[name], name
+    reload = apply_script("postgres", "/opt/x", {"pg_hba.conf"}).strip().splitlines()[-1]
+    assert reload.startswith("systemctl reload postgresql") and "restart" not in reload
     both = apply_script("postgres", "/opt/x", {"pg_hba.conf", "conf.d/aicommons.conf"})
-    assert both.endswith("systemctl restart postgresql\n") and "install -D" in both
+    assert both.strip().splitlines()[-1].startswith("systemctl restart postgresql") and "install -D" in both
     assert apply_script("postgres", "/opt/x", {"install.sh"}) is None  # not a system file

@@ -313,7 +313,7 @@ def test_budget_and_usage_commands(site, tmp_path, capsys):
 
     f = tmp_path / "site.yaml"
     f.write_text("version: 1\nname: gwcli\ndomain: example.org\ndriver: {kind: lxc}\n"
-                 "services: {postgres: {}, gateway: {}}\nusers: [{name: ann}]\n")
+                 "services: {postgres: {}, gateway: {}}\nusers: [{name: ann, email: ann@example.org}]\n")
     base = ["-f", str(f), "--database", site.conninfo]
     assert main(["users", "budget", "ann", "--period", "year", *base]) == 2
     assert "use day, week or month" in capsys.readouterr().err

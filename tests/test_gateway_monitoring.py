@@ -26,7 +26,7 @@ services: {postgres: {}, gateway: {}, prometheus: {}, grafana: {}, ollama: {}}
 user_template: {apps: [jupyter]}
 gateway:
   upstreams: [{url: "http://10.0.5.100:8080/v1", models: [smollm2]}]
-users: [{name: alice}, {name: bob}]
+users: [{name: alice, email: alice@example.org}, {name: bob, email: bob@example.org}]
 """
 
 

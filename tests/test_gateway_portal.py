@@ -36,7 +36,7 @@ gateway:
   database: {db}
   upstreams: [{{url: "{url}", models: [smollm2]}}]
   budget: {{period: week, tokens: 5000}}
-users: [{{name: ann}}, {{name: bob}}]
+users: [{{name: ann, email: ann@example.org}}, {{name: bob, email: bob@example.org}}]
 """
 
 

@@ -20,7 +20,7 @@ user_template: {{apps: [openwebui, jupyter, code-server, chainforge]}}
 embedding: {{model: smollm2-embed, engine: openai, dimensions: 576}}
 gateway:
   upstreams: [{{url: "http://10.0.5.100:8080/v1", models: [smollm2, smollm2-embed]}}]
-users: [{{name: ann}}]
+users: [{{name: ann, email: ann@example.org}}]
 """
 
 

@@ -34,7 +34,7 @@ def world(pg, tmp_path, monkeypatch):
     def edit(d):
         d["services"]["gateway"] = {}
         d["gateway"] = {"database": DB, "upstreams": [{"url": "http://127.0.0.1:9/v1", "models": ["smollm2"]}]}
-        d["users"] = [{"name": "kim"}, {"name": "lou"}]
+        d["users"] = [{"name": "kim", "email": "kim@example.org"}, {"name": "lou", "email": "lou@example.org"}]
     edit_site(site, edit)
     gb = backend_for(pg, DB)
     kw = dict(driver=FakeDriver(tmp_path / "fake"), backends=[gb], renderer=test_renderer)
@@ -67,7 +67,8 @@ def test_key_lifecycle(world, pg):
         assert status() == 401
         set_suspended(site, "kim", False, backends=[gb])
         assert status() == 200
-        edit_site(site, lambda d: d.update(users=[{"name": "lou"}]))  # what `users remove` does before its apply
+        # what `users remove` does before its apply
+        edit_site(site, lambda d: d.update(users=[{"name": "lou", "email": "lou@example.org"}]))
         r = apply_site(site, out=io.StringIO(), **kw)
         assert r.ok, [(o.step, o.detail) for o in r.errors]
         assert status() == 401

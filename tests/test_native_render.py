@@ -26,7 +26,7 @@ from aicommons.spec.default import render_site_yaml
 from aicommons.spec.load import load_text
 from tests.standins.helpers import DictSecrets
 
-SERVICES = ["ollama", "qdrant", "postgres", "redis", "garage", "searxng", "langfuse", "authentik"]
+SERVICES = ["ollama", "qdrant", "postgres", "redis", "garage", "searxng", "langfuse", "gitea"]
 
 
 def _site(driver: str = "lxc", runtime: str | None = None, extra: str = ""):
@@ -54,7 +54,7 @@ def test_runtime_defaults_by_driver_and_is_validated():
 
 def test_plan_says_what_is_not_deployed_and_each_fallback():
     r = _site("lxc")
-    assert set(r.undeployed) >= {"qdrant", "garage", "ollama", "langfuse", "searxng", "authentik"}
+    assert set(r.undeployed) >= {"qdrant", "garage", "ollama", "langfuse", "searxng", "gitea"}
     assert "postgres" not in r.undeployed and "redis" not in r.undeployed
     assert set(r.unavailable) == {"big-agi", "kotaemon"}
     assert any("big-agi: not available in the native runtime" in n for n in r.notes)

@@ -110,30 +110,59 @@ def test_an_unreachable_backend_is_named(lxc_site, servers, tmp_path):
     assert not list((tmp_path / "b").glob("*/manifest.json"))  # nothing half-written kept
 
 
-def test_no_route_middleware_or_certificate_for_what_does_not_run(lxc_site):
-    """Issue #21: on a fresh default site grafana and auth answered 502 (routes for services not
-    deployed) and every app 500 (forward-auth to Authentik, which does not run here)."""
+def _dynamic(resolved):
     import yaml
 
     from aicommons.render import render_site
 
-    files = render_site(lxc_site, DictSecrets())
+    files = render_site(resolved, DictSecrets())
     dynamic = [yaml.safe_load(f.content) or {} for p, f in files.items() if p.startswith("traefik/dynamic/")]
     routers = {n: r for d in dynamic for n, r in d.get("http", {}).get("routers", {}).items()}
     middlewares = {n: m for d in dynamic for n, m in d.get("http", {}).get("middlewares", {}).items()}
     services = {u["url"] for d in dynamic for s in d.get("http", {}).get("services", {}).values()
                 for u in s.get("loadBalancer", {}).get("servers", [])}
+    return files, routers, middlewares, services
+
+
+def test_no_route_middleware_or_certificate_for_what_does_not_run(lxc_site):
+    """Issue #21: on a fresh default site grafana and auth answered 502 (routes for services not
+    deployed) and every app 500 (forward-auth to Authentik, which does not run here). Now the
+    default LXC site signs in with LemonLDAP::NG, which does run: forward-auth goes there only."""
+    from aicommons.plan.identity import EMAIL_HEADER, LEMONLDAP_AUTH_PATH
+
+    files, routers, middlewares, services = _dynamic(lxc_site)
     gone = set(lxc_site.undeployed)
-    assert {"grafana", "authentik", "qdrant"} <= gone
+    assert {"grafana", "qdrant"} <= gone and "lemonldap" not in gone and "authentik" not in lxc_site.endpoints
     gone_ips = {c.ip for c in lxc_site.containers if c.role == "shared" and c.name in gone}
     assert not any(url.split("//")[1].split(":")[0] in gone_ips for url in services)
-    assert not any("forwardAuth" in m for m in middlewares.values()) and lxc_site.sign_in is None
+    assert lxc_site.sign_in == "lemonldap"
+    ll = lxc_site.endpoints["lemonldap"].host
+    addresses = {m["forwardAuth"]["address"] for m in middlewares.values() if "forwardAuth" in m}
+    assert addresses == {f"http://{ll}:80{LEMONLDAP_AUTH_PATH}"}
     hosts = {h for c in lxc_site.certificates for h in c.hosts}
-    assert not any(h.startswith(("grafana.", "auth.", "bigagi-", "code-", "jupyter-")) for h in hosts)
-    assert "ai-user1" in routers and "grafana" not in routers and "auth" not in routers
-    # Open WebUI believes no identity header where no provider runs (nothing would strip one)
-    assert "WEBUI_AUTH_TRUSTED_EMAIL_HEADER" not in files["users/user1/units/aic-openwebui.service"].content
+    assert not any(h.startswith(("grafana.", "bigagi-")) for h in hosts)
+    assert {f"auth.{lxc_site.site.domain}", f"code-user1.{lxc_site.site.domain}"} <= hosts
+    # behind LL::NG: the apps without a login of their own, and its portal
+    assert {"ai-user1", "code-user1", "jupyter-user1", "auth"} <= set(routers) and "grafana" not in routers
+    assert f"WEBUI_AUTH_TRUSTED_EMAIL_HEADER={EMAIL_HEADER}" in files["users/user1/units/aic-openwebui.service"].content
     # plan says what a person will not have, and why
     assert lxc_site.withheld["grafana"].startswith("not deployed here")
-    assert lxc_site.withheld["code-server"] == lxc_site.withheld["jupyter"]
+    assert "code-server" not in lxc_site.withheld and "jupyter" not in lxc_site.withheld
     assert any(n.startswith("no route (nothing would answer it): ") and "grafana" in n for n in lxc_site.notes)
+
+
+def test_without_its_sign_in_provider_an_lxc_site_routes_only_what_has_a_login():
+    """LL::NG disabled on an LXC site: no provider runs (Authentik is refused there), so no
+    forward-auth, no identity header believed, and the login-less apps are withheld, said so."""
+    site, _ = load_text(render_site_yaml(users=2, driver="lxc"))
+    site.services["lemonldap"].enabled = False
+    resolved = resolve(site)
+    files, routers, middlewares, _ = _dynamic(resolved)
+    assert resolved.sign_in is None and not any("forwardAuth" in m for m in middlewares.values())
+    hosts = {h for c in resolved.certificates for h in c.hosts}
+    assert not any(h.startswith(("auth.", "code-", "jupyter-")) for h in hosts)
+    assert "ai-user1" in routers and "auth" not in routers
+    assert "WEBUI_AUTH_TRUSTED_EMAIL_HEADER" not in files["users/user1/units/aic-openwebui.service"].content
+    assert resolved.withheld["code-server"] == resolved.withheld["jupyter"]
+    (note,) = [n for n in resolved.notes if n.startswith("the sign-in provider lemonldap is not enabled")]
+    assert "code-server" in note and "enable lemonldap" in note

@@ -38,7 +38,7 @@ def valid_sites(draw):
     n_users = draw(st.integers(0, 120))
     data = seed_dict(users=n_users)
     user_names = draw(st.lists(names, min_size=n_users, max_size=n_users, unique=True))
-    data["users"] = [{"name": n} for n in user_names] or []
+    data["users"] = [{"name": n, "email": f"{n}@example.org"} for n in user_names] or []
     for svc in _with_dependants(draw(st.sets(st.sampled_from(OPTIONAL)))):
         data["services"][svc] = {"enabled": False}
     for svc in draw(st.sets(st.sampled_from(SCALABLE))):
@@ -130,7 +130,7 @@ def test_arbitrary_text_never_raises_anything_but_site_invalid(text):
 @given(st.integers(51, 400))
 def test_too_many_users_for_the_ranges_is_one_clean_problem(n):
     data = seed_dict(users=3)
-    data["users"] = [{"name": f"u{i}"} for i in range(n)]
+    data["users"] = [{"name": f"u{i}", "email": f"u{i}@example.org"} for i in range(n)]
     site, index = load_text(yaml.safe_dump(data))
     problems = check(site, index=index)
     assume(n > 50)

@@ -8,9 +8,10 @@ site renders it (`portal.example.org`, the site-wide forward-auth middleware); t
 `pg` and `redis_server` fixtures) as the site's `external:` servers, checked by the live status.
 Simulated: the compute driver and the tenancy back ends (tests/fakeworld.py, from AICOMMONS_FAKE_DIR, selects the
 file-backed fakes the engine tests use; container memory/CPU is what the test records in the
-fake driver); Authentik's outpost (a loopback server that answers forward-auth like Authentik:
-200 with X-authentik-username/-email/-groups for a known `authentik_session` cookie, 401 without);
-Ollama, Qdrant, Garage, Authentik and the per-user apps for the status sweep (loopback HTTP
+fake driver); the identity provider's forward-auth answer (a loopback server: 200 with
+X-authentik-username/-email/-groups for a known `authentik_session` cookie, 401 without; the real
+LemonLDAP::NG behind Traefik is tests/test_lemonldap.py); Ollama, Qdrant, Garage, LemonLDAP::NG and
+the per-user apps for the status sweep (loopback HTTP
 stand-ins; every plan address is mapped to loopback, so nothing leaves 127.0.0.1/::1).
 
 Traefik reaches the portal over [::1] and only ::1 is a trusted proxy; the browser's direct
@@ -76,7 +77,7 @@ services:
   redis:
     external: {{host: 127.0.0.1, port: {redis}, admin_user: admin, admin_password: "env:AIC_TEST_REDIS"}}
   garage: {{}}
-  authentik: {{}}
+  lemonldap: {{}}  # the lxc driver's sign-in provider; its forward-auth answer is the stand-in below
   portal: {{}}
 user_template:
   apps: [openwebui, n8n, jupyter]
@@ -177,8 +178,8 @@ def _world(pg, redis_server):
     backend = f"http://[::1]:{portal_port}"
     routes = [dataclasses.replace(r, url=backend, urls=(backend,)) for r in planned.routes if r.service == "portal"]
     eps = dict(planned.endpoints)
-    eps["authentik"] = dataclasses.replace(eps["authentik"], host="127.0.0.1",
-                                           ports={**eps["authentik"].ports, "http": outpost.server_address[1]})
+    eps["lemonldap"] = dataclasses.replace(eps["lemonldap"], host="127.0.0.1",
+                                           ports={**eps["lemonldap"].ports, "http": outpost.server_address[1]})
     proxied = dataclasses.replace(planned, routes=routes, endpoints=eps)
     assert [r.access for r in routes] == ["site-users"]  # every signed-in site user; operator actions gated inside
     tr = Traefik(proxied)

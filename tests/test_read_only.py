@@ -84,7 +84,7 @@ def test_an_applied_site_keeps_its_state_rows_and_key(site, tmp_path: Path):
     before_rows, before_files = rows(db), files(where)
     # user3 arrives in site.yaml: plan/render/show need its secrets; none may be stored before apply
     text = (where / "site.yaml").read_text()
-    (where / "site.yaml").write_text(text.replace("users:\n", "users:\n  - name: user3\n", 1))
+    (where / "site.yaml").write_text(text.replace("users:\n", "users:\n  - name: user3\n    email: user3@example.org\n", 1))
     before_files["site.yaml"] = files(where)["site.yaml"]
     seen = read_only_commands(where, env, tmp_path / "out")
     shown = json.loads(cli(where, env, "users", "show", "user3", "--json").stdout)

@@ -255,7 +255,7 @@ def test_without_authentik_loginless_apps_are_not_routed():
     # Ollama's container has no route left, so no dynamic file at all (plan/deployed.py published_routes)
     assert "ai-user1" in routers and "traefik/dynamic/205100.yml" not in files
     assert not any(n.endswith("-outpost") for n in routers)  # no outpost to send sign-in to
-    (note,) = [n for n in s.notes if "without a running sign-in provider" in n]
+    (note,) = [n for n in s.notes if "the sign-in provider authentik is not enabled" in n]
     assert "big-agi" in note and "comfyui" in note and "ollama" in note and "openwebui" not in note
     # code-server and Jupyter have no login of their own any more (only Traefik reaches them)
     assert "code-server" in note and "jupyter" in note and not any(n.startswith(("code-", "jupyter-")) for n in routers)

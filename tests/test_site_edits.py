@@ -43,7 +43,8 @@ def test_parallel_users_add_lose_nobody(site, wait: bool):
     extra = ["--lock-timeout", "300"] if wait else []
     for r in range(ROUNDS):
         names = [f"r{r}a", f"r{r}b"]
-        procs = [subprocess.Popen([AIC, *AIC_ARGS, "users", "add", n, "-f", "site.yaml", *extra], cwd=where, env=env,
+        procs = [subprocess.Popen([AIC, *AIC_ARGS, "users", "add", n, "--email", f"{n}@example.org", "-f", "site.yaml", *extra],
+                                  cwd=where, env=env,
                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                   stdin=subprocess.DEVNULL) for n in names]
         outcomes = [(n, p.wait(timeout=600), *p.communicate()) for n, p in zip(names, procs, strict=False)]
@@ -72,7 +73,7 @@ def test_an_edit_made_outside_aicommons_meanwhile_is_not_overwritten(tmp_path: P
 
     monkeypatch.setattr(manage, "_append_text", meanwhile)
     with pytest.raises(manage.SiteChanged, match="nothing was written"):
-        manage.append_user(f, manage.validate_new_user("late", None))
+        manage.append_user(f, manage.validate_new_user("late", "late@example.org"))
     assert "# edited by hand" in f.read_text() and "name: late" not in f.read_text()
 
 

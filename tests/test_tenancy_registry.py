@@ -35,7 +35,7 @@ services:
     external: {{host: db.example.org, port: 6543, admin_user: boss{extra}}}
 user_template: {{apps: [n8n]}}
 backups: {{dir: bk}}
-users: [{{name: alice}}]
+users: [{{name: alice, email: alice@example.org}}]
 """
 
 
@@ -64,7 +64,7 @@ driver: {kind: lxc}
 services: {ollama: {}, postgres: {}, redis: {}}
 user_template: {apps: [n8n]}
 redis: {isolation: db}
-users: [{name: alice}]
+users: [{name: alice, email: alice@example.org}]
 """)
     r = resolve(site)
     rb = next(b for b in backends_for(r, DictSecrets(), tmp_path) if b.name == "redis")

@@ -50,7 +50,8 @@ def env():
     write_tree(render_site(site50, secrets), tr.root, prune=PRUNE)
     tr.start()
     expected = {router_name(r) for r in site50.routes if r.kind == "http" and routable(site50, r)} | {"traefik-api"}
-    expected |= {f"n8n-{t.user}-public" for t in site50.tenants}
+    # public paths: n8n's webhooks per user, the portal's invitations
+    expected |= {f"{router_name(r)}-public" for r in site50.routes if r.public_paths and guarded(site50, r)}
     expected |= {f"{router_name(r)}-outpost" for r in site50.routes if r.kind == "http" and guarded(site50, r)}
     expected |= {c.name for c in site50.certificates}
     tr.wait_routers({f"{n}@file" for n in expected})
@@ -78,8 +79,10 @@ def test_every_router_of_the_plan_is_enabled_without_error(env):
     shared = [r for r in env["site"].routes if r.owner is None and r.kind == "http"]
     shared_guarded = [r for r in shared if guarded(env["site"], r)]
     certs = len(env["site"].certificates)
-    # per user: 8 apps, 8 outpost routers, n8n's public paths; shared routes (+ their outposts); the API; holders
-    assert len(mine) == 50 * (8 + 8 + 1) + len(shared) + len(shared_guarded) + 1 + certs
+    # per user: 8 apps, 8 outpost routers, n8n's public paths; shared routes (+ their outposts and
+    # public paths: the portal's invitations); the API; holders
+    public = len([r for r in shared_guarded if r.public_paths])
+    assert len(mine) == 50 * (8 + 8 + 1) + len(shared) + len(shared_guarded) + public + 1 + certs
     bad = {n: (r.get("status"), r.get("error")) for n, r in mine.items()
            if r.get("status") != "enabled" or r.get("error")}
     assert bad == {}

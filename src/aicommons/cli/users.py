@@ -33,7 +33,8 @@ def _result(result, what: str, retry: str) -> None:
 
 @users_app.command("add")
 def add(name: Annotated[str, typer.Argument(help="Lower-case letters, digits and '-'.")],
-        email: Annotated[str | None, typer.Option("--email", help="The user's e-mail (for SSO).")] = None,
+        email: Annotated[str | None, typer.Option(
+            "--email", help="The person's e-mail (required for a new user: sign-in, invitation, password resets).")] = None,
         file: Path = SiteFile, state: Annotated[Path | None, StateOpt] = None,
         lock_timeout: Annotated[float, LockWait] = 0.0) -> None:
     """Add a user to site.yaml and provision them (allocation, back ends, files, container)."""
@@ -47,6 +48,22 @@ def add(name: Annotated[str, typer.Argument(help="Lower-case letters, digits and
                           f"(or `apply`) completes it; `aicommons users remove {name}` undoes it")
     _result(result, f"adding {name}", f"aicommons users add {name}")
     console.print(f"user {name} is ready; `aicommons users show {name}` lists its URLs and credentials")
+    if added:
+        _print_invitation(file, name, state)
+
+
+def _print_invitation(file: Path, name: str, state: Path | None, renew: bool = False) -> None:
+    from aicommons.ops.enroll import invite_user
+
+    url = invite_user(file, name, state_path=state, renew=renew)
+    if url:  # the person's one-time link to set a password (also e-mailed when smtp is set)
+        print(f"invitation for {name} (one use): {url}")
+
+
+@users_app.command("invite")
+def invite(name: str, file: Path = SiteFile, state: Annotated[Path | None, StateOpt] = None) -> None:
+    """A new one-time invitation link for the user (the previous one stops working)."""
+    _print_invitation(file, name, state, renew=True)
 
 
 @users_app.command("remove")

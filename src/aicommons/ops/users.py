@@ -34,13 +34,15 @@ class UnknownUser(AicError):
 # ---- site.yaml ---------------------------------------------------------------------------------
 
 _FIXES = {"name": "user names are lower-case letters, digits and single '-' (e.g. alice, team-2), not a reserved name",
-          "email": "give a plain address such as alice@example.org (letters, digits and . _ % + - before the @)"}
+          "email": "give the person's address with --email, e.g. alice@example.org (letters, digits and "
+                   ". _ % + - before the @): sign-in, the invitation and password resets go to it"}
 
 
 def validate_new_user(name: str, email: str | None) -> User:
-    """The site model's own rules; quotes, unicode and shell/SQL metacharacters never pass."""
+    """The site model's own rules; quotes, unicode and shell/SQL metacharacters never pass. An
+    e-mail is required (the identity provider signs the person in and invites them by it)."""
     try:
-        return User(name=name, email=email)
+        return User.model_validate({"name": name, **({"email": email} if email is not None else {})})
     except ValidationError as exc:
         problems = [Problem(f"users[+].{'.'.join(str(p) for p in e['loc'])}", e["msg"].removeprefix("Value error, "),
                             _FIXES.get(str(e["loc"][0]) if e["loc"] else "", _FIXES["name"]))
@@ -153,11 +155,15 @@ def _append_text(text: str, entry: dict) -> str | None:
     return "".join(lines[:at]) + new + "".join(lines[at:])
 
 
-def user_names(site_file: Path) -> list[str]:
+def _site_users(site_file: Path) -> list[User]:
     from aicommons.spec.load import load_site
 
     site, _ = load_site(site_file)
-    return [u.name for u in site.users]
+    return list(site.users)
+
+
+def user_names(site_file: Path) -> list[str]:
+    return [u.name for u in _site_users(site_file)]
 
 
 def append_user(site_file: Path, user: User) -> bool:
@@ -280,6 +286,8 @@ def add_user(site_file: Path, name: str, email: str | None = None, *, state_path
     actor: who asked, when not the OS user (the portal's signed-in operator), for the run history."""
     from aicommons.engine.api import apply_site
 
+    if email is None:  # completing the provisioning of someone already in the file
+        email = next((u.email for u in _site_users(site_file) if u.name == name), None)
     user = validate_new_user(name, email)
     host_only(site_file, f"users add {name}")
     # Under the site's lock from the edit to the end of the apply: a parallel `users add` waits
@@ -472,7 +480,7 @@ def preview_user(site_file: Path, name: str, action: str, email: str | None = No
             return [{"action": "no-op", "address": name, "reason": f"{name} is already in {site_file.name}; "
                      "adding completes its provisioning"}]
         text = site_file.read_text(encoding="utf-8")
-        entry = {"name": user.name, **({"email": user.email} if user.email else {})}
+        entry = {"name": user.name, "email": user.email}
         new = _append_text(text, entry)
         if new is None:
             y = _yaml()
@@ -504,6 +512,7 @@ def preview_user(site_file: Path, name: str, action: str, email: str | None = No
 
 def show_user(site_file: Path, name: str, *, reveal: bool = False, state_path=None) -> dict:
     """URLs and credentials the user needs; secret values redacted unless `reveal`."""
+    from aicommons.ops import enroll
     from aicommons.plan.policy import login_email, login_password, tenant_credentials, user_token
 
     require_user(Path(site_file), name)
@@ -525,6 +534,10 @@ def show_user(site_file: Path, name: str, *, reveal: bool = False, state_path=No
 
         info: dict = {"user": t.user, "email": t.email, "ip": t.ip, "ctid": t.ctid,
                       "urls": {app: f"https://{h}" for app, h in t.hosts.items()}}
+        if ctx.secrets.version(t.user, enroll.TOKEN_KEY):  # made by `users add`/`users invite`
+            token = ctx.secrets.get(t.user, enroll.TOKEN_KEY)
+            info["sign_in"] = {"invitation": enroll.link(r, token) if reveal else REDACTED,
+                               "note": f"one use, {r.site.identity.invitation_hours} h from when it was made"}
         if "postgres" in ep:
             host, port = hp("postgres")
             info["postgres"] = {"host": host, "port": port, "user": t.postgres_role, "databases": list(t.databases),

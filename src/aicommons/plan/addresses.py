@@ -18,6 +18,7 @@ BACKEND_KEYS = {
     "redis": ("redis_password",),
     "s3": ("s3_access_key", "s3_secret_key"),
     "qdrant": (),
+    "lemonldap": (),
     "gateway": ("gateway_key",),
 }
 
@@ -46,6 +47,8 @@ def tenant_addresses(t: Tenant) -> dict[str, list[str]]:
         "redis": [f"redis.user.{t.redis_user}"],
         "qdrant": [f"qdrant.collection.{c}" for c in t.qdrant_collections],
         "s3": [f"s3.bucket.{b}" for b in t.buckets],
+        # the person in the sign-in provider (a back end only where the site signs in with LL::NG)
+        "lemonldap": [f"lemonldap.user.{t.user}"],
         "gateway": [f"gateway.key.{t.user}"] if t.gateway else [],
     }
     return {k: v for k, v in out.items() if v}

@@ -120,10 +120,13 @@ def fallbacks(site: Site, apps: list[str], catalog: Catalog, gone: dict[str, str
     return out
 
 
-def sign_in_provider(endpoints: dict[str, Endpoint], gone: dict[str, str]) -> str | None:
-    """The sign-in provider that really runs on the site (forward-auth goes there), or None.
-    A provider that is enabled but not deployed signs nobody in: routes must not point at it."""
-    return "authentik" if "authentik" in endpoints and "authentik" not in gone else None
+def sign_in_provider(site: Site, endpoints: dict[str, Endpoint], gone: dict[str, str]) -> str | None:
+    """The sign-in provider that really runs on the site (`identity.provider`, when enabled and
+    deployed by the driver), or None. It becomes `ResolvedSite.sign_in`; forward-auth, the identity
+    headers and every trust in them follow from it (plan/identity.py sign_in). A provider that is
+    enabled but not deployed signs nobody in: routes must not point at it."""
+    p = site.identity.provider
+    return p if p is not None and p in endpoints and p not in gone else None
 
 
 def published_routes(routes: list[Route], gone: dict[str, str], unavailable: dict[str, str],

@@ -76,6 +76,7 @@ class Tenant:
     ports: dict[str, int]
     hosts: dict[str, str]
     qdrant_vector_size: int = 384  # the site's embedding dimensions (state records before it had none)
+    operator: bool = False  # also an operator (site.yaml users[].operator): the provider's operators group
     gateway: bool = False  # has a model-gateway key (services.gateway is enabled)
 
 
@@ -147,8 +148,9 @@ class ResolvedSite:
     unavailable: dict[str, str] = field(default_factory=dict)
     fallbacks: dict[str, dict[str, str]] = field(default_factory=dict)
     runtime_notes: list[str] = field(default_factory=list)  # the above, as notes (also in `notes`)
-    # The sign-in provider that runs on this site ("authentik"), or None: forward-auth and every
-    # trust in identity headers follow from it (plan/deployed.py sign_in_provider).
+    # The sign-in provider that runs on this site (identity.provider: "lemonldap" or "authentik"),
+    # or None (plan/deployed.py sign_in_provider). Forward-auth, the identity headers and every
+    # trust in them follow from it (plan/identity.py sign_in).
     sign_in: str | None = None
     # Routes left out because nothing would answer them, or nothing would sign people in
     # (service -> why; plan/deployed.py published_routes): `plan` says what a person will not have.

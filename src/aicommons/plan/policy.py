@@ -6,8 +6,11 @@ APIs. Kept here (no network client) so importing render loads no back-end librar
 
 from __future__ import annotations
 
+import base64
 import functools
 import hashlib
+import hmac
+import os
 from collections.abc import Mapping
 from typing import Any
 
@@ -83,6 +86,20 @@ def user_token(t: Tenant, api_key: str, exp: int = TOKEN_EXP) -> str:
     return jwt.encode(token_claims(t, exp), api_key, algorithm="HS256")
 
 
+# ---- PostgreSQL ---------------------------------------------------------------------------------
+
+SCRAM_ITERATIONS = 4096  # PostgreSQL's default scram_iterations
+
+
+def scram_verifier(password: str, salt: bytes | None = None, iterations: int = SCRAM_ITERATIONS) -> str:
+    """The SCRAM-SHA-256 verifier PostgreSQL stores in pg_authid (RFC 5802/7677)."""
+    salt = salt if salt is not None else os.urandom(16)
+    salted = hashlib.pbkdf2_hmac("sha256", password.encode(), salt, iterations)
+    client_key = hmac.new(salted, b"Client Key", "sha256").digest()
+    stored_key = hashlib.sha256(client_key).digest()
+    server_key = hmac.new(salted, b"Server Key", "sha256").digest()
+    salt64, stored64, server64 = (base64.b64encode(b).decode() for b in (salt, stored_key, server_key))
+    return f"SCRAM-SHA-256${iterations}:{salt64}${stored64}:{server64}"
 # ---- model gateway ----------------------------------------------------------------------------
 
 GATEWAY_KEY_PREFIX = "aic"

@@ -23,7 +23,9 @@ from aicommons.plan.access import operator_sources, proxy_source
 from aicommons.plan.model import Certificate, Container, Endpoint, ResolvedSite, Route, Tenant, Totals
 from aicommons.spec.identity import email_key
 from aicommons.spec.load import LineIndex, format_path
-from aicommons.spec.models import Site, parse_range
+from aicommons.spec.models import PROVIDER_REFUSED, Site, parse_range
+
+PROVIDERS = ("lemonldap", "authentik")  # identity.provider values, each its catalog service
 
 SCALE_POOL = range(108, 120)
 # Shared services whose tenant slices the control plane makes with an admin login
@@ -248,6 +250,12 @@ def _check_services(ctx: _Ctx) -> None:
             if dep_ov is None or not dep_ov.enabled:
                 ctx.problem(loc, f"{n} depends on {dep}, which is not enabled",
                             f"enable {dep} (it may be `external:`), or disable {n}")
+    provider = site.identity.provider
+    for other in PROVIDERS:
+        other_ov = site.services.get(other)
+        if other != provider and other_ov is not None and other_ov.enabled and other_ov.external is None:
+            ctx.problem(("services", other), f"{other} is enabled but the site's identity provider is {provider!r}",
+                        f"remove {other} from services, or set identity.provider: {other}")
     enabled_storage = [n for n, ov in site.services.items()
                        if ov.enabled and n in cat.services and cat.services[n].role == "object_storage"]
     if len(enabled_storage) > 1:
@@ -396,7 +404,8 @@ def _allocate_users(
                 qdrant_prefix=names.qdrant_prefix(u.name), qdrant_collections=colls,
                 buckets=buckets, s3_key_name=names.s3_key_name(u.name), apps=tuple(apps),
                 ports={app.name: app.port for app in app_objs}, hosts=hosts,
-                qdrant_vector_size=site.embedding.size, gateway="gateway" in enabled_services(site, cat),
+                qdrant_vector_size=site.embedding.size, operator=u.operator,
+                gateway="gateway" in enabled_services(site, cat),
             )
         )
         for app in app_objs:
@@ -424,7 +433,7 @@ def _shared_routes(ctx: _Ctx, containers: list[Container]) -> list[Route]:
             routes.append(Route(host=names.shared_host(svc.route.prefix, site.domain), url=urls[0], urls=urls,
                                 service=n, ctid=first.ctid, traefik_file=first.traefik_file, access=svc.access,
                                 health_path=svc.health.path if svc.health.type == "http" else "/",
-                                own_login=svc.own_login))
+                                own_login=svc.own_login, public_paths=tuple(svc.public_paths)))
         elif ov.expose_tcp and svc.ports:
             p = svc.ports[0]
             urls = tuple(f"tcp://{c.ip}:{p.port}" for c in cs)
@@ -447,6 +456,10 @@ def _check_hosts(ctx: _Ctx, routes: list[Route]) -> None:
 
 def _check_driver(ctx: _Ctx) -> None:
     d = ctx.site.driver
+    provider = ctx.site.identity.provider
+    if provider and (why := PROVIDER_REFUSED.get((d.kind, provider))):
+        ctx.problem(("identity", "provider"), f"identity provider {provider!r} cannot work with driver {d.kind!r}",
+                    why)
     if d.kind != "proxmox":
         return
     for key, node in d.pinned.items():
@@ -505,13 +518,16 @@ def _resolve(site: Site, catalog: Catalog, held: dict[str, str],
         notes.append("MinIO's community edition is archived (Feb 2026); plan a move to Garage.")
     gone = deployed.undeployed(site, catalog)
     unavailable = deployed.unavailable_apps(site, apps, catalog)
-    sign_in = deployed.sign_in_provider(endpoints, gone)
+    # The one test of which provider signs people in here (plan/identity.py sign_in derives the rest).
+    sign_in = deployed.sign_in_provider(site, endpoints, gone)
     routes, withheld = deployed.published_routes(routes, gone, unavailable, sign_in)
     if sign_in is None:
         hidden = sorted({svc for svc, why in withheld.items() if why == deployed.NO_SIGN_IN})
         if hidden:
-            notes.append(f"without a running sign-in provider these have no sign-in and no login of their own, so "
-                         f"they are not published: {', '.join(hidden)} (enable authentik to publish them)")
+            provider = site.identity.provider
+            why = "is not deployed here" if provider in gone else "is not enabled"
+            notes.append(f"the sign-in provider {provider} {why}: these have no sign-in and no login of their own, "
+                         f"so they are not published: {', '.join(hidden)} (enable {provider} to publish them)")
     lost = sorted(svc for svc, why in withheld.items() if why != deployed.NO_SIGN_IN)
     if lost:
         notes.append("no route (nothing would answer it): " + "; ".join(f"{svc}: {withheld[svc]}" for svc in lost))

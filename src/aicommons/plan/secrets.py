@@ -31,6 +31,8 @@ SITE_KEYS = (
     "authentik_secret_key",
     "authentik_bootstrap_token",
     "grafana_admin_password",
+    "lemonldap_key",          # LL::NG's `key`: encrypts what its sessions and tokens carry
+    "lemonldap_db_password",  # its role in the site's PostgreSQL
 )
 
 # Per-user secrets, generated once per tenant slice.

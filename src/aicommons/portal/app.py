@@ -86,8 +86,9 @@ def create_app(cfg: PortalConfig, *, driver=None) -> FastAPI:
     async def healthz():
         return HTMLResponse("ok")
 
-    from aicommons.portal.routes import api, pages
+    from aicommons.portal.routes import api, invite, pages
 
     app.include_router(api.router)
     app.include_router(pages.router)
+    app.include_router(invite.router)
     return app

@@ -1,6 +1,7 @@
-"""Who is asking: Authentik's forward-auth headers from a trusted proxy, or the operator token.
+"""Who is asking: the identity provider's forward-auth headers from a trusted proxy, or the operator token.
 
-Traefik's forwardAuth copies `X-authentik-*` from Authentik's answer onto the request. Anyone
+Traefik's forwardAuth copies the identity headers (plan/identity.py, the same for Authentik and
+LemonLDAP::NG) from the provider's answer onto the request. Anyone
 else can send the same headers, so they are believed only when the TCP peer is one of the
 configured proxies (uvicorn runs with proxy_headers off: X-Forwarded-For cannot fake the peer).
 A site without SSO signs the operator in with the local admin token instead; the browser then
@@ -17,11 +18,14 @@ import threading
 import time
 from dataclasses import dataclass
 
+from aicommons.plan import identity as plan_identity
 from aicommons.portal.config import PortalConfig
 
 log = logging.getLogger("aicommons.portal")
 
-USER_HEADER, EMAIL_HEADER, GROUPS_HEADER = "x-authentik-username", "x-authentik-email", "x-authentik-groups"
+# The names every provider sets (plan/identity.py), looked up case-insensitively.
+USER_HEADER, EMAIL_HEADER, GROUPS_HEADER = (h.lower() for h in (plan_identity.USER_HEADER, plan_identity.EMAIL_HEADER,
+                                                               plan_identity.GROUPS_HEADER))
 COOKIE = "aicommons_operator"
 SESSION_SECONDS = 8 * 3600
 
@@ -61,7 +65,7 @@ def identify(peer: str | None, headers, cookies, cfg: PortalConfig, session_key:
     name = (headers.get(USER_HEADER) or "").strip()
     if name:
         if cfg.trusts(peer):
-            groups = tuple(g for g in (headers.get(GROUPS_HEADER) or "").split("|") if g)
+            groups = tuple(g for g in (headers.get(GROUPS_HEADER) or "").split(plan_identity.GROUP_SEPARATOR) if g)
             return Identity(name, (headers.get(EMAIL_HEADER) or "").strip() or None, groups,
                             cfg.operator_group in groups, "sso")
         log.warning("ignored forward-auth headers from %s: not a trusted proxy", peer)

@@ -11,6 +11,7 @@ from urllib.parse import quote as urlquote
 
 from aicommons.catalog.model import App
 from aicommons.plan.deployed import redis_refused
+from aicommons.plan.identity import EMAIL_HEADER, sign_in
 from aicommons.plan.model import ResolvedSite, Tenant
 from aicommons.plan.policy import bcrypt_hash, login_email, login_password, tenant_credentials, user_token
 from aicommons.plan.secrets import SITE_SCOPE, SecretLookup
@@ -159,11 +160,12 @@ class _Wiring:
             if sx := _url(r, "searxng", "http"):
                 e.update(ENABLE_WEB_SEARCH="true", WEB_SEARCH_ENGINE="searxng",
                          SEARXNG_QUERY_URL=f"{sx}/search?q=<query>")
-            if r.sign_in is not None:
+            if sign_in(r) is not None:
                 # The route admits only the owner through forward-auth, which sets this header
                 # (a client's own is removed: authResponseHeaders), and only Traefik reaches the
-                # app: sign them in by it. Never without a running provider: nothing would strip it.
-                e["WEBUI_AUTH_TRUSTED_EMAIL_HEADER"] = "X-authentik-email"
+                # app: sign them in by the provider's e-mail header (plan/identity.py: one name for
+                # every provider). Never without a running provider: nothing would strip it.
+                e["WEBUI_AUTH_TRUSTED_EMAIL_HEADER"] = EMAIL_HEADER
         elif app.name == "n8n":
             if _reachable(r, "postgres"):
                 e.update(DB_TYPE="postgresdb", DB_POSTGRESDB_HOST=endpoint_host(r, "postgres") or "",

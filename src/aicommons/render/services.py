@@ -8,6 +8,7 @@ import hashlib
 from aicommons.plan.model import Container, ResolvedSite
 from aicommons.plan.policy import acl_rules
 from aicommons.plan.secrets import SITE_SCOPE, SecretLookup
+from aicommons.render import lemonldap
 from aicommons.render.common import catalog, db_ident, dump_yaml, hex_key, svc_dir
 from aicommons.render.files import SECRET_MODE, RenderedFile
 
@@ -222,6 +223,10 @@ def backend_files(resolved: ResolvedSite, secrets: SecretLookup) -> list[Rendere
         if c.name == "postgres":
             out += [RenderedFile(f"{d}/conf.d/aicommons.conf", postgresql_conf(resolved, c)),
                     RenderedFile(f"{d}/pg_hba.conf", pg_hba(resolved))]
+            if any(x.name == "lemonldap" for x in resolved.containers):
+                out.append(RenderedFile(f"{d}/lemonldap.sql",
+                                        lemonldap.schema_sql(secrets(SITE_SCOPE, "lemonldap_db_password")),
+                                        SECRET_MODE))
         elif c.name == "redis":
             out += [RenderedFile(f"{d}/redis.conf", redis_conf(resolved, c)),
                     RenderedFile(f"{d}/users.acl", redis_acl(resolved, secrets), SECRET_MODE)]
@@ -236,4 +241,4 @@ def backend_files(resolved: ResolvedSite, secrets: SecretLookup) -> list[Rendere
                     RenderedFile(f"{d}/systemd/garage.service", GARAGE_UNIT)]
         elif c.name == "minio":
             out.append(RenderedFile(f"{d}/minio.env", minio_env(secrets), SECRET_MODE))
-    return out
+    return out + lemonldap.files(resolved, secrets)

@@ -6,33 +6,29 @@ only its own routers, services and, for a user, the forward-auth middleware of t
 adding a user touches the user's file and, when the user joins a certificate, the proxy's file.
 
 A route's middlewares follow from its access class alone (catalog data, docs/security.md):
-public -> headers; site-users -> forward-auth (any site user); owner -> forward-auth (Authentik
-admits only the owner's group); operator -> allow-list of the operator sources. Every host behind
-forward-auth also gets a higher-priority router sending /outpost.goauthentik.io/ to the outpost.
+public -> headers; site-users -> forward-auth (any site user); owner -> forward-auth (the provider
+admits only the owner); operator -> allow-list of the operator sources. Where forward-auth goes and
+which headers it passes on follow from the site's identity provider (plan/identity.py); with
+Authentik every host behind forward-auth also gets a higher-priority router sending
+/outpost.goauthentik.io/ to the outpost.
 """
 
 from __future__ import annotations
 
+from aicommons.plan.identity import SignIn, sign_in
 from aicommons.plan.model import ResolvedSite, Route
 from aicommons.render.common import dump_yaml
 
 RESOLVER = "letsencrypt"
 HEADERS = "secure-headers"
-SSO = "authentik-sso"
+SSO = "authentik-sso"  # the name predates LL::NG; kept so running sites keep their middleware names
 OPERATOR = "operator-allow"
 OUTPOST_SERVICE = "authentik-outpost"
-# Every header the proxy provider sets on an admitted request (Authentik
-# internal/outpost/proxyv2/application/mode_common.go, addHeaders). Traefik deletes each listed
-# header from the client's request before copying the outpost's value, so a client cannot forge one.
-AUTH_HEADERS = ["X-authentik-username", "X-authentik-groups", "X-authentik-entitlements", "X-authentik-email",
-                "X-authentik-name", "X-authentik-uid", "X-authentik-jwt", "X-authentik-meta-jwks",
-                "X-authentik-meta-outpost", "X-authentik-meta-provider", "X-authentik-meta-app",
-                "X-authentik-meta-version"]
-# The outpost serves /outpost.goauthentik.io/{start,callback,sign_out} on the *app's* host
+# Authentik's outpost serves /outpost.goauthentik.io/{start,callback,sign_out} on the *app's* host
 # (application.go: mux.HandleFunc("/outpost.goauthentik.io/start" ...); the OAuth redirect URI is
 # external_host + /outpost.goauthentik.io/callback). Authentik's own Traefik guide
 # (website/docs/.../_traefik_standalone.md) routes that prefix to the outpost with a higher priority.
-OUTPOST_PREFIX = "/outpost.goauthentik.io/"
+# LemonLDAP::NG needs no such route: its handler redirects to the portal's own host.
 # Explicit priorities (Traefik v3 routers: the default priority is the rule's length, higher wins;
 # doc.traefik.io routing/routers "priority"): the outpost's paths first, then an app's public
 # paths, then the app; certificate holders never win.
@@ -50,26 +46,22 @@ def auth_middleware(owner: str) -> str:
     return f"authentik-{owner}"
 
 
-def outpost_url(resolved: ResolvedSite) -> str | None:
-    """Authentik's server (the embedded outpost runs in it) on its HTTP port, or None when Authentik
-    does not run here (not enabled, or enabled on a driver that does not deploy it: forward-auth
-    to an address where nothing listens answers every request with 500)."""
-    ep = resolved.endpoints.get("authentik")
-    if ep is None or resolved.sign_in != "authentik":
-        return None
-    return f"http://{ep.host}:{ep.ports.get('http', 9000)}"
-
-
 def forward_auth_address(resolved: ResolvedSite) -> str | None:
-    base = outpost_url(resolved)
-    return f"{base}/outpost.goauthentik.io/auth/traefik" if base else None
+    s = sign_in(resolved)
+    return s.forward_auth if s else None
 
 
-def _forward_auth(address: str) -> dict:
-    # trustForwardHeader false: Traefik sends the outpost its own X-Forwarded-Host/Proto/Uri
-    # (what getTraefikForwardUrl reads), never ones a client made up.
-    return {"forwardAuth": {"address": address, "trustForwardHeader": False,
-                            "authResponseHeaders": list(AUTH_HEADERS)}}
+def _forward_auth(s: SignIn) -> dict:
+    # trustForwardHeader false: Traefik sends the provider its own X-Forwarded-Host/Proto/Uri
+    # (what Authentik's getTraefikForwardUrl and LL::NG's Handler::Server::Traefik read), never
+    # ones a client made up.
+    return {"forwardAuth": {"address": s.forward_auth, "trustForwardHeader": False,
+                            "authResponseHeaders": list(s.response_headers)}}
+
+
+def _outpost_prefix(resolved: ResolvedSite) -> str | None:
+    s = sign_in(resolved)
+    return s.outpost_prefix if s else None
 
 
 def needs_sign_in(route: Route) -> bool:
@@ -130,17 +122,17 @@ def dynamic_file(resolved: ResolvedSite, routes: list[Route], owner: str | None 
             continue
         http["routers"][name] = _http_router(resolved, r)
         http["services"][name] = _http_service(r)
-        if guarded(resolved, r):
+        if guarded(resolved, r) and (prefix := _outpost_prefix(resolved)):
             http["routers"][f"{name}-outpost"] = {
-                **_http_router(resolved, r), "rule": f"Host(`{r.host}`) && PathPrefix(`{OUTPOST_PREFIX}`)",
+                **_http_router(resolved, r), "rule": f"Host(`{r.host}`) && PathPrefix(`{prefix}`)",
                 "service": OUTPOST_SERVICE, "middlewares": [HEADERS], "priority": PRIORITY_OUTPOST}
         if r.public_paths and guarded(resolved, r):
             rule = " || ".join(f"PathPrefix(`{p}`)" for p in r.public_paths)
             http["routers"][f"{name}-public"] = {**_http_router(resolved, r), "rule": f"Host(`{r.host}`) && ({rule})",
                                                  "middlewares": [HEADERS], "priority": PRIORITY_PUBLIC}
-    addr = forward_auth_address(resolved)
-    if owner and addr and any(r.access == "owner" and routable(resolved, r) for r in routes):
-        http["middlewares"] = {auth_middleware(owner): _forward_auth(addr)}
+    sso = sign_in(resolved)
+    if owner and sso and any(r.access == "owner" and routable(resolved, r) for r in routes):
+        http["middlewares"] = {auth_middleware(owner): _forward_auth(sso)}
     out: dict = {}
     if http["routers"]:
         out["http"] = http
@@ -184,12 +176,12 @@ def proxy_file(resolved: ResolvedSite) -> dict:
         }},
         OPERATOR: {"ipAllowList": {"sourceRange": allow}},
     }
-    addr = forward_auth_address(resolved)
+    sso = sign_in(resolved)
     services: dict = {}
-    if addr:
-        mws[SSO] = _forward_auth(addr)
-        services[OUTPOST_SERVICE] = {"loadBalancer": {"servers": [{"url": outpost_url(resolved)}],
-                                                      "passHostHeader": True}}
+    if sso:
+        mws[SSO] = _forward_auth(sso)
+    if sso and sso.outpost_prefix:
+        services[OUTPOST_SERVICE] = {"loadBalancer": {"servers": [{"url": sso.base_url}], "passHostHeader": True}}
     host = f"traefik.{site.domain}"
     routers = {"traefik-api": {
         "rule": f"Host(`{host}`)", "service": "api@internal", "entryPoints": ["websecure"],

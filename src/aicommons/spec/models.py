@@ -219,7 +219,11 @@ class User(Model):
     name: str = Field(
         ..., description="Lower-case letters, digits and '-', starting with a letter.", max_length=63
     )
-    email: str | None = Field(None, description="Unique across users; letters, digits and . _ % + - before the @.")
+    email: str = Field(..., description="Required: the identity provider signs the person in by it, sends "
+                       "the invitation and password resets to it, and apps (Open WebUI) match them by it. "
+                       "Unique across users; letters, digits and . _ % + - before the @.")
+    operator: bool = Field(False, description="Also an operator: the portal's console and the operator-only "
+                           "hosts (the identity provider's operators group).")
     slot: ipaddress.IPv4Address | None = Field(None, description="Fixed address in a user range.")
     resources: UserResources | None = None
     node: str | None = None
@@ -238,8 +242,8 @@ class User(Model):
 
     @field_validator("email")
     @classmethod
-    def _email(cls, v: str | None) -> str | None:
-        if v is not None and (msg := identity.email_problem(v)):
+    def _email(cls, v: str) -> str:
+        if msg := identity.email_problem(v):
             raise ValueError(f"{v[:80]!r}{'...' if len(v) > 80 else ''} is not accepted: {msg}")
         return v
 
@@ -308,6 +312,47 @@ class Backups(Model):
     daily: int = Field(7, ge=0)
     weekly: int = Field(4, ge=0)
     s3_url: str | None = None
+
+
+IdentityProvider = Literal["lemonldap", "authentik"]
+# What each driver can run as the sign-in provider (docs/design.md, "Sign-in"): Authentik ships only
+# as container images, which the LXC driver cannot fetch; LemonLDAP::NG installs from Debian and is
+# wired (install, configuration, enrollment) on the LXC driver.
+PROVIDER_DEFAULT: dict[str, IdentityProvider] = {"lxc": "lemonldap", "proxmox": "authentik"}
+PROVIDER_REFUSED: dict[tuple[str, str], str] = {
+    ("lxc", "authentik"): "Authentik ships only as container images, which the lxc driver cannot fetch "
+                          "(it installs from Debian's mirror only); use `identity: {provider: lemonldap}`",
+    ("proxmox", "lemonldap"): "the proxmox driver does not configure LemonLDAP::NG (its recipe and enrollment "
+                              "are wired for the lxc driver); use `identity: {provider: authentik}`",
+}
+
+
+class Identity(Model):
+    provider: IdentityProvider | None = Field(
+        None, description="Who signs people in: `lemonldap` (LemonLDAP::NG from Debian, users in the site's "
+        "PostgreSQL) or `authentik`. Default: lemonldap on the lxc driver, authentik on proxmox. The "
+        "provider's service must be enabled in `services` for anything to be published behind sign-in.")
+    invitation_hours: int = Field(72, ge=1, le=24 * 30, description="How long an invitation link stays valid.")
+
+
+class Smtp(Model):
+    """Where the site's mail goes out (invitations, password resets)."""
+
+    host: str = Field(..., min_length=1, max_length=253, pattern=r"^[A-Za-z0-9.-]+$")
+    port: int = Field(587, ge=1, le=65535)
+    sender: str = Field(..., description="The From: address, e.g. aicommons@example.org.")
+    username: str | None = None
+    password: SecretRef | None = None
+    security: Literal["starttls", "tls", "none"] = Field(
+        "starttls", description="`starttls` (port 587), `tls` (implicit, port 465) or `none` (a relay on a "
+        "trusted network only).")
+
+    @field_validator("sender")
+    @classmethod
+    def _sender(cls, v: str) -> str:
+        if msg := identity.email_problem(v):
+            raise ValueError(f"{v[:80]!r} is not accepted: {msg}")
+        return v
 
 
 class Budget(Model):
@@ -381,7 +426,18 @@ class Site(Model):
         description="What the site's model server serves: Ollama tags (pulled once by Ollama), or model "
         "files llama-server serves (`{name, kind, package + file | path, sha256}`).")
     operator_email: str | None = None
+    identity: Identity = Field(default_factory=Identity)
+    smtp: Smtp | None = Field(None, description="Outgoing mail: invitations and password resets are e-mailed "
+                              "when set (else `users add` prints the link).")
     gateway: Gateway = Field(default_factory=Gateway)
+
+    @model_validator(mode="after")
+    def _provider(self) -> Site:
+        # The driver decides the default; a combination that cannot work is refused by `validate`
+        # (plan/resolve.py, with the line of identity.provider).
+        if self.identity.provider is None:
+            self.identity.provider = PROVIDER_DEFAULT[self.driver.kind]
+        return self
 
     @model_validator(mode="after")
     def _lxc_names(self) -> Site:

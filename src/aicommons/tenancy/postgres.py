@@ -26,24 +26,11 @@ from psycopg import sql
 
 from aicommons.errors import PermanentError, TemporaryError
 from aicommons.plan.model import Tenant
+from aicommons.plan.policy import scram_verifier
 from aicommons.tenancy.base import AuditCheck, Expected, Observed, Secrets
 
 COMMENT = "aicommons user {user}"
 _COMMENT_RE = re.compile(r"^aicommons user ([a-z0-9-]+)$")
-SCRAM_ITERATIONS = 4096  # PostgreSQL's default scram_iterations
-
-
-def scram_verifier(password: str, salt: bytes | None = None, iterations: int = SCRAM_ITERATIONS) -> str:
-    """The SCRAM-SHA-256 verifier PostgreSQL stores in pg_authid (RFC 5802/7677)."""
-    salt = salt if salt is not None else os.urandom(16)
-    salted = hashlib.pbkdf2_hmac("sha256", password.encode(), salt, iterations)
-    client_key = hmac.new(salted, b"Client Key", "sha256").digest()
-    stored_key = hashlib.sha256(client_key).digest()
-    server_key = hmac.new(salted, b"Server Key", "sha256").digest()
-    b64 = lambda b: base64.b64encode(b).decode()  # noqa: E731
-    return f"SCRAM-SHA-256${iterations}:{b64(salt)}${b64(stored_key)}:{b64(server_key)}"
-
-
 def verifier_matches(verifier: str | None, password: str) -> bool:
     """Whether a stored verifier was made from `password` (recomputed with its own salt)."""
     m = re.match(r"^SCRAM-SHA-256\$(\d+):([^$]+)\$", verifier or "")

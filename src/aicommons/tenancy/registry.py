@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from aicommons.plan.identity import sign_in
 from aicommons.plan.model import ResolvedSite
 from aicommons.plan.secrets import SITE_SCOPE, SecretLookup
 from aicommons.spec.secretref import resolve_ref
@@ -73,6 +74,15 @@ def backends_for(resolved: ResolvedSite, secrets: SecretLookup, base_dir: Path |
         from aicommons.tenancy.objectstore import ObjectStoreBackend
 
         out.append(ObjectStoreBackend.for_site(resolved, store, secrets, base_dir, archive))
+    if "postgres" in enabled and (s := sign_in(resolved)) is not None and s.provider == "lemonldap":
+        from aicommons.render.lemonldap import schema_sql
+        from aicommons.tenancy.lemonldap import LemonldapBackend
+
+        host, port, user, pw = admin_credentials(resolved, "postgres", secrets, base_dir, "postgres_admin_password")
+        # A site-made PostgreSQL runs the schema as part of its configuration; an external one here.
+        ext = resolved.site.services["postgres"].external is not None
+        schema = schema_sql(secrets(SITE_SCOPE, "lemonldap_db_password")) if ext else ""
+        out.append(LemonldapBackend(host, port, user, pw, schema))
     if "gateway" in enabled and "postgres" in enabled:
         from aicommons.tenancy.gateway import GatewayBackend
 

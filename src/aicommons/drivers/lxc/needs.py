@@ -88,6 +88,8 @@ NEEDS: tuple[Need, ...] = (
             BACKUP, APPLY),
     program("pg_dumpall", "postgresql-client-15", "PostgreSQL roles in a backup", BACKUP),
     program("pg_restore", "postgresql-client-15", "verifies and restores PostgreSQL backups", BACKUP),
+    program("psql", "postgresql-client-15", "the sign-in database's schema on an `external:` PostgreSQL "
+            "(tenancy/lemonldap.py)", APPLY),
     program("redis-cli", "redis-tools", "Redis backups (--rdb)", BACKUP),
     program("redis-check-rdb", "redis-tools", "checks a Redis backup", BACKUP),
 )

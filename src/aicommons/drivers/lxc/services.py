@@ -167,9 +167,18 @@ def _prometheus(driver, c: Container, secrets: SecretLookup) -> None:
     _start(driver, c.ctid, ["prometheus", "prometheus-node-exporter"], False)
 
 
+def _lemonldap(driver, c: Container, secrets: SecretLookup) -> None:
+    """Start nginx and the FastCGI server. The site's rendered configuration (render/lemonldap.py:
+    lmConf, the handler subclass, nginx's server) is delivered by the engine next and applied by
+    the catalog's `configure.apply`; until then nginx answers with Debian's default site."""
+    _start(driver, c.ctid, ["nginx", "lemonldap-ng-fastcgi-server"], False)
+
+
 # The systemd unit that is the service (postgresql.service is a wrapper that stays "active").
-UNITS = {"postgres": "postgresql@15-main", "redis": "redis-server", "prometheus": "prometheus"}
-CONFIGURE = {"postgres": _postgres, "redis": _redis, "prometheus": _prometheus, "llama-server": _models}
+UNITS = {"postgres": "postgresql@15-main", "redis": "redis-server", "prometheus": "prometheus",
+         "lemonldap": "lemonldap-ng-fastcgi-server"}
+CONFIGURE = {"postgres": _postgres, "redis": _redis, "prometheus": _prometheus, "lemonldap": _lemonldap,
+             "llama-server": _models}
 # Recipes that wait for their own ports (llama-server listens on one port per model it serves).
 WAITS_ITSELF = {"llama-server"}
 

@@ -30,7 +30,8 @@ def _private(argv: list[str]) -> list[str]:
     """In the host's network (DNS, the mirror: this process may have joined the site's namespace)
     and a private mount namespace (debootstrap's /proc and /sys mounts vanish with it, even if killed)."""
     return netns.host(["unshare", "--mount", "--propagation", "private", *argv])
-SERVICE_UNITS = ["postgresql", "redis-server", "prometheus", "prometheus-node-exporter"]
+SERVICE_UNITS = ["postgresql", "redis-server", "prometheus", "prometheus-node-exporter", "nginx",
+                 "lemonldap-ng-fastcgi-server"]
 
 
 def apt_packages() -> list[str]:

@@ -211,6 +211,11 @@ def add(body: NewUser, request: Request, ident: Identity = Depends(operator)):
         added, result = add_user(cfg.site_file, body.name, body.email, state_path=cfg.state_path, out=out,
                                  actor=_actor(ident))
         _result(result, f"adding {body.name}")
+        from aicommons.ops.enroll import invite_user
+
+        # The link is a secret (job output is redacted): operators see it in the user's details.
+        if added and invite_user(cfg.site_file, body.name, state_path=cfg.state_path):
+            return f"user {body.name} is ready; their invitation link is in their details (users show)"
         return f"user {body.name} is ready"
 
     return _start(request, ident, "users add", f"add {body.name}", run, subject=body.name)

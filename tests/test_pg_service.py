@@ -13,6 +13,7 @@ import pytest
 from aicommons.ops.backup.postgres import Server, list_databases
 from aicommons.tenancy.postgres import PostgresBackend
 from tests.standins.helpers import DictSecrets, resolved_site
+from tests.test_pg_isolation import admin, login
 
 
 @pytest.fixture
@@ -28,15 +29,6 @@ def world(pg, tmp_path):
                   "WHERE datname ~ '_user[0-9]+$'")
     for t in site.tenants:
         pgb.remove(t, purge=True)
-
-
-def admin(pg, db="postgres"):
-    return psycopg.connect(pg.admin_dsn.replace("dbname=postgres", f"dbname={db}"), autocommit=True)
-
-
-def login(pg, t, secrets, db):
-    return psycopg.connect(host=pg.host, port=pg.port, user=t.postgres_role,
-                           password=secrets.for_tenant(t)["postgres_password"], dbname=db, autocommit=True)
 
 
 def flags(pg, db):

@@ -183,14 +183,7 @@ class RedisBackend:
 
         def probe(target: str, resource: str, fn) -> None:
             expected: Expected = "allow" if target == actor.user else "deny"
-            observed: Observed
-            try:
-                fn()
-                observed, detail = "allow", ""
-            except NoPermissionError as exc:
-                observed, detail = "deny", str(exc)[:120]
-            except ResponseError as exc:
-                observed, detail = "error", str(exc)[:120]
+            observed, detail = _outcome(fn, "")
             out.append(AuditCheck(self.name, actor.user, target, resource, expected, observed, detail))
 
         for target in tenants:
@@ -244,14 +237,7 @@ class RedisBackend:
         return checks
 
     def _refused(self, t: Tenant, resource: str, fn) -> AuditCheck:
-        observed: Observed
-        try:
-            fn()
-            observed, detail = "allow", "ran"
-        except NoPermissionError as exc:
-            observed, detail = "deny", str(exc)[:120]
-        except ResponseError as exc:
-            observed, detail = "error", str(exc)[:120]
+        observed, detail = _outcome(fn, "ran")
         return AuditCheck(self.name, t.user, "*", resource, "deny", observed, detail, section="service")
 
     def _dryrun(self, a: redis.Redis, actor: Tenant, resource: str, cmd: tuple[str, ...]) -> AuditCheck:
@@ -299,3 +285,14 @@ class _binary:
 
     def __exit__(self, *exc) -> None:
         self.r.close()
+
+
+def _outcome(fn, ran: str) -> tuple[Observed, str]:
+    """What Redis did with a probe: allowed it, refused it by ACL, or failed it otherwise."""
+    try:
+        fn()
+        return "allow", ran
+    except NoPermissionError as exc:
+        return "deny", str(exc)[:120]
+    except ResponseError as exc:
+        return "error", str(exc)[:120]

@@ -77,7 +77,7 @@ def test_a_failed_users_add_leaves_site_yaml_as_it_was(site):
     edit(site, "  postgres: {}", "  postgres: {external: {host: 192.0.2.10, port: 5432, "
                                   "admin_password: 'env:AIC_TEST_UNSET_PW'}}")
     before = (site / "site.yaml").read_text()
-    r = cli(site, "users", "add", "carol", "-f", "site.yaml")
+    r = cli(site, "users", "add", "carol", "--email", "carol@example.org", "-f", "site.yaml")
     assert r.returncode == 2, (r.stdout, r.stderr)
     assert "carol was not added: site.yaml is as it was" in r.stderr
     assert (site / "site.yaml").read_text() == before

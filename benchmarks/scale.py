@@ -124,7 +124,7 @@ def with_apps(max_users: int, reserve_gb: float, budget_s: float) -> None:
                 if mem_available_gb() < reserve_gb:
                     print(f"stopped: under {reserve_gb} GB available")
                     break
-                t, r = timed(d, "users", "add", f"user{i}")
+                t, r = timed(d, "users", "add", f"user{i}", "--email", f"user{i}@example.org")
                 if r.returncode != 0:
                     print(f"user{i} did not come up: {(r.stdout + r.stderr)[-600:]}")
                     break

@@ -489,29 +489,30 @@ def test_only_traefiks_source_reaches_a_users_apps(drv: LxcDriver):
         drv.start(ctid)
         drv.wait_ready(ctid, timeout=180)
     drv.push(201, b"the app of 201\n", "/srv/app/index.html")
-    drv.exec(201, ["sh", "-c", "cd /srv/app && setsid python3 -m http.server 8080 --bind 10.0.5.201 "
+    # Its own port: the Traefik test above leaves another server on 201:8080 (a module-scoped site).
+    drv.exec(201, ["sh", "-c", "cd /srv/app && setsid python3 -m http.server 8091 --bind 10.0.5.201 "
                                ">/dev/null 2>&1 </dev/null &"])
     for _ in range(50):
-        if _reach(drv, None, "10.0.5.201", 8080) == "open":
+        if _reach(drv, None, "10.0.5.201", 8091) == "open":
             break
         __import__("time").sleep(0.2)
     # The hole, reproduced: without the filter a shared service reaches a user's app port.
     subprocess.run(["ip", "netns", "exec", NS, "ebtables", "-F"], check=True)
-    assert _reach(drv, 103, "10.0.5.201", 8080) == "open"
+    assert _reach(drv, 103, "10.0.5.201", 8091) == "open"
     netns.load_bridge_filter(drv.net, bridge_rules(site))
-    assert _reach(drv, None, "10.0.5.201", 8080) == "open"  # Traefik's source
-    assert _reach(drv, 103, "10.0.5.201", 8080).startswith("closed")  # a shared service
-    assert _reach(drv, 200, "10.0.5.201", 8080).startswith("closed")  # another user
-    assert _reach(drv, "host", "10.0.5.201", 8080).startswith("closed")  # the host: no route to the site
+    assert _reach(drv, None, "10.0.5.201", 8091) == "open"  # Traefik's source
+    assert _reach(drv, 103, "10.0.5.201", 8091).startswith("closed")  # a shared service
+    assert _reach(drv, 200, "10.0.5.201", 8091).startswith("closed")  # another user
+    assert _reach(drv, "host", "10.0.5.201", 8091).startswith("closed")  # the host: no route to the site
     # Forging Traefik's source address, or routing through the gateway, does not help either.
     drv.exec(103, ["ip", "addr", "add", "10.0.5.1/32", "dev", "eth0"])
     try:
-        assert _reach(drv, 103, "10.0.5.201", 8080, source="10.0.5.1").startswith("closed")
+        assert _reach(drv, 103, "10.0.5.201", 8091, source="10.0.5.1").startswith("closed")
     finally:
         drv.exec(103, ["ip", "addr", "del", "10.0.5.1/32", "dev", "eth0"])
     drv.exec(103, ["ip", "route", "add", "10.0.5.201/32", "via", "10.0.5.1"])
     try:
-        assert _reach(drv, 103, "10.0.5.201", 8080).startswith("closed")
+        assert _reach(drv, 103, "10.0.5.201", 8091).startswith("closed")
     finally:
         drv.exec(103, ["ip", "route", "del", "10.0.5.201/32"])
     # A user's own connections to the shared services still get their answers.
@@ -520,7 +521,7 @@ def test_only_traefiks_source_reaches_a_users_apps(drv: LxcDriver):
     # A restart loads the filter again (the driver, on every start): never an open window after it.
     subprocess.run(["ip", "netns", "exec", NS, "ebtables", "-F"], check=True)
     drv.start(200)
-    assert _reach(drv, 103, "10.0.5.201", 8080).startswith("closed")
+    assert _reach(drv, 103, "10.0.5.201", 8091).startswith("closed")
 
 
 @pytestmark_real

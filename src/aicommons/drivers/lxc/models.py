@@ -11,7 +11,6 @@ client addresses; the control plane reaches it from the namespace itself (not fo
 from __future__ import annotations
 
 import shlex
-import time
 from pathlib import Path
 
 from aicommons.drivers import modellayers
@@ -69,19 +68,12 @@ def configure(driver, c: Container, secrets: SecretLookup) -> None:
 def _wait_loaded(driver, c: Container, ports: list[int], timeout: float) -> None:
     """llama-server listens before its model is loaded and answers 503 "Loading model" until then
     (server.cpp: /health is 200 only once the model is ready): ready means every /health is 200."""
+    from aicommons.drivers.lxc.services import wait_inside
+
     probe = ("import sys, urllib.request\nfor p in sys.argv[2:]:\n"
              "    urllib.request.urlopen(f'http://{sys.argv[1]}:{p}/health', timeout=5).read()\n")
-    deadline = time.monotonic() + timeout
-    while True:
-        res = driver.exec(c.ctid, ["python3", "-c", probe, c.ip, *map(str, ports)], timeout=60)
-        if res.ok:
-            return
-        if time.monotonic() > deadline:
-            raise PermanentError(f"container {c.ctid} ({c.name}): the models on port(s) {', '.join(map(str, ports))} "
-                                 f"did not finish loading in {timeout:.0f}s (/health is not 200); see "
-                                 f"`journalctl -u 'aic-model-*'` inside (lxc-attach -n {c.ctid})")
-        time.sleep(1)
-
+    wait_inside(driver, c, probe, ports, timeout, f"the models on port(s) {', '.join(map(str, ports))} have not "
+                "finished loading (/health is not 200)")
 
 def firewall_rules(net_comment: str, ip: str, ports: list[int], clients: tuple[str, ...]) -> list[list[str]]:
     """FORWARD rules (in order): the clients may reach the model ports; everyone else is dropped."""

@@ -196,13 +196,18 @@ def unit_of(service: str) -> str | None:
 def _wait_listening(driver, c: Container, ports: list[int], timeout: float = 90) -> None:
     probe = ("import socket,sys\nfor p in sys.argv[2:]:\n"
              "    socket.create_connection((sys.argv[1], int(p)), timeout=2).close()\n")
+    wait_inside(driver, c, probe, ports, timeout, f"nothing listens on {c.ip} port(s) {', '.join(map(str, ports))}")
+
+
+def wait_inside(driver, c: Container, probe: str, ports: list[int], timeout: float, failing: str) -> None:
+    """Run a Python `probe` (argv: the container's address, then the ports) inside the container
+    once a second until it succeeds; after `timeout`, fail saying what was `failing`."""
     deadline = time.monotonic() + timeout
     while True:
-        res = driver.exec(c.ctid, ["python3", "-c", probe, c.ip, *map(str, ports)], timeout=30)
+        res = driver.exec(c.ctid, ["python3", "-c", probe, c.ip, *map(str, ports)], timeout=60)
         if res.ok:
             return
         if time.monotonic() > deadline:
-            raise PermanentError(f"container {c.ctid} ({c.name}): nothing listens on {c.ip} port(s) "
-                                 f"{', '.join(map(str, ports))} after {timeout:.0f}s; see `journalctl` inside "
-                                 f"(lxc-attach -n {c.ctid})")
+            raise PermanentError(f"container {c.ctid} ({c.name}): {failing} after {timeout:.0f}s; see `journalctl` "
+                                 f"inside (lxc-attach -n {c.ctid})")
         time.sleep(1)

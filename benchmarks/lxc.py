@@ -134,7 +134,7 @@ def main() -> None:
     from aicommons.drivers.lxc import template
 
     cache = "/var/cache/aicommons"
-    template.ensure(cache, "http://deb.debian.org/debian")
+    template.ensure(cache, "http://deb.debian.org/debian", "http://deb.debian.org/debian-security")
     t0 = time.monotonic()
     for a in APPS:  # cached before the baseline (built now if this host has none yet)
         applayers.ensure_layer(load_catalog().apps[a], cache, log=lambda m: None)

@@ -55,6 +55,9 @@ def test_an_alias_bomb_is_measured_not_expanded(tmp_path):
     ("dynamic_dir: /opt/traefik-stack/dynamic", "dynamic_dir: traefik/dynamic", "network.traefik.dynamic_dir"),
     ("  postgres: {}", "  postgres: {external: {host: 192.0.2.10, port: 5432}}",
      "services.postgres.external.admin_password"),
+    # containers reach only the mirror's host: a security archive elsewhere would silently never update
+    ("  kind: lxc ", "  security_mirror: http://security.example.org/debian-security\n  kind: lxc ",
+     "driver.security_mirror"),
 ])
 def test_out_of_range_values_are_refused_by_field(site, old, new, field):
     edit(site, old, new)

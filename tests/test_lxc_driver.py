@@ -300,6 +300,12 @@ def test_nat_reaches_the_mirror(drv: LxcDriver):
     drv.wait_ready(201)
     res = drv.exec(201, ["apt-get", "-q", "update"], timeout=300)  # by name, through NAT, to the mirror
     assert res.ok, res.stderr
+    # Debian's fixes reach the containers: the security archive and the release's updates are
+    # apt sources inside, fetched just now through the same NAT (not the release alone).
+    got = res.stdout
+    assert "bookworm-security" in got and "bookworm-updates" in got, got
+    policy = drv.exec(201, ["apt-cache", "policy"]).stdout
+    assert "debian-security bookworm-security/main" in policy, policy
 
 
 @pytestmark_real
@@ -547,7 +553,7 @@ def test_down_leaves_nothing(drv: LxcDriver):
 def test_a_damaged_template_under_live_containers_is_a_clear_error(tmp_path):
     from aicommons.drivers.lxc import template
 
-    tdir = template.template_dir(str(tmp_path), "http://deb.debian.org/debian")
+    tdir = template.template_dir(str(tmp_path), "http://deb.debian.org/debian", "http://deb.debian.org/debian-security")
     (tdir / "rootfs" / "sbin").mkdir(parents=True)
     (tdir / "ready").write_text("{not json")  # a broken cache
     cfg = tmp_path / "200.config"
@@ -555,7 +561,7 @@ def test_a_damaged_template_under_live_containers_is_a_clear_error(tmp_path):
     template.register_user(tdir, 200, cfg)
     assert "damaged" in template.check(tdir)
     with pytest.raises(PermanentError, match=r"containers 200 are overlays of it.*aicommons down"):
-        template.ensure(str(tmp_path), "http://deb.debian.org/debian")
+        template.ensure(str(tmp_path), "http://deb.debian.org/debian", "http://deb.debian.org/debian-security")
     assert (tdir / "rootfs").exists()  # nothing under a live overlay was deleted
 
 

@@ -10,6 +10,7 @@ import hashlib
 import ipaddress
 import re
 from typing import Annotated, Any, Literal
+from urllib.parse import urlparse
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Discriminator, Field, Tag, field_validator, model_validator
 
@@ -161,7 +162,20 @@ class LxcDriver(Model):
                                           "a hash past 15 characters), so sites on one host never share it")
     cache_dir: AbsPath = "/var/cache/aicommons"
     mirror: str = "http://deb.debian.org/debian"
+    # Debian's security archive: without it the containers' PostgreSQL, Redis, nginx and
+    # LemonLDAP::NG stay at the release's versions, whatever fixes Debian has published since.
+    security_mirror: str = Field("http://deb.debian.org/debian-security",
+                                 description="Debian's security archive, on driver.mirror's host")
     nat: bool = True
+
+    @model_validator(mode="after")
+    def _security_on_the_mirror_host(self) -> LxcDriver:
+        # The site's network lets containers reach the mirror's host and nothing else (netns.py).
+        host, sec = urlparse(self.mirror).hostname, urlparse(self.security_mirror).hostname
+        if not sec or sec != host:
+            raise ValueError(f"driver.security_mirror {self.security_mirror!r} must be on driver.mirror's host "
+                             f"({host}): containers reach only that host. Use e.g. http://{host}/debian-security")
+        return self
 
 
 class External(Model):

@@ -203,7 +203,7 @@ class LxcDriver:
         net = netns.NetPlan(
             ns=options.get("netns", d.netns), bridge=n.bridge, gateway=str(n.gateway),
             prefixlen=n.subnet.prefixlen, subnet=str(n.subnet), extra=(str(n.traefik.address),),
-            nat=d.nat, mirror=d.mirror)
+            nat=d.nat, mirror=d.mirror, security_mirror=d.security_mirror)
         lxcpath = options.get("lxcpath", d.lxcpath)
         # Traefik's dynamic files live with the site's containers: a host-wide directory (the
         # Proxmox Traefik host's network.traefik.dynamic_dir) would be shared by every site here.
@@ -247,10 +247,10 @@ class LxcDriver:
                 self.traefik.ensure()
 
     def ensure_template(self) -> Path:
-        return template.ensure(self.cache_dir, self.net.mirror, log=self.log)
+        return template.ensure(self.cache_dir, self.net.mirror, self.net.security_mirror, log=self.log)
 
     def unavailable_packages(self) -> list[str]:
-        return template.unavailable(template.template_dir(self.cache_dir, self.net.mirror))
+        return template.unavailable(template.template_dir(self.cache_dir, self.net.mirror, self.net.security_mirror))
 
     # ---- read back -------------------------------------------------------------------------
 
@@ -394,7 +394,7 @@ class LxcDriver:
             self._write_config(apps._container_of(self, ctid, tuple(meta["services"])), self.ensure_template())
         if self._status(ctid) == "running":
             return
-        problem = template.check(template.template_dir(self.cache_dir, self.net.mirror))
+        problem = template.check(template.template_dir(self.cache_dir, self.net.mirror, self.net.security_mirror))
         if problem:
             raise PermanentError(f"cannot start container {ctid}: {problem}. Re-run to rebuild it "
                                  "(after `aicommons down` if containers still use it)")

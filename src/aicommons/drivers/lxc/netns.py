@@ -46,6 +46,7 @@ class NetPlan:
     extra: tuple[str, ...] = ()  # more addresses on the bridge (Traefik's), as /32
     nat: bool = True
     mirror: str = "http://deb.debian.org/debian"
+    security_mirror: str = "http://deb.debian.org/debian-security"  # on the mirror's host (spec)
 
     @property
     def host_veth(self) -> str:

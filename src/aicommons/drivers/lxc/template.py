@@ -1,9 +1,11 @@
 """The Debian 12 rootfs every container is an overlay snapshot of: built once, cached, read-only.
 
-Built with debootstrap from the site's mirror, then the Debian packages of every `apt` recipe in
-the catalog are installed into it with chroot (services left disabled), so a shared service
-comes up in seconds and the e2e test does not download PostgreSQL three times. The directory
-name is a hash of the mirror and package list: a changed list builds a new template beside the
+Built with debootstrap from the site's mirror, brought up to date from bookworm-updates and
+Debian's security archive, then the Debian packages of every `apt` recipe in the catalog are
+installed into it with chroot (services left disabled), so a shared service
+comes up in seconds and the e2e test does not download PostgreSQL three times. The same apt
+sources stay in the rootfs, so `apt-get upgrade` inside a container takes Debian's fixes. The
+directory name is a hash of the apt sources and package list: a changed list builds a new template beside the
 old one instead of changing files under live overlays. A build happens in a temporary
 directory and is renamed into place only when complete; `ready` marks a finished build.
 """
@@ -40,13 +42,20 @@ def apt_packages() -> list[str]:
     return sorted(pkgs)
 
 
-def template_id(mirror: str, packages: list[str]) -> str:
-    h = hashlib.sha256(json.dumps([SUITE, mirror, BASE, packages]).encode()).hexdigest()[:12]
+def sources(mirror: str, security: str) -> str:
+    """The rootfs's apt sources: the release, its updates and its security fixes."""
+    return (f"deb {mirror} {SUITE} main\n"
+            f"deb {mirror} {SUITE}-updates main\n"
+            f"deb {security} {SUITE}-security main\n")
+
+
+def template_id(mirror: str, security: str, packages: list[str]) -> str:
+    h = hashlib.sha256(json.dumps([SUITE, sources(mirror, security), BASE, packages]).encode()).hexdigest()[:12]
     return f"{SUITE}-{h}"
 
 
-def template_dir(cache_dir: str, mirror: str) -> Path:
-    return Path(cache_dir) / "templates" / template_id(mirror, apt_packages())
+def template_dir(cache_dir: str, mirror: str, security: str) -> Path:
+    return Path(cache_dir) / "templates" / template_id(mirror, security, apt_packages())
 
 
 def check(tdir: Path) -> str | None:
@@ -66,9 +75,9 @@ def check(tdir: Path) -> str | None:
 _FAILED: dict[Path, str] = {}  # a build that failed in this process is not retried by every thread
 
 
-def ensure(cache_dir: str, mirror: str, log=print) -> Path:
+def ensure(cache_dir: str, mirror: str, security: str, log=print) -> Path:
     """Return the template directory, building it first if needed (one builder at a time)."""
-    tdir = template_dir(cache_dir, mirror)
+    tdir = template_dir(cache_dir, mirror, security)
     if check(tdir) is None:
         return tdir
     if tdir in _FAILED:
@@ -87,7 +96,7 @@ def ensure(cache_dir: str, mirror: str, log=print) -> Path:
                     "`aicommons down` (or destroy those containers), then re-run to rebuild it.")
             shutil.rmtree(tdir)
         try:
-            _build(tdir, mirror, log)
+            _build(tdir, mirror, security, log)
         except AicError as exc:
             _FAILED[tdir] = str(exc)
             raise PermanentError(f"building the Debian 12 template in {tdir.parent} failed (a re-run resumes "
@@ -110,7 +119,7 @@ def register_user(tdir: Path, ctid: int, config_path: Path) -> None:
     (tdir / "users" / str(ctid)).write_text(str(config_path))
 
 
-def _build(tdir: Path, mirror: str, log) -> None:
+def _build(tdir: Path, mirror: str, security: str, log) -> None:
     tmp = tdir.with_name(tdir.name + ".building")
     rootfs = tmp / "rootfs"
     started = time.monotonic()
@@ -127,7 +136,11 @@ def _build(tdir: Path, mirror: str, log) -> None:
     policy.write_text("#!/bin/sh\nexit 101\n")  # no service starts inside the chroot
     policy.chmod(0o755)
     chroot = _private(["sh", "-c", f"mount -t proc proc {rootfs}/proc && exec chroot {rootfs} \"$@\"", "-"])
+    (rootfs / "etc/apt/sources.list").write_text(sources(mirror, security))
     run([*chroot, "apt-get", "update", "-qq"], timeout=600, temporary=True)
+    # debootstrap installs the release's versions: take what updates and security have fixed since
+    run([*chroot, "env", "DEBIAN_FRONTEND=noninteractive", "apt-get", "dist-upgrade", "-y", "-qq"],
+        timeout=1800, temporary=True)
     have = run([*chroot, "sh", "-c", "for p; do apt-cache show --no-all-versions \"$p\" >/dev/null 2>&1 "
                 "&& echo \"$p\"; done", "-", *wanted]).stdout.decode().split()
     missing = [p for p in wanted if p not in have]
@@ -142,8 +155,9 @@ def _build(tdir: Path, mirror: str, log) -> None:
     # Units that make no sense in a container and slow its boot.
     run(["systemctl", f"--root={rootfs}", "mask", "--quiet", "systemd-timesyncd.service",
          "apt-daily.timer", "apt-daily-upgrade.timer", "e2scrub_reap.service"], check=False)
-    (rootfs / "etc/apt/sources.list").write_text(f"deb {mirror} {SUITE} main\n")
-    (tmp / "ready").write_text(json.dumps({"suite": SUITE, "mirror": mirror, "packages": have,
+    (tmp / "ready").write_text(json.dumps({"suite": SUITE, "mirror": mirror, "security": security,
+                                           "built": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                                           "packages": have,
                                            "unavailable": missing,
                                            "seconds": round(time.monotonic() - started)}))
     tmp.rename(tdir)

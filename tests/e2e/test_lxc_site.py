@@ -515,6 +515,23 @@ def test_second_up_plans_no_change(site: Path):
     assert changing == []
 
 
+def test_status_fails_naming_the_provider_when_it_stops(site: Path):
+    """The person's path breaks when LemonLDAP::NG stops: status says so, naming it, not "healthy"."""
+    d = driver(site)
+    d.exec(146, ["systemctl", "stop", "lemonldap-ng-fastcgi-server"])
+    try:
+        r = cli(site, "status", "--json")
+        checks = {c["name"]: c for c in json.loads(r.stdout)["checks"]}
+        assert r.returncode != 0, r.stdout[-2000:]
+        assert checks["sign-in (lemonldap)"]["state"] != "ok", checks["sign-in (lemonldap)"]
+        route = checks["user1/openwebui via traefik"]
+        assert route["state"] != "ok" and "lemonldap" in route["reason"], route
+    finally:
+        d.exec(146, ["systemctl", "start", "lemonldap-ng-fastcgi-server"])
+    r = cli(site, "status", "--json")
+    assert r.returncode == 0, r.stdout[-2000:]
+
+
 def test_redis_down_gives_clear_error_and_rerun_converges(site: Path):
     d = driver(site)
     # Masked, Redis cannot come back: the run fails on it, and says so.

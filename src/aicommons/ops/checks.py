@@ -213,14 +213,16 @@ async def check_route(c: Check, streams: Streams) -> str:
     """The person's path: the app's host through Traefik, as an anonymous browser opens it.
 
     Behind forward-auth the answer must send them to sign in (a redirect, or 401/403 from a
-    provider that answers so); 500 is Traefik's answer when the forward-auth endpoint fails
-    (pkg/middlewares/auth/forward.go), 502-504 when the app behind does not answer, 404 when
-    Traefik has no router for the host. Without forward-auth the app itself must answer."""
+    provider that answers so). An anonymous request never reaches the app there: Traefik answers
+    500 itself when the forward-auth endpoint cannot be reached and passes on any other non-2xx
+    answer of that endpoint (pkg/middlewares/auth/forward.go), so every 5xx is the provider's (a
+    502 from the web server in front of a stopped LemonLDAP::NG FastCGI server, say). Without
+    forward-auth, 502-504 is the app behind Traefik not answering; 404 is Traefik without a router."""
     status, _ = await http_get(streams, c.sni, c.path)
     if status == 404:
         raise Failed(f"https://{c.sni}/ answered 404: Traefik has no router for it")
-    if status == 500 and c.provider:
-        raise Failed(f"https://{c.sni}/ answered 500: the sign-in provider ({c.provider}) behind its "
+    if status >= 500 and c.provider:
+        raise Failed(f"https://{c.sni}/ answered {status}: the sign-in provider ({c.provider}) behind its "
                      "forward-auth did not answer")
     if status >= 500:
         raise Failed(f"https://{c.sni}/ answered {status}: the app behind Traefik did not answer")

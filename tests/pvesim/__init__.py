@@ -114,7 +114,8 @@ class Simulator:
     # ---- setup helpers ------------------------------------------------------------------
     def pveum(self, line: str) -> None:
         """The few `pveum` commands an admin runs to set up the token (docs/proxmox.md):
-        `role add NAME -privs "..."`, `acl modify PATH -user|-token ID -role R [-propagate 0]`,
+        `role add|modify NAME -privs "..." [-append 1]`, `acl modify|delete PATH -user|-token ID -role R
+        [-propagate 0]`,
         `pool add NAME`, `user add ID`, `user token add USER NAME --privsep 0|1`."""
         argv = shlex.split(line.split("#", 1)[0])
         if argv[:1] == ["pveum"]:
@@ -124,6 +125,13 @@ class Simulator:
         with self.cluster.lock:
             if argv[:2] == ["role", "add"]:
                 a.add_role(argv[2], opts.get("privs", ""))
+            elif argv[:2] == ["role", "modify"]:  # pve-access-control API2/Role.pm update_role: -append keeps the old
+                keep = sorted(a.roles[argv[2]]) if opts.get("append") == "1" else []
+                a.add_role(argv[2], keep + opts.get("privs", "").split())
+            elif argv[:2] == ["acl", "delete"]:
+                who = opts.get("user") or opts.get("token")
+                a.acls[:] = [x for x in a.acls if not (x.path == ("/" + argv[2].strip("/") if argv[2] != "/" else "/")
+                                                       and x.who == who and x.role in opts["role"].split(","))]
             elif argv[:2] == ["acl", "modify"]:
                 who = opts.get("user") or opts.get("token")
                 for role in opts["role"].split(","):
@@ -238,8 +246,12 @@ class Simulator:
         if not source:
             return True
         if source.startswith("+"):
-            name = source[1:]
-            entries = self.cluster.fw_ipsets.get((str(ct.vmid), name), self.cluster.fw_ipsets.get(("cluster", name), []))
+            # Firewall.pm `ipt_gen_src_or_dst_match`: `+guest/x` only the guest's set, `+dc/x` only the
+            # datacenter's, a bare `+x` the guest's first
+            scope, _, name = source[1:].rpartition("/")
+            guest = self.cluster.fw_ipsets.get((str(ct.vmid), name)) if scope in ("", "guest") else None
+            entries = guest if guest is not None else (
+                self.cluster.fw_ipsets.get(("cluster", name), []) if scope in ("", "dc") else [])
             hits = [e for e in entries if ipaddress.ip_address(ip) in ipaddress.ip_network(e["cidr"], strict=False)]
             return any(not e.get("nomatch") for e in hits) and not any(e.get("nomatch") for e in hits)
         return any(ipaddress.ip_address(ip) in ipaddress.ip_network(s, strict=False) for s in source.split(","))

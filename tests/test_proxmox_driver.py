@@ -157,7 +157,7 @@ def test_a_firewall_change_touches_only_the_rules_that_changed(seeded):
     sim, site_file, kw, _, _ = seeded
     want = [dict(r) for r in sim.cluster.fw_rules[205]]
     assert [r["type"] for r in want][:2] == ["in", "in"] and want[-1]["action"] == "DROP"  # order as rendered
-    assert want[0]["source"] == "+guest/aic-proxy"  # the container's own set, not the datacenter's
+    assert want[0]["source"] == "10.0.4.10"  # Traefik's address, on the container itself
     # someone edits one rule of CT 205 and adds one to CT 206 by hand
     with sim.cluster.lock:
         sim.cluster.fw_rules[205][3]["dport"] = "1"

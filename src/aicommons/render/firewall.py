@@ -140,6 +140,13 @@ def _user_facing_ports(resolved: ResolvedSite) -> dict[str, list[int]]:
     return out
 
 
+def exact_cidrs(ips) -> tuple[str, ...]:
+    """The same addresses in fewer entries: consecutive aligned runs merge into one CIDR (no address
+    is added), so each container's copy of a set costs fewer writes. Single addresses stay bare."""
+    nets = ipaddress.collapse_addresses(ipaddress.ip_network(ip) for ip in ips)
+    return tuple(str(n.network_address) if n.num_addresses == 1 else str(n) for n in nets)
+
+
 def ref(ipset: str) -> str:
     """A rule's reference to the container's own ipset (pve-firewall `ipt_gen_src_or_dst_match`:
     `+guest/<name>` looks only in the guest's config, never at a datacenter set of that name)."""
@@ -156,8 +163,8 @@ def firewall_plan(resolved: ResolvedSite) -> FirewallPlan:
     monitor = [c.ip for c in shared if c.name == "prometheus"]
     sets = {s.name: s for s in (
         IpSet(PROXY_SET, (resolved.proxy_source,), comment="where Traefik connects from: the only way in"),
-        IpSet(USERS_SET, tuple(c.ip for c in users), comment="user containers"),
-        IpSet(SHARED_SET, tuple(c.ip for c in shared), comment="shared-service containers"),
+        IpSet(USERS_SET, exact_cidrs(c.ip for c in users), comment="user containers"),
+        IpSet(SHARED_SET, exact_cidrs(c.ip for c in shared), comment="shared-service containers"),
         # operator_allow minus every user range, the same list Traefik and pg_hba use (plan/access.py)
         IpSet(OPERATORS_SET, resolved.operator_sources, comment="operator addresses, never a user container"),
         IpSet(MONITOR_SET, tuple(monitor), comment="Prometheus"),
@@ -171,11 +178,13 @@ def firewall_plan(resolved: ResolvedSite) -> FirewallPlan:
     ]
     site_nets = [str(net.subnet)] + [c for c in user_ranges if not ipaddress.IPv4Network(c).subnet_of(net.subnet)]
     user_out += [Rule("out", "DROP", dest=n, comment="no other container of the site") for n in site_nets]
+    # A user container names its two single sources directly rather than in ipsets of its own: the
+    # same rules, and four writes fewer per user container on the first apply.
     user_rules = (
-        *(Rule("in", "ACCEPT", source=ref(PROXY_SET), proto="tcp", dport=dport, comment="Traefik to the user's apps")
-          for dport in port_lists(app_ports)),
-        Rule("in", "ACCEPT", source=ref(MONITOR_SET), proto="tcp", dport=str(NODE_EXPORTER),
-             comment="Prometheus scrapes node exporter"),
+        *(Rule("in", "ACCEPT", source=resolved.proxy_source, proto="tcp", dport=dport,
+               comment="Traefik to the user's apps") for dport in port_lists(app_ports)),
+        *(Rule("in", "ACCEPT", source=ip, proto="tcp", dport=str(NODE_EXPORTER),
+               comment="Prometheus scrapes node exporter") for ip in monitor),
         *user_out,
     )
     routed: dict[int, set[int]] = {}

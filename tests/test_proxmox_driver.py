@@ -675,7 +675,17 @@ def test_a_template_without_keyctl_is_reported(tmp_path, capsys):
             sim.add_template(node, 9000 + i, features="nesting=1")
         site_file = write_site(sim, tmp_path, 3)
         assert main(["proxmox", "check", "--file", str(site_file)]) == 1
-        assert "features must include keyctl=1" in capsys.readouterr().out
+        out = capsys.readouterr().out
+        assert "features must include keyctl=1" in out
+        assert "`pct set 9000 --features nesting=1,keyctl=1` (root-only)" in out  # the fix, as root
+        with sim.cluster.lock:  # root runs it on every node
+            for i in range(len(NODES)):
+                sim.cluster.cts[9000 + i].conf["features"] = "nesting=1,keyctl=1"
+        assert main(["proxmox", "check", "--file", str(site_file)]) == 0
+        with sim.cluster.lock:  # nesting missing is refused the same way
+            sim.cluster.cts[9001].conf["features"] = "keyctl=1"
+        assert main(["proxmox", "check", "--file", str(site_file)]) == 1
+        assert "CT 9001 on pve2: features must include nesting=1" in capsys.readouterr().out
     finally:
         sim.close()
 

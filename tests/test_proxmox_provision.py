@@ -17,7 +17,6 @@ from aicommons.engine.api import apply_site
 from tests.pvesim import TEMPLATE, Simulator
 from tests.test_proxmox_driver import driver_of, new_sim, site_of, small
 
-
 RUNC_1_3_3 = (b"docker: Error response from daemon: failed to create task for container: failed to create shim task: "
              b"OCI runtime create failed: runc create failed: unable to start container process: error during "
              b"container init: open sysctl net.ipv4.ip_unprivileged_port_start file: reopen fd 8: permission denied: "

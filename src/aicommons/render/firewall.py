@@ -143,7 +143,7 @@ def _user_facing_ports(resolved: ResolvedSite) -> dict[str, list[int]]:
 def exact_cidrs(ips) -> tuple[str, ...]:
     """The same addresses in fewer entries: consecutive aligned runs merge into one CIDR (no address
     is added), so each container's copy of a set costs fewer writes. Single addresses stay bare."""
-    nets = ipaddress.collapse_addresses(ipaddress.ip_network(ip) for ip in ips)
+    nets = ipaddress.collapse_addresses(ipaddress.IPv4Network(ip) for ip in ips)  # the site's network is IPv4
     return tuple(str(n.network_address) if n.num_addresses == 1 else str(n) for n in nets)
 
 

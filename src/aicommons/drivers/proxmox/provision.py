@@ -39,24 +39,24 @@ curl -fsSL https://download.docker.com/linux/debian/gpg -o /etc/apt/keyrings/doc
 chmod a+r /etc/apt/keyrings/docker.asc
 echo "deb [arch=$(dpkg --print-architecture) signed-by=/etc/apt/keyrings/docker.asc] https://download.docker.com/linux/debian bookworm stable" > /etc/apt/sources.list.d/docker.list
 apt-get update -q
-apt-get install -y -q --allow-downgrades --allow-change-held-packages %s
-apt-mark hold %s
+apt-get install -y -q --allow-downgrades --allow-change-held-packages {pinned}
+apt-mark hold {names}
 systemctl enable --now docker
-""" % (" ".join(f"{p}={v}" for p, v in DOCKER_PINS.items()), " ".join(DOCKER_PINS))
+""".format(pinned=" ".join(f"{p}={v}" for p, v in DOCKER_PINS.items()), names=" ".join(DOCKER_PINS))
 
 PROBE_IMAGE = "aicommons/probe:1"
 # A real container start, without a registry: an image made from the container's own /usr/bin/true
 # and the libraries it links (`docker import`), run on the default bridge network as compose
 # services are (runc's init sets the network namespace's sysctls there: where runc 1.3.3 fails).
-DOCKER_PROBE = """set -eu
+DOCKER_PROBE = f"""set -eu
 docker compose version >/dev/null
-if ! docker image inspect %(img)s >/dev/null 2>&1; then
+if ! docker image inspect {PROBE_IMAGE} >/dev/null 2>&1; then
   libs=$(ldd /usr/bin/true | grep -o '/[^ ]*' | sed 's|^/||')
   # shellcheck disable=SC2086 # one word per library path
-  tar -C / -chf - usr/bin/true $libs | docker import - %(img)s >/dev/null
+  tar -C / -chf - usr/bin/true $libs | docker import - {PROBE_IMAGE} >/dev/null
 fi
-docker run --rm %(img)s /usr/bin/true
-""" % {"img": PROBE_IMAGE}
+docker run --rm {PROBE_IMAGE} /usr/bin/true
+"""
 
 
 def _versions(driver, ctid: int) -> str:

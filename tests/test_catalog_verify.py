@@ -159,6 +159,7 @@ def test_older_name_only_records_are_listed_not_confirmed():
     ("X", "a.mjs", "process.env['X']", "process.env"),
     ("X", "a.js", "(0, decorators_1.Env)('X')", "@Env decorator"),
     ("X", "a.go", 'os.Getenv("X")', "os.Getenv"),
+    ("X", "a.go", 'NumParallel = Uint("X", 1)', "envconfig Var/Uint/Bool/String"),
     ("X", "a.c", 'getenv("X")', "getenv()"),
     ("X", "a.sh", 'if [ -z "$X" ]', "shell variable"),
     ("X", "a.js", "process.env.XY", None),   # another variable
@@ -176,12 +177,13 @@ def test_read_forms(name, file, read, form):
 
 
 def test_the_native_apps_evidence_is_reads():
-    """Every record of the native apps (their layers are the pinned packages) and Kotaemon is a
-    file + the code that reads the setting; the one compiled library name is the only exception."""
+    """Every record of the native apps (their layers are the pinned packages), Kotaemon and Ollama
+    (read at their pinned tags) is a file + the code that reads the setting; the one compiled
+    library name is the only exception."""
     from aicommons.catalog.verify import read_form
 
     comps = load_evidence()["components"]
-    for comp in ("openwebui", "n8n", "flowise", "chainforge", "kotaemon"):
+    for comp in ("openwebui", "n8n", "flowise", "chainforge", "kotaemon", "ollama"):
         for key, rec in comps[comp]["found"].items():
             if (comp, key) == ("chainforge", "ORT_DISABLE_TELEMETRY"):
                 assert isinstance(rec, str) and "compiled" in rec

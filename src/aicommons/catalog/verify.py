@@ -75,7 +75,9 @@ READ_FORMS: tuple[tuple[str, tuple[str, ...], str], ...] = (
     ("os.environ.get through a name map", _PY, r"""['"]NAME['"]\s*:\s*['"][^'"]*['"],[\s\S]*\bos\.environ\.get\(\s*key\s*\)"""),
     ("process.env", _JS, r"""\bprocess\.env(?:\.NAME\b|\[\s*['"`]NAME['"`]\s*\])(?!\s*=[^=])"""),
     ("@Env decorator", _JS, r"""\bEnv\)?\s*\(\s*['"]NAME['"]"""),
-    ("os.Getenv", (".go",), r"""\bos\.(?:Getenv|LookupEnv)\s*\(\s*"NAME"|\bVar\s*\(\s*"NAME"\s*\)"""),
+    ("os.Getenv", (".go",), r'\bos\.(?:Getenv|LookupEnv)\s*\(\s*"NAME"'),
+    # ollama's envconfig helpers: Var(key) is os.Getenv(key) trimmed; Uint/Bool/String wrap Var
+    ("envconfig Var/Uint/Bool/String", (".go",), r'\b(?:Var|Uint|Uint64|Bool|String)\s*\(\s*"NAME"'),
     ("getenv()", (".c", ".cc", ".cpp", ".h"), r"""\b(?:secure_)?getenv\s*\(\s*"NAME"\s*\)"""),
     ("shell variable", (".sh",), r"""\$\{?NAME\b"""),
 )

@@ -15,12 +15,16 @@ What it does:
   are filtered as upstream filters them (/cluster/resources, /pools, /cluster/mapping/pci).
   `acl="admin"` (default) gives the token's user Administrator on /; `acl=None` gives nothing:
   set it up with `sim.pveum("acl modify / -user ... -role ...")` lines, as an admin would.
+  A create without `unprivileged` is unprivileged; a privileged one needs Sys.Modify on / itself
+  (pve-container `create_vm`), as every datacenter firewall write does (the schema's checks).
 - Keeps nodes (memory, cores, a GPU advertised as a /cluster/mapping/pci entry), one container
   storage of a given plugin type (lvmthin `local-lvm` by default; `shared_storage=True` is a Ceph
   RBD one, `storage=Storage(...)` anything, e.g. NFS), `local` (dir: templates and backups), pools,
   containers (config + digest + lock + status), tasks with realistic UPIDs, logs and exit statuses
   (OK, `WARNINGS: N`, errors; stoppable), the firewall (security groups, rules inserted at the top
-  as upstream does, moves, ipsets with normalised CIDRs, options), datacenter.cfg's next-id range,
+  as upstream does, moves, ipsets with normalised CIDRs, options; a rule naming an ipset neither the
+  guest nor the datacenter has is refused, pve-firewall `verify_rule`; `+guest/x`/`+dc/x` scopes
+  when matching), datacenter.cfg's next-id range,
   and backups: `vzdump` (a task) writes an archive volume into a storage holding `backup` content.
 - Linked clones only where pve-storage allows them for containers (lvmthin, zfspool, rbd, btrfs).
 - Clone locks its source (`lock: disk`) for the task's duration: a second clone of the same

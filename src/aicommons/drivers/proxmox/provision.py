@@ -14,7 +14,9 @@ net.ipv4.ip_unprivileged_port_start file: reopen fd 8: permission denied` (openc
 #4968 and #4972, containerd/containerd#12484, moby/moby#51405: Proxmox unprivileged CTs with
 nesting=1,keyctl=1; 1.7.28-1 works; fixed on the LXC side only by a newer generated AppArmor
 profile, lxc/lxc#4630). So the install pins the last versions before it and holds them against
-`apt upgrade`; moving the pins is a deliberate change, proved by the probe on a real node.
+`apt upgrade`; moving the pins is a deliberate change, proved by the probe on a real node. The
+pinned runc lacks the CVE-2025-31133/-52565/-52881 fixes: move forward once the nodes' lxc-pve
+allows runc 1.3.3 (docs/proxmox.md).
 """
 
 from __future__ import annotations

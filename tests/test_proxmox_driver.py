@@ -385,6 +385,27 @@ def test_a_token_with_sys_modify_on_slash_is_refused_until_narrowed(tmp_path, ca
         sim.close()
 
 
+def test_datacenter_objects_of_an_earlier_version_are_noted_with_roots_commands(seeded, capsys):
+    from aicommons.cli import main
+
+    sim, site_file, kw, _, _ = seeded
+    with sim.cluster.lock:  # what an earlier version left on the datacenter
+        sim.cluster.fw_ipsets[("cluster", "aic-users")] = [{"cidr": "10.0.5.200"}]
+        sim.cluster.fw_groups["aic-user"] = [{"type": "in", "action": "ACCEPT", "enable": 1}]
+    sim.reset_counts()
+    try:
+        assert main(["proxmox", "check", "--file", str(site_file)]) == 0  # a note, not a problem
+        out = capsys.readouterr().out
+        assert "note: datacenter firewall objects of an earlier aicommons version" in out
+        assert "pvesh delete /cluster/firewall/ipset/aic-users --force 1" in out
+        assert "delete the sections of group aic-user from /etc/pve/firewall/cluster.fw" in out.replace("\n", " ")
+        assert sim.writes() == 0
+    finally:
+        with sim.cluster.lock:
+            sim.cluster.fw_ipsets.pop(("cluster", "aic-users"))
+            sim.cluster.fw_groups.pop("aic-user")
+
+
 def test_nfs_storage_is_refused_naming_the_storage(tmp_path):
     sim = new_sim(storage=Storage("nfs-ct", "nfs", "rootdir,images", shared=True))
     try:

@@ -129,16 +129,18 @@ def _leftover_cluster_objects(api, rep: Report) -> None:
     """Earlier versions wrote the site's ipsets and security groups on the datacenter; the token can
     no longer remove them (Sys.Modify on /), and containers no longer use them."""
     try:
-        names = [f"ipset {d['name']}" for d in api.get("cluster/firewall/ipset") if d["name"].startswith("aic-")]
-        names += [f"group {d['group']}" for d in api.get("cluster/firewall/groups") if d["group"].startswith("aic-")]
+        sets = [d["name"] for d in api.get("cluster/firewall/ipset") if d["name"].startswith("aic-")]
+        groups = [d["group"] for d in api.get("cluster/firewall/groups") if d["group"].startswith("aic-")]
     except ApiError:  # a missing Sys.Audit on / is reported above
         return
-    if names:
-        cmds = "; ".join(f"pvesh delete /cluster/firewall/{'ipset' if k == 'ipset' else 'groups'}/{n}"
-                         for k, n in (x.split() for x in names))
-        rep.notes.append(f"datacenter firewall objects of an earlier aicommons version are unused now ({', '.join(names)}); "
-                         f"remove them as root once the site's containers carry their own rules: {cmds} "
-                         "(empty an ipset first, or add --force 1 on PVE 8.2+)")
+    if not sets and not groups:
+        return
+    how = [f"pvesh delete /cluster/firewall/ipset/{n} --force 1" for n in sets]
+    if groups:  # the API deletes only an empty group (pve-firewall Groups.pm delete_security_group)
+        how.append(f"delete the sections of group {', '.join(groups)} from /etc/pve/firewall/cluster.fw")
+    rep.notes.append(f"datacenter firewall objects of an earlier aicommons version are unused once an apply has given "
+                     f"the containers their own rules ({', '.join(['ipset ' + n for n in sets] + ['group ' + g for g in groups])}); "
+                     f"remove them as root: {'; '.join(how)}")
 
 
 def _storages(api, rep: Report, *, storage: str, backup_storage: str, nodes: list[str], needs_clones: bool) -> None:

@@ -1,15 +1,19 @@
 """Every setting aicommons renders is one its component reads at the pinned version (issue 14).
 
 REAL: the render of a site with every catalog service and app; the recorded evidence
-(src/aicommons/catalog/evidence.yaml: where each name was read in the component's published
-package or source, collected from PyPI/npm packages and git snapshots at the pinned tags); the
-native-runtime layers under /var/cache/aicommons/apps when they are built (skipped otherwise,
-with the reason); PostgreSQL 15's pg_settings and Redis 7's CONFIG GET for their config keys
+(src/aicommons/catalog/evidence.yaml: the file and the code that reads each setting in the
+component's published package or source, collected from PyPI/npm packages and git snapshots at
+the pinned tags); the native-runtime layers under /var/cache/aicommons/apps when they are built
+(skipped otherwise, with the reason), where each recorded read must be found in the recorded
+file; a tiny vendored stand-in layer (tests/data/catalog-layers) for the refusals;
+PostgreSQL 15's pg_settings and Redis 7's CONFIG GET for their config keys
 (fixtures `pg`, `redis_server`). Nothing here asks a registry: `aicommons catalog verify
 --registries` does that.
 """
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import psycopg
 import pytest
@@ -71,10 +75,12 @@ def test_built_layers_are_grepped_for_the_settings(files, app):
     if not rendered_settings(files).get(app):  # code-server: flags only (--auth none), no environment
         assert app not in rep.missing
         return
-    # read in the layer itself, or (recorded) by the user's own code running there (Jupyter's OLLAMA_HOST)
+    # read in the layer itself (the recorded file contains the recorded read), or (recorded) by the
+    # user's own code running there (Jupyter's OLLAMA_HOST); a compiled library's name is listed apart
+    named = set(rep.named.get(app, []))
     assert app in rep.confirmed and all(w.startswith((f"layer {layer.name}", "user code: "))
-                                        for w in rep.confirmed[app].values())
-    assert app not in rep.missing
+                                        for k, w in rep.confirmed[app].items() if k not in named)
+    assert app not in rep.missing and app not in rep.not_read
 
 
 def test_postgres_keys_are_settings_of_the_real_server(files, pg):
@@ -89,3 +95,97 @@ def test_redis_directives_are_settings_of_the_real_server(files, redis_server):
     r = redislib.Redis(port=redis_server.port, username=redis_server.admin_user,
                        password=redis_server.admin_password, decode_responses=True)
     assert [k for k in keys if not r.config_get(k)] == []
+
+
+# ---- evidence must be a read (issue 24) ------------------------------------------------------
+DEMO_LAYERS = Path(__file__).parent / "data" / "catalog-layers"
+DEMO_JS = "node_modules/demo/out/node/cli.js"
+
+
+def _demo(found: dict) -> tuple[dict, dict]:
+    from aicommons.render.files import RenderedFile
+
+    files = {"users/u/docker-compose.yml": RenderedFile(
+        "users/u/docker-compose.yml", "services:\n  demo:\n    environment:\n      PASSWORD: x\n")}
+    ev = {"components": {"demo": {"version": "1.0.0", "read_at": "1.0.0", "source": "npm demo==1.0.0", "found": found}}}
+    return files, ev
+
+
+def test_evidence_that_is_not_a_read_is_refused():
+    """Issue 24: code-server's PASSWORD was "found" in a C++ grammar file; a type declaration names a
+    variable without reading it. Neither is evidence any more, with or without the layer."""
+    for layers in (DEMO_LAYERS, Path("/nonexistent")):
+        for file, read in (("lib/vscode/extensions/cpp/syntaxes/cpp.tmLanguage.json", "PASSWORD"),
+                           ("node_modules/demo/out/node/cli.d.ts", "PASSWORD?: string"),
+                           (DEMO_JS, "const password")):
+            files, ev = _demo({"PASSWORD": {"file": file, "read": read}})
+            rep = verify(files, {"demo": "1.0.0"}, evidence=ev, layers=layers)
+            assert not rep.ok and "PASSWORD" not in rep.confirmed["demo"], (file, read)
+            assert rep.not_read["demo"] == [f"PASSWORD: {file}: {read!r} is not a read of PASSWORD"]
+
+
+def test_a_recorded_read_is_found_in_the_pinned_package():
+    files, ev = _demo({"PASSWORD": {"file": DEMO_JS, "read": "process.env.PASSWORD"}})
+    rep = verify(files, {"demo": "1.0.0"}, evidence=ev, layers=DEMO_LAYERS)
+    assert rep.ok and rep.confirmed["demo"] == {
+        "PASSWORD": f"layer demo-1.0.0-0123456789ab: {DEMO_JS}: process.env.PASSWORD"}
+    # a read of the right form that the package does not contain (stale, or made up) is refused
+    files, ev = _demo({"PASSWORD": {"file": DEMO_JS, "read": 'process.env["PASSWORD"]'}})
+    rep = verify(files, {"demo": "1.0.0"}, evidence=ev, layers=DEMO_LAYERS)
+    assert not rep.ok and "does not contain" in rep.not_read["demo"][0]
+    # and a file the package does not have
+    files, ev = _demo({"PASSWORD": {"file": "node_modules/demo/gone.js", "read": "process.env.PASSWORD"}})
+    assert "is not in layer" in verify(files, {"demo": "1.0.0"}, evidence=ev, layers=DEMO_LAYERS).not_read["demo"][0]
+
+
+def test_a_setting_without_a_record_is_missing_and_the_read_is_suggested():
+    files, ev = _demo({})
+    rep = verify(files, {"demo": "1.0.0"}, evidence=ev, layers=DEMO_LAYERS)
+    assert rep.missing == {"demo": [f"PASSWORD (no record; read at {DEMO_JS}: process.env.PASSWORD)"]}
+
+
+def test_older_name_only_records_are_listed_not_confirmed():
+    files, ev = _demo({"PASSWORD": "lib/vscode/extensions/cpp/syntaxes/cpp.tmLanguage.json"})
+    rep = verify(files, {"demo": "1.0.0"}, evidence=ev, layers=DEMO_LAYERS)
+    assert rep.named == {"demo": ["PASSWORD"]} and "the read is not recorded" in rep.confirmed["demo"]["PASSWORD"]
+
+
+@pytest.mark.parametrize("name,file,read,form", [
+    ("X", "a.py", 'os.environ.get("X", "")', "os.environ"),
+    ("X", "a.py", 'os.getenv("X")', "getenv"),
+    ("X", "a.py", 'config("X", default="")', "decouple config()"),
+    ("X_Y", "a.py", "    x_y: bool = True", "pydantic BaseSettings field"),
+    ("X", "a.js", "process.env.X", "process.env"),
+    ("X", "a.mjs", "process.env['X']", "process.env"),
+    ("X", "a.js", "(0, decorators_1.Env)('X')", "@Env decorator"),
+    ("X", "a.go", 'os.Getenv("X")', "os.Getenv"),
+    ("X", "a.go", 'NumParallel = Uint("X", 1)', "envconfig Var/Uint/Bool/String"),
+    ("X", "a.c", 'getenv("X")', "getenv()"),
+    ("X", "a.sh", 'if [ -z "$X" ]', "shell variable"),
+    ("X", "a.js", "process.env.XY", None),   # another variable
+    ("X", "a.py", 'os.environ["X"] = "1"', None),  # a write, not a read
+    ("X", "a.py", 'os.environ["X"] == "1"', "os.environ"),
+    ("X", "a.js", "process.env.X = flags.X", None),
+    ("X", "a.js", "process.env.X === '1'", "process.env"),
+    ("X", "a.json", '"X"', None),
+    ("X", "a.d.ts", "X?: string", None),
+])
+def test_read_forms(name, file, read, form):
+    from aicommons.catalog.verify import read_form
+
+    assert read_form(name, file, read) == form
+
+
+def test_the_native_apps_evidence_is_reads():
+    """Every record of the native apps (their layers are the pinned packages), Kotaemon and Ollama
+    (read at their pinned tags) is a file + the code that reads the setting; the one compiled
+    library name is the only exception."""
+    from aicommons.catalog.verify import read_form
+
+    comps = load_evidence()["components"]
+    for comp in ("openwebui", "n8n", "flowise", "chainforge", "kotaemon", "ollama"):
+        for key, rec in comps[comp]["found"].items():
+            if (comp, key) == ("chainforge", "ORT_DISABLE_TELEMETRY"):
+                assert isinstance(rec, str) and "compiled" in rec
+                continue
+            assert isinstance(rec, dict) and read_form(key, rec["file"], rec["read"]), (comp, key, rec)

@@ -152,31 +152,35 @@ def test_second_apply_writes_nothing(seeded):
 
 
 def test_a_firewall_change_touches_only_the_rules_that_changed(seeded):
-    from aicommons.render.firewall import GROUP_USER, OPERATORS_SET
+    from aicommons.render.firewall import OPERATORS_SET
 
     sim, site_file, kw, _, _ = seeded
-    want = [dict(r) for r in sim.cluster.fw_groups[GROUP_USER]]
+    want = [dict(r) for r in sim.cluster.fw_rules[205]]
     assert [r["type"] for r in want][:2] == ["in", "in"] and want[-1]["action"] == "DROP"  # order as rendered
-    # someone edits one rule of the user group and deletes one rule of CT 205 by hand
+    assert want[0]["source"] == "10.0.4.10"  # Traefik's address, on the container itself
+    # someone edits one rule of CT 205 and adds one to CT 206 by hand
     with sim.cluster.lock:
-        sim.cluster.fw_groups[GROUP_USER][3]["dport"] = "1"
-        sim.cluster.fw_rules[205].append({"type": "in", "action": "ACCEPT", "dport": "22", "enable": 1})
+        sim.cluster.fw_rules[205][3]["dport"] = "1"
+        sim.cluster.fw_rules[206].append({"type": "in", "action": "ACCEPT", "dport": "22", "enable": 1})
     sim.reset_counts()
     result = apply_site(site_file, **kw)
     assert result.ok, failures(result)
+    n205, n206 = sim.cluster.cts[205].node, sim.cluster.cts[206].node
     assert sorted(writes_in(sim)) == sorted([
-        ("PUT", f"/api2/json/cluster/firewall/groups/{GROUP_USER}/3"),
-        ("DELETE", "/api2/json/nodes/" + sim.cluster.cts[205].node + "/lxc/205/firewall/rules/1")])
-    assert [{k: v for k, v in r.items() if k != "ipversion"} for r in sim.cluster.fw_groups[GROUP_USER]] == \
+        ("PUT", f"/api2/json/nodes/{n205}/lxc/205/firewall/rules/3"),
+        ("DELETE", f"/api2/json/nodes/{n206}/lxc/206/firewall/rules/{len(want)}")])
+    assert [{k: v for k, v in r.items() if k != "ipversion"} for r in sim.cluster.fw_rules[205]] == \
         [{k: v for k, v in r.items() if k != "ipversion"} for r in want]
-    # the site adds an operator address: one ipset entry, nothing else
+    # the site adds an operator address: one entry in the operators' set of each shared container
     data = yaml.safe_load(site_file.read_text())
     data["network"].setdefault("traefik", {})["operator_allow"] = ["10.0.0.0/16", "192.0.2.7/32"]
     site_file.write_text(yaml.safe_dump(data, sort_keys=False))
     sim.reset_counts()
     result = apply_site(site_file, **kw)
     assert result.ok, failures(result)
-    assert writes_in(sim) == [("POST", f"/api2/json/cluster/firewall/ipset/{OPERATORS_SET}")]
+    shared = sorted(c.ctid for c in result.plan.resolved.containers if c.role == "shared")
+    assert sorted(writes_in(sim)) == sorted(
+        ("POST", f"/api2/json/nodes/{sim.cluster.cts[c].node}/lxc/{c}/firewall/ipset/{OPERATORS_SET}") for c in shared)
     sim.reset_counts()  # PVE stores 192.0.2.7 (no /32): compared as stored, so nothing is left to do
     assert apply_site(site_file, **kw).plan.empty and sim.writes() == 0
 
@@ -186,11 +190,9 @@ def test_rules_are_created_in_the_rendered_order_although_pve_inserts_at_the_top
 
     sim, site_file, kw, result, _ = seeded
     plan = firewall_plan(result.plan.resolved)
-    for g in plan.groups:
-        assert [(r["action"], r.get("dest"), r.get("dport")) for r in sim.cluster.fw_groups[g.name]] == \
-            [(x.action, x.dest, x.dport) for x in g.rules]
-    shared = plan.container(102)
-    assert [r["action"] for r in sim.cluster.fw_rules[102]] == [r.action for r in shared.rules]
+    for ctid in (102, 205):
+        assert [(r["action"], r.get("source"), r.get("dest"), r.get("dport")) for r in sim.cluster.fw_rules[ctid]] == \
+            [(x.action, x.source, x.dest, x.dport) for x in plan.container(ctid).rules]
 
 
 def test_drift_is_planned_and_set_back(seeded):
@@ -336,7 +338,7 @@ def test_proxmox_check_reports_every_missing_privilege_and_apply_refuses(tmp_pat
         out = capsys.readouterr().out
         for missing in ("VM.Clone on /pool/aicommons", "VM.PowerMgmt on /pool/aicommons", "VM.Config.Network",
                         "Datastore.AllocateSpace on /storage/local-lvm", "SDN.Use on /sdn/zones/localnetwork/vmbr0",
-                        "Sys.Modify on /", "Sys.Audit on /nodes/pve1", "Sys.Audit on /nodes/pve3",
+                        "Sys.Audit on /nodes/pve1", "Sys.Audit on /nodes/pve3",
                         "missing VM.Clone on /vms/9000"):
             assert missing in out, missing
         assert "Mapping.Audit" in out and "note:" in out  # optional: a note, not a problem
@@ -346,12 +348,62 @@ def test_proxmox_check_reports_every_missing_privilege_and_apply_refuses(tmp_pat
             apply_site(site_file, **kw)
         assert "nothing was changed" in str(e.value) and "Sys.Audit on /nodes/pve2" in str(e.value)
         assert sim.writes() == 0 and len(sim.cluster.cts) == 3
-        for line in documented_acl():  # the documented ACL on top: ready
+        # Look grants Datastore.Audit on / too: more than the site needs there, refused
+        assert "more than the site needs on /: Datastore.Audit" in out
+        for line in documented_acl():  # the documented ACL on top, Look off /: ready
             if "role add" not in line or "Aicommons" in line:
                 sim.pveum(line)
+        sim.pveum("acl delete / -user aicommons@pve -role Look")
         assert main(["proxmox", "check", "--file", str(site_file)]) == 0
     finally:
         sim.close()
+
+
+def test_a_token_with_sys_modify_on_slash_is_refused_until_narrowed(tmp_path, capsys):
+    """The previous docs granted Sys.Modify on /: with it the token could create a privileged container
+    (pve-container create_vm) or switch the datacenter firewall off (pve-firewall rules_modify_permissions).
+    The preflight refuses it, naming the fix; the docs' `role modify` line makes it pass."""
+    from aicommons.cli import main
+
+    sim = new_sim(acl=None)
+    try:
+        for line in documented_acl():
+            sim.pveum(line.replace('AicommonsCluster -privs "Sys.Audit"', 'AicommonsCluster -privs "Sys.Audit Sys.Modify"'))
+        site_file = write_site(sim, tmp_path, 3)
+        sim.reset_counts()
+        assert main(["proxmox", "check", "--file", str(site_file)]) == 1
+        out = capsys.readouterr().out
+        assert "problem: the token holds more than the site needs on /: Sys.Modify" in out
+        assert "privileged containers" in out and "pveum role modify AicommonsCluster -privs Sys.Audit" in out
+        with pytest.raises(PermanentError) as e:
+            apply_site(site_file, **engine_kw(sim, site_file))
+        assert "Sys.Modify" in str(e.value) and sim.writes() == 0
+        fix = DOCS.read_text().split("Fix an existing token from an earlier version:")[1]
+        sim.pveum(re.search(r"```sh\n(.*?)\n```", fix, re.S).group(1))  # the line docs/proxmox.md gives
+        assert main(["proxmox", "check", "--file", str(site_file)]) == 0
+    finally:
+        sim.close()
+
+
+def test_datacenter_objects_of_an_earlier_version_are_noted_with_roots_commands(seeded, capsys):
+    from aicommons.cli import main
+
+    sim, site_file, kw, _, _ = seeded
+    with sim.cluster.lock:  # what an earlier version left on the datacenter
+        sim.cluster.fw_ipsets[("cluster", "aic-users")] = [{"cidr": "10.0.5.200"}]
+        sim.cluster.fw_groups["aic-user"] = [{"type": "in", "action": "ACCEPT", "enable": 1}]
+    sim.reset_counts()
+    try:
+        assert main(["proxmox", "check", "--file", str(site_file)]) == 0  # a note, not a problem
+        out = capsys.readouterr().out
+        assert "note: datacenter firewall objects of an earlier aicommons version" in out
+        assert "pvesh delete /cluster/firewall/ipset/aic-users --force 1" in out
+        assert "delete the sections of group aic-user from /etc/pve/firewall/cluster.fw" in out.replace("\n", " ")
+        assert sim.writes() == 0
+    finally:
+        with sim.cluster.lock:
+            sim.cluster.fw_ipsets.pop(("cluster", "aic-users"))
+            sim.cluster.fw_groups.pop("aic-user")
 
 
 def test_nfs_storage_is_refused_naming_the_storage(tmp_path):
@@ -644,7 +696,17 @@ def test_a_template_without_keyctl_is_reported(tmp_path, capsys):
             sim.add_template(node, 9000 + i, features="nesting=1")
         site_file = write_site(sim, tmp_path, 3)
         assert main(["proxmox", "check", "--file", str(site_file)]) == 1
-        assert "features must include keyctl=1" in capsys.readouterr().out
+        out = capsys.readouterr().out
+        assert "features must include keyctl=1" in out
+        assert "`pct set 9000 --features nesting=1,keyctl=1` (root-only)" in out  # the fix, as root
+        with sim.cluster.lock:  # root runs it on every node
+            for i in range(len(NODES)):
+                sim.cluster.cts[9000 + i].conf["features"] = "nesting=1,keyctl=1"
+        assert main(["proxmox", "check", "--file", str(site_file)]) == 0
+        with sim.cluster.lock:  # nesting missing is refused the same way
+            sim.cluster.cts[9001].conf["features"] = "keyctl=1"
+        assert main(["proxmox", "check", "--file", str(site_file)]) == 1
+        assert "CT 9001 on pve2: features must include nesting=1" in capsys.readouterr().out
     finally:
         sim.close()
 

@@ -17,14 +17,29 @@ from aicommons.engine.api import apply_site
 from tests.pvesim import TEMPLATE, Simulator
 from tests.test_proxmox_driver import driver_of, new_sim, site_of, small
 
+RUNC_1_3_3 = (b"docker: Error response from daemon: failed to create task for container: failed to create shim task: "
+             b"OCI runtime create failed: runc create failed: unable to start container process: error during "
+             b"container init: open sysctl net.ipv4.ip_unprivileged_port_start file: reopen fd 8: permission denied: "
+             b"unknown\n")  # as reported in opencontainers/runc#4968 and moby/moby#51405
+
 
 class Inside:
-    """Stateful answers for `pct exec`: Docker absent until installed."""
+    """Stateful answers for `pct exec`: Docker absent until installed; in `broken` containers Docker is
+    there but cannot start a container (runc 1.3.3 under LXC's AppArmor profile)."""
 
     def __init__(self):
         self.docker: set[int] = set()
+        self.broken: set[int] = set()
+        self.started: list[int] = []
 
     def __call__(self, ct, argv, stdin):
+        if argv[:2] == ["sh", "-c"] and "docker run --rm" in argv[2] and ct.vmid in self.docker:
+            if ct.vmid in self.broken:
+                return 125, b"", RUNC_1_3_3
+            self.started.append(ct.vmid)
+            return None  # the simulator parses the script (sh -n) and answers 0
+        if argv[:3] == ["dpkg-query", "-W", "docker-ce"]:
+            return 0, b"docker-ce\t5:29.1.3-1~debian.12~bookworm\ncontainerd.io\t2.2.1-1~debian.12~bookworm\n", b""
         if argv[:3] == ["docker", "compose", "version"]:
             return (0, b"Docker Compose version v2.40.0\n", b"") if ct.vmid in self.docker else (127, b"", b"docker: not found\n")
         if argv[:2] == ["sh", "-c"] and "docker-compose-plugin" in argv[2]:
@@ -96,8 +111,32 @@ def test_wait_ready_installs_docker_where_the_bundle_needs_it(running):
     assert users <= inside.docker
     assert 102 not in inside.docker  # postgres is an apt service: no Docker
     sim.records.clear()
-    driver.wait_ready(200)  # now present: one check, no install
-    assert [r.argv[:3] for r in sim.records if r.ctid == 200] == [["docker", "compose", "version"]]
+    driver.wait_ready(200)  # now present: one check, no install, and a real container started
+    assert [r.argv[:2] for r in sim.records if r.ctid == 200] == [["docker", "compose"], ["sh", "-c"]]
+    assert inside.started.count(200) >= 2  # at its first readiness and now
+
+
+def test_the_install_pins_docker_before_runc_1_3_3_and_holds_it():
+    script = provision.DOCKER_INSTALL
+    for pkg, version in provision.DOCKER_PINS.items():
+        assert f" {pkg}={version}" in script
+    assert provision.DOCKER_PINS["containerd.io"].startswith("1.7.28-1~")  # 1.7.28-2 carries runc 1.3.3
+    assert "apt-mark hold docker-ce docker-ce-cli containerd.io docker-compose-plugin" in script
+
+
+def test_a_docker_that_cannot_start_a_container_is_not_ready(running):
+    """Issue 24: readiness was `docker compose version`, which passes on a Docker whose runc cannot start
+    anything; the failure surfaced only at `compose up`. Now readiness starts a container."""
+    from aicommons.errors import PermanentError
+
+    sim, inside, resolved, driver = running
+    inside.broken.add(200)
+    with pytest.raises(PermanentError) as e:
+        driver.wait_ready(200)
+    msg = str(e.value)
+    assert "cannot start a container" in msg and "ip_unprivileged_port_start" in msg
+    assert "opencontainers/runc#4968" in msg and "containerd.io=1.7.28-1~debian.12~bookworm" in msg
+    assert "containerd.io 2.2.1-1~debian.12~bookworm" in msg  # what is installed, for the operator
 
 
 def test_the_engine_pushed_each_users_bundle_and_ran_compose(running):

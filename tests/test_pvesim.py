@@ -378,3 +378,65 @@ def test_ping_from_the_node_is_dropped_by_a_policy_in_drop_firewall(api, sim):
     finally:
         api.cluster.firewall.options.put(enable=0)
         c.close()
+
+
+def _documented(**kw) -> Simulator:
+    """A simulator whose token holds exactly docs/proxmox.md's ACL (the pveum lines run as written)."""
+    from tests.test_proxmox_driver import documented_acl
+
+    sim = Simulator(nodes=2, acl=None, **kw).__enter__()
+    sim.add_template("pve1", 9000)
+    for line in documented_acl():
+        sim.pveum(line)
+    return sim
+
+
+def test_the_documented_token_cannot_create_privileged_containers_or_touch_the_datacenter_firewall():
+    sim = _documented()
+    try:
+        api = _api(sim)
+        params = dict(vmid=700, ostemplate="local:vztmpl/debian-12-standard_12.12-1_amd64.tar.zst", pool="aicommons",
+                      rootfs="local-lvm:4", hostname="t", features="nesting=1", memory=512,
+                      net0="name=eth0,bridge=vmbr0,ip=10.0.5.9/24,firewall=1")
+        # pve-container create_vm: a privileged container needs Sys.Modify on / itself
+        with pytest.raises(ResourceException) as e:
+            api.nodes("pve1").lxc.post(unprivileged=0, **params)
+        assert e.value.status_code == 403 and "(/, Sys.Modify)" in e.value.content
+        assert 700 not in sim.cluster.cts
+        # pve-firewall rules_modify_permissions: every datacenter object needs Sys.Modify on /
+        for call in (lambda: api.cluster.firewall.options.put(enable=0),
+                     lambda: api.cluster.firewall.ipset.post(name="aic-users"),
+                     lambda: api.cluster.firewall.groups.post(group="aic-user")):
+            with pytest.raises(ResourceException) as e:
+                call()
+            assert e.value.status_code == 403
+        assert api.cluster.firewall.options.get() is not None  # reading is Sys.Audit: allowed
+        # an unprivileged container (the default when `unprivileged` is not given) is allowed, and so are
+        # its own ipsets and rules (VM.Config.Network on /vms/700, through the pool)
+        assert wait(api, "pve1", api.nodes("pve1").lxc.post(**params))["exitstatus"] == "OK"
+        assert sim.cluster.cts[700].conf["unprivileged"] == "1"
+        fw = api.nodes("pve1").lxc(700).firewall
+        fw.ipset.post(name="aic-proxy")
+        fw.ipset("aic-proxy").post(cidr="10.0.4.10")
+        fw.rules.post(type="in", action="ACCEPT", source="+guest/aic-proxy", proto="tcp", dport="8080", enable=1)
+        assert fw.rules.get()[0]["source"] == "+guest/aic-proxy"
+    finally:
+        sim.close()
+
+
+def test_a_rule_naming_an_ipset_that_does_not_exist_is_refused():
+    """pve-firewall verify_rule: `no such ipset` unless the guest or the datacenter has one of that name
+    (verify_rule ignores the scope; only compiling the rules does not, `ipt_gen_src_or_dst_match`)."""
+    with Simulator(nodes=1) as sim:
+        sim.add_template("pve1", 9000)
+        api = _api(sim)
+        fw = api.nodes("pve1").lxc(9000).firewall
+        with pytest.raises(ResourceException) as e:
+            fw.rules.post(type="in", action="ACCEPT", source="+guest/aic-users", enable=1)
+        assert e.value.status_code == 400 and "no such ipset 'aic-users'" in str(e.value)
+        fw.ipset.post(name="aic-users")
+        fw.rules.post(type="in", action="ACCEPT", source="+guest/aic-users", enable=1)
+        with pytest.raises(ResourceException) as e:
+            fw.rules.post(type="in", action="ACCEPT", source="+dc/aic-other", enable=1)
+        assert "no such ipset 'aic-other'" in str(e.value)
+        assert [r["source"] for r in fw.rules.get()] == ["+guest/aic-users"]

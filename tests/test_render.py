@@ -314,24 +314,28 @@ def test_firewall_plan(site):
     shared = [c for c in site.containers if c.role == "shared"]
     assert len(fw.containers) == len(users) + len(shared)
     assert all(c.options["policy_in"] == "DROP" and c.options["enable"] == 1 for c in fw.containers)
-    group = {g.name: g for g in fw.groups}["aic-user"]
-    ins = [r for r in group.rules if r.type == "in"]
-    assert ins[0].source == "+aic-proxy" and set(ins[0].dport.split(",")) == {
+    user = fw.container(users[0].ctid)
+    ins = [r for r in user.rules if r.type == "in"]
+    assert ins[0].source == site.proxy_source == "10.0.4.10" and set(ins[0].dport.split(",")) == {
         str(p) for p in site.tenants[0].ports.values()}
-    assert all(r.source != "+aic-users" for r in ins)  # users never admit each other
-    # The only other way in is Prometheus to node exporter; Traefik's set is its real source.
-    assert [(r.source, r.dport) for r in ins[1:]] == [("+aic-monitor", "9100")]
-    assert {s.name: s for s in fw.ipsets}["aic-proxy"].cidrs == (site.proxy_source,) == ("10.0.4.10",)
-    outs = [r for r in group.rules if r.type == "out"]
+    # The only other way in is Prometheus to node exporter; Traefik's address is its real source.
+    prom = next(c for c in shared if c.name == "prometheus")
+    assert [(r.source, r.dport) for r in ins[1:]] == [(prom.ip, "9100")]
+    assert not user.ipsets  # users never admit each other: no set of users on a user container
+    outs = [r for r in user.rules if r.type == "out"]
     assert outs[-1].action == "DROP" and outs[-1].dest == "10.0.5.0/24"
     assert {r.dest for r in outs[:-1]} <= {c.ip for c in shared}
     pg = next(c for c in shared if c.name == "postgres")
     rules = fw.container(pg.ctid).rules
-    assert any(r.source == "+aic-users" and r.dport == "5432" for r in rules)
+    assert any(r.source == "+guest/aic-users" and r.dport == "5432" for r in rules)
+    # each container carries exactly the ipsets its rules name (nothing on the datacenter), with the
+    # addresses merged into exact CIDRs: the same addresses, no more
+    got = {s.name: s for s in fw.container(pg.ctid).ipsets}["aic-users"].cidrs
+    assert {str(a) for x in got for a in ipaddress.ip_network(x)} == {c.ip for c in users} and len(got) < len(users)
     gitea = next(c for c in shared if c.name == "gitea")
-    assert not any(r.source == "+aic-users" for r in fw.container(gitea.ctid).rules)
-    assert "IN ACCEPT -source +aic-users -p tcp -dport 5432" in fw.container_fw(pg.ctid)
-    ops = {s.name: s for s in fw.ipsets}["aic-operators"]
+    assert not any(r.source == "+guest/aic-users" for r in fw.container(gitea.ctid).rules)
+    assert "IN ACCEPT -source +guest/aic-users -p tcp -dport 5432" in fw.container_fw(pg.ctid)
+    ops = {s.name: s for s in fw.container(pg.ctid).ipsets}["aic-operators"]
     assert ops.cidrs == site.operator_sources and not ops.nomatch
     users_net = [ipaddress.ip_network(f"{c.ip}/32") for c in users]
     assert not any(u.subnet_of(ipaddress.ip_network(o)) for u in users_net for o in ops.cidrs)
@@ -422,7 +426,7 @@ def test_cli_render_writes_the_tree(tmp_path, monkeypatch):
     env1 = (out / "users/user2/.env").read_text()
     assert main(["render", "-f", str(site_file), "--out", str(out), "--user", "user2"]) == 0
     assert (out / "users/user2/.env").read_text() == env1  # secrets come from the state: stable
-    assert (out / "traefik/dynamic/205201.yml").exists() and (out / "firewall/cluster.fw").exists()
+    assert (out / "traefik/dynamic/205201.yml").exists() and not (out / "firewall/cluster.fw").exists()
     assert main(["render", "-f", str(site_file), "--out", str(out), "--user", "nobody"]) == 1
 
 
@@ -468,6 +472,8 @@ def _template(path: str) -> str:
     parts = path.split("/")
     if parts[1] == "nodes":  # /nodes/{node}/lxc/{vmid}/firewall/...
         parts[2], parts[4] = "{node}", "{vmid}"
+        if len(parts) > 7 and parts[6] == "ipset":
+            parts[7] = "{name}"
     elif parts[1:3] == ["cluster", "firewall"] and len(parts) > 4:
         parts[4] = "{group}" if parts[3] == "groups" else "{name}"
     return "/".join(parts)
@@ -489,14 +495,12 @@ def test_firewall_api_calls_match_the_pve_schema(site):
                 assert re.fullmatch(p["pattern"], str(value)), (path, key, value)
         required = {k for k, p in spec.items() if not p.get("optional") and k not in ("node", "vmid", "name", "group")}
         assert required <= set(body), (path, required - set(body))
-    # group names fit PVE's limit and rules reference only defined groups and ipsets
-    fw = firewall_plan(site)
-    names = {g.name for g in fw.groups}
-    sets = {f"+{s.name}" for s in fw.ipsets}
-    assert all(len(n) <= 18 for n in names)
-    for c in fw.containers:
+    # nothing on the datacenter (Sys.Modify on /); rules name only the container's own ipsets,
+    # created before them (pve-firewall verify_rule refuses "no such ipset")
+    assert not [p for _, p, _ in calls if p.startswith("/cluster/")]
+    for c in firewall_plan(site).containers:
+        sets = {f"+guest/{s.name}" for s in c.ipsets}
         for r in c.rules:
-            assert r.action in names if r.type == "group" else r.action in ("ACCEPT", "DROP", "REJECT")
-    for r in [r for g in fw.groups for r in g.rules] + [r for c in fw.containers for r in c.rules]:
-        for ref in (r.source, r.dest):
-            assert not (ref or "").startswith("+") or ref in sets, r
+            assert r.action in ("ACCEPT", "DROP", "REJECT")
+            for ref in (r.source, r.dest):
+                assert not (ref or "").startswith("+") or ref in sets, r

@@ -16,6 +16,7 @@ import subprocess
 
 import pytest
 
+from aicommons.drivers.proxmox import provision
 from aicommons.render import render_site
 from tests.test_render import FakeSecrets, make_site
 
@@ -25,6 +26,9 @@ def scripts():
     files = render_site(make_site(50), FakeSecrets())
     out = {path: f.content for path, f in files.items() if path.endswith(".sh")}
     assert len(out) >= 30, sorted(out)  # one per shared service at least
+    # and the scripts the Proxmox driver runs itself: Docker's pinned install and its readiness probe
+    out["driver/docker-install.sh"] = provision.DOCKER_INSTALL
+    out["driver/docker-probe.sh"] = provision.DOCKER_PROBE
     return out
 
 

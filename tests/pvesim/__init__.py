@@ -15,12 +15,16 @@ What it does:
   are filtered as upstream filters them (/cluster/resources, /pools, /cluster/mapping/pci).
   `acl="admin"` (default) gives the token's user Administrator on /; `acl=None` gives nothing:
   set it up with `sim.pveum("acl modify / -user ... -role ...")` lines, as an admin would.
+  A create without `unprivileged` is unprivileged; a privileged one needs Sys.Modify on / itself
+  (pve-container `create_vm`), as every datacenter firewall write does (the schema's checks).
 - Keeps nodes (memory, cores, a GPU advertised as a /cluster/mapping/pci entry), one container
   storage of a given plugin type (lvmthin `local-lvm` by default; `shared_storage=True` is a Ceph
   RBD one, `storage=Storage(...)` anything, e.g. NFS), `local` (dir: templates and backups), pools,
   containers (config + digest + lock + status), tasks with realistic UPIDs, logs and exit statuses
   (OK, `WARNINGS: N`, errors; stoppable), the firewall (security groups, rules inserted at the top
-  as upstream does, moves, ipsets with normalised CIDRs, options), datacenter.cfg's next-id range,
+  as upstream does, moves, ipsets with normalised CIDRs, options; a rule naming an ipset neither the
+  guest nor the datacenter has is refused, pve-firewall `verify_rule`; `+guest/x`/`+dc/x` scopes
+  when matching), datacenter.cfg's next-id range,
   and backups: `vzdump` (a task) writes an archive volume into a storage holding `backup` content.
 - Linked clones only where pve-storage allows them for containers (lvmthin, zfspool, rbd, btrfs).
 - Clone locks its source (`lock: disk`) for the task's duration: a second clone of the same
@@ -114,7 +118,8 @@ class Simulator:
     # ---- setup helpers ------------------------------------------------------------------
     def pveum(self, line: str) -> None:
         """The few `pveum` commands an admin runs to set up the token (docs/proxmox.md):
-        `role add NAME -privs "..."`, `acl modify PATH -user|-token ID -role R [-propagate 0]`,
+        `role add|modify NAME -privs "..." [-append 1]`, `acl modify|delete PATH -user|-token ID -role R
+        [-propagate 0]`,
         `pool add NAME`, `user add ID`, `user token add USER NAME --privsep 0|1`."""
         argv = shlex.split(line.split("#", 1)[0])
         if argv[:1] == ["pveum"]:
@@ -124,6 +129,13 @@ class Simulator:
         with self.cluster.lock:
             if argv[:2] == ["role", "add"]:
                 a.add_role(argv[2], opts.get("privs", ""))
+            elif argv[:2] == ["role", "modify"]:  # pve-access-control API2/Role.pm update_role: -append keeps the old
+                keep = sorted(a.roles[argv[2]]) if opts.get("append") == "1" else []
+                a.add_role(argv[2], keep + opts.get("privs", "").split())
+            elif argv[:2] == ["acl", "delete"]:
+                who = opts.get("user") or opts.get("token")
+                a.acls[:] = [x for x in a.acls if not (x.path == ("/" + argv[2].strip("/") if argv[2] != "/" else "/")
+                                                       and x.who == who and x.role in opts["role"].split(","))]
             elif argv[:2] == ["acl", "modify"]:
                 who = opts.get("user") or opts.get("token")
                 for role in opts["role"].split(","):
@@ -238,8 +250,12 @@ class Simulator:
         if not source:
             return True
         if source.startswith("+"):
-            name = source[1:]
-            entries = self.cluster.fw_ipsets.get((str(ct.vmid), name), self.cluster.fw_ipsets.get(("cluster", name), []))
+            # Firewall.pm `ipt_gen_src_or_dst_match`: `+guest/x` only the guest's set, `+dc/x` only the
+            # datacenter's, a bare `+x` the guest's first
+            scope, _, name = source[1:].rpartition("/")
+            guest = self.cluster.fw_ipsets.get((str(ct.vmid), name)) if scope in ("", "guest") else None
+            entries = guest if guest is not None else (
+                self.cluster.fw_ipsets.get(("cluster", name), []) if scope in ("", "dc") else [])
             hits = [e for e in entries if ipaddress.ip_address(ip) in ipaddress.ip_network(e["cidr"], strict=False)]
             return any(not e.get("nomatch") for e in hits) and not any(e.get("nomatch") for e in hits)
         return any(ipaddress.ip_address(ip) in ipaddress.ip_network(s, strict=False) for s in source.split(","))

@@ -51,21 +51,36 @@ def _copy_rule_data(rule: dict, p: dict) -> None:
                 rule[k] = int(p[k]) if k in ("enable", "log") and str(p[k]).isdigit() else p[k]
 
 
-def _verify(rule: dict) -> None:
-    # `verify_rule` records the address family of IP sources/destinations (returned on read).
+IPSET_REF = re.compile(r"\+(guest/|dc/|sdn/)?([A-Za-z][A-Za-z0-9_-]+)")
+
+
+def _verify(ctx, rule: dict, scope: str) -> None:
+    """pve-firewall src/PVE/Firewall.pm `verify_rule`: a `+name` source/dest must name an ipset of
+    the datacenter or of the rule's own guest (a security group's rules have no guest config),
+    else 400 "no such ipset"; `type: group` is refused inside a group; the address family of IP
+    sources/destinations is recorded (returned on read)."""
+    if rule.get("type") == "group" and scope == "group":
+        raise PveError(400, "Parameter verification failed.", {"type": "security groups not allowed"})
     for k in ("source", "dest"):
         v = rule.get(k, "")
-        if v and not v.startswith("+"):
+        if v.startswith("+"):
+            m = IPSET_REF.fullmatch(v)
+            if not m:
+                raise PveError(400, "Parameter verification failed.", {k: f"invalid ipset name '{v}'"})
+            guest = (ctx.p["vmid"], m.group(2)) in ctx.cl.fw_ipsets if scope == "ct" else False
+            if not guest and ("cluster", m.group(2)) not in ctx.cl.fw_ipsets:
+                raise PveError(400, "Parameter verification failed.", {k: f"no such ipset '{m.group(2)}'"})
+        elif v:
             rule["ipversion"] = ipaddress.ip_network(v.split(",")[0], strict=False).version
 
 
-def _rule_add(ctx, rules):
+def _rule_add(ctx, rules, scope):
     """pve-firewall src/PVE/API2/Firewall/Rules.pm `create_rule`: the new rule goes to the TOP of
     the list (`unshift @$rules, $rule`) - `pos` is accepted by the schema but ignored - and a rule
     created without `enable` is disabled (`$rule->{enable} = 0 if !defined($param->{enable})`)."""
     rule: dict = {}
     _copy_rule_data(rule, ctx.p)
-    _verify(rule)
+    _verify(ctx, rule, scope)
     if "enable" not in ctx.p:
         rule["enable"] = 0
     rules.insert(0, rule)
@@ -78,7 +93,7 @@ def _rule_at(ctx, rules) -> int:
     return pos
 
 
-def _rule_put(ctx, rules):
+def _rule_put(ctx, rules, scope):
     """Rules.pm `update_rule`: with `moveto` the rule is only moved - it lands just before the rule
     that was at index `moveto` (at the end when moveto >= the list's length); otherwise the given
     keys are copied (`copy_rule_data`) and `delete` removes keys. `digest` guards the whole list."""
@@ -104,7 +119,7 @@ def _rule_put(ctx, rules):
         if k:
             rule.pop(k, None)
     rule.pop("ipversion", None)
-    _verify(rule)
+    _verify(ctx, rule, scope)
 
 
 def _rule_del(ctx, rules):
@@ -113,8 +128,8 @@ def _rule_del(ctx, rules):
 
 for _scope, _base in (("group", "/cluster/firewall/groups/{group}"), ("ct", FW_CT + "/rules")):
     HANDLERS[("GET", _base)] = (lambda s: lambda ctx: _rule_list(_rules(ctx, s)))(_scope)
-    HANDLERS[("POST", _base)] = (lambda s: lambda ctx: _rule_add(ctx, _rules(ctx, s)))(_scope)
-    HANDLERS[("PUT", _base + "/{pos}")] = (lambda s: lambda ctx: _rule_put(ctx, _rules(ctx, s)))(_scope)
+    HANDLERS[("POST", _base)] = (lambda s: lambda ctx: _rule_add(ctx, _rules(ctx, s), s))(_scope)
+    HANDLERS[("PUT", _base + "/{pos}")] = (lambda s: lambda ctx: _rule_put(ctx, _rules(ctx, s), s))(_scope)
     HANDLERS[("DELETE", _base + "/{pos}")] = (lambda s: lambda ctx: _rule_del(ctx, _rules(ctx, s)))(_scope)
     HANDLERS[("GET", _base + "/{pos}")] = (lambda s: lambda ctx: _rule_list(_rules(ctx, s))[_rule_at(ctx, _rules(ctx, s))])(_scope)
 

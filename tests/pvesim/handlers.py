@@ -241,14 +241,17 @@ def lxc_create(ctx):
             raise PveError(403, f"Permission check failed (/vms/{vmid}, VM.Allocate)")
         check(ctx, f"/storage/{ctx.p['ostemplate'].split(':', 1)[0]}", ["Datastore.AllocateSpace", "Datastore.Audit"],
               any_=True)
-        if not ctx.bool("unprivileged"):
-            check(ctx, "/", ["Sys.Modify"])  # privileged containers
+        # pve-container API2/LXC.pm create_vm: `$unprivileged = 1 if !defined($unprivileged)`, then
+        # `check($authuser, '/', ['Sys.Modify']) if !$unprivileged`: privileged needs Sys.Modify on / itself
+        if "unprivileged" in ctx.p and not ctx.bool("unprivileged"):
+            check(ctx, "/", ["Sys.Modify"])
         _modify_perm(ctx, vmid, pool, {}, {**conf, **({"rootfs": ctx.p["rootfs"]} if "rootfs" in ctx.p else {})})
     m = re.fullmatch(r"([\w\-.]+):(\d+)", ctx.p.get("rootfs", f"{cl.storage}:8"))
     if not m:
         raise PveError(400, "Parameter verification failed.", {"rootfs": "expected STORAGE:SIZE_GB"})
     conf.setdefault("arch", "amd64")
     conf.setdefault("ostype", "debian")
+    conf.setdefault("unprivileged", "1")  # create_vm's default (above)
     conf["rootfs"] = _rootfs(m.group(1), vmid, int(m.group(2)))
     conf["lock"] = "create"
     ct = Ct(vmid, node, conf, pool=ctx.p.get("pool"))

@@ -3,15 +3,22 @@
 `rendered_settings` lists, per component, each environment variable and config key the rendered
 site gives it (pure: it reads the render output). Each is then looked up:
 
-1. in the component's installed package, when the native-runtime layer is built
-   (/var/cache/aicommons/apps/<app>-<version>-<hash>/: Python site-packages or node_modules):
-   the setting's name must occur in its code (`grep_tree`);
-2. else in the recorded evidence (evidence.yaml, next to this file): where the name was read in
-   the component's own published package or source, at the pinned version (package and file,
-   or repository, tag and path), or the real server that loaded the file in our tests;
+Evidence (evidence.yaml, next to this file) records, per setting, the file *and the code that
+reads it*: `{file: …/DataSource.js, read: process.env.DATABASE_HOST}`. A record counts only when
+`read` is a read of that setting in the file's language (`READ_FORMS`: `process.env.X`,
+`os.environ.get("X")`, `getenv("X")`, …): a name in a grammar file, a type declaration (.d.ts) or
+a README is refused as `not_read`. Each setting is then checked:
+
+1. against the component's installed package, when its native-runtime layer is built
+   (/var/cache/aicommons/apps/<app>-<version>-<hash>/): the recorded file must exist there and
+   contain the recorded read (the pinned code, read now);
+2. else on the record: where it was read in the component's own published package or source at
+   the pinned version (package and file, or repository, tag and path), or the real server that
+   loaded the file in our tests (`live`);
 3. else it is reported unchecked, with the reason the evidence file gives for that component.
 
-A name searched for and not found is `missing`: a setting that component does not read.
+A setting with no record is `missing` (with a layer, `find_reads` suggests where it is read).
+Older records that give only a file where the name occurs are reported as `named`: not a proof.
 """
 
 from __future__ import annotations
@@ -43,13 +50,77 @@ CONFIG_FILES = {"postgres": [("conf.d/aicommons.conf", "pgconf")], "redis": [("r
 class Report:
     confirmed: dict[str, dict[str, str]] = field(default_factory=dict)  # component -> setting -> where
     missing: dict[str, list[str]] = field(default_factory=dict)         # searched, not found: wrong
+    not_read: dict[str, list[str]] = field(default_factory=dict)        # evidence that is not a read: refused
+    named: dict[str, list[str]] = field(default_factory=dict)           # only where the name occurs (older records)
     approximate: dict[str, str] = field(default_factory=dict)          # read at another version than pinned
     live: dict[str, tuple[list[str], str]] = field(default_factory=dict)  # checked against the real server (tests)
     unchecked: dict[str, tuple[list[str], str]] = field(default_factory=dict)  # component -> (settings, why)
 
     @property
     def ok(self) -> bool:
-        return not self.missing
+        return not self.missing and not self.not_read
+
+
+# What a read of setting NAME looks like, per language (file suffixes). LOWER is the name in lower
+# case (pydantic settings match environment names case-insensitively against field names).
+_PY, _JS = (".py",), (".js", ".cjs", ".mjs", ".ts", ".tsx")
+READ_FORMS: tuple[tuple[str, tuple[str, ...], str], ...] = (
+    # (an assignment - `os.environ["X"] = …`, `process.env.X = …` - sets it, never reads it)
+    ("os.environ", _PY, r"""\bos\.environ(?:\.get)?\s*[\[(]\s*['"]NAME['"](?!\s*\]\s*=[^=])"""),
+    ("getenv", _PY, r"""\bgetenv\s*\(\s*['"]NAME['"]"""),
+    ("environ", _PY, r"""\benviron(?:\.get)?\s*[\[(]\s*['"]NAME['"](?!\s*\]\s*=[^=])"""),
+    ("decouple config()", _PY, r"""\bconfig\s*\(\s*['"]NAME['"]"""),
+    ("pydantic BaseSettings field", _PY, r"""^\s+LOWER\s*:"""),
+    # a name -> label map whose names are then looked up one by one (chainforge's fetchEnvironAPIKeys)
+    ("os.environ.get through a name map", _PY, r"""['"]NAME['"]\s*:\s*['"][^'"]*['"],[\s\S]*\bos\.environ\.get\(\s*key\s*\)"""),
+    ("process.env", _JS, r"""\bprocess\.env(?:\.NAME\b|\[\s*['"`]NAME['"`]\s*\])(?!\s*=[^=])"""),
+    ("@Env decorator", _JS, r"""\bEnv\)?\s*\(\s*['"]NAME['"]"""),
+    ("os.Getenv", (".go",), r'\bos\.(?:Getenv|LookupEnv)\s*\(\s*"NAME"'),
+    # ollama's envconfig helpers: Var(key) is os.Getenv(key) trimmed; Uint/Bool/String wrap Var
+    ("envconfig Var/Uint/Bool/String", (".go",), r'\b(?:Var|Uint|Uint64|Bool|String)\s*\(\s*"NAME"'),
+    ("getenv()", (".c", ".cc", ".cpp", ".h"), r"""\b(?:secure_)?getenv\s*\(\s*"NAME"\s*\)"""),
+    ("shell variable", (".sh",), r"""\$\{?NAME\b"""),
+)
+
+
+def _form(label_or_regex: str, name: str) -> re.Pattern[str]:
+    return re.compile(label_or_regex.replace("NAME", re.escape(name)).replace("LOWER", re.escape(name.lower())), re.M)
+
+
+def read_form(name: str, file: str, read: str) -> str | None:
+    """Which kind of read `read` (code from `file`) is of setting `name`, or None: not a read."""
+    if file.endswith(".d.ts"):  # a type declaration names a variable, never reads it
+        return None
+    suffix = Path(file).suffix
+    for label, suffixes, regex in READ_FORMS:
+        if suffix in suffixes and _form(regex, name).search(read):
+            return label
+    return None
+
+
+def find_reads(root: Path, names: Iterable[str]) -> dict[str, tuple[str, str]]:
+    """name -> (file relative to root, the code that reads it): the first read found under root.
+    Used to suggest evidence, never as evidence (a read in some dependency is not the app's)."""
+    todo = set(names)
+    found: dict[str, tuple[str, str]] = {}
+    suffixes = {s for _, sfx, _ in READ_FORMS for s in sfx}
+    for p in sorted(root.rglob("*")):
+        if not todo:
+            break
+        if p.suffix not in suffixes or p.name.endswith(".d.ts") or not p.is_file() or p.stat().st_size > 8_000_000:
+            continue
+        try:
+            text = p.read_text(encoding="utf-8", errors="ignore")
+        except OSError:
+            continue
+        for n in [n for n in todo if n in text]:
+            for _, sfx, regex in READ_FORMS:
+                m = _form(regex, n).search(text) if p.suffix in sfx else None
+                if m:
+                    found[n] = (str(p.relative_to(root)), m.group(0).strip())
+                    todo.discard(n)
+                    break
+    return found
 
 
 def _flatten(doc: object, prefix: str = "") -> list[str]:
@@ -98,26 +169,6 @@ def rendered_settings(files: Mapping[str, Any]) -> dict[str, set[str]]:
     return out
 
 
-def grep_tree(root: Path, names: Iterable[str],
-              suffixes: tuple[str, ...] = (".py", ".js", ".cjs", ".mjs", ".ts", ".json")) -> dict[str, str]:
-    """name -> first file (relative to root) that names it as a whole word: the package reads it there."""
-    todo = set(names)
-    found: dict[str, str] = {}
-    for p in sorted(root.rglob("*")):
-        if not todo:
-            break
-        if not p.is_file() or p.suffix not in suffixes or p.stat().st_size > 8_000_000:
-            continue
-        try:
-            text = p.read_text(encoding="utf-8", errors="ignore")
-        except OSError:
-            continue
-        for n in [n for n in todo if n in text and re.search(rf"(?<![A-Za-z0-9_]){re.escape(n)}(?![A-Za-z0-9_])", text)]:
-            found[n] = str(p.relative_to(root))
-            todo.discard(n)
-    return found
-
-
 def _layer(app: str, version: str, layers: Path) -> Path | None:
     """The built native layer <app>-<version>-<hash>/ (with its `ready` marker), if any."""
     hits = sorted(d for d in layers.glob(f"{app}-*-*") if d.is_dir() and (d / "ready").exists()
@@ -139,8 +190,28 @@ def _same_version(a: str, b: str) -> bool:
     return norm(a) == norm(b)
 
 
+def _check_record(comp: str, key: str, rec: Any, layer: Path | None, source: str, rep: Report) -> str | None:
+    """Where `key` is read, from its evidence record (checked against the layer when there is one)."""
+    if isinstance(rec, str):  # an older record: a file where the name occurs, not the read
+        rep.named.setdefault(comp, []).append(key)
+        return f"{source}: {rec} (names it; the read is not recorded)"
+    file, read = str(rec.get("file", "")), str(rec.get("read", ""))
+    if read_form(key, file, read) is None:
+        rep.not_read.setdefault(comp, []).append(f"{key}: {file}: {read!r} is not a read of {key}")
+        return None
+    if layer is None:
+        return f"{source}: {file}: {read}"
+    path = layer / file
+    text = path.read_text(encoding="utf-8", errors="ignore") if path.is_file() else None
+    if text is None or read not in text:
+        rep.not_read.setdefault(comp, []).append(
+            f"{key}: {file} {'does not contain ' + repr(read) if text is not None else 'is not in'} layer {layer.name}")
+        return None
+    return f"layer {layer.name}: {file}: {read}"
+
+
 def verify(files: Mapping[str, Any], versions: Mapping[str, str], *, evidence: dict[str, Any] | None = None,
-           layers: Path = LAYERS) -> Report:
+           layers: Path = LAYERS, suggest: bool = True) -> Report:
     """Check every rendered setting. `versions`: component -> the pinned version rendered."""
     ev = load_evidence() if evidence is None else evidence
     rep = Report()
@@ -148,31 +219,31 @@ def verify(files: Mapping[str, Any], versions: Mapping[str, str], *, evidence: d
         rec = ev.get("components", {}).get(comp)
         version = str(versions.get(comp, ""))
         layer = _layer(comp, version, layers) if version else None
-        if layer is not None:
-            where = {k: f"layer {layer.name}: {v}" for k, v in grep_tree(layer, keys).items()}
-            if rec is not None and _same_version(rec.get("version", ""), version):
-                # what a whole-word grep of text files cannot see (a compiled library, a settings
-                # field read case-insensitively, the user's own code): the recorded reading
-                found, user = rec.get("found") or {}, rec.get("for_user_code") or {}
-                where.update({k: f"layer {layer.name}: {found[k]}" for k in keys if k not in where and k in found})
-                where.update({k: f"user code: {user[k]}" for k in keys if k not in where and k in user})
-        elif rec is not None and _same_version(rec.get("version", ""), version or rec.get("version", "")):
-            found = {**(rec.get("found") or {}), **(rec.get("for_user_code") or {})}
-            where = {k: f"{rec['source']}: {found[k]}" for k in keys if k in found}
-            if not _same_version(rec.get("read_at", ""), rec.get("version", "")):
-                rep.approximate[comp] = f"pinned {version}, read at {rec['read_at']} ({rec['source']})"
-        elif comp in ev.get("live", {}):
-            rep.live[comp] = (sorted(keys), ev["live"][comp])
+        if rec is None or not _same_version(rec.get("version", ""), version or rec.get("version", "")):
+            if comp in ev.get("live", {}):
+                rep.live[comp] = (sorted(keys), ev["live"][comp])
+            else:
+                why = (ev.get("unchecked", {}).get(comp) or
+                       (f"evidence is for {rec.get('version')}, the site pins {version}" if rec else "no evidence recorded"))
+                rep.unchecked[comp] = (sorted(keys), why)
             continue
-        else:
-            why = (ev.get("unchecked", {}).get(comp) or
-                   (f"evidence is for {rec.get('version')}, the site pins {version}" if rec else "no evidence recorded"))
-            rep.unchecked[comp] = (sorted(keys), why)
-            continue
+        if layer is None and not _same_version(rec.get("read_at", ""), rec.get("version", "")):
+            rep.approximate[comp] = f"pinned {version}, read at {rec['read_at']} ({rec['source']})"
+        found, user = rec.get("found") or {}, rec.get("for_user_code") or {}
+        where: dict[str, str] = {}
+        for k in sorted(keys):
+            if k in found:
+                got = _check_record(comp, k, found[k], layer, rec["source"], rep)
+                if got:
+                    where[k] = got
+            elif k in user:  # for the user's own code running there, not the component (recorded why)
+                where[k] = f"user code: {user[k]}"
         rep.confirmed[comp] = where
-        lost = sorted(set(keys) - set(where))
+        lost = sorted(set(keys) - set(where) - set(found))
         if lost:
-            rep.missing[comp] = lost
+            hints = find_reads(layer, lost) if layer is not None and suggest else {}
+            rep.missing[comp] = [k + (f" (no record; read at {hints[k][0]}: {hints[k][1]})" if k in hints else "")
+                                 for k in lost]
     return rep
 
 

@@ -42,8 +42,13 @@ def verify(
     files = render_site(resolve(site, index=index), lambda scope, key: "x" * 40)
     rep = check(files, pinned_versions())
     for comp, where in sorted(rep.confirmed.items()):
-        console.print(f"[green]ok[/] {comp}: {len(where)} settings read by its code"
-                      + (f" (approximate: {rep.approximate[comp]})" if comp in rep.approximate else ""))
+        named = rep.named.get(comp, [])
+        if len(where) > len(named):
+            console.print(f"[green]ok[/] {comp}: {len(where) - len(named)} settings read by its code"
+                          + (f" (approximate: {rep.approximate[comp]})" if comp in rep.approximate else ""))
+        if named:
+            console.print(f"[yellow]named only[/] {comp}: {', '.join(named)} — the record gives a file that names "
+                          "them, not the code that reads them (re-read and record `file` + `read`)")
     for comp, (keys, why) in sorted(rep.live.items()):
         console.print(f"[cyan]live[/] {comp}: {len(keys)} settings, {why}")
     for comp, (keys, why) in sorted(rep.unchecked.items()):
@@ -51,6 +56,8 @@ def verify(
     if registries:
         for what, pin, result in registry_checks():
             console.print(f"  {what} {pin}: {result}")
-    if rep.missing:
-        raise SettingsUnread("settings their component does not read: " + "; ".join(
-            f"{c}: {', '.join(k)}" for c, k in sorted(rep.missing.items())))
+    problems = [f"{c}: {', '.join(k)}" for c, k in sorted(rep.missing.items())]
+    problems += [f"{c}: {x}" for c, xs in sorted(rep.not_read.items()) for x in xs]
+    if problems:
+        raise SettingsUnread("settings not shown to be read by their component (no record, or evidence that is "
+                             "not a read — fix src/aicommons/catalog/evidence.yaml): " + "; ".join(problems))

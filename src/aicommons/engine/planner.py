@@ -31,7 +31,7 @@ class Reality:
     allocations: dict[int, str] = field(default_factory=dict)  # ctid -> user (from state)
     unread: set[str] = field(default_factory=set)  # back ends that could not be read
     active: dict[str, int] = field(default_factory=dict)  # user -> ctid of active allocations
-    # None: the driver applies no firewall. Else what differs now (`ipset.X`, `group.X`, `container.N`).
+    # None: the driver applies no firewall. Else what differs now (`container.N`).
     firewall: list[str] | None = None
     # Deliver shared containers' rendered files: all (True), or only the system config files of
     # these services (a driver that installs them by its own recipes).

@@ -6,7 +6,7 @@ Layout of the output tree (docs/render.md says where each part goes on a real si
   users/<user>/native.json, units/*.service, env/ (0600)  or its native units (runtime native)
   services/<host>/...                                   each shared container's config + install.sh
   services/authentik/blueprints/*.yaml                  SSO: users, groups, providers, bindings
-  firewall/cluster.fw, firewall/<ctid>.fw, api.json     Proxmox VE firewall
+  firewall/<ctid>.fw, api.json                         Proxmox VE firewall
 """
 
 from __future__ import annotations
@@ -97,7 +97,6 @@ def render_site(resolved: ResolvedSite, secrets) -> dict[str, RenderedFile]:
     out += shared_files(resolved, secrets)
     if "authentik" in resolved.endpoints:
         out.append(RenderedFile(f"{AUTHENTIK_DIR}/site.yaml", authentik.dump(authentik.site_blueprint(resolved))))
-    out.append(RenderedFile("firewall/cluster.fw", fw.cluster_fw()))
     out.append(RenderedFile("firewall/api.json", json.dumps(
         [{"method": m, "path": p, "body": b} for m, p, b in fw.api_calls()], indent=1) + "\n"))
     files = {f.path: f for f in out}

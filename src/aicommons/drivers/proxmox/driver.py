@@ -504,7 +504,7 @@ class ProxmoxDriver:
             if time.monotonic() > deadline:
                 raise TemporaryError(f"container {ctid} ({ip}) on {node} did not answer within {timeout:g}s", delay=10)
             self.api.sleep(self.ready_poll)
-        if self._runs_docker(cfg):  # ready = the bundle can run: Docker + compose are there
+        if self._runs_docker(cfg):  # ready = the bundle can run: Docker has started a real container
             provision.ensure_docker(self, ctid)
 
     def _runs_docker(self, cfg: CtConfig) -> bool:

@@ -1,7 +1,8 @@
 """Apply `aicommons.render.firewall.FirewallPlan` through the PVE API, changing only what differs.
 
-Read each object first (cluster ipsets, security groups, per-container rules and options) and
-write only the difference, so a second run makes no writing call. Rule lists are edited, not
+Everything is the containers' own (ipsets, rules, options): nothing on the datacenter, whose
+objects need `Sys.Modify` on `/` (see render/firewall.py). Read each object first and write only
+the difference, so a second run makes no writing call. Rule lists are edited, not
 rewritten: a rule that changed is updated in place (PUT …/{pos}), a rule that is gone is deleted,
 a new one is created and moved to its place. PVE creates every rule at the TOP of the list,
 whatever `pos` says (pve-firewall API2/Firewall/Rules.pm `create_rule`: `unshift @$rules`), and
@@ -98,21 +99,15 @@ def apply_firewall(api: PveApi, plan, node_of, *, dry_run: bool = False) -> Fire
         # Enabling it is root's call: with policy_in DROP it can cut off the GUI (8006) and SSH.
         rep.notes.append("the datacenter firewall is disabled, so these rules are not enforced yet: enable it "
                          "(Datacenter > Firewall > Options) after allowing 8006 and 22 from your admin network")
-    existing = {d["name"] for d in api.get("cluster/firewall/ipset")}
-    for s in plan.ipsets:
-        _sync_ipset(api, "cluster/firewall/ipset", s, existing, rep)
-    groups = {d["group"] for d in api.get("cluster/firewall/groups")}
-    for g in plan.groups:
-        if g.name not in groups:
-            rep.write(api, "POST", "cluster/firewall/groups", group=g.name, comment=g.comment or None)
-        # In a dry run a missing group stays missing: there is nothing to read, all its rules are new.
-        _sync_rules(api, f"cluster/firewall/groups/{g.name}", [r.to_api() for r in g.rules], rep,
-                    exists=g.name in groups or not dry_run)
     for c in plan.containers:
         node = node_of(c.ctid)
         if node is None:
             continue
         base = f"nodes/{node}/lxc/{c.ctid}/firewall"
+        # ipsets first: PVE refuses a rule naming an ipset that does not exist (`verify_rule`)
+        existing = {d["name"] for d in api.get(f"{base}/ipset")} if c.ipsets else set()
+        for s in c.ipsets:
+            _sync_ipset(api, f"{base}/ipset", s, existing, rep)
         _sync_rules(api, f"{base}/rules", [r.to_api() for r in c.rules], rep)
         have = api.get(f"{base}/options")
         diff = {k: v for k, v in c.options.items() if str(have.get(k)) != str(v)}
@@ -123,15 +118,11 @@ def apply_firewall(api: PveApi, plan, node_of, *, dry_run: bool = False) -> Fire
 
 
 def object_names(paths: list[str]) -> list[str]:
-    """API paths of changed objects as the engine's names: `ipset.X`, `group.X`, `container.N`."""
+    """API paths of changed objects as the engine's names: `container.N`."""
     out: list[str] = []
     for p in paths:
         parts = p.strip("/").split("/")
-        if parts[:3] == ["cluster", "firewall", "ipset"]:
-            name = f"ipset.{parts[3]}"
-        elif parts[:3] == ["cluster", "firewall", "groups"]:
-            name = f"group.{parts[3]}"
-        elif parts[0] == "nodes" and parts[2] == "lxc":
+        if parts[0] == "nodes" and parts[2] == "lxc":
             name = f"container.{parts[3]}"
         else:
             name = p

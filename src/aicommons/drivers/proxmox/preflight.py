@@ -14,12 +14,20 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from aicommons.drivers.proxmox.api import ApiError
 from aicommons.drivers.proxmox.template import check_template
 
 # pve-container clone_vm -> pve-storage volume_has_feature('clone', …, valid_target_formats raw/subvol):
 # only these storage types can hold a linked clone of a container (Plugin.pm refuses it for every
 # file-based type - dir, nfs, cifs, cephfs, glusterfs - because its clone is a qcow2 image).
 LINKED_CLONE_TYPES = ("lvmthin", "zfspool", "rbd", "btrfs")
+
+# All the token needs on `/` itself (granted without propagation). Anything more there is refused:
+# Sys.Modify on `/` lets a token create privileged containers (pve-container API2/LXC.pm
+# `create_vm`: `check($authuser, '/', ['Sys.Modify']) if !$unprivileged`), edit the datacenter
+# firewall's options, rules, ipsets and groups (pve-firewall Firewall.pm `rules_modify_permissions`
+# 'cluster'/'group') and the datacenter options (`PUT /cluster/options`); the site needs none of it.
+ROOT_PRIVS = frozenset({"Sys.Audit"})
 
 VM_PRIVS = ("VM.Allocate", "VM.Clone", "VM.Audit", "VM.PowerMgmt", "VM.Config.Disk", "VM.Config.CPU",
             "VM.Config.Memory", "VM.Config.Network", "VM.Config.Options", "VM.Backup", "Pool.Audit")
@@ -66,9 +74,8 @@ def required(*, pool: str, storage: str, template_storage: str, backup_storage: 
             Need(f"/storage/{backup_storage}", "Datastore.AllocateSpace", "write archives of removed containers"),
             Need(f"/storage/{backup_storage}", "Datastore.Audit", "list those archives"),
             Need(f"/sdn/zones/localnetwork/{bridge}", "SDN.Use", f"attach containers to {bridge}"),
-            Need("/", "Sys.Audit", "read the cluster's nodes and addresses and the datacenter firewall"),
-            Need("/", "Sys.Modify", "write the site's cluster ipsets and security groups (the cluster "
-                 "firewall needs Sys.Modify on / exactly; grant it without propagation)")]
+            Need("/", "Sys.Audit", "read the cluster's nodes and addresses, the next-id range and whether the "
+                 "datacenter firewall is on")]
     out += [Need(f"/nodes/{n}", "Sys.Audit", f"read {n}'s memory and cores for placement") for n in nodes]
     out += [Need("/vms", "VM.Audit", "count the memory of guests outside the pool (QEMU VMs, other teams' "
                  "containers) in placement; without it only what each node uses now is counted", optional=True),
@@ -95,12 +102,45 @@ def run(api, *, pool: str, storage: str, template: str, backup_storage: str, bri
         if need.priv not in have[need.path]:
             msg = f"missing {need.priv} on {need.path}: needed to {need.why}"
             (rep.notes if need.optional else rep.problems).append(msg)
+    _too_much_on_root(rep, have.get("/", set()))
+    _leftover_cluster_objects(api, rep)
     _storages(api, rep, storage=storage, backup_storage=backup_storage, nodes=use, needs_clones=needs_clones)
     _os_template(api, rep, template=template, nodes=use)
     if needs_clones:
         _templates(api, rep, pool=pool, template_ctid=template_ctid, nodes=use)
     _next_id(api, rep, planned_ctids)
     return rep
+
+
+def _too_much_on_root(rep: Report, privs: set[str]) -> None:
+    extra = sorted(set(privs) - ROOT_PRIVS)
+    if not extra:
+        return
+    why = ("Sys.Modify there lets it create privileged containers and switch the datacenter firewall off; "
+           if "Sys.Modify" in extra else "")
+    rep.problems.append(
+        f"the token holds more than the site needs on /: {' '.join(extra)} ({why}it needs only Sys.Audit there). "
+        "Grant / exactly as docs/proxmox.md does: `pveum acl delete / -user aicommons@pve -role <its role>` and "
+        "`pveum acl modify / -user aicommons@pve -role AicommonsCluster -propagate 0` with `pveum role modify "
+        "AicommonsCluster -privs Sys.Audit` (a root@pam token, or Administrator on /, is refused for the same reason)")
+
+
+def _leftover_cluster_objects(api, rep: Report) -> None:
+    """Earlier versions wrote the site's ipsets and security groups on the datacenter; the token can
+    no longer remove them (Sys.Modify on /), and containers no longer use them."""
+    try:
+        sets = [d["name"] for d in api.get("cluster/firewall/ipset") if d["name"].startswith("aic-")]
+        groups = [d["group"] for d in api.get("cluster/firewall/groups") if d["group"].startswith("aic-")]
+    except ApiError:  # a missing Sys.Audit on / is reported above
+        return
+    if not sets and not groups:
+        return
+    how = [f"pvesh delete /cluster/firewall/ipset/{n} --force 1" for n in sets]
+    if groups:  # the API deletes only an empty group (pve-firewall Groups.pm delete_security_group)
+        how.append(f"delete the sections of group {', '.join(groups)} from /etc/pve/firewall/cluster.fw")
+    rep.notes.append(f"datacenter firewall objects of an earlier aicommons version are unused once an apply has given "
+                     f"the containers their own rules ({', '.join(['ipset ' + n for n in sets] + ['group ' + g for g in groups])}); "
+                     f"remove them as root: {'; '.join(how)}")
 
 
 def _storages(api, rep: Report, *, storage: str, backup_storage: str, nodes: list[str], needs_clones: bool) -> None:

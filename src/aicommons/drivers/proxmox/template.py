@@ -23,9 +23,16 @@ def check_template(api: PveApi, node: str, vmid: int) -> list[str]:
         return [f"CT {vmid} on {node}: {exc}"]
     problems = []
     feats = cfg.prop("features")
-    for k, v in FEATURES.items():
-        if feats.get(k) != v:
-            problems.append(f"CT {vmid} on {node}: features must include {k}={v} (root-only: set it as root@pam)")
+    missing = [f"{k}={v}" for k, v in FEATURES.items() if feats.get(k) != v]
+    if missing:
+        # Docker in an unprivileged container needs both (nesting: its own mounts and /proc; keyctl: runc's
+        # session keyring); a clone copies them, and only root@pam may set keyctl
+        # (pve-container `check_ct_modify_config_perm`: any feature but nesting is root-only).
+        want = ",".join(f"{k}={v}" for k, v in {**feats, **FEATURES}.items())
+        problems.append(f"CT {vmid} on {node}: features must include {' and '.join(missing)} (Docker in an "
+                        f"unprivileged container needs nesting=1 and keyctl=1): as root on {node}, "
+                        f"`pct set {vmid} --features {want}` (root-only), or make the template again as "
+                        "docs/proxmox.md shows; containers cloned before keep their old features")
     if cfg.get("template") not in ("1", "True", "true"):
         problems.append(f"CT {vmid} on {node} is not a template (pct template {vmid})")
     if cfg.get("unprivileged") not in ("1", "True", "true"):

@@ -24,6 +24,7 @@ from __future__ import annotations
 import importlib
 
 import jsonschema
+import pydantic
 import pytest
 import yaml
 
@@ -166,7 +167,7 @@ def problems(doc: dict) -> list[str]:
                 elif not _has_ref(v):
                     try:
                         setattr(obj, known[k], v)  # the generated models validate on assignment
-                    except Exception as exc:  # pydantic.ValidationError
+                    except pydantic.ValidationError as exc:
                         out.append(f"{where}: {k}={v!r}: {str(exc).splitlines()[-2].strip()}")
             if e.get("state", "present") in ("present", "created", "must_created") and not any(
                     (e["model"], k) in STOCK for k in e.get("identifiers", {})):

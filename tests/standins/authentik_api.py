@@ -35,7 +35,7 @@ import yaml
 
 from aicommons.render.authentik import TagLoader
 
-NOW = dt.datetime(2026, 12, 1, tzinfo=dt.timezone.utc)
+NOW = dt.datetime(2026, 12, 1, tzinfo=dt.UTC)
 
 
 def _ts(t: dt.datetime) -> str:

@@ -47,6 +47,7 @@ class AuthentikBackend:
     wait_s: float = 90.0  # how long `invite` waits for Authentik to apply a new person's blueprint
     name: str = "authentik"
     service: str = "authentik"
+    plans_slices: bool = False  # the engine reads and plans nothing here (engine/api.py _refresh)
 
     @classmethod
     def for_site(cls, resolved, secrets) -> AuthentikBackend:

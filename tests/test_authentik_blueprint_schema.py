@@ -193,9 +193,17 @@ def test_every_rendered_blueprint_fits_the_schema_at_the_pin():
     assert found == {p: [] for p in docs}
 
 
-def test_with_smtp_the_blueprints_still_fit():
-    docs = _blueprints(2, lambda d: d.update(smtp={"host": "mail.example.org", "sender": "ai@example.org"}))
+def test_with_smtp_the_blueprints_still_fit_and_authentik_mails_through_it():
+    edit = lambda d: d.update(smtp={"host": "mail.example.org", "sender": "ai@example.org"})  # noqa: E731
+    docs = _blueprints(2, edit)
     assert all(problems(d) == [] for d in docs.values())
+    (mail,) = [e for e in docs[f"{AUTHENTIK_DIR}/flows.yaml"]["entries"] if e["model"] == "authentik_stages_email.emailstage"]
+    assert mail["attrs"]["use_global_settings"] is True  # no SMTP secret in a blueprint
+    files = render_site(make_site(2, edit), FakeSecrets())
+    env = yaml.safe_load(files["services/authentik/docker-compose.yml"].content)["services"]["worker"]["environment"]
+    assert {k: env[k] for k in env if k.startswith("AUTHENTIK_EMAIL__")} == {
+        "AUTHENTIK_EMAIL__HOST": "mail.example.org", "AUTHENTIK_EMAIL__PORT": "587",
+        "AUTHENTIK_EMAIL__FROM": "ai@example.org", "AUTHENTIK_EMAIL__USE_TLS": "true", "AUTHENTIK_EMAIL__USE_SSL": "false"}
 
 
 # The check must be able to fail: each of these is a mistake Authentik would refuse or drop.

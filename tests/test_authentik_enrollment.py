@@ -13,9 +13,12 @@ defines it is checked in tests/test_authentik_blueprint_schema.py.
 from __future__ import annotations
 
 import datetime as dt
+import threading
 from email import message_from_bytes
 from email.policy import default
+from http.server import ThreadingHTTPServer
 
+import httpx
 import pytest
 import yaml
 
@@ -158,3 +161,33 @@ def test_with_smtp_the_authentik_link_is_mailed(tmp_path, smtp):  # noqa: F811
         msg = message_from_bytes(msg.as_bytes(), policy=default)
         assert msg["To"] == _tenant(w, "user1").email and link in msg.get_content()
         assert "/if/flow/aicommons-enrollment/?itoken=" in link
+
+
+def test_a_suspended_person_is_signed_out_of_their_apps_at_once(tmp_path):
+    """The API stand-in and the outpost stand-in together: the outpost admits the person's app
+    session until `users suspend` deletes the Authentik session it came from."""
+    from tests.standins.outpost import Directory, Outpost
+
+    f = _site_file(tmp_path)
+    site, _ = load_site(f)
+    files = render_site(resolve(site), FakeSecrets())
+    texts = [x.content for p, x in files.items() if p.startswith(AUTHENTIK_DIR + "/")]
+    api, outpost = AuthentikApi(texts, TOKEN), Outpost(Directory.from_blueprints(texts), start_hop=False)
+    api.on_session_end.append(outpost.end_core_session)
+    host = next(h for h, app in outpost.dir.apps.items() if outpost.dir.admits(app, "user1")
+                and not outpost.dir.admits(app, "user2"))
+    cookie, value = outpost.session_for("user1", host, core_session=api.sign_in("user1"))
+    api_server, url = api.serve()
+    ak = ThreadingHTTPServer(("127.0.0.1", 0), outpost.handler())
+    threading.Thread(target=ak.serve_forever, daemon=True).start()
+    try:
+        def forward_auth() -> int:
+            return httpx.get(f"http://127.0.0.1:{ak.server_address[1]}/outpost.goauthentik.io/auth/traefik",
+                             headers={"X-Forwarded-Proto": "https", "X-Forwarded-Host": host, "X-Forwarded-Uri": "/",
+                                      "Cookie": f"{cookie}={value}"}).status_code
+        assert forward_auth() == 200
+        AuthentikBackend(url, TOKEN, wait_s=0).suspend(_tenant({"file": f}, "user1"))
+        assert forward_auth() == 302  # back to sign-in, where a deactivated account cannot sign in
+    finally:
+        api_server.shutdown()
+        ak.shutdown()

@@ -9,7 +9,9 @@ a 400 naming it, as DRF answers) and every response is built to pass the client'
 Simulated, per endpoint:
 - `Authorization: Bearer <token>`; anything else is 403.
 - `GET /core/users/?username=&path=`, `PATCH|DELETE /core/users/{pk}/`: deleting a user deletes
-  their sessions and the invitations they made (database cascades).
+  their sessions (a database cascade).
+- A deleted session is told to `on_session_end` listeners, as Authentik tells its outposts
+  (providers/proxy/signals.py logout_proxy_revoke): tests/standins/outpost.py drops its sessions.
 - `GET /core/authenticated_sessions/?user__username=`, `DELETE .../{uuid}/`.
 - `GET /flows/instances/?slug=`.
 - `POST|GET /stages/invitation/invitations/` (`?name=`), `GET|DELETE .../{invite_uuid}/`; an
@@ -57,6 +59,8 @@ class AuthentikApi:
         self.sessions: dict[str, dict] = {}
         self.invitations: dict[str, dict] = {}
         self.calls: list[tuple[str, str]] = []
+        # told each deleted session's uuid, as Authentik tells its outposts (standins/outpost.py)
+        self.on_session_end: list = []
         self.lock = threading.Lock()
         for text in blueprints:
             for e in yaml.load(text, Loader=TagLoader)["entries"]:
@@ -129,7 +133,8 @@ class AuthentikApi:
                     return 200, _checked(M.User, u)
                 if method == "DELETE":
                     del self.users[u["pk"]]
-                    self.sessions = {k: s for k, s in self.sessions.items() if s["user"] != u["pk"]}
+                    for k in [k for k, s in self.sessions.items() if s["user"] == u["pk"]]:
+                        self._end(k)
                     return 204, None
             if parts == ["core", "authenticated_sessions"] and method == "GET":
                 u = self.user(q.get("user__username", ""))
@@ -137,7 +142,7 @@ class AuthentikApi:
                     if "user__username" in q else list(self.sessions.values())
                 return self._page(rows, q, M.PaginatedAuthenticatedSessionList)
             if parts[:2] == ["core", "authenticated_sessions"] and len(parts) == 3 and method == "DELETE":
-                return (204, None) if self.sessions.pop(parts[2], None) else (404, {"detail": "Not found."})
+                return (204, None) if self._end(parts[2]) else (404, {"detail": "Not found."})
             if parts == ["flows", "instances"] and method == "GET":
                 rows = [self._flow_obj(s) for s in self.flows if q.get("slug", s) == s]
                 return self._page(rows, q, M.PaginatedFlowList)
@@ -162,6 +167,13 @@ class AuthentikApi:
                     del self.invitations[parts[3]]
                     return 204, None
         return 405 if parts else 404, {"detail": f"{method} {path} is not simulated"}
+
+    def _end(self, sid: str) -> bool:
+        if self.sessions.pop(sid, None) is None:
+            return False
+        for tell in self.on_session_end:
+            tell(sid)
+        return True
 
     @staticmethod
     def _page(rows: list[dict], q: dict[str, str], model) -> tuple[int, dict]:

@@ -10,7 +10,9 @@ package of that release; the test stand-in, tests/standins/authentik_api.py, fol
 - `GET /api/v3/core/users/?username=&path=` (paginated: `pagination`, `results`), `PATCH
   /api/v3/core/users/{pk}/` (`is_active`), `DELETE /api/v3/core/users/{pk}/`.
 - `GET /api/v3/core/authenticated_sessions/?user__username=`, `DELETE .../{uuid}/`: a person's
-  sessions. Deactivating alone does not sign anyone out, so suspend and remove delete them.
+  sessions. Deleting one is what signs the person out of the apps too: Authentik then tells its
+  outposts to drop the sessions made from it (providers/proxy/signals.py logout_proxy_revoke ->
+  proxy_on_logout). Deactivating has no such hook (core/signals.py), so suspend deletes them.
 - `GET /api/v3/flows/instances/?slug=`: the enrollment flow's pk.
 - `POST /api/v3/stages/invitation/invitations/` (name, expires, fixed_data, single_use, flow);
   `GET|DELETE .../{invite_uuid}/`; `GET ...?name=`. The invitation's pk is the `itoken` of the

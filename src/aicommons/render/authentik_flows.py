@@ -28,6 +28,8 @@ flows-recovery-email-verification.yaml: identification (e-mail or username) -> e
 one-time link -> new password -> user write -> login; a flow restored from the e-mailed link
 skips the first two (`is_restored`). It is the default brand's recovery flow and the login page's
 "forgot password" link (the stock `default-authentication-identification` stage's recovery_flow).
+Those two stock objects are changed in place: the importer serializes an object it finds with
+`partial=True` (blueprints/v1/importer.py, _validate_single), so only the attrs named here change.
 
 Mail: the e-mail stage uses Authentik's global e-mail settings (`use_global_settings`), which
 render/shared_compose.py sets from site.yaml `smtp:` (AUTHENTIK_EMAIL__*): a stage with its own

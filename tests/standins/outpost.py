@@ -118,7 +118,9 @@ class Directory:
                     outpost_providers = {p[1][1] for p in e["attrs"]["providers"]}
                     authentik_host = e["attrs"]["config"]["authentik_host"].rstrip("/")
             for e in doc["entries"]:
-                if e["model"] == "authentik_policies.policybinding":
+                # bindings of applications (flows.yaml binds policies to flow stages: not access)
+                if e["model"] == "authentik_policies.policybinding" and \
+                        ids[e["identifiers"]["target"]]["model"] == "authentik_core.application":
                     ids[e["identifiers"]["target"]]["_app"].groups.add(group_of(e["attrs"]["group"]))
         return cls(apps, users, outpost_providers, authentik_host)
 
@@ -146,16 +148,24 @@ class Outpost:
         return {"preferred_username": user, "email": u["email"], "name": user, "sub": hashlib.sha256(
             user.encode()).hexdigest(), "groups": sorted(u["groups"]), "app": app.slug}
 
-    def session_for(self, user: str, host: str) -> tuple[str, str]:
+    def session_for(self, user: str, host: str, core_session: str | None = None) -> tuple[str, str]:
         """(cookie name, value) of a finished sign-in: what the flow leaves in the browser. Only for
-        users the application's bindings admit (the flow refuses everyone else)."""
+        users the application's bindings admit (the flow refuses everyone else). `core_session`:
+        the Authentik session it came from (tests/standins/authentik_api.py sign_in)."""
         app = self.dir.apps[host]
         if not self.dir.admits(app, user):
             raise PermissionError(f"{user} is not admitted to {host}")
         sid = secrets.token_urlsafe(16)
         with self.lock:
-            self.sessions[sid] = {"claims": self.claims(user, app), "states": {}, "app": app.slug}
+            self.sessions[sid] = {"claims": self.claims(user, app), "states": {}, "app": app.slug,
+                                  "core": core_session}
         return app.cookie, sid
+
+    def end_core_session(self, core_session: str) -> None:
+        """An Authentik session was deleted: Authentik tells its outposts (providers/proxy/signals.py
+        logout_proxy_revoke -> proxy_on_logout), which drop every session that came from it."""
+        with self.lock:
+            self.sessions = {k: s for k, s in self.sessions.items() if s.get("core") != core_session}
 
     def handler(self):
         outpost = self

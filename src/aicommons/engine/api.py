@@ -199,6 +199,9 @@ def _refresh(s: Session) -> Reality:
     tenants: dict = {}
     unread: set[str] = set()
     for b in s.backends:
+        if not getattr(b, "plans_slices", True):  # a back end for user commands only: nothing to read
+            tenants[b.name] = {}
+            continue
         service = _service_of(s, b)
         ep = s.resolved.endpoints.get(service)
         running = {c.ctid for c in containers.values() if c.status == "running"}

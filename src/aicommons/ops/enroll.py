@@ -1,10 +1,14 @@
 """Enrollment: the invitation a new person gets, and redeeming it (set a password, then sign in).
 
-The identity provider keeps the people (tenancy/lemonldap.py); this is the service the CLI
-(`users add`, `users show`, `users invite`) and the portal (`/invite/{token}`) call. The token is
-a state secret (`<user>/invitation_token`, encrypted like every other), so `users show` can show a
-pending link again; the provider stores only its SHA-256 and its expiry. With `smtp:` in
-site.yaml the link is also e-mailed to the person.
+The identity provider keeps the people; this is the service the CLI (`users add`, `users show`,
+`users invite`) and the portal (`/invite/{token}`) call. The token is a state secret
+(`<user>/invitation_token`, encrypted like every other), so `users show` can show a pending link
+again. With `smtp:` in site.yaml the link is also e-mailed to the person.
+- LemonLDAP::NG (tenancy/lemonldap.py) stores only the token's SHA-256 and its expiry; the link
+  is the portal's `/invite/{token}`, where the person sets a password (`redeem`).
+- Authentik (tenancy/authentik.py) makes its own invitation, whose pk is the token (stored here in
+  place of the generated one); the link is Authentik's enrollment flow (render/authentik_flows.py),
+  where the person sets a password in Authentik itself.
 """
 
 from __future__ import annotations
@@ -29,6 +33,11 @@ def _provider(ctx):
 
 
 def link(resolved, token: str) -> str:
+    s = sign_in(resolved)
+    if s is not None and s.provider == "authentik":
+        from aicommons.render.authentik_flows import enrollment_url
+
+        return enrollment_url(s.portal_host, token)
     return f"https://{PORTAL_PREFIX}.{resolved.site.domain}/invite/{token}"
 
 
@@ -43,7 +52,10 @@ def invite(ctx, name: str, *, renew: bool = False) -> str | None:
         ctx.secrets.rotate(name, TOKEN_KEY)
     token = ctx.secrets.get(name, TOKEN_KEY)
     site = ctx.resolved.site
-    b.invite(name, site.identity.invitation_hours, token)
+    made = b.invite(name, site.identity.invitation_hours, token)
+    if made is not None and made != token:  # the provider's own invitation id is the token
+        ctx.secrets.put(name, TOKEN_KEY, made)
+        token = made
     url = link(ctx.resolved, token)
     if site.smtp is not None and t.email:
         send_invitation(site, ctx.session.site_file.parent, t.email, name, url)
@@ -87,6 +99,8 @@ def redeem(ctx, token: str, password: str) -> str:
     b = _provider(ctx)
     if b is None:
         raise PermanentError("this site's identity provider does not take aicommons invitations")
+    if not hasattr(b, "redeem"):  # Authentik: the person sets the password in Authentik's own flow
+        raise PermanentError(f"on this site an invitation is opened at {link(ctx.resolved, token)}")
     who = b.invitation_user(token)
     if who is None:
         raise PermanentError("this invitation is unknown, already used or expired; ask an operator for a new one "

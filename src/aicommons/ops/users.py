@@ -347,6 +347,7 @@ def _remove_user(site_file: Path, name: str, *, keep_data: bool = False, purge: 
     require_user(site_file, name)
     if not keep_data:
         _refuse_if_blocked(site_file, name, state_path, backends)
+        _sign_out_for_good(site_file, name, state_path, backends)
     if keep_data:
         with Context(site_file, state_path=state_path, backends=backends) as ctx:
             t = ctx.tenant(name)
@@ -377,6 +378,16 @@ def _refuse_if_blocked(site_file: Path, name: str, state_path, backends) -> None
     if found:
         raise AicError(f"user {name} was not removed (nothing changed): " + "; ".join(found)
                        + f". Fix it, then run `aicommons users remove {name}` again")
+
+
+def _sign_out_for_good(site_file: Path, name: str, state_path, backends) -> None:
+    """A provider whose accounts no engine step owns (Authentik's come from blueprints, and a
+    deleted blueprint leaves its objects) ends the person's sessions and deletes the account now."""
+    with Context(site_file, state_path=state_path, backends=backends) as ctx:
+        t = ctx.tenant(name)
+        for b in ctx.backends:
+            if callable(getattr(b, "forget", None)):
+                b.forget(t)
 
 
 def _left_behind(site_file: Path, name: str, state_path) -> bool:

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 import yaml
 
 from aicommons.plan.model import ResolvedSite, Route, Tenant
+from aicommons.render.authentik_flows import USER_PATH  # site users live here, apart from Authentik's own
 from aicommons.render.common import FastDumper, catalog, memo_dump
 from aicommons.render.traefik import guarded, routable
 
@@ -34,7 +35,6 @@ AUTH_FLOW = "default-provider-authorization-implicit-consent"
 INVALIDATION_FLOW = "default-provider-invalidation-flow"
 OUTPOST = "authentik Embedded Outpost"
 LABELS = {"blueprints.goauthentik.io/instantiate": "true"}
-USER_PATH = "aicommons/users"  # site users live here, apart from Authentik's own (goauthentik.io/...)
 SITE_GROUP = "aicommons-users"  # every site user: the group `site-users` applications admit
 
 
@@ -143,9 +143,11 @@ def user_blueprint(resolved: ResolvedSite, t: Tenant) -> dict:
         {"model": "authentik_core.group", "state": "present", "id": "group",
          "identifiers": {"name": group_name(t.user)}, "attrs": {"is_superuser": False}},
         # Identified by username and path: never matches a user someone else made (see above).
+        # No `is_active`: a new user is active (core/models.py), and `users suspend` deactivates
+        # one through the API (tenancy/authentik.py) without the next blueprint run undoing it.
         {"model": "authentik_core.user", "state": "present", "id": "user",
          "identifiers": {"username": t.user, "path": USER_PATH},
-         "attrs": {"name": t.user, "email": t.email or "", "is_active": True, "type": "internal",
+         "attrs": {"name": t.user, "email": t.email or "", "type": "internal",
                    "groups": [Tag("!KeyOf", "group"), _find_group(SITE_GROUP)]}},
     ]
     for r in resolved.routes:

@@ -133,6 +133,22 @@ def langfuse(resolved: ResolvedSite, c: Container, secrets: SecretLookup) -> lis
             RenderedFile(f"{d}/.env", render_env(dotenv, "Langfuse secrets"), SECRET_MODE)]
 
 
+def authentik_email_env(resolved: ResolvedSite) -> dict[str, str]:
+    """Authentik's global e-mail settings (`email.*` in authentik/lib/default.yml, overridden by
+    AUTHENTIK_EMAIL__*) from site.yaml `smtp:`; the recovery flow's e-mail stage uses them
+    (render/authentik_flows.py). No SMTP password: smtp.password is a reference resolved only
+    where aicommons itself sends mail, so Authentik's mail needs a relay that trusts it (as LL::NG's)."""
+    s = resolved.site.smtp
+    if s is None:
+        return {}
+    env = {"AUTHENTIK_EMAIL__HOST": s.host, "AUTHENTIK_EMAIL__PORT": str(s.port), "AUTHENTIK_EMAIL__FROM": s.sender,
+           "AUTHENTIK_EMAIL__USE_TLS": str(s.security == "starttls").lower(),
+           "AUTHENTIK_EMAIL__USE_SSL": str(s.security == "tls").lower()}
+    if s.username:
+        env["AUTHENTIK_EMAIL__USERNAME"] = s.username
+    return env
+
+
 def authentik(resolved: ResolvedSite, c: Container, secrets: SecretLookup) -> list[RenderedFile]:
     svc = catalog().services["authentik"]
     s = lambda key: secrets(SITE_SCOPE, key)  # noqa: E731
@@ -147,6 +163,7 @@ def authentik(resolved: ResolvedSite, c: Container, secrets: SecretLookup) -> li
                AUTHENTIK_BOOTSTRAP_EMAIL=resolved.site.operator_email or f"admin@{resolved.site.domain}",
                # X-Forwarded-* are believed only from where Traefik's connections come from.
                AUTHENTIK_LISTEN__TRUSTED_PROXY_CIDRS=f"{resolved.proxy_source}/32")
+    env.update(authentik_email_env(resolved))
     vols = ["media:/media", "certs:/certs", "./blueprints:/blueprints/aicommons:ro"]
     server = _svc_entry(svc, c, env=dict(env))
     server["command"] = "server"

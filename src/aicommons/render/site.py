@@ -16,7 +16,7 @@ import json
 
 from aicommons.plan.model import ResolvedSite, Tenant
 from aicommons.plan.secrets import SecretLookup
-from aicommons.render import authentik, compose, firewall, native, traefik
+from aicommons.render import authentik, authentik_flows, compose, firewall, native, traefik
 from aicommons.render.envfile import render_env
 from aicommons.render.files import SECRET_MODE, RenderedFile
 from aicommons.render.services import backend_files
@@ -97,6 +97,7 @@ def render_site(resolved: ResolvedSite, secrets) -> dict[str, RenderedFile]:
     out += shared_files(resolved, secrets)
     if "authentik" in resolved.endpoints:
         out.append(RenderedFile(f"{AUTHENTIK_DIR}/site.yaml", authentik.dump(authentik.site_blueprint(resolved))))
+        out.append(RenderedFile(f"{AUTHENTIK_DIR}/flows.yaml", authentik.dump(authentik_flows.flows_blueprint(resolved))))
     out.append(RenderedFile("firewall/api.json", json.dumps(
         [{"method": m, "path": p, "body": b} for m, p, b in fw.api_calls()], indent=1) + "\n"))
     files = {f.path: f for f in out}

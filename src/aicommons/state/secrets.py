@@ -186,6 +186,21 @@ class SecretStore:
         self._cache.pop((scope, key), None)
         return version
 
+    def put(self, scope: str, key: str, value: str) -> int:
+        """Store a value made elsewhere (an identity provider's own invitation id), encrypted like
+        every other; a new version if one was stored. Returns the version."""
+        if self._read_only:
+            raise AicError("internal: put on a read-only secret store")
+        token = self._fernet().encrypt(value.encode())
+        with self._state.tx() as c:
+            c.execute("INSERT INTO secrets VALUES (?, ?, ?, 1, ?, NULL) ON CONFLICT (scope, key) DO UPDATE SET "
+                      "token = excluded.token, version = secrets.version + 1, rotated_at = excluded.created_at",
+                      (scope, key, token, time.time()))
+            self._state._bump(c)
+            version = c.execute("SELECT version FROM secrets WHERE scope = ? AND key = ?", (scope, key)).fetchone()[0]
+        self._cache.pop((scope, key), None)
+        return version
+
     def known(self) -> list[tuple[str, str, int]]:
         return self._state._read("SELECT scope, key, version FROM secrets ORDER BY scope, key")
 

@@ -83,6 +83,10 @@ def backends_for(resolved: ResolvedSite, secrets: SecretLookup, base_dir: Path |
         ext = resolved.site.services["postgres"].external is not None
         schema = schema_sql(secrets(SITE_SCOPE, "lemonldap_db_password")) if ext else ""
         out.append(LemonldapBackend(host, port, user, pw, schema))
+    if (s := sign_in(resolved)) is not None and s.provider == "authentik":
+        from aicommons.tenancy.authentik import AuthentikBackend
+
+        out.append(AuthentikBackend.for_site(resolved, secrets))
     if "gateway" in enabled and "postgres" in enabled:
         from aicommons.tenancy.gateway import GatewayBackend
 

@@ -38,6 +38,12 @@ TOKENS = 32
 TOKEN_MS = int(os.environ.get("BENCH_TOKEN_MS", "10"))
 PEOPLE = 5
 AIC = [sys.executable, "-c", "import sys; from aicommons.cli import main; sys.exit(main())"]
+# BENCH_PROFILE=FILE: the gateway runs under cProfile and writes its stats to FILE when stopped.
+PROFILED = [sys.executable, "-c", "import cProfile, sys; from aicommons.cli import main\n"
+            "import signal; signal.raise_signal = lambda s: None  # uvicorn re-raises SIGTERM after its shutdown\n"
+            "out = sys.argv.pop(1); p = cProfile.Profile(); p.enable()\n"
+            "try: main()\nexcept SystemExit: pass\nfinally: p.disable(); p.dump_stats(out)",
+            os.environ.get("BENCH_PROFILE", "")]
 BODY = {"model": "smollm2", "messages": [{"role": "user", "content": "Please answer briefly: " + "x" * 16}],
         "max_tokens": TOKENS, "stream": True}
 
@@ -108,7 +114,7 @@ gateway:
   budget: {{period: day, tokens: 100000000}}
 """)
         port = free_port()
-        gw = subprocess.Popen(AIC + ["gateway", "serve", "--listen", f"127.0.0.1:{port}", "--database",
+        gw = subprocess.Popen((PROFILED if os.environ.get("BENCH_PROFILE") else AIC) + ["gateway", "serve", "--listen", f"127.0.0.1:{port}", "--database",
                                      conninfo(pg, db), "--pool", "20"], cwd=tmp,
                               env={**os.environ, "PYTHONPATH": str(ROOT / "src")},
                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)

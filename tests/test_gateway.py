@@ -153,6 +153,30 @@ def test_fifty_concurrent_streams_are_counted_exactly(pg, site, upstream):
     assert all(reserved == 0 for _used, reserved in windows(pg, site.db).values())  # every reservation settled
 
 
+def test_streams_pass_through_unbuffered(site, upstream):
+    """The first event reaches the client while the model server holds back the second: the
+    stand-in waits after its first chunk until this client has seen that chunk (a buffering
+    gateway would leave both waiting, and the stand-in's wait would give up)."""
+    import threading
+
+    gw = site.start()
+    upstream.gate, upstream.gate_timeouts = threading.Event(), 0
+    try:
+        seen: list[str] = []
+        with httpx.Client(timeout=60) as c, c.stream(
+                "POST", f"{gw.url}/v1/chat/completions", json=chat_body(3, max_tokens=8),
+                headers={"Authorization": f"Bearer {site.people.key('ann')}"}) as r:
+            assert r.status_code == 200
+            for line in r.iter_lines():
+                if line.startswith("data: {"):
+                    seen.append(line)
+                    upstream.gate.set()  # the model server may now send the rest
+        assert upstream.gate_timeouts == 0, "the first chunk did not reach the client before the second was sent"
+        assert len(seen) == answer(chat_body(3, max_tokens=8))[1]
+    finally:
+        upstream.gate = None
+
+
 def test_parallel_requests_cannot_overshoot_a_budget(pg, site, upstream):
     """Budgets of 200 tokens a day, 50 parallel streams of max_tokens 40 (each person's ten would use
     239-259 tokens, so everyone is refused at least once however the requests interleave): no one's

@@ -1,5 +1,5 @@
 """Keys and budgets on the request path: admit (authenticate and reserve: one statement), then
-settle (one transaction). `authenticate` alone serves the routes that use no budget.
+settle (one statement). `authenticate` alone serves the routes that use no budget.
 
 Reserve, then settle: before a request is forwarded, its worst case (a prompt estimate that is an
 upper bound, plus max_tokens) is added to the window's `reserved` by one conditional upsert that
@@ -220,22 +220,30 @@ async def admit(pool: Pool, header: str | None, app_header: str | None, default:
                      None if budget.cost is None else Decimal(str(budget.cost)) - spent[1], window_end(budget.period, now))
 
 
+# Settle in one statement (one round trip; a single statement is atomic, so the window and the
+# usage table change together or not at all).
+SETTLE = """
+WITH w AS (
+    UPDATE gw_windows SET tokens_reserved = tokens_reserved - %(rt)s, cost_reserved = cost_reserved - %(rc)s,
+        tokens_used = tokens_used + %(p)s + %(q)s, cost_used = cost_used + %(c)s
+    WHERE username = %(u)s AND period = %(per)s AND window_start = %(ws)s
+)
+INSERT INTO gw_usage AS g (username, model, app, hour, requests, prompt_tokens, completion_tokens, cost, unmetered)
+VALUES (%(u)s, %(m)s, %(a)s, %(h)s, 1, %(p)s, %(q)s, %(c)s, %(un)s)
+ON CONFLICT (username, model, app, hour) DO UPDATE SET
+    requests = g.requests + 1, prompt_tokens = g.prompt_tokens + EXCLUDED.prompt_tokens,
+    completion_tokens = g.completion_tokens + EXCLUDED.completion_tokens, cost = g.cost + EXCLUDED.cost,
+    unmetered = g.unmetered + EXCLUDED.unmetered
+"""
+
+
 async def settle(pool: Pool, r: Reservation, *, model: str, app: str, prompt: int, completion: int,
                  cost: Decimal, now: datetime, metered: bool = True) -> None:
-    """Replace the reservation with what was used, and add it to the person's usage (one transaction)."""
-    async with pool.conn() as c, c.transaction():
-        await c.execute(
-            "UPDATE gw_windows SET tokens_reserved = tokens_reserved - %s, cost_reserved = cost_reserved - %s, "
-            "tokens_used = tokens_used + %s, cost_used = cost_used + %s "
-            "WHERE username = %s AND period = %s AND window_start = %s",
-            (r.tokens, r.cost, prompt + completion, cost, r.user, r.period, r.start))
-        await c.execute(
-            "INSERT INTO gw_usage AS g (username, model, app, hour, requests, prompt_tokens, completion_tokens, cost, "
-            "unmetered) VALUES (%s, %s, %s, %s, 1, %s, %s, %s, %s) ON CONFLICT (username, model, app, hour) DO UPDATE SET "
-            "requests = g.requests + 1, prompt_tokens = g.prompt_tokens + EXCLUDED.prompt_tokens, "
-            "completion_tokens = g.completion_tokens + EXCLUDED.completion_tokens, cost = g.cost + EXCLUDED.cost, "
-            "unmetered = g.unmetered + EXCLUDED.unmetered",
-            (r.user, model, app, hour_of(now), prompt, completion, cost, 0 if metered else 1))
+    """Replace the reservation with what was used, and add it to the person's usage (one statement)."""
+    async with pool.conn() as c:
+        await c.execute(SETTLE, {"rt": r.tokens, "rc": r.cost, "p": prompt, "q": completion, "c": cost, "u": r.user,
+                                 "per": r.period, "ws": r.start, "m": model, "a": app, "h": hour_of(now),
+                                 "un": 0 if metered else 1})
 
 
 async def release(pool: Pool, r: Reservation) -> None:

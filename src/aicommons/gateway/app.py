@@ -27,6 +27,8 @@ from aicommons.gateway import accounting as acc
 from aicommons.gateway import estimate
 from aicommons.gateway.config import GatewayConfig
 from aicommons.gateway.metrics import Counters, render_metrics
+from aicommons.gateway.upstream import PlainClient, UpstreamError
+from aicommons.gateway.upstream import post as httpx_post
 
 log = logging.getLogger("aicommons.gateway")
 
@@ -71,6 +73,7 @@ def create_app(cfg: GatewayConfig, *, transport: httpx.AsyncBaseTransport | None
     pool = acc.Pool(cfg.conninfo, cfg.pool_size)
     counters = Counters()
     clients: list[httpx.AsyncClient] = []
+    plain = PlainClient(read_timeout=cfg.upstream_timeout)  # plain-HTTP model servers (see upstream.py)
     turn = itertools.count()
     settling: set[asyncio.Task] = set()  # settlements still running (awaited at shutdown)
 
@@ -87,6 +90,7 @@ def create_app(cfg: GatewayConfig, *, transport: httpx.AsyncBaseTransport | None
             await asyncio.gather(*settling, return_exceptions=True)
         for c in clients:
             await c.aclose()
+        await plain.aclose()
         await pool.close()
 
     app = FastAPI(title="aicommons model gateway", version="1", lifespan=lifespan, docs_url=None, redoc_url=None)
@@ -174,12 +178,13 @@ def create_app(cfg: GatewayConfig, *, transport: httpx.AsyncBaseTransport | None
             so: dict = body["stream_options"] if isinstance(body.get("stream_options"), dict) else {}
             wants_usage = bool(so.get("include_usage"))
             body["stream_options"] = {**so, "include_usage": True}
-        client = clients[next(turn) % len(clients)]
-        upstream = client.build_request("POST", f"{cfg.routes[model]}/{path}", json=body,
-                                        headers={"accept": "text/event-stream" if stream else "application/json"})
+        url, accept = f"{cfg.routes[model]}/{path}", "text/event-stream" if stream else "application/json"
         try:
-            r = await client.send(upstream, stream=stream)
-        except httpx.HTTPError as exc:
+            if transport is None and url.startswith("http://"):
+                r = await plain.post(url, body, accept)
+            else:
+                r = await httpx_post(clients[next(turn) % len(clients)], url, body, accept)
+        except UpstreamError as exc:
             await acc.release(pool, res)
             log.warning("upstream of %s unreachable: %s", model, exc)
             return error(502, f"The model server for {model!r} is not reachable; try again shortly.",
@@ -196,34 +201,32 @@ def create_app(cfg: GatewayConfig, *, transport: httpx.AsyncBaseTransport | None
             except psycopg.Error as exc:  # the reservation stays held (never less than the use) until its window ends
                 log.error("could not settle %s's %s request (%d + %d tokens): %s", caller.user, model, p, c, exc)
 
-        if r.status_code >= 400:
-            content = await r.aread()
-            await r.aclose()
-            await acc.release(pool, res)
-            return Response(content, status_code=r.status_code, media_type=r.headers.get("content-type"))
-        if not stream:
+        if r.status >= 400 or not stream:
             try:
-                content = await r.aread()
-            except httpx.HTTPError as exc:
+                content = await r.read()
+            except UpstreamError as exc:
                 await acc.release(pool, res)
                 log.warning("upstream of %s failed mid-answer: %s", model, exc)
                 return error(502, f"The model server for {model!r} broke off its answer; try again.", "api_error",
                              "upstream_failed")
             finally:
                 await r.aclose()
+            if r.status >= 400:
+                await acc.release(pool, res)
+                return Response(content, status_code=r.status, media_type=r.content_type)
             try:
                 usage = json.loads(content).get("usage")
             except (ValueError, AttributeError):
                 usage = None
             await settle(usage if isinstance(usage, dict) else None, 0)
-            return Response(content, status_code=r.status_code, media_type=r.headers.get("content-type"))
+            return Response(content, status_code=r.status, media_type=r.content_type)
 
         async def relay():
             usage: dict[str, Any] | None = None
             chunks = 0
             buf = bytearray()
             try:
-                async for piece in r.aiter_raw():
+                async for piece in r.chunks():
                     buf += piece
                     out = []
                     for event in _events(buf):
@@ -255,7 +258,7 @@ def create_app(cfg: GatewayConfig, *, transport: httpx.AsyncBaseTransport | None
             settling.add(task)
             task.add_done_callback(settling.discard)
 
-        return StreamingResponse(relay(), status_code=r.status_code, media_type="text/event-stream",
+        return StreamingResponse(relay(), status_code=r.status, media_type="text/event-stream",
                                  headers={"cache-control": "no-cache", "x-accel-buffering": "no"})
 
     @app.post("/v1/chat/completions")

@@ -57,8 +57,8 @@ def site(pg, upstream):
     served: list[Served] = []
     clock = Clock()
 
-    def start(budget: Budget | None = None, **kw) -> Served:
-        cfg = GatewayConfig(conninfo=conninfo(pg, db), routes={MODEL: upstream.url},
+    def start(budget: Budget | None = None, routes: dict[str, str] | None = None, **kw) -> Served:
+        cfg = GatewayConfig(conninfo=conninfo(pg, db), routes=routes or {MODEL: upstream.url},
                             budget=budget or Budget(period="day"), clock=clock, pool_size=8, **kw)
         s = Served(create_app(cfg))
         served.append(s)
@@ -367,3 +367,36 @@ def test_database_down_is_503_not_a_free_call(pg, site, upstream):
     with psycopg.connect(pg.admin_dsn, autocommit=True) as c:  # and comes back
         c.execute(f"ALTER DATABASE {site.db} ALLOW_CONNECTIONS true")
     assert httpx.post(f"{gw.url}/v1/chat/completions", json=chat_body(1, stream=False), headers=key).status_code == 200
+
+
+def test_model_server_unreachable_is_502_and_charges_nothing(pg, site):
+    """A model server that refuses connections: 502 in OpenAI's shape, the reservation released."""
+    from tests.servers import free_port
+
+    gw = site.start(routes={MODEL: f"http://127.0.0.1:{free_port()}/v1"})
+    key = {"Authorization": f"Bearer {site.people.key('ann')}"}
+    for stream in (True, False):
+        r = httpx.post(f"{gw.url}/v1/chat/completions", json=chat_body(2, stream=stream), headers=key)
+        assert r.status_code == 502 and r.json()["error"]["code"] == "upstream_unreachable"
+    assert windows(pg, site.db).get("ann", (0, 0)) == (0, 0)
+    assert usage_rows(pg, site.db) == {}
+
+
+def test_model_server_gone_mid_stream_is_charged_its_estimate(pg, site, upstream):
+    """The model server drops the connection after two chunks: the client's stream ends early, and
+    the request is charged (prompt estimate + what was seen, marked unmetered), not left reserved."""
+    import psycopg
+
+    gw = site.start()
+    upstream.break_after = 2
+    try:
+        with pytest.raises(httpx.HTTPError):  # the gateway cannot end the stream cleanly: it aborts it
+            asyncio.run(stream_chat(httpx.AsyncClient(timeout=30), gw.url, site.people.key("bob"), chat_body(5)))
+    finally:
+        upstream.break_after = None
+    wait_settled(pg, site.db)
+    with psycopg.connect(site.conninfo) as c:
+        unmetered, completion = c.execute("SELECT sum(unmetered), sum(completion_tokens) FROM gw_usage "
+                                          "WHERE username = 'bob'").fetchone()
+    assert unmetered == 1 and completion == 1  # what was seen, less one event (the relay's rule for a stream cut short)
+    assert windows(pg, site.db)["bob"][1] == 0

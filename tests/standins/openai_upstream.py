@@ -41,6 +41,7 @@ class OpenAIUpstream:
         # when that chunk has reached its client); `gate_timeouts` counts waits that gave up.
         self.gate: threading.Event | None = None
         self.gate_timeouts = 0
+        self.break_after: int | None = None  # a stream's connection is dropped after this many chunks
         self.reported: list[tuple[int, int]] = []  # usage of every answer sent
         self.lock = threading.Lock()
         self.requests: list[dict] = []
@@ -116,6 +117,11 @@ class OpenAIUpstream:
                         if include:
                             chunk["usage"] = None
                         send(b"data: " + json.dumps(chunk).encode() + b"\n\n")
+                        if upstream.break_after is not None and i + 1 >= upstream.break_after:
+                            self.wfile.flush()
+                            self.connection.shutdown(2)  # SHUT_RDWR: gone mid-answer, no last chunk
+                            self.close_connection = True
+                            return
                         if i == 0 and upstream.gate is not None and not upstream.gate.wait(30):
                             with upstream.lock:
                                 upstream.gate_timeouts += 1

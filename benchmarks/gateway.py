@@ -4,11 +4,15 @@ Real: PostgreSQL 15 (tests/servers.py) with the gateway's keys, windows and usag
 gateway serve` in its own process (uvicorn, one worker); HTTP over loopback. Simulated: the model
 server — the deterministic OpenAI-compatible stand-in (tests/standins/openai_upstream.py) in its
 own process, streaming TOKENS tokens TOKEN_MS apart (about llama-server's pace with SmolLM2 here).
-Measured in the same run, rounds alternating: 50 streams at once straight to the model server
-(baseline), then the same 50 through the gateway (each person's key, reserve + settle in
-PostgreSQL). Per request: time to the first content event and to the end of the stream.
-Prints p50/p99 of each, the added latency (gateway - direct, at p50 and p99) and the ratio of
-the median time to first token. Goals (issue #22): p50 < 5 ms, p99 < 20 ms added; TTFT within 10 %.
+The load generator (this process) is a plain asyncio HTTP/1.1 client, a fresh connection per stream.
+Measured in the same run, rounds alternating (and which goes first alternating): the streams
+straight to the model server (baseline), then the same streams through the gateway (each
+person's key, reserve + settle in PostgreSQL), in two shapes: a burst (50 sent in the same
+instant, the worst case) and steady (50 clients sending back to back, starts spread: 50 in
+flight throughout). Per request: time to the first content event and to the end of the stream.
+Prints p50/p99 of each, the added ms and the ratio gateway/direct, and the gateway process's CPU
+per request. Goals (issue #22): p50 < 5 ms, p99 < 20 ms added; TTFT within 10 %.
+BENCH_PROFILE=FILE writes the gateway's cProfile stats there.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import asyncio
 import json
 import multiprocessing as mp
 import os
+import random
 import subprocess
 import sys
 import tempfile
@@ -38,6 +43,7 @@ ROUNDS = int(os.environ.get("BENCH_ROUNDS", "6"))
 TOKENS = 32
 TOKEN_MS = int(os.environ.get("BENCH_TOKEN_MS", "10"))
 PEOPLE = 5
+STEADY_EACH = 4
 AIC = [sys.executable, "-c", "import sys; from aicommons.cli import main; sys.exit(main())"]
 # BENCH_PROFILE=FILE: the gateway runs under cProfile and writes its stats to FILE when stopped.
 PROFILED = [sys.executable, "-c", "import cProfile, sys; from aicommons.cli import main\n"
@@ -93,7 +99,20 @@ async def one(url: str, key: str) -> tuple[float, float]:
 
 
 async def burst(url: str, keys: list[str]) -> list[tuple[float, float]]:
+    """STREAMS requests sent in the same instant (the worst case: every admission queues at once)."""
     return await asyncio.gather(*[one(url, keys[i % len(keys)]) for i in range(STREAMS)])
+
+
+async def steady(url: str, keys: list[str]) -> list[tuple[float, float]]:
+    """STREAMS clients each sending STEADY_EACH streams back to back, their starts spread over one
+    stream's length (the same seeded spread for both paths): STREAMS streams in flight throughout."""
+    span = answer_len() * TOKEN_MS / 1000
+
+    async def client(i: int) -> list[tuple[float, float]]:
+        await asyncio.sleep(random.Random(i).uniform(0, span))
+        return [await one(url, keys[i % len(keys)]) for _ in range(STEADY_EACH)]
+
+    return [x for xs in await asyncio.gather(*[client(i) for i in range(STREAMS)]) for x in xs]
 
 
 def cpu_seconds(pid: int) -> float:
@@ -104,6 +123,18 @@ def cpu_seconds(pid: int) -> float:
 def pct(xs: list[float], q: float) -> float:
     xs = sorted(xs)
     return xs[min(len(xs) - 1, round(q * (len(xs) - 1)))]
+
+
+def report(direct: list[tuple[float, float]], via: list[tuple[float, float]], cpu: float) -> None:
+    d_ttft, d_total = [a for a, _ in direct], [b for _, b in direct]
+    g_ttft, g_total = [a for a, _ in via], [b for _, b in via]
+    print(f"{'':12} {'TTFT p50':>9} {'TTFT p99':>9} {'total p50':>10} {'total p99':>10}  (ms, n={len(direct)} each)")
+    print(f"{'direct':12} {pct(d_ttft, .5):9.1f} {pct(d_ttft, .99):9.1f} {pct(d_total, .5):10.1f} {pct(d_total, .99):10.1f}")
+    print(f"{'gateway':12} {pct(g_ttft, .5):9.1f} {pct(g_ttft, .99):9.1f} {pct(g_total, .5):10.1f} {pct(g_total, .99):10.1f}")
+    for name, d, g in (("TTFT", d_ttft, g_ttft), ("total", d_total, g_total)):
+        print(f"{name + ' added':12} p50 {pct(g, .5) - pct(d, .5):+7.1f} ms (x{pct(g, .5) / pct(d, .5):.2f})   "
+              f"p99 {pct(g, .99) - pct(d, .99):+7.1f} ms (x{pct(g, .99) / pct(d, .99):.2f})")
+    print(f"gateway CPU: {cpu * 1000 / len(via):.2f} ms per streamed request (the process's user + system time)")
 
 
 def main() -> None:
@@ -129,7 +160,8 @@ gateway:
   budget: {{period: day, tokens: 100000000}}
 """)
         port = free_port()
-        gw = subprocess.Popen((PROFILED if os.environ.get("BENCH_PROFILE") else AIC) + ["gateway", "serve", "--listen", f"127.0.0.1:{port}", "--database",
+        cmd = PROFILED if os.environ.get("BENCH_PROFILE") else AIC
+        gw = subprocess.Popen(cmd + ["gateway", "serve", "--listen", f"127.0.0.1:{port}", "--database",
                                      conninfo(pg, db), "--pool", "20"], cwd=tmp,
                               env={**os.environ, "PYTHONPATH": str(ROOT / "src")},
                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -147,28 +179,23 @@ gateway:
               f"{ROUNDS} rounds each way, alternating; host: {os.cpu_count()} cores (shared)")
         asyncio.run(burst(url.value, keys))  # warm both paths: connections, imports, the window rows
         asyncio.run(burst(gw_url, keys))
-        direct: list[tuple[float, float]] = []
-        via: list[tuple[float, float]] = []
-        cpu = 0.0
-        for i in range(ROUNDS):  # which goes first alternates, so that a drift in the host's load hits both
-            for path in (("direct", "gateway") if i % 2 == 0 else ("gateway", "direct")):
-                if path == "direct":
-                    direct += asyncio.run(burst(url.value, keys))
-                else:
-                    before = cpu_seconds(gw.pid)
-                    via += asyncio.run(burst(gw_url, keys))
-                    cpu += cpu_seconds(gw.pid) - before
-        d_ttft, d_total = [a for a, _ in direct], [b for _, b in direct]
-        g_ttft, g_total = [a for a, _ in via], [b for _, b in via]
-        print(f"{'':10} {'TTFT p50':>9} {'TTFT p99':>9} {'total p50':>10} {'total p99':>10}  (ms, n={len(direct)})")
-        print(f"{'direct':10} {pct(d_ttft, .5):9.1f} {pct(d_ttft, .99):9.1f} {pct(d_total, .5):10.1f} {pct(d_total, .99):10.1f}")
-        print(f"{'gateway':10} {pct(g_ttft, .5):9.1f} {pct(g_ttft, .99):9.1f} {pct(g_total, .5):10.1f} {pct(g_total, .99):10.1f}")
-        for name, d, g in (("TTFT", d_ttft, g_ttft), ("total", d_total, g_total)):
-            print(f"{name + ' added':12} p50 {pct(g, .5) - pct(d, .5):+7.1f} ms (x{pct(g, .5) / pct(d, .5):.2f})   "
-                  f"p99 {pct(g, .99) - pct(d, .99):+7.1f} ms (x{pct(g, .99) / pct(d, .99):.2f})")
-        print("goals (issue #22): total added p50 < 5 ms, p99 < 20 ms; TTFT ratio at p50 within 0.90-1.10")
-        print(f"gateway CPU: {cpu * 1000 / len(via):.2f} ms per streamed request ({len(via)} requests; the process's "
-              f"user + system time); host load average at the end: {os.getloadavg()[0]:.1f}")
+        for name, shape in (("burst", burst), ("steady", steady)):
+            direct: list[tuple[float, float]] = []
+            via: list[tuple[float, float]] = []
+            cpu = 0.0
+            for i in range(ROUNDS):  # which goes first alternates, so that a drift in the host's load hits both
+                for path in (("direct", "gateway") if i % 2 == 0 else ("gateway", "direct")):
+                    if path == "direct":
+                        direct += asyncio.run(shape(url.value, keys))
+                    else:
+                        before = cpu_seconds(gw.pid)
+                        via += asyncio.run(shape(gw_url, keys))
+                        cpu += cpu_seconds(gw.pid) - before
+            print(f"\n{name}: " + (f"{STREAMS} streams sent at once" if shape is burst else
+                                   f"{STREAMS} clients x {STEADY_EACH} streams back to back, starts spread"))
+            report(direct, via, cpu)
+        print("\ngoals (issue #22): total added p50 < 5 ms, p99 < 20 ms; TTFT ratio at p50 within 0.90-1.10; "
+              f"host load average at the end: {os.getloadavg()[0]:.1f}")
     finally:
         if gw is not None:
             gw.terminate()

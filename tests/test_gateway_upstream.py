@@ -96,3 +96,19 @@ def test_unreachable_and_broken_off_answers_are_upstream_errors():
         server.close()
 
     asyncio.run(run())
+
+
+def test_chunks_are_decoded_whatever_the_reads_bring():
+    """Chunk framing split anywhere across reads, and several chunks in one read, decode alike."""
+    from aicommons.gateway.upstream import _dechunk
+
+    wire = b"5\r\nhello\r\n1;ext=1\r\n \r\n5\r\nworld\r\n0\r\nX-T: 1\r\n\r\n"
+    for cut in range(1, len(wire)):
+        buf, got, end = bytearray(), [], False
+        for piece in (wire[:cut], wire[cut:]):
+            buf += piece
+            out, end = _dechunk(buf)
+            got.append(out)
+        assert b"".join(got) == b"hello world" and end and not buf, cut
+    with pytest.raises(UpstreamError, match="bad chunk size"):
+        _dechunk(bytearray(b"zz\r\n"))

@@ -91,18 +91,19 @@ class _PlainResponse(Response):
         assert self.conn is not None, "the answer was closed"
         r = self.conn.reader
         if self.chunked:
-            while True:
-                line = await self._read(r.readuntil(b"\r\n"))
-                try:
-                    size = int(line.split(b";", 1)[0], 16)
-                except ValueError:
-                    raise UpstreamError(f"the model server sent a bad chunk size {line[:40]!r}") from None
-                if size == 0:
-                    while (await self._read(r.readuntil(b"\r\n"))) != b"\r\n":  # trailers, then the end
-                        pass
-                    break
-                data = await self._read(r.readexactly(size + 2))
-                yield data[:-2]
+            # Decoded from what each read brings: every chunk complete in it leaves at once (under load
+            # several events arrive together and go on in one write; none waits for a later read).
+            buf, end = bytearray(), False
+            while not end:
+                data = await self._read(r.read(65536))
+                if not data:
+                    raise UpstreamError("the model server broke off its answer (connection closed mid-body)")
+                buf += data
+                out, end = _dechunk(buf)
+                if out:
+                    yield out
+            if buf:  # bytes after the last chunk: not an answer to anything, so the connection is not reused
+                self.reusable = False
         elif self.length is not None:
             left = self.length
             while left:
@@ -124,6 +125,30 @@ class _PlainResponse(Response):
             self.client.put(self.key, conn)
         else:  # unread rest, or framed by the connection's end: the connection cannot carry another request
             conn.close()
+
+
+def _dechunk(buf: bytearray) -> tuple[bytes, bool]:
+    """The data of the complete chunks at the front of `buf` (removed from it), and whether the last
+    chunk and its trailer section were among them (RFC 9112 §7.1)."""
+    out: list[bytes] = []
+    while (i := buf.find(b"\r\n")) >= 0:
+        try:
+            size = int(bytes(buf[:i]).split(b";", 1)[0], 16)
+        except ValueError:
+            raise UpstreamError(f"the model server sent a bad chunk size {bytes(buf[:40])!r}") from None
+        if size == 0:
+            j = buf.find(b"\r\n\r\n", i)  # the end of the trailer section (empty when "0\r\n\r\n")
+            if j < 0:
+                break
+            del buf[:j + 4]
+            return b"".join(out), True
+        if len(buf) < i + size + 4:
+            break
+        out.append(bytes(buf[i + 2:i + 2 + size]))
+        del buf[:i + size + 4]
+    if buf.find(b"\r\n") < 0 and len(buf) > 4096:  # a chunk-size line is a few bytes
+        raise UpstreamError(f"the model server sent a bad chunk size {bytes(buf[:40])!r}")
+    return b"".join(out), False
 
 
 class PlainClient:

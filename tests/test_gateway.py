@@ -206,6 +206,41 @@ def test_parallel_requests_cannot_overshoot_a_budget(pg, site, upstream):
     assert {n: sum(v) for n, v in used.items()} == accepted
 
 
+def test_parallel_admissions_of_one_person_share_a_statement_and_hold_the_budget(pg, site):
+    """Requests of one person arriving while an admission of theirs is in flight are admitted by
+    one statement, as a prefix of them that fits; the rest are admitted (or refused) alone."""
+    from decimal import Decimal
+
+    from aicommons.gateway import accounting as acc
+
+    for n in ("ann", "bob"):
+        set_budget(site.conninfo, n, period="day", tokens=1000, cost=None)
+
+    async def run(name: str, sizes: list[int]) -> tuple[list[int | None], int]:
+        pool = acc.Pool(site.conninfo, 4)
+        await pool.open()
+        adm = acc.Admissions(pool)
+        now = datetime.now(UTC)
+
+        async def one(t: int) -> int | None:
+            try:
+                return (await adm.admit(f"Bearer {site.people.key(name)}", None, Budget(period="day"), t,
+                                        Decimal(0), now))[1].tokens
+            except acc.OverBudget:
+                return None
+        try:
+            return list(await asyncio.gather(*[one(t) for t in sizes])), adm.together
+        finally:
+            await pool.close()
+
+    got, together = asyncio.run(run("ann", [150] * 10))  # the first alone, the nine others together
+    assert sorted(got, key=lambda x: x or 0) == [None] * 4 + [150] * 6 and together == 5
+    assert windows(pg, site.db)["ann"] == (0, 900)
+    got, together = asyncio.run(run("bob", [100, 950, 100, 100]))  # 950 does not fit after 100: all alone
+    assert got == [100, None, 100, 100] and together == 0
+    assert windows(pg, site.db)["bob"] == (0, 300)
+
+
 def test_over_budget_is_429_saying_what_is_left_and_when_it_resets(site):
     site.clock.now = datetime(2026, 12, 7, 15, 30, tzinfo=UTC)
     gw = site.start(Budget(period="day", tokens=100))

@@ -71,6 +71,7 @@ def _data(event: bytes) -> bytes | None:
 
 def create_app(cfg: GatewayConfig, *, transport: httpx.AsyncBaseTransport | None = None) -> FastAPI:
     pool = acc.Pool(cfg.conninfo, cfg.pool_size)
+    admissions = acc.Admissions(pool)
     counters = Counters()
     clients: list[httpx.AsyncClient] = []
     plain = PlainClient(read_timeout=cfg.upstream_timeout)  # plain-HTTP model servers (see upstream.py)
@@ -162,7 +163,7 @@ def create_app(cfg: GatewayConfig, *, transport: httpx.AsyncBaseTransport | None
         need = prompt_est + max_tokens
         now = cfg.clock()
         try:
-            caller, res = await acc.admit(pool, auth, request.headers.get("x-aicommons-app"), cfg.budget, need,
+            caller, res = await admissions.admit(auth, request.headers.get("x-aicommons-app"), cfg.budget, need,
                                           price.cost(prompt_est, max_tokens), now)
         except acc.Unauthorized:
             return unauthorized()

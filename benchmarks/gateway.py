@@ -157,7 +157,8 @@ def durable(pg) -> None:
 
 def main() -> None:
     pg = start_postgres()
-    durable(pg)
+    if not os.environ.get("BENCH_PG_NOSYNC"):  # BENCH_PG_NOSYNC=1: the test server's fsync=off, to compare
+        durable(pg)
     mgr = mp.Manager()
     ready, url = mgr.Event(), mgr.Value(str, "")
     up = mp.Process(target=upstream, args=(ready, url), daemon=True)

@@ -2,7 +2,7 @@
 
 Real: PostgreSQL 15 (tests/servers.py, set back to durable commits: fsync and synchronous_commit
 on, as on a site) with the gateway's keys, windows and usage; `aicommons
-gateway serve` in its own process (uvicorn, one worker); HTTP over loopback. Simulated: the model
+gateway serve` in its own process (uvicorn, one worker, its default pool of 10 connections); HTTP over loopback. Simulated: the model
 server — the deterministic OpenAI-compatible stand-in (tests/standins/openai_upstream.py) in its
 own process, streaming TOKENS tokens TOKEN_MS apart (about llama-server's pace with SmolLM2 here).
 The load generator (this process) is a plain asyncio HTTP/1.1 client, a fresh connection per stream.
@@ -182,7 +182,7 @@ gateway:
         port = free_port()
         cmd = PROFILED if os.environ.get("BENCH_PROFILE") else AIC
         gw = subprocess.Popen(cmd + ["gateway", "serve", "--listen", f"127.0.0.1:{port}", "--database",
-                                     conninfo(pg, db), "--pool", "20"], cwd=tmp,
+                                     conninfo(pg, db)], cwd=tmp,
                               env={**os.environ, "PYTHONPATH": str(ROOT / "src")},
                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         gw_url = f"http://127.0.0.1:{port}/v1"

@@ -284,7 +284,10 @@ class Admissions:
                 if not f.done():
                     f.set_result(reserved)
                 elif reserved is not None:  # its request is gone: give its reservation back
-                    await release(self.pool, Reservation(args["u"], row[3], row[6], t, c_))
+                    try:
+                        await release(self.pool, Reservation(args["u"], row[3], row[6], t, c_))
+                    except psycopg.Error:  # held until its window ends (never less than the use)
+                        pass
             batch = self.waiting.pop(group, [])
             if batch:
                 self.waiting[group] = []

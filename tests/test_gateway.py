@@ -241,6 +241,35 @@ def test_parallel_admissions_of_one_person_share_a_statement_and_hold_the_budget
     assert windows(pg, site.db)["bob"] == (0, 300)
 
 
+def test_a_request_gone_while_waiting_for_admission_leaves_no_reservation(pg, site):
+    """A request that queued behind its person's admission and went away before the shared
+    statement returned: what the statement reserved for it is given back."""
+    from decimal import Decimal
+
+    from aicommons.gateway import accounting as acc
+
+    async def run() -> int:
+        pool = acc.Pool(site.conninfo, 2)
+        await pool.open()
+        adm = acc.Admissions(pool)
+        now, key = datetime.now(UTC), f"Bearer {site.people.key('cy')}"
+        try:
+            lead = asyncio.create_task(adm.admit(key, None, Budget(period="day"), 100, Decimal(0), now))
+            await asyncio.sleep(0)  # the first sends its statement and waits for PostgreSQL
+            gone = asyncio.create_task(adm.admit(key, None, Budget(period="day"), 200, Decimal(0), now))
+            await asyncio.sleep(0)  # the second queues behind it
+            gone.cancel()
+            await lead
+            while adm.tasks:
+                await asyncio.gather(*adm.tasks)
+            return adm.together
+        finally:
+            await pool.close()
+
+    assert asyncio.run(run()) == 1  # the second was reserved by the shared statement...
+    assert windows(pg, site.db)["cy"] == (0, 100)  # ...and given back
+
+
 def test_gateway_sessions_commit_without_waiting_for_the_disk(pg, site):
     """Admissions and settlements commit asynchronously (synchronous_commit off in the gateway's
     own sessions only): the path to the first byte has no fsync; other sessions stay as configured."""

@@ -489,3 +489,28 @@ def test_model_server_gone_mid_stream_is_charged_its_estimate(pg, site, upstream
                                           "WHERE username = 'bob'").fetchone()
     assert unmetered == 1 and completion == 1  # what was seen, less one event (the relay's rule for a stream cut short)
     assert windows(pg, site.db)["bob"][1] == 0
+
+
+def test_client_gone_mid_stream_is_charged_without_waiting_for_the_model_server(pg, site, upstream):
+    """The client leaves after the first event while the model server holds back the rest: the
+    gateway settles (the estimate and what was seen, unmetered), not waiting for the model server."""
+    import threading
+
+    import psycopg
+
+    gw = site.start()
+    upstream.gate, upstream.gate_timeouts = threading.Event(), 0
+    try:
+        with httpx.Client(timeout=60) as c, c.stream(
+                "POST", f"{gw.url}/v1/chat/completions", json=chat_body(4, max_tokens=8),
+                headers={"Authorization": f"Bearer {site.people.key('dee')}"}) as r:
+            for line in r.iter_lines():
+                if line.startswith("data: {"):
+                    break  # leaves: the connection is closed with the stream unread
+        wait_settled(pg, site.db)  # while the model server still waits at its gate
+        with psycopg.connect(site.conninfo) as c:
+            unmetered = c.execute("SELECT sum(unmetered) FROM gw_usage WHERE username = 'dee'").fetchone()[0]
+        assert unmetered == 1 and windows(pg, site.db)["dee"][1] == 0
+    finally:
+        upstream.gate.set()
+        upstream.gate = None

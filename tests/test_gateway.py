@@ -57,8 +57,8 @@ def site(pg, upstream):
     served: list[Served] = []
     clock = Clock()
 
-    def start(budget: Budget | None = None, **kw) -> Served:
-        cfg = GatewayConfig(conninfo=conninfo(pg, db), routes={MODEL: upstream.url},
+    def start(budget: Budget | None = None, routes: dict[str, str] | None = None, **kw) -> Served:
+        cfg = GatewayConfig(conninfo=conninfo(pg, db), routes=routes or {MODEL: upstream.url},
                             budget=budget or Budget(period="day"), clock=clock, pool_size=8, **kw)
         s = Served(create_app(cfg))
         served.append(s)
@@ -153,6 +153,30 @@ def test_fifty_concurrent_streams_are_counted_exactly(pg, site, upstream):
     assert all(reserved == 0 for _used, reserved in windows(pg, site.db).values())  # every reservation settled
 
 
+def test_streams_pass_through_unbuffered(site, upstream):
+    """The first event reaches the client while the model server holds back the second: the
+    stand-in waits after its first chunk until this client has seen that chunk (a buffering
+    gateway would leave both waiting, and the stand-in's wait would give up)."""
+    import threading
+
+    gw = site.start()
+    upstream.gate, upstream.gate_timeouts = threading.Event(), 0
+    try:
+        seen: list[str] = []
+        with httpx.Client(timeout=60) as c, c.stream(
+                "POST", f"{gw.url}/v1/chat/completions", json=chat_body(3, max_tokens=8),
+                headers={"Authorization": f"Bearer {site.people.key('ann')}"}) as r:
+            assert r.status_code == 200
+            for line in r.iter_lines():
+                if line.startswith("data: {"):
+                    seen.append(line)
+                    upstream.gate.set()  # the model server may now send the rest
+        assert upstream.gate_timeouts == 0, "the first chunk did not reach the client before the second was sent"
+        assert len(seen) == answer(chat_body(3, max_tokens=8))[1]
+    finally:
+        upstream.gate = None
+
+
 def test_parallel_requests_cannot_overshoot_a_budget(pg, site, upstream):
     """Budgets of 200 tokens a day, 50 parallel streams of max_tokens 40 (each person's ten would use
     239-259 tokens, so everyone is refused at least once however the requests interleave): no one's
@@ -180,6 +204,95 @@ def test_parallel_requests_cannot_overshoot_a_budget(pg, site, upstream):
         if r[0] == 200:
             accepted[names[i % 5]] += sum(answer(chat_body(i, max_tokens=40)))
     assert {n: sum(v) for n, v in used.items()} == accepted
+
+
+def test_parallel_admissions_of_one_person_share_a_statement_and_hold_the_budget(pg, site):
+    """Requests of one person arriving while an admission of theirs is in flight are admitted by
+    one statement, as a prefix of them that fits; the rest are admitted (or refused) alone."""
+    from decimal import Decimal
+
+    from aicommons.gateway import accounting as acc
+
+    for n in ("ann", "bob"):
+        set_budget(site.conninfo, n, period="day", tokens=1000, cost=None)
+
+    async def run(name: str, sizes: list[int]) -> tuple[list[int | None], int]:
+        pool = acc.Pool(site.conninfo, 4)
+        await pool.open()
+        adm = acc.Admissions(pool)
+        now = datetime.now(UTC)
+
+        async def one(t: int) -> int | None:
+            try:
+                return (await adm.admit(f"Bearer {site.people.key(name)}", None, Budget(period="day"), t,
+                                        Decimal(0), now))[1].tokens
+            except acc.OverBudget:
+                return None
+        try:
+            return list(await asyncio.gather(*[one(t) for t in sizes])), adm.together
+        finally:
+            await pool.close()
+
+    got, together = asyncio.run(run("ann", [150] * 10))  # the first alone, the nine others together
+    assert sorted(got, key=lambda x: x or 0) == [None] * 4 + [150] * 6 and together == 5
+    assert windows(pg, site.db)["ann"] == (0, 900)
+    got, together = asyncio.run(run("bob", [100, 950, 100, 100]))  # 950 does not fit after 100: all alone
+    assert got == [100, None, 100, 100] and together == 0
+    assert windows(pg, site.db)["bob"] == (0, 300)
+
+
+def test_a_request_gone_while_waiting_for_admission_leaves_no_reservation(pg, site):
+    """A request that queued behind its person's admission and went away before the shared
+    statement returned: what the statement reserved for it is given back."""
+    from decimal import Decimal
+
+    from aicommons.gateway import accounting as acc
+
+    async def run() -> int:
+        pool = acc.Pool(site.conninfo, 2)
+        await pool.open()
+        adm = acc.Admissions(pool)
+        now, key = datetime.now(UTC), f"Bearer {site.people.key('cy')}"
+        try:
+            lead = asyncio.create_task(adm.admit(key, None, Budget(period="day"), 100, Decimal(0), now))
+            await asyncio.sleep(0)  # the first sends its statement and waits for PostgreSQL
+            gone = asyncio.create_task(adm.admit(key, None, Budget(period="day"), 200, Decimal(0), now))
+            await asyncio.sleep(0)  # the second queues behind it
+            gone.cancel()
+            await lead
+            while adm.tasks:
+                await asyncio.gather(*adm.tasks)
+            return adm.together
+        finally:
+            await pool.close()
+
+    assert asyncio.run(run()) == 1  # the second was reserved by the shared statement...
+    assert windows(pg, site.db)["cy"] == (0, 100)  # ...and given back
+
+
+def test_gateway_sessions_commit_without_waiting_for_the_disk(pg, site):
+    """Admissions and settlements commit asynchronously (synchronous_commit off in the gateway's
+    own sessions only): the path to the first byte has no fsync; other sessions stay as configured."""
+    import psycopg
+
+    from aicommons.gateway import accounting as acc
+
+    with psycopg.connect(pg.admin_dsn, autocommit=True) as c:  # the test server runs with it off
+        c.execute(f"ALTER DATABASE {site.db} SET synchronous_commit = on")
+
+    async def run() -> tuple[str, str]:
+        pool = acc.Pool(site.conninfo, 1)
+        await pool.open()
+        try:
+            async with pool.conn() as c:
+                mine = (await (await c.execute("SHOW synchronous_commit")).fetchone())[0]
+        finally:
+            await pool.close()
+        async with await psycopg.AsyncConnection.connect(site.conninfo) as other:
+            theirs = (await (await other.execute("SHOW synchronous_commit")).fetchone())[0]
+        return mine, theirs
+
+    assert asyncio.run(run()) == ("off", "on")
 
 
 def test_over_budget_is_429_saying_what_is_left_and_when_it_resets(site):
@@ -343,3 +456,61 @@ def test_database_down_is_503_not_a_free_call(pg, site, upstream):
     with psycopg.connect(pg.admin_dsn, autocommit=True) as c:  # and comes back
         c.execute(f"ALTER DATABASE {site.db} ALLOW_CONNECTIONS true")
     assert httpx.post(f"{gw.url}/v1/chat/completions", json=chat_body(1, stream=False), headers=key).status_code == 200
+
+
+def test_model_server_unreachable_is_502_and_charges_nothing(pg, site):
+    """A model server that refuses connections: 502 in OpenAI's shape, the reservation released."""
+    from tests.servers import free_port
+
+    gw = site.start(routes={MODEL: f"http://127.0.0.1:{free_port()}/v1"})
+    key = {"Authorization": f"Bearer {site.people.key('ann')}"}
+    for stream in (True, False):
+        r = httpx.post(f"{gw.url}/v1/chat/completions", json=chat_body(2, stream=stream), headers=key)
+        assert r.status_code == 502 and r.json()["error"]["code"] == "upstream_unreachable"
+    assert windows(pg, site.db).get("ann", (0, 0)) == (0, 0)
+    assert usage_rows(pg, site.db) == {}
+
+
+def test_model_server_gone_mid_stream_is_charged_its_estimate(pg, site, upstream):
+    """The model server drops the connection after two chunks: the client's stream ends early, and
+    the request is charged (prompt estimate + what was seen, marked unmetered), not left reserved."""
+    import psycopg
+
+    gw = site.start()
+    upstream.break_after = 2
+    try:
+        with pytest.raises(httpx.HTTPError):  # the gateway cannot end the stream cleanly: it aborts it
+            asyncio.run(stream_chat(httpx.AsyncClient(timeout=30), gw.url, site.people.key("bob"), chat_body(5)))
+    finally:
+        upstream.break_after = None
+    wait_settled(pg, site.db)
+    with psycopg.connect(site.conninfo) as c:
+        unmetered, completion = c.execute("SELECT sum(unmetered), sum(completion_tokens) FROM gw_usage "
+                                          "WHERE username = 'bob'").fetchone()
+    assert unmetered == 1 and completion == 1  # what was seen, less one event (the relay's rule for a stream cut short)
+    assert windows(pg, site.db)["bob"][1] == 0
+
+
+def test_client_gone_mid_stream_is_charged_without_waiting_for_the_model_server(pg, site, upstream):
+    """The client leaves after the first event while the model server holds back the rest: the
+    gateway settles (the estimate and what was seen, unmetered), not waiting for the model server."""
+    import threading
+
+    import psycopg
+
+    gw = site.start()
+    upstream.gate, upstream.gate_timeouts = threading.Event(), 0
+    try:
+        with httpx.Client(timeout=60) as c, c.stream(
+                "POST", f"{gw.url}/v1/chat/completions", json=chat_body(4, max_tokens=8),
+                headers={"Authorization": f"Bearer {site.people.key('dee')}"}) as r:
+            for line in r.iter_lines():
+                if line.startswith("data: {"):
+                    break  # leaves: the connection is closed with the stream unread
+        wait_settled(pg, site.db)  # while the model server still waits at its gate
+        with psycopg.connect(site.conninfo) as c:
+            unmetered = c.execute("SELECT sum(unmetered) FROM gw_usage WHERE username = 'dee'").fetchone()[0]
+        assert unmetered == 1 and windows(pg, site.db)["dee"][1] == 0
+    finally:
+        upstream.gate.set()
+        upstream.gate = None

@@ -37,6 +37,11 @@ def answer(body: dict) -> tuple[int, int]:
 class OpenAIUpstream:
     def __init__(self, token_delay: float = 0.0):
         self.token_delay = token_delay
+        # When set, a stream waits after its first chunk until the gate opens (a test opens it
+        # when that chunk has reached its client); `gate_timeouts` counts waits that gave up.
+        self.gate: threading.Event | None = None
+        self.gate_timeouts = 0
+        self.break_after: int | None = None  # a stream's connection is dropped after this many chunks
         self.reported: list[tuple[int, int]] = []  # usage of every answer sent
         self.lock = threading.Lock()
         self.requests: list[dict] = []
@@ -112,6 +117,14 @@ class OpenAIUpstream:
                         if include:
                             chunk["usage"] = None
                         send(b"data: " + json.dumps(chunk).encode() + b"\n\n")
+                        if upstream.break_after is not None and i + 1 >= upstream.break_after:
+                            self.wfile.flush()
+                            self.connection.shutdown(2)  # SHUT_RDWR: gone mid-answer, no last chunk
+                            self.close_connection = True
+                            return
+                        if i == 0 and upstream.gate is not None and not upstream.gate.wait(30):
+                            with upstream.lock:
+                                upstream.gate_timeouts += 1
                     if include:
                         send(b"data: " + json.dumps({"id": "x", "object": obj, "model": body["model"],
                                                      "choices": [], "usage": usage}).encode() + b"\n\n")

@@ -9,6 +9,7 @@ counted); that extra event is dropped when the client did not ask for it.
 from __future__ import annotations
 
 import asyncio
+import gc
 import importlib.util
 import itertools
 import json
@@ -27,6 +28,8 @@ from aicommons.gateway import accounting as acc
 from aicommons.gateway import estimate
 from aicommons.gateway.config import GatewayConfig
 from aicommons.gateway.metrics import Counters, render_metrics
+from aicommons.gateway.upstream import PlainClient, UpstreamError
+from aicommons.gateway.upstream import post as httpx_post
 
 log = logging.getLogger("aicommons.gateway")
 
@@ -69,8 +72,10 @@ def _data(event: bytes) -> bytes | None:
 
 def create_app(cfg: GatewayConfig, *, transport: httpx.AsyncBaseTransport | None = None) -> FastAPI:
     pool = acc.Pool(cfg.conninfo, cfg.pool_size)
+    admissions = acc.Admissions(pool)
     counters = Counters()
     clients: list[httpx.AsyncClient] = []
+    plain = PlainClient(read_timeout=cfg.upstream_timeout)  # plain-HTTP model servers (see upstream.py)
     turn = itertools.count()
     settling: set[asyncio.Task] = set()  # settlements still running (awaited at shutdown)
 
@@ -82,11 +87,17 @@ def create_app(cfg: GatewayConfig, *, transport: httpx.AsyncBaseTransport | None
                                         timeout=httpx.Timeout(cfg.upstream_timeout, connect=10.0),
                                         limits=httpx.Limits(max_connections=None, max_keepalive_connections=32))
                       for _ in range(CLIENT_SHARDS)]
+        # What exists now (imports, FastAPI's and pydantic's models) lives as long as the process:
+        # kept out of the collector, a full collection no longer walks it while every stream waits
+        # (one costs ~19 ms of CPU here, 84,000 objects; measured 52 ms of wall time at 50 streams).
+        gc.collect()
+        gc.freeze()
         yield
         if settling:
             await asyncio.gather(*settling, return_exceptions=True)
         for c in clients:
             await c.aclose()
+        await plain.aclose()
         await pool.close()
 
     app = FastAPI(title="aicommons model gateway", version="1", lifespan=lifespan, docs_url=None, redoc_url=None)
@@ -158,7 +169,7 @@ def create_app(cfg: GatewayConfig, *, transport: httpx.AsyncBaseTransport | None
         need = prompt_est + max_tokens
         now = cfg.clock()
         try:
-            caller, res = await acc.admit(pool, auth, request.headers.get("x-aicommons-app"), cfg.budget, need,
+            caller, res = await admissions.admit(auth, request.headers.get("x-aicommons-app"), cfg.budget, need,
                                           price.cost(prompt_est, max_tokens), now)
         except acc.Unauthorized:
             return unauthorized()
@@ -174,12 +185,13 @@ def create_app(cfg: GatewayConfig, *, transport: httpx.AsyncBaseTransport | None
             so: dict = body["stream_options"] if isinstance(body.get("stream_options"), dict) else {}
             wants_usage = bool(so.get("include_usage"))
             body["stream_options"] = {**so, "include_usage": True}
-        client = clients[next(turn) % len(clients)]
-        upstream = client.build_request("POST", f"{cfg.routes[model]}/{path}", json=body,
-                                        headers={"accept": "text/event-stream" if stream else "application/json"})
+        url, accept = f"{cfg.routes[model]}/{path}", "text/event-stream" if stream else "application/json"
         try:
-            r = await client.send(upstream, stream=stream)
-        except httpx.HTTPError as exc:
+            if transport is None and url.startswith("http://"):
+                r = await plain.post(url, body, accept)
+            else:
+                r = await httpx_post(clients[next(turn) % len(clients)], url, body, accept)
+        except UpstreamError as exc:
             await acc.release(pool, res)
             log.warning("upstream of %s unreachable: %s", model, exc)
             return error(502, f"The model server for {model!r} is not reachable; try again shortly.",
@@ -196,34 +208,32 @@ def create_app(cfg: GatewayConfig, *, transport: httpx.AsyncBaseTransport | None
             except psycopg.Error as exc:  # the reservation stays held (never less than the use) until its window ends
                 log.error("could not settle %s's %s request (%d + %d tokens): %s", caller.user, model, p, c, exc)
 
-        if r.status_code >= 400:
-            content = await r.aread()
-            await r.aclose()
-            await acc.release(pool, res)
-            return Response(content, status_code=r.status_code, media_type=r.headers.get("content-type"))
-        if not stream:
+        if r.status >= 400 or not stream:
             try:
-                content = await r.aread()
-            except httpx.HTTPError as exc:
+                content = await r.read()
+            except UpstreamError as exc:
                 await acc.release(pool, res)
                 log.warning("upstream of %s failed mid-answer: %s", model, exc)
                 return error(502, f"The model server for {model!r} broke off its answer; try again.", "api_error",
                              "upstream_failed")
             finally:
                 await r.aclose()
+            if r.status >= 400:
+                await acc.release(pool, res)
+                return Response(content, status_code=r.status, media_type=r.content_type)
             try:
                 usage = json.loads(content).get("usage")
             except (ValueError, AttributeError):
                 usage = None
             await settle(usage if isinstance(usage, dict) else None, 0)
-            return Response(content, status_code=r.status_code, media_type=r.headers.get("content-type"))
+            return Response(content, status_code=r.status, media_type=r.content_type)
 
         async def relay():
             usage: dict[str, Any] | None = None
             chunks = 0
             buf = bytearray()
             try:
-                async for piece in r.aiter_raw():
+                async for piece in r.chunks():
                     buf += piece
                     out = []
                     for event in _events(buf):
@@ -255,7 +265,7 @@ def create_app(cfg: GatewayConfig, *, transport: httpx.AsyncBaseTransport | None
             settling.add(task)
             task.add_done_callback(settling.discard)
 
-        return StreamingResponse(relay(), status_code=r.status_code, media_type="text/event-stream",
+        return StreamingResponse(relay(), status_code=r.status, media_type="text/event-stream",
                                  headers={"cache-control": "no-cache", "x-accel-buffering": "no"})
 
     @app.post("/v1/chat/completions")

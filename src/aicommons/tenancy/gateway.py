@@ -67,12 +67,14 @@ def create_database(host: str, port: int, user: str, password: str, dbname: str)
     try:
         with psycopg.connect(host=host, port=port, user=user, password=password, dbname="postgres",
                              autocommit=True, connect_timeout=5) as c:
+            # Two users' steps run at once: one at a time here, else the second REVOKE fails with
+            # "tuple concurrently updated" on the database's ACL (CREATE DATABASE cannot sit in a
+            # transaction, so a session lock; it ends with the connection).
+            c.execute("SELECT pg_advisory_lock(7237000)")
             if c.execute("SELECT 1 FROM pg_database WHERE datname = %s", (dbname,)).fetchone() is None:
-                try:
-                    c.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(dbname)))
-                except (psycopg.errors.DuplicateDatabase, psycopg.errors.UniqueViolation):
-                    pass  # made by a parallel ensure (two users' steps run at once)
+                c.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(dbname)))
                 c.execute(sql.SQL("REVOKE CONNECT, TEMPORARY ON DATABASE {} FROM PUBLIC").format(sql.Identifier(dbname)))
+            c.execute("SELECT pg_advisory_unlock(7237000)")
         with psycopg.connect(host=host, port=port, user=user, password=password, dbname=dbname,
                              autocommit=True, connect_timeout=5) as c:
             c.execute(SCHEMA)

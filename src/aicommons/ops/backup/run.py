@@ -9,7 +9,6 @@ restore never touches anyone else.
 from __future__ import annotations
 
 import dataclasses
-
 import datetime as dt
 import platform
 from collections.abc import Callable
@@ -129,7 +128,7 @@ def run_backup(resolved: ResolvedSite, src: Sources, repo: Repo, *, user: str | 
                         try:
                             acl += [ln for ln in rk.acl_lines(o) if (ln.split(" ") + [""])[1] == t.redis_user]
                             counts.update(rk.dump_keys(o, rk.glob_escape(t.redis_prefix) + "*",
-                                                       lambda _k, u=t.user: u, tmp / "redis/keys"))
+                                                       _route([t]), tmp / "redis/keys"))
                         finally:
                             o.close()
                 if user:

@@ -106,7 +106,7 @@ def render_site_yaml(users: int = 50, domain: str = REFERENCE_DOMAIN, driver: st
         "  resources: {memory_mb: 8192, cores: 4, disk_gb: 100}",
         "",
         "redis:",
-        "  isolation: acl   # an ACL user + key prefix per user; the reference architecture's DB numbers isolate nothing",
+        "  isolation: instance   # a Redis server per user: its own memory and connections (acl: one shared server)",
         "",
         "users:",
     ]

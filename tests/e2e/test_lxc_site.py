@@ -238,6 +238,7 @@ def test_tenants_isolated_from_inside_ct200(site: Path):
     p1, p2 = names.redis_port(200), names.redis_port(201)
     assert d.exec(103, ["systemctl", "is-active", "redis-user@user1", "redis-user@user2"]).stdout.split() == \
         ["active", "active"]
+    assert redis(d, 201, "u_user2", rp2, "ping", port=p2).stdout.strip() == "PONG"
     assert redis(d, 200, "u_user1", rp1, "set", "t:user1:k", "v", port=p1).stdout.strip() == "OK"
     assert redis(d, 200, "u_user1", rp1, "get", "t:user1:k", port=p1).stdout.strip() == "v"
     assert redis(d, 200, "u_user1", rp1, "config", "get", "maxmemory", port=p1).stdout.split()[-1] == \

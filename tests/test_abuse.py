@@ -359,6 +359,6 @@ def test_the_service_audit_fails_when_a_user_shares_the_server_or_its_bound_is_l
     assert any("maxmemory" in p for p in rb.verify(a, secrets.for_tenant(a)))
     rb.ensure(a, secrets.for_tenant(a))  # undoes the drift
     assert failing() == [] and rb.verify(a, secrets.for_tenant(a)) == []
-    shared = dataclasses.replace(rb, own_servers=False)  # as with redis.isolation=acl
+    shared = dataclasses.replace(rb, own_servers=False, require_own=True)  # redis.isolation=acl, site-made
     assert ("user1", "own server (memory and connections shared)") in {
         (c.actor, c.resource) for c in shared.service_audit(tenants, by_user) if not c.ok}

@@ -133,7 +133,8 @@ def test_a_driver_that_installs_services_gets_only_their_rendered_config(tmp_pat
     assert {"service.postgres", "service.redis"} <= set(svc) and "service.qdrant" not in svc
     # lemonldap.sql: the sign-in provider's role, database and schema (the LXC site's provider)
     assert sorted(svc["service.postgres"].payload[1]) == ["conf.d/aicommons.conf", "lemonldap.sql", "pg_hba.conf"]
-    assert sorted(svc["service.redis"].payload[1]) == ["redis.conf", "users.acl"]
+    assert sorted(svc["service.redis"].payload[1]) == ["redis-user@.service", "redis-users.sh", "redis.conf",
+                                                       "users.acl"]
     assert not [s for s in svc.values() if "install.sh" in s.payload[1]]
 
 
@@ -308,7 +309,9 @@ def test_delivering_users_acl_keeps_a_suspended_user_off(tmp_path):
     os.chmod(root / "users.acl", 0o600)
     script = apply_script("redis", str(root), {"users.acl"})
     script = script.replace("/etc/redis/users.acl", str(live)).replace(" -o redis -g redis", "")
-    script = script.replace("systemctl restart redis-server", "true")
+    from aicommons.engine.services import configure_of
+
+    script = script.replace(configure_of("redis").apply, "true")
     res = subprocess.run(["sh", "-c", script], capture_output=True, text=True)
     assert res.returncode == 0, res.stderr
     lines = {ln.split()[1]: ln for ln in live.read_text().splitlines()}

@@ -58,6 +58,8 @@ class RedisBackend:
     name: str = "redis"
     rules: str = RULES
     own_servers: bool = False  # redis.isolation=instance: each tenant at its own port, same admin login
+    # The audit demands own servers (a site-made Redis could have them); an `external:` one cannot.
+    require_own: bool = False
     known: dict[str, int] = field(default_factory=dict)  # user -> its own server's port (for observe)
     user_memory_mb: int = 0  # the planned bounds of each own server (verify, service_audit)
     user_clients: int = 0
@@ -324,16 +326,17 @@ class RedisBackend:
         limits read as admin (the shared one's, and each user's own: its maxmemory and maxclients
         are the user's alone), the user's login refused at the shared server, and as each tenant a
         script and a transaction that would be harmless if they ran (`return 1`; MULTI then
-        DISCARD) refused. A user without a server of its own (redis.isolation=acl) fails the
-        "own server" check: it shares memory and connections with everybody."""
+        DISCARD) refused. A user without a server of its own on a site-made Redis
+        (redis.isolation=acl) fails the "own server" check: it shares memory and connections with
+        everybody. An `external:` Redis cannot have them (the plan says so in a note)."""
         checks = self._bounds(self.port, "*", "shared server")
         for t in tenants:
             pw = secrets[t.user]["redis_password"]
             port = self.port_of(t)
-            if port == self.port:
+            if port == self.port and self.require_own:
                 checks.append(AuditCheck(self.name, t.user, "*", "own server (memory and connections shared)",
                                          "deny", "allow", "redis.isolation is not `instance`", section="service"))
-            else:
+            elif port != self.port:
                 checks += self._bounds(port, t.user, f"{t.user}'s server")
                 checks.append(self._own_limits(t))
                 checks.append(self._login_refused(t, pw, self.port, "*", "login at the shared Redis", "service"))

@@ -63,6 +63,7 @@ def backends_for(resolved: ResolvedSite, secrets: SecretLookup, base_dir: Path |
 
         own = redis_instances(resolved.site, load_catalog())
         rb = RedisBackend(host, port, user, pw, archive, own_servers=own,
+                          require_own=resolved.site.services["redis"].external is None,
                           known={t.user: t.redis_port for t in resolved.tenants if t.redis_port},
                           user_memory_mb=resolved.site.redis.user_memory_mb,
                           user_clients=resolved.site.redis.user_clients)

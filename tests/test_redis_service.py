@@ -151,3 +151,50 @@ def test_keys_under_the_old_prefixes_move_into_the_users_own_server(tmp_path):
     finally:
         own.cleanup()
         main.cleanup()
+
+
+def test_a_users_own_server_is_backed_up_and_restored(tmp_path):
+    """`backup run` reads each user's keys and ACL line from its own server, and `backup restore`
+    puts them back there (not into the shared server)."""
+    from aicommons.ops.backup.postgres import Server
+    from aicommons.ops.backup.repo import Repo
+    from aicommons.ops.backup.run import Sources, restore_backup, run_backup
+
+    resolved = resolved_site(2)
+    main = start_redis()
+    secrets = DictSecrets()
+    started, tenants = [], []
+    for t in resolved.tenants:
+        srv, t = start_redis_user(resolved, t, secrets.for_tenant(t)["redis_password"], main.admin_password)
+        started.append(srv)
+        tenants.append(t)
+    resolved = dataclasses.replace(resolved, tenants=tenants)
+    try:
+        rb = RedisBackend(main.host, main.port, main.admin_user, main.admin_password, tmp_path / "archive",
+                          own_servers=True, known={t.user: t.redis_port for t in tenants},
+                          user_memory_mb=resolved.site.redis.user_memory_mb,
+                          user_clients=resolved.site.redis.user_clients)
+        logins = {}
+        for t in tenants:
+            rb.ensure(t, secrets.for_tenant(t))
+            logins[t.user] = redislib.Redis(port=t.redis_port, username=t.redis_user,
+                                            password=secrets.for_tenant(t)["redis_password"])
+            logins[t.user].set(f"{t.redis_prefix}doc", f"of {t.user}")
+        repo = Repo(tmp_path / "backups")
+        src = Sources(redis=Server("127.0.0.1", main.port, main.admin_user, main.admin_password))
+        m = run_backup(resolved, src, repo)
+        keys = {it.name: it.detail.get("keys") for it in m.items if it.kind == "redis_keys"}
+        assert keys["user1"] == 1 and keys["user2"] == 1
+        a, b = tenants
+        logins[a.user].delete(f"{a.redis_prefix}doc")
+        logins[b.user].set(f"{b.redis_prefix}doc", "changed since")
+        done = restore_backup(resolved, repo, m.id, src, user=a.user)
+        assert logins[a.user].get(f"{a.redis_prefix}doc") == b"of user1" and "redis user u_user1" in done
+        assert logins[b.user].get(f"{b.redis_prefix}doc") == b"changed since"  # the other user untouched
+        with redislib.Redis(port=main.port, username=main.admin_user, password=main.admin_password) as adm:
+            assert adm.exists(f"{a.redis_prefix}doc") == 0 and adm.acl_getuser(a.redis_user) is None
+        for r in logins.values():
+            r.close()
+    finally:
+        for srv in [main, *started]:
+            srv.cleanup()

@@ -241,8 +241,10 @@ def test_tenants_isolated_from_inside_ct200(site: Path):
     assert redis(d, 201, "u_user2", rp2, "ping", port=p2).stdout.strip() == "PONG"
     assert redis(d, 200, "u_user1", rp1, "set", "t:user1:k", "v", port=p1).stdout.strip() == "OK"
     assert redis(d, 200, "u_user1", rp1, "get", "t:user1:k", port=p1).stdout.strip() == "v"
-    assert redis(d, 200, "u_user1", rp1, "config", "get", "maxmemory", port=p1).stdout.split()[-1] == \
-        str(64 * 1024 * 1024)
+    admin = secret(site, "site", "redis_admin_password")
+    got = d.exec(103, ["env", f"REDISCLI_AUTH={admin}", "redis-cli", "-p", str(p1), "--user", "admin",
+                       "config", "get", "maxmemory"]).stdout.split()
+    assert got == ["maxmemory", str(64 * 1024 * 1024)], got  # redis.user_memory_mb
     for port, user, pw in ((p1, "u_user2", rp2), (p1, "u_user1", rp2), (6379, "u_user1", rp1)):
         r = redis(d, 200, user, pw, "get", "t:user1:k", port=port)  # another's server, the shared one
         assert "WRONGPASS" in r.stdout + r.stderr and "v" not in r.stdout.split(), (port, user, r.stdout)

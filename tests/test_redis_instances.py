@@ -6,6 +6,8 @@ tests/test_rendered_scripts.py and the servers run in tests/test_abuse.py. Nothi
 
 from __future__ import annotations
 
+import pytest
+
 from aicommons.engine.services import apply_script
 from aicommons.plan import names
 from aicommons.render import render_site
@@ -53,3 +55,22 @@ def test_apps_get_the_users_own_server_and_only_that_user_may_reach_it():
         c.ctid for c in resolved.containers if c.name == "redis"))
     own = [(r.source, r.dport) for r in fw.rules if r.comment.startswith("own Redis of")]
     assert own == [(a.ip, str(a.redis_port)), (b.ip, str(b.redis_port))]
+
+
+def test_a_user_whose_port_would_pass_65535_is_refused_by_validate():
+    """CTIDs outside the primary /24 are third octet * 1000 + last octet: from 10.0.50.x on,
+    16000 + CTID is no port. `validate` names the user and the fix, and `acl` needs no port."""
+    from aicommons.errors import SiteInvalid
+    from tests.test_traefik_harness import make_site
+
+    def tweak(isolation):
+        def fn(d):
+            d["network"]["user_ranges"] = ["10.0.5.200-10.0.5.200", "10.0.50.2-10.0.50.9"]
+            d["redis"]["isolation"] = isolation
+        return fn
+
+    with pytest.raises(SiteInvalid) as exc:
+        make_site(2, tweak("instance"))
+    text = str(exc.value) + " ".join(str(p) for p in getattr(exc.value, "problems", []))
+    assert "user2's own Redis" in text and "65535" in text, text
+    assert make_site(2, tweak("acl")).tenants[1].redis_port is None

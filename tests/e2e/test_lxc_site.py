@@ -442,9 +442,11 @@ def test_audit_fails_when_any_hole_is_reopened_by_hand(site: Path):
         return sh(["ip", "netns", "exec", NS, "env", f"PGPASSWORD={admin_pg}", "psql", "-h", "10.0.5.102", "-U",
                    "postgres", "-d", "postgres", "-v", "ON_ERROR_STOP=1", "-Atc", sql])
 
-    def rd(*cmd: str):
-        return sh(["ip", "netns", "exec", NS, "redis-cli", "-h", "10.0.5.103", "--user", "admin", "--pass", admin_rd,
-                   "--no-auth-warning", *cmd])
+    from aicommons.plan import names
+
+    def rd(*cmd: str):  # user1's own Redis server (redis.isolation=instance), as the admin
+        return sh(["ip", "netns", "exec", NS, "redis-cli", "-h", "10.0.5.103", "-p", str(names.redis_port(200)),
+                   "--user", "admin", "--pass", admin_rd, "--no-auth-warning", *cmd])
 
     holes = [
         (lambda: pg("GRANT CONNECT, TEMPORARY ON DATABASE postgres TO PUBLIC"),
@@ -455,6 +457,8 @@ def test_audit_fails_when_any_hole_is_reopened_by_hand(site: Path):
          lambda: rd("ACL", "SETUSER", "u_user1", "-client|tracking")),
         (lambda: rd("ACL", "SETUSER", "u_user1", "+memory|stats"),
          lambda: rd("ACL", "SETUSER", "u_user1", "-memory|stats")),
+        # the bound of issue 23: user1's own server without its memory limit (service section)
+        (lambda: rd("CONFIG", "SET", "maxmemory", "0"), lambda: rd("CONFIG", "SET", "maxmemory", "64mb")),
     ]
     for reopen, close in holes:
         assert reopen().returncode == 0

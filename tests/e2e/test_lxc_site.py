@@ -538,7 +538,12 @@ def test_second_up_plans_no_change(site: Path):
 def test_redis_down_gives_clear_error_and_rerun_converges(site: Path):
     d = driver(site)
     # Masked, Redis cannot come back: the run fails on it, and says so.
+    from aicommons.plan import names
+
     d.exec(103, ["sh", "-c", "systemctl stop redis-server && systemctl mask --runtime redis-server"])
+    rp1, p1 = secret(site, "user1", "redis_password"), names.redis_port(200)
+    # the user's own server does not depend on the shared one
+    assert redis(d, 200, "u_user1", rp1, "get", "t:user1:k", port=p1).stdout.strip() == "v"
     r = cli(site, "up", "--yes")
     bad = unexpected(r.stdout + r.stderr)
     assert r.returncode != 0 and "container.103" in bad, r.stdout[-2000:]
@@ -548,8 +553,7 @@ def test_redis_down_gives_clear_error_and_rerun_converges(site: Path):
     r = cli(site, "up", "--yes")
     assert not unexpected(r.stdout + r.stderr), r.stdout[-2000:]
     assert d.exec(103, ["systemctl", "is-active", "redis-server"]).stdout.strip() == "active"
-    rp1 = secret(site, "user1", "redis_password")
-    assert redis(d, 200, "u_user1", rp1, "get", "t:user1:k").stdout.strip() == "v"
+    assert redis(d, 200, "u_user1", rp1, "get", "t:user1:k", port=p1).stdout.strip() == "v"
 
 
 def test_down_leaves_nothing(site: Path):

@@ -120,6 +120,7 @@ class RedisServer:
     admin_user: str = "admin"
     admin_password: str = "test-redis-admin-password"
     extra: tuple[str, ...] = ()  # more `--name value` arguments (the rendered limits, for instance)
+    argv: list[str] | None = None  # the whole command line instead (a rendered config file)
 
     @property
     def aclfile(self) -> Path:
@@ -127,7 +128,7 @@ class RedisServer:
 
     def start(self) -> None:
         self.proc = subprocess.Popen(
-            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--aclfile", str(self.aclfile),
+            self.argv or ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--aclfile", str(self.aclfile),
              "--dir", str(self.dir), "--save", "", "--appendonly", "no", "--daemonize", "no",
              "--logfile", str(self.dir / "redis.log"), *self.extra],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
@@ -161,6 +162,27 @@ def redis_limits(resolved, memory_mb: int) -> tuple[str, ...]:
         if line.split(" ", 1)[0] in REDIS_LIMITS:
             args += ["--" + line.split()[0], *line.split()[1:]]
     return tuple(args)
+
+
+def start_redis_user(resolved, t, user_password: str, admin_password: str = "test-redis-admin-password"):
+    """A user's own Redis server (redis.isolation=instance) from the rendered configuration
+    (render/services.redis_user_conf), on loopback at a free port: returns (server, tenant with
+    that port). Its ACL file is the one redis-users.sh writes first: default off, admin, the user."""
+    import dataclasses
+
+    from aicommons.render.services import redis_user_conf, tenant_acl
+
+    port = free_port()
+    t = dataclasses.replace(t, redis_port=port)
+    root = Path(tempfile.mkdtemp(prefix=f"aic-redis-{t.user}-"))
+    srv = RedisServer(dir=root, port=port, admin_password=admin_password)
+    srv.aclfile.write_text(f"user default off\nuser {srv.admin_user} on >{admin_password} ~* &* +@all\n"
+                           + tenant_acl(t, user_password) + "\n")
+    conf = root / "redis.conf"
+    conf.write_text(redis_user_conf(t, "127.0.0.1", resolved.site.redis, dir=str(root), aclfile=str(srv.aclfile)))
+    srv.argv = ["redis-server", str(conf), "--save", "", "--appendonly", "no"]
+    srv.start()
+    return srv, t
 
 
 def start_redis(port: int | None = None, extra: tuple[str, ...] = ()) -> RedisServer:

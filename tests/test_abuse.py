@@ -6,6 +6,10 @@ Real: Redis 7.0 started with the rendered limits (tests/test_redis_service.py), 
 session bounds are the real mechanism at test scale (2 s instead of minutes, 8 MB of temp files
 instead of 1 GB) so that each one is hit within the run. Nothing is simulated.
 
+Redis's memory and connections are bounded per user by a server of its own (redis.isolation=
+instance): those tests start the shared server and each user's own from the rendered
+configuration, all real redis-server processes on loopback.
+
 The latency property compares B with itself in the same run: its p99 while A attacks stays
 within 5x its p99 before (with a 2 ms floor, so scheduler noise on a loaded 2-core machine is
 not read as an attack; one unrefused Lua loop costs B seconds).
@@ -13,6 +17,7 @@ not read as an attack; one unrefused Lua loop costs B seconds).
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 
@@ -22,7 +27,7 @@ import redis as redislib
 
 from aicommons.tenancy.postgres import PostgresBackend
 from aicommons.tenancy.redis import RedisBackend
-from tests.servers import start_redis
+from tests.servers import start_redis, start_redis_user
 from tests.standins.helpers import DictSecrets, resolved_site
 from tests.test_redis_service import rendered_limits
 
@@ -253,3 +258,107 @@ def test_the_service_audit_fails_when_a_bound_is_removed(site):
     assert ("postgres", "user1", f"database {a.databases[0]} template or closed") in bad
     pgb.ensure(a, secrets.for_tenant(a))
     assert failing() == []
+
+
+# ---- Redis: one server per user (redis.isolation=instance) -------------------------------------
+
+@pytest.fixture
+def own_servers(tmp_path):
+    """The shared Redis with the rendered limits, and each user's own Redis from its rendered
+    configuration (render/services.redis_user_conf), every one a real redis-server on loopback."""
+    resolved = resolved_site(2)
+    main = start_redis(extra=rendered_limits(resolved))
+    secrets = DictSecrets()
+    servers, tenants = [], []
+    for t in resolved.tenants:
+        srv, t = start_redis_user(resolved, t, secrets.for_tenant(t)["redis_password"], main.admin_password)
+        servers.append(srv)
+        tenants.append(t)
+    rb = RedisBackend(main.host, main.port, main.admin_user, main.admin_password, tmp_path / "archive",
+                      own_servers=True, known={t.user: t.redis_port for t in tenants},
+                      user_memory_mb=resolved.site.redis.user_memory_mb, user_clients=resolved.site.redis.user_clients)
+    for t in tenants:
+        rb.ensure(t, secrets.for_tenant(t))
+    yield tenants, secrets, rb, main, servers, resolved
+    for srv in [main, *servers]:
+        srv.cleanup()
+
+
+def test_a_tenant_filling_its_redis_memory_and_connections_takes_nothing_from_another(own_servers):
+    """Issue 23 #2 with ordinary writes: no script, no MULTI. On a shared server A's SETs filled
+    `maxmemory` and every other user's writes failed with OOM, and A could hold every connection,
+    the admin's too (Redis 7.0 has no per-user quota). Each user now has a server of its own: A
+    fills its memory and holds all its connections and gets Redis's own OOM and max-clients
+    errors; B's writes and new connections, the shared server's and the admin's, all still work."""
+    tenants, secrets, rb, main, servers, resolved = own_servers
+    a, b = tenants
+    pa, pb = secrets.for_tenant(a)["redis_password"], secrets.for_tenant(b)["redis_password"]
+
+    def login(t, pw, **kw):
+        return redislib.Redis(port=t.redis_port, username=t.redis_user, password=pw, socket_timeout=10, **kw)
+
+    ra = login(a, pa)
+    chunk = b"x" * (1024 * 1024)
+    oom = None
+    for i in range(4 * resolved.site.redis.user_memory_mb):
+        try:
+            ra.set(f"{a.redis_prefix}fill{i}", chunk)
+        except redislib.exceptions.ResponseError as exc:
+            oom = exc
+            break
+    # redis-py turns Redis's `-OOM command not allowed when used memory > 'maxmemory'` into this
+    assert isinstance(oom, redislib.exceptions.OutOfMemoryError) and "maxmemory" in str(oom), oom
+    held, refused = [ra], None
+    for _ in range(resolved.site.redis.user_clients + 8):
+        try:
+            c = login(a, pa, single_connection_client=True)  # connects (and logs in) here
+            c.ping()
+            held.append(c)
+        except redislib.exceptions.ConnectionError as exc:
+            refused = str(exc)
+            break
+    assert refused is not None and "max number of clients" in refused, refused
+
+    # A is at both of its limits now. B, the shared services and the admin are not touched:
+    rbb = [login(b, pb, single_connection_client=True) for _ in range(8)]  # new connections
+    for i, c in enumerate(rbb):
+        assert c.set(f"{b.redis_prefix}work{i}", chunk) is True  # megabyte writes
+        assert c.get(f"{b.redis_prefix}work{i}") == chunk
+    with redislib.Redis(port=main.port, username=main.admin_user, password=main.admin_password) as adm:
+        assert adm.set("langfuse:queue:probe", "1") is True  # the shared server's own writes
+        assert adm.ping()
+    with redislib.Redis(port=b.redis_port, username=main.admin_user, password=main.admin_password) as adm:
+        assert adm.ping()
+    # and A's login reaches neither B's server nor the shared one
+    for port in (b.redis_port, main.port):
+        with pytest.raises(redislib.exceptions.AuthenticationError):
+            redislib.Redis(port=port, username=a.redis_user, password=pa).ping()
+    for c in [*held, *rbb]:
+        c.close()
+    # the live audit's service section holds, and A's removal completes with its memory full
+    by_user = secrets.by_user(tenants)
+    bad = [(c.actor, c.resource, c.observed) for c in rb.service_audit(tenants, by_user) if not c.ok]
+    assert bad == []
+    for t in tenants:
+        rb.remove(t, purge=True)
+    assert not {"user1", "user2"} & set(rb.observe())
+
+
+def test_the_service_audit_fails_when_a_user_shares_the_server_or_its_bound_is_lifted(own_servers):
+    tenants, secrets, rb, main, servers, resolved = own_servers
+    a = tenants[0]
+    by_user = secrets.by_user(tenants)
+
+    def failing():
+        return sorted({(c.actor, c.resource.split(":")[0]) for c in rb.service_audit(tenants, by_user) if not c.ok})
+
+    assert failing() == []
+    with redislib.Redis(port=a.redis_port, username=main.admin_user, password=main.admin_password) as adm:
+        adm.config_set("maxmemory", "0")
+    assert ("user1", "own server ") in failing()
+    assert any("maxmemory" in p for p in rb.verify(a, secrets.for_tenant(a)))
+    rb.ensure(a, secrets.for_tenant(a))  # undoes the drift
+    assert failing() == [] and rb.verify(a, secrets.for_tenant(a)) == []
+    shared = dataclasses.replace(rb, own_servers=False, require_own=True)  # redis.isolation=acl, site-made
+    assert ("user1", "own server (memory and connections shared)") in {
+        (c.actor, c.resource) for c in shared.service_audit(tenants, by_user) if not c.ok}

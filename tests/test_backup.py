@@ -31,6 +31,9 @@ from tests.servers import start_postgres, start_redis
 
 T0 = dt.datetime(2026, 11, 20, 3, 0, tzinfo=dt.UTC)
 USERS = ("bk1", "bk2", "bk3")
+# One shared Redis here; a user's own server (isolation=instance) is backed up and restored in
+# tests/test_redis_service.py::test_a_users_own_server_is_backed_up_and_restored.
+ISOLATION = "acl"
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +45,8 @@ def servers():
 
 
 def site_text() -> str:
-    text = render_site_yaml(users=3, services=["ollama", "qdrant", "postgres", "redis", "garage"])
+    text = render_site_yaml(users=3, services=["ollama", "qdrant", "postgres", "redis", "garage"],
+                            redis_isolation=ISOLATION)
     for i, u in enumerate(USERS, 1):
         text = text.replace(f"user{i}", u)
     return text

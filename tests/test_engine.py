@@ -230,3 +230,4 @@ def test_slot_of_a_user_gone_before_its_container_existed_is_released(site, fake
     assert apply(site, fake_dir, out=io.StringIO()).ok
     assert {a.user: a.status for a in st.allocations()}["ghost"] == "removed"
     assert plan(site, fake_dir).empty
+

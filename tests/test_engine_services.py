@@ -133,7 +133,8 @@ def test_a_driver_that_installs_services_gets_only_their_rendered_config(tmp_pat
     assert {"service.postgres", "service.redis"} <= set(svc) and "service.qdrant" not in svc
     # lemonldap.sql: the sign-in provider's role, database and schema (the LXC site's provider)
     assert sorted(svc["service.postgres"].payload[1]) == ["conf.d/aicommons.conf", "lemonldap.sql", "pg_hba.conf"]
-    assert sorted(svc["service.redis"].payload[1]) == ["redis.conf", "users.acl"]
+    assert sorted(svc["service.redis"].payload[1]) == ["redis-user@.service", "redis-users.sh", "redis.conf",
+                                                       "users.acl"]
     assert not [s for s in svc.values() if "install.sh" in s.payload[1]]
 
 
@@ -308,7 +309,9 @@ def test_delivering_users_acl_keeps_a_suspended_user_off(tmp_path):
     os.chmod(root / "users.acl", 0o600)
     script = apply_script("redis", str(root), {"users.acl"})
     script = script.replace("/etc/redis/users.acl", str(live)).replace(" -o redis -g redis", "")
-    script = script.replace("systemctl restart redis-server", "true")
+    from aicommons.engine.services import configure_of
+
+    script = script.replace(configure_of("redis").apply, "true")
     res = subprocess.run(["sh", "-c", script], capture_output=True, text=True)
     assert res.returncode == 0, res.stderr
     lines = {ln.split()[1]: ln for ln in live.read_text().splitlines()}
@@ -359,3 +362,22 @@ def test_the_catalog_says_where_every_rendered_system_file_goes_and_how_it_takes
     both = apply_script("postgres", "/opt/x", {"pg_hba.conf", "conf.d/aicommons.conf"})
     assert both.strip().splitlines()[-1].startswith("systemctl restart postgresql") and "install -D" in both
     assert apply_script("postgres", "/opt/x", {"install.sh"}) is None  # not a system file
+
+
+def test_a_removed_users_redis_keys_are_archived_before_its_own_server_goes(tmp_path):
+    """redis.isolation=instance: the Redis container's service step stops a removed user's own
+    server and deletes its data (redis-users.sh), so it runs after the tenancy step that
+    archives that user's keys from it; the shared server is reloaded around it, not restarted."""
+    site, kw = _site(tmp_path), _kw(tmp_path)
+    assert apply_site(site, **kw).ok
+    edit_site(site, lambda d: d.update(users=[u for u in d["users"] if u["name"] != "user1"]))
+    plan = plan_site(site, **kw)
+    step = plan.steps["service.redis"]
+    assert step.action == "update" and step.reason == "changed: redis-users.sh"
+    assert plan.steps["tenant.redis.user1"].action == "delete"
+    assert "tenant.redis.user1" in step.deps
+    before = len(kw["driver"].exec_log())
+    assert apply_site(site, **kw).ok
+    redis_ct = next(c.ctid for c in plan.resolved.containers if c.name == "redis")
+    ran = [argv[-1] for c, argv in kw["driver"].exec_log()[before:] if c == redis_ct]
+    assert len(ran) == 1 and "sh /etc/redis/aicommons-users.sh" in ran[0] and "restart redis-server" not in ran[0]

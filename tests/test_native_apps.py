@@ -152,6 +152,8 @@ def _rendered_env(resolved, t, secrets, name: str, pg, rd, port: int, data: Path
     env = {k: v for k, v in env.items() if not k.startswith(BACKENDS_NOT_RUN)}
     mapping = {f"{endpoint_host(resolved, 'postgres')}:{port_of(resolved, 'postgres')}": f"127.0.0.1:{pg.port}",
                f"{endpoint_host(resolved, 'redis')}:{port_of(resolved, 'redis')}": f"127.0.0.1:{rd.port}"}
+    if t.redis_port:  # the user's own Redis server (redis.isolation=instance): this test's one server
+        mapping[f"{endpoint_host(resolved, 'redis')}:{t.redis_port}"] = f"127.0.0.1:{rd.port}"
     for k, v in env.items():
         for a, b in mapping.items():
             v = v.replace(a, b)

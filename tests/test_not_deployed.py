@@ -28,7 +28,7 @@ from tests.standins.helpers import DictSecrets
 
 @pytest.fixture(scope="module")
 def lxc_site():
-    site, _ = load_text(render_site_yaml(users=2, driver="lxc"))
+    site, _ = load_text(render_site_yaml(users=2, driver="lxc", redis_isolation="acl"))
     return resolve(site)
 
 
@@ -154,7 +154,7 @@ def test_no_route_middleware_or_certificate_for_what_does_not_run(lxc_site):
 def test_without_its_sign_in_provider_an_lxc_site_routes_only_what_has_a_login():
     """LL::NG disabled on an LXC site: no provider runs (Authentik is refused there), so no
     forward-auth, no identity header believed, and the login-less apps are withheld, said so."""
-    site, _ = load_text(render_site_yaml(users=2, driver="lxc"))
+    site, _ = load_text(render_site_yaml(users=2, driver="lxc", redis_isolation="acl"))
     site.services["lemonldap"].enabled = False
     resolved = resolve(site)
     files, routers, middlewares, _ = _dynamic(resolved)

@@ -3,7 +3,8 @@
 Real: redis-server started with the resource settings `render/services.redis_conf` writes (so the
 server itself checks they are valid Redis 7.0 configuration), tenants made by the real
 `RedisBackend.ensure`, attacks sent over real connections with the tenant's own password. Each
-server is the test's own: an attack that worked would leave it frozen or full.
+server is the test's own: an attack that worked would leave it frozen or full. A user's own
+server (redis.isolation=instance) is started from its rendered configuration too.
 Nothing is simulated.
 """
 
@@ -16,7 +17,7 @@ import redis as redislib
 
 from aicommons.plan import names
 from aicommons.tenancy.redis import RedisBackend
-from tests.servers import redis_limits, start_redis
+from tests.servers import redis_limits, start_redis, start_redis_user
 from tests.standins.helpers import DictSecrets, resolved_site
 
 MEMORY_MB = 256  # the Redis container's memory in these tests: a small server fills fast
@@ -109,3 +110,91 @@ def test_attack3_no_user_name_reaches_a_shared_service_key(bounded):
     # and such names are refused at validation (exit 2 in `validate` and `users add`)
     from aicommons.spec.identity import name_problem
     assert all(name_problem(n) for n in ("bull", "langfuse", "bullmq", "celery"))
+
+
+def test_keys_under_the_old_prefixes_move_into_the_users_own_server(tmp_path):
+    """Sites from before one server per user kept a user's keys in the shared server, under
+    `t:<user>:` or, before that, `<user>:`. `ensure` moves both into the user's own server as
+    `t:<user>:` (TTLs kept), leaves another user's keys and a key the own server already has, and
+    drops the user's login in the shared server."""
+    resolved = resolved_site(2)
+    main = start_redis(extra=rendered_limits(resolved))
+    secrets = DictSecrets()
+    a0, b = resolved.tenants
+    own, a = start_redis_user(resolved, a0, secrets.for_tenant(a0)["redis_password"], main.admin_password)
+    try:
+        shared = RedisBackend(main.host, main.port, main.admin_user, main.admin_password, tmp_path)
+        shared.ensure(a, secrets.for_tenant(a))  # as before: the user's login in the shared server
+        adm = redislib.Redis(port=main.port, username=main.admin_user, password=main.admin_password)
+        adm.set(f"{a.user}:old", "1")
+        adm.set(f"{a.redis_prefix}new", "2", ex=600)
+        adm.set(f"{a.redis_prefix}both", "shared copy")
+        adm.set(f"{b.redis_prefix}other", "3")
+        adm.set("langfuse:queue", "4")
+        mine = redislib.Redis(port=a.redis_port, username=main.admin_user, password=main.admin_password)
+        mine.set(f"{a.redis_prefix}both", "own copy")
+        rb = dataclasses.replace(shared, own_servers=True, known={a.user: a.redis_port},
+                                 user_memory_mb=resolved.site.redis.user_memory_mb,
+                                 user_clients=resolved.site.redis.user_clients, warnings=[])
+        rb.ensure(a, secrets.for_tenant(a))
+        assert mine.get(f"{a.redis_prefix}old") == b"1" and mine.get(f"{a.redis_prefix}new") == b"2"
+        assert 0 < mine.ttl(f"{a.redis_prefix}new") <= 600
+        assert mine.get(f"{a.redis_prefix}both") == b"own copy"  # never written over
+        assert adm.get(f"{a.redis_prefix}both") == b"shared copy" and "1 keys stay" in rb.warnings[0]
+        assert adm.exists(f"{a.user}:old", f"{a.redis_prefix}new") == 0
+        assert adm.get(f"{b.redis_prefix}other") == b"3" and adm.get("langfuse:queue") == b"4"
+        assert adm.acl_getuser(a.redis_user) is None  # no login left in the shared server
+        assert rb.verify(a, secrets.for_tenant(a)) == []
+        assert rb.observe() == {a.user: {f"redis.user.{a.redis_user}"}}
+        adm.close()
+        mine.close()
+    finally:
+        own.cleanup()
+        main.cleanup()
+
+
+def test_a_users_own_server_is_backed_up_and_restored(tmp_path):
+    """`backup run` reads each user's keys and ACL line from its own server, and `backup restore`
+    puts them back there (not into the shared server)."""
+    from aicommons.ops.backup.postgres import Server
+    from aicommons.ops.backup.repo import Repo
+    from aicommons.ops.backup.run import Sources, restore_backup, run_backup
+
+    resolved = resolved_site(2)
+    main = start_redis()
+    secrets = DictSecrets()
+    started, tenants = [], []
+    for t in resolved.tenants:
+        srv, t = start_redis_user(resolved, t, secrets.for_tenant(t)["redis_password"], main.admin_password)
+        started.append(srv)
+        tenants.append(t)
+    resolved = dataclasses.replace(resolved, tenants=tenants)
+    try:
+        rb = RedisBackend(main.host, main.port, main.admin_user, main.admin_password, tmp_path / "archive",
+                          own_servers=True, known={t.user: t.redis_port for t in tenants},
+                          user_memory_mb=resolved.site.redis.user_memory_mb,
+                          user_clients=resolved.site.redis.user_clients)
+        logins = {}
+        for t in tenants:
+            rb.ensure(t, secrets.for_tenant(t))
+            logins[t.user] = redislib.Redis(port=t.redis_port, username=t.redis_user,
+                                            password=secrets.for_tenant(t)["redis_password"])
+            logins[t.user].set(f"{t.redis_prefix}doc", f"of {t.user}")
+        repo = Repo(tmp_path / "backups")
+        src = Sources(redis=Server("127.0.0.1", main.port, main.admin_user, main.admin_password))
+        m = run_backup(resolved, src, repo)
+        keys = {it.name: it.detail.get("keys") for it in m.items if it.kind == "redis_keys"}
+        assert keys["user1"] == 1 and keys["user2"] == 1
+        a, b = tenants
+        logins[a.user].delete(f"{a.redis_prefix}doc")
+        logins[b.user].set(f"{b.redis_prefix}doc", "changed since")
+        done = restore_backup(resolved, repo, m.id, src, user=a.user)
+        assert logins[a.user].get(f"{a.redis_prefix}doc") == b"of user1" and "redis user u_user1" in done
+        assert logins[b.user].get(f"{b.redis_prefix}doc") == b"changed since"  # the other user untouched
+        with redislib.Redis(port=main.port, username=main.admin_user, password=main.admin_password) as adm:
+            assert adm.exists(f"{a.redis_prefix}doc") == 0 and adm.acl_getuser(a.redis_user) is None
+        for r in logins.values():
+            r.close()
+    finally:
+        for srv in [main, *started]:
+            srv.cleanup()

@@ -23,7 +23,9 @@ from tests.test_traefik_harness import FakeSecrets, make_site
 
 @pytest.fixture(scope="module")
 def rendered(tmp_path_factory):
-    site = make_site(3)
+    # one shared Redis (isolation=acl), whose users.acl holds the tenants; a user's own server is
+    # started from its rendered configuration in tests/test_abuse.py and test_redis_service.py
+    site = make_site(3, tweak=lambda d: d["redis"].update(isolation="acl"))
     secrets = FakeSecrets()
     out = tmp_path_factory.mktemp("rendered")
     write_tree(render_site(site, secrets), out)

@@ -27,7 +27,9 @@ TOKEN = "garage-admin-token"
 
 @pytest.fixture(scope="module")
 def rendered():
-    site = resolved_site(3, driver="proxmox")  # a driver that deploys the object store
+    # a driver that deploys the object store; one shared Redis (isolation=acl): its users.acl
+    # holds the tenants (their own servers' ACL files: tests/test_redis_instances.py)
+    site = resolved_site(3, driver="proxmox", redis_isolation="acl")
     secrets = DictSecrets()
     return site, secrets, render_site(site, secrets)
 

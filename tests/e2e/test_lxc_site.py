@@ -125,8 +125,9 @@ def psql(d, ctid: int, user: str, pw: str, db: str, sql: str):
                          "-Atc", sql])
 
 
-def redis(d, ctid: int, user: str, pw: str, *cmd: str):
-    return d.exec(ctid, ["env", f"REDISCLI_AUTH={pw}", "redis-cli", "-h", "10.0.5.103", "--user", user, *cmd])
+def redis(d, ctid: int, user: str, pw: str, *cmd: str, port: int = 6379):
+    return d.exec(ctid, ["env", f"REDISCLI_AUTH={pw}", "redis-cli", "-h", "10.0.5.103", "-p", str(port),
+                         "--user", user, *cmd])
 
 
 def ns_http(method: str, url: str, *, host: str | None = None, headers: dict | None = None,
@@ -233,11 +234,20 @@ def test_tenants_isolated_from_inside_ct200(site: Path):
     # the door open, by the missing CONNECT grant
     assert not r.ok and ("pg_hba.conf rejects connection" in r.stderr or "permission denied" in r.stderr), r.stderr
     rp1, rp2 = (secret(site, u, "redis_password") for u in ("user1", "user2"))
-    assert redis(d, 200, "u_user1", rp1, "set", "t:user1:k", "v").stdout.strip() == "OK"
-    assert redis(d, 200, "u_user1", rp1, "get", "t:user1:k").stdout.strip() == "v"
-    assert "NOPERM" in redis(d, 200, "u_user2", rp2, "get", "t:user1:k").stdout
-    r = redis(d, 200, "u_user1", rp2, "get", "t:user1:k")
-    assert "WRONGPASS" in r.stdout + r.stderr and "v" not in r.stdout.split()
+    # each user has a Redis server of its own (redis.isolation=instance): port 16000 + CTID
+    p1, p2 = names.redis_port(200), names.redis_port(201)
+    assert d.exec(103, ["systemctl", "is-active", "redis-user@user1", "redis-user@user2"]).stdout.split() == \
+        ["active", "active"]
+    assert redis(d, 201, "u_user2", rp2, "ping", port=p2).stdout.strip() == "PONG"
+    assert redis(d, 200, "u_user1", rp1, "set", "t:user1:k", "v", port=p1).stdout.strip() == "OK"
+    assert redis(d, 200, "u_user1", rp1, "get", "t:user1:k", port=p1).stdout.strip() == "v"
+    admin = secret(site, "site", "redis_admin_password")
+    got = d.exec(103, ["env", f"REDISCLI_AUTH={admin}", "redis-cli", "-p", str(p1), "--user", "admin",
+                       "config", "get", "maxmemory"]).stdout.split()
+    assert got == ["maxmemory", str(64 * 1024 * 1024)], got  # redis.user_memory_mb
+    for port, user, pw in ((p1, "u_user2", rp2), (p1, "u_user1", rp2), (6379, "u_user1", rp1)):
+        r = redis(d, 200, user, pw, "get", "t:user1:k", port=port)  # another's server, the shared one
+        assert "WRONGPASS" in r.stdout + r.stderr and "v" not in r.stdout.split(), (port, user, r.stdout)
 
 
 SESSION: list[str] = []  # user1's signed-in session cookie (name=value), made by the fixture below
@@ -323,7 +333,10 @@ def test_openwebui_signs_in_the_owner_and_keeps_a_chat_in_postgres(site: Path, s
     assert "openwebui: redis not used: Open WebUI 0.6.41 writes the unprefixed key(s) tool_servers" in \
         (site / "plan.log").read_text()
     admin = secret(site, "site", "redis_admin_password")
-    log = d.exec(103, ["env", f"REDISCLI_AUTH={admin}", "redis-cli", "--user", "admin", "acl", "log"]).stdout
+    from aicommons.plan import names
+
+    log = d.exec(103, ["env", f"REDISCLI_AUTH={admin}", "redis-cli", "-p", str(names.redis_port(200)),
+                       "--user", "admin", "acl", "log"]).stdout
     assert acl_denials(log, "u_user1") == [], log
 
 
@@ -429,9 +442,11 @@ def test_audit_fails_when_any_hole_is_reopened_by_hand(site: Path):
         return sh(["ip", "netns", "exec", NS, "env", f"PGPASSWORD={admin_pg}", "psql", "-h", "10.0.5.102", "-U",
                    "postgres", "-d", "postgres", "-v", "ON_ERROR_STOP=1", "-Atc", sql])
 
-    def rd(*cmd: str):
-        return sh(["ip", "netns", "exec", NS, "redis-cli", "-h", "10.0.5.103", "--user", "admin", "--pass", admin_rd,
-                   "--no-auth-warning", *cmd])
+    from aicommons.plan import names
+
+    def rd(*cmd: str):  # user1's own Redis server (redis.isolation=instance), as the admin
+        return sh(["ip", "netns", "exec", NS, "redis-cli", "-h", "10.0.5.103", "-p", str(names.redis_port(200)),
+                   "--user", "admin", "--pass", admin_rd, "--no-auth-warning", *cmd])
 
     holes = [
         (lambda: pg("GRANT CONNECT, TEMPORARY ON DATABASE postgres TO PUBLIC"),
@@ -442,6 +457,8 @@ def test_audit_fails_when_any_hole_is_reopened_by_hand(site: Path):
          lambda: rd("ACL", "SETUSER", "u_user1", "-client|tracking")),
         (lambda: rd("ACL", "SETUSER", "u_user1", "+memory|stats"),
          lambda: rd("ACL", "SETUSER", "u_user1", "-memory|stats")),
+        # the bound of issue 23: user1's own server without its memory limit (service section)
+        (lambda: rd("CONFIG", "SET", "maxmemory", "0"), lambda: rd("CONFIG", "SET", "maxmemory", "64mb")),
     ]
     for reopen, close in holes:
         assert reopen().returncode == 0
@@ -479,8 +496,11 @@ def test_users_add_and_remove(site: Path):
     q = sh(["ip", "netns", "exec", NS, "env", f"PGPASSWORD={admin}", "psql", "-h", "10.0.5.102", "-U", "postgres",
             "-Atc", "select rolname from pg_roles where rolname like 'u\\_%' order by 1"])
     assert q.stdout.split() == ["u_user1", "u_user2", "u_user3"], q.stderr
-    acl = d.exec(103, ["cat", "/etc/redis/users.acl"]).stdout
-    assert "u_user4" not in acl and "u_user1" in acl
+    # user4's own Redis server is stopped and its data gone; the others' run on
+    left = d.exec(103, ["sh", "-c", "ls /etc/redis/users /var/lib/redis/users"]).stdout.split()
+    assert "user4" not in left and "user4.conf" not in left and "user1.conf" in left, left
+    assert d.exec(103, ["systemctl", "is-active", "redis-user@user4"]).stdout.strip() != "active"
+    assert d.exec(103, ["systemctl", "is-active", "redis-user@user1"]).stdout.strip() == "active"
     assert {s.ctid for s in d.list_containers() if s.ctid >= 200} == {200, 201, 202}
     r = psql(d, 200, "u_user1", secret(site, "user1", "postgres_password"), "openwebui_user1", "select 1")
     assert r.ok
@@ -535,7 +555,12 @@ def test_status_fails_naming_the_provider_when_it_stops(site: Path):
 def test_redis_down_gives_clear_error_and_rerun_converges(site: Path):
     d = driver(site)
     # Masked, Redis cannot come back: the run fails on it, and says so.
+    from aicommons.plan import names
+
     d.exec(103, ["sh", "-c", "systemctl stop redis-server && systemctl mask --runtime redis-server"])
+    rp1, p1 = secret(site, "user1", "redis_password"), names.redis_port(200)
+    # the user's own server does not depend on the shared one
+    assert redis(d, 200, "u_user1", rp1, "get", "t:user1:k", port=p1).stdout.strip() == "v"
     r = cli(site, "up", "--yes")
     bad = unexpected(r.stdout + r.stderr)
     assert r.returncode != 0 and "container.103" in bad, r.stdout[-2000:]
@@ -545,8 +570,7 @@ def test_redis_down_gives_clear_error_and_rerun_converges(site: Path):
     r = cli(site, "up", "--yes")
     assert not unexpected(r.stdout + r.stderr), r.stdout[-2000:]
     assert d.exec(103, ["systemctl", "is-active", "redis-server"]).stdout.strip() == "active"
-    rp1 = secret(site, "user1", "redis_password")
-    assert redis(d, 200, "u_user1", rp1, "get", "t:user1:k").stdout.strip() == "v"
+    assert redis(d, 200, "u_user1", rp1, "get", "t:user1:k", port=p1).stdout.strip() == "v"
 
 
 def test_down_leaves_nothing(site: Path):

@@ -10,8 +10,8 @@ from aicommons.spec.default import render_site_yaml
 from aicommons.spec.load import load_text
 
 
-def resolved_site(users: int = 3, driver: str = "lxc"):
-    site, _ = load_text(render_site_yaml(users=users, driver=driver,
+def resolved_site(users: int = 3, driver: str = "lxc", redis_isolation: str = "instance"):
+    site, _ = load_text(render_site_yaml(users=users, driver=driver, redis_isolation=redis_isolation,
                                          services=["ollama", "qdrant", "postgres", "redis", "garage", "searxng",
                                                    "langfuse"]))
     return resolve(site)

@@ -375,6 +375,11 @@ class Planner:
         for s in deletes:
             if s.owner in pg_first and s.id != pg_first[s.owner]:
                 s.deps.add(pg_first[s.owner])
+        # A removed user's keys are archived from its own Redis server before the Redis container's
+        # service step stops that server and deletes its data (render/services.redis_users_script).
+        for s in self.steps.values():
+            if s.kind == "service" and s.action != "delete":
+                s.deps.update(d.id for d in deletes if d.kind == "tenant" and d.id.startswith("tenant.redis."))
         for s in deletes:  # routes and tenant data go before the container; shared services go last
             if s.kind == "container" and s.owner:
                 s.deps.update(d.id for d in deletes if d.owner == s.owner and d.kind != "container")

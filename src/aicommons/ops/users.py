@@ -555,7 +555,7 @@ def show_user(site_file: Path, name: str, *, reveal: bool = False, state_path=No
                                 "password": hide(s["postgres_password"], t.user, "postgres_password")}
         if "redis" in ep:
             host, port = hp("redis")
-            info["redis"] = {"host": host, "port": port, "user": t.redis_user, "key_prefix": t.redis_prefix,
+            info["redis"] = {"host": host, "port": t.redis_port or port, "user": t.redis_user, "key_prefix": t.redis_prefix,
                              "channels": f"{t.redis_prefix}*", "db": t.redis_db or 0,
                              "password": hide(s["redis_password"], t.user, "redis_password")}
         if "qdrant" in ep:

@@ -78,6 +78,9 @@ class Tenant:
     qdrant_vector_size: int = 384  # the site's embedding dimensions (state records before it had none)
     operator: bool = False  # also an operator (site.yaml users[].operator): the provider's operators group
     gateway: bool = False  # has a model-gateway key (services.gateway is enabled)
+    # Its own Redis server's port in the Redis container (redis.isolation=instance); None: its ACL
+    # user lives in the shared server (and state records from before instances).
+    redis_port: int | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -35,6 +35,17 @@ def redis_prefix(user: str) -> str:
     return f"{REDIS_TENANT_SPACE}{user}:"
 
 
+# A user's own Redis server (redis.isolation=instance) listens on this plus its CTID: stable while
+# the user exists (the CTID follows its address), unique per user, clear of 6379 and the exporter.
+REDIS_USER_PORT_BASE = 16000
+
+
+def redis_port(ctid: int) -> int | None:
+    """The port of the user's own Redis server; None when the CTID puts it past 65535."""
+    port = REDIS_USER_PORT_BASE + ctid
+    return port if port <= 65535 else None
+
+
 def qdrant_prefix(user: str) -> str:
     return user.replace("-", "_")
 

@@ -64,6 +64,13 @@ def enabled_services(site: Site, catalog: Catalog) -> list[str]:
     return sorted(names_, key=lambda n: (catalog.services[n].phase, catalog.services[n].octet or 999, n))
 
 
+def redis_instances(site: Site, catalog: Catalog) -> bool:
+    """Does each user get a Redis server of its own? Only where aicommons runs Redis itself."""
+    ov = site.services.get("redis")
+    return (site.redis.isolation == "instance" and "redis" in enabled_services(site, catalog)
+            and (ov is None or ov.external is None))
+
+
 def _low_ctids(ctx: _Ctx, ips: list[IP]) -> str:
     """On Proxmox, the CTIDs of `ips` below PVE's minimum VMID of 100 ('' when none or not Proxmox)."""
     if ctx.site.driver.kind != "proxmox":
@@ -357,6 +364,7 @@ def _allocate_users(
     app_objs = [cat.apps[a] for a in apps]
     containers, tenants, routes = [], [], []
     redis_dbs = site.redis.isolation == "db"
+    redis_own = redis_instances(site, cat)
     for n_user, (i, u) in enumerate(valid_users, start=1):
         if u.name not in assigned:
             continue
@@ -386,6 +394,10 @@ def _allocate_users(
                             f"user {u.name} would need Redis DB {db_no} but the server has {site.redis.databases} "
                             f"databases (0-{site.redis.databases - 1}); DB numbers also isolate nothing",
                             "set redis.isolation: acl (an ACL user and key prefix per user)")
+        redis_port = names.redis_port(ctid) if redis_own else None
+        if redis_own and redis_port is None:
+            ctx.problem(loc, f"user {u.name}'s own Redis would listen on {names.REDIS_USER_PORT_BASE} + CTID {ctid}, "
+                             "past port 65535", "give the user an address in the site's primary subnet")
         containers.append(
             Container(
                 ctid=ctid, ip=str(ip), prefixlen=24 if ip not in net.subnet else net.subnet.prefixlen,
@@ -406,6 +418,7 @@ def _allocate_users(
                 ports={app.name: app.port for app in app_objs}, hosts=hosts,
                 qdrant_vector_size=site.embedding.size, operator=u.operator,
                 gateway="gateway" in enabled_services(site, cat),
+                redis_port=redis_port,
             )
         )
         for app in app_objs:
@@ -514,6 +527,9 @@ def _resolve(site: Site, catalog: Catalog, held: dict[str, str],
     notes = []
     if site.redis.isolation == "db":
         notes.append("redis.isolation=db: Redis DB numbers do not isolate users (any client may SELECT).")
+    elif "redis" in enabled_services(site, catalog) and not redis_instances(site, catalog):
+        notes.append("Redis users share one server's memory and connections (redis.isolation=acl, or an "
+                     "`external:` Redis where aicommons cannot start a server per user): one user can fill them.")
     if site.object_storage == "minio":
         notes.append("MinIO's community edition is archived (Feb 2026); plan a move to Garage.")
     gone = deployed.undeployed(site, catalog)

@@ -55,6 +55,7 @@ def _redis_url(resolved: ResolvedSite, t: Tenant, password: str) -> str | None:
     if host is None or not _reachable(resolved, "redis"):
         return None
     db = t.redis_db if t.redis_db is not None else 0
+    port = t.redis_port or port  # the user's own server (redis.isolation=instance)
     return f"redis://{urlquote(t.redis_user)}:{urlquote(password, safe='')}@{host}:{port}/{db}"
 
 

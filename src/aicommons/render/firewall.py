@@ -26,6 +26,7 @@ from typing import Literal
 
 from aicommons.catalog import load_catalog
 from aicommons.plan.model import ResolvedSite
+from aicommons.plan.names import REDIS_USER_PORT_BASE
 
 Action = Literal["ACCEPT", "DROP", "REJECT"]
 Direction = Literal["in", "out"]
@@ -176,6 +177,10 @@ def firewall_plan(resolved: ResolvedSite) -> FirewallPlan:
         Rule("out", "ACCEPT", dest=c.ip, proto="tcp", dport=dport, comment=f"to {c.hostname}")
         for c in shared if facing.get(c.name) for dport in port_lists(facing[c.name])
     ]
+    own_redis = [t for t in resolved.tenants if t.redis_port is not None]
+    user_out += [Rule("out", "ACCEPT", dest=c.ip, proto="tcp", dport=f"{REDIS_USER_PORT_BASE}:65535",
+                      comment="to own Redis of each user (let in there per user)")
+                 for c in shared if c.name == "redis" and own_redis and "redis" in facing]
     site_nets = [str(net.subnet)] + [c for c in user_ranges if not ipaddress.IPv4Network(c).subnet_of(net.subnet)]
     user_out += [Rule("out", "DROP", dest=n, comment="no other container of the site") for n in site_nets]
     # A user container names its two single sources directly rather than in ipsets of its own: the
@@ -214,6 +219,9 @@ def firewall_plan(resolved: ResolvedSite) -> FirewallPlan:
         if facing.get(c.name):
             rules += [Rule("in", "ACCEPT", source=ref(USERS_SET), proto="tcp", dport=dport, comment="user apps")
                       for dport in port_lists(facing[c.name])]
+        if c.name == "redis" and facing.get(c.name):  # each user's own server: from that user only
+            rules += [Rule("in", "ACCEPT", source=t.ip, proto="tcp", dport=str(t.redis_port),
+                           comment=f"own Redis of {t.user}") for t in own_redis]
         fws.append(ContainerFirewall(c.ctid, c.node, "shared", dict(options), tuple(rules), used(rules)))
     return FirewallPlan(tuple(fws))
 

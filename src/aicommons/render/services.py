@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import hashlib
 
-from aicommons.plan.model import Container, ResolvedSite
+from aicommons.plan.model import Container, ResolvedSite, Tenant
 from aicommons.plan.policy import acl_rules
 from aicommons.plan.secrets import SITE_SCOPE, SecretLookup
 from aicommons.render import lemonldap
 from aicommons.render.common import catalog, db_ident, dump_yaml, hex_key, svc_dir
 from aicommons.render.files import SECRET_MODE, RenderedFile
+from aicommons.spec.models import RedisTenancy
 
 HEAD = "# Rendered by aicommons: do not edit by hand.\n"
 # Shared services with their own database and role in the shared PostgreSQL.
@@ -98,8 +99,98 @@ def redis_acl(resolved: ResolvedSite, secrets: SecretLookup) -> str:
     if "langfuse" in resolved.endpoints:
         lines.append(f"user {REDIS_LANGFUSE} on {_redis_hash(secrets(SITE_SCOPE, 'langfuse_redis_password'))} "
                      "~* &* +@all -@dangerous +info")
-    lines += [tenant_acl(t, secrets(t.user, "redis_password")) for t in resolved.tenants]
+    # Users with a server of their own (redis.isolation=instance) have no login in the shared one.
+    lines += [tenant_acl(t, secrets(t.user, "redis_password")) for t in resolved.tenants if t.redis_port is None]
     return "\n".join(lines) + "\n"
+
+
+USER_CONF_DIR = "/etc/redis/users"  # <user>.conf (root:redis) and <user>.acl (the server's: ACL SAVE)
+USER_DATA_DIR = "/var/lib/redis/users"
+USER_UNIT = "redis-user@"
+USER_SCRIPT = "/etc/redis/aicommons-users.sh"
+
+
+def redis_user_conf(t: Tenant, bind: str, redis: RedisTenancy, *, dir: str = "", aclfile: str = "") -> str:
+    """redis.conf of one user's own server (redis.isolation=instance): its memory and connections
+    are its own, so filling them takes nothing from another user or the shared services. Names
+    and ranges are Redis 7.0's (src/config.c static_configs[]): maxmemory 0 would be unlimited,
+    proto-max-bulk-len and client-query-buffer-limit have a 1mb minimum, maxclients 1."""
+    mem = redis.user_memory_mb
+    return HEAD + "\n".join([
+        f"bind {bind}",
+        f"port {t.redis_port}",
+        "protected-mode yes",
+        "daemonize no",
+        'logfile ""',
+        f"aclfile {aclfile or f'{USER_CONF_DIR}/{t.user}.acl'}",
+        f"dir {dir or f'{USER_DATA_DIR}/{t.user}'}",
+        "databases 1",
+        "save 900 1 300 10 60 10000",
+        "appendonly yes",
+        "appendfsync everysec",
+        f"maxmemory {mem}mb",
+        "maxmemory-policy noeviction",
+        f"maxclients {redis.user_clients}",
+        f"proto-max-bulk-len {max(1, mem // 8)}mb",
+        f"client-query-buffer-limit {max(1, mem // 2)}mb",
+        f"maxmemory-clients {max(1, mem // 4)}mb",
+        f"client-output-buffer-limit normal {max(1, mem // 2)}mb {max(1, mem // 4)}mb 60",
+        f"client-output-buffer-limit pubsub {max(1, mem // 4)}mb {max(1, mem // 8)}mb 60",
+        "",
+    ])
+
+
+REDIS_USER_UNIT = f"""\
+[Unit]
+Description=Redis server of aicommons user %i
+After=network.target
+ConditionPathExists={USER_CONF_DIR}/%i.conf
+
+[Service]
+Type=simple
+User=redis
+Group=redis
+ExecStart=/usr/bin/redis-server {USER_CONF_DIR}/%i.conf
+Restart=always
+RestartSec=2
+UMask=0007
+
+[Install]
+WantedBy=multi-user.target
+"""
+
+
+def redis_users_script(resolved: ResolvedSite, c: Container, secrets: SecretLookup) -> str:
+    """Creates, updates and removes the users' own Redis servers to match the site (0600: it holds
+    the admin's and each user's password hash). A user's ACL file is written once: the server owns
+    it afterwards (ACL SAVE keeps a suspension). A server whose user left is stopped and its data
+    removed; the tenancy back end has archived its keys before (engine/planner.py orders it)."""
+    own = [t for t in resolved.tenants if t.redis_port is not None]
+    admin = f"user {REDIS_ADMIN} on {_redis_hash(secrets(SITE_SCOPE, 'redis_admin_password'))} ~* &* +@all"
+    out = [HEAD.rstrip(), "set -eu", "umask 027",
+           f"install -d -o redis -g redis -m 0750 {USER_CONF_DIR} {USER_DATA_DIR}",
+           "want=' " + " ".join(t.user for t in own) + " '"]
+    for t in own:  # names are validated identifiers ([a-z0-9-]): safe in a shell word
+        u, conf, acl = t.user, f"{USER_CONF_DIR}/{t.user}.conf", f"{USER_CONF_DIR}/{t.user}.acl"
+        out += [f"# {u}: port {t.redis_port}",
+                f"install -d -o redis -g redis -m 0750 {USER_DATA_DIR}/{u}",
+                f"if [ ! -s {acl} ]; then",
+                f"cat > {acl} <<'AICOMMONS_EOF'",
+                "user default off", admin, tenant_acl(t, secrets(u, "redis_password")), "AICOMMONS_EOF",
+                f"chown redis:redis {acl}; chmod 0640 {acl}", "fi",
+                f"cat > {conf}.new <<'AICOMMONS_EOF'",
+                redis_user_conf(t, f"127.0.0.1 {c.ip}", resolved.site.redis).rstrip("\n"), "AICOMMONS_EOF",
+                f"chown root:redis {conf}.new; chmod 0640 {conf}.new",
+                f"if cmp -s {conf}.new {conf}; then rm -f {conf}.new; systemctl enable --quiet --now {USER_UNIT}{u}",
+                f"else mv {conf}.new {conf}; systemctl enable --quiet {USER_UNIT}{u}; systemctl restart {USER_UNIT}{u}; fi"]
+    out += [f"for f in {USER_CONF_DIR}/*.conf; do",
+            '  [ -e "$f" ] || continue',
+            '  u=$(basename "$f" .conf)',
+            '  case "$want" in *" $u "*) continue ;; esac',
+            f'  systemctl disable --quiet --now "{USER_UNIT}$u" || true',
+            f'  rm -rf "{USER_DATA_DIR}/$u" "{USER_CONF_DIR}/$u.conf" "{USER_CONF_DIR}/$u.acl"',
+            "done", ""]
+    return "\n".join(out)
 
 
 def redis_conf(resolved: ResolvedSite, c: Container, aclfile: str = "/etc/redis/users.acl") -> str:
@@ -229,7 +320,9 @@ def backend_files(resolved: ResolvedSite, secrets: SecretLookup) -> list[Rendere
                                         SECRET_MODE))
         elif c.name == "redis":
             out += [RenderedFile(f"{d}/redis.conf", redis_conf(resolved, c)),
-                    RenderedFile(f"{d}/users.acl", redis_acl(resolved, secrets), SECRET_MODE)]
+                    RenderedFile(f"{d}/users.acl", redis_acl(resolved, secrets), SECRET_MODE),
+                    RenderedFile(f"{d}/redis-user@.service", REDIS_USER_UNIT),
+                    RenderedFile(f"{d}/redis-users.sh", redis_users_script(resolved, c, secrets), SECRET_MODE)]
         elif c.name == "qdrant":
             out.append(RenderedFile(f"{d}/config.yaml", qdrant_config(resolved, secrets), SECRET_MODE))
         elif c.name == "searxng":

@@ -46,7 +46,8 @@ def _services_block(cat: Catalog, only: list[str] | None, driver: str) -> list[s
 
 
 def render_site_yaml(users: int = 50, domain: str = REFERENCE_DOMAIN, driver: str = "proxmox",
-                     name: str | None = None, services: list[str] | None = None) -> str:
+                     name: str | None = None, services: list[str] | None = None,
+                     redis_isolation: str = "instance") -> str:
     cat = load_catalog()
     site_name = name or domain.split(".")[0].replace("_", "-")[:32].strip("-") or "site"
     out = [
@@ -106,7 +107,8 @@ def render_site_yaml(users: int = 50, domain: str = REFERENCE_DOMAIN, driver: st
         "  resources: {memory_mb: 8192, cores: 4, disk_gb: 100}",
         "",
         "redis:",
-        "  isolation: acl   # an ACL user + key prefix per user; the reference architecture's DB numbers isolate nothing",
+        f"  isolation: {redis_isolation}   # instance: a Redis server per user, its own memory and connections; "
+        "acl: one shared server",
         "",
         "users:",
     ]

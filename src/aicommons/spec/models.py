@@ -263,13 +263,20 @@ class User(Model):
 
 
 class RedisTenancy(Model):
-    isolation: Literal["acl", "db"] = Field(
-        "acl",
-        description="`acl` (default): an ACL user and key prefix per user in DB 0. `db`: the reference architecture's DB "
-        "numbers — NOT isolation (any client may SELECT); kept only for existing sites.",
+    isolation: Literal["instance", "acl", "db"] = Field(
+        "instance",
+        description="`instance` (default): each user gets a Redis server process of its own in the Redis container "
+        "(own port, `maxmemory`, `maxclients`, ACL), so one user can fill only its own memory and connections; the "
+        "shared services keep the main server. `acl`: an ACL user and key prefix per user in the main server's DB 0 "
+        "(data isolated, memory and connections shared: used for an `external:` Redis). `db`: the reference "
+        "architecture's DB numbers — NOT isolation (any client may SELECT); kept only for existing sites.",
     )
     databases: int = Field(16, ge=1, le=100000, description="The server's `databases` setting.")
     first_db: int = Field(2, ge=0, description="With isolation=db, user N gets first_db + N - 1 (reference architecture: user1=DB2).")
+    # Redis 7.0 src/config.c: maxmemory is a memory config (0 = unlimited, refused here); maxclients
+    # min 1. The per-user bound; the Redis container's memory must hold every user's.
+    user_memory_mb: int = Field(64, ge=8, le=65536, description="With isolation=instance: each user's `maxmemory`.")
+    user_clients: int = Field(64, ge=4, le=10000, description="With isolation=instance: each user's `maxclients`.")
 
 
 # Output dimensions of embedding models, from each model's own card (sentence-transformers config

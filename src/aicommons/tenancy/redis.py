@@ -1,5 +1,13 @@
 """Redis tenancy: one ACL user per user, confined to its key prefix and channel pattern in DB 0.
 
+With `own_servers` (redis.isolation=instance) each user's ACL user lives in a Redis server of its
+own (port `Tenant.redis_port`, started by the Redis container's redis-user@<user> unit from the
+rendered redis-users.sh): its `maxmemory` and `maxclients` are the user's alone, so one user
+filling them takes nothing from another or from the shared services, which keep the main server
+(Redis 7.0 has no per-user memory or connection quota). `ensure` then also moves the user's keys
+out of the shared server (today's `t:<user>:` and the older `<user>:` prefix) and drops its login
+there.
+
 DB numbers isolate nothing (any client may SELECT), so the default is ACL + prefix. Keyless
 commands (SCAN, KEYS, RANDOMKEY, FLUSH*) ignore key patterns and are denied, as are commands that
 reach other databases (MOVE, COPY, SELECT other than 0). Users persist with `ACL SAVE` into the
@@ -19,12 +27,13 @@ from pathlib import Path
 
 import redis
 from redis.backoff import NoBackoff
+from redis.exceptions import AuthenticationError, NoPermissionError, ResponseError
 from redis.exceptions import ConnectionError as RedisConnError
-from redis.exceptions import NoPermissionError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeout
 from redis.retry import Retry
 
 from aicommons.errors import PermanentError, TemporaryError
+from aicommons.plan import names
 from aicommons.plan.model import Tenant
 from aicommons.plan.policy import DENIED, acl_rules, password_hash
 from aicommons.plan.redis_commands import DENY, probe_argv
@@ -48,20 +57,31 @@ class RedisBackend:
     warnings: list[str] = field(default_factory=list)
     name: str = "redis"
     rules: str = RULES
+    own_servers: bool = False  # redis.isolation=instance: each tenant at its own port, same admin login
+    # The audit demands own servers (a site-made Redis could have them); an `external:` one cannot.
+    require_own: bool = False
+    known: dict[str, int] = field(default_factory=dict)  # user -> its own server's port (for observe)
+    user_memory_mb: int = 0  # the planned bounds of each own server (verify, service_audit)
+    user_clients: int = 0
 
-    def _client(self, user: str | None = None, password: str | None = None) -> redis.Redis:
-        return redis.Redis(host=self.host, port=self.port, username=user or self.admin_user,
+    def port_of(self, t: Tenant) -> int:
+        return t.redis_port if self.own_servers and t.redis_port else self.port
+
+    def _client(self, user: str | None = None, password: str | None = None, port: int | None = None) -> redis.Redis:
+        return redis.Redis(host=self.host, port=port or self.port, username=user or self.admin_user,
                            password=password if user else self.admin_password,
                            socket_timeout=5, socket_connect_timeout=5, decode_responses=True,
                            retry=_NO_RETRY)  # redis-py retries failed AUTH too; the engine retries instead
 
-    def _admin(self, fn):
-        """Run fn(client) as admin; a server that is down is a TemporaryError the next run completes."""
+    def _admin(self, fn, port: int | None = None):
+        """Run fn(client) as admin; a server that is down is a TemporaryError the next run completes
+        (a user's own server is started by the Redis container's service step, just before)."""
         try:
-            with self._client() as r:
+            with self._client(port=port) as r:
                 return fn(r)
         except (RedisConnError, RedisTimeout) as exc:
-            raise TemporaryError(f"Redis at {self.host}:{self.port} is not reachable: {exc}", delay=2.0) from None
+            raise TemporaryError(f"Redis at {self.host}:{port or self.port} is not reachable: {exc}",
+                                 delay=2.0) from None
 
     @staticmethod
     def _save(r: redis.Redis) -> None:
@@ -75,16 +95,25 @@ class RedisBackend:
 
     def observe(self) -> dict[str, set[str]]:
         users = self._admin(lambda r: r.execute_command("ACL", "USERS"))
-        return {u[2:]: {f"redis.user.{u}"} for u in users if u.startswith("u_")}
+        out = {u[2:]: {f"redis.user.{u}"} for u in users if u.startswith("u_")}
+        for user, port in sorted(self.known.items()) if self.own_servers else ():
+            try:
+                with self._client(port=port) as r:
+                    own = r.execute_command("ACL", "USERS")
+            except (RedisConnError, RedisTimeout):
+                continue  # not started yet: the Redis container's service step starts it
+            out.update({u[2:]: {f"redis.user.{u}"} for u in own if u == f"u_{user}"})
+        return out
 
     def _getuser(self, r: redis.Redis, t: Tenant) -> dict | None:
         return r.acl_getuser(t.redis_user)
 
     def verify(self, t: Tenant, secrets: Secrets) -> list[str]:
-        info = self._admin(lambda r: self._getuser(r, t))
+        port = self.port_of(t)
+        info = self._admin(lambda r: self._getuser(r, t), port)
         if info is None:
             return [f"ACL user {t.redis_user} is missing"]
-        problems = []
+        problems = self._verify_own(t) if port != self.port else []
         if password_hash(secrets["redis_password"]) not in info.get("passwords", []):
             problems.append(f"ACL user {t.redis_user} password differs from the stored secret")
         keys = info.get("keys")
@@ -98,7 +127,7 @@ class RedisBackend:
         # Commands are checked by behaviour (ACL DRYRUN), not by parsing the server's rule text.
         def dry(*cmd: str) -> str:
             try:
-                return str(self._admin(lambda r: r.execute_command("ACL", "DRYRUN", t.redis_user, *cmd)))
+                return str(self._admin(lambda r: r.execute_command("ACL", "DRYRUN", t.redis_user, *cmd), port))
             except ResponseError as exc:
                 return str(exc)
         for cmd in (("FLUSHALL",), ("KEYS", "*"), ("SCAN", "0"), ("SELECT", "1"), ("GET", "\x00other:key")):
@@ -106,6 +135,20 @@ class RedisBackend:
                 problems.append(f"ACL user {t.redis_user} may run {' '.join(cmd)}")
         if dry("GET", f"{t.redis_prefix}x") != "OK":
             problems.append(f"ACL user {t.redis_user} cannot read its own keys")
+        return problems
+
+    def _verify_own(self, t: Tenant) -> list[str]:
+        """A user's own server: its bounds as planned, and nothing of the user left in the shared one."""
+        got = self._admin(lambda r: {**r.config_get("maxmemory"), **r.config_get("maxclients")}, self.port_of(t))
+        problems = []
+        if int(got.get("maxmemory", 0)) != self.user_memory_mb * 1024 * 1024:
+            problems.append(f"{t.user}'s Redis (port {t.redis_port}) has maxmemory {got.get('maxmemory')}, "
+                            f"not {self.user_memory_mb}mb")
+        if int(got.get("maxclients", 0)) != self.user_clients:
+            problems.append(f"{t.user}'s Redis (port {t.redis_port}) has maxclients {got.get('maxclients')}, "
+                            f"not {self.user_clients}")
+        if self._admin(lambda r: self._getuser(r, t)) is not None:
+            problems.append(f"ACL user {t.redis_user} still logs in to the shared Redis")
         return problems
 
     # ---- changing ------------------------------------------------------------------------------
@@ -117,7 +160,47 @@ class RedisBackend:
             enabled = info is None or "on" in info.get("flags", [])
             r.execute_command("ACL", "SETUSER", t.redis_user, *acl_rules(t, secrets["redis_password"], enabled=enabled))
             self._save(r)
-        self._admin(go)
+            if own and self.user_memory_mb:  # drift undone now; the rendered conf holds them at restart
+                r.config_set("maxmemory", f"{self.user_memory_mb}mb")
+                r.config_set("maxclients", str(self.user_clients))
+        own = self.port_of(t) != self.port
+        self._admin(go, self.port_of(t))
+        if own:
+            self._move_from_shared(t)
+
+    def _move_from_shared(self, t: Tenant) -> None:
+        """The user's keys still in the shared server go to its own (TTLs kept), then its login
+        there is dropped. A key its own server already has stays there: the shared copy is kept
+        and said, never written over. The older `<user>:` prefix (before `t:`) is moved too, to
+        `t:<user>:`; not for a user named `t`, whose old prefix is every user's new one."""
+        old = [t.redis_prefix] + ([f"{t.user}:"] if f"{t.user}:" != names.REDIS_TENANT_SPACE else [])
+        kept = []
+        with _binary(self) as main, _binary(self, self.port_of(t)) as own:
+            try:
+                for prefix in old:
+                    for key in list(main.scan_iter(match=_glob_escape(prefix).encode() + b"*", count=500)):
+                        new = t.redis_prefix.encode() + key[len(prefix.encode()):]
+                        if prefix != t.redis_prefix and key.startswith(names.REDIS_TENANT_SPACE.encode()):
+                            continue  # a `t:` key under an old prefix: another user's, not this one's
+                        dump, ttl = main.dump(key), main.pttl(key)
+                        if dump is None:
+                            continue  # expired meanwhile
+                        try:
+                            own.restore(new, max(ttl, 0), dump)
+                        except ResponseError as exc:
+                            if "BUSYKEY" not in str(exc):
+                                raise
+                            kept.append(key.decode(errors="replace"))
+                            continue
+                        main.unlink(key)
+                if main.acl_getuser(t.redis_user) is not None:
+                    main.execute_command("ACL", "DELUSER", t.redis_user)
+                    self._save(main)
+            except (RedisConnError, RedisTimeout) as exc:
+                raise TemporaryError(f"Redis at {self.host} is not reachable: {exc}", delay=2.0) from None
+        if kept:
+            self.warnings.append(f"{t.user}: {len(kept)} keys stay in the shared Redis because its own server "
+                                 f"already has them (e.g. {kept[0]!r})")
 
     def _set_enabled(self, t: Tenant, on: bool) -> None:
         def go(r: redis.Redis) -> None:
@@ -127,7 +210,7 @@ class RedisBackend:
             if not on:
                 r.execute_command("CLIENT", "KILL", "USER", t.redis_user)
             self._save(r)
-        self._admin(go)
+        self._admin(go, self.port_of(t))
 
     def suspend(self, t: Tenant) -> None:
         self._set_enabled(t, False)
@@ -137,10 +220,20 @@ class RedisBackend:
         self.ensure(t, secrets)
 
     def remove(self, t: Tenant, *, purge: bool = False) -> None:
+        """Archive (unless purging) and delete the user's keys, then its login. Its own server
+        itself goes with the Redis container's service step, which the planner runs after this."""
+        port = self.port_of(t)
+        if port != self.port and purge:
+            try:
+                with self._client(port=port) as r:
+                    r.ping()
+            except (RedisConnError, RedisTimeout):
+                return  # its server is gone already, and nothing is to be kept
+
         def go(r: redis.Redis) -> None:
             keys = list(r.scan_iter(match=f"{_glob_escape(t.redis_prefix)}*", count=500))
             if keys and not purge:
-                self._archive(r, t, keys)
+                self._archive(r, t, keys, port)
             for i in range(0, len(keys), 500):
                 r.unlink(*keys[i:i + 500])
             r.execute_command("ACL", "DELUSER", t.redis_user)
@@ -149,13 +242,13 @@ class RedisBackend:
                 r.execute_command("CLIENT", "KILL", "USER", t.redis_user)
             except ResponseError:
                 pass  # no such user any more / no clients
-        self._admin(go)
+        self._admin(go, port)
 
-    def _archive(self, r: redis.Redis, t: Tenant, keys: list[str]) -> Path:
+    def _archive(self, r: redis.Redis, t: Tenant, keys: list[str], port: int | None = None) -> Path:
         out = Path(self.archive_dir) / t.user
         out.mkdir(parents=True, exist_ok=True, mode=0o700)
         path = out / f"redis-{time.strftime('%Y%m%dT%H%M%S')}.json"
-        with _binary(self) as b:
+        with _binary(self, port) as b:
             items = [{"key": k, "ttl_ms": b.pttl(k), "dump": base64.b64encode(b.dump(k) or b"").decode()}
                      for k in keys]
         fd = os.open(path, os.O_CREAT | os.O_WRONLY | os.O_TRUNC, 0o600)
@@ -170,9 +263,10 @@ class RedisBackend:
         for actor in tenants:
             pw = secrets[actor.user]["redis_password"]
             try:
-                with self._client(actor.redis_user, pw) as r:
+                with self._client(actor.redis_user, pw, self.port_of(actor)) as r:
                     r.ping()
                     checks += self._probe_actor(r, actor, tenants)
+                checks += self._other_servers(actor, pw, tenants)
             except (RedisConnError, RedisTimeout, ResponseError) as exc:
                 checks.append(AuditCheck(self.name, actor.user, actor.user, f"login {actor.redis_user}",
                                          "allow", "error", str(exc)[:160]))
@@ -205,28 +299,49 @@ class RedisBackend:
         table: list[tuple[str, tuple[str, ...]]] = [("FLUSHALL", ("FLUSHALL",)), ("FLUSHDB", ("FLUSHDB",))]
         own = f"{actor.redis_prefix}{PROBE}"
         table += [(f"{d.rule}: {' '.join(d.probe)}", probe_argv(d, own)) for d in DENY]
-        out += self._admin(lambda a: [self._dryrun(a, actor, res, cmd) for res, cmd in table])
+        out += self._admin(lambda a: [self._dryrun(a, actor, res, cmd) for res, cmd in table], self.port_of(actor))
         return out
 
+    def _login_refused(self, actor: Tenant, pw: str, port: int, target: str, resource: str,
+                       section: str = "data") -> AuditCheck:
+        """The actor's own login at another server (another user's own, or the shared one)."""
+        try:
+            with self._client(actor.redis_user, pw, port) as r:
+                r.ping()
+            observed: Observed = "allow"
+            detail = "logged in"
+        except AuthenticationError as exc:
+            observed, detail = "deny", str(exc)[:120]
+        except (RedisConnError, RedisTimeout, ResponseError) as exc:
+            observed, detail = "error", str(exc)[:120]
+        return AuditCheck(self.name, actor.user, target, resource, "deny", observed, detail, section=section)
+
+    def _other_servers(self, actor: Tenant, pw: str, tenants: list[Tenant]) -> list[AuditCheck]:
+        mine = self.port_of(actor)
+        return [self._login_refused(actor, pw, self.port_of(t), t.user, f"login at {t.user}'s Redis :{self.port_of(t)}")
+                for t in tenants if t.user != actor.user and self.port_of(t) != mine]
+
     def service_audit(self, tenants: list[Tenant], secrets: Mapping[str, Secrets]) -> list[AuditCheck]:
-        """Bounds on what one tenant can take from the others, proven live and safely: the server's
-        limits read as admin, then as each tenant a script and a transaction that would be
-        harmless if they ran (`return 1`; MULTI then DISCARD) must be refused."""
-        def read(r: redis.Redis) -> dict[str, str]:
-            out: dict[str, str] = {}
-            for name in SERVER_BOUNDS:
-                out.update({str(k): str(v) for k, v in r.config_get(name).items()})
-            return out
-        conf = self._admin(read)
-        maxmem = _bytes(conf.get("maxmemory", "0"))
-        checks = []
-        for name, (why, holds) in SERVER_BOUNDS.items():
-            value = _bytes(conf.get(name, "0"), maxmem)
-            checks.append(AuditCheck(self.name, "*", "*", f"{name} {value}: {why}", "deny",
-                                     "deny" if holds(value, maxmem) else "allow", section="service"))
+        """Bounds on what one tenant can take from the others, proven live and safely: each server's
+        limits read as admin (the shared one's, and each user's own: its maxmemory and maxclients
+        are the user's alone), the user's login refused at the shared server, and as each tenant a
+        script and a transaction that would be harmless if they ran (`return 1`; MULTI then
+        DISCARD) refused. A user without a server of its own on a site-made Redis
+        (redis.isolation=acl) fails the "own server" check: it shares memory and connections with
+        everybody. An `external:` Redis cannot have them (the plan says so in a note)."""
+        checks = self._bounds(self.port, "*", "shared server")
         for t in tenants:
+            pw = secrets[t.user]["redis_password"]
+            port = self.port_of(t)
+            if port == self.port and self.require_own:
+                checks.append(AuditCheck(self.name, t.user, "*", "own server (memory and connections shared)",
+                                         "deny", "allow", "redis.isolation is not `instance`", section="service"))
+            elif port != self.port:
+                checks += self._bounds(port, t.user, f"{t.user}'s server")
+                checks.append(self._own_limits(t))
+                checks.append(self._login_refused(t, pw, self.port, "*", "login at the shared Redis", "service"))
             try:
-                with self._client(t.redis_user, secrets[t.user]["redis_password"]) as r:
+                with self._client(t.redis_user, pw, port) as r:
                     checks.append(self._refused(t, "EVAL (a script blocks every client)",
                                                 lambda r=r: r.eval("return 1", 0)))
                     checks.append(self._refused(t, "MULTI (a transaction passes the memory check once)",
@@ -235,6 +350,33 @@ class RedisBackend:
                 checks.append(AuditCheck(self.name, t.user, "*", f"login {t.redis_user}", "allow", "error",
                                          str(exc)[:160], section="service"))
         return checks
+
+    def _bounds(self, port: int, actor: str, what: str) -> list[AuditCheck]:
+        def read(r: redis.Redis) -> dict[str, str]:
+            out: dict[str, str] = {}
+            for name in SERVER_BOUNDS:
+                out.update({str(k): str(v) for k, v in r.config_get(name).items()})
+            return out
+        try:
+            conf = self._admin(read, port)
+        except TemporaryError as exc:
+            return [AuditCheck(self.name, actor, "*", f"{what} limits", "deny", "error", str(exc)[:160],
+                               section="service")]
+        maxmem = _bytes(conf.get("maxmemory", "0"))
+        checks = []
+        for name, (why, holds) in SERVER_BOUNDS.items():
+            value = _bytes(conf.get(name, "0"), maxmem)
+            res = f"{name} {value}: {why}" if actor == "*" else f"{what}: {name} {value}: {why}"
+            checks.append(AuditCheck(self.name, actor, "*", res, "deny",
+                                     "deny" if holds(value, maxmem) else "allow", section="service"))
+        return checks
+
+    def _own_limits(self, t: Tenant) -> AuditCheck:
+        """The user's own server has the planned maxmemory and maxclients (what bounds it)."""
+        problems = [p for p in self._verify_own(t) if "maxmemory" in p or "maxclients" in p]
+        return AuditCheck(self.name, t.user, "*", f"own server :{self.port_of(t)} maxmemory "
+                          f"{self.user_memory_mb}mb maxclients {self.user_clients}", "deny",
+                          "allow" if problems else "deny", "; ".join(problems)[:160], section="service")
 
     def _refused(self, t: Tenant, resource: str, fn) -> AuditCheck:
         observed, detail = _outcome(fn, "ran")
@@ -276,8 +418,8 @@ def _glob_escape(text: str) -> str:
 class _binary:
     """A short-lived admin connection that returns bytes (for DUMP)."""
 
-    def __init__(self, b: RedisBackend):
-        self.r = redis.Redis(host=b.host, port=b.port, username=b.admin_user, password=b.admin_password,
+    def __init__(self, b: RedisBackend, port: int | None = None):
+        self.r = redis.Redis(host=b.host, port=port or b.port, username=b.admin_user, password=b.admin_password,
                              socket_timeout=5, retry=_NO_RETRY)
 
     def __enter__(self) -> redis.Redis:

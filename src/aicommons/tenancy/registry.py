@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from aicommons.catalog import load_catalog
 from aicommons.plan.identity import sign_in
 from aicommons.plan.model import ResolvedSite
 from aicommons.plan.secrets import SITE_SCOPE, SecretLookup
@@ -58,7 +59,14 @@ def backends_for(resolved: ResolvedSite, secrets: SecretLookup, base_dir: Path |
         from aicommons.tenancy.redis import RedisBackend
 
         host, port, user, pw = admin_credentials(resolved, "redis", secrets, base_dir, "redis_admin_password")
-        rb = RedisBackend(host, port, user, pw, archive)
+        from aicommons.plan.resolve import redis_instances
+
+        own = redis_instances(resolved.site, load_catalog())
+        rb = RedisBackend(host, port, user, pw, archive, own_servers=own,
+                          require_own=resolved.site.services["redis"].external is None,
+                          known={t.user: t.redis_port for t in resolved.tenants if t.redis_port},
+                          user_memory_mb=resolved.site.redis.user_memory_mb,
+                          user_clients=resolved.site.redis.user_clients)
         if resolved.site.redis.isolation == "db":
             rb.warnings.append("redis.isolation is `db`: DB numbers isolate nothing by themselves; aicommons "
                                "still confines each user to its key prefix and its own DB with ACLs")

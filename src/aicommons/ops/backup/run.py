@@ -8,6 +8,7 @@ restore never touches anyone else.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import platform
 from collections.abc import Callable
@@ -116,14 +117,24 @@ def run_backup(resolved: ResolvedSite, src: Sources, repo: Repo, *, user: str | 
                 try:
                     acl = rk.acl_lines(r)
                     mine = {t.redis_user for t in tenants}
-                    if user:
-                        acl = [ln for ln in acl if (ln.split(" ") + [""])[1] in mine]
-                    write_private(tmp / "redis/acl.txt", "\n".join(acl) + "\n")
-                    items.append(file_item(tmp, "redis/acl.txt", "redis_acl", "acl", user, users=len(acl)))
                     match = rk.glob_escape(tenants[0].redis_prefix) + "*" if user else "*"
                     counts = rk.dump_keys(r, match, _route(tenants), tmp / "redis/keys")
                 finally:
                     r.close()
+                for t in tenants:  # a user's own server (redis.isolation=instance) holds its keys and login
+                    if t.redis_port:
+                        say(f"redis {t.user} (port {t.redis_port})")
+                        o = rk.client(dataclasses.replace(src.redis, port=t.redis_port))
+                        try:
+                            acl += [ln for ln in rk.acl_lines(o) if (ln.split(" ") + [""])[1] == t.redis_user]
+                            counts.update(rk.dump_keys(o, rk.glob_escape(t.redis_prefix) + "*",
+                                                       _route([t]), tmp / "redis/keys"))
+                        finally:
+                            o.close()
+                if user:
+                    acl = [ln for ln in acl if (ln.split(" ") + [""])[1] in mine]
+                write_private(tmp / "redis/acl.txt", "\n".join(acl) + "\n")
+                items.append(file_item(tmp, "redis/acl.txt", "redis_acl", "acl", user, users=len(acl)))
                 for group in [t.user for t in tenants] + ([] if user else [rk.SITE_GROUP]):
                     rel = f"redis/keys/{group}.jsonl"
                     if not (tmp / rel).exists():
@@ -235,9 +246,14 @@ def restore_backup(resolved: ResolvedSite, repo: Repo, backup_id: str, src: Sour
                         done.append(f"redis {rk.restore_site_keys(r, root / it.path)} shared-service keys")
                         continue
                     t = resolved.tenant(it.name)
-                    n = rk.restore_keys(r, rk.glob_escape(t.redis_prefix) + "*", root / it.path)
-                    if rk.restore_acl_user(r, acl, t.redis_user):
-                        done.append(f"redis user {t.redis_user}")
+                    o = rk.client(dataclasses.replace(src.redis, port=t.redis_port)) if t.redis_port else r
+                    try:
+                        n = rk.restore_keys(o, rk.glob_escape(t.redis_prefix) + "*", root / it.path)
+                        if rk.restore_acl_user(o, acl, t.redis_user):
+                            done.append(f"redis user {t.redis_user}")
+                    finally:
+                        if o is not r:
+                            o.close()
                     done.append(f"redis {n} keys of {it.name}")
             finally:
                 r.close()

@@ -25,7 +25,7 @@ import pytest
 
 from aicommons.catalog import load_catalog
 from aicommons.drivers.base import ComputeDriver
-from aicommons.drivers.lxc import config, hostaudit, hostcheck, idmap, netns
+from aicommons.drivers.lxc import config, hostaudit, hostcheck, idmap, limits, netns
 from aicommons.drivers.lxc.driver import LxcDriver
 from aicommons.drivers.lxc.services import ensure as ensure_service
 from aicommons.drivers.lxc.traefik import TraefikRunner
@@ -274,6 +274,18 @@ def test_lifecycle_exec_push_limits(drv: LxcDriver):
     # memory limit as the kernel holds it; updated live
     drv.update(ct(200, memory_mb=1024, cores=2))
     assert (drv.get(200).memory_mb, drv.get(200).cores) == (1024, 2)
+    # every limit read back from the kernel as the plan asks; one changed by hand is caught, by name,
+    # and the next update puts it back
+    readings = drv.read_limits([ct(200, memory_mb=1024, cores=2)])
+    assert readings and all(r.ok for r in readings), [str(r) for r in readings]
+    mem_key = next(k for k, _ in config.cgroup_keys(ct(200), legacy_cgroups=limits.legacy()) if ".memory." in k)
+    mem_file = limits.key_file(mem_key, drv.ns, 200)
+    mem_file.write_text(str(2048 * 2**20))
+    bad = [r for r in drv.read_limits([ct(200, memory_mb=1024, cores=2)]) if not r.ok]
+    assert [(r.ctid, r.key, r.wanted, r.found) for r in bad] == [
+        (200, mem_file.name, str(1024 * 2**20), str(2048 * 2**20))], [str(r) for r in bad]
+    drv.update(ct(200, memory_mb=1024, cores=2))  # the config is unchanged: only the kernel's value differs
+    assert all(r.ok for r in drv.read_limits([ct(200, memory_mb=1024, cores=2)]))
     # use as the portal shows it, read from the container's own cgroups (a busy loop for CPU)
     # (through systemd: lxc-attach's own processes stay in the caller's groups, the container's services do not)
     drv.exec(200, ["systemd-run", "--unit=aic-busy", "timeout", "5", "sh", "-c", "while :; do :; done"])

@@ -232,7 +232,7 @@ def test_a_filesystem_without_idmapped_mounts_is_refused_with_the_kernel_and_the
     assert "idmapped mounts (Linux 5.12+" in problem and "Linux 5.19 or later" in problem
     _, problems = needs.check(needs.APPLY, "/proc/sys")
     assert problem in problems
-    site = Site.model_validate({"name": "k", "domain": "example.org",
+    site = Site.model_validate({"name": "kprobe", "domain": "example.org",
                                 "driver": {"kind": "lxc", "cache_dir": "/proc/sys/aicommons"}})
     with pytest.raises(PermanentError, match=r"cannot mount the containers' rootfs on /proc/sys"):
         check_host(site)

@@ -72,8 +72,7 @@ def _try(source: str) -> None:
         if r.returncode != 0:
             raise SystemExit(f"overlayfs over an idmapped lower layer (Linux {OVERLAY_SINCE}+): "
                              f"{r.stderr.strip() or 'mount failed'}")
-        subprocess.run(["umount", top], capture_output=True)
-        subprocess.run(["umount", lower], capture_output=True)
+        # no unmount: the mounts go with this process's private mount namespace
 
 
 if __name__ == "__main__":

@@ -48,31 +48,46 @@ def probe(cache_dir: str, timeout: float = 30) -> str | None:
         return f"could not check this kernel's idmapped mounts ({exc}); {FIX}"
     if proc.returncode == 0:
         return None
-    why = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no reason given"]
+    why = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no reason given"]  # SystemExit's text
     return (f"this kernel ({os.uname().release}) cannot mount the containers' rootfs on {where}: {why[0]}. "
             f"Fix: {FIX}")
 
 
 def _try(source: str) -> None:
-    """In a private mount namespace: `source` idmapped, then an overlay over it (what prestart.py mounts)."""
+    """In a private mount namespace: `source` idmapped, then an overlay over it (what prestart.py mounts).
+    The mount points are emptied by unmounting and removed with rmdir only: a recursive delete would
+    walk into the mounted cache dir."""
+    import ctypes
+
     from aicommons.drivers.lxc import idmap
 
-    with tempfile.TemporaryDirectory(prefix="aicommons-kprobe-") as tmp:
-        lower, empty, top = (os.path.join(tmp, n) for n in ("lower", "empty", "top"))
-        for d in (lower, empty, top):
-            os.mkdir(d)
+    libc = ctypes.CDLL(None, use_errno=True)
+    tmp = tempfile.mkdtemp(prefix="aicommons-kprobe-")
+    lower, empty, top = (os.path.join(tmp, n) for n in ("lower", "empty", "top"))
+    for d in (lower, empty, top):
+        os.mkdir(d)
+    try:
         try:
-            idmap.idmapped_mount(source, lower, idmap.FIRST)
+            idmap.idmapped_mount(source, lower, idmap.FIRST, recursive=False)  # its filesystem, not those below
         except OSError as exc:
             raise SystemExit(f"idmapped mounts (Linux {IDMAP_SINCE}+, and the filesystem must support them): "
                              f"{exc.strerror or exc}") from None
-        # two lower layers and no upper: a read-only overlay, nothing written anywhere
+        # two lower layers and no upper: a read-only overlay, nothing written anywhere; the second a
+        # tmpfs of its own, so it never lies inside the first (overlapping layers are refused)
+        subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m,mode=755", "tmpfs", empty], check=True,
+                       capture_output=True)
         r = subprocess.run(["mount", "-t", "overlay", "overlay", "-o", f"lowerdir={lower}:{empty}", top],
                            capture_output=True, text=True)
         if r.returncode != 0:
             raise SystemExit(f"overlayfs over an idmapped lower layer (Linux {OVERLAY_SINCE}+): "
-                             f"{r.stderr.strip() or 'mount failed'}")
-        # no unmount: the mounts go with this process's private mount namespace
+                             f"{' '.join(r.stderr.split()) or 'mount failed'}")
+    finally:
+        for d in (top, lower, empty, tmp):
+            libc.umount2(d.encode(), 2)  # MNT_DETACH; EINVAL where nothing is mounted
+            try:
+                os.rmdir(d)  # never a recursive delete (see above); a busy one stays, empty
+            except OSError:
+                pass
 
 
 if __name__ == "__main__":

@@ -19,6 +19,11 @@ CT 146 (Debian's packages, people in the site's PostgreSQL); user1 redeems an in
 (`users invite`, then ops/enroll.py redeem, as the portal's /invite page does) and signs in on
 its portal through Traefik, and that session cookie is what "signed in" means below. Nothing is
 simulated but the browser (curl inside the namespace).
+Also measured here: every container's limits read back from its cgroup files (one changed by
+hand fails `status` and `audit`), each user container's memory and CPU with its apps on, and the
+access matrix of docs/security.md's "running site" section: every route through Traefik and
+LL::NG as six identities, from the namespace and from inside CT 201 and CT 102 (AICOMMONS_WRITE_DOCS=1
+rewrites the section; otherwise the test fails when it differs).
 The site's name, namespace and lxcpath are the test's own (AICOMMONS_E2E_PREFIX, default
 `i12e2e`), never the defaults, so it can run beside another site on the same host.
 Skipped only when LXC cannot run here at all.
@@ -709,7 +714,8 @@ def test_access_matrix_on_the_running_site(site: Path, signed_in, tmp_path):
 def _site_doc(rows: dict, probes: int) -> str:
     order = ["public", "site-users", "owner", "public paths (n8n's webhooks, the portal's invitations)", "operator"]
     lines = [MATRIX_BEGIN, "", f"Measured on a running default LXC site (3 users, `aicommons up`, LemonLDAP::NG in CT 146, "
-             f"Traefik at 10.0.4.10): every HTTP router, each probed as {len(SITE_IDENTITIES)} identities, {probes} "
+             f"Traefik at 10.0.4.10): every HTTP router (one with public paths once per path), each probed as "
+             f"{len(SITE_IDENTITIES)} identities, {probes} "
              "requests through Traefik. \"anonymous\" and the signed-in rows come from the site's namespace (an "
              "operator address); the containers' requests leave from their own addresses.", "",
              "| door (access class) | routers | " + " | ".join(SITE_IDENTITIES) + " |",

@@ -210,3 +210,29 @@ def test_up_dry_run_without_a_site_file_writes_none(tmp_path):
     assert r.returncode == 1, r.stdout + r.stderr
     assert "would write" in r.stdout and "curl (Debian curl)" in r.stderr
     assert not (tmp_path / "s.yaml").exists()
+
+
+def test_a_filesystem_without_idmapped_mounts_is_refused_with_the_kernel_and_the_fix():
+    """The rootfs needs idmapped mounts and overlayfs over them (drivers/lxc/kernel.py), tried for real
+    in a private mount namespace: procfs supports idmapped mounts on no kernel, so a cache_dir there
+    is refused by doctor's check and by plan/up's preflight, naming the kernel, the versions and the fix."""
+    import shutil
+
+    import pytest
+
+    from aicommons.drivers.lxc import kernel
+    from aicommons.drivers.registry import check_host
+    from aicommons.errors import PermanentError
+    from aicommons.spec.models import Site
+
+    if os.geteuid() != 0 or not shutil.which("unshare"):
+        pytest.skip("the probe mounts: root and unshare(1) needed")
+    problem = kernel.probe("/proc/sys")
+    assert problem is not None and os.uname().release in problem, problem
+    assert "idmapped mounts (Linux 5.12+" in problem and "Linux 5.19 or later" in problem
+    _, problems = needs.check(needs.APPLY, "/proc/sys")
+    assert problem in problems
+    site = Site.model_validate({"name": "kprobe", "domain": "example.org",
+                                "driver": {"kind": "lxc", "cache_dir": "/proc/sys/aicommons"}})
+    with pytest.raises(PermanentError, match=r"cannot mount the containers' rootfs on /proc/sys"):
+        check_host(site)

@@ -25,7 +25,7 @@ import pytest
 
 from aicommons.catalog import load_catalog
 from aicommons.drivers.base import ComputeDriver
-from aicommons.drivers.lxc import config, hostaudit, hostcheck, idmap, netns
+from aicommons.drivers.lxc import config, hostaudit, hostcheck, idmap, limits, netns
 from aicommons.drivers.lxc.driver import LxcDriver
 from aicommons.drivers.lxc.services import ensure as ensure_service
 from aicommons.drivers.lxc.traefik import TraefikRunner
@@ -79,6 +79,37 @@ def test_config_marks_and_addresses():
     assert "lxc.mount.entry = /l/jupyter opt/j none bind,ro,create=dir,idmap=container 0 0" in lines
     assert config.meta_of("lxc.uts.name = other\n") is None
     assert config.privileged("lxc.rootfs.path = overlay:/t:/u\nlxc.apparmor.profile = unconfined\n")
+
+
+def test_limits_are_read_back_from_the_file_each_key_writes(tmp_path, monkeypatch):
+    """Where LXC writes each key (cgfsng.c: v1 file in its controller's hierarchy, v2 in the unified
+    one, both in the container's limiting group) and how a value read back is compared. A directory
+    stands in for /sys/fs/cgroup; the real files are read in test_lifecycle_exec_push_limits."""
+    monkeypatch.setattr(limits, "ROOT", tmp_path)
+    c = ct(200, role="shared", name="llama-server", memory_mb=768, cores=2)
+    keys = config.cgroup_keys(c, legacy_cgroups=True, cpus="0,1")
+    assert [limits.key_file(k, "ns1", 200).relative_to(tmp_path).as_posix() for k, _ in keys] == [
+        "memory/aicommons/ns1/200/memory.limit_in_bytes", "cpu/aicommons/ns1/200/cpu.cfs_period_us",
+        "cpu/aicommons/ns1/200/cpu.cfs_quota_us", "cpuset/aicommons/ns1/200/cpuset.cpus"]
+    v2 = config.cgroup_keys(c, legacy_cgroups=False)
+    assert limits.key_file(v2[1][0], "ns1", 200) == tmp_path / "aicommons/ns1/200/cpu.max"  # unified at the root
+    (tmp_path / "unified").mkdir()
+    (tmp_path / "unified/cgroup.controllers").write_text("")
+    assert limits.key_file(v2[1][0], "ns1", 200) == tmp_path / "unified/aicommons/ns1/200/cpu.max"  # hybrid
+    limits.write("ns1", 200, keys)  # no group (not running): nothing written
+    assert not (tmp_path / "memory").exists()
+    for k, _ in keys:
+        limits.key_file(k, "ns1", 200).parent.mkdir(parents=True, exist_ok=True)
+    limits.write("ns1", 200, keys)
+    limits.key_file(keys[3][0], "ns1", 200).write_text("0-1\n")  # the kernel's spelling of 0,1
+    assert [ok for *_, ok in limits.read_back("ns1", 200, keys)] == [True] * 4
+    limits.key_file(keys[2][0], "ns1", 200).write_text("-1\n")
+    limits.key_file(keys[3][0], "ns1", 200).unlink()
+    back = limits.read_back("ns1", 200, keys)
+    assert back[2] == ("cpu.cfs_quota_us", "200000", "-1", False)
+    assert back[3][0] == "cpuset.cpus" and back[3][2].startswith("unreadable (") and not back[3][3]
+    assert limits.same("lxc.cgroup2.cpu.max", "200000 100000", "200000 100000\n")
+    assert not limits.same("lxc.cgroup2.cpu.max", "200000 100000", "max 100000")
 
 
 def test_each_site_has_its_own_uid_range():
@@ -274,6 +305,18 @@ def test_lifecycle_exec_push_limits(drv: LxcDriver):
     # memory limit as the kernel holds it; updated live
     drv.update(ct(200, memory_mb=1024, cores=2))
     assert (drv.get(200).memory_mb, drv.get(200).cores) == (1024, 2)
+    # every limit read back from the kernel as the plan asks; one changed by hand is caught, by name,
+    # and the next update puts it back
+    readings = drv.read_limits([ct(200, memory_mb=1024, cores=2)])
+    assert readings and all(r.ok for r in readings), [str(r) for r in readings]
+    mem_key = next(k for k, _ in config.cgroup_keys(ct(200), legacy_cgroups=limits.legacy()) if ".memory." in k)
+    mem_file = limits.key_file(mem_key, drv.ns, 200)
+    mem_file.write_text(str(2048 * 2**20))
+    bad = [r for r in drv.read_limits([ct(200, memory_mb=1024, cores=2)]) if not r.ok]
+    assert [(r.ctid, r.key, r.wanted, r.found) for r in bad] == [
+        (200, mem_file.name, str(1024 * 2**20), str(2048 * 2**20))], [str(r) for r in bad]
+    drv.update(ct(200, memory_mb=1024, cores=2))  # the config is unchanged: only the kernel's value differs
+    assert all(r.ok for r in drv.read_limits([ct(200, memory_mb=1024, cores=2)]))
     # use as the portal shows it, read from the container's own cgroups (a busy loop for CPU)
     # (through systemd: lxc-attach's own processes stay in the caller's groups, the container's services do not)
     drv.exec(200, ["systemd-run", "--unit=aic-busy", "timeout", "5", "sh", "-c", "while :; do :; done"])

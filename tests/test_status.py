@@ -222,3 +222,19 @@ def test_status_reads_secrets_but_never_creates_them(tmp_path):
     assert user == "postgres" and pw == store.secrets().get("site", "postgres_admin_password")
     assert _credentials(res, "redis", lookup, tmp_path) == ("admin", None)
     assert store.secrets().version("site", "redis_admin_password") == 0
+
+
+def test_limits_row_names_each_limit_not_as_planned():
+    """`status`'s "container limits" row (ops/status.py limit_results) from a driver's readings."""
+    from aicommons.drivers.base import LimitReading
+    from aicommons.ops.status import limit_results, verdict
+
+    assert limit_results([]) == []
+    good = [LimitReading(200, "memory.limit_in_bytes", "1073741824", "1073741824", True),
+            LimitReading(201, "cpu.cfs_quota_us", "100000", "100000", True)]
+    (ok,) = limit_results(good)
+    assert ok.state == "ok" and ok.reason == "2 limits of 2 running containers as planned"
+    bad = good + [LimitReading(201, "memory.limit_in_bytes", "1073741824", "2147483648", False)]
+    (down,) = limit_results(bad)
+    assert down.state == "down" and verdict([down]) == 1  # degraded, not critical
+    assert "CT 201 memory.limit_in_bytes: wanted 1073741824, found 2147483648" in down.reason

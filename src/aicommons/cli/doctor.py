@@ -18,7 +18,8 @@ def doctor(
     missing_only: Annotated[bool, typer.Option("--missing", help="List only what is missing.")] = False,
 ) -> None:
     """Check every program and package `up`, `apply`, `status`, `backup`, `serve` and `users` need on
-    the default (LXC) driver, and where each comes from. Exit 0 when nothing is missing, 1 otherwise."""
+    the default (LXC) driver, and where each comes from, and that this kernel can mount the containers'
+    rootfs (idmapped mounts, overlayfs over them). Exit 0 when nothing is missing, 1 otherwise."""
     from aicommons.drivers.lxc import needs
 
     found, problems = needs.check()
@@ -34,4 +35,5 @@ def doctor(
     if missing or problems:
         console.print(escape(needs.summary(missing, problems)), soft_wrap=True)
         raise SystemExit(1)
-    console.print(f"nothing missing: {len(found)} programs and packages checked")
+    console.print(f"nothing missing: {len(found)} programs and packages checked; this kernel mounts the "
+                  f"containers' rootfs (idmapped template under an overlay) on {needs.DEFAULT_CACHE_DIR}'s filesystem")

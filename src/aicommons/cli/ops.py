@@ -30,7 +30,7 @@ def status(
     targets: Path = TargetsFile,
 ) -> None:
     """Check every service of the site concurrently. Exit 0 healthy, 1 degraded, 2 critical."""
-    from aicommons.ops.status import run_status, table, to_json
+    from aicommons.ops.status import limit_results, run_status, table, to_json, verdict
 
     resolved = load_resolved(file)
     enter_site_network(resolved.site, site_owner(file))
@@ -39,6 +39,8 @@ def status(
     while True:
         code, results = run_status(resolved, secrets=secrets, targets=mapping, timeout=timeout,
                                    slow_ms=slow_ms, base_dir=file.resolve().parent)
+        results += limit_results(_limit_readings(resolved, file))
+        code = verdict(results)
         if as_json:
             console.print_json(json.dumps(to_json(code, results)))
         else:
@@ -48,6 +50,17 @@ def status(
         if not watch:
             raise SystemExit(code)  # main() returns it; typer.Exit is swallowed without standalone mode
         time.sleep(watch)
+
+
+def _limit_readings(resolved, file: Path) -> list:
+    """The containers' limits read back from the kernel, where the site's driver can (LXC, on its host)."""
+    from aicommons.drivers.base import ReadsLimits
+    from aicommons.engine.api import default_driver
+
+    if resolved.site.driver.kind != "lxc":
+        return []
+    driver = default_driver(resolved.site, file)
+    return driver.read_limits(resolved.containers) if isinstance(driver, ReadsLimits) else []
 
 
 # ---- backups ---------------------------------------------------------------------------------

@@ -50,6 +50,9 @@ has the same table. What the engine does with each, and without it:
 | `NotesHost`         | `host_notes(resolved) -> list[str]`      | `plan` says what the host lacks for the site  |
 |                     |                                          | (limits, memory, disk, AppArmor) / nothing    |
 | `AuditsHost`        | `audit_host(ctids) -> list[HostProbe]`   | `audit isolation` has a "host" section / none |
+| `ReadsLimits`       | `read_limits(containers)`                | each container's limits read back from the    |
+|                     | `-> list[LimitReading]`                  | kernel: `status` and `audit` fail on one not  |
+|                     |                                          | as planned / limits taken on trust            |
 | `Closes`            | `close()`                                | called when the engine/portal lets go of it   |
 
 The engine tests each with `isinstance(driver, ChecksPlans)` etc. (engine/api.py, engine/steps.py);
@@ -173,6 +176,26 @@ class AuditsHost(Protocol):
         """From inside each running container (and its config): can root there reach the host?"""
 
 
+@dataclass(frozen=True)
+class LimitReading:
+    """One limit of a container as the kernel holds it, against what the plan asked."""
+
+    ctid: int
+    key: str  # the kernel's name for it, e.g. memory.limit_in_bytes, cpu.max, cpuset.cpus
+    wanted: str
+    found: str
+    ok: bool
+
+    def __str__(self) -> str:
+        return f"CT {self.ctid} {self.key}: wanted {self.wanted}, found {self.found}"
+
+
+@runtime_checkable
+class ReadsLimits(Protocol):
+    def read_limits(self, containers: Iterable[Container]) -> list[LimitReading]:
+        """The running containers' limits read back from the kernel, one reading per limit the plan sets."""
+
+
 @runtime_checkable
 class NotesHost(Protocol):
     def host_notes(self, resolved: Any) -> list[str]:
@@ -293,7 +316,7 @@ class Closes(Protocol):
 CAPABILITIES: tuple[type, ...] = (
     ChecksPlans, TakesNotes, Archives, HasTraefikTarget, ConfiguresServices, SkipsServices, BindsSecrets,
     ServiceUrls, AppliesFirewall, DiffsFirewall, SkipsCompose, ManagesNetwork, RunsNativeApps, ReportsUsage,
-    Closes, NotesHost, AuditsHost, BindsControlPlane,
+    Closes, NotesHost, AuditsHost, BindsControlPlane, ReadsLimits,
 )
 
 

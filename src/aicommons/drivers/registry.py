@@ -64,7 +64,7 @@ def check_host(site: Site, *, destroy: bool = False) -> None:
     if site.driver.kind == "lxc":
         from aicommons.drivers.lxc import needs
 
-        needs.require(needs.DOWN if destroy else needs.APPLY)
+        needs.require(needs.DOWN if destroy else needs.APPLY, site.driver.cache_dir or needs.DEFAULT_CACHE_DIR)
 
 
 def enter_site_network(site: Site, owner: str | None = None) -> None:

@@ -14,7 +14,7 @@ from typing import Literal
 
 import h11
 
-Kind = Literal["http", "tcp", "postgres", "redis", "ollama", "traefik", "route", "signin", "llamacpp"]
+Kind = Literal["http", "tcp", "postgres", "redis", "ollama", "traefik", "route", "signin", "llamacpp", "limits"]
 State = Literal["ok", "slow", "down", "skipped"]
 
 

@@ -167,6 +167,19 @@ async def status_async(resolved: ResolvedSite, *, secrets: Lookup | None = None,
     return verdict(results), results
 
 
+def limit_results(readings: list) -> list[Result]:
+    """One row for the containers' limits as the kernel holds them (a driver that reads them back,
+    drivers/base.py ReadsLimits): down, naming container, limit, wanted and found, when any differs
+    from the plan (LXC did not apply it, or someone changed it by hand; the next `apply` puts it back)."""
+    if not readings:
+        return []
+    bad = [r for r in readings if not r.ok]
+    check = Check(name="container limits", kind="limits", host="cgroups", port=0, phase=1)
+    reason = ("; ".join(map(str, bad)) + " (`aicommons apply` puts them back)" if bad else
+              f"{len(readings)} limits of {len({r.ctid for r in readings})} running containers as planned")
+    return [Result(check, "down" if bad else "ok", 0.0, reason)]
+
+
 def to_json(code: int, results: list[Result]) -> dict:
     return {
         "verdict": VERDICT_WORD[code], "exit_code": code,

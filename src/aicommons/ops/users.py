@@ -617,14 +617,16 @@ def audit_site(site_file: Path, *, state_path=None, backends=None
         warnings = [w for b in ctx.backends for w in getattr(b, "warnings", [])] + (
             list(ctx.session.skip_notes) if backends is None else [])
         if backends is None:
-            checks += host_checks(ctx.session.site, Path(site_file), [c.ctid for c in ctx.resolved.containers])
+            checks += host_checks(ctx.session.site, Path(site_file), [c.ctid for c in ctx.resolved.containers],
+                                  list(ctx.resolved.containers))
         record_audit(ctx.session.state, checks, skipped, warnings)
         return checks, skipped, warnings
 
 
-def host_checks(site, site_file: Path, ctids: list[int]) -> list[AuditCheck]:
-    """The "host" section: from inside the site's containers, root tries the host (drivers that can)."""
-    from aicommons.drivers.base import AuditsHost
+def host_checks(site, site_file: Path, ctids: list[int], containers: list | None = None) -> list[AuditCheck]:
+    """The "host" section: from inside the site's containers, root tries the host (drivers that can);
+    and each running container's limits, read back from the kernel, are the plan's (`containers`)."""
+    from aicommons.drivers.base import AuditsHost, ReadsLimits
     from aicommons.engine.api import default_driver
 
     if site.driver.kind != "lxc":  # Proxmox: its template makes unprivileged containers (drivers/proxmox)
@@ -632,9 +634,14 @@ def host_checks(site, site_file: Path, ctids: list[int]) -> list[AuditCheck]:
     driver = default_driver(site, site_file)
     if not isinstance(driver, AuditsHost):  # the file-backed fake world has no host to probe
         return []
-    return [AuditCheck("host", f"CT {p.ctid} {p.actor}", "host", p.probe, "deny",
-                       "deny" if p.refused else ("error" if p.refused is None else "allow"), p.detail)
-            for p in driver.audit_host(ctids)]
+    out = [AuditCheck("host", f"CT {p.ctid} {p.actor}", "host", p.probe, "deny",
+                      "deny" if p.refused else ("error" if p.refused is None else "allow"), p.detail)
+           for p in driver.audit_host(ctids)]
+    if isinstance(driver, ReadsLimits) and containers:  # a bound on what one container can take
+        out += [AuditCheck("host", f"CT {r.ctid}", "host", f"limit {r.key}", "deny", "deny" if r.ok else "allow",
+                           f"wanted {r.wanted}, found {r.found}", section="service")
+                for r in driver.read_limits(containers)]
+    return out
 
 
 def record_audit(state, checks: list[AuditCheck], skipped: list[str], warnings: list[str]) -> None:

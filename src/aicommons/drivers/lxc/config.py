@@ -48,15 +48,7 @@ def render(c: Container, *, site: str, bridge: str, lower: str, rootfs: str, idm
         "lxc.cgroup.dir.container.inner = payload",
         f"lxc.cgroup.dir.monitor = {cg}/monitor.{c.ctid}",
     ]
-    if legacy_cgroups:  # cgfsng.c __cg_legacy_setprop: the key after lxc.cgroup. is the v1 file name
-        lines += [f"lxc.cgroup.memory.limit_in_bytes = {c.memory_mb * 1024 * 1024}",
-                  f"lxc.cgroup.cpu.cfs_period_us = {PERIOD}",
-                  f"lxc.cgroup.cpu.cfs_quota_us = {c.cores * PERIOD}"]
-    else:
-        lines += [f"lxc.cgroup2.memory.max = {c.memory_mb * 1024 * 1024}",
-                  f"lxc.cgroup2.cpu.max = {c.cores * PERIOD} {PERIOD}"]
-    if cpus:  # the same file name in both: cpuset.cpus
-        lines.append(f"lxc.cgroup{'' if legacy_cgroups else '2'}.cpuset.cpus = {cpus}")
+    lines += [f"{k} = {v}" for k, v in cgroup_keys(c, legacy_cgroups=legacy_cgroups, cpus=cpus)]
     lines += [
         "lxc.net.0.type = veth",
         f"lxc.net.0.link = {bridge}",
@@ -73,6 +65,21 @@ def render(c: Container, *, site: str, bridge: str, lower: str, rootfs: str, idm
         # idmap=container: host-root-owned files show (and are written) as the container's root, not nobody
         lines.append(f"lxc.mount.entry = {host} {inside.lstrip('/')} none bind,{mode},create=dir,idmap=container 0 0")
     return "\n".join(lines) + "\n"
+
+
+def cgroup_keys(c: Container, *, legacy_cgroups: bool = True, cpus: str = "") -> list[tuple[str, str]]:
+    """The limits the plan asks for a container, as LXC keys: what the config carries and what the
+    driver reads back from the kernel after start (limits.read_back)."""
+    if legacy_cgroups:  # cgfsng.c __cg_legacy_setprop: the key after lxc.cgroup. is the v1 file name
+        keys = [("lxc.cgroup.memory.limit_in_bytes", str(c.memory_mb * 1024 * 1024)),
+                ("lxc.cgroup.cpu.cfs_period_us", str(PERIOD)),
+                ("lxc.cgroup.cpu.cfs_quota_us", str(c.cores * PERIOD))]
+    else:
+        keys = [("lxc.cgroup2.memory.max", str(c.memory_mb * 1024 * 1024)),
+                ("lxc.cgroup2.cpu.max", f"{c.cores * PERIOD} {PERIOD}")]
+    if cpus:  # the same file name in both: cpuset.cpus
+        keys.append((f"lxc.cgroup{'' if legacy_cgroups else '2'}.cpuset.cpus", cpus))
+    return keys
 
 
 def privileged(text: str) -> bool:

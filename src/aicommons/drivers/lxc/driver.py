@@ -22,7 +22,16 @@ from dataclasses import asdict
 from pathlib import Path
 
 from aicommons.catalog import load_catalog
-from aicommons.drivers.base import ContainerState, ControlPlane, DriverInfo, ExecResult, HostProbe, Status, Usage
+from aicommons.drivers.base import (
+    ContainerState,
+    ControlPlane,
+    DriverInfo,
+    ExecResult,
+    HostProbe,
+    LimitReading,
+    Status,
+    Usage,
+)
 from aicommons.drivers.lxc import (
     aicservice,
     apps,
@@ -341,10 +350,9 @@ class LxcDriver:
         cfg = self._dir(c.ctid) / "config"
         mounts: list = (apps.layer_mounts(c, self.cache_dir, self.log) if c.role == "user" and self.runtime == "native"
                         else aicservice.mounts(c, self.cache_dir, self.control, self.log, self._dir(c.ctid) / "control"))
-        cpus = ""
         if c.role == "shared" and model_plan.SERVICE in c.services:
             mounts = models.layer_mounts(self.models, self.cache_dir, self.log)
-            cpus = limits.pinned_cpus(c.cores)
+        cpus = self._cpus(c)
         text = config.render(c, site=self.site, bridge=self.net.bridge, lower=str(tdir / "rootfs"),
                              rootfs=str(self._dir(c.ctid) / "rootfs"), idmap_base=self.idmap_base, ns=self.ns,
                              legacy_cgroups=limits.legacy(), mounts=mounts, cpus=cpus)
@@ -354,6 +362,32 @@ class LxcDriver:
         tmp.write_text(text)
         tmp.rename(cfg)
         return True
+
+    def _cpus(self, c: Container) -> str:
+        return limits.pinned_cpus(c.cores) if c.role == "shared" and model_plan.SERVICE in c.services else ""
+
+    def _limit_keys(self, c: Container) -> list[tuple[str, str]]:
+        return config.cgroup_keys(c, legacy_cgroups=limits.legacy(), cpus=self._cpus(c))
+
+    def read_limits(self, containers: Iterable[Container]) -> list[LimitReading]:
+        """Each running container's limits as the kernel holds them (its cgroup files, read on the
+        host), against what the plan asks: a limit LXC did not apply, or one changed by hand since,
+        reads as not ok. Containers not running (no cgroup) are another check's business."""
+        out = []
+        for c in containers:
+            if self._meta(c.ctid) is None or not limits.key_file(self._limit_keys(c)[0][0], self.ns, c.ctid).exists():
+                continue
+            out += [LimitReading(c.ctid, f, wanted, found, ok)
+                    for f, wanted, found, ok in limits.read_back(self.ns, c.ctid, self._limit_keys(c))]
+        return out
+
+    def _check_limits(self, ctid: int, meta: dict) -> None:
+        """After lxc-start: the kernel holds the limits the config asked for, or the start failed."""
+        bad = [r for r in self.read_limits([self._container_of(ctid, meta)]) if not r.ok]
+        if bad:
+            raise PermanentError(f"container {ctid} started without the limits the plan asks: "
+                                 + "; ".join(f"{r.key}: wanted {r.wanted}, found {r.found}" for r in bad)
+                                 + f" (see {self._dir(ctid) / 'start.log'}; `aicommons doctor` checks the host)")
 
     def _seed_files(self, c: Container, upper: Path) -> None:
         """Files written into the overlay's upper dir before first boot (no one is using it yet)."""
@@ -380,8 +414,10 @@ class LxcDriver:
                 or apps.mount_lines(cfg.read_text()) != mounts_before):  # mounts are set at start
             self.stop(container.ctid)
             self.start(container.ctid)
-        elif changed:  # the config has the new limits for the next start; these are the same, live
-            limits.apply(self.ns, container.ctid, container.memory_mb, container.cores)
+        elif changed or not all(r.ok for r in self.read_limits([container])):
+            # the config has the new limits for the next start; these are the same, live (also
+            # when only the kernel's differ: a limit changed by hand)
+            limits.write(self.ns, container.ctid, self._limit_keys(container))
 
     def start(self, ctid: int) -> None:
         meta = self._meta(ctid)
@@ -419,6 +455,7 @@ class LxcDriver:
             why = [ln for ln in lines if "lxc_start.c:main" not in ln][:3] or lines[-3:]
             raise TemporaryError(f"lxc-start of container {ctid} failed: "
                                  f"{' | '.join(why) or proc.stderr.decode(errors='replace').strip()}", delay=2)
+        self._check_limits(ctid, meta)
 
     def _stale_runtime(self, ctid: int, meta: dict) -> bool:
         try:

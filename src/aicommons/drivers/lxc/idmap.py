@@ -88,15 +88,17 @@ def userns_fd(base: int, size: int = SIZE) -> int:
         os.waitpid(pid, 0)
 
 
-def idmapped_mount(source: str, target: str, base: int) -> None:
-    """Mount `source` at `target` with its owners shifted by `base` (the host's files unchanged)."""
+def idmapped_mount(source: str, target: str, base: int, *, recursive: bool = True) -> None:
+    """Mount `source` at `target` with its owners shifted by `base` (the host's files unchanged);
+    with the mounts below it unless not `recursive`."""
     libc = _libc()
+    rec = AT_RECURSIVE if recursive else 0
     fd = _check(libc.syscall(NR_OPEN_TREE, AT_FDCWD, source.encode(),
-                             OPEN_TREE_CLONE | os.O_CLOEXEC | AT_RECURSIVE), f"open_tree({source})")
+                             OPEN_TREE_CLONE | os.O_CLOEXEC | rec), f"open_tree({source})")
     ns = userns_fd(base)
     try:
         attr = MountAttr(attr_set=MOUNT_ATTR_IDMAP, userns_fd=ns)
-        _check(libc.syscall(NR_MOUNT_SETATTR, fd, b"", AT_EMPTY_PATH | AT_RECURSIVE, ctypes.byref(attr),
+        _check(libc.syscall(NR_MOUNT_SETATTR, fd, b"", AT_EMPTY_PATH | rec, ctypes.byref(attr),
                             ctypes.c_size_t(ctypes.sizeof(attr))), f"mount_setattr(MOUNT_ATTR_IDMAP) on {source}")
         _check(libc.syscall(NR_MOVE_MOUNT, fd, b"", AT_FDCWD, target.encode(), MOVE_MOUNT_F_EMPTY_PATH),
                f"move_mount to {target}")

@@ -5,8 +5,9 @@ Each container's cgroups are `aicommons/<netns>/<ctid>` in every hierarchy
 down (`.../payload`, `lxc.cgroup.dir.container.inner`), the root of its cgroup namespace, so root
 inside cannot raise its own limits. For that LXC must see the hierarchies: `ip netns exec`
 mounts a fresh /sys without them, so prestart.py mounts them again from `mounts()` (read here,
-in the host's mount namespace). What is left to this module: reading limits and use back, a live
-change of a running container's limits (the same values LXC sets at the next start), and
+in the host's mount namespace). What is left to this module: reading limits and use back (every
+key of the config compared with its cgroup file after start, by status and audit: read_back), a
+live change of a running container's limits (the same values LXC sets at the next start), and
 removing the groups.
 """
 
@@ -79,20 +80,83 @@ def legacy() -> bool:
     return (ROOT / "memory" / "memory.limit_in_bytes").exists()
 
 
-def available() -> bool:
-    return (ROOT / "memory" / "memory.limit_in_bytes").exists() and (ROOT / "cpu" / "cpu.cfs_quota_us").exists()
+def unified() -> Path:
+    """The cgroup v2 hierarchy: /sys/fs/cgroup itself on a unified host, `unified/` on a hybrid one."""
+    return ROOT / "unified" if (ROOT / "unified" / "cgroup.controllers").exists() else ROOT
 
 
-def apply(ns: str, ctid: int, memory_mb: int, cores: int) -> None:
-    """A running container's new limits, live (the config holds the same for the next start)."""
-    if not available():
-        return
-    mem, cpu = group("memory", ns, ctid), group("cpu", ns, ctid)
-    if not mem.is_dir() or not cpu.is_dir():
-        return
-    (mem / "memory.limit_in_bytes").write_text(str(memory_mb * 1024 * 1024))
-    (cpu / "cpu.cfs_period_us").write_text(str(PERIOD))
-    (cpu / "cpu.cfs_quota_us").write_text(str(cores * PERIOD))
+def key_file(key: str, ns: str, ctid: int) -> Path:
+    """The file in the container's cgroup that an `lxc.cgroup.*` / `lxc.cgroup2.*` key writes.
+    LXC 5.0.2 src/lxc/cgroups/cgfsng.c: a v1 key's file is the text after `lxc.cgroup.`, in the
+    hierarchy of the controller its first word names (__cg_legacy_setprop); a v2 key's file is the
+    text after `lxc.cgroup2.` in the unified hierarchy (cg_hybrid/unified setup_limits), both in
+    the container's limiting group (`lxc.cgroup.dir.container`, not the inner one)."""
+    if key.startswith("lxc.cgroup2."):
+        return unified() / "aicommons" / ns / str(int(ctid)) / key[len("lxc.cgroup2."):]
+    name = key[len("lxc.cgroup."):]
+    return group(name.split(".", 1)[0], ns, ctid) / name
+
+
+def _cpus(text: str) -> set[int]:
+    out: set[int] = set()
+    for part in filter(None, text.strip().split(",")):
+        a, _, b = part.partition("-")
+        out |= set(range(int(a), int(b or a) + 1))
+    return out
+
+
+def same(key: str, wanted: str, found: str) -> bool:
+    """Does the kernel's value say what the key asked? `0,1` is `0-1` in cpuset.cpus; the rest
+    compare word by word (cpu.max is `quota period`)."""
+    if key.endswith("cpuset.cpus"):
+        try:
+            return _cpus(wanted) == _cpus(found)
+        except ValueError:
+            return False
+    return wanted.split() == found.split()
+
+
+def read_back(ns: str, ctid: int, keys: list[tuple[str, str]]) -> list[tuple[str, str, str, bool]]:
+    """(cgroup file, wanted, found, same) for each key, read from the container's cgroup on the host;
+    found is "unreadable (why)" where the file cannot be read (no group: the container never started)."""
+    out = []
+    for key, wanted in keys:
+        f = key_file(key, ns, ctid)
+        try:
+            found = f.read_text().strip()
+        except OSError as exc:
+            found = f"unreadable ({exc.strerror or exc})"
+        out.append((f.name, wanted, found, same(key, wanted, found)))
+    return out
+
+
+def write(ns: str, ctid: int, keys: list[tuple[str, str]]) -> None:
+    """A running container's limits, live: the config's keys written where LXC writes them at start
+    (the config holds the same for the next start). A container without a group is left alone."""
+    for key, value in keys:
+        f = key_file(key, ns, ctid)
+        if f.parent.is_dir():
+            f.write_text(value)
+
+
+def stats(ns: str, ctid: int) -> dict[str, float] | None:
+    """A container's memory now and its peak (MB) and the CPU it has used (s), from its cgroups:
+    v1 memory.usage_in_bytes / max_usage_in_bytes / cpuacct.usage where memory is on v1, else v2's
+    memory.current / memory.peak (Linux 5.19+) / cpu.stat usage_usec. None when it has no group."""
+    try:
+        if legacy():
+            mem = group("memory", ns, ctid)
+            return {"memory_mb": int((mem / "memory.usage_in_bytes").read_text()) / 2**20,
+                    "peak_mb": int((mem / "memory.max_usage_in_bytes").read_text()) / 2**20,
+                    "cpu_s": int((group("cpuacct", ns, ctid) / "cpuacct.usage").read_text()) / 1e9}
+        g = unified() / "aicommons" / ns / str(int(ctid))
+        cpu = dict(line.split() for line in (g / "cpu.stat").read_text().splitlines())
+        peak = g / "memory.peak"
+        current = int((g / "memory.current").read_text()) / 2**20
+        return {"memory_mb": current, "peak_mb": int(peak.read_text()) / 2**20 if peak.exists() else current,
+                "cpu_s": int(cpu["usage_usec"]) / 1e6}
+    except (OSError, ValueError, KeyError):
+        return None
 
 
 def pids_in_pidns(init_pid: int) -> list[int]:

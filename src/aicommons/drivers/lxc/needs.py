@@ -68,7 +68,8 @@ NEEDS: tuple[Need, ...] = (
     program("ebtables-save", "iptables", "reads the bridge filter back, so one that did not load stops the apply",
             APPLY),
     program("sysctl", "procps", "IP forwarding for the site's NAT", APPLY, DOWN),
-    program("unshare", "util-linux", "private mounts for debootstrap and the template's chroot", APPLY),
+    program("unshare", "util-linux", "private mounts for debootstrap, the template's chroot and the kernel probe",
+            APPLY),
     program("nsenter", "util-linux", "host-side commands once the command joined the site's namespace", APPLY, DOWN),
     program("mount", "mount", "/proc in the template's chroot", APPLY),
     program("chroot", "coreutils", "installs the services' packages into the template", APPLY),
@@ -94,9 +95,19 @@ NEEDS: tuple[Need, ...] = (
     program("redis-check-rdb", "redis-tools", "checks a Redis backup", BACKUP),
 )
 
-# Host settings the driver needs (kernel limits, sysctls): each returns a problem sentence that
-# says how to fix it, or None. Reported by doctor and refused by up/apply like a missing program.
-HOST_CHECKS: tuple[Callable[[], str | None], ...] = ()
+# Host settings the driver needs (kernel features, limits): each, given driver.cache_dir, returns a
+# problem sentence that says how to fix it, or None. Reported by doctor and refused by
+# plan/up/apply like a missing program.
+
+
+def _kernel(cache_dir: str) -> str | None:
+    from aicommons.drivers.lxc import kernel
+
+    return kernel.probe(cache_dir)
+
+
+HOST_CHECKS: tuple[Callable[[str], str | None], ...] = (_kernel,)
+DEFAULT_CACHE_DIR = "/var/cache/aicommons"  # spec/models.py's driver.cache_dir default (doctor has no site)
 
 
 def build_needs() -> tuple[Need, ...]:
@@ -180,10 +191,10 @@ class Found:
         return self.where is not None
 
 
-def check(used_by: str | None = None) -> tuple[list[Found], list[str]]:
+def check(used_by: str | None = None, cache_dir: str = DEFAULT_CACHE_DIR) -> tuple[list[Found], list[str]]:
     """(every need with where it was found, host problems); only those `used_by` needs if given."""
     found = [Found(n, locate(n)) for n in all_needs() if used_by is None or {used_by, EVERY} & set(n.used_by)]
-    problems = [p for p in (c() for c in HOST_CHECKS) if p]
+    problems = [p for p in (c(cache_dir) for c in HOST_CHECKS) if p] if used_by in (None, APPLY) else []
     return found, problems
 
 
@@ -204,11 +215,11 @@ def summary(missing: list[Found], problems: list[str]) -> str:
             + f"\ninstall them with: {install_command()}  (`aicommons doctor` lists everything it checks)")
 
 
-def require(used_by: str) -> None:
+def require(used_by: str, cache_dir: str = DEFAULT_CACHE_DIR) -> None:
     """Refuse (PermanentError) with the whole list when anything `used_by` needs is missing."""
     from aicommons.errors import PermanentError
 
-    found, problems = check(used_by)
+    found, problems = check(used_by, cache_dir)
     missing = [f for f in found if not f.ok]
     if missing or problems:
         raise PermanentError(summary(missing, problems))

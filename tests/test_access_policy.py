@@ -52,7 +52,7 @@ def test_middlewares_follow_the_access_class_alone():
                          "owner": {("secure-headers", "owner-auth")}, "operator": {("secure-headers", "operator-allow")}}
 
 
-def test_operator_sources_never_contain_a_user_container():
+def test_operator_sources_never_contain_a_container_of_the_site():
     def tweak(d):
         d["network"]["user_ranges"] = ["10.0.5.200-10.0.5.249", "10.0.6.2-10.0.6.254"]
         d["network"]["traefik"]["operator_allow"] = ["10.0.0.0/16", "192.0.2.7/32"]
@@ -60,14 +60,18 @@ def test_operator_sources_never_contain_a_user_container():
     nets = [ipaddress.ip_network(c) for c in site.operator_sources]
     for t in site.tenants:
         assert not any(ipaddress.ip_address(t.ip) in n for n in nets), t.ip
-    for ok in ("10.0.5.100", "10.0.5.199", "10.0.5.250", "10.0.4.10", "10.0.200.1", "192.0.2.7"):
+    for ok in ("10.0.5.99", "10.0.5.250", "10.0.4.10", "10.0.200.1", "192.0.2.7"):
         assert any(ipaddress.ip_address(ok) in n for n in nets), ok
-    assert not any(ipaddress.ip_address(x) in n for n in nets for x in ("10.0.6.2", "10.0.6.254", "10.0.5.200"))
+    # users, and shared services too: a compromised shared service is no operator
+    assert not any(ipaddress.ip_address(x) in n for n in nets
+                   for x in ("10.0.6.2", "10.0.6.254", "10.0.5.200", "10.0.5.100", "10.0.5.129", "10.0.5.199"))
     files = render_site(site, FakeSecrets())
     hba = files["services/postgres/pg_hba.conf"].content
     ops = [line.split()[3] for line in hba.splitlines() if line.startswith("host    all  postgres") and
            "operators" in line]
-    assert tuple(ops) == site.operator_sources
+    # the portal (the control plane's user operations) is the one shared container let in as the superuser
+    assert tuple(ops) == (f"{site.endpoints['portal'].host}/32", *site.operator_sources)
+    assert site.endpoints["portal"].host == "10.0.5.129"
     assert "10.0.0.0/16" not in hba
 
 

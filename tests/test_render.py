@@ -200,7 +200,8 @@ def test_shared_routes_headers_operator_and_no_database_router(files, site):
         assert "operator-allow" in routers[name]["middlewares"]
     proxy = yaml.safe_load(files[f"traefik/dynamic/{site.proxy_file}"].content)
     allow = proxy["http"]["middlewares"]["operator-allow"]["ipAllowList"]["sourceRange"]
-    assert allow == list(site.operator_sources) and "10.0.5.192/29" in allow and "10.0.5.250/31" in allow
+    assert allow == list(site.operator_sources) and "10.0.5.96/30" in allow and "10.0.5.250/31" in allow
+    assert not any(ipaddress.ip_address("10.0.5.121") in ipaddress.ip_network(c) for c in allow)  # Prometheus CT
     assert proxy["http"]["services"]["authentik-outpost"]["loadBalancer"]["servers"] == [{"url": "http://10.0.5.146:9000"}]
     # no login of their own: signed-in site users only (the catalog says so, not code)
     for name in ("ollama", "comfyui", "sd", "searxng", "translate"):

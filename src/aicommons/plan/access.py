@@ -1,8 +1,11 @@
 """Who may reach what, computed once from the site (pure): the operator sources, Traefik's source.
 
-`operator_allow` is what the site file says operators come from; user containers must never
-count as operators even when a range such as the default 10.0.0.0/16 contains them. Traefik's
-operator allow-list, pg_hba's superuser line and the firewall's operator set all use this one list.
+`operator_allow` is what the site file says operators come from; no container of the site counts
+as an operator even when a range such as the default 10.0.0.0/16 contains it: not a user's (a
+person's shell), and not a shared service's (a compromised SearXNG or Langfuse must not reach the
+Traefik API, Prometheus or PostgreSQL's superuser). Traefik's operator allow-list, pg_hba's
+superuser line and the firewall's operator set all use this one list; the control plane's own
+container (the portal) is added where it needs the superuser (render/services.admin_sources).
 
 `proxy_source` is the address Traefik's connections to the apps come *from*, which is not always
 where it listens: every "trusted proxy" setting (the portal's, Authentik's, the user containers'
@@ -27,11 +30,17 @@ def user_networks(site: Site) -> list[Net]:
     return out
 
 
+def shared_networks(site: Site) -> list[Net]:
+    a, b = parse_range(site.network.shared_range)
+    return list(ipaddress.summarize_address_range(a, b))
+
+
 def operator_sources(site: Site) -> tuple[str, ...]:
-    """operator_allow minus every user range, as sorted, collapsed CIDRs."""
+    """operator_allow minus every user range and the shared-service range, as sorted, collapsed CIDRs."""
     allow = _merged([(int(n.network_address), int(n.broadcast_address)) for n in
                      (ipaddress.IPv4Network(c, strict=False) for c in site.network.traefik.operator_allow)])
-    holes = _merged([(int(n.network_address), int(n.broadcast_address)) for n in user_networks(site)])
+    holes = _merged([(int(n.network_address), int(n.broadcast_address))
+                     for n in [*user_networks(site), *shared_networks(site)]])
     # Both lists are sorted and disjoint: one sweep subtracts the holes (linear, however many user
     # ranges a large site has).
     keep: list[tuple[int, int]] = []

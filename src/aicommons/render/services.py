@@ -47,9 +47,12 @@ def postgresql_conf(resolved: ResolvedSite, c: Container) -> str:
 
 def admin_sources(resolved: ResolvedSite) -> list[str]:
     """Where the superuser may log in from over TCP: the operator sources (operator_allow minus
-    every user range, plan/access.py), and on the LXC driver the host itself (the control plane
-    joins the site's network as its gateway)."""
+    the site's own containers, plan/access.py), the portal's container (it runs the control plane's
+    user operations), and on the LXC driver the host itself (the control plane joins the site's
+    network as its gateway)."""
     out = list(resolved.operator_sources)
+    if (portal := resolved.endpoints.get("portal")) is not None and not portal.external:
+        out.insert(0, f"{portal.host}/32")
     if resolved.site.driver.kind == "lxc":
         out.insert(0, f"{resolved.site.network.gateway}/32")
     return out

@@ -151,8 +151,9 @@ class _Wiring:
                 # RAG_OPENAI_API_BASE_URL/_KEY, the embeddings of RAG_EMBEDDING_ENGINE=openai).
                 e.update(ENABLE_OPENAI_API="true", OPENAI_API_BASE_URLS=gw[0], OPENAI_API_KEYS=gw[2],
                          ENABLE_OLLAMA_API="false")
-                if r.site.embedding.engine == "openai":
-                    e.update(RAG_OPENAI_API_BASE_URL=gw[0], RAG_OPENAI_API_KEY=gw[2])
+                if r.site.embedding.engine == "openai":  # also without Qdrant (its local store embeds too)
+                    e.update(RAG_EMBEDDING_ENGINE="openai", RAG_EMBEDDING_MODEL=r.site.embedding.model,
+                             RAG_OPENAI_API_BASE_URL=gw[0], RAG_OPENAI_API_KEY=gw[2])
             elif ollama:
                 e.update(ENABLE_OLLAMA_API="true", OLLAMA_BASE_URL=ollama)
             else:  # nothing listens at its default (localhost:11434): do not dial it

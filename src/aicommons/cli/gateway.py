@@ -29,8 +29,12 @@ def _conninfo(file: Path, state: str | None, database: str | None) -> str:
     state or secrets key needed there), else the site's PostgreSQL through the state's admin login."""
     import os
 
+    from aicommons.drivers.registry import enter_site_network, site_owner
     from aicommons.gateway.site import DATABASE_ENV, conninfo_for
 
+    site, _ = load(file)
+    # An LXC site's PostgreSQL is reachable only in its namespace (a no-op inside a site container)
+    enter_site_network(site, site_owner(file))
     return database or os.environ.get(DATABASE_ENV) or conninfo_for(file, state)
 
 

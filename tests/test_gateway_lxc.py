@@ -141,9 +141,26 @@ def test_on_the_default_lxc_site_each_app_goes_through_the_gateway(app):
 def test_only_the_gateway_reaches_the_model_server_on_the_bridge():
     rules = bridge_rules(default_site()).splitlines()
     model = [ln for ln in rules if "--ip-dst 10.0.5.100 " in ln]
-    assert model == ["-A FORWARD -p IPv4 --ip-dst 10.0.5.100 --ip-proto tcp --ip-dport 8080:8083 --ip-src 10.0.5.137 -j ACCEPT",
+    assert model == ["-A FORWARD -p IPv4 --ip-src 10.0.5.137 --ip-dst 10.0.5.100 --ip-proto tcp --ip-dport 8080:8083 -j ACCEPT",
                      "-A FORWARD -p IPv4 --ip-dst 10.0.5.100 --ip-proto tcp --ip-dport 8080:8083 -j DROP"]
     # the namespace itself (the control plane's `status`) is not forwarded: no OUTPUT rule for it
     assert not [ln for ln in rules if ln.startswith("-A OUTPUT") and "10.0.5.100" in ln]
     without = load_text(render_site_yaml(users=1, driver="lxc", services=["postgres"]))[0]
     assert "10.0.5.100" not in bridge_rules(without)
+
+
+def test_n8n_imports_the_persons_gateway_credential_before_it_starts():
+    """A pre-made OpenAI credential in n8n holding the person's gateway URL and key: imported by
+    n8n's own CLI at every start (an upsert by a fixed id), the key only in the 0600 env file."""
+    from aicommons.render.native import N8N_CREDENTIAL_ID, native_bundle
+
+    r = resolve(default_site())
+    b = native_bundle(r, r.tenant("user1"), secrets, "/etc/aicommons/env")
+    unit = b.units["aic-n8n.service"]
+    pre = [ln for ln in unit.splitlines() if ln.startswith("ExecStartPre=")]
+    assert len(pre) == 1 and pre[0].startswith("ExecStartPre=-") and "import:credentials" in pre[0]
+    assert N8N_CREDENTIAL_ID in pre[0] and "openAiApi" in pre[0] and "node_modules/n8n/bin/n8n" in pre[0]
+    assert 'Environment="AICOMMONS_GATEWAY_URL=http://10.0.5.137:4000/v1"' in unit
+    assert "gateway_key" not in unit and "AICOMMONS_GATEWAY_KEY=" in b.env_files["n8n"]
+    other = b.units["aic-jupyter.service"]
+    assert "ExecStartPre" not in other

@@ -73,5 +73,7 @@ def model_server_rules(site: Site) -> list[str]:
         site.network.subnet.network_address + (cat.services[models.SERVICE].octet or 0))
     ports = models.model_ports(cat)
     span = f"{min(ports)}:{max(ports)}"
-    match = f"-p IPv4 --ip-dst {server} --ip-proto tcp --ip-dport {span}"
-    return [f"{match} --ip-src {c} -j ACCEPT" for c in models.client_addresses(site, cat)] + [f"{match} -j DROP"]
+    # In the order ebtables-save prints the matches (the driver reads the table back to compare).
+    rest = f"--ip-dst {server} --ip-proto tcp --ip-dport {span}"
+    return ([f"-p IPv4 --ip-src {c} {rest} -j ACCEPT" for c in models.client_addresses(site, cat)]
+            + [f"-p IPv4 {rest} -j DROP"])

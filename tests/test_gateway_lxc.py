@@ -164,3 +164,16 @@ def test_n8n_imports_the_persons_gateway_credential_before_it_starts():
     assert "gateway_key" not in unit and "AICOMMONS_GATEWAY_KEY=" in b.env_files["n8n"]
     other = b.units["aic-jupyter.service"]
     assert "ExecStartPre" not in other
+
+
+def test_an_external_postgresql_gets_the_gateways_role_from_the_control_plane():
+    """No PostgreSQL container runs gateway.sql there: the tenancy back end runs it (through psql,
+    as for LemonLDAP's schema), so the gateway's own login exists wherever its database is."""
+    from aicommons.tenancy.registry import backends_for
+
+    ext = load_text(render_site_yaml(users=1, driver="lxc", services=LXC_CORE).replace(
+        "  postgres: {}", "  postgres: {external: {host: db.example.org, port: 5432, admin_password: pw}}"))[0]
+    (gw,) = [b for b in backends_for(resolve(ext), secrets, Path("/nonexistent")) if b.name == "gateway"]
+    assert gw.bootstrap == gatewaydb.gateway_sql("<site:gateway_db_password>", "aicommons_gateway")
+    (own,) = [b for b in backends_for(resolve(default_site()), secrets, Path("/nonexistent")) if b.name == "gateway"]
+    assert own.bootstrap == ""  # the site's PostgreSQL runs it in its configuration

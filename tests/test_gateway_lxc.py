@@ -132,6 +132,8 @@ def test_on_the_default_lxc_site_each_app_goes_through_the_gateway(app):
         # documents are embedded through the gateway with the served embedding model
         assert (e["RAG_EMBEDDING_ENGINE"], e["RAG_EMBEDDING_MODEL"]) == ("openai", "smollm2-embed")
         assert e["RAG_OPENAI_API_BASE_URL"] == "http://10.0.5.137:4000/v1" and e["RAG_OPENAI_API_KEY"] == e[var]
+        # the search query is the person's question: the small model writes no usable query JSON
+        assert e["ENABLE_RETRIEVAL_QUERY_GENERATION"] == "false"
     elif app == "chainforge":
         assert e["OPENAI_BASE_URL"] == "https://models.valuechainhackers.xyz/v1"  # the browser's way in
     else:

@@ -48,7 +48,11 @@ BUILD = os.environ.get("AICOMMONS_BUILD_APPS", "") not in ("", "0")
 START_TIMEOUT = 420  # Open WebUI needs ~46 s on an idle 2-core machine; CI shares the cores
 APP_UID = 65534  # nobody: the apps run unprivileged, as their systemd units will
 BACKENDS_NOT_RUN = ("QDRANT_", "ENABLE_QDRANT_", "VECTOR_DB", "S3_", "STORAGE_", "OLLAMA_", "OPENAI_BASE_URL",
-                    "ENABLE_WEB_SEARCH", "WEB_SEARCH_ENGINE", "SEARXNG_", "LANGFUSE_")
+                    "ENABLE_WEB_SEARCH", "WEB_SEARCH_ENGINE", "SEARXNG_", "LANGFUSE_",
+                    "AICOMMONS_GATEWAY_")  # n8n's credential import (its unit's ExecStartPre, not run here)
+# The model gateway does not run here: its address becomes a loopback port where nothing listens
+# (the apps keep the wiring and get "connection refused", never a name to look up).
+GATEWAY_NOWHERE = "127.0.0.1:9"
 CLONE_NEWNET = 0x40000000
 
 CAT = load_catalog()
@@ -151,7 +155,8 @@ def _rendered_env(resolved, t, secrets, name: str, pg, rd, port: int, data: Path
     env = {k: re.sub(r"\$\{(\w+)\}", lambda m: secret[m.group(1)], v) for k, v in env.items()}
     env = {k: v for k, v in env.items() if not k.startswith(BACKENDS_NOT_RUN)}
     mapping = {f"{endpoint_host(resolved, 'postgres')}:{port_of(resolved, 'postgres')}": f"127.0.0.1:{pg.port}",
-               f"{endpoint_host(resolved, 'redis')}:{port_of(resolved, 'redis')}": f"127.0.0.1:{rd.port}"}
+               f"{endpoint_host(resolved, 'redis')}:{port_of(resolved, 'redis')}": f"127.0.0.1:{rd.port}",
+               f"{endpoint_host(resolved, 'gateway')}:{port_of(resolved, 'gateway')}": GATEWAY_NOWHERE}
     if t.redis_port:  # the user's own Redis server (redis.isolation=instance): this test's one server
         mapping[f"{endpoint_host(resolved, 'redis')}:{t.redis_port}"] = f"127.0.0.1:{rd.port}"
     for k, v in env.items():

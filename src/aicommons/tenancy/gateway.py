@@ -62,8 +62,13 @@ CREATE TABLE IF NOT EXISTS gw_usage (
 """
 
 
-def create_database(host: str, port: int, user: str, password: str, dbname: str) -> None:
-    """The gateway's database and tables, if missing (idempotent)."""
+def create_database(host: str, port: int, user: str, password: str, dbname: str, bootstrap: str = "") -> None:
+    """The gateway's database and tables, if missing (idempotent). `bootstrap`: render/gatewaydb.py
+    gateway_sql (the gateway's own role owning the database), run first on an `external:` server."""
+    if bootstrap:
+        from aicommons.tenancy.postgres import run_psql_script
+
+        run_psql_script(host, port, user, password, bootstrap, f"making the gateway's role and database {dbname!r}")
     try:
         with psycopg.connect(host=host, port=port, user=user, password=password, dbname="postgres",
                              autocommit=True, connect_timeout=5) as c:
@@ -77,6 +82,12 @@ def create_database(host: str, port: int, user: str, password: str, dbname: str)
             c.execute("SELECT pg_advisory_unlock(7237000)")
         with psycopg.connect(host=host, port=port, user=user, password=password, dbname=dbname,
                              autocommit=True, connect_timeout=5) as c:
+            # Tables belong to the database's owner (the gateway's own role where the site's
+            # PostgreSQL made it, render/gatewaydb.py), so the gateway, which logs in as that role, can use them.
+            (owner,) = c.execute("SELECT pg_get_userbyid(datdba) FROM pg_database "
+                                 "WHERE datname = current_database()").fetchone() or (user,)
+            if owner != user:
+                c.execute(sql.SQL("SET ROLE {}").format(sql.Identifier(owner)))
             c.execute(SCHEMA)
     except psycopg.OperationalError as exc:
         raise TemporaryError(f"PostgreSQL at {host}:{port} (gateway database {dbname}) is not reachable: {exc}",
@@ -91,9 +102,13 @@ class GatewayBackend:
     admin_password: str
     dbname: str = "aicommons_gateway"
     name: str = "gateway"
+    bootstrap: str = ""  # gateway_sql, made here where no PostgreSQL container runs it (`external:`)
+    _made: bool = False
 
     def _connect(self):
-        create_database(self.host, self.port, self.admin_user, self.admin_password, self.dbname)
+        create_database(self.host, self.port, self.admin_user, self.admin_password, self.dbname,
+                        "" if self._made else self.bootstrap)
+        self._made = True
         return psycopg.connect(host=self.host, port=self.port, user=self.admin_user, password=self.admin_password,
                                dbname=self.dbname, autocommit=True, connect_timeout=5)
 

@@ -13,9 +13,6 @@ persistent sessions, stay); remove deletes the row (invitations cascade) and eve
 from __future__ import annotations
 
 import hashlib
-import os
-import shutil
-import subprocess
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -25,6 +22,7 @@ from aicommons.errors import PermanentError, TemporaryError
 from aicommons.plan.model import Tenant
 from aicommons.render.lemonldap import DB
 from aicommons.tenancy.base import AuditCheck, Secrets
+from aicommons.tenancy.postgres import run_psql_script
 
 ADDRESS = "lemonldap.user.{user}"
 # LL::NG sessions in the PgJSON table (read back from a real one): a sign-in is `_session_kind`
@@ -55,16 +53,8 @@ class LemonldapBackend:
         such step. Through psql: the file uses its \\gexec and \\connect."""
         if self._bootstrapped or not self.schema:
             return
-        psql = shutil.which("psql")
-        if psql is None:
-            raise PermanentError("psql is not installed (postgresql-client-15; scripts/install.sh installs it)")
-        proc = subprocess.run([psql, "-q", "-X", "-h", self.host, "-p", str(self.port), "-U", self.admin_user,
-                               "-d", "postgres", "-f", "-"], input=self.schema.encode(), capture_output=True,
-                              env={**os.environ, "PGPASSWORD": self.admin_password, "PGCONNECT_TIMEOUT": "5"},
-                              timeout=120)
-        if proc.returncode != 0:
-            raise TemporaryError(f"making the sign-in database {DB!r} at {self.host}:{self.port} failed: "
-                                 f"{proc.stderr.decode(errors='replace').strip()[-500:]}", delay=2.0)
+        run_psql_script(self.host, self.port, self.admin_user, self.admin_password, self.schema,
+                        f"making the sign-in database {DB!r}")
         self._bootstrapped = True
 
     def _db(self):

@@ -557,3 +557,17 @@ class PostgresBackend:
         has = dict(rows)
         return [AuditCheck(self.name, actor.user, t.user, f"role {t.postgres_role}", "deny",
                            "allow" if has.get(t.postgres_role) else "deny") for t in others]
+
+
+def run_psql_script(host: str, port: int, user: str, password: str, script: str, what: str) -> None:
+    """A rendered psql script (it uses \\gexec and \\connect) run by the admin against an `external:`
+    server, which has no PostgreSQL container to run it on each configuration apply."""
+    psql = shutil.which("psql")
+    if psql is None:
+        raise PermanentError("psql is not installed (postgresql-client-15; scripts/install.sh installs it)")
+    proc = subprocess.run([psql, "-q", "-X", "-h", host, "-p", str(port), "-U", user, "-d", "postgres", "-f", "-"],
+                          input=script.encode(), capture_output=True,
+                          env={**os.environ, "PGPASSWORD": password, "PGCONNECT_TIMEOUT": "5"}, timeout=120)
+    if proc.returncode != 0:
+        raise TemporaryError(f"{what} at {host}:{port} failed: "
+                             f"{proc.stderr.decode(errors='replace').strip()[-500:]}", delay=2.0)

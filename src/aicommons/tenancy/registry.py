@@ -96,10 +96,15 @@ def backends_for(resolved: ResolvedSite, secrets: SecretLookup, base_dir: Path |
 
         out.append(AuthentikBackend.for_site(resolved, secrets))
     if "gateway" in enabled and "postgres" in enabled:
+        from aicommons.render.gatewaydb import PASSWORD_KEY, gateway_sql
         from aicommons.tenancy.gateway import GatewayBackend
 
         host, port, user, pw = admin_credentials(resolved, "postgres", secrets, base_dir, "postgres_admin_password")
-        out.append(GatewayBackend(host, port, user, pw, resolved.site.gateway.database))
+        # The gateway's own role: a site-made PostgreSQL makes it in its configuration; an external one here.
+        ext = resolved.site.services["postgres"].external is not None
+        db = resolved.site.gateway.database
+        out.append(GatewayBackend(host, port, user, pw, db, bootstrap=gateway_sql(secrets(SITE_SCOPE, PASSWORD_KEY), db)
+                                  if ext else ""))
     if "langfuse" in enabled:
         from aicommons.tenancy.langfuse import LangfuseBackend
 

@@ -173,18 +173,22 @@ class Unauthorized(Exception):
     pass
 
 
-# Authenticate and reserve in one statement (one round trip before the first byte): the key row
-# with the person's budget (own, else the site default), then the conditional upsert of the window
-# row, done only when the key matches, is active and the reservation fits. Window starts are
-# computed by PostgreSQL's date_trunc in UTC, the same boundaries as windows.window_start.
-ADMIT = """
+# The key row with the person's budget (their own, else the site default): both admissions start here.
+KEY = """
 WITH k AS (
     SELECT k.username, k.key_hash, k.active, l.username IS NOT NULL AS own,
            coalesce(l.period, %(dp)s) AS period,
            CASE WHEN l.username IS NULL THEN %(dt)s::bigint ELSE l.tokens END AS tl,
            CASE WHEN l.username IS NULL THEN %(dc)s::numeric ELSE l.cost END AS cl
     FROM gw_keys k LEFT JOIN gw_limits l USING (username) WHERE k.username = %(u)s
-), r AS (
+)"""
+
+
+# Authenticate and reserve in one statement (one round trip before the first byte): the key row
+# with the person's budget (own, else the site default), then the conditional upsert of the window
+# row, done only when the key matches, is active and the reservation fits. Window starts are
+# computed by PostgreSQL's date_trunc in UTC, the same boundaries as windows.window_start.
+ADMIT = KEY + """, r AS (
     INSERT INTO gw_windows AS w (username, period, window_start, tokens_reserved, cost_reserved)
     SELECT username, period, date_trunc(period, %(now)s::timestamptz, 'UTC'), %(t)s, %(c)s FROM k
     WHERE k.active AND k.key_hash = %(h)s AND (k.tl IS NULL OR %(t)s <= k.tl) AND (k.cl IS NULL OR %(c)s <= k.cl)
@@ -204,14 +208,7 @@ SELECT k.key_hash, k.active, k.own, k.period, k.tl, k.cl, (SELECT window_start F
 # reserved, and the upsert re-checks the limit on the row it updates, exactly as ADMIT does (a row
 # made concurrently after this statement's snapshot is caught there: then nothing is reserved and
 # each request is admitted alone). The last column is how many were reserved.
-ADMIT_MANY = """
-WITH k AS (
-    SELECT k.username, k.key_hash, k.active, l.username IS NOT NULL AS own,
-           coalesce(l.period, %(dp)s) AS period,
-           CASE WHEN l.username IS NULL THEN %(dt)s::bigint ELSE l.tokens END AS tl,
-           CASE WHEN l.username IS NULL THEN %(dc)s::numeric ELSE l.cost END AS cl
-    FROM gw_keys k LEFT JOIN gw_limits l USING (username) WHERE k.username = %(u)s
-), cur AS (
+ADMIT_MANY = KEY + """, cur AS (
     SELECT w.tokens_used + w.tokens_reserved AS ut, w.cost_used + w.cost_reserved AS uc
     FROM gw_windows w JOIN k ON w.username = k.username AND w.period = k.period
         AND w.window_start = date_trunc(k.period, %(now)s::timestamptz, 'UTC')

@@ -413,13 +413,15 @@ def test_the_model_server_answers_only_the_gateway(site: Path):
     assert via.split()[0] == "200" and int(via.split()[1]) > 0, via
     nokey = d.exec(200, ["python3", "-c", GATEWAY_PROBE, "http://10.0.5.137:4000/v1/chat/completions", ""]).stdout
     assert nokey.startswith("401"), nokey
-    # the gateway's role owns its tables and is no superuser
-    admin = secret(site, "site", "postgres_admin_password")
-    r = psql(d, 102, "postgres", admin, "aicommons_gateway",
-             "select string_agg(distinct tableowner, ',') from pg_tables where tablename like 'gw_%'")
+    # the gateway's role owns its tables and is no superuser (asked as postgres on CT 102's own socket:
+    # no container of the site is an operator address, CT 102 included)
+    def local_psql(db: str, sql: str):
+        return d.exec(102, ["runuser", "-u", "postgres", "--", "psql", "-d", db, "-Atc", sql])
+
+    r = local_psql("aicommons_gateway",
+                   "select string_agg(distinct tableowner, ',') from pg_tables where tablename like 'gw_%'")
     assert r.ok and r.stdout.strip() == "gateway", (r.stdout, r.stderr)
-    r = psql(d, 102, "postgres", admin, "postgres", "select rolsuper or rolcreatedb or rolcreaterole from pg_roles "
-             "where rolname = 'gateway'")
+    r = local_psql("postgres", "select rolsuper or rolcreatedb or rolcreaterole from pg_roles where rolname = 'gateway'")
     assert r.ok and r.stdout.strip() == "f", (r.stdout, r.stderr)
 
 

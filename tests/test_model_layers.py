@@ -21,10 +21,10 @@ import pytest
 
 from aicommons.catalog import load_catalog
 from aicommons.drivers import modellayers
-from aicommons.drivers.lxc.models import firewall_rules
 from aicommons.errors import PermanentError, SiteInvalid
 from aicommons.plan import models as model_plan
 from aicommons.plan import resolve
+from aicommons.render.bridge_filter import model_server_rules
 from aicommons.render.modelserver import argv, unit_text
 from aicommons.spec.default import LXC_CORE, render_site_yaml
 from aicommons.spec.load import load_text
@@ -235,10 +235,13 @@ def test_units_carry_alias_threads_address_and_metrics():
 
 
 def test_only_the_clients_may_reach_the_model_ports():
-    rules = firewall_rules("aicommons:ns", "10.0.5.100", [8080, 8081], ("10.0.5.110",))
-    assert rules[0][-2:] == ["-j", "ACCEPT"] and "10.0.5.110" in rules[0]
-    assert rules[-1][-2:] == ["-j", "DROP"] and "-s" not in rules[-1] and "8080,8081" in rules[-1]
-    assert [r[-1] for r in firewall_rules("c", "10.0.5.100", [8080], ())] == ["DROP"]
+    site = _lxc_site()
+    rules = model_server_rules(site)
+    assert rules[0] == ("-p IPv4 --ip-src 10.0.5.137 --ip-dst 10.0.5.100 --ip-proto tcp --ip-dport 8080:8083 "
+                        "-j ACCEPT")  # the gateway first, then everyone else dropped
+    assert rules[-1] == "-p IPv4 --ip-dst 10.0.5.100 --ip-proto tcp --ip-dport 8080:8083 -j DROP"
+    del site.services["gateway"]
+    assert model_server_rules(site) == [rules[-1]]  # no gateway: nobody on the bridge
 
 
 def test_client_addresses_come_from_the_catalog_clients():

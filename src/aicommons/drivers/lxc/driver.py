@@ -95,10 +95,9 @@ class LxcDriver:
                  log=None, secrets: SecretLookup | None = None, traefik_dir: str | None = None,
                  traefik_ip: str | None = None, runtime: str = "docker",
                  bridge_filter: str | None = None, owner: str | None = None,
-                 models: tuple = (), model_clients: tuple[str, ...] = ()) -> None:
+                 models: tuple = ()) -> None:
         self.site = site
         self.models = models  # plan/models.py ModelUnit: what the model server container runs
-        self.model_clients = model_clients  # the only addresses that may reach it (its `clients`)
         self.owner = owner  # the site's directory: two sites of one name must not share lxcpath/netns
         self.runtime = runtime  # native: users' apps run from shared layers (apps.py)
         self.bridge_filter = bridge_filter  # render/bridge_filter.py: only Traefik reaches a user's apps
@@ -221,8 +220,7 @@ class LxcDriver:
                   secrets=options.get("secrets"), traefik_ip=str(n.traefik.address),
                   traefik_dir=options.get("traefik_dir", str(Path(lxcpath) / "_traefik" / "dynamic")),
                   runtime=site.user_template.runtime or "docker", bridge_filter=bridge_rules(site),
-                  owner=options.get("owner"), models=tuple(model_plan.model_units(site, cat)),
-                  model_clients=model_plan.client_addresses(site, cat))
+                  owner=options.get("owner"), models=tuple(model_plan.model_units(site, cat)))
         drv.join = bool(options.get("join", False))
         drv.site_spec = site
         return drv

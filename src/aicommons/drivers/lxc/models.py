@@ -2,9 +2,8 @@
 layers (drivers/modellayers.py), bound read-only; one systemd unit per model; only the gateway
 (the catalog's `clients`) may reach it.
 
-The firewall sits in the site's namespace (bridged frames pass iptables there, see
-apps.isolate_users): the model ports of the container take forwarded traffic only from the
-client addresses; the control plane reaches it from the namespace itself (not forwarded), for
+That rule is the site bridge's filter (render/bridge_filter.model_server_rules), loaded with the
+namespace; the control plane reaches the server from the namespace itself (not bridged), for
 `status`. llama-server binds to the container's address only.
 """
 
@@ -14,8 +13,6 @@ import shlex
 from pathlib import Path
 
 from aicommons.drivers import modellayers
-from aicommons.drivers.lxc import netns
-from aicommons.drivers.lxc.run import run
 from aicommons.errors import PermanentError
 from aicommons.plan.model import Container
 from aicommons.plan.secrets import SecretLookup
@@ -60,7 +57,6 @@ def configure(driver, c: Container, secrets: SecretLookup) -> None:
         q = shlex.quote(old)
         driver.sh(c.ctid, f"systemctl disable --now {q} || true; rm -f /etc/systemd/system/{q}.service; "
                           "systemctl daemon-reload")
-    firewall(driver.net, c.ip, [u.port for u in units], driver.model_clients)
     _wait_listening(driver, c, [u.port for u in units], timeout=180)
     _wait_loaded(driver, c, [u.port for u in units], timeout=300)
 
@@ -74,22 +70,3 @@ def _wait_loaded(driver, c: Container, ports: list[int], timeout: float) -> None
              "    urllib.request.urlopen(f'http://{sys.argv[1]}:{p}/health', timeout=5).read()\n")
     wait_inside(driver, c, probe, ports, timeout, f"the models on port(s) {', '.join(map(str, ports))} have not "
                 "finished loading (/health is not 200)")
-
-def firewall_rules(net_comment: str, ip: str, ports: list[int], clients: tuple[str, ...]) -> list[list[str]]:
-    """FORWARD rules (in order): the clients may reach the model ports; everyone else is dropped."""
-    dports = ",".join(map(str, ports))
-    match = ["-d", ip, "-p", "tcp", "-m", "multiport", "--dports", dports, "-m", "comment",
-             "--comment", f"{net_comment}:models"]
-    return [[*match[:2], "-s", c, *match[2:], "-j", "ACCEPT"] for c in clients] + [[*match, "-j", "DROP"]]
-
-
-def firewall(net: netns.NetPlan, ip: str, ports: list[int], clients: tuple[str, ...]) -> None:
-    base = ["ip", "netns", "exec", net.ns, "iptables", "-w"]
-    netns.nsrun(net.ns, ["sysctl", "-q", "-w", "net.bridge.bridge-nf-call-iptables=1"], check=False)
-    # Ours are replaced as a set, so a changed client list or port list leaves nothing stale.
-    listing = run([*base, "-S", "FORWARD"], check=False).stdout.decode()
-    for line in listing.splitlines():
-        if f"{net.comment}:models" in line and line.startswith("-A FORWARD "):
-            run([*base, "-D", *shlex.split(line)[1:]], check=False)
-    for i, rule in enumerate(firewall_rules(net.comment, ip, ports, clients), start=1):
-        run([*base, "-I", "FORWARD", str(i), *rule[0:]])

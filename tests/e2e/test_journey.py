@@ -267,7 +267,9 @@ def test_09_another_persons_apps_are_refused(journey):
 
 def test_10_signs_out_and_is_refused(journey):
     page = page_of(journey)
-    page.goto(f"https://auth.{DOMAIN}/?logout=1")
+    page.goto(url("portal", "/me", user=""))
+    page.locator("#sign-out").click()  # the portal's link to the provider's sign-out
+    page.wait_for_url(re.compile(rf"^https://auth\.{re.escape(DOMAIN)}/"))
     page.goto(url("ai", "/"))
     page.wait_for_url(re.compile(rf"^https://auth\.{re.escape(DOMAIN)}/"))
     page.locator("input[name=password]").wait_for()

@@ -148,3 +148,11 @@ def ns_http(method: str, url: str, *, host: str | None = None, headers: dict | N
     proc = subprocess.run([*argv, url], capture_output=True, timeout=timeout + 10)
     body, _, code = proc.stdout.decode(errors="replace").rpartition("\n")
     return (int(code) if code.isdigit() else 0), body
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """Each phase's report on the item (test_journey.py screenshots the browser when a step fails)."""
+    outcome = yield
+    rep = outcome.get_result()
+    setattr(item, f"rep_{rep.when}", rep)

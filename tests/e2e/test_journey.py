@@ -37,7 +37,7 @@ pytestmark = [pytest.mark.e2e,
               pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (install.sh --test)")]
 
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "journey"
-WHO, EMAIL, PASSWORD = "alice", "alice@example.org", "Alice-first-day-passphrase-7"
+WHO, EMAIL, PASSWORD = "alice", "alice@example.org", "First-day-passphrase-7"
 APPS = ("Open WebUI", "n8n", "Jupyter", "code-server", "ChainForge", "Flowise")  # catalog titles
 OTHER = "user2"  # another person of the site
 VIEWPORT = {"width": 1100, "height": 700}
@@ -92,6 +92,20 @@ def journey(site, site_up, tmp_path_factory):
         # Leave the site as test_lxc_site.py expects it (users 1-3 on CTs 200-202).
         r = cli(site, "users", "remove", WHO, "--purge", timeout=900)
         assert r.returncode == 0, (r.stdout + r.stderr)[-2000:]
+
+
+@pytest.fixture(autouse=True)
+def show_failure(request, journey, tmp_path):
+    """A failed step leaves a screenshot of every open tab (in the test's tmp dir) to look at; then
+    the app tabs are closed."""
+    yield
+    rep = getattr(request.node, "rep_call", None)
+    if rep is not None and rep.failed:
+        for i, p in enumerate(journey["browser"].pages):
+            p.screenshot(path=str(tmp_path / f"failed-{i}.png"))
+            print(f"screenshot of {p.url}: {tmp_path / f'failed-{i}.png'}")
+    for p in journey["browser"].pages[1:]:  # each app's tab (two cores: keep one app page alive)
+        p.close()
 
 
 def page_of(journey):

@@ -66,6 +66,12 @@ def test_service_files_are_pushed_installed_and_a_second_plan_is_a_noop(tmp_path
         want = {p.split("/", 2)[2]: f.mode for p, f in files.items() if p.startswith(f"services/{host}/")}
         if host == "portal":  # on an SQLite state it is not deployed (tests/test_portal_proxmox.py)
             want = {}
+        if host == "gateway":  # works on no state: deployed from this checkout's wheel on the lock
+            want.update({"aicommons-0.1.0-py3-none-any.whl": 0o644, "aicommons-wheel.txt": 0o644,
+                         "requirements.lock": 0o644, "runs-from.json": 0o644})
+            env = (tmp_path / "fake/ct" / str(c.ctid) / "etc/aicommons/gateway.env")
+            assert env.stat().st_mode & 0o777 == 0o600 and "AICOMMONS_SECRET_KEY" not in env.read_text()
+            assert "AICOMMONS_STATE" not in env.read_text() and "user=gateway" in env.read_text()
         assert _pushed(tmp_path, c.ctid, host) == want  # every rendered file, with its mode
     assert _pushed(tmp_path, shared["redis"].ctid, "redis")["users.acl"] == 0o600
     runs = _runs(kw["driver"], pg.ctid)
@@ -131,8 +137,10 @@ def test_a_driver_that_installs_services_gets_only_their_rendered_config(tmp_pat
     plan = plan_site(site, **kw)
     svc = {s.id: s for s in plan.steps.values() if s.kind == "service"}
     assert {"service.postgres", "service.redis"} <= set(svc) and "service.qdrant" not in svc
-    # lemonldap.sql: the sign-in provider's role, database and schema (the LXC site's provider)
-    assert sorted(svc["service.postgres"].payload[1]) == ["conf.d/aicommons.conf", "lemonldap.sql", "pg_hba.conf"]
+    # lemonldap.sql: the sign-in provider's role, database and schema (the LXC site's provider);
+    # gateway.sql: the model gateway's own role and database
+    assert sorted(svc["service.postgres"].payload[1]) == ["conf.d/aicommons.conf", "gateway.sql", "lemonldap.sql",
+                                                          "pg_hba.conf"]
     assert sorted(svc["service.redis"].payload[1]) == ["redis.conf", "users.acl"]
     assert not [s for s in svc.values() if "install.sh" in s.payload[1]]
 

@@ -47,14 +47,14 @@ def test_apps_reach_models_through_the_gateway_with_their_own_label():
     assert secrets["GATEWAY_KEY_CHAINFORGE"] == f"{key}~chainforge"
 
 
-def test_an_lxc_site_does_not_run_the_gateway_yet_so_apps_are_not_sent_there():
+def test_an_lxc_site_runs_the_gateway_so_apps_are_sent_there():
     text = "\n".join("driver: {kind: lxc}" if line.startswith("driver:") else line
                      for line in SITE.format(gw=", gateway: {}").splitlines())
     site, _ = load_text(text)
     r = resolve(site)
-    assert "gateway" in r.undeployed
+    assert "gateway" not in r.undeployed  # from this checkout's runtime, like the portal
     e, _ = app_environment(r, r.tenant("ann"), load_catalog().apps["openwebui"], lambda s, k: "x", port=1, data=None)
-    assert "OPENAI_API_BASE_URLS" not in e
+    assert e["OPENAI_API_BASE_URLS"] == "http://10.0.5.137:4000/v1"
 
 
 def test_without_a_gateway_apps_keep_their_direct_wiring():

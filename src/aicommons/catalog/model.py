@@ -69,6 +69,9 @@ class Install(Strict):
     script: str = ""  # shell, run as root inside the container
     needs_download: bool = False  # needs hosts beyond Debian's mirror (upstream binaries/images)
     command: str = ""  # aicommons: the subcommand line; {ip} = the container's, {proxy} = Traefik's source
+    # aicommons: it works on the site's state (given the state and the secrets key). False: only
+    # the site file and its own settings (the gateway: its database login), nothing more.
+    state: bool = True
 
 
 class Route(Strict):

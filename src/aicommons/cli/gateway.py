@@ -25,9 +25,20 @@ def register(app: typer.Typer) -> None:
 
 
 def _conninfo(file: Path, state: str | None, database: str | None) -> str:
-    from aicommons.gateway.site import conninfo_for
+    """--database, else $AICOMMONS_GATEWAY_DATABASE (the gateway's own login in its container: no
+    state or secrets key needed there), else the site's PostgreSQL through the state's admin login."""
+    import os
 
-    return database or conninfo_for(file, state)
+    from aicommons.drivers.registry import enter_site_network, site_owner
+    from aicommons.gateway.site import DATABASE_ENV, conninfo_for
+
+    given = database or os.environ.get(DATABASE_ENV)
+    if given:
+        return given
+    site, _ = load(file)
+    # The site's own PostgreSQL: on LXC reachable only in the site's namespace (as for `status`)
+    enter_site_network(site, site_owner(file))
+    return conninfo_for(file, state)
 
 
 @gateway_app.command("serve")
@@ -43,13 +54,17 @@ def serve(file: Path = SiteFile,
     from aicommons.cli.portal import _socket
     from aicommons.gateway.app import create_app
     from aicommons.gateway.config import GatewayConfig
+    from aicommons.plan import resolve
+    from aicommons.plan.models import gateway_routes
 
     site, _ = load(file)
-    if not site.gateway.upstreams:
-        console.print("gateway.upstreams is empty: /v1/models lists nothing until a model server is named")
+    routes = gateway_routes(resolve(site))  # the model server's address needs no state (a fixed octet)
+    if not routes:
+        console.print("no models: gateway.upstreams is empty and the site serves no model file; "
+                      "/v1/models lists nothing until a model server is named")
     import re
 
-    cfg = GatewayConfig.from_spec(site.gateway, _conninfo(file, state, database), pool_size=pool,
+    cfg = GatewayConfig.from_spec(site.gateway, _conninfo(file, state, database), routes=routes, pool_size=pool,
                                   cors_origin_regex=rf"https://([a-z0-9-]+\.)*{re.escape(site.domain)}")
     socks = [_socket(x) for x in (listen or ["127.0.0.1:4000"])]
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")

@@ -429,7 +429,8 @@ def apply_site(site_file, *, state_path=None, targets=None, yes: bool = True, dr
             s.driver.check(plan, purge=purge)  # the driver refuses a plan it cannot carry out whole, before any change (drivers/base.py)
         run_id = result.run_id = s.state.begin_run(command)
         rep.open_log(run_id)
-        ctx = Context(s.state, s.secrets, s.driver, s.target, redact, purge=purge, control=s.control)
+        ctx = Context(s.state, s.secrets, s.driver, s.target, redact, purge=purge, control=s.control,
+                      resolved=s.resolved)
 
         def step_fn(step):
             s.state.journal(run_id, step.id, step.action, "started", step.reason)

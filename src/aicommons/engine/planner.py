@@ -21,6 +21,9 @@ from aicommons.plan.model import Container, ResolvedSite, Tenant
 TRAEFIK_DIR = "traefik/dynamic/"
 FIREWALL = "firewall"  # the one site-wide firewall step (address and step id)
 
+# Shared services whose PostgreSQL role the site's PostgreSQL configuration makes (postgres.yaml).
+ROLE_FROM_POSTGRES = frozenset({"gateway"})
+
 
 @dataclass
 class Reality:
@@ -83,6 +86,7 @@ class Planner:
         self._bundles(tenants)
         self._allocations(tenants)
         self._services(containers)
+        self._after_their_role(containers)
         self._service_buckets(containers)
         self._ollama(containers)
         self._firewall()
@@ -285,6 +289,18 @@ class Planner:
                 step.action, step.reason = "update", "changed: " + ", ".join(diff[:5])
             step.deps.add(A.container(c.ctid))
             self.add(step)
+
+    def _after_their_role(self, containers: list[Container]) -> None:
+        """A service whose PostgreSQL login the site's PostgreSQL configuration makes (the
+        gateway's role, render/gatewaydb.py) starts once that configuration ran: at start it
+        logs in and makes its tables, and would otherwise fail until the role exists."""
+        pg = next((f"service.{c.hostname}" for c in containers if c.role == "shared" and c.name == "postgres"), None)
+        if pg is None or pg not in self.steps:
+            return
+        for c in containers:
+            step = self.steps.get(A.container(c.ctid))
+            if c.role == "shared" and c.name in ROLE_FROM_POSTGRES and step is not None:
+                step.deps.add(pg)
 
     def _service_buckets(self, containers: list[Container]) -> None:
         """A shared service's own object-store key and bucket (Langfuse's), made at apply time."""

@@ -168,12 +168,17 @@ def _aicommons_payload(ctx, svc, root: str) -> dict[str, tuple[bytes, int]] | st
     plane = ctx.control
     if plane is None:
         raise PermanentError(f"{svc.name}: the engine was given no site file and state to run it on")
-    if not plane.state_is_url:
+    if svc.install.state and not plane.state_is_url:
         return (f"{svc.name} not deployed: it works on the site's state, which is the SQLite file {plane.state} on "
                 "this machine, out of the container's reach; keep the state in PostgreSQL (`--state "
                 "postgresql://…` or AICOMMONS_STATE) and apply again")
     site_path = posixpath.join(aicservice.ETC, "site.yaml")
-    env = {"AICOMMONS_SITE": site_path, "AICOMMONS_STATE": plane.state, **plane.key_env()}
+    # A service that does not work on the state (the gateway) gets neither it nor the secrets key.
+    if ctx.resolved is None:
+        raise PermanentError(f"{svc.name}: the engine was given no resolved site to take its settings from")
+    env = {"AICOMMONS_SITE": site_path, **aicservice.own_env(svc, ctx.resolved, ctx.secrets.get)}
+    if svc.install.state:
+        env.update({"AICOMMONS_STATE": plane.state, **plane.key_env()})
     out = {site_path: (plane.site_file.read_bytes(), 0o600),
            aicservice.env_path(svc): (aicservice.env_file(env).encode(), 0o600)}
     wheel = _wheel()

@@ -8,6 +8,7 @@ from __future__ import annotations
 import posixpath
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from typing import Any
 
 from aicommons.drivers.base import (
     AppliesFirewall,
@@ -41,6 +42,7 @@ class Context:
     purge: bool = False
     ready_timeout: float = 120
     control: ControlPlane | None = None  # the site file, state and key an aicommons service (portal) runs on
+    resolved: Any = None  # the ResolvedSite being applied (an aicommons service's own settings come from it)
 
     def tenant_secrets(self, t: Tenant) -> dict[str, str]:
         return {k: self.secrets.get(t.user, k) for k in tenant_keys(t)}

@@ -36,9 +36,12 @@ class GatewayConfig:
     upstream_timeout: float = 600.0
 
     @classmethod
-    def from_spec(cls, gw: Gateway, conninfo: str, **kw) -> GatewayConfig:
+    def from_spec(cls, gw: Gateway, conninfo: str, routes: dict[str, str] | None = None, **kw) -> GatewayConfig:
+        """`routes`: model -> upstream (plan/models.py gateway_routes); default: gw.upstreams."""
         per_million = Decimal(1_000_000)
-        return cls(conninfo=conninfo, routes={m: up.url.rstrip("/") for up in gw.upstreams for m in up.models},
+        if routes is None:
+            routes = {m: up.url.rstrip("/") for up in gw.upstreams for m in up.models}
+        return cls(conninfo=conninfo, routes=routes,
                    budget=gw.budget, default_max_tokens=gw.default_max_tokens,
                    prices={m: Price(Decimal(str(p.prompt)) / per_million, Decimal(str(p.completion)) / per_million)
                            for m, p in gw.prices.items()}, **kw)

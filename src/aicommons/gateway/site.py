@@ -9,8 +9,9 @@ from pathlib import Path
 from psycopg.conninfo import make_conninfo
 
 from aicommons.errors import AicError
+from aicommons.render.aicservice import DATABASE_ENV
 
-DATABASE_ENV = "AICOMMONS_GATEWAY_DATABASE"
+__all__ = ["DATABASE_ENV", "NoGateway", "conninfo_for", "conninfo_from"]
 
 
 class NoGateway(AicError):

@@ -563,12 +563,13 @@ def show_user(site_file: Path, name: str, *, reveal: bool = False, state_path=No
             info["langfuse"] = {"url": f"http://{host}:{port}", "trace_tags": [f"user:{t.user}"],
                                 "user_id": t.user}
         if t.gateway and "gateway" in ep:
+            from aicommons.plan.models import gateway_routes
             from aicommons.plan.policy import gateway_key
 
             host, port = hp("gateway")
             route = next((x.host for x in r.routes if x.service == "gateway"), None)
             info["gateway"] = {"url": f"http://{host}:{port}/v1", **({"public_url": f"https://{route}/v1"} if route else {}),
-                               "models": sorted(m for up in r.site.gateway.upstreams for m in up.models),
+                               "models": sorted(gateway_routes(r)),
                                "key": hide(gateway_key(t.user, s["gateway_key"]), t.user, "gateway_key"),
                                "app_label": "append ~APP to the key (e.g. ~notebook) to see that app's usage apart"}
             if "gateway" in r.undeployed:

@@ -124,3 +124,11 @@ def upstreams(resolved: ResolvedSite) -> dict[str, tuple[str, str]]:
     if ep is None:
         return {}
     return {u.model.name: (f"http://{ep.host}:{u.port}/v1", u.model.kind) for u in resolved.model_units}
+
+
+def gateway_routes(resolved: ResolvedSite) -> dict[str, str]:
+    """What the gateway offers: model -> upstream /v1 URL. `gateway.upstreams` when the site file
+    names them, else the site's own model server's models (`upstreams`): a default site needs no
+    gateway settings."""
+    named = {m: up.url.rstrip("/") for up in resolved.site.gateway.upstreams for m in up.models}
+    return named or {name: url for name, (url, _kind) in upstreams(resolved).items()}

@@ -33,6 +33,7 @@ SITE_KEYS = (
     "grafana_admin_password",
     "lemonldap_key",          # LL::NG's `key`: encrypts what its sessions and tokens carry
     "lemonldap_db_password",  # its role in the site's PostgreSQL
+    "gateway_db_password",    # the model gateway's role in the site's PostgreSQL (render/gatewaydb.py)
 )
 
 # Per-user secrets, generated once per tenant slice.

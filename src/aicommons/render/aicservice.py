@@ -16,7 +16,8 @@ import shlex
 
 from aicommons.catalog.model import Service
 from aicommons.plan.access import proxy_source
-from aicommons.plan.model import Container
+from aicommons.plan.model import Container, ResolvedSite
+from aicommons.plan.secrets import SITE_SCOPE, SecretLookup
 from aicommons.spec.models import Site
 
 MOUNT = "/opt/aicommons/runtime"
@@ -25,6 +26,7 @@ ETC = "/etc/aicommons"
 IN_SITE_ENV = "AICOMMONS_IN_SITE"  # set for a process that already runs on the site's network
 WHEEL_REQ = "aicommons-wheel.txt"  # `aicommons @ file://… --hash=sha256:…`, pushed beside the wheel
 LOCK_FILE = "requirements.lock"
+DATABASE_ENV = "AICOMMONS_GATEWAY_DATABASE"  # gateway/site.py reads it
 
 
 def is_aicommons(svc: Service) -> bool:
@@ -66,6 +68,16 @@ def unit(svc: Service, c: Container, site: Site) -> str:
             "PrivateTmp=yes\n"
             "[Install]\n"
             "WantedBy=multi-user.target\n")
+
+
+def own_env(svc: Service, resolved: ResolvedSite, secrets: SecretLookup) -> dict[str, str]:
+    """Settings of a service's own in its env file, beside the site file (and state): the
+    gateway's database login (its least-privilege role, render/gatewaydb.py)."""
+    if svc.name == "gateway":
+        from aicommons.render import gatewaydb
+
+        return {DATABASE_ENV: gatewaydb.conninfo(resolved, secrets(SITE_SCOPE, gatewaydb.PASSWORD_KEY))}
+    return {}
 
 
 def env_file(values: dict[str, str]) -> str:

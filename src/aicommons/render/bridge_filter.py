@@ -17,6 +17,10 @@ kernel refuses them.
   the gateway's address as source is dropped by the kernel (a local source arriving from
   outside) or, on the bridge, by FORWARD.
 
+- FORWARD to the model server (llama-server, no authentication of its own): its model ports
+  take frames only from its catalog `clients` (the gateway); every other container is dropped.
+  The control plane reaches it from the namespace itself (OUTPUT), for `status`.
+
 What this cannot tell apart: Traefik and the control plane share the namespace and its source
 address (both are the host's root). The host's own namespace has no route to the site.
 User containers run no exporter on this driver, so Prometheus needs no exception.
@@ -49,7 +53,27 @@ def bridge_rules(site: Site) -> str:
     to_user += [f"-p IPv4 --ip-proto {proto} --ip-dport {SERVICE_PORTS} -j DROP" for proto in ("tcp", "udp")]
     out = [f"-p IPv4 --ip-src ! {source} --ip-dst {u} --ip-proto {proto} --ip-dport {SERVICE_PORTS} -j DROP"
            for u in users for proto in ("tcp", "udp")]
+    fwd += model_server_rules(site)
     lines = ["*filter", ":INPUT ACCEPT", ":FORWARD ACCEPT", ":OUTPUT ACCEPT", f":{TO_USER} RETURN"]
     lines += [f"-A FORWARD {r}" for r in fwd] + [f"-A {TO_USER} {r}" for r in to_user]
     lines += [f"-A OUTPUT {r}" for r in out]
     return "\n".join(lines) + "\n"
+
+
+def model_server_rules(site: Site) -> list[str]:
+    """FORWARD rules: the model server's ports from its clients only (plan/models.py)."""
+    from aicommons.catalog import load_catalog
+    from aicommons.plan import models
+
+    cat = load_catalog()
+    if not models.serving(site):
+        return []
+    ov = site.services[models.SERVICE]
+    server = str(ov.address) if ov.address is not None else str(
+        site.network.subnet.network_address + (cat.services[models.SERVICE].octet or 0))
+    ports = models.model_ports(cat)
+    span = f"{min(ports)}:{max(ports)}"
+    # In the order ebtables-save prints the matches (the driver reads the table back to compare).
+    rest = f"--ip-dst {server} --ip-proto tcp --ip-dport {span}"
+    return ([f"-p IPv4 --ip-src {c} {rest} -j ACCEPT" for c in models.client_addresses(site, cat)]
+            + [f"-p IPv4 {rest} -j DROP"])

@@ -151,8 +151,9 @@ class _Wiring:
                 # RAG_OPENAI_API_BASE_URL/_KEY, the embeddings of RAG_EMBEDDING_ENGINE=openai).
                 e.update(ENABLE_OPENAI_API="true", OPENAI_API_BASE_URLS=gw[0], OPENAI_API_KEYS=gw[2],
                          ENABLE_OLLAMA_API="false")
-                if r.site.embedding.engine == "openai":
-                    e.update(RAG_OPENAI_API_BASE_URL=gw[0], RAG_OPENAI_API_KEY=gw[2])
+                if r.site.embedding.engine == "openai":  # also without Qdrant (its local store embeds too)
+                    e.update(RAG_EMBEDDING_ENGINE="openai", RAG_EMBEDDING_MODEL=r.site.embedding.model,
+                             RAG_OPENAI_API_BASE_URL=gw[0], RAG_OPENAI_API_KEY=gw[2])
             elif ollama:
                 e.update(ENABLE_OLLAMA_API="true", OLLAMA_BASE_URL=ollama)
             else:  # nothing listens at its default (localhost:11434): do not dial it
@@ -185,6 +186,8 @@ class _Wiring:
             e["N8N_INSTANCE_OWNER_PASSWORD_HASH"] = self.put("N8N_INSTANCE_OWNER_PASSWORD_HASH",
                                                              bcrypt_hash(pw, f"{t.user}/n8n"))
             # No OLLAMA_HOST: n8n does not read it (its Ollama credential holds the URL; catalog verify).
+            if gw := self.gateway(app.name):  # its OpenAI credential, imported at start (render/native.py)
+                e.update(AICOMMONS_GATEWAY_URL=gw[0], AICOMMONS_GATEWAY_KEY=gw[2])
         elif app.name == "jupyter":
             # No token: only Traefik reaches it, behind the owner's sign-in (the command sets
             # IdentityProvider.token to empty; JUPYTER_TOKEN would win over it).

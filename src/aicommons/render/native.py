@@ -135,6 +135,8 @@ def _unit(app: App, t: Tenant, plain: dict[str, str], env_file: str) -> str:
           if native_of(app).node else []),
         *(f'Environment="{k}={_unit_value(v)}"' for k, v in plain.items()),
         f"EnvironmentFile={env_file}",
+        # '-': a failed pre-start step never keeps the app from starting
+        *("ExecStartPre=-" + " ".join(_exec_arg(a) for a in argv) for argv in prestart(app, t, plain)),
         "ExecStart=" + " ".join(_exec_arg(a) for a in command(app, t)),
         "Restart=on-failure",
         "RestartSec=5",
@@ -157,6 +159,31 @@ def _unit(app: App, t: Tenant, plain: dict[str, str], env_file: str) -> str:
         "WantedBy=multi-user.target",
     ]
     return "\n".join(lines) + "\n"
+
+
+# n8n: the person's model-gateway credential, imported before every start with n8n's own CLI
+# (n8n 2.33.7 dist/commands/import/credentials.js: `data` given as an object is encrypted with the
+# instance's key; no --userId: the owner's personal project; a fixed id upserts, so a rotated key
+# replaces the old one). The key comes from the unit's environment (AICOMMONS_GATEWAY_KEY, in the
+# 0600 env file) into a 0600 file in the app's home that is removed once imported.
+N8N_CREDENTIAL_ID = "aicommonsgateway"  # n8n ids are up to 36 characters
+N8N_CREDENTIAL_NAME = "Model gateway (aicommons)"
+_N8N_IMPORT = (
+    "const fs = require('fs'), cp = require('child_process');"
+    "const p = require('path').join(process.env.HOME, 'aicommons-credentials.json');"
+    "fs.writeFileSync(p, JSON.stringify([{id: '" + N8N_CREDENTIAL_ID + "', name: '" + N8N_CREDENTIAL_NAME + "',"
+    " type: 'openAiApi', data: {apiKey: process.env.AICOMMONS_GATEWAY_KEY,"
+    " url: process.env.AICOMMONS_GATEWAY_URL}}]), {mode: 0o600});"
+    "try { cp.execFileSync(process.execPath, [process.argv[1], 'import:credentials', '--input=' + p],"
+    " {stdio: 'inherit'}); } finally { fs.unlinkSync(p); }")
+
+
+def prestart(app: App, t: Tenant, plain: dict[str, str]) -> list[list[str]]:
+    """Commands the app's unit runs before the app (ExecStartPre): n8n's gateway credential."""
+    if app.name == "n8n" and "AICOMMONS_GATEWAY_URL" in plain:
+        n = native_of(app)
+        return [[f"{node_mount(n.node)}/bin/node", "-e", _N8N_IMPORT, f"{layer_mount(app)}/node_modules/n8n/bin/n8n"]]
+    return []
 
 
 def first_account(resolved: ResolvedSite, t: Tenant, app: App, secrets: SecretLookup) -> dict | None:

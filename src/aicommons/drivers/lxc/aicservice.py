@@ -24,6 +24,7 @@ from aicommons.catalog import load_catalog
 from aicommons.catalog.model import Service
 from aicommons.drivers.base import ControlPlane
 from aicommons.errors import PermanentError
+from aicommons.plan import resolve
 from aicommons.plan.model import Container
 from aicommons.render import aicservice as R
 
@@ -47,18 +48,19 @@ def mounts(c: Container, cache_dir: str, control: ControlPlane | None, log, stag
     from aicommons.drivers import runtime
 
     out = [(str(runtime.ensure_layer(cache_dir, log)), R.MOUNT, "ro")]
-    out += [(staged, inside, how) for _real, staged, inside, how in control_binds(control, stage)]
+    state = any(s.install.state for s in services_of(c))
+    out += [(staged, inside, how) for _real, staged, inside, how in control_binds(control, stage, state)]
     return out
 
 
-def control_binds(control: ControlPlane, stage: Path) -> list[tuple[str, str, str, str]]:
+def control_binds(control: ControlPlane, stage: Path, state: bool = True) -> list[tuple[str, str, str, str]]:
     """(host dir, its staged path under the container's directory, path inside, ro|rw): the site
     file's directory and the SQLite state's. LXC attaches an idmapped mount as the container's
     root, which must be able to pass every parent of its source: a site kept under /root (0700)
     could not be bound. prestart.py binds each real directory onto its staged path (inside the
     driver's lxcpath, which is searchable) in its private mount namespace, and LXC binds from there."""
     out = [(str(control.site_file.parent), str(stage / "site"), SITE_MOUNT, "ro")]
-    if not control.state_is_url:
+    if state and not control.state_is_url:  # `state: false` (the gateway): the site file only
         out.append((posixpath.dirname(control.state), str(stage / "state"), STATE_MOUNT, "rw"))
     return out
 
@@ -85,10 +87,14 @@ def stale_runtime(meta: dict, config_text: str) -> bool:
     return not have or posixpath.basename(have[0]) != want
 
 
-def env(svc: Service, control: ControlPlane) -> dict[str, str]:
+def env(svc: Service, control: ControlPlane, own: dict[str, str] | None = None) -> dict[str, str]:
+    """Its env file: the site file, and the state and secrets key only for a service that works on
+    the state (`install.state`); `own`: its settings of its own (the gateway's database login)."""
+    site = {"AICOMMONS_SITE": posixpath.join(SITE_MOUNT, control.site_file.name), R.IN_SITE_ENV: "1", **(own or {})}
+    if not svc.install.state:
+        return site
     state = control.state if control.state_is_url else posixpath.join(STATE_MOUNT, posixpath.basename(control.state))
-    return {"AICOMMONS_SITE": posixpath.join(SITE_MOUNT, control.site_file.name), "AICOMMONS_STATE": state,
-            R.IN_SITE_ENV: "1", **control.key_env()}
+    return {**site, "AICOMMONS_STATE": state, **control.key_env()}
 
 
 def ensure(driver, c: Container, svc: Service, put) -> None:
@@ -99,7 +105,8 @@ def ensure(driver, c: Container, svc: Service, put) -> None:
     site = driver.site_spec
     if site is None:
         raise PermanentError(f"{svc.name}: the driver was not made from a site file (LxcDriver.from_site)")
-    changed = put(driver, c.ctid, R.env_path(svc), R.env_file(env(svc, driver.control)), 0o600)
+    own = R.own_env(svc, resolve(site), driver.secrets) if driver.secrets is not None else {}
+    changed = put(driver, c.ctid, R.env_path(svc), R.env_file(env(svc, driver.control, own)), 0o600)
     changed |= put(driver, c.ctid, f"/etc/systemd/system/{R.unit_name(svc)}", R.unit(svc, c, site), 0o644)
     u = shlex.quote(R.unit_name(svc))
     driver.sh(c.ctid, f"chmod 0700 {R.ETC}; systemctl daemon-reload; systemctl enable --quiet {u}; "

@@ -1,0 +1,166 @@
+"""The model gateway on the default LXC site (pure: plan and render, nothing runs).
+
+The gateway runs from this checkout's runtime like the portal (catalog `method: aicommons`),
+logs in to the site's PostgreSQL as its own least-privilege role, gets no state and no secrets
+key, forwards to the site's own llama-server models when the site file names no upstreams, and
+the bridge filter lets only it reach the model server. Apps are then wired through it. Real:
+the plan, the renderers and the bridge filter text; the LXC run is tests/e2e/test_lxc_site.py.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from aicommons.catalog import load_catalog
+from aicommons.drivers.base import ControlPlane
+from aicommons.plan.models import gateway_routes
+from aicommons.plan.resolve import resolve
+from aicommons.render import aicservice as R
+from aicommons.render import gatewaydb
+from aicommons.render.bridge_filter import bridge_rules
+from aicommons.render.compose import app_environment
+from aicommons.spec.default import LXC_CORE, render_site_yaml
+from aicommons.spec.load import load_text
+
+
+def default_site(users: int = 1):
+    site, _ = load_text(render_site_yaml(users=users, driver="lxc", services=LXC_CORE))
+    return site
+
+
+def secrets(scope: str, key: str) -> str:
+    return f"<{scope}:{key}>"
+
+
+def test_the_default_lxc_site_deploys_the_gateway_from_this_checkout():
+    site = default_site()
+    r = resolve(site)
+    svc = load_catalog().services["gateway"]
+    assert "gateway" in LXC_CORE and "gateway" not in r.undeployed
+    assert svc.install.method == "aicommons" and not svc.install.state
+    c = next(c for c in r.containers if c.name == "gateway")
+    assert (c.ctid, c.ip) == (137, "10.0.5.137")
+    assert ("ExecStart=/opt/aicommons/runtime/bin/python -m aicommons.cli gateway serve --listen 10.0.5.137:4000\n"
+            in R.unit(svc, c, site))
+
+
+def test_a_default_site_needs_no_gateway_settings_its_models_are_the_upstreams():
+    r = resolve(default_site())
+    assert r.site.gateway.upstreams == []
+    assert gateway_routes(r) == {"smollm2": "http://10.0.5.100:8080/v1", "smollm2-embed": "http://10.0.5.100:8081/v1"}
+    named = load_text(render_site_yaml(users=1, driver="lxc", services=LXC_CORE)
+                      + "gateway:\n  upstreams: [{url: 'http://10.9.9.9:1/v1/', models: [other]}]\n")[0]
+    assert gateway_routes(resolve(named)) == {"other": "http://10.9.9.9:1/v1"}  # what the site file names wins
+
+
+def test_its_env_is_the_site_file_and_its_own_database_login_never_the_state_or_key(tmp_path: Path):
+    from aicommons.drivers.lxc import aicservice as L
+
+    site = default_site()
+    r = resolve(site)
+    cat = load_catalog()
+    plane = ControlPlane(tmp_path / "site.yaml", str(tmp_path / "state.db"), lambda: {"AICOMMONS_SECRET_KEY": "k"})
+    own = R.own_env(cat.services["gateway"], r, secrets)
+    env = L.env(cat.services["gateway"], plane, own)
+    assert "AICOMMONS_STATE" not in env and "AICOMMONS_SECRET_KEY" not in env
+    assert env["AICOMMONS_SITE"] == "/etc/aicommons/site/site.yaml"
+    db = env["AICOMMONS_GATEWAY_DATABASE"]
+    assert "host=10.0.5.102" in db and "user=gateway" in db and "dbname=aicommons_gateway" in db
+    assert "<site:gateway_db_password>" in db
+    # the portal still works on the state
+    portal = L.env(cat.services["portal"], plane, R.own_env(cat.services["portal"], r, secrets))
+    assert portal["AICOMMONS_SECRET_KEY"] == "k" and portal["AICOMMONS_STATE"].endswith("state.db")
+    # and only the site file's directory is bound into its container (not the SQLite state's)
+    binds = L.control_binds(plane, tmp_path / "stage", state=False)
+    assert [b[2] for b in binds] == [L.SITE_MOUNT]
+
+
+def test_its_role_reaches_only_its_database_and_owns_it():
+    from aicommons.render.services import pg_hba
+
+    r = resolve(default_site())
+    hba = pg_hba(r)
+    assert "host    aicommons_gateway  gateway  10.0.5.137/32  scram-sha-256  # gateway" in hba
+    sql = gatewaydb.gateway_sql("pw'1", "aicommons_gateway")
+    assert "NOSUPERUSER NOCREATEDB NOCREATEROLE" in sql and "pw'1" not in sql  # a SCRAM verifier only
+    assert "CREATE DATABASE aicommons_gateway OWNER gateway" in sql
+    assert "ALTER TABLE IF EXISTS gw_usage OWNER TO gateway;" in sql
+    assert sql == gatewaydb.gateway_sql("pw'1", "aicommons_gateway")  # stable: no needless reload
+
+
+def test_the_site_postgres_config_runs_the_gateway_sql():
+    from aicommons.render.services import backend_files
+
+    r = resolve(default_site())
+    files = {f.path: f for f in backend_files(r, secrets)}
+    f = files["services/postgres/gateway.sql"]
+    assert f.mode == 0o600 and "CREATE ROLE gateway LOGIN" in f.content
+    pg = load_catalog().services["postgres"].configure
+    assert "gateway.sql" in pg.files and "aicommons-gateway.sql" in pg.apply and "gateway.sql" in pg.reload.files
+
+
+def test_the_proxmox_install_never_pip_installs_a_registry_name():
+    import yaml
+
+    from aicommons.render.shared_compose import shared_files
+
+    data = {"version": 1, "name": "site1", "domain": "example.org", "services": {"postgres": {}, "gateway": {}},
+            "user_template": {"apps": ["code-server"]}, "users": [],
+            "driver": {"kind": "proxmox", "api_url": "https://pve.internal:8006", "token_id": "a@pve!t",
+                       "token_secret": "x", "nodes": ["pve1"], "storage": "local-lvm",
+                       "template": "local:vztmpl/debian-12-standard_12.12-1_amd64.tar.zst"}}
+    site, _ = load_text(yaml.safe_dump(data))
+    files = {f.path: f for f in shared_files(resolve(site), lambda scope, key: "pw")}
+    script = files["services/gateway/install.sh"].content
+    assert subprocess.run(["sh", "-n"], input=script, text=True).returncode == 0
+    assert "aicommons==" not in script and "pip install aicommons" not in script
+    assert "--require-hashes" in script and script.rstrip().endswith("systemctl restart aicommons-gateway.service")
+
+
+@pytest.mark.parametrize("app", ["openwebui", "jupyter", "code-server", "chainforge"])
+def test_on_the_default_lxc_site_each_app_goes_through_the_gateway(app):
+    r = resolve(default_site())
+    t = r.tenant("user1")
+    e, env = app_environment(r, t, load_catalog().apps[app], secrets, port=1, data=None)
+    var = {"openwebui": "OPENAI_API_KEYS"}.get(app, "OPENAI_API_KEY")
+    assert env[e[var][2:-1]].endswith(f"~{app}")
+    if app == "openwebui":
+        assert e["OPENAI_API_BASE_URLS"] == "http://10.0.5.137:4000/v1" and e["ENABLE_OLLAMA_API"] == "false"
+        # documents are embedded through the gateway with the served embedding model
+        assert (e["RAG_EMBEDDING_ENGINE"], e["RAG_EMBEDDING_MODEL"]) == ("openai", "smollm2-embed")
+        assert e["RAG_OPENAI_API_BASE_URL"] == "http://10.0.5.137:4000/v1" and e["RAG_OPENAI_API_KEY"] == e[var]
+    elif app == "chainforge":
+        assert e["OPENAI_BASE_URL"] == "https://models.valuechainhackers.xyz/v1"  # the browser's way in
+    else:
+        assert e["OPENAI_BASE_URL"] == "http://10.0.5.137:4000/v1"
+
+
+def test_only_the_gateway_reaches_the_model_server_on_the_bridge():
+    rules = bridge_rules(default_site()).splitlines()
+    model = [ln for ln in rules if "--ip-dst 10.0.5.100 " in ln]
+    assert model == ["-A FORWARD -p IPv4 --ip-src 10.0.5.137 --ip-dst 10.0.5.100 --ip-proto tcp --ip-dport 8080:8083 -j ACCEPT",
+                     "-A FORWARD -p IPv4 --ip-dst 10.0.5.100 --ip-proto tcp --ip-dport 8080:8083 -j DROP"]
+    # the namespace itself (the control plane's `status`) is not forwarded: no OUTPUT rule for it
+    assert not [ln for ln in rules if ln.startswith("-A OUTPUT") and "10.0.5.100" in ln]
+    without = load_text(render_site_yaml(users=1, driver="lxc", services=["postgres"]))[0]
+    assert "10.0.5.100" not in bridge_rules(without)
+
+
+def test_n8n_imports_the_persons_gateway_credential_before_it_starts():
+    """A pre-made OpenAI credential in n8n holding the person's gateway URL and key: imported by
+    n8n's own CLI at every start (an upsert by a fixed id), the key only in the 0600 env file."""
+    from aicommons.render.native import N8N_CREDENTIAL_ID, native_bundle
+
+    r = resolve(default_site())
+    b = native_bundle(r, r.tenant("user1"), secrets, "/etc/aicommons/env")
+    unit = b.units["aic-n8n.service"]
+    pre = [ln for ln in unit.splitlines() if ln.startswith("ExecStartPre=")]
+    assert len(pre) == 1 and pre[0].startswith("ExecStartPre=-") and "import:credentials" in pre[0]
+    assert N8N_CREDENTIAL_ID in pre[0] and "openAiApi" in pre[0] and "node_modules/n8n/bin/n8n" in pre[0]
+    assert 'Environment="AICOMMONS_GATEWAY_URL=http://10.0.5.137:4000/v1"' in unit
+    assert "gateway_key" not in unit and "AICOMMONS_GATEWAY_KEY=" in b.env_files["n8n"]
+    other = b.units["aic-jupyter.service"]
+    assert "ExecStartPre" not in other

@@ -39,7 +39,8 @@ pytestmark = [pytest.mark.e2e,
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "journey"
 WHO, EMAIL, PASSWORD = "alice", "alice@example.org", "First-day-passphrase-7"
 APPS = ("Open WebUI", "n8n", "Jupyter", "code-server", "ChainForge", "Flowise")  # catalog titles
-OTHER = "user2"  # another person of the site
+OTHER = "user2"
+MODEL = "smollm2"  # the model the default site serves (spec/default.py)  # another person of the site
 VIEWPORT = {"width": 1100, "height": 700}
 SLOW = 120_000  # ms: the app UIs are heavy on two cores
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
@@ -175,7 +176,36 @@ def test_03_open_webui_saves_a_chat(journey):
     ok = page.get_by_role("button", name="Okay, Let's Go!")  # the first visit's release notes
     if ok.count():
         ok.click()
+    choose = page.get_by_role("button", name="Select a model")
+    if choose.count():
+        choose.first.click()
+        page.get_by_role("button", name=re.compile(MODEL)).first.click()
+    page.locator("#chat-input").fill("What is the capital of France? One word.")
+    page.locator("#send-message-button").click()
+    page.wait_for_url(re.compile(r"/c/[0-9a-f-]{36}$"))  # the chat is saved (its own address)
+    answer = page.locator("#response-content-container").last
+    playwright.expect(answer).to_have_text(re.compile(r"\w"), timeout=SLOW)  # the site's model answered
+    journey["chat"] = page.url
     shot(page, "04-open-webui")
+
+
+def test_03b_a_spent_budget_is_said_plainly_in_open_webui(journey):
+    """Issue 22: with her budget spent, the next question gets the gateway's 429, and Open WebUI
+    shows its message (what is left, when it resets), not a bare error."""
+    site = journey["site"]
+    r = cli(site, "users", "budget", WHO, "--tokens", "1", "--period", "day")
+    assert r.returncode == 0, (r.stdout + r.stderr)[-2000:]
+    try:
+        page = journey["browser"].new_page()
+        page.goto(journey["chat"])  # the chat of the step before
+        page.locator("#chat-input").fill("And of Italy?")
+        page.locator("#send-message-button").click()
+        said = page.get_by_text(re.compile(rf"Budget of {WHO} reached"))
+        said.first.wait_for()
+        assert "It resets at" in said.first.inner_text() or page.get_by_text(re.compile("It resets at")).count()
+        shot(page, "04b-budget-spent")
+    finally:
+        assert cli(site, "users", "budget", WHO, "--default").returncode == 0
 
 
 def app_login(journey, app: str) -> tuple[str, str]:

@@ -193,7 +193,10 @@ def test_03_open_webui_saves_a_chat(journey):
     page.locator("#send-message-button").click()
     page.wait_for_url(re.compile(r"/c/[0-9a-f-]{36}$"))  # the chat is saved (its own address)
     answer = page.locator("#response-content-container").last
-    playwright.expect(answer).to_have_text(re.compile(r"\w"), timeout=SLOW)  # the site's model answered
+    playwright.expect(answer).to_have_text(re.compile(r"\w"), timeout=SLOW)
+    text = answer.inner_text()
+    # the site's model answered: not an error in its place (the gateway's "not reachable", a 429)
+    assert not re.search(r"not reachable|error|Budget of", text, re.I), text
     journey["chat"] = page.url
     shot(page, "04-open-webui")
 
@@ -251,10 +254,13 @@ def test_04_n8n_saves_a_workflow(journey):
 
 def test_05_jupyter_runs_a_cell(journey):
     page = open_app(journey, "Jupyter")
-    page.locator(".jp-LauncherCard[data-category=Notebook]").first.click()
+    launcher = page.locator(".jp-LauncherCard[data-category=Notebook]").first
+    page.locator(".jp-LauncherCard[data-category=Notebook], .jp-Notebook").first.wait_for()
+    if launcher.count():  # a fresh lab; a kept site (AICOMMONS_E2E_KEEP) reopens the last notebook
+        launcher.click()
     page.get_by_text(re.compile(r"Python 3 \(ipykernel\) \| Idle")).wait_for()  # the kernel is ready
-    cell = page.locator(".jp-Notebook .jp-Cell .cm-content").first
-    cell.click()
+    page.locator(".jp-Notebook .jp-Cell .cm-content").first.click()
+    page.keyboard.press("Control+a")
     page.keyboard.type("print(6 * 7)")
     page.keyboard.press("Shift+Enter")
     page.locator(".jp-OutputArea-output", has_text="42").wait_for()
@@ -269,9 +275,11 @@ def test_06_code_server_saves_a_file(journey):
     assert page.get_by_text("Restricted Mode").count() == 0  # her own folder is trusted
     page.locator(".explorer-folders-view").first.hover()
     page.get_by_role("button", name=re.compile(r"^New File")).first.click()
-    page.keyboard.type("hello.py")
-    page.keyboard.press("Enter")
-    page.locator(".monaco-editor .view-lines").first.click()
+    name = page.locator(".explorer-folders-view .monaco-inputbox input")
+    name.fill("hello.py")
+    name.press("Enter")
+    page.locator(".tab.active", has_text="hello.py").wait_for()
+    page.locator(".editor-instance .monaco-editor .view-lines").first.click()
     page.keyboard.type("print('first day')")
     page.keyboard.press("Control+s")
     page.locator(".tab.active:not(.dirty)", has_text="hello.py").wait_for()

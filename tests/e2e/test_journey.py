@@ -291,6 +291,7 @@ def test_06_code_server_saves_a_file(journey):
     page.locator(".tab.active", has_text="hello.py").wait_for()
     page.locator(".editor-instance .monaco-editor .view-lines").first.click()
     page.keyboard.type("print('first day')")
+    page.locator(".tab.active.dirty", has_text="hello.py").wait_for()  # typed, not yet saved
     page.keyboard.press("Control+s")
     page.locator(".tab.active:not(.dirty)", has_text="hello.py").wait_for()
     shot(page, "07-code-server")

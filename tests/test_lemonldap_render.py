@@ -124,3 +124,23 @@ def test_install_script_installs_what_the_recipe_names():
     script = (Path(__file__).parents[1] / "scripts" / "install.sh").read_text()
     for pkg in load_catalog().services["lemonldap"].install.packages:
         assert re.search(rf"\b{re.escape(pkg)}\b", script), pkg
+
+
+def test_after_the_invitation_the_person_is_sent_on_to_their_portal_page_and_can_sign_out():
+    """The invitation's last page sends the person to sign in with LL::NG's `url` (the base64 of
+    the target, Portal/Main/Process.pm controlUrl) naming their portal page, when the site runs
+    the portal; the portal's sign-out link is the provider's."""
+    import base64
+    from urllib.parse import parse_qs, urlsplit
+
+    from aicommons.ops.enroll import after_sign_in
+
+    lxc, pve = _resolved("lxc"), _resolved("proxmox")
+    to = urlsplit(after_sign_in(lxc))
+    assert (to.scheme, to.netloc, to.path) == ("https", "auth.example.org", "/")
+    assert base64.b64decode(parse_qs(to.query)["url"][0]).decode() == "https://portal.example.org/me"
+    assert "portal.example.org" in ll.lmconf(lxc, FakeSecrets())["locationRules"]  # guarded: LL::NG follows it
+    assert after_sign_in(pve) == "https://auth.example.org/"  # Authentik: its own flow
+    assert identity.sign_out_url(identity.sign_in(lxc)) == "https://auth.example.org/?logout=1"
+    assert identity.sign_out_url(identity.sign_in(pve)) == "/outpost.goauthentik.io/sign_out"
+    assert identity.sign_out_url(None) is None

@@ -198,3 +198,15 @@ def test_accounts_made_at_apply_are_secret_files_and_named_in_the_manifest():
     assert '"--auth" "none"' in files["users/user1/units/aic-code-server.service"].content
     assert '"--IdentityProvider.token="' in files["users/user1/units/aic-jupyter.service"].content
     assert "JUPYTER_TOKEN" not in files["users/user1/env/jupyter.env"].content
+
+
+def test_code_server_opens_a_workspace_that_exists_and_is_trusted():
+    """The journey met "Workspace does not exist" (the folder code-server opens was never made)
+    and Restricted Mode on a person's own files: the unit makes the folder before it starts, and
+    the folder is trusted (code-server's --disable-workspace-trust, out/node/cli.js)."""
+    r = _site("lxc")
+    unit = native_bundle(r, r.tenant("user1"), DictSecrets(), "/etc/aicommons/env").units["aic-code-server.service"]
+    data = load_catalog().apps["code-server"].native.data_dir
+    assert f'ExecStartPre=-"/bin/mkdir" "-p" "{data}/workspace"' in unit, unit
+    start = next(ln for ln in unit.splitlines() if ln.startswith("ExecStart="))
+    assert start.endswith(f' "{data}/workspace"') and '"--disable-workspace-trust"' in start, start

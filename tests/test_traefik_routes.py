@@ -79,10 +79,10 @@ def test_every_router_of_the_plan_is_enabled_without_error(env):
     shared = [r for r in env["site"].routes if r.owner is None and r.kind == "http"]
     shared_guarded = [r for r in shared if guarded(env["site"], r)]
     certs = len(env["site"].certificates)
-    # per user: 8 apps, 8 outpost routers, n8n's public paths; shared routes (+ their outposts and
+    # per user: 8 apps, 8 outpost routers, n8n's and Open WebUI's public paths; shared routes (+ their outposts and
     # public paths: the portal's invitations); the API; holders
     public = len([r for r in shared_guarded if r.public_paths])
-    assert len(mine) == 50 * (8 + 8 + 1) + len(shared) + len(shared_guarded) + public + 1 + certs
+    assert len(mine) == 50 * (8 + 8 + 2) + len(shared) + len(shared_guarded) + public + 1 + certs
     bad = {n: (r.get("status"), r.get("error")) for n, r in mine.items()
            if r.get("status") != "enabled" or r.get("error")}
     assert bad == {}

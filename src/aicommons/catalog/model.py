@@ -207,6 +207,6 @@ class App(Strict):
     @classmethod
     def _paths(cls, v: list[str]) -> list[str]:
         for p in v:
-            if not re.fullmatch(r"/[a-z0-9][a-z0-9._-]*/", p):
+            if not re.fullmatch(r"/[a-z0-9_][a-z0-9._-]*/", p):
                 raise ValueError(f"public path {p!r}: write one path segment between slashes, e.g. /webhook/")
         return v

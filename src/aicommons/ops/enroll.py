@@ -13,10 +13,12 @@ again. With `smtp:` in site.yaml the link is also e-mailed to the person.
 
 from __future__ import annotations
 
+import base64
 import smtplib
 import ssl
 from email.message import EmailMessage
 from pathlib import Path
+from urllib.parse import quote
 
 from aicommons.errors import AicError, PermanentError
 from aicommons.plan.identity import sign_in
@@ -109,8 +111,20 @@ def redeem(ctx, token: str, password: str) -> str:
         raise PermanentError(why)
     if b.redeem(token, password) is None:  # used or expired in between
         raise PermanentError("this invitation was used or expired meanwhile; ask an operator for a new one")
-    s = sign_in(ctx.resolved)
-    return f"https://{s.portal_host}/" if s else "/"
+    return after_sign_in(ctx.resolved)
+
+
+def after_sign_in(resolved) -> str:
+    """The provider's sign-in page, sending the person on to their portal page when the site runs
+    the portal (LL::NG's `url` parameter is the base64 of the target, which it follows only to a
+    host it protects: Portal/Main/Process.pm controlUrl)."""
+    s = sign_in(resolved)
+    if s is None:
+        return "/"
+    me = f"{PORTAL_PREFIX}.{resolved.site.domain}"
+    if s.provider == "lemonldap" and any(r.host == me for r in resolved.routes):
+        return f"https://{s.portal_host}/?url=" + quote(base64.b64encode(f"https://{me}/me".encode()).decode(), safe="")
+    return f"https://{s.portal_host}/"
 
 
 def send_invitation(site, base_dir: Path, to: str, name: str, url: str) -> None:

@@ -70,3 +70,14 @@ def sign_in(resolved: ResolvedSite) -> SignIn | None:
                       outpost_prefix="/outpost.goauthentik.io/")
     base = f"http://{ep.host}:{ep.ports.get('http', LEMONLDAP_HTTP_PORT)}"
     return SignIn(name, base, base + LEMONLDAP_AUTH_PATH, LEMONLDAP_HEADERS, portal_host)
+
+
+def sign_out_url(s: SignIn | None) -> str | None:
+    """Where a signed-in person ends their session at the provider: LL::NG's portal takes
+    `?logout=1` (Portal/Main/Run.pm); Authentik's outpost serves `sign_out` on every host it guards
+    (internal/outpost/proxyv2/application/application.go)."""
+    if s is None:
+        return None
+    if s.outpost_prefix:
+        return f"{s.outpost_prefix}sign_out"
+    return f"https://{s.portal_host}/?logout=1"

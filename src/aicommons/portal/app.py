@@ -13,6 +13,7 @@ from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 
 from aicommons.errors import AicError
+from aicommons.plan import identity
 from aicommons.portal.config import PortalConfig
 from aicommons.portal.errors import http_status
 from aicommons.portal.identity import SigninLimiter
@@ -56,6 +57,7 @@ def create_app(cfg: PortalConfig, *, driver=None) -> FastAPI:
     app.state.admin_token = (lambda: secrets.get(PORTAL_SCOPE, "admin_token")) if cfg.admin_token else None
     templates = Jinja2Templates(directory=str(HERE / "templates"))
     templates.env.globals["site_name"] = lambda: view.resolved().site.name
+    templates.env.globals["sign_out_url"] = lambda: identity.sign_out_url(identity.sign_in(view.resolved()))
     app.state.templates = templates
     app.mount("/static", StaticFiles(directory=str(HERE / "static")), name="static")
 

@@ -179,7 +179,11 @@ _N8N_IMPORT = (
 
 
 def prestart(app: App, t: Tenant, plain: dict[str, str]) -> list[list[str]]:
-    """Commands the app's unit runs before the app (ExecStartPre): n8n's gateway credential."""
+    """Commands the app's unit runs before the app (ExecStartPre): n8n's gateway credential;
+    code-server's workspace folder (the folder it opens: without it the person met "Workspace
+    does not exist" on their first visit, seen in the journey test)."""
+    if app.name == "code-server":
+        return [["/bin/mkdir", "-p", f"{data_dir(app)}/workspace"]]
     if app.name == "n8n" and "AICOMMONS_GATEWAY_URL" in plain:
         n = native_of(app)
         return [[f"{node_mount(n.node)}/bin/node", "-e", _N8N_IMPORT, f"{layer_mount(app)}/node_modules/n8n/bin/n8n"]]

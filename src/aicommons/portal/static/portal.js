@@ -107,11 +107,14 @@ document.addEventListener("click", async ev => {
     try {
       const c = await api("POST", t.dataset.url);
       const rows = [];
-      for (const [k, v] of Object.entries(c)) {
-        if (v && typeof v === "object" && !Array.isArray(v)) {
-          rows.push(`<dt>${esc(k)}</dt>` + Object.entries(v).map(([kk, vv]) => `<dd>${esc(kk)}: ${esc(Array.isArray(vv) ? vv.join(", ") : vv)}</dd>`).join(""));
-        }
-      }
+      const isMap = (v) => v && typeof v === "object" && !Array.isArray(v);
+      // one <dt> per group; a group of groups (app_logins: n8n, flowise) gives one per inner group
+      const group = (title, v) => {
+        const flat = Object.entries(v).filter(([, vv]) => !isMap(vv));
+        if (flat.length) rows.push(`<dt>${esc(title)}</dt>` + flat.map(([kk, vv]) => `<dd>${esc(kk)}: ${esc(Array.isArray(vv) ? vv.join(", ") : vv)}</dd>`).join(""));
+        for (const [kk, vv] of Object.entries(v)) if (isMap(vv)) group(`${title} · ${kk}`, vv);
+      };
+      for (const [k, v] of Object.entries(c)) if (isMap(v)) group(k, v);
       document.getElementById("credentials").innerHTML = `<dl class="creds">${rows.join("")}</dl>`;
       t.hidden = true;
     } catch (err) { failed(err); }

@@ -4,11 +4,11 @@ A minimal Debian 12 root filesystem is built with debootstrap (`--variant=minbas
 Priority required, no Recommends) and cached read-only under the driver's cache dir
 (/var/cache/aicommons/fresh/<mirror+suite key>/, or $AICOMMONS_CACHE_DIR). Each run mounts a
 throw-away overlay on it, copies this repository in (its tracked files only, no .venv), and
-in a private mount and PID namespace (`unshare`) chroots into it and runs:
+in a private mount and PID namespace (`unshare`) makes it the root (pivot_root) and runs:
 
   bash scripts/install.sh             the runtime install alone; then `aicommons doctor` (must find
                                       everything the LXC driver runs: drivers/lxc/needs.py), the
-                                      README's first command as far as a chroot allows
+                                      README's first command as far as this allows
                                       (`aicommons up --yes --dry-run`: every preflight and the plan
                                       of the default site, nothing written), `init` and `validate`
   bash scripts/install.sh --test      the test tools; then pytest on the non-LXC suite
@@ -139,12 +139,22 @@ cp /usr/local/share/ca-certificates/*.crt {root}/usr/local/share/ca-certificates
 printf '#!/bin/sh\\nexit 101\\n' > {root}/usr/sbin/policy-rc.d && chmod +x {root}/usr/sbin/policy-rc.d
 mount --bind {dl}/apt-archives {root}/var/cache/apt/archives
 mount --bind {dl}/pip {root}/var/cache/pip-downloads
+# the driver's cache dir on the host's own filesystem, as on a real host: the overlay under this
+# rootfs is a test artifact, and overlayfs cannot be idmapped (doctor's kernel probe says so)
+mkdir -p {tmp_path}/cache {root}/var/cache/aicommons
+mount --bind {tmp_path}/cache {root}/var/cache/aicommons
 mount -t proc proc {root}/proc
 mount --rbind /sys {root}/sys
 mount --rbind /dev {root}/dev
 mount -t tmpfs tmpfs {root}/tmp
 cp {tmp_path}/run.sh {root}/tmp/run.sh
-exec chroot {root} /usr/bin/env -i PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin HOME=/root \
+# pivot_root, not chroot: the kernel refuses new user namespaces to a chrooted process, and
+# doctor's kernel probe (an idmapped mount) needs one, as the driver does
+cd {root}
+mkdir -p .host-root
+pivot_root . .host-root
+umount -l /.host-root
+exec /usr/bin/env -i PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin HOME=/root \
   TERM=dumb bash /tmp/run.sh
 """
     (tmp_path / "repo").mkdir()

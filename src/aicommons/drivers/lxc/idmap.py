@@ -16,6 +16,7 @@ the lower layer of an overlay whose upper dir (the container's own data) is owne
 from __future__ import annotations
 
 import ctypes
+import errno
 import hashlib
 import os
 import signal
@@ -70,15 +71,19 @@ def userns_fd(base: int, size: int = SIZE) -> int:
     pid = os.fork()
     if pid == 0:  # pragma: no cover - child
         os.close(r)
-        ok = libc.unshare(CLONE_NEWUSER) == 0
-        os.write(w, b"1" if ok else b"0")
+        err = 0 if libc.unshare(CLONE_NEWUSER) == 0 else ctypes.get_errno()
+        os.write(w, str(err).encode() + b"\n")
         os.close(w)
         while True:
             signal.pause()  # until the parent has opened our namespace and kills us
     os.close(w)
     try:
-        if os.read(r, 1) != b"1":
-            raise OSError("unshare(CLONE_NEWUSER) failed in the helper child")
+        err = int(os.read(r, 16).strip() or errno.EIO)
+        if err:
+            # EPERM for root: a chrooted caller (kernel/user_namespace.c refuses those) or
+            # user.max_user_namespaces set to 0
+            hint = " (not allowed in a chroot, or user.max_user_namespaces is 0)" if err == errno.EPERM else ""
+            raise OSError(err, f"unshare(CLONE_NEWUSER): {os.strerror(err)}{hint}")
         for f in ("uid_map", "gid_map"):
             Path(f"/proc/{pid}/{f}").write_text(f"0 {base} {size}\n")
         return os.open(f"/proc/{pid}/ns/user", os.O_RDONLY | os.O_CLOEXEC)

@@ -109,7 +109,11 @@ def test_identity_headers_are_believed_only_from_traefiks_source(portal):
     r = curl("-w", "\n%{http_code}", *hdr, url)
     body, code = r.stdout.rsplit("\n", 1)
     assert code == "200", r.stdout
-    assert json.loads(body)["identity"] == {"name": "alice", "operator": False, "via": "sso"}
+    me = json.loads(body)
+    assert me["identity"] == {"name": "alice", "operator": False, "via": "sso"}
+    # From its container the portal cannot see the host's LXC containers: never "missing" for
+    # that, and no restart offered that only the host could do (no app answers here: "unknown")
+    assert me["workbench"]["container"] == "unknown" and me["workbench"]["can_restart"] is False, me
     # from the portal's own container (any address but Traefik's): the headers are ignored
     probe = ("import sys, urllib.request, urllib.error\n"
              "req = urllib.request.Request(sys.argv[1], headers={'X-authentik-username': 'alice', "

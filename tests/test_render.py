@@ -169,10 +169,15 @@ def test_user_file_routes_every_app_behind_its_owner(files, site):
         doc = _dyn(files, c.traefik_file)
         routers = doc["http"]["routers"]
         # n8n's production webhooks, Wait-node resume URLs and forms: the paths without forward-auth
+        # and the published static bundles (n8n's /assets/, Open WebUI's /_app/): nothing secret
         hook = routers.pop(f"n8n-{t.user}-public")
         assert hook["rule"] == (f"Host(`{t.hosts['n8n']}`) && (PathPrefix(`/webhook/`) || "
-                                "PathPrefix(`/webhook-waiting/`) || PathPrefix(`/form/`) || PathPrefix(`/form-waiting/`))")
+                                "PathPrefix(`/webhook-waiting/`) || PathPrefix(`/form/`) || PathPrefix(`/form-waiting/`)"
+                                " || PathPrefix(`/assets/`))")
         assert hook["middlewares"] == ["secure-headers"] and hook["priority"] == 200
+        bundle = routers.pop(f"ai-{t.user}-public")
+        assert bundle["rule"] == f"Host(`{t.hosts['openwebui']}`) && (PathPrefix(`/_app/`))"
+        assert not [n for n in routers if n.endswith("-public")]
         outposts = {n: routers.pop(n) for n in [n for n in routers if n.endswith("-outpost")]}
         assert {r["rule"] for r in outposts.values()} == {
             f"Host(`{h}`) && PathPrefix(`/outpost.goauthentik.io/`)" for h in t.hosts.values()}
@@ -182,7 +187,10 @@ def test_user_file_routes_every_app_behind_its_owner(files, site):
         for r in routers.values():
             assert r["entryPoints"] == ["websecure"] and r["tls"] == {} and r["priority"] == 100
             assert r["middlewares"] == ["secure-headers", f"authentik-{t.user}"]
-            assert doc["http"]["services"][r["service"]]["loadBalancer"]["servers"][0]["url"].startswith(f"http://{t.ip}:")
+            lb = doc["http"]["services"][r["service"]]["loadBalancer"]
+            assert lb["servers"][0]["url"].startswith(f"http://{t.ip}:")
+            # Traefik checks the app itself (its serverStatus is what the portal shows)
+            assert lb["healthCheck"]["path"].startswith("/") and lb["healthCheck"]["interval"] == "10s"
         fa = doc["http"]["middlewares"][f"authentik-{t.user}"]["forwardAuth"]
         assert fa["address"] == "http://10.0.5.146:9000/outpost.goauthentik.io/auth/traefik"
 

@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import time
+from http.server import BaseHTTPRequestHandler
 
 import pytest
 
 from aicommons.ops.checks import sweep
-from aicommons.ops.status import CRITICAL, HEALTHY, forward_auth_endpoint, plan_checks, verdict
+from aicommons.ops.status import CRITICAL, HEALTHY, TRAEFIK_API_PORT, forward_auth_endpoint, plan_checks, verdict
 from aicommons.render import render_site
 from aicommons.render.write import write_tree
 from tests.test_traefik_harness import Backends, FakeSecrets, Traefik, loopback_site, make_site, with_auth_server
@@ -59,7 +61,7 @@ def env():
     write_tree(render_site(site, FakeSecrets()), tr.root, prune=("traefik/dynamic",))
     tr.start()
     tr.wait_routers({f"{r.host.split('.')[0]}@file" for r in site.routes if r.owner})
-    yield {"site": site, "tr": tr, "provider": provider}
+    yield {"site": site, "tr": tr, "provider": provider, "apps": apps}
     tr.cleanup()
     apps.close()
     provider.close()
@@ -88,6 +90,52 @@ def test_the_path_through_traefik_and_the_provider(env):
     with env["tr"].client() as c:
         got = c.get("/", headers={"Host": route.host, "Cookie": f"{name}={value}"})
     assert got.status_code == 200 and got.json()["user"] == "user1"
+
+
+class _Unwell(BaseHTTPRequestHandler):
+    def do_GET(self):  # noqa: N802
+        self.send_response(503)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, *args):
+        pass
+
+
+def _inside_results(env):
+    """The portal's sweep (a container of the site: the apps admit only Traefik)."""
+    site, tr = env["site"], env["tr"]
+    targets = {f"{site.proxy_ip}:443": f"127.0.0.1:{tr.https}",
+               f"{site.proxy_ip}:{TRAEFIK_API_PORT}": f"127.0.0.1:{tr.api}"}
+    checks = [c for c in plan_checks(site, targets=targets, inside_site=True) if c.user == "user1"]
+    return checks, asyncio.run(sweep(checks, timeout=10, slow_ms=60_000))
+
+
+def test_inside_the_site_each_app_is_read_from_traefiks_health_check(env):
+    checks, results = _inside_results(env)
+    own = {c.name: c for c in checks if c.kind == "backend"}
+    apps = {r.service for r in env["site"].routes if r.owner == "user1"}
+    assert set(own) == {f"user1/{a}" for a in apps}  # no check dials an app's own port
+    assert not [c for c in checks if c.kind in ("http", "tcp") and not c.skip_reason]
+    assert all(r.state == "ok" and r.reason == "Traefik's health check finds it up"
+               for r in results if r.check.kind == "backend"), [(r.check.name, r.reason) for r in results]
+    # Open WebUI's health path starts failing: Traefik's own check (every 10 s) marks it down
+    route = next(r for r in env["site"].routes if r.owner == "user1" and r.service == "openwebui")
+    srv = next(s for s in env["apps"].servers.values() if route.url.endswith(f":{s.server_address[1]}"))
+    plain, srv.RequestHandlerClass = srv.RequestHandlerClass, _Unwell
+    try:
+        deadline = time.monotonic() + 40
+        while time.monotonic() < deadline:
+            _, results = _inside_results(env)
+            got = {r.check.name: r for r in results}
+            if got["user1/openwebui"].state == "down":
+                break
+            time.sleep(1)
+        assert got["user1/openwebui"].state == "down", got["user1/openwebui"].reason
+        assert "Traefik's health check finds" in got["user1/openwebui"].reason
+        assert got["user1/n8n"].state == "ok"  # the others stay up
+    finally:
+        srv.RequestHandlerClass = plain
 
 
 def test_status_fails_naming_the_provider_when_it_is_down(env):

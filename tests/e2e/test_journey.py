@@ -168,6 +168,16 @@ def test_02_alice_sets_her_password_and_signs_in_once(journey):
     apps = page.locator("ul.apps a")
     assert set(APPS) <= set(apps.all_inner_texts()), apps.all_inner_texts()
     journey["ctid"] = int(re.search(r"container (\d+)", page.locator(".hero").inner_text()).group(1))
+    # Her page says her apps are up (Traefik's health check of each, read by the portal, which
+    # may not reach her container itself) and her container runs: the portal's sweep is every 10 s
+    for _ in range(12):
+        up = page.locator("ul.apps li.app.ok a").all_inner_texts()
+        if set(APPS) <= set(up):
+            break
+        page.wait_for_timeout(5000)
+        page.reload()
+    assert set(APPS) <= set(up), page.locator("ul.apps").inner_text()
+    assert page.locator(".hero .pill").first.inner_text() == "running"
     shot(page, "03-portal")
 
 

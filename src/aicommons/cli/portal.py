@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import socket
 from pathlib import Path
 from typing import Annotated
@@ -18,6 +19,15 @@ portal_app = typer.Typer(help="The web portal's own secrets.", no_args_is_help=T
 def register(app: typer.Typer) -> None:
     app.command("serve")(serve)
     app.add_typer(portal_app, name="portal")
+
+
+def _in_site(listen: str, site) -> bool:
+    """Listening on an address of the site's subnet: the portal is a container of the site."""
+    host = listen.rpartition(":")[0].strip("[]")
+    try:
+        return ipaddress.ip_address(host) in site.network.subnet
+    except ValueError:
+        return False
 
 
 def _socket(listen: str) -> socket.socket:
@@ -69,7 +79,8 @@ def serve(
     cfg = PortalConfig(site_file=file, state_path=state,
                        trusted_proxies=parse_proxies(trusted_proxy or [proxy_source(site)]),
                        operator_group=operator_group, targets=parse_targets(target, targets),
-                       refresh_seconds=refresh, status_timeout=timeout, admin_token=not no_admin_token)
+                       refresh_seconds=refresh, status_timeout=timeout, admin_token=not no_admin_token,
+                       inside_site=any(_in_site(x, site) for x in (listen or [])))
     socks = [_socket(x) for x in (listen or ["127.0.0.1:8080"])]
     import logging  # who did what (job start/end), refused headers: to stderr, never a secret
 

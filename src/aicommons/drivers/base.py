@@ -215,6 +215,13 @@ class Archives(Protocol):
 
 
 @runtime_checkable
+class HostLocal(Protocol):
+    def on_its_host(self) -> bool:
+        """False where this driver's containers cannot be seen (plain LXC read from inside one of
+        its own containers, as the portal runs): an empty list then says nothing about them."""
+
+
+@runtime_checkable
 class HasTraefikTarget(Protocol):
     def traefik_target(self) -> FileTarget | None:
         """Where the engine writes Traefik's dynamic files (None: this driver has no place)."""

@@ -14,7 +14,8 @@ from typing import Literal
 
 import h11
 
-Kind = Literal["http", "tcp", "postgres", "redis", "ollama", "traefik", "route", "signin", "llamacpp", "limits"]
+Kind = Literal["http", "tcp", "postgres", "redis", "ollama", "traefik", "route", "signin", "llamacpp", "limits",
+               "backend"]
 State = Literal["ok", "slow", "down", "skipped"]
 
 
@@ -168,6 +169,24 @@ async def check_traefik(c: Check, streams: Streams) -> str:
     return f"{len(routers)} routers enabled"
 
 
+async def check_backend(c: Check, streams: Streams) -> str:
+    """An app as Traefik sees it, for a checker that may not reach the app itself (the portal: a
+    person's apps admit only Traefik): the serverStatus Traefik's own health check keeps for the
+    route's service (render/traefik.py gives every person's app one), read from its API."""
+    status, body = await _get(c, c.path, streams)
+    if status == 404:
+        raise Failed(f"Traefik has no service {c.path.rsplit('/', 1)[-1]}")
+    if status != 200:
+        raise Failed(f"GET {c.path} answered {status}")
+    servers = json.loads(body).get("serverStatus") or {}
+    if not servers:
+        raise Failed("Traefik keeps no health status for it (no health check)")
+    down = [url for url, state in servers.items() if state != "UP"]
+    if down:
+        raise Failed(f"Traefik's health check finds {', '.join(down)} down")
+    return "Traefik's health check finds it up"
+
+
 async def check_postgres(c: Check, timeout: float) -> str:
     import psycopg
 
@@ -243,7 +262,7 @@ async def check_signin(c: Check, streams: Streams) -> str:
 
 
 HTTP_KINDS = {"http": check_http, "ollama": check_ollama, "traefik": check_traefik, "route": check_route,
-              "signin": check_signin, "llamacpp": check_llamacpp}
+              "backend": check_backend, "signin": check_signin, "llamacpp": check_llamacpp}
 
 
 def _tls():

@@ -18,7 +18,7 @@ from aicommons.catalog import load_catalog
 from aicommons.ops.checks import Check, Kind, Result, sweep
 from aicommons.ops.targets import retarget
 from aicommons.plan.model import ResolvedSite
-from aicommons.render.traefik import guarded, proxy_file
+from aicommons.render.traefik import guarded, proxy_file, router_name
 from aicommons.spec.secretref import resolve_ref
 from aicommons.tenancy.registry import DEFAULT_ADMIN
 
@@ -48,8 +48,14 @@ def _credentials(resolved: ResolvedSite, service: str, secrets: Lookup | None,
 
 
 def plan_checks(resolved: ResolvedSite, *, secrets: Lookup | None = None,
-                targets: Mapping[str, str] | None = None, base_dir: Path | None = None) -> list[Check]:
-    """One check per shared service (and instance), per user app, and Traefik."""
+                targets: Mapping[str, str] | None = None, base_dir: Path | None = None,
+                inside_site: bool = False) -> list[Check]:
+    """One check per shared service (and instance), per user app, and Traefik.
+
+    `inside_site`: the checker is itself a container of the site (the portal), where the site's
+    own firewall applies: a person's apps admit only Traefik, so each is read from Traefik's
+    health check of it instead; the model server admits only the gateway, so it is left to
+    `aicommons status` on the host."""
     cat = load_catalog()
     targets = targets or {}
     out: list[Check] = []
@@ -83,6 +89,9 @@ def plan_checks(resolved: ResolvedSite, *, secrets: Lookup | None = None,
             elif h.type in ("postgres", "redis"):
                 user, pw = _credentials(resolved, svc, secrets, base_dir)
                 add(label, h.type, ip, port, spec.phase, critical=crit, username=user, password=pw)
+            elif svc == "llama-server" and inside_site:
+                add(label, "tcp", ip, port, spec.phase,
+                    skip_reason="only the gateway reaches the model server (`aicommons status` checks it)")
             elif svc == "llama-server":
                 for mu in resolved.model_units:  # one server per model, each checked by a real request
                     add(f"{label}/{mu.model.name}", "llamacpp", ip, mu.port, spec.phase, critical=crit,
@@ -115,10 +124,17 @@ def plan_checks(resolved: ResolvedSite, *, secrets: Lookup | None = None,
                 continue
             if app_spec.health.type == "none":
                 continue
-            kind: Kind = "http" if app_spec.health.type == "http" else "tcp"
-            add(f"{t.user}/{app}", kind, t.ip, t.ports[app], phase, user=t.user, path=app_spec.health.path,
-                expect_status=app_spec.health.expect_status)
             r = published.get((t.user, app))
+            kind: Kind = "http" if app_spec.health.type == "http" else "tcp"
+            if inside_site and r is not None:
+                add(f"{t.user}/{app}", "backend", proxy, TRAEFIK_API_PORT, phase, user=t.user,
+                    path=f"/api/http/services/{router_name(r)}@file")
+            elif inside_site:
+                add(f"{t.user}/{app}", kind, t.ip, t.ports[app], phase, user=t.user,
+                    skip_reason="no route: only Traefik could reach it")
+            else:
+                add(f"{t.user}/{app}", kind, t.ip, t.ports[app], phase, user=t.user, path=app_spec.health.path,
+                    expect_status=app_spec.health.expect_status)
             if r is not None:
                 add(f"{t.user}/{app} via traefik", "route", proxy, HTTPS_PORT, phase, user=t.user, sni=r.host,
                     provider=provider if auth and guarded(resolved, r) else "")
@@ -154,9 +170,9 @@ def run_status(resolved: ResolvedSite, *, secrets: Lookup | None = None,
 
 async def status_async(resolved: ResolvedSite, *, secrets: Lookup | None = None,
                        targets: Mapping[str, str] | None = None, timeout: float = 3.0, slow_ms: float = 1000.0,
-                       base_dir: Path | None = None) -> tuple[int, list[Result]]:
+                       base_dir: Path | None = None, inside_site: bool = False) -> tuple[int, list[Result]]:
     """The same sweep for a caller that already runs an event loop (the portal)."""
-    checks = plan_checks(resolved, secrets=secrets, targets=targets, base_dir=base_dir)
+    checks = plan_checks(resolved, secrets=secrets, targets=targets, base_dir=base_dir, inside_site=inside_site)
     # The person's path second: its TLS handshakes would otherwise slow the direct checks
     # sharing the loop, and a path check is read against the direct ones (app up, route not).
     first = [c for c in checks if c.kind != "route"]

@@ -35,6 +35,7 @@ class PortalConfig:
     status_timeout: float = 3.0
     refresh_seconds: float = 10.0  # live status is swept again when older than this
     admin_token: bool = True  # allow the local operator token (sites without SSO)
+    inside_site: bool = False  # serves from a container of the site: its firewall applies to the sweep
 
     def trusts(self, peer: str | None) -> bool:
         if not peer:

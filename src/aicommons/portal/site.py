@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 from aicommons.catalog import load_catalog
-from aicommons.drivers.base import Closes, ContainerState, ReportsUsage
+from aicommons.drivers.base import Closes, ContainerState, HostLocal, ReportsUsage
 from aicommons.plan.model import ResolvedSite
 from aicommons.portal.config import PortalConfig
 
@@ -46,6 +46,7 @@ class SiteView:
         self._containers: dict[int, ContainerState] = {}
         self._usage: dict = {}
         self.driver_read_at: float | None = None  # when the driver last answered (None: not yet)
+        self.sees_containers = True  # False: the driver cannot see them from here (drivers/base.HostLocal)
         self._driver_busy = threading.Lock()  # held by the read in flight (a hung one included)
 
     def close(self) -> None:
@@ -98,7 +99,8 @@ class SiteView:
                 t0 = time.perf_counter()
                 code, results = await status_async(
                     r, secrets=existing_only(self.secrets()), targets=self.cfg.targets,
-                    timeout=self.cfg.status_timeout, base_dir=self.site_file.resolve().parent)
+                    timeout=self.cfg.status_timeout, base_dir=self.site_file.resolve().parent,
+                    inside_site=self.cfg.inside_site)
                 self.sweep_ms = (time.perf_counter() - t0) * 1000
                 self._status = (time.time(), code, results)
             return self._status
@@ -124,6 +126,7 @@ class SiteView:
                 ctids = [t.ctid for t in self.resolved().tenants]
                 containers = {c.ctid: c for c in self.driver.list_containers()}
                 drv = self.driver
+                self.sees_containers = not isinstance(drv, HostLocal) or drv.on_its_host()
                 usage = drv.usage(ctids) if isinstance(drv, ReportsUsage) else {}
                 self._containers, self._usage, self.driver_read_at = containers, usage, time.time()
             finally:

@@ -25,8 +25,27 @@ def _usage(u) -> dict | None:
 
 
 def _app_states(results, user: str) -> dict[str, dict]:
-    return {r.check.name.split("/", 1)[1]: {"state": r.state, "latency_ms": round(r.latency_ms), "reason": r.reason}
-            for r in results if r.check.user == user}
+    """Each app's own check (its port, or Traefik's health check of it from inside the site); the
+    person's path (`<app> via traefik`) where that is all there is."""
+    out: dict[str, dict] = {}
+    for r in results:
+        if r.check.user != user:
+            continue
+        app, _, via = r.check.name.split("/", 1)[1].partition(" via ")
+        if via and app in out:
+            continue
+        out[app] = {"state": r.state, "latency_ms": round(r.latency_ms), "reason": r.reason}
+    return out
+
+
+def _container(view: SiteView, c, apps: list[dict]) -> str:
+    """The driver's word; where it cannot see the containers from here (the portal inside a plain
+    LXC site), what the apps say: one answering through Traefik means its container runs."""
+    if c is not None:
+        return c.status
+    if view.sees_containers:
+        return "missing"
+    return "running" if any(a["state"] == "ok" for a in apps) else "unknown"
 
 
 def person(view: SiteView, name: str, status, *, backups: list | None = None, containers: dict | None = None,
@@ -52,7 +71,7 @@ def person(view: SiteView, name: str, status, *, backups: list | None = None, co
     return {
         "user": name, "email": t.email, "ip": t.ip, "ctid": t.ctid,
         "slot": allocs.get(name, "planned"), "suspended": name in suspended,
-        "container": c.status if c else "missing",
+        "container": _container(view, c, apps), "can_restart": view.sees_containers,
         "usage": _usage(usage.get(t.ctid)) if c is not None and c.status == "running" else None,
         "apps": apps, "apps_ok": sum(a["state"] == "ok" for a in apps),
         "last_backup": {"id": last.id, "at": _when(last.created), "scope": last.user or "site"} if last else None,
@@ -70,6 +89,8 @@ def health(status, sweep_ms: float | None = None) -> dict:
     for r in results:
         if r.check.user is not None:
             u = users.setdefault(r.check.user, {"ok": 0, "total": 0, "bad": []})
+            if r.state == "skipped":
+                continue
             u["total"] += 1
             u["ok"] += r.state == "ok"
             if r.state in ("down", "slow"):

@@ -101,7 +101,10 @@ def _http_router(resolved: ResolvedSite, route: Route) -> dict:
 
 def _http_service(route: Route) -> dict:
     lb: dict = {"servers": [{"url": u} for u in route.urls], "passHostHeader": True}
-    if len(route.urls) > 1:
+    # A person's app is health-checked by Traefik too: from the one address its container admits,
+    # so Traefik's API (serverStatus) tells the portal, which may not reach the app itself, whether
+    # the app behind the person's route answers; a down app gets Traefik's 503 at once.
+    if len(route.urls) > 1 or route.owner is not None:
         lb["healthCheck"] = {"path": route.health_path or "/", "interval": HEALTH_INTERVAL, "timeout": "3s"}
     return {"loadBalancer": lb}
 

@@ -308,6 +308,9 @@ class LxcDriver:
         return {c: Usage(memory_mb=mem, memory_limit_mb=limit, cpu_percent=cpu)
                 for c, (mem, limit, cpu) in limits.usage(self.ns, ours).items()}
 
+    def on_its_host(self) -> bool:
+        return self.lxcpath.is_dir()
+
     def list_containers(self) -> list[ContainerState]:
         if not self.lxcpath.is_dir():
             return []

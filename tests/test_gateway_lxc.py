@@ -151,6 +151,17 @@ def test_only_the_gateway_reaches_the_model_server_on_the_bridge():
     assert "10.0.5.100" not in bridge_rules(without)
 
 
+def test_only_the_portal_reaches_traefiks_api_on_the_bridge():
+    """Traefik's API (the whole routing table) from the portal's container alone: a person's
+    shell, or a shared service, reads nothing of it."""
+    rules = bridge_rules(default_site()).splitlines()
+    api = [ln for ln in rules if ln.startswith("-A INPUT")]
+    assert api == ["-A INPUT -p IPv4 --ip-src 10.0.5.129 --ip-dst 10.0.4.10 --ip-proto tcp --ip-dport 8080 -j ACCEPT",
+                   "-A INPUT -p IPv4 --ip-dst 10.0.4.10 --ip-proto tcp --ip-dport 8080 -j DROP"]
+    without = load_text(render_site_yaml(users=1, driver="lxc", services=["postgres"]))[0]
+    assert [ln for ln in bridge_rules(without).splitlines() if ln.startswith("-A INPUT")] == [api[-1]]
+
+
 def test_n8n_imports_the_persons_gateway_credential_before_it_starts():
     """A pre-made OpenAI credential in n8n holding the person's gateway URL and key: imported by
     n8n's own CLI at every start (an upsert by a fixed id), the key only in the 0600 env file."""

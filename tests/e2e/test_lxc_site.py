@@ -441,6 +441,18 @@ def test_ct201_reaches_none_of_user1s_apps(site: Path):
     assert d.exec(201, ["python3", "-c", probe, *ports]).stdout.split() == []
 
 
+def test_traefiks_api_answers_the_portal_alone(site: Path):
+    """Traefik's API (10.0.4.10:8080, the whole routing table): the portal reads each person's
+    app health there; a person's shell (CT 201) and a shared service (CT 102) get nothing."""
+    d = driver(site)
+    probe = ("import urllib.request\ntry:\n print(urllib.request.urlopen("
+             "'http://10.0.4.10:8080/api/http/services', timeout=5).status)\nexcept OSError as e:\n print('000', e)")
+    assert d.exec(129, ["python3", "-c", probe]).stdout.strip() == "200"
+    for ctid in (201, 102):
+        got = d.exec(ctid, ["python3", "-c", probe]).stdout
+        assert got.startswith("000"), (ctid, got)
+
+
 def test_status_and_audit_run_inside_the_site_network(site: Path):
     # The site's 10.0.5.x exists only in the namespace: the commands join it to dial the site.
     r = cli(site, "audit", "isolation")

@@ -38,9 +38,15 @@ class ModelUnit:
 
 def client_addresses(site: Site, catalog: Catalog) -> tuple[str, ...]:
     """Addresses of the services allowed to reach the model server (its catalog `clients`, e.g.
-    the gateway) that this site enables: their `address:` override, else the catalog's octet."""
+    the gateway) that this site enables."""
+    return service_addresses(site, catalog, catalog.services[SERVICE].clients)
+
+
+def service_addresses(site: Site, catalog: Catalog, names) -> tuple[str, ...]:
+    """Addresses of the named shared services this site enables: their `address:` override, else
+    the catalog's octet."""
     out = []
-    for name in catalog.services[SERVICE].clients:
+    for name in names:
         ov, svc = site.services.get(name), catalog.services.get(name)
         if ov is None or not ov.enabled or svc is None:
             continue

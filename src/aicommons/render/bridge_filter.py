@@ -21,6 +21,8 @@ kernel refuses them.
   take frames only from its catalog `clients` (the gateway); every other container is dropped.
   The control plane reaches it from the namespace itself (OUTPUT), for `status`.
 
+- INPUT (containers -> the namespace): Traefik's API port takes frames from the portal only.
+
 What this cannot tell apart: Traefik and the control plane share the namespace and its source
 address (both are the host's root). The host's own namespace has no route to the site.
 User containers run no exporter on this driver, so Prometheus needs no exception.
@@ -35,6 +37,7 @@ from aicommons.spec.models import Site
 
 SERVICE_PORTS = "0:32767"  # below Linux's default ip_local_port_range (32768-60999)
 TO_USER = "AIC-TO-USER"
+TRAEFIK_API_PORT = 8080  # the LXC Traefik's `traefik` entry point (drivers/lxc/traefik.py)
 
 
 def bridge_rules(site: Site) -> str:
@@ -55,9 +58,22 @@ def bridge_rules(site: Site) -> str:
            for u in users for proto in ("tcp", "udp")]
     fwd += model_server_rules(site)
     lines = ["*filter", ":INPUT ACCEPT", ":FORWARD ACCEPT", ":OUTPUT ACCEPT", f":{TO_USER} RETURN"]
+    lines += [f"-A INPUT {r}" for r in proxy_api_rules(site)]
     lines += [f"-A FORWARD {r}" for r in fwd] + [f"-A {TO_USER} {r}" for r in to_user]
     lines += [f"-A OUTPUT {r}" for r in out]
     return "\n".join(lines) + "\n"
+
+
+def proxy_api_rules(site: Site) -> list[str]:
+    """INPUT: Traefik's API entry point (read-only, but the whole routing table) takes frames
+    from the portal's container alone (its status sweep reads the apps' health there); the
+    control plane reads it from the namespace itself, which never crosses the bridge."""
+    from aicommons.catalog import load_catalog
+    from aicommons.plan import models
+
+    rest = f"--ip-dst {site.network.traefik.address} --ip-proto tcp --ip-dport {TRAEFIK_API_PORT}"
+    return ([f"-p IPv4 --ip-src {a} {rest} -j ACCEPT" for a in models.service_addresses(site, load_catalog(), ("portal",))]
+            + [f"-p IPv4 {rest} -j DROP"])
 
 
 def model_server_rules(site: Site) -> list[str]:

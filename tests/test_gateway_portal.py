@@ -88,3 +88,12 @@ def test_my_usage_and_everyones(world):
     every = _get(portal, "/api/usage?bucket=hour&days=1", "ops", "aicommons-operators")
     assert every.status_code == 200, every.text
     assert [(s["user"], s["prompt_tokens"]) for s in every.json()["series"]] == [("ann", 2 * p)]
+    # the pages: her own use on her page, everyone's (chart and table) on the console
+    page = _get(portal, "/fragments/my-usage", "ann")
+    assert page.status_code == 200 and f'id="tokens-used">{2 * (p + q)} of 5000<' in page.text, page.text
+    assert "<td data-label=\"App\">openwebui</td>" in page.text and "The site's default budget" in page.text
+    assert "No model use in this window yet." in _get(portal, "/fragments/my-usage", "bob").text
+    assert _get(portal, "/fragments/usage", "bob").status_code == 403
+    console = _get(portal, "/fragments/usage", "ops", "aicommons-operators")
+    assert console.status_code == 200 and f"{2 * (p + q)} tokens since" in console.text, console.text
+    assert 'class="bar" title="' in console.text and '<td data-label="Person">ann</td>' in console.text

@@ -270,6 +270,7 @@ def test_a_person_sees_only_their_own_workbench(world, browser):
     body = page.inner_text("body")
     assert "bob" not in body and "Console" not in body
     assert "2150 MB" in body and "CPU 12.5 %" in body  # the driver's numbers for her container
+    page.wait_for_selector("#my-usage #no-gateway")  # loaded after the page; this site has no gateway
     backup = json.loads(world["cli"]("backup", "list", "--json").stdout)[0]
     assert backup["user"] == "alice" and backup["created"][:10] in page.inner_text(".hero")
 

@@ -209,6 +209,14 @@ def test_03_open_webui_saves_a_chat(journey):
     assert not re.search(r"not reachable|error|Budget of", text, re.I), text
     journey["chat"] = page.url
     shot(page, "04-open-webui")
+    # her portal page shows that chat's tokens, counted by the gateway against her budget
+    portal = page_of(journey)
+    portal.goto(url("portal", "/me", user=""))
+    used = portal.locator("#my-usage #tokens-used")
+    used.wait_for()
+    assert int(used.inner_text().split()[0]) > 0, used.inner_text()
+    assert "openwebui" in portal.locator("#my-usage-table").inner_text()
+    shot(portal, "04a-my-usage")
 
 
 def test_03b_a_spent_budget_is_said_plainly_in_open_webui(journey):

@@ -121,3 +121,17 @@ def audit(view: SiteView) -> dict | None:
     if a is None:
         return None
     return {**a, "at": _when(a["at"])}
+
+
+def usage_chart(data: dict) -> dict:
+    """Everyone's model use for the console: one bar per day (tokens, split by person) scaled to
+    the busiest day, and the per person x model x app totals."""
+    days: dict[str, dict[str, int]] = {}
+    for row in data["series"]:
+        day = days.setdefault(row["t"][:10], {})
+        day[row["user"]] = day.get(row["user"], 0) + row["prompt_tokens"] + row["completion_tokens"]
+    top = max((sum(d.values()) for d in days.values()), default=0)
+    bars = [{"day": k, "tokens": sum(v.values()), "percent": round(100 * sum(v.values()) / top) if top else 0,
+             "by_user": sorted(v.items())} for k, v in sorted(days.items())]
+    return {"since": data["since"][:10], "bars": bars, "totals": data["totals"],
+            "tokens": sum(b["tokens"] for b in bars), "cost": round(sum(t["cost"] for t in data["totals"]), 4)}

@@ -53,6 +53,40 @@ async def me_fragment(request: Request, ident: Identity = Depends(identity)):
     return _page(request, "_workbench.html", ident, w=views.person(view, ident.name, await view.status()))
 
 
+async def _usage_of(request: Request, read):
+    """The gateway's usage through `read(conninfo, default budget)` in a worker thread; None with
+    the reason when the site has no gateway."""
+    import asyncio
+
+    from aicommons.gateway.site import NoGateway, conninfo_from
+
+    view = request.app.state.view
+    r = view.resolved()
+    try:
+        conninfo = conninfo_from(r, view.secrets().get, view.site_file.resolve().parent)
+    except NoGateway as exc:
+        return None, str(exc)
+    return await asyncio.to_thread(read, conninfo, r.site.gateway.budget), ""
+
+
+@router.get("/fragments/my-usage")
+async def my_usage_fragment(request: Request, ident: Identity = Depends(identity)):
+    from aicommons.gateway.config import utc_now
+    from aicommons.gateway.usage import standing
+
+    u, why = await _usage_of(request, lambda c, b: standing(c, ident.name, b, utc_now()).to_dict())
+    return _page(request, "_my_usage.html", ident, u=u, why=why)
+
+
+@router.get("/fragments/usage")
+async def usage_fragment(request: Request, ident: Identity = Depends(operator)):
+    from aicommons.gateway.config import utc_now
+    from aicommons.gateway.usage import site_usage
+
+    u, why = await _usage_of(request, lambda c, _: views.usage_chart(site_usage(c, utc_now(), 30, "day")))
+    return _page(request, "_usage.html", ident, u=u, why=why)
+
+
 @router.get("/console")
 async def console(request: Request, ident: Identity = Depends(operator)):
     view = request.app.state.view

@@ -22,6 +22,8 @@ async function refresh(el) {
   if (r.ok) el.innerHTML = await r.text();
 }
 function refreshAll() { document.querySelectorAll("[data-fragment]").forEach(refresh); }
+// read from another store (the gateway's usage): loaded after the page, never holding it up
+document.querySelectorAll("[data-fragment][data-load]").forEach(refresh);
 document.querySelectorAll("[data-fragment][data-every]").forEach(el => {
   const every = Math.max(2, Number(el.dataset.every) || 10) * 1000;
   setInterval(() => { if (!document.hidden) refresh(el); }, every);

@@ -473,6 +473,22 @@ def test_root_in_ct200_cannot_reach_the_host(site: Path):
     apps = [c for c in checks if c["actor"].startswith("CT 200 aic-")]
     assert len(apps) >= 30, apps  # six apps, each against the other five's data dirs
     assert all(c["ok"] for c in checks), [c for c in checks if not c["ok"]]
+    # the network section: every door the bridge filter shuts, from every container, with controls
+    net = {(c["actor"], c["resource"]): c for c in json.loads(r.stdout)["checks"] if c["backend"] == "network"}
+    assert all(c["ok"] for c in net.values()), [c for c in net.values() if not c["ok"]]
+    assert net[("CT 201 network", "cannot reach Traefik's API at 10.0.4.10:8080")]["observed"] == "deny"
+    assert net[("CT 129 network", "reach Traefik's API at 10.0.4.10:8080")]["observed"] == "allow"
+    assert net[("CT 137 network", "reach the model server (smollm2) at 10.0.5.100:8080")]["observed"] == "allow"
+    assert net[("CT 102 network", "cannot reach user1's openwebui at 10.0.5.200:8080")]["observed"] == "deny"
+    assert net[("CT 201 network", "cannot reach user1's n8n at 10.0.5.200:5678")]["observed"] == "deny"
+    # a door opened by hand (Traefik's API for everyone) fails the audit, naming it
+    drop = ["INPUT", "-p", "IPv4", "--ip-dst", "10.0.4.10", "--ip-proto", "tcp", "--ip-dport", "8080", "-j", "DROP"]
+    assert sh(["ip", "netns", "exec", NS, "ebtables", "-D", *drop]).returncode == 0
+    try:
+        r = cli(site, "audit", "isolation")
+        assert r.returncode == 1 and "cannot reach Traefik's API" in r.stderr, (r.stdout + r.stderr)[-2000:]
+    finally:
+        assert sh(["ip", "netns", "exec", NS, "ebtables", "-A", *drop]).returncode == 0
     cfg = LXCPATH / "200" / "config"
     good = cfg.read_text()
     cfg.write_text("".join(ln for ln in good.splitlines(keepends=True) if not ln.startswith("lxc.idmap")))

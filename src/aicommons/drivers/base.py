@@ -168,12 +168,19 @@ class HostProbe:
     probe: str  # e.g. "mknod b 254:0", "config: lxc.idmap"
     refused: bool | None
     detail: str = ""
+    expect_refused: bool = True  # False: a control that must get through (the network section's allowed sources)
 
 
 @runtime_checkable
 class AuditsHost(Protocol):
     def audit_host(self, ctids: Iterable[int]) -> list[HostProbe]:
         """From inside each running container (and its config): can root there reach the host?"""
+
+
+@runtime_checkable
+class AuditsNetwork(Protocol):
+    def audit_network(self, resolved: Any) -> list[HostProbe]:
+        """From inside each running container: is every door the site's own filter shuts shut?"""
 
 
 @dataclass(frozen=True)

@@ -619,15 +619,17 @@ def audit_site(site_file: Path, *, state_path=None, backends=None
             list(ctx.session.skip_notes) if backends is None else [])
         if backends is None:
             checks += host_checks(ctx.session.site, Path(site_file), [c.ctid for c in ctx.resolved.containers],
-                                  list(ctx.resolved.containers))
+                                  list(ctx.resolved.containers), resolved=ctx.resolved)
         record_audit(ctx.session.state, checks, skipped, warnings)
         return checks, skipped, warnings
 
 
-def host_checks(site, site_file: Path, ctids: list[int], containers: list | None = None) -> list[AuditCheck]:
+def host_checks(site, site_file: Path, ctids: list[int], containers: list | None = None,
+                resolved=None) -> list[AuditCheck]:
     """The "host" section: from inside the site's containers, root tries the host (drivers that can);
-    and each running container's limits, read back from the kernel, are the plan's (`containers`)."""
-    from aicommons.drivers.base import AuditsHost, ReadsLimits
+    each running container's limits, read back from the kernel, are the plan's (`containers`); and
+    the "network" section: each door the site's own filter shuts, tried from every container."""
+    from aicommons.drivers.base import AuditsHost, AuditsNetwork, ReadsLimits
     from aicommons.engine.api import default_driver
 
     if site.driver.kind != "lxc":  # Proxmox: its template makes unprivileged containers (drivers/proxmox)
@@ -635,14 +637,19 @@ def host_checks(site, site_file: Path, ctids: list[int], containers: list | None
     driver = default_driver(site, site_file)
     if not isinstance(driver, AuditsHost):  # the file-backed fake world has no host to probe
         return []
-    out = [AuditCheck("host", f"CT {p.ctid} {p.actor}", "host", p.probe, "deny",
-                      "deny" if p.refused else ("error" if p.refused is None else "allow"), p.detail)
-           for p in driver.audit_host(ctids)]
+    out = [_host_check(p, "host") for p in driver.audit_host(ctids)]
+    if isinstance(driver, AuditsNetwork) and resolved is not None:
+        out += [_host_check(p, "network") for p in driver.audit_network(resolved)]
     if isinstance(driver, ReadsLimits) and containers:  # a bound on what one container can take
         out += [AuditCheck("host", f"CT {r.ctid}", "host", f"limit {r.key}", "deny", "deny" if r.ok else "allow",
                            f"wanted {r.wanted}, found {r.found}", section="service")
                 for r in driver.read_limits(containers)]
     return out
+
+
+def _host_check(p, backend: str) -> AuditCheck:
+    return AuditCheck(backend, f"CT {p.ctid} {p.actor}", backend, p.probe, "deny" if p.expect_refused else "allow",
+                      "error" if p.refused is None else ("deny" if p.refused else "allow"), p.detail)
 
 
 def record_audit(state, checks: list[AuditCheck], skipped: list[str], warnings: list[str]) -> None:

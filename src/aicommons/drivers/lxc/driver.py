@@ -41,6 +41,7 @@ from aicommons.drivers.lxc import (
     idmap,
     limits,
     models,
+    netaudit,
     netns,
     services,
     template,
@@ -491,6 +492,11 @@ class LxcDriver:
     def audit_host(self, ctids: Iterable[int]) -> list[HostProbe]:
         """`audit isolation`'s host section: from each running container, as root, try the host (hostaudit.py)."""
         return hostaudit.run(self, [c for c in ctids if self._meta(int(c)) is not None])
+
+    def audit_network(self, resolved) -> list[HostProbe]:
+        """`audit isolation`'s network section: the bridge filter's doors from every running container (netaudit.py)."""
+        running = [c.ctid for c in resolved.containers if self._meta(c.ctid) is not None and self._status(c.ctid) == "running"]
+        return netaudit.run(self, resolved, running)
 
     def compose_skip_reason(self, tenant) -> str | None:
         """Why a user's Docker apps cannot start here. This driver installs only what Debian's

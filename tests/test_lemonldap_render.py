@@ -98,6 +98,8 @@ def test_files_land_where_the_catalog_says_and_secrets_stay_0600():
     assert mine["lmConf-1.json"].mode == 0o600 and files["services/postgres/lemonldap.sql"].mode == 0o600
     assert "listen 10.0.5.146:80;" in mine["nginx.conf"].content
     assert f"SOURCE_SERVER={ll.HANDLER_CLASS}" in mine["fastcgi.env"].content
+    assert "NPROC=2\n" in mine["fastcgi.env"].content  # two people: two workers
+    assert [ll.workers(n) for n in (3, 10, 29, 50, 200)] == [2, 3, 4, 7, 7]  # one more per ten, seven at most
     # The role's password reaches PostgreSQL only as a SCRAM verifier, the same on every render.
     sql = files["services/postgres/lemonldap.sql"].content
     assert re.search(r"PASSWORD 'SCRAM-SHA-256\$4096:", sql)

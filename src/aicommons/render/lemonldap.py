@@ -134,9 +134,17 @@ def ini(conf_dir: str = CONF_DIR) -> str:
     ]) + "\n"
 
 
+def workers(people: int) -> int:
+    """FastCGI workers for a site of `people`: every request to every app asks the handler first,
+    and one page can open dozens at once (the journey saw two workers overrun: 502s). Two for a
+    small site (~100 MB each), one more per ten people, Debian's seven at most (~700 MB of the
+    container's 1 GB)."""
+    return min(7, 2 + people // 10)
+
+
 def fastcgi_env(socket: str = SOCKET, nproc: int = 2) -> str:
     """/etc/default/lemonldap-ng-fastcgi-server (the unit's EnvironmentFile; llng-fastcgi-server reads
-    SOCKET, PID, USER, GROUP, NPROC, SOURCE_SERVER). Two workers: ~195 MB instead of Debian's seven."""
+    SOCKET, PID, USER, GROUP, NPROC, SOURCE_SERVER); NPROC from `workers`."""
     run_dir = socket.rsplit("/", 1)[0]
     return HEAD + "\n".join([f"SOCKET={socket}", f"PID={run_dir}/llng-fastcgi-server.pid", "USER=www-data",
                              "GROUP=www-data", f"NPROC={nproc}", f"SOURCE_SERVER={HANDLER_CLASS}",
@@ -240,7 +248,7 @@ def files(resolved: ResolvedSite, secrets: SecretLookup) -> list[RenderedFile]:
             out += [RenderedFile(f"{d}/lemonldap-ng.ini", ini()),
                     RenderedFile(f"{d}/lmConf-1.json", json.dumps(lmconf(resolved, secrets), indent=1,
                                                                   sort_keys=True) + "\n", SECRET_MODE),
-                    RenderedFile(f"{d}/fastcgi.env", fastcgi_env()),
+                    RenderedFile(f"{d}/fastcgi.env", fastcgi_env(nproc=workers(len(resolved.tenants)))),
                     RenderedFile(f"{d}/Traefik.pm", HANDLER_PM),
                     RenderedFile(f"{d}/nginx.conf", nginx_conf(f"{c.ip}:{identity.LEMONLDAP_HTTP_PORT}"))]
     return out

@@ -251,3 +251,24 @@ def test_flowises_custom_openai_node_may_reach_the_gateway_and_nothing_else_it_d
                                               services=[s for s in LXC_CORE if s != "gateway"]))[0])
     e, _ = app_environment(bare, bare.tenant("user1"), load_catalog().apps["flowise"], secrets, port=1, data=None)
     assert "HTTP_DENY_LIST" not in e and "HTTP_SECURITY_CHECK" not in e  # Flowise's own default
+
+
+def test_a_failed_credential_step_stops_the_apply_and_a_refused_sign_in_does_not():
+    """make_accounts (the driver's side of the account script): a failure names the app and the
+    step; "not set" (the person changed the app's password) is reported, not an error."""
+    from types import SimpleNamespace
+
+    from aicommons.drivers.lxc.apps import make_accounts
+    from aicommons.errors import PermanentError
+
+    def driver(report: dict):
+        return SimpleNamespace(exec=lambda ctid, argv, timeout: SimpleNamespace(stdout=json.dumps(report) + "\n",
+                                                                                stderr=""))
+
+    t = SimpleNamespace(user="user1", ip="10.0.6.10", ctid=200)
+    apps = [{"name": "flowise", "port": 3001, "account": "accounts/flowise.json"}]
+    kept = {"flowise": {"account": "kept", "gateway credential": "not set: the app refused the account's sign-in"}}
+    assert make_accounts(driver(kept), t, "/etc/aicommons", apps) == kept
+    bad = {"flowise": {"account": "kept", "gateway credential": "failed: HTTP 500 ***"}}
+    with pytest.raises(PermanentError, match="flowise's gateway credential: failed: HTTP 500"):
+        make_accounts(driver(bad), t, "/etc/aicommons", apps)

@@ -497,6 +497,14 @@ def test_flowise_account_is_made_once_and_its_login_works(apps, site, tmp_path):
         new_key = gateway_key(t.user, rotated(t.user, "gateway_key")) + "~flowise"
         assert _decrypted(apps, r, FLOWISE_CREDENTIAL_ID) == {"openAIApiKey": new_key}
 
+        # The person changed their Flowise password: the apply goes on, the credential is theirs now.
+        def changed(scope: str, name: str) -> str:
+            return "changed-" + rotated(scope, name) if name == "flowise_admin_password" else rotated(scope, name)
+
+        got = account(changed)["flowise"]
+        assert got["account"] == "kept" and got["gateway credential"].startswith("not set"), got
+        assert _decrypted(apps, r, FLOWISE_CREDENTIAL_ID) == {"openAIApiKey": new_key}
+
 
 def test_flowises_own_deny_list_lets_its_custom_node_reach_the_gateway_alone(site):
     """The rendered HTTP_SECURITY_CHECK/HTTP_DENY_LIST, read by Flowise's own checkDenyList (what

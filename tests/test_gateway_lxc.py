@@ -9,7 +9,9 @@ the plan, the renderers and the bridge filter text; the LXC run is tests/e2e/tes
 
 from __future__ import annotations
 
+import json
 import subprocess
+import uuid
 from pathlib import Path
 
 import pytest
@@ -190,3 +192,83 @@ def test_an_external_postgresql_gets_the_gateways_role_from_the_control_plane():
     assert gw.bootstrap == gatewaydb.gateway_sql("<site:gateway_db_password>", "aicommons_gateway")
     (own,) = [b for b in backends_for(resolve(default_site()), secrets, Path("/nonexistent")) if b.name == "gateway"]
     assert own.bootstrap == ""  # the site's PostgreSQL runs it in its configuration
+
+
+def test_flowise_gets_the_persons_gateway_credential_through_its_api_at_apply():
+    """Flowise's credential is set at every apply, signed in as the person's account: one fixed id
+    (a second apply sets the same one), Flowise's own "OpenAI API" type holding the person's key
+    for Flowise, its name carrying the Base Path; the key only in the 0600 accounts file."""
+    from aicommons.plan.policy import gateway_key, login_email, login_password
+    from aicommons.render.native import FLOWISE_CREDENTIAL_ID, native_bundle
+
+    r = resolve(default_site())
+    t = r.tenant("user1")
+    b = native_bundle(r, t, secrets, "/etc/aicommons/env")
+    spec = json.loads(b.accounts["flowise"])
+    assert spec["make"]["path"] == "/api/v1/account/register"  # the account first, as before
+    assert spec["signin"] == {"method": "POST", "path": "/api/v1/auth/login",
+                              "body": {"email": login_email(t, r.site.domain),
+                                       "password": login_password(secrets("user1", "flowise_admin_password"))}}
+    (step,) = spec["then"]
+    assert (step["method"], step["path"], step["headers"]) == ("POST", "/api/v1/credentials", {"x-request-from": "internal"})
+    key = gateway_key("user1", secrets("user1", "gateway_key")) + "~flowise"
+    assert step["body"] == {"id": FLOWISE_CREDENTIAL_ID, "credentialName": "openAIApi",
+                            "name": "Model gateway (aicommons), Base Path http://10.0.5.137:4000/v1",
+                            "plainDataObj": {"openAIApiKey": key}}
+    assert uuid.UUID(FLOWISE_CREDENTIAL_ID)  # the column is a uuid
+    assert key not in b.units["aic-flowise.service"] and key not in b.env_files["flowise"]
+    # the same text on every render: nothing restarts for it
+    assert native_bundle(r, t, secrets, "/etc/aicommons/env").accounts["flowise"] == b.accounts["flowise"]
+    # no gateway on the site: the account alone
+    bare = resolve(load_text(render_site_yaml(users=1, driver="lxc",
+                                              services=[s for s in LXC_CORE if s != "gateway"]))[0])
+    alone = json.loads(native_bundle(bare, bare.tenant("user1"), secrets, "/e").accounts["flowise"])
+    assert "then" not in alone and "signin" not in alone
+
+
+def test_flowises_custom_openai_node_may_reach_the_gateway_and_nothing_else_it_denied():
+    """ChatOpenAI Custom checks its Base Path against Flowise's deny list, which holds 10.0.0.0/8:
+    the rendered list is Flowise's own less the gateway's one address."""
+    import ipaddress
+
+    from aicommons.render.compose import FLOWISE_DEFAULT_DENY
+
+    r = resolve(default_site())
+    e, _ = app_environment(r, r.tenant("user1"), load_catalog().apps["flowise"], secrets, port=1, data=None)
+    assert e["HTTP_SECURITY_CHECK"] == "false"
+    deny = e["HTTP_DENY_LIST"].split(",")
+    nets = [ipaddress.ip_network(d) for d in deny if d[0].isdigit() or ":" in d]
+
+    def denied(ip: str) -> bool:
+        return any(ipaddress.ip_address(ip) in n for n in nets if n.version == ipaddress.ip_address(ip).version)
+
+    assert not denied("10.0.5.137")
+    for ip in ("10.0.5.136", "10.0.5.138", "10.0.5.102", "10.0.4.10", "10.255.255.255", "10.0.0.0",
+               "127.0.0.1", "169.254.169.254", "192.168.1.1", "172.16.0.1"):
+        assert denied(ip), ip
+    assert {d for d in FLOWISE_DEFAULT_DENY if d != "10.0.0.0/8"} <= set(deny)
+    bare = resolve(load_text(render_site_yaml(users=1, driver="lxc",
+                                              services=[s for s in LXC_CORE if s != "gateway"]))[0])
+    e, _ = app_environment(bare, bare.tenant("user1"), load_catalog().apps["flowise"], secrets, port=1, data=None)
+    assert "HTTP_DENY_LIST" not in e and "HTTP_SECURITY_CHECK" not in e  # Flowise's own default
+
+
+def test_a_failed_credential_step_stops_the_apply_and_a_refused_sign_in_does_not():
+    """make_accounts (the driver's side of the account script): a failure names the app and the
+    step; "not set" (the person changed the app's password) is reported, not an error."""
+    from types import SimpleNamespace
+
+    from aicommons.drivers.lxc.apps import make_accounts
+    from aicommons.errors import PermanentError
+
+    def driver(report: dict):
+        return SimpleNamespace(exec=lambda ctid, argv, timeout: SimpleNamespace(stdout=json.dumps(report) + "\n",
+                                                                                stderr=""))
+
+    t = SimpleNamespace(user="user1", ip="10.0.6.10", ctid=200)
+    apps = [{"name": "flowise", "port": 3001, "account": "accounts/flowise.json"}]
+    kept = {"flowise": {"account": "kept", "gateway credential": "not set: the app refused the account's sign-in"}}
+    assert make_accounts(driver(kept), t, "/etc/aicommons", apps) == kept
+    bad = {"flowise": {"account": "kept", "gateway credential": "failed: HTTP 500 ***"}}
+    with pytest.raises(PermanentError, match="flowise's gateway credential: failed: HTTP 500"):
+        make_accounts(driver(bad), t, "/etc/aicommons", apps)

@@ -6,7 +6,10 @@ Real: every app is its published package at the catalog's pin, installed by
 container path (`/opt/aicommons/apps/...`, in a private mount namespace), HOME and the data dir
 set; PostgreSQL 15 and Redis 7 are Debian's servers, the tenant's role, databases and ACL user
 are made by the project's tenancy back ends; the environment is the catalog `env` plus what
-render/compose.py renders for the tenant.
+render/compose.py renders for the tenant. Flowise's account and gateway credential are made by
+the LXC driver's own account script over HTTP and read back through Flowise's API; its stored
+credential is decrypted by Flowise's own crypto-js, and its deny list is checked by its own
+checkDenyList (flowise-components), run with the layer's Node.
 
 Adapted: everything runs in a network namespace of its own with only loopback (`unshare`), so
 nothing can reach the internet; the tenant's PostgreSQL/Redis addresses are mapped to the
@@ -57,10 +60,14 @@ CLONE_NEWNET = 0x40000000
 
 CAT = load_catalog()
 NATIVE = sorted(n for n, a in CAT.apps.items() if a.native and a.native.source != "none")
+# AICOMMONS_NATIVE_APPS=flowise,n8n: start only these (the others' tests skip), to spare shared cores.
+ONLY = {n for n in os.environ.get("AICOMMONS_NATIVE_APPS", "").split(",") if n}
 
 
 def _ready_or_reason(name: str) -> str | None:
     app = CAT.apps[name]
+    if ONLY and name not in ONLY:
+        return f"{name} is not in AICOMMONS_NATIVE_APPS"
     if applayers.is_ready(applayers.layer_dir(app, CACHE_DIR)):
         return None
     return (f"{name}'s layer {applayers.layer_dir(app, CACHE_DIR)} is not built: run `aicommons apps build` "
@@ -169,7 +176,8 @@ def _rendered_env(resolved, t, secrets, name: str, pg, rd, port: int, data: Path
     for k in ("DB_POSTGRESDB_PORT", "DATABASE_PORT"):
         if k in env:
             env[k] = str(pg.port)
-    leftover = {k: v for k, v in env.items() if re.search(r"\b10\.\d+\.\d+\.\d+\b", v)}
+    # Flowise's deny list names ranges, not back ends (it is checked by the deny-list test below).
+    leftover = {k: v for k, v in env.items() if re.search(r"\b10\.\d+\.\d+\.\d+\b", v) and k != "HTTP_DENY_LIST"}
     assert not leftover, f"rendered env names back ends this test does not map: {leftover}"
     return env
 
@@ -408,36 +416,121 @@ def test_n8n_owner_is_made_at_start_and_its_login_works(apps, site):
     assert httpx.post(r.url("/rest/login"), json={**body, "password": "Aa1-wrong"}).status_code == 401
 
 
+def _flowise_node(script: str, *args: str, **env: str) -> str:
+    """Node code run with the Flowise layer's own modules (`process.env.L` is its node_modules)."""
+    app = CAT.apps["flowise"]
+    node = applayers.ensure_node(app.native.node, CACHE_DIR) / "bin" / "node"
+    out = subprocess.run([str(node), "-e", script, *args], capture_output=True, text=True, timeout=60,
+                         env={"PATH": "/usr/bin:/bin", "L": str(applayers.layer_dir(app, CACHE_DIR) / "node_modules"),
+                              **env})
+    assert out.returncode == 0, out.stderr
+    return out.stdout
+
+
+def _decrypted(apps, r: Running, cred_id: str) -> dict:
+    """The credential's data as Flowise decrypts it: its row in the person's database, opened with
+    the instance's key by Flowise's own crypto-js (utils/index.js decryptCredentialData)."""
+    import json
+
+    pg = apps["pg"]
+    with psycopg.connect(host="127.0.0.1", port=pg.port, user=pg.user, password=pg.password,
+                         dbname=_tenant_db(apps, "flowise")) as c:
+        (enc,) = c.execute('SELECT "encryptedData" FROM credential WHERE id = %s', (cred_id,)).fetchone()
+    return json.loads(_flowise_node("const C = require(process.env.L + '/crypto-js');"
+                                    "process.stdout.write(C.AES.decrypt(process.argv[1], process.env.K)"
+                                    ".toString(C.enc.Utf8));", enc, K=r.env["FLOWISE_SECRETKEY_OVERWRITE"]))
+
+
 def test_flowise_account_is_made_once_and_its_login_works(apps, site, tmp_path):
     """Issue #21: Flowise 3 showed /organization-setup. The driver's account step (the same script
     the LXC driver runs in the container, with the rendered accounts/flowise.json) registers the
-    person; Flowise then sends visitors to sign-in, and the credential signs in."""
+    person; Flowise then sends visitors to sign-in, and the credential signs in.
+    Issue #22: signed in as that account, the same step sets the person's model-gateway
+    credential: one credential at every apply, holding their key as Flowise decrypts it; a
+    rotated key replaces it; the key never appears in the step's report."""
     import json
 
     from aicommons.drivers.lxc.apps import _ACCOUNTS
-    from aicommons.plan.policy import login_email, login_password
-    from aicommons.render.native import first_account
+    from aicommons.plan.policy import gateway_key, login_email, login_password
+    from aicommons.render.native import FLOWISE_CREDENTIAL_ID, first_account
 
     r = _app(apps, "flowise")
     resolved, t, secrets = site
     assert "organization-setup" in httpx.post(r.url("/api/v1/auth/resolve")).text  # before: the wizard
     spec = tmp_path / "flowise.json"
-    spec.write_text(json.dumps(first_account(resolved, t, CAT.apps["flowise"], secrets)))
     run = [{"name": "flowise", "base": r.url(""), "file": str(spec)}]
 
-    def account() -> dict:
+    def account(lookup) -> dict:
+        spec.write_text(json.dumps(first_account(resolved, t, CAT.apps["flowise"], lookup)))
         out = subprocess.run(["python3", "-c", _ACCOUNTS, json.dumps(run)], capture_output=True, text=True)
+        key = gateway_key(t.user, lookup(t.user, "gateway_key"))
+        assert key not in out.stdout + out.stderr
         return json.loads(out.stdout.strip().splitlines()[-1])
 
-    assert account() == {"flowise": "made"}
-    assert account() == {"flowise": "kept"}  # a later apply leaves it alone
+    assert account(secrets) == {"flowise": {"account": "made", "gateway credential": "set"}}
+    assert account(secrets) == {"flowise": {"account": "kept", "gateway credential": "set"}}  # a later apply
     assert '"/signin"' in httpx.post(r.url("/api/v1/auth/resolve")).text
-    login = httpx.post(r.url("/api/v1/auth/login"), json={
-        "email": login_email(t, resolved.site.domain),
-        "password": login_password(secrets(t.user, "flowise_admin_password"))})
+    creds = {"email": login_email(t, resolved.site.domain),
+             "password": login_password(secrets(t.user, "flowise_admin_password"))}
+    login = httpx.post(r.url("/api/v1/auth/login"), json=creds)
     assert login.status_code == 200, login.text
-    assert httpx.post(r.url("/api/v1/auth/login"), json={"email": login_email(t, resolved.site.domain),
-                                                         "password": "Aa1-wrong"}).status_code == 401
+    assert httpx.post(r.url("/api/v1/auth/login"), json={**creds, "password": "Aa1-wrong"}).status_code == 401
+
+    # What the person's Flowise lists for its OpenAI nodes, signed in as in its UI.
+    with httpx.Client(base_url=r.url(""), headers={"x-request-from": "internal"}, timeout=30) as c:
+        assert c.post("/api/v1/auth/login", json=creds).status_code == 200
+        listed = c.get("/api/v1/credentials", params={"credentialName": "openAIApi"})
+        assert listed.status_code == 200, listed.text
+        assert [(x["id"], x["name"]) for x in listed.json()] == [
+            (FLOWISE_CREDENTIAL_ID, "Model gateway (aicommons), Base Path http://10.0.5.137:4000/v1")]
+        one = c.get(f"/api/v1/credentials/{FLOWISE_CREDENTIAL_ID}").json()
+        key = gateway_key(t.user, secrets(t.user, "gateway_key")) + "~flowise"
+        assert one["workspaceId"] and set(one["plainDataObj"]) == {"openAIApiKey"}
+        assert key not in json.dumps(one)  # Flowise's API shows a password field redacted
+        assert _decrypted(apps, r, FLOWISE_CREDENTIAL_ID) == {"openAIApiKey": key}
+
+        def rotated(scope: str, name: str) -> str:
+            return "rotated-" + secrets(scope, name) if name == "gateway_key" else secrets(scope, name)
+
+        assert account(rotated) == {"flowise": {"account": "kept", "gateway credential": "set"}}
+        assert [x["id"] for x in c.get("/api/v1/credentials").json()] == [FLOWISE_CREDENTIAL_ID]
+        new_key = gateway_key(t.user, rotated(t.user, "gateway_key")) + "~flowise"
+        assert _decrypted(apps, r, FLOWISE_CREDENTIAL_ID) == {"openAIApiKey": new_key}
+
+        # The person changed their Flowise password: the apply goes on, the credential is theirs now.
+        def changed(scope: str, name: str) -> str:
+            return "changed-" + rotated(scope, name) if name == "flowise_admin_password" else rotated(scope, name)
+
+        got = account(changed)["flowise"]
+        assert got["account"] == "kept" and got["gateway credential"].startswith("not set"), got
+        assert _decrypted(apps, r, FLOWISE_CREDENTIAL_ID) == {"openAIApiKey": new_key}
+
+
+def test_flowises_own_deny_list_lets_its_custom_node_reach_the_gateway_alone(site):
+    """The rendered HTTP_SECURITY_CHECK/HTTP_DENY_LIST, read by Flowise's own checkDenyList (what
+    ChatOpenAI Custom calls on its Base Path): the gateway passes, its neighbours and the rest of
+    Flowise's default list are refused. No app runs for this."""
+    import json
+
+    from aicommons.render.compose import app_environment
+
+    if reason := _ready_or_reason("flowise"):
+        pytest.skip(reason)
+    resolved, t, secrets = site
+    env, _ = app_environment(resolved, t, CAT.apps["flowise"], secrets, port=1, data=None)
+    gateway = "http://10.0.5.137:4000/v1"
+    probes = [gateway, "http://10.0.5.136:4000/v1", "http://10.0.5.102:5432/", "http://127.0.0.1:9/",
+              "http://169.254.169.254/latest", "http://[::1]:80/", "http://192.168.1.1/"]
+    check = ("const s = require(process.env.L + '/flowise-components/dist/src/httpSecurity.js');"
+             "(async () => { const r = {}; for (const u of JSON.parse(process.argv[1])) {"
+             " try { await s.checkDenyList(u); r[u] = 'allowed' } catch (e) {"
+             " r[u] = /denied by policy/.test(e.message) ? 'denied' : e.message } }"
+             " process.stdout.write(JSON.stringify(r)) })()")
+    got = json.loads(_flowise_node(check, json.dumps(probes), HTTP_SECURITY_CHECK=env["HTTP_SECURITY_CHECK"],
+                                   HTTP_DENY_LIST=env["HTTP_DENY_LIST"]))
+    assert got == {u: "allowed" if u == gateway else "denied" for u in probes}, got
+    # Flowise's default refuses the gateway: without the rendered list the node could not use it
+    assert json.loads(_flowise_node(check, json.dumps([gateway]))) == {gateway: "denied"}
 
 
 def test_chainforge_serves_its_page_under_the_routes_host_name(apps, site):

@@ -9,6 +9,7 @@ container to that many cores).
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -42,7 +43,7 @@ def client_addresses(site: Site, catalog: Catalog) -> tuple[str, ...]:
     return service_addresses(site, catalog, catalog.services[SERVICE].clients)
 
 
-def service_addresses(site: Site, catalog: Catalog, names) -> tuple[str, ...]:
+def service_addresses(site: Site, catalog: Catalog, names: Iterable[str]) -> tuple[str, ...]:
     """Addresses of the named shared services this site enables: their `address:` override, else
     the catalog's octet."""
     out = []

@@ -7,6 +7,7 @@ are whole `.env` entries, so the compose file itself never holds one.
 
 from __future__ import annotations
 
+import ipaddress
 from urllib.parse import quote as urlquote
 
 from aicommons.catalog.model import App
@@ -243,7 +244,15 @@ class _Wiring:
             e["LOG_PATH"] = f"{data or '/root/.flowise'}/logs"  # default: inside the (read-only) package
             e["FLOWISE_SECRETKEY_OVERWRITE"] = self.secret("FLOWISE_SECRET_KEY", "flowise_secret_key")
             # Flowise 3 reads no FLOWISE_USERNAME/PASSWORD: its account is registered once the app
-            # answers (flowise_account(), run by the driver), so /organization-setup never shows.
+            # answers (render/native.py first_account, run by the driver), so /organization-setup
+            # never shows; the gateway credential is made there too.
+            if (gw := self.gateway(app.name)) and (allow := endpoint_host(r, "gateway")):
+                # Its "ChatOpenAI Custom" node refuses a BasePath in 10.0.0.0/8 (flowise-components
+                # 3.1.3 ChatOpenAICustom.js init -> src/httpSecurity.js checkDenyList): the default
+                # deny list is kept, less the gateway's address (HTTP_SECURITY_CHECK=false drops the
+                # built-in list, HTTP_DENY_LIST is then the whole list: getHttpDenyList).
+                if deny := flowise_deny_list(allow):
+                    e.update(HTTP_SECURITY_CHECK="false", HTTP_DENY_LIST=deny)
             if (s3 := self.s3()) and app.buckets:
                 e.update(STORAGE_TYPE="s3", S3_STORAGE_BUCKET_NAME=_bucket(t, "flowise"),
                          S3_STORAGE_ACCESS_KEY_ID=s3["access"], S3_STORAGE_SECRET_ACCESS_KEY=s3["secret"],
@@ -251,6 +260,44 @@ class _Wiring:
         # No LANGFUSE_HOST for Open WebUI: 0.6.41 does not read it (tracing goes through its
         # Pipelines, configured in the app; catalog verify).
         return e
+
+
+# flowise-components 3.1.3 dist/src/httpSecurity.js DEFAULT_DENY_LIST: where its nodes may not
+# send requests unless HTTP_SECURITY_CHECK=false.
+FLOWISE_DEFAULT_DENY = ("0.0.0.0", "10.0.0.0/8", "127.0.0.0/8", "169.254.0.0/16", "169.254.169.253",
+                        "169.254.169.254", "172.16.0.0/12", "192.168.0.0/16", "224.0.0.0/4", "240.0.0.0/4",
+                        "255.255.255.255/32", "::1", "fc00::/7", "fd00:ec2::254", "fe80::/10", "ff00::/8",
+                        "localhost", "ip6-localhost")
+
+
+def flowise_deny_list(allow: str) -> str | None:
+    """Flowise's default deny list without the one address `allow` (its ranges split around it),
+    as HTTP_DENY_LIST's comma-separated text; None when `allow` is no IP address."""
+    try:
+        ip = ipaddress.ip_address(allow)
+    except ValueError:
+        return None
+    out: list[str] = []
+    for entry in FLOWISE_DEFAULT_DENY:
+        try:
+            net = ipaddress.ip_network(entry)
+        except ValueError:  # a host name
+            out.append(entry)
+            continue
+        if ip not in net:
+            out.append(entry)
+        elif net.num_addresses > 1:
+            out += [str(n) for n in sorted(net.address_exclude(ipaddress.ip_network(ip)))]  # type: ignore[arg-type]
+    return ",".join(out)
+
+
+def gateway_credential(resolved: ResolvedSite, t: Tenant, secrets: SecretLookup, app: str) -> tuple[str, str] | None:
+    """(the gateway's /v1 URL, the person's key for `app`) for a credential made inside the app;
+    None where no gateway runs or the person has no key. The key is the one the environment wiring
+    gives (`_Wiring.gateway`)."""
+    w = _Wiring(resolved, t, secrets)
+    gw = w.gateway(app)
+    return None if gw is None else (gw[0], w.env[gw[2][2:-1]])
 
 
 def app_environment(resolved: ResolvedSite, t: Tenant, app: App, secrets: SecretLookup, *, port: int,

@@ -6,7 +6,8 @@ container (so archive and backup keep it). Its environment is the compose servic
 (`compose.app_environment`, the one source of truth): plain settings are `Environment=` lines,
 secrets go to an `EnvironmentFile=` of mode 0600 that systemd reads as root before dropping to
 the app's user. `native.json` tells the driver what to create and what to wait for, and which
-app gets its account made once it answers (`accounts/<app>.json`, 0600: Flowise).
+app gets its account made once it answers (`accounts/<app>.json`, 0600: Flowise, with its
+gateway credential).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from aicommons.plan.model import ResolvedSite, Tenant
 from aicommons.plan.policy import login_email, login_password
 from aicommons.plan.secrets import SecretLookup
 from aicommons.render.common import catalog
-from aicommons.render.compose import app_environment
+from aicommons.render.compose import app_environment, gateway_credential
 from aicommons.render.envfile import RenderError
 
 LAYER_ROOT = "/opt/aicommons/apps"
@@ -190,6 +191,22 @@ def prestart(app: App, t: Tenant, plain: dict[str, str]) -> list[list[str]]:
     return []
 
 
+# Flowise: the person's model-gateway credential, set through Flowise's own API once its account
+# exists (flowise 3.1.3). Its "OpenAI API" credential (flowise-components credentials/
+# OpenAIApi.credential.js, name openAIApi) holds the key alone; the URL is each node's "Base Path"
+# (ChatOpenAI Custom, OpenAI Embedding Custom: nodes/*/…Custom.js `basepath`), so the credential's
+# name carries it. POST /api/v1/credentials (routes/credentials, services/credentials
+# createCredential) encrypts plainDataObj with the instance's key (utils transformToCredentialEntity,
+# FLOWISE_SECRETKEY_OVERWRITE) into the caller's active workspace and keeps a given `id`: TypeORM's
+# save() then updates the row of that id, so every apply sets the same credential (a rotated key
+# replaces the old one). /api/v1 outside the whitelist wants `x-request-from: internal` plus the
+# session cookies of POST /api/v1/auth/login (dist/index.js, enterprise/middleware/passport/
+# index.js verifyToken, AuthStrategy.js), else an API key, which a fresh instance has none of.
+# The column is a uuid (database/entities/Credential.js): one fixed value, a uuid5 of a name.
+FLOWISE_CREDENTIAL_ID = "ae6e7d9a-d262-525f-911e-b8c0d7f740b4"
+FLOWISE_CREDENTIAL_NAME = "Model gateway (aicommons), Base Path {url}"
+
+
 def first_account(resolved: ResolvedSite, t: Tenant, app: App, secrets: SecretLookup) -> dict | None:
     """The account an app that cannot trust the site's sign-in gets before the person arrives,
     as HTTP calls the driver makes inside the container once the app answers (None: not needed).
@@ -199,13 +216,24 @@ def first_account(resolved: ResolvedSite, t: Tenant, app: App, secrets: SecretLo
     posts {user: {name, email, credential}} to /api/v1/account/register, which needs no sign-in
     and makes the organization, its owner and the default workspace (flowise dist/enterprise/
     middleware/passport/index.js, services/account.service.js createRegisterAccount). `done`
-    says when that has happened ("/signin"), so a later apply leaves the account alone."""
+    says when that has happened ("/signin"), so a later apply leaves the account alone.
+    `signin` then `then`: calls made signed in as that account at every apply (the gateway
+    credential), each `label`led in the driver's report."""
     if app.name != "flowise":
         return None
-    return {"done": {"method": "POST", "path": "/api/v1/auth/resolve", "contains": '"/signin"'},
-            "make": {"method": "POST", "path": "/api/v1/account/register",
-                     "body": {"user": {"name": t.user, "email": login_email(t, resolved.site.domain),
-                                       "credential": login_password(secrets(t.user, "flowise_admin_password"))}}}}
+    email = login_email(t, resolved.site.domain)
+    password = login_password(secrets(t.user, "flowise_admin_password"))
+    spec: dict = {"done": {"method": "POST", "path": "/api/v1/auth/resolve", "contains": '"/signin"'},
+                  "make": {"method": "POST", "path": "/api/v1/account/register",
+                           "body": {"user": {"name": t.user, "email": email, "credential": password}}}}
+    if gw := gateway_credential(resolved, t, secrets, app.name):
+        url, key = gw
+        spec["signin"] = {"method": "POST", "path": "/api/v1/auth/login", "body": {"email": email, "password": password}}
+        spec["then"] = [{"label": "gateway credential", "method": "POST", "path": "/api/v1/credentials",
+                         "headers": {"x-request-from": "internal"},
+                         "body": {"id": FLOWISE_CREDENTIAL_ID, "name": FLOWISE_CREDENTIAL_NAME.format(url=url),
+                                  "credentialName": "openAIApi", "plainDataObj": {"openAIApiKey": key}}}]
+    return spec
 
 
 @dataclass(frozen=True)

@@ -89,32 +89,56 @@ print(json.dumps(done))
 
 # Accounts made once an app answers (render/native.py first_account): `done` first, so a made
 # account is left alone; the file holds the credential and is read here, inside the container.
+# Then, signed in as that account (its session cookies), the `then` calls of every apply (Flowise's
+# gateway credential). No value sent is ever echoed in the report.
 _ACCOUNTS = r"""
 import json, sys, urllib.request, urllib.error
+def call(base, c, cookie=""):
+    body = json.dumps(c["body"]).encode() if "body" in c else b"{}"
+    headers = {"Content-Type": "application/json", **c.get("headers", {}), **({"Cookie": cookie} if cookie else {})}
+    req = urllib.request.Request(base + c["path"], data=body, method=c["method"], headers=headers)
+    try:
+        with urllib.request.urlopen(req, timeout=30) as r:
+            return r.status, r.read().decode(errors="replace"), r.headers.get_all("Set-Cookie") or []
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode(errors="replace"), []
+def sent(v):
+    if isinstance(v, dict):
+        return [s for x in v.values() for s in sent(x)]
+    return [v] if isinstance(v, str) and len(v) >= 8 else []
+def report(code, text, c):
+    for s in sent(c.get("body")):
+        text = text.replace(s, "***")
+    return f"HTTP {code} {text[:200]}"
 out = {}
 for a in json.loads(sys.argv[1]):
-    spec = json.load(open(a["file"]))
-    def call(c):
-        body = json.dumps(c["body"]).encode() if "body" in c else b"{}"
-        req = urllib.request.Request(a["base"] + c["path"], data=body, method=c["method"],
-                                     headers={"Content-Type": "application/json"})
-        try:
-            with urllib.request.urlopen(req, timeout=30) as r:
-                return r.status, r.read().decode(errors="replace")
-        except urllib.error.HTTPError as e:
-            return e.code, e.read().decode(errors="replace")
-    if spec["done"]["contains"] in call(spec["done"])[1]:
-        out[a["name"]] = "kept"
-        continue
-    code, text = call(spec["make"])
-    done = spec["done"]["contains"] in call(spec["done"])[1]
-    out[a["name"]] = "made" if 200 <= code < 300 and done else f"failed: HTTP {code} {text[:200]}"
+    spec, base = json.load(open(a["file"])), a["base"]
+    res = out[a["name"]] = {}
+    if spec["done"]["contains"] in call(base, spec["done"])[1]:
+        res["account"] = "kept"
+    else:
+        code, text, _ = call(base, spec["make"])
+        done = spec["done"]["contains"] in call(base, spec["done"])[1]
+        res["account"] = "made" if 200 <= code < 300 and done else "failed: " + report(code, text, spec["make"])
+    if res["account"] == "made" or res["account"] == "kept":
+        if spec.get("then"):
+            code, text, cookies = call(base, spec["signin"])
+            cookie = "; ".join(c.split(";", 1)[0] for c in cookies)
+            for step in spec["then"]:
+                if code == 401:  # the person changed the app's password: theirs now, left alone
+                    res[step["label"]] = "not set: the app refused the account's sign-in (password changed?)"
+                elif not 200 <= code < 300 or not cookie:
+                    res[step["label"]] = "failed: sign-in " + report(code, text, spec["signin"])
+                else:
+                    c, t, _ = call(base, step, cookie)
+                    res[step["label"]] = "set" if 200 <= c < 300 else "failed: " + report(c, t, step)
 print(json.dumps(out))
 """
 
 
-def make_accounts(driver, t, root: str, apps: list[dict]) -> dict[str, str]:
-    """app -> made / kept, for the apps whose account the bundle asks for; a failure stops the apply."""
+def make_accounts(driver, t, root: str, apps: list[dict]) -> dict[str, dict[str, str]]:
+    """app -> {"account": made / kept, <label of a later call>: set / not set: why}, for the apps
+    whose account the bundle asks for; a failure stops the apply."""
     wanted = [{"name": a["name"], "base": f"http://{t.ip}:{a['port']}", "file": posixpath.join(root, a["account"])}
               for a in apps if a.get("account")]
     if not wanted:
@@ -125,9 +149,9 @@ def make_accounts(driver, t, root: str, apps: list[dict]) -> dict[str, str]:
     except (ValueError, IndexError):
         raise TemporaryError(f"user {t.user}: making the app accounts failed: {res.stderr.strip()[-300:]}",
                              delay=5) from None
-    bad = {k: v for k, v in got.items() if v not in ("made", "kept")}
+    bad = [f"{app}'s {what}: {v}" for app, r in got.items() for what, v in r.items() if v.startswith("failed")]
     if bad:
-        raise PermanentError(f"user {t.user}: " + "; ".join(f"{k}'s account: {v}" for k, v in bad.items()))
+        raise PermanentError(f"user {t.user}: " + "; ".join(bad))
     return got
 
 
@@ -208,7 +232,8 @@ def run_native(driver, t, root: str, files: dict) -> str:
     return (f"{len(apps)} apps answer ({', '.join(f'{n} {s}s' for n, s in ready.items())}; all within "
             f"{took:.0f}s)" + (f"; not available natively: {', '.join(manifest['unavailable'])}"
                                 if manifest.get("unavailable") else "")
-            + (f"; accounts: {', '.join(f'{n} {v}' for n, v in accounts.items())}" if accounts else ""))
+            + (f"; accounts: {', '.join(f'{n} ' + ', '.join(f'{k} {v}' for k, v in r.items()) for n, r in accounts.items())}"
+               if accounts else ""))
 
 
 def _container_of(driver, ctid: int, apps: tuple[str, ...]) -> Container:

@@ -348,6 +348,7 @@ def test_08_chainforge_opens_a_flow(journey):
     card.get_by_role("button", name="Try me").click()
     page.locator(".react-flow__node").first.wait_for()
     assert page.locator(".react-flow__node").count() >= 3
+    page.locator("[class*=LoadingOverlay]").first.wait_for(state="hidden")  # the flow drawn, not a spinner
     no_sign_in_form(page)
     shot(page, "09-chainforge")
 

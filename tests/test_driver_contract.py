@@ -67,7 +67,8 @@ def test_capabilities_of_the_fake_driver(tmp_path):
 OFFERS = {
     FakeDriver: {"Archives", "HasTraefikTarget", "ReportsUsage", "ServiceUrls"},
     LxcDriver: {"Archives", "BindsControlPlane", "BindsSecrets", "ChecksPlans", "ConfiguresServices",
-                "HasTraefikTarget", "ManagesNetwork", "NotesHost", "AuditsHost", "ReadsLimits", "ReportsUsage", "RunsNativeApps",
+                "HasTraefikTarget", "ManagesNetwork", "NotesHost", "AuditsHost", "AuditsNetwork", "HostLocal",
+                "ReadsLimits", "ReportsUsage", "RunsNativeApps",
                 "SkipsCompose", "SkipsServices"},
     ProxmoxDriver: {"AppliesFirewall", "Archives", "ChecksPlans", "Closes", "DiffsFirewall", "ReportsUsage",
                     "TakesNotes"},

@@ -330,7 +330,7 @@ class Closes(Protocol):
 CAPABILITIES: tuple[type, ...] = (
     ChecksPlans, TakesNotes, Archives, HasTraefikTarget, ConfiguresServices, SkipsServices, BindsSecrets,
     ServiceUrls, AppliesFirewall, DiffsFirewall, SkipsCompose, ManagesNetwork, RunsNativeApps, ReportsUsage,
-    Closes, NotesHost, AuditsHost, BindsControlPlane, ReadsLimits,
+    Closes, NotesHost, AuditsHost, AuditsNetwork, HostLocal, BindsControlPlane, ReadsLimits,
 )
 
 

@@ -34,6 +34,7 @@ OUTPOST_SERVICE = "authentik-outpost"
 # paths, then the app; certificate holders never win.
 PRIORITY_OUTPOST, PRIORITY_PUBLIC, PRIORITY_APP, PRIORITY_CERT = 300, 200, 100, 1
 HEALTH_INTERVAL = "10s"
+HEALTH_TIMEOUT = "10s"  # Traefik: a server whose check fails is out until one passes
 HEADER = "# Rendered by aicommons: do not edit by hand (`aicommons render` rewrites it).\n"
 
 
@@ -104,8 +105,11 @@ def _http_service(route: Route) -> dict:
     # A person's app is health-checked by Traefik too: from the one address its container admits,
     # so Traefik's API (serverStatus) tells the portal, which may not reach the app itself, whether
     # the app behind the person's route answers; a down app gets Traefik's 503 at once.
+    # One failed check takes the server out until the next passes (Traefik has no failure
+    # threshold), so the timeout is that of an app that is broken, not of one that is busy: a CI
+    # run under load saw Open WebUI's /health miss 3 s and the person get "no available server".
     if len(route.urls) > 1 or route.owner is not None:
-        lb["healthCheck"] = {"path": route.health_path or "/", "interval": HEALTH_INTERVAL, "timeout": "3s"}
+        lb["healthCheck"] = {"path": route.health_path or "/", "interval": HEALTH_INTERVAL, "timeout": HEALTH_TIMEOUT}
     return {"loadBalancer": lb}
 
 

@@ -109,3 +109,56 @@ def test_the_session_cookie_is_secure_behind_https(portal):
             assert r.status_code == 303 and "secure" not in r.headers["set-cookie"].lower()
 
     asyncio.run(go())
+
+
+class ChangingDriver:
+    """Its first read begins before a user is added and returns the old list late; every later
+    read returns the list with the new container."""
+    kind = "lxc"
+    configures_services = False
+
+    def __init__(self):
+        from aicommons.drivers.base import ContainerState
+
+        self.release = threading.Event()
+        self.reads = 0
+        self.after = [ContainerState(ctid=202, hostname="user3", status="running")]
+
+    def list_containers(self):
+        self.reads += 1
+        if self.reads == 1:
+            self.release.wait(20)
+            return []
+        return self.after
+
+
+def test_a_change_is_not_hidden_by_a_driver_read_begun_before_it(tmp_path, monkeypatch):
+    """The CI's console showed a just-added user with 3 / 3 apps ok and container "missing": the
+    sweep after the change reused the driver read in flight, begun before the container existed."""
+    from aicommons.ops import status as ops_status
+    from aicommons.portal.site import SiteView
+
+    async def no_checks(*args, **kw):
+        return 0, []
+
+    monkeypatch.setattr(ops_status, "status_async", no_checks)
+    site = tmp_path / "site.yaml"
+    site.write_text(render_site_yaml(users=2, driver="lxc", domain="example.org"))
+    drv = ChangingDriver()
+    view = SiteView(PortalConfig(site_file=site, trusted_proxies=parse_proxies(["127.0.0.1"]), status_timeout=0.3,
+                                 refresh_seconds=60), driver=drv)
+
+    async def go():
+        await view.status(fresh=True)  # the first read hangs past the timeout: pages show nothing yet
+        assert view.containers() == {} and drv.reads == 1
+        view.invalidate_status()  # the add has finished: container 202 exists now
+        threading.Timer(0.1, drv.release.set).start()  # the old read returns its old list, late
+        await view.status()
+        assert 202 in view.containers(), "the sweep after the change used a read begun before it"
+        assert drv.reads == 2
+
+    try:
+        asyncio.run(go())
+    finally:
+        drv.release.set()
+        view.close()

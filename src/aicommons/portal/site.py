@@ -48,6 +48,9 @@ class SiteView:
         self.driver_read_at: float | None = None  # when the driver last answered (None: not yet)
         self.sees_containers = True  # False: the driver cannot see them from here (drivers/base.HostLocal)
         self._driver_busy = threading.Lock()  # held by the read in flight (a hung one included)
+        self._generation = 0  # bumped by every change (invalidate_status)
+        self._status_gen = 0  # the generation the last sweep started in
+        self._read_gen = -1  # the generation the driver read in flight (or last) started in
 
     def close(self) -> None:
         if isinstance(self._driver, Closes):
@@ -93,7 +96,9 @@ class SiteView:
 
         async with self._sweep_lock:  # one sweep at a time; waiters reuse its result
             stale = 2 * max(1.0, self.cfg.refresh_seconds) + self.cfg.status_timeout  # the sweeper is late
-            if fresh or self._status is None or time.time() - self._status[0] > stale:
+            if (fresh or self._status is None or self._status_gen != self._generation
+                    or time.time() - self._status[0] > stale):
+                gen = self._generation
                 await self.refresh_driver()
                 r = self.resolved()
                 t0 = time.perf_counter()
@@ -102,7 +107,7 @@ class SiteView:
                     timeout=self.cfg.status_timeout, base_dir=self.site_file.resolve().parent,
                     inside_site=self.cfg.inside_site)
                 self.sweep_ms = (time.perf_counter() - t0) * 1000
-                self._status = (time.time(), code, results)
+                self._status, self._status_gen = (time.time(), code, results), gen
             return self._status
 
     async def keep_fresh(self) -> None:
@@ -116,10 +121,16 @@ class SiteView:
             await asyncio.sleep(max(1.0, self.cfg.refresh_seconds))
 
     async def refresh_driver(self) -> None:
-        """Read containers and their use in a worker thread, at most `status_timeout` long; a read
-        still running from an earlier round (a hung API) is not started again."""
-        if not self._driver_busy.acquire(blocking=False):
-            return
+        """Read containers and their use in a worker thread, at most `status_timeout` long. A read
+        still running is not started again (a hung API), except that one begun before the last
+        change is waited for (as long) and followed by a new one: else a user just added has apps
+        that answer and a container the portal has not seen yet."""
+        deadline = time.monotonic() + self.cfg.status_timeout
+        while not self._driver_busy.acquire(blocking=False):
+            if self._read_gen == self._generation or time.monotonic() >= deadline:
+                return
+            await asyncio.sleep(0.05)
+        self._read_gen = self._generation
 
         def read() -> None:
             try:
@@ -133,13 +144,16 @@ class SiteView:
                 self._driver_busy.release()
 
         try:
-            await asyncio.wait_for(asyncio.shield(asyncio.to_thread(read)), timeout=self.cfg.status_timeout)
+            await asyncio.wait_for(asyncio.shield(asyncio.to_thread(read)),
+                                   timeout=max(0.1, deadline - time.monotonic()))
         except TimeoutError:
             log.warning("the compute driver did not answer in %.0f s; pages show its last answer",
                         self.cfg.status_timeout)
 
     def invalidate_status(self) -> None:
-        """After a change (a user added, a container restarted): the next read sweeps again."""
+        """After a change (a user added, a container restarted): the next read sweeps again, and
+        a sweep or driver read begun before it does not count as fresh."""
+        self._generation += 1
         self._status = None
 
     # ---- containers, backups, audit --------------------------------------------------------

@@ -187,10 +187,14 @@ def test_user_file_routes_every_app_behind_its_owner(files, site):
         for r in routers.values():
             assert r["entryPoints"] == ["websecure"] and r["tls"] == {} and r["priority"] == 100
             assert r["middlewares"] == ["secure-headers", f"authentik-{t.user}"]
-            lb = doc["http"]["services"][r["service"]]["loadBalancer"]
-            assert lb["servers"][0]["url"].startswith(f"http://{t.ip}:")
-            # Traefik checks the app itself (its serverStatus is what the portal shows)
-            assert lb["healthCheck"]["path"].startswith("/") and lb["healthCheck"]["interval"] == "10s"
+            # Traefik checks the app itself (its serverStatus is what the portal shows), but a missed
+            # check never turns the person away: the fallback is the same server, unchecked
+            services = doc["http"]["services"]
+            fo = services[r["service"]]["failover"]
+            checked, direct = services[fo["service"]]["loadBalancer"], services[fo["fallback"]]["loadBalancer"]
+            assert checked["servers"] == direct["servers"] and checked["servers"][0]["url"].startswith(f"http://{t.ip}:")
+            assert checked["healthCheck"]["path"].startswith("/") and checked["healthCheck"]["interval"] == "10s"
+            assert "healthCheck" not in direct and "healthCheck" not in services[r["service"]]["failover"]
         fa = doc["http"]["middlewares"][f"authentik-{t.user}"]["forwardAuth"]
         assert fa["address"] == "http://10.0.5.146:9000/outpost.goauthentik.io/auth/traefik"
 

@@ -93,10 +93,15 @@ def test_the_path_through_traefik_and_the_provider(env):
 
 
 class _Unwell(BaseHTTPRequestHandler):
+    """An app whose health path fails (503) while its pages still answer: busy, not broken."""
+    health_path = "/health"
+
     def do_GET(self):  # noqa: N802
-        self.send_response(503)
-        self.send_header("Content-Length", "0")
+        body = b"" if self.path == self.health_path else b"a page"
+        self.send_response(503 if self.path == self.health_path else 200)
+        self.send_header("Content-Length", str(len(body)))
         self.end_headers()
+        self.wfile.write(body)
 
     def log_message(self, *args):
         pass
@@ -112,6 +117,8 @@ def _inside_results(env):
 
 
 def test_inside_the_site_each_app_is_read_from_traefiks_health_check(env):
+    """Reproduces the CI's "no available server" in Open WebUI: one missed health check took
+    the person's only server out of her route."""
     checks, results = _inside_results(env)
     own = {c.name: c for c in checks if c.kind == "backend"}
     apps = {r.service for r in env["site"].routes if r.owner == "user1"}
@@ -122,6 +129,7 @@ def test_inside_the_site_each_app_is_read_from_traefiks_health_check(env):
     # Open WebUI's health path starts failing: Traefik's own check (every 10 s) marks it down
     route = next(r for r in env["site"].routes if r.owner == "user1" and r.service == "openwebui")
     srv = next(s for s in env["apps"].servers.values() if route.url.endswith(f":{s.server_address[1]}"))
+    assert route.health_path == _Unwell.health_path
     plain, srv.RequestHandlerClass = srv.RequestHandlerClass, _Unwell
     try:
         deadline = time.monotonic() + 40
@@ -134,6 +142,12 @@ def test_inside_the_site_each_app_is_read_from_traefiks_health_check(env):
         assert got["user1/openwebui"].state == "down", got["user1/openwebui"].reason
         assert "Traefik's health check finds" in got["user1/openwebui"].reason
         assert got["user1/n8n"].state == "ok"  # the others stay up
+        # ... yet the person still reaches it: the check observes, it does not turn her away
+        # (a single server marked down would answer Traefik's own 503, "no available server")
+        name, value = env["site"].outpost.session_for("user1", route.host)
+        with env["tr"].client() as c:
+            got = c.get("/", headers={"Host": route.host, "Cookie": f"{name}={value}"})
+        assert got.status_code == 200 and got.text == "a page", (got.status_code, got.text)
     finally:
         srv.RequestHandlerClass = plain
 

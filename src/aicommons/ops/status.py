@@ -18,7 +18,7 @@ from aicommons.catalog import load_catalog
 from aicommons.ops.checks import Check, Kind, Result, sweep
 from aicommons.ops.targets import retarget
 from aicommons.plan.model import ResolvedSite
-from aicommons.render.traefik import guarded, proxy_file, router_name
+from aicommons.render.traefik import checked_service, guarded, proxy_file
 from aicommons.spec.secretref import resolve_ref
 from aicommons.tenancy.registry import DEFAULT_ADMIN
 
@@ -128,7 +128,7 @@ def plan_checks(resolved: ResolvedSite, *, secrets: Lookup | None = None,
             kind: Kind = "http" if app_spec.health.type == "http" else "tcp"
             if inside_site and r is not None:
                 add(f"{t.user}/{app}", "backend", proxy, TRAEFIK_API_PORT, phase, user=t.user,
-                    path=f"/api/http/services/{router_name(r)}@file")
+                    path=f"/api/http/services/{checked_service(r)}@file")
             elif inside_site:
                 add(f"{t.user}/{app}", kind, t.ip, t.ports[app], phase, user=t.user,
                     skip_reason="no route: only Traefik could reach it")

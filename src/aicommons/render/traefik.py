@@ -34,7 +34,7 @@ OUTPOST_SERVICE = "authentik-outpost"
 # paths, then the app; certificate holders never win.
 PRIORITY_OUTPOST, PRIORITY_PUBLIC, PRIORITY_APP, PRIORITY_CERT = 300, 200, 100, 1
 HEALTH_INTERVAL = "10s"
-HEALTH_TIMEOUT = "10s"  # Traefik: a server whose check fails is out until one passes
+HEALTH_TIMEOUT = "10s"
 HEADER = "# Rendered by aicommons: do not edit by hand (`aicommons render` rewrites it).\n"
 
 
@@ -100,17 +100,30 @@ def _http_router(resolved: ResolvedSite, route: Route) -> dict:
             "middlewares": middlewares(resolved, route), "priority": PRIORITY_APP, "tls": {}}
 
 
-def _http_service(route: Route) -> dict:
+def checked_service(route: Route) -> str:
+    """The service whose serverStatus says whether a person's app answers (Traefik's API)."""
+    return f"{router_name(route)}-checked"
+
+
+def _http_services(route: Route) -> dict[str, dict]:
+    """The route's service(s), by name. A shared service with several servers is balanced, its
+    health check taking a down one out. A person's app has one server: Traefik checks it so that
+    its API (serverStatus) tells the portal, which may not reach the app itself, whether it
+    answers, but the check never turns the person away. Traefik has no failure threshold (one
+    missed check takes the server out until the next passes; a CI run under load gave the person
+    "no available server" in Open WebUI), so the router's service is a failover whose fallback is
+    the same server unchecked (pkg/server/service/service.go getFailoverServiceHandler; with no
+    healthCheck of its own the fallback always serves)."""
+    name = router_name(route)
     lb: dict = {"servers": [{"url": u} for u in route.urls], "passHostHeader": True}
-    # A person's app is health-checked by Traefik too: from the one address its container admits,
-    # so Traefik's API (serverStatus) tells the portal, which may not reach the app itself, whether
-    # the app behind the person's route answers; a down app gets Traefik's 503 at once.
-    # One failed check takes the server out until the next passes (Traefik has no failure
-    # threshold), so the timeout is that of an app that is broken, not of one that is busy: a CI
-    # run under load saw Open WebUI's /health miss 3 s and the person get "no available server".
-    if len(route.urls) > 1 or route.owner is not None:
-        lb["healthCheck"] = {"path": route.health_path or "/", "interval": HEALTH_INTERVAL, "timeout": HEALTH_TIMEOUT}
-    return {"loadBalancer": lb}
+    check = {"path": route.health_path or "/", "interval": HEALTH_INTERVAL, "timeout": HEALTH_TIMEOUT}
+    if len(route.urls) > 1:
+        return {name: {"loadBalancer": {**lb, "healthCheck": check}}}
+    if route.owner is None:
+        return {name: {"loadBalancer": lb}}
+    checked, direct = checked_service(route), f"{name}-direct"
+    return {name: {"failover": {"service": checked, "fallback": direct}},
+            checked: {"loadBalancer": {**lb, "healthCheck": check}}, direct: {"loadBalancer": lb}}
 
 
 def dynamic_file(resolved: ResolvedSite, routes: list[Route], owner: str | None = None) -> dict:
@@ -128,7 +141,7 @@ def dynamic_file(resolved: ResolvedSite, routes: list[Route], owner: str | None 
                                                                   for u in r.urls]}}
             continue
         http["routers"][name] = _http_router(resolved, r)
-        http["services"][name] = _http_service(r)
+        http["services"].update(_http_services(r))
         if guarded(resolved, r) and (prefix := _outpost_prefix(resolved)):
             http["routers"][f"{name}-outpost"] = {
                 **_http_router(resolved, r), "rule": f"Host(`{r.host}`) && PathPrefix(`{prefix}`)",

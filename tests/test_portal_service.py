@@ -37,10 +37,9 @@ class HangingDriver:
         return []
 
 
-@pytest.fixture
-def portal(tmp_path, monkeypatch):
+def _config(tmp_path, monkeypatch, status_timeout: float) -> PortalConfig:
+    """A two-user LXC site whose status sweep answers at once with nothing."""
     from aicommons.ops import status as ops_status
-    from aicommons.portal.app import create_app
 
     async def no_checks(*args, **kw):
         return 0, []
@@ -48,10 +47,16 @@ def portal(tmp_path, monkeypatch):
     monkeypatch.setattr(ops_status, "status_async", no_checks)
     site = tmp_path / "site.yaml"
     site.write_text(render_site_yaml(users=2, driver="lxc", domain="example.org"))
+    return PortalConfig(site_file=site, trusted_proxies=parse_proxies(["127.0.0.1"]), status_timeout=status_timeout,
+                        refresh_seconds=60)
+
+
+@pytest.fixture
+def portal(tmp_path, monkeypatch):
+    from aicommons.portal.app import create_app
+
     drv = HangingDriver()
-    cfg = PortalConfig(site_file=site, trusted_proxies=parse_proxies(["127.0.0.1"]), status_timeout=0.5,
-                       refresh_seconds=60)
-    app = create_app(cfg, driver=drv)
+    app = create_app(_config(tmp_path, monkeypatch, 0.5), driver=drv)
     yield app, drv
     drv.release.set()
 
@@ -135,18 +140,10 @@ class ChangingDriver:
 def test_a_change_is_not_hidden_by_a_driver_read_begun_before_it(tmp_path, monkeypatch):
     """The CI's console showed a just-added user with 3 / 3 apps ok and container "missing": the
     sweep after the change reused the driver read in flight, begun before the container existed."""
-    from aicommons.ops import status as ops_status
     from aicommons.portal.site import SiteView
 
-    async def no_checks(*args, **kw):
-        return 0, []
-
-    monkeypatch.setattr(ops_status, "status_async", no_checks)
-    site = tmp_path / "site.yaml"
-    site.write_text(render_site_yaml(users=2, driver="lxc", domain="example.org"))
     drv = ChangingDriver()
-    view = SiteView(PortalConfig(site_file=site, trusted_proxies=parse_proxies(["127.0.0.1"]), status_timeout=0.3,
-                                 refresh_seconds=60), driver=drv)
+    view = SiteView(_config(tmp_path, monkeypatch, 0.3), driver=drv)
 
     async def go():
         await view.status(fresh=True)  # the first read hangs past the timeout: pages show nothing yet

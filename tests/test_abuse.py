@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import threading
 import time
+from pathlib import Path
 
 import psycopg
 import pytest
@@ -319,7 +320,12 @@ def test_a_tenant_filling_its_redis_memory_and_connections_takes_nothing_from_an
             break
     assert refused is not None and "max number of clients" in refused, refused
 
-    # A is at both of its limits now. B, the shared services and the admin are not touched:
+    # A is at both of its limits now, and its server holds no more of the Redis container than the
+    # plan gives each user's own (plan/resolve.py adds it to the container; measured: the kernel's RSS)
+    rss_kb = next(int(line.split()[1]) for line in
+                  Path(f"/proc/{servers[0].proc.pid}/status").read_text().splitlines() if line.startswith("VmRSS:"))
+    assert rss_kb / 1024 <= resolved.site.redis.user_server_mb(), (rss_kb, resolved.site.redis.user_server_mb())
+    # B, the shared services and the admin are not touched:
     rbb = [login(b, pb, single_connection_client=True) for _ in range(8)]  # new connections
     for i, c in enumerate(rbb):
         assert c.set(f"{b.redis_prefix}work{i}", chunk) is True  # megabyte writes

@@ -198,3 +198,31 @@ def test_a_users_own_server_is_backed_up_and_restored(tmp_path):
     finally:
         for srv in [main, *started]:
             srv.cleanup()
+
+
+def test_the_redis_container_holds_the_shared_server_and_every_users_own():
+    """#23's left-over: 50 users' own servers (64 MB each) were bounded one by one but not in sum:
+    with the shared server's half of a 4096 MB container they could hold ~6.9 GB of it. The plan
+    now adds each user's own bound to the container, and the shared server's configuration does
+    not move when a user comes or goes (its server keeps running)."""
+    from aicommons.render.services import redis_conf, shared_redis_mb
+
+    def redis_of(resolved):
+        return next(c for c in resolved.containers if c.name == "redis")
+
+    few, many, shared_only = resolved_site(2), resolved_site(50), resolved_site(50, redis_isolation="acl")
+    per_user = many.site.redis.user_server_mb()
+    assert per_user >= many.site.redis.user_memory_mb + many.site.redis.user_clients_mb()
+    base = redis_of(shared_only).memory_mb  # no servers of the users' own: the catalog's memory alone
+    assert redis_of(few).memory_mb == base + 2 * per_user and redis_of(many).memory_mb == base + 50 * per_user
+    assert shared_redis_mb(many, redis_of(many)) == shared_redis_mb(few, redis_of(few)) == base
+    assert redis_conf(many, redis_of(many)) == redis_conf(few, redis_of(few))
+    assert any(f"50 users x {per_user} MB" in n for n in many.notes)
+
+    def mb(conf: str, key: str) -> int:
+        return next(int(line.split()[1].removesuffix("mb")) for line in conf.splitlines() if line.split()[0] == key)
+
+    # every bound the servers are given fits in the container, all users at theirs at once
+    shared = redis_conf(many, redis_of(many))
+    users = 50 * (many.site.redis.user_memory_mb + many.site.redis.user_clients_mb())
+    assert mb(shared, "maxmemory") + mb(shared, "maxmemory-clients") + users <= redis_of(many).memory_mb

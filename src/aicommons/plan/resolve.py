@@ -11,7 +11,7 @@ Allocation is deterministic and explainable:
 from __future__ import annotations
 
 import ipaddress
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from aicommons.catalog import Catalog, load_catalog
@@ -430,6 +430,17 @@ def _allocate_users(
     return containers, tenants, routes
 
 
+def _with_user_redis(site: Site, shared: list[Container], tenants: list[Tenant]) -> list[Container]:
+    """The Redis container holds the shared server (its catalog or site memory) and every user's
+    own server (redis.isolation=instance): each adds the most it may hold, so no user filling its
+    own bound can push the container, and everyone's Redis with it, out of memory."""
+    own = sum(1 for t in tenants if t.redis_port is not None)
+    if not own:
+        return shared
+    extra = own * site.redis.user_server_mb()
+    return [replace(c, memory_mb=c.memory_mb + extra) if c.name == "redis" else c for c in shared]
+
+
 def _shared_routes(ctx: _Ctx, containers: list[Container]) -> list[Route]:
     site, cat = ctx.site, ctx.catalog
     by_service: dict[str, list[Container]] = {}
@@ -513,6 +524,7 @@ def _resolve(site: Site, catalog: Catalog, held: dict[str, str],
     _check_hosts(ctx, routes)
     if ctx.problems:
         return None, ctx
+    shared = _with_user_redis(site, shared, tenants)
     containers = shared + users
     svc_instances = len(shared)
     totals = Totals(
@@ -530,6 +542,11 @@ def _resolve(site: Site, catalog: Catalog, held: dict[str, str],
     elif "redis" in enabled_services(site, catalog) and not redis_instances(site, catalog):
         notes.append("Redis users share one server's memory and connections (redis.isolation=acl, or an "
                      "`external:` Redis where aicommons cannot start a server per user): one user can fill them.")
+    elif own := sum(1 for t in tenants if t.redis_port is not None):
+        rc = next(c for c in shared if c.name == "redis")
+        notes.append(f"Redis container: {rc.memory_mb} MB = {rc.memory_mb - own * site.redis.user_server_mb()} MB "
+                     f"for the shared server + {own} users x {site.redis.user_server_mb()} MB for their own "
+                     f"(redis.user_memory_mb {site.redis.user_memory_mb} + clients' buffers + the process).")
     if site.object_storage == "minio":
         notes.append("MinIO's community edition is archived (Feb 2026); plan a move to Garage.")
     gone = deployed.undeployed(site, catalog)

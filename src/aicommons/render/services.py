@@ -138,7 +138,7 @@ def redis_user_conf(t: Tenant, bind: str, redis: RedisTenancy, *, dir: str = "",
         f"maxclients {redis.user_clients}",
         f"proto-max-bulk-len {max(1, mem // 8)}mb",
         f"client-query-buffer-limit {max(1, mem // 2)}mb",
-        f"maxmemory-clients {max(1, mem // 4)}mb",
+        f"maxmemory-clients {redis.user_clients_mb()}mb",
         f"client-output-buffer-limit normal {max(1, mem // 2)}mb {max(1, mem // 4)}mb 60",
         f"client-output-buffer-limit pubsub {max(1, mem // 4)}mb {max(1, mem // 8)}mb 60",
         "",
@@ -198,10 +198,17 @@ def redis_users_script(resolved: ResolvedSite, c: Container, secrets: SecretLook
     return "\n".join(out)
 
 
+def shared_redis_mb(resolved: ResolvedSite, c: Container) -> int:
+    """The shared server's part of the Redis container: the rest is the users' own servers'
+    (plan/resolve.py adds theirs to the container), so adding a user leaves redis.conf as it was."""
+    own = sum(1 for t in resolved.tenants if t.redis_port is not None)
+    return c.memory_mb - own * resolved.site.redis.user_server_mb()
+
+
 def redis_conf(resolved: ResolvedSite, c: Container, aclfile: str = "/etc/redis/users.acl") -> str:
     """redis.conf. The limits bound what one client can take from the others (issue 23); each name
     and range is Redis 7.0's own (src/config.c, standardConfig static_configs[])."""
-    mem = c.memory_mb
+    mem = shared_redis_mb(resolved, c)
     # Half for data: the rest is client buffers (capped below) and the copy-on-write of the fork
     # that writes the RDB snapshot / rewrites the AOF.
     maxmem = max(64, mem // 2)

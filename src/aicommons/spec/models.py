@@ -274,9 +274,19 @@ class RedisTenancy(Model):
     databases: int = Field(16, ge=1, le=100000, description="The server's `databases` setting.")
     first_db: int = Field(2, ge=0, description="With isolation=db, user N gets first_db + N - 1 (reference architecture: user1=DB2).")
     # Redis 7.0 src/config.c: maxmemory is a memory config (0 = unlimited, refused here); maxclients
-    # min 1. The per-user bound; the Redis container's memory must hold every user's.
+    # min 1. The per-user bound; plan/resolve.py adds every user's to the Redis container.
     user_memory_mb: int = Field(64, ge=8, le=65536, description="With isolation=instance: each user's `maxmemory`.")
     user_clients: int = Field(64, ge=4, le=10000, description="With isolation=instance: each user's `maxclients`.")
+
+    def user_clients_mb(self) -> int:
+        """A user's own server's `maxmemory-clients`: its clients' buffers together."""
+        return max(1, self.user_memory_mb // 4)
+
+    def user_server_mb(self) -> int:
+        """What one user's own server may hold in the Redis container: its data, its clients'
+        buffers (a write admitted under maxmemory can still grow them) and the process itself
+        (a redis-server 7.0 at rest: a few MB). Not the fork's copy-on-write while it snapshots."""
+        return self.user_memory_mb + self.user_clients_mb() + 8
 
 
 # Output dimensions of embedding models, from each model's own card (sentence-transformers config

@@ -83,6 +83,12 @@ class Tenant:
     redis_port: int | None = None
 
 
+def own_redis_mb(site: Site, tenants: list[Tenant] | tuple[Tenant, ...]) -> int:
+    """What the users' own Redis servers take of the Redis container: each one's bound. The plan
+    adds it to the container and the shared server's redis.conf leaves it out: one sum for both."""
+    return sum(1 for t in tenants if t.redis_port is not None) * site.redis.user_server_mb()
+
+
 @dataclass(frozen=True, slots=True)
 class Endpoint:
     """Where a shared service is reached: a container of the site or an `external:` server."""

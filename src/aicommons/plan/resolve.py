@@ -20,7 +20,7 @@ from aicommons.plan import certificates as certs_plan
 from aicommons.plan import deployed, names
 from aicommons.plan import models as model_plan
 from aicommons.plan.access import operator_sources, proxy_source
-from aicommons.plan.model import Certificate, Container, Endpoint, ResolvedSite, Route, Tenant, Totals
+from aicommons.plan.model import Certificate, Container, Endpoint, ResolvedSite, Route, Tenant, Totals, own_redis_mb
 from aicommons.spec.identity import email_key
 from aicommons.spec.load import LineIndex, format_path
 from aicommons.spec.models import PROVIDER_REFUSED, Site, parse_range
@@ -430,15 +430,11 @@ def _allocate_users(
     return containers, tenants, routes
 
 
-def _with_user_redis(site: Site, shared: list[Container], tenants: list[Tenant]) -> list[Container]:
+def _with_user_redis(shared: list[Container], extra_mb: int) -> list[Container]:
     """The Redis container holds the shared server (its catalog or site memory) and every user's
     own server (redis.isolation=instance): each adds the most it may hold, so no user filling its
     own bound can push the container, and everyone's Redis with it, out of memory."""
-    own = sum(1 for t in tenants if t.redis_port is not None)
-    if not own:
-        return shared
-    extra = own * site.redis.user_server_mb()
-    return [replace(c, memory_mb=c.memory_mb + extra) if c.name == "redis" else c for c in shared]
+    return [replace(c, memory_mb=c.memory_mb + extra_mb) if c.name == "redis" else c for c in shared]
 
 
 def _shared_routes(ctx: _Ctx, containers: list[Container]) -> list[Route]:
@@ -524,7 +520,8 @@ def _resolve(site: Site, catalog: Catalog, held: dict[str, str],
     _check_hosts(ctx, routes)
     if ctx.problems:
         return None, ctx
-    shared = _with_user_redis(site, shared, tenants)
+    own_redis = own_redis_mb(site, tenants)
+    shared = _with_user_redis(shared, own_redis)
     containers = shared + users
     svc_instances = len(shared)
     totals = Totals(
@@ -542,10 +539,10 @@ def _resolve(site: Site, catalog: Catalog, held: dict[str, str],
     elif "redis" in enabled_services(site, catalog) and not redis_instances(site, catalog):
         notes.append("Redis users share one server's memory and connections (redis.isolation=acl, or an "
                      "`external:` Redis where aicommons cannot start a server per user): one user can fill them.")
-    elif own := sum(1 for t in tenants if t.redis_port is not None):
-        rc = next(c for c in shared if c.name == "redis")
-        notes.append(f"Redis container: {rc.memory_mb} MB = {rc.memory_mb - own * site.redis.user_server_mb()} MB "
-                     f"for the shared server + {own} users x {site.redis.user_server_mb()} MB for their own "
+    elif own_redis:
+        rc, per_user = next(c for c in shared if c.name == "redis"), site.redis.user_server_mb()
+        notes.append(f"Redis container: {rc.memory_mb} MB = {rc.memory_mb - own_redis} MB for the shared server + "
+                     f"{own_redis // per_user} users x {per_user} MB for their own "
                      f"(redis.user_memory_mb {site.redis.user_memory_mb} + clients' buffers + the process).")
     if site.object_storage == "minio":
         notes.append("MinIO's community edition is archived (Feb 2026); plan a move to Garage.")

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import hashlib
 
-from aicommons.plan.model import Container, ResolvedSite, Tenant
+from aicommons.plan.model import Container, ResolvedSite, Tenant, own_redis_mb
 from aicommons.plan.policy import acl_rules
 from aicommons.plan.secrets import SITE_SCOPE, SecretLookup
 from aicommons.render import gatewaydb, lemonldap
@@ -201,8 +201,7 @@ def redis_users_script(resolved: ResolvedSite, c: Container, secrets: SecretLook
 def shared_redis_mb(resolved: ResolvedSite, c: Container) -> int:
     """The shared server's part of the Redis container: the rest is the users' own servers'
     (plan/resolve.py adds theirs to the container), so adding a user leaves redis.conf as it was."""
-    own = sum(1 for t in resolved.tenants if t.redis_port is not None)
-    return c.memory_mb - own * resolved.site.redis.user_server_mb()
+    return c.memory_mb - own_redis_mb(resolved.site, resolved.tenants)
 
 
 def redis_conf(resolved: ResolvedSite, c: Container, aclfile: str = "/etc/redis/users.acl") -> str:

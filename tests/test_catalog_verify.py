@@ -162,6 +162,8 @@ def test_older_name_only_records_are_listed_not_confirmed():
     ("X", "a.go", 'NumParallel = Uint("X", 1)', "envconfig Var/Uint/Bool/String"),
     ("X", "a.c", 'getenv("X")', "getenv()"),
     ("X", "a.sh", 'if [ -z "$X" ]', "shell variable"),
+    ("X", "a.ts", "  X: z.string().optional(),", "zod env schema field"),
+    ("X", "a.ts", "  XY: z.string(),", None),
     ("X", "a.js", "process.env.XY", None),   # another variable
     ("X", "a.py", 'os.environ["X"] = "1"', None),  # a write, not a read
     ("X", "a.py", 'os.environ["X"] == "1"', "os.environ"),
@@ -177,15 +179,108 @@ def test_read_forms(name, file, read, form):
 
 
 def test_the_native_apps_evidence_is_reads():
-    """Every record of the native apps (their layers are the pinned packages), Kotaemon and Ollama
-    (read at their pinned tags) is a file + the code that reads the setting; the one compiled
+    """Every record of the native apps (their layers are the pinned packages), Kotaemon, Ollama and
+    Langfuse (read at their tags) is a file + the code that reads the setting; the one compiled
     library name is the only exception."""
     from aicommons.catalog.verify import read_form
 
     comps = load_evidence()["components"]
-    for comp in ("openwebui", "n8n", "flowise", "chainforge", "kotaemon", "ollama"):
+    for comp in ("openwebui", "n8n", "flowise", "chainforge", "kotaemon", "ollama", "langfuse"):
         for key, rec in comps[comp]["found"].items():
             if (comp, key) == ("chainforge", "ORT_DISABLE_TELEMETRY"):
                 assert isinstance(rec, str) and "compiled" in rec
                 continue
             assert isinstance(rec, dict) and read_form(key, rec["file"], rec["read"]), (comp, key, rec)
+
+
+# ---- values: what the component's code accepts (issue 24) -------------------------------------
+def test_rendered_values_pass_their_components_rules(files, tmp_path):
+    rep = verify(files, pinned_versions(), layers=tmp_path)
+    assert rep.wrong == {} and rep.ok
+    assert set(rep.values["langfuse"]) == {"ENCRYPTION_KEY", "NEXTAUTH_URL", "LANGFUSE_S3_MEDIA_UPLOAD_ENDPOINT",
+                                           "LANGFUSE_S3_EVENT_UPLOAD_ENDPOINT"}
+    assert rep.values["chainforge"] == {"OPENAI_BASE_URL": "public-url (lib/python3.11/site-packages/chainforge/flask_app.py)"}
+
+
+def test_the_findings_of_issue_24_fail_it(files, tmp_path):
+    """Put back as they were rendered before: Kotaemon's Ollama URL without LOCAL_MODEL (never used),
+    Langfuse's media endpoint at Garage's internal address (browsers get presigned URLs from it),
+    ChainForge's model URL inside the site (the browser calls it), and a Langfuse key that is not hex."""
+    import yaml
+
+    from aicommons.render.files import RenderedFile
+
+    bad = dict(files)
+    user = next(p for p in files if p.startswith("users/") and p.endswith("docker-compose.yml"))
+    doc = yaml.safe_load(files[user].content)
+    doc["services"]["kotaemon"]["environment"]["KH_OLLAMA_URL"] = "http://10.0.5.100:11434/v1/"
+    doc["services"]["chainforge"]["environment"]["OPENAI_BASE_URL"] = "http://10.0.5.100:11434/v1"
+    bad[user] = RenderedFile(user, yaml.safe_dump(doc))
+    lf = "services/langfuse/docker-compose.yml"
+    doc = yaml.safe_load(files[lf].content)
+    doc["services"]["langfuse-web"]["environment"]["LANGFUSE_S3_MEDIA_UPLOAD_ENDPOINT"] = "http://10.0.5.104:3900"
+    bad[lf] = RenderedFile(lf, yaml.safe_dump(doc))
+    dot = "services/langfuse/.env"
+    bad[dot] = RenderedFile(dot, "\n".join("ENCRYPTION_KEY='" + "x" * 64 + "'" if ln.startswith("ENCRYPTION_KEY=") else ln
+                                           for ln in files[dot].content.splitlines()))
+    rep = verify(bad, pinned_versions(), layers=tmp_path)
+    assert not rep.ok and rep.missing == {} and rep.not_read == {}
+    wrong = {c: sorted(x.split(" ", 1)[0] for x in xs) for c, xs in rep.wrong.items()}
+    assert wrong == {"kotaemon": ["KH_OLLAMA_URL"], "chainforge": ["OPENAI_BASE_URL"],
+                     "langfuse": ["ENCRYPTION_KEY", "LANGFUSE_S3_MEDIA_UPLOAD_ENDPOINT"]}
+    assert "is used only when LOCAL_MODEL is set" in rep.wrong["kotaemon"][0]
+    assert "http://10.0.5.104:3900 is not a public https URL" in " ".join(rep.wrong["langfuse"])
+
+
+def test_the_cli_fails_naming_a_refused_value(tmp_path, monkeypatch, capsys):
+    from aicommons.cli import main
+
+    site = tmp_path / "site.yaml"
+    site.write_text(render_site_yaml(users=1, driver="proxmox"))
+    assert main(["catalog", "verify", "-f", str(site)]) == 0  # no Ollama model to name: Kotaemon gets no URL
+    import aicommons.render.compose as compose
+
+    def old_kotaemon(self, app, port, data, _orig=compose._Wiring.app_env):  # the render before the fix
+        e = _orig(self, app, port, data)
+        return {**e, "KH_OLLAMA_URL": "http://10.0.5.100:11434/v1/"} if app.name == "kotaemon" else e
+    monkeypatch.setattr(compose._Wiring, "app_env", old_kotaemon)
+    capsys.readouterr()
+    assert main(["catalog", "verify", "-f", str(site)]) != 0
+    err = capsys.readouterr().err
+    assert "rendered values their component's code refuses" in err and "KH_OLLAMA_URL is used only when LOCAL_MODEL" in err
+    assert "Traceback" not in err
+
+
+@pytest.mark.parametrize("rule,value,env,fails", [
+    ("hex:64", "ab" * 32, {}, False), ("hex:64", "ab" * 31, {}, True), ("hex:64", "xy" * 32, {}, True),
+    ("public-url", "https://s3.example.org", {}, False), ("public-url", "http://s3.example.org", {}, True),
+    ("public-url", "https://10.0.5.104:3900", {}, True), ("public-url", "http://garage:3900", {}, True),
+    ("internal-url", "http://10.0.5.104:3900", {}, False), ("internal-url", "http://clickhouse:8123", {}, False),
+    ("internal-url", "https://s3.example.org", {}, True), ("internal-url", "http://127.0.0.1:9000", {}, False),
+    ("with:LOCAL_MODEL", "http://x/v1/", {"LOCAL_MODEL": "m"}, False), ("with:LOCAL_MODEL", "http://x/v1/", {}, True),
+])
+def test_value_rules(rule, value, env, fails):
+    from aicommons.catalog.verify import _rule_fails
+
+    assert (_rule_fails(rule, value, env) is not None) is fails
+
+
+def test_a_rule_is_checked_against_the_pinned_package():
+    """With the layer built, the code a value rule cites must be in the cited file, like a read."""
+    rule = {"PASSWORD": {"rule": "hex:4", "file": DEMO_JS, "code": "process.env.PASSWORD"}}
+    files, ev = _demo({"PASSWORD": {"file": DEMO_JS, "read": "process.env.PASSWORD"}})
+    ev["components"]["demo"]["values"] = rule
+    rep = verify(files, {"demo": "1.0.0"}, evidence=ev, layers=DEMO_LAYERS)
+    assert rep.wrong == {"demo": [f"PASSWORD is not 4 hex digits (hex:4: {DEMO_JS}: process.env.PASSWORD)"]}
+    rule["PASSWORD"]["code"] = "PASSWORD must be hex"  # not in the package: the rule is refused, not applied
+    rep = verify(files, {"demo": "1.0.0"}, evidence=ev, layers=DEMO_LAYERS)
+    assert rep.wrong == {} and "the rule's code 'PASSWORD must be hex' is not in" in rep.not_read["demo"][0]
+
+
+def test_every_value_rule_in_the_evidence_is_known():
+    from aicommons.catalog.verify import _rule_fails
+
+    for comp, rec in load_evidence()["components"].items():
+        for key, rule in (rec.get("values") or {}).items():
+            assert set(rule) == {"rule", "file", "code"} and key in rec["found"], (comp, key)
+            _rule_fails(rule["rule"], "x", {})  # raises on a rule verify does not know

@@ -147,7 +147,8 @@ def test_kotaemon_gets_the_site_models_and_langfuse_media_the_public_s3_route(fi
     """Issue 24, against each app's own code: Kotaemon's flowsettings.py adds its Ollama models only
     when LOCAL_MODEL is set; Langfuse presigns browser uploads from its one MEDIA endpoint."""
     kh = yaml.safe_load(files["users/user7/docker-compose.yml"].content)["services"]["kotaemon"]["environment"]
-    assert "LOCAL_MODEL" not in kh  # the reference site pulls no Ollama model: nothing to name
+    # the reference site pulls no Ollama model: nothing to name, and the URL alone is never used
+    assert "LOCAL_MODEL" not in kh and "KH_OLLAMA_URL" not in kh
 
     def ollama_models(d):
         d["models"] = ["llama3.2:3b", "nomic-embed-text"]

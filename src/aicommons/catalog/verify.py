@@ -19,17 +19,27 @@ a README is refused as `not_read`. Each setting is then checked:
 
 A setting with no record is `missing` (with a layer, `find_reads` suggests where it is read).
 Older records that give only a file where the name occurs are reported as `named`: not a proof.
+
+Values too (`values:` per component in evidence.yaml, each with the file and the code it comes
+from): the rendered value of an environment setting (its `${X}` filled from the bundle's `.env`)
+must pass the rule the component's code sets for it (`VALUE_RULES`): a key format it validates,
+the reachability a URL needs (one a browser or a client outside the site calls must be a public
+https name; one only the component's server calls stays inside the site), or the setting another
+one switches on. A value that fails is `wrong`.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
+import shlex
 import tomllib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import yaml
 
@@ -55,10 +65,12 @@ class Report:
     approximate: dict[str, str] = field(default_factory=dict)          # read at another version than pinned
     live: dict[str, tuple[list[str], str]] = field(default_factory=dict)  # checked against the real server (tests)
     unchecked: dict[str, tuple[list[str], str]] = field(default_factory=dict)  # component -> (settings, why)
+    wrong: dict[str, list[str]] = field(default_factory=dict)           # a value its component's code refuses
+    values: dict[str, dict[str, str]] = field(default_factory=dict)    # component -> setting -> the rule it passed
 
     @property
     def ok(self) -> bool:
-        return not self.missing and not self.not_read
+        return not self.missing and not self.not_read and not self.wrong
 
 
 # What a read of setting NAME looks like, per language (file suffixes). LOWER is the name in lower
@@ -74,6 +86,8 @@ READ_FORMS: tuple[tuple[str, tuple[str, ...], str], ...] = (
     # a name -> label map whose names are then looked up one by one (chainforge's fetchEnvironAPIKeys)
     ("os.environ.get through a name map", _PY, r"""['"]NAME['"]\s*:\s*['"][^'"]*['"],[\s\S]*\bos\.environ\.get\(\s*key\s*\)"""),
     ("process.env", _JS, r"""\bprocess\.env(?:\.NAME\b|\[\s*['"`]NAME['"`]\s*\])(?!\s*=[^=])"""),
+    # a field of a zod schema that is then parsed against process.env (langfuse's env.ts)
+    ("zod env schema field", _JS, r"""^\s*NAME:\s*z\b"""),
     ("@Env decorator", _JS, r"""\bEnv\)?\s*\(\s*['"]NAME['"]"""),
     ("os.Getenv", (".go",), r'\bos\.(?:Getenv|LookupEnv)\s*\(\s*"NAME"'),
     # ollama's envconfig helpers: Var(key) is os.Getenv(key) trimmed; Uint/Bool/String wrap Var
@@ -148,25 +162,106 @@ def _config_keys(text: str, fmt: str) -> list[str]:
     return _flatten(yaml.safe_load(text) or {})
 
 
+def _dotenv(text: str) -> dict[str, str]:
+    """A rendered `.env`: KEY='value' lines (shell-quoted by the renderer)."""
+    out = {}
+    for line in text.splitlines():
+        if line.strip() and not line.lstrip().startswith("#") and "=" in line:
+            k, v = line.split("=", 1)
+            out[k.strip()] = "".join(shlex.split(v)) if v.strip() else ""
+    return out
+
+
+def _fill(value: str, dotenv: Mapping[str, str]) -> str:
+    return re.sub(r"\$\{(\w+)\}", lambda m: dotenv.get(m.group(1), m.group(0)), value)
+
+
+def rendered_env(files: Mapping[str, Any]) -> dict[str, list[dict[str, str]]]:
+    """component -> the environment of each of its compose entries ({variable: value}), `${X}`
+    filled from the bundle's `.env` (left as written when the `.env` has no X)."""
+    out: dict[str, list[dict[str, str]]] = {}
+    for path, f in files.items():
+        if not path.endswith(("docker-compose.yml", "compose.yaml")):
+            continue
+        dot = files.get(path.rsplit("/", 1)[0] + "/.env") if "/" in path else files.get(".env")
+        secrets = _dotenv(dot.content) if dot is not None else {}
+        doc = yaml.safe_load(f.content) or {}
+        for name, svc in (doc.get("services") or {}).items():
+            env = svc.get("environment") or {}
+            pairs = env.items() if isinstance(env, Mapping) else (e.partition("=")[::2] for e in env)
+            filled = {str(k): _fill(str(v), secrets) for k, v in pairs}
+            if filled:
+                out.setdefault(ENTRY_COMPONENT.get(name, name), []).append(filled)
+    return out
+
+
 def rendered_settings(files: Mapping[str, Any]) -> dict[str, set[str]]:
     """component -> the settings the rendered files give it (env names, config keys)."""
-    out: dict[str, set[str]] = {}
+    out = {comp: {k for env in envs for k in env} for comp, envs in rendered_env(files).items()}
     for path, f in files.items():
         parts = path.split("/")
-        if path.endswith(("docker-compose.yml", "compose.yaml")):
-            doc = yaml.safe_load(f.content) or {}
-            for name, svc in (doc.get("services") or {}).items():
-                env = svc.get("environment") or {}
-                keys = list(env) if isinstance(env, Mapping) else [e.split("=", 1)[0] for e in env]
-                if keys:
-                    out.setdefault(ENTRY_COMPONENT.get(name, name), set()).update(keys)
-        elif parts[0] == "services" and len(parts) > 2:
+        if parts[0] == "services" and len(parts) > 2:
             host, rel = parts[1], "/".join(parts[2:])
             for service, specs in CONFIG_FILES.items():
                 for want, fmt in specs:
                     if rel == want and (host == service or host.startswith(f"{service}-")):
                         out.setdefault(service, set()).update(_config_keys(f.content, fmt))
     return out
+
+
+def reach(host: str | None) -> str:
+    """"internal" (an address or name only the site's own network resolves or routes) or "public"."""
+    if not host:
+        return "internal"
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        return "internal" if "." not in host or host.endswith((".internal", ".local", ".lan", ".localdomain")) else "public"
+    return "internal" if ip.is_private or ip.is_loopback or ip.is_link_local else "public"
+
+
+# hex:N: N hex digits; public-url: https on a public name (a browser or an outside client calls it);
+# internal-url: an address inside the site (only the component's server calls it); with:OTHER: the
+# component reads the setting only when OTHER is set too.
+VALUE_RULES = ("hex:N", "public-url", "internal-url", "with:OTHER")
+
+
+def _rule_fails(rule: str, value: str, env: Mapping[str, str]) -> str | None:
+    """Why `value` breaks `rule` (one of VALUE_RULES), or None when it holds."""
+    kind, _, arg = rule.partition(":")
+    if kind == "hex":
+        return None if re.fullmatch(rf"[0-9a-fA-F]{{{int(arg)}}}", value) else f"is not {arg} hex digits"
+    if kind in ("public-url", "internal-url"):
+        u = urlsplit(value)
+        got = reach(u.hostname)
+        if kind == "public-url" and (got != "public" or u.scheme != "https"):
+            return f"{value} is not a public https URL, and a browser or a client outside the site calls it"
+        if kind == "internal-url" and got != "internal":
+            return f"{value} leaves the site, and only the component's own server calls it"
+        return None
+    if kind == "with":
+        return None if arg in env else f"is used only when {arg} is set, and {arg} is not rendered"
+    raise ValueError(f"unknown value rule {rule!r}: use one of {', '.join(VALUE_RULES)}")
+
+
+def _check_values(comp: str, rec: Mapping[str, Any], envs: list[dict[str, str]], layer: Path | None,
+                  rep: Report) -> None:
+    """Each rule on each of the component's entries that sets the setting (Langfuse's web and worker)."""
+    for key, rule_rec in sorted((rec.get("values") or {}).items()):
+        rule, file, code = str(rule_rec["rule"]), str(rule_rec["file"]), str(rule_rec["code"])
+        setting = [env for env in envs if key in env]
+        if not setting:
+            continue
+        if layer is not None:  # the code the rule comes from must be in the pinned package
+            path = layer / file
+            if not path.is_file() or code not in path.read_text(encoding="utf-8", errors="ignore"):
+                rep.not_read.setdefault(comp, []).append(f"{key}: the rule's code {code!r} is not in {file} of layer {layer.name}")
+                continue
+        whys = sorted({why for env in setting if (why := _rule_fails(rule, env[key], env))})
+        if whys:
+            rep.wrong.setdefault(comp, []).extend(f"{key} {why} ({rule}: {file}: {code})" for why in whys)
+        else:
+            rep.values.setdefault(comp, {})[key] = f"{rule} ({file})"
 
 
 def _layer(app: str, version: str, layers: Path) -> Path | None:
@@ -215,6 +310,7 @@ def verify(files: Mapping[str, Any], versions: Mapping[str, str], *, evidence: d
     """Check every rendered setting. `versions`: component -> the pinned version rendered."""
     ev = load_evidence() if evidence is None else evidence
     rep = Report()
+    envs = rendered_env(files)
     for comp, keys in sorted(rendered_settings(files).items()):
         rec = ev.get("components", {}).get(comp)
         version = str(versions.get(comp, ""))
@@ -239,6 +335,7 @@ def verify(files: Mapping[str, Any], versions: Mapping[str, str], *, evidence: d
             elif k in user:  # for the user's own code running there, not the component (recorded why)
                 where[k] = f"user code: {user[k]}"
         rep.confirmed[comp] = where
+        _check_values(comp, rec, envs.get(comp, []), layer, rep)
         lost = sorted(set(keys) - set(where) - set(found))
         if lost:
             hints = find_reads(layer, lost) if layer is not None and suggest else {}

@@ -12,7 +12,7 @@ from aicommons.errors import AicError
 
 
 class SettingsUnread(AicError):
-    """A rendered setting its component does not read."""
+    """A rendered setting its component does not read, or a value its code refuses."""
 
 
 def register(app: typer.Typer) -> None:
@@ -56,8 +56,14 @@ def verify(
     if registries:
         for what, pin, result in registry_checks():
             console.print(f"  {what} {pin}: {result}")
+    for comp, rules in sorted(rep.values.items()):
+        console.print(f"[green]ok[/] {comp} values: " + ", ".join(f"{k} {r}" for k, r in sorted(rules.items())))
     problems = [f"{c}: {', '.join(k)}" for c, k in sorted(rep.missing.items())]
     problems += [f"{c}: {x}" for c, xs in sorted(rep.not_read.items()) for x in xs]
-    if problems:
-        raise SettingsUnread("settings not shown to be read by their component (no record, or evidence that is "
-                             "not a read — fix src/aicommons/catalog/evidence.yaml): " + "; ".join(problems))
+    wrong = [f"{c}: {x}" for c, xs in sorted(rep.wrong.items()) for x in xs]
+    if problems or wrong:
+        raise SettingsUnread(
+            ("settings not shown to be read by their component (no record, or evidence that is not a read — fix "
+             "src/aicommons/catalog/evidence.yaml): " + "; ".join(problems) if problems else "")
+            + ("; " if problems and wrong else "")
+            + ("rendered values their component's code refuses (fix the renderer): " + "; ".join(wrong) if wrong else ""))

@@ -215,16 +215,14 @@ class _Wiring:
             e.update(GRADIO_SERVER_NAME="0.0.0.0", GRADIO_SERVER_PORT=str(port),
                      KH_FEATURE_USER_MANAGEMENT_ADMIN="admin")
             e["KH_FEATURE_USER_MANAGEMENT_PASSWORD"] = self.secret("KOTAEMON_ADMIN_PASSWORD", "kotaemon_admin_password")
-            if ollama:
-                # flowsettings.py adds its Ollama LLM and embeddings only `if config("LOCAL_MODEL")`:
-                # without it KH_OLLAMA_URL is never used.
-                e["KH_OLLAMA_URL"] = f"{ollama}/v1/"
-                tags = r.site.ollama_tags  # the models the site's Ollama pulls
-                chat = [m for m in tags if m != r.site.embedding.model]
-                if chat:
-                    e["LOCAL_MODEL"] = chat[0]
-                    if r.site.embedding.model in tags:  # served by the site's Ollama
-                        e["LOCAL_MODEL_EMBEDDINGS"] = r.site.embedding.model
+            # flowsettings.py adds its Ollama LLM and embeddings only `if config("LOCAL_MODEL")`,
+            # so KH_OLLAMA_URL goes with a model to name or not at all (catalog verify: with:).
+            tags = r.site.ollama_tags if ollama else []  # the models the site's Ollama pulls
+            chat = [m for m in tags if m != r.site.embedding.model]
+            if chat:
+                e.update(KH_OLLAMA_URL=f"{ollama}/v1/", LOCAL_MODEL=chat[0])
+                if r.site.embedding.model in tags:  # served by the site's Ollama
+                    e["LOCAL_MODEL_EMBEDDINGS"] = r.site.embedding.model
         elif app.name == "chainforge":
             # 0.3.6 has no Host check (CHAINFORGE_ALLOWED_HOSTS arrives in 0.3.7: catalog verify).
             # It hands OPENAI_BASE_URL and OPENAI_API_KEY to the page (flask_app.py,

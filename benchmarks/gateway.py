@@ -175,6 +175,7 @@ name: gwbench
 domain: example.org
 driver: {{kind: lxc}}
 services: {{postgres: {{}}, gateway: {{}}}}
+user_template: {{apps: []}}  # the gateway alone: no app needs the services left out
 gateway:
   upstreams: [{{url: "{url.value}", models: [smollm2]}}]
   budget: {{period: day, tokens: 100000000}}

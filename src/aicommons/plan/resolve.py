@@ -397,7 +397,8 @@ def _allocate_users(
         redis_port = names.redis_port(ctid) if redis_own else None
         if redis_own and redis_port is None:
             ctx.problem(loc, f"user {u.name}'s own Redis would listen on {names.REDIS_USER_PORT_BASE} + CTID {ctid}, "
-                             "past port 65535", "give the user an address in the site's primary subnet")
+                             "past port 65535", "give the user an address in the primary subnet or one whose third octet is "
+                        "below 50, or set `redis.isolation: acl` (every user in the shared server, by ACL)")
         containers.append(
             Container(
                 ctid=ctid, ip=str(ip), prefixlen=24 if ip not in net.subnet else net.subnet.prefixlen,

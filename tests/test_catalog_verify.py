@@ -179,13 +179,13 @@ def test_read_forms(name, file, read, form):
 
 
 def test_the_native_apps_evidence_is_reads():
-    """Every record of the native apps (their layers are the pinned packages), Kotaemon, Ollama and
-    Langfuse (read at their tags) is a file + the code that reads the setting; the one compiled
-    library name is the only exception."""
+    """Every record of the native apps (their layers are the pinned packages), Kotaemon, big-AGI,
+    Ollama and Langfuse (read at their tags) is a file + the code that reads the setting; the one
+    compiled library name is the only exception."""
     from aicommons.catalog.verify import read_form
 
     comps = load_evidence()["components"]
-    for comp in ("openwebui", "n8n", "flowise", "chainforge", "kotaemon", "ollama", "langfuse"):
+    for comp in ("openwebui", "n8n", "flowise", "chainforge", "kotaemon", "big-agi", "ollama", "langfuse"):
         for key, rec in comps[comp]["found"].items():
             if (comp, key) == ("chainforge", "ORT_DISABLE_TELEMETRY"):
                 assert isinstance(rec, str) and "compiled" in rec
@@ -200,6 +200,11 @@ def test_rendered_values_pass_their_components_rules(files, tmp_path):
     assert set(rep.values["langfuse"]) == {"ENCRYPTION_KEY", "NEXTAUTH_URL", "LANGFUSE_S3_MEDIA_UPLOAD_ENDPOINT",
                                            "LANGFUSE_S3_EVENT_UPLOAD_ENDPOINT"}
     assert rep.values["chainforge"] == {"OPENAI_BASE_URL": "public-url (lib/python3.11/site-packages/chainforge/flask_app.py)"}
+    # issue 22: big-AGI's and Kotaemon's servers call the gateway inside the site
+    assert rep.values["big-agi"] == {"LOCALAI_API_HOST": "internal-url (src/modules/llms/server/openai/openai.access.ts)"}
+    assert rep.values["kotaemon"] == {"OPENAI_API_BASE": "internal-url (flowsettings.py)"}
+    assert {"LOCALAI_API_HOST", "LOCALAI_API_KEY"} <= set(rep.confirmed["big-agi"])
+    assert {"OPENAI_API_BASE", "OPENAI_API_KEY"} <= set(rep.confirmed["kotaemon"])
 
 
 def test_the_findings_of_issue_24_fail_it(files, tmp_path):

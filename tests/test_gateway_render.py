@@ -47,6 +47,17 @@ def test_apps_reach_models_through_the_gateway_with_their_own_label():
     assert secrets["GATEWAY_KEY_CHAINFORGE"] == f"{key}~chainforge"
 
 
+def test_big_agi_and_kotaemon_get_the_persons_key_with_their_own_label():
+    key = gateway_key("ann", "<ann:gateway_key>")
+    e, secrets = env_of(True, "big-agi")
+    assert e["LOCALAI_API_HOST"] == "http://10.0.5.137:4000"  # it adds /v1/... itself
+    assert secrets[e["LOCALAI_API_KEY"][2:-1]] == f"{key}~big-agi" and "OLLAMA_API_HOST" not in e
+    e, secrets = env_of(True, "kotaemon")
+    assert secrets[e["OPENAI_API_KEY"][2:-1]] == f"{key}~kotaemon"
+    # the models as the gateway names them (gateway.upstreams): the embedding one is site.embedding
+    assert (e["OPENAI_CHAT_MODEL"], e["OPENAI_EMBEDDINGS_MODEL"]) == ("smollm2", "smollm2-embed")
+
+
 def test_an_lxc_site_runs_the_gateway_so_apps_are_sent_there():
     text = "\n".join("driver: {kind: lxc}" if line.startswith("driver:") else line
                      for line in SITE.format(gw=", gateway: {}").splitlines())
@@ -62,3 +73,5 @@ def test_without_a_gateway_apps_keep_their_direct_wiring():
     assert "OPENAI_API_BASE_URLS" not in e and e["ENABLE_OLLAMA_API"] == "true"
     assert not any(k.startswith("GATEWAY_KEY") for k in secrets)
     assert "OPENAI_API_KEY" not in env_of(False, "jupyter")[0]
+    assert env_of(False, "big-agi")[0] == {"OLLAMA_API_HOST": "http://10.0.5.100:11434"}
+    assert "OPENAI_API_KEY" not in env_of(False, "kotaemon")[0]

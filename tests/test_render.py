@@ -143,25 +143,54 @@ def _dyn(files, name):
     return yaml.safe_load(files[f"traefik/dynamic/{name}"].content)
 
 
+def _app_envs(site, user="user1") -> dict[str, dict[str, str]]:
+    doc = yaml.safe_load(render_site(site, FakeSecrets())[f"users/{user}/docker-compose.yml"].content)
+    return {name: svc.get("environment", {}) for name, svc in doc["services"].items()}
+
+
+def _ollama_models(gateway: bool):
+    def tweak(d):
+        d["models"] = ["llama3.2:3b", "nomic-embed-text"]
+        d["embedding"] = {"model": "nomic-embed-text"}
+        if not gateway:
+            del d["services"]["gateway"]
+    return tweak
+
+
 def test_kotaemon_gets_the_site_models_and_langfuse_media_the_public_s3_route(files, site):
     """Issue 24, against each app's own code: Kotaemon's flowsettings.py adds its Ollama models only
     when LOCAL_MODEL is set; Langfuse presigns browser uploads from its one MEDIA endpoint."""
     kh = yaml.safe_load(files["users/user7/docker-compose.yml"].content)["services"]["kotaemon"]["environment"]
-    # the reference site pulls no Ollama model: nothing to name, and the URL alone is never used
-    assert "LOCAL_MODEL" not in kh and "KH_OLLAMA_URL" not in kh
-
-    def ollama_models(d):
-        d["models"] = ["llama3.2:3b", "nomic-embed-text"]
-        d["embedding"] = {"model": "nomic-embed-text"}
-
-    other = make_site(2, ollama_models)
-    kh = yaml.safe_load(render_site(other, FakeSecrets())["users/user1/docker-compose.yml"].content)
-    kh = kh["services"]["kotaemon"]["environment"]
+    # the reference site pulls no model: nothing to name, and no Ollama URL (the gateway is its way)
+    assert not {"LOCAL_MODEL", "KH_OLLAMA_URL", "OPENAI_CHAT_MODEL", "OPENAI_EMBEDDINGS_MODEL"} & set(kh)
+    assert kh["OPENAI_API_BASE"] == "http://10.0.5.137:4000/v1"
+    kh = _app_envs(make_site(2, _ollama_models(gateway=False)))["kotaemon"]  # a site without the gateway
     assert kh["LOCAL_MODEL"] == "llama3.2:3b" and kh["LOCAL_MODEL_EMBEDDINGS"] == "nomic-embed-text"
-    assert kh["KH_OLLAMA_URL"].endswith("/v1/")
+    assert kh["KH_OLLAMA_URL"].endswith("/v1/") and "OPENAI_API_BASE" not in kh
     lf = yaml.safe_load(files["services/langfuse/docker-compose.yml"].content)["services"]["langfuse-web"]["environment"]
     assert lf["LANGFUSE_S3_MEDIA_UPLOAD_ENDPOINT"] == f"https://s3.{site.site.domain}"
     assert lf["LANGFUSE_S3_EVENT_UPLOAD_ENDPOINT"].startswith("http://10.0.5.")  # the server's own writes stay inside
+
+
+def test_apps_reach_ollama_only_through_the_gateway():
+    """Issue 22: big-AGI, Kotaemon and Jupyter get the gateway with the person's key for each app,
+    and no Ollama URL; the gateway offers the tags Ollama pulls (no gateway settings needed)."""
+    from aicommons.plan.models import gateway_routes
+
+    gw_site = make_site(2, _ollama_models(gateway=True))
+    assert gateway_routes(gw_site) == dict.fromkeys(["llama3.2:3b", "nomic-embed-text"], "http://10.0.5.100:11434/v1")
+    envs = _app_envs(gw_site)
+    assert envs["big-agi"] == {"LOCALAI_API_HOST": "http://10.0.5.137:4000", "LOCALAI_API_KEY": "${GATEWAY_KEY_BIG_AGI}"}
+    kh = envs["kotaemon"]
+    assert (kh["OPENAI_API_BASE"], kh["OPENAI_API_KEY"]) == ("http://10.0.5.137:4000/v1", "${GATEWAY_KEY_KOTAEMON}")
+    assert (kh["OPENAI_CHAT_MODEL"], kh["OPENAI_EMBEDDINGS_MODEL"]) == ("llama3.2:3b", "nomic-embed-text")
+    assert envs["jupyter"]["OPENAI_API_KEY"] == "${GATEWAY_KEY_JUPYTER}"
+    ollama = [k for e in envs.values() for k, v in e.items() if ":11434" in v or k in ("KH_OLLAMA_URL", "LOCAL_MODEL")]
+    assert ollama == []
+    # without the gateway they keep Ollama itself
+    envs = _app_envs(make_site(2, _ollama_models(gateway=False)))
+    assert envs["big-agi"] == {"OLLAMA_API_HOST": "http://10.0.5.100:11434"}
+    assert envs["jupyter"] == {"OLLAMA_HOST": "http://10.0.5.100:11434"}
 
 
 def test_user_file_routes_every_app_behind_its_owner(files, site):

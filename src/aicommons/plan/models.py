@@ -126,16 +126,34 @@ def notes(site: Site) -> list[str]:
 
 
 def upstreams(resolved: ResolvedSite) -> dict[str, tuple[str, str]]:
-    """What the gateway forwards to: model name -> (OpenAI base URL at the model server, kind)."""
+    """What the gateway forwards to: model name -> (OpenAI base URL at the model server, kind).
+    llama-server's model files, else the tags the site's Ollama pulls (its /v1 serves them all; the
+    site's `embedding.model` is the one of kind embedding)."""
     ep = resolved.endpoints.get(SERVICE)
-    if ep is None:
+    if ep is not None:
+        return {u.model.name: (f"http://{ep.host}:{u.port}/v1", u.model.kind) for u in resolved.model_units}
+    ep = resolved.endpoints.get("ollama")
+    if ep is None or "ollama" in resolved.undeployed or "api" not in ep.ports:
         return {}
-    return {u.model.name: (f"http://{ep.host}:{u.port}/v1", u.model.kind) for u in resolved.model_units}
+    url, emb = f"http://{ep.host}:{ep.ports['api']}/v1", resolved.site.embedding.model
+    return {tag: (url, "embedding" if tag == emb else "chat") for tag in resolved.site.ollama_tags}
 
 
 def gateway_routes(resolved: ResolvedSite) -> dict[str, str]:
     """What the gateway offers: model -> upstream /v1 URL. `gateway.upstreams` when the site file
-    names them, else the site's own model server's models (`upstreams`): a default site needs no
-    gateway settings."""
+    names them, else the site's own model server's models (`upstreams`: llama-server's or
+    Ollama's): a default site needs no gateway settings."""
     named = {m: up.url.rstrip("/") for up in resolved.site.gateway.upstreams for m in up.models}
     return named or {name: url for name, (url, _kind) in upstreams(resolved).items()}
+
+
+def gateway_models(resolved: ResolvedSite) -> tuple[str | None, str | None]:
+    """(chat model, embedding model) for an app that takes one of each by name, as the gateway
+    offers them, or None where it offers no such model. The embedding model is the site's
+    `embedding.model` when the gateway serves it; the chat model is the first other model (of the
+    site's own model server: the first of kind chat; `gateway.upstreams` do not say a kind)."""
+    routes = gateway_routes(resolved)
+    emb = resolved.site.embedding.model if resolved.site.embedding.model in routes else None
+    kinds = {name: kind for name, (_url, kind) in upstreams(resolved).items()}
+    chat = next((m for m in routes if m != emb and kinds.get(m, "chat") == "chat"), None)
+    return chat, emb

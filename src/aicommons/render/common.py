@@ -101,6 +101,12 @@ def endpoint_url(resolved: ResolvedSite, service: str, port_name: str | None = N
     return f"{scheme}://{ep.host}:{port}"
 
 
+def reachable(resolved: ResolvedSite, service: str) -> bool:
+    """Enabled and really running: a service the driver does not deploy gets the app's fallback
+    (plan/deployed.py), never an address where nothing listens."""
+    return service in resolved.endpoints and service not in resolved.undeployed
+
+
 def endpoint_host(resolved: ResolvedSite, service: str) -> str | None:
     ep = resolved.endpoints.get(service)
     return ep.host if ep else None

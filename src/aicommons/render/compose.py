@@ -14,10 +14,10 @@ from aicommons.catalog.model import App
 from aicommons.plan.deployed import redis_refused
 from aicommons.plan.identity import EMAIL_HEADER, sign_in
 from aicommons.plan.model import ResolvedSite, Tenant
-from aicommons.plan.models import serving
+from aicommons.plan.models import gateway_models, serving
 from aicommons.plan.policy import bcrypt_hash, login_email, login_password, tenant_credentials, user_token
 from aicommons.plan.secrets import SITE_SCOPE, SecretLookup
-from aicommons.render.common import catalog, dump_yaml, endpoint_host, endpoint_url, port_of
+from aicommons.render.common import catalog, dump_yaml, endpoint_host, endpoint_url, port_of, reachable
 
 HEADER = "# Rendered by aicommons for {user}: do not edit by hand. Secrets are in .env (0600).\n"
 LOG_MAX = {"max-size": "10m", "max-file": "3"}
@@ -35,26 +35,20 @@ def qdrant_token(t: Tenant, api_key: str) -> str:
     return user_token(t, api_key)
 
 
-def _reachable(resolved: ResolvedSite, service: str) -> bool:
-    """Enabled and really running: a service the driver does not deploy gets the app's fallback
-    (plan/deployed.py), never an address where nothing listens."""
-    return service in resolved.endpoints and service not in resolved.undeployed
-
-
 def _url(resolved: ResolvedSite, service: str, port_name: str | None = None) -> str | None:
-    return endpoint_url(resolved, service, port_name) if _reachable(resolved, service) else None
+    return endpoint_url(resolved, service, port_name) if reachable(resolved, service) else None
 
 
 def _pg_url(resolved: ResolvedSite, t: Tenant, db: str, password: str) -> str | None:
     host, port = endpoint_host(resolved, "postgres"), port_of(resolved, "postgres")
-    if host is None or not _reachable(resolved, "postgres"):
+    if host is None or not reachable(resolved, "postgres"):
         return None
     return f"postgresql://{urlquote(t.postgres_role)}:{urlquote(password, safe='')}@{host}:{port}/{db}"
 
 
 def _redis_url(resolved: ResolvedSite, t: Tenant, password: str) -> str | None:
     host, port = endpoint_host(resolved, "redis"), port_of(resolved, "redis")
-    if host is None or not _reachable(resolved, "redis"):
+    if host is None or not reachable(resolved, "redis"):
         return None
     db = t.redis_db if t.redis_db is not None else 0
     port = t.redis_port or port  # the user's own server (redis.isolation=instance)
@@ -177,7 +171,7 @@ class _Wiring:
                 # every provider). Never without a running provider: nothing would strip it.
                 e["WEBUI_AUTH_TRUSTED_EMAIL_HEADER"] = EMAIL_HEADER
         elif app.name == "n8n":
-            if _reachable(r, "postgres"):
+            if reachable(r, "postgres"):
                 e.update(DB_TYPE="postgresdb", DB_POSTGRESDB_HOST=endpoint_host(r, "postgres") or "",
                          DB_POSTGRESDB_PORT=str(port_of(r, "postgres") or 5432),
                          DB_POSTGRESDB_DATABASE=_db(t, "n8n"), DB_POSTGRESDB_USER=t.postgres_role)
@@ -200,29 +194,46 @@ class _Wiring:
         elif app.name == "jupyter":
             # No token: only Traefik reaches it, behind the owner's sign-in (the command sets
             # IdentityProvider.token to empty; JUPYTER_TOKEN would win over it).
-            if ollama:
-                e["OLLAMA_HOST"] = ollama
             if gw := self.gateway(app.name):  # for the person's code: the openai SDK reads both
                 e.update(OPENAI_BASE_URL=gw[0], OPENAI_API_KEY=gw[2])
+            elif ollama:
+                e["OLLAMA_HOST"] = ollama
         elif app.name == "code-server":
             # No PASSWORD: --auth none, only Traefik reaches it, behind the owner's sign-in.
             if gw := self.gateway(app.name):
                 e.update(OPENAI_BASE_URL=gw[0], OPENAI_API_KEY=gw[2])
         elif app.name == "big-agi":
-            if ollama:
+            if gw := self.gateway(app.name):
+                # Its server calls the gateway as a LocalAI host (2.0.2 openai.access.ts: host +
+                # "/v1/chat/completions", the key as Bearer), a dialect that lists every model the
+                # gateway offers; its OpenAI dialect maps names onto OpenAI's own models (a gpt-5*
+                # name would go to /v1/responses, which the gateway does not serve).
+                e.update(LOCALAI_API_HOST=gw[0].removesuffix("/v1"), LOCALAI_API_KEY=gw[2])
+            elif ollama:
                 e["OLLAMA_API_HOST"] = ollama
         elif app.name == "kotaemon":
             e.update(GRADIO_SERVER_NAME="0.0.0.0", GRADIO_SERVER_PORT=str(port),
                      KH_FEATURE_USER_MANAGEMENT_ADMIN="admin")
             e["KH_FEATURE_USER_MANAGEMENT_PASSWORD"] = self.secret("KOTAEMON_ADMIN_PASSWORD", "kotaemon_admin_password")
-            # flowsettings.py adds its Ollama LLM and embeddings only `if config("LOCAL_MODEL")`,
-            # so KH_OLLAMA_URL goes with a model to name or not at all (catalog verify: with:).
-            tags = r.site.ollama_tags if ollama else []  # the models the site's Ollama pulls
-            chat = [m for m in tags if m != r.site.embedding.model]
-            if chat:
-                e.update(KH_OLLAMA_URL=f"{ollama}/v1/", LOCAL_MODEL=chat[0])
-                if r.site.embedding.model in tags:  # served by the site's Ollama
-                    e["LOCAL_MODEL_EMBEDDINGS"] = r.site.embedding.model
+            if gw := self.gateway(app.name):
+                # flowsettings.py (0.11.0) makes its OpenAI LLM and embeddings the defaults once
+                # OPENAI_API_KEY is not its placeholder; a model is named only when the gateway
+                # serves one (else its defaults, gpt-4o-mini and text-embedding-3-large).
+                e.update(OPENAI_API_BASE=gw[0], OPENAI_API_KEY=gw[2])
+                chat_model, emb_model = gateway_models(r)
+                if chat_model:
+                    e["OPENAI_CHAT_MODEL"] = chat_model
+                if emb_model:
+                    e["OPENAI_EMBEDDINGS_MODEL"] = emb_model
+            else:
+                # flowsettings.py adds its Ollama LLM and embeddings only `if config("LOCAL_MODEL")`,
+                # so KH_OLLAMA_URL goes with a model to name or not at all (catalog verify: with:).
+                tags = r.site.ollama_tags if ollama else []  # the models the site's Ollama pulls
+                chat = [m for m in tags if m != r.site.embedding.model]
+                if chat:
+                    e.update(KH_OLLAMA_URL=f"{ollama}/v1/", LOCAL_MODEL=chat[0])
+                    if r.site.embedding.model in tags:  # served by the site's Ollama
+                        e["LOCAL_MODEL_EMBEDDINGS"] = r.site.embedding.model
         elif app.name == "chainforge":
             # 0.3.6 has no Host check (CHAINFORGE_ALLOWED_HOSTS arrives in 0.3.7: catalog verify).
             # It hands OPENAI_BASE_URL and OPENAI_API_KEY to the page (flask_app.py,
@@ -233,7 +244,7 @@ class _Wiring:
                 e["OPENAI_BASE_URL"] = f"{ollama}/v1"
         elif app.name == "flowise":
             e["PORT"] = str(port)
-            if _reachable(r, "postgres"):
+            if reachable(r, "postgres"):
                 e.update(DATABASE_TYPE="postgres", DATABASE_HOST=endpoint_host(r, "postgres") or "",
                          DATABASE_PORT=str(port_of(r, "postgres") or 5432),
                          DATABASE_NAME=_db(t, "flowise"), DATABASE_USER=t.postgres_role)

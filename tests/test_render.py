@@ -387,6 +387,36 @@ def test_firewall_plan(site):
             {"enable": 1, "policy_in": "DROP", "policy_out": "ACCEPT"}) in calls
 
 
+def test_firewall_users_reach_the_gateway_and_only_the_gateway_reaches_ollama(site):
+    """Issue 22: user apps are wired to the gateway, so a user container opens the gateway's port
+    and not Ollama's (its last rule drops the rest of the site); Ollama admits the gateway as a
+    shared service, and user containers no more."""
+    def accepts_out(fw, c, ip, port):
+        return [r for r in fw.container(c.ctid).rules if r.type == "out" and r.action == "ACCEPT"
+                and r.dest == ip and str(port) in (r.dport or "").split(",")]
+
+    def admits_users(fw, c):
+        return [r for r in fw.container(c.ctid).rules if r.type == "in" and r.source == "+guest/aic-users"]
+
+    def ipset(fw, c, name):
+        s = {x.name: x for x in fw.container(c.ctid).ipsets}[name]
+        return {str(a) for x in s.cidrs for a in ipaddress.ip_network(x)}
+
+    shared = {c.name: c for c in site.containers if c.role == "shared"}
+    ollama, gw = shared["ollama"], shared["gateway"]
+    user = next(c for c in site.containers if c.role == "user")
+    fw = firewall_plan(site)
+    assert accepts_out(fw, user, gw.ip, 4000) and not accepts_out(fw, user, ollama.ip, 11434)
+    assert [r.dport for r in admits_users(fw, gw)] == ["4000"] and admits_users(fw, ollama) == []
+    assert gw.ip in ipset(fw, ollama, "aic-shared") and user.ip not in ipset(fw, ollama, "aic-shared")
+    # a site without the gateway: its users' apps call Ollama itself, and the firewall lets them
+    bare = make_site(2, lambda d: d["services"].pop("gateway"))
+    fw = firewall_plan(bare)
+    ollama = next(c for c in bare.containers if c.name == "ollama")
+    user = next(c for c in bare.containers if c.role == "user")
+    assert accepts_out(fw, user, ollama.ip, 11434) and [r.dport for r in admits_users(fw, ollama)] == ["11434"]
+
+
 def test_render_user_matches_render_site(files, site, secrets):
     mine = render_user(site, "user9", secrets)
     assert "users/user9/docker-compose.yml" in mine and "users/user9/.env" in mine

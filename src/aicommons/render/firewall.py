@@ -4,7 +4,10 @@ What the rules guarantee (every container NIC carries `firewall=1`, policy_in DR
 - only Traefik reaches user app ports; users cannot reach each other (no IN rule admits them,
   and an OUT rule drops user -> user traffic before it leaves);
 - user containers reach shared services only on the ports their apps use (postgres 5432, ...);
-- shared services reach each other (Langfuse -> PostgreSQL) and Prometheus scrapes everything;
+  where the model gateway runs, that is the gateway (4000) and never Ollama: their apps are wired
+  to the gateway, which alone reaches Ollama (each call attributed and budgeted);
+- shared services reach each other (Langfuse -> PostgreSQL, the gateway -> Ollama) and Prometheus
+  scrapes everything;
 - operators (resolved.operator_sources: operator_allow minus the user ranges) reach shared containers.
 Nothing else reaches the site's containers: the only way in from outside is through Traefik.
 
@@ -27,6 +30,7 @@ from typing import Literal
 from aicommons.catalog import load_catalog
 from aicommons.plan.model import ResolvedSite
 from aicommons.plan.names import REDIS_USER_PORT_BASE
+from aicommons.render.common import gateway_fronts_models
 
 Action = Literal["ACCEPT", "DROP", "REJECT"]
 Direction = Literal["in", "out"]
@@ -134,6 +138,9 @@ def _user_facing_ports(resolved: ResolvedSite) -> dict[str, list[int]]:
     for a in resolved.site.user_template.apps:
         for need in cat.apps[a].needs if a in cat.apps else ():
             wanted.add(resolved.site.object_storage if need == "object_storage" else need)
+    if gateway_fronts_models(resolved):  # the apps are given the gateway, never Ollama (render/compose.py)
+        wanted.add("gateway")
+        wanted.discard("ollama")
     out: dict[str, list[int]] = {}
     for n in sorted(wanted):
         if n in resolved.endpoints and n in cat.services and not resolved.endpoints[n].external:

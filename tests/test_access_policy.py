@@ -21,9 +21,13 @@ from tests.test_traefik_harness import FakeSecrets, make_site
 def test_every_route_has_the_access_its_catalog_entry_declares():
     cat = load_catalog()
     site = make_site(3)
+    assert "gateway" in site.endpoints  # the reference site's apps reach models through it
     for r in site.routes:
         declared = cat.apps[r.service].access if r.owner else (cat.services[r.service].access
                                                                  if r.kind == "http" else "operator")
+        if r.service == "ollama":  # no way around the gateway's keys and budgets: operators only
+            assert (declared, r.access) == ("site-users", "operator"), r.host
+            continue
         assert r.access == declared, r.host
         if r.access == "public":
             assert r.own_login, f"{r.host} is public without a login of its own"
@@ -141,3 +145,12 @@ def test_traefiks_source_is_derived_per_driver_and_every_trusted_proxy_names_it(
     assert "-A FORWARD -p IPv4 --ip-dst 10.0.5.200/29 -j AIC-TO-USER" in rules
     assert "-A AIC-TO-USER -p IPv4 --ip-proto tcp --ip-dport 0:32767 -j DROP" in rules
     assert "-A FORWARD -p ARP --arp-ip-src 10.0.5.1 -j DROP" in rules  # no container speaks as the gateway
+
+
+def test_ollamas_route_is_for_site_users_only_where_no_gateway_fronts_it():
+    def no_gateway(d):
+        d["services"].pop("gateway", None)
+
+    site = make_site(2, no_gateway)
+    assert "gateway" not in site.endpoints
+    assert next(r for r in site.routes if r.service == "ollama").access == "site-users"

@@ -238,7 +238,7 @@ def test_shared_routes_headers_operator_and_no_database_router(files, site):
             tcp.update(doc.get("tcp", {}).get("routers", {}) or {})
     assert all("secure-headers" in r["middlewares"] for r in routers.values())
     assert not any(n.startswith(("postgres", "redis")) for n in routers) and not tcp
-    for name in ("portainer", "prometheus", "traefik-api"):
+    for name in ("portainer", "prometheus", "traefik-api", "ollama"):  # ollama: the gateway fronts it
         assert "operator-allow" in routers[name]["middlewares"]
     proxy = yaml.safe_load(files[f"traefik/dynamic/{site.proxy_file}"].content)
     allow = proxy["http"]["middlewares"]["operator-allow"]["ipAllowList"]["sourceRange"]
@@ -246,7 +246,7 @@ def test_shared_routes_headers_operator_and_no_database_router(files, site):
     assert not any(ipaddress.ip_address("10.0.5.121") in ipaddress.ip_network(c) for c in allow)  # Prometheus CT
     assert proxy["http"]["services"]["authentik-outpost"]["loadBalancer"]["servers"] == [{"url": "http://10.0.5.146:9000"}]
     # no login of their own: signed-in site users only (the catalog says so, not code)
-    for name in ("ollama", "comfyui", "sd", "searxng", "translate"):
+    for name in ("comfyui", "sd", "searxng", "translate"):
         assert routers[name]["middlewares"] == ["secure-headers", "authentik-sso"], name
         assert routers[f"{name}-outpost"]["service"] == "authentik-outpost"
     assert routers["git"]["middlewares"] == ["secure-headers"]  # Gitea signs people in itself
@@ -295,11 +295,12 @@ def test_without_authentik_loginless_apps_are_not_routed():
     files = render_site(s, FakeSecrets())
     routers = _dyn(files, s.container(s.tenants[0].ctid).traefik_file)["http"]["routers"]
     assert not any(n.startswith(("bigagi-", "chainforge-")) for n in routers)
-    # Ollama's container has no route left, so no dynamic file at all (plan/deployed.py published_routes)
-    assert "ai-user1" in routers and "traefik/dynamic/205100.yml" not in files
+    # Ollama's route is the operators' (the gateway fronts it): their allow-list needs no sign-in
+    ollama = _dyn(files, "205100.yml")["http"]["routers"]["ollama"]
+    assert "ai-user1" in routers and "operator-allow" in ollama["middlewares"]
     assert not any(n.endswith("-outpost") for n in routers)  # no outpost to send sign-in to
     (note,) = [n for n in s.notes if "the sign-in provider authentik is not enabled" in n]
-    assert "big-agi" in note and "comfyui" in note and "ollama" in note and "openwebui" not in note
+    assert "big-agi" in note and "comfyui" in note and "ollama" not in note and "openwebui" not in note
     # code-server and Jupyter have no login of their own any more (only Traefik reaches them)
     assert "code-server" in note and "jupyter" in note and not any(n.startswith(("code-", "jupyter-")) for n in routers)
 
@@ -323,8 +324,9 @@ def test_blueprints_bind_each_app_to_its_owner(files, site):
     site_bp = _yaml(files["services/authentik/blueprints/site.yaml"])
     outpost = site_bp["entries"][-1]
     shared_guarded = [r for r in site.routes if r.owner is None and r.access == "site-users"]
-    # no login of their own (ollama, comfyui, sd, searxng, translate, the portal) and Qdrant's API (key auth, kept off the open net)
-    assert {r.service for r in shared_guarded} == {"ollama", "comfyui", "automatic1111", "searxng", "libretranslate",
+    # no login of their own (comfyui, sd, searxng, translate, the portal) and Qdrant's API (key auth, kept off
+    # the open net); Ollama's is the operators' where the gateway fronts it
+    assert {r.service for r in shared_guarded} == {"comfyui", "automatic1111", "searxng", "libretranslate",
                                                     "qdrant", "portal"}
     assert outpost["model"] == "authentik_outposts.outpost"
     assert len(outpost["attrs"]["providers"]) == 50 * 8 + len(shared_guarded)

@@ -444,6 +444,7 @@ def _shared_routes(ctx: _Ctx, containers: list[Container]) -> list[Route]:
     for c in containers:
         by_service.setdefault(c.name, []).append(c)
     routes = []
+    fronted = "gateway" in enabled_services(site, cat)  # every model call goes through it, with a key
     for n, cs in by_service.items():
         svc = cat.services[n]
         ov = site.services[n]
@@ -452,7 +453,10 @@ def _shared_routes(ctx: _Ctx, containers: list[Container]) -> list[Route]:
             assert svc.access is not None, "the catalog requires `access` with a route (catalog/model.py)"
             urls = tuple(f"http://{c.ip}:{svc.route.port}" for c in cs)
             routes.append(Route(host=names.shared_host(svc.route.prefix, site.domain), url=urls[0], urls=urls,
-                                service=n, ctid=first.ctid, traefik_file=first.traefik_file, access=svc.access,
+                                service=n, ctid=first.ctid, traefik_file=first.traefik_file,
+                                # Ollama's own route would let any signed-in person use every model
+                                # unattributed and past their budget: operators only, where the gateway runs
+                                access="operator" if n == "ollama" and fronted else svc.access,
                                 health_path=svc.health.path if svc.health.type == "http" else "/",
                                 own_login=svc.own_login, public_paths=tuple(svc.public_paths)))
         elif ov.expose_tcp and svc.ports:

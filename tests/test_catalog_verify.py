@@ -163,6 +163,14 @@ def test_older_name_only_records_are_listed_not_confirmed():
     ("X", "a.c", 'getenv("X")', "getenv()"),
     ("X", "a.sh", 'if [ -z "$X" ]', "shell variable"),
     ("X", "a.ts", "  X: z.string().optional(),", "zod env schema field"),
+    ("s3_api.root_domain", "config.rs", "pub struct S3ApiConfig {\n\tpub root_domain: Option<String>,",
+     "serde struct field"),
+    ("server.port", "settings_defaults.py", "    'server': {\n        'port': SettingsValue((int, str), 8888),",
+     "settings schema entry"),
+    ("SEARXNG_PORT", "settings_defaults.py", "'port': SettingsValue((int, str), 8888, 'SEARXNG_PORT'),",
+     "SettingsValue environment name"),
+    ("use_default_settings", "loader.py", "x = user_settings.get('use_default_settings')", "settings .get()"),
+    ("s3_api.root_domain", "config.rs", "pub root_domain_alt: String,", None),
     ("X", "a.ts", "  XY: z.string(),", None),
     ("X", "a.js", "process.env.XY", None),   # another variable
     ("X", "a.py", 'os.environ["X"] = "1"', None),  # a write, not a read
@@ -180,12 +188,13 @@ def test_read_forms(name, file, read, form):
 
 def test_the_native_apps_evidence_is_reads():
     """Every record of the native apps (their layers are the pinned packages), Kotaemon, big-AGI,
-    Ollama and Langfuse (read at their tags) is a file + the code that reads the setting; the one
-    compiled library name is the only exception."""
+    Ollama, Langfuse and the config-file keys of Qdrant, Garage and SearXNG (read at their tags) is
+    a file + the code that reads the setting; the one compiled library name is the only exception."""
     from aicommons.catalog.verify import read_form
 
     comps = load_evidence()["components"]
-    for comp in ("openwebui", "n8n", "flowise", "chainforge", "kotaemon", "big-agi", "ollama", "langfuse"):
+    for comp in ("openwebui", "n8n", "flowise", "chainforge", "kotaemon", "big-agi", "ollama", "langfuse",
+                 "qdrant", "garage", "searxng"):
         for key, rec in comps[comp]["found"].items():
             if (comp, key) == ("chainforge", "ORT_DISABLE_TELEMETRY"):
                 assert isinstance(rec, str) and "compiled" in rec

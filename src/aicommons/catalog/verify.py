@@ -94,11 +94,19 @@ READ_FORMS: tuple[tuple[str, tuple[str, ...], str], ...] = (
     ("envconfig Var/Uint/Bool/String", (".go",), r'\b(?:Var|Uint|Uint64|Bool|String)\s*\(\s*"NAME"'),
     ("getenv()", (".c", ".cc", ".cpp", ".h"), r"""\b(?:secure_)?getenv\s*\(\s*"NAME"\s*\)"""),
     ("shell variable", (".sh",), r"""\$\{?NAME\b"""),
+    # config-file keys (LEAF: the last part of a dotted key): the field of the struct serde fills
+    # from the file (Qdrant, Garage), an entry of SearXNG's settings schema, a lookup in the settings
+    ("serde struct field", (".rs",), r"""^\s*pub\s+LEAF\s*:"""),
+    ("settings schema entry", _PY, r"""^\s*['"]LEAF['"]\s*:\s*SettingsValue\("""),
+    ("SettingsValue environment name", _PY, r"""\bSettingsValue\([^\n]*['"]NAME['"]\s*\)"""),
+    ("settings .get()", _PY, r"""settings\.get\(\s*['"]LEAF['"]"""),
 )
 
 
 def _form(label_or_regex: str, name: str) -> re.Pattern[str]:
-    return re.compile(label_or_regex.replace("NAME", re.escape(name)).replace("LOWER", re.escape(name.lower())), re.M)
+    leaf = name.rsplit(".", 1)[-1]
+    return re.compile(label_or_regex.replace("NAME", re.escape(name)).replace("LOWER", re.escape(name.lower()))
+                      .replace("LEAF", re.escape(leaf)), re.M)
 
 
 def read_form(name: str, file: str, read: str) -> str | None:

@@ -137,3 +137,32 @@ def test_portal_on_a_local_sqlite_state_is_not_deployed_and_says_why(sim, tmp_pa
     assert "portal not deployed" in note and "keep the state in PostgreSQL" in note, note
     assert f"{ROOT}/aicommons-0.1.0-py3-none-any.whl" not in sim.cluster.cts[129].fs
     assert "/etc/aicommons/portal.env" not in sim.cluster.cts[129].fs
+
+
+def test_the_gateway_restarts_for_its_own_settings_not_when_people_come_and_go(sim, tmp_path, url, monkeypatch):
+    """Every `users add` rewrites the site file; the gateway (CT 137) reads only its own part of it
+    (its settings, where the models are). Restarting it for a new person would cut everyone's
+    streams: it is neither pushed the file nor restarted then; a change to its settings does both."""
+    monkeypatch.setenv("AICOMMONS_SECRET_KEY", Fernet.generate_key().decode())
+    data = yaml.safe_load(sim.site_yaml(0))
+    data["services"] = {"postgres": {}, "gateway": {}}
+    data["user_template"]["apps"] = ["code-server"]
+    site_file = tmp_path / "site.yml"
+    site_file.write_text(yaml.safe_dump(data, sort_keys=False))
+    ran: list[list[str]] = []
+    sim.exec_handler = lambda ct, argv, stdin: (ran.append(argv), (0, b"", b""))[1] if ct.vmid == 137 else None
+    assert (first := apply_site(site_file, state_path=url, **engine_kw(sim, site_file))).ok, failures(first)
+    assert ["sh", "-eu", "/opt/aicommons/gateway/install.sh"] in ran
+    fs = sim.cluster.cts[137].fs
+
+    ran.clear()
+    data["users"] = [{"name": "alice", "email": "alice@example.org"}]
+    site_file.write_text(yaml.safe_dump(data, sort_keys=False))
+    assert (again := apply_site(site_file, state_path=url, **engine_kw(sim, site_file))).ok, failures(again)
+    assert ran == [] and b"alice" not in fs["/etc/aicommons/site.yaml"], ran
+
+    data["gateway"] = {"budget": {"period": "day", "tokens": 5000}}
+    site_file.write_text(yaml.safe_dump(data, sort_keys=False))
+    assert (third := apply_site(site_file, state_path=url, **engine_kw(sim, site_file))).ok, failures(third)
+    assert ["systemctl", "restart", "aicommons-gateway.service"] in ran
+    assert b"alice" in fs["/etc/aicommons/site.yaml"] and b"5000" in fs["/etc/aicommons/site.yaml"]

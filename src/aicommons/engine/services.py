@@ -95,8 +95,11 @@ def run_service(ctx, step) -> str | None:
                                      {"ctid": c.ctid, "files": {}, "ran": [], "not_deployed": got})
             return got
         extra = got
-        now.update({p: f"{mode:o}:{hashlib.sha256(b).hexdigest()}" for p, (b, mode) in extra.items()})
+        now.update({p: f"{mode:o}:{hashlib.sha256(aicservice.change_basis(svc, ctx.resolved, p, b)).hexdigest()}"
+                    for p, (b, mode) in extra.items()})
     changed = {rel for rel, h in now.items() if before.get(rel) != h}
+    if changed and aicservice.SITE_FILE in extra:  # whatever restarts it reads the site file as it is now
+        changed.add(aicservice.SITE_FILE)
     for rel in sorted(changed):
         if rel in extra:
             data, mode = extra[rel]
@@ -139,7 +142,8 @@ def _wheel():
 
 def runs_from_files(resolved, site_file) -> dict:
     """`services/<host>/runs-from.json` for each aicommons service: the digests of the site file
-    and of the wheel it runs, so a changed site file (a user added) or checkout plans its step."""
+    (of the part it reads: aicservice.change_basis) and of the wheel it runs, so a changed site
+    file (a user added, for the portal) or checkout plans its step."""
     import json
 
     from aicommons.render.files import RenderedFile
@@ -147,11 +151,13 @@ def runs_from_files(resolved, site_file) -> dict:
     cat = load_catalog()
     out = {}
     wheel = _wheel()
+    site = Path(site_file).read_bytes()
     for c in resolved.containers:
         svc = cat.services.get(c.name)
         if c.role != "shared" or svc is None or not aicservice.is_aicommons(svc):
             continue
-        text = json.dumps({"site": hashlib.sha256(Path(site_file).read_bytes()).hexdigest(),
+        basis = aicservice.change_basis(svc, resolved, aicservice.SITE_FILE, site)
+        text = json.dumps({"site": hashlib.sha256(basis).hexdigest(),
                            "wheel": hashlib.sha256(wheel[1]).hexdigest() if wheel else "as installed"},
                           sort_keys=True) + "\n"
         out[f"{SERVICES_DIR}{c.hostname}/{RUNS_FROM}"] = RenderedFile(f"{SERVICES_DIR}{c.hostname}/{RUNS_FROM}", text)
@@ -172,7 +178,7 @@ def _aicommons_payload(ctx, svc, root: str) -> dict[str, tuple[bytes, int]] | st
         return (f"{svc.name} not deployed: it works on the site's state, which is the SQLite file {plane.state} on "
                 "this machine, out of the container's reach; keep the state in PostgreSQL (`--state "
                 "postgresql://…` or AICOMMONS_STATE) and apply again")
-    site_path = posixpath.join(aicservice.ETC, "site.yaml")
+    site_path = aicservice.SITE_FILE
     # A service that does not work on the state (the gateway) gets neither it nor the secrets key.
     if ctx.resolved is None:
         raise PermanentError(f"{svc.name}: the engine was given no resolved site to take its settings from")

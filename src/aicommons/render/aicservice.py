@@ -29,6 +29,24 @@ LOCK_FILE = "requirements.lock"
 DATABASE_ENV = "AICOMMONS_GATEWAY_DATABASE"  # gateway/site.py reads it
 
 
+SITE_FILE = f"{ETC}/site.yaml"
+
+
+def change_basis(svc: Service, resolved: ResolvedSite, path: str, data: bytes) -> bytes:
+    """What decides whether a pushed file changed, and so whether the service restarts. The
+    gateway reads from the site file only its own settings and where the models are: a person
+    coming or going (the users list) must not restart it under everyone's streams."""
+    if svc.name != "gateway" or path != SITE_FILE:
+        return data
+    import json
+
+    from aicommons.plan.models import gateway_routes
+
+    s = resolved.site
+    return json.dumps({"name": s.name, "domain": s.domain, "gateway": s.gateway.model_dump(mode="json"),
+                       "routes": gateway_routes(resolved)}, sort_keys=True).encode()
+
+
 def is_aicommons(svc: Service) -> bool:
     return svc.install.method == "aicommons"
 

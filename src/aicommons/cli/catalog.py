@@ -61,9 +61,11 @@ def verify(
     problems = [f"{c}: {', '.join(k)}" for c, k in sorted(rep.missing.items())]
     problems += [f"{c}: {x}" for c, xs in sorted(rep.not_read.items()) for x in xs]
     wrong = [f"{c}: {x}" for c, xs in sorted(rep.wrong.items()) for x in xs]
-    if problems or wrong:
-        raise SettingsUnread(
-            ("settings not shown to be read by their component (no record, or evidence that is not a read — fix "
-             "src/aicommons/catalog/evidence.yaml): " + "; ".join(problems) if problems else "")
-            + ("; " if problems and wrong else "")
-            + ("rendered values their component's code refuses (fix the renderer): " + "; ".join(wrong) if wrong else ""))
+    parts = []
+    if problems:
+        parts.append("settings not shown to be read by their component (no record, or evidence that is not a read "
+                     "— fix src/aicommons/catalog/evidence.yaml): " + "; ".join(problems))
+    if wrong:
+        parts.append("rendered values their component's code refuses (fix the renderer): " + "; ".join(wrong))
+    if parts:
+        raise SettingsUnread("; ".join(parts))

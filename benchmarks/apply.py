@@ -62,8 +62,8 @@ def main() -> None:
                               "cores": 4, "disk_gb": 100}
             site.write_text(yaml.safe_dump(data, sort_keys=False))
             r = run()
-            # the container, and the site file the portal reads (a person's share is shown); the
-            # gateway reads none of it (aicservice.change_basis): it is not touched
+            # the container, and the site file the portal reads (a person's share is shown: pushed,
+            # not restarted, aicservice.restart_basis); the gateway reads none of it: not touched
             assert sorted(r.plan.steps) == ["container.206", "service.portal"], sorted(r.plan.steps)
 
         one = timed(change_one)

@@ -87,6 +87,7 @@ def run_service(ctx, step) -> str | None:
     now = digests(files)
     svc = load_catalog().services.get(c.name)
     extra: dict[str, tuple[bytes, int]] = {}  # an aicommons service's wheel, lock and settings
+    starts: dict[str, str] = {}  # what of them it takes at start (aicservice.restart_basis)
     if svc is not None and aicservice.is_aicommons(svc):
         got = _aicommons_payload(ctx, svc, root)
         if isinstance(got, str):  # not deployable on this state: said. A PostgreSQL state is a new
@@ -97,7 +98,12 @@ def run_service(ctx, step) -> str | None:
         extra = got
         now.update({p: f"{mode:o}:{hashlib.sha256(aicservice.change_basis(svc, ctx.resolved, p, b)).hexdigest()}"
                     for p, (b, mode) in extra.items()})
+        starts = {p: hashlib.sha256(aicservice.restart_basis(svc, ctx.resolved, p, b)).hexdigest()
+                  for p, (b, _) in extra.items()}
     changed = {rel for rel, h in now.items() if before.get(rel) != h}
+    # runs-from.json only says what changed; a record from before `starts` was kept has none: restart.
+    restart = bool(changed) and (bool(changed - {aicservice.SITE_FILE, RUNS_FROM})
+                                 or (rec.attrs.get("starts", {}) if rec is not None else {}) != starts)
     if changed and aicservice.SITE_FILE in extra:  # whatever restarts it reads the site file as it is now
         changed.add(aicservice.SITE_FILE)
     for rel in sorted(changed):
@@ -113,7 +119,7 @@ def run_service(ctx, step) -> str | None:
     if "install.sh" in files and (changed & install_inputs or "install.sh" in _compose_changed(files, changed)):
         _run(ctx, c, ["sh", "-eu", posixpath.join(root, "install.sh")], "install.sh")
         ran.append("install.sh")
-    elif svc is not None and aicservice.is_aicommons(svc) and changed:  # its settings or the site file
+    elif svc is not None and aicservice.is_aicommons(svc) and restart:  # its settings or what it takes at start
         _run(ctx, c, ["systemctl", "restart", aicservice.unit_name(svc)], "restart")
         ran.append("restart")
     script = apply_script(c.name, root, changed)
@@ -121,7 +127,7 @@ def run_service(ctx, step) -> str | None:
         _run(ctx, c, ["sh", "-c", script], "config apply")
         ran.append("config apply")
     ctx.store.record_applied(step.id, "service", None, step.fingerprint,
-                             {"ctid": c.ctid, "files": now, "ran": ran})
+                             {"ctid": c.ctid, "files": now, "starts": starts, "ran": ran})
     return None
 
 

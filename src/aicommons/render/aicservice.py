@@ -47,6 +47,19 @@ def change_basis(svc: Service, resolved: ResolvedSite, path: str, data: bytes) -
                        "routes": gateway_routes(resolved)}, sort_keys=True).encode()
 
 
+def restart_basis(svc: Service, resolved: ResolvedSite, path: str, data: bytes) -> bytes:
+    """What of a pushed file the service takes once, at start: a change to it restarts the
+    service; a change to the rest is only pushed. The portal reads the site file again whenever
+    it changes (portal/site.py SiteView.resolved) except what it sets up at start (its driver,
+    the secrets' key, the redactor), none of it in the users list: a person invited, from the
+    portal's own page too, must not restart it under the job that invites them."""
+    if svc.name != "portal" or path != SITE_FILE:
+        return change_basis(svc, resolved, path, data)
+    import json
+
+    return json.dumps(resolved.site.model_dump(mode="json", exclude={"users"}), sort_keys=True).encode()
+
+
 def is_aicommons(svc: Service) -> bool:
     return svc.install.method == "aicommons"
 

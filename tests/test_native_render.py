@@ -70,6 +70,26 @@ def test_plan_says_what_is_not_deployed_and_each_fallback():
     assert p.undeployed == {} and set(p.fallbacks.get("openwebui", {})) == {"redis"}  # only the version's own
 
 
+def test_where_the_gateway_runs_no_app_is_said_to_lack_a_model_server():
+    """The default LXC site serves its models from llama-server through the gateway, and Ollama is
+    not enabled: every app is wired to the gateway (render/compose.py), so the plan must not tell
+    the operator that Open WebUI has "no Ollama connection" or Jupyter "no OLLAMA_HOST"."""
+    from aicommons.spec.default import LXC_CORE
+
+    r = resolve(load_text(render_site_yaml(users=2, driver="lxc", services=LXC_CORE))[0])
+    assert not any("ollama" in f for f in r.fallbacks.values()), r.fallbacks
+    assert not any("ollama is not" in n for n in r.notes), [n for n in r.notes if "ollama" in n]
+    assert r.models_via_gateway and all(t.gateway for t in r.tenants)
+    env, _ = app_environment(r, r.tenants[0], load_catalog().apps["jupyter"], DictSecrets(), port=8888, data=None)
+    assert env["OPENAI_BASE_URL"].endswith("/v1") and "OLLAMA_HOST" not in env  # wired, as the plan says
+    # without the gateway the apps have no model server, and the plan says so for each
+    r = resolve(load_text(render_site_yaml(users=2, driver="lxc", services=[s for s in LXC_CORE if s != "gateway"]))[0])
+    assert not r.models_via_gateway
+    assert r.fallbacks["jupyter"]["ollama"] == "no OLLAMA_HOST"
+    assert any(n == "openwebui: ollama is not enabled -> no Ollama connection (a model server can be added in "
+               "its settings)" for n in r.notes)
+
+
 def test_proxmox_native_says_layers_are_not_delivered():
     r = _site("proxmox", "native")
     assert any("does not deliver the app layers yet" in n for n in r.notes)

@@ -104,14 +104,19 @@ def need_service(site: Site, need: str) -> str:
     return site.object_storage if need == "object_storage" else need
 
 
-def fallbacks(site: Site, apps: list[str], catalog: Catalog, gone: dict[str, str]) -> dict[str, dict[str, str]]:
-    """app -> {service: fallback} for each need the site does not deploy (or does not enable)."""
+def fallbacks(site: Site, apps: list[str], catalog: Catalog, gone: dict[str, str],
+              via_gateway: bool = False) -> dict[str, dict[str, str]]:
+    """app -> {service: fallback} for each need the site does not deploy (or does not enable).
+    Where the model gateway runs (`via_gateway`), every app reaches the site's models through it,
+    whichever server has them: the need for Ollama is met."""
     out: dict[str, dict[str, str]] = {}
     for a in apps:
         app = catalog.apps.get(a)
         if app and "redis" in app.needs and (why := redis_refused(app)):
             out.setdefault(a, {})["redis"] = why
         for need in app.needs if app else ():
+            if need == "ollama" and via_gateway:
+                continue
             svc = need_service(site, need)
             ov = site.services.get(svc)
             missing = ov is None or not ov.enabled or svc in gone

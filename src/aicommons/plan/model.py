@@ -165,6 +165,7 @@ class ResolvedSite:
     # (service -> why; plan/deployed.py published_routes): `plan` says what a person will not have.
     withheld: dict[str, str] = field(default_factory=dict)
     model_units: tuple[ModelUnit, ...] = ()  # what llama-server runs, one per model file
+    models_via_gateway: bool = False  # every app reaches models through the gateway (plan/resolve.py)
 
     def container(self, ctid: int) -> Container:
         for c in self.containers:
@@ -201,6 +202,7 @@ class ResolvedSite:
             "sign_in": self.sign_in,
             "withheld_routes": dict(self.withheld),
             "fallbacks": {k: dict(v) for k, v in self.fallbacks.items()},
+            "models_via_gateway": self.models_via_gateway,
             "models": [{"name": u.model.name, "kind": u.model.kind, "port": u.port, "threads": u.threads,
                         "source": u.model.package or u.model.path, "file": u.model.file}
                        for u in self.model_units],

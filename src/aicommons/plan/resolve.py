@@ -53,6 +53,13 @@ class _Ctx:
         return True
 
 
+def models_via_gateway(site: Site, catalog: Catalog) -> bool:
+    """The model gateway runs here: every person has a key and every app is wired to it, none to
+    a model server (render/compose.py `_Wiring.gateway`); Ollama's own route is then operators'
+    and the firewall admits users to the gateway only. The one test of it."""
+    return "gateway" in enabled_services(site, catalog) and "gateway" not in deployed.undeployed(site, catalog)
+
+
 def _ip_range(text: str) -> list[IP]:
     a, b = parse_range(text)
     return [IP(i) for i in range(int(a), int(b) + 1)]
@@ -418,7 +425,7 @@ def _allocate_users(
                 buckets=buckets, s3_key_name=names.s3_key_name(u.name), apps=tuple(apps),
                 ports={app.name: app.port for app in app_objs}, hosts=hosts,
                 qdrant_vector_size=site.embedding.size, operator=u.operator,
-                gateway="gateway" in enabled_services(site, cat),
+                gateway=models_via_gateway(site, cat),
                 redis_port=redis_port,
             )
         )
@@ -444,7 +451,7 @@ def _shared_routes(ctx: _Ctx, containers: list[Container]) -> list[Route]:
     for c in containers:
         by_service.setdefault(c.name, []).append(c)
     routes = []
-    fronted = "gateway" in enabled_services(site, cat)  # every model call goes through it, with a key
+    fronted = models_via_gateway(site, cat)  # every model call goes through it, with a key
     for n, cs in by_service.items():
         svc = cat.services[n]
         ov = site.services[n]
@@ -575,7 +582,8 @@ def _resolve(site: Site, catalog: Catalog, held: dict[str, str],
                      "(set network.traefik.dns_provider for one wildcard, or add users in smaller steps)")
     if model_plan.serving(site):
         notes += model_plan.notes(site)
-    fallbacks = deployed.fallbacks(site, [a for a in apps if a not in unavailable], catalog, gone)
+    via_gateway = models_via_gateway(site, catalog)
+    fallbacks = deployed.fallbacks(site, [a for a in apps if a not in unavailable], catalog, gone, via_gateway)
     runtime_notes = _runtime_notes(site, unavailable, fallbacks, gone) if users else []
     notes += runtime_notes
     return ResolvedSite(site=site, containers=containers, routes=routes, tenants=tenants, endpoints=endpoints,
@@ -583,7 +591,8 @@ def _resolve(site: Site, catalog: Catalog, held: dict[str, str],
                         operator_sources=operator_sources(site), proxy_source=proxy_source(site), certificates=certs,
                         certificate_changes=cert_changes, undeployed=gone, unavailable=unavailable,
                         fallbacks=fallbacks, runtime_notes=runtime_notes, sign_in=sign_in, withheld=withheld,
-                        model_units=tuple(model_plan.model_units(site, catalog))), ctx
+                        model_units=tuple(model_plan.model_units(site, catalog)),
+                        models_via_gateway=via_gateway), ctx
 
 
 def _runtime_notes(site: Site, unavailable: dict[str, str], fallbacks: dict[str, dict[str, str]],

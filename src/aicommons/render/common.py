@@ -107,10 +107,6 @@ def reachable(resolved: ResolvedSite, service: str) -> bool:
     return service in resolved.endpoints and service not in resolved.undeployed
 
 
-def gateway_fronts_models(resolved: ResolvedSite) -> bool:
-    """The model gateway runs and every person has a key: their apps are wired to it
-    (render/compose.py `_Wiring.gateway`), none to a model server directly."""
-    return reachable(resolved, "gateway") and all(t.gateway for t in resolved.tenants)
 
 
 def endpoint_host(resolved: ResolvedSite, service: str) -> str | None:

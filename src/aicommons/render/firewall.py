@@ -28,9 +28,9 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from aicommons.catalog import load_catalog
+from aicommons.plan.deployed import need_service
 from aicommons.plan.model import ResolvedSite
 from aicommons.plan.names import REDIS_USER_PORT_BASE
-from aicommons.render.common import gateway_fronts_models
 
 Action = Literal["ACCEPT", "DROP", "REJECT"]
 Direction = Literal["in", "out"]
@@ -137,8 +137,8 @@ def _user_facing_ports(resolved: ResolvedSite) -> dict[str, list[int]]:
     wanted: set[str] = set()
     for a in resolved.site.user_template.apps:
         for need in cat.apps[a].needs if a in cat.apps else ():
-            wanted.add(resolved.site.object_storage if need == "object_storage" else need)
-    if gateway_fronts_models(resolved):  # the apps are given the gateway, never Ollama (render/compose.py)
+            wanted.add(need_service(resolved.site, need))
+    if resolved.models_via_gateway:  # the apps are given the gateway, never Ollama (render/compose.py)
         wanted.add("gateway")
         wanted.discard("ollama")
     out: dict[str, list[int]] = {}

@@ -312,6 +312,7 @@ def _allocate_users(
 ) -> tuple[list[Container], list[Tenant], list[Route]]:
     site, cat = ctx.site, ctx.catalog
     net, domain = site.network, site.domain
+    via_gateway = models_via_gateway(site, cat)
     user_set = set(user_ips)
     assigned: dict[str, IP] = {}
     seen_names: dict[str, int] = {}
@@ -425,7 +426,7 @@ def _allocate_users(
                 buckets=buckets, s3_key_name=names.s3_key_name(u.name), apps=tuple(apps),
                 ports={app.name: app.port for app in app_objs}, hosts=hosts,
                 qdrant_vector_size=site.embedding.size, operator=u.operator,
-                gateway=models_via_gateway(site, cat),
+                gateway=via_gateway,
                 redis_port=redis_port,
             )
         )

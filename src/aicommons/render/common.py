@@ -107,8 +107,6 @@ def reachable(resolved: ResolvedSite, service: str) -> bool:
     return service in resolved.endpoints and service not in resolved.undeployed
 
 
-
-
 def endpoint_host(resolved: ResolvedSite, service: str) -> str | None:
     ep = resolved.endpoints.get(service)
     return ep.host if ep else None

@@ -120,10 +120,20 @@ def test_up_from_nothing(site: Path, site_up):
 
 
 def test_status_exits_0_after_up(site: Path, signed_in):
-    r = cli(site, "status", "--json")
-    assert r.stdout, r.stderr[-3000:]
-    checks = {c["name"]: c for c in json.loads(r.stdout)["checks"]}
-    assert r.returncode == 0, [c for c in checks.values() if c["state"] not in ("ok", "skipped")]
+    # A check over a second is "slow" (degraded, exit 1). Right after the journey on the same site
+    # the model server may still be writing Open WebUI's follow-up answers on both cores, and CI
+    # once read two routes slow then: the site is judged once quiet, a minute at most. Only "slow"
+    # is waited out; anything down fails at once.
+    for _ in range(6):
+        r = cli(site, "status", "--json")
+        assert r.stdout, r.stderr[-3000:]
+        checks = {c["name"]: c for c in json.loads(r.stdout)["checks"]}
+        bad = [(c["name"], c["state"], c["latency_ms"], c["reason"]) for c in checks.values()
+               if c["state"] not in ("ok", "skipped")]
+        if r.returncode == 0 or any(state != "slow" for _, state, _, _ in bad):
+            break
+        time.sleep(10)
+    assert r.returncode == 0, bad
     # the person's path: through Traefik, sent to sign in by the provider the site names
     assert checks["user1/openwebui via traefik"]["state"] == "ok", checks["user1/openwebui via traefik"]
     assert checks["sign-in (lemonldap)"]["state"] == "ok"

@@ -120,18 +120,19 @@ def test_up_from_nothing(site: Path, site_up):
 
 
 def test_status_exits_0_after_up(site: Path, signed_in):
-    # A check over a second is "slow" (degraded, exit 1). Right after the journey on the same site
-    # the model server may still be writing Open WebUI's follow-up answers on both cores, and CI
-    # once read two routes slow then: the site is judged once quiet, a minute at most. Only "slow"
-    # is waited out; anything down fails at once.
+    # A check over a second is "slow", over three "down" (degraded, exit 1). Right after the
+    # journey on the same site the model server may still be writing Open WebUI's follow-up
+    # answers on both cores, and CI once read two Traefik routes bad then: the site is judged
+    # once quiet, so a reading is taken again for a minute at most; what stays bad fails.
     for _ in range(6):
         r = cli(site, "status", "--json")
         assert r.stdout, r.stderr[-3000:]
         checks = {c["name"]: c for c in json.loads(r.stdout)["checks"]}
         bad = [(c["name"], c["state"], c["latency_ms"], c["reason"]) for c in checks.values()
                if c["state"] not in ("ok", "skipped")]
-        if r.returncode == 0 or any(state != "slow" for _, state, _, _ in bad):
+        if r.returncode == 0:
             break
+        print(f"status not yet healthy: {bad}")
         time.sleep(10)
     assert r.returncode == 0, bad
     # the person's path: through Traefik, sent to sign in by the provider the site names

@@ -98,8 +98,9 @@ def run_service(ctx, step) -> str | None:
         extra = got
         now.update({p: f"{mode:o}:{hashlib.sha256(aicservice.change_basis(svc, ctx.resolved, p, b)).hexdigest()}"
                     for p, (b, mode) in extra.items()})
-        starts = {p: hashlib.sha256(aicservice.restart_basis(svc, ctx.resolved, p, b)).hexdigest()
-                  for p, (b, _) in extra.items()}
+        if aicservice.SITE_FILE in extra:  # every other file restarts it when changed (below)
+            basis = aicservice.restart_basis(svc, ctx.resolved, extra[aicservice.SITE_FILE][0])
+            starts = {aicservice.SITE_FILE: hashlib.sha256(basis).hexdigest()}
     changed = {rel for rel, h in now.items() if before.get(rel) != h}
     # runs-from.json only says what changed; a record from before `starts` was kept has none: restart.
     restart = bool(changed) and (bool(changed - {aicservice.SITE_FILE, RUNS_FROM})

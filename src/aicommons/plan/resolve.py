@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ipaddress
 from dataclasses import dataclass, field, replace
+from functools import cached_property
 from typing import Any
 
 from aicommons.catalog import Catalog, load_catalog
@@ -40,6 +41,10 @@ class _Ctx:
     catalog: Catalog
     problems: list[tuple[tuple[Any, ...], str, str]] = field(default_factory=list)
     taken: dict[IP, str] = field(default_factory=dict)  # address -> who holds it
+
+    @cached_property
+    def via_gateway(self) -> bool:
+        return models_via_gateway(self.site, self.catalog)
 
     def problem(self, loc: tuple[Any, ...], message: str, fix: str) -> None:
         self.problems.append((loc, message, fix))
@@ -312,7 +317,6 @@ def _allocate_users(
 ) -> tuple[list[Container], list[Tenant], list[Route]]:
     site, cat = ctx.site, ctx.catalog
     net, domain = site.network, site.domain
-    via_gateway = models_via_gateway(site, cat)
     user_set = set(user_ips)
     assigned: dict[str, IP] = {}
     seen_names: dict[str, int] = {}
@@ -426,7 +430,7 @@ def _allocate_users(
                 buckets=buckets, s3_key_name=names.s3_key_name(u.name), apps=tuple(apps),
                 ports={app.name: app.port for app in app_objs}, hosts=hosts,
                 qdrant_vector_size=site.embedding.size, operator=u.operator,
-                gateway=via_gateway,
+                gateway=ctx.via_gateway,
                 redis_port=redis_port,
             )
         )
@@ -452,7 +456,7 @@ def _shared_routes(ctx: _Ctx, containers: list[Container]) -> list[Route]:
     for c in containers:
         by_service.setdefault(c.name, []).append(c)
     routes = []
-    fronted = models_via_gateway(site, cat)  # every model call goes through it, with a key
+    fronted = ctx.via_gateway  # every model call goes through it, with a key
     for n, cs in by_service.items():
         svc = cat.services[n]
         ov = site.services[n]
@@ -583,8 +587,7 @@ def _resolve(site: Site, catalog: Catalog, held: dict[str, str],
                      "(set network.traefik.dns_provider for one wildcard, or add users in smaller steps)")
     if model_plan.serving(site):
         notes += model_plan.notes(site)
-    via_gateway = models_via_gateway(site, catalog)
-    fallbacks = deployed.fallbacks(site, [a for a in apps if a not in unavailable], catalog, gone, via_gateway)
+    fallbacks = deployed.fallbacks(site, [a for a in apps if a not in unavailable], catalog, gone, ctx.via_gateway)
     runtime_notes = _runtime_notes(site, unavailable, fallbacks, gone) if users else []
     notes += runtime_notes
     return ResolvedSite(site=site, containers=containers, routes=routes, tenants=tenants, endpoints=endpoints,
@@ -593,7 +596,7 @@ def _resolve(site: Site, catalog: Catalog, held: dict[str, str],
                         certificate_changes=cert_changes, undeployed=gone, unavailable=unavailable,
                         fallbacks=fallbacks, runtime_notes=runtime_notes, sign_in=sign_in, withheld=withheld,
                         model_units=tuple(model_plan.model_units(site, catalog)),
-                        models_via_gateway=via_gateway), ctx
+                        models_via_gateway=ctx.via_gateway), ctx
 
 
 def _runtime_notes(site: Site, unavailable: dict[str, str], fallbacks: dict[str, dict[str, str]],

@@ -47,14 +47,14 @@ def change_basis(svc: Service, resolved: ResolvedSite, path: str, data: bytes) -
                        "routes": gateway_routes(resolved)}, sort_keys=True).encode()
 
 
-def restart_basis(svc: Service, resolved: ResolvedSite, path: str, data: bytes) -> bytes:
-    """What of a pushed file the service takes once, at start: a change to it restarts the
+def restart_basis(svc: Service, resolved: ResolvedSite, data: bytes) -> bytes:
+    """What of the site file the service takes once, at start: a change to it restarts the
     service; a change to the rest is only pushed. The portal reads the site file again whenever
     it changes (portal/site.py SiteView.resolved) except what it sets up at start (its driver,
     the secrets' key, the redactor), none of it in the users list: a person invited, from the
     portal's own page too, must not restart it under the job that invites them."""
-    if svc.name != "portal" or path != SITE_FILE:
-        return change_basis(svc, resolved, path, data)
+    if svc.name != "portal":
+        return change_basis(svc, resolved, SITE_FILE, data)
     import json
 
     return json.dumps(resolved.site.model_dump(mode="json", exclude={"users"}), sort_keys=True).encode()
